@@ -1,0 +1,438 @@
+"""Runs measurements: worker processes, deadlines, interleaved rounds, collected results.
+
+One measurement = one (scenario, layer) pair in fresh ``spawn`` processes: the two
+roles in two processes joined by a pipe, or -- for in-process layers and one-role
+scenarios -- in one process. Every wait has a deadline: a role that does not finish
+in ``budget.deadline_s`` is cancelled inside its worker (which reports where it was
+stuck), and a worker that does not report in time is killed. A broken layer costs one
+deadline per cell and reads "timeout" or "failed" in the table; it never hangs the run.
+
+Rounds are interleaved: round r runs every scenario for every layer, the layer order
+rotated by r, so drift on a noisy machine spreads over all layers alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from importlib import metadata
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from bench import layers
+from bench.budget import Budget
+from bench.control import PipePeer, QueuePeer, queue_peers
+from bench.layers import LayerSpec
+from bench.scenarios import PROBE, SCENARIOS, Metrics, Role, Scenario
+from bench.services import RedisServer, ServiceError, ZnodeSidecar
+
+CLOSE_DEADLINE_S = 10.0
+EXIT_GRACE_S = 15.0
+"""Past the role deadline: time for spawning, importing and closing before a kill."""
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    metrics: Metrics = field(default_factory=dict)
+    error: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Results:
+    budget: Budget
+    layers: list[LayerSpec]
+    scenarios: list[Scenario]
+    samples: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    """(layer key, metric key) -> one value per successful run."""
+    failures: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
+    """(layer key, scenario key) -> one error text per failed run."""
+    unavailable: dict[str, str] = field(default_factory=dict)
+    """layer key -> why the layer did not run at all."""
+    warnings: list[str] = field(default_factory=list)
+    meta: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+# --- inside a worker process -----------------------------------------------------------
+
+
+def roles_for(scenario_key: str, spec: LayerSpec) -> tuple[Role, ...] | None:
+    if scenario_key == PROBE.key:
+        return PROBE.roles if spec.kind == "channels" else None
+    if spec.kind == "pyzmq":
+        from bench import bare_zmq
+
+        return bare_zmq.ROLES.get(scenario_key)
+    return SCENARIOS[scenario_key].roles
+
+
+def _short(filename: str) -> str:
+    path = Path(filename)
+    return f"{path.parent.name}/{path.name}"
+
+
+def _where(exc: BaseException) -> str:
+    """The innermost harness frame and the innermost frame overall that raised ``exc``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return ""
+    ours = [f for f in frames if f"{Path(__file__).parent.name}/" in _short(f.filename)]
+    parts = [f"{_short(f.filename)}:{f.lineno} `{(f.line or '').strip()}`" for f in ours[-1:]]
+    if not ours or frames[-1] is not ours[-1]:
+        parts.append(f"{_short(frames[-1].filename)}:{frames[-1].lineno}")
+    return " → ".join(parts)
+
+
+def _stuck_at(task: asyncio.Task[Any]) -> str:
+    """Where a pending task waits: its chain of awaiting coroutines, innermost last."""
+    chain: list[str] = []
+    obj: Any = task.get_coro()
+    while obj is not None:
+        frame = getattr(obj, "cr_frame", None) or getattr(obj, "gi_frame", None)
+        if frame is None:
+            break
+        chain.append(f"{_short(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}")
+        obj = getattr(obj, "cr_await", None) or getattr(obj, "gi_yieldfrom", None)
+    return " → ".join(chain[-4:])
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RoleTimeout):
+        return str(exc)
+    where = _where(exc)
+    text = f"{type(exc).__name__}: {exc}"
+    return f"{text} (at {where})" if where else text
+
+
+class RoleTimeout(Exception):
+    """A role did not finish within the deadline; the message says where it waited."""
+
+
+async def _run_roles(
+    scenario_key: str,
+    role_indices: Sequence[int],
+    spec: LayerSpec,
+    budget: Budget,
+    deadline_s: float,
+    conn: Connection | None,
+    warnings: list[str],
+) -> Metrics:
+    roles = roles_for(scenario_key, spec)
+    if roles is None:
+        raise ValueError(f"{spec.key} has no {scenario_key} scenario")
+    peers: list[PipePeer | QueuePeer]
+    if len(role_indices) == 2:
+        peers = list(queue_peers())
+    elif conn is not None:
+        peers = [PipePeer(conn)]
+    else:
+        peers = [queue_peers()[0]]
+    end = time.monotonic() + deadline_s
+    layer = layers.build(spec)
+    try:
+        tasks = [
+            asyncio.create_task(roles[i](layer, peer, budget), name=roles[i].__name__)
+            for i, peer in zip(role_indices, peers, strict=True)
+        ]
+        done, pending = await asyncio.wait(
+            tasks, timeout=max(0.0, end - time.monotonic()), return_when=asyncio.FIRST_EXCEPTION
+        )
+        failed = [t for t in done if t.exception() is not None]
+        stuck = "; ".join(f"{t.get_name()} waiting at {_stuck_at(t)}" for t in pending)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+        if pending:
+            raise RoleTimeout(f"timeout: not done within {deadline_s:g} s; {stuck}")
+    finally:
+        if layer is not None:
+            try:
+                async with asyncio.timeout(CLOSE_DEADLINE_S):
+                    await layers.close(spec, layer)
+            except TimeoutError:
+                warnings.append(f"{spec.close}() did not return within {CLOSE_DEADLINE_S:g} s")
+            except Exception as exc:
+                warnings.append(f"{spec.close}() raised {type(exc).__name__}: {exc}")
+    merged: Metrics = {}
+    for task in tasks:
+        merged.update(task.result())
+    return merged
+
+
+def worker(
+    scenario_key: str,
+    role_indices: tuple[int, ...],
+    spec: LayerSpec,
+    budget: Budget,
+    deadline_s: float,
+    peer_conn: Connection | None,
+    result_conn: Connection,
+) -> None:
+    """Entry point of a spawned worker process: run the roles, send one result tuple."""
+    warnings: list[str] = []
+    try:
+        metrics = asyncio.run(
+            _run_roles(scenario_key, role_indices, spec, budget, deadline_s, peer_conn, warnings)
+        )
+        result_conn.send(("ok", metrics, "", warnings))
+    except BaseException as exc:
+        result_conn.send(("error", {}, _describe(exc), warnings))
+
+
+# --- in the coordinator ------------------------------------------------------------------
+
+
+def measure(scenario_key: str, spec: LayerSpec, budget: Budget, deadline_s: float) -> Outcome:
+    """Run one measurement in fresh worker processes and collect its outcome."""
+    roles = roles_for(scenario_key, spec)
+    if roles is None:
+        return Outcome(False, error=f"no {scenario_key} scenario for {spec.key}")
+    ctx = multiprocessing.get_context("spawn")
+    groups: list[tuple[int, ...]]
+    if spec.single_process or len(roles) == 1:
+        groups = [tuple(range(len(roles)))]
+        peer_ends: list[Connection | None] = [None]
+    else:
+        groups = [(0,), (1,)]
+        a, b = ctx.Pipe(duplex=True)
+        peer_ends = [a, b]
+    procs = []
+    results: list[Connection] = []
+    for indices, peer_end in zip(groups, peer_ends, strict=True):
+        read_end, write_end = ctx.Pipe(duplex=False)
+        proc = ctx.Process(
+            target=worker,
+            args=(scenario_key, indices, spec, budget, deadline_s, peer_end, write_end),
+            daemon=True,
+        )
+        proc.start()
+        write_end.close()
+        procs.append(proc)
+        results.append(read_end)
+    for end in peer_ends:
+        if end is not None:
+            end.close()
+
+    outcome = _collect(procs, results, deadline_s + EXIT_GRACE_S)
+    for proc in procs:
+        proc.join(3.0)
+        if proc.is_alive():
+            if outcome.ok:
+                outcome.warnings.append("a worker did not exit within 3 s after its layer closed")
+            proc.kill()
+            proc.join(5.0)
+    for conn in results:
+        conn.close()
+    return outcome
+
+
+def _collect(procs: list[Any], conns: list[Connection], wait_s: float) -> Outcome:
+    metrics: Metrics = {}
+    warnings: list[str] = []
+    pending = dict(zip(conns, procs, strict=True))
+    end = time.monotonic() + wait_s
+    while pending:
+        ready = multiprocessing.connection.wait(list(pending), max(0.0, end - time.monotonic()))
+        if not ready:
+            return Outcome(False, error=f"timeout: worker gave no result within {wait_s:g} s")
+        for conn in ready:
+            proc = pending.pop(conn)  # type: ignore[call-overload]
+            try:
+                status, part, error, notes = conn.recv()  # type: ignore[union-attr]
+            except EOFError:
+                proc.join(1.0)
+                return Outcome(False, error=f"worker died (exit code {proc.exitcode})")
+            warnings.extend(notes)
+            if status != "ok":
+                return Outcome(False, error=error, warnings=warnings)
+            metrics.update(part)
+    return Outcome(True, metrics, warnings=warnings)
+
+
+class _Services:
+    """redis-server and znode for the run; restarts the sidecar if it dies."""
+
+    def __init__(self, workdir: Path, need: set[str], results: Results, log: Callable[[str], None]):
+        self.workdir = workdir
+        self.results = results
+        self.log = log
+        self.redis: RedisServer | None = None
+        self.znode: ZnodeSidecar | None = None
+        self.znode_error = ""
+        self.redis_error = ""
+        self.restarts = 0
+        if "redis" in need:
+            try:
+                self.redis = RedisServer(workdir).start()
+                log(f"redis-server {self.redis.version()} on 127.0.0.1:{self.redis.port}")
+            except ServiceError as exc:
+                self.redis_error = str(exc)
+        if "znode" in need:
+            self.znode = ZnodeSidecar(workdir)
+            try:
+                self.znode.start()
+                log(f"znode sidecar at {self.znode.endpoint}: {' '.join(self.znode.argv())}")
+            except (ServiceError, OSError) as exc:
+                self.znode_error = str(exc)
+
+    def error(self, spec: LayerSpec) -> str:
+        if spec.needs == "redis":
+            return self.redis_error
+        if spec.needs == "znode":
+            return self.znode_error
+        return ""
+
+    def check_znode(self) -> None:
+        """Before a sidecar measurement: if znode died, record it and start it again."""
+        if self.znode is None or self.znode_error or self.znode.exit_code() is None:
+            return
+        self.results.warnings.append(str(self.znode.failure("died during the run")))
+        self.restarts += 1
+        if self.restarts > 3:
+            self.znode_error = "znode died more than 3 times; gave up"
+            return
+        self.znode.path.unlink(missing_ok=True)
+        self.znode.log = self.workdir / f"znode-{self.restarts}.log"
+        try:
+            self.znode.start()
+        except (ServiceError, OSError) as exc:
+            self.znode_error = str(exc)
+
+    def after(self, spec: LayerSpec) -> None:
+        if spec.needs == "redis" and self.redis is not None:
+            self.redis.flushall()  # each measurement starts from an empty redis
+
+    def stop(self) -> None:
+        for service in (self.znode, self.redis):
+            if service is not None:
+                service.stop()
+
+
+def _versions() -> dict[str, str]:
+    meta = {"python": platform.python_version(), "machine": f"{platform.machine()}"}
+    for dist in ("pyzmq", "msgpack", "channels", "channels_redis", "redis", "zchannels"):
+        try:
+            meta[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            meta[dist] = "not installed"
+    try:
+        import zmq
+
+        meta["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        pass
+    return meta
+
+
+def run(
+    budget: Budget,
+    layer_keys: Sequence[str],
+    scenario_keys: Sequence[str],
+    log: Callable[[str], None],
+) -> Results:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="zchannels-bench-") as tmp:
+        workdir = Path(tmp)
+        wanted = [s for s in layers.specs(0, "") if s.key in layer_keys]
+        results = Results(budget, [], [SCENARIOS[k] for k in scenario_keys])
+        services = _Services(workdir, {s.needs for s in wanted if s.needs}, results, log)
+        try:
+            znode_endpoint = services.znode.endpoint if services.znode else ""
+            redis_port = services.redis.port if services.redis else 0
+            results.layers = [
+                s for s in layers.specs(redis_port, znode_endpoint) if s.key in layer_keys
+            ]
+            results.meta = _versions()
+            if services.redis is not None:
+                results.meta["redis-server"] = services.redis.version()
+            clock = time.get_clock_info("perf_counter").implementation
+            if "CLOCK_MONOTONIC" not in clock:
+                results.warnings.append(
+                    f"perf_counter is {clock}, not CLOCK_MONOTONIC: cross-process fan-out "
+                    "times compare two clocks"
+                )
+            _probe_all(results, services, budget, log)
+            _rounds(results, services, budget, log)
+        finally:
+            services.stop()
+            if services.znode is not None:
+                for path in sorted(workdir.glob("znode*.log")):
+                    text = path.read_text(errors="replace").strip()
+                    if text:
+                        results.meta[f"{path.name} (last lines)"] = "\n".join(
+                            text.splitlines()[-10:]
+                        )
+    results.elapsed_s = time.monotonic() - started
+    return results
+
+
+def _probe_all(results: Results, services: _Services, budget: Budget, log: Callable[[str], None]):
+    for spec in results.layers:
+        error = services.error(spec)
+        if not error and spec.kind == "channels":
+            outcome = measure(PROBE.key, spec, budget, budget.probe_deadline_s)
+            error = "" if outcome.ok else f"probe failed: {outcome.error}"
+            results.warnings.extend(f"{spec.label}, probe: {w}" for w in outcome.warnings)
+        if error:
+            results.unavailable[spec.key] = error
+            log(f"{spec.label}: UNAVAILABLE -- {error}")
+        else:
+            log(f"{spec.label}: ok")
+
+
+def _rounds(results: Results, services: _Services, budget: Budget, log: Callable[[str], None]):
+    active = [s for s in results.layers if s.key not in results.unavailable]
+    for r in range(budget.rounds):
+        order = active[r % len(active) :] + active[: r % len(active)] if active else []
+        for scenario in results.scenarios:
+            for spec in order:
+                if roles_for(scenario.key, spec) is None:
+                    continue
+                cell = (spec.key, scenario.key)
+                if len(results.failures[cell]) >= budget.max_failures:
+                    continue
+                if spec.needs == "znode":
+                    services.check_znode()
+                    if services.znode_error:
+                        results.failures[cell].append(services.znode_error)
+                        continue
+                outcome = measure(scenario.key, spec, budget, budget.deadline_s)
+                services.after(spec)
+                tag = f"[{r + 1}/{budget.rounds}] {scenario.key:<10} {spec.key:<13}"
+                results.warnings.extend(
+                    f"{spec.label}, {scenario.key}: {w}" for w in outcome.warnings
+                )
+                if outcome.ok:
+                    for key, value in outcome.metrics.items():
+                        results.samples[(spec.key, key)].append(value)
+                    shown = ", ".join(
+                        f"{k}={v:,.3g}"
+                        for k, v in outcome.metrics.items()
+                        if not k.startswith("note.")
+                    )
+                    log(f"{tag} {shown}")
+                else:
+                    results.failures[cell].append(outcome.error)
+                    log(f"{tag} FAILED: {outcome.error}")
+
+
+def with_rounds(budget: Budget, rounds: int | None) -> Budget:
+    return budget if rounds is None else replace(budget, rounds=rounds)
+
+
+def stderr_log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

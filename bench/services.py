@@ -1,0 +1,158 @@
+"""The external processes the benchmark starts and stops: redis-server and a znode sidecar.
+
+Each is a context manager that starts its process, waits (with a deadline) until it
+serves, and on exit stops it: SIGTERM, then SIGKILL if it has not gone in 5 s. Logs go
+to files in the run's temporary directory so a failure can quote their tail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class _Process:
+    """A child process with a log file and a polite stop."""
+
+    name = "process"
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str]) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def failure(self, what: str) -> ServiceError:
+        code = self.exit_code()
+        state = "running" if code is None else f"exited with code {code}"
+        return ServiceError(f"{self.name} {what} ({state}); log tail:\n{tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Process):
+    """A private redis-server on a free loopback port, no persistence."""
+
+    name = "redis-server"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir / "redis.log")
+        self.port = 0
+        self.workdir = workdir
+
+    def start(self, deadline_s: float = 10.0) -> Self:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ServiceError("redis-server is not on PATH (bench/run installs it)")
+        self.port = free_port()
+        self._spawn(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir), "--loglevel", "warning"]
+        )  # fmt: skip
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.exit_code() is not None:
+                raise self.failure("did not start")
+            try:
+                if self.command("PING") == b"+PONG":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise self.failure(f"did not answer PING within {deadline_s} s")
+
+    def command(self, *words: str) -> bytes:
+        """One RESP command on a fresh connection; returns the first reply line."""
+        request = f"*{len(words)}\r\n" + "".join(f"${len(w)}\r\n{w}\r\n" for w in words)
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(request.encode())
+            return s.recv(4096).split(b"\r\n", 1)[0]
+
+    def flushall(self) -> None:
+        self.command("FLUSHALL")
+
+    def version(self) -> str:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            return "?"
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+        return next((w[2:] for w in out.split() if w.startswith("v=")), out.strip())
+
+
+class ZnodeSidecar(_Process):
+    """``znode run --client-endpoint ipc://...`` (or ``python -m zchannels.node``)."""
+
+    name = "znode"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir / "znode.log")
+        self.path = workdir / "znode.sock"
+        self.endpoint = f"ipc://{self.path}"
+
+    def argv(self) -> list[str]:
+        script = Path(sys.executable).with_name("znode")
+        if script.exists() and os.access(script, os.X_OK):
+            return [str(script), "run", "--client-endpoint", self.endpoint]
+        return [sys.executable, "-m", "zchannels.node", "run", "--client-endpoint", self.endpoint]
+
+    def start(self, deadline_s: float = 15.0) -> Self:
+        self._spawn(self.argv())
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.exit_code() is not None:
+                raise self.failure("did not start")
+            if self.path.exists():
+                return self
+            time.sleep(0.05)
+        raise self.failure(f"did not create {self.path} within {deadline_s} s")

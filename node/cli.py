@@ -1,0 +1,136 @@
+"""The ``znode`` command: run a node, ask a node for its status.
+
+Owns: argument parsing (flags map one-to-one onto ``NodeConfig`` fields),
+signal handling, logging setup, and printing status. Nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import sys
+from dataclasses import fields
+from typing import Any
+
+import zmq
+
+from zchannels.protocol import DecodeError, MsgType, decode, encode
+
+from .config import NodeConfig, default_client_endpoint
+from .server import NodeServer
+
+log = logging.getLogger("zchannels.node")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="znode", description="zchannels node")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a node (the per-host sidecar)")
+    run.add_argument(
+        "--client-endpoint",
+        action="append",
+        dest="client_endpoints",
+        metavar="ENDPOINT",
+        help=f"where Django processes connect; repeatable (default {default_client_endpoint()})",
+    )
+    run.add_argument("--node-id", help="this node's id (default: the host name)")
+    run.add_argument("--preset", choices=("lan", "test"), default="lan")
+    for name, flag in (
+        ("client_lease", "--client-lease"),
+        ("tick_interval", "--tick-interval"),
+        ("sweep_interval", "--sweep-interval"),
+        ("log_interval", "--log-interval"),
+    ):
+        run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
+    run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
+    run.add_argument("--log-level", default="INFO")
+
+    status = sub.add_parser("status", help="show a node's state")
+    status.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    return _status(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    overrides: dict[str, Any] = {
+        f.name: getattr(args, f.name)
+        for f in fields(NodeConfig)
+        if getattr(args, f.name, None) is not None
+    }
+    if overrides.get("client_endpoints"):
+        overrides["client_endpoints"] = tuple(overrides["client_endpoints"])
+    preset = NodeConfig.test if args.preset == "test" else NodeConfig.lan
+    config = preset(**overrides)
+    try:
+        asyncio.run(_serve(config))
+    except zmq.ZMQError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+async def _serve(config: NodeConfig) -> None:
+    server = NodeServer(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    # Tell whoever started us (tests, scripts) where we listen.
+    print(json.dumps({"ready": True, "endpoints": server.endpoints}), flush=True)
+    await stop.wait()
+    await server.stop()
+
+
+def query(endpoint: str, mtype: MsgType, *fields: Any, timeout: float = 3.0) -> Any:
+    """One request to a node's client endpoint, without a session."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, f"znode-cli/{secrets.token_hex(4)}".encode())
+    try:
+        sock.connect(endpoint)
+        sock.send(encode(mtype, 1, *fields))
+        if not sock.poll(int(timeout * 1000)):
+            raise TimeoutError(f"no answer from {endpoint} in {timeout:g} s")
+        for reply_type, reply in decode(sock.recv()):
+            if reply[0] == 1 and reply_type != MsgType.ERROR:
+                return reply[1]
+        raise DecodeError("shape", "unexpected answer")
+    finally:
+        sock.close()
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        status = query(args.node, MsgType.STATUS, timeout=args.timeout)
+    except (TimeoutError, DecodeError, zmq.ZMQError) as exc:
+        print(f"znode status: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"node {status['node_id']}  incarnation {status['incarnation']}")
+    for key in ("sessions", "connections", "channels", "queued", "groups", "group_entries"):
+        print(f"  {key:<14} {status[key]}")
+    print("  counters:")
+    for key, value in sorted(status["counters"].items()):
+        print(f"    {key:<22} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

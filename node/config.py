@@ -1,0 +1,65 @@
+"""Node configuration: one frozen dataclass, presets, and nothing else.
+
+Every field is float seconds or a count, with why its default is what it is.
+``znode run`` flags map one-to-one onto these fields; tests pick a preset
+instead of patching constants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+
+def default_node_id() -> str:
+    """The host name: one sidecar per host, so it names the node well."""
+    return socket.gethostname() or "node"
+
+
+def default_client_endpoint() -> str:
+    """An ipc socket under the runtime dir (``$XDG_RUNTIME_DIR`` or /tmp)."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return f"ipc://{base}/zchannels/znode.sock"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    #: This node's id; shown to operators and hashed into ``node_tag``.
+    node_id: str = field(default_factory=default_node_id)
+    #: ZeroMQ endpoints where Django processes connect (ipc://, tcp://, inproc://).
+    client_endpoints: tuple[str, ...] = field(default_factory=lambda: (default_client_endpoint(),))
+    #: Seconds a client process may stay silent before its session (its
+    #: process-specific channels and group memberships) is dropped. Clients
+    #: ping every lease/3, so 3 s tolerates two lost pings and still meets
+    #: "a dead process's members vanish within a few seconds".
+    client_lease: float = 3.0
+    #: Seconds between lease checks: bounds how late past its lease a dead
+    #: client is noticed.
+    tick_interval: float = 0.1
+    #: Seconds between sweeps of expired messages and memberships (expiry is
+    #: also checked at every delivery, so this only bounds memory).
+    sweep_interval: float = 1.0
+    #: Largest frame (bytes) a client may send (ZMQ_MAXMSGSIZE); a larger one
+    #: disconnects that client, which reconnects. Layers learn it in WELCOME
+    #: and refuse bigger messages with MessageTooLarge before sending.
+    max_frame_size: int = 8 * 1024 * 1024
+    #: Seconds between two log lines about the same kind of dropped input.
+    log_interval: float = 5.0
+
+    @property
+    def node_tag(self) -> str:
+        digest = hashlib.sha256(self.node_id.encode()).digest()
+        return digest.hex()[:6]
+
+    @classmethod
+    def lan(cls, **overrides: Any) -> NodeConfig:
+        """Production defaults for a host on a LAN."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def test(cls, **overrides: Any) -> NodeConfig:
+        """Fast leases for tests: a dead client is dropped within ~1 s."""
+        return replace(cls(client_lease=0.9, tick_interval=0.05, sweep_interval=0.2), **overrides)

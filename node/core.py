@@ -1,0 +1,334 @@
+"""The node's decisions: sans-I/O, one method per thing that can happen.
+
+Owns: what a node does with each client message and each tick — queue,
+deliver, refuse, expire, forget a dead client — composed from ``Queues``,
+``Groups`` and ``Sessions``. Every method takes ``now`` (monotonic seconds)
+and returns the messages to send as ``[(connection, message), ...]``; the
+asyncio shell (``zchannels.node.server``) does the sending. Does not own:
+sockets, clocks, encoding, logging.
+
+Design (STYLE.md §1): the same core runs under the real shell and in unit
+tests with a fake clock, so leases, expiry and delivery order are tested
+deterministically in microseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from zchannels.names import (
+    SESSION_TAG_LEN,
+    local_part,
+    owner_of,
+    valid_wire_channel,
+    valid_wire_group,
+)
+from zchannels.protocol import ErrorCode, Message, MsgType
+
+from .groups import Groups
+from .queues import ConnId, Delivery, Queues
+from .sessions import Policy, PolicyError, Session, Sessions
+
+Out = tuple[ConnId, Message]
+
+
+@dataclass(slots=True)
+class NodeCounters:
+    """Why messages and frames were dropped, for operators (``znode status``)."""
+
+    dropped_dead_owner: int = 0  # sent to a process channel whose process is gone
+    group_skipped_full: int = 0  # group_send member skipped: channel at capacity
+    bad_requests: int = 0  # well-formed frames with nonsensical content
+    unexpected_type: int = 0  # node-to-client types sent to the node
+    sessions_expired: int = 0  # client processes whose lease lapsed
+    undeliverable: int = 0  # deliveries to a connection that had gone (requeued)
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    node_id: str
+    node_tag: str
+    incarnation: str
+    lease: float  # client session lease, seconds
+    max_frame: int  # largest frame the shell accepts, bytes
+    sweep_interval: float = 1.0  # how often expired messages/memberships are swept
+
+
+class NodeCore:
+    def __init__(self, settings: CoreSettings) -> None:
+        self.settings = settings
+        self.queues = Queues()
+        self.groups = Groups()
+        self.sessions = Sessions(settings.lease)
+        self.counters = NodeCounters()
+        self._next_sweep = 0.0
+        #: malformed frames dropped by the shell, by reason ("version", ...)
+        self.decode_errors: dict[str, int] = {}
+        self._handlers: dict[
+            MsgType, Callable[[ConnId, Session | None, tuple[Any, ...], float, list[Out]], None]
+        ] = {
+            MsgType.HELLO: self._hello,
+            MsgType.PING: self._ping,
+            MsgType.SEND: self._send,
+            MsgType.RECV: self._recv,
+            MsgType.RETURN: self._return,
+            MsgType.GROUP_ADD: self._group_add,
+            MsgType.GROUP_DISCARD: self._group_discard,
+            MsgType.GROUP_SEND: self._group_send,
+            MsgType.FLUSH: self._flush,
+            MsgType.BYE: self._bye,
+            MsgType.STATUS: self._status,
+            MsgType.GROUP_INFO: self._group_info,
+        }
+
+    # -- entry points ----------------------------------------------------
+    def handle(self, conn: ConnId, messages: list[Message], now: float) -> list[Out]:
+        """Messages that arrived in one frame from ``conn``."""
+        out: list[Out] = []
+        for mtype, fields in messages:
+            handler = self._handlers.get(mtype)
+            if handler is None:
+                self.counters.unexpected_type += 1
+                continue
+            session = self.sessions.touch(conn, now)
+            handler(conn, session, fields, now, out)
+        return out
+
+    def tick(self, now: float) -> list[Out]:
+        """Periodic work: lapsed leases, expired messages and memberships."""
+        for session in self.sessions.expired(now):
+            self._drop_session(session.tag)
+            self.counters.sessions_expired += 1
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.settings.sweep_interval
+            self.queues.expire(now)
+            self.groups.expire(now)
+        return []
+
+    def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> list[Out]:
+        """The shell could not send ``messages`` to ``conn`` (it is gone):
+        forget the connection and put its deliveries back, in order."""
+        self.queues.drop_conn(conn)
+        self.sessions.close_conn(conn)
+        out: list[Out] = []
+        for mtype, fields in reversed(messages):
+            if mtype == MsgType.DELIVER:
+                channel, items = fields
+                self.counters.undeliverable += len(items)
+                self._deliver(self.queues.give_back(conn, channel, items, now), out)
+        return out
+
+    def decode_error(self, reason: str) -> None:
+        self.decode_errors[reason] = self.decode_errors.get(reason, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        q = self.queues.counters
+        return {
+            "node_id": self.settings.node_id,
+            "incarnation": self.settings.incarnation,
+            "sessions": len(self.sessions),
+            "connections": len(self.sessions.by_conn),
+            "channels": len(self.queues.channels),
+            "queued": self.queues.queued(),
+            "groups": len(self.groups.groups),
+            "group_entries": len(self.groups),
+            "counters": {
+                "enqueued": q.enqueued,
+                "delivered": q.delivered,
+                "dropped_full": q.dropped_full,
+                "dropped_expired": q.dropped_expired,
+                "group_expired": self.groups.expired,
+                "decode_errors": sum(self.decode_errors.values()),
+                **asdict(self.counters),
+            },
+            "decode_errors": dict(self.decode_errors),
+        }
+
+    # -- handlers --------------------------------------------------------
+    def _hello(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        tag, pid, raw_policy = f
+        try:
+            if len(tag) != SESSION_TAG_LEN or not tag.isalnum():
+                raise PolicyError(f"bad session tag {tag[:40]!r}")
+            policy = Policy.from_wire(raw_policy)
+        except PolicyError as exc:
+            self.counters.bad_requests += 1
+            out.append((conn, (MsgType.ERROR, (0, ErrorCode.BAD_REQUEST, str(exc)))))
+            return
+        self.sessions.hello(conn, tag, pid, policy, now)
+        s = self.settings
+        out.append(
+            (conn, (MsgType.WELCOME, (s.node_id, s.node_tag, s.incarnation, s.lease, s.max_frame)))
+        )
+
+    def _ping(
+        self, conn: ConnId, session: Session | None, _f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        mtype = MsgType.PONG if session is not None else MsgType.RESET
+        out.append((conn, (mtype, (self.settings.incarnation,))))
+
+    def _send(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        req, channel, payload = f
+        if session is None:
+            return self._unknown(conn, req, out)
+        if not valid_wire_channel(channel):
+            return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)
+        if not self._owner_alive(channel):
+            self.counters.dropped_dead_owner += 1
+            out.append((conn, (MsgType.ACK, (req, 0))))
+            return None
+        policy = session.policy
+        result = self.queues.put(
+            channel, payload, now + policy.expiry, policy.capacity_for(local_part(channel)), now
+        )
+        if result is False:
+            out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
+            return None
+        if result is not True:
+            self._deliver([result], out)
+        out.append((conn, (MsgType.ACK, (req, 1))))
+        return None
+
+    def _recv(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        channel, credit = f
+        if session is None:
+            out.append((conn, (MsgType.RESET, (self.settings.incarnation,))))
+            return
+        if not valid_wire_channel(channel) or credit < 0:
+            self.counters.bad_requests += 1
+            return
+        self._deliver(self.queues.grant(conn, channel, credit, now), out)
+
+    def _return(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        # Accepted without a session: the items are data we must not lose.
+        channel, items = f
+        if not valid_wire_channel(channel) or not all(
+            isinstance(it, list)
+            and len(it) == 2
+            and isinstance(it[0], bytes)
+            and isinstance(it[1], int | float)
+            for it in items
+        ):
+            self.counters.bad_requests += 1
+            return
+        self._deliver(self.queues.give_back(conn, channel, items, now), out)
+
+    def _group_add(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        req, group, channel, expiry = f
+        if session is None:
+            return self._unknown(conn, req, out)
+        if not valid_wire_group(group) or not valid_wire_channel(channel):
+            return self._bad(conn, req, "invalid group or channel name", out)
+        self.groups.add(group, channel, session.tag, now + expiry)
+        out.append((conn, (MsgType.ACK, (req, 1))))
+        return None
+
+    def _group_discard(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        req, group, channel = f
+        if session is None:
+            return self._unknown(conn, req, out)
+        if not valid_wire_group(group) or not valid_wire_channel(channel):
+            return self._bad(conn, req, "invalid group or channel name", out)
+        self.groups.discard(group, channel)
+        out.append((conn, (MsgType.ACK, (req, 1))))
+        return None
+
+    def _group_send(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        req, group, payload = f
+        if session is None:
+            return self._unknown(conn, req, out)
+        if not valid_wire_group(group):
+            return self._bad(conn, req, "invalid group name", out)
+        policy = session.policy
+        deadline = now + policy.expiry
+        reached = 0
+        deliveries: list[Delivery] = []
+        for channel in self.groups.members(group, now):
+            if not self._owner_alive(channel):
+                self.counters.dropped_dead_owner += 1
+                continue
+            result = self.queues.put(
+                channel, payload, deadline, policy.capacity_for(local_part(channel)), now
+            )
+            if result is False:
+                self.counters.group_skipped_full += 1
+                continue
+            reached += 1
+            if result is not True:
+                deliveries.append(result)
+        self._deliver(deliveries, out)
+        out.append((conn, (MsgType.ACK, (req, reached))))
+        return None
+
+    def _flush(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        req, prefix = f
+        self.queues.clear(prefix)
+        self.groups.clear(prefix)
+        out.append((conn, (MsgType.ACK, (req, 1))))
+
+    def _bye(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        self.queues.drop_conn(conn)
+        self.sessions.close_conn(conn)
+        out.append((conn, (MsgType.ACK, (f[0], 1))))
+
+    def _status(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        out.append((conn, (MsgType.STATUS_REPLY, (f[0], self.status()))))
+
+    def _group_info(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        req, group = f
+        out.append((conn, (MsgType.GROUP_INFO_REPLY, (req, self.groups.members(group, now)))))
+
+    # -- helpers ---------------------------------------------------------
+    def _owner_alive(self, channel: str) -> bool:
+        """False for a ``new_channel()`` name whose process is known to be gone."""
+        owner = owner_of(channel)
+        if owner is None:
+            return True
+        node_tag, session_tag = owner
+        return node_tag == self.settings.node_tag and session_tag in self.sessions.by_tag
+
+    def _drop_session(self, tag: str) -> None:
+        session = self.sessions.remove(tag)
+        if session is None:
+            return
+        for conn in session.conns:
+            self.queues.drop_conn(conn)
+        self.groups.drop_holder(tag)
+        marker = f".{self.settings.node_tag}.{tag}!"
+        for name in [n for n in self.queues.channels if marker in n]:
+            self.counters.dropped_dead_owner += self.queues.drop_channel(name)
+
+    def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
+        for conn, channel, items in deliveries:
+            out.append((conn, (MsgType.DELIVER, (channel, items))))
+
+    def _unknown(self, conn: ConnId, req: int, out: list[Out]) -> None:
+        out.append((conn, (MsgType.ERROR, (req, ErrorCode.UNKNOWN_SESSION, ""))))
+
+    def _bad(self, conn: ConnId, req: int, detail: str, out: list[Out]) -> None:
+        self.counters.bad_requests += 1
+        out.append((conn, (MsgType.ERROR, (req, ErrorCode.BAD_REQUEST, detail))))

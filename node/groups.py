@@ -1,0 +1,93 @@
+"""Group membership held by one node, with leases and expiry.
+
+Owns: which channels are in which group, who holds each membership (the
+session that added it: when that session's lease lapses, its memberships go),
+and when each membership expires (``group_expiry``). Does not own: sessions,
+sockets, or what a group_send does with the members.
+
+Pure: methods take ``now`` (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zchannels.names import namespace
+
+
+@dataclass(slots=True)
+class Membership:
+    holder: str  # session tag of the process that made it
+    expires_at: float  # monotonic seconds
+
+
+class Groups:
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, Membership]] = {}
+        self._by_holder: dict[str, set[tuple[str, str]]] = {}
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return sum(len(members) for members in self.groups.values())
+
+    def add(self, group: str, channel: str, holder: str, expires_at: float) -> None:
+        members = self.groups.setdefault(group, {})
+        old = members.get(channel)
+        if old is not None and old.holder != holder:
+            self._unindex(old.holder, group, channel)
+        members[channel] = Membership(holder, expires_at)
+        self._by_holder.setdefault(holder, set()).add((group, channel))
+
+    def discard(self, group: str, channel: str) -> bool:
+        members = self.groups.get(group)
+        if members is None:
+            return False
+        old = members.pop(channel, None)
+        if old is None:
+            return False
+        self._unindex(old.holder, group, channel)
+        if not members:
+            del self.groups[group]
+        return True
+
+    def members(self, group: str, now: float) -> list[str]:
+        """Live member channels of ``group``; expired ones are dropped here."""
+        members = self.groups.get(group)
+        if not members:
+            return []
+        stale = [ch for ch, m in members.items() if m.expires_at <= now]
+        for ch in stale:
+            self.discard(group, ch)
+            self.expired += 1
+        return list(self.groups.get(group, ()))
+
+    def count_by_holder(self, holder: str) -> int:
+        return len(self._by_holder.get(holder, ()))
+
+    def drop_holder(self, holder: str) -> int:
+        """Remove every membership ``holder`` holds (its lease lapsed)."""
+        held = self._by_holder.pop(holder, set())
+        for group, channel in held:
+            members = self.groups.get(group)
+            if members is not None and channel in members:
+                del members[channel]
+                if not members:
+                    del self.groups[group]
+        return len(held)
+
+    def expire(self, now: float) -> None:
+        for group in list(self.groups):
+            self.members(group, now)
+
+    def clear(self, prefix: str) -> None:
+        """Forget every group of namespace ``prefix`` (``flush``)."""
+        for group in [g for g in self.groups if namespace(g) == prefix]:
+            for channel in list(self.groups[group]):
+                self.discard(group, channel)
+
+    def _unindex(self, holder: str, group: str, channel: str) -> None:
+        held = self._by_holder.get(holder)
+        if held is not None:
+            held.discard((group, channel))
+            if not held:
+                del self._by_holder[holder]

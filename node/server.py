@@ -1,0 +1,191 @@
+"""The node's asyncio shell: one ROUTER socket, a tick timer, and the core.
+
+Owns: the ZeroMQ socket clients talk to, reading frames in drain style (one
+wake-up of the event loop reads every frame that is ready, see NOTES.md),
+decoding, counting and logging bad input, and sending what ``NodeCore``
+returns. Decides nothing: every decision is in ``zchannels.node.core``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections import defaultdict
+from typing import cast
+
+import zmq
+
+from zchannels.protocol import DecodeError, Message, decode, encode_many, split_batches
+
+from .config import NodeConfig
+from .core import CoreSettings, NodeCore, Out
+
+log = logging.getLogger("zchannels.node")
+
+#: Frames read in one wake-up before yielding to the loop, so a flood from one
+#: client cannot starve ticks (leases) and other work.
+_DRAIN_LIMIT = 2048
+
+
+class RateLimitedLog:
+    """Logs the first event of a kind, then at most one summary per interval."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = defaultdict(int)
+
+    def warning(self, kind: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._suppressed[kind] += 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        suffix = f" (+{more} more since last report)" if more else ""
+        log.warning(msg + suffix, *args)
+
+
+class NodeServer:
+    """A running node. ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: NodeConfig, context: zmq.Context[zmq.Socket[bytes]] | None = None):
+        self.config = config
+        self.incarnation = secrets.token_hex(6)
+        self.core = NodeCore(
+            CoreSettings(
+                node_id=config.node_id,
+                node_tag=config.node_tag,
+                incarnation=self.incarnation,
+                lease=config.client_lease,
+                max_frame=config.max_frame_size,
+                sweep_interval=config.sweep_interval,
+            )
+        )
+        self._ctx = context or zmq.Context.instance()
+        self._sock: zmq.Socket[bytes] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self._rlog = RateLimitedLog(config.log_interval)
+        self.endpoints: list[str] = []
+
+    # -- lifecycle -------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A send to a client that has gone raises instead of vanishing, so
+        # its deliveries are put back for other receivers.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted client reusing its identity takes over at once (libzmq #2892).
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Unbounded queues: deliveries are bounded by client credit and
+        # replies by requests, so HWM drops would only lose messages.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_size)
+        try:
+            for endpoint in self.config.client_endpoints:
+                if endpoint.startswith("ipc://"):
+                    _prepare_ipc_path(endpoint[len("ipc://") :])
+                sock.bind(endpoint)
+                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except zmq.ZMQError:
+            sock.close(0)
+            raise
+        self._sock = sock
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
+        log.info(
+            "node %s (incarnation %s) serving clients on %s",
+            self.config.node_id,
+            self.incarnation,
+            ", ".join(self.endpoints),
+        )
+        # Frames may already be waiting; the edge-triggered FD won't say so.
+        self._loop.call_soon(self._on_readable)
+
+    async def stop(self) -> None:
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick_task
+            self._tick_task = None
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close(0)
+            self._sock = None
+            for endpoint in self.endpoints:
+                if endpoint.startswith("ipc://"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(endpoint[len("ipc://") :])
+        log.info("node %s stopped", self.config.node_id)
+
+    # -- I/O -------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_DRAIN_LIMIT):
+            if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                return
+            frames = sock.recv_multipart(zmq.NOBLOCK)
+            self._on_frames(frames)
+        # More is waiting: come back after other callbacks had their turn.
+        if self._loop is not None:
+            self._loop.call_soon(self._on_readable)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            self._dropped("shape", frames[0] if frames else b"?", f"{len(frames)} frames")
+            return
+        conn, frame = frames
+        try:
+            messages = decode(frame)
+        except DecodeError as exc:
+            self._dropped(exc.reason, conn, str(exc))
+            return
+        self.send(self.core.handle(conn, messages, time.monotonic()))
+
+    def _dropped(self, reason: str, conn: bytes, detail: str) -> None:
+        self.core.decode_error(reason)
+        self._rlog.warning(
+            "decode:" + reason, "dropped a malformed frame from %r (%s)", conn[:32], detail
+        )
+
+    def send(self, out: list[Out]) -> None:
+        sock = self._sock
+        if sock is None or not out:
+            return
+        by_conn: dict[bytes, list[Message]] = {}
+        for conn, message in out:
+            by_conn.setdefault(conn, []).append(message)
+        for conn, messages in by_conn.items():
+            chunks = split_batches(messages)
+            for i, chunk in enumerate(chunks):
+                try:
+                    sock.send_multipart((conn, encode_many(chunk)), zmq.NOBLOCK)
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    # The client is gone: put back what it would have received.
+                    unsent = [m for rest in chunks[i:] for m in rest]
+                    self.send(self.core.undeliverable(conn, unsent, time.monotonic()))
+                    break
+
+    async def _ticker(self) -> None:
+        interval = self.config.tick_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.send(self.core.tick(time.monotonic()))
+
+
+def _prepare_ipc_path(path: str) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, mode=0o700, exist_ok=True)

@@ -1,0 +1,188 @@
+"""The process's side of a session with a node.
+
+Owns: the session tag that names this process to its node, the connection of
+each event loop, the group memberships this process made (so it can assert
+them again on a restarted node), the keeper that renews the session lease, and
+client-side counters. One ``Client`` per process per layer configuration;
+layer instances with equal configurations share it (``acquire``/``release``).
+Does not own: socket I/O (``zchannels.connection``), the embedded node
+(``zchannels.embedded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+import zmq
+
+from . import embedded
+from .config import LayerConfig
+from .connection import Connection
+from .names import SESSION_TAG_LEN, random_tag
+from .protocol import MsgType
+
+log = logging.getLogger("zchannels.layer")
+
+
+class Client:
+    def __init__(self, config: LayerConfig) -> None:
+        self.config = config
+        self.pid = os.getpid()
+        self.session = random_tag(SESSION_TAG_LEN)
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+        self.endpoint = config.node if config.node is not None else embedded.endpoint()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.refs = 0
+        self._lock = threading.Lock()
+        self._conns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Connection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._conn_index = itertools.count()
+        self._names = itertools.count()
+        #: (wire group, wire channel) -> expires_at (monotonic)
+        self.memberships: dict[tuple[str, str], float] = {}
+        # What the node said in WELCOME.
+        self.node_tag: str | None = None
+        self.incarnation: str | None = None
+        self.lease = 3.0
+        #: largest frame the node accepts (from WELCOME); None until known
+        self.max_frame: int | None = None
+        self._keeper: Any = None
+        self._closed = False
+
+    # -- connections ------------------------------------------------------
+    def connection(self) -> Connection:
+        """This event loop's connection (made on first use)."""
+        loop = asyncio.get_running_loop()
+        conn = self._conns.get(loop)
+        if conn is None or conn.closed:
+            with self._lock:
+                self._sweep_closed_loops()
+                conn = Connection(self, loop, next(self._conn_index))
+                self._conns[loop] = conn
+            if self._keeper is None:
+                self._start_keeper()
+        return conn
+
+    def forget(self, conn: Connection) -> None:
+        with self._lock:
+            for loop, c in list(self._conns.items()):
+                if c is conn:
+                    del self._conns[loop]
+
+    def open_connections(self) -> int:
+        return sum(1 for c in self._conns.values() if not c.closed)
+
+    def _sweep_closed_loops(self) -> None:
+        for loop, conn in list(self._conns.items()):
+            if loop.is_closed():
+                conn.close_now()
+
+    # -- names ------------------------------------------------------------
+    def next_name_index(self) -> int:
+        return next(self._names)
+
+    # -- what the node said -----------------------------------------------
+    def on_welcome(
+        self, by: Connection, node_tag: str, incarnation: str, lease: float, max_frame: int
+    ) -> None:
+        with self._lock:
+            previous = self.incarnation
+            self.node_tag, self.incarnation = node_tag, incarnation
+            self.lease, self.max_frame = lease, max_frame
+            others = [c for c in self._conns.values() if c is not by and not c.closed]
+        if previous is None or previous == incarnation:
+            return
+        log.warning("node at %s restarted: re-registering this process", self.endpoint)
+        self.counters["node_restarts"] += 1
+        for conn in others:
+            loop = conn._loopref()
+            if loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(conn.rehello)
+        embedded.background().submit(self._reassert())
+
+    async def _reassert(self) -> None:
+        """Add every membership this process holds again (the node forgot)."""
+        conn = self.connection()
+        now = time.monotonic()
+        with self._lock:
+            held = [(g, c, exp - now) for (g, c), exp in self.memberships.items() if exp > now]
+        await asyncio.gather(
+            *(conn.request(MsgType.GROUP_ADD, g, c, left) for g, c, left in held),
+            return_exceptions=True,
+        )
+        log.info("re-asserted %d group memberships", len(held))
+
+    # -- keeper -----------------------------------------------------------
+    def _start_keeper(self) -> None:
+        with self._lock:
+            if self._keeper is not None or self._closed:
+                return
+            self._keeper = embedded.background().submit(self._keep())
+
+    async def _keep(self) -> None:
+        """Renew the session lease: a ping every lease/3 from a thread of its
+        own, so a busy or idle event loop never lets the lease lapse."""
+        conn = self.connection()
+        while not self._closed:
+            conn.ping()
+            await asyncio.sleep(self.lease / 3)
+
+    # -- lifecycle --------------------------------------------------------
+    def close(self) -> None:
+        """Close every connection (each on its own loop) and stop the keeper."""
+        self._closed = True
+        with self._lock:
+            conns = list(self._conns.items())
+        current: asyncio.AbstractEventLoop | None
+        try:
+            current = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, conn in conns:
+            if loop is current or loop.is_closed():
+                conn.close_now()
+            else:
+                try:
+                    loop.call_soon_threadsafe(conn.close_now)
+                except RuntimeError:
+                    conn.close_now()
+        if self._keeper is not None:
+            self._keeper.cancel()
+
+
+# -- sharing clients between layer instances of one process -----------------
+_clients: dict[LayerConfig, Client] = {}
+_clients_pid = os.getpid()
+_clients_lock = threading.Lock()
+
+
+def acquire(config: LayerConfig) -> Client:
+    global _clients_pid
+    with _clients_lock:
+        if _clients_pid != os.getpid():  # forked: the parent's clients are not ours
+            _clients.clear()
+            _clients_pid = os.getpid()
+        client = _clients.get(config)
+        if client is None:
+            client = _clients[config] = Client(config)
+        client.refs += 1
+        return client
+
+
+def release(client: Client) -> None:
+    with _clients_lock:
+        client.refs -= 1
+        if client.refs > 0:
+            return
+        if _clients.get(client.config) is client:
+            del _clients[client.config]
+    client.close()

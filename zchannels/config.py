@@ -1,0 +1,122 @@
+"""The layer's configuration: Django's ``CONFIG`` dict as a frozen dataclass.
+
+Owns: the option names (channels_redis' own where they mean the same thing),
+their defaults and validation, and the delivery policy a session sends to its
+node. Unknown keys are an error that lists the valid names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+from .names import PREFIX_RE
+
+#: What a channel_capacity key may be: a glob string or a compiled regex.
+CapacityKey = str | re.Pattern[str]
+
+
+@dataclass(frozen=True, slots=True)
+class LayerConfig:
+    #: Seconds a message may wait in a queue before it is dropped (channels_redis).
+    expiry: float = 60.0
+    #: Seconds a group membership lives unless re-added (channels_redis).
+    group_expiry: float = 86400.0
+    #: Messages a channel may hold before ``send`` raises ChannelFull (channels_redis).
+    capacity: int = 100
+    #: Per-channel capacities: ``{glob or compiled regex: capacity}``, first match wins.
+    channel_capacity: tuple[tuple[re.Pattern[str], int], ...] = ()
+    #: Namespace: layers with different prefixes share nothing on one node.
+    prefix: str = "asgi"
+    #: Largest encoded message in bytes; bigger ones raise MessageTooLarge at
+    #: send time. 2 MiB: the spec asks that 1 MB pass, with room for framing.
+    max_message_size: int = 2 * 1024 * 1024
+    #: The node to use: ``None`` starts an embedded node in this process;
+    #: ``"ipc:///path"`` or ``"tcp://127.0.0.1:PORT"`` points at a ``znode``.
+    node: str | None = None
+    #: Seconds a request waits for the node before NodeUnavailable is raised.
+    request_timeout: float = 30.0
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> LayerConfig:
+        valid = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(
+                f"unknown CONFIG key(s) {', '.join(unknown)} for "
+                f"zchannels.layer.ZeroMQChannelLayer; valid keys: {', '.join(valid)}"
+            )
+        opts = dict(options)
+        patterns = _compile_capacities(opts.pop("channel_capacity", None) or {})
+        cfg = cls(channel_capacity=patterns, **opts)
+        cfg._validate()
+        return cfg
+
+    def _validate(self) -> None:
+        def positive(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+            # bool is an int, but True is no capacity
+            if isinstance(value, bool) or not isinstance(value, kind) or not float(value) > 0:
+                raise ConfigError(f"CONFIG {name} must be a positive number, got {value!r}")
+
+        positive("expiry", self.expiry, (int, float))
+        positive("group_expiry", self.group_expiry, (int, float))
+        positive("capacity", self.capacity, int)
+        positive("max_message_size", self.max_message_size, int)
+        positive("request_timeout", self.request_timeout, (int, float))
+        if not isinstance(self.prefix, str) or not PREFIX_RE.fullmatch(self.prefix):
+            raise ConfigError(
+                f"CONFIG prefix must be up to 50 of A-Z a-z 0-9 _ . -, got {self.prefix!r}"
+            )
+        if self.node is not None and not (
+            isinstance(self.node, str) and self.node.split("://", 1)[0] in ("ipc", "tcp")
+        ):
+            raise ConfigError(
+                f"CONFIG node must be 'ipc:///path' or 'tcp://host:port', got {self.node!r}"
+            )
+
+    def capacity_for(self, channel: str) -> int:
+        for pattern, capacity in self.channel_capacity:
+            if pattern.match(channel):
+                return capacity
+        return self.capacity
+
+    def wire_policy(self) -> list[Any]:
+        """The policy a session sends in HELLO: expiry, capacity, patterns.
+
+        Patterns are sent as regex source; a compiled regex's flags travel as
+        an inline group so the node matches exactly what the layer would.
+        """
+        return [
+            float(self.expiry),
+            self.capacity,
+            [[_regex_source(p), cap] for p, cap in self.channel_capacity],
+        ]
+
+
+def _compile_capacities(raw: Any) -> tuple[tuple[re.Pattern[str], int], ...]:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"CONFIG channel_capacity must be a dict, got {type(raw).__name__}")
+    out = []
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"CONFIG channel_capacity[{key!r}] must be a positive int")
+        if isinstance(key, re.Pattern):
+            out.append((key, value))
+        elif isinstance(key, str):
+            out.append((re.compile(fnmatch.translate(key)), value))
+        else:
+            raise ConfigError(f"CONFIG channel_capacity key {key!r} is not a glob or regex")
+    return tuple(out)
+
+
+def _regex_source(pattern: re.Pattern[str]) -> str:
+    flags = ""
+    letters = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
+    for flag, letter in letters:
+        if pattern.flags & flag:
+            flags += letter
+    return f"(?{flags}){pattern.pattern}" if flags else pattern.pattern

@@ -1,0 +1,54 @@
+"""Exceptions of zchannels, grouped by what the caller can do about them.
+
+At the Django boundary they are also what consumers already catch:
+``ChannelFull`` and ``MessageTooLarge`` subclass channels' own exceptions, bad
+names and messages raise ``TypeError`` (as channels' ``BaseChannelLayer``),
+and an invalid CONFIG raises ``ConfigError`` (a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+from channels.exceptions import ChannelFull as _ChannelsChannelFull
+from channels.exceptions import MessageTooLarge as _ChannelsMessageTooLarge
+
+
+class ZChannelsError(Exception):
+    """Base of every zchannels error. ``retriable``: trying again may succeed."""
+
+    retriable = False
+
+
+class ConfigError(ZChannelsError, ValueError):
+    """The layer's CONFIG or the node's settings are invalid."""
+
+
+class ChannelFull(ZChannelsError, _ChannelsChannelFull):  # type: ignore[misc]
+    """The channel's queue on its owner node is at capacity. Retry later."""
+
+    retriable = True
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(f"channel {channel!r} is full")
+        self.channel = channel
+
+
+class MessageTooLarge(ZChannelsError, _ChannelsMessageTooLarge):  # type: ignore[misc]
+    """The encoded message is larger than ``max_message_size``."""
+
+    def __init__(self, size: int, max_size: int) -> None:
+        super().__init__(f"message is {size} bytes, the limit is {max_size}")
+        self.size = size
+        self.max_size = max_size
+
+
+class NodeUnavailable(ZChannelsError):
+    """The node did not answer within ``request_timeout`` (down, or restarting).
+
+    A ``send`` that timed out may still be delivered once the node is back.
+    """
+
+    retriable = True
+
+
+class ProtocolError(ZChannelsError):
+    """The node refused a request as malformed: a bug, or mismatched versions."""

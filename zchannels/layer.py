@@ -1,0 +1,175 @@
+"""``ZeroMQChannelLayer``: the Channels layer Django loads.
+
+Owns: the Channels contract at the Django boundary — name and message
+validation (channels' own rules and ``TypeError``s), serializing each user
+message once with msgpack, size limits, and mapping node answers to the
+exceptions consumers already catch. Does not own: connections, sessions or
+the node (``zchannels.client``, ``zchannels.connection``, ``zchannels.node``).
+
+Usage::
+
+    CHANNEL_LAYERS = {"default": {"BACKEND": "zchannels.layer.ZeroMQChannelLayer",
+                                  "CONFIG": {}}}          # embedded node
+    # or "CONFIG": {"node": "ipc:///run/zchannels/znode.sock"}  # znode sidecar
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgpack
+from channels.layers import BaseChannelLayer
+
+from . import client as _client
+from .config import LayerConfig
+from .connection import Connection
+from .errors import MessageTooLarge
+from .names import local_part, specific_name, wire_name
+from .protocol import MsgType
+
+
+class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
+    extensions = ["groups", "flush"]
+
+    def __init__(self, **options: Any) -> None:
+        self.config = LayerConfig.from_options(options)
+        # BaseChannelLayer's attributes, for code that reads them.
+        self.expiry = self.config.expiry
+        self.capacity = self.config.capacity
+        self.channel_capacity = list(self.config.channel_capacity)
+        self.group_expiry = self.config.group_expiry
+        self.prefix = self.config.prefix
+        self._client: _client.Client | None = None
+
+    # -- plumbing ---------------------------------------------------------
+    @property
+    def client(self) -> _client.Client:
+        if self._client is None:
+            self._client = _client.acquire(self.config)
+        return self._client
+
+    def _conn(self) -> Connection:
+        return self.client.connection()
+
+    def _wire(self, name: str) -> str:
+        return wire_name(self.prefix, name)
+
+    def _encode(self, message: Any) -> bytes:
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        try:
+            payload: bytes = msgpack.packb(message, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError) as exc:
+            path = _unencodable_path(message)
+            raise TypeError(f"message{path} cannot be serialized: {exc}") from None
+        limit = self.config.max_message_size
+        node_max = self.client.max_frame
+        if node_max is not None:
+            limit = min(limit, node_max - 1024)  # room for the frame's own fields
+        if len(payload) > limit:
+            raise MessageTooLarge(len(payload), limit)
+        return payload
+
+    # -- the contract -----------------------------------------------------
+    async def send(self, channel: str, message: dict[str, Any]) -> None:
+        """Put ``message`` on ``channel``. Raises ChannelFull at capacity."""
+        self.require_valid_channel_name(channel)
+        payload = self._encode(message)
+        await self._conn().request(MsgType.SEND, self._wire(channel), payload)
+
+    async def receive(self, channel: str) -> dict[str, Any]:
+        """The next message of ``channel``; waits as long as it takes.
+
+        Cancelling it loses nothing: a message is only taken by a receive that
+        goes on to return it.
+        """
+        self.require_valid_channel_name(channel)
+        payload = await self._conn().receive(self._wire(channel))
+        message: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        return message
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A process-specific channel name, owned by this process and node."""
+        conn = self._conn()
+        await conn.ready()
+        client = self.client
+        if client.node_tag is None:  # pragma: no cover - ready() sets it
+            raise RuntimeError("node did not say its tag")
+        name = specific_name(prefix, client.node_tag, client.session, client.next_name_index())
+        self.require_valid_channel_name(name)
+        return name
+
+    async def group_add(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        key = (self._wire(group), self._wire(channel))
+        expiry = float(self.config.group_expiry)
+        # Recorded first, so a node restart while this is in flight re-adds it.
+        self.client.memberships[key] = time.monotonic() + expiry
+        await self._conn().request(MsgType.GROUP_ADD, key[0], key[1], expiry)
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        key = (self._wire(group), self._wire(channel))
+        self.client.memberships.pop(key, None)
+        await self._conn().request(MsgType.GROUP_DISCARD, key[0], key[1])
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Send to every member; members whose channel is full are skipped
+        (and counted by the node), as channels_redis does."""
+        self.require_valid_group_name(group)
+        payload = self._encode(message)
+        await self._conn().request(MsgType.GROUP_SEND, self._wire(group), payload)
+
+    async def flush(self) -> None:
+        """Forget every queued message and group of this layer's prefix."""
+        namespace = self._wire("x")[:-1]
+        self.client.memberships = {
+            k: v for k, v in self.client.memberships.items() if not k[0].startswith(namespace)
+        }
+        await self._conn().request(MsgType.FLUSH, self.prefix)
+
+    async def close(self) -> None:
+        """Release this layer's connections; using it again reconnects."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            _client.release(client)
+
+    # -- extensions beyond the spec ---------------------------------------
+    async def group_channels(self, group: str) -> list[str]:
+        """The channels currently in ``group``."""
+        self.require_valid_group_name(group)
+        wires = await self._conn().request(MsgType.GROUP_INFO, self._wire(group))
+        return sorted(local_part(w) for w in wires)
+
+    async def node_status(self) -> dict[str, Any]:
+        """The node's counters and sizes (what ``znode status`` shows)."""
+        status: dict[str, Any] = await self._conn().request(MsgType.STATUS)
+        return status
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Client-side counters of this process (restarts seen, drops)."""
+        return dict(self.client.counters)
+
+
+def _unencodable_path(value: Any, path: str = "") -> str:
+    """Where in ``value`` the first thing msgpack cannot encode sits, as
+    ``['key'][0]``; empty if it is ``value`` itself."""
+    children: Any
+    if isinstance(value, dict):
+        children = value.items()
+    elif isinstance(value, list | tuple):
+        children = enumerate(value)
+    else:
+        return path
+    for key, child in children:
+        try:
+            msgpack.packb(child, use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            return _unencodable_path(child, f"{path}[{key!r}]")
+        if isinstance(value, dict) and not isinstance(key, str | int | bytes | float | bool):
+            return f"{path} key {key!r}"
+    return path

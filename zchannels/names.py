@@ -1,0 +1,102 @@
+"""Channel and group names: validity, and who owns a process-specific name.
+
+Owns: the format of names made by ``new_channel()`` and how the owner (node
+and client session) is read back from one. Validity rules are channels' own
+(``BaseChannelLayer``): the layer raises its exact ``TypeError``s, the node
+uses the same regexes to drop nonsense from the wire.
+
+On the wire every name is qualified by the layer's ``prefix`` as
+``prefix|name`` (``|`` is not valid in a channels name, so this is unambiguous).
+
+A process-specific name is ``{prefix}.{node}.{session}!{local}``: ``node`` is
+the owning node's tag, ``session`` the owning client process's tag, ``local``
+a per-session counter. Tags come from ``os.urandom``, so names stay unique
+after ``random.seed()``, and the whole suffix is ~26 characters, leaving
+``MAX_NAME_LENGTH`` (100) to the prefix.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+
+from channels.layers import BaseChannelLayer
+
+MAX_NAME_LENGTH: int = BaseChannelLayer.MAX_NAME_LENGTH
+_CHANNEL_RE = BaseChannelLayer.channel_name_regex
+_GROUP_RE = BaseChannelLayer.group_name_regex
+
+#: A layer's ``prefix`` (its namespace on the node).
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{0,50}")
+
+SESSION_TAG_LEN = 10
+NODE_TAG_LEN = 6
+
+
+def random_tag(length: int) -> str:
+    """A lowercase base32 tag of ``length`` characters (5 random bits each)."""
+    raw = base64.b32encode(os.urandom((length * 5 + 7) // 8)).decode("ascii")
+    return raw[:length].lower()
+
+
+def valid_channel(name: object) -> bool:
+    return isinstance(name, str) and len(name) < MAX_NAME_LENGTH and bool(_CHANNEL_RE.match(name))
+
+
+def valid_group(name: object) -> bool:
+    return isinstance(name, str) and len(name) < MAX_NAME_LENGTH and bool(_GROUP_RE.match(name))
+
+
+def wire_name(prefix: str, name: str) -> str:
+    """The name as the node knows it: ``prefix|name`` (the layer's namespace)."""
+    return f"{prefix}|{name}" if prefix else name
+
+
+def namespace(wire: str) -> str:
+    """The prefix a wire name was qualified with ("" for none)."""
+    return wire.rpartition("|")[0]
+
+
+def local_part(wire: str) -> str:
+    """The name without its namespace (what capacity patterns are matched on)."""
+    return wire.rpartition("|")[2]
+
+
+def valid_wire_channel(wire: object) -> bool:
+    if not isinstance(wire, str):
+        return False
+    prefix, _, name = wire.rpartition("|")
+    return bool(PREFIX_RE.fullmatch(prefix)) and valid_channel(name)
+
+
+def valid_wire_group(wire: object) -> bool:
+    if not isinstance(wire, str):
+        return False
+    prefix, _, name = wire.rpartition("|")
+    return bool(PREFIX_RE.fullmatch(prefix)) and valid_group(name)
+
+
+def specific_name(prefix: str, node_tag: str, session_tag: str, counter: int) -> str:
+    return f"{prefix}.{node_tag}.{session_tag}!{_base36(counter)}"
+
+
+def owner_of(name: str) -> tuple[str, str] | None:
+    """(node tag, session tag) of a name made by ``new_channel()``, else None."""
+    bang = name.find("!")
+    if bang < 0:
+        return None
+    parts = name[:bang].rsplit(".", 2)
+    if len(parts) != 3 or len(parts[1]) != NODE_TAG_LEN or len(parts[2]) != SESSION_TAG_LEN:
+        return None
+    return parts[1], parts[2]
+
+
+def _base36(n: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while True:
+        n, r = divmod(n, 36)
+        out = digits[r] + out
+        if n == 0:
+            return out

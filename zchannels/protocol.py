@@ -1,0 +1,232 @@
+"""The client <-> node wire format: frames, message types, and the one codec.
+
+Owns: the byte layout of every frame that crosses a ZeroMQ socket between a
+layer connection and a node, the append-only ``MsgType`` enum, the field layout
+of each message, and ``DecodeError``. Does not own: sockets, sessions, or what a
+message *means* (that is ``zchannels.node.core`` and ``zchannels.connection``).
+
+Frame layout (one ZeroMQ frame; the DEALER/ROUTER identity frame is not part of it)::
+
+    byte 0      protocol version (``PROTOCOL_VERSION``)
+    byte 1      message type (``MsgType``)
+    bytes 2..   msgpack array: the message's fields, in the order of ``FIELDS``
+
+A ``BATCH`` frame carries several messages in one frame: its body is an array
+of arrays ``[type, field, field, ...]``. Batching is what lets a drain-style
+shell move ~10^5 messages/s through one socket (see shared/NOTES.md).
+
+User messages are serialized once, by the layer, and travel inside ``SEND``,
+``GROUP_SEND`` and ``DELIVER`` as opaque msgpack ``bin`` values.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+#: Bumped on any incompatible change; a node drops frames of another version.
+PROTOCOL_VERSION = 1
+
+
+class MsgType(enum.IntEnum):
+    """Message types. The numeric values are part of the protocol: append only."""
+
+    BATCH = 0
+    HELLO = 1  # client -> node: open a connection of a session
+    WELCOME = 2  # node -> client: answer to HELLO
+    PING = 3  # client -> node: renew the session lease
+    PONG = 4  # node -> client
+    SEND = 5  # client -> node: enqueue one message on a channel
+    ACK = 6  # node -> client: request done
+    ERROR = 7  # node -> client: request failed
+    RECV = 8  # client -> node: grant credit for deliveries of a channel
+    DELIVER = 9  # node -> client: messages of a channel
+    RETURN = 10  # client -> node: give back undelivered messages, withdraw credit
+    GROUP_ADD = 11  # client -> node
+    GROUP_DISCARD = 12  # client -> node
+    GROUP_SEND = 13  # client -> node
+    FLUSH = 14  # client -> node
+    BYE = 15  # client -> node: this connection is closing
+    RESET = 16  # node -> client: "I have no session for you: send HELLO again"
+    STATUS = 17  # client -> node: ask for the node's status (counters, sizes)
+    STATUS_REPLY = 18  # node -> client
+    GROUP_INFO = 19  # client -> node: members of a group
+    GROUP_INFO_REPLY = 20  # node -> client
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by ``ERROR``. Append only."""
+
+    CHANNEL_FULL = 1  # the channel's queue is at its capacity
+    UNKNOWN_SESSION = 2  # node restarted or lease lapsed: HELLO again, then retry
+    BAD_REQUEST = 3  # well-formed frame, nonsensical content (e.g. an invalid name)
+    LIMIT = 4  # a per-client bound (channels, group entries) was hit
+
+
+# Field layout of every message: (name, python type) in wire order.
+# ``float`` fields accept ints on decode (msgpack encodes 3.0 as a float, but a
+# foreign encoder may not). Every duration is float seconds.
+_F = tuple[tuple[str, type | tuple[type, ...]], ...]
+_NUM: tuple[type, ...] = (int, float)
+FIELDS: dict[MsgType, _F] = {
+    # session: the process's session tag (10 base32 chars); pid: for operators;
+    # policy: [expiry_s, capacity, [[regex, capacity], ...]] (channels_redis names)
+    MsgType.HELLO: (("session", str), ("pid", int), ("policy", list)),
+    # node_id; node_tag (what new_channel() names carry to point at this node);
+    # incarnation (changes at every node start); lease (s);
+    # max_frame (bytes the node accepts in one frame)
+    MsgType.WELCOME: (
+        ("node_id", str),
+        ("node_tag", str),
+        ("incarnation", str),
+        ("lease", _NUM),
+        ("max_frame", int),
+    ),
+    MsgType.PING: (),
+    MsgType.PONG: (("incarnation", str),),
+    # req: client-chosen request id, echoed in ACK/ERROR
+    MsgType.SEND: (("req", int), ("channel", str), ("payload", bytes)),
+    # result: request-specific count (e.g. members reached by GROUP_SEND)
+    MsgType.ACK: (("req", int), ("result", int)),
+    MsgType.ERROR: (("req", int), ("code", int), ("detail", str)),
+    # credit: how many more messages of channel this connection will take
+    MsgType.RECV: (("channel", str), ("credit", int)),
+    # items: [[payload, ttl_remaining_s], ...] oldest first
+    MsgType.DELIVER: (("channel", str), ("items", list)),
+    # items as in DELIVER; the node puts them back at the head of the queue
+    MsgType.RETURN: (("channel", str), ("items", list)),
+    # expiry: the membership's remaining lifetime (group_expiry) in seconds
+    MsgType.GROUP_ADD: (("req", int), ("group", str), ("channel", str), ("expiry", _NUM)),
+    MsgType.GROUP_DISCARD: (("req", int), ("group", str), ("channel", str)),
+    MsgType.GROUP_SEND: (("req", int), ("group", str), ("payload", bytes)),
+    # prefix: the namespace to clear (a layer's ``prefix``)
+    MsgType.FLUSH: (("req", int), ("prefix", str)),
+    # answered by ACK once the node has forgotten the connection
+    MsgType.BYE: (("req", int),),
+    MsgType.RESET: (("incarnation", str),),
+    MsgType.STATUS: (("req", int),),
+    # status: a map of counters and sizes (see zchannels.node.core.NodeCore.status)
+    MsgType.STATUS_REPLY: (("req", int), ("status", dict)),
+    MsgType.GROUP_INFO: (("req", int), ("group", str)),
+    MsgType.GROUP_INFO_REPLY: (("req", int), ("channels", list)),
+}
+
+Message = tuple[MsgType, tuple[Any, ...]]
+
+
+class DecodeError(ValueError):
+    """A frame that is not a valid message of this protocol version.
+
+    The one exception every malformed input turns into: the shell logs,
+    counts and drops it, and goes on.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        #: a short, stable reason used as a counter label (e.g. "version")
+        self.reason = reason
+
+
+def encode(mtype: MsgType, *fields: Any) -> bytes:
+    """One message as one frame."""
+    body: bytes = msgpack.packb(fields, use_bin_type=True)
+    return bytes((PROTOCOL_VERSION, mtype)) + body
+
+
+def encode_batch(messages: Iterable[Message]) -> bytes:
+    """Several messages as one BATCH frame."""
+    body = [[mtype, *fields] for mtype, fields in messages]
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return bytes((PROTOCOL_VERSION, MsgType.BATCH)) + packed
+
+
+def encode_many(messages: list[Message]) -> bytes:
+    """One frame for a list of messages: plain when there is one, BATCH otherwise."""
+    if len(messages) == 1:
+        mtype, fields = messages[0]
+        return encode(mtype, *fields)
+    return encode_batch(messages)
+
+
+#: Messages are packed into one frame up to about this many bytes.
+BATCH_BYTES = 256 * 1024
+
+
+def split_batches(messages: list[Message], max_bytes: int = BATCH_BYTES) -> list[list[Message]]:
+    """Cut ``messages`` into runs of roughly ``max_bytes`` encoded bytes each,
+    so one frame never grows past the peer's limit because of batching (a
+    single message bigger than the limit still travels alone)."""
+    chunks: list[list[Message]] = [[]]
+    size = 0
+    for message in messages:
+        approx = 16 + sum(_approx_size(f) for f in message[1])
+        if chunks[-1] and size + approx > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(message)
+        size += approx
+    return chunks
+
+
+def _approx_size(value: Any) -> int:
+    if isinstance(value, bytes | str):
+        return len(value) + 5
+    if isinstance(value, list | tuple):
+        return 5 + sum(_approx_size(v) for v in value)
+    return 9
+
+
+# Bounds on what a decoder will build, so a hostile frame cannot make it
+# allocate unboundedly (msgpack's own limits are per-container and generous).
+_MAX_BATCH = 100_000
+
+
+def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
+    """Every message in a frame, validated. Raises only ``DecodeError``."""
+    if max_size is not None and len(frame) > max_size:
+        raise DecodeError("oversized", f"{len(frame)} > {max_size} bytes")
+    if len(frame) < 2:
+        raise DecodeError("truncated", f"{len(frame)} bytes")
+    if frame[0] != PROTOCOL_VERSION:
+        raise DecodeError("version", f"got {frame[0]}, speak {PROTOCOL_VERSION}")
+    try:
+        body = msgpack.unpackb(
+            memoryview(frame)[2:],
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_array_len=_MAX_BATCH,
+        )
+    except Exception as exc:  # msgpack raises many kinds; one error for all
+        raise DecodeError("msgpack", repr(exc)[:200]) from None
+    if not isinstance(body, list):
+        raise DecodeError("shape", "body is not an array")
+    mtype_num = frame[1]
+    if mtype_num == MsgType.BATCH:
+        out: list[Message] = []
+        for item in body:
+            if not isinstance(item, list) or not item or not isinstance(item[0], int):
+                raise DecodeError("shape", "batch item is not [type, ...]")
+            if item[0] == MsgType.BATCH:
+                raise DecodeError("shape", "nested batch")
+            out.append(_check(item[0], item[1:]))
+        return out
+    return [_check(mtype_num, body)]
+
+
+def _check(mtype_num: int, fields: list[Any]) -> Message:
+    try:
+        mtype = MsgType(mtype_num)
+    except ValueError:
+        raise DecodeError("type", f"unknown message type {mtype_num}") from None
+    spec = FIELDS[mtype]
+    if len(fields) != len(spec):
+        raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {len(spec)}")
+    for value, (name, typ) in zip(fields, spec, strict=True):
+        # bool is an int subclass; no field of ours is a bool
+        if not isinstance(value, typ) or isinstance(value, bool):
+            raise DecodeError("field", f"{mtype.name}.{name} is {type(value).__name__}, want {typ}")
+    return mtype, tuple(fields)
