@@ -181,18 +181,21 @@ class NodeCore:
             return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)
         if not self._owner_alive(channel):
             self.counters.dropped_dead_owner += 1
-            out.append((conn, (MsgType.ACK, (req, 0))))
+            if req:
+                out.append((conn, (MsgType.ACK, (req, 0))))
             return None
         policy = session.policy
-        result = self.queues.put(
-            channel, payload, now + policy.expiry, policy.capacity_for(local_part(channel)), now
-        )
+        capacity = policy.capacity_for(local_part(channel))
+        result = self.queues.put(channel, payload, now + policy.expiry, capacity, now, sender=conn)
         if result is False:
-            out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
+            if req:
+                out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
             return None
         if result is not True:
             self._deliver([result], out)
-        out.append((conn, (MsgType.ACK, (req, 1))))
+        if req:
+            reserved = self.queues.reserve(conn, channel, capacity, now)
+            out.append((conn, (MsgType.ACK, (req, reserved))))
         return None
 
     def _recv(

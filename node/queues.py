@@ -1,15 +1,25 @@
-"""Channel queues of one node: FIFO, capacity, expiry, and receive credit.
+"""Channel queues of one node: FIFO, capacity, expiry, receive credit and
+send reservations.
 
-Owns: the messages waiting on each channel this node holds, and which client
-connections have asked for them (credit). Decides which queued message goes to
-which connection. Does not own: sockets, sessions, names or policy (the caller
-passes capacity and deadlines in).
+Owns: the messages waiting on each channel this node holds, which client
+connections have asked for them (receive credit), and which have been promised
+room in them (send reservations). Decides which queued message goes to which
+connection and whether a send fits. Does not own: sockets, sessions, names or
+policy (the caller passes capacity and deadlines in).
 
-Delivery is credit-based: a connection grants ``n`` credits on a channel
-(``RECV``), and the node hands it up to ``n`` messages, oldest first, as they
-arrive. Connections with credit on one channel are served round-robin, so two
-worker processes on one channel share it. Pure: every method takes ``now``
-(monotonic seconds) and returns what to send; nothing here blocks or does I/O.
+Receive credit: a connection grants ``n`` credits on a channel (``RECV``) and
+the node hands it up to ``n`` messages, oldest first, as they arrive.
+Connections with credit on one channel are served round-robin, so worker
+processes on one channel share it.
+
+Send reservations: when an acknowledged send finds plenty of room, the node
+reserves a few more slots for that connection and says so in the ACK. The
+connection may then send that many messages without waiting for answers
+(``SEND`` with request id 0); reserved slots count against capacity for
+everyone else, so ``ChannelFull`` stays exact. Reservations lapse after
+``RESERVATION_TTL``; the client stops using them after half of it.
+
+Pure: every method takes ``now`` (monotonic seconds) and returns what to send.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from zchannels.names import namespace
+from zchannels.protocol import RESERVATION_TTL
 
 ConnId = bytes
 #: (payload, deadline): deadline is monotonic seconds on this node's clock
@@ -28,6 +39,9 @@ Delivery = tuple[ConnId, str, list[tuple[bytes, float]]]
 #: Largest credit one connection may hold on one channel; a client asking for
 #: more is clamped, so one RECV cannot make the node buffer unboundedly.
 MAX_CREDIT = 10_000
+#: Most slots reserved for one connection on one channel at a time: enough
+#: to pipeline a burst, few enough that other senders still find room.
+MAX_RESERVATION = 64
 
 
 @dataclass(slots=True)
@@ -35,6 +49,17 @@ class Channel:
     items: deque[Item] = field(default_factory=deque)
     #: connection -> remaining credit; dict order is the round-robin order
     credits: dict[ConnId, int] = field(default_factory=dict)
+    #: connection -> [slots left, expires_at]
+    reserved: dict[ConnId, list[float]] = field(default_factory=dict)
+
+    def reserved_total(self, now: float, exclude: ConnId | None = None) -> int:
+        total = 0
+        for conn, (left, expires_at) in list(self.reserved.items()):
+            if expires_at <= now:
+                del self.reserved[conn]
+            elif conn != exclude:
+                total += int(left)
+        return total
 
 
 @dataclass(slots=True)
@@ -48,7 +73,8 @@ class QueueCounters:
 class Queues:
     def __init__(self) -> None:
         self.channels: dict[str, Channel] = {}
-        self._credit_index: dict[ConnId, set[str]] = {}
+        #: connection -> channels where it holds credit or a reservation
+        self._by_conn: dict[ConnId, set[str]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -61,9 +87,15 @@ class Queues:
 
     # -- sending ---------------------------------------------------------
     def put(
-        self, name: str, payload: bytes, deadline: float, capacity: int, now: float
+        self,
+        name: str,
+        payload: bytes,
+        deadline: float,
+        capacity: int,
+        now: float,
+        sender: ConnId | None = None,
     ) -> Delivery | bool:
-        """Queue or hand over one message.
+        """Queue or hand over one message; ``sender`` uses its reservation.
 
         Returns a ``Delivery`` when a connection with credit took it at once,
         ``True`` when it was queued, ``False`` when the channel is full.
@@ -71,11 +103,14 @@ class Queues:
         ch = self.channels.get(name)
         if ch is None:
             ch = self.channels[name] = Channel()
-        elif len(ch.items) >= capacity:
-            self._purge(ch, now)
-            if len(ch.items) >= capacity:
-                self.counters.dropped_full += 1
-                return False
+        if not self._use_reservation(ch, sender, now):
+            used = len(ch.items) + (ch.reserved_total(now) if ch.reserved else 0)
+            if used >= capacity:
+                self._purge(ch, now)
+                if len(ch.items) + ch.reserved_total(now) >= capacity:
+                    self.counters.dropped_full += 1
+                    self._maybe_delete(name, ch)
+                    return False
         self.counters.enqueued += 1
         if ch.credits and not ch.items:
             conn = self._take_credit(name, ch)
@@ -83,6 +118,36 @@ class Queues:
             self._maybe_delete(name, ch)
             return (conn, name, [(payload, deadline - now)])
         ch.items.append((payload, deadline))
+        return True
+
+    def reserve(self, conn: ConnId, name: str, capacity: int, now: float) -> int:
+        """Reserve slots on ``name`` for ``conn`` if there is plenty of room:
+        at most half of what is free, at most ``MAX_RESERVATION``. Returns
+        how many ``conn`` now holds."""
+        ch = self.channels.get(name)
+        if ch is None:
+            ch = self.channels[name] = Channel()
+        held = ch.reserved.get(conn)
+        if held is not None and held[1] > now and held[0] >= MAX_RESERVATION // 2:
+            return int(held[0])
+        free = capacity - len(ch.items) - ch.reserved_total(now, exclude=conn)
+        grant = min(MAX_RESERVATION, free // 2)
+        if grant <= 0:
+            ch.reserved.pop(conn, None)
+            self._unindex(conn, name, ch)
+            self._maybe_delete(name, ch)
+            return 0
+        ch.reserved[conn] = [grant, now + RESERVATION_TTL]
+        self._by_conn.setdefault(conn, set()).add(name)
+        return grant
+
+    def _use_reservation(self, ch: Channel, sender: ConnId | None, now: float) -> bool:
+        if sender is None:
+            return False
+        held = ch.reserved.get(sender)
+        if held is None or held[1] <= now or held[0] < 1:
+            return False
+        held[0] -= 1
         return True
 
     # -- receiving -------------------------------------------------------
@@ -94,7 +159,7 @@ class Queues:
         if ch is None:
             ch = self.channels[name] = Channel()
         ch.credits[conn] = min(MAX_CREDIT, ch.credits.get(conn, 0) + credit)
-        self._credit_index.setdefault(conn, set()).add(name)
+        self._by_conn.setdefault(conn, set()).add(name)
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
@@ -107,7 +172,8 @@ class Queues:
         ch = self.channels.get(name)
         if ch is None:
             ch = self.channels[name] = Channel()
-        self._forget_credit(conn, name, ch)
+        ch.credits.pop(conn, None)
+        self._unindex(conn, name, ch)
         for payload, ttl in reversed(items):
             if ttl > 0:
                 ch.items.appendleft((payload, now + ttl))
@@ -118,11 +184,12 @@ class Queues:
         return out
 
     def drop_conn(self, conn: ConnId) -> None:
-        """A connection went away: forget all its credit."""
-        for name in self._credit_index.pop(conn, ()):
+        """A connection went away: forget its credit and reservations."""
+        for name in self._by_conn.pop(conn, ()):
             ch = self.channels.get(name)
             if ch is not None:
                 ch.credits.pop(conn, None)
+                ch.reserved.pop(conn, None)
                 self._maybe_delete(name, ch)
 
     def drop_channel(self, name: str) -> int:
@@ -130,8 +197,8 @@ class Queues:
         ch = self.channels.pop(name, None)
         if ch is None:
             return 0
-        for conn in ch.credits:
-            names = self._credit_index.get(conn)
+        for conn in {*ch.credits, *ch.reserved}:
+            names = self._by_conn.get(conn)
             if names is not None:
                 names.discard(name)
         return len(ch.items)
@@ -149,9 +216,11 @@ class Queues:
         return dropped
 
     def expire(self, now: float) -> None:
-        """Drop expired messages everywhere and forget empty channels."""
+        """Drop expired messages and reservations; forget empty channels."""
         for name, ch in list(self.channels.items()):
             self._purge(ch, now)
+            if ch.reserved:
+                ch.reserved_total(now)
             self._maybe_delete(name, ch)
 
     # -- internals -------------------------------------------------------
@@ -174,16 +243,17 @@ class Queues:
         if left > 0:
             ch.credits[conn] = left
         else:
-            names = self._credit_index.get(conn)
-            if names is not None:
-                names.discard(name)
+            self._unindex(conn, name, ch)
         return conn
 
-    def _forget_credit(self, conn: ConnId, name: str, ch: Channel) -> None:
-        ch.credits.pop(conn, None)
-        names = self._credit_index.get(conn)
+    def _unindex(self, conn: ConnId, name: str, ch: Channel) -> None:
+        if conn in ch.credits or conn in ch.reserved:
+            return
+        names = self._by_conn.get(conn)
         if names is not None:
             names.discard(name)
+            if not names:
+                del self._by_conn[conn]
 
     def _purge(self, ch: Channel, now: float) -> None:
         if not ch.items:
@@ -195,5 +265,5 @@ class Queues:
         ch.items = live
 
     def _maybe_delete(self, name: str, ch: Channel) -> None:
-        if not ch.items and not ch.credits:
+        if not ch.items and not ch.credits and not ch.reserved:
             self.channels.pop(name, None)

@@ -57,16 +57,17 @@ class LayerConfig:
         return cfg
 
     def _validate(self) -> None:
-        def positive(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+        def positive(name: str, value: Any, integer: bool = False) -> None:
             # bool is an int, but True is no capacity
-            if isinstance(value, bool) or not isinstance(value, kind) or not float(value) > 0:
+            ok = isinstance(value, int) if integer else isinstance(value, int | float)
+            if isinstance(value, bool) or not ok or value <= 0:
                 raise ConfigError(f"CONFIG {name} must be a positive number, got {value!r}")
 
-        positive("expiry", self.expiry, (int, float))
-        positive("group_expiry", self.group_expiry, (int, float))
-        positive("capacity", self.capacity, int)
-        positive("max_message_size", self.max_message_size, int)
-        positive("request_timeout", self.request_timeout, (int, float))
+        positive("expiry", self.expiry)
+        positive("group_expiry", self.group_expiry)
+        positive("capacity", self.capacity, integer=True)
+        positive("max_message_size", self.max_message_size, integer=True)
+        positive("request_timeout", self.request_timeout)
         if not isinstance(self.prefix, str) or not PREFIX_RE.fullmatch(self.prefix):
             raise ConfigError(
                 f"CONFIG prefix must be up to 50 of A-Z a-z 0-9 _ . -, got {self.prefix!r}"

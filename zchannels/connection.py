@@ -35,7 +35,16 @@ import zmq
 
 from .errors import ChannelFull, NodeUnavailable, ProtocolError
 from .names import local_part
-from .protocol import DecodeError, ErrorCode, Message, MsgType, decode, encode_many, split_batches
+from .protocol import (
+    RESERVATION_TTL,
+    DecodeError,
+    ErrorCode,
+    Message,
+    MsgType,
+    decode,
+    encode_many,
+    split_batches,
+)
 
 if TYPE_CHECKING:
     from .client import Client
@@ -111,6 +120,8 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._req = itertools.count(1)
         self._recv: dict[str, RecvState] = {}
+        #: channel -> [slots the node reserved for us, use until (monotonic)]
+        self._reservations: dict[str, list[float]] = {}
         self._out: list[Message] = []
         self._flush_scheduled = False
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -149,6 +160,24 @@ class Connection:
             return await future
         finally:
             self._pending.pop(req, None)
+
+    async def send(self, channel: str, payload: bytes) -> None:
+        """Send one message: without waiting for the node while a
+        reservation for ``channel`` lasts, else as a request (which may
+        bring a reservation for the next ones)."""
+        reservation = self._reservations.get(channel)
+        if reservation is not None:
+            if reservation[0] > 0 and reservation[1] > time.monotonic():
+                reservation[0] -= 1
+                # Written at the loop's next turn, batched with whatever else
+                # is sent in this one (a frame per message costs 3x the time).
+                self._queue((MsgType.SEND, (0, channel, payload)))
+                return
+            del self._reservations[channel]
+        reserved = await self.request(MsgType.SEND, channel, payload)
+        if reserved > 0:
+            self._reservations[channel] = [reserved, time.monotonic() + RESERVATION_TTL / 2]
+            self._arm_sweep()
 
     def ping(self) -> None:
         self._queue((MsgType.PING, ()))
@@ -256,6 +285,7 @@ class Connection:
             self._welcomed.set_result(None)
         if first and self._epoch == 1:
             return
+        self._reservations.clear()
         # Everything the node knew of this connection is gone. Requests sent
         # before this HELLO and still unanswered went to a node that died.
         for req, pending in list(self._pending.items()):
@@ -334,7 +364,10 @@ class Connection:
     def _on_error(self, req: int, code: int, detail: str) -> None:
         if code == ErrorCode.UNKNOWN_SESSION:
             # The node did not process it: HELLO again, then send it again.
+            # (A reserved send, req 0, has no copy kept: it is lost.)
             self.rehello()
+            if req == 0:
+                self._client.counters["lost_in_node_restart"] += 1
             pending = self._pending.get(req)
             if pending is not None:
                 pending.epoch = self._epoch
@@ -383,6 +416,9 @@ class Connection:
         for channel, state in list(self._recv.items()):
             if not state.waiters and now - state.active_at > IDLE_RETURN:
                 self._give_back(channel, state)
+        for channel, reservation in list(self._reservations.items()):
+            if reservation[1] <= now:
+                del self._reservations[channel]
         timeout = self._client.config.request_timeout
         for req, pending in list(self._pending.items()):
             if now - pending.sent_at > timeout and not pending.future.done():
@@ -392,7 +428,7 @@ class Connection:
                         f"no answer from the node at {self._client.endpoint} in {timeout:g} s"
                     )
                 )
-        if self._recv or self._pending:
+        if self._recv or self._pending or self._reservations:
             self._arm_sweep()
 
     # -- closing ----------------------------------------------------------

@@ -76,7 +76,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Put ``message`` on ``channel``. Raises ChannelFull at capacity."""
         self.require_valid_channel_name(channel)
         payload = self._encode(message)
-        await self._conn().request(MsgType.SEND, self._wire(channel), payload)
+        await self._conn().send(self._wire(channel), payload)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``; waits as long as it takes.

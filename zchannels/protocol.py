@@ -31,6 +31,11 @@ import msgpack
 PROTOCOL_VERSION = 1
 
 
+#: Seconds a send reservation granted in an ACK holds on the node. A client
+#: uses one for at most half of this, so it never outlives the node's promise.
+RESERVATION_TTL = 2.0
+
+
 class MsgType(enum.IntEnum):
     """Message types. The numeric values are part of the protocol: append only."""
 
@@ -87,9 +92,11 @@ FIELDS: dict[MsgType, _F] = {
     ),
     MsgType.PING: (),
     MsgType.PONG: (("incarnation", str),),
-    # req: client-chosen request id, echoed in ACK/ERROR
+    # req: client-chosen request id, echoed in ACK/ERROR. req 0: a send that
+    # uses a reservation (see node/queues.py): no answer unless it fails.
     MsgType.SEND: (("req", int), ("channel", str), ("payload", bytes)),
-    # result: request-specific count (e.g. members reached by GROUP_SEND)
+    # result: request-specific count: for SEND the slots now reserved for
+    # this connection on that channel, for GROUP_SEND the members reached
     MsgType.ACK: (("req", int), ("result", int)),
     MsgType.ERROR: (("req", int), ("code", int), ("detail", str)),
     # credit: how many more messages of channel this connection will take
@@ -159,10 +166,12 @@ def split_batches(messages: list[Message], max_bytes: int = BATCH_BYTES) -> list
     """Cut ``messages`` into runs of roughly ``max_bytes`` encoded bytes each,
     so one frame never grows past the peer's limit because of batching (a
     single message bigger than the limit still travels alone)."""
+    if len(messages) == 1:
+        return [messages]
     chunks: list[list[Message]] = [[]]
     size = 0
     for message in messages:
-        approx = 16 + sum(_approx_size(f) for f in message[1])
+        approx = _approx_size(message)
         if chunks[-1] and size + approx > max_bytes:
             chunks.append([])
             size = 0
@@ -171,12 +180,13 @@ def split_batches(messages: list[Message], max_bytes: int = BATCH_BYTES) -> list
     return chunks
 
 
-def _approx_size(value: Any) -> int:
-    if isinstance(value, bytes | str):
-        return len(value) + 5
-    if isinstance(value, list | tuple):
-        return 5 + sum(_approx_size(v) for v in value)
-    return 9
+def _approx_size(message: Message) -> int:
+    """Bytes a message takes on the wire, give or take its small fields:
+    only user payloads can be large."""
+    mtype, fields = message
+    if mtype in (MsgType.DELIVER, MsgType.RETURN):
+        return 32 + len(fields[0]) + sum(len(item[0]) + 12 for item in fields[1])
+    return 32 + sum(len(f) for f in fields if isinstance(f, bytes | str))
 
 
 # Bounds on what a decoder will build, so a hostile frame cannot make it
@@ -217,11 +227,13 @@ def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
     return [_check(mtype_num, body)]
 
 
+_BY_NUMBER: dict[int, MsgType] = {int(t): t for t in MsgType}
+
+
 def _check(mtype_num: int, fields: list[Any]) -> Message:
-    try:
-        mtype = MsgType(mtype_num)
-    except ValueError:
-        raise DecodeError("type", f"unknown message type {mtype_num}") from None
+    mtype = _BY_NUMBER.get(mtype_num)
+    if mtype is None:
+        raise DecodeError("type", f"unknown message type {mtype_num}")
     spec = FIELDS[mtype]
     if len(fields) != len(spec):
         raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {len(spec)}")

@@ -1,0 +1,135 @@
+"""Fixtures shared by every test layer.
+
+- ``layer``: a layer on this process's embedded node, flushed before the test.
+- ``znode``: a factory that starts real ``znode`` processes (test preset, ipc
+  in a temp dir) and kills whatever is left at the end.
+- hygiene: a test must not leave non-daemon threads running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from zchannels.layer import ZeroMQChannelLayer
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
+    """Poll ``condition`` until true; return the seconds it took. Fails the
+    test with ``what`` if ``timeout`` passes first."""
+    start = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Znode:
+    """A ``znode run`` subprocess."""
+
+    def __init__(self, endpoint: str, extra: list[str]) -> None:
+        self.endpoint = endpoint
+        self.extra = extra
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 15.0) -> Znode:
+        cmd = [
+            sys.executable,
+            "-m",
+            "zchannels.node",
+            "run",
+            "--preset",
+            "test",
+            "--client-endpoint",
+            self.endpoint,
+            "--log-level",
+            "WARNING",
+            *self.extra,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = self.proc.stdout.readline()
+        if not line or time.monotonic() > deadline:
+            self.proc.kill()
+            pytest.fail(f"znode did not start: {line!r}")
+        ready = json.loads(line)
+        assert ready["ready"] is True
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def znode(tmp_path: Path) -> Iterator[Callable[..., Znode]]:
+    """``znode()`` starts a node on a fresh ipc socket; ``znode(endpoint)``
+    starts one on that endpoint (e.g. to restart a node in place)."""
+    started: list[Znode] = []
+
+    def start(endpoint: str | None = None, *extra: str) -> Znode:
+        if endpoint is None:
+            endpoint = f"ipc://{tmp_path}/znode-{len(started)}.sock"
+        node = Znode(endpoint, list(extra)).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+async def layer() -> AsyncIterator[ZeroMQChannelLayer]:
+    channel_layer = ZeroMQChannelLayer()
+    await channel_layer.flush()
+    yield channel_layer
+    await channel_layer.flush()
+    await channel_layer.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads() -> Iterator[None]:
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        left = [
+            t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon
+        ]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert not left, f"test left threads running: {left}"

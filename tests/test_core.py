@@ -1,0 +1,271 @@
+"""The node core, sans I/O: a fake clock, fake connections, exact outcomes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zchannels.node.core import CoreSettings, NodeCore, Out
+from zchannels.node.queues import Queues
+
+from zchannels.protocol import ErrorCode, MsgType
+
+A, B = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
+SA, SB = "aaaaaaaaaa", "bbbbbbbbbb"
+
+
+def make_core(lease: float = 3.0) -> NodeCore:
+    return NodeCore(CoreSettings("n1", "abcdef", "inc1", lease, 1 << 20))
+
+
+def hello(core: NodeCore, conn: bytes, tag: str, now: float = 0.0, **policy: Any) -> None:
+    wire = [policy.get("expiry", 60.0), policy.get("capacity", 100), policy.get("patterns", [])]
+    out = core.handle(conn, [(MsgType.HELLO, (tag, 1, wire))], now)
+    assert out[0][1][0] == MsgType.WELCOME
+
+
+def of_type(out: list[Out], mtype: MsgType) -> list[tuple[bytes, tuple[Any, ...]]]:
+    return [(conn, msg[1]) for conn, msg in out if msg[0] == mtype]
+
+
+def delivered(out: list[Out]) -> list[bytes]:
+    return [item[0] for _, (ch, items) in of_type(out, MsgType.DELIVER) for item in items]
+
+
+def test_send_then_receive_in_order() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    for i in range(3):
+        out = core.handle(A, [(MsgType.SEND, (i + 1, "asgi|c", b"m%d" % i))], 1.0)
+        assert of_type(out, MsgType.ACK)[0][1][0] == i + 1
+    out = core.handle(B, [(MsgType.RECV, ("asgi|c", 10))], 1.0)
+    assert delivered(out) == [b"m0", b"m1", b"m2"]
+    # remaining credit takes the next message at once
+    out = core.handle(A, [(MsgType.SEND, (9, "asgi|c", b"m3"))], 1.0)
+    assert delivered(out) == [b"m3"]
+
+
+def test_capacity_is_exact_with_reservations() -> None:
+    core = make_core()
+    hello(core, A, SA, capacity=3)
+    results = []
+    req = 1
+    for i in range(4):
+        # the client may use reserved slots with req 0, as the layer does
+        out = core.handle(A, [(MsgType.SEND, (req, "c", b"%d" % i))], 0.0)
+        acks = of_type(out, MsgType.ACK)
+        errors = of_type(out, MsgType.ERROR)
+        results.append("ack" if acks else ErrorCode(errors[0][1][1]).name)
+        req += 1
+    assert results == ["ack", "ack", "ack", "CHANNEL_FULL"]
+    assert core.queues.length("c") == 3
+
+
+def test_reserved_sends_count_against_others() -> None:
+    core = make_core()
+    hello(core, A, SA, capacity=10)
+    hello(core, B, SB, capacity=10)
+    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    reserved = of_type(out, MsgType.ACK)[0][1][1]
+    assert reserved == 4  # half of the 9 free slots
+    # B can fill only what is neither queued nor reserved for A
+    accepted = 0
+    for i in range(10):
+        out = core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y"))], 0.0)
+        accepted += bool(of_type(out, MsgType.ACK))
+    assert accepted == 10 - 1 - reserved
+    # A's reserved sends (req 0) still fit, with no answer
+    for _ in range(reserved):
+        assert core.handle(A, [(MsgType.SEND, (0, "c", b"z"))], 0.0) == []
+    assert core.queues.length("c") == 10
+    assert core.queues.counters.dropped_full == 10 - accepted  # B's refusals
+
+
+def test_reservations_lapse() -> None:
+    core = make_core()
+    hello(core, A, SA, capacity=10)
+    hello(core, B, SB, capacity=10)
+    core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    # after the reservation's lifetime B may use every free slot
+    accepted = sum(
+        bool(of_type(core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y"))], 5.0), MsgType.ACK))
+        for i in range(20)
+    )
+    assert accepted == 9
+
+
+def test_expired_messages_are_never_delivered() -> None:
+    core = make_core()
+    hello(core, A, SA, expiry=0.5)
+    hello(core, B, SB)
+    core.handle(A, [(MsgType.SEND, (1, "c", b"old"))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "c", b"new"))], 0.4)
+    out = core.handle(B, [(MsgType.RECV, ("c", 5))], 0.6)
+    assert delivered(out) == [b"new"]
+    assert core.queues.counters.dropped_expired == 1
+
+
+def test_round_robin_between_receivers() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    core.handle(A, [(MsgType.RECV, ("c", 100))], 0.0)
+    core.handle(B, [(MsgType.RECV, ("c", 100))], 0.0)
+    receivers = []
+    for i in range(6):
+        out = core.handle(A, [(MsgType.SEND, (i + 1, "c", b"m"))], 0.0)
+        receivers += [conn for conn, _ in of_type(out, MsgType.DELIVER)]
+    assert receivers == [A, B, A, B, A, B]
+
+
+def test_returned_messages_go_back_to_the_head_in_order() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    for i in range(4):
+        core.handle(A, [(MsgType.SEND, (i + 1, "c", b"%d" % i))], 0.0)
+    out = core.handle(B, [(MsgType.RECV, ("c", 2))], 0.0)
+    assert delivered(out) == [b"0", b"1"]
+    core.handle(B, [(MsgType.RETURN, ("c", [[b"0", 10.0], [b"1", 10.0]]))], 0.0)
+    out = core.handle(A, [(MsgType.RECV, ("c", 10))], 0.0)
+    assert delivered(out) == [b"0", b"1", b"2", b"3"]
+
+
+def test_undeliverable_deliveries_are_requeued() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    core.handle(B, [(MsgType.RECV, ("c", 5))], 0.0)
+    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    messages = [msg for conn, msg in out if conn == B]
+    core.undeliverable(B, messages, 0.0)
+    assert core.queues.length("c") == 1
+    assert core.counters.undeliverable == 1
+
+
+def test_group_send_skips_full_members_and_counts() -> None:
+    core = make_core()
+    hello(core, A, SA, capacity=1)
+    for ch in ("c1", "c2"):
+        core.handle(A, [(MsgType.GROUP_ADD, (1, "g", ch, 100.0))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "c1", b"fill"))], 0.0)
+    out = core.handle(A, [(MsgType.GROUP_SEND, (3, "g", b"hi"))], 0.0)
+    assert of_type(out, MsgType.ACK) == [(A, (3, 1))]
+    assert core.counters.group_skipped_full == 1
+    assert core.queues.length("c2") == 1
+
+
+def test_group_expiry() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    core.handle(A, [(MsgType.GROUP_ADD, (1, "g", "c", 1.0))], 0.0)
+    core.handle(A, [(MsgType.GROUP_ADD, (2, "g", "d", 5.0))], 0.0)
+    out = core.handle(A, [(MsgType.GROUP_INFO, (3, "g"))], 2.0)
+    assert of_type(out, MsgType.GROUP_INFO_REPLY)[0][1][1] == ["d"]
+
+
+def test_dead_session_loses_memberships_and_process_channels() -> None:
+    core = make_core(lease=1.0)
+    hello(core, A, SA)
+    hello(core, B, SB)
+    mine = f"asgi|specific.abcdef.{SB}!0"
+    core.handle(B, [(MsgType.GROUP_ADD, (1, "asgi|g", mine, 100.0))], 0.0)
+    core.handle(A, [(MsgType.SEND, (1, mine, b"queued"))], 0.0)
+    # A keeps pinging; B goes silent
+    for t in (0.5, 1.0, 1.5):
+        core.handle(A, [(MsgType.PING, ())], t)
+        core.tick(t)
+    assert SB not in core.sessions.by_tag
+    assert core.groups.members("asgi|g", 2.0) == []
+    assert core.queues.length(mine) == 0
+    # later sends to the dead process's channel are dropped and counted
+    out = core.handle(A, [(MsgType.SEND, (2, mine, b"late"))], 2.0)
+    assert of_type(out, MsgType.ACK) == [(A, (2, 0))]
+    assert core.counters.dropped_dead_owner == 2
+
+
+def test_unknown_session_is_told_to_say_hello() -> None:
+    core = make_core()
+    out = core.handle(A, [(MsgType.SEND, (5, "c", b"x"))], 0.0)
+    assert of_type(out, MsgType.ERROR) == [(A, (5, ErrorCode.UNKNOWN_SESSION, ""))]
+    out = core.handle(A, [(MsgType.RECV, ("c", 1))], 0.0)
+    assert of_type(out, MsgType.RESET) == [(A, ("inc1",))]
+    assert core.queues.length("c") == 0
+
+
+def test_nonsense_is_refused_and_counted() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    out = core.handle(A, [(MsgType.SEND, (1, "bad name!", b"x"))], 0.0)
+    assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
+    core.handle(A, [(MsgType.RECV, ("c", -5))], 0.0)
+    core.handle(A, [(MsgType.RETURN, ("c", [[1, 2, 3]]))], 0.0)
+    core.handle(A, [(MsgType.WELCOME, ("x", "y", "z", 1.0, 1))], 0.0)
+    out = core.handle(A, [(MsgType.HELLO, ("short", 1, [60.0, 100, []]))], 0.0)
+    assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
+    out = core.handle(A, [(MsgType.HELLO, (SA, 1, [60.0, -1, []]))], 0.0)
+    assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
+    assert core.counters.bad_requests == 5
+    assert core.counters.unexpected_type == 1
+
+
+def test_flush_clears_only_its_prefix() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    core.handle(A, [(MsgType.SEND, (1, "p1|c", b"x"))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "p2|c", b"x"))], 0.0)
+    core.handle(A, [(MsgType.GROUP_ADD, (3, "p1|g", "p1|c", 100.0))], 0.0)
+    core.handle(A, [(MsgType.FLUSH, (4, "p1"))], 0.0)
+    assert core.queues.length("p1|c") == 0
+    assert core.queues.length("p2|c") == 1
+    assert core.groups.members("p1|g", 0.0) == []
+
+
+# -- properties ---------------------------------------------------------------
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 0)),
+        st.tuples(st.just("grant"), st.integers(0, 1), st.integers(1, 5)),
+        st.tuples(st.just("return"), st.integers(0, 1)),
+        st.tuples(st.just("drop"), st.integers(0, 1)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(ops)
+def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> None:
+    """Whatever the interleaving of sends, credit, returns and dropped
+    connections, every message is in exactly one place, and each receiver
+    sees messages in send order."""
+    q = Queues()
+    conns = [b"c0", b"c1"]
+    held: dict[bytes, list[bytes]] = {c: [] for c in conns}
+    sent = 0
+
+    def take(deliveries: Any) -> None:
+        for conn, _name, items in deliveries:
+            held[conn] += [p for p, _ in items]
+
+    for op in operations:
+        if op[0] == "put":
+            result = q.put("ch", b"%d" % sent, 100.0, 10_000, 0.0)
+            sent += 1
+            if result not in (True, False):
+                take([result])
+        elif op[0] == "grant":
+            take(q.grant(conns[op[1]], "ch", op[2], 0.0))
+        elif op[0] == "return":
+            conn = conns[op[1]]
+            items = [(p, 10.0) for p in held[conn]]
+            held[conn] = []
+            take(q.give_back(conn, "ch", items, 0.0))
+        else:
+            q.drop_conn(conns[op[1]])
+    queued = [p for p, _ in q.channels["ch"].items] if "ch" in q.channels else []
+    everything = sorted(int(p) for p in queued + held[b"c0"] + held[b"c1"])
+    assert everything == list(range(sent))
+    assert q.queued() == len(queued)
