@@ -43,6 +43,7 @@ class NodeCounters:
     bad_requests: int = 0  # well-formed frames with nonsensical content
     unexpected_type: int = 0  # node-to-client types sent to the node
     sessions_expired: int = 0  # client processes whose lease lapsed
+    sessions_closed: int = 0  # client processes that closed cleanly
     undeliverable: int = 0  # deliveries to a connection that had gone (requeued)
 
 
@@ -290,9 +291,15 @@ class NodeCore:
     def _bye(
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
     ) -> None:
+        req, final = f
         self.queues.drop_conn(conn)
+        session = self.sessions.by_conn.get(conn)
         self.sessions.close_conn(conn)
-        out.append((conn, (MsgType.ACK, (f[0], 1))))
+        if final and session is not None:
+            # The process closed its layer: it is gone, cleanly.
+            self._drop_session(session.tag)
+            self.counters.sessions_closed += 1
+        out.append((conn, (MsgType.ACK, (req, 1))))
 
     def _status(
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]

@@ -42,7 +42,7 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.GROUP_DISCARD: ((1, "g", "c"), "010c9301a167a163"),
     MsgType.GROUP_SEND: ((1, "g", b"p"), "010d9301a167c40170"),
     MsgType.FLUSH: ((1, "asgi"), "010e9201a461736769"),
-    MsgType.BYE: ((1,), "010f9101"),
+    MsgType.BYE: ((1, 1), "010f920101"),
     MsgType.RESET: (("inc",), "011091a3696e63"),
     MsgType.STATUS: ((1,), "01119101"),
     MsgType.STATUS_REPLY: ((1, {"a": 1}), "0112920181a16101"),

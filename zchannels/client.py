@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import logging
 import os
@@ -25,7 +26,7 @@ import zmq
 
 from . import embedded
 from .config import LayerConfig
-from .connection import Connection
+from .connection import CLOSE_TIMEOUT, Connection
 from .names import SESSION_TAG_LEN, random_tag
 from .protocol import MsgType
 
@@ -137,26 +138,32 @@ class Client:
             await asyncio.sleep(self.lease / 3)
 
     # -- lifecycle --------------------------------------------------------
-    def close(self) -> None:
-        """Close every connection (each on its own loop) and stop the keeper."""
+    async def aclose(self) -> None:
+        """End the session: every connection gives back what it prefetched and
+        says BYE (the node drops the session, and so this process's group
+        memberships, when the last one has), the keeper stops."""
         self._closed = True
         with self._lock:
             conns = list(self._conns.items())
-        current: asyncio.AbstractEventLoop | None
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
+        current = asyncio.get_running_loop()
+        bg = embedded.background().loop
+        keeper_conn = None
         for loop, conn in conns:
-            if loop is current or loop.is_closed():
+            if loop is current:
+                await conn.aclose()
+            elif loop is bg:
+                keeper_conn = conn  # closed last, and waited for
+            elif loop.is_closed():
                 conn.close_now()
             else:
-                try:
+                with contextlib.suppress(RuntimeError):  # its loop stopped meanwhile
                     loop.call_soon_threadsafe(conn.close_now)
-                except RuntimeError:
-                    conn.close_now()
         if self._keeper is not None:
             self._keeper.cancel()
+        if keeper_conn is not None and current is not bg:
+            done = asyncio.run_coroutine_threadsafe(keeper_conn.aclose(final=True), bg)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.wrap_future(done), CLOSE_TIMEOUT * 2)
 
 
 # -- sharing clients between layer instances of one process -----------------
@@ -178,11 +185,11 @@ def acquire(config: LayerConfig) -> Client:
         return client
 
 
-def release(client: Client) -> None:
+async def release(client: Client) -> None:
     with _clients_lock:
         client.refs -= 1
         if client.refs > 0:
             return
         if _clients.get(client.config) is client:
             del _clients[client.config]
-    client.close()
+    await client.aclose()

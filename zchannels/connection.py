@@ -438,13 +438,14 @@ class Connection:
         finally:
             await self.aclose()
 
-    async def aclose(self) -> None:
-        """Give back every prefetched message, say BYE, close the socket."""
+    async def aclose(self, final: bool = False) -> None:
+        """Give back every prefetched message, say BYE, close the socket.
+        ``final``: this process's session ends with this connection."""
         if self.closed:
             return
         self._give_back_all()
         try:
-            await asyncio.wait_for(self.request(MsgType.BYE), CLOSE_TIMEOUT)
+            await asyncio.wait_for(self.request(MsgType.BYE, int(final)), CLOSE_TIMEOUT)
         except (TimeoutError, NodeUnavailable, ProtocolError, asyncio.CancelledError):
             pass
         self.close_now()
@@ -455,6 +456,9 @@ class Connection:
         if self.closed:
             return
         self._give_back_all()
+        if self.incarnation is not None:
+            # Unacknowledged (ipc may lose it: libzmq #4660); the lease is the backstop.
+            self._queue((MsgType.BYE, (0, 0)))
         self._flush()
         self.closed = True
         loop = self._loopref()

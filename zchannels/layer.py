@@ -135,7 +135,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Release this layer's connections; using it again reconnects."""
         if self._client is not None:
             client, self._client = self._client, None
-            _client.release(client)
+            await _client.release(client)
 
     # -- extensions beyond the spec ---------------------------------------
     async def group_channels(self, group: str) -> list[str]:

@@ -111,8 +111,9 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.GROUP_SEND: (("req", int), ("group", str), ("payload", bytes)),
     # prefix: the namespace to clear (a layer's ``prefix``)
     MsgType.FLUSH: (("req", int), ("prefix", str)),
-    # answered by ACK once the node has forgotten the connection
-    MsgType.BYE: (("req", int),),
+    # answered by ACK once the node has forgotten the connection; final=1:
+    # the process is closing its session (drop its memberships now)
+    MsgType.BYE: (("req", int), ("final", int)),
     MsgType.RESET: (("incarnation", str),),
     MsgType.STATUS: (("req", int),),
     # status: a map of counters and sizes (see zchannels.node.core.NodeCore.status)
