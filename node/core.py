@@ -55,12 +55,15 @@ class CoreSettings:
     lease: float  # client session lease, seconds
     max_frame: int  # largest frame the shell accepts, bytes
     sweep_interval: float = 1.0  # how often expired messages/memberships are swept
+    #: first message sequence number: a restarted node starts above its old
+    #: self (time-based), so messages given back to it sort as older
+    first_seq: int = 0
 
 
 class NodeCore:
     def __init__(self, settings: CoreSettings) -> None:
         self.settings = settings
-        self.queues = Queues()
+        self.queues = Queues(settings.first_seq)
         self.groups = Groups()
         self.sessions = Sessions(settings.lease)
         self.counters = NodeCounters()
@@ -215,17 +218,20 @@ class NodeCore:
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
         # Accepted without a session: the items are data we must not lose.
-        channel, items = f
+        req, channel, items, withdraw = f
         if not valid_wire_channel(channel) or not all(
             isinstance(it, list)
-            and len(it) == 2
+            and len(it) == 3
             and isinstance(it[0], bytes)
             and isinstance(it[1], int | float)
+            and isinstance(it[2], int)
             for it in items
         ):
             self.counters.bad_requests += 1
             return
-        self._deliver(self.queues.give_back(conn, channel, items, now), out)
+        self._deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
+        if withdraw:
+            out.append((conn, (MsgType.ACK, (req, 1))))
 
     def _group_add(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]

@@ -24,6 +24,7 @@ Pure: every method takes ``now`` (monotonic seconds) and returns what to send.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -31,10 +32,13 @@ from zchannels.names import namespace
 from zchannels.protocol import RESERVATION_TTL
 
 ConnId = bytes
-#: (payload, deadline): deadline is monotonic seconds on this node's clock
-Item = tuple[bytes, float]
-#: (connection, channel, [(payload, ttl_remaining_s), ...])
-Delivery = tuple[ConnId, str, list[tuple[bytes, float]]]
+#: (seq, payload, deadline): seq orders messages (node-wide, increasing);
+#: deadline is monotonic seconds on this node's clock
+Item = tuple[int, bytes, float]
+#: (payload, ttl_remaining_s, seq): one message as it travels in DELIVER/RETURN
+WireItem = tuple[bytes, float, int]
+#: (connection, channel, [wire items...])
+Delivery = tuple[ConnId, str, list[WireItem]]
 
 #: Largest credit one connection may hold on one channel; a client asking for
 #: more is clamped, so one RECV cannot make the node buffer unboundedly.
@@ -71,8 +75,11 @@ class QueueCounters:
 
 
 class Queues:
-    def __init__(self) -> None:
+    def __init__(self, first_seq: int = 0) -> None:
         self.channels: dict[str, Channel] = {}
+        # Sequence numbers let messages given back by a receiver rejoin the
+        # queue in send order, however returns and deliveries interleave.
+        self._seq = first_seq
         #: connection -> channels where it holds credit or a reservation
         self._by_conn: dict[ConnId, set[str]] = {}
         self.counters = QueueCounters()
@@ -112,12 +119,13 @@ class Queues:
                     self._maybe_delete(name, ch)
                     return False
         self.counters.enqueued += 1
+        self._seq += 1
         if ch.credits and not ch.items:
             conn = self._take_credit(name, ch)
             self.counters.delivered += 1
             self._maybe_delete(name, ch)
-            return (conn, name, [(payload, deadline - now)])
-        ch.items.append((payload, deadline))
+            return (conn, name, [(payload, deadline - now, self._seq)])
+        ch.items.append((self._seq, payload, deadline))
         return True
 
     def reserve(self, conn: ConnId, name: str, capacity: int, now: float) -> int:
@@ -165,20 +173,23 @@ class Queues:
         return out
 
     def give_back(
-        self, conn: ConnId, name: str, items: list[tuple[bytes, float]], now: float
+        self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
     ) -> list[Delivery]:
-        """Withdraw ``conn``'s credit on ``name`` and put ``items`` (payload,
-        ttl) back at the head of the queue, in order, for other receivers."""
+        """Put ``items`` back in the queue where their sequence numbers say,
+        for other receivers; ``withdraw``: also drop ``conn``'s credit."""
         ch = self.channels.get(name)
         if ch is None:
             ch = self.channels[name] = Channel()
-        ch.credits.pop(conn, None)
-        self._unindex(conn, name, ch)
-        for payload, ttl in reversed(items):
-            if ttl > 0:
-                ch.items.appendleft((payload, now + ttl))
+        if withdraw:
+            ch.credits.pop(conn, None)
+            self._unindex(conn, name, ch)
+        back = sorted((seq, payload, now + ttl) for payload, ttl, seq in items if ttl > 0)
+        self.counters.dropped_expired += len(items) - len(back)
+        if back:
+            if not ch.items or back[-1][0] < ch.items[0][0]:
+                ch.items.extendleft(reversed(back))  # the usual case: all older
             else:
-                self.counters.dropped_expired += 1
+                ch.items = deque(heapq.merge(back, ch.items))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
@@ -225,14 +236,14 @@ class Queues:
 
     # -- internals -------------------------------------------------------
     def _drain(self, name: str, ch: Channel, now: float) -> list[Delivery]:
-        batches: dict[ConnId, list[tuple[bytes, float]]] = {}
+        batches: dict[ConnId, list[WireItem]] = {}
         while ch.items and ch.credits:
-            payload, deadline = ch.items.popleft()
+            seq, payload, deadline = ch.items.popleft()
             if deadline <= now:
                 self.counters.dropped_expired += 1
                 continue
             conn = self._take_credit(name, ch)
-            batches.setdefault(conn, []).append((payload, deadline - now))
+            batches.setdefault(conn, []).append((payload, deadline - now, seq))
             self.counters.delivered += 1
         return [(conn, name, items) for conn, items in batches.items()]
 
@@ -260,7 +271,7 @@ class Queues:
             return
         # Deadlines are not monotonic along the queue (senders may use
         # different expiries), so test every item.
-        live = deque(item for item in ch.items if item[1] > now)
+        live = deque(item for item in ch.items if item[2] > now)
         self.counters.dropped_expired += len(ch.items) - len(live)
         ch.items = live
 

@@ -65,6 +65,7 @@ class NodeServer:
                 lease=config.client_lease,
                 max_frame=config.max_frame_size,
                 sweep_interval=config.sweep_interval,
+                first_seq=time.time_ns() // 1000,
             )
         )
         self._ctx = context or zmq.Context.instance()

@@ -126,9 +126,12 @@ def test_returned_messages_go_back_to_the_head_in_order() -> None:
     hello(core, B, SB)
     for i in range(4):
         core.handle(A, [(MsgType.SEND, (i + 1, "c", b"%d" % i))], 0.0)
-    out = core.handle(B, [(MsgType.RECV, ("c", 2))], 0.0)
-    assert delivered(out) == [b"0", b"1"]
-    core.handle(B, [(MsgType.RETURN, ("c", [[b"0", 10.0], [b"1", 10.0]]))], 0.0)
+    out = core.handle(B, [(MsgType.RECV, ("c", 3))], 0.0)
+    assert delivered(out) == [b"0", b"1", b"2"]
+    items = [list(item) for _, (_, its) in of_type(out, MsgType.DELIVER) for item in its]
+    # given back in two returns, the later one first: order still holds
+    core.handle(B, [(MsgType.RETURN, (1, "c", items[2:], 1))], 0.0)
+    core.handle(B, [(MsgType.RETURN, (0, "c", items[:2], 0))], 0.0)
     out = core.handle(A, [(MsgType.RECV, ("c", 10))], 0.0)
     assert delivered(out) == [b"0", b"1", b"2", b"3"]
 
@@ -201,7 +204,7 @@ def test_nonsense_is_refused_and_counted() -> None:
     out = core.handle(A, [(MsgType.SEND, (1, "bad name!", b"x"))], 0.0)
     assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
     core.handle(A, [(MsgType.RECV, ("c", -5))], 0.0)
-    core.handle(A, [(MsgType.RETURN, ("c", [[1, 2, 3]]))], 0.0)
+    core.handle(A, [(MsgType.RETURN, (0, "c", [[1, 2, 3]], 1))], 0.0)
     core.handle(A, [(MsgType.WELCOME, ("x", "y", "z", 1.0, 1))], 0.0)
     out = core.handle(A, [(MsgType.HELLO, ("short", 1, [60.0, 100, []]))], 0.0)
     assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
@@ -243,12 +246,12 @@ def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> N
     sees messages in send order."""
     q = Queues()
     conns = [b"c0", b"c1"]
-    held: dict[bytes, list[bytes]] = {c: [] for c in conns}
+    held: dict[bytes, list[tuple[bytes, int]]] = {c: [] for c in conns}
     sent = 0
 
     def take(deliveries: Any) -> None:
         for conn, _name, items in deliveries:
-            held[conn] += [p for p, _ in items]
+            held[conn] += [(p, seq) for p, _, seq in items]
 
     for op in operations:
         if op[0] == "put":
@@ -260,12 +263,15 @@ def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> N
             take(q.grant(conns[op[1]], "ch", op[2], 0.0))
         elif op[0] == "return":
             conn = conns[op[1]]
-            items = [(p, 10.0) for p in held[conn]]
+            items = [(p, 10.0, seq) for p, seq in held[conn]]
             held[conn] = []
             take(q.give_back(conn, "ch", items, 0.0))
         else:
             q.drop_conn(conns[op[1]])
-    queued = [p for p, _ in q.channels["ch"].items] if "ch" in q.channels else []
-    everything = sorted(int(p) for p in queued + held[b"c0"] + held[b"c1"])
+    queued = [p for _, p, _ in q.channels["ch"].items] if "ch" in q.channels else []
+    # queued messages are in send order
+    assert [int(p) for p in queued] == sorted(int(p) for p in queued)
+    holding = [p for c in conns for p, _ in held[c]]
+    everything = sorted(int(p) for p in queued + holding)
     assert everything == list(range(sent))
     assert q.queued() == len(queued)

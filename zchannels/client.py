@@ -47,6 +47,9 @@ class Client:
             weakref.WeakKeyDictionary()
         )
         self._conn_index = itertools.count()
+        # The last (loop, connection) used: a strong reference to one loop,
+        # replaced as soon as another loop uses this client.
+        self._last: tuple[asyncio.AbstractEventLoop, Connection] | None = None
         self._names = itertools.count()
         #: (wire group, wire channel) -> expires_at (monotonic)
         self.memberships: dict[tuple[str, str], float] = {}
@@ -63,6 +66,9 @@ class Client:
     def connection(self) -> Connection:
         """This event loop's connection (made on first use)."""
         loop = asyncio.get_running_loop()
+        last = self._last
+        if last is not None and last[0] is loop and not last[1].closed:
+            return last[1]  # the common case, without a weakref lookup
         conn = self._conns.get(loop)
         if conn is None or conn.closed:
             with self._lock:
@@ -71,6 +77,7 @@ class Client:
                 self._conns[loop] = conn
             if self._keeper is None:
                 self._start_keeper()
+        self._last = (loop, conn)
         return conn
 
     def forget(self, conn: Connection) -> None:

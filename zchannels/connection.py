@@ -89,14 +89,16 @@ class _Pending:
 
 @dataclass(slots=True)
 class RecvState:
-    #: (payload, local deadline): handed over by the node, not yet taken
-    buffer: deque[tuple[bytes, float]] = field(default_factory=deque)
+    #: (payload, local deadline, node seq): handed over, not yet taken
+    buffer: deque[tuple[bytes, float, int]] = field(default_factory=deque)
     #: receivers waiting for something to land in ``buffer``
     waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
     #: credit granted to the node and not yet used
     credit: int = 0
-    #: when a receiver last took or waited (monotonic)
+    #: when a receiver last left (monotonic)
     active_at: float = 0.0
+    #: receive() calls using this state right now (waiting or just woken)
+    users: int = 0
 
 
 class Connection:
@@ -120,6 +122,10 @@ class Connection:
         self._pending: dict[int, _Pending] = {}
         self._req = itertools.count(1)
         self._recv: dict[str, RecvState] = {}
+        #: RETURN request id -> channel, until the node's ACK
+        self._withdrawals: dict[int, str] = {}
+        #: channel -> credit withdrawals not yet acknowledged
+        self._draining: dict[str, int] = {}
         #: channel -> [slots the node reserved for us, use until (monotonic)]
         self._reservations: dict[str, list[float]] = {}
         self._out: list[Message] = []
@@ -144,7 +150,15 @@ class Connection:
     # -- requests ---------------------------------------------------------
     async def ready(self) -> None:
         """Wait until the node has welcomed this connection."""
-        await asyncio.wait_for(asyncio.shield(self._welcomed), self._client.config.request_timeout)
+        if not self._welcomed.done():
+            timeout = self._client.config.request_timeout
+            try:
+                await asyncio.wait_for(asyncio.shield(self._welcomed), timeout)
+            except TimeoutError:
+                raise NodeUnavailable(
+                    f"no answer from the node at {self._client.endpoint} in {timeout:g} s"
+                ) from None
+        self._welcomed.result()  # raises if the node refused us
 
     async def request(self, mtype: MsgType, *fields: Any) -> Any:
         if self.closed:
@@ -188,51 +202,58 @@ class Connection:
         state = self._recv.get(channel)
         if state is None:
             state = self._recv[channel] = RecvState()
-        loop = self._loop()
-        while True:
-            now = time.monotonic()
-            state.active_at = now
-            payload = self._take(state, now)
-            if payload is not None:
+        # While any receive() uses this state it stays the channel's state:
+        # a receiver woken for a message must find it where it was.
+        state.users += 1
+        cancelled = False
+        try:
+            loop = self._loop()
+            while True:
+                payload = self._take(state, time.monotonic())
+                if payload is not None:
+                    self._replenish(channel, state)
+                    return payload
+                waiter: asyncio.Future[None] = loop.create_future()
+                state.waiters.append(waiter)
                 self._replenish(channel, state)
-                return payload
-            waiter: asyncio.Future[None] = loop.create_future()
-            state.waiters.append(waiter)
-            self._replenish(channel, state)
-            self._arm_sweep()
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                self._receive_cancelled(channel, state, waiter)
-                raise
+                self._arm_sweep()
+                try:
+                    await waiter
+                except asyncio.CancelledError:
+                    cancelled = True
+                    try:
+                        state.waiters.remove(waiter)
+                    except ValueError:
+                        # It was woken for a message it will now not take:
+                        # wake another receiver in its place.
+                        self._wake(state, 1)
+                    raise
+        finally:
+            state.users -= 1
+            state.active_at = time.monotonic()
+            if cancelled and state.users == 0:
+                # Nobody here wants this channel now: other receivers may.
+                self._give_back(channel, state)
 
     def _take(self, state: RecvState, now: float) -> bytes | None:
         buffer = state.buffer
         while buffer:
-            payload, deadline = buffer.popleft()
+            payload, deadline, _seq = buffer.popleft()
             if deadline > now:
                 return payload
             self._client.counters["expired_in_client"] += 1
         return None
 
     def _replenish(self, channel: str, state: RecvState) -> None:
+        if channel in self._draining:
+            # New credit now would let the node deliver newer messages ahead
+            # of the ones still coming back to it; grant once drained.
+            return
         have = state.credit + len(state.buffer)
         if have <= RECEIVE_WINDOW // 2:
             grant = RECEIVE_WINDOW - have
             state.credit += grant
             self._queue((MsgType.RECV, (channel, grant)))
-
-    def _receive_cancelled(
-        self, channel: str, state: RecvState, waiter: asyncio.Future[None]
-    ) -> None:
-        try:
-            state.waiters.remove(waiter)
-        except ValueError:
-            # It had been woken for a message it will now not take: wake
-            # another receiver in its place.
-            self._wake(state, 1)
-        if not state.waiters:
-            self._give_back(channel, state)
 
     def _wake(self, state: RecvState, n: int) -> None:
         while n > 0 and state.waiters and state.buffer:
@@ -242,15 +263,22 @@ class Connection:
                 n -= 1
 
     def _give_back(self, channel: str, state: RecvState) -> None:
-        """Return what nobody here is taking to the node, withdraw credit."""
+        """Return what nobody here is taking to the node, withdraw credit.
+        The node puts it back in order (by sequence number)."""
         now = time.monotonic()
-        items = [[p, deadline - now] for p, deadline in state.buffer if deadline > now]
+        items = [[p, deadline - now, seq] for p, deadline, seq in state.buffer if deadline > now]
         state.buffer.clear()
         if state.credit or items:
-            self._queue((MsgType.RETURN, (channel, items)))
+            # Deliveries already on their way used the credit withdrawn here:
+            # until the node's ACK says they have all arrived, whatever
+            # arrives for this channel goes back too (see _on_deliver).
+            req = next(self._req)
+            self._withdrawals[req] = channel
+            self._draining[channel] = self._draining.get(channel, 0) + 1
+            self._queue((MsgType.RETURN, (req, channel, items, 1)))
         state.credit = 0
-        if not state.waiters:
-            self._recv.pop(channel, None)
+        if state.users == 0 and self._recv.get(channel) is state:
+            del self._recv[channel]
 
     def _give_back_all(self) -> None:
         for channel, state in list(self._recv.items()):
@@ -286,6 +314,9 @@ class Connection:
         if first and self._epoch == 1:
             return
         self._reservations.clear()
+        # A new node sends nothing against withdrawn credit: stop draining.
+        self._withdrawals.clear()
+        self._draining.clear()
         # Everything the node knew of this connection is gone. Requests sent
         # before this HELLO and still unanswered went to a node that died.
         for req, pending in list(self._pending.items()):
@@ -302,6 +333,8 @@ class Connection:
         for channel, state in self._recv.items():
             if state.credit:
                 self._queue((MsgType.RECV, (channel, state.credit)))
+            elif state.waiters:
+                self._replenish(channel, state)
 
     # -- socket I/O -------------------------------------------------------
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -347,6 +380,16 @@ class Connection:
     def _dispatch(self, mtype: MsgType, f: tuple[Any, ...]) -> None:
         if mtype == MsgType.DELIVER:
             self._on_deliver(f[0], f[1])
+        elif mtype == MsgType.ACK and f[0] in self._withdrawals:
+            channel = self._withdrawals.pop(f[0])
+            left = self._draining.get(channel, 1) - 1
+            if left > 0:
+                self._draining[channel] = left
+            else:
+                self._draining.pop(channel, None)
+                state = self._recv.get(channel)
+                if state is not None and state.waiters:
+                    self._replenish(channel, state)
         elif mtype in (MsgType.ACK, MsgType.STATUS_REPLY, MsgType.GROUP_INFO_REPLY):
             pending = self._pending.pop(f[0], None)
             if pending is not None and not pending.future.done():
@@ -390,17 +433,18 @@ class Connection:
 
     def _on_deliver(self, channel: str, items: list[list[Any]]) -> None:
         state = self._recv.get(channel)
-        if state is None:
-            # Nobody asked here (credit withdrawn meanwhile): give it back.
-            self._queue((MsgType.RETURN, (channel, items)))
+        if state is None or self._draining.get(channel):
+            # Sent against credit we have withdrawn: it goes back, and the
+            # node merges it in by sequence number, so order holds.
+            self._queue((MsgType.RETURN, (0, channel, items, 0)))
             return
         now = time.monotonic()
         state.credit = max(0, state.credit - len(items))
-        for payload, ttl in items:
-            state.buffer.append((bytes(payload), now + float(ttl)))
+        for payload, ttl, seq in items:
+            state.buffer.append((bytes(payload), now + float(ttl), int(seq)))
         if state.waiters:
             self._wake(state, len(items))
-        elif now - state.active_at > IDLE_RETURN:
+        elif state.users == 0 and now - state.active_at > IDLE_RETURN:
             self._give_back(channel, state)
 
     # -- housekeeping -----------------------------------------------------
@@ -414,7 +458,7 @@ class Connection:
             return
         now = time.monotonic()
         for channel, state in list(self._recv.items()):
-            if not state.waiters and now - state.active_at > IDLE_RETURN:
+            if state.users == 0 and now - state.active_at > IDLE_RETURN:
                 self._give_back(channel, state)
         for channel, reservation in list(self._reservations.items()):
             if reservation[1] <= now:

@@ -52,12 +52,16 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _conn(self) -> Connection:
         return self.client.connection()
 
+    async def _ready_conn(self) -> Connection:
+        """This loop's connection once the node has said its frame limit."""
+        conn = self.client.connection()
+        await conn.ready()
+        return conn
+
     def _wire(self, name: str) -> str:
         return wire_name(self.prefix, name)
 
-    def _encode(self, message: Any) -> bytes:
-        if not isinstance(message, dict):
-            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+    def _encode(self, message: dict[str, Any]) -> bytes:
         try:
             payload: bytes = msgpack.packb(message, use_bin_type=True)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -75,8 +79,10 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Put ``message`` on ``channel``. Raises ChannelFull at capacity."""
         self.require_valid_channel_name(channel)
-        payload = self._encode(message)
-        await self._conn().send(self._wire(channel), payload)
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        conn = await self._ready_conn()
+        await conn.send(self._wire(channel), self._encode(message))
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``; waits as long as it takes.
@@ -91,8 +97,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A process-specific channel name, owned by this process and node."""
-        conn = self._conn()
-        await conn.ready()
+        await self._ready_conn()
         client = self.client
         if client.node_tag is None:  # pragma: no cover - ready() sets it
             raise RuntimeError("node did not say its tag")
@@ -120,8 +125,10 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """Send to every member; members whose channel is full are skipped
         (and counted by the node), as channels_redis does."""
         self.require_valid_group_name(group)
-        payload = self._encode(message)
-        await self._conn().request(MsgType.GROUP_SEND, self._wire(group), payload)
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        conn = await self._ready_conn()
+        await conn.request(MsgType.GROUP_SEND, self._wire(group), self._encode(message))
 
     async def flush(self) -> None:
         """Forget every queued message and group of this layer's prefix."""

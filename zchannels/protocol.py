@@ -101,10 +101,13 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.ERROR: (("req", int), ("code", int), ("detail", str)),
     # credit: how many more messages of channel this connection will take
     MsgType.RECV: (("channel", str), ("credit", int)),
-    # items: [[payload, ttl_remaining_s], ...] oldest first
+    # items: [[payload, ttl_remaining_s, seq], ...] oldest first; seq is the
+    # node's ordering of the message (RETURN hands it back so order survives)
     MsgType.DELIVER: (("channel", str), ("items", list)),
-    # items as in DELIVER; the node puts them back at the head of the queue
-    MsgType.RETURN: (("channel", str), ("items", list)),
+    # items as in DELIVER; the node puts them back in the queue by seq.
+    # withdraw=1: also drop this connection's credit on the channel, and
+    # answer ACK(req): every DELIVER sent before that ACK used the old credit.
+    MsgType.RETURN: (("req", int), ("channel", str), ("items", list), ("withdraw", int)),
     # expiry: the membership's remaining lifetime (group_expiry) in seconds
     MsgType.GROUP_ADD: (("req", int), ("group", str), ("channel", str), ("expiry", _NUM)),
     MsgType.GROUP_DISCARD: (("req", int), ("group", str), ("channel", str)),
@@ -185,8 +188,10 @@ def _approx_size(message: Message) -> int:
     """Bytes a message takes on the wire, give or take its small fields:
     only user payloads can be large."""
     mtype, fields = message
-    if mtype in (MsgType.DELIVER, MsgType.RETURN):
+    if mtype == MsgType.DELIVER:
         return 32 + len(fields[0]) + sum(len(item[0]) + 12 for item in fields[1])
+    if mtype == MsgType.RETURN:
+        return 32 + len(fields[1]) + sum(len(item[0]) + 12 for item in fields[2])
     return 32 + sum(len(f) for f in fields if isinstance(f, bytes | str))
 
 
