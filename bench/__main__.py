@@ -41,12 +41,21 @@ def main(argv: list[str] | None = None) -> int:
         "--scenarios", default=",".join(SCENARIOS), help="comma-separated scenario keys"
     )
     parser.add_argument("--json", type=Path, help="also dump every sample and failure here")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="cProfile every worker and the znode sidecar into DIR (slows everything down)",
+    )
     args = parser.parse_args(argv)
 
     budget = runner.with_rounds(QUICK if args.quick else FULL, args.rounds)
     layers = _keys(args.layers, LAYER_KEYS, "layer")
     scenarios = _keys(args.scenarios, tuple(SCENARIOS), "scenario")
-    results = runner.run(budget, layers, scenarios, runner.stderr_log)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        args.profile = args.profile.resolve()
+    results = runner.run(budget, layers, scenarios, runner.stderr_log, args.profile)
     text = report.render(results)
     print(text)
     if args.write:

@@ -30,7 +30,7 @@ class Budget:
     """Upper bound on memberships added (then discarded) in the group-ops scenario."""
     deadline_s: float
     """Hard limit for one measurement: past it the layer's cell reads 'timeout'."""
-    probe_deadline_s: float = 20.0
+    probe_deadline_s: float = 15.0
     """Hard limit for the smoke probe that decides whether a layer runs at all."""
     max_failures: int = 2
     """After this many failed runs of one (scenario, layer) pair, its remaining runs are skipped."""
@@ -45,7 +45,7 @@ FULL = Budget(
     fanout_sizes=(10, 100, 1000),
     fanout_shots=5,
     group_ops=10_000,
-    deadline_s=45.0,
+    deadline_s=20.0,
 )
 
 QUICK = Budget(
@@ -57,5 +57,5 @@ QUICK = Budget(
     fanout_sizes=(10, 100, 1000),
     fanout_shots=2,
     group_ops=2_000,
-    deadline_s=25.0,
+    deadline_s=15.0,
 )

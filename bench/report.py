@@ -82,12 +82,16 @@ class Table:
 
     def ratio(self, metric: Metric, anchors: tuple[str, ...], target: float | None) -> str:
         subject = self.median(SUBJECT, metric.key)
-        values = [v for v in (self.median(a, metric.key) for a in anchors) if v is not None]
-        if subject is None or not values:
+        values = {a: self.median(a, metric.key) for a in anchors}
+        present = [v for v in values.values() if v is not None]
+        if subject is None or not present:
             return "—"
-        best = max(values) if metric.higher_is_better else min(values)
+        best = max(present) if metric.higher_is_better else min(present)
         ratio = speedup(subject, best, metric)
         text = f"{ratio:.2f}{TIMES}"
+        missing = [a for a, v in values.items() if v is None]
+        if missing:  # a best-of without all its anchors proves nothing
+            return text + f" (without {', '.join(missing)})"
         if target is not None:
             text += " ✅" if ratio >= target else f" ❌ (<{target:g}{TIMES})"
         return text
@@ -99,8 +103,8 @@ class Table:
         if ratios:
             head += [
                 f"sidecar ÷ best redis (target ≥{BEST_REDIS_TARGET:g}{TIMES})",
-                f"sidecar ÷ bare pyzmq (≥{PYZMQ_TARGET:g}{TIMES})",
                 f"sidecar ÷ redis core (≥{CORE_TARGET:g}{TIMES} at 1000)",
+                f"sidecar ÷ bare pyzmq (≥{PYZMQ_TARGET:g}{TIMES})",
             ]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for scenario in self.r.scenarios:
@@ -110,19 +114,13 @@ class Table:
                 row = [label, metric.label + unit]
                 row += [self.cell(s.key, scenario, metric) for s in layers]
                 if ratios:
-                    row.append(
-                        self.ratio(
-                            metric, REDIS_LAYERS, BEST_REDIS_TARGET if metric.primary else None
-                        )
-                    )
+                    best_target = BEST_REDIS_TARGET if metric.primary else None
+                    core_target = CORE_TARGET if metric.key in CORE_METRICS else None
+                    row.append(self.ratio(metric, REDIS_LAYERS, best_target))
+                    row.append(self.ratio(metric, ("redis-core",), core_target))
                     if metric.key.startswith(("pingpong.", "throughput.")):
                         target = PYZMQ_TARGET if metric.key in PYZMQ_METRICS else None
                         row.append(self.ratio(metric, ("pyzmq",), target))
-                    else:
-                        row.append("—")
-                    if metric.key.startswith("fanout."):
-                        target = CORE_TARGET if metric.key in CORE_METRICS else None
-                        row.append(self.ratio(metric, ("redis-core",), target))
                     else:
                         row.append("—")
                 lines.append("| " + " | ".join(row) + " |")
@@ -138,11 +136,12 @@ def _run_line(r: Results) -> str:
         f"Python {m.get('python')}, pyzmq {m.get('pyzmq')} / libzmq {m.get('libzmq', '?')}, "
         f"msgpack {m.get('msgpack')}, channels {m.get('channels')}, "
         f"channels_redis {m.get('channels_redis')}, redis-py {m.get('redis')}, "
-        f"redis-server {m.get('redis-server', '?')}, zchannels {m.get('zchannels')}.  \n"
+        f"redis-server {m.get('redis-server', '?')}, zchannels {m.get('zchannels')} "
+        f"({m.get('source', '?')}).  \n"
         f"Medians of {b.rounds} interleaved run(s); time box {b.box_s:g} s per measurement, "
         f"at most {b.max_messages:,} messages; fan-out: median of {b.fanout_shots} shots "
         f"after 1 warm-up per run; group ops: at most {b.group_ops:,} memberships. "
-        f"Whole run: {r.elapsed_s:.0f} s."
+        f"Whole run: {r.elapsed_s:.0f} s; 1-minute load average {m.get('load', '?')}."
     )
 
 

@@ -14,9 +14,12 @@ rotated by r, so drift on a noisy machine spreads over all layers alike.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,17 +30,22 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from bench import layers
 from bench.budget import Budget
 from bench.control import PipePeer, QueuePeer, queue_peers
 from bench.layers import LayerSpec
+from bench.profiling import maybe_profile, summarize
 from bench.scenarios import PROBE, SCENARIOS, Metrics, Role, Scenario
-from bench.services import RedisServer, ServiceError, ZnodeSidecar
+from bench.services import Services
 
 CLOSE_DEADLINE_S = 10.0
-EXIT_GRACE_S = 15.0
+BUSY_LOAD = 0.7
+"""1-minute load average above which the run notes that something else was using the CPU."""
+ERROR_GRACE_S = 2.0
+"""After one worker's error: how long the other may take to report its own."""
+EXIT_GRACE_S = 10.0
 """Past the role deadline: time for spawning, importing and closing before a kill."""
 
 
@@ -150,10 +158,12 @@ async def _run_roles(
             tasks, timeout=max(0.0, end - time.monotonic()), return_when=asyncio.FIRST_EXCEPTION
         )
         failed = [t for t in done if t.exception() is not None]
-        stuck = "; ".join(f"{t.get_name()} waiting at {_stuck_at(t)}" for t in pending)
+        chains = {t: _stuck_at(t) for t in pending}
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        # names are read after cancelling: a role may label its task with its progress
+        stuck = "; ".join(f"{t.get_name()} waiting at {chain}" for t, chain in chains.items())
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
         if pending:
@@ -181,13 +191,19 @@ def worker(
     deadline_s: float,
     peer_conn: Connection | None,
     result_conn: Connection,
+    profile_dir: str | None,
 ) -> None:
     """Entry point of a spawned worker process: run the roles, send one result tuple."""
     warnings: list[str] = []
+    known = roles_for(scenario_key, spec) or ()
+    names = "+".join(known[i].__name__ for i in role_indices if i < len(known))
     try:
-        metrics = asyncio.run(
-            _run_roles(scenario_key, role_indices, spec, budget, deadline_s, peer_conn, warnings)
-        )
+        with maybe_profile(profile_dir, f"{spec.key}-{names}"):
+            metrics = asyncio.run(
+                _run_roles(
+                    scenario_key, role_indices, spec, budget, deadline_s, peer_conn, warnings
+                )
+            )
         result_conn.send(("ok", metrics, "", warnings))
     except BaseException as exc:
         result_conn.send(("error", {}, _describe(exc), warnings))
@@ -196,7 +212,13 @@ def worker(
 # --- in the coordinator ------------------------------------------------------------------
 
 
-def measure(scenario_key: str, spec: LayerSpec, budget: Budget, deadline_s: float) -> Outcome:
+def measure(
+    scenario_key: str,
+    spec: LayerSpec,
+    budget: Budget,
+    deadline_s: float,
+    profile_dir: Path | None = None,
+) -> Outcome:
     """Run one measurement in fresh worker processes and collect its outcome."""
     roles = roles_for(scenario_key, spec)
     if roles is None:
@@ -216,7 +238,16 @@ def measure(scenario_key: str, spec: LayerSpec, budget: Budget, deadline_s: floa
         read_end, write_end = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=worker,
-            args=(scenario_key, indices, spec, budget, deadline_s, peer_end, write_end),
+            args=(
+                scenario_key,
+                indices,
+                spec,
+                budget,
+                deadline_s,
+                peer_end,
+                write_end,
+                None if profile_dir is None else str(profile_dir),
+            ),
             daemon=True,
         )
         proc.start()
@@ -241,85 +272,36 @@ def measure(scenario_key: str, spec: LayerSpec, budget: Budget, deadline_s: floa
 
 
 def _collect(procs: list[Any], conns: list[Connection], wait_s: float) -> Outcome:
+    """Gather every worker's result. After the first error the others get a short grace,
+    so a timeout reports where *each* role was waiting (a lost message shows as both
+    sides waiting in receive)."""
     metrics: Metrics = {}
     warnings: list[str] = []
-    pending = dict(zip(conns, procs, strict=True))
+    errors: list[str] = []
+    pending: dict[Any, Any] = dict(zip(conns, procs, strict=True))
     end = time.monotonic() + wait_s
     while pending:
         ready = multiprocessing.connection.wait(list(pending), max(0.0, end - time.monotonic()))
         if not ready:
-            return Outcome(False, error=f"timeout: worker gave no result within {wait_s:g} s")
+            if not errors:
+                errors.append(f"timeout: worker gave no result within {wait_s:g} s")
+            break
         for conn in ready:
-            proc = pending.pop(conn)  # type: ignore[call-overload]
+            proc = pending.pop(conn)
             try:
-                status, part, error, notes = conn.recv()  # type: ignore[union-attr]
+                status, part, error, notes = cast(Connection, conn).recv()
             except EOFError:
                 proc.join(1.0)
-                return Outcome(False, error=f"worker died (exit code {proc.exitcode})")
+                status, part, error, notes = "error", {}, f"worker died ({proc.exitcode})", []
             warnings.extend(notes)
-            if status != "ok":
-                return Outcome(False, error=error, warnings=warnings)
-            metrics.update(part)
+            if status == "ok":
+                metrics.update(part)
+            else:
+                errors.append(error)
+                end = min(end, time.monotonic() + ERROR_GRACE_S)
+    if errors:
+        return Outcome(False, error="; ".join(errors), warnings=warnings)
     return Outcome(True, metrics, warnings=warnings)
-
-
-class _Services:
-    """redis-server and znode for the run; restarts the sidecar if it dies."""
-
-    def __init__(self, workdir: Path, need: set[str], results: Results, log: Callable[[str], None]):
-        self.workdir = workdir
-        self.results = results
-        self.log = log
-        self.redis: RedisServer | None = None
-        self.znode: ZnodeSidecar | None = None
-        self.znode_error = ""
-        self.redis_error = ""
-        self.restarts = 0
-        if "redis" in need:
-            try:
-                self.redis = RedisServer(workdir).start()
-                log(f"redis-server {self.redis.version()} on 127.0.0.1:{self.redis.port}")
-            except ServiceError as exc:
-                self.redis_error = str(exc)
-        if "znode" in need:
-            self.znode = ZnodeSidecar(workdir)
-            try:
-                self.znode.start()
-                log(f"znode sidecar at {self.znode.endpoint}: {' '.join(self.znode.argv())}")
-            except (ServiceError, OSError) as exc:
-                self.znode_error = str(exc)
-
-    def error(self, spec: LayerSpec) -> str:
-        if spec.needs == "redis":
-            return self.redis_error
-        if spec.needs == "znode":
-            return self.znode_error
-        return ""
-
-    def check_znode(self) -> None:
-        """Before a sidecar measurement: if znode died, record it and start it again."""
-        if self.znode is None or self.znode_error or self.znode.exit_code() is None:
-            return
-        self.results.warnings.append(str(self.znode.failure("died during the run")))
-        self.restarts += 1
-        if self.restarts > 3:
-            self.znode_error = "znode died more than 3 times; gave up"
-            return
-        self.znode.path.unlink(missing_ok=True)
-        self.znode.log = self.workdir / f"znode-{self.restarts}.log"
-        try:
-            self.znode.start()
-        except (ServiceError, OSError) as exc:
-            self.znode_error = str(exc)
-
-    def after(self, spec: LayerSpec) -> None:
-        if spec.needs == "redis" and self.redis is not None:
-            self.redis.flushall()  # each measurement starts from an empty redis
-
-    def stop(self) -> None:
-        for service in (self.znode, self.redis):
-            if service is not None:
-                service.stop()
 
 
 def _versions() -> dict[str, str]:
@@ -335,7 +317,24 @@ def _versions() -> dict[str, str]:
         meta["libzmq"] = zmq.zmq_version()
     except ImportError:
         pass
+    meta["source"] = source_state()
     return meta
+
+
+def source_state() -> str:
+    """Which zchannels code ran: the commit, and a digest of the source files as they are
+    (a run whose digest changes before it ends measured a mix of versions)."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for folder in ("zchannels", "node", "discovery"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    git = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    commit = git.stdout.strip() if git.returncode == 0 else "no commit"
+    return f"{commit}, source digest {digest.hexdigest()[:12]}"
 
 
 def run(
@@ -343,46 +342,59 @@ def run(
     layer_keys: Sequence[str],
     scenario_keys: Sequence[str],
     log: Callable[[str], None],
+    profile_dir: Path | None = None,
 ) -> Results:
     started = time.monotonic()
+    results = Results(budget, [], [SCENARIOS[k] for k in scenario_keys])
+    results.meta = _versions()
+    load_before = os.getloadavg()[0]
+    clock = time.get_clock_info("perf_counter").implementation
+    if "CLOCK_MONOTONIC" not in clock:
+        results.warnings.append(
+            f"perf_counter is {clock}, not CLOCK_MONOTONIC: the fan-out times compare two clocks"
+        )
     with tempfile.TemporaryDirectory(prefix="zchannels-bench-") as tmp:
         workdir = Path(tmp)
-        wanted = [s for s in layers.specs(0, "") if s.key in layer_keys]
-        results = Results(budget, [], [SCENARIOS[k] for k in scenario_keys])
-        services = _Services(workdir, {s.needs for s in wanted if s.needs}, results, log)
+        need = {s.needs for s in layers.specs(0, "") if s.key in layer_keys and s.needs}
+        services = Services(workdir, need, profile_dir, log)
         try:
-            znode_endpoint = services.znode.endpoint if services.znode else ""
-            redis_port = services.redis.port if services.redis else 0
-            results.layers = [
-                s for s in layers.specs(redis_port, znode_endpoint) if s.key in layer_keys
-            ]
-            results.meta = _versions()
             if services.redis is not None:
                 results.meta["redis-server"] = services.redis.version()
-            clock = time.get_clock_info("perf_counter").implementation
-            if "CLOCK_MONOTONIC" not in clock:
-                results.warnings.append(
-                    f"perf_counter is {clock}, not CLOCK_MONOTONIC: cross-process fan-out "
-                    "times compare two clocks"
-                )
+            port = services.redis.port if services.redis else 0
+            endpoint = services.znode.endpoint if services.znode else ""
+            results.layers = [s for s in layers.specs(port, endpoint) if s.key in layer_keys]
             _probe_all(results, services, budget, log)
-            _rounds(results, services, budget, log)
+            _rounds(results, services, budget, log, profile_dir)
         finally:
             services.stop()
-            if services.znode is not None:
-                for path in sorted(workdir.glob("znode*.log")):
-                    text = path.read_text(errors="replace").strip()
-                    if text:
-                        results.meta[f"{path.name} (last lines)"] = "\n".join(
-                            text.splitlines()[-10:]
-                        )
+            for path in sorted(workdir.glob("*.log")):
+                results.meta[f"{path.name}, last lines"] = "\n".join(
+                    path.read_text(errors="replace").splitlines()[-10:]
+                )
+    if results.meta["source"] != source_state():
+        results.warnings.append(
+            "the zchannels source changed during the run: its figures mix code versions"
+        )
+    load_after = os.getloadavg()[0]
+    results.meta["load"] = f"{load_before:.2f} before, {load_after:.2f} after"
+    if load_before > BUSY_LOAD:
+        results.warnings.append(
+            f"the machine was busy before the run began (1-minute load average "
+            f"{load_before:.2f} on {os.cpu_count()} cores): absolute figures are low, "
+            "the interleaved ratios less affected"
+        )
+    if profile_dir is not None:
+        for path in summarize(profile_dir):
+            log(f"profile: {path}")
     results.elapsed_s = time.monotonic() - started
     return results
 
 
-def _probe_all(results: Results, services: _Services, budget: Budget, log: Callable[[str], None]):
+def _probe_all(
+    results: Results, services: Services, budget: Budget, log: Callable[[str], None]
+) -> None:
     for spec in results.layers:
-        error = services.error(spec)
+        error = services.error(spec.needs)
         if not error and spec.kind == "channels":
             outcome = measure(PROBE.key, spec, budget, budget.probe_deadline_s)
             error = "" if outcome.ok else f"probe failed: {outcome.error}"
@@ -394,40 +406,47 @@ def _probe_all(results: Results, services: _Services, budget: Budget, log: Calla
             log(f"{spec.label}: ok")
 
 
-def _rounds(results: Results, services: _Services, budget: Budget, log: Callable[[str], None]):
+def _rounds(
+    results: Results,
+    services: Services,
+    budget: Budget,
+    log: Callable[[str], None],
+    profile_dir: Path | None,
+) -> None:
     active = [s for s in results.layers if s.key not in results.unavailable]
     for r in range(budget.rounds):
         order = active[r % len(active) :] + active[: r % len(active)] if active else []
         for scenario in results.scenarios:
             for spec in order:
+                cell = (spec.key, scenario.key)
                 if roles_for(scenario.key, spec) is None:
                     continue
-                cell = (spec.key, scenario.key)
                 if len(results.failures[cell]) >= budget.max_failures:
                     continue
                 if spec.needs == "znode":
-                    services.check_znode()
-                    if services.znode_error:
-                        results.failures[cell].append(services.znode_error)
-                        continue
-                outcome = measure(scenario.key, spec, budget, budget.deadline_s)
-                services.after(spec)
+                    warning = services.revive_znode()
+                    if warning:
+                        results.warnings.append(warning)
+                if services.error(spec.needs):
+                    results.failures[cell].append(services.error(spec.needs))
+                    continue
+                outcome = measure(scenario.key, spec, budget, budget.deadline_s, profile_dir)
+                services.reset(spec.needs)
+                _record(results, spec, scenario, outcome)
                 tag = f"[{r + 1}/{budget.rounds}] {scenario.key:<10} {spec.key:<13}"
-                results.warnings.extend(
-                    f"{spec.label}, {scenario.key}: {w}" for w in outcome.warnings
+                shown = ", ".join(
+                    f"{k}={v:,.3g}" for k, v in outcome.metrics.items() if not k.startswith("note.")
                 )
-                if outcome.ok:
-                    for key, value in outcome.metrics.items():
-                        results.samples[(spec.key, key)].append(value)
-                    shown = ", ".join(
-                        f"{k}={v:,.3g}"
-                        for k, v in outcome.metrics.items()
-                        if not k.startswith("note.")
-                    )
-                    log(f"{tag} {shown}")
-                else:
-                    results.failures[cell].append(outcome.error)
-                    log(f"{tag} FAILED: {outcome.error}")
+                log(f"{tag} {shown}" if outcome.ok else f"{tag} FAILED: {outcome.error}")
+
+
+def _record(results: Results, spec: LayerSpec, scenario: Scenario, outcome: Outcome) -> None:
+    results.warnings.extend(f"{spec.label}, {scenario.key}: {w}" for w in outcome.warnings)
+    if outcome.ok:
+        for key, value in outcome.metrics.items():
+            results.samples[(spec.key, key)].append(value)
+    else:
+        results.failures[(spec.key, scenario.key)].append(outcome.error)
 
 
 def with_rounds(budget: Budget, rounds: int | None) -> Budget:

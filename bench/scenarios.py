@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from statistics import median
 from typing import Any
@@ -28,7 +28,7 @@ from bench.budget import FULL, Budget
 from bench.control import Peer
 
 Metrics = dict[str, float]
-Role = Callable[[Any, Peer, Budget], Awaitable[Metrics]]
+Role = Callable[[Any, Peer, Budget], Coroutine[Any, Any, Metrics]]
 
 PAYLOAD = "x" * 64
 """Body text of every message: with the other fields, ~100 bytes of msgpack."""
@@ -75,6 +75,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def label(progress: str) -> None:
+    """Put ``progress`` into the current task's name: a timeout report quotes it."""
+    task = asyncio.current_task()
+    if task is not None:
+        task.set_name(f"{task.get_name().split('[', 1)[0]}[{progress}]")
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
@@ -107,6 +114,7 @@ async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget) -> Metrics:
             raise BenchError(f"pong {answer['seq']} answered ping {seq}")
 
     seq = 0
+    label("warming up")
     warm_end = time.perf_counter() + budget.warm_s
     while time.perf_counter() < warm_end:
         await round_trip(seq)
@@ -115,6 +123,7 @@ async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget) -> Metrics:
     latencies: list[float] = []
     start = time.perf_counter()
     box_end = start + budget.box_s
+    label("measuring")
     while len(latencies) < budget.max_messages:
         t0 = time.perf_counter()
         if t0 >= box_end:
@@ -144,7 +153,11 @@ async def throughput_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics
     start = 0.0
     warm = False
     while True:
-        msg = await layer.receive(channel)
+        try:
+            msg = await layer.receive(channel)
+        except asyncio.CancelledError:
+            label(f"{expected} in order so far, started={start > 0}")
+            raise
         kind = msg["type"]
         if kind == "bench.data":
             if msg["seq"] != expected:
@@ -300,7 +313,11 @@ async def fanout_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
             for shot in range(budget.fanout_shots + 1):
                 tracker.arm(shot)
                 await peer.send(("shoot", group, shot))
-                await _first_of(tracker.done.wait(), tasks)
+                try:
+                    await _first_of(tracker.done.wait(), tasks)
+                except asyncio.CancelledError:
+                    label(f"{size} members, shot {shot}: {tracker.count} delivered")
+                    raise
                 if shot:  # shot 0 warms up
                     latencies.append((tracker.last_at - tracker.sent_at) * 1e3)
         finally:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -135,18 +136,26 @@ class ZnodeSidecar(_Process):
 
     name = "znode"
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, profile_dir: Path | None = None) -> None:
         super().__init__(workdir / "znode.log")
         self.path = workdir / "znode.sock"
         self.endpoint = f"ipc://{self.path}"
+        self.profile_dir = profile_dir
+        self.starts = 0
 
     def argv(self) -> list[str]:
+        run = ["run", "--client-endpoint", self.endpoint]
+        if self.profile_dir is not None:
+            out = self.profile_dir / f"znode-sidecar-{self.starts}.pstats"
+            return [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "zchannels.node", *run]
         script = Path(sys.executable).with_name("znode")
         if script.exists() and os.access(script, os.X_OK):
-            return [str(script), "run", "--client-endpoint", self.endpoint]
-        return [sys.executable, "-m", "zchannels.node", "run", "--client-endpoint", self.endpoint]
+            return [str(script), *run]
+        return [sys.executable, "-m", "zchannels.node", *run]
 
     def start(self, deadline_s: float = 15.0) -> Self:
+        self.starts += 1
+        self.path.unlink(missing_ok=True)  # a stale socket file would look like readiness
         self._spawn(self.argv())
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
@@ -156,3 +165,68 @@ class ZnodeSidecar(_Process):
                 return self
             time.sleep(0.05)
         raise self.failure(f"did not create {self.path} within {deadline_s} s")
+
+
+class Services:
+    """The redis-server and znode a run needs; restarts the sidecar if it dies.
+
+    A service that cannot start is not fatal: ``error(needs)`` says why, and the
+    layers that need it are reported unavailable.
+    """
+
+    MAX_RESTARTS = 3
+
+    def __init__(
+        self,
+        workdir: Path,
+        need: Collection[str],
+        profile_dir: Path | None,
+        log: Callable[[str], None],
+    ) -> None:
+        self.workdir = workdir
+        self.redis: RedisServer | None = None
+        self.znode: ZnodeSidecar | None = None
+        self.errors: dict[str, str] = {}
+        if "redis" in need:
+            self.redis = RedisServer(workdir)
+            try:
+                self.redis.start()
+                log(f"redis-server {self.redis.version()} on 127.0.0.1:{self.redis.port}")
+            except (ServiceError, OSError) as exc:
+                self.errors["redis"] = str(exc)
+        if "znode" in need:
+            self.znode = ZnodeSidecar(workdir, profile_dir)
+            try:
+                self.znode.start()
+                log(f"znode sidecar: {' '.join(self.znode.argv())}")
+            except (ServiceError, OSError) as exc:
+                self.errors["znode"] = str(exc)
+
+    def error(self, needs: str | None) -> str:
+        return self.errors.get(needs or "", "")
+
+    def revive_znode(self) -> str | None:
+        """If the sidecar died, start it again; returns a warning quoting its log, or None."""
+        znode = self.znode
+        if znode is None or "znode" in self.errors or znode.exit_code() is None:
+            return None
+        warning = str(znode.failure("died during the run"))
+        if znode.starts > self.MAX_RESTARTS:
+            self.errors["znode"] = f"znode died {znode.starts} times; not restarted"
+            return warning
+        znode.log = self.workdir / f"znode-{znode.starts}.log"
+        try:
+            znode.start()
+        except (ServiceError, OSError) as exc:
+            self.errors["znode"] = str(exc)
+        return warning
+
+    def reset(self, needs: str | None) -> None:
+        """After a measurement: each one starts from an empty redis."""
+        if needs == "redis" and self.redis is not None and "redis" not in self.errors:
+            self.redis.flushall()
+
+    def stop(self) -> None:
+        for service in (self.znode, self.redis):
+            if service is not None:
+                service.stop()

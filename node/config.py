@@ -42,8 +42,9 @@ class NodeConfig:
     #: Seconds between sweeps of expired messages and memberships (expiry is
     #: also checked at every delivery, so this only bounds memory).
     sweep_interval: float = 1.0
-    #: Largest frame (bytes) a client may send (ZMQ_MAXMSGSIZE); a larger one
-    #: disconnects that client, which reconnects. Layers learn it in WELCOME
+    #: Largest frame (bytes) a client may send. A larger one is dropped and
+    #: counted; one over twice this size makes libzmq cut the sender off
+    #: (ZMQ_MAXMSGSIZE), which then reconnects. Layers learn it in WELCOME
     #: and refuse bigger messages with MessageTooLarge before sending.
     max_frame_size: int = 8 * 1024 * 1024
     #: Seconds between two log lines about the same kind of dropped input.

@@ -20,7 +20,6 @@ from typing import Any
 
 from zchannels.names import (
     SESSION_TAG_LEN,
-    local_part,
     owner_of,
     valid_wire_channel,
     valid_wire_group,
@@ -28,10 +27,13 @@ from zchannels.names import (
 from zchannels.protocol import ErrorCode, Message, MsgType
 
 from .groups import Groups
-from .queues import ConnId, Delivery, Queues
-from .sessions import Policy, PolicyError, Session, Sessions
+from .queues import MAX_CREDIT, ConnId, Delivery, Queues
+from .sessions import Policy, PolicyError, Session, Sessions, valid_duration
 
 Out = tuple[ConnId, Message]
+
+#: Largest capacity a client may ask for one channel (messages).
+MAX_CAPACITY = 10_000_000
 
 
 @dataclass(slots=True)
@@ -178,19 +180,20 @@ class NodeCore:
     def _send(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
-        req, channel, payload = f
+        req, channel, payload, capacity = f
         if session is None:
             return self._unknown(conn, req, out)
         if not valid_wire_channel(channel):
             return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)
+        if not 0 < capacity <= MAX_CAPACITY:
+            return self._bad(conn, req, f"bad capacity {capacity}", out)
         if not self._owner_alive(channel):
             self.counters.dropped_dead_owner += 1
             if req:
                 out.append((conn, (MsgType.ACK, (req, 0))))
             return None
-        policy = session.policy
-        capacity = policy.capacity_for(local_part(channel))
-        result = self.queues.put(channel, payload, now + policy.expiry, capacity, now, sender=conn)
+        expiry = session.policy.expiry
+        result = self.queues.put(channel, payload, now + expiry, capacity, now, sender=conn)
         if result is False:
             if req:
                 out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
@@ -215,17 +218,25 @@ class NodeCore:
         self._deliver(self.queues.grant(conn, channel, credit, now), out)
 
     def _return(
-        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
-        # Accepted without a session: the items are data we must not lose.
         req, channel, items, withdraw = f
-        if not valid_wire_channel(channel) or not all(
-            isinstance(it, list)
-            and len(it) == 3
-            and isinstance(it[0], bytes)
-            and isinstance(it[1], int | float)
-            and isinstance(it[2], int)
-            for it in items
+        if session is None:
+            # (its items are lost: the node they came from is gone, or the
+            # lease lapsed; at-most-once)
+            out.append((conn, (MsgType.RESET, (self.settings.incarnation,))))
+            return
+        if (
+            not valid_wire_channel(channel)
+            or len(items) > MAX_CREDIT
+            or not all(
+                isinstance(it, list)
+                and len(it) == 3
+                and isinstance(it[0], bytes)
+                and isinstance(it[1], int | float)
+                and isinstance(it[2], int)
+                for it in items
+            )
         ):
             self.counters.bad_requests += 1
             return
@@ -236,12 +247,14 @@ class NodeCore:
     def _group_add(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
-        req, group, channel, expiry = f
+        req, group, channel, expiry, capacity = f
         if session is None:
             return self._unknown(conn, req, out)
         if not valid_wire_group(group) or not valid_wire_channel(channel):
             return self._bad(conn, req, "invalid group or channel name", out)
-        self.groups.add(group, channel, session.tag, now + expiry)
+        if not valid_duration(expiry) or not 0 < capacity <= MAX_CAPACITY:
+            return self._bad(conn, req, f"bad expiry {expiry!r} or capacity {capacity!r}", out)
+        self.groups.add(group, channel, session.tag, now + expiry, capacity)
         out.append((conn, (MsgType.ACK, (req, 1))))
         return None
 
@@ -265,17 +278,14 @@ class NodeCore:
             return self._unknown(conn, req, out)
         if not valid_wire_group(group):
             return self._bad(conn, req, "invalid group name", out)
-        policy = session.policy
-        deadline = now + policy.expiry
+        deadline = now + session.policy.expiry
         reached = 0
         deliveries: list[Delivery] = []
-        for channel in self.groups.members(group, now):
+        for channel, membership in self.groups.live(group, now):
             if not self._owner_alive(channel):
                 self.counters.dropped_dead_owner += 1
                 continue
-            result = self.queues.put(
-                channel, payload, deadline, policy.capacity_for(local_part(channel)), now
-            )
+            result = self.queues.put(channel, payload, deadline, membership.capacity, now)
             if result is False:
                 self.counters.group_skipped_full += 1
                 continue
@@ -287,12 +297,15 @@ class NodeCore:
         return None
 
     def _flush(
-        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
     ) -> None:
         req, prefix = f
+        if session is None:
+            return self._unknown(conn, req, out)
         self.queues.clear(prefix)
         self.groups.clear(prefix)
         out.append((conn, (MsgType.ACK, (req, 1))))
+        return None
 
     def _bye(
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]

@@ -19,6 +19,7 @@ from zchannels.names import namespace
 class Membership:
     holder: str  # session tag of the process that made it
     expires_at: float  # monotonic seconds
+    capacity: int  # the channel's capacity, as the adder's layer computed it
 
 
 class Groups:
@@ -30,12 +31,12 @@ class Groups:
     def __len__(self) -> int:
         return sum(len(members) for members in self.groups.values())
 
-    def add(self, group: str, channel: str, holder: str, expires_at: float) -> None:
+    def add(self, group: str, channel: str, holder: str, expires_at: float, capacity: int) -> None:
         members = self.groups.setdefault(group, {})
         old = members.get(channel)
         if old is not None and old.holder != holder:
             self._unindex(old.holder, group, channel)
-        members[channel] = Membership(holder, expires_at)
+        members[channel] = Membership(holder, expires_at, capacity)
         self._by_holder.setdefault(holder, set()).add((group, channel))
 
     def discard(self, group: str, channel: str) -> bool:
@@ -50,8 +51,8 @@ class Groups:
             del self.groups[group]
         return True
 
-    def members(self, group: str, now: float) -> list[str]:
-        """Live member channels of ``group``; expired ones are dropped here."""
+    def live(self, group: str, now: float) -> list[tuple[str, Membership]]:
+        """Live members of ``group``; expired ones are dropped here."""
         members = self.groups.get(group)
         if not members:
             return []
@@ -59,7 +60,10 @@ class Groups:
         for ch in stale:
             self.discard(group, ch)
             self.expired += 1
-        return list(self.groups.get(group, ()))
+        return list(self.groups.get(group, {}).items())
+
+    def members(self, group: str, now: float) -> list[str]:
+        return [channel for channel, _ in self.live(group, now)]
 
     def count_by_holder(self, holder: str) -> int:
         return len(self._by_holder.get(holder, ()))

@@ -89,7 +89,9 @@ class NodeServer:
         # replies by requests, so HWM drops would only lose messages.
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_frame_size)
+        # Frames up to twice the limit are read, then dropped and counted as
+        # "oversized"; libzmq cuts off a sender of anything bigger.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_size)
         try:
             for endpoint in self.config.client_endpoints:
                 if endpoint.startswith("ipc://"):
@@ -147,7 +149,7 @@ class NodeServer:
             return
         conn, frame = frames
         try:
-            messages = decode(frame)
+            messages = decode(frame, self.config.max_frame_size)
         except DecodeError as exc:
             self._dropped(exc.reason, conn, str(exc))
             return

@@ -12,7 +12,7 @@ process dies (crash, SIGKILL) nothing renews it, and ``expired`` reports it.
 
 from __future__ import annotations
 
-import re
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,37 +25,34 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """How a session's messages are kept: the layer's expiry and capacities."""
+    """How a session's messages are kept: the layer's ``expiry``.
+
+    Capacities travel with each SEND and GROUP_ADD instead: the layer matches
+    its ``channel_capacity`` patterns itself, so the node never runs a regex
+    a client sent (one catastrophic pattern would stall every client).
+    """
 
     expiry: float = 60.0
-    capacity: int = 100
-    patterns: tuple[tuple[re.Pattern[str], int], ...] = ()
-
-    def capacity_for(self, channel: str) -> int:
-        for pattern, capacity in self.patterns:
-            if pattern.match(channel):
-                return capacity
-        return self.capacity
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> Policy:
-        """Parse ``[expiry_s, capacity, [[regex, capacity], ...]]``."""
-        try:
-            expiry, capacity, patterns = raw
-            if not isinstance(expiry, int | float) or isinstance(expiry, bool) or expiry <= 0:
-                raise PolicyError(f"bad expiry {expiry!r}")
-            if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
-                raise PolicyError(f"bad capacity {capacity!r}")
-            if not isinstance(patterns, list) or len(patterns) > 1000:
-                raise PolicyError("bad channel_capacity list")
-            compiled = []
-            for regex, cap in patterns:
-                if not isinstance(regex, str) or not isinstance(cap, int) or cap < 1:
-                    raise PolicyError(f"bad channel_capacity entry {regex!r}: {cap!r}")
-                compiled.append((re.compile(regex), cap))
-        except (TypeError, ValueError, re.error) as exc:
-            raise PolicyError(str(exc)) from None
-        return cls(float(expiry), capacity, tuple(compiled))
+        """Parse ``[expiry_s, ...]`` (later fields are ignored: room to grow)."""
+        if not raw:
+            raise PolicyError("empty policy")
+        expiry = raw[0]
+        if not valid_duration(expiry):
+            raise PolicyError(f"bad expiry {expiry!r}")
+        return cls(float(expiry))
+
+
+def valid_duration(value: object) -> bool:
+    """A usable number of seconds: finite, positive, under ~30 years."""
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 < value < 1e9
+    )
 
 
 @dataclass(slots=True)

@@ -19,8 +19,8 @@ def make_core(lease: float = 3.0) -> NodeCore:
     return NodeCore(CoreSettings("n1", "abcdef", "inc1", lease, 1 << 20))
 
 
-def hello(core: NodeCore, conn: bytes, tag: str, now: float = 0.0, **policy: Any) -> None:
-    wire = [policy.get("expiry", 60.0), policy.get("capacity", 100), policy.get("patterns", [])]
+def hello(core: NodeCore, conn: bytes, tag: str, now: float = 0.0, expiry: float = 60.0) -> None:
+    wire = [expiry]
     out = core.handle(conn, [(MsgType.HELLO, (tag, 1, wire))], now)
     assert out[0][1][0] == MsgType.WELCOME
 
@@ -38,23 +38,23 @@ def test_send_then_receive_in_order() -> None:
     hello(core, A, SA)
     hello(core, B, SB)
     for i in range(3):
-        out = core.handle(A, [(MsgType.SEND, (i + 1, "asgi|c", b"m%d" % i))], 1.0)
+        out = core.handle(A, [(MsgType.SEND, (i + 1, "asgi|c", b"m%d" % i, 100))], 1.0)
         assert of_type(out, MsgType.ACK)[0][1][0] == i + 1
     out = core.handle(B, [(MsgType.RECV, ("asgi|c", 10))], 1.0)
     assert delivered(out) == [b"m0", b"m1", b"m2"]
     # remaining credit takes the next message at once
-    out = core.handle(A, [(MsgType.SEND, (9, "asgi|c", b"m3"))], 1.0)
+    out = core.handle(A, [(MsgType.SEND, (9, "asgi|c", b"m3", 100))], 1.0)
     assert delivered(out) == [b"m3"]
 
 
 def test_capacity_is_exact_with_reservations() -> None:
     core = make_core()
-    hello(core, A, SA, capacity=3)
+    hello(core, A, SA)
     results = []
     req = 1
     for i in range(4):
         # the client may use reserved slots with req 0, as the layer does
-        out = core.handle(A, [(MsgType.SEND, (req, "c", b"%d" % i))], 0.0)
+        out = core.handle(A, [(MsgType.SEND, (req, "c", b"%d" % i, 3))], 0.0)
         acks = of_type(out, MsgType.ACK)
         errors = of_type(out, MsgType.ERROR)
         results.append("ack" if acks else ErrorCode(errors[0][1][1]).name)
@@ -65,32 +65,32 @@ def test_capacity_is_exact_with_reservations() -> None:
 
 def test_reserved_sends_count_against_others() -> None:
     core = make_core()
-    hello(core, A, SA, capacity=10)
-    hello(core, B, SB, capacity=10)
-    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    hello(core, A, SA)
+    hello(core, B, SB)
+    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x", 10))], 0.0)
     reserved = of_type(out, MsgType.ACK)[0][1][1]
     assert reserved == 4  # half of the 9 free slots
     # B can fill only what is neither queued nor reserved for A
     accepted = 0
     for i in range(10):
-        out = core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y"))], 0.0)
+        out = core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y", 10))], 0.0)
         accepted += bool(of_type(out, MsgType.ACK))
     assert accepted == 10 - 1 - reserved
     # A's reserved sends (req 0) still fit, with no answer
     for _ in range(reserved):
-        assert core.handle(A, [(MsgType.SEND, (0, "c", b"z"))], 0.0) == []
+        assert core.handle(A, [(MsgType.SEND, (0, "c", b"z", 10))], 0.0) == []
     assert core.queues.length("c") == 10
     assert core.queues.counters.dropped_full == 10 - accepted  # B's refusals
 
 
 def test_reservations_lapse() -> None:
     core = make_core()
-    hello(core, A, SA, capacity=10)
-    hello(core, B, SB, capacity=10)
-    core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    hello(core, A, SA)
+    hello(core, B, SB)
+    core.handle(A, [(MsgType.SEND, (1, "c", b"x", 10))], 0.0)
     # after the reservation's lifetime B may use every free slot
     accepted = sum(
-        bool(of_type(core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y"))], 5.0), MsgType.ACK))
+        bool(of_type(core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y", 10))], 5.0), MsgType.ACK))
         for i in range(20)
     )
     assert accepted == 9
@@ -100,8 +100,8 @@ def test_expired_messages_are_never_delivered() -> None:
     core = make_core()
     hello(core, A, SA, expiry=0.5)
     hello(core, B, SB)
-    core.handle(A, [(MsgType.SEND, (1, "c", b"old"))], 0.0)
-    core.handle(A, [(MsgType.SEND, (2, "c", b"new"))], 0.4)
+    core.handle(A, [(MsgType.SEND, (1, "c", b"old", 100))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "c", b"new", 100))], 0.4)
     out = core.handle(B, [(MsgType.RECV, ("c", 5))], 0.6)
     assert delivered(out) == [b"new"]
     assert core.queues.counters.dropped_expired == 1
@@ -115,7 +115,7 @@ def test_round_robin_between_receivers() -> None:
     core.handle(B, [(MsgType.RECV, ("c", 100))], 0.0)
     receivers = []
     for i in range(6):
-        out = core.handle(A, [(MsgType.SEND, (i + 1, "c", b"m"))], 0.0)
+        out = core.handle(A, [(MsgType.SEND, (i + 1, "c", b"m", 100))], 0.0)
         receivers += [conn for conn, _ in of_type(out, MsgType.DELIVER)]
     assert receivers == [A, B, A, B, A, B]
 
@@ -125,7 +125,7 @@ def test_returned_messages_go_back_to_the_head_in_order() -> None:
     hello(core, A, SA)
     hello(core, B, SB)
     for i in range(4):
-        core.handle(A, [(MsgType.SEND, (i + 1, "c", b"%d" % i))], 0.0)
+        core.handle(A, [(MsgType.SEND, (i + 1, "c", b"%d" % i, 100))], 0.0)
     out = core.handle(B, [(MsgType.RECV, ("c", 3))], 0.0)
     assert delivered(out) == [b"0", b"1", b"2"]
     items = [list(item) for _, (_, its) in of_type(out, MsgType.DELIVER) for item in its]
@@ -141,7 +141,7 @@ def test_undeliverable_deliveries_are_requeued() -> None:
     hello(core, A, SA)
     hello(core, B, SB)
     core.handle(B, [(MsgType.RECV, ("c", 5))], 0.0)
-    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x"))], 0.0)
+    out = core.handle(A, [(MsgType.SEND, (1, "c", b"x", 100))], 0.0)
     messages = [msg for conn, msg in out if conn == B]
     core.undeliverable(B, messages, 0.0)
     assert core.queues.length("c") == 1
@@ -150,10 +150,10 @@ def test_undeliverable_deliveries_are_requeued() -> None:
 
 def test_group_send_skips_full_members_and_counts() -> None:
     core = make_core()
-    hello(core, A, SA, capacity=1)
+    hello(core, A, SA)
     for ch in ("c1", "c2"):
-        core.handle(A, [(MsgType.GROUP_ADD, (1, "g", ch, 100.0))], 0.0)
-    core.handle(A, [(MsgType.SEND, (2, "c1", b"fill"))], 0.0)
+        core.handle(A, [(MsgType.GROUP_ADD, (1, "g", ch, 100.0, 1))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "c1", b"fill", 1))], 0.0)
     out = core.handle(A, [(MsgType.GROUP_SEND, (3, "g", b"hi"))], 0.0)
     assert of_type(out, MsgType.ACK) == [(A, (3, 1))]
     assert core.counters.group_skipped_full == 1
@@ -163,8 +163,8 @@ def test_group_send_skips_full_members_and_counts() -> None:
 def test_group_expiry() -> None:
     core = make_core()
     hello(core, A, SA)
-    core.handle(A, [(MsgType.GROUP_ADD, (1, "g", "c", 1.0))], 0.0)
-    core.handle(A, [(MsgType.GROUP_ADD, (2, "g", "d", 5.0))], 0.0)
+    core.handle(A, [(MsgType.GROUP_ADD, (1, "g", "c", 1.0, 100))], 0.0)
+    core.handle(A, [(MsgType.GROUP_ADD, (2, "g", "d", 5.0, 100))], 0.0)
     out = core.handle(A, [(MsgType.GROUP_INFO, (3, "g"))], 2.0)
     assert of_type(out, MsgType.GROUP_INFO_REPLY)[0][1][1] == ["d"]
 
@@ -174,8 +174,8 @@ def test_dead_session_loses_memberships_and_process_channels() -> None:
     hello(core, A, SA)
     hello(core, B, SB)
     mine = f"asgi|specific.abcdef.{SB}!0"
-    core.handle(B, [(MsgType.GROUP_ADD, (1, "asgi|g", mine, 100.0))], 0.0)
-    core.handle(A, [(MsgType.SEND, (1, mine, b"queued"))], 0.0)
+    core.handle(B, [(MsgType.GROUP_ADD, (1, "asgi|g", mine, 100.0, 100))], 0.0)
+    core.handle(A, [(MsgType.SEND, (1, mine, b"queued", 100))], 0.0)
     # A keeps pinging; B goes silent
     for t in (0.5, 1.0, 1.5):
         core.handle(A, [(MsgType.PING, ())], t)
@@ -184,14 +184,14 @@ def test_dead_session_loses_memberships_and_process_channels() -> None:
     assert core.groups.members("asgi|g", 2.0) == []
     assert core.queues.length(mine) == 0
     # later sends to the dead process's channel are dropped and counted
-    out = core.handle(A, [(MsgType.SEND, (2, mine, b"late"))], 2.0)
+    out = core.handle(A, [(MsgType.SEND, (2, mine, b"late", 100))], 2.0)
     assert of_type(out, MsgType.ACK) == [(A, (2, 0))]
     assert core.counters.dropped_dead_owner == 2
 
 
 def test_unknown_session_is_told_to_say_hello() -> None:
     core = make_core()
-    out = core.handle(A, [(MsgType.SEND, (5, "c", b"x"))], 0.0)
+    out = core.handle(A, [(MsgType.SEND, (5, "c", b"x", 100))], 0.0)
     assert of_type(out, MsgType.ERROR) == [(A, (5, ErrorCode.UNKNOWN_SESSION, ""))]
     out = core.handle(A, [(MsgType.RECV, ("c", 1))], 0.0)
     assert of_type(out, MsgType.RESET) == [(A, ("inc1",))]
@@ -201,14 +201,14 @@ def test_unknown_session_is_told_to_say_hello() -> None:
 def test_nonsense_is_refused_and_counted() -> None:
     core = make_core()
     hello(core, A, SA)
-    out = core.handle(A, [(MsgType.SEND, (1, "bad name!", b"x"))], 0.0)
+    out = core.handle(A, [(MsgType.SEND, (1, "bad name!", b"x", 100))], 0.0)
     assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
     core.handle(A, [(MsgType.RECV, ("c", -5))], 0.0)
     core.handle(A, [(MsgType.RETURN, (0, "c", [[1, 2, 3]], 1))], 0.0)
     core.handle(A, [(MsgType.WELCOME, ("x", "y", "z", 1.0, 1))], 0.0)
-    out = core.handle(A, [(MsgType.HELLO, ("short", 1, [60.0, 100, []]))], 0.0)
+    out = core.handle(A, [(MsgType.HELLO, ("short", 1, [60.0]))], 0.0)
     assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
-    out = core.handle(A, [(MsgType.HELLO, (SA, 1, [60.0, -1, []]))], 0.0)
+    out = core.handle(A, [(MsgType.HELLO, (SA, 1, [float("nan")]))], 0.0)
     assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
     assert core.counters.bad_requests == 5
     assert core.counters.unexpected_type == 1
@@ -217,9 +217,9 @@ def test_nonsense_is_refused_and_counted() -> None:
 def test_flush_clears_only_its_prefix() -> None:
     core = make_core()
     hello(core, A, SA)
-    core.handle(A, [(MsgType.SEND, (1, "p1|c", b"x"))], 0.0)
-    core.handle(A, [(MsgType.SEND, (2, "p2|c", b"x"))], 0.0)
-    core.handle(A, [(MsgType.GROUP_ADD, (3, "p1|g", "p1|c", 100.0))], 0.0)
+    core.handle(A, [(MsgType.SEND, (1, "p1|c", b"x", 100))], 0.0)
+    core.handle(A, [(MsgType.SEND, (2, "p2|c", b"x", 100))], 0.0)
+    core.handle(A, [(MsgType.GROUP_ADD, (3, "p1|g", "p1|c", 100.0, 100))], 0.0)
     core.handle(A, [(MsgType.FLUSH, (4, "p1"))], 0.0)
     assert core.queues.length("p1|c") == 0
     assert core.queues.length("p2|c") == 1

@@ -23,8 +23,8 @@ from zchannels.protocol import (
 # protocol change: bump PROTOCOL_VERSION and say so.
 GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.HELLO: (
-        ("abcdefghij", 42, [60.0, 100, [["^a", 5]]]),
-        "010193aa6162636465666768696a2a93cb404e000000000000649192a25e6105",
+        ("abcdefghij", 42, [60.0]),
+        "010193aa6162636465666768696a2a91cb404e000000000000",
     ),
     MsgType.WELCOME: (
         ("n1", "abc123", "inc", 3.0, 1024),
@@ -32,13 +32,13 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     ),
     MsgType.PING: ((), "010390"),
     MsgType.PONG: (("inc",), "010491a3696e63"),
-    MsgType.SEND: ((7, "asgi|c", b"\x81\xa1a\x01"), "01059307a6617367697c63c40481a16101"),
+    MsgType.SEND: ((7, "asgi|c", b"\x81\xa1a\x01", 100), "01059407a6617367697c63c40481a1610164"),
     MsgType.ACK: ((7, 3), "0106920703"),
     MsgType.ERROR: ((7, 1, "c"), "0107930701a163"),
     MsgType.RECV: (("c", 32), "010892a16320"),
     MsgType.DELIVER: (("c", [[b"x", 1.5, 7]]), "010992a1639193c40178cb3ff800000000000007"),
     MsgType.RETURN: ((4, "c", [[b"x", 1.5, 7]], 1), "010a9404a1639193c40178cb3ff80000000000000701"),
-    MsgType.GROUP_ADD: ((1, "g", "c", 86400.0), "010b9401a167a163cb40f5180000000000"),
+    MsgType.GROUP_ADD: ((1, "g", "c", 86400.0, 100), "010b9501a167a163cb40f518000000000064"),
     MsgType.GROUP_DISCARD: ((1, "g", "c"), "010c9301a167a163"),
     MsgType.GROUP_SEND: ((1, "g", b"p"), "010d9301a167c40170"),
     MsgType.FLUSH: ((1, "asgi"), "010e9201a461736769"),
@@ -95,8 +95,8 @@ def test_batch_roundtrip_and_golden() -> None:
         (b"\x01\x03\x93\x01", "msgpack"),
         (b"\x01\x03\x01", "shape"),
         (b"\x01\x05" + msgpack.packb([1, "c"]), "shape"),
-        (b"\x01\x05" + msgpack.packb(["1", "c", b"p"]), "field"),
-        (b"\x01\x05" + msgpack.packb([True, "c", b"p"]), "field"),
+        (b"\x01\x05" + msgpack.packb(["1", "c", b"p", 1]), "field"),
+        (b"\x01\x05" + msgpack.packb([True, "c", b"p", 1]), "field"),
         (b"\x01\x00" + msgpack.packb([[0]]), "shape"),
         (b"\x01\x00" + msgpack.packb([["x"]]), "shape"),
         (b"\x01\x00" + msgpack.packb([1]), "shape"),

@@ -27,6 +27,7 @@ import zmq
 from . import embedded
 from .config import LayerConfig
 from .connection import CLOSE_TIMEOUT, Connection
+from .errors import NodeUnavailable
 from .names import SESSION_TAG_LEN, random_tag
 from .protocol import MsgType
 
@@ -51,8 +52,8 @@ class Client:
         # replaced as soon as another loop uses this client.
         self._last: tuple[asyncio.AbstractEventLoop, Connection] | None = None
         self._names = itertools.count()
-        #: (wire group, wire channel) -> expires_at (monotonic)
-        self.memberships: dict[tuple[str, str], float] = {}
+        #: (wire group, wire channel) -> (expires_at (monotonic), capacity)
+        self.memberships: dict[tuple[str, str], tuple[float, int]] = {}
         # What the node said in WELCOME.
         self.node_tag: str | None = None
         self.incarnation: str | None = None
@@ -100,21 +101,36 @@ class Client:
 
     # -- what the node said -----------------------------------------------
     def on_welcome(
-        self, by: Connection, node_tag: str, incarnation: str, lease: float, max_frame: int
+        self,
+        by: Connection,
+        node_tag: str,
+        incarnation: str,
+        lease: float,
+        max_frame: int,
+        lost: bool,
     ) -> None:
+        """A connection was welcomed. ``lost``: it had found the node without
+        our session (restarted, or our lease lapsed while we were stopped)."""
         with self._lock:
             previous = self.incarnation
             self.node_tag, self.incarnation = node_tag, incarnation
             self.lease, self.max_frame = lease, max_frame
             others = [c for c in self._conns.values() if c is not by and not c.closed]
-        if previous is None or previous == incarnation:
+        restarted = previous is not None and previous != incarnation
+        if not (restarted or lost):
             return
-        log.warning("node at %s restarted: re-registering this process", self.endpoint)
-        self.counters["node_restarts"] += 1
+        if restarted:
+            log.warning("node at %s restarted: re-registering this process", self.endpoint)
+            self.counters["node_restarts"] += 1
+        else:
+            log.warning(
+                "node at %s had dropped this process's session: re-registering", self.endpoint
+            )
+            self.counters["sessions_lost"] += 1
         for conn in others:
             loop = conn._loopref()
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(conn.rehello)
+                loop.call_soon_threadsafe(conn.rehello, True)
         embedded.background().submit(self._reassert())
 
     async def _reassert(self) -> None:
@@ -122,9 +138,13 @@ class Client:
         conn = self.connection()
         now = time.monotonic()
         with self._lock:
-            held = [(g, c, exp - now) for (g, c), exp in self.memberships.items() if exp > now]
+            held = [
+                (g, c, exp - now, cap)
+                for (g, c), (exp, cap) in self.memberships.items()
+                if exp > now
+            ]
         await asyncio.gather(
-            *(conn.request(MsgType.GROUP_ADD, g, c, left) for g, c, left in held),
+            *(conn.request(MsgType.GROUP_ADD, g, c, left, cap) for g, c, left, cap in held),
             return_exceptions=True,
         )
         log.info("re-asserted %d group memberships", len(held))
@@ -141,6 +161,12 @@ class Client:
         own, so a busy or idle event loop never lets the lease lapse."""
         conn = self.connection()
         while not self._closed:
+            if conn.incarnation is None:
+                # Not welcomed yet: the lease is not known. (HELLO is queued
+                # and goes out whenever the node is there.)
+                with contextlib.suppress(NodeUnavailable):
+                    await conn.ready()
+                continue
             conn.ping()
             await asyncio.sleep(self.lease / 3)
 

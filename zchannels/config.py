@@ -80,22 +80,16 @@ class LayerConfig:
             )
 
     def capacity_for(self, channel: str) -> int:
+        """channels_redis' rule: the first matching pattern, else ``capacity``."""
         for pattern, capacity in self.channel_capacity:
             if pattern.match(channel):
                 return capacity
         return self.capacity
 
     def wire_policy(self) -> list[Any]:
-        """The policy a session sends in HELLO: expiry, capacity, patterns.
-
-        Patterns are sent as regex source; a compiled regex's flags travel as
-        an inline group so the node matches exactly what the layer would.
-        """
-        return [
-            float(self.expiry),
-            self.capacity,
-            [[_regex_source(p), cap] for p, cap in self.channel_capacity],
-        ]
+        """The policy a session sends in HELLO: ``[expiry]``. Capacities go
+        with each send (the node never runs the layer's patterns)."""
+        return [float(self.expiry)]
 
 
 def _compile_capacities(raw: Any) -> tuple[tuple[re.Pattern[str], int], ...]:
@@ -112,12 +106,3 @@ def _compile_capacities(raw: Any) -> tuple[tuple[re.Pattern[str], int], ...]:
         else:
             raise ConfigError(f"CONFIG channel_capacity key {key!r} is not a glob or regex")
     return tuple(out)
-
-
-def _regex_source(pattern: re.Pattern[str]) -> str:
-    flags = ""
-    letters = ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x"))
-    for flag, letter in letters:
-        if pattern.flags & flag:
-            flags += letter
-    return f"(?{flags}){pattern.pattern}" if flags else pattern.pattern

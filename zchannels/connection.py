@@ -36,6 +36,7 @@ import zmq
 from .errors import ChannelFull, NodeUnavailable, ProtocolError
 from .names import local_part
 from .protocol import (
+    BATCH_BYTES,
     RESERVATION_TTL,
     DecodeError,
     ErrorCode,
@@ -59,6 +60,10 @@ RECEIVE_WINDOW = 32
 #: Seconds prefetched messages may sit with nobody receiving before they are
 #: given back to the node for other receivers.
 IDLE_RETURN = 0.25
+#: Seconds: a message queued within this long of the last write waits for
+#: the end of the loop iteration and goes out batched with the others; one
+#: queued after a quiet spell goes out at once.
+BATCH_AFTER = 0.0002
 #: Seconds between housekeeping passes (idle returns, request timeouts).
 SWEEP_INTERVAL = 0.25
 #: Seconds ``close()`` waits for the node to confirm BYE (ipc loses a tail
@@ -130,9 +135,11 @@ class Connection:
         self._reservations: dict[str, list[float]] = {}
         self._out: list[Message] = []
         self._flush_scheduled = False
+        self._flushed_at = 0.0
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._epoch = 0
         self._hello_outstanding = False
+        self._hello_told = False
         self.incarnation: str | None = None
         self._welcomed = loop.create_future()
         loop.add_reader(self._fd, self._on_readable)
@@ -175,7 +182,7 @@ class Connection:
         finally:
             self._pending.pop(req, None)
 
-    async def send(self, channel: str, payload: bytes) -> None:
+    async def send(self, channel: str, payload: bytes, capacity: int) -> None:
         """Send one message: without waiting for the node while a
         reservation for ``channel`` lasts, else as a request (which may
         bring a reservation for the next ones)."""
@@ -185,10 +192,10 @@ class Connection:
                 reservation[0] -= 1
                 # Written at the loop's next turn, batched with whatever else
                 # is sent in this one (a frame per message costs 3x the time).
-                self._queue((MsgType.SEND, (0, channel, payload)))
+                self._queue((MsgType.SEND, (0, channel, payload, capacity)))
                 return
             del self._reservations[channel]
-        reserved = await self.request(MsgType.SEND, channel, payload)
+        reserved = await self.request(MsgType.SEND, channel, payload, capacity)
         if reserved > 0:
             self._reservations[channel] = [reserved, time.monotonic() + RESERVATION_TTL / 2]
             self._arm_sweep()
@@ -288,15 +295,17 @@ class Connection:
             self._give_back(channel, state)
 
     # -- node restarts ----------------------------------------------------
-    def rehello(self) -> None:
+    def rehello(self, told: bool = False) -> None:
         """Our session is unknown to the node (restart, lapsed lease): say
-        HELLO again; ``_on_welcome`` then restores credit and requests."""
+        HELLO again; ``_on_welcome`` then restores credit and requests.
+        ``told``: another connection of this process found out first."""
         if not self._hello_outstanding and not self.closed:
-            self._hello()
+            self._hello(told)
 
-    def _hello(self) -> None:
+    def _hello(self, told: bool = False) -> None:
         self._epoch += 1
         self._hello_outstanding = True
+        self._hello_told = told
         client = self._client
         self._queue(
             (MsgType.HELLO, (client.session, client.pid, client.config.wire_policy())),
@@ -306,12 +315,14 @@ class Connection:
         self, node_id: str, node_tag: str, incarnation: str, lease: float, max_frame: int
     ) -> None:
         self._hello_outstanding = False
-        first = self.incarnation is None
         self.incarnation = incarnation
-        self._client.on_welcome(self, node_tag, incarnation, float(lease), max_frame)
+        # A HELLO this connection had to say again, on its own finding: the
+        # node lost this whole process's session. Tell the process.
+        lost = self._epoch > 1 and not self._hello_told
+        self._client.on_welcome(self, node_tag, incarnation, float(lease), max_frame, lost)
         if not self._welcomed.done():
             self._welcomed.set_result(None)
-        if first and self._epoch == 1:
+        if self._epoch == 1:
             return
         self._reservations.clear()
         # A new node sends nothing against withdrawn credit: stop draining.
@@ -344,8 +355,14 @@ class Connection:
         return loop
 
     def _queue(self, message: Message) -> None:
+        """Send ``message``: at once when traffic is sparse (latency), else
+        with everything else queued in this loop iteration (throughput)."""
         self._out.append(message)
-        if not self._flush_scheduled:
+        if self._flush_scheduled:
+            return
+        if time.monotonic() - self._flushed_at > BATCH_AFTER:
+            self._flush()
+        else:
             self._flush_scheduled = True
             self._loop().call_soon(self._flush)
 
@@ -353,8 +370,12 @@ class Connection:
         self._flush_scheduled = False
         if self.closed or not self._out:
             return
+        self._flushed_at = time.monotonic()
         out, self._out = self._out, []
-        for chunk in split_batches(out):
+        limit = BATCH_BYTES
+        if self._client.max_frame is not None:
+            limit = min(limit, self._client.max_frame - 4096)
+        for chunk in split_batches(out, limit):
             self._sock.send(encode_many(chunk), zmq.NOBLOCK)
         # Sending can consume the FD's edge for frames that arrived meanwhile.
         if cast(int, self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:

@@ -41,6 +41,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.group_expiry = self.config.group_expiry
         self.prefix = self.config.prefix
         self._client: _client.Client | None = None
+        self._capacities: dict[str, int] = {}
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -55,11 +56,22 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     async def _ready_conn(self) -> Connection:
         """This loop's connection once the node has said its frame limit."""
         conn = self.client.connection()
-        await conn.ready()
+        if conn.incarnation is None:
+            await conn.ready()
         return conn
 
     def _wire(self, name: str) -> str:
         return wire_name(self.prefix, name)
+
+    def _capacity(self, channel: str) -> int:
+        """``channel_capacity`` matched once per name (the patterns run here,
+        in the layer, never in the node)."""
+        capacity = self._capacities.get(channel)
+        if capacity is None:
+            if len(self._capacities) > 10_000:
+                self._capacities.clear()
+            capacity = self._capacities[channel] = self.config.capacity_for(channel)
+        return capacity
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         try:
@@ -82,7 +94,8 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         conn = await self._ready_conn()
-        await conn.send(self._wire(channel), self._encode(message))
+        capacity = self._capacity(channel)
+        await conn.send(self._wire(channel), self._encode(message), capacity)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``; waits as long as it takes.
@@ -111,8 +124,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         key = (self._wire(group), self._wire(channel))
         expiry = float(self.config.group_expiry)
         # Recorded first, so a node restart while this is in flight re-adds it.
-        self.client.memberships[key] = time.monotonic() + expiry
-        await self._conn().request(MsgType.GROUP_ADD, key[0], key[1], expiry)
+        capacity = self._capacity(channel)
+        self.client.memberships[key] = (time.monotonic() + expiry, capacity)
+        await self._conn().request(MsgType.GROUP_ADD, key[0], key[1], expiry, capacity)
 
     async def group_discard(self, group: str, channel: str) -> None:
         self.require_valid_group_name(group)

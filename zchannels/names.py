@@ -18,6 +18,7 @@ after ``random.seed()``, and the whole suffix is ~26 characters, leaving
 from __future__ import annotations
 
 import base64
+import functools
 import os
 import re
 
@@ -63,6 +64,9 @@ def local_part(wire: str) -> str:
     return wire.rpartition("|")[2]
 
 
+# The node checks every name of every frame; names repeat, so the answers
+# are cached (a bounded LRU, so hostile names cannot grow it).
+@functools.lru_cache(maxsize=65536)
 def valid_wire_channel(wire: object) -> bool:
     if not isinstance(wire, str):
         return False
@@ -81,6 +85,7 @@ def specific_name(prefix: str, node_tag: str, session_tag: str, counter: int) ->
     return f"{prefix}.{node_tag}.{session_tag}!{_base36(counter)}"
 
 
+@functools.lru_cache(maxsize=65536)
 def owner_of(name: str) -> tuple[str, str] | None:
     """(node tag, session tag) of a name made by ``new_channel()``, else None."""
     bang = name.find("!")

@@ -78,7 +78,7 @@ _F = tuple[tuple[str, type | tuple[type, ...]], ...]
 _NUM: tuple[type, ...] = (int, float)
 FIELDS: dict[MsgType, _F] = {
     # session: the process's session tag (10 base32 chars); pid: for operators;
-    # policy: [expiry_s, capacity, [[regex, capacity], ...]] (channels_redis names)
+    # policy: [expiry_s] (the layer's ``expiry``; a list, to grow)
     MsgType.HELLO: (("session", str), ("pid", int), ("policy", list)),
     # node_id; node_tag (what new_channel() names carry to point at this node);
     # incarnation (changes at every node start); lease (s);
@@ -94,7 +94,9 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.PONG: (("incarnation", str),),
     # req: client-chosen request id, echoed in ACK/ERROR. req 0: a send that
     # uses a reservation (see node/queues.py): no answer unless it fails.
-    MsgType.SEND: (("req", int), ("channel", str), ("payload", bytes)),
+    # capacity: the channel's capacity as the sender's layer computes it
+    # (channel_capacity patterns run in the layer: the node runs no client regex)
+    MsgType.SEND: (("req", int), ("channel", str), ("payload", bytes), ("capacity", int)),
     # result: request-specific count: for SEND the slots now reserved for
     # this connection on that channel, for GROUP_SEND the members reached
     MsgType.ACK: (("req", int), ("result", int)),
@@ -108,8 +110,15 @@ FIELDS: dict[MsgType, _F] = {
     # withdraw=1: also drop this connection's credit on the channel, and
     # answer ACK(req): every DELIVER sent before that ACK used the old credit.
     MsgType.RETURN: (("req", int), ("channel", str), ("items", list), ("withdraw", int)),
-    # expiry: the membership's remaining lifetime (group_expiry) in seconds
-    MsgType.GROUP_ADD: (("req", int), ("group", str), ("channel", str), ("expiry", _NUM)),
+    # expiry: the membership's remaining lifetime (group_expiry) in seconds;
+    # capacity: the member channel's capacity, used by group_send
+    MsgType.GROUP_ADD: (
+        ("req", int),
+        ("group", str),
+        ("channel", str),
+        ("expiry", _NUM),
+        ("capacity", int),
+    ),
     MsgType.GROUP_DISCARD: (("req", int), ("group", str), ("channel", str)),
     MsgType.GROUP_SEND: (("req", int), ("group", str), ("payload", bytes)),
     # prefix: the namespace to clear (a layer's ``prefix``)
