@@ -93,9 +93,13 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.require_valid_channel_name(channel)
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
-        conn = await self._ready_conn()
+        conn = self.client.connection()
+        if conn.incarnation is None:
+            await conn.ready()
+        wire, payload = self._wire(channel), self._encode(message)
         capacity = self._capacity(channel)
-        await conn.send(self._wire(channel), self._encode(message), capacity)
+        if not conn.send_reserved(wire, payload, capacity):
+            await conn.send(wire, payload, capacity)
 
     async def receive(self, channel: str) -> dict[str, Any]:
         """The next message of ``channel``; waits as long as it takes.
