@@ -267,7 +267,8 @@ class NodeCore:
         if not valid_wire_group(group) or not valid_wire_channel(channel):
             return self._bad(conn, req, "invalid group or channel name", out)
         self.groups.discard(group, channel)
-        out.append((conn, (MsgType.ACK, (req, 1))))
+        if req:
+            out.append((conn, (MsgType.ACK, (req, 1))))
         return None
 
     def _group_send(

@@ -182,6 +182,12 @@ class Connection:
         finally:
             self._pending.pop(req, None)
 
+    def post(self, mtype: MsgType, *fields: Any) -> None:
+        """Send a message that wants no answer."""
+        if self.closed:
+            raise NodeUnavailable("connection is closed")
+        self._queue((mtype, fields))
+
     def send_reserved(self, channel: str, payload: bytes, capacity: int) -> bool:
         """Send one message without waiting for the node, if a reservation
         for ``channel`` lasts (the hot path: no coroutine, no round trip)."""

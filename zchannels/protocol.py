@@ -119,6 +119,7 @@ FIELDS: dict[MsgType, _F] = {
         ("expiry", _NUM),
         ("capacity", int),
     ),
+    # req 0: no answer wanted (the layer does not wait for discards)
     MsgType.GROUP_DISCARD: (("req", int), ("group", str), ("channel", str)),
     MsgType.GROUP_SEND: (("req", int), ("group", str), ("payload", bytes)),
     # prefix: the namespace to clear (a layer's ``prefix``)
