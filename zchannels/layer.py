@@ -42,6 +42,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self.prefix = self.config.prefix
         self._client: _client.Client | None = None
         self._capacities: dict[str, int] = {}
+        self._valid_names: set[str] = set()
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -62,6 +63,19 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _wire(self, name: str) -> str:
         return wire_name(self.prefix, name)
+
+    def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
+        """channels' own check (same TypeErrors), remembered for names seen
+        valid before: it runs on every send and receive."""
+        if not receive and isinstance(name, str) and name in self._valid_names:
+            return True
+        BaseChannelLayer.require_valid_channel_name(self, name, receive)
+        if receive:
+            return True
+        if len(self._valid_names) > 10_000:
+            self._valid_names.clear()
+        self._valid_names.add(name)
+        return True
 
     def _capacity(self, channel: str) -> int:
         """``channel_capacity`` matched once per name (the patterns run here,
