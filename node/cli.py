@@ -39,6 +39,19 @@ def main(argv: list[str] | None = None) -> int:
         help=f"where Django processes connect; repeatable (default {default_client_endpoint()})",
     )
     run.add_argument("--node-id", help="this node's id (default: the host name)")
+    run.add_argument(
+        "--peer-endpoint",
+        metavar="ENDPOINT",
+        help="where other nodes reach this one (tcp://HOST:PORT)",
+    )
+    run.add_argument(
+        "--seed",
+        action="append",
+        dest="seeds",
+        metavar="ENDPOINT",
+        help="a peer endpoint to join through; repeatable",
+    )
+    run.add_argument("--cluster", help="the cluster's name (default zchannels)")
     run.add_argument("--preset", choices=("lan", "test"), default="lan")
     for name, flag in (
         ("client_lease", "--client-lease"),
@@ -70,8 +83,9 @@ def _run(args: argparse.Namespace) -> int:
         for f in fields(NodeConfig)
         if getattr(args, f.name, None) is not None
     }
-    if overrides.get("client_endpoints"):
-        overrides["client_endpoints"] = tuple(overrides["client_endpoints"])
+    for name in ("client_endpoints", "seeds"):
+        if overrides.get(name):
+            overrides[name] = tuple(overrides[name])
     preset = NodeConfig.test if args.preset == "test" else NodeConfig.lan
     config = preset(**overrides)
     try:
@@ -90,7 +104,8 @@ async def _serve(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Tell whoever started us (tests, scripts) where we listen.
-    print(json.dumps({"ready": True, "endpoints": server.endpoints}), flush=True)
+    peer = server.mesh.address if server.mesh is not None else None
+    print(json.dumps({"ready": True, "endpoints": server.endpoints, "peer": peer}), flush=True)
     await stop.wait()
     await server.stop()
 
@@ -124,6 +139,11 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2, sort_keys=True))
         return 0
     print(f"node {status['node_id']}  incarnation {status['incarnation']}")
+    if status.get("cluster"):
+        print(f"  cluster {status['cluster']}")
+    print(f"  {'member':<24} {'state':<8} {'incarnation':<15} address")
+    for m in status.get("members", []):
+        print(f"  {m['id']:<24} {m['state']:<8} {m['incarnation']:<15} {m['address']}")
     for key in ("sessions", "connections", "channels", "queued", "groups", "group_entries"):
         print(f"  {key:<14} {status[key]}")
     print("  counters:")

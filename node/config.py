@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .membership import MembershipConfig
+
 
 def default_node_id() -> str:
     """The host name: one sidecar per host, so it names the node well."""
@@ -49,6 +51,16 @@ class NodeConfig:
     max_frame_size: int = 8 * 1024 * 1024
     #: Seconds between two log lines about the same kind of dropped input.
     log_interval: float = 5.0
+    #: Where other nodes reach this one (``tcp://HOST:PORT``; port 0 picks a
+    #: free one). None: a node of its own, in no cluster.
+    peer_endpoint: str | None = None
+    #: Peer endpoints to join through; any one live seed is enough, the rest
+    #: of the cluster is learned from it.
+    seeds: tuple[str, ...] = ()
+    #: The cluster's name: nodes of another cluster are refused.
+    cluster: str = "zchannels"
+    #: Failure detection timings (SWIM/Lifeguard): see ``MembershipConfig``.
+    membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
 
     @property
     def node_tag(self) -> str:
@@ -63,4 +75,10 @@ class NodeConfig:
     @classmethod
     def test(cls, **overrides: Any) -> NodeConfig:
         """Fast leases for tests: a dead client is dropped within ~1 s."""
-        return replace(cls(client_lease=0.9, tick_interval=0.05, sweep_interval=0.2), **overrides)
+        fast = cls(
+            client_lease=0.9,
+            tick_interval=0.05,
+            sweep_interval=0.2,
+            membership=MembershipConfig.test(),
+        )
+        return replace(fast, **overrides)

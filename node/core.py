@@ -70,6 +70,8 @@ class NodeCore:
         self.sessions = Sessions(settings.lease)
         self.counters = NodeCounters()
         self._next_sweep = 0.0
+        #: more status from the shell (the cluster's member table), if any
+        self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
         self.decode_errors: dict[str, int] = {}
         self._handlers: dict[
@@ -150,6 +152,7 @@ class NodeCore:
                 **asdict(self.counters),
             },
             "decode_errors": dict(self.decode_errors),
+            **(self.extra_status() if self.extra_status is not None else {}),
         }
 
     # -- handlers --------------------------------------------------------

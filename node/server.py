@@ -23,6 +23,8 @@ from zchannels.protocol import DecodeError, Message, decode, encode, encode_many
 
 from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
+from .membership import first_incarnation
+from .peers import PeerMesh
 
 log = logging.getLogger("zchannels.node")
 
@@ -76,6 +78,26 @@ class NodeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._rlog = RateLimitedLog(config.log_interval)
+        self.mesh: PeerMesh | None = None
+        if config.peer_endpoint is not None:
+            self.mesh = PeerMesh(
+                node_id=config.node_id,
+                endpoint=config.peer_endpoint,
+                seeds=config.seeds,
+                cluster=config.cluster,
+                config=config.membership,
+                context=self._ctx,
+                max_frame=config.max_frame_size,
+            )
+            self.core.extra_status = self.mesh.status
+        else:
+            started = first_incarnation(time.time())
+            self.core.extra_status = lambda: {
+                "cluster": None,
+                "members": [
+                    {"id": config.node_id, "state": "alive", "incarnation": started, "address": ""}
+                ],
+            }
         self.endpoints: list[str] = []
 
     # -- lifecycle -------------------------------------------------------
@@ -105,6 +127,12 @@ class NodeServer:
             sock.close(0)
             raise
         self._sock = sock
+        if self.mesh is not None:
+            try:
+                await self.mesh.start()
+            except zmq.ZMQError:
+                sock.close(0)
+                raise
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
@@ -117,6 +145,8 @@ class NodeServer:
         self._loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

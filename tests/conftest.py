@@ -42,6 +42,7 @@ class Znode:
         self.endpoint = endpoint
         self.extra = extra
         self.proc: subprocess.Popen[str] | None = None
+        self.ready: dict[str, object] = {}
 
     def start(self, timeout: float = 15.0) -> Znode:
         cmd = [
@@ -66,6 +67,8 @@ class Znode:
             pytest.fail(f"znode did not start: {line!r}")
         ready = json.loads(line)
         assert ready["ready"] is True
+        #: what the node printed when ready (endpoints, peer address)
+        self.ready = ready
         return self
 
     @property

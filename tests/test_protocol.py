@@ -19,6 +19,8 @@ from zchannels.protocol import (
     split_batches,
 )
 
+U = ["a", "tcp://h:1", 7, "alive", "a"]  # one gossiped member update
+
 # Every message type, encoded once, as it must stay. A change here is a
 # protocol change: bump PROTOCOL_VERSION and say so.
 GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
@@ -48,6 +50,31 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.STATUS_REPLY: ((1, {"a": 1}), "0112920181a16101"),
     MsgType.GROUP_INFO: ((1, "g"), "01139201a167"),
     MsgType.GROUP_INFO_REPLY: ((1, ["c"]), "0114920191a163"),
+    MsgType.PEER_PING: (
+        (5, "a", "tcp://h:1", "b", [U]),
+        "01159505a161a97463703a2f2f683a31a1629195a161a97463703a2f2f683a3107a5616c697665a161",
+    ),
+    MsgType.PEER_PING_REQ: (
+        (5, "a", "tcp://h:1", "b", "tcp://h:2", []),
+        "01169605a161a97463703a2f2f683a31a162a97463703a2f2f683a3290",
+    ),
+    MsgType.PEER_ACK: (
+        (5, "b", [U]),
+        "01179305a1629195a161a97463703a2f2f683a3107a5616c697665a161",
+    ),
+    MsgType.PEER_NACK: ((5, "c"), "01189205a163"),
+    MsgType.PEER_GOSSIP: (
+        ("a", [U]),
+        "011992a1619195a161a97463703a2f2f683a3107a5616c697665a161",
+    ),
+    MsgType.PEER_SYNC: (
+        ("zc", 1, "a", "tcp://h:1", 1, [U]),
+        "011a96a27a6301a161a97463703a2f2f683a31019195a161a97463703a2f2f683a3107a5616c697665a161",
+    ),
+    MsgType.PEER_REFUSE: (
+        ("zc", 1, "a", "other cluster"),
+        "011b94a27a6301a161ad6f7468657220636c7573746572",
+    ),
 }
 
 

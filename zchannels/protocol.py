@@ -60,6 +60,14 @@ class MsgType(enum.IntEnum):
     STATUS_REPLY = 18  # node -> client
     GROUP_INFO = 19  # client -> node: members of a group
     GROUP_INFO_REPLY = 20  # node -> client
+    # node <-> node: the member table (zchannels.node.membership; SWIM)
+    PEER_PING = 21
+    PEER_PING_REQ = 22
+    PEER_ACK = 23
+    PEER_NACK = 24
+    PEER_GOSSIP = 25
+    PEER_SYNC = 26
+    PEER_REFUSE = 27
 
 
 class ErrorCode(enum.IntEnum):
@@ -133,6 +141,38 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.STATUS_REPLY: (("req", int), ("status", dict)),
     MsgType.GROUP_INFO: (("req", int), ("group", str)),
     MsgType.GROUP_INFO_REPLY: (("req", int), ("channels", list)),
+    # Peer messages mirror zchannels.node.membership's dataclasses; ``gossip``
+    # and ``members`` are lists of updates [node, address, incarnation,
+    # state ("alive"|"suspect"|"dead"|"left"), source] (checked in
+    # zchannels.node.peer_wire).
+    MsgType.PEER_PING: (
+        ("seq", int),
+        ("source", str),
+        ("source_address", str),
+        ("target", str),
+        ("gossip", list),
+    ),
+    MsgType.PEER_PING_REQ: (
+        ("seq", int),
+        ("source", str),
+        ("source_address", str),
+        ("target", str),
+        ("target_address", str),
+        ("gossip", list),
+    ),
+    MsgType.PEER_ACK: (("seq", int), ("source", str), ("gossip", list)),
+    MsgType.PEER_NACK: (("seq", int), ("source", str)),
+    MsgType.PEER_GOSSIP: (("source", str), ("gossip", list)),
+    # cluster name and protocol version: a node of another is refused
+    MsgType.PEER_SYNC: (
+        ("cluster", str),
+        ("version", int),
+        ("source", str),
+        ("source_address", str),
+        ("reply", int),
+        ("members", list),
+    ),
+    MsgType.PEER_REFUSE: (("cluster", str), ("version", int), ("source", str), ("reason", str)),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]

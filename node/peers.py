@@ -1,0 +1,202 @@
+"""The node's peer mesh: sockets to other nodes, and the member table's clock.
+
+Owns: the ROUTER other nodes send to (``--peer-endpoint``), one DEALER per
+peer address we send to, decoding peer frames, and calling the pure
+``MemberTable`` (``zchannels.node.membership``) on every message and at every
+deadline it asks for. Decides nothing about membership itself.
+
+Peer traffic is datagram-like: SWIM tolerates loss, so a send that would
+block (peer gone, its queue full) is dropped and counted, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from typing import Any, cast
+
+import zmq
+
+from zchannels.protocol import DecodeError, MsgType, decode, encode
+
+from .membership import Effects, EventKind, MembershipConfig, MemberTable, first_incarnation
+from .peer_wire import from_wire, to_wire
+
+log = logging.getLogger("zchannels.node")
+
+_EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_PEER_TYPES = frozenset(t for t in MsgType if t.name.startswith("PEER_"))
+#: Messages queued to one peer before further ones are dropped.
+_PEER_HWM = 64
+
+
+class PeerMesh:
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        endpoint: str,
+        seeds: tuple[str, ...],
+        cluster: str,
+        config: MembershipConfig,
+        context: zmq.Context[zmq.Socket[bytes]],
+        max_frame: int,
+    ) -> None:
+        self.node_id = node_id
+        self.endpoint = endpoint
+        self.seeds = seeds
+        self.cluster = cluster
+        self.config = config
+        self._ctx = context
+        self._max_frame = max_frame
+        self.table: MemberTable | None = None
+        self._router: zmq.Socket[bytes] | None = None
+        self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def address(self) -> str:
+        return self.table.address if self.table is not None else self.endpoint
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        router = self._ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
+        router.bind(self.endpoint)
+        self._router = router
+        address = router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.table = MemberTable(
+            self.config,
+            node_id=self.node_id,
+            address=address,
+            incarnation=first_incarnation(time.time()),
+            cluster=self.cluster,
+            rng=random.Random(),
+        )
+        self._loop.add_reader(router.fileno(), self._on_readable)
+        self._apply(self.table.join(self.seeds, time.monotonic()))
+        self._tick()
+        log.info("node %s in cluster %r, peers on %s", self.node_id, self.cluster, address)
+
+    async def stop(self) -> None:
+        """Say we leave (peers drop us at once), then close every socket."""
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.table is not None:
+            self._apply(self.table.leave(time.monotonic()))
+        if self._router is not None and self._loop is not None:
+            self._loop.remove_reader(self._router.fileno())
+            self._router.close(0)
+            self._router = None
+        for sock in self._dealers.values():
+            sock.close(200)  # ms: let the LEFT notices go out
+        self._dealers.clear()
+
+    def status(self) -> dict[str, Any]:
+        members = self.table.members() if self.table is not None else []
+        return {
+            "cluster": self.cluster,
+            "members": [
+                {
+                    "id": m.id,
+                    "state": str(m.state),
+                    "incarnation": m.incarnation,
+                    "address": m.address,
+                }
+                for m in members
+            ],
+            "peer_counters": dict(self.counters),
+        }
+
+    # -- I/O --------------------------------------------------------------
+    def _on_readable(self) -> None:
+        sock, table = self._router, self.table
+        if sock is None or table is None:
+            return
+        now = time.monotonic()
+        for _ in range(1024):
+            if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                break
+            frames = sock.recv_multipart(_NOBLOCK)
+            if len(frames) != 2:
+                self.counters["decode_errors"] += 1
+                continue
+            try:
+                messages = decode(frames[1], self._max_frame)
+                for mtype, fields in messages:
+                    if mtype not in _PEER_TYPES:
+                        raise DecodeError("type", f"{mtype.name} on the peer socket")
+                    self._apply(table.handle(from_wire(mtype, fields), now))
+            except DecodeError as exc:
+                self.counters["decode_errors"] += 1
+                log.debug("dropped a peer frame: %s", exc)
+        else:
+            if self._loop is not None:
+                self._loop.call_soon(self._on_readable)
+        self._rearm()
+
+    def _apply(self, fx: Effects) -> None:
+        for address, msg in fx.messages:
+            self._send(address, encode(*_flat(to_wire(msg))))
+        for event in fx.events:
+            if event.kind == EventKind.REAPED:
+                sock = self._dealers.pop(event.address, None)
+                if sock is not None:
+                    sock.close(0)
+            level = (
+                logging.WARNING
+                if event.kind in (EventKind.DEAD, EventKind.REFUSED)
+                else logging.INFO
+            )
+            log.log(
+                level,
+                "member %s %s (%s)%s",
+                event.node,
+                event.kind.value,
+                event.address,
+                f": {event.reason}" if event.reason else "",
+            )
+
+    def _send(self, address: str, frame: bytes) -> None:
+        sock = self._dealers.get(address)
+        if sock is None:
+            sock = self._ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, _PEER_HWM)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            sock.connect(address)
+            self._dealers[address] = sock
+        try:
+            sock.send(frame, _NOBLOCK)
+        except zmq.Again:
+            self.counters["dropped_sends"] += 1
+
+    # -- the member table's clock ------------------------------------------
+    def _tick(self) -> None:
+        self._timer = None
+        if self.table is None:
+            return
+        self._apply(self.table.tick(time.monotonic()))
+        self._rearm()
+
+    def _rearm(self) -> None:
+        if self.table is None or self._loop is None:
+            return
+        deadline = self.table.next_deadline()
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._tick)
+
+
+def _flat(message: tuple[MsgType, tuple[Any, ...]]) -> tuple[Any, ...]:
+    mtype, fields = message
+    return (mtype, *fields)

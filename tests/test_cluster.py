@@ -1,0 +1,176 @@
+"""Several ``znode`` processes on loopback form one cluster (static seeds).
+
+Each test starts real nodes with ``--peer-endpoint tcp://127.0.0.1:0`` and
+the ``lan`` preset, joins them through the first one, and reads each node's
+member table through its client endpoint (what ``znode status --json``
+shows). Timing figures are measured and printed; the bounds are the issue's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import Znode, wait_for
+from zchannels.node.cli import query
+
+from zchannels.protocol import MsgType
+
+#: Seconds between two checks of an invariant that must hold all along.
+SAMPLE = 0.1
+
+
+def status(node: Znode) -> dict[str, Any]:
+    result: dict[str, Any] = query(node.endpoint, MsgType.STATUS, timeout=2.0)
+    return result
+
+
+def states(node: Znode) -> dict[str, str]:
+    return {m["id"]: m["state"] for m in status(node)["members"]}
+
+
+def start_cluster(znode: Callable[..., Znode], n: int, *extra: str) -> list[Znode]:
+    def start(i: int, seed: str | None) -> Znode:
+        args = ["--preset", "lan", "--node-id", f"node-{i}"]
+        args += ["--peer-endpoint", "tcp://127.0.0.1:0", *extra]
+        if seed is not None:
+            args += ["--seed", seed]
+        return znode(None, *args)
+
+    first = start(0, None)
+    seed = str(first.ready["peer"])
+    return [first] + [start(i, seed) for i in range(1, n)]
+
+
+def converged(nodes: list[Znode], alive: set[str]) -> bool:
+    for node in nodes:
+        table = states(node)
+        if {k for k, v in table.items() if v == "alive"} != alive:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_nodes_join_through_one_seed(znode: Callable[..., Znode], n: int) -> None:
+    nodes = start_cluster(znode, n)
+    ids = {f"node-{i}" for i in range(n)}
+    took = wait_for(lambda: converged(nodes, ids), 10, f"{n} nodes to agree")
+    print(f"{n} nodes: one member table {took:.3f} s after the last start")
+    for m in status(nodes[-1])["members"]:
+        assert set(m) >= {"id", "state", "incarnation", "address"}
+        assert m["address"].startswith("tcp://127.0.0.1:")
+        assert m["incarnation"] > 0
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_sigkilled_node_is_declared_dead_within_3_s(znode: Callable[..., Znode], n: int) -> None:
+    nodes = start_cluster(znode, n)
+    ids = {f"node-{i}" for i in range(n)}
+    wait_for(lambda: converged(nodes, ids), 10, "the cluster to form")
+    victim, others = nodes[-1], nodes[:-1]
+    victim.signal(signal.SIGKILL)
+    start = time.monotonic()
+    took = wait_for(
+        lambda: all(states(o).get(f"node-{n - 1}") == "dead" for o in others),
+        10,
+        "every node to declare the killed one dead",
+    )
+    print(f"{n} nodes: SIGKILLed node dead on every other node after {took:.2f} s")
+    assert time.monotonic() - start < 3.0, f"detection took {took:.2f} s (bound 3 s)"
+    for o in others:  # nobody else was hurt
+        assert {k for k, v in states(o).items() if v == "alive"} == ids - {f"node-{n - 1}"}
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_sigtermed_node_is_gone_within_half_a_second(znode: Callable[..., Znode], n: int) -> None:
+    nodes = start_cluster(znode, n)
+    ids = {f"node-{i}" for i in range(n)}
+    wait_for(lambda: converged(nodes, ids), 10, "the cluster to form")
+    leaver, others = nodes[1], [nodes[0], *nodes[2:]]
+    leaver.signal(signal.SIGTERM)
+    took = wait_for(
+        lambda: all(states(o).get("node-1") == "left" for o in others),
+        5,
+        "every node to see the leaver gone",
+    )
+    print(f"{n} nodes: SIGTERMed node gone everywhere after {took:.3f} s")
+    assert took < 0.5, f"leaving took {took:.3f} s (bound 0.5 s)"
+    assert leaver.wait(5) == 0
+
+
+def test_another_cluster_is_refused(znode: Callable[..., Znode]) -> None:
+    nodes = start_cluster(znode, 2)
+    wait_for(lambda: converged(nodes, {"node-0", "node-1"}), 10, "the cluster to form")
+    seed = str(nodes[0].ready["peer"])
+    stranger = znode(
+        None,
+        *("--preset", "lan", "--node-id", "stranger", "--cluster", "other"),
+        *("--peer-endpoint", "tcp://127.0.0.1:0", "--seed", seed),
+    )
+    # The stranger asks to join (retried every second); give it three tries.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert "stranger" not in states(nodes[0])
+        assert "stranger" not in states(nodes[1])
+        assert set(states(stranger)) == {"stranger"}
+        time.sleep(SAMPLE)  # sampling an invariant, not waiting for a condition
+
+
+@pytest.mark.slow
+def test_busy_cores_do_not_make_false_deaths(znode: Callable[..., Znode]) -> None:
+    """Both cores saturated by other work for 30 s: no live node is declared
+    dead (a suspicion refuted in time is fine)."""
+    nodes = start_cluster(znode, 3)
+    ids = {"node-0", "node-1", "node-2"}
+    wait_for(lambda: converged(nodes, ids), 10, "the cluster to form")
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(os.cpu_count() or 2)
+    ]
+    suspicions = 0
+    try:
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            for node in nodes:
+                table = states(node)
+                assert "dead" not in table.values(), f"false death under load: {table}"
+                suspicions += list(table.values()).count("suspect")
+            time.sleep(SAMPLE)  # sampling an invariant
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    print(f"30 s with every core busy: no death; {suspicions} suspect samples, all refuted")
+    wait_for(lambda: converged(nodes, ids), 10, "all alive after the load")
+
+
+def test_garbage_on_the_peer_socket_is_counted_and_harmless(znode: Callable[..., Znode]) -> None:
+    import random
+
+    import zmq
+
+    nodes = start_cluster(znode, 2)
+    ids = {"node-0", "node-1"}
+    wait_for(lambda: converged(nodes, ids), 10, "the cluster to form")
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(str(nodes[0].ready["peer"]))
+    rng = random.Random(1)
+    frames = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 64))) for _ in range(300)]
+    frames += [b"\x01\x01\x90", b"\x01\x15\x95\x01\xa1a\xa1b\xa1c\x91\x95\x01\x02\x03\x04\x05"]
+    for frame in frames:
+        sock.send(frame)
+    sock.close()
+    took = wait_for(
+        lambda: status(nodes[0]).get("peer_counters", {}).get("decode_errors", 0) >= len(frames),
+        10,
+        "every garbage frame to be counted",
+    )
+    print(f"{len(frames)} garbage peer frames counted in {took:.2f} s")
+    assert converged(nodes, ids)
