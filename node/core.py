@@ -70,6 +70,12 @@ class NodeCore:
         self.sessions = Sessions(settings.lease)
         self.counters = NodeCounters()
         self._next_sweep = 0.0
+        #: In a cluster (set by the shell): group_add answers for new members
+        #: wait in ``held_acks`` until peers have the change; group_sends are
+        #: recorded in ``fanouts`` for the other nodes with members.
+        self.clustered = False
+        self.held_acks: list[tuple[ConnId, int, str]] = []
+        self.fanouts: list[tuple[str, bytes, float]] = []
         #: more status from the shell (the cluster's member table), if any
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
@@ -257,8 +263,11 @@ class NodeCore:
             return self._bad(conn, req, "invalid group or channel name", out)
         if not valid_duration(expiry) or not 0 < capacity <= MAX_CAPACITY:
             return self._bad(conn, req, f"bad expiry {expiry!r} or capacity {capacity!r}", out)
-        self.groups.add(group, channel, session.tag, now + expiry, capacity)
-        out.append((conn, (MsgType.ACK, (req, 1))))
+        new = self.groups.add(group, channel, session.tag, now + expiry, capacity)
+        if new and self.clustered:
+            self.held_acks.append((conn, req, group))
+        else:
+            out.append((conn, (MsgType.ACK, (req, 1))))
         return None
 
     def _group_discard(
@@ -282,7 +291,23 @@ class NodeCore:
             return self._unknown(conn, req, out)
         if not valid_wire_group(group):
             return self._bad(conn, req, "invalid group name", out)
-        deadline = now + session.policy.expiry
+        reached = self._fan_out(group, payload, session.policy.expiry, now, out)
+        if self.clustered:
+            self.fanouts.append((group, payload, session.policy.expiry))
+        out.append((conn, (MsgType.ACK, (req, reached))))
+        return None
+
+    def fanout_from_peer(self, group: str, payload: bytes, ttl: float, now: float) -> list[Out]:
+        """Another node's group_send, for this node's members of ``group``."""
+        out: list[Out] = []
+        if valid_wire_group(group) and valid_duration(ttl):
+            self._fan_out(group, payload, ttl, now, out)
+        else:
+            self.counters.bad_requests += 1
+        return out
+
+    def _fan_out(self, group: str, payload: bytes, ttl: float, now: float, out: list[Out]) -> int:
+        deadline = now + ttl
         reached = 0
         deliveries: list[Delivery] = []
         for channel, membership in self.groups.live(group, now):
@@ -297,8 +322,7 @@ class NodeCore:
             if result is not True:
                 deliveries.append(result)
         self._deliver(deliveries, out)
-        out.append((conn, (MsgType.ACK, (req, reached))))
-        return None
+        return reached
 
     def _flush(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]

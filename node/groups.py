@@ -27,17 +27,25 @@ class Groups:
         self.groups: dict[str, dict[str, Membership]] = {}
         self._by_holder: dict[str, set[tuple[str, str]]] = {}
         self.expired = 0
+        #: groups whose member count may have changed since ``take_changed``
+        #: (the cluster replicates each node's counts; off for a lone node)
+        self._changed: set[str] = set()
+        self.track_changes = False
 
     def __len__(self) -> int:
         return sum(len(members) for members in self.groups.values())
 
-    def add(self, group: str, channel: str, holder: str, expires_at: float, capacity: int) -> None:
+    def add(self, group: str, channel: str, holder: str, expires_at: float, capacity: int) -> bool:
+        """Add or renew a membership; True if the channel was not a member."""
         members = self.groups.setdefault(group, {})
         old = members.get(channel)
         if old is not None and old.holder != holder:
             self._unindex(old.holder, group, channel)
+        if old is None and self.track_changes:
+            self._changed.add(group)
         members[channel] = Membership(holder, expires_at, capacity)
         self._by_holder.setdefault(holder, set()).add((group, channel))
+        return old is None
 
     def discard(self, group: str, channel: str) -> bool:
         members = self.groups.get(group)
@@ -46,6 +54,8 @@ class Groups:
         old = members.pop(channel, None)
         if old is None:
             return False
+        if self.track_changes:
+            self._changed.add(group)
         self._unindex(old.holder, group, channel)
         if not members:
             del self.groups[group]
@@ -75,6 +85,8 @@ class Groups:
             members = self.groups.get(group)
             if members is not None and channel in members:
                 del members[channel]
+                if self.track_changes:
+                    self._changed.add(group)
                 if not members:
                     del self.groups[group]
         return len(held)
@@ -88,6 +100,14 @@ class Groups:
         for group in [g for g in self.groups if namespace(g) == prefix]:
             for channel in list(self.groups[group]):
                 self.discard(group, channel)
+
+    def count(self, group: str) -> int:
+        return len(self.groups.get(group, ()))
+
+    def take_changed(self) -> set[str]:
+        """Groups whose count may have changed since the last call."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def _unindex(self, holder: str, group: str, channel: str) -> None:
         held = self._by_holder.get(holder)

@@ -16,13 +16,22 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
 
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
-from .membership import Effects, EventKind, MembershipConfig, MemberTable, first_incarnation
+from .membership import (
+    LIVE,
+    Effects,
+    EventKind,
+    MemberEvent,
+    MembershipConfig,
+    MemberTable,
+    first_incarnation,
+)
 from .peer_wire import from_wire, to_wire
 
 log = logging.getLogger("zchannels.node")
@@ -58,6 +67,10 @@ class PeerMesh:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.counters: Counter[str] = Counter()
+        #: other peer message types and who handles them (group replication)
+        self.handlers: dict[MsgType, Callable[[tuple[Any, ...], float], None]] = {}
+        #: called with every member event (joined, dead, left, ...)
+        self.listeners: list[Callable[[MemberEvent], None]] = []
 
     @property
     def address(self) -> str:
@@ -130,9 +143,12 @@ class PeerMesh:
             try:
                 messages = decode(frames[1], self._max_frame)
                 for mtype, fields in messages:
-                    if mtype not in _PEER_TYPES:
+                    if mtype in _PEER_TYPES:
+                        self._apply(table.handle(from_wire(mtype, fields), now))
+                    elif mtype in self.handlers:
+                        self.handlers[mtype](fields, now)
+                    else:
                         raise DecodeError("type", f"{mtype.name} on the peer socket")
-                    self._apply(table.handle(from_wire(mtype, fields), now))
             except DecodeError as exc:
                 self.counters["decode_errors"] += 1
                 log.debug("dropped a peer frame: %s", exc)
@@ -145,6 +161,8 @@ class PeerMesh:
         for address, msg in fx.messages:
             self._send(address, encode(*_flat(to_wire(msg))))
         for event in fx.events:
+            for listener in self.listeners:
+                listener(event)
             if event.kind == EventKind.REAPED:
                 sock = self._dealers.pop(event.address, None)
                 if sock is not None:
@@ -162,6 +180,22 @@ class PeerMesh:
                 event.address,
                 f": {event.reason}" if event.reason else "",
             )
+
+    def send_to(self, node_id: str, frame: bytes) -> bool:
+        """Send to a member by id; False if it is not a live member."""
+        if self.table is None:
+            return False
+        member = self.table.member(node_id)
+        if member is None or member.state not in LIVE or node_id == self.node_id:
+            return False
+        self._send(member.address, frame)
+        return True
+
+    def live_peers(self) -> list[str]:
+        """Ids of the other live (alive or suspect) members."""
+        if self.table is None:
+            return []
+        return [n for n in self.table.live() if n != self.node_id]
 
     def _send(self, address: str, frame: bytes) -> None:
         sock = self._dealers.get(address)

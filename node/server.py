@@ -25,6 +25,7 @@ from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
 from .membership import first_incarnation
 from .peers import PeerMesh
+from .replication import GroupReplication
 
 log = logging.getLogger("zchannels.node")
 
@@ -89,8 +90,13 @@ class NodeServer:
                 context=self._ctx,
                 max_frame=config.max_frame_size,
             )
-            self.core.extra_status = self.mesh.status
+            self.replication: GroupReplication | None = GroupReplication(
+                self.mesh, self.core, self.send
+            )
+            mesh, replication = self.mesh, self.replication
+            self.core.extra_status = lambda: {**mesh.status(), **replication.status()}
         else:
+            self.replication = None
             started = first_incarnation(time.time())
             self.core.extra_status = lambda: {
                 "cluster": None,
@@ -133,6 +139,8 @@ class NodeServer:
             except zmq.ZMQError:
                 sock.close(0)
                 raise
+            if self.replication is not None:
+                self.replication.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
@@ -145,6 +153,8 @@ class NodeServer:
         self._loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
+        if self.replication is not None:
+            await self.replication.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         if self._tick_task is not None:
@@ -187,6 +197,8 @@ class NodeServer:
             self._dropped(exc.reason, conn, str(exc))
             return
         self.send(self.core.handle(conn, messages, time.monotonic()))
+        if self.replication is not None:
+            self.replication.after_core()
 
     def _dropped(self, reason: str, conn: bytes, detail: str) -> None:
         self.core.decode_error(reason)
@@ -228,6 +240,8 @@ class NodeServer:
         while True:
             await asyncio.sleep(interval)
             self.send(self.core.tick(time.monotonic()))
+            if self.replication is not None:
+                self.replication.after_core()
 
 
 def _prepare_ipc_path(path: str) -> None:

@@ -8,6 +8,7 @@ shows). Timing figures are measured and printed; the bounds are the issue's.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 from conftest import Znode, wait_for
 from zchannels.node.cli import query
 
+from zchannels.layer import ZeroMQChannelLayer
 from zchannels.protocol import MsgType
 
 #: Seconds between two checks of an invariant that must hold all along.
@@ -174,3 +176,81 @@ def test_garbage_on_the_peer_socket_is_counted_and_harmless(znode: Callable[...,
     )
     print(f"{len(frames)} garbage peer frames counted in {took:.2f} s")
     assert converged(nodes, ids)
+
+
+# -- groups across nodes -------------------------------------------------------
+async def wait_async(condition: Callable[[], bool], limit: float, what: str) -> float:
+    """``wait_for`` for async tests: polls without blocking the event loop."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > limit:
+            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
+        await asyncio.sleep(SAMPLE / 10)
+    return time.monotonic() - start
+
+
+async def test_group_send_reaches_members_on_every_node(znode: Callable[..., Znode]) -> None:
+    nodes = start_cluster(znode, 3)
+    ids = {f"node-{i}" for i in range(3)}
+    wait_for(lambda: converged(nodes, ids), 10, "the cluster to form")
+    layers = [ZeroMQChannelLayer(node=n.endpoint) for n in nodes]
+    try:
+        members = [(layer, await layer.new_channel()) for layer in layers[1:]]
+        for layer, channel in members:
+            await layer.group_add("blog", channel)
+        await layers[0].group_send("blog", {"post": 1})
+        for layer, channel in members:
+            assert await asyncio.wait_for(layer.receive(channel), 5) == {"post": 1}
+        # a group_add that has returned is seen by a group_send on another node
+        for i in range(30):
+            channel = await layers[2].new_channel()
+            await layers[2].group_add(f"fresh-{i}", channel)
+            await layers[0].group_send(f"fresh-{i}", {"i": i})
+            got = await asyncio.wait_for(layers[2].receive(channel), 5)
+            assert got == {"i": i}, f"group_add {i} was not visible on return"
+        # every node agrees on the sizes
+        sizes = [status(n)["group_sizes"].get("asgi|blog") for n in nodes]
+        assert sizes == [2, 2, 2], sizes
+        # a dead node's members vanish from every other node's view
+        nodes[2].signal(signal.SIGKILL)
+        took = await wait_async(
+            lambda: all(status(n)["group_sizes"].get("asgi|blog") == 1 for n in nodes[:2]),
+            10,
+            "the dead node's members to vanish",
+        )
+        print(f"dead node's group members gone from the others after {took:.2f} s")
+        assert took < 3.0
+        await layers[1].group_send("blog", {"post": 2})
+        assert await asyncio.wait_for(members[0][0].receive(members[0][1]), 5) == {"post": 2}
+    finally:
+        for layer in layers[:2]:
+            await layer.close()
+
+
+async def test_a_node_that_joins_later_learns_the_groups(znode: Callable[..., Znode]) -> None:
+    nodes = start_cluster(znode, 2)
+    wait_for(lambda: converged(nodes, {"node-0", "node-1"}), 10, "the cluster to form")
+    member_layer = ZeroMQChannelLayer(node=nodes[1].endpoint)
+    late_layer: ZeroMQChannelLayer | None = None
+    try:
+        channel = await member_layer.new_channel()
+        await member_layer.group_add("room", channel)
+        late = znode(
+            None,
+            *("--preset", "lan", "--node-id", "node-late", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--seed", str(nodes[0].ready["peer"])),
+        )
+        took = await wait_async(
+            lambda: status(late).get("group_sizes", {}).get("asgi|room") == 1,
+            5,
+            "the late node to learn the group by anti-entropy",
+        )
+        print(f"a node joining later knew the group's members after {took:.3f} s")
+        late_layer = ZeroMQChannelLayer(node=late.endpoint)
+        await late_layer.group_send("room", {"hello": "from the late node"})
+        got = await asyncio.wait_for(member_layer.receive(channel), 5)
+        assert got == {"hello": "from the late node"}
+    finally:
+        await member_layer.close()
+        if late_layer is not None:
+            await late_layer.close()

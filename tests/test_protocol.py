@@ -75,6 +75,23 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("zc", 1, "a", "other cluster"),
         "011b94a27a6301a161ad6f7468657220636c7573746572",
     ),
+    MsgType.GROUP_DELTA: (
+        ("n1", 1795492554600, 3, "asgi|blog", 2, 7),
+        "011c96a26e31cf000001a20bb2276803a9617367697c626c6f670207",
+    ),
+    MsgType.GROUP_DELTA_ACK: (("n2", 7), "011d92a26e3207"),
+    MsgType.GROUP_DIGEST: (
+        ("n1", [["n1", 1795492554600, 3]]),
+        "011e92a26e319193a26e31cf000001a20bb2276803",
+    ),
+    MsgType.GROUP_SLICE: (
+        ("n1", 1795492554600, 3, [["asgi|blog", 2]]),
+        "011f94a26e31cf000001a20bb22768039192a9617367697c626c6f6702",
+    ),
+    MsgType.GROUP_FANOUT: (
+        ("asgi|blog", b"\x81\xa1a\x01", 60.0),
+        "012093a9617367697c626c6f67c40481a16101cb404e000000000000",
+    ),
 }
 
 

@@ -68,6 +68,12 @@ class MsgType(enum.IntEnum):
     PEER_GOSSIP = 25
     PEER_SYNC = 26
     PEER_REFUSE = 27
+    # node <-> node: replicated group member counts (zchannels.node.replication)
+    GROUP_DELTA = 28
+    GROUP_DELTA_ACK = 29
+    GROUP_DIGEST = 30
+    GROUP_SLICE = 31
+    GROUP_FANOUT = 32
 
 
 class ErrorCode(enum.IntEnum):
@@ -173,6 +179,29 @@ FIELDS: dict[MsgType, _F] = {
         ("members", list),
     ),
     MsgType.PEER_REFUSE: (("cluster", str), ("version", int), ("source", str), ("reason", str)),
+    # one change of the origin's own member count of a group (absolute);
+    # ack != 0: answer GROUP_DELTA_ACK with it (a group_add waits for those)
+    MsgType.GROUP_DELTA: (
+        ("origin", str),
+        ("incarnation", int),
+        ("version", int),
+        ("group", str),
+        ("count", int),
+        ("ack", int),
+    ),
+    MsgType.GROUP_DELTA_ACK: (("source", str), ("ack", int)),
+    # entries: [[origin, incarnation, contiguous version], ...]; answered with
+    # the GROUP_SLICEs the sender lacks
+    MsgType.GROUP_DIGEST: (("source", str), ("entries", list)),
+    # counts: [[group, count], ...]: the origin's whole slice up to version
+    MsgType.GROUP_SLICE: (
+        ("origin", str),
+        ("incarnation", int),
+        ("version", int),
+        ("counts", list),
+    ),
+    # a group_send for the receiving node's local members; ttl: seconds
+    MsgType.GROUP_FANOUT: (("group", str), ("payload", bytes), ("ttl", _NUM)),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]
