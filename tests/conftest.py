@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
@@ -15,12 +17,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from zchannels.layer import ZeroMQChannelLayer
+
+#: Seconds between two polls of a condition that a test waits for (with a
+#: deadline): the granularity of a measured figure, never a wait in itself.
+POLL = 0.01
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> float:
@@ -32,7 +38,24 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str) -> floa
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.01)
+        time.sleep(POLL)
+
+
+async def eventually(
+    check: Callable[[], object | Awaitable[object]], limit: float, what: str
+) -> float:
+    """``wait_for`` for async tests: ``check`` may be sync or async; polls
+    without blocking the event loop. Returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return time.monotonic() - start
+        if time.monotonic() - start > limit:
+            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
+        await asyncio.sleep(POLL)
 
 
 class Znode:
@@ -134,5 +157,5 @@ def no_leftover_threads() -> Iterator[None]:
         ]
         if not left or time.monotonic() > deadline:
             break
-        time.sleep(0.02)
+        time.sleep(POLL)
     assert not left, f"test left threads running: {left}"

@@ -42,6 +42,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: Seconds between two looks for a child's next output line (while waiting
+#: for it with a deadline).
+LINE_POLL = 0.002
+
+
 def emit(event: str, **fields: Any) -> None:
     print(json.dumps({"event": event, **fields}), flush=True)
 
@@ -221,7 +226,7 @@ class ClientProcess:
             except queue.Empty:
                 if time.monotonic() >= deadline:
                     return None
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(LINE_POLL)
                 continue
             if item is None:
                 self._lines.put(None)  # stay at EOF for later callers
@@ -295,7 +300,7 @@ async def drain(
         for p in procs:
             item = await p.next_line(0.0)
             if item is None:
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(LINE_POLL)
             elif item.get("event") == "message":
                 got[p].append(item["message"])
     return got

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Znode, wait_for
+from conftest import Znode, eventually, wait_for
 from zchannels.node.cli import query
 
 from zchannels.layer import ZeroMQChannelLayer
@@ -179,16 +179,6 @@ def test_garbage_on_the_peer_socket_is_counted_and_harmless(znode: Callable[...,
 
 
 # -- groups across nodes -------------------------------------------------------
-async def wait_async(condition: Callable[[], bool], limit: float, what: str) -> float:
-    """``wait_for`` for async tests: polls without blocking the event loop."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > limit:
-            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(SAMPLE / 10)
-    return time.monotonic() - start
-
-
 async def test_group_send_reaches_members_on_every_node(znode: Callable[..., Znode]) -> None:
     nodes = start_cluster(znode, 3)
     ids = {f"node-{i}" for i in range(3)}
@@ -213,7 +203,7 @@ async def test_group_send_reaches_members_on_every_node(znode: Callable[..., Zno
         assert sizes == [2, 2, 2], sizes
         # a dead node's members vanish from every other node's view
         nodes[2].signal(signal.SIGKILL)
-        took = await wait_async(
+        took = await eventually(
             lambda: all(status(n)["group_sizes"].get("asgi|blog") == 1 for n in nodes[:2]),
             10,
             "the dead node's members to vanish",
@@ -240,7 +230,7 @@ async def test_a_node_that_joins_later_learns_the_groups(znode: Callable[..., Zn
             *("--preset", "lan", "--node-id", "node-late", "--peer-endpoint", "tcp://127.0.0.1:0"),
             *("--seed", str(nodes[0].ready["peer"])),
         )
-        took = await wait_async(
+        took = await eventually(
             lambda: status(late).get("group_sizes", {}).get("asgi|room") == 1,
             5,
             "the late node to learn the group by anti-entropy",

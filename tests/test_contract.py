@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from channels.exceptions import ChannelFull, MessageTooLarge
 from channels.layers import BaseChannelLayer
+from conftest import eventually
 
 from zchannels import embedded
 from zchannels.errors import ConfigError
@@ -60,17 +61,6 @@ async def assert_next_is_marker(layer: ZeroMQChannelLayer, channel: str) -> None
     await layer.send(channel, marker)
     got = await recv(layer, channel)
     assert got == marker, f"{channel} still held {got!r} before the marker"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> float:
-    """Poll the async ``check`` until true, for at most ``limit`` seconds;
-    the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > limit:
-            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def outlive(deadline: float) -> None:

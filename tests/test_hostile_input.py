@@ -31,6 +31,7 @@ import msgpack
 import pytest
 import zmq
 from channels.exceptions import MessageTooLarge
+from conftest import POLL
 from procs import ClientProcess
 
 from zchannels.layer import ZeroMQChannelLayer
@@ -100,7 +101,7 @@ class Target:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not sock.poll(0):
-                await asyncio.sleep(0.002)
+                await asyncio.sleep(POLL)
                 continue
             for mtype, fields in decode(sock.recv()):
                 if mtype == MsgType.STATUS_REPLY and fields[0] == req:

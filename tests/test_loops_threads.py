@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import django
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
+from conftest import eventually
 from django.conf import settings
 
 from zchannels.layer import ZeroMQChannelLayer
@@ -99,16 +100,6 @@ class Threads:
 
 async def recv(lay: ZeroMQChannelLayer, channel: str) -> dict[str, Any]:
     return await asyncio.wait_for(lay.receive(channel), STEP)
-
-
-async def poll_until(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> float:
-    """Await the async ``check()`` until it is true, for at most ``limit`` s."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > limit:
-            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - start
 
 
 # -- async_to_sync from threads -------------------------------------------------
@@ -200,7 +191,7 @@ async def test_async_to_sync_calls_do_not_leak_connections(layer: ZeroMQChannelL
     async def keeper_connected() -> bool:
         return client.open_connections() >= 2
 
-    await poll_until(keeper_connected, STEP, "the keeper to connect")
+    await eventually(keeper_connected, STEP, "the keeper to connect")
     base_node = await node_connections(layer)
     base_client = client.open_connections()
 
@@ -224,7 +215,7 @@ async def test_async_to_sync_calls_do_not_leak_connections(layer: ZeroMQChannelL
             await node_connections(layer) <= base_node and client.open_connections() <= base_client
         )
 
-    settle = await poll_until(back_to_baseline, 5, "connections of finished loops to close")
+    settle = await eventually(back_to_baseline, 5, "connections of finished loops to close")
     now_node = await node_connections(layer)
     now_client = client.open_connections()
     print(

@@ -22,10 +22,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import eventually
 from procs import ClientProcess, drain
 
 from zchannels.connection import IDLE_RETURN
@@ -39,6 +40,8 @@ STEP = 10.0
 LEASE = 0.9
 #: What "within a few seconds" means with that lease.
 GONE_WITHIN = 3.0
+#: Seconds between two checks of an invariant that must hold all along.
+SAMPLE = 0.05
 
 Spawn = Callable[..., ClientProcess]
 
@@ -68,17 +71,6 @@ async def node_and_layer(
     layer = ZeroMQChannelLayer(node=node.endpoint, request_timeout=STEP)
     yield node, layer
     await layer.close()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], limit: float, what: str) -> float:
-    """Poll the async ``check`` until true, for at most ``limit`` seconds;
-    the seconds it took."""
-    start = time.monotonic()
-    while not await check():
-        if time.monotonic() - start > limit:
-            pytest.fail(f"timed out after {limit:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 async def probe_until_received(
@@ -211,7 +203,7 @@ async def test_idle_process_keeps_its_session_and_groups(
             f"an idle live process lost its membership after "
             f"{time.monotonic() - until + 4 * LEASE:.2f} s"
         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(SAMPLE)  # sampling an invariant
     end = await layer.node_status()
     assert end["counters"]["sessions_expired"] == start["counters"]["sessions_expired"]
     assert end["sessions"] == start["sessions"]
