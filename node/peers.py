@@ -30,7 +30,6 @@ from .membership import (
     MemberEvent,
     MembershipConfig,
     MemberTable,
-    first_incarnation,
 )
 from .peer_wire import from_wire, to_wire
 
@@ -53,6 +52,7 @@ class PeerMesh:
         config: MembershipConfig,
         context: zmq.Context[zmq.Socket[bytes]],
         max_frame: int,
+        incarnation: int,
     ) -> None:
         self.node_id = node_id
         self.endpoint = endpoint
@@ -61,6 +61,7 @@ class PeerMesh:
         self.config = config
         self._ctx = context
         self._max_frame = max_frame
+        self.incarnation = incarnation
         self.table: MemberTable | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
@@ -88,7 +89,7 @@ class PeerMesh:
             self.config,
             node_id=self.node_id,
             address=address,
-            incarnation=first_incarnation(time.time()),
+            incarnation=self.incarnation,
             cluster=self.cluster,
             rng=random.Random(),
         )

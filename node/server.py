@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections import defaultdict
 from typing import cast
@@ -62,7 +61,10 @@ class NodeServer:
 
     def __init__(self, config: NodeConfig, context: zmq.Context[zmq.Socket[bytes]] | None = None):
         self.config = config
-        self.incarnation = secrets.token_hex(6)
+        # One incarnation per start, shared by the client protocol (clients
+        # notice a restart by it) and the member table (peers do).
+        started = first_incarnation(time.time())
+        self.incarnation = str(started)
         self.core = NodeCore(
             CoreSettings(
                 node_id=config.node_id,
@@ -89,6 +91,7 @@ class NodeServer:
                 config=config.membership,
                 context=self._ctx,
                 max_frame=config.max_frame_size,
+                incarnation=started,
             )
             self.replication: GroupReplication | None = GroupReplication(
                 self.mesh, self.core, self.send
@@ -97,7 +100,6 @@ class NodeServer:
             self.core.extra_status = lambda: {**mesh.status(), **replication.status()}
         else:
             self.replication = None
-            started = first_incarnation(time.time())
             self.core.extra_status = lambda: {
                 "cluster": None,
                 "members": [
