@@ -76,6 +76,9 @@ class NodeCore:
         self.clustered = False
         self.held_acks: list[tuple[ConnId, int, str]] = []
         self.fanouts: list[tuple[str, bytes, float]] = []
+        #: sends to another node's new_channel() names: (conn, req, channel,
+        #: payload, capacity, ttl), for the shell to forward
+        self.forwards: list[tuple[ConnId, int, str, bytes, int, float]] = []
         #: more status from the shell (the cluster's member table), if any
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
@@ -196,6 +199,12 @@ class NodeCore:
             return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)
         if not 0 < capacity <= MAX_CAPACITY:
             return self._bad(conn, req, f"bad capacity {capacity}", out)
+        owner = owner_of(channel)
+        if self.clustered and owner is not None and owner[0] != self.settings.node_tag:
+            # A new_channel() name of another node: the shell forwards it there
+            # and answers the client with the owner's answer.
+            self.forwards.append((conn, req, channel, payload, capacity, session.policy.expiry))
+            return None
         if not self._owner_alive(channel):
             self.counters.dropped_dead_owner += 1
             if req:
@@ -296,6 +305,27 @@ class NodeCore:
             self.fanouts.append((group, payload, session.policy.expiry))
         out.append((conn, (MsgType.ACK, (req, reached))))
         return None
+
+    def send_from_peer(
+        self, channel: str, payload: bytes, capacity: int, ttl: float, now: float
+    ) -> tuple[int, list[Out]]:
+        """Another node forwarded a send to one of this node's channels.
+        Returns (code, deliveries): code 0 queued, 1 full, 2 no such owner."""
+        out: list[Out] = []
+        if not (
+            valid_wire_channel(channel) and valid_duration(ttl) and 0 < capacity <= MAX_CAPACITY
+        ):
+            self.counters.bad_requests += 1
+            return 2, out
+        if not self._owner_alive(channel):
+            self.counters.dropped_dead_owner += 1
+            return 2, out
+        result = self.queues.put(channel, payload, now + ttl, capacity, now)
+        if result is False:
+            return 1, out
+        if result is not True:
+            self._deliver([result], out)
+        return 0, out
 
     def fanout_from_peer(self, group: str, payload: bytes, ttl: float, now: float) -> list[Out]:
         """Another node's group_send, for this node's members of ``group``."""

@@ -36,7 +36,18 @@ from .peer_wire import from_wire, to_wire
 log = logging.getLogger("zchannels.node")
 
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-_PEER_TYPES = frozenset(t for t in MsgType if t.name.startswith("PEER_"))
+#: The member table's own message types (others go to ``handlers``).
+_PEER_TYPES = frozenset(
+    {
+        MsgType.PEER_PING,
+        MsgType.PEER_PING_REQ,
+        MsgType.PEER_ACK,
+        MsgType.PEER_NACK,
+        MsgType.PEER_GOSSIP,
+        MsgType.PEER_SYNC,
+        MsgType.PEER_REFUSE,
+    }
+)
 #: Messages queued to one peer before further ones are dropped.
 _PEER_HWM = 64
 

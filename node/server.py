@@ -22,6 +22,7 @@ from zchannels.protocol import DecodeError, Message, decode, encode, encode_many
 
 from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
+from .forwarding import Forwarding
 from .membership import first_incarnation
 from .peers import PeerMesh
 from .replication import GroupReplication
@@ -96,10 +97,12 @@ class NodeServer:
             self.replication: GroupReplication | None = GroupReplication(
                 self.mesh, self.core, self.send
             )
+            self.forwarding: Forwarding | None = Forwarding(self.mesh, self.core, self.send)
             mesh, replication = self.mesh, self.replication
             self.core.extra_status = lambda: {**mesh.status(), **replication.status()}
         else:
             self.replication = None
+            self.forwarding = None
             self.core.extra_status = lambda: {
                 "cluster": None,
                 "members": [
@@ -143,6 +146,8 @@ class NodeServer:
                 raise
             if self.replication is not None:
                 self.replication.start()
+            if self.forwarding is not None:
+                self.forwarding.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
@@ -157,6 +162,8 @@ class NodeServer:
     async def stop(self) -> None:
         if self.replication is not None:
             await self.replication.stop()
+        if self.forwarding is not None:
+            await self.forwarding.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         if self._tick_task is not None:
@@ -201,6 +208,8 @@ class NodeServer:
         self.send(self.core.handle(conn, messages, time.monotonic()))
         if self.replication is not None:
             self.replication.after_core()
+        if self.forwarding is not None:
+            self.forwarding.after_core()
 
     def _dropped(self, reason: str, conn: bytes, detail: str) -> None:
         self.core.decode_error(reason)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from channels.exceptions import ChannelFull
 from conftest import Znode, eventually, wait_for
 from zchannels.node.cli import query
 
@@ -244,3 +245,33 @@ async def test_a_node_that_joins_later_learns_the_groups(znode: Callable[..., Zn
         await member_layer.close()
         if late_layer is not None:
             await late_layer.close()
+
+
+# -- channels of another node ----------------------------------------------------
+async def test_send_to_a_process_channel_on_another_node(znode: Callable[..., Znode]) -> None:
+    nodes = start_cluster(znode, 2)
+    wait_for(lambda: converged(nodes, {"node-0", "node-1"}), 10, "the cluster to form")
+    a = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=3)
+    b = ZeroMQChannelLayer(node=nodes[1].endpoint)
+    try:
+        mine, theirs = await a.new_channel(), await b.new_channel()
+        # ping-pong across nodes, in order
+        start = time.monotonic()
+        for i in range(200):
+            await a.send(theirs, {"i": i})
+            assert await asyncio.wait_for(b.receive(theirs), 5) == {"i": i}
+            await b.send(mine, {"i": i})
+            assert await asyncio.wait_for(a.receive(mine), 5) == {"i": i}
+        took = time.monotonic() - start
+        print(f"200 cross-node round trips in {took:.2f} s ({200 / took:.0f}/s)")
+        # the owner's capacity answers the sender: ChannelFull crosses nodes
+        # (on a channel nobody receives yet, so nothing is prefetched)
+        idle = await b.new_channel()
+        for i in range(3):
+            await a.send(idle, {"fill": i})
+        with pytest.raises(ChannelFull):
+            await a.send(idle, {"fill": 3})
+        assert [await b.receive(idle) for _ in range(3)] == [{"fill": i} for i in range(3)]
+    finally:
+        await a.close()
+        await b.close()

@@ -88,6 +88,11 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n1", 1795492554600, 3, [["asgi|blog", 2]]),
         "011f94a26e31cf000001a20bb22768039192a9617367697c626c6f6702",
     ),
+    MsgType.PEER_SEND: (
+        (9, "n1", "asgi|c", b"\x81\xa1a\x01", 100, 60.0),
+        "01219609a26e31a6617367697c63c40481a1610164cb404e000000000000",
+    ),
+    MsgType.PEER_SEND_RESULT: ((9, 1), "0122920901"),
     MsgType.GROUP_FANOUT: (
         ("asgi|blog", b"\x81\xa1a\x01", 60.0),
         "012093a9617367697c626c6f67c40481a16101cb404e000000000000",

@@ -74,6 +74,9 @@ class MsgType(enum.IntEnum):
     GROUP_DIGEST = 30
     GROUP_SLICE = 31
     GROUP_FANOUT = 32
+    # node <-> node: a send to a new_channel() name of another node
+    PEER_SEND = 33
+    PEER_SEND_RESULT = 34
 
 
 class ErrorCode(enum.IntEnum):
@@ -202,6 +205,18 @@ FIELDS: dict[MsgType, _F] = {
     ),
     # a group_send for the receiving node's local members; ttl: seconds
     MsgType.GROUP_FANOUT: (("group", str), ("payload", bytes), ("ttl", _NUM)),
+    # fid: the forwarding node's id for this send, echoed in the result;
+    # origin: the forwarding node's id (where the result goes)
+    MsgType.PEER_SEND: (
+        ("fid", int),
+        ("origin", str),
+        ("channel", str),
+        ("payload", bytes),
+        ("capacity", int),
+        ("ttl", _NUM),
+    ),
+    # code: 0 queued, 1 channel full, 2 no such owner (dropped)
+    MsgType.PEER_SEND_RESULT: (("fid", int), ("code", int)),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]
