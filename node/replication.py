@@ -108,11 +108,15 @@ class GroupReplication:
         fanouts, core.fanouts = core.fanouts, []
         if changed:
             peers = self.mesh.live_peers()
-            ack_id = next(self._ack_ids) if held and peers else 0
-            for group in sorted(changed):
-                delta = replica.set_local(group, core.groups.count(group))
-                if delta is not None:
-                    self._broadcast(delta, ack_id, peers)
+            deltas = [
+                d
+                for d in (replica.set_local(g, core.groups.count(g)) for g in sorted(changed))
+                if d is not None
+            ]
+            # (a group added and discarded in one batch changes no count)
+            ack_id = next(self._ack_ids) if held and peers and deltas else 0
+            for delta in deltas:
+                self._broadcast(delta, ack_id, peers)
             if ack_id:
                 self._waiting[ack_id] = _Waiting(
                     set(peers), [(c, r) for c, r, _ in held], time.monotonic() + self.ack_timeout
