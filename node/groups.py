@@ -75,9 +75,6 @@ class Groups:
     def members(self, group: str, now: float) -> list[str]:
         return [channel for channel, _ in self.live(group, now)]
 
-    def count_by_holder(self, holder: str) -> int:
-        return len(self._by_holder.get(holder, ()))
-
     def drop_holder(self, holder: str) -> int:
         """Remove every membership ``holder`` holds (its lease lapsed)."""
         held = self._by_holder.pop(holder, set())
