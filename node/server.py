@@ -206,6 +206,11 @@ class NodeServer:
             self._dropped(exc.reason, conn, str(exc))
             return
         self.send(self.core.handle(conn, messages, time.monotonic()))
+        self._after_core()
+
+    def _after_core(self) -> None:
+        """In a cluster: carry out what the core left for the other nodes
+        (count changes, group_sends, sends to their channels)."""
         if self.replication is not None:
             self.replication.after_core()
         if self.forwarding is not None:
@@ -251,8 +256,7 @@ class NodeServer:
         while True:
             await asyncio.sleep(interval)
             self.send(self.core.tick(time.monotonic()))
-            if self.replication is not None:
-                self.replication.after_core()
+            self._after_core()
 
 
 def _prepare_ipc_path(path: str) -> None:
