@@ -34,13 +34,20 @@ Out = tuple[ConnId, Message]
 
 #: Largest capacity a client may ask for one channel (messages).
 MAX_CAPACITY = 10_000_000
+#: Most nodes a relayed message passes through before the last one keeps it
+#: (members' views of who owns what differ for milliseconds after a change).
+MAX_HOPS = 4
+#: Client messages a node relays to a channel's owner.
+RELAYED = frozenset(
+    {MsgType.SEND, MsgType.RECV, MsgType.RETURN, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD}
+)
 
 
 @dataclass(slots=True)
 class NodeCounters:
     """Why messages and frames were dropped, for operators (``znode status``)."""
 
-    dropped_dead_owner: int = 0  # sent to a process channel whose process is gone
+    dropped_dead_owner: int = 0  # sent to a channel whose process or node is gone
     group_skipped_full: int = 0  # group_send member skipped: channel at capacity
     bad_requests: int = 0  # well-formed frames with nonsensical content
     unexpected_type: int = 0  # node-to-client types sent to the node
@@ -76,9 +83,20 @@ class NodeCore:
         self.clustered = False
         self.held_acks: list[tuple[ConnId, int, str]] = []
         self.fanouts: list[tuple[str, bytes, float]] = []
-        #: sends to another node's new_channel() names: (conn, req, channel,
-        #: payload, capacity, ttl), for the shell to forward
-        self.forwards: list[tuple[ConnId, int, str, bytes, int, float]] = []
+        #: Where a channel lives (set by the shell in a cluster): None when
+        #: this node owns it, the owner's id when another node does, "" when
+        #: no live node does (a new_channel() name of a dead node).
+        self.route: Callable[[str], str | None] | None = None
+        #: client messages for channels owned elsewhere, for the shell to
+        #: relay: (owner, conn, session, message, hops)
+        self.relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        #: cluster-wide requests (flush, group members) the other nodes must
+        #: answer before the client is: (conn, req, kind, arg, local result)
+        self.asks: list[tuple[ConnId, int, str, str, list[str]]] = []
+        #: connections and sessions that went away since the shell last looked
+        self.gone_conns: list[ConnId] = []
+        self.gone_sessions: list[str] = []
+        self._hops = 0  # while handling relayed messages: how far they came
         #: more status from the shell (the cluster's member table), if any
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
@@ -113,6 +131,24 @@ class NodeCore:
             handler(conn, session, fields, now, out)
         return out
 
+    def handle_relayed(
+        self, conn: ConnId, session: Session, messages: list[Message], hops: int, now: float
+    ) -> list[Out]:
+        """Client messages another node relayed here (this node owns their
+        channels); ``conn`` stands for the client there, ``session`` for its
+        session (holder ``"node/tag"``). Answers go to ``conn``."""
+        out: list[Out] = []
+        self._hops = hops
+        try:
+            for mtype, fields in messages:
+                if mtype in RELAYED:
+                    self._handlers[mtype](conn, session, fields, now, out)
+                else:
+                    self.counters.bad_requests += 1
+        finally:
+            self._hops = 0
+        return out
+
     def tick(self, now: float) -> list[Out]:
         """Periodic work: lapsed leases, expired messages and memberships."""
         for session in self.sessions.expired(now):
@@ -129,6 +165,7 @@ class NodeCore:
         forget the connection and put its deliveries back, in order."""
         self.queues.drop_conn(conn)
         self.sessions.close_conn(conn)
+        self.gone_conns.append(conn)
         out: list[Out] = []
         for mtype, fields in reversed(messages):
             if mtype == MsgType.DELIVER:
@@ -139,6 +176,16 @@ class NodeCore:
 
     def decode_error(self, reason: str) -> None:
         self.decode_errors[reason] = self.decode_errors.get(reason, 0) + 1
+
+    def drops(self) -> dict[str, int]:
+        """Messages and frames dropped, by reason (``znode status``)."""
+        q = self.queues.counters
+        return {
+            "full": q.dropped_full + self.counters.group_skipped_full,
+            "expired": q.dropped_expired,
+            "dead_owner": self.counters.dropped_dead_owner,
+            "decode_error": sum(self.decode_errors.values()),
+        }
 
     def status(self) -> dict[str, Any]:
         q = self.queues.counters
@@ -161,6 +208,7 @@ class NodeCore:
                 **asdict(self.counters),
             },
             "decode_errors": dict(self.decode_errors),
+            "drops": self.drops(),
             **(self.extra_status() if self.extra_status is not None else {}),
         }
 
@@ -199,11 +247,7 @@ class NodeCore:
             return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)
         if not 0 < capacity <= MAX_CAPACITY:
             return self._bad(conn, req, f"bad capacity {capacity}", out)
-        owner = owner_of(channel)
-        if self.clustered and owner is not None and owner[0] != self.settings.node_tag:
-            # A new_channel() name of another node: the shell forwards it there
-            # and answers the client with the owner's answer.
-            self.forwards.append((conn, req, channel, payload, capacity, session.policy.expiry))
+        if self._relay(conn, session, MsgType.SEND, f, channel, out):
             return None
         if not self._owner_alive(channel):
             self.counters.dropped_dead_owner += 1
@@ -233,6 +277,8 @@ class NodeCore:
         if not valid_wire_channel(channel) or credit < 0:
             self.counters.bad_requests += 1
             return
+        if self._relay(conn, session, MsgType.RECV, f, channel, out):
+            return
         self._deliver(self.queues.grant(conn, channel, credit, now), out)
 
     def _return(
@@ -244,19 +290,10 @@ class NodeCore:
             # lease lapsed; at-most-once)
             out.append((conn, (MsgType.RESET, (self.settings.incarnation,))))
             return
-        if (
-            not valid_wire_channel(channel)
-            or len(items) > MAX_CREDIT
-            or not all(
-                isinstance(it, list)
-                and len(it) == 3
-                and isinstance(it[0], bytes)
-                and isinstance(it[1], int | float)
-                and isinstance(it[2], int)
-                for it in items
-            )
-        ):
+        if not valid_wire_channel(channel) or len(items) > MAX_CREDIT or not _wire_items(items):
             self.counters.bad_requests += 1
+            return
+        if self._relay(conn, session, MsgType.RETURN, f, channel, out):
             return
         self._deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
         if withdraw:
@@ -272,6 +309,8 @@ class NodeCore:
             return self._bad(conn, req, "invalid group or channel name", out)
         if not valid_duration(expiry) or not 0 < capacity <= MAX_CAPACITY:
             return self._bad(conn, req, f"bad expiry {expiry!r} or capacity {capacity!r}", out)
+        if self._relay(conn, session, MsgType.GROUP_ADD, f, channel, out):
+            return None
         new = self.groups.add(group, channel, session.tag, now + expiry, capacity)
         if new and self.clustered:
             self.held_acks.append((conn, req, group))
@@ -287,6 +326,8 @@ class NodeCore:
             return self._unknown(conn, req, out)
         if not valid_wire_group(group) or not valid_wire_channel(channel):
             return self._bad(conn, req, "invalid group or channel name", out)
+        if self._relay(conn, session, MsgType.GROUP_DISCARD, f, channel, out):
+            return None
         self.groups.discard(group, channel)
         if req:
             out.append((conn, (MsgType.ACK, (req, 1))))
@@ -305,27 +346,6 @@ class NodeCore:
             self.fanouts.append((group, payload, session.policy.expiry))
         out.append((conn, (MsgType.ACK, (req, reached))))
         return None
-
-    def send_from_peer(
-        self, channel: str, payload: bytes, capacity: int, ttl: float, now: float
-    ) -> tuple[int, list[Out]]:
-        """Another node forwarded a send to one of this node's channels.
-        Returns (code, deliveries): code 0 queued, 1 full, 2 no such owner."""
-        out: list[Out] = []
-        if not (
-            valid_wire_channel(channel) and valid_duration(ttl) and 0 < capacity <= MAX_CAPACITY
-        ):
-            self.counters.bad_requests += 1
-            return 2, out
-        if not self._owner_alive(channel):
-            self.counters.dropped_dead_owner += 1
-            return 2, out
-        result = self.queues.put(channel, payload, now + ttl, capacity, now)
-        if result is False:
-            return 1, out
-        if result is not True:
-            self._deliver([result], out)
-        return 0, out
 
     def fanout_from_peer(self, group: str, payload: bytes, ttl: float, now: float) -> list[Out]:
         """Another node's group_send, for this node's members of ``group``."""
@@ -362,7 +382,10 @@ class NodeCore:
             return self._unknown(conn, req, out)
         self.queues.clear(prefix)
         self.groups.clear(prefix)
-        out.append((conn, (MsgType.ACK, (req, 1))))
+        if self.clustered:  # answered once every live node has cleared too
+            self.asks.append((conn, req, "flush", prefix, []))
+        else:
+            out.append((conn, (MsgType.ACK, (req, 1))))
         return None
 
     def _bye(
@@ -370,6 +393,7 @@ class NodeCore:
     ) -> None:
         req, final = f
         self.queues.drop_conn(conn)
+        self.gone_conns.append(conn)
         session = self.sessions.by_conn.get(conn)
         self.sessions.close_conn(conn)
         if final and session is not None:
@@ -387,9 +411,80 @@ class NodeCore:
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
         req, group = f
-        out.append((conn, (MsgType.GROUP_INFO_REPLY, (req, self.groups.members(group, now)))))
+        members = self.groups.members(group, now)
+        if self.clustered:  # the other nodes hold the rest of the group
+            self.asks.append((conn, req, "members", group, members))
+        else:
+            out.append((conn, (MsgType.GROUP_INFO_REPLY, (req, members))))
 
     # -- helpers ---------------------------------------------------------
+    def _relay(
+        self,
+        conn: ConnId,
+        session: Session,
+        mtype: MsgType,
+        f: tuple[Any, ...],
+        channel: str,
+        out: list[Out],
+    ) -> bool:
+        """In a cluster: leave a message for ``channel``'s owner if that is
+        another node (True), or say this node handles it (False)."""
+        route = self.route
+        if route is None or self._hops >= MAX_HOPS:
+            return False
+        where = route(channel)
+        if where is None:
+            return False
+        if where:
+            self.relays.append((where, conn, session, (mtype, f), self._hops + 1))
+            return True
+        # No live node owns it: a new_channel() name of a node that is gone.
+        if mtype == MsgType.SEND:
+            self.counters.dropped_dead_owner += 1
+        if mtype != MsgType.RECV and f[0]:
+            out.append((conn, (MsgType.ACK, (f[0], 0))))
+        return True
+
+    def adopt(self, origin: str, channels: list[Any], members: list[Any], now: float) -> list[Out]:
+        """Channels and memberships another node handed over (this node owns
+        them now); malformed entries are counted and skipped."""
+        out: list[Out] = []
+        for entry in channels:
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and isinstance(entry[0], str)
+                and valid_wire_channel(entry[0])
+                and isinstance(entry[1], list)
+                and _wire_items(entry[1])
+            ):
+                self.counters.bad_requests += 1
+                continue
+            self._deliver(self.queues.adopt(entry[0], entry[1], now), out)
+        me = self.settings.node_id + "/"
+        for m in members:
+            if not (
+                isinstance(m, list)
+                and len(m) == 5
+                and isinstance(m[0], str)
+                and isinstance(m[1], str)
+                and isinstance(m[2], str)
+                and valid_wire_group(m[0])
+                and valid_wire_channel(m[1])
+                and valid_duration(m[3])
+                and isinstance(m[4], int)
+                and 0 < m[4] <= MAX_CAPACITY
+            ):
+                self.counters.bad_requests += 1
+                continue
+            group, channel, holder, ttl, capacity = m
+            if holder.startswith(me):  # held by a session of this node
+                holder = holder[len(me) :]
+                if holder not in self.sessions.by_tag:
+                    continue  # that process is gone already
+            self.groups.add(group, channel, holder, now + float(ttl), capacity)
+        return out
+
     def _owner_alive(self, channel: str) -> bool:
         """False for a ``new_channel()`` name whose process is known to be gone."""
         owner = owner_of(channel)
@@ -404,6 +499,8 @@ class NodeCore:
             return
         for conn in session.conns:
             self.queues.drop_conn(conn)
+            self.gone_conns.append(conn)
+        self.gone_sessions.append(tag)
         self.groups.drop_holder(tag)
         marker = f".{self.settings.node_tag}.{tag}!"
         for name in [n for n in self.queues.channels if marker in n]:
@@ -419,3 +516,16 @@ class NodeCore:
     def _bad(self, conn: ConnId, req: int, detail: str, out: list[Out]) -> None:
         self.counters.bad_requests += 1
         out.append((conn, (MsgType.ERROR, (req, ErrorCode.BAD_REQUEST, detail))))
+
+
+def _wire_items(items: list[Any]) -> bool:
+    """``items`` are ``[payload, ttl_s, seq]`` lists, as DELIVER carries them."""
+    return all(
+        isinstance(it, list)
+        and len(it) == 3
+        and isinstance(it[0], bytes)
+        and isinstance(it[1], int | float)
+        and not isinstance(it[1], bool)
+        and isinstance(it[2], int)
+        for it in items
+    )

@@ -88,6 +88,11 @@ class Groups:
                     del self.groups[group]
         return len(held)
 
+    def holders(self, prefix: str) -> list[str]:
+        """Holders whose name starts with ``prefix`` (``"node/"``: the sessions
+        of another node that made memberships here)."""
+        return [h for h in self._by_holder if h.startswith(prefix)]
+
     def expire(self, now: float) -> None:
         for group in list(self.groups):
             self.members(group, now)

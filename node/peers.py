@@ -48,8 +48,10 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_REFUSE,
     }
 )
-#: Messages queued to one peer before further ones are dropped.
-_PEER_HWM = 64
+#: Frames queued to one peer before further ones are dropped (and counted):
+#: SWIM tolerates loss, but relayed client messages ride the same pipe, so
+#: the bound is a burst's worth, not a handful.
+_PEER_HWM = 10_000
 
 
 class PeerMesh:
@@ -83,6 +85,9 @@ class PeerMesh:
         self.handlers: dict[MsgType, Callable[[tuple[Any, ...], float], None]] = {}
         #: called with every member event (joined, dead, left, ...)
         self.listeners: list[Callable[[MemberEvent], None]] = []
+        #: called after each run of peer frames has been handled (the node
+        #: carries out what the handlers left for other nodes)
+        self.after_frames: Callable[[], None] | None = None
 
     @property
     def address(self) -> str:
@@ -167,6 +172,8 @@ class PeerMesh:
         else:
             if self._loop is not None:
                 self._loop.call_soon(self._on_readable)
+        if self.after_frames is not None:
+            self.after_frames()
         self._rearm()
 
     def _apply(self, fx: Effects) -> None:

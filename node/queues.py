@@ -194,6 +194,48 @@ class Queues:
         self._maybe_delete(name, ch)
         return out
 
+    def take(self, name: str, now: float) -> tuple[list[WireItem], dict[ConnId, int]]:
+        """Remove a channel to hand it to another node: its live messages
+        (oldest first, as wire items) and the credit receivers hold on it.
+        Reservations on it lapse (their holders fall back to acknowledged sends)."""
+        ch = self.channels.pop(name, None)
+        if ch is None:
+            return [], {}
+        items = [(payload, deadline - now, seq) for seq, payload, deadline in ch.items]
+        live = [item for item in items if item[1] > 0]
+        self.counters.dropped_expired += len(items) - len(live)
+        for conn in {*ch.credits, *ch.reserved}:
+            names = self._by_conn.get(conn)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del self._by_conn[conn]
+        return live, dict(ch.credits)
+
+    def adopt(self, name: str, items: list[WireItem], now: float) -> list[Delivery]:
+        """Messages handed over by the channel's previous owner: older than
+        anything sent here since, so they go to the front, in their order,
+        renumbered into this node's sequence."""
+        live = [(payload, now + ttl) for payload, ttl, _ in items if ttl > 0]
+        self.counters.dropped_expired += len(items) - len(live)
+        if not live:
+            return []
+        ch = self.channels.get(name)
+        if ch is None:
+            ch = self.channels[name] = Channel()
+        self.counters.enqueued += len(live)
+        if ch.items:
+            first = ch.items[0][0] - len(live)
+        else:
+            first = self._seq + 1
+            self._seq += len(live)
+        ch.items.extendleft(
+            reversed([(first + i, payload, deadline) for i, (payload, deadline) in enumerate(live)])
+        )
+        out = self._drain(name, ch, now)
+        self._maybe_delete(name, ch)
+        return out
+
     def drop_conn(self, conn: ConnId) -> None:
         """A connection went away: forget its credit and reservations."""
         for name in self._by_conn.pop(conn, ()):

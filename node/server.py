@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from typing import cast
+from typing import Any, cast
 
 import zmq
 
@@ -22,10 +22,10 @@ from zchannels.protocol import DecodeError, Message, decode, encode, encode_many
 
 from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
-from .forwarding import Forwarding
 from .membership import first_incarnation
 from .peers import PeerMesh
 from .replication import GroupReplication
+from .routing import Routing
 
 log = logging.getLogger("zchannels.node")
 
@@ -97,12 +97,14 @@ class NodeServer:
             self.replication: GroupReplication | None = GroupReplication(
                 self.mesh, self.core, self.send
             )
-            self.forwarding: Forwarding | None = Forwarding(self.mesh, self.core, self.send)
-            mesh, replication = self.mesh, self.replication
-            self.core.extra_status = lambda: {**mesh.status(), **replication.status()}
+            self.routing: Routing | None = Routing(
+                self.mesh, self.core, self.send, self._send_frame
+            )
+            self.mesh.after_frames = self._after_core
+            self.core.extra_status = self._cluster_status
         else:
             self.replication = None
-            self.forwarding = None
+            self.routing = None
             self.core.extra_status = lambda: {
                 "cluster": None,
                 "members": [
@@ -146,8 +148,8 @@ class NodeServer:
                 raise
             if self.replication is not None:
                 self.replication.start()
-            if self.forwarding is not None:
-                self.forwarding.start()
+            if self.routing is not None:
+                self.routing.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
@@ -162,8 +164,8 @@ class NodeServer:
     async def stop(self) -> None:
         if self.replication is not None:
             await self.replication.stop()
-        if self.forwarding is not None:
-            await self.forwarding.stop()
+        if self.routing is not None:
+            await self.routing.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         if self._tick_task is not None:
@@ -213,8 +215,36 @@ class NodeServer:
         (count changes, group_sends, sends to their channels)."""
         if self.replication is not None:
             self.replication.after_core()
-        if self.forwarding is not None:
-            self.forwarding.after_core()
+        if self.routing is not None:
+            self.routing.after_core()
+        if self.replication is not None and (self.core.held_acks or self.core.fanouts):
+            self.replication.after_core()  # (routing's relays may have added some)
+
+    def drops(self) -> dict[str, int]:
+        """Messages and frames dropped, by reason: the core's, plus what the
+        cluster lost (queued on dead nodes, relays never answered) and
+        malformed peer frames."""
+        drops = self.core.drops()
+        if self.routing is not None and self.mesh is not None:
+            rc, mc = self.routing.counters, self.mesh.counters
+            drops["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
+            drops["decode_error"] += mc["decode_errors"] + rc["bad_relay"]
+        return drops
+
+    def _cluster_status(self) -> dict[str, Any]:
+        mesh, replication, routing = self.mesh, self.replication, self.routing
+        if mesh is None or replication is None or routing is None:
+            return {}
+        mine = {**routing.load(), "drops": self.drops()}
+        nodes = {**routing.loads, self.config.node_id: mine}
+        status = {**mesh.status(), **replication.status(), **routing.status()}
+        for member in status["members"]:
+            load = nodes.get(member["id"], {}) if member["state"] in ("alive", "suspect") else {}
+            member["channels"] = load.get("channels")
+            member["queued"] = load.get("queued")
+        status["nodes"] = {n: nodes[n] for n in sorted(nodes)}
+        status["drops"] = mine["drops"]
+        return status
 
     def _dropped(self, reason: str, conn: bytes, detail: str) -> None:
         self.core.decode_error(reason)
@@ -222,10 +252,32 @@ class NodeServer:
             "decode:" + reason, "dropped a malformed frame from %r (%s)", conn[:32], detail
         )
 
+    def _send_frame(self, conn: bytes, frame: bytes) -> bool:
+        """One frame to one client; False if it has gone."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send_multipart((conn, frame), _NOBLOCK)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+        return True
+
     def send(self, out: list[Out]) -> None:
         sock = self._sock
         if sock is None or not out:
             return
+        routing = self.routing
+        if routing is not None and routing.has_virtual:
+            # Answers for clients of other nodes go back through them.
+            virtual = [o for o in out if routing.is_virtual(o[0])]
+            if virtual:
+                routing.send_back(virtual)
+                out = [o for o in out if not routing.is_virtual(o[0])]
+                if not out:
+                    return
         if len(out) == 1:  # the common case (an ACK, one delivery): no grouping
             conn, (mtype, fields) = out[0]
             try:

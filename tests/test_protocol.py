@@ -97,6 +97,42 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("asgi|blog", b"\x81\xa1a\x01", 60.0),
         "012093a9617367697c626c6f67c40481a16101cb404e000000000000",
     ),
+    MsgType.PEER_RELAY: (
+        ("n1", b"\x00k\x8bEg", "abcdefghij", 60.0, 1, [[8, "asgi|c", 5]]),
+        "012396a26e31c405006b8b4567aa6162636465666768696acb404e00000000000001919308a6617367697c6305",
+    ),
+    MsgType.PEER_RELAY_BACK: (
+        ("n2", b"\x00k\x8bEg", [[6, 3, 1]]),
+        "012493a26e32c405006b8b45679193060301",
+    ),
+    MsgType.PEER_CONN_GONE: (
+        ("n1", [b"\x00k\x8bEg"]),
+        "012592a26e3191c405006b8b4567",
+    ),
+    MsgType.PEER_HOLDER_GONE: (
+        ("n1", ["abcdefghij"]),
+        "012692a26e3191aa6162636465666768696a",
+    ),
+    MsgType.PEER_HANDOFF: (
+        (
+            "n1",
+            [["asgi|c", [[b"\x81\xa1a\x01", 30.0, 7]]]],
+            [["asgi|blog", "asgi|c", "n1/abcdefghij", 60.0, 100]],
+        ),
+        "012793a26e319192a6617367697c639193c40481a16101cb403e000000000000079195a9617367697c626c6f67a6617367697c63ad6e312f6162636465666768696acb404e00000000000064",
+    ),
+    MsgType.PEER_ASK: (
+        (4, "n1", "flush", "asgi"),
+        "01289404a26e31a5666c757368a461736769",
+    ),
+    MsgType.PEER_ANSWER: (
+        (4, "n2", ["asgi|c"]),
+        "01299304a26e3291a6617367697c63",
+    ),
+    MsgType.PEER_LOAD: (
+        ("n2", {"channels": 3, "queued": 12}),
+        "012a92a26e3282a86368616e6e656c7303a67175657565640c",
+    ),
 }
 
 

@@ -194,6 +194,14 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         status: dict[str, Any] = await self._conn().request(MsgType.STATUS)
         return status
 
+    async def drops(self) -> dict[str, int]:
+        """Messages and frames the node dropped, by reason: ``full``,
+        ``expired``, ``dead_owner`` (its process or node is gone, including
+        messages lost with a dead node), ``decode_error`` — the counters
+        ``znode status`` shows."""
+        status = await self.node_status()
+        return {str(k): int(v) for k, v in status["drops"].items()}
+
     @property
     def counters(self) -> dict[str, int]:
         """Client-side counters of this process (restarts seen, drops)."""

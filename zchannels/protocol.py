@@ -74,9 +74,20 @@ class MsgType(enum.IntEnum):
     GROUP_DIGEST = 30
     GROUP_SLICE = 31
     GROUP_FANOUT = 32
-    # node <-> node: a send to a new_channel() name of another node
+    # node <-> node: retired before any release (superseded by PEER_RELAY);
+    # the numbers stay taken
     PEER_SEND = 33
     PEER_SEND_RESULT = 34
+    # node <-> node: client messages for channels another node owns
+    # (zchannels.node.routing), and what moves when ownership changes
+    PEER_RELAY = 35
+    PEER_RELAY_BACK = 36
+    PEER_CONN_GONE = 37
+    PEER_HOLDER_GONE = 38
+    PEER_HANDOFF = 39
+    PEER_ASK = 40
+    PEER_ANSWER = 41
+    PEER_LOAD = 42
 
 
 class ErrorCode(enum.IntEnum):
@@ -217,6 +228,36 @@ FIELDS: dict[MsgType, _F] = {
     ),
     # code: 0 queued, 1 channel full, 2 no such owner (dropped)
     MsgType.PEER_SEND_RESULT: (("fid", int), ("code", int)),
+    # Client messages (SEND, RECV, RETURN, GROUP_ADD, GROUP_DISCARD, as
+    # [type, field...] lists) of connection ``conn`` on node ``origin``, for
+    # channels the receiving node owns. session: the client's session tag
+    # (memberships are held by "origin/session"); expiry: its message expiry;
+    # hops: how many nodes passed it on (bounded, see routing.MAX_HOPS).
+    MsgType.PEER_RELAY: (
+        ("origin", str),
+        ("conn", bytes),
+        ("session", str),
+        ("expiry", _NUM),
+        ("hops", int),
+        ("messages", list),
+    ),
+    # the owner's answers (DELIVER, ACK, ERROR) for ``conn`` on the receiving
+    # node; source: the owner (a DELIVER that cannot be delivered goes back)
+    MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
+    # connections of ``origin`` that went away: forget their credit
+    MsgType.PEER_CONN_GONE: (("origin", str), ("conns", list)),
+    # client sessions of ``origin`` that ended: drop the memberships they hold
+    MsgType.PEER_HOLDER_GONE: (("origin", str), ("sessions", list)),
+    # names the receiving node now owns: channels [[channel, items]...] (items
+    # as in DELIVER, oldest first) and members [[group, channel, holder,
+    # ttl_s, capacity]...]
+    MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
+    # a cluster-wide request: kind "flush" (arg: prefix) or "members" (arg: group)
+    MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
+    # result: [] for flush, the group's channels on ``source`` for members
+    MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
+    # what ``origin`` holds now: {"channels": n, "queued": n, "drops": {...}}
+    MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]
@@ -316,18 +357,21 @@ def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
         raise DecodeError("shape", "body is not an array")
     mtype_num = frame[1]
     if mtype_num == MsgType.BATCH:
-        out: list[Message] = []
-        for item in body:
-            if not isinstance(item, list) or not item or not isinstance(item[0], int):
-                raise DecodeError("shape", "batch item is not [type, ...]")
-            if item[0] == MsgType.BATCH:
-                raise DecodeError("shape", "nested batch")
-            out.append(_check(item[0], item[1:]))
-        return out
+        return [check_message(item) for item in body]
     return [_check(mtype_num, body)]
 
 
 _BY_NUMBER: dict[int, MsgType] = {int(t): t for t in MsgType}
+
+
+def check_message(item: object) -> Message:
+    """One message given as ``[type, field, ...]`` (as inside a BATCH or a
+    relay), validated like a frame's. Raises only ``DecodeError``."""
+    if not isinstance(item, list) or not item or not isinstance(item[0], int):
+        raise DecodeError("shape", "message is not [type, ...]")
+    if item[0] == MsgType.BATCH:
+        raise DecodeError("shape", "nested batch")
+    return _check(item[0], item[1:])
 
 
 def _check(mtype_num: int, fields: list[Any]) -> Message:

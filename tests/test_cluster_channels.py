@@ -1,0 +1,369 @@
+"""Channels across a cluster: every name has one owner node, and any node serves it.
+
+Real ``znode`` processes on loopback (``lan`` preset) joined by seeds, with
+layers connected to different nodes. Which node owns a plain name is computed
+here with the same rendezvous hashing the nodes use, so each test can pick
+names owned by the node it wants. Figures are measured and printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import signal
+import statistics
+import time
+from collections.abc import Callable
+
+import pytest
+from conftest import Znode, eventually, wait_for
+from test_cluster import converged, start_cluster, status
+from zchannels.node.ownership import Ownership
+
+from zchannels.layer import ZeroMQChannelLayer
+
+#: wait_for timeouts used to cancel receives (as in test_cancellation)
+TIMEOUTS = [0, 0, 0.0001, 0.0003, 0.001, 0.002, 0.005]
+
+
+def names_owned_by(owner: str, members: list[str], count: int, stem: str = "work") -> list[str]:
+    """``count`` plain channel names that ``owner`` owns among ``members``."""
+    ownership = Ownership.from_ids(members)
+    out = []
+    for i in itertools.count():
+        name = f"{stem}.{i}"
+        if ownership.owner(f"asgi|{name}") == owner:
+            out.append(name)
+            if len(out) == count:
+                return out
+    raise AssertionError("unreachable")
+
+
+def cluster(znode: Callable[..., Znode], n: int) -> list[Znode]:
+    nodes = start_cluster(znode, n)
+    wait_for(lambda: converged(nodes, {f"node-{i}" for i in range(n)}), 10, "the cluster to form")
+    return nodes
+
+
+IDS3 = ["node-0", "node-1", "node-2"]
+
+
+async def test_a_plain_channel_is_held_by_its_owner_and_served_everywhere(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 3)
+    [name] = names_owned_by("node-1", IDS3, 1)
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=1000)
+    far = ZeroMQChannelLayer(node=nodes[2].endpoint)
+    near = ZeroMQChannelLayer(node=nodes[0].endpoint)
+    try:
+        for i in range(50):
+            await sender.send(name, {"i": i})
+        # (sends under a reservation are not acknowledged: wait for them)
+        await eventually(lambda: status(nodes[1])["queued"] == 50, 5, "50 queued on the owner")
+        held = [status(n)["queued"] for n in nodes]
+        assert held == [0, 50, 0], f"queued per node: {held}"
+        # a consumer on a third node takes them, in order
+        got = [(await asyncio.wait_for(far.receive(name), 5))["i"] for _ in range(50)]
+        assert got == list(range(50))
+        # competing consumers on two nodes share one channel: each message once
+        n = 400
+        taken: list[tuple[str, int]] = []
+
+        async def consume(layer: ZeroMQChannelLayer, who: str) -> None:
+            while len(taken) < n:
+                try:
+                    message = await asyncio.wait_for(layer.receive(name), 0.2)
+                except TimeoutError:
+                    continue
+                taken.append((who, message["i"]))
+
+        async def produce() -> None:
+            for i in range(n):
+                await sender.send(name, {"i": i})
+
+        await asyncio.wait_for(
+            asyncio.gather(produce(), consume(far, "far"), consume(near, "near")), 30
+        )
+        numbers = [i for _, i in taken]
+        assert sorted(numbers) == list(range(n)), "lost or duplicated messages"
+        by = {who: sum(1 for w, _ in taken if w == who) for who in ("far", "near")}
+        print(f"{n} messages shared by consumers on two other nodes: {by}")
+    finally:
+        for layer in (sender, far, near):
+            await layer.close()
+
+
+async def test_cancellation_storm_on_a_channel_owned_elsewhere(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 3)
+    [name] = names_owned_by("node-1", IDS3, 1, stem="storm")
+    n = 1000
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=n + 100)
+    consumer = ZeroMQChannelLayer(node=nodes[2].endpoint)
+    rng = random.Random(20261124)
+    got: list[int] = []
+    cancelled = 0
+
+    async def produce() -> None:
+        for i in range(n):
+            await sender.send(name, {"i": i})
+            if rng.random() < 0.05:
+                await asyncio.sleep(rng.choice(TIMEOUTS))
+
+    async def consume() -> None:
+        nonlocal cancelled
+        while len(got) < n:
+            try:
+                message = await asyncio.wait_for(consumer.receive(name), rng.choice(TIMEOUTS))
+            except TimeoutError:
+                cancelled += 1
+                continue
+            got.append(message["i"])
+
+    try:
+        start = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+        took = time.monotonic() - start
+        print(f"{n} messages across nodes, {cancelled} cancelled receives, {took:.2f} s")
+        assert got == list(range(n)), "lost, duplicated or reordered messages"
+        assert cancelled > 50, f"only {cancelled} receives were cancelled: no storm"
+        # nothing left behind: a marker comes next
+        await sender.send(name, {"marker": True})
+        assert await asyncio.wait_for(consumer.receive(name), 5) == {"marker": True}
+    finally:
+        await sender.close()
+        await consumer.close()
+
+
+async def test_ownership_moves_when_a_node_joins_and_queues_follow(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 2)
+    names = [f"q.{i}" for i in range(40)]
+    after = Ownership.from_ids(IDS3)
+    moving = [n for n in names if after.owner(f"asgi|{n}") == "node-2"]
+    assert moving, "no name would move: pick more names"
+    per_name = 10
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=1000)
+    reader: ZeroMQChannelLayer | None = None
+    try:
+        for i in range(per_name):
+            for name in names:
+                await sender.send(name, {"name": name, "i": i})
+        await eventually(
+            lambda: sum(status(n)["queued"] for n in nodes) == per_name * len(names), 5, "sends"
+        )
+        assert sum(status(n)["queued"] for n in nodes) == per_name * len(names)
+        # a third node joins: the names it now owns move to it
+        late = znode(
+            None,
+            *("--preset", "lan", "--node-id", "node-2", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--seed", str(nodes[0].ready["peer"])),
+        )
+        everyone = [*nodes, late]
+        took = wait_for(
+            lambda: all(status(n).get("view") == IDS3 for n in everyone),
+            5,
+            "every node to compute ownership over the three members",
+        )
+        print(f"ownership converged on every node {took:.3f} s after the join")
+        assert took < 1.0, f"ownership took {took:.3f} s to converge (bound 1 s)"
+        moved = wait_for(
+            lambda: status(late)["queued"] == per_name * len(moving),
+            5,
+            "the moved names' messages to reach their new owner",
+        )
+        print(
+            f"{len(moving)} of {len(names)} names moved; their messages arrived {moved:.3f} s later"
+        )
+        assert sum(status(n)["queued"] for n in everyone) == per_name * len(names)
+        # every name, read through any node: in order, none lost, none twice
+        reader = ZeroMQChannelLayer(node=nodes[1].endpoint)
+        for name in names:
+            got = [await asyncio.wait_for(reader.receive(name), 5) for _ in range(per_name)]
+            assert got == [{"name": name, "i": i} for i in range(per_name)], name
+        assert sum(status(n)["queued"] for n in everyone) == 0, "duplicates left behind"
+    finally:
+        await sender.close()
+        if reader is not None:
+            await reader.close()
+
+
+async def test_sends_during_a_join_lose_nothing(znode: Callable[..., Znode]) -> None:
+    nodes = cluster(znode, 2)
+    names = [f"live.{i}" for i in range(12)]
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=10_000)
+    reader = ZeroMQChannelLayer(node=nodes[1].endpoint)
+    sent = 0
+    joined = asyncio.Event()
+
+    async def produce() -> None:
+        nonlocal sent
+        while not joined.is_set() or sent < 2000:
+            for name in names:
+                await sender.send(name, {"i": sent})
+            sent += 1
+            await asyncio.sleep(0)
+
+    try:
+        task = asyncio.create_task(produce())
+        await eventually(lambda: sent > 200, 10, "sends to be under way")
+        late = znode(
+            None,
+            *("--preset", "lan", "--node-id", "node-2", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--seed", str(nodes[0].ready["peer"])),
+        )
+        await eventually(
+            lambda: all(status(n).get("view") == IDS3 for n in [*nodes, late]), 5, "the join"
+        )
+        joined.set()
+        await asyncio.wait_for(task, 60)
+        inversions = 0
+        for name in names:
+            got = [(await asyncio.wait_for(reader.receive(name), 5))["i"] for _ in range(sent)]
+            assert sorted(got) == list(range(sent)), f"{name}: lost or duplicated messages"
+            inversions += sum(1 for a, b in itertools.pairwise(got) if b < a)
+        print(
+            f"{sent * len(names)} messages sent to {len(names)} names across a join: "
+            f"none lost or duplicated, {inversions} order inversions"
+        )
+    finally:
+        await sender.close()
+        await reader.close()
+
+
+async def test_group_add_of_a_channel_owned_elsewhere_lives_on_its_owner(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 3)
+    [name] = names_owned_by("node-1", IDS3, 1, stem="jobs")
+    adder = ZeroMQChannelLayer(node=nodes[0].endpoint)
+    poster = ZeroMQChannelLayer(node=nodes[2].endpoint)
+    try:
+        await adder.group_add("workers", name)
+        entries = [status(n)["group_entries"] for n in nodes]
+        assert entries == [0, 1, 0], f"membership held on {entries}"
+        await poster.group_send("workers", {"job": 1})
+        assert await asyncio.wait_for(adder.receive(name), 5) == {"job": 1}
+        assert await poster.group_channels("workers") == [name]
+        # the adder's process ends: its membership on the owner goes with it
+        await adder.close()
+        took = await eventually(
+            lambda: all(status(n)["group_sizes"].get("asgi|workers", 0) == 0 for n in nodes),
+            5,
+            "the closed process's membership to vanish",
+        )
+        print(f"membership held on another node gone {took:.3f} s after its process closed")
+    finally:
+        await adder.close()
+        await poster.close()
+
+
+async def test_flush_clears_every_node_before_it_returns(znode: Callable[..., Znode]) -> None:
+    nodes = cluster(znode, 3)
+    layers = [ZeroMQChannelLayer(node=n.endpoint) for n in nodes]
+    try:
+        for owner in IDS3:
+            for name in names_owned_by(owner, IDS3, 3, stem="f"):
+                await layers[0].send(name, {"x": 1})
+        for layer in layers:
+            await layer.group_add("everyone", await layer.new_channel())
+        assert all(status(n)["queued"] > 0 for n in nodes)
+        assert all(status(n)["group_entries"] == 1 for n in nodes)
+        await layers[0].flush()
+        after = [(status(n)["queued"], status(n)["group_entries"]) for n in nodes]
+        assert after == [(0, 0)] * 3, f"(queued, group entries) per node after flush: {after}"
+    finally:
+        for layer in layers:
+            await layer.close()
+
+
+async def test_group_add_latency_in_a_three_node_cluster(znode: Callable[..., Znode]) -> None:
+    nodes = cluster(znode, 3)
+    layer = ZeroMQChannelLayer(node=nodes[0].endpoint)
+    try:
+        channel = await layer.new_channel()
+        for i in range(50):  # warm up the connections
+            await layer.group_add(f"warm-{i}", channel)
+        took = []
+        for i in range(1000):
+            start = time.perf_counter()
+            await layer.group_add(f"lat-{i}", channel)
+            took.append(time.perf_counter() - start)
+        took.sort()
+        p50, p99 = statistics.median(took), took[int(len(took) * 0.99)]
+        print(f"group_add in a 3-node cluster: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms")
+        assert p99 < 0.005, f"p99 {p99 * 1e3:.2f} ms (bound 5 ms)"
+        # and each one was visible on the other nodes on return
+        sizes = status(nodes[2])["group_sizes"]
+        assert all(sizes.get(f"asgi|lat-{i}") == 1 for i in range(1000))
+    finally:
+        await layer.close()
+
+
+async def test_status_shows_what_each_node_owns_and_drops_by_reason(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 3)
+    layer = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=5)
+    try:
+        doomed = names_owned_by("node-2", IDS3, 2, stem="doomed")
+        for name in doomed:
+            for i in range(5):
+                await layer.send(name, {"i": i})
+        with pytest.raises(Exception, match="full"):
+            await layer.send(doomed[0], {"i": 5})
+
+        def loads_known() -> bool:
+            report = status(nodes[0])
+            members = {m["id"]: m for m in report["members"]}
+            return members["node-2"]["queued"] == 10 and members["node-2"]["channels"] == 2
+
+        await eventually(loads_known, 5, "node-0 to know what node-2 holds")
+        report = status(nodes[0])
+        assert set(report["drops"]) == {"full", "expired", "dead_owner", "decode_error"}
+        assert report["nodes"]["node-2"]["drops"]["full"] >= 1
+        assert await layer.drops() == report["drops"]
+        # node-2 dies with 10 queued messages: the others count them lost
+        nodes[2].signal(signal.SIGKILL)
+        took = await eventually(
+            lambda: all(status(n)["drops"]["dead_owner"] >= 10 for n in nodes[:2]),
+            10,
+            "the survivors to count the dead node's messages",
+        )
+        print(f"10 messages lost with a dead node counted by the survivors after {took:.2f} s")
+        # its names have new owners: sends work again
+        await layer.send(doomed[0], {"after": True})
+        reader = ZeroMQChannelLayer(node=nodes[1].endpoint)
+        try:
+            assert await asyncio.wait_for(reader.receive(doomed[0]), 5) == {"after": True}
+        finally:
+            await reader.close()
+    finally:
+        await layer.close()
+
+
+async def test_a_node_that_leaves_cleanly_hands_its_queues_over(
+    znode: Callable[..., Znode],
+) -> None:
+    nodes = cluster(znode, 3)
+    names = names_owned_by("node-2", IDS3, 8, stem="handover")
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint)
+    reader = ZeroMQChannelLayer(node=nodes[1].endpoint)
+    try:
+        for i in range(10):
+            for name in names:
+                await sender.send(name, {"i": i})
+        await eventually(lambda: status(nodes[2])["queued"] == 80, 5, "80 queued on node-2")
+        nodes[2].signal(signal.SIGTERM)
+        assert nodes[2].wait(5) == 0
+        for name in names:
+            got = [(await asyncio.wait_for(reader.receive(name), 5))["i"] for _ in range(10)]
+            assert got == list(range(10)), name
+        assert all(status(n)["drops"]["dead_owner"] == 0 for n in nodes[:2])
+    finally:
+        await sender.close()
+        await reader.close()
