@@ -141,11 +141,22 @@ def _status(args: argparse.Namespace) -> int:
     print(f"node {status['node_id']}  incarnation {status['incarnation']}")
     if status.get("cluster"):
         print(f"  cluster {status['cluster']}")
-    print(f"  {'member':<24} {'state':<8} {'incarnation':<15} address")
+    print(f"  {'member':<20} {'state':<8} {'incarnation':<15} {'channels':>8} {'queued':>8}  address")
     for m in status.get("members", []):
-        print(f"  {m['id']:<24} {m['state']:<8} {m['incarnation']:<15} {m['address']}")
+        channels = "-" if m.get("channels") is None else m["channels"]
+        queued = "-" if m.get("queued") is None else m["queued"]
+        print(
+            f"  {m['id']:<20} {m['state']:<8} {m['incarnation']:<15} "
+            f"{channels:>8} {queued:>8}  {m['address']}"
+        )
     for key in ("sessions", "connections", "channels", "queued", "groups", "group_entries"):
         print(f"  {key:<14} {status[key]}")
+    sizes = status.get("group_sizes") or {}
+    if sizes:
+        print("  groups (members, cluster-wide):")
+        for group, size in sorted(sizes.items()):
+            print(f"    {group:<30} {size}")
+    print("  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(status["drops"].items())))
     print("  counters:")
     for key, value in sorted(status["counters"].items()):
         print(f"    {key:<22} {value}")

@@ -6,8 +6,9 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zchannels.node.core import CoreSettings, NodeCore, Out
+from zchannels.node.core import MAX_HOPS, CoreSettings, NodeCore, Out
 from zchannels.node.queues import Queues
+from zchannels.node.sessions import Policy, Session
 
 from zchannels.protocol import ErrorCode, MsgType
 
@@ -275,3 +276,89 @@ def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> N
     everything = sorted(int(p) for p in queued + holding)
     assert everything == list(range(sent))
     assert q.queued() == len(queued)
+
+
+# -- in a cluster: routing decisions and handed-over channels ---------------------
+def test_messages_for_a_channel_owned_elsewhere_are_left_for_the_shell() -> None:
+    core = make_core()
+    core.route = lambda channel: "n2" if channel.endswith("far") else None
+    hello(core, A, SA)
+    out = core.handle(
+        A,
+        [
+            (MsgType.SEND, (1, "asgi|far", b"x", 10)),
+            (MsgType.RECV, ("asgi|far", 5)),
+            (MsgType.GROUP_ADD, (2, "asgi|g", "asgi|far", 60.0, 10)),
+            (MsgType.SEND, (3, "asgi|near", b"y", 10)),
+        ],
+        0.0,
+    )
+    assert [(node, conn, m[0], hops) for node, conn, _, m, hops in core.relays] == [
+        ("n2", A, MsgType.SEND, 1),
+        ("n2", A, MsgType.RECV, 1),
+        ("n2", A, MsgType.GROUP_ADD, 1),
+    ]
+    assert [f[0] for _, f in of_type(out, MsgType.ACK)] == [3]  # only the local send
+    assert core.queues.length("asgi|far") == 0 and len(core.groups) == 0
+
+
+def test_relayed_messages_are_handled_here_after_too_many_hops() -> None:
+    core = make_core()
+    core.route = lambda channel: "n2"  # this node thinks another owns everything
+    remote = Session("n3/cccccccccc", 0, Policy(60.0), 0.0)
+    send = (MsgType.SEND, (1, "asgi|c", b"x", 10))
+    core.handle_relayed(b"\x00zr1", remote, [send], 1, 0.0)
+    assert len(core.relays) == 1 and core.relays[0][4] == 2  # passed on, one hop more
+    out = core.handle_relayed(b"\x00zr1", remote, [send], MAX_HOPS, 0.0)
+    assert core.queues.length("asgi|c") == 1, "kept rather than bounced forever"
+    assert of_type(out, MsgType.ACK)[0][0] == b"\x00zr1"
+
+
+def test_no_live_owner_counts_the_send_as_dead_owner() -> None:
+    core = make_core()
+    core.route = lambda channel: ""
+    hello(core, A, SA)
+    out = core.handle(A, [(MsgType.SEND, (7, "asgi|c", b"x", 10))], 0.0)
+    assert of_type(out, MsgType.ACK) == [(A, (7, 0))]
+    assert core.drops()["dead_owner"] == 1 and not core.relays
+
+
+def test_handed_over_messages_go_before_newer_ones_in_order() -> None:
+    q = Queues(first_seq=1000)
+    # a send reached the new owner before the old owner's queue did
+    q.put("c", b"new", 100.0, 10, 0.0)
+    old = Queues(first_seq=5)
+    for i in range(3):
+        old.put("c", b"old%d" % i, 100.0, 10, 0.0)
+    old.grant(b"r", "c", 0, 0.0)
+    items, credits = old.take("c", 1.0)
+    assert "c" not in old.channels and credits == {}
+    q.adopt("c", items, 1.0)
+    out = q.grant(b"r", "c", 10, 1.0)
+    assert [i[0] for _, _, its in out for i in its] == [b"old0", b"old1", b"old2", b"new"]
+    seqs = [i[2] for _, _, its in out for i in its]
+    assert seqs == sorted(seqs), "renumbered in order: give-backs still sort right"
+
+
+def test_adopt_takes_memberships_and_skips_malformed_entries() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    out = core.adopt(
+        "n2",
+        [["asgi|c", [[b"m", 30.0, 1]]], ["bad"], ["asgi|d", [["not bytes", 1, 1]]]],
+        [
+            ["asgi|g", "asgi|c", "n2/xxxxxxxxxx", 60.0, 10],
+            ["asgi|g", "asgi|e", f"n1/{SA}", 60.0, 10],  # a session of this node
+            ["asgi|g", "asgi|f", "n1/gonegonego", 60.0, 10],  # one that has gone
+            ["asgi|g", "asgi|h", "n2/x", -1.0, 10],
+        ],
+        0.0,
+    )
+    assert out == []
+    assert core.queues.length("asgi|c") == 1 and "asgi|d" not in core.queues.channels
+    assert sorted(core.groups.members("asgi|g", 0.0)) == ["asgi|c", "asgi|e"]
+    assert core.groups.holders("n2/") == ["n2/xxxxxxxxxx"]
+    assert core.counters.bad_requests == 3
+    # the local session's membership goes with it
+    core.handle(A, [(MsgType.BYE, (1, 1))], 0.0)
+    assert core.groups.members("asgi|g", 0.0) == ["asgi|c"]
