@@ -141,7 +141,9 @@ def _status(args: argparse.Namespace) -> int:
     print(f"node {status['node_id']}  incarnation {status['incarnation']}")
     if status.get("cluster"):
         print(f"  cluster {status['cluster']}")
-    print(f"  {'member':<20} {'state':<8} {'incarnation':<15} {'channels':>8} {'queued':>8}  address")
+    print(
+        f"  {'member':<20} {'state':<8} {'incarnation':<15} {'channels':>8} {'queued':>8}  address"
+    )
     for m in status.get("members", []):
         channels = "-" if m.get("channels") is None else m["channels"]
         queued = "-" if m.get("queued") is None else m["queued"]

@@ -136,7 +136,7 @@ class NodeCore:
     ) -> list[Out]:
         """Client messages another node relayed here (this node owns their
         channels); ``conn`` stands for the client there, ``session`` for its
-        session (holder ``"node/tag"``). Answers go to ``conn``."""
+        session (holder ``"node@incarnation/tag"``). Answers go to ``conn``."""
         out: list[Out] = []
         self._hops = hops
         try:
@@ -461,7 +461,7 @@ class NodeCore:
                 self.counters.bad_requests += 1
                 continue
             self._deliver(self.queues.adopt(entry[0], entry[1], now), out)
-        me = self.settings.node_id + "/"
+        me = f"{self.settings.node_id}@{self.settings.incarnation}/"
         for m in members:
             if not (
                 isinstance(m, list)

@@ -40,7 +40,7 @@ from typing import Any
 
 from zchannels.protocol import DecodeError, Message, MsgType, check_message, encode, encode_many
 
-from .core import RELAYED, NodeCore, Out
+from .core import MAX_HOPS, RELAYED, NodeCore, Out
 from .membership import EventKind, MemberEvent
 from .ownership import Ownership, tag_of
 from .peers import PeerMesh
@@ -56,11 +56,23 @@ _ANSWERED = frozenset({MsgType.SEND, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD, M
 _VCONN_MARK = b"\x00zr"
 
 
+#: (origin node, its incarnation, the client's connection there)
+_Client = tuple[str, int, ConnId]
+
+
 @dataclass(slots=True)
 class _Virtual:
     origin: str
+    incarnation: int
     conn: ConnId
     session: Session
+    tag: str  # the client's session tag on its own node
+
+
+def holder_of(origin: str, incarnation: int, tag: str) -> str:
+    """Who holds a membership made by session ``tag`` of node ``origin`` (at
+    ``incarnation``: a restarted node's old sessions are not its new ones)."""
+    return f"{origin}@{incarnation}/{tag}"
 
 
 @dataclass(slots=True)
@@ -91,12 +103,13 @@ class Routing:
         self.timeout = timeout
         self.load_interval = load_interval
         self.me = mesh.node_id
+        self.incarnation = mesh.incarnation
         self.ownership = Ownership({self.me: core.settings.node_tag})
         self._live: tuple[str, ...] = (self.me,)
         self._tags: dict[str, str] = {self.me: core.settings.node_tag}
         # owner side: virtual connections of clients on other nodes
         self._virtual: dict[ConnId, _Virtual] = {}
-        self._vconn_of: dict[tuple[str, ConnId], ConnId] = {}
+        self._vconn_of: dict[_Client, ConnId] = {}
         self._vconn_ids = itertools.count(1)
         # origin side
         #: (client conn, request id) -> (owner, deadline, type): relayed requests
@@ -109,6 +122,9 @@ class Routing:
         self.loads: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        #: something may sit on a node that does not own it (a handover raced
+        #: a view change, a relay ran out of hops): sweep at the next tick
+        self._sweep_due = False
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -200,7 +216,8 @@ class Routing:
             remote = [tag for tag in ended if tag in self._remote_holders]
             if remote:
                 self._remote_holders.difference_update(remote)
-                self._broadcast(encode(MsgType.PEER_HOLDER_GONE, self.me, remote))
+                frame = encode(MsgType.PEER_HOLDER_GONE, self.me, self.incarnation, remote)
+                self._broadcast(frame)
         if core.asks:
             asks, core.asks = core.asks, []
             for conn, req, kind, arg, local in asks:
@@ -235,11 +252,16 @@ class Routing:
     ) -> None:
         virtual = self._virtual.get(conn)
         if virtual is not None:  # passing on another node's client: keep its origin
-            origin, client, tag = virtual.origin, virtual.conn, virtual.session.tag
-            tag = tag.split("/", 1)[1] if "/" in tag else tag
+            origin, inc, client, tag = (
+                virtual.origin,
+                virtual.incarnation,
+                virtual.conn,
+                virtual.tag,
+            )
         else:
-            origin, client, tag = self.me, conn, session.tag
-        frame = encode(MsgType.PEER_RELAY, origin, client, tag, session.policy.expiry, hops, batch)
+            origin, inc, client, tag = self.me, self.incarnation, conn, session.tag
+        expiry = session.policy.expiry
+        frame = encode(MsgType.PEER_RELAY, origin, inc, client, tag, expiry, hops, batch)
         if not self.mesh.send_to(owner, frame):
             self.counters["relay_unsent"] += 1
 
@@ -250,7 +272,7 @@ class Routing:
         if gone:
             for key in [k for k in self._pending if k[0] in set(gone)]:
                 del self._pending[key]
-            self._broadcast(encode(MsgType.PEER_CONN_GONE, self.me, gone))
+            self._broadcast(encode(MsgType.PEER_CONN_GONE, self.me, self.incarnation, gone))
 
     def _broadcast(self, frame: bytes) -> None:
         for peer in self.mesh.live_peers():
@@ -278,32 +300,36 @@ class Routing:
             if not self.mesh.send_to(virtual.origin, frame):
                 self.counters["relay_back_unsent"] += 1
 
-    def _virtual_for(self, origin: str, conn: ConnId, tag: str, expiry: float) -> ConnId:
-        vconn = self._vconn_of.get((origin, conn))
+    def _virtual_for(self, client: _Client, tag: str, expiry: float) -> ConnId:
+        vconn = self._vconn_of.get(client)
         if vconn is None:
             vconn = _VCONN_MARK + next(self._vconn_ids).to_bytes(8, "big")
-            self._vconn_of[(origin, conn)] = vconn
-            holder = f"{origin}/{tag}"
-            self._virtual[vconn] = _Virtual(origin, conn, Session(holder, 0, Policy(expiry), 0.0))
+            self._vconn_of[client] = vconn
+            origin, inc, conn = client
+            session = Session(holder_of(origin, inc, tag), 0, Policy(expiry), 0.0)
+            self._virtual[vconn] = _Virtual(origin, inc, conn, session, tag)
         else:
             session = self._virtual[vconn].session
             if session.policy.expiry != expiry:
                 session.policy = Policy(expiry)
         return vconn
 
-    def _forget_virtual(self, origin: str, conn: ConnId) -> None:
-        vconn = self._vconn_of.pop((origin, conn), None)
+    def _forget_virtual(self, client: _Client) -> None:
+        vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
             del self._virtual[vconn]
             self.core.queues.drop_conn(vconn)
 
     # -- peer messages -----------------------------------------------------------
     def _on_relay(self, f: tuple[Any, ...], now: float) -> None:
-        origin, conn, tag, expiry, hops, raw = f
+        origin, inc, conn, tag, expiry, hops, raw = f
         if not (
             0 < len(conn) <= 256 and 0 < len(tag) <= 64 and "/" not in tag and 0 < expiry < 1e9
         ):
             self.counters["bad_relay"] += 1
+            return
+        if inc < self._known_incarnation(origin):
+            self.counters["stale_relay"] += 1  # from a node's earlier life
             return
         try:
             messages = [check_message(item) for item in raw]
@@ -313,9 +339,11 @@ class Routing:
         if any(mtype not in RELAYED for mtype, _ in messages):
             self.counters["bad_relay"] += 1
             return
-        vconn = self._virtual_for(origin, conn, tag, float(expiry))
+        vconn = self._virtual_for((origin, inc, conn), tag, float(expiry))
         session = self._virtual[vconn].session
         self._send_out(self.core.handle_relayed(vconn, session, messages, hops, now))
+        if hops >= MAX_HOPS:
+            self._sweep_due = True  # kept here whoever owns it: check soon
 
     def _on_relay_back(self, f: tuple[Any, ...], now: float) -> None:
         source, conn, raw = f
@@ -341,24 +369,26 @@ class Routing:
         if back:
             session_tag = self.core.sessions.by_conn.get(conn)
             tag = session_tag.tag if session_tag is not None else "gone"
-            self.mesh.send_to(source, encode(MsgType.PEER_RELAY, self.me, conn, tag, 60.0, 1, back))
+            frame = encode(MsgType.PEER_RELAY, self.me, self.incarnation, conn, tag, 60.0, 1, back)
+            self.mesh.send_to(source, frame)
         self._send_out(self.core.undeliverable(conn, [], now))
 
     def _on_conn_gone(self, f: tuple[Any, ...], _now: float) -> None:
-        origin, conns = f
+        origin, inc, conns = f
         for conn in conns:
             if isinstance(conn, bytes):
-                self._forget_virtual(origin, conn)
+                self._forget_virtual((origin, inc, conn))
 
     def _on_holder_gone(self, f: tuple[Any, ...], _now: float) -> None:
-        origin, tags = f
+        origin, inc, tags = f
         for tag in tags:
             if isinstance(tag, str):
-                self.core.groups.drop_holder(f"{origin}/{tag}")
+                self.core.groups.drop_holder(holder_of(origin, inc, tag))
 
     def _on_handoff(self, f: tuple[Any, ...], now: float) -> None:
         origin, channels, members = f
         self._send_out(self.core.adopt(origin, channels, members, now))
+        self._sweep_due = True  # (views may differ: pass on what is not ours)
 
     def _on_ask(self, f: tuple[Any, ...], now: float) -> None:
         qid, origin, kind, arg = f
@@ -414,13 +444,31 @@ class Routing:
         self._send_out([(ask.conn, reply)])
 
     # -- membership changes ----------------------------------------------------------
+    def _known_incarnation(self, node: str) -> int:
+        member = self.mesh.table.member(node) if self.mesh.table is not None else None
+        return member.incarnation if member is not None else 0
+
     def _on_member_event(self, event: MemberEvent) -> None:
         if event.node == self.me:
             return
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._node_gone(event.node, died=event.kind == EventKind.DEAD)
+        elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
+            # A restarted node: its earlier life's clients are gone.
+            self._forget_clients(event.node, below=event.incarnation)
         if self._refresh():
             self.handoff(full=True)
+
+    def _forget_clients(self, node: str, below: int | None = None) -> None:
+        """Forget ``node``'s clients (those of incarnations before ``below``):
+        their credit here and the memberships they hold."""
+        for client in [k for k in self._vconn_of if k[0] == node]:
+            if below is None or client[1] < below:
+                self._forget_virtual(client)
+        for holder in self.core.groups.holders(node + "@"):
+            inc = holder[len(node) + 1 :].split("/", 1)[0]
+            if below is None or not inc.isdigit() or int(inc) < below:
+                self.core.groups.drop_holder(holder)
 
     def _node_gone(self, node: str, died: bool) -> None:
         # (a node that left cleanly handed its queues over first)
@@ -428,11 +476,7 @@ class Routing:
         if lost and died:
             self.counters["lost_in_dead_nodes"] += lost
             log.warning("node %s gone with %d queued messages (lost)", node, lost)
-        for origin, conn in [k for k in self._vconn_of if k[0] == node]:
-            self._forget_virtual(origin, conn)
-        prefix = node + "/"
-        for holder in self.core.groups.holders(prefix):
-            self.core.groups.drop_holder(holder)
+        self._forget_clients(node)
         out: list[Out] = []
         for key, (owner, _, mtype) in list(self._pending.items()):
             if owner == node:
@@ -481,9 +525,9 @@ class Routing:
                     if not owner:
                         continue
                     holder = m.holder
-                    if "/" not in holder:
+                    if "/" not in holder:  # a session of this node
                         self._remote_holders.add(holder)
-                        holder = f"{self.me}/{holder}"
+                        holder = holder_of(self.me, self.incarnation, holder)
                     ttl = m.expires_at - now
                     if ttl > 0:
                         members.setdefault(owner, []).append(
@@ -532,6 +576,6 @@ class Routing:
             if now >= next_load:
                 next_load = now + self.load_interval
                 self._broadcast(encode(MsgType.PEER_LOAD, self.me, self.load()))
-                self.handoff()  # anything left behind by a race goes to its owner
-                if self.core.relays:
-                    self.after_core()
+            if self._sweep_due:
+                self._sweep_due = False
+                self.handoff(full=True)  # what a race left here goes to its owner

@@ -305,7 +305,7 @@ def test_messages_for_a_channel_owned_elsewhere_are_left_for_the_shell() -> None
 def test_relayed_messages_are_handled_here_after_too_many_hops() -> None:
     core = make_core()
     core.route = lambda channel: "n2"  # this node thinks another owns everything
-    remote = Session("n3/cccccccccc", 0, Policy(60.0), 0.0)
+    remote = Session("n3@7/cccccccccc", 0, Policy(60.0), 0.0)
     send = (MsgType.SEND, (1, "asgi|c", b"x", 10))
     core.handle_relayed(b"\x00zr1", remote, [send], 1, 0.0)
     assert len(core.relays) == 1 and core.relays[0][4] == 2  # passed on, one hop more
@@ -347,17 +347,17 @@ def test_adopt_takes_memberships_and_skips_malformed_entries() -> None:
         "n2",
         [["asgi|c", [[b"m", 30.0, 1]]], ["bad"], ["asgi|d", [["not bytes", 1, 1]]]],
         [
-            ["asgi|g", "asgi|c", "n2/xxxxxxxxxx", 60.0, 10],
-            ["asgi|g", "asgi|e", f"n1/{SA}", 60.0, 10],  # a session of this node
-            ["asgi|g", "asgi|f", "n1/gonegonego", 60.0, 10],  # one that has gone
-            ["asgi|g", "asgi|h", "n2/x", -1.0, 10],
+            ["asgi|g", "asgi|c", "n2@7/xxxxxxxxxx", 60.0, 10],
+            ["asgi|g", "asgi|e", f"n1@inc1/{SA}", 60.0, 10],  # a session of this node
+            ["asgi|g", "asgi|f", "n1@inc1/gonegonego", 60.0, 10],  # one that has gone
+            ["asgi|g", "asgi|h", "n2@7/x", -1.0, 10],
         ],
         0.0,
     )
     assert out == []
     assert core.queues.length("asgi|c") == 1 and "asgi|d" not in core.queues.channels
     assert sorted(core.groups.members("asgi|g", 0.0)) == ["asgi|c", "asgi|e"]
-    assert core.groups.holders("n2/") == ["n2/xxxxxxxxxx"]
+    assert core.groups.holders("n2@") == ["n2@7/xxxxxxxxxx"]
     assert core.counters.bad_requests == 3
     # the local session's membership goes with it
     core.handle(A, [(MsgType.BYE, (1, 1))], 0.0)

@@ -229,12 +229,14 @@ FIELDS: dict[MsgType, _F] = {
     # code: 0 queued, 1 channel full, 2 no such owner (dropped)
     MsgType.PEER_SEND_RESULT: (("fid", int), ("code", int)),
     # Client messages (SEND, RECV, RETURN, GROUP_ADD, GROUP_DISCARD, as
-    # [type, field...] lists) of connection ``conn`` on node ``origin``, for
-    # channels the receiving node owns. session: the client's session tag
-    # (memberships are held by "origin/session"); expiry: its message expiry;
-    # hops: how many nodes passed it on (bounded, see routing.MAX_HOPS).
+    # [type, field...] lists) of connection ``conn`` on node ``origin`` (at
+    # ``incarnation``), for channels the receiving node owns. session: the
+    # client's session tag (memberships are held by "origin@incarnation/session");
+    # expiry: its message expiry; hops: how many nodes passed it on (bounded,
+    # see core.MAX_HOPS).
     MsgType.PEER_RELAY: (
         ("origin", str),
+        ("incarnation", int),
         ("conn", bytes),
         ("session", str),
         ("expiry", _NUM),
@@ -245,12 +247,12 @@ FIELDS: dict[MsgType, _F] = {
     # node; source: the owner (a DELIVER that cannot be delivered goes back)
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
     # connections of ``origin`` that went away: forget their credit
-    MsgType.PEER_CONN_GONE: (("origin", str), ("conns", list)),
+    MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
     # client sessions of ``origin`` that ended: drop the memberships they hold
-    MsgType.PEER_HOLDER_GONE: (("origin", str), ("sessions", list)),
+    MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
     # names the receiving node now owns: channels [[channel, items]...] (items
     # as in DELIVER, oldest first) and members [[group, channel, holder,
-    # ttl_s, capacity]...]
+    # ttl_s, capacity]...] (holder: "node@incarnation/session")
     MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
     # a cluster-wide request: kind "flush" (arg: prefix) or "members" (arg: group)
     MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
