@@ -20,7 +20,7 @@ import zmq
 
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
-from .config import NodeConfig, default_client_endpoint
+from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
 from .server import NodeServer
 
 log = logging.getLogger("zchannels.node")
@@ -51,7 +51,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ENDPOINT",
         help="a peer endpoint to join through; repeatable",
     )
-    run.add_argument("--cluster", help="the cluster's name (default zchannels)")
+    run.add_argument(
+        "--cluster",
+        help="the cluster's name (default zchannels); without --peer-endpoint, "
+        f"peers are served on this host's LAN address, port {DEFAULT_PEER_PORT}",
+    )
+    run.add_argument(
+        "--discovery",
+        choices=("mdns", "none"),
+        help="find peers by mDNS as well as seeds (default), or by seeds only",
+    )
+    run.add_argument(
+        "--interface",
+        action="append",
+        dest="interfaces",
+        metavar="ADDRESS",
+        help="IP address of an interface mDNS announces on; repeatable "
+        "(default: the peer endpoint's address)",
+    )
     run.add_argument("--preset", choices=("lan", "test"), default="lan")
     for name, flag in (
         ("client_lease", "--client-lease"),
@@ -83,9 +100,15 @@ def _run(args: argparse.Namespace) -> int:
         for f in fields(NodeConfig)
         if getattr(args, f.name, None) is not None
     }
-    for name in ("client_endpoints", "seeds"):
+    for name in ("client_endpoints", "seeds", "interfaces"):
         if overrides.get(name):
             overrides[name] = tuple(overrides[name])
+    if args.cluster is not None and args.peer_endpoint is None:
+        try:
+            overrides["peer_endpoint"] = f"tcp://{lan_address()}:{DEFAULT_PEER_PORT}"
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
     preset = NodeConfig.test if args.preset == "test" else NodeConfig.lan
     config = preset(**overrides)
     try:

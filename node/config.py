@@ -27,6 +27,23 @@ def default_client_endpoint() -> str:
     return f"ipc://{base}/zchannels/znode.sock"
 
 
+#: The peer port ``znode run --cluster NAME`` listens on when no
+#: ``--peer-endpoint`` is given.
+DEFAULT_PEER_PORT = 7701
+
+
+def lan_address() -> str:
+    """This host's LAN address: the first non-loopback IPv4 address of an
+    interface that is up (``ifaddr``, which zeroconf uses too)."""
+    import ifaddr
+
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
+                return ip.ip
+    raise OSError("no non-loopback IPv4 address: give --peer-endpoint tcp://HOST:PORT")
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     #: This node's id; shown to operators and hashed into ``node_tag``.
@@ -61,6 +78,13 @@ class NodeConfig:
     cluster: str = "zchannels"
     #: Failure detection timings (SWIM/Lifeguard): see ``MembershipConfig``.
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
+    #: How peers are found besides ``seeds``: "mdns" (announce and browse
+    #: ``_zchannels._tcp.local.``) or "none" (seeds only: networks without
+    #: multicast). Only in a cluster (``peer_endpoint`` set).
+    discovery: str = "mdns"
+    #: IP addresses of the interfaces mDNS announces and listens on. Empty:
+    #: the peer endpoint's own address, or every interface when it has none.
+    interfaces: tuple[str, ...] = ()
 
     @property
     def node_tag(self) -> str:

@@ -604,6 +604,20 @@ class MemberTable:
         self._join_seeds(now, fx)
         return fx
 
+    def discovered(self, address: str, now: float) -> Effects:
+        """Discovery (mDNS, a seed list) found a peer at ``address``: exchange
+        full state with it unless it is already a live member. It also
+        becomes a seed, so it is retried while this node knows nobody."""
+        fx = Effects()
+        if self._left or address == self.address:
+            return fx
+        if any(e.address == address and e.state in LIVE for e in self._table.values()):
+            return fx
+        if address not in self._seeds:
+            self._seeds = (*self._seeds, address)
+        fx.messages.append((address, self._sync(reply=True)))
+        return fx
+
     def leave(self, now: float) -> Effects:
         """Announce a clean departure to every live member at once; they mark
         this node ``left`` on receipt and gossip it on. After this the table
@@ -997,11 +1011,13 @@ class MemberTable:
                 )
             return
         was_alone = self._alone()
+        refuted = len(fx.events)
         for u in msg.members:
             if u.node == self.node_id:
                 self._about_me(u, msg.source, fx)
             else:
                 self._apply(u, now, fx, push_pull=True)
+        refuted = any(e.kind == EventKind.REFUTED for e in fx.events[refuted:])
         if was_alone and not msg.reply and not self._alone():
             # Our join was answered: announce ourselves to every member at
             # once (N small messages, once per join) instead of trusting
@@ -1012,5 +1028,8 @@ class MemberTable:
             for e in self._table.values():
                 if e.state in LIVE and e.address != msg.source_address:
                     fx.messages.append((e.address, hello))
-        if msg.reply:
+        if msg.reply or refuted:
+            # (an answer that held a stale death of ours gets our refutation
+            # back at once, not at the next gossip round: a healed partition
+            # converges in one exchange)
             fx.messages.append((msg.source_address, self._sync(reply=False)))

@@ -48,6 +48,8 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_REFUSE,
     }
 )
+#: Milliseconds between ZMTP heartbeats on a connection to a peer.
+_HEARTBEAT_MS = 300
 #: Frames queued to one peer before further ones are dropped (and counted):
 #: SWIM tolerates loss, but relayed client messages ride the same pipe, so
 #: the bound is a burst's worth, not a handful.
@@ -60,7 +62,6 @@ class PeerMesh:
         *,
         node_id: str,
         endpoint: str,
-        seeds: tuple[str, ...],
         cluster: str,
         config: MembershipConfig,
         context: zmq.Context[zmq.Socket[bytes]],
@@ -69,7 +70,6 @@ class PeerMesh:
     ) -> None:
         self.node_id = node_id
         self.endpoint = endpoint
-        self.seeds = seeds
         self.cluster = cluster
         self.config = config
         self._ctx = context
@@ -110,7 +110,8 @@ class PeerMesh:
             rng=random.Random(),
         )
         self._loop.add_reader(router.fileno(), self._on_readable)
-        self._apply(self.table.join(self.seeds, time.monotonic()))
+        # Seeds come through discovery (``zchannels.node.finding``), like mDNS peers.
+        self._apply(self.table.join((), time.monotonic()))
         self._tick()
         log.info("node %s in cluster %r, peers on %s", self.node_id, self.cluster, address)
 
@@ -200,6 +201,12 @@ class PeerMesh:
                 f": {event.reason}" if event.reason else "",
             )
 
+    def discovered(self, endpoint: str) -> None:
+        """Discovery (a seed, mDNS) found a peer at ``endpoint``."""
+        if self.table is not None:
+            self._apply(self.table.discovered(endpoint, time.monotonic()))
+            self._rearm()
+
     def send_to(self, node_id: str, frame: bytes) -> bool:
         """Send to a member by id; False if it is not a live member."""
         if self.table is None:
@@ -224,6 +231,14 @@ class PeerMesh:
             sock.setsockopt(zmq.SNDHWM, _PEER_HWM)
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+            # A cable pulled mid-connection leaves TCP retransmitting with
+            # exponential backoff (seconds apart after a 10 s partition);
+            # ZMTP heartbeats drop such a connection and reconnect instead,
+            # and a connect attempt gives up after a second to try afresh,
+            # so a healed partition is crossed within ~1 s.
+            sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _HEARTBEAT_MS)
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
             sock.connect(address)
             self._dealers[address] = sock
         try:

@@ -218,7 +218,10 @@ class GroupReplication:
                 if not waiting.peers:
                     self._release([ack_id])
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
-            # A new or returning node: exchange digests at once.
+            # A new or returning node (one declared dead in a partition comes
+            # back with the same replica incarnation): take its slice again,
+            # and exchange digests at once.
+            replica.forget_dropped(event.node)
             self._send_digest(event.node)
 
     # -- timers ------------------------------------------------------------

@@ -22,6 +22,7 @@ from zchannels.protocol import DecodeError, Message, decode, encode, encode_many
 
 from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
+from .finding import PeerFinder
 from .membership import first_incarnation
 from .peers import PeerMesh
 from .replication import GroupReplication
@@ -87,7 +88,6 @@ class NodeServer:
             self.mesh = PeerMesh(
                 node_id=config.node_id,
                 endpoint=config.peer_endpoint,
-                seeds=config.seeds,
                 cluster=config.cluster,
                 config=config.membership,
                 context=self._ctx,
@@ -101,10 +101,12 @@ class NodeServer:
                 self.mesh, self.core, self.send, self._send_frame
             )
             self.mesh.after_frames = self._after_core
+            self.finder: PeerFinder | None = PeerFinder(config, self.mesh)
             self.core.extra_status = self._cluster_status
         else:
             self.replication = None
             self.routing = None
+            self.finder = None
             self.core.extra_status = lambda: {
                 "cluster": None,
                 "members": [
@@ -150,6 +152,8 @@ class NodeServer:
                 self.replication.start()
             if self.routing is not None:
                 self.routing.start()
+            if self.finder is not None:
+                await self.finder.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
@@ -162,6 +166,8 @@ class NodeServer:
         self._loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
+        if self.finder is not None:
+            await self.finder.stop()
         if self.replication is not None:
             await self.replication.stop()
         if self.routing is not None:

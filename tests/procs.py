@@ -52,10 +52,19 @@ def emit(event: str, **fields: Any) -> None:
 
 
 # -- roles (run in the child) --------------------------------------------------
-async def consumer(args: argparse.Namespace) -> int:
+def _layer(args: argparse.Namespace) -> Any:
+    """The layer on ``--node``; ``--node embedded:CLUSTER``: on this
+    process's own embedded node, a member of CLUSTER found by mDNS."""
     from zchannels.layer import ZeroMQChannelLayer
 
-    layer = ZeroMQChannelLayer(node=args.node)
+    if args.node.startswith("embedded:"):
+        cluster = args.node.split(":", 1)[1]
+        return ZeroMQChannelLayer(cluster=cluster, discovery="mdns")
+    return ZeroMQChannelLayer(node=args.node)
+
+
+async def consumer(args: argparse.Namespace) -> int:
+    layer = _layer(args)
     channel = args.channel or await layer.new_channel()
     for group in args.group:
         await layer.group_add(group, channel)
@@ -83,11 +92,9 @@ async def consumer(args: argparse.Namespace) -> int:
 
 
 async def sender(args: argparse.Namespace) -> int:
-    from zchannels.layer import ZeroMQChannelLayer
-
     if (args.channel is None) == (not args.group):
         raise SystemExit("sender: give exactly one of --channel or --group")
-    layer = ZeroMQChannelLayer(node=args.node)
+    layer = _layer(args)
     for i in range(args.count):
         message = {"i": i, "tag": args.tag, "pid": os.getpid()}
         if args.channel is not None:
@@ -187,9 +194,16 @@ class ClientProcess:
     a failing test leaves no process behind.
     """
 
-    def __init__(self, role: str, node: str, *args: str) -> None:
+    def __init__(
+        self,
+        role: str,
+        node: str,
+        *args: str,
+        launch: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
+    ) -> None:
+        """``launch``: how to start it (``Host.run`` starts it on a LAN host)."""
         self.role = role
-        self.proc = subprocess.Popen(
+        self.proc = launch(
             [sys.executable, "-m", "tests.procs", role, "--node", node, *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,

@@ -41,7 +41,7 @@ def states(node: Znode) -> dict[str, str]:
 def start_cluster(znode: Callable[..., Znode], n: int, *extra: str) -> list[Znode]:
     def start(i: int, seed: str | None) -> Znode:
         args = ["--preset", "lan", "--node-id", f"node-{i}"]
-        args += ["--peer-endpoint", "tcp://127.0.0.1:0", *extra]
+        args += ["--peer-endpoint", "tcp://127.0.0.1:0", "--discovery", "none", *extra]
         if seed is not None:
             args += ["--seed", seed]
         return znode(None, *args)
@@ -114,7 +114,7 @@ def test_another_cluster_is_refused(znode: Callable[..., Znode]) -> None:
     stranger = znode(
         None,
         *("--preset", "lan", "--node-id", "stranger", "--cluster", "other"),
-        *("--peer-endpoint", "tcp://127.0.0.1:0", "--seed", seed),
+        *("--peer-endpoint", "tcp://127.0.0.1:0", "--discovery", "none", "--seed", seed),
     )
     # The stranger asks to join (retried every second); give it three tries.
     deadline = time.monotonic() + 3.0
@@ -228,7 +228,8 @@ async def test_a_node_that_joins_later_learns_the_groups(znode: Callable[..., Zn
         await member_layer.group_add("room", channel)
         late = znode(
             None,
-            *("--preset", "lan", "--node-id", "node-late", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--preset", "lan", "--node-id", "node-late", "--discovery", "none"),
+            *("--peer-endpoint", "tcp://127.0.0.1:0"),
             *("--seed", str(nodes[0].ready["peer"])),
         )
         took = await eventually(

@@ -160,7 +160,8 @@ async def test_ownership_moves_when_a_node_joins_and_queues_follow(
         # a third node joins: the names it now owns move to it
         late = znode(
             None,
-            *("--preset", "lan", "--node-id", "node-2", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--preset", "lan", "--node-id", "node-2", "--discovery", "none"),
+            *("--peer-endpoint", "tcp://127.0.0.1:0"),
             *("--seed", str(nodes[0].ready["peer"])),
         )
         everyone = [*nodes, late]
@@ -213,7 +214,8 @@ async def test_sends_during_a_join_lose_nothing(znode: Callable[..., Znode]) -> 
         await eventually(lambda: sent > 200, 10, "sends to be under way")
         late = znode(
             None,
-            *("--preset", "lan", "--node-id", "node-2", "--peer-endpoint", "tcp://127.0.0.1:0"),
+            *("--preset", "lan", "--node-id", "node-2", "--discovery", "none"),
+            *("--peer-endpoint", "tcp://127.0.0.1:0"),
             *("--seed", str(nodes[0].ready["peer"])),
         )
         await eventually(

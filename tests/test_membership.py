@@ -281,6 +281,22 @@ def test_join_is_a_full_state_exchange_with_a_seed() -> None:
     assert j.live() == ["b", "c", "j", "s"]
 
 
+def test_a_discovered_peer_gets_a_full_state_exchange_once() -> None:
+    seed = with_peers("b", node="s")
+    j = table("j")
+    j.join([], now=0.0)
+    fx = j.discovered(addr("s"), now=0.0)
+    [(to, hello)] = fx.messages
+    assert to == addr("s") and isinstance(hello, Sync) and hello.reply
+    answer = seed.handle(hello, 0.0)
+    (_, state), *_ = answer.messages
+    j.handle(state, 0.0)
+    assert j.live() == ["b", "j", "s"]
+    # found again (mDNS re-announces): already a live member, nothing sent
+    assert j.discovered(addr("s"), now=1.0).messages == []
+    assert j.discovered(addr("j"), now=1.0).messages == []  # itself
+
+
 def test_join_is_retried_only_while_alone() -> None:
     j = table("j")
     j.join([addr("s")], now=0.0)

@@ -40,7 +40,7 @@ class Client:
         self.pid = os.getpid()
         self.session = random_tag(SESSION_TAG_LEN)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.endpoint = config.node if config.node is not None else embedded.endpoint()
+        self.endpoint = config.node if config.node is not None else embedded.endpoint(config)
         self.counters: collections.Counter[str] = collections.Counter()
         self.refs = 0
         self._lock = threading.Lock()

@@ -40,6 +40,20 @@ class LayerConfig:
     node: str | None = None
     #: Seconds a request waits for the node before NodeUnavailable is raised.
     request_timeout: float = 30.0
+    #: Embedded node only: the cluster to join as a member (one node per
+    #: process; for sites without a ``znode`` sidecar). None: a node of its own.
+    cluster: str | None = None
+    #: Embedded cluster member: how peers are found besides ``seeds``:
+    #: ``"mdns"`` or None (seeds only).
+    discovery: str | None = None
+    #: Embedded cluster member: peer endpoints to join through (``tcp://HOST:PORT``).
+    seeds: tuple[str, ...] = ()
+    #: Embedded cluster member: where peers reach this process's node;
+    #: default ``tcp://<LAN address>:0`` (a free port, announced by mDNS).
+    peer_endpoint: str | None = None
+    #: Embedded cluster member: IP addresses mDNS announces on (default:
+    #: the peer endpoint's address).
+    interfaces: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LayerConfig:
@@ -51,6 +65,12 @@ class LayerConfig:
                 f"zchannels.layer.ZeroMQChannelLayer; valid keys: {', '.join(valid)}"
             )
         opts = dict(options)
+        for name in ("seeds", "interfaces"):
+            if name in opts:
+                value = opts[name]
+                if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"CONFIG {name} must be a list of strings, got {value!r}")
+                opts[name] = tuple(value)
         patterns = _compile_capacities(opts.pop("channel_capacity", None) or {})
         cfg = cls(channel_capacity=patterns, **opts)
         cfg._validate()
@@ -78,6 +98,19 @@ class LayerConfig:
             raise ConfigError(
                 f"CONFIG node must be 'ipc:///path' or 'tcp://host:port', got {self.node!r}"
             )
+
+        if self.discovery not in (None, "mdns"):
+            raise ConfigError(f"CONFIG discovery must be 'mdns' or None, got {self.discovery!r}")
+        joins = self.cluster is not None or self.discovery is not None or self.seeds
+        if joins and self.node is not None:
+            raise ConfigError(
+                "CONFIG cluster, discovery and seeds are for the embedded node; with "
+                f"node={self.node!r} the znode joins the cluster (znode run --cluster NAME)"
+            )
+        if (self.discovery is not None or self.seeds) and self.cluster is None:
+            raise ConfigError("CONFIG discovery and seeds need a cluster name (CONFIG cluster)")
+        if self.cluster is not None and not (isinstance(self.cluster, str) and self.cluster):
+            raise ConfigError(f"CONFIG cluster must be a non-empty string, got {self.cluster!r}")
 
     def capacity_for(self, channel: str) -> int:
         """channels_redis' rule: the first matching pattern, else ``capacity``."""

@@ -16,10 +16,14 @@ import os
 import socket
 import threading
 from collections.abc import Coroutine
+from dataclasses import replace
 from typing import Any
 
-from zchannels.node.config import NodeConfig
+from zchannels.node.config import NodeConfig, lan_address
 from zchannels.node.server import NodeServer
+
+from .config import LayerConfig
+from .errors import ConfigError
 
 
 class Background:
@@ -54,21 +58,43 @@ def background() -> Background:
         return _background
 
 
-def endpoint() -> str:
-    """The embedded node's endpoint, starting the node on first call."""
+def endpoint(config: LayerConfig) -> str:
+    """The embedded node's endpoint, starting the node on first call. The
+    first layer to start it decides whether it joins a cluster (a process
+    has one embedded node)."""
     global _node
     bg = background()
     with _lock:
         if _node is None:
-            config = NodeConfig(
-                node_id=f"{socket.gethostname()}-{os.getpid()}",
-                client_endpoints=(f"inproc://zchannels-embedded-{os.getpid()}",),
-            )
-            node = NodeServer(config)
-            bg.submit(node.start()).result(timeout=10)
+            node = NodeServer(node_config(config))
+            bg.submit(node.start()).result(timeout=30)
             _node = node
+        elif config.cluster is not None and _node.config.cluster != config.cluster:
+            raise ConfigError(
+                f"this process's embedded node is already in cluster "
+                f"{_node.config.cluster!r}, not {config.cluster!r}"
+            )
         endpoint: str = _node.endpoints[0]
         return endpoint
+
+
+def node_config(config: LayerConfig) -> NodeConfig:
+    """The embedded node's configuration, from the layer's CONFIG."""
+    base = NodeConfig(
+        node_id=f"{socket.gethostname()}-{os.getpid()}",
+        client_endpoints=(f"inproc://zchannels-embedded-{os.getpid()}",),
+    )
+    if config.cluster is None:
+        return base
+    peer = config.peer_endpoint or f"tcp://{lan_address()}:0"
+    return replace(
+        base,
+        cluster=config.cluster,
+        peer_endpoint=peer,
+        seeds=config.seeds,
+        discovery=config.discovery or "none",
+        interfaces=config.interfaces,
+    )
 
 
 def node() -> NodeServer | None:
