@@ -48,8 +48,9 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_REFUSE,
     }
 )
-#: Milliseconds between ZMTP heartbeats on a connection to a peer.
-_HEARTBEAT_MS = 300
+#: Milliseconds between ZMTP heartbeats on a connection to a peer (the
+#: connection is dropped after three without an answer).
+_HEARTBEAT_MS = 1000
 #: Frames queued to one peer before further ones are dropped (and counted):
 #: SWIM tolerates loss, but relayed client messages ride the same pipe, so
 #: the bound is a burst's worth, not a handful.
@@ -233,9 +234,12 @@ class PeerMesh:
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
             # A cable pulled mid-connection leaves TCP retransmitting with
             # exponential backoff (seconds apart after a 10 s partition);
-            # ZMTP heartbeats drop such a connection and reconnect instead,
-            # and a connect attempt gives up after a second to try afresh,
-            # so a healed partition is crossed within ~1 s.
+            # ZMTP heartbeats drop such a connection after 3 s of silence and
+            # reconnect instead, and a connect attempt gives up after a
+            # second to try afresh, so a healed partition is crossed within
+            # ~1 s. (Not sooner: on a lossy link TCP stalls for 1.4 s after
+            # three losses of one segment, and reconnecting then would only
+            # add a SYN timeout to the stall.)
             sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _HEARTBEAT_MS)
             sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)

@@ -352,19 +352,27 @@ def _signal_group(pid: int, sig: int) -> None:
         os.kill(pid, sig)  # if it left its group
 
 
-def _delete_namespace(ip: str, namespace: str) -> None:
-    """Kill whatever still runs in it (a namespace outlives its name while a
-    process holds it), then delete it."""
-    pids = subprocess.run(
-        [ip, "netns", "pids", namespace],
+def namespace_pids(namespace: str, ip: str | None = None) -> list[int]:
+    """The processes running in a namespace (``ip netns pids``)."""
+    out = subprocess.run(
+        [ip or _tool("ip"), "netns", "pids", namespace],
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT,
         check=False,
-    ).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
+    ).stdout
+    return [int(pid) for pid in out.split() if pid.isdigit()]
+
+
+def _delete_namespace(ip: str, namespace: str) -> None:
+    """Kill whatever still runs in it (a namespace outlives its name while a
+    process holds it), then delete it. A process still on its way in (an
+    ``ip netns exec`` that opened the namespace but has not joined it yet)
+    escapes this; ``Host.run``'s processes are ended by pid before, so only
+    processes started behind the harness's back can."""
+    for pid in namespace_pids(namespace, ip):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     subprocess.run(
         [ip, "netns", "delete", namespace],
         capture_output=True,

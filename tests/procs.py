@@ -200,14 +200,18 @@ class ClientProcess:
         node: str,
         *args: str,
         launch: Callable[..., subprocess.Popen[str]] = subprocess.Popen,
+        argv: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        """``launch``: how to start it (``Host.run`` starts it on a LAN host)."""
+        """``launch``: how to start it (``Host.run`` starts it on a LAN host);
+        ``argv``: another program printing JSON lines instead of a role."""
         self.role = role
         self.proc = launch(
-            [sys.executable, "-m", "tests.procs", role, "--node", node, *args],
+            argv or [sys.executable, "-m", "tests.procs", role, "--node", node, *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,
+            env=env,
         )
         #: every line read so far, in order
         self.lines: list[dict[str, Any]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -37,6 +38,8 @@ SAMPLE = 0.1
 #: lossy link lasts (issue 4).
 PARTITION_SECONDS = 10.0
 LOSS_SECONDS = 30.0
+#: The tests folder: the LAN site (``lan_site``) is imported from here.
+TESTS_DIR = Path(__file__).resolve().parent
 #: Seconds a node may take to print its ready line.
 START_LIMIT = 20.0
 
@@ -274,6 +277,7 @@ async def test_packet_loss_makes_no_false_death_and_groups_converge(
     lan3.hosts[2].set_loss(20)
     start = time.monotonic()
     deaths: list[str] = []
+    suspect_samples = 0
     joined = 0
     converge_times: list[float] = []
     while time.monotonic() - start < LOSS_SECONDS:
@@ -281,6 +285,8 @@ async def test_packet_loss_makes_no_false_death_and_groups_converge(
             for member, state in node.states().items():
                 if state in ("dead", "left"):
                     deaths.append(f"{node.id} saw {member} {state}")
+                elif state == "suspect":
+                    suspect_samples += 1
         if time.monotonic() - start > joined * 5:  # a group change on the lossy host
             joined += 1
             reader = client(clients, nodes[2], "consumer", "--group", f"lossy-{joined}")
@@ -296,7 +302,8 @@ async def test_packet_loss_makes_no_false_death_and_groups_converge(
             )
         await asyncio.sleep(SAMPLE)
     print(
-        f"{LOSS_SECONDS:g} s at 20% loss on h3: {len(deaths)} false deaths; "
+        f"{LOSS_SECONDS:g} s at 20% loss on h3: {len(deaths)} samples with a false death, "
+        f"{suspect_samples} with a suspect (all refuted); "
         f"{joined} group changes converged in {', '.join(f'{t:.2f}' for t in converge_times)} s"
     )
     assert not deaths, deaths[:5]
@@ -342,3 +349,53 @@ async def test_an_embedded_node_joins_the_cluster_by_itself(
     await direct.event("sent", 20)
     got = await member.messages(2, 10)
     assert sorted(m["tag"] for m in got) == ["direct", "post"]
+
+
+async def test_a_post_reaches_websocket_readers_of_django_sites_on_other_hosts(
+    lan3: Lan, sockets: Path, clients: list[ClientProcess]
+) -> None:
+    # a real Django/Channels site served by Daphne on h2 and h3, each on its
+    # host's znode; WebSocket readers on h2 and h3; the post comes from h1
+    nodes = start_nodes(lan3, sockets)
+    wait_for(lambda: agreed(nodes, {n.id for n in nodes}), 10, "the cluster to form")
+    tests_dir = str(TESTS_DIR)
+    readers = []
+    for node in nodes[1:]:
+        env = {**os.environ, "PYTHONPATH": tests_dir, "ZCHANNELS_NODE": node.endpoint}
+        site = [sys.executable, "-m", "daphne", "-b", node.host.ip, "-p", "8000"]
+        node.host.run(
+            [*site, "lan_site.asgi:application"],
+            cwd=tests_dir,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"ws://{node.host.ip}:8000/ws/blog/"
+        reader = ClientProcess(
+            "reader",
+            node.endpoint,
+            launch=node.host.run,
+            argv=[sys.executable, "-m", "lan_site.reader", url],
+            env=env,
+        )
+        clients.append(reader)
+        readers.append(reader)
+    for reader in readers:
+        await reader.event("ready", 30)
+    await eventually(
+        lambda: nodes[0].status()["group_sizes"].get("asgi|blog") == 2, 5, "two readers"
+    )
+    env = {**os.environ, "PYTHONPATH": tests_dir}
+    started = time.monotonic()
+    post = ClientProcess(
+        "post",
+        nodes[0].endpoint,
+        launch=nodes[0].host.run,
+        argv=[sys.executable, "-m", "lan_site.post", "--node", nodes[0].endpoint, "hello"],
+        env=env,
+    )
+    clients.append(post)
+    for reader in readers:
+        assert await reader.messages(1, 10) == [{"text": "hello"}]
+    took = time.monotonic() - started
+    print(f"post from h1 on the WebSocket of readers on h2 and h3 {took:.3f} s after launch")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -58,60 +58,82 @@ class Watched:
         return set(current.values())
 
 
-@pytest.fixture
-async def mdns() -> AsyncIterator[Callable[..., Any]]:
-    """``await mdns(node_id, **overrides)``: a started ``Watched`` MdnsDiscovery
-    on loopback in this test's cluster; all are stopped at the end."""
-    cluster = f"test-{uuid.uuid4().hex[:8]}"
-    started: list[Watched] = []
-    ports = iter(range(7701, 7800))
+class Loopback:
+    """This test's MdnsDiscovery instances on loopback. Every name carries a
+    per-test tag: node ids (hence service names: registration skips probing,
+    so names must be unique on the link) and the cluster, so that another
+    test run on this machine at the same time is a stranger, never a twin."""
 
-    async def make(node_id: str, **overrides: Any) -> Watched:
+    def __init__(self) -> None:
+        self.tag = uuid.uuid4().hex[:6]
+        self.cluster = f"test-{self.tag}"
+        self.started: list[Watched] = []
+        self._ports = iter(range(7701, 7800))
+
+    def node(self, short: str) -> str:
+        return f"{short}-{self.tag}"
+
+    def make(self, short: str, **overrides: Any) -> MdnsDiscovery:
         settings: dict[str, Any] = {
-            "cluster": cluster,
-            "node_id": node_id,
+            "cluster": self.cluster,
+            "node_id": self.node(short),
             "incarnation": 1,
-            "peer_endpoint": f"tcp://127.0.0.1:{next(ports)}",
+            "peer_endpoint": f"tcp://127.0.0.1:{next(self._ports)}",
             "interfaces": ["127.0.0.1"],
             "protocol_version": 1,
             **overrides,
         }
-        watched = Watched(MdnsDiscovery(**settings))
+        return MdnsDiscovery(**settings)
+
+    async def watch(self, source: Any) -> Watched:
+        watched = Watched(source)
         await watched.start()
-        started.append(watched)
+        self.started.append(watched)
         return watched
 
-    yield make
-    await asyncio.gather(*(watched.stop() for watched in started))
+    async def __call__(self, short: str, **overrides: Any) -> Watched:
+        """A started, watched instance in this test's cluster."""
+        return await self.watch(self.make(short, **overrides))
 
 
-async def test_two_nodes_find_each_other_and_not_themselves(mdns: Callable[..., Any]) -> None:
+@pytest.fixture
+async def mdns() -> AsyncIterator[Loopback]:
+    loopback = Loopback()
+    yield loopback
+    await asyncio.gather(*(watched.stop() for watched in loopback.started))
+
+
+async def test_two_nodes_find_each_other_and_not_themselves(mdns: Loopback) -> None:
     a = await mdns("a")
     b = await mdns("b")
     took = await eventually(
-        lambda: a.found() == {"b"} and b.found() == {"a"}, FIND_WITHIN, "a and b to meet"
+        lambda: a.found() == {mdns.node("b")} and b.found() == {mdns.node("a")},
+        FIND_WITHIN,
+        "a and b to meet",
     )
     print(f"\nloopback mDNS: a and b found each other in {took * 1000:.0f} ms")
-    assert PeerEvent("found", endpoint(b), "b") in a.events
+    assert PeerEvent("found", endpoint(b), mdns.node("b")) in a.events
     assert [e.kind for e in a.events] == ["found"], "one event for one peer"
 
 
 @pytest.mark.parametrize(
     ("odd", "reason"),
     [
-        ({"cluster": "another"}, "cluster 'another'"),
+        ({"cluster": "another"}, "cluster 'another-"),
         ({"protocol_version": 2}, "protocol version 2 (ours is 1)"),
         ({"key_fingerprint": "ab12cd"}, "cluster key fingerprint ab12cd (ours is none)"),
     ],
     ids=["cluster", "version", "key"],
 )
 async def test_peers_of_another_cluster_version_or_key_are_ignored_with_one_line(
-    mdns: Callable[..., Any],
+    mdns: Loopback,
     caplog: pytest.LogCaptureFixture,
     odd: dict[str, Any],
     reason: str,
 ) -> None:
     caplog.set_level(logging.INFO, logger="zchannels.discovery")
+    if "cluster" in odd:
+        odd = {"cluster": f"another-{mdns.tag}"}
     a = await mdns("a")
     b = await mdns("b")
     x = await mdns("x", **odd)
@@ -125,8 +147,8 @@ async def test_peers_of_another_cluster_version_or_key_are_ignored_with_one_line
 
     await eventually(
         lambda: (
-            a.found() == {"b"}
-            and b.found() == {"a"}
+            a.found() == {mdns.node("b")}
+            and b.found() == {mdns.node("a")}
             and all(ignoring(w.source.service_name) for w in (a, b, x))
         ),
         FIND_WITHIN,
@@ -139,53 +161,48 @@ async def test_peers_of_another_cluster_version_or_key_are_ignored_with_one_line
     assert x.found() == set()
 
 
-async def test_stop_says_goodbye_and_the_peer_reports_lost(mdns: Callable[..., Any]) -> None:
+async def test_stop_says_goodbye_and_the_peer_reports_lost(mdns: Loopback) -> None:
     a = await mdns("a")
     b = await mdns("b")
-    await eventually(lambda: a.found() == {"b"}, FIND_WITHIN, "a to find b")
+    await eventually(lambda: a.found() == {mdns.node("b")}, FIND_WITHIN, "a to find b")
     stopping = asyncio.create_task(b.stop())
     took = await eventually(lambda: a.found() == set(), GOODBYE_WITHIN, "a to see b leave")
     await stopping
     assert b.ended, "events() ends after stop()"
     print(f"\nloopback mDNS: b reported lost {took:.3f} s after stop() began")
     assert [e.kind for e in a.events] == ["found", "lost"]
-    assert a.events[1].node_id == "b"
+    assert a.events[1].node_id == mdns.node("b")
 
 
 async def test_a_later_start_of_a_node_replaces_the_earlier_one(
-    mdns: Callable[..., Any],
+    mdns: Loopback,
 ) -> None:
     a = await mdns("a")
     await mdns("b", incarnation=1, peer_endpoint="tcp://127.0.0.1:7790")
-    await eventually(lambda: a.found() == {"b"}, FIND_WITHIN, "a to find b's first start")
+    await eventually(
+        lambda: a.found() == {mdns.node("b")}, FIND_WITHIN, "a to find b's first start"
+    )
     # b restarts without a goodbye (its old record lingers) on another port.
     await mdns("b", incarnation=2, peer_endpoint="tcp://127.0.0.1:7791")
     await eventually(lambda: len(a.events) == 3, FIND_WITHIN, "a to see b's second start")
     assert a.events[1:] == [
-        PeerEvent("lost", "tcp://127.0.0.1:7790", "b"),
-        PeerEvent("found", "tcp://127.0.0.1:7791", "b"),
+        PeerEvent("lost", "tcp://127.0.0.1:7790", mdns.node("b")),
+        PeerEvent("found", "tcp://127.0.0.1:7791", mdns.node("b")),
     ]
 
 
 async def test_seeds_and_mdns_combined_report_each_endpoint_once(
-    mdns: Callable[..., Any],
+    mdns: Loopback,
 ) -> None:
     b = await mdns("b")
     b_endpoint = endpoint(b)
     probe = await mdns("probe")
     seeds = StaticPeers([b_endpoint, "tcp://192.0.2.1:7701"])
-    a = MdnsDiscovery(
-        cluster=b.source.announcement.cluster,
-        node_id="a",
-        incarnation=1,
-        peer_endpoint="tcp://127.0.0.1:7799",
-        interfaces=["127.0.0.1"],
-        protocol_version=1,
-    )
+    a = mdns.make("a")
     combined = Watched(CombinedDiscovery([seeds, a]))
     await combined.start()
     try:
-        await eventually(lambda: "a" in probe.found(), FIND_WITHIN, "a to be announced")
+        await eventually(lambda: mdns.node("a") in probe.found(), FIND_WITHIN, "a announced")
         await eventually(
             lambda: {e.endpoint for e in combined.events} >= {b_endpoint, endpoint(probe)},
             FIND_WITHIN,
@@ -203,7 +220,7 @@ async def test_seeds_and_mdns_combined_report_each_endpoint_once(
             lambda: any(e.kind == "lost" for e in combined.events), GOODBYE_WITHIN, "a lost"
         )
         lost = [e for e in combined.events if e.kind == "lost"]
-        assert lost == [PeerEvent("lost", endpoint(probe), "probe")]
+        assert lost == [PeerEvent("lost", endpoint(probe), mdns.node("probe"))]
     finally:
         await combined.stop()
     assert combined.ended

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import wait_for
 from mdns_peer import ROOT, PeerProcess
-from netns import Host, Lan, lan_for_test, lan_or_fail, list_namespaces
+from netns import Host, Lan, lan_for_test, lan_or_fail, list_namespaces, namespace_pids
 
 #: setsockopt SO_RCVBUFFORCE (Linux; root may exceed net.core.rmem_max):
 #: the loss probe's receive buffer must hold a whole burst.
@@ -164,16 +164,27 @@ def test_set_loss_loses_the_configured_fraction_each_way(lan3: Lan) -> None:
 
 def test_teardown_leaves_no_namespace_or_process_even_when_the_test_fails() -> None:
     built = lan_or_fail(2, "zctd")
-    with pytest.raises(RuntimeError, match="the test failed"), built:
-        names = built.namespaces
-        assert set(names) <= set(list_namespaces())
-        proc = built.hosts[0].run(PAUSE)
-        # and one started behind the harness's back
-        stray = subprocess.Popen([built.ip, "netns", "exec", names[2], *PAUSE])
-        raise RuntimeError("the test failed")
-    assert proc.poll() is not None, "teardown must end the processes it started"
-    assert stray.wait(START_WITHIN) is not None, "and whatever else ran in its namespaces"
-    assert not set(names) & set(list_namespaces())
+    stray: subprocess.Popen[bytes] | None = None
+    try:
+        with pytest.raises(RuntimeError, match="the test failed"), built:
+            names = built.namespaces
+            assert set(names) <= set(list_namespaces())
+            proc = built.hosts[0].run(PAUSE)
+            # and one started behind the harness's back, once it is inside
+            stray = subprocess.Popen([built.ip, "netns", "exec", names[2], *PAUSE])
+            wait_for(
+                lambda: stray is not None and stray.pid in namespace_pids(names[2]),
+                START_WITHIN,
+                "the stray process to enter h2",
+            )
+            raise RuntimeError("the test failed")
+        assert proc.poll() is not None, "teardown must end the processes it started"
+        assert stray.wait(START_WITHIN) is not None, "and whatever else ran in its namespaces"
+        assert not set(names) & set(list_namespaces())
+    finally:
+        if stray is not None and stray.poll() is None:
+            stray.kill()
+            stray.wait()
 
 
 def test_leftovers_of_a_crashed_run_are_removed() -> None:
