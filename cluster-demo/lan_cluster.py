@@ -25,6 +25,7 @@ from pathlib import Path
 
 from zchannels.node.cli import query
 
+from zchannels.keys import write_key_file
 from zchannels.protocol import MsgType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,12 +99,16 @@ def main() -> int:
     with hosts(workdir) as (how, machines):
         try:
             if how == "lan":
+                key = f"{workdir}/cluster.key"
+                write_key_file(key)
                 print(
-                    "3 hosts: network namespaces on a bridge, 10.77.0.11-13; "
-                    "znode run --cluster demo on each, no seeds (mDNS finds the peers)"
+                    "3 hosts: network namespaces on a bridge, 10.77.0.11-13; znode keygen, then "
+                    "znode run --cluster demo --key-file cluster.key on each, no seeds "
+                    "(mDNS finds the peers; CurveZMQ between them)"
                 )
                 for name, launch in machines:
-                    nodes.append(start_node(launch, workdir, name, ["--cluster", "demo"]))
+                    extra = ["--cluster", "demo", "--key-file", key]
+                    nodes.append(start_node(launch, workdir, name, extra))
             else:
                 print("not root: 3 nodes on loopback, joined by --seed")
                 seed: list[str] = []

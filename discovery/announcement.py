@@ -16,9 +16,11 @@ The TXT keys (RFC 6763 section 6: short keys, one ``key=value`` string each):
   ignored (the two could not talk).
 - ``ep``: the peer endpoint, ``tcp://HOST:PORT``: what the node connects to.
   (The SRV/A records exist because DNS-SD requires them; ``ep`` is the truth.)
-- ``fp``: the cluster key's fingerprint, present only when the cluster has a
-  key; a peer whose ``fp`` differs from ours (or is absent when ours is
-  present, or the reverse) holds another key and could not join.
+- ``fp``: the cluster key's fingerprint (a hash of its public half, never the
+  key), present only when the cluster has a key; during a key rollover, the
+  fingerprints of every key the node holds, comma-separated. A peer sharing
+  no fingerprint with us (or with none when we have one, or the reverse)
+  holds another key and could not join.
 """
 
 from __future__ import annotations
@@ -169,7 +171,7 @@ class PeerBook:
             return f"cluster {theirs.cluster!r} (ours is {me.cluster!r})"
         if theirs.protocol_version != me.protocol_version:
             return f"protocol version {theirs.protocol_version} (ours is {me.protocol_version})"
-        if theirs.key_fingerprint != me.key_fingerprint:
+        if not _same_keys(theirs.key_fingerprint, me.key_fingerprint):
             return (
                 f"cluster key fingerprint {theirs.key_fingerprint or 'none'}"
                 f" (ours is {me.key_fingerprint or 'none'})"
@@ -230,3 +232,12 @@ class PeerBook:
         first = self._ignored.get(name) != reason
         self._ignored[name] = reason
         return Verdict(self._drop(name), reason if first else None)
+
+
+def _same_keys(theirs: str | None, ours: str | None) -> bool:
+    """Whether two ``fp`` values name a common cluster key. During a key
+    rollover a node announces the fingerprints of every key it holds,
+    comma-separated: nodes match while they share one."""
+    if theirs is None or ours is None:
+        return theirs == ours
+    return bool(set(theirs.split(",")) & set(ours.split(",")))

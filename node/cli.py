@@ -18,9 +18,11 @@ from typing import Any
 
 import zmq
 
+from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
 from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
+from .security import InsecureBind
 from .server import NodeServer
 
 log = logging.getLogger("zchannels.node")
@@ -69,6 +71,20 @@ def main(argv: list[str] | None = None) -> int:
         help="IP address of an interface mDNS announces on; repeatable "
         "(default: the peer endpoint's address)",
     )
+    run.add_argument(
+        "--key-file",
+        action="append",
+        dest="key_files",
+        metavar="PATH",
+        help="cluster key (znode keygen): peers and tcp:// clients must hold it; "
+        "give two while rolling a cluster over to a new key (the first is served)",
+    )
+    run.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow listening beyond loopback without a key (anyone on the network "
+        "can read and inject messages)",
+    )
     run.add_argument("--preset", choices=("lan", "test"), default="lan")
     for name, flag in (
         ("client_lease", "--client-lease"),
@@ -78,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     ):
         run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
     run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
+    for name in ("max_client_channels", "max_client_group_entries"):
+        run.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
     run.add_argument("--log-level", default="INFO")
+
+    keygen = sub.add_parser("keygen", help="write a new cluster key file (mode 600)")
+    keygen.add_argument("path", metavar="PATH")
 
     status = sub.add_parser("status", help="show a node's state")
     status.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
@@ -88,7 +109,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run(args)
+    if args.command == "keygen":
+        return _keygen(args)
     return _status(args)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    try:
+        key = write_key_file(args.path)
+    except KeyFileError as exc:
+        print(f"znode keygen: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"wrote {args.path} (fingerprint {key.fingerprint}); copy it to every node "
+        "(owner-only permissions) and start them with --key-file",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         for f in fields(NodeConfig)
         if getattr(args, f.name, None) is not None
     }
-    for name in ("client_endpoints", "seeds", "interfaces"):
+    for name in ("client_endpoints", "seeds", "interfaces", "key_files"):
         if overrides.get(name):
             overrides[name] = tuple(overrides[name])
     if args.cluster is not None and args.peer_endpoint is None:
@@ -113,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     config = preset(**overrides)
     try:
         asyncio.run(_serve(config))
-    except zmq.ZMQError as exc:
+    except (zmq.ZMQError, KeyFileError, InsecureBind) as exc:
         log.error("cannot start: %s", exc)
         return 1
     return 0

@@ -85,6 +85,17 @@ class NodeConfig:
     #: IP addresses of the interfaces mDNS announces and listens on. Empty:
     #: the peer endpoint's own address, or every interface when it has none.
     interfaces: tuple[str, ...] = ()
+    #: Cluster key files (``znode keygen``): the first is served, all are
+    #: admitted (two during a rollover). Peers and tcp:// clients then use
+    #: CurveZMQ, and only holders of a key get in.
+    key_files: tuple[str, ...] = ()
+    #: Allow listening beyond loopback without a key (loudly logged).
+    insecure: bool = False
+    #: Channels one client process may make exist (by sending or receiving);
+    #: past it, requests on new channels fail with LimitExceeded.
+    max_client_channels: int = 100_000
+    #: Group memberships one client process may hold.
+    max_client_group_entries: int = 100_000
 
     @property
     def node_tag(self) -> str:

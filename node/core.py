@@ -54,6 +54,7 @@ class NodeCounters:
     sessions_expired: int = 0  # client processes whose lease lapsed
     sessions_closed: int = 0  # client processes that closed cleanly
     undeliverable: int = 0  # deliveries to a connection that had gone (requeued)
+    limited: int = 0  # requests refused by a per-client bound (LIMIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,11 @@ class CoreSettings:
     #: first message sequence number: a restarted node starts above its old
     #: self (time-based), so messages given back to it sort as older
     first_seq: int = 0
+    #: per-client bounds: channels one session may make exist, and group
+    #: memberships it may hold (a runaway or hostile client cannot exhaust
+    #: the node's memory)
+    max_client_channels: int = 100_000
+    max_client_group_entries: int = 100_000
 
 
 class NodeCore:
@@ -254,6 +260,8 @@ class NodeCore:
             if req:
                 out.append((conn, (MsgType.ACK, (req, 0))))
             return None
+        if not self._may_create(session, channel):
+            return self._limit(conn, req, f"this client made {len(session.created)} channels", out)
         expiry = session.policy.expiry
         result = self.queues.put(channel, payload, now + expiry, capacity, now, sender=conn)
         if result is False:
@@ -278,6 +286,9 @@ class NodeCore:
             self.counters.bad_requests += 1
             return
         if self._relay(conn, session, MsgType.RECV, f, channel, out):
+            return
+        if not self._may_create(session, channel):
+            self.counters.limited += 1
             return
         self._deliver(self.queues.grant(conn, channel, credit, now), out)
 
@@ -311,6 +322,11 @@ class NodeCore:
             return self._bad(conn, req, f"bad expiry {expiry!r} or capacity {capacity!r}", out)
         if self._relay(conn, session, MsgType.GROUP_ADD, f, channel, out):
             return None
+        held = self.groups.held_by(session.tag)
+        if held >= self.settings.max_client_group_entries and channel not in self.groups.groups.get(
+            group, {}
+        ):
+            return self._limit(conn, req, f"this client holds {held} group memberships", out)
         new = self.groups.add(group, channel, session.tag, now + expiry, capacity)
         if new and self.clustered:
             self.held_acks.append((conn, req, group))
@@ -509,6 +525,24 @@ class NodeCore:
     def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
         for conn, channel, items in deliveries:
             out.append((conn, (MsgType.DELIVER, (channel, items))))
+
+    def _may_create(self, session: Session, channel: str) -> bool:
+        """Whether ``session`` may use ``channel`` (a new channel counts
+        against its bound; existing ones are free)."""
+        if channel in self.queues.channels:
+            return True
+        created = session.created
+        if len(created) >= self.settings.max_client_channels:
+            created.intersection_update(self.queues.channels)  # forget gone ones
+            if len(created) >= self.settings.max_client_channels:
+                return False
+        created.add(channel)
+        return True
+
+    def _limit(self, conn: ConnId, req: int, detail: str, out: list[Out]) -> None:
+        self.counters.limited += 1
+        if req:
+            out.append((conn, (MsgType.ERROR, (req, ErrorCode.LIMIT, detail))))
 
     def _unknown(self, conn: ConnId, req: int, out: list[Out]) -> None:
         out.append((conn, (MsgType.ERROR, (req, ErrorCode.UNKNOWN_SESSION, ""))))

@@ -58,6 +58,11 @@ class PeerFinder:
                 peer_endpoint=self.mesh.address,
                 interfaces=interfaces,
                 protocol_version=PROTOCOL_VERSION,
+                key_fingerprint=(
+                    ",".join(k.fingerprint for k in self.mesh.keyring.keys)
+                    if self.mesh.keyring is not None
+                    else None
+                ),
             )
             combined = CombinedDiscovery([seeds, mdns])
             try:

@@ -88,6 +88,10 @@ class Groups:
                     del self.groups[group]
         return len(held)
 
+    def held_by(self, holder: str) -> int:
+        """How many memberships ``holder`` holds."""
+        return len(self._by_holder.get(holder, ()))
+
     def holders(self, prefix: str) -> list[str]:
         """Holders whose name starts with ``prefix`` (``"node/"``: the sessions
         of another node that made memberships here)."""

@@ -9,6 +9,7 @@ gossiped update's shape and state). Every malformed input is a
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from zchannels.protocol import DecodeError, Message, MsgType
@@ -60,12 +61,23 @@ def to_wire(msg: PeerMessage) -> Message:
     raise TypeError(f"not a peer message: {msg!r}")  # pragma: no cover
 
 
+#: What a peer address must look like: a TCP endpoint (host or [IPv6], port).
+_ADDRESS = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]{1,253}):[0-9]{1,5}")
+
+
+def _address(value: str) -> str:
+    if not _ADDRESS.fullmatch(value):
+        raise DecodeError("field", f"not a peer address: {value[:80]!r}")
+    return value
+
+
 def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
-    """A decoded peer message (fields already type-checked by ``decode``)."""
+    """A decoded peer message (fields already type-checked by ``decode``;
+    addresses checked here, since the node connects to them)."""
     if mtype == MsgType.PEER_PING:
-        return Ping(f[0], f[1], f[2], f[3], _parse(f[4]))
+        return Ping(f[0], f[1], _address(f[2]), f[3], _parse(f[4]))
     if mtype == MsgType.PEER_PING_REQ:
-        return PingReq(f[0], f[1], f[2], f[3], f[4], _parse(f[5]))
+        return PingReq(f[0], f[1], _address(f[2]), f[3], _address(f[4]), _parse(f[5]))
     if mtype == MsgType.PEER_ACK:
         return Ack(f[0], f[1], _parse(f[2]))
     if mtype == MsgType.PEER_NACK:
@@ -73,7 +85,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.PEER_GOSSIP:
         return Gossip(f[0], _parse(f[1]))
     if mtype == MsgType.PEER_SYNC:
-        return Sync(f[0], f[1], f[2], f[3], bool(f[4]), _parse(f[5]))
+        return Sync(f[0], f[1], f[2], _address(f[3]), bool(f[4]), _parse(f[5]))
     if mtype == MsgType.PEER_REFUSE:
         return Refuse(f[0], f[1], f[2], f[3])
     raise DecodeError("type", f"{mtype.name} is not a peer message")
@@ -100,5 +112,5 @@ def _parse(raw: list[Any]) -> tuple[Update, ...]:
             or not isinstance(item[4], str)
         ):
             raise DecodeError("field", f"bad member update {item!r:.80}")
-        out.append(Update(item[0], item[1], item[2], _STATES[item[3]], item[4]))
+        out.append(Update(item[0], _address(item[1]), item[2], _STATES[item[3]], item[4]))
     return tuple(out)

@@ -20,7 +20,9 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
+from zchannels.keys import Keyring
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
 from .membership import (
@@ -32,6 +34,7 @@ from .membership import (
     MemberTable,
 )
 from .peer_wire import from_wire, to_wire
+from .security import HandshakeWatch, admission, connect_with, serve_with
 
 log = logging.getLogger("zchannels.node")
 
@@ -47,6 +50,14 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_SYNC,
         MsgType.PEER_REFUSE,
     }
+)
+#: What a peer connection's monitor reports during a key rollover.
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_DISCONNECTED
 )
 #: Milliseconds between ZMTP heartbeats on a connection to a peer (the
 #: connection is dropped after three without an answer).
@@ -68,6 +79,7 @@ class PeerMesh:
         context: zmq.Context[zmq.Socket[bytes]],
         max_frame: int,
         incarnation: int,
+        keyring: Keyring | None = None,
     ) -> None:
         self.node_id = node_id
         self.endpoint = endpoint
@@ -76,6 +88,15 @@ class PeerMesh:
         self._ctx = context
         self._max_frame = max_frame
         self.incarnation = incarnation
+        #: the cluster keys: peers talk CurveZMQ and only key holders get in
+        self.keyring = keyring
+        #: during a key rollover: which of our keys each peer address serves
+        #: (tried in turn when a handshake fails)
+        self._key_index: dict[str, int] = {}
+        self._monitors: dict[str, zmq.Socket[bytes]] = {}
+        self._handshaken: set[str] = set()
+        #: refused connections to the peer socket (with a key)
+        self.watch: HandshakeWatch | None = None
         self.table: MemberTable | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
@@ -99,6 +120,11 @@ class PeerMesh:
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         router.setsockopt(zmq.MAXMSGSIZE, self._max_frame)
+        if self.keyring is not None:
+            domain = f"peers:{self.node_id}"
+            admission(self._ctx).allow(domain, self.keyring.publics)
+            serve_with(router, self.keyring, domain)
+            self.watch = HandshakeWatch(router, self._loop, "peer")
         router.bind(self.endpoint)
         self._router = router
         address = router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -126,6 +152,10 @@ class PeerMesh:
             self._loop.remove_reader(self._router.fileno())
             self._router.close(0)
             self._router = None
+        for address in list(self._monitors):
+            self._unwatch(address)
+        if self.watch is not None:
+            self.watch.close()
         for sock in self._dealers.values():
             sock.close(200)  # ms: let the LEFT notices go out
         self._dealers.clear()
@@ -171,6 +201,9 @@ class PeerMesh:
             except DecodeError as exc:
                 self.counters["decode_errors"] += 1
                 log.debug("dropped a peer frame: %s", exc)
+            except Exception:  # a bug must cost one frame, never the peer socket
+                self.counters["handler_errors"] += 1
+                log.exception("error handling a peer frame (dropped)")
         else:
             if self._loop is not None:
                 self._loop.call_soon(self._on_readable)
@@ -185,9 +218,7 @@ class PeerMesh:
             for listener in self.listeners:
                 listener(event)
             if event.kind == EventKind.REAPED:
-                sock = self._dealers.pop(event.address, None)
-                if sock is not None:
-                    sock.close(0)
+                self._drop_dealer(event.address)
             level = (
                 logging.WARNING
                 if event.kind in (EventKind.DEAD, EventKind.REFUSED)
@@ -243,12 +274,65 @@ class PeerMesh:
             sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _HEARTBEAT_MS)
             sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
-            sock.connect(address)
+            if self.keyring is not None:
+                keys = self.keyring.keys
+                key = keys[self._key_index.get(address, 0)]
+                connect_with(sock, key, key)  # (a peer admits the key it serves)
+                if len(keys) > 1:
+                    self._watch(address, sock)
+            try:
+                sock.connect(address)
+            except zmq.ZMQError as exc:
+                sock.close(0)
+                self._unwatch(address)
+                self.counters["bad_addresses"] += 1
+                log.warning("cannot connect to peer address %r: %s", address[:80], exc)
+                return
             self._dealers[address] = sock
         try:
             sock.send(frame, _NOBLOCK)
         except zmq.Again:
             self.counters["dropped_sends"] += 1
+
+    # -- key rollover: find which of our keys a peer serves --------------------
+    def _watch(self, address: str, sock: zmq.Socket[bytes]) -> None:
+        monitor = sock.get_monitor_socket(_HANDSHAKE_EVENTS)
+        self._monitors[address] = monitor
+        if self._loop is not None:
+            self._loop.add_reader(monitor.fileno(), self._on_monitor, address)
+            # (the FD is edge-triggered: it signals only once EVENTS was read)
+            self._loop.call_soon(self._on_monitor, address)
+
+    def _unwatch(self, address: str) -> None:
+        monitor = self._monitors.pop(address, None)
+        if monitor is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(monitor.fileno())
+            monitor.close(0)
+
+    def _on_monitor(self, address: str) -> None:
+        monitor = self._monitors.get(address)
+        failed = False
+        while monitor is not None and cast(int, monitor.getsockopt(_EVENTS)) & _POLLIN:
+            event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshaken.add(address)
+            elif address not in self._handshaken:
+                failed = True  # refused before any handshake: the wrong server key
+        if failed and self.keyring is not None:
+            index = (self._key_index.get(address, 0) + 1) % len(self.keyring.keys)
+            self._key_index[address] = index
+            self.counters["key_fallbacks"] += 1
+            log.info("peer %s: handshake failed; trying key %d of our keyring", address, index)
+            if self._loop is not None:  # (not from inside the monitor's own callback)
+                self._loop.call_soon(self._drop_dealer, address)
+
+    def _drop_dealer(self, address: str) -> None:
+        self._unwatch(address)
+        self._handshaken.discard(address)
+        sock = self._dealers.pop(address, None)
+        if sock is not None:
+            sock.close(0)
 
     # -- the member table's clock ------------------------------------------
     def _tick(self) -> None:

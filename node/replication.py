@@ -144,8 +144,18 @@ class GroupReplication:
             self.mesh.send_to(peer, frame)
 
     # -- peer messages -----------------------------------------------------
+    def _live_member(self, node: str) -> bool:
+        """Only members' replicated state is taken (a stranger's frames are
+        counted and dropped)."""
+        if node != self.mesh.node_id and node in self.mesh.live_peers():
+            return True
+        self.mesh.counters["from_strangers"] += 1
+        return False
+
     def _on_delta(self, f: tuple[Any, ...], _now: float) -> None:
         origin, incarnation, version, group, count, ack_id = f
+        if not self._live_member(origin):
+            return
         if self.replica is not None and count >= 0:
             self.replica.apply(Delta(origin, incarnation, version, group, count))
         if ack_id:
@@ -185,7 +195,7 @@ class GroupReplication:
 
     def _on_slice(self, f: tuple[Any, ...], _now: float) -> None:
         origin, incarnation, version, counts = f
-        if self.replica is None or origin == self.mesh.node_id:
+        if self.replica is None or not self._live_member(origin):
             return
         pairs = []
         for item in counts[:1_000_000]:

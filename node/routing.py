@@ -323,6 +323,9 @@ class Routing:
     # -- peer messages -----------------------------------------------------------
     def _on_relay(self, f: tuple[Any, ...], now: float) -> None:
         origin, inc, conn, tag, expiry, hops, raw = f
+        if origin not in self._live:
+            self.counters["from_strangers"] += 1  # not a member: nothing to serve
+            return
         if not (
             0 < len(conn) <= 256 and 0 < len(tag) <= 64 and "/" not in tag and 0 < expiry < 1e9
         ):
@@ -381,17 +384,23 @@ class Routing:
 
     def _on_holder_gone(self, f: tuple[Any, ...], _now: float) -> None:
         origin, inc, tags = f
-        for tag in tags:
+        for tag in tags[:100_000]:
             if isinstance(tag, str):
                 self.core.groups.drop_holder(holder_of(origin, inc, tag))
 
     def _on_handoff(self, f: tuple[Any, ...], now: float) -> None:
         origin, channels, members = f
+        if origin not in self._live:
+            self.counters["from_strangers"] += 1
+            return
         self._send_out(self.core.adopt(origin, channels, members, now))
         self._sweep_due = True  # (views may differ: pass on what is not ours)
 
     def _on_ask(self, f: tuple[Any, ...], now: float) -> None:
         qid, origin, kind, arg = f
+        if origin not in self._live:
+            self.counters["from_strangers"] += 1
+            return
         result: list[str] = []
         if kind == "flush":
             self.core.queues.clear(arg)

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import zmq
 
+from zchannels.keys import Keyring
 from zchannels.protocol import DecodeError, Message, decode, encode, encode_many, split_batches
 
 from .config import NodeConfig
@@ -27,12 +28,17 @@ from .membership import first_incarnation
 from .peers import PeerMesh
 from .replication import GroupReplication
 from .routing import Routing
+from .security import HandshakeWatch, admission, check_bind_policy, serve_with
 
 log = logging.getLogger("zchannels.node")
 
 # Plain ints: pyzmq's enum members cost a microsecond per use on the hot path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
+#: Connection ids of clients on the CurveZMQ socket start with this: no
+#: ROUTER identity can (libzmq's own are 5 bytes, a client's cannot start with
+#: a NUL byte), and routing's virtual connections start with b"\x00zr".
+_SECURE = b"\x00s"
 #: Frames read in one wake-up before yielding to the loop, so a flood from one
 #: client cannot starve ticks (leases) and other work.
 _DRAIN_LIMIT = 2048
@@ -76,10 +82,18 @@ class NodeServer:
                 max_frame=config.max_frame_size,
                 sweep_interval=config.sweep_interval,
                 first_seq=time.time_ns() // 1000,
+                max_client_channels=config.max_client_channels,
+                max_client_group_entries=config.max_client_group_entries,
             )
         )
         self._ctx = context or zmq.Context.instance()
+        #: the cluster keys (``--key-file``); None: no key, loopback only
+        self.keyring: Keyring | None = Keyring.load(config.key_files) if config.key_files else None
         self._sock: zmq.Socket[bytes] | None = None
+        #: with a key: the CurveZMQ socket of the tcp:// client endpoints;
+        #: its clients' connection ids carry the ``_SECURE`` prefix
+        self._secure: zmq.Socket[bytes] | None = None
+        self._secure_watch: HandshakeWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self._rlog = RateLimitedLog(config.log_interval)
@@ -93,6 +107,7 @@ class NodeServer:
                 context=self._ctx,
                 max_frame=config.max_frame_size,
                 incarnation=started,
+                keyring=self.keyring,
             )
             self.replication: GroupReplication | None = GroupReplication(
                 self.mesh, self.core, self.send
@@ -102,7 +117,10 @@ class NodeServer:
             )
             self.mesh.after_frames = self._after_core
             self.finder: PeerFinder | None = PeerFinder(config, self.mesh)
-            self.core.extra_status = self._cluster_status
+            self.core.extra_status = lambda: {
+                **self._cluster_status(),
+                **self._security_status(),
+            }
         else:
             self.replication = None
             self.routing = None
@@ -112,41 +130,37 @@ class NodeServer:
                 "members": [
                     {"id": config.node_id, "state": "alive", "incarnation": started, "address": ""}
                 ],
+                **self._security_status(),
             }
         self.endpoints: list[str] = []
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        sock = self._ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        # A send to a client that has gone raises instead of vanishing, so
-        # its deliveries are put back for other receivers.
-        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted client reusing its identity takes over at once (libzmq #2892).
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # Unbounded queues: deliveries are bounded by client credit and
-        # replies by requests, so HWM drops would only lose messages.
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        # Frames up to twice the limit are read, then dropped and counted as
-        # "oversized"; libzmq cuts off a sender of anything bigger.
-        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_size)
-        try:
-            for endpoint in self.config.client_endpoints:
-                if endpoint.startswith("ipc://"):
-                    _prepare_ipc_path(endpoint[len("ipc://") :])
-                sock.bind(endpoint)
-                self.endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        except zmq.ZMQError:
-            sock.close(0)
-            raise
-        self._sock = sock
+        config = self.config
+        exposed = [*config.client_endpoints]
+        if config.peer_endpoint is not None:
+            exposed.append(config.peer_endpoint)
+        check_bind_policy(exposed, keyed=self.keyring is not None, insecure=config.insecure)
+        plain = list(config.client_endpoints)
+        secure: list[str] = []
+        if self.keyring is not None:  # tcp:// clients must hold the cluster key
+            secure = [e for e in plain if e.startswith("tcp://")]
+            plain = [e for e in plain if not e.startswith("tcp://")]
+        self._sock = self._client_socket(plain, None)
+        if secure:
+            try:
+                self._secure = self._client_socket(secure, self.keyring)
+            except zmq.ZMQError:
+                self._sock.close(0)
+                raise
+            self._secure_watch = HandshakeWatch(self._secure, self._loop, "client")
+        sock = self._sock
         if self.mesh is not None:
             try:
                 await self.mesh.start()
             except zmq.ZMQError:
-                sock.close(0)
+                self._close_client_sockets()
                 raise
             if self.replication is not None:
                 self.replication.start()
@@ -155,6 +169,9 @@ class NodeServer:
             if self.finder is not None:
                 await self.finder.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
+        if self._secure is not None:
+            self._loop.add_reader(self._secure.fileno(), self._on_secure_readable)
+            self._loop.call_soon(self._on_secure_readable)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
             "node %s (incarnation %s) serving clients on %s",
@@ -179,15 +196,78 @@ class NodeServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._tick_task
             self._tick_task = None
-        if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close(0)
-            self._sock = None
-            for endpoint in self.endpoints:
-                if endpoint.startswith("ipc://"):
-                    with contextlib.suppress(OSError):
-                        os.unlink(endpoint[len("ipc://") :])
+        self._close_client_sockets()
         log.info("node %s stopped", self.config.node_id)
+
+    def _client_socket(self, endpoints: list[str], keyring: Keyring | None) -> zmq.Socket[bytes]:
+        """A ROUTER bound to ``endpoints``; with ``keyring``, a CurveZMQ server
+        admitting holders of the cluster key only."""
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # A send to a client that has gone raises instead of vanishing, so
+        # its deliveries are put back for other receivers.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted client reusing its identity takes over at once (libzmq #2892).
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # Unbounded queues: deliveries are bounded by client credit and
+        # replies by requests, so HWM drops would only lose messages.
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        # Frames up to twice the limit are read, then dropped and counted as
+        # "oversized"; libzmq cuts off a sender of anything bigger.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_size)
+        if keyring is not None:
+            domain = f"clients:{self.config.node_id}"
+            admission(self._ctx).allow(domain, keyring.publics)
+            serve_with(sock, keyring, domain)
+        try:
+            for endpoint in endpoints:
+                if endpoint.startswith("ipc://"):
+                    _prepare_ipc_path(endpoint[len("ipc://") :])
+                sock.bind(endpoint)
+                bound = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+                if bound.startswith("ipc://"):  # only this user's processes may connect
+                    os.chmod(bound[len("ipc://") :], 0o600)
+                self.endpoints.append(bound)
+        except zmq.ZMQError:
+            sock.close(0)
+            raise
+        return sock
+
+    def _close_client_sockets(self) -> None:
+        if self._secure_watch is not None:
+            self._secure_watch.close()
+            self._secure_watch = None
+        for sock in (self._sock, self._secure):
+            if sock is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(sock.fileno())
+                sock.close(0)
+        self._sock = self._secure = None
+        for endpoint in self.endpoints:
+            if endpoint.startswith("ipc://"):
+                with contextlib.suppress(OSError):
+                    os.unlink(endpoint[len("ipc://") :])
+        self.endpoints = []
+
+    def refused(self) -> dict[str, int]:
+        """Connections refused for want of the cluster key, by socket."""
+        watches = [w for w in (self._secure_watch, *self._peer_watches()) if w is not None]
+        return {w.what: w.refused for w in watches}
+
+    def _security_status(self) -> dict[str, Any]:
+        keyring = self.keyring
+        return {
+            "security": {
+                "keyed": keyring is not None,
+                "fingerprints": [k.fingerprint for k in keyring.keys] if keyring else [],
+                "insecure": self.config.insecure,
+                "refused": self.refused(),
+            }
+        }
+
+    def _peer_watches(self) -> list[HandshakeWatch | None]:
+        return [self.mesh.watch] if self.mesh is not None else []
 
     # -- I/O -------------------------------------------------------------
     def _on_readable(self) -> None:
@@ -203,6 +283,20 @@ class NodeServer:
         if self._loop is not None:
             self._loop.call_soon(self._on_readable)
 
+    def _on_secure_readable(self) -> None:
+        sock = self._secure
+        if sock is None:
+            return
+        for _ in range(_DRAIN_LIMIT):
+            if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                return
+            frames = sock.recv_multipart(_NOBLOCK)
+            if frames:
+                frames[0] = _SECURE + frames[0]
+            self._on_frames(frames)
+        if self._loop is not None:
+            self._loop.call_soon(self._on_secure_readable)
+
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
             self._dropped("shape", frames[0] if frames else b"?", f"{len(frames)} frames")
@@ -213,8 +307,14 @@ class NodeServer:
         except DecodeError as exc:
             self._dropped(exc.reason, conn, str(exc))
             return
-        self.send(self.core.handle(conn, messages, time.monotonic()))
-        self._after_core()
+        try:
+            self.send(self.core.handle(conn, messages, time.monotonic()))
+            self._after_core()
+        except zmq.ZMQError:
+            raise
+        except Exception:  # a bug must cost one frame, never the node
+            self.core.decode_error("internal")
+            log.exception("error handling a frame from %r (dropped)", conn[:32])
 
     def _after_core(self) -> None:
         """In a cluster: carry out what the core left for the other nodes
@@ -260,7 +360,7 @@ class NodeServer:
 
     def _send_frame(self, conn: bytes, frame: bytes) -> bool:
         """One frame to one client; False if it has gone."""
-        sock = self._sock
+        sock, conn = self._target(conn)
         if sock is None:
             return False
         try:
@@ -286,8 +386,15 @@ class NodeServer:
                     return
         if len(out) == 1:  # the common case (an ACK, one delivery): no grouping
             conn, (mtype, fields) = out[0]
+            if self._secure is not None:
+                target, ident = self._target(conn)
+                if target is None:
+                    return
+                sock = target
+            else:
+                ident = conn
             try:
-                sock.send_multipart((conn, encode(mtype, *fields)), _NOBLOCK)
+                sock.send_multipart((ident, encode(mtype, *fields)), _NOBLOCK)
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
@@ -298,9 +405,12 @@ class NodeServer:
             by_conn.setdefault(conn, []).append(message)
         for conn, messages in by_conn.items():
             chunks = split_batches(messages)
+            target, ident = self._target(conn) if self._secure is not None else (sock, conn)
+            if target is None:
+                continue
             for i, chunk in enumerate(chunks):
                 try:
-                    sock.send_multipart((conn, encode_many(chunk)), _NOBLOCK)
+                    target.send_multipart((ident, encode_many(chunk)), _NOBLOCK)
                 except zmq.ZMQError as exc:
                     if exc.errno != zmq.EHOSTUNREACH:
                         raise
@@ -308,6 +418,12 @@ class NodeServer:
                     unsent = [m for rest in chunks[i:] for m in rest]
                     self.send(self.core.undeliverable(conn, unsent, time.monotonic()))
                     break
+
+    def _target(self, conn: bytes) -> tuple[zmq.Socket[bytes] | None, bytes]:
+        """The socket a connection id belongs to, and its identity there."""
+        if conn[:2] == _SECURE:
+            return self._secure, conn[2:]
+        return self._sock, conn
 
     async def _ticker(self) -> None:
         interval = self.config.tick_interval

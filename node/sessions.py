@@ -62,6 +62,9 @@ class Session:
     policy: Policy
     last_seen: float
     conns: set[ConnId] = field(default_factory=set)
+    #: channels this session made exist (by sending or receiving), for the
+    #: per-client bound; pruned of names that have gone when it fills up
+    created: set[str] = field(default_factory=set)
 
 
 class Sessions:

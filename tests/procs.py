@@ -53,13 +53,13 @@ def emit(event: str, **fields: Any) -> None:
 
 # -- roles (run in the child) --------------------------------------------------
 def _layer(args: argparse.Namespace) -> Any:
-    """The layer on ``--node``; ``--node embedded:CLUSTER``: on this
-    process's own embedded node, a member of CLUSTER found by mDNS."""
+    """The layer on ``--node``; ``--node embedded:CLUSTER:KEYFILE``: on this
+    process's own embedded node, a member of CLUSTER (found by mDNS, keyed)."""
     from zchannels.layer import ZeroMQChannelLayer
 
     if args.node.startswith("embedded:"):
-        cluster = args.node.split(":", 1)[1]
-        return ZeroMQChannelLayer(cluster=cluster, discovery="mdns")
+        _, cluster, key_file = args.node.split(":", 2)
+        return ZeroMQChannelLayer(cluster=cluster, discovery="mdns", key_file=key_file)
     return ZeroMQChannelLayer(node=args.node)
 
 

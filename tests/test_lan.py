@@ -28,6 +28,7 @@ from netns import Host, Lan, lan_for_test
 from procs import ClientProcess
 from zchannels.node.cli import query
 
+from zchannels.keys import write_key_file
 from zchannels.protocol import MsgType
 
 pytestmark = pytest.mark.slow
@@ -50,6 +51,9 @@ class LanNode:
     def __init__(self, host: Host, cluster: str, sockets: Path) -> None:
         self.host = host
         self.cluster = cluster
+        #: every cluster of these tests is keyed (a node refuses to serve the
+        #: LAN without a key); one key file per cluster name
+        self.key_file = cluster_key(sockets, cluster)
         self.id = host.name
         self.endpoint = f"ipc://{sockets}/{host.name}.sock"
         self.proc: subprocess.Popen[str] | None = None
@@ -62,6 +66,7 @@ class LanNode:
                 *("-m", "zchannels.node", "run", "--preset", "lan"),
                 *("--cluster", self.cluster, "--node-id", self.id),
                 *("--client-endpoint", self.endpoint, "--log-level", "WARNING"),
+                *("--key-file", str(self.key_file)),
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -86,6 +91,14 @@ class LanNode:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def cluster_key(folder: Path, cluster: str) -> Path:
+    """The key file of ``cluster`` in ``folder``, made on first use."""
+    path = folder / f"{cluster}.key"
+    if not path.exists():
+        write_key_file(path)
+    return path
 
 
 def _first_line(proc: subprocess.Popen[str], limit: float) -> dict[str, Any]:
@@ -329,9 +342,8 @@ async def test_an_embedded_node_joins_the_cluster_by_itself(
     # (CONFIG {"cluster": "lan-test", "discovery": "mdns"}), no sidecar
     nodes = [LanNode(h, "lan-test", sockets).start() for h in lan3.hosts[:2]]
     wait_for(lambda: agreed(nodes, {"h1", "h2"}), 10, "the two znodes to meet")
-    member = ClientProcess(
-        "consumer", "embedded:lan-test", "--group", "blog", launch=lan3.hosts[2].run
-    )
+    embedded = f"embedded:lan-test:{cluster_key(sockets, 'lan-test')}"
+    member = ClientProcess("consumer", embedded, "--group", "blog", launch=lan3.hosts[2].run)
     clients.append(member)
     channel = (await member.event("ready", 20))["channel"]
     took = await eventually(

@@ -28,6 +28,7 @@ from . import embedded
 from .config import LayerConfig
 from .connection import CLOSE_TIMEOUT, Connection
 from .errors import NodeUnavailable
+from .keys import read_key_file
 from .names import SESSION_TAG_LEN, random_tag
 from .protocol import MsgType
 
@@ -41,6 +42,8 @@ class Client:
         self.session = random_tag(SESSION_TAG_LEN)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.endpoint = config.node if config.node is not None else embedded.endpoint(config)
+        #: the cluster key a tcp:// znode wants (CONFIG key_file; the first file)
+        self.key = read_key_file(config.key_file[0]) if config.key_file else None
         self.counters: collections.Counter[str] = collections.Counter()
         self.refs = 0
         self._lock = threading.Lock()

@@ -54,6 +54,13 @@ class LayerConfig:
     #: Embedded cluster member: IP addresses mDNS announces on (default:
     #: the peer endpoint's address).
     interfaces: tuple[str, ...] = ()
+    #: The cluster key file (``znode keygen``), or a list of them during a
+    #: rollover: a ``tcp://`` node with a key admits only its holders, and an
+    #: embedded cluster member uses it as ``znode --key-file`` does.
+    key_file: tuple[str, ...] = ()
+    #: Embedded cluster member: allow serving peers without a key
+    #: (``znode --insecure``; anyone on the network can read and inject).
+    insecure: bool = False
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LayerConfig:
@@ -65,7 +72,9 @@ class LayerConfig:
                 f"zchannels.layer.ZeroMQChannelLayer; valid keys: {', '.join(valid)}"
             )
         opts = dict(options)
-        for name in ("seeds", "interfaces"):
+        if isinstance(opts.get("key_file"), str):
+            opts["key_file"] = [opts["key_file"]]
+        for name in ("seeds", "interfaces", "key_file"):
             if name in opts:
                 value = opts[name]
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):

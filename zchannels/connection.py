@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
-from .errors import ChannelFull, NodeUnavailable, ProtocolError
+from .errors import ChannelFull, LimitExceeded, NodeUnavailable, ProtocolError
 from .names import local_part
 from .protocol import (
     BATCH_BYTES,
@@ -123,6 +123,11 @@ class Connection:
         # A restarted node is found again quickly.
         sock.setsockopt(zmq.RECONNECT_IVL, 50)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        if client.key is not None and client.endpoint.startswith("tcp://"):
+            # A keyed node serves tcp:// clients over CurveZMQ only.
+            sock.setsockopt(zmq.CURVE_SERVERKEY, client.key.public)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, client.key.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, client.key.secret)
         sock.connect(client.endpoint)
         self._sock: zmq.Socket[bytes] = sock
         self._fd = sock.fileno()
@@ -461,6 +466,8 @@ class Connection:
             return
         if code == ErrorCode.CHANNEL_FULL:
             pending.future.set_exception(ChannelFull(local_part(detail)))
+        elif code == ErrorCode.LIMIT:
+            pending.future.set_exception(LimitExceeded(detail))
         else:
             pending.future.set_exception(ProtocolError(f"node refused request: {detail}"))
 

@@ -94,6 +94,8 @@ def node_config(config: LayerConfig) -> NodeConfig:
         seeds=config.seeds,
         discovery=config.discovery or "none",
         interfaces=config.interfaces,
+        key_files=config.key_file,
+        insecure=config.insecure,
     )
 
 

@@ -52,3 +52,11 @@ class NodeUnavailable(ZChannelsError):
 
 class ProtocolError(ZChannelsError):
     """The node refused a request as malformed: a bug, or mismatched versions."""
+
+
+class LimitExceeded(ZChannelsError):
+    """The node refused a request because this process reached a per-client
+    bound (channels or group entries it may create): a runaway or hostile
+    client cannot exhaust the node. Retriable once the process holds less."""
+
+    retriable = True
