@@ -55,6 +55,7 @@ class NodeCounters:
     sessions_closed: int = 0  # client processes that closed cleanly
     undeliverable: int = 0  # deliveries to a connection that had gone (requeued)
     limited: int = 0  # requests refused by a per-client bound (LIMIT)
+    slow_clients: int = 0  # clients cut off for not reading their replies
 
 
 @dataclass(frozen=True, slots=True)

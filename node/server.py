@@ -35,6 +35,10 @@ log = logging.getLogger("zchannels.node")
 # Plain ints: pyzmq's enum members cost a microsecond per use on the hot path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
+#: Frames queued to one client before it counts as gone (it is not reading).
+_CLIENT_SNDHWM = 100_000
+#: Send errors that mean "this client is gone": disconnected, or not reading.
+_GONE = (zmq.EHOSTUNREACH, zmq.EAGAIN)
 #: Connection ids of clients on the CurveZMQ socket start with this: no
 #: ROUTER identity can (libzmq's own are 5 bytes, a client's cannot start with
 #: a NUL byte), and routing's virtual connections start with b"\x00zr".
@@ -209,9 +213,11 @@ class NodeServer:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # A restarted client reusing its identity takes over at once (libzmq #2892).
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        # Unbounded queues: deliveries are bounded by client credit and
-        # replies by requests, so HWM drops would only lose messages.
-        sock.setsockopt(zmq.SNDHWM, 0)
+        # Deliveries are bounded by client credit and replies by requests; a
+        # client that sends requests but never reads its replies reaches
+        # this bound, and is then treated as gone (ROUTER_MANDATORY makes the
+        # send fail with EAGAIN instead of dropping silently).
+        sock.setsockopt(zmq.SNDHWM, _CLIENT_SNDHWM)
         sock.setsockopt(zmq.RCVHWM, 0)
         # Frames up to twice the limit are read, then dropped and counted as
         # "oversized"; libzmq cuts off a sender of anything bigger.
@@ -366,10 +372,20 @@ class NodeServer:
         try:
             sock.send_multipart((conn, frame), _NOBLOCK)
         except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
+            self._gone(conn, exc)
             return False
         return True
+
+    def _gone(self, conn: bytes, exc: zmq.ZMQError) -> None:
+        """A send to ``conn`` failed: it disconnected, or it does not read
+        (its queue is full: cut off and counted). Anything else is a bug."""
+        if exc.errno not in _GONE:
+            raise exc
+        if exc.errno == zmq.EAGAIN:
+            self.core.counters.slow_clients += 1
+            self._rlog.warning(
+                "slow", "cut off client %r: %d replies queued unread", conn[:32], _CLIENT_SNDHWM
+            )
 
     def send(self, out: list[Out]) -> None:
         sock = self._sock
@@ -396,8 +412,7 @@ class NodeServer:
             try:
                 sock.send_multipart((ident, encode(mtype, *fields)), _NOBLOCK)
             except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
+                self._gone(conn, exc)
                 self.send(self.core.undeliverable(conn, [out[0][1]], time.monotonic()))
             return
         by_conn: dict[bytes, list[Message]] = {}
@@ -412,8 +427,7 @@ class NodeServer:
                 try:
                     target.send_multipart((ident, encode_many(chunk)), _NOBLOCK)
                 except zmq.ZMQError as exc:
-                    if exc.errno != zmq.EHOSTUNREACH:
-                        raise
+                    self._gone(conn, exc)
                     # The client is gone: put back what it would have received.
                     unsent = [m for rest in chunks[i:] for m in rest]
                     self.send(self.core.undeliverable(conn, unsent, time.monotonic()))

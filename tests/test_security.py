@@ -289,3 +289,34 @@ async def test_per_client_bounds_on_channels_and_group_entries(
     finally:
         await greedy.close()
         await other.close()
+
+
+async def test_a_client_that_never_reads_its_replies_is_cut_off(
+    znode: Callable[..., Znode],
+) -> None:
+    node = znode()
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVHWM, 1)  # and reads nothing: the node's queue to it fills
+    sock.connect(node.endpoint)
+    try:
+        sock.send(encode(MsgType.HELLO, "greedy0000", 1, [60.0]))
+        for _ in range(150_000):  # a request each, never reading the answers
+            sock.send(encode(MsgType.PING))
+        took = await eventually(
+            lambda: status(node)["counters"]["slow_clients"] >= 1,
+            30,
+            "the node to cut off the non-reader",
+        )
+        print(f"a client never reading its replies was dropped {took:.2f} s after its flood")
+        # the node serves everyone else on
+        layer = ZeroMQChannelLayer(node=node.endpoint)
+        try:
+            channel = await layer.new_channel()
+            await layer.send(channel, {"ok": True})
+            assert await asyncio.wait_for(layer.receive(channel), 5) == {"ok": True}
+        finally:
+            await layer.close()
+    finally:
+        sock.close(0)
