@@ -1,7 +1,7 @@
 """One host, one ``znode``, several Django-style processes sharing a layer.
 
-Run it with ``scripts/demo``. It starts a ``znode`` sidecar on an ipc socket
-in a temp dir, then three processes that each use
+Run it with ``.venv/bin/python cluster-demo/one_host.py``. It starts a ``znode`` sidecar on
+an ipc socket in a temp dir, then three processes that each use
 ``ZeroMQChannelLayer(node="ipc://...")`` exactly as Django would with
 ``CONFIG = {"node": "ipc://..."}``:
 

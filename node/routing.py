@@ -54,6 +54,10 @@ _BACK = frozenset({MsgType.DELIVER, MsgType.ACK, MsgType.ERROR})
 #: Requests answered by ACK or ERROR (their request id is field 0).
 _ANSWERED = frozenset({MsgType.SEND, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD, MsgType.RETURN})
 _VCONN_MARK = b"\x00zr"
+#: A member's incarnation starts at its start time in ms and grows by one per
+#: refuted suspicion; relays carry the start value. One more than this above
+#: it means a new start (a restart, at least a second later), not a refutation.
+RESTART_GAP = 1000
 
 
 #: (origin node, its incarnation, the client's connection there)
@@ -331,7 +335,7 @@ class Routing:
         ):
             self.counters["bad_relay"] += 1
             return
-        if inc < self._known_incarnation(origin):
+        if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
             return
         try:
@@ -463,8 +467,9 @@ class Routing:
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._node_gone(event.node, died=event.kind == EventKind.DEAD)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
-            # A restarted node: its earlier life's clients are gone.
-            self._forget_clients(event.node, below=event.incarnation)
+            # A restarted node: its earlier life's clients are gone. (A node
+            # that refuted a suspicion is still in the same life.)
+            self._forget_clients(event.node, below=event.incarnation - RESTART_GAP)
         if self._refresh():
             self.handoff(full=True)
 
