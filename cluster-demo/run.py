@@ -115,9 +115,10 @@ class Forwarder:
             for server in self._servers:
                 server.close()
             # (connections still open, e.g. a browser's WebSockets: end them)
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -126,7 +127,9 @@ class Forwarder:
 
 
 class DemoCluster:
-    def __init__(self, workdir: Path | None = None, lan: bool | None = None) -> None:
+    def __init__(
+        self, workdir: Path | None = None, lan: bool | None = None, layer: str = "zchannels"
+    ) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="zchannels-demo-"))
         self.data = self.workdir / "data"
         self.want_lan = (os.geteuid() == 0) if lan is None else lan
@@ -135,6 +138,10 @@ class DemoCluster:
         self._lan: Any = None
         self._forwarder: Forwarder | None = None
         self.key = self.workdir / "cluster.key"
+        #: "zchannels", or "redis": the same site on channels_redis (the load
+        #: run's comparison), with one redis-server on h1
+        self.layer = layer
+        self.redis_url = ""
         self._logs: list[Any] = []  # each Django process's output (in workdir)
 
     # -- bringing it up ------------------------------------------------------------
@@ -146,6 +153,8 @@ class DemoCluster:
         seed: list[str] = []
         for host in self.hosts:
             seed = self._start_node(host, seed)
+        if self.layer == "redis":
+            self._start_redis(self.hosts[0])
         for host in self.hosts:
             self._start_site(host)
         for host in self.hosts:
@@ -183,6 +192,8 @@ class DemoCluster:
             "ZCHANNELS_NODE": host.node_endpoint,
             "DEMO_HOST": host.name,
             "DEMO_DATA": str(self.data),
+            "DEMO_LAYER": self.layer,
+            "DEMO_REDIS": self.redis_url,
         }
 
     def _django(self, args: list[str]) -> subprocess.CompletedProcess[str]:
@@ -209,6 +220,13 @@ class DemoCluster:
             raise RuntimeError(f"znode on {host.name} did not start")
         ready = json.loads(line)
         return ["--seed", str(ready["peer"])] if self.mode == "loopback" else []
+
+    def _start_redis(self, host: DemoHost) -> None:
+        port = 6379 if self.mode == "lan" else 16379
+        cmd = ["redis-server", "--bind", host.ip, "--port", str(port), "--save", ""]
+        cmd += ["--appendonly", "no", "--protected-mode", "no"]
+        host.procs["redis"] = host.launch(cmd, stdout=subprocess.DEVNULL)
+        self.redis_url = f"redis://{host.ip}:{port}"
 
     def _start_site(self, host: DemoHost) -> None:
         env = self._env(host)

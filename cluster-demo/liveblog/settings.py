@@ -72,5 +72,14 @@ CHANNEL_LAYERS = {
 if os.environ.get("DEMO_LAYER") == "redis":  # the load run's side-by-side comparison
     CHANNEL_LAYERS["default"] = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [os.environ.get("DEMO_REDIS", "redis://127.0.0.1:6379")]},
+        # max_connections: with redis-py's default pool, ~20% of 1,000 WebSocket
+        # connects failed with "Too many connections" (docs/benchmarks.md)
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": os.environ.get("DEMO_REDIS", "redis://127.0.0.1:6379"),
+                    "max_connections": 2000,
+                }
+            ]
+        },
     }
