@@ -100,7 +100,8 @@ class NodeCore:
         #: cluster-wide requests (flush, group members) the other nodes must
         #: answer before the client is: (conn, req, kind, arg, local result)
         self.asks: list[tuple[ConnId, int, str, str, list[str]]] = []
-        #: connections and sessions that went away since the shell last looked
+        #: in a cluster: connections and sessions that went away since the
+        #: shell last looked (it tells the other nodes)
         self.gone_conns: list[ConnId] = []
         self.gone_sessions: list[str] = []
         self._hops = 0  # while handling relayed messages: how far they came
@@ -172,7 +173,8 @@ class NodeCore:
         forget the connection and put its deliveries back, in order."""
         self.queues.drop_conn(conn)
         self.sessions.close_conn(conn)
-        self.gone_conns.append(conn)
+        if self.clustered:
+            self.gone_conns.append(conn)
         out: list[Out] = []
         for mtype, fields in reversed(messages):
             if mtype == MsgType.DELIVER:
@@ -410,7 +412,8 @@ class NodeCore:
     ) -> None:
         req, final = f
         self.queues.drop_conn(conn)
-        self.gone_conns.append(conn)
+        if self.clustered:
+            self.gone_conns.append(conn)
         session = self.sessions.by_conn.get(conn)
         self.sessions.close_conn(conn)
         if final and session is not None:
@@ -516,8 +519,10 @@ class NodeCore:
             return
         for conn in session.conns:
             self.queues.drop_conn(conn)
-            self.gone_conns.append(conn)
-        self.gone_sessions.append(tag)
+            if self.clustered:
+                self.gone_conns.append(conn)
+        if self.clustered:
+            self.gone_sessions.append(tag)
         self.groups.drop_holder(tag)
         marker = f".{self.settings.node_tag}.{tag}!"
         for name in [n for n in self.queues.channels if marker in n]:

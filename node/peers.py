@@ -51,6 +51,9 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_REFUSE,
     }
 )
+#: Most peer addresses with a socket at once: members plus what discovery
+#: announced (a forged flood of announcements must not exhaust sockets).
+_MAX_DEALERS = 256
 #: What a peer connection's monitor reports during a key rollover.
 _HANDSHAKE_EVENTS = (
     zmq.EVENT_HANDSHAKE_SUCCEEDED
@@ -97,6 +100,7 @@ class PeerMesh:
         self._handshaken: set[str] = set()
         #: refused connections to the peer socket (with a key)
         self.watch: HandshakeWatch | None = None
+        self._closed = False
         self.table: MemberTable | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
@@ -143,11 +147,13 @@ class PeerMesh:
         log.info("node %s in cluster %r, peers on %s", self.node_id, self.cluster, address)
 
     async def stop(self) -> None:
-        """Say we leave (peers drop us at once), then close every socket."""
+        """Say we leave (peers drop us at once), then close every socket;
+        nothing is sent (or connected) after that."""
         if self._timer is not None:
             self._timer.cancel()
         if self.table is not None:
             self._apply(self.table.leave(time.monotonic()))
+        self._closed = True
         if self._router is not None and self._loop is not None:
             self._loop.remove_reader(self._router.fileno())
             self._router.close(0)
@@ -235,6 +241,9 @@ class PeerMesh:
 
     def discovered(self, endpoint: str) -> None:
         """Discovery (a seed, mDNS) found a peer at ``endpoint``."""
+        if len(self._dealers) >= _MAX_DEALERS:  # announcements are cheap to forge
+            self.counters["discoveries_refused"] += 1
+            return
         if self.table is not None:
             self._apply(self.table.discovered(endpoint, time.monotonic()))
             self._rearm()
@@ -244,7 +253,7 @@ class PeerMesh:
         if self.table is None:
             return False
         member = self.table.member(node_id)
-        if member is None or member.state not in LIVE or node_id == self.node_id:
+        if member is None or member.state not in LIVE or node_id == self.node_id or self._closed:
             return False
         self._send(member.address, frame)
         return True
@@ -255,36 +264,49 @@ class PeerMesh:
             return []
         return [n for n in self.table.live() if n != self.node_id]
 
+    def _dealer(self, address: str) -> zmq.Socket[bytes]:
+        """A DEALER connected to a peer address (raises ZMQError for a bad one)."""
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, _PEER_HWM)
+        sock.setsockopt(zmq.RECONNECT_IVL, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        # A cable pulled mid-connection leaves TCP retransmitting with
+        # exponential backoff (seconds apart after a 10 s partition);
+        # ZMTP heartbeats drop such a connection after 3 s of silence and
+        # reconnect instead, and a connect attempt gives up after a
+        # second to try afresh, so a healed partition is crossed within
+        # ~1 s. (Not sooner: on a lossy link TCP stalls for 1.4 s after
+        # three losses of one segment, and reconnecting then would only
+        # add a SYN timeout to the stall.)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _HEARTBEAT_MS)
+        sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
+        if self.keyring is not None:
+            keys = self.keyring.keys
+            key = keys[self._key_index.get(address, 0)]
+            connect_with(sock, key, key)  # (a peer admits the key it serves)
+            if len(keys) > 1:
+                self._watch(address, sock)
+        try:
+            sock.connect(address)
+        except zmq.ZMQError:
+            sock.close(0)
+            self._unwatch(address)
+            raise
+        return sock
+
     def _send(self, address: str, frame: bytes) -> None:
+        if self._closed:
+            return
         sock = self._dealers.get(address)
         if sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, _PEER_HWM)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
-            # A cable pulled mid-connection leaves TCP retransmitting with
-            # exponential backoff (seconds apart after a 10 s partition);
-            # ZMTP heartbeats drop such a connection after 3 s of silence and
-            # reconnect instead, and a connect attempt gives up after a
-            # second to try afresh, so a healed partition is crossed within
-            # ~1 s. (Not sooner: on a lossy link TCP stalls for 1.4 s after
-            # three losses of one segment, and reconnecting then would only
-            # add a SYN timeout to the stall.)
-            sock.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_MS)
-            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * _HEARTBEAT_MS)
-            sock.setsockopt(zmq.CONNECT_TIMEOUT, 1000)
-            if self.keyring is not None:
-                keys = self.keyring.keys
-                key = keys[self._key_index.get(address, 0)]
-                connect_with(sock, key, key)  # (a peer admits the key it serves)
-                if len(keys) > 1:
-                    self._watch(address, sock)
+            if len(self._dealers) >= _MAX_DEALERS:
+                self.counters["dropped_sends"] += 1
+                return
             try:
-                sock.connect(address)
+                sock = self._dealer(address)
             except zmq.ZMQError as exc:
-                sock.close(0)
-                self._unwatch(address)
                 self.counters["bad_addresses"] += 1
                 log.warning("cannot connect to peer address %r: %s", address[:80], exc)
                 return
@@ -317,6 +339,10 @@ class PeerMesh:
             event = parse_monitor_message(monitor.recv_multipart(_NOBLOCK))["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._handshaken.add(address)
+            elif event == zmq.EVENT_DISCONNECTED and address in self._handshaken:
+                # it may come back serving another key (a node restarted
+                # during a rollover): its next handshake decides afresh
+                self._handshaken.discard(address)
             elif address not in self._handshaken:
                 failed = True  # refused before any handshake: the wrong server key
         if failed and self.keyring is not None:

@@ -119,6 +119,9 @@ class Routing:
         #: (client conn, request id) -> (owner, deadline, type): relayed requests
         self._pending: dict[tuple[ConnId, int], tuple[str, float, MsgType]] = {}
         self._relayed_conns: set[ConnId] = set()  # local conns with state elsewhere
+        #: (client conn, channel) -> [owner, credit left there]: what our
+        #: clients are owed by other nodes, re-granted if that owner dies
+        self._credit: dict[tuple[ConnId, str], list[Any]] = {}
         self._remote_holders: set[str] = set()  # local sessions holding memberships elsewhere
         self._asks: dict[int, _Ask] = {}
         self._ask_ids = itertools.count(1)
@@ -248,6 +251,12 @@ class Routing:
                     self._pending[(conn, fields[0])] = (owner, deadline, mtype)
                 if mtype == MsgType.GROUP_ADD:
                     self._remote_holders.add(s.tag)
+                elif mtype == MsgType.RECV:
+                    owed = self._credit.setdefault((conn, fields[0]), [owner, 0])
+                    owed[0] = owner
+                    owed[1] += fields[1]
+                elif mtype == MsgType.RETURN and fields[3]:  # credit withdrawn
+                    self._credit.pop((conn, fields[1]), None)
         if key is not None and session is not None:
             self._send_relay(key[0], key[1], session, hops, batch)
 
@@ -265,16 +274,20 @@ class Routing:
         else:
             origin, inc, client, tag = self.me, self.incarnation, conn, session.tag
         expiry = session.policy.expiry
-        frame = encode(MsgType.PEER_RELAY, origin, inc, client, tag, expiry, hops, batch)
-        if not self.mesh.send_to(owner, frame):
-            self.counters["relay_unsent"] += 1
+        for chunk in _chunks(batch):  # (a peer's frame size is bounded)
+            frame = encode(MsgType.PEER_RELAY, origin, inc, client, tag, expiry, hops, chunk)
+            if not self.mesh.send_to(owner, frame):
+                self.counters["relay_unsent"] += 1
 
     def _conns_gone(self, conns: list[ConnId]) -> None:
         gone = [c for c in conns if c in self._relayed_conns]
         for conn in conns:
             self._relayed_conns.discard(conn)
         if gone:
-            for key in [k for k in self._pending if k[0] in set(gone)]:
+            ended = set(gone)
+            for owed in [k for k in self._credit if k[0] in ended]:
+                del self._credit[owed]
+            for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
             self._broadcast(encode(MsgType.PEER_CONN_GONE, self.me, self.incarnation, gone))
 
@@ -300,9 +313,10 @@ class Routing:
             virtual = self._virtual.get(conn)
             if virtual is None:
                 continue
-            frame = encode(MsgType.PEER_RELAY_BACK, self.me, virtual.conn, messages)
-            if not self.mesh.send_to(virtual.origin, frame):
-                self.counters["relay_back_unsent"] += 1
+            for chunk in _chunks(messages):
+                frame = encode(MsgType.PEER_RELAY_BACK, self.me, virtual.conn, chunk)
+                if not self.mesh.send_to(virtual.origin, frame):
+                    self.counters["relay_back_unsent"] += 1
 
     def _virtual_for(self, client: _Client, tag: str, expiry: float) -> ConnId:
         vconn = self._vconn_of.get(client)
@@ -346,6 +360,15 @@ class Routing:
         if any(mtype not in RELAYED for mtype, _ in messages):
             self.counters["bad_relay"] += 1
             return
+        if origin == self.me:
+            # Our own client's messages came back to us (a handover, or hops
+            # while views differed): handle them as its, on its connection.
+            session = self.core.sessions.by_conn.get(conn)
+            if inc != self.incarnation or session is None:
+                self.counters["relay_for_gone_client"] += 1
+                return
+            self._send_out(self.core.handle_relayed(conn, session, messages, hops, now))
+            return
         vconn = self._virtual_for((origin, inc, conn), tag, float(expiry))
         session = self._virtual[vconn].session
         self._send_out(self.core.handle_relayed(vconn, session, messages, hops, now))
@@ -365,6 +388,11 @@ class Routing:
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
                 self._pending.pop((conn, fields[0]), None)
+            else:
+                owed = self._credit.get((conn, fields[0]))
+                if owed is not None:
+                    owed[0] = source  # (the channel may have moved there)
+                    owed[1] = max(0, owed[1] - len(fields[1]))
         if self._client_send(conn, encode_many(messages)):
             return
         # The client has gone: what it was given goes back to its owner.
@@ -378,6 +406,9 @@ class Routing:
             tag = session_tag.tag if session_tag is not None else "gone"
             frame = encode(MsgType.PEER_RELAY, self.me, self.incarnation, conn, tag, 60.0, 1, back)
             self.mesh.send_to(source, frame)
+            # (after the returns: the source forgets this client for good)
+            gone = encode(MsgType.PEER_CONN_GONE, self.me, self.incarnation, [conn])
+            self.mesh.send_to(source, gone)
         self._send_out(self.core.undeliverable(conn, [], now))
 
     def _on_conn_gone(self, f: tuple[Any, ...], _now: float) -> None:
@@ -464,13 +495,14 @@ class Routing:
     def _on_member_event(self, event: MemberEvent) -> None:
         if event.node == self.me:
             return
+        changed = self._refresh()
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._node_gone(event.node, died=event.kind == EventKind.DEAD)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             # A restarted node: its earlier life's clients are gone. (A node
             # that refuted a suspicion is still in the same life.)
             self._forget_clients(event.node, below=event.incarnation - RESTART_GAP)
-        if self._refresh():
+        if changed:
             self.handoff(full=True)
 
     def _forget_clients(self, node: str, below: int | None = None) -> None:
@@ -491,6 +523,8 @@ class Routing:
             self.counters["lost_in_dead_nodes"] += lost
             log.warning("node %s gone with %d queued messages (lost)", node, lost)
         self._forget_clients(node)
+        if died:
+            self._regrant(node)
         out: list[Out] = []
         for key, (owner, _, mtype) in list(self._pending.items()):
             if owner == node:
@@ -501,6 +535,35 @@ class Routing:
             if not ask.waiting:
                 self._answer(qid)
         self._send_out(out)
+
+    def _regrant(self, node: str) -> None:
+        """Credit our clients held at ``node``, which died with it: grant it
+        to the channels' new owners, so waiting receives are served again.
+        (A node that leaves cleanly hands its receivers' credit over itself.)"""
+        now = time.monotonic()
+        relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        for (conn, channel), owed in list(self._credit.items()):
+            if owed[0] != node:
+                continue
+            session = self.core.sessions.by_conn.get(conn)
+            if session is None or owed[1] <= 0:
+                del self._credit[(conn, channel)]
+                continue
+            owner = self.route(channel)
+            if owner is None:  # ours now: grant it here
+                del self._credit[(conn, channel)]
+                self._send_out(
+                    [
+                        (c, (MsgType.DELIVER, (ch, items)))
+                        for c, ch, items in self.core.queues.grant(conn, channel, owed[1], now)
+                    ]
+                )
+            elif owner:
+                relays.append((owner, conn, session, (MsgType.RECV, (channel, owed[1])), 1))
+                del self._credit[(conn, channel)]  # (re-counted as it is relayed)
+        if relays:
+            self.counters["credit_regranted"] += len(relays)
+            self._relay(relays)
 
     def _unanswered(self, key: tuple[ConnId, int], mtype: MsgType) -> Out:
         """The answer for a relayed request whose owner never answered: a
@@ -531,7 +594,9 @@ class Routing:
             for conn, credit in credits.items():
                 session = self._session_of(conn)
                 if session is not None:
-                    grants.append((owner, conn, session, (MsgType.RECV, (name, credit)), 1))
+                    # (MAX_HOPS: the new owner keeps it, whatever its view yet)
+                    grant = (MsgType.RECV, (name, credit))
+                    grants.append((owner, conn, session, grant, MAX_HOPS))
         if full:
             for group, held in list(core.groups.groups.items()):
                 for channel, m in list(held.items()):
@@ -549,14 +614,13 @@ class Routing:
                         )
                     core.groups.discard(group, channel)
         for owner in {*channels, *members}:
-            n = sum(len(c[1]) for c in channels.get(owner, ()))
-            self.counters["handed_off"] += n
-            self.mesh.send_to(
-                owner,
-                encode(
-                    MsgType.PEER_HANDOFF, self.me, channels.get(owner, []), members.get(owner, [])
-                ),
-            )
+            entries = channels.get(owner, [])
+            self.counters["handed_off"] += sum(len(c[1]) for c in entries)
+            pieces = _handoff_pieces(entries)
+            moved = members.get(owner, [])
+            for i, piece in enumerate(pieces or [[]]):  # (memberships go with the first)
+                frame = encode(MsgType.PEER_HANDOFF, self.me, piece, moved if i == 0 else [])
+                self.mesh.send_to(owner, frame)
         if grants:  # after the messages, on the same pipe: they arrive first
             self._relay(grants)
 
@@ -571,25 +635,89 @@ class Routing:
         next_load = 0.0
         while True:
             await asyncio.sleep(min(self.load_interval, self.timeout) / 4)
-            now = time.monotonic()
-            out = [
-                self._unanswered(key, mtype)
-                for key, (_, deadline, mtype) in list(self._pending.items())
-                if deadline <= now and self._pending.pop(key)
-            ]
-            if out:
-                log.warning("%d relayed requests unanswered (owner died?)", len(out))
-                self._send_out(out)
-            for qid in [q for q, a in self._asks.items() if a.deadline <= now]:
-                log.warning(
-                    "cluster-wide %s: no answer from %s",
-                    self._asks[qid].kind,
-                    ", ".join(sorted(self._asks[qid].waiting)),
-                )
-                self._answer(qid)
-            if now >= next_load:
-                next_load = now + self.load_interval
-                self._broadcast(encode(MsgType.PEER_LOAD, self.me, self.load()))
-            if self._sweep_due:
-                self._sweep_due = False
-                self.handoff(full=True)  # what a race left here goes to its owner
+            try:
+                next_load = self._tick(next_load)
+            except Exception:  # a bug must cost one tick, never the timers
+                self.counters["timer_errors"] += 1
+                log.exception("routing timers: error (carrying on)")
+
+    def _tick(self, next_load: float) -> float:
+        """Timeouts, load reports, the stray sweep; returns the next load report time."""
+        now = time.monotonic()
+        out = [
+            self._unanswered(key, mtype)
+            for key, (_, deadline, mtype) in list(self._pending.items())
+            if deadline <= now and self._pending.pop(key)
+        ]
+        if out:
+            log.warning("%d relayed requests unanswered (owner died?)", len(out))
+            self._send_out(out)
+        for qid in [q for q, a in self._asks.items() if a.deadline <= now]:
+            log.warning(
+                "cluster-wide %s: no answer from %s",
+                self._asks[qid].kind,
+                ", ".join(sorted(self._asks[qid].waiting)),
+            )
+            self._answer(qid)
+        if now >= next_load:
+            next_load = now + self.load_interval
+            self._broadcast(encode(MsgType.PEER_LOAD, self.me, self.load()))
+        if self._sweep_due:
+            self._sweep_due = False
+            self.handoff(full=True)  # what a race left here goes to its owner
+        return next_load
+
+
+#: Bytes of user payload put in one relayed or handed-over frame: far under
+#: a peer's frame limit (``max_frame_size``, 8 MiB by default), whatever the
+#: batch; one message bigger than this still travels alone.
+CHUNK_BYTES = 1024 * 1024
+
+
+def _chunks(messages: list[list[Any]]) -> list[list[list[Any]]]:
+    """``[type, field...]`` messages cut into runs of about ``CHUNK_BYTES``."""
+    out: list[list[list[Any]]] = [[]]
+    size = 0
+    for message in messages:
+        approx = 64 + sum(_payload_size(f) for f in message[1:])
+        if out[-1] and size + approx > CHUNK_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(message)
+        size += approx
+    return out
+
+
+def _payload_size(value: Any) -> int:
+    if isinstance(value, bytes | str):
+        return len(value)
+    if isinstance(value, list):  # DELIVER/RETURN items: [[payload, ttl, seq], ...]
+        return sum(_payload_size(v) for v in value)
+    return 8
+
+
+def _handoff_pieces(entries: list[list[Any]]) -> list[list[list[Any]]]:
+    """``[[channel, items], ...]`` cut into frames of about ``CHUNK_BYTES``.
+    The receiver puts each handed-over piece of a channel *before* what it
+    holds, so a channel cut in several pieces sends its last piece first."""
+    flat: list[list[Any]] = []
+    for channel, items in entries:
+        pieces: list[list[Any]] = [[]]
+        size = 0
+        for item in items:
+            if pieces[-1] and size + len(item[0]) > CHUNK_BYTES:
+                pieces.append([])
+                size = 0
+            pieces[-1].append(item)
+            size += len(item[0]) + 24
+        flat += [[channel, piece] for piece in reversed(pieces)]
+    frames: list[list[list[Any]]] = []
+    size = CHUNK_BYTES + 1
+    for entry in flat:
+        approx = 64 + sum(len(item[0]) + 24 for item in entry[1])
+        if size + approx > CHUNK_BYTES:
+            frames.append([])
+            size = 0
+        frames[-1].append(entry)
+        size += approx
+    return frames

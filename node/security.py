@@ -34,9 +34,12 @@ class InsecureBind(ValueError):
 
 
 def loopback_only(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address."""
-    if not endpoint.startswith("tcp://"):
+    """True for ipc://, inproc:// and tcp:// on a loopback address; any other
+    transport (tipc://, udp://, ...) counts as reaching beyond this host."""
+    if endpoint.startswith(("ipc://", "inproc://")):
         return True
+    if not endpoint.startswith("tcp://"):
+        return False
     host = urlsplit(endpoint).hostname or ""
     if host == "localhost":
         return True
@@ -153,6 +156,9 @@ def serve_with(sock: zmq.Socket[bytes], keyring: Keyring, domain: str) -> None:
     sock.setsockopt(zmq.CURVE_SECRETKEY, key.secret)
     sock.setsockopt(zmq.CURVE_PUBLICKEY, key.public)
     sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
+    # Fail closed: with no ZAP handler answering, refuse instead of admitting
+    # any key (libzmq's default for CURVE without a handler).
+    sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)
 
 
 def connect_with(sock: zmq.Socket[bytes], client: ClusterKey, server: ClusterKey) -> None:

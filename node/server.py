@@ -39,9 +39,10 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 _CLIENT_SNDHWM = 100_000
 #: Send errors that mean "this client is gone": disconnected, or not reading.
 _GONE = (zmq.EHOSTUNREACH, zmq.EAGAIN)
-#: Connection ids of clients on the CurveZMQ socket start with this: no
-#: ROUTER identity can (libzmq's own are 5 bytes, a client's cannot start with
-#: a NUL byte), and routing's virtual connections start with b"\x00zr".
+#: Connection ids of clients on the CurveZMQ socket start with this and are
+#: never 5 bytes long (libzmq's own ids are 5 bytes starting with NUL; a
+#: plain-socket client choosing an id that starts with NUL is refused), and
+#: routing's virtual connections start with b"\x00zr".
 _SECURE = b"\x00s"
 #: Frames read in one wake-up before yielding to the loop, so a flood from one
 #: client cannot starve ticks (leases) and other work.
@@ -149,8 +150,8 @@ class NodeServer:
         plain = list(config.client_endpoints)
         secure: list[str] = []
         if self.keyring is not None:  # tcp:// clients must hold the cluster key
-            secure = [e for e in plain if e.startswith("tcp://")]
-            plain = [e for e in plain if not e.startswith("tcp://")]
+            secure = [e for e in plain if not e.startswith(("ipc://", "inproc://"))]
+            plain = [e for e in plain if e.startswith(("ipc://", "inproc://"))]
         self._sock = self._client_socket(plain, None)
         if secure:
             try:
@@ -284,6 +285,11 @@ class NodeServer:
             if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 return
             frames = sock.recv_multipart(_NOBLOCK)
+            if frames[0][:1] == b"\x00" and len(frames[0]) != 5:
+                # A client-chosen id posing as one of ours (virtual or secure
+                # connections start with NUL; libzmq's own ids are 5 bytes).
+                self._dropped("identity", frames[0], "reserved connection id")
+                continue
             self._on_frames(frames)
         # More is waiting: come back after other callbacks had their turn.
         if self._loop is not None:
@@ -435,7 +441,7 @@ class NodeServer:
 
     def _target(self, conn: bytes) -> tuple[zmq.Socket[bytes] | None, bytes]:
         """The socket a connection id belongs to, and its identity there."""
-        if conn[:2] == _SECURE:
+        if conn[:2] == _SECURE and len(conn) != 5:  # (a libzmq id may start so)
             return self._secure, conn[2:]
         return self._sock, conn
 

@@ -369,3 +369,36 @@ async def test_a_node_that_leaves_cleanly_hands_its_queues_over(
     finally:
         await sender.close()
         await reader.close()
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["killed", "left"])
+async def test_a_receive_waiting_at_an_owner_that_goes_is_served_by_the_next(
+    znode: Callable[..., Znode], how: signal.Signals
+) -> None:
+    nodes = cluster(znode, 3)
+    names = names_owned_by("node-2", IDS3, 4, stem="waiting")
+    readers = [ZeroMQChannelLayer(node=n.endpoint) for n in nodes[:2]]
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint)
+    try:
+        # receives on node-0 and node-1 wait (their credit held at node-2)
+        waiting = {
+            name: asyncio.create_task(readers[i % 2].receive(name)) for i, name in enumerate(names)
+        }
+        await eventually(
+            lambda: status(nodes[2])["channels"] == len(names), 5, "the waits held at node-2"
+        )
+        nodes[2].signal(how)
+        gone = time.monotonic()
+        await eventually(
+            lambda: all(status(n).get("view") == ["node-0", "node-1"] for n in nodes[:2]),
+            10,
+            "node-2 gone from the views",
+        )
+        for name in names:
+            await sender.send(name, {"after": name})
+        for name, task in waiting.items():
+            assert await asyncio.wait_for(task, 10) == {"after": name}
+        print(f"waiting receives served by the new owners {time.monotonic() - gone:.2f} s after")
+    finally:
+        for layer in [*readers, sender]:
+            await layer.close()

@@ -69,10 +69,17 @@ def endpoint(config: LayerConfig) -> str:
             node = NodeServer(node_config(config))
             bg.submit(node.start()).result(timeout=30)
             _node = node
-        elif config.cluster is not None and _node.config.cluster != config.cluster:
+        elif config.cluster is not None and (
+            _node.config.peer_endpoint is None or _node.config.cluster != config.cluster
+        ):
+            where = (
+                f"in cluster {_node.config.cluster!r}"
+                if _node.config.peer_endpoint is not None
+                else "in no cluster"
+            )
             raise ConfigError(
-                f"this process's embedded node is already in cluster "
-                f"{_node.config.cluster!r}, not {config.cluster!r}"
+                f"this process's embedded node is already running {where}, "
+                f"not in {config.cluster!r} (a process has one embedded node)"
             )
         endpoint: str = _node.endpoints[0]
         return endpoint
