@@ -58,6 +58,9 @@ _VCONN_MARK = b"\x00zr"
 #: refuted suspicion; relays carry the start value. One more than this above
 #: it means a new start (a restart, at least a second later), not a refutation.
 RESTART_GAP = 1000
+#: Seconds the member views must stay still before strays are swept to their
+#: owners (longer than a death takes to reach every member by gossip).
+SWEEP_DELAY = 1.0
 
 
 #: (origin node, its incarnation, the client's connection there)
@@ -130,8 +133,8 @@ class Routing:
         self.counters: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
         #: something may sit on a node that does not own it (a handover raced
-        #: a view change, a relay ran out of hops): sweep at the next tick
-        self._sweep_due = False
+        #: a view change, a relay ran out of hops): when to sweep it on
+        self._sweep_at: float | None = None
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
@@ -373,7 +376,7 @@ class Routing:
         session = self._virtual[vconn].session
         self._send_out(self.core.handle_relayed(vconn, session, messages, hops, now))
         if hops >= MAX_HOPS:
-            self._sweep_due = True  # kept here whoever owns it: check soon
+            self._sweep_soon()  # kept here whoever owns it: check once views settle
 
     def _on_relay_back(self, f: tuple[Any, ...], now: float) -> None:
         source, conn, raw = f
@@ -429,7 +432,7 @@ class Routing:
             self.counters["from_strangers"] += 1
             return
         self._send_out(self.core.adopt(origin, channels, members, now))
-        self._sweep_due = True  # (views may differ: pass on what is not ours)
+        self._sweep_soon()  # (views may differ: pass on what is not ours)
 
     def _on_ask(self, f: tuple[Any, ...], now: float) -> None:
         qid, origin, kind, arg = f
@@ -496,6 +499,8 @@ class Routing:
         if event.node == self.me:
             return
         changed = self._refresh()
+        if changed and self._sweep_at is not None:
+            self._sweep_soon()  # the views move: wait for them to settle
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._node_gone(event.node, died=event.kind == EventKind.DEAD)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
@@ -559,7 +564,10 @@ class Routing:
                     ]
                 )
             elif owner:
-                relays.append((owner, conn, session, (MsgType.RECV, (channel, owed[1])), 1))
+                # (MAX_HOPS: the new owner keeps it even if it has not yet
+                # seen the death itself, instead of passing it to the dead)
+                grant = (MsgType.RECV, (channel, owed[1]))
+                relays.append((owner, conn, session, grant, MAX_HOPS))
                 del self._credit[(conn, channel)]  # (re-counted as it is relayed)
         if relays:
             self.counters["credit_regranted"] += len(relays)
@@ -624,6 +632,11 @@ class Routing:
         if grants:  # after the messages, on the same pipe: they arrive first
             self._relay(grants)
 
+    def _sweep_soon(self) -> None:
+        """Hand over strays once the views have been still for ``SWEEP_DELAY``
+        (sooner, a node not yet told of a death could be handed them)."""
+        self._sweep_at = time.monotonic() + SWEEP_DELAY
+
     def _session_of(self, conn: ConnId) -> Session | None:
         virtual = self._virtual.get(conn)
         if virtual is not None:
@@ -662,8 +675,8 @@ class Routing:
         if now >= next_load:
             next_load = now + self.load_interval
             self._broadcast(encode(MsgType.PEER_LOAD, self.me, self.load()))
-        if self._sweep_due:
-            self._sweep_due = False
+        if self._sweep_at is not None and now >= self._sweep_at:
+            self._sweep_at = None
             self.handoff(full=True)  # what a race left here goes to its owner
         return next_load
 
