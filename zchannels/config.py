@@ -54,9 +54,10 @@ class LayerConfig:
     #: Embedded cluster member: IP addresses mDNS announces on (default:
     #: the peer endpoint's address).
     interfaces: tuple[str, ...] = ()
-    #: The cluster key file (``znode keygen``), or a list of them during a
-    #: rollover: a ``tcp://`` node with a key admits only its holders, and an
-    #: embedded cluster member uses it as ``znode --key-file`` does.
+    #: The cluster key file (``znode keygen``): a ``tcp://`` node with a key
+    #: admits only its holders (a layer uses the first file given). An
+    #: embedded cluster member takes a list during a rollover, as
+    #: ``znode --key-file`` does.
     key_file: tuple[str, ...] = ()
     #: Embedded cluster member: allow serving peers without a key
     #: (``znode --insecure``; anyone on the network can read and inject).
