@@ -176,11 +176,6 @@ class Routing:
             return None
         return owner or ""
 
-    @property
-    def view(self) -> tuple[str, ...]:
-        """The live members ownership is computed over (sorted ids)."""
-        return self._live
-
     def _refresh(self) -> bool:
         """Rebuild ownership if the live set changed; True if it did."""
         table = self.mesh.table
