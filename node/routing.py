@@ -38,7 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from zchannels.protocol import DecodeError, Message, MsgType, check_message, encode, encode_many
+from zchannels.protocol import (
+    DecodeError,
+    Message,
+    MsgType,
+    check_message,
+    encode,
+    encode_many,
+    split_batches,
+)
 
 from .core import MAX_HOPS, RELAYED, NodeCore, Out
 from .membership import EventKind, MemberEvent
@@ -676,32 +684,17 @@ class Routing:
         return next_load
 
 
-#: Bytes of user payload put in one relayed or handed-over frame: far under
+#: Bytes of user payload put in one handed-over frame: far under
 #: a peer's frame limit (``max_frame_size``, 8 MiB by default), whatever the
 #: batch; one message bigger than this still travels alone.
 CHUNK_BYTES = 1024 * 1024
 
 
 def _chunks(messages: list[list[Any]]) -> list[list[list[Any]]]:
-    """``[type, field...]`` messages cut into runs of about ``CHUNK_BYTES``."""
-    out: list[list[list[Any]]] = [[]]
-    size = 0
-    for message in messages:
-        approx = 64 + sum(_payload_size(f) for f in message[1:])
-        if out[-1] and size + approx > CHUNK_BYTES:
-            out.append([])
-            size = 0
-        out[-1].append(message)
-        size += approx
-    return out
-
-
-def _payload_size(value: Any) -> int:
-    if isinstance(value, bytes | str):
-        return len(value)
-    if isinstance(value, list):  # DELIVER/RETURN items: [[payload, ttl, seq], ...]
-        return sum(_payload_size(v) for v in value)
-    return 8
+    """``[type, field...]`` messages cut into runs of bounded size
+    (``protocol.split_batches``'s rule)."""
+    runs = split_batches([(MsgType(m[0]), tuple(m[1:])) for m in messages])
+    return [[[mtype, *fields] for mtype, fields in run] for run in runs]
 
 
 def _handoff_pieces(entries: list[list[Any]]) -> list[list[list[Any]]]:

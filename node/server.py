@@ -175,8 +175,8 @@ class NodeServer:
                 await self.finder.start()
         self._loop.add_reader(sock.fileno(), self._on_readable)
         if self._secure is not None:
-            self._loop.add_reader(self._secure.fileno(), self._on_secure_readable)
-            self._loop.call_soon(self._on_secure_readable)
+            self._loop.add_reader(self._secure.fileno(), self._on_readable, True)
+            self._loop.call_soon(self._on_readable, True)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
             "node %s (incarnation %s) serving clients on %s",
@@ -277,15 +277,18 @@ class NodeServer:
         return [self.mesh.watch] if self.mesh is not None else []
 
     # -- I/O -------------------------------------------------------------
-    def _on_readable(self) -> None:
-        sock = self._sock
+    def _on_readable(self, secure: bool = False) -> None:
+        """Read every frame that is ready on the plain (or the CurveZMQ) socket."""
+        sock = self._secure if secure else self._sock
         if sock is None:
             return
         for _ in range(_DRAIN_LIMIT):
             if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 return
             frames = sock.recv_multipart(_NOBLOCK)
-            if frames[0][:1] == b"\x00" and len(frames[0]) != 5:
+            if secure:
+                frames[0] = _SECURE + frames[0]
+            elif frames[0][:1] == b"\x00" and len(frames[0]) != 5:
                 # A client-chosen id posing as one of ours (virtual or secure
                 # connections start with NUL; libzmq's own ids are 5 bytes).
                 self._dropped("identity", frames[0], "reserved connection id")
@@ -293,21 +296,7 @@ class NodeServer:
             self._on_frames(frames)
         # More is waiting: come back after other callbacks had their turn.
         if self._loop is not None:
-            self._loop.call_soon(self._on_readable)
-
-    def _on_secure_readable(self) -> None:
-        sock = self._secure
-        if sock is None:
-            return
-        for _ in range(_DRAIN_LIMIT):
-            if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-                return
-            frames = sock.recv_multipart(_NOBLOCK)
-            if frames:
-                frames[0] = _SECURE + frames[0]
-            self._on_frames(frames)
-        if self._loop is not None:
-            self._loop.call_soon(self._on_secure_readable)
+            self._loop.call_soon(self._on_readable, secure)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
