@@ -104,6 +104,7 @@ class PeerMesh:
         self.table: MemberTable | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
+        self._spares: dict[str, zmq.Socket[bytes]] = {}  # see _send_spare
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.counters: Counter[str] = Counter()
@@ -162,9 +163,10 @@ class PeerMesh:
             self._unwatch(address)
         if self.watch is not None:
             self.watch.close()
-        for sock in self._dealers.values():
+        for sock in [*self._dealers.values(), *self._spares.values()]:
             sock.close(200)  # ms: let the LEFT notices go out
         self._dealers.clear()
+        self._spares.clear()
 
     def status(self) -> dict[str, Any]:
         members = self.table.members() if self.table is not None else []
@@ -219,7 +221,9 @@ class PeerMesh:
 
     def _apply(self, fx: Effects) -> None:
         for address, msg in fx.messages:
-            self._send(address, encode(*_flat(to_wire(msg))))
+            frame = encode(*_flat(to_wire(msg)))
+            self._send(address, frame)
+            self._send_spare(address, frame)
         for event in fx.events:
             for listener in self.listeners:
                 listener(event)
@@ -264,7 +268,7 @@ class PeerMesh:
             return []
         return [n for n in self.table.live() if n != self.node_id]
 
-    def _dealer(self, address: str) -> zmq.Socket[bytes]:
+    def _dealer(self, address: str, watch: bool = True) -> zmq.Socket[bytes]:
         """A DEALER connected to a peer address (raises ZMQError for a bad one)."""
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -286,7 +290,7 @@ class PeerMesh:
             keys = self.keyring.keys
             key = keys[self._key_index.get(address, 0)]
             connect_with(sock, key, key)  # (a peer admits the key it serves)
-            if len(keys) > 1:
+            if len(keys) > 1 and watch:
                 self._watch(address, sock)
         try:
             sock.connect(address)
@@ -295,6 +299,25 @@ class PeerMesh:
             self._unwatch(address)
             raise
         return sock
+
+    def _send_spare(self, address: str, frame: bytes) -> None:
+        """Member-table messages also travel on a second connection to the
+        peer: on a lossy link TCP stalls a stream for seconds after a segment
+        is lost a few times in a row (retransmission backoff), and SWIM would
+        take that stall for a death; two independent streams rarely stall at
+        once. Duplicates are harmless to SWIM (every message is idempotent)."""
+        if self._closed or address not in self._dealers:
+            return
+        sock = self._spares.get(address)
+        if sock is None:
+            try:
+                sock = self._spares[address] = self._dealer(address, watch=False)
+            except zmq.ZMQError:
+                return
+        try:
+            sock.send(frame, _NOBLOCK)
+        except zmq.Again:
+            self.counters["dropped_sends"] += 1
 
     def _send(self, address: str, frame: bytes) -> None:
         if self._closed:
@@ -356,9 +379,10 @@ class PeerMesh:
     def _drop_dealer(self, address: str) -> None:
         self._unwatch(address)
         self._handshaken.discard(address)
-        sock = self._dealers.pop(address, None)
-        if sock is not None:
-            sock.close(0)
+        for sockets in (self._dealers, self._spares):
+            sock = sockets.pop(address, None)
+            if sock is not None:
+                sock.close(0)
 
     # -- the member table's clock ------------------------------------------
     def _tick(self) -> None:
