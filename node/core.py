@@ -21,13 +21,14 @@ from typing import Any
 from zchannels.names import (
     SESSION_TAG_LEN,
     owner_of,
+    pool_of,
     valid_wire_channel,
     valid_wire_group,
 )
 from zchannels.protocol import ErrorCode, Message, MsgType
 
 from .groups import Groups
-from .queues import MAX_CREDIT, ConnId, Delivery, Queues
+from .queues import MAX_CREDIT, ConnId, Deferred, Delivery, Outcome, Queues
 from .sessions import Policy, PolicyError, Session, Sessions, valid_duration
 
 Out = tuple[ConnId, Message]
@@ -39,7 +40,15 @@ MAX_CAPACITY = 10_000_000
 MAX_HOPS = 4
 #: Client messages a node relays to a channel's owner.
 RELAYED = frozenset(
-    {MsgType.SEND, MsgType.RECV, MsgType.RETURN, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD}
+    {
+        MsgType.SEND,
+        MsgType.RECV,
+        MsgType.RETURN,
+        MsgType.GROUP_ADD,
+        MsgType.GROUP_DISCARD,
+        MsgType.CONSUMED,
+        MsgType.REVOKED,
+    }
 )
 
 
@@ -48,7 +57,7 @@ class NodeCounters:
     """Why messages and frames were dropped, for operators (``znode status``)."""
 
     dropped_dead_owner: int = 0  # sent to a channel whose process or node is gone
-    group_skipped_full: int = 0  # group_send member skipped: channel at capacity
+    group_skipped_full: int = 0  # of the "full" drops: group_send members skipped
     bad_requests: int = 0  # well-formed frames with nonsensical content
     unexpected_type: int = 0  # node-to-client types sent to the node
     sessions_expired: int = 0  # client processes whose lease lapsed
@@ -124,6 +133,8 @@ class NodeCore:
             MsgType.BYE: self._bye,
             MsgType.STATUS: self._status,
             MsgType.GROUP_INFO: self._group_info,
+            MsgType.CONSUMED: self._consumed,
+            MsgType.REVOKED: self._revoked,
         }
 
     # -- entry points ----------------------------------------------------
@@ -159,28 +170,36 @@ class NodeCore:
 
     def tick(self, now: float) -> list[Out]:
         """Periodic work: lapsed leases, expired messages and memberships."""
+        out: list[Out] = []
         for session in self.sessions.expired(now):
-            self._drop_session(session.tag)
+            self._drop_session(session.tag, now, out)
             self.counters.sessions_expired += 1
         if now >= self._next_sweep:
             self._next_sweep = now + self.settings.sweep_interval
-            self.queues.expire(now)
+            self._outcome(self.queues.expire(now), out)
             self.groups.expire(now)
-        return []
+        return out
 
     def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> list[Out]:
         """The shell could not send ``messages`` to ``conn`` (it is gone):
         forget the connection and put its deliveries back, in order."""
-        self.queues.drop_conn(conn)
-        self.sessions.close_conn(conn)
-        if self.clustered:
-            self.gone_conns.append(conn)
         out: list[Out] = []
         for mtype, fields in reversed(messages):
             if mtype == MsgType.DELIVER:
                 channel, items = fields
                 self.counters.undeliverable += len(items)
                 self._deliver(self.queues.give_back(conn, channel, items, now), out)
+        self._outcome(self.queues.drop_conn(conn, now), out)
+        self.sessions.close_conn(conn)
+        if self.clustered:
+            self.gone_conns.append(conn)
+        return out
+
+    def forget_conn(self, conn: ConnId, now: float) -> list[Out]:
+        """A connection of another node's client is gone (its node said so,
+        died or restarted): what it held lapses."""
+        out: list[Out] = []
+        self._outcome(self.queues.drop_conn(conn, now), out)
         return out
 
     def decode_error(self, reason: str) -> None:
@@ -190,9 +209,10 @@ class NodeCore:
         """Messages and frames dropped, by reason (``znode status``)."""
         q = self.queues.counters
         return {
-            "full": q.dropped_full + self.counters.group_skipped_full,
+            "full": q.dropped_full,
             "expired": q.dropped_expired,
             "dead_owner": self.counters.dropped_dead_owner,
+            "receiver_gone": q.dropped_receiver_gone,
             "decode_error": sum(self.decode_errors.values()),
         }
 
@@ -212,6 +232,7 @@ class NodeCore:
                 "delivered": q.delivered,
                 "dropped_full": q.dropped_full,
                 "dropped_expired": q.dropped_expired,
+                "dropped_receiver_gone": q.dropped_receiver_gone,
                 "group_expired": self.groups.expired,
                 "decode_errors": sum(self.decode_errors.values()),
                 **asdict(self.counters),
@@ -266,10 +287,15 @@ class NodeCore:
         if not self._may_create(session, channel):
             return self._limit(conn, req, f"this client made {len(session.created)} channels", out)
         expiry = session.policy.expiry
-        result = self.queues.put(channel, payload, now + expiry, capacity, now, sender=conn)
+        result = self.queues.put(
+            channel, payload, now + expiry, capacity, now, sender=conn, token=(conn, req, channel)
+        )
         if result is False:
             if req:
                 out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
+            return None
+        if isinstance(result, Deferred):  # answered once reservations are given up
+            self._revoke(result, out)
             return None
         if result is not True:
             self._deliver([result], out)
@@ -312,6 +338,30 @@ class NodeCore:
         self._deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
         if withdraw:
             out.append((conn, (MsgType.ACK, (req, 1))))
+
+    def _consumed(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        channel, upto, count, expired = f
+        if session is None or not valid_wire_channel(channel) or not 0 <= expired <= count:
+            if session is not None:
+                self.counters.bad_requests += 1
+            return
+        if self._relay(conn, session, MsgType.CONSUMED, f, channel, out):
+            return
+        self.queues.consumed(conn, channel, upto, count, expired)
+
+    def _revoked(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
+    ) -> None:
+        (channel,) = f
+        if session is None or not valid_wire_channel(channel):
+            if session is not None:
+                self.counters.bad_requests += 1
+            return
+        if self._relay(conn, session, MsgType.REVOKED, f, channel, out):
+            return
+        self._outcome(self.queues.revoked(conn, channel, now), out)
 
     def _group_add(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
@@ -378,18 +428,31 @@ class NodeCore:
     def _fan_out(self, group: str, payload: bytes, ttl: float, now: float, out: list[Out]) -> int:
         deadline = now + ttl
         reached = 0
-        deliveries: list[Delivery] = []
+        # Members grouped by capacity pool: the process-specific channels of
+        # one process get one bundle (one unit of their shared capacity).
+        pools: dict[str, tuple[list[str], int]] = {}
         for channel, membership in self.groups.live(group, now):
             if not self._owner_alive(channel):
                 self.counters.dropped_dead_owner += 1
                 continue
-            result = self.queues.put(channel, payload, deadline, membership.capacity, now)
-            if result is False:
-                self.counters.group_skipped_full += 1
+            key = pool_of(channel)
+            entry = pools.get(key)
+            if entry is None:
+                pools[key] = ([channel], membership.capacity)
+            else:
+                entry[0].append(channel)
+        deliveries: list[Delivery] = []
+        queues = self.queues
+        for names, capacity in pools.values():
+            delivered, placed, deferred = queues.put_many(names, payload, deadline, capacity, now)
+            if deferred is not None:
+                self._revoke(deferred, out)
+                reached += len(names)
                 continue
-            reached += 1
-            if result is not True:
-                deliveries.append(result)
+            if placed == 0:
+                self.counters.group_skipped_full += len(names)
+            reached += placed
+            deliveries.extend(delivered)
         self._deliver(deliveries, out)
         return reached
 
@@ -399,26 +462,32 @@ class NodeCore:
         req, prefix = f
         if session is None:
             return self._unknown(conn, req, out)
-        self.queues.clear(prefix)
-        self.groups.clear(prefix)
+        out.extend(self.clear(prefix))
         if self.clustered:  # answered once every live node has cleared too
             self.asks.append((conn, req, "flush", prefix, []))
         else:
             out.append((conn, (MsgType.ACK, (req, 1))))
         return None
 
+    def clear(self, prefix: str) -> list[Out]:
+        """flush() of namespace ``prefix`` on this node: queues, what was
+        prefetched (its receivers are told to drop it) and groups."""
+        told = self.queues.clear(prefix)
+        self.groups.clear(prefix)
+        return [(conn, (MsgType.FLUSHED, (prefix,))) for conn in told]
+
     def _bye(
-        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
         req, final = f
-        self.queues.drop_conn(conn)
+        self._outcome(self.queues.drop_conn(conn, now), out)
         if self.clustered:
             self.gone_conns.append(conn)
         session = self.sessions.by_conn.get(conn)
         self.sessions.close_conn(conn)
         if final and session is not None:
             # The process closed its layer: it is gone, cleanly.
-            self._drop_session(session.tag)
+            self._drop_session(session.tag, now, out)
             self.counters.sessions_closed += 1
         out.append((conn, (MsgType.ACK, (req, 1))))
 
@@ -513,12 +582,12 @@ class NodeCore:
         node_tag, session_tag = owner
         return node_tag == self.settings.node_tag and session_tag in self.sessions.by_tag
 
-    def _drop_session(self, tag: str) -> None:
+    def _drop_session(self, tag: str, now: float, out: list[Out]) -> None:
         session = self.sessions.remove(tag)
         if session is None:
             return
         for conn in session.conns:
-            self.queues.drop_conn(conn)
+            self._outcome(self.queues.drop_conn(conn, now), out)
             if self.clustered:
                 self.gone_conns.append(conn)
         if self.clustered:
@@ -527,6 +596,26 @@ class NodeCore:
         marker = f".{self.settings.node_tag}.{tag}!"
         for name in [n for n in self.queues.channels if marker in n]:
             self.counters.dropped_dead_owner += self.queues.drop_channel(name)
+
+    def _revoke(self, deferred: Deferred, out: list[Out]) -> None:
+        for holder in deferred.revokes:
+            out.append((holder, (MsgType.REVOKE, (deferred.name,))))
+
+    def _outcome(self, outcome: Outcome, out: list[Out]) -> None:
+        """Deliveries, answers to deferred sends and revocations decided by
+        the queues after the fact."""
+        self._deliver(outcome.deliveries, out)
+        for token, placed in outcome.resolved:
+            if isinstance(token, tuple):  # (conn, req, channel) of a send
+                conn, req, channel = token
+                if not req:
+                    continue
+                if placed:
+                    out.append((conn, (MsgType.ACK, (req, 0))))
+                else:
+                    out.append((conn, (MsgType.ERROR, (req, ErrorCode.CHANNEL_FULL, channel))))
+        for holder, channel in outcome.revokes:
+            out.append((holder, (MsgType.REVOKE, (channel,))))
 
     def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
         for conn, channel, items in deliveries:

@@ -1,40 +1,52 @@
-"""Channel queues of one node: FIFO, capacity, expiry, receive credit and
+"""Channel queues of one node: FIFO, exact capacity, expiry, receive credit,
 send reservations.
 
-Owns: the messages waiting on each channel this node holds, which client
-connections have asked for them (receive credit), and which have been promised
-room in them (send reservations). Decides which queued message goes to which
-connection and whether a send fits. Does not own: sockets, sessions, names or
-policy (the caller passes capacity and deadlines in).
+Owns: the messages waiting on each channel this node holds, the messages it
+has handed to receiving connections and not yet heard were taken ("in
+flight"), which connections have asked for messages (receive credit), and
+which have been promised room (send reservations). Decides which queued
+message goes to which connection and whether a send fits. Does not own:
+sockets, sessions, names' owners or policy (the caller passes capacity and
+deadlines in).
+
+Capacity is exact (the Channels spec, "Capacity"): a put is refused exactly
+when the channel holds ``capacity`` messages not yet returned by a
+``receive()`` — queued here, in flight, or prefetched by a process, which
+says when it took them (``consumed``). Capacity is counted per *pool*: a
+plain name is its own pool; every process-specific name ``x!local`` shares
+the pool ``x!`` with the other names of its process, as the spec asks. A
+group_send that reaches several names of one pool is one *bundle*: it takes
+one unit of the pool until every copy has been taken (channels_redis sends
+such a group message as one entry per process).
 
 Receive credit: a connection grants ``n`` credits on a channel (``RECV``) and
 the node hands it up to ``n`` messages, oldest first, as they arrive.
-Connections with credit on one channel are served round-robin, so worker
-processes on one channel share it.
+Connections with credit on one channel are served round-robin.
 
 Send reservations: when an acknowledged send finds plenty of room, the node
-reserves a few more slots for that connection and says so in the ACK. The
-connection may then send that many messages without waiting for answers
-(``SEND`` with request id 0); reserved slots count against capacity for
-everyone else, so ``ChannelFull`` stays exact. Reservations lapse after
-``RESERVATION_TTL``; the client stops using them after half of it.
+reserves a few slots of the pool for that connection (said in the ACK); the
+connection may then send that many without waiting (``SEND`` with request id
+0). A reserved slot is not a message, so it must never make anyone else's
+put fail: a put that fits only if reservations yield is *deferred*, the
+holders are asked to give their reservations up (``REVOKE``), and once each
+has answered (``REVOKED``, after any reserved sends it had made: one ordered
+pipe), lapsed or gone, the deferred puts are decided in arrival order. So
+``ChannelFull`` is exact and reserved sends always fit.
 
-Pure: every method takes ``now`` (monotonic seconds) and returns what to send.
+Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from zchannels.names import namespace
+from zchannels.names import namespace, pool_of
 from zchannels.protocol import RESERVATION_TTL
 
 ConnId = bytes
-#: (seq, payload, deadline): seq orders messages (node-wide, increasing);
-#: deadline is monotonic seconds on this node's clock
-Item = tuple[int, bytes, float]
 #: (payload, ttl_remaining_s, seq): one message as it travels in DELIVER/RETURN
 WireItem = tuple[bytes, float, int]
 #: (connection, channel, [wire items...])
@@ -43,27 +55,84 @@ Delivery = tuple[ConnId, str, list[WireItem]]
 #: Largest credit one connection may hold on one channel; a client asking for
 #: more is clamped, so one RECV cannot make the node buffer unboundedly.
 MAX_CREDIT = 10_000
-#: Most slots reserved for one connection on one channel at a time: enough
-#: to pipeline a burst, few enough that other senders still find room.
+#: Most slots reserved for one connection on one pool at a time: enough to
+#: pipeline a burst, few enough that other senders rarely meet them.
 MAX_RESERVATION = 64
 
 
+class Bundle:
+    """One group message's copies on several channels of one pool: one unit
+    of the pool's capacity until the last copy is taken or dropped."""
+
+    __slots__ = ("left", "pool")
+
+    def __init__(self, left: int, pool: Pool) -> None:
+        self.left = left
+        self.pool = pool
+
+
+#: (seq, payload, deadline, bundle or None): deadline is monotonic seconds
+Item = tuple[int, bytes, float, Bundle | None]
+
+
 @dataclass(slots=True)
-class Channel:
-    items: deque[Item] = field(default_factory=deque)
-    #: connection -> remaining credit; dict order is the round-robin order
-    credits: dict[ConnId, int] = field(default_factory=dict)
+class Put:
+    """A put waiting for reservations to be given up. ``token`` is the
+    caller's (who to answer); ``names`` one channel, or a bundle's."""
+
+    names: list[str]
+    payload: bytes
+    deadline: float
+    capacity: int
+    token: Hashable
+
+
+class Deferred:
+    """A put that waits for ``revokes`` (holders asked to give up their
+    reservation on ``name``); its outcome comes later as a ``Resolved``."""
+
+    __slots__ = ("name", "revokes")
+
+    def __init__(self, name: str, revokes: list[ConnId]) -> None:
+        self.name = name
+        self.revokes = revokes
+
+
+#: (token, outcome): outcome True queued or handed over, False full
+Resolved = tuple[Hashable, bool]
+
+
+@dataclass(slots=True)
+class Pool:
+    #: capacity units taken: queued and in-flight messages (a bundle once)
+    held: int = 0
     #: connection -> [slots left, expires_at]
     reserved: dict[ConnId, list[float]] = field(default_factory=dict)
+    #: holders asked to give up their reservation, not yet answered
+    revoking: set[ConnId] = field(default_factory=set)
+    #: puts waiting for ``revoking`` to empty, in arrival order
+    waiting: deque[Put] = field(default_factory=deque)
+    #: channels of this pool that exist now
+    names: set[str] = field(default_factory=set)
 
     def reserved_total(self, now: float, exclude: ConnId | None = None) -> int:
         total = 0
         for conn, (left, expires_at) in list(self.reserved.items()):
-            if expires_at <= now:
+            if expires_at <= now or left < 1:
                 del self.reserved[conn]
             elif conn != exclude:
                 total += int(left)
         return total
+
+
+@dataclass(slots=True)
+class Channel:
+    pool: Pool
+    items: deque[Item] = field(default_factory=deque)
+    #: connection -> remaining credit; dict order is the round-robin order
+    credits: dict[ConnId, int] = field(default_factory=dict)
+    #: connection -> {seq: bundle or None}: handed over, not yet taken
+    flight: dict[ConnId, dict[int, Bundle | None]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -72,16 +141,39 @@ class QueueCounters:
     delivered: int = 0
     dropped_full: int = 0
     dropped_expired: int = 0
+    #: in flight to a connection that went away without giving them back
+    dropped_receiver_gone: int = 0
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What a put, a revoke answer or a tick decided besides deliveries."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    resolved: list[Resolved] = field(default_factory=list)
+    #: (holder, channel): ask the holder to give its reservation up
+    revokes: list[tuple[ConnId, str]] = field(default_factory=list)
+
+    def extend(self, other: Outcome) -> None:
+        self.deliveries.extend(other.deliveries)
+        self.resolved.extend(other.resolved)
+        self.revokes.extend(other.revokes)
 
 
 class Queues:
     def __init__(self, first_seq: int = 0) -> None:
         self.channels: dict[str, Channel] = {}
+        self.pools: dict[str, Pool] = {}
         # Sequence numbers let messages given back by a receiver rejoin the
         # queue in send order, however returns and deliveries interleave.
         self._seq = first_seq
-        #: connection -> channels where it holds credit or a reservation
+        #: namespace -> the last sequence number a flush() removed: anything
+        #: given back at or below it was flushed and is not put back
+        self.flushed: dict[str, int] = {}
+        #: connection -> channels where it holds credit or messages in flight
         self._by_conn: dict[ConnId, set[str]] = {}
+        #: connection -> pools where it holds a reservation
+        self._reserving: dict[ConnId, set[str]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -92,6 +184,15 @@ class Queues:
         ch = self.channels.get(name)
         return len(ch.items) if ch else 0
 
+    def held(self, name: str) -> int:
+        """Capacity units ``name``'s pool holds (queued and in flight)."""
+        pool = self.pools.get(pool_of(name))
+        return pool.held if pool else 0
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
     # -- sending ---------------------------------------------------------
     def put(
         self,
@@ -101,95 +202,264 @@ class Queues:
         capacity: int,
         now: float,
         sender: ConnId | None = None,
-    ) -> Delivery | bool:
+        token: Hashable = None,
+    ) -> Delivery | Deferred | bool:
         """Queue or hand over one message; ``sender`` uses its reservation.
 
         Returns a ``Delivery`` when a connection with credit took it at once,
-        ``True`` when it was queued, ``False`` when the channel is full.
-        """
-        ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel()
-        if not self._use_reservation(ch, sender, now):
-            used = len(ch.items) + (ch.reserved_total(now) if ch.reserved else 0)
-            if used >= capacity:
-                self._purge(ch, now)
-                if len(ch.items) + ch.reserved_total(now) >= capacity:
-                    self.counters.dropped_full += 1
-                    self._maybe_delete(name, ch)
-                    return False
+        ``True`` when it was queued, ``False`` when the pool is full, and a
+        ``Deferred`` when it waits for reservations to be given up (its
+        outcome comes later, with ``token``)."""
+        ch = self._channel(name)
+        pool = ch.pool
+        if not self._use_reservation(pool, sender, now):
+            verdict = self._fits(pool, capacity, now)
+            if verdict is False:
+                self.counters.dropped_full += 1
+                self._maybe_delete(name, ch)
+                return False
+            if verdict is not True:
+                pool.waiting.append(Put([name], payload, deadline, capacity, token))
+                return Deferred(name, verdict)
+        return self._place(name, ch, payload, deadline, now, None)
+
+    def put_many(
+        self,
+        names: list[str],
+        payload: bytes,
+        deadline: float,
+        capacity: int,
+        now: float,
+        token: Hashable = None,
+    ) -> tuple[list[Delivery], int, Deferred | None]:
+        """One group message for several channels of ONE pool (a bundle:
+        one unit of capacity). Returns deliveries, how many channels got it
+        (0 when full: each is counted as a drop) and a ``Deferred``."""
+        if len(names) == 1:
+            result = self.put(names[0], payload, deadline, capacity, now, token=token)
+            if result is False:
+                return [], 0, None
+            if isinstance(result, Deferred):
+                return [], 0, result
+            return ([result] if result is not True else []), 1, None
+        pool = self._pool(pool_of(names[0]))
+        verdict = self._fits(pool, capacity, now)
+        if verdict is False:
+            self.counters.dropped_full += len(names)
+            self._maybe_delete_pool(pool_of(names[0]), pool)
+            return [], 0, None
+        if verdict is not True:
+            pool.waiting.append(Put(list(names), payload, deadline, capacity, token))
+            return [], 0, Deferred(names[0], verdict)
+        return self._place_bundle(names, payload, deadline, now), len(names), None
+
+    def _fits(self, pool: Pool, capacity: int, now: float) -> bool | list[ConnId]:
+        """True: room now; False: full; else the holders to ask for their
+        reservations (room exists only if they give it up)."""
+        if pool.revoking:
+            return []  # wait behind the puts already waiting (FIFO)
+        if pool.held >= capacity:
+            self._purge_pool(pool, now)
+            if pool.held >= capacity:
+                return False
+        if not pool.reserved or pool.held + pool.reserved_total(now) < capacity:
+            return True
+        holders = list(pool.reserved)
+        pool.revoking.update(holders)
+        return holders
+
+    def _place(
+        self,
+        name: str,
+        ch: Channel,
+        payload: bytes,
+        deadline: float,
+        now: float,
+        bundle: Bundle | None,
+    ) -> Delivery | bool:
         self.counters.enqueued += 1
         self._seq += 1
+        if bundle is None:
+            ch.pool.held += 1
         if ch.credits and not ch.items:
             conn = self._take_credit(name, ch)
-            self.counters.delivered += 1
-            self._maybe_delete(name, ch)
+            self._fly(conn, name, ch, self._seq, bundle)
             return (conn, name, [(payload, deadline - now, self._seq)])
-        ch.items.append((self._seq, payload, deadline))
+        ch.items.append((self._seq, payload, deadline, bundle))
         return True
 
+    def _place_bundle(
+        self, names: list[str], payload: bytes, deadline: float, now: float
+    ) -> list[Delivery]:
+        pool = self._pool(pool_of(names[0]))
+        bundle = Bundle(len(names), pool)
+        pool.held += 1
+        self._seq += 1
+        seq = self._seq
+        self.counters.enqueued += len(names)
+        ttl = deadline - now
+        out: list[Delivery] = []
+        for name in names:
+            ch = self._channel(name)
+            if ch.credits and not ch.items:
+                conn = self._take_credit(name, ch)
+                self._fly(conn, name, ch, seq, bundle)
+                out.append((conn, name, [(payload, ttl, seq)]))
+            else:
+                ch.items.append((seq, payload, deadline, bundle))
+        return out
+
     def reserve(self, conn: ConnId, name: str, capacity: int, now: float) -> int:
-        """Reserve slots on ``name`` for ``conn`` if there is plenty of room:
-        at most half of what is free, at most ``MAX_RESERVATION``. Returns
-        how many ``conn`` now holds."""
-        ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel()
-        held = ch.reserved.get(conn)
+        """Reserve slots of ``name``'s pool for ``conn`` if there is plenty of
+        room: at most half of what is free, at most ``MAX_RESERVATION``.
+        Returns how many ``conn`` now holds."""
+        key = pool_of(name)
+        pool = self._pool(key)
+        held = pool.reserved.get(conn)
         if held is not None and held[1] > now and held[0] >= MAX_RESERVATION // 2:
             return int(held[0])
-        free = capacity - len(ch.items) - ch.reserved_total(now, exclude=conn)
+        free = capacity - pool.held - pool.reserved_total(now, exclude=conn)
         grant = min(MAX_RESERVATION, free // 2)
-        if grant <= 0:
-            ch.reserved.pop(conn, None)
-            self._unindex(conn, name, ch)
-            self._maybe_delete(name, ch)
+        if grant <= 0 or pool.revoking or pool.waiting:
+            if pool.reserved.pop(conn, None) is not None:
+                self._unreserve(conn, key)
+            self._maybe_delete_pool(key, pool)
             return 0
-        ch.reserved[conn] = [grant, now + RESERVATION_TTL]
-        self._by_conn.setdefault(conn, set()).add(name)
+        pool.reserved[conn] = [grant, now + RESERVATION_TTL]
+        self._reserving.setdefault(conn, set()).add(key)
         return grant
 
-    def _use_reservation(self, ch: Channel, sender: ConnId | None, now: float) -> bool:
-        if sender is None:
+    def revoked(self, conn: ConnId, name: str, now: float) -> Outcome:
+        """``conn`` gave up its reservation on ``name``'s pool (every send it
+        made with it has arrived): decide the puts that waited for it."""
+        key = pool_of(name)
+        pool = self.pools.get(key)
+        if pool is None:
+            return Outcome()
+        if pool.reserved.pop(conn, None) is not None:
+            self._unreserve(conn, key)
+        pool.revoking.discard(conn)
+        return self._settle(key, pool, now)
+
+    def _use_reservation(self, pool: Pool, sender: ConnId | None, now: float) -> bool:
+        if sender is None or not pool.reserved:
             return False
-        held = ch.reserved.get(sender)
+        held = pool.reserved.get(sender)
         if held is None or held[1] <= now or held[0] < 1:
             return False
         held[0] -= 1
         return True
+
+    def _settle(self, key: str, pool: Pool, now: float) -> Outcome:
+        """Decide waiting puts once no holder is still being asked."""
+        out = Outcome()
+        while pool.waiting and not pool.revoking:
+            put = pool.waiting.popleft()
+            verdict = self._fits(pool, put.capacity, now)
+            if verdict is False:
+                self.counters.dropped_full += len(put.names)
+                out.resolved.append((put.token, False))
+            elif verdict is True:
+                if put.deadline <= now:
+                    self.counters.enqueued += len(put.names)
+                    self.counters.dropped_expired += len(put.names)
+                elif len(put.names) == 1:
+                    delivery = self._place(
+                        put.names[0],
+                        self._channel(put.names[0]),
+                        put.payload,
+                        put.deadline,
+                        now,
+                        None,
+                    )
+                    if delivery is not True and delivery is not False:
+                        out.deliveries.append(delivery)
+                else:
+                    out.deliveries.extend(
+                        self._place_bundle(put.names, put.payload, put.deadline, now)
+                    )
+                out.resolved.append((put.token, True))
+            else:
+                pool.waiting.appendleft(put)  # new holders are asked: wait again
+                out.revokes.extend((holder, put.names[0]) for holder in verdict)
+                break
+        for name in list(pool.names):
+            ch = self.channels.get(name)
+            if ch is not None:
+                self._maybe_delete(name, ch)
+        return out
 
     # -- receiving -------------------------------------------------------
     def grant(self, conn: ConnId, name: str, credit: int, now: float) -> list[Delivery]:
         """Add ``credit`` for ``conn`` on ``name``; deliver what is waiting."""
         if credit <= 0:
             return []
-        ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel()
+        ch = self._channel(name)
         ch.credits[conn] = min(MAX_CREDIT, ch.credits.get(conn, 0) + credit)
         self._by_conn.setdefault(conn, set()).add(name)
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
 
+    def consumed(self, conn: ConnId, name: str, upto: int, count: int, expired: int) -> None:
+        """``conn`` took the first ``count`` messages of ``name`` it was
+        handed (in the order it was handed them; ``expired`` of them were
+        found expired in the process), none with a sequence number above
+        ``upto`` (so a report that crossed a flush takes nothing newer)."""
+        ch = self.channels.get(name)
+        if ch is None:
+            return
+        flight = ch.flight.get(conn)
+        if flight:
+            while flight and count > 0:
+                seq = next(iter(flight))
+                if seq > upto:
+                    break
+                self._release(ch.pool, flight.pop(seq))
+                count -= 1
+            if not flight:
+                del ch.flight[conn]
+                self._unindex(conn, name, ch)
+        self.counters.dropped_expired += max(0, expired)
+        self._maybe_delete(name, ch)
+
     def give_back(
         self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
     ) -> list[Delivery]:
         """Put ``items`` back in the queue where their sequence numbers say,
         for other receivers; ``withdraw``: also drop ``conn``'s credit."""
-        ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel()
+        ch = self._channel(name)
         if withdraw:
             ch.credits.pop(conn, None)
-            self._unindex(conn, name, ch)
-        back = sorted((seq, payload, now + ttl) for payload, ttl, seq in items if ttl > 0)
-        self.counters.dropped_expired += len(items) - len(back)
+        flight = ch.flight.get(conn, {})
+        flushed = self.flushed.get(namespace(name), -1)
+        back: list[Item] = []
+        for payload, ttl, seq in items:
+            if seq in flight:
+                bundle = flight.pop(seq)
+            elif seq <= flushed:
+                continue  # flushed since it was handed over
+            else:
+                # handed over by an earlier owner of the channel, or released
+                # already: it takes room here again
+                bundle = None
+                ch.pool.held += 1
+            if seq <= flushed:
+                self._release(ch.pool, bundle)
+            elif ttl <= 0:
+                self.counters.dropped_expired += 1
+                self._release(ch.pool, bundle)
+            else:
+                back.append((seq, payload, now + ttl, bundle))
+        if not flight:
+            ch.flight.pop(conn, None)
+        self._unindex(conn, name, ch)
         if back:
+            back.sort(key=_seq_of)
             if not ch.items or back[-1][0] < ch.items[0][0]:
                 ch.items.extendleft(reversed(back))  # the usual case: all older
             else:
-                ch.items = deque(heapq.merge(back, ch.items))
+                ch.items = deque(heapq.merge(back, ch.items, key=_seq_of))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
@@ -197,20 +467,18 @@ class Queues:
     def take(self, name: str, now: float) -> tuple[list[WireItem], dict[ConnId, int]]:
         """Remove a channel to hand it to another node: its live messages
         (oldest first, as wire items) and the credit receivers hold on it.
-        Reservations on it lapse (their holders fall back to acknowledged sends)."""
-        ch = self.channels.pop(name, None)
+        What is in flight stays counted nowhere: its receivers' reports go to
+        the new owner, which does not know these messages (capacity may be
+        loose by that much while ownership moves)."""
+        ch = self.channels.get(name)
         if ch is None:
             return [], {}
-        items = [(payload, deadline - now, seq) for seq, payload, deadline in ch.items]
+        items = [(payload, deadline - now, seq) for seq, payload, deadline, _ in ch.items]
         live = [item for item in items if item[1] > 0]
         self.counters.dropped_expired += len(items) - len(live)
-        for conn in {*ch.credits, *ch.reserved}:
-            names = self._by_conn.get(conn)
-            if names is not None:
-                names.discard(name)
-                if not names:
-                    del self._by_conn[conn]
-        return live, dict(ch.credits)
+        credits = dict(ch.credits)
+        self._remove(name, ch)
+        return live, credits
 
     def adopt(self, name: str, items: list[WireItem], now: float) -> list[Delivery]:
         """Messages handed over by the channel's previous owner: older than
@@ -220,73 +488,141 @@ class Queues:
         self.counters.dropped_expired += len(items) - len(live)
         if not live:
             return []
-        ch = self.channels.get(name)
-        if ch is None:
-            ch = self.channels[name] = Channel()
+        ch = self._channel(name)
         self.counters.enqueued += len(live)
+        ch.pool.held += len(live)
         if ch.items:
             first = ch.items[0][0] - len(live)
         else:
             first = self._seq + 1
             self._seq += len(live)
         ch.items.extendleft(
-            reversed([(first + i, payload, deadline) for i, (payload, deadline) in enumerate(live)])
+            reversed(
+                [(first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(live)]
+            )
         )
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
 
-    def drop_conn(self, conn: ConnId) -> None:
-        """A connection went away: forget its credit and reservations."""
+    def drop_conn(self, conn: ConnId, now: float) -> Outcome:
+        """A connection went away: forget its credit and reservations; what
+        it was handed and did not give back is lost (counted)."""
         for name in self._by_conn.pop(conn, ()):
             ch = self.channels.get(name)
-            if ch is not None:
-                ch.credits.pop(conn, None)
-                ch.reserved.pop(conn, None)
-                self._maybe_delete(name, ch)
+            if ch is None:
+                continue
+            ch.credits.pop(conn, None)
+            flight = ch.flight.pop(conn, None)
+            if flight:
+                self.counters.dropped_receiver_gone += len(flight)
+                for bundle in flight.values():
+                    self._release(ch.pool, bundle)
+            self._maybe_delete(name, ch)
+        out = Outcome()
+        for key in self._reserving.pop(conn, ()):
+            pool = self.pools.get(key)
+            if pool is None:
+                continue
+            pool.reserved.pop(conn, None)
+            if conn in pool.revoking:
+                pool.revoking.discard(conn)
+                out.extend(self._settle(key, pool, now))
+            self._maybe_delete_pool(key, pool)
+        return out
 
     def drop_channel(self, name: str) -> int:
-        """Remove a channel and its messages; returns how many were dropped."""
-        ch = self.channels.pop(name, None)
+        """Remove a channel and its messages (queued and in flight); returns
+        how many messages were dropped."""
+        ch = self.channels.get(name)
         if ch is None:
             return 0
-        for conn in {*ch.credits, *ch.reserved}:
-            names = self._by_conn.get(conn)
-            if names is not None:
-                names.discard(name)
-        return len(ch.items)
+        dropped = len(ch.items) + sum(len(f) for f in ch.flight.values())
+        self._remove(name, ch)
+        return dropped
 
-    def clear(self, prefix: str) -> int:
-        """Drop every queued message of namespace ``prefix`` (``flush``);
-        waiting receivers keep waiting."""
-        dropped = 0
+    def clear(self, prefix: str) -> set[ConnId]:
+        """Drop every queued and in-flight message of namespace ``prefix``
+        (``flush``); waiting receivers keep waiting. Returns the connections
+        that were handed messages of it (they drop what they prefetched)."""
+        self.flushed[prefix] = self._seq
+        told: set[ConnId] = set()
         for name, ch in list(self.channels.items()):
             if namespace(name) != prefix:
                 continue
-            dropped += len(ch.items)
+            for item in ch.items:
+                self._release(ch.pool, item[3])
             ch.items.clear()
+            for conn, flight in ch.flight.items():
+                told.add(conn)
+                for bundle in flight.values():
+                    self._release(ch.pool, bundle)
+            for conn in list(ch.flight):
+                del ch.flight[conn]
+                self._unindex(conn, name, ch)
             self._maybe_delete(name, ch)
-        return dropped
+        return told
 
-    def expire(self, now: float) -> None:
-        """Drop expired messages and reservations; forget empty channels."""
+    def expire(self, now: float) -> Outcome:
+        """Drop expired messages; lapsed reservations release their puts."""
+        out = Outcome()
+        for key, pool in list(self.pools.items()):
+            if pool.reserved:
+                pool.reserved_total(now)
+            if pool.revoking:
+                lapsed = {c for c in pool.revoking if c not in pool.reserved}
+                if lapsed:
+                    pool.revoking -= lapsed
+                    out.extend(self._settle(key, pool, now))
+            self._purge_pool(pool, now)
         for name, ch in list(self.channels.items()):
-            self._purge(ch, now)
-            if ch.reserved:
-                ch.reserved_total(now)
             self._maybe_delete(name, ch)
+        return out
 
     # -- internals -------------------------------------------------------
+    def _channel(self, name: str) -> Channel:
+        ch = self.channels.get(name)
+        if ch is None:
+            key = pool_of(name)
+            pool = self._pool(key)
+            ch = self.channels[name] = Channel(pool)
+            pool.names.add(name)
+        return ch
+
+    def _pool(self, key: str) -> Pool:
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = Pool()
+        return pool
+
+    def _fly(self, conn: ConnId, name: str, ch: Channel, seq: int, bundle: Bundle | None) -> None:
+        flight = ch.flight.get(conn)
+        if flight is None:
+            flight = ch.flight[conn] = {}
+            self._by_conn.setdefault(conn, set()).add(name)
+        flight[seq] = bundle
+        self.counters.delivered += 1
+
+    def _release(self, pool: Pool, bundle: Bundle | None) -> None:
+        """One message (or one copy of a bundle) no longer takes room."""
+        if bundle is None:
+            pool.held -= 1
+        else:
+            bundle.left -= 1
+            if bundle.left == 0:
+                bundle.pool.held -= 1
+
     def _drain(self, name: str, ch: Channel, now: float) -> list[Delivery]:
         batches: dict[ConnId, list[WireItem]] = {}
         while ch.items and ch.credits:
-            seq, payload, deadline = ch.items.popleft()
+            seq, payload, deadline, bundle = ch.items.popleft()
             if deadline <= now:
                 self.counters.dropped_expired += 1
+                self._release(ch.pool, bundle)
                 continue
             conn = self._take_credit(name, ch)
+            self._fly(conn, name, ch, seq, bundle)
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
-            self.counters.delivered += 1
         return [(conn, name, items) for conn, items in batches.items()]
 
     def _take_credit(self, name: str, ch: Channel) -> ConnId:
@@ -295,12 +631,10 @@ class Queues:
         left = ch.credits.pop(conn) - 1
         if left > 0:
             ch.credits[conn] = left
-        else:
-            self._unindex(conn, name, ch)
         return conn
 
     def _unindex(self, conn: ConnId, name: str, ch: Channel) -> None:
-        if conn in ch.credits or conn in ch.reserved:
+        if conn in ch.credits or conn in ch.flight:
             return
         names = self._by_conn.get(conn)
         if names is not None:
@@ -308,15 +642,62 @@ class Queues:
             if not names:
                 del self._by_conn[conn]
 
-    def _purge(self, ch: Channel, now: float) -> None:
-        if not ch.items:
-            return
-        # Deadlines are not monotonic along the queue (senders may use
-        # different expiries), so test every item.
-        live = deque(item for item in ch.items if item[2] > now)
-        self.counters.dropped_expired += len(ch.items) - len(live)
-        ch.items = live
+    def _unreserve(self, conn: ConnId, key: str) -> None:
+        keys = self._reserving.get(conn)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._reserving[conn]
+
+    def _purge_pool(self, pool: Pool, now: float) -> None:
+        for name in list(pool.names):
+            ch = self.channels.get(name)
+            if ch is None or not ch.items:
+                continue
+            # Deadlines are not monotonic along the queue (senders may use
+            # different expiries), so test every item.
+            live: deque[Item] = deque()
+            for item in ch.items:
+                if item[2] > now:
+                    live.append(item)
+                else:
+                    self.counters.dropped_expired += 1
+                    self._release(pool, item[3])
+            ch.items = live
+
+    def _remove(self, name: str, ch: Channel) -> None:
+        for item in ch.items:
+            self._release(ch.pool, item[3])
+        for flight in ch.flight.values():
+            for bundle in flight.values():
+                self._release(ch.pool, bundle)
+        conns = {*ch.credits, *ch.flight}
+        ch.items.clear()
+        ch.credits.clear()
+        ch.flight.clear()
+        for conn in conns:
+            self._unindex(conn, name, ch)
+        del self.channels[name]
+        key = pool_of(name)
+        ch.pool.names.discard(name)
+        self._maybe_delete_pool(key, ch.pool)
 
     def _maybe_delete(self, name: str, ch: Channel) -> None:
-        if not ch.items and not ch.credits and not ch.reserved:
-            self.channels.pop(name, None)
+        if not ch.items and not ch.credits and not ch.flight:
+            if self.channels.pop(name, None) is not None:
+                ch.pool.names.discard(name)
+                self._maybe_delete_pool(pool_of(name), ch.pool)
+
+    def _maybe_delete_pool(self, key: str, pool: Pool) -> None:
+        if (
+            not pool.names
+            and pool.held == 0
+            and not pool.reserved
+            and not pool.revoking
+            and not pool.waiting
+        ):
+            self.pools.pop(key, None)
+
+
+def _seq_of(item: Item) -> int:
+    return item[0]

@@ -58,7 +58,7 @@ from .sessions import Policy, Session
 log = logging.getLogger("zchannels.node")
 
 #: What an owner may pass back to a client through its node.
-_BACK = frozenset({MsgType.DELIVER, MsgType.ACK, MsgType.ERROR})
+_BACK = frozenset({MsgType.DELIVER, MsgType.ACK, MsgType.ERROR, MsgType.REVOKE, MsgType.FLUSHED})
 #: Requests answered by ACK or ERROR (their request id is field 0).
 _ANSWERED = frozenset({MsgType.SEND, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD, MsgType.RETURN})
 _VCONN_MARK = b"\x00zr"
@@ -342,7 +342,7 @@ class Routing:
         vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
             del self._virtual[vconn]
-            self.core.queues.drop_conn(vconn)
+            self._send_out(self.core.forget_conn(vconn, time.monotonic()))
 
     # -- peer messages -----------------------------------------------------------
     def _on_relay(self, f: tuple[Any, ...], now: float) -> None:
@@ -392,9 +392,9 @@ class Routing:
         if not messages:
             return
         for mtype, fields in messages:
-            if mtype != MsgType.DELIVER:
+            if mtype in (MsgType.ACK, MsgType.ERROR):
                 self._pending.pop((conn, fields[0]), None)
-            else:
+            elif mtype == MsgType.DELIVER:
                 owed = self._credit.get((conn, fields[0]))
                 if owed is not None:
                     owed[0] = source  # (the channel may have moved there)
@@ -444,8 +444,7 @@ class Routing:
             return
         result: list[str] = []
         if kind == "flush":
-            self.core.queues.clear(arg)
-            self.core.groups.clear(arg)
+            self._send_out(self.core.clear(arg))
         elif kind == "members":
             result = self.core.groups.members(arg, now)
         else:

@@ -326,7 +326,13 @@ async def test_status_shows_what_each_node_owns_and_drops_by_reason(
 
         await eventually(loads_known, 5, "node-0 to know what node-2 holds")
         report = status(nodes[0])
-        assert set(report["drops"]) == {"full", "expired", "dead_owner", "decode_error"}
+        assert set(report["drops"]) == {
+            "full",
+            "expired",
+            "dead_owner",
+            "receiver_gone",
+            "decode_error",
+        }
         assert report["nodes"]["node-2"]["drops"]["full"] >= 1
         assert await layer.drops() == report["drops"]
         # node-2 dies with 10 queued messages: the others count them lost

@@ -64,24 +64,33 @@ def test_capacity_is_exact_with_reservations() -> None:
     assert core.queues.length("c") == 3
 
 
-def test_reserved_sends_count_against_others() -> None:
+def test_reservations_never_refuse_a_send_that_has_room() -> None:
+    """A reserved slot is not a message: a send that fits only if A's
+    reservation yields waits while A gives it up (REVOKE / REVOKED, after
+    A's reserved sends on the same pipe), then is decided exactly."""
     core = make_core()
     hello(core, A, SA)
     hello(core, B, SB)
     out = core.handle(A, [(MsgType.SEND, (1, "c", b"x", 10))], 0.0)
     reserved = of_type(out, MsgType.ACK)[0][1][1]
     assert reserved == 4  # half of the 9 free slots
-    # B can fill only what is neither queued nor reserved for A
-    accepted = 0
+    # B fills what is neither queued nor reserved at once...
+    answers: list[Out] = []
     for i in range(10):
-        out = core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y", 10))], 0.0)
-        accepted += bool(of_type(out, MsgType.ACK))
-    assert accepted == 10 - 1 - reserved
-    # A's reserved sends (req 0) still fit, with no answer
-    for _ in range(reserved):
+        answers += core.handle(B, [(MsgType.SEND, (i + 1, "c", b"y", 10))], 0.0)
+    assert len(of_type(answers, MsgType.ACK)) == 10 - 1 - reserved
+    # ...and the next one asks A for its reservation instead of failing
+    assert of_type(answers, MsgType.REVOKE) == [(A, ("c",))]
+    assert not of_type(answers, MsgType.ERROR)
+    # A had used two of its slots before the REVOKE reached it
+    for _ in range(2):
         assert core.handle(A, [(MsgType.SEND, (0, "c", b"z", 10))], 0.0) == []
+    settled = core.handle(A, [(MsgType.REVOKED, ("c",))], 0.0)
+    # the two slots A gave up go to B's next two sends, in order; the rest are full
+    assert [f[0] for _, f in of_type(settled, MsgType.ACK)] == [6, 7]
+    assert [f[0] for _, f in of_type(settled, MsgType.ERROR)] == [8, 9, 10]
     assert core.queues.length("c") == 10
-    assert core.queues.counters.dropped_full == 10 - accepted  # B's refusals
+    assert core.drops()["full"] == 3
 
 
 def test_reservations_lapse() -> None:
@@ -234,6 +243,7 @@ ops = st.lists(
         st.tuples(st.just("grant"), st.integers(0, 1), st.integers(1, 5)),
         st.tuples(st.just("return"), st.integers(0, 1)),
         st.tuples(st.just("drop"), st.integers(0, 1)),
+        st.tuples(st.just("consume"), st.integers(0, 1), st.integers(1, 3)),
     ),
     max_size=80,
 )
@@ -243,11 +253,15 @@ ops = st.lists(
 @given(ops)
 def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> None:
     """Whatever the interleaving of sends, credit, returns and dropped
-    connections, every message is in exactly one place, and each receiver
-    sees messages in send order."""
+    connections, every message is in exactly one place (queued, held by a
+    receiver, taken, or counted lost with a receiver that went away), each
+    receiver sees messages in send order, and the channel's capacity count
+    is exactly what is queued plus what receivers hold untaken."""
     q = Queues()
     conns = [b"c0", b"c1"]
     held: dict[bytes, list[tuple[bytes, int]]] = {c: [] for c in conns}
+    taken: list[bytes] = []
+    lost: list[bytes] = []
     sent = 0
 
     def take(deliveries: Any) -> None:
@@ -267,15 +281,30 @@ def test_queue_never_loses_or_duplicates(operations: list[tuple[Any, ...]]) -> N
             items = [(p, 10.0, seq) for p, seq in held[conn]]
             held[conn] = []
             take(q.give_back(conn, "ch", items, 0.0))
+        elif op[0] == "consume":
+            conn = conns[op[1]]
+            took, held[conn] = held[conn][: op[2]], held[conn][op[2] :]
+            if took:
+                q.consumed(conn, "ch", max(seq for _, seq in took), len(took), 0)
+                taken.extend(p for p, _ in took)
         else:
-            q.drop_conn(conns[op[1]])
-    queued = [p for _, p, _ in q.channels["ch"].items] if "ch" in q.channels else []
+            conn = conns[op[1]]
+            lost.extend(p for p, _ in held[conn])
+            held[conn] = []
+            q.drop_conn(conn, 0.0)
+        queued = [item[1] for item in q.channels["ch"].items] if "ch" in q.channels else []
+        holding = [p for c in conns for p, _ in held[c]]
+        assert q.held("ch") == len(queued) + len(holding), "capacity count is exact"
+        for c in conns:  # each receiver gets messages in send order
+            assert [seq for _, seq in held[c]] == sorted(seq for _, seq in held[c])
+    queued = [item[1] for item in q.channels["ch"].items] if "ch" in q.channels else []
     # queued messages are in send order
     assert [int(p) for p in queued] == sorted(int(p) for p in queued)
     holding = [p for c in conns for p, _ in held[c]]
-    everything = sorted(int(p) for p in queued + holding)
+    everything = sorted(int(p) for p in queued + holding + taken + lost)
     assert everything == list(range(sent))
     assert q.queued() == len(queued)
+    assert q.counters.dropped_receiver_gone == len(lost)
 
 
 # -- in a cluster: routing decisions and handed-over channels ---------------------

@@ -29,7 +29,7 @@ import pytest
 from conftest import eventually
 from procs import ClientProcess, drain
 
-from zchannels.connection import IDLE_RETURN
+from zchannels.flow import IDLE_RETURN
 from zchannels.layer import ZeroMQChannelLayer
 
 #: Seconds a client process gets to start and say it is ready.

@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from . import embedded
+from .background import background
 from .config import LayerConfig
 from .connection import CLOSE_TIMEOUT, Connection
 from .errors import NodeUnavailable
@@ -39,9 +39,14 @@ class Client:
     def __init__(self, config: LayerConfig) -> None:
         self.config = config
         self.pid = os.getpid()
-        self.session = random_tag(SESSION_TAG_LEN)
+        self.session, self._names = session_of(config)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        self.endpoint = config.node if config.node is not None else embedded.endpoint(config)
+        if config.node is not None:
+            self.endpoint = config.node
+        else:
+            from . import embedded  # only now: a sidecar's clients never load the node
+
+            self.endpoint = embedded.endpoint(config)
         #: the cluster key a tcp:// znode wants (CONFIG key_file; the first file)
         self.key = read_key_file(config.key_file[0]) if config.key_file else None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -54,7 +59,6 @@ class Client:
         # The last (loop, connection) used: a strong reference to one loop,
         # replaced as soon as another loop uses this client.
         self._last: tuple[asyncio.AbstractEventLoop, Connection] | None = None
-        self._names = itertools.count()
         #: (wire group, wire channel) -> (expires_at (monotonic), capacity)
         self.memberships: dict[tuple[str, str], tuple[float, int]] = {}
         # What the node said in WELCOME.
@@ -94,9 +98,18 @@ class Client:
         return sum(1 for c in self._conns.values() if not c.closed)
 
     def _sweep_closed_loops(self) -> None:
+        """Connections whose loops were closed by hand (no asyncio.run, no
+        layer.close()) finish closing on the background loop: what they had
+        prefetched goes back to the node, in order; no other loop is touched."""
+        bg = None
         for loop, conn in list(self._conns.items()):
             if loop.is_closed():
-                conn.close_now()
+                del self._conns[loop]
+                if self._last is not None and self._last[1] is conn:
+                    self._last = None
+                if bg is None:
+                    bg = background().loop
+                conn.orphan(bg)
 
     # -- names ------------------------------------------------------------
     def next_name_index(self) -> int:
@@ -134,7 +147,7 @@ class Client:
             loop = conn._loopref()
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(conn.rehello, True)
-        embedded.background().submit(self._reassert())
+        background().submit(self._reassert())
 
     async def _reassert(self) -> None:
         """Add every membership this process holds again (the node forgot)."""
@@ -157,7 +170,7 @@ class Client:
         with self._lock:
             if self._keeper is not None or self._closed:
                 return
-            self._keeper = embedded.background().submit(self._keep())
+            self._keeper = background().submit(self._keep())
 
     async def _keep(self) -> None:
         """Renew the session lease: a ping every lease/3 from a thread of its
@@ -171,6 +184,8 @@ class Client:
                     await conn.ready()
                 continue
             conn.ping()
+            with self._lock:
+                self._sweep_closed_loops()
             await asyncio.sleep(self.lease / 3)
 
     # -- lifecycle --------------------------------------------------------
@@ -182,7 +197,7 @@ class Client:
         with self._lock:
             conns = list(self._conns.items())
         current = asyncio.get_running_loop()
-        bg = embedded.background().loop
+        bg = background().loop
         keeper_conn = None
         for loop, conn in conns:
             if loop is current:
@@ -190,7 +205,8 @@ class Client:
             elif loop is bg:
                 keeper_conn = conn  # closed last, and waited for
             elif loop.is_closed():
-                conn.close_now()
+                self.forget(conn)
+                conn.orphan(bg)
             else:
                 with contextlib.suppress(RuntimeError):  # its loop stopped meanwhile
                     loop.call_soon_threadsafe(conn.close_now)
@@ -204,16 +220,35 @@ class Client:
 
 # -- sharing clients between layer instances of one process -----------------
 _clients: dict[LayerConfig, Client] = {}
+#: one session tag per configuration for the life of the process: a layer
+#: closed and used again keeps the names its new_channel() made
+_sessions: dict[LayerConfig, tuple[str, itertools.count[int]]] = {}
 _clients_pid = os.getpid()
-_clients_lock = threading.Lock()
+_clients_lock = threading.RLock()
+
+
+def _check_fork() -> None:
+    global _clients_pid
+    if _clients_pid != os.getpid():  # forked: the parent's clients are not ours
+        _clients.clear()
+        _sessions.clear()
+        _clients_pid = os.getpid()
+
+
+def session_of(config: LayerConfig) -> tuple[str, itertools.count[int]]:
+    """This process's session tag for ``config``, and the counter of its
+    new_channel() names."""
+    with _clients_lock:
+        _check_fork()
+        session = _sessions.get(config)
+        if session is None:
+            session = _sessions[config] = (random_tag(SESSION_TAG_LEN), itertools.count())
+        return session
 
 
 def acquire(config: LayerConfig) -> Client:
-    global _clients_pid
     with _clients_lock:
-        if _clients_pid != os.getpid():  # forked: the parent's clients are not ours
-            _clients.clear()
-            _clients_pid = os.getpid()
+        _check_fork()
         client = _clients.get(config)
         if client is None:
             client = _clients[config] = Client(config)

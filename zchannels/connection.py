@@ -10,13 +10,12 @@ Reading is drain style (one wake-up reads every frame ready, see NOTES.md),
 writing is batched (everything queued in one loop iteration goes out in one
 frame).
 
-Receiving is credit based. A receiver grants the node credit for a channel and
-the node pushes up to that many messages; they wait in ``RecvState.buffer``
-until a ``receive()`` takes one. A message is taken only by a receiver that is
+Receiving is credit based; what the connection owes and is owed (prefetched
+messages, credit, consumption reports, reservations) is decided by the pure
+``zchannels.flow.Flow``; this shell holds the waiting receivers' futures and
+carries the flow's messages out. A message is taken only by a receiver that is
 running, never handed to a waiter that might be cancelled before it resumes,
-so a cancelled ``receive()`` loses nothing. Messages that nobody here takes
-for a while are given back to the node (``RETURN``), in order, for any other
-receiver; so is everything when the connection closes.
+so a cancelled ``receive()`` loses nothing.
 """
 
 from __future__ import annotations
@@ -28,16 +27,16 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
 from .errors import ChannelFull, LimitExceeded, NodeUnavailable, ProtocolError
+from .flow import Flow
 from .names import local_part
 from .protocol import (
     BATCH_BYTES,
-    RESERVATION_TTL,
     DecodeError,
     ErrorCode,
     Message,
@@ -55,14 +54,6 @@ log = logging.getLogger("zchannels.layer")
 # Plain ints: pyzmq's enum members cost a microsecond per use on the hot path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 
-#: Credit kept granted per channel while it is being received. A window lets
-#: the node push the next messages while the consumer handles this one
-#: (without it, every message costs a round trip). Prefetched messages are
-#: out of the node's queue, so a channel may briefly hold capacity + window.
-RECEIVE_WINDOW = 32
-#: Seconds prefetched messages may sit with nobody receiving before they are
-#: given back to the node for other receivers.
-IDLE_RETURN = 0.25
 #: Seconds: a message queued within this long of the last write waits for
 #: the end of the loop iteration and goes out batched with the others; one
 #: queued after a quiet spell goes out at once.
@@ -95,20 +86,6 @@ class _Pending:
     sent_at: float
 
 
-@dataclass(slots=True)
-class RecvState:
-    #: (payload, local deadline, node seq): handed over, not yet taken
-    buffer: deque[tuple[bytes, float, int]] = field(default_factory=deque)
-    #: receivers waiting for something to land in ``buffer``
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
-    #: credit granted to the node and not yet used
-    credit: int = 0
-    #: when a receiver last left (monotonic)
-    active_at: float = 0.0
-    #: receive() calls using this state right now (waiting or just woken)
-    users: int = 0
-
-
 class Connection:
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop, index: int) -> None:
         self._client = client
@@ -132,15 +109,14 @@ class Connection:
         self._sock: zmq.Socket[bytes] = sock
         self._fd = sock.fileno()
         self.closed = False
+        #: closing on the background loop, its own loop closed without us
+        self._orphaned = False
         self._pending: dict[int, _Pending] = {}
         self._req = itertools.count(1)
-        self._recv: dict[str, RecvState] = {}
-        #: RETURN request id -> channel, until the node's ACK
-        self._withdrawals: dict[int, str] = {}
-        #: channel -> credit withdrawals not yet acknowledged
-        self._draining: dict[str, int] = {}
-        #: channel -> [slots the node reserved for us, use until (monotonic)]
-        self._reservations: dict[str, list[float]] = {}
+        #: the receive/credit/reservation accounting (pure)
+        self.flow = Flow(self._req)
+        #: channel -> receivers waiting for a delivery
+        self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._out: list[Message] = []
         self._flush_scheduled = False
         self._flushed_at = 0.0
@@ -199,22 +175,18 @@ class Connection:
     def send_reserved(self, channel: str, payload: bytes, capacity: int) -> bool:
         """Send one message without waiting for the node, if a reservation
         for ``channel`` lasts (the hot path: no coroutine, no round trip)."""
-        reservation = self._reservations.get(channel)
-        if reservation is None:
+        if self.closed or not self.flow.use_reservation(channel, time.monotonic()):
             return False
-        if reservation[0] > 0 and reservation[1] > time.monotonic():
-            reservation[0] -= 1
-            self._queue((MsgType.SEND, (0, channel, payload, capacity)))
-            return True
-        del self._reservations[channel]
-        return False
+        self._queue((MsgType.SEND, (0, channel, payload, capacity)))
+        return True
 
     async def send(self, channel: str, payload: bytes, capacity: int) -> None:
         """Send one message as a request; the answer may reserve slots for
         the next ones (``send_reserved``)."""
+        mark = self.flow.mark(channel)
         reserved = await self.request(MsgType.SEND, channel, payload, capacity)
         if reserved > 0:
-            self._reservations[channel] = [reserved, time.monotonic() + RESERVATION_TTL / 2]
+            self.flow.reserved(channel, reserved, mark, time.monotonic())
             self._arm_sweep()
 
     def ping(self) -> None:
@@ -223,93 +195,61 @@ class Connection:
     # -- receiving --------------------------------------------------------
     async def receive(self, channel: str) -> bytes:
         """Take the next message of ``channel`` (a wire name)."""
-        state = self._recv.get(channel)
-        if state is None:
-            state = self._recv[channel] = RecvState()
-        # While any receive() uses this state it stays the channel's state:
-        # a receiver woken for a message must find it where it was.
-        state.users += 1
+        flow = self.flow
+        state = flow.enter(channel)
         cancelled = False
         try:
             loop = self._loop()
             while True:
-                payload = self._take(state, time.monotonic()) if state.buffer else None
+                payload = flow.take(channel, time.monotonic()) if state.buffer else None
                 if payload is not None:
-                    self._replenish(channel, state)
+                    self._queue_all(flow.replenish(channel))
+                    self._report_soon()
                     return payload
                 waiter: asyncio.Future[None] = loop.create_future()
-                state.waiters.append(waiter)
-                self._replenish(channel, state)
+                waiters = self._waiters.get(channel)
+                if waiters is None:
+                    waiters = self._waiters[channel] = deque()
+                waiters.append(waiter)
+                state.waiting += 1
+                self._queue_all(flow.replenish(channel))
+                self._report_soon()
                 self._arm_sweep()
                 try:
                     await waiter
                 except asyncio.CancelledError:
                     cancelled = True
                     try:
-                        state.waiters.remove(waiter)
+                        waiters.remove(waiter)
+                        state.waiting -= 1
                     except ValueError:
                         # It was woken for a message it will now not take:
                         # wake another receiver in its place.
-                        self._wake(state, 1)
+                        self._wake(channel, 1)
                     raise
+                finally:
+                    if not waiters and self._waiters.get(channel) is waiters:
+                        del self._waiters[channel]
         finally:
-            state.users -= 1
-            state.active_at = time.monotonic()
-            if cancelled and state.users == 0:
-                # Nobody here wants this channel now: other receivers may.
-                self._give_back(channel, state)
+            if not self.closed:
+                self._queue_all(flow.leave(channel, time.monotonic(), cancelled))
 
-    def _take(self, state: RecvState, now: float) -> bytes | None:
-        buffer = state.buffer
-        while buffer:
-            payload, deadline, _seq = buffer.popleft()
-            if deadline > now:
-                return payload
-            self._client.counters["expired_in_client"] += 1
-        return None
-
-    def _replenish(self, channel: str, state: RecvState) -> None:
-        if channel in self._draining:
-            # New credit now would let the node deliver newer messages ahead
-            # of the ones still coming back to it; grant once drained.
-            return
-        have = state.credit + len(state.buffer)
-        if have <= RECEIVE_WINDOW // 2:
-            grant = RECEIVE_WINDOW - have
-            state.credit += grant
-            self._queue((MsgType.RECV, (channel, grant)))
-
-    def _wake(self, state: RecvState, n: int) -> None:
-        while n > 0 and state.waiters and state.buffer:
-            waiter = state.waiters.popleft()
+    def _wake(self, channel: str, n: int) -> None:
+        waiters = self._waiters.get(channel)
+        state = self.flow.channels.get(channel)
+        while n > 0 and waiters and state is not None and state.buffer:
+            waiter = waiters.popleft()
+            state.waiting -= 1
             if not waiter.done():
                 waiter.set_result(None)
                 n -= 1
 
-    def _give_back(self, channel: str, state: RecvState) -> None:
-        """Return what nobody here is taking to the node, withdraw credit.
-        The node puts it back in order (by sequence number)."""
-        now = time.monotonic()
-        items = [[p, deadline - now, seq] for p, deadline, seq in state.buffer if deadline > now]
-        state.buffer.clear()
-        if state.credit or items:
-            # Deliveries already on their way used the credit withdrawn here:
-            # until the node's ACK says they have all arrived, whatever
-            # arrives for this channel goes back too (see _on_deliver).
-            req = next(self._req)
-            self._withdrawals[req] = channel
-            self._draining[channel] = self._draining.get(channel, 0) + 1
-            self._queue((MsgType.RETURN, (req, channel, items, 1)))
-        state.credit = 0
-        if state.users == 0 and self._recv.get(channel) is state:
-            del self._recv[channel]
-
-    def _give_back_all(self) -> None:
-        for channel, state in list(self._recv.items()):
-            for waiter in state.waiters:
-                waiter.cancel()
-            state.waiters.clear()
-            self._give_back(channel, state)
+    def _report_soon(self) -> None:
+        """Consumption goes out with the next message of this connection, or
+        at the end of this loop iteration, whichever comes first."""
+        if self.flow.consumed and not self._flush_scheduled and not self.closed:
+            self._flush_scheduled = True
+            self._loop().call_soon(self._flush)
 
     # -- node restarts ----------------------------------------------------
     def rehello(self, told: bool = False) -> None:
@@ -341,12 +281,9 @@ class Connection:
             self._welcomed.set_result(None)
         if self._epoch == 1:
             return
-        self._reservations.clear()
-        # A new node sends nothing against withdrawn credit: stop draining.
-        self._withdrawals.clear()
-        self._draining.clear()
         # Everything the node knew of this connection is gone. Requests sent
         # before this HELLO and still unanswered went to a node that died.
+        regrants = self.flow.rewelcomed()
         for req, pending in list(self._pending.items()):
             if pending.epoch >= self._epoch or pending.future.done():
                 continue
@@ -358,11 +295,7 @@ class Connection:
                 self._client.counters["lost_in_node_restart"] += 1
                 pending.future.set_result(0)
                 self._pending.pop(req, None)
-        for channel, state in self._recv.items():
-            if state.credit:
-                self._queue((MsgType.RECV, (channel, state.credit)))
-            elif state.waiters:
-                self._replenish(channel, state)
+        self._queue_all(regrants)
 
     # -- socket I/O -------------------------------------------------------
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -371,9 +304,18 @@ class Connection:
             raise RuntimeError("zchannels connection used after its event loop was closed")
         return loop
 
+    def _queue_all(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._queue(message)
+
     def _queue(self, message: Message) -> None:
         """Send ``message``: at once when traffic is sparse (latency), else
-        with everything else queued in this loop iteration (throughput)."""
+        with everything else queued in this loop iteration (throughput).
+        Consumption not yet reported goes first, so the node has it before
+        anything this connection sends next (a send after a receive finds
+        the room that receive made)."""
+        if self.flow.consumed:
+            self._out.extend(self.flow.report())
         self._out.append(message)
         if self._flush_scheduled:
             return
@@ -385,6 +327,8 @@ class Connection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self.flow.consumed:
+            self._out.extend(self.flow.report())
         if self.closed or not self._out:
             return
         self._flushed_at = time.monotonic()
@@ -417,21 +361,23 @@ class Connection:
 
     def _dispatch(self, mtype: MsgType, f: tuple[Any, ...]) -> None:
         if mtype == MsgType.DELIVER:
-            self._on_deliver(f[0], f[1])
-        elif mtype == MsgType.ACK and f[0] in self._withdrawals:
-            channel = self._withdrawals.pop(f[0])
-            left = self._draining.get(channel, 1) - 1
-            if left > 0:
-                self._draining[channel] = left
-            else:
-                self._draining.pop(channel, None)
-                state = self._recv.get(channel)
-                if state is not None and state.waiters:
-                    self._replenish(channel, state)
+            wake, out = self.flow.deliver(f[0], f[1], time.monotonic())
+            if wake:
+                self._wake(f[0], wake)
+            self._queue_all(out)
+        elif mtype == MsgType.ACK and f[0] in self.flow.withdrawals:
+            self._queue_all(self.flow.withdrawal_acked(f[0]))
+            if not self.flow.withdrawals and self._drained is not None:
+                if not self._drained.done():
+                    self._drained.set_result(None)
         elif mtype in (MsgType.ACK, MsgType.STATUS_REPLY, MsgType.GROUP_INFO_REPLY):
             pending = self._pending.pop(f[0], None)
             if pending is not None and not pending.future.done():
                 pending.future.set_result(f[1])
+        elif mtype == MsgType.REVOKE:
+            self._queue_all(self.flow.revoke(f[0]))
+        elif mtype == MsgType.FLUSHED:
+            self._queue_all(self.flow.flushed(f[0]))
         elif mtype == MsgType.ERROR:
             self._on_error(*f)
         elif mtype == MsgType.WELCOME:
@@ -441,6 +387,8 @@ class Connection:
                 self.rehello()
         else:
             self._client.counters["unexpected_type"] += 1
+
+    _drained: asyncio.Future[None] | None = None
 
     def _on_error(self, req: int, code: int, detail: str) -> None:
         if code == ErrorCode.UNKNOWN_SESSION:
@@ -471,22 +419,6 @@ class Connection:
         else:
             pending.future.set_exception(ProtocolError(f"node refused request: {detail}"))
 
-    def _on_deliver(self, channel: str, items: list[list[Any]]) -> None:
-        state = self._recv.get(channel)
-        if state is None or self._draining.get(channel):
-            # Sent against credit we have withdrawn: it goes back, and the
-            # node merges it in by sequence number, so order holds.
-            self._queue((MsgType.RETURN, (0, channel, items, 0)))
-            return
-        now = time.monotonic()
-        state.credit = max(0, state.credit - len(items))
-        for payload, ttl, seq in items:
-            state.buffer.append((payload, now + ttl, seq))
-        if state.waiters:
-            self._wake(state, len(items))
-        elif state.users == 0 and now - state.active_at > IDLE_RETURN:
-            self._give_back(channel, state)
-
     # -- housekeeping -----------------------------------------------------
     def _arm_sweep(self) -> None:
         if self._sweep_handle is None and not self.closed:
@@ -497,12 +429,7 @@ class Connection:
         if self.closed:
             return
         now = time.monotonic()
-        for channel, state in list(self._recv.items()):
-            if state.users == 0 and now - state.active_at > IDLE_RETURN:
-                self._give_back(channel, state)
-        for channel, reservation in list(self._reservations.items()):
-            if reservation[1] <= now:
-                del self._reservations[channel]
+        self._queue_all(self.flow.sweep(now))
         timeout = self._client.config.request_timeout
         for req, pending in list(self._pending.items()):
             if now - pending.sent_at > timeout and not pending.future.done():
@@ -512,7 +439,7 @@ class Connection:
                         f"no answer from the node at {self._client.endpoint} in {timeout:g} s"
                     )
                 )
-        if self._recv or self._pending or self._reservations:
+        if self.flow.channels or self._pending or self.flow.reservations:
             self._arm_sweep()
 
     # -- closing ----------------------------------------------------------
@@ -520,19 +447,63 @@ class Connection:
         try:
             yield
         finally:
-            await self.aclose()
+            if not self._orphaned:
+                await self.aclose()
+
+    def _give_back_all(self) -> None:
+        """Every receiver here stops; what was prefetched goes back."""
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if not self._orphaned:
+                    waiter.cancel()
+        self._waiters.clear()
+        for state in self.flow.channels.values():
+            state.waiting = 0
+        self._queue_all(self.flow.give_back_all(time.monotonic()))
 
     async def aclose(self, final: bool = False) -> None:
-        """Give back every prefetched message, say BYE, close the socket.
-        ``final``: this process's session ends with this connection."""
+        """Give back every prefetched message, wait until the node has them
+        back (deliveries crossing the withdrawal go back too), say BYE, close
+        the socket. ``final``: this process's session ends with this
+        connection."""
         if self.closed:
             return
         self._give_back_all()
         try:
+            if self.flow.withdrawals:
+                self._drained = self._loop().create_future()
+                await asyncio.wait_for(asyncio.shield(self._drained), CLOSE_TIMEOUT)
             await asyncio.wait_for(self.request(MsgType.BYE, int(final)), CLOSE_TIMEOUT)
         except (TimeoutError, NodeUnavailable, ProtocolError, asyncio.CancelledError):
             pass
         self.close_now()
+
+    def orphan(self, background: asyncio.AbstractEventLoop) -> None:
+        """This connection's loop was closed without closing it (by hand,
+        without asyncio.run): finish closing on ``background`` — give back
+        what it prefetched, in order, and say BYE — so nothing is lost and
+        no other loop is touched. Called with the old loop closed, so no
+        thread uses the socket any more."""
+        if self.closed or self._orphaned:
+            return
+        self._orphaned = True
+        self._finalizer.detach()  # the socket is ours to close, not the GC's
+        # The sentinel would try to run on the dead loop when collected: end it.
+        try:
+            self._sentinel.aclose().send(None)
+        except (StopIteration, RuntimeError):
+            pass
+        for pending in self._pending.values():
+            pending.future = background.create_future()  # nobody awaits it now
+        self._sweep_handle = None
+        self._flush_scheduled = False
+        self._loopref = weakref.ref(background)
+
+        def start() -> None:
+            background.add_reader(self._fd, self._on_readable)
+            background.create_task(self.aclose())
+
+        background.call_soon_threadsafe(start)
 
     def close_now(self) -> None:
         """Close at once (from this connection's loop): prefetched messages
@@ -554,7 +525,10 @@ class Connection:
             if not pending.future.done():
                 pending.future.set_exception(NodeUnavailable("connection closed"))
         self._pending.clear()
-        self._finalizer()
+        if self._orphaned:
+            _close_socket(self._sock)
+        else:
+            self._finalizer()
         self._client.forget(self)
 
 

@@ -1,70 +1,41 @@
-"""The process's background event loop, and the embedded node that runs on it.
+"""The embedded node: a node running on the process's background loop.
 
-Owns: one daemon thread per process running an asyncio loop, shared by the
-embedded node (when the layer's CONFIG names no ``node``) and by the keepers
-that renew client leases. The embedded node is a full ``NodeServer`` bound to
-an ``inproc://`` endpoint: the layer talks to it exactly as to a ``znode``
+Owns: the node a layer starts when its CONFIG names no ``node``. It runs on
+the process's background loop (``zchannels.background``), and is a full
+``NodeServer`` bound to an ``inproc://`` endpoint: the layer talks to it exactly as to a ``znode``
 sidecar, over the same protocol, through ZeroMQ's in-process transport.
-Fork-safe: a forked child starts its own thread and node on first use.
+Fork-safe: a forked child starts its own node on first use. Imported only
+when a layer needs an embedded node: a sidecar's clients never load the node.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import socket
 import threading
-from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any
 
 from zchannels.node.config import NodeConfig, lan_address
 from zchannels.node.server import NodeServer
 
+from .background import background
 from .config import LayerConfig
 from .errors import ConfigError
 
-
-class Background:
-    """A daemon thread running an event loop."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self._run, name="zchannels-background", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-
 _lock = threading.Lock()
 _pid = -1
-_background: Background | None = None
 _node: NodeServer | None = None
-
-
-def background() -> Background:
-    global _background, _pid, _node
-    with _lock:
-        if _background is None or _pid != os.getpid():
-            _pid = os.getpid()
-            _background = Background()
-            _node = None
-        return _background
 
 
 def endpoint(config: LayerConfig) -> str:
     """The embedded node's endpoint, starting the node on first call. The
     first layer to start it decides whether it joins a cluster (a process
     has one embedded node)."""
-    global _node
+    global _node, _pid
     bg = background()
     with _lock:
+        if _pid != os.getpid():  # forked: the parent's node does not run here
+            _pid, _node = os.getpid(), None
         if _node is None:
             node = NodeServer(node_config(config))
             bg.submit(node.start()).result(timeout=30)

@@ -60,3 +60,18 @@ class LimitExceeded(ZChannelsError):
     client cannot exhaust the node. Retriable once the process holds less."""
 
     retriable = True
+
+
+class ForeignChannel(ZChannelsError, TypeError):
+    """``receive()`` on a process-specific (``!``) channel this process did
+    not make: only the process that made a ``new_channel()`` name can receive
+    on it (its messages are held for that process; another would wait
+    forever). A ``TypeError``, as channels raises for names it cannot use."""
+
+    def __init__(self, channel: str, session: str) -> None:
+        super().__init__(
+            f"cannot receive on {channel!r}: a process-specific channel (with '!') is "
+            f"received only by the process whose new_channel() made it, and this "
+            f"process's names carry session {session!r}"
+        )
+        self.channel = channel

@@ -15,6 +15,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,8 +25,8 @@ from channels.layers import BaseChannelLayer
 from . import client as _client
 from .config import LayerConfig
 from .connection import Connection
-from .errors import MessageTooLarge
-from .names import local_part, specific_name, wire_name
+from .errors import ForeignChannel, MessageTooLarge
+from .names import local_part, owner_of, specific_name, wire_name
 from .protocol import MsgType
 
 
@@ -47,9 +48,12 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # -- plumbing ---------------------------------------------------------
     @property
     def client(self) -> _client.Client:
-        if self._client is None:
-            self._client = _client.acquire(self.config)
-        return self._client
+        client = self._client
+        if client is None or client.pid != os.getpid():
+            # (after a fork the parent's client, sockets and prefetched
+            # messages stay the parent's: the child gets its own)
+            client = self._client = _client.acquire(self.config)
+        return client
 
     def _conn(self) -> Connection:
         return self.client.connection()
@@ -122,9 +126,16 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         goes on to return it.
         """
         self.require_valid_channel_name(channel)
-        payload = await self._conn().receive(self._wire(channel))
+        client = self.client
+        if "!" in channel and not self._ours(channel, client):
+            raise ForeignChannel(channel, client.session)
+        payload = await client.connection().receive(self._wire(channel))
         message: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
         return message
+
+    def _ours(self, channel: str, client: _client.Client) -> bool:
+        owner = owner_of(channel)
+        return owner is not None and owner[1] == client.session
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """A process-specific channel name, owned by this process and node."""

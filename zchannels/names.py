@@ -81,6 +81,14 @@ def valid_wire_group(wire: object) -> bool:
     return bool(PREFIX_RE.fullmatch(prefix)) and valid_group(name)
 
 
+def pool_of(name: str) -> str:
+    """The capacity pool of a channel (the Channels spec, "Capacity"): a
+    process-specific name ``x!local`` shares ``x!`` with the other names of
+    its process; any other name is its own."""
+    bang = name.find("!")
+    return name if bang < 0 else name[: bang + 1]
+
+
 def specific_name(prefix: str, node_tag: str, session_tag: str, counter: int) -> str:
     return f"{prefix}.{node_tag}.{session_tag}!{_base36(counter)}"
 

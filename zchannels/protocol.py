@@ -88,6 +88,12 @@ class MsgType(enum.IntEnum):
     PEER_ASK = 40
     PEER_ANSWER = 41
     PEER_LOAD = 42
+    # client <-> node: exact capacity (prefetched messages count until taken),
+    # reservations given up on demand, flush reaching what was prefetched
+    CONSUMED = 43  # client -> node: messages of a channel were taken
+    REVOKE = 44  # node -> client: give up your send reservation on a channel
+    REVOKED = 45  # client -> node: given up (after every send made with it)
+    FLUSHED = 46  # node -> client: a namespace was flushed: drop what you prefetched
 
 
 class ErrorCode(enum.IntEnum):
@@ -260,6 +266,15 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     # what ``origin`` holds now: {"channels": n, "queued": n, "drops": {...}}
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
+    # the first ``count`` messages of channel this connection was handed (in
+    # the order handed), none with a seq above ``upto``, were taken by a
+    # receive() (or, ``expired`` of them, found expired in the process):
+    # they no longer count against capacity
+    MsgType.CONSUMED: (("channel", str), ("upto", int), ("count", int), ("expired", int)),
+    MsgType.REVOKE: (("channel", str),),
+    MsgType.REVOKED: (("channel", str),),
+    # prefix: the namespace a flush() cleared
+    MsgType.FLUSHED: (("prefix", str),),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]

@@ -1,0 +1,289 @@
+"""What one connection owes its node and is owed by it, sans I/O.
+
+Owns: per channel, the messages the node has handed over and no
+``receive()`` has taken yet (the prefetch buffer), the receive credit granted
+to the node, withdrawals of credit not yet acknowledged, the consumption not
+yet reported, and the send reservations the node granted. Takes events
+(a receive starts, takes, leaves; a delivery, an ACK, a flush, a revoke, a
+sweep, a close) with ``now`` and returns the messages to send and how many
+waiting receivers to wake. No socket, no event loop, no clock read: the
+shell (``zchannels.connection``) carries the effects out, and the property
+tests run it against the node's queues over arbitrary interleavings.
+
+The invariants it keeps (with ``zchannels.node.queues``):
+
+- A message is taken only by a ``receive()`` that returns it, so a cancelled
+  receive loses nothing; what nobody here takes for ``IDLE_RETURN`` seconds,
+  or when the last receiver of a channel is cancelled, or at close, is given
+  back to the node (``RETURN``), which puts it back in order by sequence
+  number. Deliveries that cross a withdrawal go back too, until the node
+  acknowledges the withdrawal.
+- Capacity is exact: every message taken (or found expired here) is
+  reported (``CONSUMED``, coalesced per channel, always before any later
+  message of this connection), and only then stops counting at the node.
+- A reserved send never outlives the node's promise (half the TTL), and a
+  ``REVOKE`` is answered (``REVOKED``) after every send made with the
+  reservation: they share one ordered pipe.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .names import namespace, pool_of
+from .protocol import RESERVATION_TTL, Message, MsgType
+
+#: Credit kept granted per channel while it is being received. A window lets
+#: the node push the next messages while the consumer handles this one
+#: (without it, every message costs a round trip). Prefetched messages still
+#: count against the channel's capacity until a receive() takes them.
+RECEIVE_WINDOW = 32
+#: Seconds prefetched messages may sit with nobody receiving before they are
+#: given back to the node for other receivers.
+IDLE_RETURN = 0.25
+
+
+@dataclass(slots=True)
+class ChannelFlow:
+    #: (payload, local deadline, node seq): handed over, not yet taken
+    buffer: deque[tuple[bytes, float, int]] = field(default_factory=deque)
+    #: credit granted to the node and not yet used
+    credit: int = 0
+    #: when a receiver last left (monotonic)
+    active_at: float = 0.0
+    #: receive() calls using this channel right now (waiting or just woken)
+    users: int = 0
+    #: receivers waiting for something to land in ``buffer``
+    waiting: int = 0
+
+
+class Flow:
+    def __init__(self, requests: itertools.count[int] | None = None) -> None:
+        self.channels: dict[str, ChannelFlow] = {}
+        #: RETURN request id -> channel, until the node's ACK
+        self.withdrawals: dict[int, str] = {}
+        #: channel -> credit withdrawals not yet acknowledged
+        self.draining: dict[str, int] = {}
+        #: channel -> [highest seq taken, how many taken, how many of them
+        #: found expired]: not yet reported
+        self.consumed: dict[str, list[int]] = {}
+        #: capacity pool -> [slots the node reserved for us, use until (monotonic)]
+        self.reservations: dict[str, list[float]] = {}
+        #: capacity pool -> reserved sends made so far (see ``reserved``)
+        self.spent: dict[str, int] = {}
+        self._req = requests if requests is not None else itertools.count(1)
+        #: messages taken / found expired here (for counters)
+        self.expired = 0
+
+    # -- receiving --------------------------------------------------------
+    def enter(self, channel: str) -> ChannelFlow:
+        """A receive() starts on ``channel``."""
+        state = self.channels.get(channel)
+        if state is None:
+            state = self.channels[channel] = ChannelFlow()
+        state.users += 1
+        return state
+
+    def take(self, channel: str, now: float) -> bytes | None:
+        """The next live prefetched message of ``channel``, if any (its
+        consumption is recorded for the next report)."""
+        state = self.channels.get(channel)
+        if state is None:
+            return None
+        buffer = state.buffer
+        while buffer:
+            payload, deadline, seq = buffer.popleft()
+            report = self.consumed.get(channel)
+            if report is None:
+                report = self.consumed[channel] = [seq, 1, 0]
+            else:
+                report[1] += 1
+                if seq > report[0]:
+                    report[0] = seq
+            if deadline > now:
+                return payload
+            report[2] += 1
+            self.expired += 1
+        return None
+
+    def replenish(self, channel: str) -> list[Message]:
+        """Credit to grant so the node keeps up to a window in flight."""
+        state = self.channels.get(channel)
+        if state is None or channel in self.draining:
+            # New credit now would let the node deliver newer messages ahead
+            # of the ones still coming back to it; grant once drained.
+            return []
+        have = state.credit + len(state.buffer)
+        if have > RECEIVE_WINDOW // 2:
+            return []
+        grant = RECEIVE_WINDOW - have
+        state.credit += grant
+        return [(MsgType.RECV, (channel, grant))]
+
+    def leave(self, channel: str, now: float, cancelled: bool) -> list[Message]:
+        """A receive() on ``channel`` ends (returned, failed or cancelled)."""
+        state = self.channels.get(channel)
+        if state is None:
+            return []
+        state.users -= 1
+        state.active_at = now
+        if cancelled and state.users == 0:
+            # Nobody here wants this channel now: other receivers may.
+            return self.give_back(channel, now)
+        return []
+
+    def deliver(
+        self, channel: str, items: list[list[Any]], now: float
+    ) -> tuple[int, list[Message]]:
+        """The node handed messages over: how many waiters to wake, and what
+        to send (a RETURN, for what arrived against withdrawn credit)."""
+        state = self.channels.get(channel)
+        if state is None or self.draining.get(channel):
+            # Sent against credit we have withdrawn: it goes back, and the
+            # node merges it in by sequence number, so order holds.
+            return 0, [(MsgType.RETURN, (0, channel, items, 0))]
+        state.credit = max(0, state.credit - len(items))
+        for payload, ttl, seq in items:
+            state.buffer.append((payload, now + ttl, seq))
+        if state.waiting:
+            return min(state.waiting, len(items)), []
+        if state.users == 0 and now - state.active_at > IDLE_RETURN:
+            return 0, self.give_back(channel, now)
+        return 0, []
+
+    def give_back(self, channel: str, now: float) -> list[Message]:
+        """Return what nobody here is taking to the node, withdraw credit."""
+        state = self.channels.get(channel)
+        if state is None:
+            return []
+        # Expired ones are taken here (and counted by the node, once); the
+        # rest go back.
+        while state.buffer and state.buffer[0][1] <= now:
+            _payload, _deadline, seq = state.buffer.popleft()
+            report = self.consumed.setdefault(channel, [seq, 0, 0])
+            report[0] = max(report[0], seq)
+            report[1] += 1
+            report[2] += 1
+            self.expired += 1
+        out = self.report()
+        items = [[p, deadline - now, seq] for p, deadline, seq in state.buffer]
+        state.buffer.clear()
+        if state.credit or items:
+            # Deliveries already on their way used the credit withdrawn here:
+            # until the node's ACK says they have all arrived, whatever
+            # arrives for this channel goes back too (see ``deliver``).
+            req = next(self._req)
+            self.withdrawals[req] = channel
+            self.draining[channel] = self.draining.get(channel, 0) + 1
+            out.append((MsgType.RETURN, (req, channel, items, 1)))
+        state.credit = 0
+        if state.users == 0:
+            del self.channels[channel]
+        return out
+
+    def give_back_all(self, now: float) -> list[Message]:
+        out: list[Message] = []
+        for channel in list(self.channels):
+            out.extend(self.give_back(channel, now))
+        return out
+
+    def withdrawal_acked(self, req: int) -> list[Message]:
+        """The node acknowledged RETURN ``req``; True if it was one of ours."""
+        channel = self.withdrawals.pop(req)
+        left = self.draining.get(channel, 1) - 1
+        if left > 0:
+            self.draining[channel] = left
+            return []
+        self.draining.pop(channel, None)
+        state = self.channels.get(channel)
+        if state is not None and state.waiting:
+            return self.replenish(channel)
+        return []
+
+    def sweep(self, now: float) -> list[Message]:
+        """Idle channels give their prefetched messages back; lapsed
+        reservations go."""
+        out: list[Message] = []
+        for channel, state in list(self.channels.items()):
+            if state.users == 0 and now - state.active_at > IDLE_RETURN:
+                out.extend(self.give_back(channel, now))
+        for channel, reservation in list(self.reservations.items()):
+            if reservation[1] <= now:
+                del self.reservations[channel]
+        return out
+
+    def flushed(self, prefix: str) -> list[Message]:
+        """The node flushed namespace ``prefix``: what was prefetched of it is
+        gone (the node no longer counts it)."""
+        for channel, state in self.channels.items():
+            if state.buffer and namespace(channel) == prefix:
+                state.buffer.clear()
+        for channel in [c for c in self.consumed if namespace(c) == prefix]:
+            del self.consumed[channel]
+        return []
+
+    def report(self) -> list[Message]:
+        """Consumption not yet reported, one message per channel."""
+        if not self.consumed:
+            return []
+        out: list[Message] = [
+            (MsgType.CONSUMED, (channel, upto, count, expired))
+            for channel, (upto, count, expired) in self.consumed.items()
+        ]
+        self.consumed.clear()
+        return out
+
+    def rewelcomed(self) -> list[Message]:
+        """The node restarted: it knows none of our credit, withdrawals,
+        reservations or prefetched messages (which stay ours to take)."""
+        self.reservations.clear()
+        self.withdrawals.clear()
+        self.draining.clear()
+        self.consumed.clear()
+        out: list[Message] = []
+        for channel, state in self.channels.items():
+            if state.credit:
+                out.append((MsgType.RECV, (channel, state.credit)))
+            elif state.waiting:
+                out.extend(self.replenish(channel))
+        return out
+
+    # -- sending ----------------------------------------------------------
+    def use_reservation(self, channel: str, now: float) -> bool:
+        """Whether a send on ``channel`` may go without waiting for the node
+        (reservations hold for the channel's whole capacity pool)."""
+        if not self.reservations:
+            return False
+        pool = pool_of(channel)
+        reservation = self.reservations.get(pool)
+        if reservation is None:
+            return False
+        if reservation[0] > 0 and reservation[1] > now:
+            reservation[0] -= 1
+            self.spent[pool] = self.spent.get(pool, 0) + 1
+            return True
+        del self.reservations[pool]
+        return False
+
+    def mark(self, channel: str) -> int:
+        """Taken when an acknowledged send goes out, given to ``reserved``."""
+        return self.spent.get(pool_of(channel), 0)
+
+    def reserved(self, channel: str, slots: int, mark: int, now: float) -> None:
+        """The node's ACK says ``slots`` are reserved for us, as of when it
+        read the send (taken at ``mark``): reserved sends made since were not
+        counted in it yet."""
+        pool = pool_of(channel)
+        left = slots - (self.spent.get(pool, 0) - mark)
+        if left > 0:
+            self.reservations[pool] = [left, now + RESERVATION_TTL / 2]
+        else:
+            self.reservations.pop(pool, None)
+
+    def revoke(self, channel: str) -> list[Message]:
+        """The node wants our reservation on ``channel``'s pool back."""
+        self.reservations.pop(pool_of(channel), None)
+        return [(MsgType.REVOKED, (channel,))]
