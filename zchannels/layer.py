@@ -26,7 +26,14 @@ from . import client as _client
 from .config import LayerConfig
 from .connection import Connection
 from .errors import ForeignChannel, MessageTooLarge
-from .names import local_part, owner_of, specific_name, wire_name
+from .names import (
+    local_part,
+    owner_of,
+    require_valid_channel,
+    require_valid_group,
+    specific_name,
+    wire_name,
+)
 from .protocol import MsgType
 
 
@@ -68,17 +75,23 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def _wire(self, name: str) -> str:
         return wire_name(self.prefix, name)
 
+    # channels' require_valid_*_name (same rules, same TypeErrors) are done in
+    # zchannels.names: BaseChannelLayer has them only since channels 4.2.1.
     def require_valid_channel_name(self, name: Any, receive: bool = False) -> bool:
         """channels' own check (same TypeErrors), remembered for names seen
         valid before: it runs on every send and receive."""
         if not receive and isinstance(name, str) and name in self._valid_names:
             return True
-        BaseChannelLayer.require_valid_channel_name(self, name, receive)
+        require_valid_channel(name, receive)
         if receive:
             return True
         if len(self._valid_names) > 10_000:
             self._valid_names.clear()
         self._valid_names.add(name)
+        return True
+
+    def require_valid_group_name(self, name: Any) -> bool:
+        require_valid_group(name)
         return True
 
     def _capacity(self, channel: str) -> int:

@@ -1,9 +1,13 @@
 """Channel and group names: validity, and who owns a process-specific name.
 
 Owns: the format of names made by ``new_channel()`` and how the owner (node
-and client session) is read back from one. Validity rules are channels' own
-(``BaseChannelLayer``): the layer raises its exact ``TypeError``s, the node
-uses the same regexes to drop nonsense from the wire.
+and client session) is read back from one, and which names are valid. The
+validity rules and ``TypeError`` messages are channels' own (its
+``BaseChannelLayer``), copied here rather than imported: the node's pure
+modules import this one and must not pull in channels or Django, and the
+layer must raise the same errors on every channels it supports (the methods
+that raise them exist only since channels 4.2.1). ``tests/test_versions.py``
+checks the copy against the installed channels.
 
 On the wire every name is qualified by the layer's ``prefix`` as
 ``prefix|name`` (``|`` is not valid in a channels name, so this is unambiguous).
@@ -22,11 +26,22 @@ import functools
 import os
 import re
 
-from channels.layers import BaseChannelLayer
+# channels' BaseChannelLayer (channels/layers.py), the same in every release
+# from 4.0.0 to 4.3.2: a name is a str shorter than MAX_NAME_LENGTH that
+# matches its regex. Kept verbatim, quirks included, since the point is to
+# agree with channels: ``$`` also matches before a final newline, and ``\w``
+# after the ``!`` takes any Unicode word character.
+MAX_NAME_LENGTH = 100
+_CHANNEL_RE = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
+_GROUP_RE = re.compile(r"^[a-zA-Z\d\-_.]+$")
 
-MAX_NAME_LENGTH: int = BaseChannelLayer.MAX_NAME_LENGTH
-_CHANNEL_RE = BaseChannelLayer.channel_name_regex
-_GROUP_RE = BaseChannelLayer.group_name_regex
+# channels' TypeError messages (BaseChannelLayer.invalid_name_error since
+# 4.2.1, formatted with "Channel" or "Group"; 4.0-4.2.0 appended the name).
+INVALID_NAME_ERROR = (
+    f"{{}} name must be a valid unicode string with length < {MAX_NAME_LENGTH} "
+    "containing only ASCII alphanumerics, hyphens, underscores, or periods."
+)
+RECEIVE_NAME_ERROR = "Specific channel names in receive() must end at the !"
 
 #: A layer's ``prefix`` (its namespace on the node).
 PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{0,50}")
@@ -47,6 +62,20 @@ def valid_channel(name: object) -> bool:
 
 def valid_group(name: object) -> bool:
     return isinstance(name, str) and len(name) < MAX_NAME_LENGTH and bool(_GROUP_RE.match(name))
+
+
+def require_valid_channel(name: object, receive: bool = False) -> None:
+    """channels' ``require_valid_channel_name``: its rules, its TypeErrors."""
+    if not valid_channel(name):
+        raise TypeError(INVALID_NAME_ERROR.format("Channel"))
+    if receive and isinstance(name, str) and "!" in name and not name.endswith("!"):
+        raise TypeError(RECEIVE_NAME_ERROR)
+
+
+def require_valid_group(name: object) -> None:
+    """channels' ``require_valid_group_name``: its rules, its TypeError."""
+    if not valid_group(name):
+        raise TypeError(INVALID_NAME_ERROR.format("Group"))
 
 
 def wire_name(prefix: str, name: str) -> str:
