@@ -93,6 +93,8 @@ class NodeCore:
         self.sessions = Sessions(settings.lease)
         self.counters = NodeCounters()
         self._next_sweep = 0.0
+        #: group -> (groups version, sessions version, valid until, plan, dead)
+        self._plans: dict[str, tuple[int, int, float, list[tuple[list[str], int]], int]] = {}
         #: In a cluster (set by the shell): group_add answers for new members
         #: wait in ``held_acks`` until peers have the change; group_sends are
         #: recorded in ``fanouts`` for the other nodes with members.
@@ -189,6 +191,11 @@ class NodeCore:
                 channel, items = fields
                 self.counters.undeliverable += len(items)
                 self._deliver(self.queues.give_back(conn, channel, items, now), out)
+            elif mtype == MsgType.DELIVER_MANY:
+                channels, item = fields
+                self.counters.undeliverable += len(channels)
+                for channel in channels:
+                    self._deliver(self.queues.give_back(conn, channel, [item], now), out)
         self._outcome(self.queues.drop_conn(conn, now), out)
         self.sessions.close_conn(conn)
         if self.clustered:
@@ -428,22 +435,11 @@ class NodeCore:
     def _fan_out(self, group: str, payload: bytes, ttl: float, now: float, out: list[Out]) -> int:
         deadline = now + ttl
         reached = 0
-        # Members grouped by capacity pool: the process-specific channels of
-        # one process get one bundle (one unit of their shared capacity).
-        pools: dict[str, tuple[list[str], int]] = {}
-        for channel, membership in self.groups.live(group, now):
-            if not self._owner_alive(channel):
-                self.counters.dropped_dead_owner += 1
-                continue
-            key = pool_of(channel)
-            entry = pools.get(key)
-            if entry is None:
-                pools[key] = ([channel], membership.capacity)
-            else:
-                entry[0].append(channel)
+        pools, dead = self._plan(group, now)
+        self.counters.dropped_dead_owner += dead
         deliveries: list[Delivery] = []
         queues = self.queues
-        for names, capacity in pools.values():
+        for names, capacity in pools:
             delivered, placed, deferred = queues.put_many(names, payload, deadline, capacity, now)
             if deferred is not None:
                 self._revoke(deferred, out)
@@ -455,6 +451,39 @@ class NodeCore:
             deliveries.extend(delivered)
         self._deliver(deliveries, out)
         return reached
+
+    def _plan(self, group: str, now: float) -> tuple[list[tuple[list[str], int]], int]:
+        """A group_send's plan: the live members grouped by capacity pool
+        (the process-specific channels of one process get one bundle), and
+        how many members are dead owners' (dropped, counted). Cached until
+        the groups or the sessions change or a member's expiry comes."""
+        cached = self._plans.get(group)
+        if (
+            cached is not None
+            and cached[0] == self.groups.version
+            and cached[1] == self.sessions.version
+            and now < cached[2]
+        ):
+            return cached[3], cached[4]
+        by_pool: dict[str, tuple[list[str], int]] = {}
+        dead = 0
+        until = float("inf")
+        for channel, membership in self.groups.live(group, now):
+            until = min(until, membership.expires_at)
+            if not self._owner_alive(channel):
+                dead += 1
+                continue
+            key = pool_of(channel)
+            entry = by_pool.get(key)
+            if entry is None:
+                by_pool[key] = ([channel], membership.capacity)
+            else:
+                entry[0].append(channel)
+        pools = list(by_pool.values())
+        if len(self._plans) > 10_000:
+            self._plans.clear()
+        self._plans[group] = (self.groups.version, self.sessions.version, until, pools, dead)
+        return pools, dead
 
     def _flush(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
@@ -619,7 +648,10 @@ class NodeCore:
 
     def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
         for conn, channel, items in deliveries:
-            out.append((conn, (MsgType.DELIVER, (channel, items))))
+            if isinstance(channel, list):
+                out.append((conn, (MsgType.DELIVER_MANY, (channel, list(items[0])))))
+            else:
+                out.append((conn, (MsgType.DELIVER, (channel, items))))
 
     def _may_create(self, session: Session, channel: str) -> bool:
         """Whether ``session`` may use ``channel`` (a new channel counts

@@ -31,6 +31,9 @@ class Groups:
         #: (the cluster replicates each node's counts; off for a lone node)
         self._changed: set[str] = set()
         self.track_changes = False
+        #: bumped at every change of any group (what is derived from the
+        #: members, such as a group_send's plan, is cached against it)
+        self.version = 0
 
     def __len__(self) -> int:
         return sum(len(members) for members in self.groups.values())
@@ -44,6 +47,7 @@ class Groups:
         if old is None and self.track_changes:
             self._changed.add(group)
         members[channel] = Membership(holder, expires_at, capacity)
+        self.version += 1
         self._by_holder.setdefault(holder, set()).add((group, channel))
         return old is None
 
@@ -54,6 +58,7 @@ class Groups:
         old = members.pop(channel, None)
         if old is None:
             return False
+        self.version += 1
         if self.track_changes:
             self._changed.add(group)
         self._unindex(old.holder, group, channel)
@@ -78,6 +83,7 @@ class Groups:
     def drop_holder(self, holder: str) -> int:
         """Remove every membership ``holder`` holds (its lease lapsed)."""
         held = self._by_holder.pop(holder, set())
+        self.version += 1
         for group, channel in held:
             members = self.groups.get(group)
             if members is not None and channel in members:

@@ -49,8 +49,10 @@ from zchannels.protocol import RESERVATION_TTL
 ConnId = bytes
 #: (payload, ttl_remaining_s, seq): one message as it travels in DELIVER/RETURN
 WireItem = tuple[bytes, float, int]
-#: (connection, channel, [wire items...])
-Delivery = tuple[ConnId, str, list[WireItem]]
+#: (connection, channel, [wire items...]), or for one group message to
+#: several channels of one connection (a bundle): (connection, [channels],
+#: [wire item]) — the payload travels once (``DELIVER_MANY``)
+Delivery = tuple[ConnId, str | list[str], list[WireItem]]
 
 #: Largest credit one connection may hold on one channel; a client asking for
 #: more is clamped, so one RECV cannot make the node buffer unboundedly.
@@ -297,17 +299,24 @@ class Queues:
         self._seq += 1
         seq = self._seq
         self.counters.enqueued += len(names)
-        ttl = deadline - now
-        out: list[Delivery] = []
+        by_conn: dict[ConnId, list[str]] = {}
+        channels = self.channels
         for name in names:
-            ch = self._channel(name)
+            ch = channels.get(name)
+            if ch is None:
+                ch = self._channel(name)
             if ch.credits and not ch.items:
                 conn = self._take_credit(name, ch)
                 self._fly(conn, name, ch, seq, bundle)
-                out.append((conn, name, [(payload, ttl, seq)]))
+                got = by_conn.get(conn)
+                if got is None:
+                    by_conn[conn] = [name]
+                else:
+                    got.append(name)
             else:
                 ch.items.append((seq, payload, deadline, bundle))
-        return out
+        item = [(payload, deadline - now, seq)]
+        return [(conn, got[0] if len(got) == 1 else got, item) for conn, got in by_conn.items()]
 
     def reserve(self, conn: ConnId, name: str, capacity: int, now: float) -> int:
         """Reserve slots of ``name``'s pool for ``conn`` if there is plenty of

@@ -58,7 +58,16 @@ from .sessions import Policy, Session
 log = logging.getLogger("zchannels.node")
 
 #: What an owner may pass back to a client through its node.
-_BACK = frozenset({MsgType.DELIVER, MsgType.ACK, MsgType.ERROR, MsgType.REVOKE, MsgType.FLUSHED})
+_BACK = frozenset(
+    {
+        MsgType.DELIVER,
+        MsgType.DELIVER_MANY,
+        MsgType.ACK,
+        MsgType.ERROR,
+        MsgType.REVOKE,
+        MsgType.FLUSHED,
+    }
+)
 #: Requests answered by ACK or ERROR (their request id is field 0).
 _ANSWERED = frozenset({MsgType.SEND, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD, MsgType.RETURN})
 _VCONN_MARK = b"\x00zr"
@@ -391,6 +400,15 @@ class Routing:
         messages = [m for m in messages if m[0] in _BACK]
         if not messages:
             return
+        # (one group message for several channels travels as one; credit and
+        # give-backs are per channel)
+        messages = [
+            (MsgType.DELIVER, (channel, [fields[1]]))
+            if mtype == MsgType.DELIVER_MANY
+            else (mtype, fields)
+            for mtype, fields in messages
+            for channel in (fields[0] if mtype == MsgType.DELIVER_MANY else [None])
+        ]
         for mtype, fields in messages:
             if mtype in (MsgType.ACK, MsgType.ERROR):
                 self._pending.pop((conn, fields[0]), None)

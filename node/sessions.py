@@ -72,6 +72,9 @@ class Sessions:
         self.lease = lease
         self.by_tag: dict[str, Session] = {}
         self.by_conn: dict[ConnId, Session] = {}
+        #: bumped whenever a session comes or goes (what depends on which
+        #: processes are alive is cached against it)
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.by_tag)
@@ -80,6 +83,7 @@ class Sessions:
         session = self.by_tag.get(tag)
         if session is None:
             session = self.by_tag[tag] = Session(tag, pid, policy, now)
+            self.version += 1
         else:
             session.policy = policy
             session.last_seen = now
@@ -107,6 +111,7 @@ class Sessions:
     def remove(self, tag: str) -> Session | None:
         session = self.by_tag.pop(tag, None)
         if session is not None:
+            self.version += 1
             for conn in session.conns:
                 self.by_conn.pop(conn, None)
         return session

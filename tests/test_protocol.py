@@ -138,6 +138,11 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.REVOKE: (("asgi|c",), "012c91a6617367697c63"),
     MsgType.REVOKED: (("asgi|c",), "012d91a6617367697c63"),
     MsgType.FLUSHED: (("asgi",), "012e91a461736769"),
+    # [[channels...], [payload, ttl, seq]]: one group message for two channels
+    MsgType.DELIVER_MANY: (
+        (["asgi|a", "asgi|b"], [b"\x81\xa1a\x01", 30.0, 7]),
+        "012f9292a6617367697c61a6617367697c6293c40481a16101cb403e00000000000007",
+    ),
 }
 
 

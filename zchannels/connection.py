@@ -272,7 +272,7 @@ class Connection:
         self, node_id: str, node_tag: str, incarnation: str, lease: float, max_frame: int
     ) -> None:
         self._hello_outstanding = False
-        self.incarnation = incarnation
+        previous, self.incarnation = self.incarnation, incarnation
         # A HELLO this connection had to say again, on its own finding: the
         # node lost this whole process's session. Tell the process.
         lost = self._epoch > 1 and not self._hello_told
@@ -283,6 +283,10 @@ class Connection:
             return
         # Everything the node knew of this connection is gone. Requests sent
         # before this HELLO and still unanswered went to a node that died.
+        if incarnation == previous:
+            # Same node, session dropped (lease lapsed): it counted what it
+            # had handed us as lost.
+            self.flow.forget_prefetched()
         regrants = self.flow.rewelcomed()
         for req, pending in list(self._pending.items()):
             if pending.epoch >= self._epoch or pending.future.done():
@@ -364,6 +368,11 @@ class Connection:
             wake, out = self.flow.deliver(f[0], f[1], time.monotonic())
             if wake:
                 self._wake(f[0], wake)
+            self._queue_all(out)
+        elif mtype == MsgType.DELIVER_MANY:
+            wakes, out = self.flow.deliver_many(f[0], f[1], time.monotonic())
+            for channel, wake in wakes:
+                self._wake(channel, wake)
             self._queue_all(out)
         elif mtype == MsgType.ACK and f[0] in self.flow.withdrawals:
             self._queue_all(self.flow.withdrawal_acked(f[0]))

@@ -154,6 +154,22 @@ class Flow:
             return 0, self.give_back(channel, now)
         return 0, []
 
+    def deliver_many(
+        self, channels: list[str], item: list[Any], now: float
+    ) -> tuple[list[tuple[str, int]], list[Message]]:
+        """One group message for several channels (``DELIVER_MANY``): the
+        channels whose waiters to wake (and how many), and what to send."""
+        wakes: list[tuple[str, int]] = []
+        out: list[Message] = []
+        items = [item]
+        for channel in channels:
+            wake, back = self.deliver(channel, items, now)
+            if wake:
+                wakes.append((channel, wake))
+            if back:
+                out.extend(back)
+        return wakes, out
+
     def give_back(self, channel: str, now: float) -> list[Message]:
         """Return what nobody here is taking to the node, withdraw credit."""
         state = self.channels.get(channel)
@@ -235,6 +251,13 @@ class Flow:
         ]
         self.consumed.clear()
         return out
+
+    def forget_prefetched(self) -> None:
+        """The node dropped our session (its lease lapsed while this process
+        was stopped) and counted what it had handed us as lost: taking it now
+        would deliver a message counted lost."""
+        for state in self.channels.values():
+            state.buffer.clear()
 
     def rewelcomed(self) -> list[Message]:
         """The node restarted: it knows none of our credit, withdrawals,

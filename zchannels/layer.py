@@ -51,6 +51,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._client: _client.Client | None = None
         self._capacities: dict[str, int] = {}
         self._valid_names: set[str] = set()
+        #: (the payload received last, its decoded message once a second
+        #: receiver got the same payload object: see ``_decode``)
+        self._last_payload: tuple[bytes | None, dict[str, Any] | None] = (None, None)
 
     # -- plumbing ---------------------------------------------------------
     @property
@@ -143,8 +146,28 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if "!" in channel and not self._ours(channel, client):
             raise ForeignChannel(channel, client.session)
         payload = await client.connection().receive(self._wire(channel))
-        message: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-        return message
+        return self._decode(payload)
+
+    def _decode(self, payload: bytes) -> dict[str, Any]:
+        """The message, decoded once per group message: the members of a
+        group_send in this process share one payload object, and each gets
+        its own dict (a shallow copy when the message holds no containers,
+        so no receiver can change what another sees; else a fresh decode)."""
+        last = self._last_payload
+        if last[0] is not payload:
+            self._last_payload = (payload, None)
+            message: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            return message
+        pristine = last[1]
+        if pristine is None:
+            pristine = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            if any(isinstance(v, dict | list) for v in pristine.values()):
+                pristine = {}  # not flat: decode for each receiver
+            self._last_payload = (payload, pristine)
+        if pristine:
+            return dict(pristine)
+        decoded: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        return decoded
 
     def _ours(self, channel: str, client: _client.Client) -> bool:
         owner = owner_of(channel)

@@ -94,6 +94,7 @@ class MsgType(enum.IntEnum):
     REVOKE = 44  # node -> client: give up your send reservation on a channel
     REVOKED = 45  # client -> node: given up (after every send made with it)
     FLUSHED = 46  # node -> client: a namespace was flushed: drop what you prefetched
+    DELIVER_MANY = 47  # node -> client: one message for several channels (a group_send)
 
 
 class ErrorCode(enum.IntEnum):
@@ -275,6 +276,9 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.REVOKED: (("channel", str),),
     # prefix: the namespace a flush() cleared
     MsgType.FLUSHED: (("prefix", str),),
+    # one group message for several channels of the receiving connection, as
+    # one DELIVER of [payload, ttl, seq] for each: the payload travels once
+    MsgType.DELIVER_MANY: (("channels", list), ("item", list)),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]
@@ -342,6 +346,8 @@ def _approx_size(message: Message) -> int:
     mtype, fields = message
     if mtype == MsgType.DELIVER:
         return 32 + len(fields[0]) + sum(len(item[0]) + 12 for item in fields[1])
+    if mtype == MsgType.DELIVER_MANY:
+        return 32 + len(fields[1][0]) + sum(len(c) + 2 for c in fields[0])
     if mtype == MsgType.RETURN:
         return 32 + len(fields[1]) + sum(len(item[0]) + 12 for item in fields[2])
     return 32 + sum(len(f) for f in fields if isinstance(f, bytes | str))
