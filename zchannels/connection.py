@@ -1,10 +1,10 @@
 """One connection to the node per event loop: the layer's I/O shell.
 
 Owns: a DEALER socket used only from its event loop's thread, requests in
-flight and their answers, and per-channel receive state (messages the node has
-handed over, receivers waiting, credit granted). Does not own: the session,
-memberships or the keeper (``zchannels.client``), nor encoding of user
-messages (``zchannels.layer``).
+flight and their answers, and the futures of receivers waiting. Does not own:
+the receive accounting (``zchannels.flow``), the session, memberships or the
+keeper (``zchannels.client``, which it knows only as an ``Owner``), nor
+encoding of user messages (``zchannels.layer``).
 
 Reading is drain style (one wake-up reads every frame ready, see NOTES.md),
 writing is batched (everything queued in one loop iteration goes out in one
@@ -21,6 +21,7 @@ so a cancelled ``receive()`` loses nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -28,12 +29,14 @@ import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import zmq
 
+from .config import LayerConfig
 from .errors import ChannelFull, LimitExceeded, NodeUnavailable, ProtocolError
 from .flow import Flow
+from .keys import ClusterKey
 from .names import local_part
 from .protocol import (
     BATCH_BYTES,
@@ -46,8 +49,33 @@ from .protocol import (
     split_batches,
 )
 
-if TYPE_CHECKING:
-    from .client import Client
+
+class Owner(Protocol):
+    """What a connection needs from the process's session that owns it
+    (``zchannels.client.Client``): named here so the two modules do not
+    import each other."""
+
+    ctx: zmq.Context[zmq.Socket[bytes]]
+    session: str
+    pid: int
+    config: LayerConfig
+    endpoint: str
+    key: ClusterKey | None
+    counters: collections.Counter[str]
+    max_frame: int | None
+
+    def on_welcome(
+        self,
+        by: Connection,
+        node_tag: str,
+        incarnation: str,
+        lease: float,
+        max_frame: int,
+        lost: bool,
+    ) -> None: ...
+
+    def forget(self, conn: Connection) -> None: ...
+
 
 log = logging.getLogger("zchannels.layer")
 
@@ -87,7 +115,7 @@ class _Pending:
 
 
 class Connection:
-    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop, index: int) -> None:
+    def __init__(self, client: Owner, loop: asyncio.AbstractEventLoop, index: int) -> None:
         self._client = client
         # Weak: the client keeps connections per loop in a WeakKeyDictionary,
         # and a strong reference from here would keep every loop alive.
