@@ -349,14 +349,29 @@ class NodeCore:
     def _consumed(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
     ) -> None:
-        channel, upto, count, expired = f
-        if session is None or not valid_wire_channel(channel) or not 0 <= expired <= count:
-            if session is not None:
+        (reports,) = f
+        if session is None:
+            return
+        consumed = self.queues.consumed
+        local = self.route is None or self._hops >= MAX_HOPS
+        for report in reports[:MAX_CREDIT]:
+            # (exact type checks: the hot path of every receive; bool is not int here)
+            if type(report) is not list or len(report) != 4:
                 self.counters.bad_requests += 1
-            return
-        if self._relay(conn, session, MsgType.CONSUMED, f, channel, out):
-            return
-        self.queues.consumed(conn, channel, upto, count, expired)
+                continue
+            channel, upto, count, expired = report
+            if (
+                type(upto) is not int
+                or type(count) is not int
+                or type(expired) is not int
+                or not 0 <= expired <= count
+                or not valid_wire_channel(channel)
+            ):
+                self.counters.bad_requests += 1
+                continue
+            if not local and self._relay(conn, session, MsgType.CONSUMED, ([report],), channel, out):
+                continue
+            consumed(conn, channel, upto, count, expired)
 
     def _revoked(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]

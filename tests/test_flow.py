@@ -131,7 +131,7 @@ class World:
         # taken by a receive() that returned, not yet reported: the node
         # counts them lost too (the process died with them, in its hands)
         self.taken_unreported += sum(r[1] for r in c.flow.consumed.values()) + sum(
-            m[1][2] for m in c.to_node if m[0] == MsgType.CONSUMED
+            r[2] for m in c.to_node if m[0] == MsgType.CONSUMED for r in m[1][0]
         )
         c.gone = True
         c.receiving = False
@@ -155,7 +155,8 @@ class World:
             if withdraw:
                 c.to_client.append((MsgType.ACK, (req, 1)))
         elif mtype == MsgType.CONSUMED:
-            q.consumed(c.cid, *f)
+            for report in f[0]:
+                q.consumed(c.cid, *report)
         elif mtype == MsgType.BYE:
             q.drop_conn(c.cid, self.now)
             c.gone = True

@@ -133,8 +133,8 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", {"channels": 3, "queued": 12}),
         "012a92a26e3282a86368616e6e656c7303a67175657565640c",
     ),
-    # version 1, type 43, [channel, upto seq, count taken, of which expired]
-    MsgType.CONSUMED: (("asgi|c", 7, 2, 1), "012b94a6617367697c63070201"),
+    # version 1, type 43, [[[channel, upto seq, count taken, of which expired]]]
+    MsgType.CONSUMED: (([["asgi|c", 7, 2, 1]],), "012b919194a6617367697c63070201"),
     MsgType.REVOKE: (("asgi|c",), "012c91a6617367697c63"),
     MsgType.REVOKED: (("asgi|c",), "012d91a6617367697c63"),
     MsgType.FLUSHED: (("asgi",), "012e91a461736769"),

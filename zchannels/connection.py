@@ -222,27 +222,33 @@ class Connection:
 
     # -- receiving --------------------------------------------------------
     async def receive(self, channel: str) -> bytes:
-        """Take the next message of ``channel`` (a wire name)."""
+        """Take the next message of ``channel`` (a wire name). (The hot path of
+        every consumer: a group_send to 1,000 members runs it 2,000 times.)"""
         flow = self.flow
         state = flow.enter(channel)
         cancelled = False
         try:
-            loop = self._loop()
             while True:
-                payload = flow.take(channel, time.monotonic()) if state.buffer else None
-                if payload is not None:
-                    self._queue_all(flow.replenish(channel))
-                    self._report_soon()
-                    return payload
-                waiter: asyncio.Future[None] = loop.create_future()
+                if state.buffer:
+                    payload = flow.take(channel, time.monotonic())
+                    if payload is not None:
+                        if flow.wants_credit(state):
+                            self._queue_all(flow.replenish(channel))
+                        if not self._flush_scheduled:
+                            self._report_soon()
+                        return payload
+                waiter: asyncio.Future[None] = self._loop().create_future()
                 waiters = self._waiters.get(channel)
                 if waiters is None:
                     waiters = self._waiters[channel] = deque()
                 waiters.append(waiter)
                 state.waiting += 1
-                self._queue_all(flow.replenish(channel))
-                self._report_soon()
-                self._arm_sweep()
+                if flow.wants_credit(state):
+                    self._queue_all(flow.replenish(channel))
+                if flow.consumed and not self._flush_scheduled:
+                    self._report_soon()
+                if self._sweep_handle is None:
+                    self._arm_sweep()
                 try:
                     await waiter
                 except asyncio.CancelledError:
@@ -255,12 +261,11 @@ class Connection:
                         # wake another receiver in its place.
                         self._wake(channel, 1)
                     raise
-                finally:
-                    if not waiters and self._waiters.get(channel) is waiters:
-                        del self._waiters[channel]
         finally:
             if not self.closed:
-                self._queue_all(flow.leave(channel, time.monotonic(), cancelled))
+                back = flow.leave(channel, time.monotonic(), cancelled)
+                if back:
+                    self._queue_all(back)
 
     def _wake(self, channel: str, n: int) -> None:
         waiters = self._waiters.get(channel)
@@ -467,6 +472,8 @@ class Connection:
             return
         now = time.monotonic()
         self._queue_all(self.flow.sweep(now))
+        for channel in [c for c, w in self._waiters.items() if not w]:
+            del self._waiters[channel]
         timeout = self._client.config.request_timeout
         for req, pending in list(self._pending.items()):
             if now - pending.sent_at > timeout and not pending.future.done():

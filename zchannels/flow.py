@@ -109,6 +109,11 @@ class Flow:
             self.expired += 1
         return None
 
+    def wants_credit(self, state: ChannelFlow) -> bool:
+        """Whether ``replenish`` may have credit to grant (a cheap test the
+        shell makes on every receive)."""
+        return state.credit + len(state.buffer) <= RECEIVE_WINDOW // 2
+
     def replenish(self, channel: str) -> list[Message]:
         """Credit to grant so the node keeps up to a window in flight."""
         state = self.channels.get(channel)
@@ -242,15 +247,12 @@ class Flow:
         return []
 
     def report(self) -> list[Message]:
-        """Consumption not yet reported, one message per channel."""
+        """Consumption not yet reported: one message, a report per channel."""
         if not self.consumed:
             return []
-        out: list[Message] = [
-            (MsgType.CONSUMED, (channel, upto, count, expired))
-            for channel, (upto, count, expired) in self.consumed.items()
-        ]
+        reports = [[channel, *report] for channel, report in self.consumed.items()]
         self.consumed.clear()
-        return out
+        return [(MsgType.CONSUMED, (reports,))]
 
     def forget_prefetched(self) -> None:
         """The node dropped our session (its lease lapsed while this process

@@ -51,6 +51,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._client: _client.Client | None = None
         self._capacities: dict[str, int] = {}
         self._valid_names: set[str] = set()
+        #: names checked for receive() (valid, and ours if '!') -> wire name,
+        #: for one client ("" -> that client)
+        self._receivable: dict[str, Any] = {"": None}
         #: (the payload received last, its decoded message once a second
         #: receiver got the same payload object: see ``_decode``)
         self._last_payload: tuple[bytes | None, dict[str, Any] | None] = (None, None)
@@ -141,11 +144,18 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         Cancelling it loses nothing: a message is only taken by a receive that
         goes on to return it.
         """
-        self.require_valid_channel_name(channel)
         client = self.client
-        if "!" in channel and not self._ours(channel, client):
-            raise ForeignChannel(channel, client.session)
-        payload = await client.connection().receive(self._wire(channel))
+        known = self._receivable
+        wire = known.get(channel) if known[""] is client else None
+        if wire is None:
+            self.require_valid_channel_name(channel)
+            if "!" in channel and not self._ours(channel, client):
+                raise ForeignChannel(channel, client.session)
+            if known[""] is not client or len(known) > 10_000:
+                known.clear()
+                known[""] = client
+            wire = known[channel] = self._wire(channel)
+        payload = await client.connection().receive(wire)
         return self._decode(payload)
 
     def _decode(self, payload: bytes) -> dict[str, Any]:

@@ -267,11 +267,12 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     # what ``origin`` holds now: {"channels": n, "queued": n, "drops": {...}}
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
-    # the first ``count`` messages of channel this connection was handed (in
-    # the order handed), none with a seq above ``upto``, were taken by a
+    # reports: [[channel, upto, count, expired], ...], one per channel: the
+    # first ``count`` messages of channel this connection was handed (in the
+    # order handed), none with a seq above ``upto``, were taken by a
     # receive() (or, ``expired`` of them, found expired in the process):
     # they no longer count against capacity
-    MsgType.CONSUMED: (("channel", str), ("upto", int), ("count", int), ("expired", int)),
+    MsgType.CONSUMED: (("reports", list),),
     MsgType.REVOKE: (("channel", str),),
     MsgType.REVOKED: (("channel", str),),
     # prefix: the namespace a flush() cleared
