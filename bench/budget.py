@@ -49,9 +49,9 @@ FULL = Budget(
     many_channels=100,
     fanout_sizes=(100, 1000),
     fanout_shots=20,
-    fanout_box_s=1.5,
-    fanout_min_shots=5,
-    group_ops=3_000,
+    fanout_box_s=1.0,
+    fanout_min_shots=3,
+    group_ops=2_000,
     deadline_s=20.0,
 )
 
