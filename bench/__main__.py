@@ -1,9 +1,10 @@
-"""``python -m bench``: run the scenarios for every layer, print the markdown table.
+"""``python -m bench``: run the scenarios for every layer, print verdicts and table.
 
-Progress goes to stderr, the table to stdout. ``--write`` also puts the table into
-docs/benchmarks.md between its markers. Needs redis-server on PATH for the
-channels_redis anchors (bench/run installs it) and zchannels installed for its columns;
-a layer that cannot run reads "unavailable" with the reason, and the rest still runs.
+Progress goes to stderr; the issue-10 verdicts and the markdown table to stdout.
+``--write`` also puts them into docs/benchmarks.md between its markers. Needs
+redis-server on PATH for the channels_redis anchors (bench/run installs it) and
+zchannels installed for its columns; a layer that cannot run reads "unavailable" with
+the reason, and the rest still runs.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="fast smoke run (2 rounds, short boxes)"
     )
-    parser.add_argument("--write", action="store_true", help=f"write the table into {DOCS}")
+    parser.add_argument("--write", action="store_true", help=f"write the output into {DOCS}")
     parser.add_argument("--rounds", type=int, help="interleaved runs per cell (default 5, quick 2)")
     parser.add_argument("--layers", default=",".join(LAYER_KEYS), help="comma-separated layer keys")
     parser.add_argument(
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                     "meta": results.meta,
                     "samples": {f"{k[0]} {k[1]}": v for k, v in results.samples.items()},
                     "failures": {f"{k[0]} {k[1]}": v for k, v in results.failures.items() if v},
+                    "rounds": {f"{k[0]} {k[1]}": v for k, v in results.sample_rounds.items()},
+                    "pooled": {f"{k[0]} {k[1]}": v for k, v in results.pooled.items()},
                     "unavailable": results.unavailable,
                     "warnings": results.warnings,
                 },

@@ -25,7 +25,8 @@ import zmq.asyncio
 
 from bench.budget import Budget
 from bench.control import Peer
-from bench.scenarios import PAYLOAD, BenchError, Metrics, Role, percentile
+from bench.cpu import Meter
+from bench.scenarios import PAYLOAD, BenchError, Metrics, Role, pingpong_metrics
 
 packb = msgpack.packb
 unpackb = msgpack.unpackb
@@ -58,26 +59,32 @@ async def _dealer(endpoint: str) -> AsyncIterator[zmq.asyncio.Socket]:
         ctx.term()
 
 
-async def pingpong_responder(_: Any, peer: Peer, budget: Budget) -> Metrics:
+async def pingpong_responder(_: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     async with _router() as (sock, endpoint):
         await peer.send(endpoint)
+        measuring = False
         while True:
             ident, body = await sock.recv_multipart()
             msg = unpackb(body)
-            if msg["type"] == "bench.stop":
+            kind = msg["type"]
+            if kind == "bench.stop":
                 break
+            if kind == "bench.ping" and not measuring:
+                measuring = True
+                meter.mark("pingpong")
             reply = {"type": "bench.pong", "seq": msg["seq"], "text": PAYLOAD}
             await sock.send_multipart([ident, packb(reply)])
+        meter.mark("pingpong")
         await peer.send("bye")
     return {}
 
 
-async def pingpong_pinger(_: Any, peer: Peer, budget: Budget) -> Metrics:
+async def pingpong_pinger(_: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     endpoint = await peer.recv()
     async with _dealer(endpoint) as sock:
 
-        async def round_trip(seq: int) -> None:
-            await sock.send(packb({"type": "bench.ping", "seq": seq, "text": PAYLOAD}))
+        async def round_trip(seq: int, kind: str = "bench.ping") -> None:
+            await sock.send(packb({"type": kind, "seq": seq, "text": PAYLOAD}))
             answer = unpackb(await sock.recv())
             if answer["seq"] != seq:
                 raise BenchError(f"pong {answer['seq']} answered ping {seq}")
@@ -85,9 +92,10 @@ async def pingpong_pinger(_: Any, peer: Peer, budget: Budget) -> Metrics:
         seq = 0
         warm_end = time.perf_counter() + budget.warm_s
         while time.perf_counter() < warm_end:
-            await round_trip(seq)
+            await round_trip(seq, "bench.warm")
             seq += 1
         latencies: list[float] = []
+        meter.mark("pingpong")
         start = time.perf_counter()
         box_end = start + budget.box_s
         while len(latencies) < budget.max_messages:
@@ -98,17 +106,13 @@ async def pingpong_pinger(_: Any, peer: Peer, budget: Budget) -> Metrics:
             latencies.append(time.perf_counter() - t0)
             seq += 1
         elapsed = time.perf_counter() - start
+        meter.mark("pingpong")
         await sock.send(packb({"type": "bench.stop", "seq": -1}))
         await peer.recv()  # "bye"
-    latencies.sort()
-    return {
-        "pingpong.rate": len(latencies) / elapsed,
-        "pingpong.p50_ms": percentile(latencies, 0.50) * 1e3,
-        "pingpong.p99_ms": percentile(latencies, 0.99) * 1e3,
-    }
+    return pingpong_metrics(latencies, elapsed)
 
 
-async def throughput_consumer(_: Any, peer: Peer, budget: Budget) -> Metrics:
+async def throughput_consumer(_: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     async with _router() as (sock, endpoint):
         await peer.send(endpoint)
         expected = 0
@@ -122,22 +126,25 @@ async def throughput_consumer(_: Any, peer: Peer, budget: Budget) -> Metrics:
                     raise BenchError(f"expected seq {expected}, got {msg['seq']}")
                 expected += 1
             elif kind == "bench.start":
+                meter.mark("throughput")
                 start = time.perf_counter()
             elif kind == "bench.end":
                 elapsed = time.perf_counter() - start
+                meter.mark("throughput")
                 if msg["count"] != expected:
                     raise BenchError(f"producer sent {msg['count']} messages, {expected} arrived")
                 break
         await peer.send("done")
-    return {"throughput.rate": expected / elapsed}
+    return {"throughput.rate": expected / elapsed, "cpu.throughput.msgs": float(expected)}
 
 
-async def throughput_producer(_: Any, peer: Peer, budget: Budget) -> Metrics:
+async def throughput_producer(_: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     endpoint = await peer.recv()
     async with _dealer(endpoint) as sock:
         warm_end = time.perf_counter() + budget.warm_s
         while time.perf_counter() < warm_end:
             await sock.send(packb({"type": "bench.warm", "text": PAYLOAD}))
+        meter.mark("throughput")
         await sock.send(packb({"type": "bench.start"}))
         box_end = time.perf_counter() + budget.box_s
         seq = 0
@@ -146,6 +153,7 @@ async def throughput_producer(_: Any, peer: Peer, budget: Budget) -> Metrics:
             seq += 1
         await sock.send(packb({"type": "bench.end", "count": seq}))
         await peer.recv()  # "done"
+        meter.mark("throughput")
     return {}
 
 

@@ -1,14 +1,17 @@
-"""The side line between the two roles of a scenario (never the measured path).
+"""The side line between the roles of a scenario (never the measured path).
 
 Roles exchange setup data (channel names, "ready", "done") through a ``Peer``: a
-``multiprocessing`` pipe when the roles run in two processes, a pair of asyncio
-queues when they are two tasks of one process. Waits are bounded by the deadline
-that wraps the whole role (see runner.py), so a ``recv`` here needs none of its own.
+``multiprocessing`` pipe when the roles run in separate processes, a pair of asyncio
+queues when they are tasks of one process. A scenario of more than two roles is a
+star: its first role holds a ``Hub`` (one peer per other role), each other role one
+``Peer`` to the hub. Waits are bounded by the deadline that wraps the whole role (see
+runner.py), so a ``recv`` here needs none of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -64,6 +67,22 @@ class QueuePeer:
 
     async def recv(self) -> Any:
         return await self._inbox.get()
+
+
+class Hub:
+    """The first role's end of a star: one peer per other role, in role order."""
+
+    def __init__(self, peers: Sequence[Peer]) -> None:
+        self.each = list(peers)
+
+    async def send(self, obj: Any) -> None:
+        """The same object to every other role."""
+        for peer in self.each:
+            await peer.send(obj)
+
+    async def recv_all(self) -> list[Any]:
+        """One object from every other role, in role order."""
+        return [await peer.recv() for peer in self.each]
 
 
 def queue_peers() -> tuple[QueuePeer, QueuePeer]:

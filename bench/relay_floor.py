@@ -1,15 +1,20 @@
 """The floor of any sidecar design: bare pyzmq through a do-nothing relay.
 
-``python -m bench.relay_floor`` measures ping-pong round trips/s between two
-processes (A and B, asyncio, drain-style reads, 100-byte messages) on ipc://
+Ping-pong between two processes A and B (asyncio, drain-style reads, 100-byte
+messages, no encoding) on ipc://
 
 - directly, DEALER -> ROUTER (two hops per round trip, like "bare pyzmq"), and
-- through a third process that only forwards frames (four hops, like any
-  sidecar or broker: A -> relay -> B -> relay -> A), with no decoding, no
-  queues, no logic at all.
+- through a third process that only forwards frames (four hops, like any sidecar or
+  broker: A -> relay -> B -> relay -> A), with no decoding, no queues, no logic at all.
 
-Whatever a sidecar does per message comes on top of the second figure, so it
-bounds what zchannels' sidecar ping-pong can reach on this machine.
+Whatever a sidecar does per message comes on top of the second figure, so it bounds
+what zchannels' sidecar ping-pong can reach on the machine.
+
+``bench/run`` measures the relayed figure in the same run as every layer's ping-pong
+(the "relay floor" column): services.py starts the relay (``python -m bench.relay_floor
+relay ENDPOINT``) and the harness runs ``ROLES`` as A and B. ``python -m
+bench.relay_floor`` on its own measures both figures, 5 interleaved runs of 5,000 round
+trips each.
 """
 
 from __future__ import annotations
@@ -20,26 +25,40 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import cast
+from typing import Any, cast
 
 import zmq
 
+from bench.budget import Budget
+from bench.control import Peer
+from bench.cpu import Meter
+from bench.scenarios import BenchError, Metrics, Role, pingpong_metrics
+
 ROUNDS = 5
 ROUND_TRIPS = 5000
+HELLO = b"hello"
+"""A frame the relay sends back to its sender: once answered, the relay can route to it."""
+STOP = b"stop"
+WARM = b"w" + b"x" * 99
+PING = b"p" + b"x" * 99
 
 
 def relay(endpoint: str) -> None:
-    """Forward every frame from A to B and back; nothing else."""
+    """Forward every frame from A to B and back (answer HELLO to its sender); nothing else."""
 
     async def run() -> None:
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a new A or B takes over its id at once
         sock.bind(endpoint)
         loop = asyncio.get_running_loop()
 
         def readable() -> None:
             while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 ident, msg = sock.recv_multipart(zmq.NOBLOCK)
-                sock.send_multipart([b"B" if ident == b"A" else b"A", msg], zmq.NOBLOCK)
+                if msg == HELLO:
+                    sock.send_multipart([ident, msg], zmq.NOBLOCK)
+                else:
+                    sock.send_multipart([b"B" if ident == b"A" else b"A", msg], zmq.NOBLOCK)
 
         loop.add_reader(sock.fileno(), readable)
         await asyncio.Event().wait()
@@ -47,47 +66,131 @@ def relay(endpoint: str) -> None:
     asyncio.run(run())
 
 
+class _Dealer:
+    """A DEALER read drain-style: the loop wakes on the socket's fd, then every queued
+    frame is read without blocking (the fd is edge-triggered: read EVENTS after a send)."""
+
+    def __init__(self, ident: bytes, endpoint: str) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, ident)
+        self.sock.connect(endpoint)
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self.readable)
+
+    def readable(self) -> None:
+        while cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            self.inbox.put_nowait(self.sock.recv(zmq.NOBLOCK))
+
+    def send(self, data: bytes) -> None:
+        self.sock.send(data)
+        self.readable()
+
+    async def recv(self) -> bytes:
+        return await self.inbox.get()
+
+    async def hello(self) -> None:
+        self.send(HELLO)
+        if await self.recv() != HELLO:
+            raise BenchError("the relay did not answer hello")
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+# --- in bench/run: A and B of the relay-floor ping-pong (the layer is the endpoint) ----
+
+
+async def pingpong_responder(endpoint: str, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
+    b = _Dealer(b"B", endpoint)
+    try:
+        await b.hello()
+        await peer.send("ready")
+        measuring = False
+        while True:
+            msg = await b.recv()
+            if msg == STOP:
+                break
+            if not measuring and msg == PING:
+                measuring = True
+                meter.mark("pingpong")
+            b.send(msg)
+        meter.mark("pingpong")
+        await peer.send("bye")
+    finally:
+        b.close()
+    return {}
+
+
+async def pingpong_pinger(endpoint: str, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
+    await peer.recv()  # "ready": B is routable
+    a = _Dealer(b"A", endpoint)
+    try:
+        await a.hello()
+
+        async def round_trip(payload: bytes) -> None:
+            a.send(payload)
+            if await a.recv() != payload:
+                raise BenchError("the pong is not the ping")
+
+        warm_end = time.perf_counter() + budget.warm_s
+        while time.perf_counter() < warm_end:
+            await round_trip(WARM)
+        latencies: list[float] = []
+        meter.mark("pingpong")
+        start = time.perf_counter()
+        box_end = start + budget.box_s
+        while len(latencies) < budget.max_messages:
+            t0 = time.perf_counter()
+            if t0 >= box_end:
+                break
+            await round_trip(PING)
+            latencies.append(time.perf_counter() - t0)
+        elapsed = time.perf_counter() - start
+        meter.mark("pingpong")
+        a.send(STOP)
+        await peer.recv()  # "bye"
+    finally:
+        a.close()
+    return pingpong_metrics(latencies, elapsed)
+
+
+ROLES: dict[str, tuple[Role, ...]] = {"pingpong": (pingpong_responder, pingpong_pinger)}
+
+
+# --- python -m bench.relay_floor: direct vs relayed, on its own --------------------------
+
+
 async def endpoint_role(role: str, endpoint: str, direct: bool) -> None:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.ROUTING_ID, role.encode())
-    loop = asyncio.get_running_loop()
-    inbox: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def readable() -> None:
-        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            inbox.put_nowait(sock.recv(zmq.NOBLOCK))
-
-    if direct and role == "B":  # B is the ROUTER side of a direct pair
-        sock.close()
-        sock = zmq.Context.instance().socket(zmq.ROUTER)
+    if direct and role == "B":  # B is the ROUTER side of a direct pair: echo forever
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
         sock.bind(endpoint)
 
-        def readable_router() -> None:
+        def echo() -> None:
             while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 ident, msg = sock.recv_multipart(zmq.NOBLOCK)
                 sock.send_multipart([ident, msg], zmq.NOBLOCK)
 
-        loop.add_reader(sock.fileno(), readable_router)
+        asyncio.get_running_loop().add_reader(sock.fileno(), echo)
         print("ready", flush=True)
         await asyncio.Event().wait()
-    sock.connect(endpoint)
-    loop.add_reader(sock.fileno(), readable)
+    dealer = _Dealer(role.encode(), endpoint)
+    if not direct:
+        await dealer.hello()
     if role == "B":
         print("ready", flush=True)
         while True:
-            sock.send(await inbox.get())
-            readable()
-    await asyncio.sleep(0.3)
-    payload = b"x" * 100
+            dealer.send(await dealer.recv())
     for _ in range(200):  # warm-up
-        sock.send(payload)
-        readable()
-        await inbox.get()
+        dealer.send(PING)
+        await dealer.recv()
     start = time.perf_counter()
     for _ in range(ROUND_TRIPS):
-        sock.send(payload)
-        readable()
-        await inbox.get()
+        dealer.send(PING)
+        await dealer.recv()
     print(ROUND_TRIPS / (time.perf_counter() - start), flush=True)
 
 
@@ -95,10 +198,11 @@ def measure(direct: bool) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         endpoint = f"ipc://{tmp}/floor.sock"
         me = [sys.executable, "-m", "bench.relay_floor"]
-        helpers = []
+        helpers: list[subprocess.Popen[Any]] = []
         try:
             if not direct:
                 helpers.append(subprocess.Popen([*me, "relay", endpoint]))
+                time.sleep(0.3)  # bound before B and A say hello
             b = subprocess.Popen(
                 [*me, "B", endpoint, str(direct)], stdout=subprocess.PIPE, text=True
             )

@@ -1,11 +1,16 @@
 """Runs measurements: worker processes, deadlines, interleaved rounds, collected results.
 
-One measurement = one (scenario, layer) pair in fresh ``spawn`` processes: the two
-roles in two processes joined by a pipe, or -- for in-process layers and one-role
-scenarios -- in one process. Every wait has a deadline: a role that does not finish
-in ``budget.deadline_s`` is cancelled inside its worker (which reports where it was
-stuck), and a worker that does not report in time is killed. A broken layer costs one
-deadline per cell and reads "timeout" or "failed" in the table; it never hangs the run.
+One measurement = one (scenario, layer) pair in fresh processes (forked by a
+``forkserver`` that has imported only third-party modules and the harness): each role
+in its own process, joined by pipes (two roles: one pipe; more: a star of pipes from
+the first role to each other one), or -- for in-process layers and one-role scenarios
+-- all roles as tasks of one process. Each worker process has a CPU ``Meter`` (cpu.py);
+the coordinator merges the workers' readings into CPU µs per delivered message.
+
+Every wait has a deadline: a role that does not finish in ``budget.deadline_s`` is
+cancelled inside its worker (which reports where it was stuck), and a worker that does
+not report in time is killed. A broken layer costs one deadline per cell and reads
+"timeout" or "failed" in the table; it never hangs the run.
 
 Rounds are interleaved: round r runs every scenario for every layer, the layer order
 rotated by r, so drift on a noisy machine spreads over all layers alike.
@@ -32,9 +37,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, cast
 
-from bench import layers
+from bench import cpu, layers
 from bench.budget import Budget
-from bench.control import PipePeer, QueuePeer, queue_peers
+from bench.control import Hub, Peer, PipePeer, queue_peers
 from bench.layers import LayerSpec
 from bench.profiling import maybe_profile, summarize
 from bench.scenarios import PROBE, SCENARIOS, Metrics, Role, Scenario
@@ -55,6 +60,8 @@ class Outcome:
     metrics: Metrics = field(default_factory=dict)
     error: str = ""
     warnings: list[str] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+    """Per-event samples (fan-out shots), pooled over runs for percentiles."""
 
 
 @dataclass
@@ -64,6 +71,13 @@ class Results:
     scenarios: list[Scenario]
     samples: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     """(layer key, metric key) -> one value per successful run."""
+    sample_rounds: dict[tuple[str, str], list[int]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    """(layer key, metric key) -> the round of each value in ``samples`` (pairs the layers
+    of one round for per-round ratios)."""
+    pooled: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    """(layer key, series key) -> every per-event sample of every run (fan-out shots)."""
     failures: dict[tuple[str, str], list[str]] = field(default_factory=lambda: defaultdict(list))
     """(layer key, scenario key) -> one error text per failed run."""
     unavailable: dict[str, str] = field(default_factory=dict)
@@ -83,7 +97,29 @@ def roles_for(scenario_key: str, spec: LayerSpec) -> tuple[Role, ...] | None:
         from bench import bare_zmq
 
         return bare_zmq.ROLES.get(scenario_key)
-    return SCENARIOS[scenario_key].roles
+    if spec.kind == "relay":
+        from bench import relay_floor
+
+        return relay_floor.ROLES.get(scenario_key)
+    scenario = SCENARIOS[scenario_key]
+    if scenario.processes_only and spec.single_process:
+        return None
+    return scenario.roles
+
+
+def _is_hub(scenario_key: str) -> bool:
+    scenario = SCENARIOS.get(scenario_key)
+    return scenario is not None and scenario.hub
+
+
+def _links(scenario_key: str, count: int) -> list[Peer | Hub]:
+    """In-process links for ``count`` roles of one process: a pair, or a star."""
+    if count == 1:
+        return [queue_peers()[0]]
+    if count == 2 and not _is_hub(scenario_key):
+        return list(queue_peers())
+    pairs = [queue_peers() for _ in range(count - 1)]
+    return [Hub([hub_end for hub_end, _ in pairs]), *(end for _, end in pairs)]
 
 
 def _short(filename: str) -> str:
@@ -134,24 +170,25 @@ async def _run_roles(
     spec: LayerSpec,
     budget: Budget,
     deadline_s: float,
-    conn: Connection | None,
+    conns: list[Connection],
+    meter: cpu.Meter,
     warnings: list[str],
 ) -> Metrics:
     roles = roles_for(scenario_key, spec)
     if roles is None:
         raise ValueError(f"{spec.key} has no {scenario_key} scenario")
-    peers: list[PipePeer | QueuePeer]
-    if len(role_indices) == 2:
-        peers = list(queue_peers())
-    elif conn is not None:
-        peers = [PipePeer(conn)]
+    peers: list[Peer | Hub]
+    if len(role_indices) > 1 or not conns:
+        peers = _links(scenario_key, len(role_indices))
+    elif role_indices[0] == 0 and _is_hub(scenario_key):
+        peers = [Hub([PipePeer(c) for c in conns])]
     else:
-        peers = [queue_peers()[0]]
+        peers = [PipePeer(conns[0])]
     end = time.monotonic() + deadline_s
     layer = layers.build(spec)
     try:
         tasks = [
-            asyncio.create_task(roles[i](layer, peer, budget), name=roles[i].__name__)
+            asyncio.create_task(roles[i](layer, peer, budget, meter), name=roles[i].__name__)
             for i, peer in zip(role_indices, peers, strict=True)
         ]
         done, pending = await asyncio.wait(
@@ -189,27 +226,47 @@ def worker(
     spec: LayerSpec,
     budget: Budget,
     deadline_s: float,
-    peer_conn: Connection | None,
+    peer_conns: list[Connection],
     result_conn: Connection,
     profile_dir: str | None,
 ) -> None:
-    """Entry point of a spawned worker process: run the roles, send one result tuple."""
+    """Entry point of a worker process: run the roles, send one result tuple."""
     warnings: list[str] = []
     known = roles_for(scenario_key, spec) or ()
-    names = "+".join(known[i].__name__ for i in role_indices if i < len(known))
+    names = "+".join(dict.fromkeys(known[i].__name__ for i in role_indices if i < len(known)))
+    meter = cpu.Meter(spec.node_pid or None)
     try:
+        roles = _run_roles(
+            scenario_key, role_indices, spec, budget, deadline_s, peer_conns, meter, warnings
+        )
         with maybe_profile(profile_dir, f"{spec.key}-{names}"):
-            metrics = asyncio.run(
-                _run_roles(
-                    scenario_key, role_indices, spec, budget, deadline_s, peer_conn, warnings
-                )
-            )
-        result_conn.send(("ok", metrics, "", warnings))
+            metrics = asyncio.run(roles)
+        metrics.update(meter.metrics())
+        result_conn.send(("ok", metrics, meter.series(), "", warnings))
     except BaseException as exc:
-        result_conn.send(("error", {}, _describe(exc), warnings))
+        result_conn.send(("error", {}, {}, _describe(exc), warnings))
 
 
 # --- in the coordinator ------------------------------------------------------------------
+
+
+PRELOAD = [
+    "bench.runner",
+    "channels.layers",
+    "channels_redis.core",
+    "channels_redis.pubsub",
+    "msgpack",
+    "zmq.asyncio",
+]
+"""What the fork server imports once, so a worker starts in ~0.1 s, not ~1 s: third-party
+modules and the harness only. zchannels is imported afresh by each worker (no state of
+the layer under test is ever inherited through a fork)."""
+
+
+def _context() -> multiprocessing.context.ForkServerContext:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # the server skips what it cannot import
+    return ctx
 
 
 def measure(
@@ -223,15 +280,16 @@ def measure(
     roles = roles_for(scenario_key, spec)
     if roles is None:
         return Outcome(False, error=f"no {scenario_key} scenario for {spec.key}")
-    ctx = multiprocessing.get_context("spawn")
+    ctx = _context()
     groups: list[tuple[int, ...]]
+    peer_ends: list[list[Connection]]
     if spec.single_process or len(roles) == 1:
         groups = [tuple(range(len(roles)))]
-        peer_ends: list[Connection | None] = [None]
-    else:
-        groups = [(0,), (1,)]
-        a, b = ctx.Pipe(duplex=True)
-        peer_ends = [a, b]
+        peer_ends = [[]]
+    else:  # role 0 is joined to every other role: a pair, or the hub of a star
+        groups = [(i,) for i in range(len(roles))]
+        pipes = [ctx.Pipe(duplex=True) for _ in roles[1:]]
+        peer_ends = [[a for a, _ in pipes], *([b] for _, b in pipes)]
     procs = []
     results: list[Connection] = []
     for indices, peer_end in zip(groups, peer_ends, strict=True):
@@ -254,8 +312,8 @@ def measure(
         write_end.close()
         procs.append(proc)
         results.append(read_end)
-    for end in peer_ends:
-        if end is not None:
+    for ends in peer_ends:
+        for end in ends:
             end.close()
 
     outcome = _collect(procs, results, deadline_s + EXIT_GRACE_S)
@@ -268,6 +326,7 @@ def measure(
             proc.join(5.0)
     for conn in results:
         conn.close()
+    outcome.metrics = cpu.per_message(outcome.metrics)
     return outcome
 
 
@@ -276,6 +335,7 @@ def _collect(procs: list[Any], conns: list[Connection], wait_s: float) -> Outcom
     so a timeout reports where *each* role was waiting (a lost message shows as both
     sides waiting in receive)."""
     metrics: Metrics = {}
+    series: dict[str, list[float]] = {}
     warnings: list[str] = []
     errors: list[str] = []
     pending: dict[Any, Any] = dict(zip(conns, procs, strict=True))
@@ -289,19 +349,22 @@ def _collect(procs: list[Any], conns: list[Connection], wait_s: float) -> Outcom
         for conn in ready:
             proc = pending.pop(conn)
             try:
-                status, part, error, notes = cast(Connection, conn).recv()
+                status, part, samples, error, notes = cast(Connection, conn).recv()
             except EOFError:
                 proc.join(1.0)
-                status, part, error, notes = "error", {}, f"worker died ({proc.exitcode})", []
+                status, part, samples = "error", {}, {}
+                error, notes = f"worker died ({proc.exitcode})", []
             warnings.extend(notes)
             if status == "ok":
-                metrics.update(part)
+                cpu.merge(metrics, part)
+                for key, values in samples.items():
+                    series.setdefault(key, []).extend(values)
             else:
                 errors.append(error)
                 end = min(end, time.monotonic() + ERROR_GRACE_S)
     if errors:
         return Outcome(False, error="; ".join(errors), warnings=warnings)
-    return Outcome(True, metrics, warnings=warnings)
+    return Outcome(True, metrics, warnings=warnings, series=series)
 
 
 def _versions() -> dict[str, str]:
@@ -355,14 +418,15 @@ def run(
         )
     with tempfile.TemporaryDirectory(prefix="zchannels-bench-") as tmp:
         workdir = Path(tmp)
-        need = {s.needs for s in layers.specs(0, "") if s.key in layer_keys and s.needs}
+        need = {s.needs for s in layers.specs(0, "", "") if s.key in layer_keys and s.needs}
         services = Services(workdir, need, profile_dir, log)
         try:
             if services.redis is not None:
                 results.meta["redis-server"] = services.redis.version()
             port = services.redis.port if services.redis else 0
             endpoint = services.znode.endpoint if services.znode else ""
-            results.layers = [s for s in layers.specs(port, endpoint) if s.key in layer_keys]
+            relay = services.relay.endpoint if services.relay else ""
+            results.layers = [s for s in layers.specs(port, endpoint, relay) if s.key in layer_keys]
             _probe_all(results, services, budget, log)
             _rounds(results, services, budget, log, profile_dir)
         finally:
@@ -430,21 +494,29 @@ def _rounds(
                 if services.error(spec.needs):
                     results.failures[cell].append(services.error(spec.needs))
                     continue
-                outcome = measure(scenario.key, spec, budget, budget.deadline_s, profile_dir)
+                node = replace(spec, node_pid=services.pid(spec.needs))
+                began = time.monotonic()
+                outcome = measure(scenario.key, node, budget, budget.deadline_s, profile_dir)
+                took = time.monotonic() - began
                 services.reset(spec.needs)
-                _record(results, spec, scenario, outcome)
-                tag = f"[{r + 1}/{budget.rounds}] {scenario.key:<10} {spec.key:<13}"
+                _record(results, spec, scenario, outcome, r)
+                tag = f"[{r + 1}/{budget.rounds}] {scenario.key:<10} {spec.key:<13} {took:4.1f}s"
                 shown = ", ".join(
                     f"{k}={v:,.3g}" for k, v in outcome.metrics.items() if not k.startswith("note.")
                 )
                 log(f"{tag} {shown}" if outcome.ok else f"{tag} FAILED: {outcome.error}")
 
 
-def _record(results: Results, spec: LayerSpec, scenario: Scenario, outcome: Outcome) -> None:
+def _record(
+    results: Results, spec: LayerSpec, scenario: Scenario, outcome: Outcome, round_: int
+) -> None:
     results.warnings.extend(f"{spec.label}, {scenario.key}: {w}" for w in outcome.warnings)
     if outcome.ok:
         for key, value in outcome.metrics.items():
             results.samples[(spec.key, key)].append(value)
+            results.sample_rounds[(spec.key, key)].append(round_)
+        for key, values in outcome.series.items():
+            results.pooled[(spec.key, key)].extend(values)
     else:
         results.failures[(spec.key, scenario.key)].append(outcome.error)
 

@@ -1,14 +1,17 @@
-"""The five scenarios, written once against the Channels layer API.
+"""The scenarios, written once against the Channels layer API.
 
-Each scenario is one or two *roles* (coroutines taking the layer, a ``Peer`` for
-setup traffic and the ``Budget``). The runner puts the roles in two processes for
-layers that work across processes, or in two tasks of one process for in-process
-layers. The role that observes completion times it with ``time.perf_counter`` and
-returns the metrics; the other returns ``{}``.
+Each scenario is two or three *roles* (coroutines taking the layer, a ``Peer`` -- or,
+for the first role of a star-shaped scenario, a ``Hub`` -- for setup traffic, the
+``Budget`` and the process's CPU ``Meter``). The runner puts the roles in separate
+processes for layers that work across processes, or in tasks of one process for
+in-process layers. The role that observes completion times it with
+``time.perf_counter`` and returns the metrics; the others return ``{}``. Every role
+marks the start and the end of its measured phase on the ``Meter`` (see cpu.py), and
+the role that counts deliveries returns ``cpu.<key>.msgs``.
 
-Fan-out latency is the one figure that spans processes: the producer stamps
-``perf_counter()`` into the message and the consumer subtracts it from its own
-``perf_counter()`` at the last delivery. On Linux ``perf_counter`` is
+Fan-out latency is the one figure that spans processes: the producer takes
+``perf_counter()`` just before ``group_send`` and each consumer process reports its own
+``perf_counter()`` at its last member's delivery. On Linux ``perf_counter`` is
 ``CLOCK_MONOTONIC``, one clock for every process of the machine (the runner checks).
 """
 
@@ -20,15 +23,17 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from statistics import median
-from typing import Any
+from typing import Any, Literal
 
 from channels.exceptions import ChannelFull
 
 from bench.budget import FULL, Budget
-from bench.control import Peer
+from bench.control import Hub, Peer
+from bench.cpu import Meter
 
 Metrics = dict[str, float]
-Role = Callable[[Any, Peer, Budget], Coroutine[Any, Any, Metrics]]
+Role = Callable[[Any, Any, Budget, Meter], Coroutine[Any, Any, Metrics]]
+"""(layer, ``Peer`` or -- first role of a hub scenario -- ``Hub``, budget, meter)."""
 
 PAYLOAD = "x" * 64
 """Body text of every message: with the other fields, ~100 bytes of msgpack."""
@@ -40,8 +45,12 @@ class Metric:
     label: str
     unit: str
     higher_is_better: bool
-    primary: bool = True
-    """A primary metric is one the '≥2x the best channels_redis layer' target applies to."""
+    kind: Literal["value", "cpu", "pooled_p99"] = "value"
+    """``value``: median over runs of ``key``; ``cpu``: the ``cpu.<key>.client_us`` and
+    ``.node_us`` medians in one cell; ``pooled_p99``: p99 of the ``series`` samples of
+    every run pooled together."""
+    series: str = ""
+    """``pooled_p99`` only: the key of the per-event samples (``Meter.sample``)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,11 @@ class Scenario:
     """Which channel names the scenario uses (shown in the table)."""
     roles: tuple[Role, ...]
     metrics: tuple[Metric, ...]
+    hub: bool = False
+    """The first role gets a ``Hub`` to all the others (a star) instead of one ``Peer``."""
+    processes_only: bool = False
+    """Meaningless in one process (its point is several consumer processes): layers that
+    cannot cross processes skip it."""
 
 
 class BenchError(Exception):
@@ -89,26 +103,30 @@ def unique(prefix: str) -> str:
 # --- 1. ping-pong -------------------------------------------------------------------
 
 
-async def pingpong_responder(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def pingpong_responder(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     inbox = await layer.new_channel()
     await peer.send(inbox)
+    measuring = False
     while True:
         msg = await layer.receive(inbox)
-        if msg["type"] == "bench.stop":
+        kind = msg["type"]
+        if kind == "bench.stop":
             break
+        if kind == "bench.ping" and not measuring:  # the first ping after the warm-up
+            measuring = True
+            meter.mark("pingpong")
         await layer.send(msg["reply"], {"type": "bench.pong", "seq": msg["seq"], "text": PAYLOAD})
+    meter.mark("pingpong")
     await peer.send("bye")
     return {}
 
 
-async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     target = await peer.recv()
     reply = await layer.new_channel()
 
-    async def round_trip(seq: int) -> None:
-        await layer.send(
-            target, {"type": "bench.ping", "seq": seq, "reply": reply, "text": PAYLOAD}
-        )
+    async def round_trip(seq: int, kind: str = "bench.ping") -> None:
+        await layer.send(target, {"type": kind, "seq": seq, "reply": reply, "text": PAYLOAD})
         answer = await layer.receive(reply)
         if answer["seq"] != seq:
             raise BenchError(f"pong {answer['seq']} answered ping {seq}")
@@ -117,10 +135,11 @@ async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget) -> Metrics:
     label("warming up")
     warm_end = time.perf_counter() + budget.warm_s
     while time.perf_counter() < warm_end:
-        await round_trip(seq)
+        await round_trip(seq, "bench.warm")
         seq += 1
 
     latencies: list[float] = []
+    meter.mark("pingpong")
     start = time.perf_counter()
     box_end = start + budget.box_s
     label("measuring")
@@ -132,21 +151,28 @@ async def pingpong_pinger(layer: Any, peer: Peer, budget: Budget) -> Metrics:
         latencies.append(time.perf_counter() - t0)
         seq += 1
     elapsed = time.perf_counter() - start
+    meter.mark("pingpong")
 
     await layer.send(target, {"type": "bench.stop", "seq": -1})
     await peer.recv()  # "bye": the responder got the stop before anything closes
-    latencies.sort()
+    return pingpong_metrics(latencies, elapsed)
+
+
+def pingpong_metrics(latencies: list[float], elapsed: float) -> Metrics:
+    """The ping-pong figures from the measured round-trip times (also for bare pyzmq)."""
+    latencies = sorted(latencies)
     return {
         "pingpong.rate": len(latencies) / elapsed,
         "pingpong.p50_ms": percentile(latencies, 0.50) * 1e3,
         "pingpong.p99_ms": percentile(latencies, 0.99) * 1e3,
+        "cpu.pingpong.msgs": 2.0 * len(latencies),  # a ping and a pong per round trip
     }
 
 
 # --- 2. one channel, producer -> consumer --------------------------------------------
 
 
-async def throughput_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def throughput_consumer(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     channel = unique("bench.tp.")
     await peer.send(channel)
     expected = 0
@@ -168,17 +194,19 @@ async def throughput_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics
                 warm = True
                 await peer.send("warm")
         elif kind == "bench.start":
+            meter.mark("throughput")
             start = time.perf_counter()
         elif kind == "bench.end":
             elapsed = time.perf_counter() - start
+            meter.mark("throughput")
             if msg["count"] != expected:
                 raise BenchError(f"producer sent {msg['count']} messages, {expected} arrived")
             break
     await peer.send("done")
-    return {"throughput.rate": expected / elapsed}
+    return {"throughput.rate": expected / elapsed, "cpu.throughput.msgs": float(expected)}
 
 
-async def throughput_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def throughput_producer(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     channel = await peer.recv()
     retries = 0
     warm_end = time.perf_counter() + budget.warm_s
@@ -187,6 +215,7 @@ async def throughput_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics
         retries += await send_retrying(layer, channel, {"type": "bench.warm", "text": PAYLOAD})
         await asyncio.sleep(0)  # an in-process consumer must get a turn to answer
     await peer.recv()  # "warm"
+    meter.mark("throughput")
     await send_retrying(layer, channel, {"type": "bench.start"})
     box_end = time.perf_counter() + budget.box_s
     seq = 0
@@ -196,14 +225,15 @@ async def throughput_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics
         )
         seq += 1
     await send_retrying(layer, channel, {"type": "bench.end", "count": seq})
-    await peer.recv()  # "done"
+    await peer.recv()  # "done" (waiting costs no CPU; what the layer still flushes counts)
+    meter.mark("throughput")
     return {"note.channel_full_retries": float(retries)} if retries else {}
 
 
 # --- 3. many process-specific channels in one consumer ---------------------------------
 
 
-async def many_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def many_consumer(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     channels = [await layer.new_channel() for _ in range(budget.many_channels)]
     warmed = asyncio.Event()
     warm_left = len(channels)
@@ -231,22 +261,25 @@ async def many_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
     try:
         await peer.send(channels)
         await _first_of(warmed.wait(), tasks)
+        meter.mark("many")
         start = time.perf_counter()
         await peer.send("go")
         counts = await asyncio.gather(*tasks)
         elapsed = time.perf_counter() - start
+        meter.mark("many")
     finally:
         await _cancel(tasks)
     await peer.send("done")
-    return {"many.rate": sum(counts) / elapsed}
+    return {"many.rate": sum(counts) / elapsed, "cpu.many.msgs": float(sum(counts))}
 
 
-async def many_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def many_producer(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     channels: list[str] = await peer.recv()
     retries = 0
     for channel in channels:
         retries += await send_retrying(layer, channel, {"type": "bench.warm"})
     await peer.recv()  # "go"
+    meter.mark("many")
     counts = [0] * len(channels)
     box_end = time.perf_counter() + budget.box_s
     sent = 0
@@ -260,10 +293,11 @@ async def many_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
     for channel, count in zip(channels, counts, strict=True):
         retries += await send_retrying(layer, channel, {"type": "bench.end", "count": count})
     await peer.recv()  # "done"
+    meter.mark("many")
     return {"note.channel_full_retries": float(retries)} if retries else {}
 
 
-# --- 4. group_send fan-out ------------------------------------------------------------
+# --- 4. group_send fan-out, to one or to two consumer processes -------------------------
 
 
 class _ShotTracker:
@@ -273,7 +307,6 @@ class _ShotTracker:
         self.size = size
         self.shot = -1
         self.count = 0
-        self.sent_at = 0.0
         self.last_at = 0.0
         self.done = asyncio.Event()
 
@@ -287,61 +320,114 @@ class _ShotTracker:
         self.count += 1
         if self.count > self.size:
             raise BenchError(f"shot {self.shot}: more deliveries than the {self.size} members")
-        self.sent_at, self.last_at = msg["t0"], now
+        self.last_at = now
         if self.count == self.size:
             self.done.set()
 
 
-async def fanout_consumer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+def fanout_key(consumers: int, size: int) -> str:
+    """``fanout.<size>`` with one consumer process, ``fanout<n>.<size>`` with n."""
+    return f"fanout{'' if consumers == 1 else consumers}.{size}"
+
+
+async def fanout_producer(layer: Any, hub: Hub, budget: Budget, meter: Meter) -> Metrics:
+    """The hub: for each group size, has the consumer processes join their share of the
+    members, then fires the shots, one ``group_send`` each, timed from just before the
+    call to the latest of the consumers' last deliveries.
+
+    The consumers arm themselves for the next shot before they report the last one, so a
+    shot costs the harness one pipe message per consumer (not a handshake) inside the
+    CPU-measured phase. How many shots: ``fanout_shots``, fewer if the warm-up shot says
+    they would take longer than ``fanout_box_s`` (never fewer than ``fanout_min_shots``).
+    """
+    consumers = len(hub.each)
     result: Metrics = {}
-    for size in budget.fanout_sizes:
-        group = unique(f"bench-fan-{size}-")
-        channels = [await layer.new_channel() for _ in range(size)]
-        for channel in channels:
-            await layer.group_add(group, channel)
-        tracker = _ShotTracker(size)
 
-        async def member(channel: str, tracker: _ShotTracker = tracker) -> None:
-            while True:
-                msg = await layer.receive(channel)
-                tracker.hit(msg, time.perf_counter())
-
-        tasks = [asyncio.create_task(member(c)) for c in channels]
-        latencies: list[float] = []
-        try:
-            await asyncio.sleep(0)  # every member is waiting in receive() before shot 0
-            for shot in range(budget.fanout_shots + 1):
-                tracker.arm(shot)
-                await peer.send(("shoot", group, shot))
-                try:
-                    await _first_of(tracker.done.wait(), tasks)
-                except asyncio.CancelledError:
-                    label(f"{size} members, shot {shot}: {tracker.count} delivered")
-                    raise
-                if shot:  # shot 0 warms up
-                    latencies.append((tracker.last_at - tracker.sent_at) * 1e3)
-        finally:
-            await _cancel(tasks)
-        result[f"fanout.{size}.ms"] = median(latencies)
-    await peer.send(("end", "", 0))
-    return result
-
-
-async def fanout_producer(layer: Any, peer: Peer, budget: Budget) -> Metrics:
-    while True:
-        command, group, shot = await peer.recv()
-        if command == "end":
-            return {}
+    async def shoot(group: str, shot: int) -> float:
         sent_at = time.perf_counter()
         await layer.group_send(
             group, {"type": "bench.fan", "shot": shot, "t0": sent_at, "text": PAYLOAD}
         )
+        last_at: float = max(await hub.recv_all())  # the latest of the last deliveries
+        return (last_at - sent_at) * 1e3
+
+    for size in budget.fanout_sizes:
+        key = fanout_key(consumers, size)
+        group = unique(f"bench-fan-{size}-")
+        for i, peer in enumerate(hub.each):  # members split as evenly as they go
+            await peer.send(("join", group, size // consumers + (i < size % consumers), key))
+        await hub.recv_all()  # "joined": every member waits in receive(), armed for shot 0
+        warm_ms = await shoot(group, 0)
+        shots = int(budget.fanout_box_s * 1e3 / max(warm_ms, 1e-3))
+        shots = max(budget.fanout_min_shots, min(budget.fanout_shots, shots))
+        await hub.send(("shots", shots))
+        meter.mark(key)
+        latencies = [await shoot(group, shot) for shot in range(1, shots + 1)]
+        meter.mark(key)
+        await hub.send(("leave", 0))
+        await hub.recv_all()  # "left"
+        for latency in latencies:
+            meter.sample(f"{key}.ms", latency)
+        result[f"{key}.ms"] = median(latencies)
+        result[f"cpu.{key}.msgs"] = float(size * shots)
+    await hub.send(("end", 0))
+    return result
+
+
+async def fanout_consumer(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
+    """Holds this process's share of each group's members and reports when the last of
+    them got each shot."""
+    while True:
+        command = await peer.recv()
+        if command[0] == "end":
+            return {}
+        _, group, share, key = command
+        await _hold_share(layer, peer, meter, group, share, key)
+        await peer.send("left")
+
+
+async def _hold_share(
+    layer: Any, peer: Peer, meter: Meter, group: str, share: int, key: str
+) -> None:
+    channels = [await layer.new_channel() for _ in range(share)]
+    for channel in channels:
+        await layer.group_add(group, channel)
+    tracker = _ShotTracker(share)
+
+    async def member(channel: str) -> None:
+        while True:
+            msg = await layer.receive(channel)
+            tracker.hit(msg, time.perf_counter())
+
+    async def report(shot: int) -> None:
+        try:
+            await _first_of(tracker.done.wait(), tasks)
+        except asyncio.CancelledError:
+            label(f"{key}, shot {shot}: {tracker.count} of {share} delivered")
+            raise
+        await peer.send(tracker.last_at)
+        tracker.arm(shot + 1)  # before the next await: armed before the hub hears
+
+    tasks = [asyncio.create_task(member(c)) for c in channels]
+    try:
+        tracker.arm(0)
+        await asyncio.sleep(0)  # every member is waiting in receive() before shot 0
+        await peer.send("joined")
+        await report(0)
+        meter.mark(key)  # before any await: shot 1 may already be on its way
+        _, shots = await peer.recv()
+        for shot in range(1, shots + 1):
+            await report(shot)
+        meter.mark(key)
+        await peer.recv()  # "leave"
+    finally:
+        await _cancel(tasks)
 
 
 # --- 5. group add / discard rate --------------------------------------------------------
 
 
-async def group_ops(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def group_ops(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     group = unique("bench-ops-")
     channels = [await layer.new_channel() for _ in range(budget.group_ops)]
     added = 0
@@ -367,7 +453,7 @@ async def group_ops(layer: Any, peer: Peer, budget: Budget) -> Metrics:
 # --- smoke probe ------------------------------------------------------------------------
 
 
-async def probe(layer: Any, peer: Peer, budget: Budget) -> Metrics:
+async def probe(layer: Any, peer: Peer, budget: Budget, meter: Meter) -> Metrics:
     """Every API the scenarios use, once, in one process: decides whether a layer runs."""
     own = await layer.new_channel()
     await layer.send(own, {"type": "probe.own"})
@@ -414,6 +500,32 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
 
 # --- the catalogue --------------------------------------------------------------------------
 
+CPU_LABEL = "CPU per delivered msg, client / node"
+
+
+def _cpu(key: str) -> Metric:
+    return Metric(f"cpu.{key}", CPU_LABEL, "µs", False, kind="cpu")
+
+
+def _fanout_metrics(consumers: int) -> tuple[Metric, ...]:
+    metrics: list[Metric] = []
+    for n in FULL.fanout_sizes:
+        key = fanout_key(consumers, n)
+        metrics += [
+            Metric(f"{key}.ms", f"{n} members: p50 to last delivery", "ms", False),
+            Metric(
+                f"{key}.p99_ms",
+                f"{n} members: p99 to last delivery",
+                "ms",
+                False,
+                kind="pooled_p99",
+                series=f"{key}.ms",
+            ),
+            _cpu(key),
+        ]
+    return tuple(metrics)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.key: s
     for s in (
@@ -424,8 +536,9 @@ SCENARIOS: dict[str, Scenario] = {
             (pingpong_responder, pingpong_pinger),
             (
                 Metric("pingpong.rate", "round trips/s", "/s", True),
-                Metric("pingpong.p50_ms", "p50 latency", "ms", False, primary=False),
-                Metric("pingpong.p99_ms", "p99 latency", "ms", False, primary=False),
+                Metric("pingpong.p50_ms", "p50 latency", "ms", False),
+                Metric("pingpong.p99_ms", "p99 latency", "ms", False),
+                _cpu("pingpong"),
             ),
         ),
         Scenario(
@@ -433,24 +546,31 @@ SCENARIOS: dict[str, Scenario] = {
             "2. one channel",
             "one plain name `bench.tp.<id>`",
             (throughput_consumer, throughput_producer),
-            (Metric("throughput.rate", "msg/s, in order", "/s", True),),
+            (Metric("throughput.rate", "msg/s, in order", "/s", True), _cpu("throughput")),
         ),
         Scenario(
             "many",
             "3. many channels",
-            "100 `new_channel()`s in one consumer",
+            f"{FULL.many_channels} `new_channel()`s in one consumer",
             (many_consumer, many_producer),
-            (Metric("many.rate", "msg/s, round-robin", "/s", True),),
+            (Metric("many.rate", "msg/s, round-robin", "/s", True), _cpu("many")),
         ),
         Scenario(
             "fanout",
-            "4. group_send fan-out",
+            "4a. group_send fan-out, one consumer process",
             "members = `new_channel()`s of the consumer",
-            (fanout_consumer, fanout_producer),
-            tuple(
-                Metric(f"fanout.{n}.ms", f"{n} members, ms to last delivery", "ms", False)
-                for n in FULL.fanout_sizes
-            ),
+            (fanout_producer, fanout_consumer),
+            _fanout_metrics(1),
+            hub=True,
+        ),
+        Scenario(
+            "fanout2",
+            "4b. group_send fan-out, two consumer processes",
+            "half the members in each consumer",
+            (fanout_producer, fanout_consumer, fanout_consumer),
+            _fanout_metrics(2),
+            hub=True,
+            processes_only=True,
         ),
         Scenario(
             "groups",

@@ -1,4 +1,5 @@
-"""The external processes the benchmark starts and stops: redis-server and a znode sidecar.
+"""The external processes the benchmark starts and stops: redis-server, a znode sidecar
+and the relay of the relay floor (bench/relay_floor.py).
 
 Each is a context manager that starts its process, waits (with a deadline) until it
 serves, and on exit stops it: SIGTERM, then SIGKILL if it has not gone in 5 s. Logs go
@@ -167,8 +168,30 @@ class ZnodeSidecar(_Process):
         raise self.failure(f"did not create {self.path} within {deadline_s} s")
 
 
+class RelayFloor(_Process):
+    """``python -m bench.relay_floor relay ipc://...``: forwards frames between A and B."""
+
+    name = "relay"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir / "relay.log")
+        self.path = workdir / "relay.sock"
+        self.endpoint = f"ipc://{self.path}"
+
+    def start(self, deadline_s: float = 15.0) -> Self:
+        self._spawn([sys.executable, "-m", "bench.relay_floor", "relay", self.endpoint])
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.exit_code() is not None:
+                raise self.failure("did not start")
+            if self.path.exists():
+                return self
+            time.sleep(0.05)
+        raise self.failure(f"did not create {self.path} within {deadline_s} s")
+
+
 class Services:
-    """The redis-server and znode a run needs; restarts the sidecar if it dies.
+    """The redis-server, znode and relay a run needs; restarts the sidecar if it dies.
 
     A service that cannot start is not fatal: ``error(needs)`` says why, and the
     layers that need it are reported unavailable.
@@ -186,6 +209,7 @@ class Services:
         self.workdir = workdir
         self.redis: RedisServer | None = None
         self.znode: ZnodeSidecar | None = None
+        self.relay: RelayFloor | None = None
         self.errors: dict[str, str] = {}
         if "redis" in need:
             self.redis = RedisServer(workdir)
@@ -201,6 +225,20 @@ class Services:
                 log(f"znode sidecar: {' '.join(self.znode.argv())}")
             except (ServiceError, OSError) as exc:
                 self.errors["znode"] = str(exc)
+        if "relay" in need:
+            self.relay = RelayFloor(workdir)
+            try:
+                self.relay.start()
+                log(f"relay floor: {self.relay.endpoint}")
+            except (ServiceError, OSError) as exc:
+                self.errors["relay"] = str(exc)
+
+    def pid(self, needs: str | None) -> int:
+        """The pid of the process a layer's messages go through (0: none, or not running)."""
+        service = {"redis": self.redis, "znode": self.znode, "relay": self.relay}.get(needs or "")
+        if service is None or service.proc is None or service.exit_code() is not None:
+            return 0
+        return service.proc.pid
 
     def error(self, needs: str | None) -> str:
         return self.errors.get(needs or "", "")
@@ -227,6 +265,6 @@ class Services:
             self.redis.flushall()
 
     def stop(self) -> None:
-        for service in (self.znode, self.redis):
+        for service in (self.znode, self.redis, self.relay):
             if service is not None:
                 service.stop()
