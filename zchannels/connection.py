@@ -147,6 +147,7 @@ class Connection:
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._out: list[Message] = []
         self._flush_scheduled = False
+        self._report_scheduled = False
         self._flushed_at = 0.0
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._epoch = 0
@@ -234,7 +235,7 @@ class Connection:
                     if payload is not None:
                         if flow.wants_credit(state):
                             self._queue_all(flow.replenish(channel))
-                        if not self._flush_scheduled:
+                        if not self._report_scheduled:
                             self._report_soon()
                         return payload
                 waiter: asyncio.Future[None] = self._loop().create_future()
@@ -245,7 +246,7 @@ class Connection:
                 state.waiting += 1
                 if flow.wants_credit(state):
                     self._queue_all(flow.replenish(channel))
-                if flow.consumed and not self._flush_scheduled:
+                if flow.consumed and not self._report_scheduled:
                     self._report_soon()
                 if self._sweep_handle is None:
                     self._arm_sweep()
@@ -280,9 +281,16 @@ class Connection:
     def _report_soon(self) -> None:
         """Consumption goes out with the next message of this connection, or
         at the end of this loop iteration, whichever comes first."""
-        if self.flow.consumed and not self._flush_scheduled and not self.closed:
-            self._flush_scheduled = True
-            self._loop().call_soon(self._flush)
+        if self.flow.consumed and not self._report_scheduled and not self.closed:
+            # (not _flush_scheduled: a message queued before then still goes
+            # out at once, with the report in front of it)
+            self._report_scheduled = True
+            self._loop().call_soon(self._flush_reports)
+
+    def _flush_reports(self) -> None:
+        self._report_scheduled = False
+        if self.flow.consumed and not self._flush_scheduled:
+            self._flush()
 
     # -- node restarts ----------------------------------------------------
     def rehello(self, told: bool = False) -> None:
@@ -541,6 +549,7 @@ class Connection:
             pending.future = background.create_future()  # nobody awaits it now
         self._sweep_handle = None
         self._flush_scheduled = False
+        self._report_scheduled = False
         self._loopref = weakref.ref(background)
 
         def start() -> None:
