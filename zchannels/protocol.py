@@ -388,10 +388,23 @@ def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
 _BY_NUMBER: dict[int, MsgType] = {int(t): t for t in MsgType}
 
 
+def _exact(typ: type | tuple[type, ...]) -> frozenset[type]:
+    return frozenset(typ) if isinstance(typ, tuple) else frozenset((typ,))
+
+
+#: type number -> (type, field count, the exact types each field may have):
+#: msgpack builds exact ints, floats, strs, bytes, lists and dicts (never a
+#: subclass), so a set lookup of ``type(value)`` checks a field, and a bool
+#: (its own type) is never taken for an int
+_SPECS: dict[int, tuple[MsgType, int, tuple[frozenset[type], ...]]] = {
+    int(t): (t, len(FIELDS[t]), tuple(_exact(typ) for _name, typ in FIELDS[t])) for t in FIELDS
+}
+
+
 def check_message(item: object) -> Message:
     """One message given as ``[type, field, ...]`` (as inside a BATCH or a
     relay), validated like a frame's. Raises only ``DecodeError``."""
-    if not isinstance(item, list) or not item or not isinstance(item[0], int):
+    if type(item) is not list or not item or type(item[0]) is not int:
         raise DecodeError("shape", "message is not [type, ...]")
     if item[0] == MsgType.BATCH:
         raise DecodeError("shape", "nested batch")
@@ -399,14 +412,17 @@ def check_message(item: object) -> Message:
 
 
 def _check(mtype_num: int, fields: list[Any]) -> Message:
-    mtype = _BY_NUMBER.get(mtype_num)
-    if mtype is None:
+    spec = _SPECS.get(mtype_num)
+    if spec is None:
         raise DecodeError("type", f"unknown message type {mtype_num}")
-    spec = FIELDS[mtype]
-    if len(fields) != len(spec):
-        raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {len(spec)}")
-    for value, (name, typ) in zip(fields, spec, strict=True):
-        # bool is an int subclass; no field of ours is a bool
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise DecodeError("field", f"{mtype.name}.{name} is {type(value).__name__}, want {typ}")
+    mtype, count, types = spec
+    if len(fields) != count:
+        raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {count}")
+    for value, allowed in zip(fields, types, strict=True):
+        if type(value) not in allowed:
+            name = FIELDS[mtype][fields.index(value)][0]
+            raise DecodeError(
+                "field",
+                f"{mtype.name}.{name} is {type(value).__name__}, want {sorted(allowed, key=str)}",
+            )
     return mtype, tuple(fields)
