@@ -1,26 +1,29 @@
-"""Discovery by DNS without a network: the spellings (``sources``), what
+"""Discovery by DNS without a LAN: the spellings (``sources``), what
 changed between two resolutions (``dns_watch``), the shell (``DnsDiscovery``)
-over scripted lookups, and how ``znode`` flags, ``NodeConfig`` and the
-layer's ``CONFIG`` take the spellings. The real DNS server and LAN are in
-``test_dns_lan.py``."""
+over scripted lookups, how ``znode`` flags, ``NodeConfig`` and the layer's
+``CONFIG`` take the spellings, and real ``znode`` processes on loopback
+finding each other through ``localhost`` (``/etc/hosts``) and a seed. The
+real DNS server and LAN are in ``test_dns_lan.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
-from conftest import eventually
+from conftest import Znode, eventually, wait_for
 from zchannels.discovery import DnsDiscovery, DnsName, DnsSrv, PeerEvent
 from zchannels.discovery.dns import LookupFailed, SystemLookups
 from zchannels.discovery.dns_watch import Answer, NameWatch, endpoint, srv_endpoints
 from zchannels.discovery.sources import listen_port, parse_source, parse_sources
-from zchannels.node.cli import build_parser, node_config
+from zchannels.node.cli import build_parser, node_config, query
 from zchannels.node.config import DEFAULT_PEER_PORT, NodeConfig, lan_address
 
 from zchannels import embedded
 from zchannels.config import LayerConfig
 from zchannels.errors import ConfigError
+from zchannels.protocol import MsgType
 
 #: Seconds a scripted resolution may take to come out as events.
 WITHIN = 2.0
@@ -381,3 +384,26 @@ def test_an_embedded_member_found_by_dns_listens_on_the_dns_port() -> None:
     assert peer(discovery="dns:web", peer_endpoint="tcp://10.0.0.5:9") == "tcp://10.0.0.5:9"
     node = embedded.node_config(LayerConfig.from_options({"cluster": "s", "discovery": None}))
     assert node.discovery == ("none",), "no discovery: seeds only, as before"
+
+
+# -- real nodes on loopback ---------------------------------------------------------
+def alive(node: Znode) -> set[str]:
+    status = query(node.endpoint, MsgType.STATUS, timeout=2.0)
+    return {m["id"] for m in status["members"] if m["state"] == "alive"}
+
+
+def test_znodes_find_each_other_by_dns_and_a_seed(znode: Callable[..., Znode]) -> None:
+    def start(node_id: str, *extra: str) -> Znode:
+        return znode(None, "--preset", "lan", "--node-id", node_id,
+                     "--peer-endpoint", "tcp://127.0.0.1:0", *extra)  # fmt: skip
+
+    first = start("a", "--discovery", "none")
+    port = str(first.ready["peer"]).rsplit(":", 1)[1]
+    # b knows a only through the name (localhost: /etc/hosts, by getaddrinfo)
+    by_dns = start("b", "--discovery", f"dns:localhost:{port}", "--dns-interval", "0.5")
+    # c combines a seed (b) with the name
+    seed = str(by_dns.ready["peer"])
+    both = start("c", "--discovery", f"dns:localhost:{port}", "--seed", seed)
+    nodes = [first, by_dns, both]
+    took = wait_for(lambda: all(alive(n) == {"a", "b", "c"} for n in nodes), 10, "one table")
+    print(f"\nthree znodes on loopback, found by dns:localhost and a seed: {took:.3f} s")
