@@ -1,6 +1,6 @@
 """The discovery interface: a source of "peer found" / "peer lost" events.
 
-Owns: the shape of what any discovery mechanism (static seeds, mDNS) hands to
+Owns: the shape of what any discovery mechanism (static seeds, mDNS, DNS) hands to
 a node. Discovery only *finds* peers; liveness belongs to the node's failure
 detector (a SIGKILLed host sends no goodbye, and mDNS TTLs are minutes).
 """
@@ -18,6 +18,7 @@ class PeerEvent:
     kind: Literal["found", "lost"]
     endpoint: str  # the peer's endpoint, e.g. "tcp://10.0.0.2:7701"
     node_id: str | None = None  # when the mechanism knows it
+    via: str | None = None  # which source, when it is not obvious ("dns:NAME")
 
 
 class Discovery(Protocol):

@@ -17,6 +17,7 @@ from dataclasses import fields
 from typing import Any
 
 import zmq
+from zchannels.discovery.sources import listen_port, parse_source, parse_sources
 
 from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
@@ -29,6 +30,25 @@ log = logging.getLogger("zchannels.node")
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "keygen":
+        return _keygen(args)
+    return _status(args)
+
+
+def _discovery(spec: str) -> str:
+    """argparse type of ``--discovery``: the spelling, checked."""
+    try:
+        parse_source(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return spec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``znode`` command line (also read by the tests of ``deploy/``)."""
     parser = argparse.ArgumentParser(prog="znode", description="zchannels node")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -56,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--cluster",
         help="the cluster's name (default zchannels); without --peer-endpoint, "
-        f"peers are served on this host's LAN address, port {DEFAULT_PEER_PORT}",
+        f"peers are served on this host's LAN address, port {DEFAULT_PEER_PORT} "
+        "(or the PORT of --discovery dns:NAME:PORT)",
     )
     run.add_argument(
         "--discovery",
-        choices=("mdns", "none"),
-        help="find peers by mDNS as well as seeds (default), or by seeds only",
+        action="append",
+        type=_discovery,
+        metavar="mdns|none|dns:NAME[:PORT]|dns-srv:NAME",
+        help="how peers are found besides seeds; repeatable: mdns (the default: the LAN), "
+        f"dns:NAME[:PORT] (NAME's A/AAAA records, each a peer on PORT, default "
+        f"{DEFAULT_PEER_PORT}), dns-srv:NAME (SRV records), or none (seeds only). "
+        "DNS names are resolved again every --dns-interval",
     )
     run.add_argument(
         "--interface",
@@ -91,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         ("tick_interval", "--tick-interval"),
         ("sweep_interval", "--sweep-interval"),
         ("log_interval", "--log-interval"),
+        ("dns_interval", "--dns-interval"),
     ):
         run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
     run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
@@ -105,13 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
-
-    args = parser.parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    if args.command == "keygen":
-        return _keygen(args)
-    return _status(args)
+    return parser
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -128,26 +149,35 @@ def _keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+def node_config(args: argparse.Namespace) -> NodeConfig:
+    """``znode run``'s flags as a ``NodeConfig``: each flag sets the field of
+    its name over the preset. ``ValueError`` for flags that do not go
+    together, ``OSError`` when there is no LAN address to serve peers on."""
     overrides: dict[str, Any] = {
         f.name: getattr(args, f.name)
         for f in fields(NodeConfig)
         if getattr(args, f.name, None) is not None
     }
-    for name in ("client_endpoints", "seeds", "interfaces", "key_files"):
+    for name in ("client_endpoints", "seeds", "interfaces", "key_files", "discovery"):
         if overrides.get(name):
             overrides[name] = tuple(overrides[name])
     if args.cluster is not None and args.peer_endpoint is None:
-        try:
-            overrides["peer_endpoint"] = f"tcp://{lan_address()}:{DEFAULT_PEER_PORT}"
-        except OSError as exc:
-            log.error("cannot start: %s", exc)
-            return 1
+        # found by dns:NAME:PORT, a node listens on that PORT
+        port = listen_port(parse_sources(args.discovery or ()), DEFAULT_PEER_PORT)
+        overrides["peer_endpoint"] = f"tcp://{lan_address()}:{port or DEFAULT_PEER_PORT}"
     preset = NodeConfig.test if args.preset == "test" else NodeConfig.lan
-    config = preset(**overrides)
+    return preset(**overrides)
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        config = node_config(args)
+    except (OSError, ValueError) as exc:  # no LAN address; --discovery none with another
+        log.error("cannot start: %s", exc)
+        return 1
     try:
         asyncio.run(_serve(config))
     except (zmq.ZMQError, KeyFileError, InsecureBind) as exc:

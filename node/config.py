@@ -13,6 +13,8 @@ import socket
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from zchannels.discovery.sources import parse_sources
+
 from .membership import MembershipConfig
 
 
@@ -78,10 +80,25 @@ class NodeConfig:
     cluster: str = "zchannels"
     #: Failure detection timings (SWIM/Lifeguard): see ``MembershipConfig``.
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
-    #: How peers are found besides ``seeds``: "mdns" (announce and browse
-    #: ``_zchannels._tcp.local.``) or "none" (seeds only: networks without
-    #: multicast). Only in a cluster (``peer_endpoint`` set).
-    discovery: str = "mdns"
+    #: How peers are found besides ``seeds``, one or more of: "mdns"
+    #: (announce and browse ``_zchannels._tcp.local.``: a LAN),
+    #: "dns:NAME[:PORT]" (NAME's A/AAAA records, each a peer on PORT,
+    #: default ``DEFAULT_PEER_PORT``), "dns-srv:NAME" (SRV records: hosts and
+    #: ports), or just "none" (seeds only). The DNS ones are for containers
+    #: and clouds, where multicast does not pass (a Kubernetes headless
+    #: Service, a Compose service name). Only in a cluster (``peer_endpoint``
+    #: set). See ``zchannels.discovery.sources``.
+    discovery: tuple[str, ...] = ("mdns",)
+    #: Seconds between two resolutions of each DNS name of ``discovery``: a
+    #: node added to the name is in every member table within this time plus
+    #: ~0.1 s, once the DNS server serves its record (``tests/test_dns_lan.py``;
+    #: a caching server adds up to its TTL: 30 s in Kubernetes' default
+    #: CoreDNS setup). 5 s, as libcluster's DNS strategies poll: a starting
+    #: node resolves the name itself and finds the others at once, so this
+    #: matters mostly when several start together; and 100 nodes asking every
+    #: 5 s are 20 queries/s, nothing for a cluster DNS. A lookup never runs on
+    #: the event loop, so a slow DNS server delays only the next resolution.
+    dns_interval: float = 5.0
     #: IP addresses of the interfaces mDNS announces and listens on. Empty:
     #: the peer endpoint's own address, or every interface when it has none.
     interfaces: tuple[str, ...] = ()
@@ -97,6 +114,15 @@ class NodeConfig:
     #: Group memberships one client process may hold.
     max_client_group_entries: int = 100_000
 
+    def __post_init__(self) -> None:
+        if isinstance(self.discovery, str):  # one spelling given as a bare string
+            object.__setattr__(self, "discovery", (self.discovery,))
+        parse_sources(self.discovery)  # ValueError names the accepted spellings
+        if not (isinstance(self.dns_interval, int | float) and self.dns_interval > 0):
+            raise ValueError(
+                f"dns_interval must be a positive number of seconds, got {self.dns_interval!r}"
+            )
+
     @property
     def node_tag(self) -> str:
         digest = hashlib.sha256(self.node_id.encode()).digest()
@@ -109,11 +135,13 @@ class NodeConfig:
 
     @classmethod
     def test(cls, **overrides: Any) -> NodeConfig:
-        """Fast leases for tests: a dead client is dropped within ~1 s."""
+        """Fast leases for tests: a dead client is dropped within ~1 s; DNS
+        names are re-resolved twice a second."""
         fast = cls(
             client_lease=0.9,
             tick_interval=0.05,
             sweep_interval=0.2,
             membership=MembershipConfig.test(),
+            dns_interval=0.5,
         )
         return replace(fast, **overrides)

@@ -1,11 +1,12 @@
 """Finding peers: the node's side of ``zchannels.discovery``.
 
 Owns: building the discovery sources a ``NodeConfig`` asks for (its static
-``seeds``, plus mDNS unless ``discovery`` is "none"), running them, and
-handing every peer found to the member table (``PeerMesh.discovered``), which
-exchanges state with it. A peer reported lost is only logged: whether a
-member is alive is the failure detector's call (a SIGKILLed host sends no
-goodbye, and a goodbye may come from a node that is merely restarting).
+``seeds``, plus each source of ``discovery``: mDNS, DNS names), running them
+as one, and handing every peer found to the member table
+(``PeerMesh.discovered``), which exchanges state with it. A peer reported
+lost is only logged: whether a member is alive is the failure detector's
+call (a SIGKILLed host sends no goodbye, a goodbye may come from a node that
+is merely restarting, and a pod leaves its Service's DNS while it drains).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import contextlib
 import ipaddress
 import logging
 
-from zchannels.discovery import CombinedDiscovery, MdnsDiscovery, StaticPeers
+from zchannels.discovery import (
+    CombinedDiscovery,
+    Discovery,
+    DnsDiscovery,
+    MdnsDiscovery,
+    StaticPeers,
+    parse_sources,
+)
 from zchannels.discovery.announcement import endpoint_host_port
 
 from zchannels.protocol import PROTOCOL_VERSION
 
-from .config import NodeConfig
+from .config import DEFAULT_PEER_PORT, NodeConfig
 from .peers import PeerMesh
 
 log = logging.getLogger("zchannels.node")
@@ -45,18 +53,52 @@ class PeerFinder:
         self.mesh = mesh
         self.discovery: CombinedDiscovery | None = None
         self.mdns: MdnsDiscovery | None = None
+        self.dns: list[DnsDiscovery] = []
+        self._interfaces: list[str] | None = None  # where mDNS runs (None: everywhere)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        seeds = StaticPeers(list(self.config.seeds))
-        if self.config.discovery == "mdns":
-            interfaces = mdns_interfaces(self.config, self.mesh.address)
-            mdns = MdnsDiscovery(
-                cluster=self.config.cluster,
-                node_id=self.config.node_id,
+        wants_mdns = "mdns" in parse_sources(self.config.discovery)
+        if wants_mdns:
+            combined = self._sources(with_mdns=True)
+            try:
+                await combined.start()
+            except (OSError, ValueError) as exc:
+                others = "seeds and DNS" if self.dns else "--seed"
+                log.error("mDNS discovery unavailable (%s): finding peers by %s only", exc, others)
+            else:
+                where = ", ".join(self._interfaces or ()) or "every interface"
+                log.info("mDNS: announcing %s on %s", self.mesh.address, where)
+                self._run(combined)
+                return
+        combined = self._sources(with_mdns=False)
+        await combined.start()
+        self._run(combined)
+
+    def _sources(self, with_mdns: bool) -> CombinedDiscovery:
+        """Fresh, unstarted sources: seeds, each DNS name, and mDNS if asked."""
+        config = self.config
+        sources: list[Discovery] = [StaticPeers(list(config.seeds))]
+        self.dns = [
+            DnsDiscovery(
+                source,
+                default_port=DEFAULT_PEER_PORT,
+                interval=config.dns_interval,
+                own_endpoint=self.mesh.address,
+            )
+            for source in parse_sources(config.discovery)
+            if source != "mdns"
+        ]
+        sources += self.dns
+        self.mdns = None
+        if with_mdns:
+            self._interfaces = mdns_interfaces(config, self.mesh.address)
+            self.mdns = MdnsDiscovery(
+                cluster=config.cluster,
+                node_id=config.node_id,
                 incarnation=self.mesh.incarnation,
                 peer_endpoint=self.mesh.address,
-                interfaces=interfaces,
+                interfaces=self._interfaces,
                 protocol_version=PROTOCOL_VERSION,
                 key_fingerprint=(
                     ",".join(k.fingerprint for k in self.mesh.keyring.keys)
@@ -64,23 +106,12 @@ class PeerFinder:
                     else None
                 ),
             )
-            combined = CombinedDiscovery([seeds, mdns])
-            try:
-                await combined.start()
-            except (OSError, ValueError) as exc:
-                log.error("mDNS discovery unavailable (%s): finding peers by --seed only", exc)
-                seeds = StaticPeers(list(self.config.seeds))
-            else:
-                where = ", ".join(interfaces) if interfaces else "every interface"
-                log.info("mDNS: announcing %s on %s", self.mesh.address, where)
-                self.mdns = mdns
-                self._run(combined)
-                return
-        combined = CombinedDiscovery([seeds])
-        await combined.start()
-        self._run(combined)
+            sources.append(self.mdns)
+        return CombinedDiscovery(sources)
 
     def _run(self, discovery: CombinedDiscovery) -> None:
+        for dns in self.dns:
+            log.info("DNS: resolving %s every %g s", dns.source, dns.interval)
         self.discovery = discovery
         self._task = asyncio.create_task(self._pump(discovery), name="znode-discovery")
 
@@ -97,11 +128,13 @@ class PeerFinder:
 
     async def _pump(self, discovery: CombinedDiscovery) -> None:
         async for event in discovery.events():
+            source = event.node_id or event.via or "seed"
             if event.kind == "found":
-                log.info("found peer %s (%s)", event.endpoint, event.node_id or "seed")
+                log.info("found peer %s (%s)", event.endpoint, source)
                 self.mesh.discovered(event.endpoint)
             else:
                 log.info(
-                    "discovery lost peer %s (liveness is up to the failure detector)",
+                    "discovery lost peer %s (%s; liveness is up to the failure detector)",
                     event.endpoint,
+                    source,
                 )

@@ -21,6 +21,11 @@ Breaking it:
   frames in each direction, at random, with a tc BPF filter (iproute2's
   ``tc``; netem is not in these machines' kernels: see ``loss_filter``).
 
+Name resolution: ``Host.use_nameserver(address)`` gives the programs a host runs
+their own ``/etc/resolv.conf`` (``ip netns exec`` bind-mounts
+``/etc/netns/NAMESPACE/resolv.conf`` over it), so a test can serve the LAN
+a DNS zone of its own; teardown removes those files.
+
 Names are unique per run: ``{prefix}{pid}-{n}-h1`` etc. (interface names are
 per namespace, so they stay short: ``eth0``, ``br0``, ``h1``). Teardown kills
 every process started on the LAN and deletes every namespace (which removes
@@ -50,6 +55,9 @@ from typing import Any, NoReturn
 #: The LAN's /24; hosts are .11, .12, ... Every LAN lives in its own
 #: namespaces, so concurrent runs can all use it.
 SUBNET = "10.77.0"
+#: Where ``ip netns exec NS`` looks for files to bind-mount over /etc's
+#: (``resolv.conf``, ``hosts``) for the program it runs.
+NETNS_ETC = "/etc/netns"
 #: Seconds a process gets to end after SIGTERM at teardown before SIGKILL.
 TERM_GRACE = 2.0
 #: Seconds any one ``ip``/``tc`` command may take.
@@ -147,6 +155,15 @@ class Host:
         if failed:
             raise failed[0]
         return made[0]
+
+    def use_nameserver(self, address: str) -> None:
+        """Programs started on this host from now on (``run``) resolve names
+        through the DNS server at ``address`` only (one-second timeouts, so a
+        lookup while it restarts fails fast)."""
+        folder = os.path.join(NETNS_ETC, self.namespace)
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "resolv.conf"), "w") as f:
+            f.write(f"nameserver {address}\noptions timeout:1 attempts:2\n")
 
     def link_down(self) -> None:
         """Pull the cable at the switch: no frame passes either way."""
@@ -283,6 +300,8 @@ class Lan:
                 _delete_namespace(self.ip, namespace)
             except (OSError, subprocess.SubprocessError) as exc:
                 errors.append(exc)
+        for host in self.hosts:
+            _remove_etc(host.namespace)
         self._namespaces.clear()
         if errors:
             raise errors[0]
@@ -315,7 +334,18 @@ def remove_leftovers(prefix: str) -> list[str]:
         if match and not _alive(int(match[1])):
             _delete_namespace(ip, namespace)
             removed.append(namespace)
+    if os.path.isdir(NETNS_ETC):  # files of namespaces already gone
+        for name in os.listdir(NETNS_ETC):
+            match = pattern.fullmatch(name)
+            if match and not _alive(int(match[1])):
+                _remove_etc(name)
     return removed
+
+
+def _remove_etc(namespace: str) -> None:
+    """Remove a namespace's files under NETNS_ETC (the folder itself stays:
+    another LAN may be writing into it)."""
+    shutil.rmtree(os.path.join(NETNS_ETC, namespace), ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

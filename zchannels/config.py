@@ -43,9 +43,11 @@ class LayerConfig:
     #: Embedded node only: the cluster to join as a member (one node per
     #: process; for sites without a ``znode`` sidecar). None: a node of its own.
     cluster: str | None = None
-    #: Embedded cluster member: how peers are found besides ``seeds``:
-    #: ``"mdns"`` or None (seeds only).
-    discovery: str | None = None
+    #: Embedded cluster member: how peers are found besides ``seeds``, as
+    #: ``znode --discovery`` spells it: ``"mdns"``, ``"dns:NAME[:PORT]"``,
+    #: ``"dns-srv:NAME"``, ``"none"``, or a list of them. None or empty:
+    #: seeds only. Stored as a tuple.
+    discovery: tuple[str, ...] = ()
     #: Embedded cluster member: peer endpoints to join through (``tcp://HOST:PORT``).
     seeds: tuple[str, ...] = ()
     #: Embedded cluster member: where peers reach this process's node;
@@ -73,9 +75,12 @@ class LayerConfig:
                 f"zchannels.layer.ZeroMQChannelLayer; valid keys: {', '.join(valid)}"
             )
         opts = dict(options)
-        if isinstance(opts.get("key_file"), str):
-            opts["key_file"] = [opts["key_file"]]
-        for name in ("seeds", "interfaces", "key_file"):
+        for name in ("key_file", "discovery"):  # one string or a list of them
+            if isinstance(opts.get(name), str):
+                opts[name] = [opts[name]]
+        if "discovery" in opts and opts["discovery"] is None:
+            opts["discovery"] = []
+        for name in ("seeds", "interfaces", "key_file", "discovery"):
             if name in opts:
                 value = opts[name]
                 if isinstance(value, str) or not all(isinstance(v, str) for v in value):
@@ -109,15 +114,22 @@ class LayerConfig:
                 f"CONFIG node must be 'ipc:///path' or 'tcp://host:port', got {self.node!r}"
             )
 
-        if self.discovery not in (None, "mdns"):
-            raise ConfigError(f"CONFIG discovery must be 'mdns' or None, got {self.discovery!r}")
-        joins = self.cluster is not None or self.discovery is not None or self.seeds
+        if self.discovery:
+            # Imported here: only a cluster member needs it (and then loads
+            # the node anyway); other layers do not pay for discovery's imports.
+            from zchannels.discovery.sources import parse_sources
+
+            try:
+                parse_sources(self.discovery)
+            except ValueError as exc:
+                raise ConfigError(f"CONFIG {exc}") from None
+        joins = self.cluster is not None or self.discovery or self.seeds
         if joins and self.node is not None:
             raise ConfigError(
                 "CONFIG cluster, discovery and seeds are for the embedded node; with "
                 f"node={self.node!r} the znode joins the cluster (znode run --cluster NAME)"
             )
-        if (self.discovery is not None or self.seeds) and self.cluster is None:
+        if (self.discovery or self.seeds) and self.cluster is None:
             raise ConfigError("CONFIG discovery and seeds need a cluster name (CONFIG cluster)")
         if self.cluster is not None and not (isinstance(self.cluster, str) and self.cluster):
             raise ConfigError(f"CONFIG cluster must be a non-empty string, got {self.cluster!r}")

@@ -15,7 +15,8 @@ import socket
 import threading
 from dataclasses import replace
 
-from zchannels.node.config import NodeConfig, lan_address
+from zchannels.discovery.sources import listen_port, parse_sources
+from zchannels.node.config import DEFAULT_PEER_PORT, NodeConfig, lan_address
 from zchannels.node.server import NodeServer
 
 from .background import background
@@ -64,13 +65,16 @@ def node_config(config: LayerConfig) -> NodeConfig:
     )
     if config.cluster is None:
         return base
-    peer = config.peer_endpoint or f"tcp://{lan_address()}:0"
+    # Found by DNS, a node listens on a port known in advance (dns:NAME:PORT's);
+    # otherwise any free port (mDNS announces it, seeds name theirs).
+    port = listen_port(parse_sources(config.discovery), DEFAULT_PEER_PORT) or 0
+    peer = config.peer_endpoint or f"tcp://{lan_address()}:{port}"
     return replace(
         base,
         cluster=config.cluster,
         peer_endpoint=peer,
         seeds=config.seeds,
-        discovery=config.discovery or "none",
+        discovery=config.discovery or ("none",),
         interfaces=config.interfaces,
         key_files=config.key_file,
         insecure=config.insecure,
