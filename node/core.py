@@ -369,7 +369,9 @@ class NodeCore:
             ):
                 self.counters.bad_requests += 1
                 continue
-            if not local and self._relay(conn, session, MsgType.CONSUMED, ([report],), channel, out):
+            if not local and self._relay(
+                conn, session, MsgType.CONSUMED, ([report],), channel, out
+            ):
                 continue
             consumed(conn, channel, upto, count, expired)
 
