@@ -116,6 +116,9 @@ class Pool:
     waiting: deque[Put] = field(default_factory=deque)
     #: channels of this pool that exist now
     names: set[str] = field(default_factory=set)
+    #: no queued message of this pool expires before this (monotonic): a
+    #: full pool is scanned for expired messages only once one may be
+    earliest: float = float("inf")
 
     def reserved_total(self, now: float, exclude: ConnId | None = None) -> int:
         total = 0
@@ -288,6 +291,8 @@ class Queues:
             self._fly(conn, name, ch, self._seq, bundle)
             return (conn, name, [(payload, deadline - now, self._seq)])
         ch.items.append((self._seq, payload, deadline, bundle))
+        if deadline < ch.pool.earliest:
+            ch.pool.earliest = deadline
         return True
 
     def _place_bundle(
@@ -315,6 +320,8 @@ class Queues:
                     got.append(name)
             else:
                 ch.items.append((seq, payload, deadline, bundle))
+                if deadline < pool.earliest:
+                    pool.earliest = deadline
         item = [(payload, deadline - now, seq)]
         return [(conn, got[0] if len(got) == 1 else got, item) for conn, got in by_conn.items()]
 
@@ -464,6 +471,7 @@ class Queues:
             ch.flight.pop(conn, None)
         self._unindex(conn, name, ch)
         if back:
+            ch.pool.earliest = min(ch.pool.earliest, min(item[2] for item in back))
             back.sort(key=_seq_of)
             if not ch.items or back[-1][0] < ch.items[0][0]:
                 ch.items.extendleft(reversed(back))  # the usual case: all older
@@ -510,6 +518,7 @@ class Queues:
                 [(first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(live)]
             )
         )
+        ch.pool.earliest = min(ch.pool.earliest, min(deadline for _p, deadline in live))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
@@ -659,6 +668,9 @@ class Queues:
                 del self._reserving[conn]
 
     def _purge_pool(self, pool: Pool, now: float) -> None:
+        if now < pool.earliest:
+            return  # nothing queued has expired yet
+        earliest = float("inf")
         for name in list(pool.names):
             ch = self.channels.get(name)
             if ch is None or not ch.items:
@@ -669,10 +681,13 @@ class Queues:
             for item in ch.items:
                 if item[2] > now:
                     live.append(item)
+                    if item[2] < earliest:
+                        earliest = item[2]
                 else:
                     self.counters.dropped_expired += 1
                     self._release(pool, item[3])
             ch.items = live
+        pool.earliest = earliest
 
     def _remove(self, name: str, ch: Channel) -> None:
         for item in ch.items:
