@@ -3,7 +3,8 @@
 At the Django boundary they are also what consumers already catch:
 ``ChannelFull`` and ``MessageTooLarge`` subclass channels' own exceptions, bad
 names and messages raise ``TypeError`` (as channels' ``BaseChannelLayer``),
-and an invalid CONFIG raises ``ConfigError`` (a ``ValueError``).
+and an invalid CONFIG raises ``ConfigError`` (a ``ValueError``). Also the
+one warning category: ``ChannelsRedisOptionWarning``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,20 @@ class ZChannelsError(Exception):
 
 
 class ConfigError(ZChannelsError, ValueError):
-    """The layer's CONFIG or the node's settings are invalid."""
+    """The layer's CONFIG or the node's settings are invalid. ``key``: the
+    CONFIG key at fault, when one is (Django's system check names it)."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ChannelsRedisOptionWarning(UserWarning):
+    """A channels_redis CONFIG key that has no meaning for zchannels was
+    accepted and ignored; the message says what replaces it. Issued once per
+    key per process (Python's default warning filter); silence it with
+    ``warnings.filterwarnings("ignore", category=ChannelsRedisOptionWarning)``
+    or, better, delete the key."""
 
 
 class ChannelFull(ZChannelsError, _ChannelsChannelFull):  # type: ignore[misc]

@@ -23,6 +23,7 @@ import msgpack
 from channels.layers import BaseChannelLayer
 
 from . import client as _client
+from .codec import decode_ext, encode_ext, unencodable_path
 from .config import LayerConfig
 from .connection import Connection
 from .errors import ForeignChannel, MessageTooLarge
@@ -112,9 +113,10 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
 
     def _encode(self, message: dict[str, Any]) -> bytes:
         try:
-            payload: bytes = msgpack.packb(message, use_bin_type=True)
+            # = codec.packb, inline (see there why a Packer and not msgpack.packb)
+            payload: bytes = msgpack.Packer(default=encode_ext, use_bin_type=True).pack(message)
         except (TypeError, ValueError, OverflowError) as exc:
-            path = _unencodable_path(message)
+            path = unencodable_path(message)
             raise TypeError(f"message{path} cannot be serialized: {exc}") from None
         limit = self.config.max_message_size
         node_max = self.client.max_frame
@@ -166,17 +168,23 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         last = self._last_payload
         if last[0] is not payload:
             self._last_payload = (payload, None)
-            message: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            message: dict[str, Any] = msgpack.unpackb(
+                payload, raw=False, strict_map_key=False, ext_hook=decode_ext
+            )
             return message
         pristine = last[1]
         if pristine is None:
-            pristine = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            pristine = msgpack.unpackb(
+                payload, raw=False, strict_map_key=False, ext_hook=decode_ext
+            )
             if any(isinstance(v, dict | list) for v in pristine.values()):
                 pristine = {}  # not flat: decode for each receiver
             self._last_payload = (payload, pristine)
         if pristine:
             return dict(pristine)
-        decoded: dict[str, Any] = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        decoded: dict[str, Any] = msgpack.unpackb(
+            payload, raw=False, strict_map_key=False, ext_hook=decode_ext
+        )
         return decoded
 
     def _ours(self, channel: str, client: _client.Client) -> bool:
@@ -263,23 +271,3 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     def counters(self) -> dict[str, int]:
         """Client-side counters of this process (restarts seen, drops)."""
         return dict(self.client.counters)
-
-
-def _unencodable_path(value: Any, path: str = "") -> str:
-    """Where in ``value`` the first thing msgpack cannot encode sits, as
-    ``['key'][0]``; empty if it is ``value`` itself."""
-    children: Any
-    if isinstance(value, dict):
-        children = value.items()
-    elif isinstance(value, list | tuple):
-        children = enumerate(value)
-    else:
-        return path
-    for key, child in children:
-        try:
-            msgpack.packb(child, use_bin_type=True)
-        except (TypeError, ValueError, OverflowError):
-            return _unencodable_path(child, f"{path}[{key!r}]")
-        if isinstance(value, dict) and not isinstance(key, str | int | bytes | float | bool):
-            return f"{path} key {key!r}"
-    return path
