@@ -404,7 +404,7 @@ _SPECS: dict[int, tuple[MsgType, int, tuple[frozenset[type], ...]]] = {
 def check_message(item: object) -> Message:
     """One message given as ``[type, field, ...]`` (as inside a BATCH or a
     relay), validated like a frame's. Raises only ``DecodeError``."""
-    if type(item) is not list or not item or type(item[0]) is not int:
+    if type(item) is not list or not item or not isinstance(item[0], int):
         raise DecodeError("shape", "message is not [type, ...]")
     if item[0] == MsgType.BATCH:
         raise DecodeError("shape", "nested batch")
