@@ -86,6 +86,12 @@ _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
 #: the end of the loop iteration and goes out batched with the others; one
 #: queued after a quiet spell goes out at once.
 BATCH_AFTER = 0.0002
+#: Seconds a consumption report may wait for a message of this connection to
+#: ride along before it goes alone. Short: until the node has it, what the
+#: receive took still counts against capacity for senders in other
+#: processes. Not zero: a report of its own, every receive, would cost an
+#: event-loop iteration and a frame per message (ping-pong lost a third).
+REPORT_DELAY = 0.001
 #: Seconds between housekeeping passes (idle returns, request timeouts).
 SWEEP_INTERVAL = 0.25
 #: Seconds ``close()`` waits for the node to confirm BYE (ipc loses a tail
@@ -147,7 +153,7 @@ class Connection:
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {}
         self._out: list[Message] = []
         self._flush_scheduled = False
-        self._report_scheduled = False
+        self._report_timer: asyncio.TimerHandle | None = None
         self._flushed_at = 0.0
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._epoch = 0
@@ -235,7 +241,7 @@ class Connection:
                     if payload is not None:
                         if flow.wants_credit(state):
                             self._queue_all(flow.replenish(channel))
-                        if not self._report_scheduled:
+                        if self._report_timer is None:
                             self._report_soon()
                         return payload
                 waiter: asyncio.Future[None] = self._loop().create_future()
@@ -246,7 +252,7 @@ class Connection:
                 state.waiting += 1
                 if flow.wants_credit(state):
                     self._queue_all(flow.replenish(channel))
-                if flow.consumed and not self._report_scheduled:
+                if flow.consumed and self._report_timer is None:
                     self._report_soon()
                 if self._sweep_handle is None:
                     self._arm_sweep()
@@ -280,15 +286,12 @@ class Connection:
 
     def _report_soon(self) -> None:
         """Consumption goes out with the next message of this connection, or
-        at the end of this loop iteration, whichever comes first."""
-        if self.flow.consumed and not self._report_scheduled and not self.closed:
-            # (not _flush_scheduled: a message queued before then still goes
-            # out at once, with the report in front of it)
-            self._report_scheduled = True
-            self._loop().call_soon(self._flush_reports)
+        after ``REPORT_DELAY``, whichever comes first."""
+        if self.flow.consumed and self._report_timer is None and not self.closed:
+            self._report_timer = self._loop().call_later(REPORT_DELAY, self._flush_reports)
 
     def _flush_reports(self) -> None:
-        self._report_scheduled = False
+        self._report_timer = None
         if self.flow.consumed and not self._flush_scheduled:
             self._flush()
 
@@ -374,6 +377,9 @@ class Connection:
         self._flush_scheduled = False
         if self.flow.consumed:
             self._out.extend(self.flow.report())
+        if self._report_timer is not None:  # (the reports go now)
+            self._report_timer.cancel()
+            self._report_timer = None
         if self.closed or not self._out:
             return
         self._flushed_at = time.monotonic()
@@ -549,7 +555,7 @@ class Connection:
             pending.future = background.create_future()  # nobody awaits it now
         self._sweep_handle = None
         self._flush_scheduled = False
-        self._report_scheduled = False
+        self._report_timer = None
         self._loopref = weakref.ref(background)
 
         def start() -> None:
