@@ -20,11 +20,10 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from . import shared
 from .background import background
 from .config import LayerConfig
 from .connection import CLOSE_TIMEOUT, Connection
@@ -32,6 +31,9 @@ from .errors import NodeUnavailable
 from .keys import read_key_file
 from .names import SESSION_TAG_LEN, random_tag
 from .protocol import MsgType
+
+if TYPE_CHECKING:
+    from . import shared
 
 log = logging.getLogger("zchannels.layer")
 
@@ -45,6 +47,8 @@ class Client:
         #: the site's shared node (CONFIG without node or cluster)
         self._site: shared.Site | None = None
         if config.node is None and config.cluster is None:
+            from . import shared  # (flock: POSIX; only clients of a shared node load it)
+
             self._site = shared.site(config)
             self.endpoint = self._site.endpoint
         elif config.node is None or config.node == "embedded":
