@@ -23,6 +23,7 @@ from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
 from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
+from .lifetime import Locked
 from .security import InsecureBind
 from .server import NodeServer
 
@@ -112,12 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
         "can read and inject messages)",
     )
     run.add_argument("--preset", choices=("lan", "test"), default="lan")
+    run.add_argument(
+        "--lock-file",
+        metavar="PATH",
+        help="hold an exclusive lock on PATH while running; exit at once (0) if "
+        "another node holds it",
+    )
+    run.add_argument(
+        "--claim-file",
+        metavar="PATH",
+        help="client processes hold shared locks on PATH while they use the node "
+        "(with --exit-when-idle)",
+    )
     for name, flag in (
         ("client_lease", "--client-lease"),
         ("tick_interval", "--tick-interval"),
         ("sweep_interval", "--sweep-interval"),
         ("log_interval", "--log-interval"),
         ("dns_interval", "--dns-interval"),
+        ("exit_when_idle", "--exit-when-idle"),
     ):
         run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
     run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
@@ -183,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
     except (zmq.ZMQError, KeyFileError, InsecureBind) as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except Locked as exc:
+        log.info("not starting: %s (it serves)", exc)
     return 0
 
 
@@ -196,7 +212,11 @@ async def _serve(config: NodeConfig) -> None:
     # Tell whoever started us (tests, scripts) where we listen.
     peer = server.mesh.address if server.mesh is not None else None
     print(json.dumps({"ready": True, "endpoints": server.endpoints, "peer": peer}), flush=True)
-    await stop.wait()
+    # --exit-when-idle: the node also stops once nobody uses it.
+    done = [asyncio.create_task(event.wait()) for event in (stop, server.idle)]
+    await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.cancel()
     await server.stop()
 
 

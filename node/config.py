@@ -113,6 +113,26 @@ class NodeConfig:
     max_client_channels: int = 100_000
     #: Group memberships one client process may hold.
     max_client_group_entries: int = 100_000
+    #: A file the node holds an exclusive lock (``flock``) on for its whole
+    #: life, taken before it binds: a second node given the same file exits
+    #: at once (status 0: the first one serves), so nodes started by racing
+    #: processes end up as one, and never take each other's ipc socket. The
+    #: kernel releases it when the process ends, SIGKILL included, so "the
+    #: lock is held" means "a node serves". The node writes its pid and
+    #: incarnation into it. None: no lock (a sidecar its supervisor runs once).
+    lock_file: str | None = None
+    #: Seconds without clients after which the node stops by itself; 0:
+    #: never. No clients: no session, and nobody holds a claim on
+    #: ``claim_file``. The node ``CONFIG = {}`` starts uses 5 s, so processes
+    #: of the site that restart (the autoreloader, a recycled worker) find
+    #: it still there.
+    exit_when_idle: float = 0.0
+    #: A file client processes hold a shared lock on while they use the node,
+    #: taken before they connect: the node counts as unused only when it can
+    #: take the file exclusively, and stops holding it, so a process that is
+    #: connecting is never left talking to a node that is leaving. None:
+    #: sessions alone say whether the node is in use.
+    claim_file: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.discovery, str):  # one spelling given as a bare string

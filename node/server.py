@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -23,12 +23,15 @@ from zchannels.protocol import DecodeError, Message, decode, encode, encode_many
 
 from .config import NodeConfig
 from .core import CoreSettings, NodeCore, Out
-from .finding import PeerFinder
+from .lifetime import Claims, IdleRule, NodeLock
 from .membership import first_incarnation
-from .peers import PeerMesh
-from .replication import GroupReplication
-from .routing import Routing
 from .security import HandshakeWatch, admission, check_bind_policy, serve_with
+
+if TYPE_CHECKING:  # the cluster's parts load only in a cluster (a node's start time)
+    from .finding import PeerFinder
+    from .peers import PeerMesh
+    from .replication import GroupReplication
+    from .routing import Routing
 
 log = logging.getLogger("zchannels.node")
 
@@ -103,7 +106,15 @@ class NodeServer:
         self._tick_task: asyncio.Task[None] | None = None
         self._rlog = RateLimitedLog(config.log_interval)
         self.mesh: PeerMesh | None = None
+        self.replication: GroupReplication | None = None
+        self.routing: Routing | None = None
+        self.finder: PeerFinder | None = None
         if config.peer_endpoint is not None:
+            from .finding import PeerFinder
+            from .peers import PeerMesh
+            from .replication import GroupReplication
+            from .routing import Routing
+
             self.mesh = PeerMesh(
                 node_id=config.node_id,
                 endpoint=config.peer_endpoint,
@@ -114,22 +125,15 @@ class NodeServer:
                 incarnation=started,
                 keyring=self.keyring,
             )
-            self.replication: GroupReplication | None = GroupReplication(
-                self.mesh, self.core, self.send
-            )
-            self.routing: Routing | None = Routing(
-                self.mesh, self.core, self.send, self._send_frame
-            )
+            self.replication = GroupReplication(self.mesh, self.core, self.send)
+            self.routing = Routing(self.mesh, self.core, self.send, self._send_frame)
             self.mesh.after_frames = self._after_core
-            self.finder: PeerFinder | None = PeerFinder(config, self.mesh)
+            self.finder = PeerFinder(config, self.mesh)
             self.core.extra_status = lambda: {
                 **self._cluster_status(),
                 **self._security_status(),
             }
         else:
-            self.replication = None
-            self.routing = None
-            self.finder = None
             self.core.extra_status = lambda: {
                 "cluster": None,
                 "members": [
@@ -138,6 +142,13 @@ class NodeServer:
                 **self._security_status(),
             }
         self.endpoints: list[str] = []
+        #: the lock file held while this node lives (``lock_file``)
+        self.lock: NodeLock | None = None
+        self._claims: Claims | None = None
+        self._idle = IdleRule(config.exit_when_idle) if config.exit_when_idle > 0 else None
+        #: set once the node has been unused for ``exit_when_idle`` seconds
+        #: (no session, no claim): ``znode run`` then stops it
+        self.idle = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -147,6 +158,22 @@ class NodeServer:
         if config.peer_endpoint is not None:
             exposed.append(config.peer_endpoint)
         check_bind_policy(exposed, keyed=self.keyring is not None, insecure=config.insecure)
+        if config.lock_file is not None:
+            # Before binding: an ipc bind takes the path over from whoever had it.
+            self.lock = await NodeLock.take(config.lock_file)
+        try:
+            if config.claim_file is not None:
+                self._claims = Claims(config.claim_file)
+            await self._bind_and_serve()
+        except BaseException:
+            self._release_locks()
+            raise
+        if self.lock is not None:
+            self.lock.announce(f"{os.getpid()} {self.incarnation}\n")
+
+    async def _bind_and_serve(self) -> None:
+        assert self._loop is not None
+        config = self.config
         plain = list(config.client_endpoints)
         secure: list[str] = []
         if self.keyring is not None:  # tcp:// clients must hold the cluster key
@@ -202,7 +229,16 @@ class NodeServer:
                 await self._tick_task
             self._tick_task = None
         self._close_client_sockets()
+        self._release_locks()
         log.info("node %s stopped", self.config.node_id)
+
+    def _release_locks(self) -> None:
+        # The node's lock first: a process that waits for the claim file
+        # then finds no node, and starts one at once.
+        if self.lock is not None:
+            self.lock.release()
+        if self._claims is not None:
+            self._claims.release()
 
     def _client_socket(self, endpoints: list[str], keyring: Keyring | None) -> zmq.Socket[bytes]:
         """A ROUTER bound to ``endpoints``; with ``keyring``, a CurveZMQ server
@@ -438,8 +474,27 @@ class NodeServer:
         interval = self.config.tick_interval
         while True:
             await asyncio.sleep(interval)
-            self.send(self.core.tick(time.monotonic()))
+            now = time.monotonic()
+            self.send(self.core.tick(now))
             self._after_core()
+            if self._idle is not None:
+                self._check_idle(now)
+
+    def _check_idle(self, now: float) -> None:
+        """``exit_when_idle``: unused (no session, no claim) for that long,
+        the node seizes the claim file and says it is done (``idle``)."""
+        assert self._idle is not None
+        if self.idle.is_set():
+            return
+        claims = self._claims
+        in_use = len(self.core.sessions) > 0 or (claims is not None and claims.held())
+        if not self._idle.observe(now, in_use):
+            return
+        if claims is not None and not claims.seize():
+            self._idle.observe(now, True)  # a process claimed it this instant
+            return
+        log.info("no clients for %g s: stopping", self._idle.after)
+        self.idle.set()
 
 
 def _prepare_ipc_path(path: str) -> None:

@@ -1,6 +1,7 @@
 """Fixtures shared by every test layer.
 
-- ``layer``: a layer on this process's embedded node, flushed before the test.
+- ``layer``: a layer with ``CONFIG = {}`` (the shared node of this run's
+  scope, started on demand), flushed before the test.
 - ``znode``: a factory that starts real ``znode`` processes (test preset, ipc
   in a temp dir) and kills whatever is left at the end.
 - hygiene: a test must not leave non-daemon threads running.

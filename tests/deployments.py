@@ -1,6 +1,8 @@
 """The three ways a site runs the layer, as one parametrized fixture.
 
-- ``embedded``: ``CONFIG = {}``: the node runs inside this process;
+- ``embedded``: ``CONFIG = {"node": "embedded"}``: the node runs inside this process;
+- ``shared``: ``CONFIG = {}``: the shared node of this checkout's scope, a
+  process started on demand (the ``layer`` fixture's node too);
 - ``sidecar``: ``CONFIG = {"node": endpoint}``: one ``znode`` serves the host;
 - ``cluster``: three ``znode`` processes joined by seeds; layers talk to
   different nodes, and plain names are picked so that their owner is a node
@@ -39,7 +41,7 @@ from zchannels.node.ownership import Ownership
 
 from zchannels.layer import ZeroMQChannelLayer
 
-KINDS = ("embedded", "sidecar", "cluster")
+KINDS = ("embedded", "shared", "sidecar", "cluster")
 CLUSTER_IDS = ["node-0", "node-1", "node-2"]
 #: the node plain names are owned by in the cluster: no test layer talks to it
 OWNER = "node-1"
@@ -51,9 +53,11 @@ _prefixes = itertools.count()
 class Deployment:
     kind: str
     nodes: list[Znode] = field(default_factory=list)
+    #: the layers' CONFIG beyond ``node`` (``shared``: a scope of its own)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def endpoint(self, at: int) -> str | None:
-        """The ``node`` CONFIG of a layer on node ``at`` (None: embedded)."""
+        """The ``node`` CONFIG of a layer on node ``at`` (None: no znode)."""
         if not self.nodes:
             return None
         return self.nodes[at % len(self.nodes)].endpoint
@@ -81,6 +85,7 @@ class Scenario:
     def config(self, at: int = 0, process: int = 0, **options: Any) -> dict[str, Any]:
         """The CONFIG of role ``process`` on node ``at``."""
         config: dict[str, Any] = {"prefix": self.prefix, "request_timeout": 30.0 - process}
+        config.update(self.deployment.options)
         endpoint = self.deployment.endpoint(at)
         if endpoint is not None:
             config["node"] = endpoint
@@ -145,6 +150,8 @@ def _start(kind: str, base: Path, started: list[Znode]) -> Deployment:
         return node.start()
 
     if kind == "embedded":
+        return Deployment(kind, options={"node": "embedded"})
+    if kind == "shared":
         return Deployment(kind)
     if kind == "sidecar":
         return Deployment(kind, [znode()])

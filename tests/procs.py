@@ -54,9 +54,13 @@ def emit(event: str, **fields: Any) -> None:
 # -- roles (run in the child) --------------------------------------------------
 def _layer(args: argparse.Namespace) -> Any:
     """The layer on ``--node``; ``--node embedded:CLUSTER:KEYFILE``: on this
-    process's own embedded node, a member of CLUSTER (found by mDNS, keyed)."""
+    process's own embedded node, a member of CLUSTER (found by mDNS, keyed);
+    ``--node shared:SCOPE``: on the shared node of scope SCOPE (CONFIG
+    ``{"scope": SCOPE}``, the default's node under a name of its own)."""
     from zchannels.layer import ZeroMQChannelLayer
 
+    if args.node.startswith("shared:"):
+        return ZeroMQChannelLayer(scope=args.node[len("shared:") :])
     if args.node.startswith("embedded:"):
         _, cluster, key_file = args.node.split(":", 2)
         return ZeroMQChannelLayer(cluster=cluster, discovery="mdns", key_file=key_file)

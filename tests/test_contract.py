@@ -1,9 +1,11 @@
-"""The Channels layer contract, on the embedded node.
+"""The Channels layer contract, on the default node.
 
 What every Channels layer promises (send/receive, FIFO, one receiver per
 message, names, validation, capacity, expiry, groups, flush) plus the parts of
 channels_redis' CONFIG that zchannels keeps, exercised through the public API
-of ``ZeroMQChannelLayer`` against this process's embedded node.
+of ``ZeroMQChannelLayer`` with ``CONFIG = {}`` (the shared node of this
+process's scope); the two tests that look at the node's own configuration
+use an embedded node (``node="embedded"``).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ async def test_one_receiver_per_message_two_processes_worth(make_layer: MakeLaye
 # -- new_channel ------------------------------------------------------------
 
 
-async def test_new_channel_names(layer: ZeroMQChannelLayer) -> None:
+async def test_new_channel_names(make_layer: MakeLayer) -> None:
+    layer = await make_layer(node="embedded")  # (its node's config is looked at)
     names = [await layer.new_channel() for _ in range(5000)]
     assert len(set(names)) == len(names), "new_channel() repeated a name"
     client = layer.client
@@ -334,7 +337,7 @@ async def test_node_frame_limit_applies_from_the_first_send(make_layer: MakeLaye
     """CONFIG allows 16 MiB, the node's frames are smaller (it says so in
     WELCOME): a message over the node's limit raises MessageTooLarge, on the
     very first call of a fresh layer just as on later calls."""
-    lay = await make_layer(prefix="frame", max_message_size=16 * 1024 * 1024)
+    lay = await make_layer(prefix="frame", max_message_size=16 * 1024 * 1024, node="embedded")
     await lay.close()  # a fresh client: nothing learnt from the node yet
     node = embedded.node()
     assert node is not None

@@ -1,8 +1,9 @@
 """What importing the layer pulls in: a sidecar's clients never load the node.
 
-A Django process pointed at a ``znode`` (CONFIG ``node=...``) runs no node
-code, so it must not import the node, zeroconf or discovery (time and memory
-in every worker); the embedded node is loaded only when a layer needs it. And
+A Django process pointed at a ``znode`` (CONFIG ``node=...``) or using the
+site's shared node (CONFIG ``{}``) runs no node code, so it must not import
+the node, zeroconf or discovery (time and memory in every worker); the
+embedded node is loaded only when a layer needs it. And
 the connection shell does not import the session that owns it (no import
 circle between ``zchannels.client`` and ``zchannels.connection``).
 """
@@ -39,8 +40,19 @@ def test_a_sidecar_layer_imports_no_node_code() -> None:
 
 
 def test_an_embedded_layer_loads_the_node_when_it_needs_it() -> None:
-    code = "from zchannels.layer import ZeroMQChannelLayer\nZeroMQChannelLayer().client"
+    code = (
+        "from zchannels.layer import ZeroMQChannelLayer\nZeroMQChannelLayer(node='embedded').client"
+    )
     assert "zchannels.embedded" in loaded_after(code)
+
+
+def test_a_default_layer_runs_its_node_in_another_process() -> None:
+    """CONFIG = {}: the site's shared node is a process of its own; the
+    Django process loads no node code either."""
+    code = (
+        "from zchannels.layer import ZeroMQChannelLayer\nlayer = ZeroMQChannelLayer()\nlayer.client"
+    )
+    assert loaded_after(code) == []
 
 
 def test_the_connection_shell_does_not_import_the_client() -> None:

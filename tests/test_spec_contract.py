@@ -6,8 +6,9 @@ Written from the Channels layer specification (channels'
 exactly when the channel holds ``capacity`` messages not yet returned by a
 ``receive()``"), and from what Django users do (loops made and closed by
 hand, ``fork()`` after the layer was used, a group per chat room) — not from
-the implementation. Every test runs through the embedded node, a ``znode``
-sidecar and a 3-node cluster (``tests/deployments.py``).
+the implementation. Every test runs through an embedded node, the shared
+node of ``CONFIG = {}``, a ``znode`` sidecar and a 3-node cluster
+(``tests/deployments.py``).
 
 The words the tests use:
 

@@ -3,8 +3,9 @@
 Owns: one daemon thread per process running an asyncio loop, for work no
 caller's loop can be trusted with — renewing client leases (a busy or idle
 caller loop must not let a lease lapse), re-asserting memberships after a node
-restart, finishing the close of connections whose loops were closed by hand —
-and, in ``zchannels.embedded``, the embedded node. Fork-safe: a forked child
+restart, finishing the close of connections whose loops were closed by hand,
+watching the site's shared node (``zchannels.shared``) — and, in
+``zchannels.embedded``, the embedded node. Fork-safe: a forked child
 starts its own thread on first use (the parent's is not running there).
 """
 

@@ -66,8 +66,13 @@ _VALUE_HINTS: Mapping[str, str] = {
     "prefix": "up to 50 of A-Z a-z 0-9 _ . - (default 'asgi')",
     "max_message_size": "a positive int of bytes (default 2097152)",
     "node": (
-        "'ipc:///run/zchannels/znode.sock' (a znode on this host) or 'tcp://HOST:PORT', "
-        "or delete it for an embedded node in each process"
+        "'ipc:///run/zchannels/znode.sock' (a znode on this host), 'tcp://HOST:PORT', "
+        "'embedded' (a node inside each process), or delete it for the node shared by "
+        "every process of the site on this host"
+    ),
+    "scope": (
+        "a non-empty name for the site's shared node (processes with the same scope "
+        "share it), only without 'node' and 'cluster'"
     ),
     "request_timeout": "a positive number of seconds (default 30)",
     "cluster": (

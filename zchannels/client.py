@@ -5,8 +5,8 @@ each event loop, the group memberships this process made (so it can assert
 them again on a restarted node), the keeper that renews the session lease, and
 client-side counters. One ``Client`` per process per layer configuration;
 layer instances with equal configurations share it (``acquire``/``release``).
-Does not own: socket I/O (``zchannels.connection``), the embedded node
-(``zchannels.embedded``).
+Does not own: socket I/O (``zchannels.connection``), the node: the site's
+shared node (``zchannels.shared``) or an embedded one (``zchannels.embedded``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -32,6 +32,9 @@ from .keys import read_key_file
 from .names import SESSION_TAG_LEN, random_tag
 from .protocol import MsgType
 
+if TYPE_CHECKING:
+    from . import shared
+
 log = logging.getLogger("zchannels.layer")
 
 
@@ -41,12 +44,19 @@ class Client:
         self.pid = os.getpid()
         self.session, self._names = session_of(config)
         self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
-        if config.node is not None:
-            self.endpoint = config.node
-        else:
-            from . import embedded  # only now: a sidecar's clients never load the node
+        #: the site's shared node (CONFIG without node or cluster)
+        self._site: shared.Site | None = None
+        if config.node is None and config.cluster is None:
+            from . import shared  # (flock: POSIX; only clients of a shared node load it)
+
+            self._site = shared.site(config)
+            self.endpoint = self._site.endpoint
+        elif config.node is None or config.node == "embedded":
+            from . import embedded  # only now: other clients never load the node
 
             self.endpoint = embedded.endpoint(config)
+        else:
+            self.endpoint = config.node
         #: the cluster key a tcp:// znode wants (CONFIG key_file; the first file)
         self.key = read_key_file(config.key_file[0]) if config.key_file else None
         self.counters: collections.Counter[str] = collections.Counter()
@@ -69,6 +79,8 @@ class Client:
         self.max_frame: int | None = None
         self._keeper: Any = None
         self._closed = False
+        if self._site is not None:
+            self._site.attach(self)  # claims the node, starts it if nobody serves
 
     # -- connections ------------------------------------------------------
     def connection(self) -> Connection:
@@ -149,6 +161,20 @@ class Client:
                 loop.call_soon_threadsafe(conn.rehello, True)
         background().submit(self._reassert())
 
+    def node_replaced(self) -> None:
+        """Another node now serves our endpoint (``zchannels.shared`` saw it
+        start): every connection pings, so each hears at once that the new
+        node does not know it, says HELLO again and gets its receives and
+        memberships back, without waiting for the keeper's next ping. (A
+        ping waits in the socket until it has reconnected.)"""
+        with self._lock:
+            conns = [c for c in self._conns.values() if not c.closed]
+        for conn in conns:
+            loop = conn._loopref()
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # closed meanwhile
+                    loop.call_soon_threadsafe(_ping, conn)
+
     async def _reassert(self) -> None:
         """Add every membership this process holds again (the node forgot)."""
         conn = self.connection()
@@ -194,6 +220,8 @@ class Client:
         says BYE (the node drops the session, and so this process's group
         memberships, when the last one has), the keeper stops."""
         self._closed = True
+        if self._site is not None:
+            self._site.detach(self)  # (the node stays while our session does)
         with self._lock:
             conns = list(self._conns.items())
         current = asyncio.get_running_loop()
@@ -216,6 +244,11 @@ class Client:
             done = asyncio.run_coroutine_threadsafe(keeper_conn.aclose(final=True), bg)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.wrap_future(done), CLOSE_TIMEOUT * 2)
+
+
+def _ping(conn: Connection) -> None:
+    if not conn.closed:
+        conn.ping()
 
 
 # -- sharing clients between layer instances of one process -----------------

@@ -107,9 +107,16 @@ class LayerConfig:
     #: Largest encoded message in bytes; bigger ones raise MessageTooLarge at
     #: send time. 2 MiB: the spec asks that 1 MB pass, with room for framing.
     max_message_size: int = 2 * 1024 * 1024
-    #: The node to use: ``None`` starts an embedded node in this process;
-    #: ``"ipc:///path"`` or ``"tcp://127.0.0.1:PORT"`` points at a ``znode``.
+    #: The node to use: ``None``: the node every process of this site on
+    #: this host shares, started on demand (``zchannels.shared``);
+    #: ``"embedded"``: a node inside this process, of its own;
+    #: ``"ipc:///path"`` or ``"tcp://127.0.0.1:PORT"``: a ``znode``.
     node: str | None = None
+    #: With ``node=None``: the name of the processes that share a node. None:
+    #: derived from ``DJANGO_SETTINGS_MODULE`` and the settings file's
+    #: directory (else the working directory), so two projects on one host
+    #: never share by accident.
+    scope: str | None = None
     #: Seconds a request waits for the node before NodeUnavailable is raised.
     request_timeout: float = 30.0
     #: Embedded node only: the cluster to join as a member (one node per
@@ -202,12 +209,22 @@ class LayerConfig:
                 f"CONFIG prefix must be up to 50 of A-Z a-z 0-9 _ . -, got {self.prefix!r}",
                 key="prefix",
             )
-        if self.node is not None and not (
+        if self.node not in (None, "embedded") and not (
             isinstance(self.node, str) and self.node.split("://", 1)[0] in ("ipc", "tcp")
         ):
             raise ConfigError(
-                f"CONFIG node must be 'ipc:///path' or 'tcp://host:port', got {self.node!r}",
+                "CONFIG node must be 'ipc:///path', 'tcp://host:port' or 'embedded', "
+                f"got {self.node!r}",
                 key="node",
+            )
+        if self.scope is not None and not (isinstance(self.scope, str) and self.scope):
+            raise ConfigError(
+                f"CONFIG scope must be a non-empty string, got {self.scope!r}", key="scope"
+            )
+        if self.scope is not None and (self.node is not None or self.cluster is not None):
+            raise ConfigError(
+                "CONFIG scope names the shared node of CONFIG without node or cluster",
+                key="scope",
             )
 
         if self.discovery:
@@ -220,7 +237,7 @@ class LayerConfig:
             except ValueError as exc:
                 raise ConfigError(f"CONFIG {exc}", key="discovery") from None
         joins = self.cluster is not None or self.discovery or self.seeds
-        if joins and self.node is not None:
+        if joins and self.node not in (None, "embedded"):
             raise ConfigError(
                 "CONFIG cluster, discovery and seeds are for the embedded node; with "
                 f"node={self.node!r} the znode joins the cluster (znode run --cluster NAME)",

@@ -1,6 +1,8 @@
 """The embedded node: a node running on the process's background loop.
 
-Owns: the node a layer starts when its CONFIG names no ``node``. It runs on
+Owns: the node a layer starts when its CONFIG says ``node="embedded"`` (or
+names a ``cluster``): a node of this process's own, shared with no other
+process (``CONFIG = {}`` uses the site's shared node, ``zchannels.shared``). It runs on
 the process's background loop (``zchannels.background``), and is a full
 ``NodeServer`` bound to an ``inproc://`` endpoint: the layer talks to it exactly as to a ``znode``
 sidecar, over the same protocol, through ZeroMQ's in-process transport.

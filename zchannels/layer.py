@@ -9,7 +9,7 @@ the node (``zchannels.client``, ``zchannels.connection``, ``zchannels.node``).
 Usage::
 
     CHANNEL_LAYERS = {"default": {"BACKEND": "zchannels.layer.ZeroMQChannelLayer",
-                                  "CONFIG": {}}}          # embedded node
+                                  "CONFIG": {}}}          # the site's shared node
     # or "CONFIG": {"node": "ipc:///run/zchannels/znode.sock"}  # znode sidecar
 """
 
