@@ -81,7 +81,8 @@ def specs(redis_port: int, znode_endpoint: str, relay_endpoint: str) -> list[Lay
             "zchannels embedded (1 process)",
             "channels",
             "zchannels.layer.ZeroMQChannelLayer",
-            {"capacity": CAPACITY},
+            # (CONFIG {} would be the site's shared node, another process)
+            {"capacity": CAPACITY, "node": "embedded"},
             single_process=True,
         ),
         LayerSpec(
