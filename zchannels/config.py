@@ -32,8 +32,9 @@ _DELETE = " Delete the key (README: Moving from channels_redis)."
 #: mean what they meant there and are fields of LayerConfig.
 CHANNELS_REDIS_ONLY: Mapping[str, str] = {
     "hosts": (
-        "zchannels has no server to connect to: without 'node' each process runs an "
-        "embedded node; 'node': 'ipc:///run/zchannels/znode.sock' shares one znode "
+        "zchannels has no server to connect to: without 'node' the processes of the "
+        "site on a host share one node they start themselves; "
+        "'node': 'ipc:///run/zchannels/znode.sock' shares one znode "
         "sidecar between the processes of a host; a znode cluster (znode run --cluster "
         "NAME) spreads channels over hosts, which replaces sharding over Redis hosts."
     ),
