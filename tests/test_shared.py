@@ -53,7 +53,9 @@ GONE_WITHIN = 3.0 + IDLE_EXIT + 7.0
 # -- looking at a scope from outside ---------------------------------------------
 def serving(directory: str) -> str | None:
     """What the node serving the scope wrote in its lock file ("" if it has
-    not yet); None if no node holds the lock."""
+    not yet); None if no node holds the lock (or the scope was never used)."""
+    if not os.path.isdir(directory):
+        return None
     fd = os.open(os.path.join(directory, "node.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
