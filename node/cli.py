@@ -22,6 +22,7 @@ from zchannels.discovery.sources import listen_port, parse_source, parse_sources
 from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
+from . import logs
 from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
 from .lifetime import Locked
 from .security import InsecureBind
@@ -138,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("max_client_channels", "max_client_group_entries"):
         run.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="text (for people; the default) or json: one object per line, with the "
+        "node id and structured fields (for log shippers)",
+    )
 
     keygen = sub.add_parser("keygen", help="write a new cluster key file (mode 600)")
     keygen.add_argument("path", metavar="PATH")
@@ -184,18 +192,18 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    formatter = logs.setup(args.log_level, args.log_format)
     try:
         config = node_config(args)
     except (OSError, ValueError) as exc:  # no LAN address; --discovery none with another
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", exc, extra={"reason": "config"})
         return 1
+    if isinstance(formatter, logs.JsonFormatter):
+        formatter.node = config.node_id
     try:
         asyncio.run(_serve(config))
     except (zmq.ZMQError, KeyFileError, InsecureBind) as exc:
-        log.error("cannot start: %s", exc)
+        log.error("cannot start: %s", exc, extra={"reason": type(exc).__name__})
         return 1
     except Locked as exc:
         log.info("not starting: %s (it serves)", exc)

@@ -69,7 +69,8 @@ class RateLimitedLog:
         self._last[kind] = now
         more = self._suppressed.pop(kind, 0)
         suffix = f" (+{more} more since last report)" if more else ""
-        log.warning(msg + suffix, *args)
+        # (structured fields for --log-format json: what happened, how often)
+        log.warning(msg + suffix, *args, extra={"event": kind, "suppressed": more})
 
 
 class NodeServer:
