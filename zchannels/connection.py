@@ -149,6 +149,8 @@ class Connection:
         #: closing on the background loop, its own loop closed without us
         self._orphaned = False
         self._pending: dict[int, _Pending] = {}
+        #: set while closing: resolved when every withdrawal is acknowledged
+        self._drained: asyncio.Future[None] | None = None
         self._req = itertools.count(1)
         #: the receive/credit/reservation accounting (pure)
         self.flow = Flow(self._req)
@@ -446,8 +448,6 @@ class Connection:
                 self.rehello()
         else:
             self._client.counters["unexpected_type"] += 1
-
-    _drained: asyncio.Future[None] | None = None
 
     def _on_error(self, req: int, code: int, detail: str) -> None:
         if code == ErrorCode.UNKNOWN_SESSION:

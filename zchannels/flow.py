@@ -212,7 +212,8 @@ class Flow:
         return out
 
     def withdrawal_acked(self, req: int) -> list[Message]:
-        """The node acknowledged RETURN ``req``; True if it was one of ours."""
+        """The node acknowledged withdrawal ``req`` (a RETURN of ours): once a
+        channel has none left, a waiting receiver's credit goes out again."""
         channel = self.withdrawals.pop(req)
         left = self.draining.get(channel, 1) - 1
         if left > 0:
