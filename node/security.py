@@ -10,18 +10,16 @@ without a key listens on loopback and ``ipc://`` only. Does not own: key files
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 import time
 from typing import cast
-from urllib.parse import urlsplit
 
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import parse_monitor_message
 
-from zchannels.keys import ClusterKey, Keyring
+from zchannels.keys import ClusterKey, Keyring, loopback_only
 
 log = logging.getLogger("zchannels.node")
 
@@ -31,22 +29,6 @@ _REFUSAL_LOG_INTERVAL = 5.0
 
 class InsecureBind(ValueError):
     """A node without a key asked to listen beyond this host."""
-
-
-def loopback_only(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address; any other
-    transport (tipc://, udp://, ...) counts as reaching beyond this host."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name or a wildcard ("*"): beyond this host
 
 
 def check_bind_policy(endpoints: list[str], keyed: bool, insecure: bool) -> None:

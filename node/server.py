@@ -165,15 +165,14 @@ class NodeServer:
         try:
             if config.claim_file is not None:
                 self._claims = Claims(config.claim_file)
-            await self._bind_and_serve()
+            await self._bind_and_serve(self._loop)
         except BaseException:
             self._release_locks()
             raise
         if self.lock is not None:
             self.lock.announce(f"{os.getpid()} {self.incarnation}\n")
 
-    async def _bind_and_serve(self) -> None:
-        assert self._loop is not None
+    async def _bind_and_serve(self, loop: asyncio.AbstractEventLoop) -> None:
         config = self.config
         plain = list(config.client_endpoints)
         secure: list[str] = []
@@ -187,7 +186,7 @@ class NodeServer:
             except zmq.ZMQError:
                 self._sock.close(0)
                 raise
-            self._secure_watch = HandshakeWatch(self._secure, self._loop, "client")
+            self._secure_watch = HandshakeWatch(self._secure, loop, "client")
         sock = self._sock
         if self.mesh is not None:
             try:
@@ -201,10 +200,10 @@ class NodeServer:
                 self.routing.start()
             if self.finder is not None:
                 await self.finder.start()
-        self._loop.add_reader(sock.fileno(), self._on_readable)
+        loop.add_reader(sock.fileno(), self._on_readable)
         if self._secure is not None:
-            self._loop.add_reader(self._secure.fileno(), self._on_readable, True)
-            self._loop.call_soon(self._on_readable, True)
+            loop.add_reader(self._secure.fileno(), self._on_readable, True)
+            loop.call_soon(self._on_readable, True)
         self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
         log.info(
             "node %s (incarnation %s) serving clients on %s",
@@ -213,7 +212,7 @@ class NodeServer:
             ", ".join(self.endpoints),
         )
         # Frames may already be waiting; the edge-triggered FD won't say so.
-        self._loop.call_soon(self._on_readable)
+        loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
         if self.finder is not None:
@@ -479,22 +478,21 @@ class NodeServer:
             self.send(self.core.tick(now))
             self._after_core()
             if self._idle is not None:
-                self._check_idle(now)
+                self._check_idle(self._idle, now)
 
-    def _check_idle(self, now: float) -> None:
+    def _check_idle(self, rule: IdleRule, now: float) -> None:
         """``exit_when_idle``: unused (no session, no claim) for that long,
         the node seizes the claim file and says it is done (``idle``)."""
-        assert self._idle is not None
         if self.idle.is_set():
             return
         claims = self._claims
         in_use = len(self.core.sessions) > 0 or (claims is not None and claims.held())
-        if not self._idle.observe(now, in_use):
+        if not rule.observe(now, in_use):
             return
         if claims is not None and not claims.seize():
-            self._idle.observe(now, True)  # a process claimed it this instant
+            rule.observe(now, True)  # a process claimed it this instant
             return
-        log.info("no clients for %g s: stopping", self._idle.after)
+        log.info("no clients for %g s: stopping", rule.after)
         self.idle.set()
 
 

@@ -6,7 +6,8 @@ reports as Errors what would otherwise fail at the first
 ``get_channel_layer()`` or the first message, and as Warnings the
 channels_redis keys the layer ignores; ``check --deploy`` adds Warnings about
 settings unsafe in production. Does not own the rules themselves
-(``zchannels.config``, ``zchannels.keys``, the node's bind policy).
+(``zchannels.config``; ``zchannels.keys``, with the bind policy's endpoint
+rule).
 
 A check builds no layer, starts no node and opens no socket: it parses CONFIG
 with ``LayerConfig.build`` and reads key files. ``zchannels.apps`` registers
@@ -31,13 +32,11 @@ the two entry points (tag ``zchannels``); ``layer_messages`` and
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import os
 import stat
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from django.core.checks import CheckMessage, Error
 from django.core.checks import Warning as CheckWarning
@@ -50,6 +49,7 @@ from .config import (
     unknown_options,
 )
 from .errors import ConfigError
+from .keys import KeyFileError, loopback_only, read_key_file
 
 #: The backend path of the layer (no import needed to recognise it).
 BACKEND = "zchannels.layer.ZeroMQChannelLayer"
@@ -257,8 +257,6 @@ def _own(options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _key_file_messages(obj: str, config: LayerConfig) -> list[CheckMessage]:
-    from .keys import KeyFileError, read_key_file
-
     messages: list[CheckMessage] = []
     for path in config.key_file:
         try:
@@ -289,23 +287,6 @@ def _key_file_hint(path: str) -> str:
             f"(chown that user, chmod 600 {path})."
         )
     return "Use a file written by 'znode keygen PATH', copied unchanged from a node."
-
-
-def loopback_only(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address. The
-    node's bind policy (``zchannels.node.security.loopback_only``), repeated
-    here so that a check never imports the node; a test holds them equal."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = urlsplit(endpoint).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # a name or a wildcard ("*"): beyond this host
 
 
 def _deploy_messages(obj: str, config: LayerConfig) -> list[CheckMessage]:

@@ -1,9 +1,11 @@
 """Cluster keys: CurveZMQ key pairs shared by the nodes (and TCP clients) of a cluster.
 
 Owns: the key file format, making one (``znode keygen``), reading one with
-its permission check, fingerprints, and the keyring a node holds during a
-rollover. Does not own: sockets (``zchannels.node.security`` applies keys to
-them) or who is admitted (the ZAP handler there).
+its permission check, fingerprints, the keyring a node holds during a
+rollover, and which endpoints need a key at all (``loopback_only``: the
+node's bind policy and the Django checks share it). Does not own: sockets
+(``zchannels.node.security`` applies keys to them) or who is admitted (the
+ZAP handler there).
 
 A cluster key is one CurveZMQ key pair (Curve25519; RFC 26/CURVEZMQ). Every
 node serves its peer socket (and its TCP client endpoints) with it, connects
@@ -24,12 +26,14 @@ with the two files swapped keep talking to each other throughout.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import zmq
 
@@ -127,3 +131,20 @@ def read_key_file(path: str | os.PathLike[str]) -> ClusterKey:
     except (ValueError, KeyError, TypeError, AttributeError, zmq.ZMQError) as exc:
         raise KeyFileError(f"key file {path} is malformed: {exc}") from None
     return ClusterKey(public, secret)
+
+
+def loopback_only(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address: an
+    endpoint that needs no cluster key. Any other transport (tipc://,
+    udp://, ...) counts as reaching beyond this host."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = urlsplit(endpoint).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name or a wildcard ("*"): beyond this host

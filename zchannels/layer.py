@@ -53,8 +53,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._capacities: dict[str, int] = {}
         self._valid_names: set[str] = set()
         #: names checked for receive() (valid, and ours if '!') -> wire name,
-        #: for one client ("" -> that client)
-        self._receivable: dict[str, Any] = {"": None}
+        #: for the client ``_receivable_for``
+        self._receivable: dict[str, str] = {}
+        self._receivable_for: _client.Client | None = None
         #: (the payload received last, its decoded message once a second
         #: receiver got the same payload object: see ``_decode``)
         self._last_payload: tuple[bytes | None, dict[str, Any] | None] = (None, None)
@@ -148,14 +149,14 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         """
         client = self.client
         known = self._receivable
-        wire = known.get(channel) if known[""] is client else None
+        wire = known.get(channel) if self._receivable_for is client else None
         if wire is None:
             self.require_valid_channel_name(channel)
             if "!" in channel and not self._ours(channel, client):
                 raise ForeignChannel(channel, client.session)
-            if known[""] is not client or len(known) > 10_000:
+            if self._receivable_for is not client or len(known) > 10_000:
                 known.clear()
-                known[""] = client
+                self._receivable_for = client
             wire = known[channel] = self._wire(channel)
         payload = await client.connection().receive(wire)
         return self._decode(payload)

@@ -418,9 +418,9 @@ def _check(mtype_num: int, fields: list[Any]) -> Message:
     mtype, count, types = spec
     if len(fields) != count:
         raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {count}")
-    for value, allowed in zip(fields, types, strict=True):
+    for i, (value, allowed) in enumerate(zip(fields, types, strict=True)):
         if type(value) not in allowed:
-            name = FIELDS[mtype][fields.index(value)][0]
+            name = FIELDS[mtype][i][0]
             raise DecodeError(
                 "field",
                 f"{mtype.name}.{name} is {type(value).__name__}, want {sorted(allowed, key=str)}",
