@@ -80,6 +80,26 @@ class NodeConfig:
     cluster: str = "zchannels"
     #: Failure detection timings (SWIM/Lifeguard): see ``MembershipConfig``.
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
+    #: Seconds a node waits for the owner's answer to a client request it
+    #: relayed (a send to a channel another node owns) before it answers the
+    #: client itself (the send counts as lost: at-most-once). Longer than a
+    #: failure detection takes, so an owner that died is normally noticed
+    #: first (its pending requests are answered then).
+    relay_timeout: float = 5.0
+    #: Seconds between two load reports (channels, queued, drops) a node
+    #: sends to every peer, for ``znode status`` and for counting what a
+    #: dying node held.
+    load_interval: float = 1.0
+    #: Seconds the member view must stay still before messages that a race
+    #: left on a node that does not own them are handed to their owners
+    #: (longer than a death takes to reach every member by gossip).
+    stray_sweep_delay: float = 1.0
+    #: Seconds a group_add's answer waits for the live peers to acknowledge
+    #: the change, before it is answered anyway (anti-entropy then carries it).
+    group_ack_timeout: float = 0.5
+    #: Seconds between two group digests sent to a random peer (anti-entropy:
+    #: a lost delta or a healed partition converges within about this).
+    anti_entropy_interval: float = 1.0
     #: How peers are found besides ``seeds``, one or more of: "mdns"
     #: (announce and browse ``_zchannels._tcp.local.``: a LAN),
     #: "dns:NAME[:PORT]" (NAME's A/AAAA records, each a peer on PORT,

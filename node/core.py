@@ -15,7 +15,7 @@ deterministically in microseconds.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from zchannels.names import (
@@ -67,6 +67,28 @@ class NodeCounters:
     slow_clients: int = 0  # clients cut off for not reading their replies
 
 
+@dataclass(slots=True)
+class ClusterWork:
+    """What one core step leaves for the rest of the cluster node (routing
+    and group replication), beside the answers to its clients. The composer
+    (``zchannels.node.cluster``) makes one per step, passes it in, and hands
+    it on; a core outside a cluster is given none."""
+
+    #: client messages for channels another node owns: (owner, conn,
+    #: session, message, hops)
+    relays: list[tuple[str, ConnId, Session, Message, int]] = field(default_factory=list)
+    #: cluster-wide requests (flush, group members) the other nodes must
+    #: answer before the client is: (conn, req, kind, arg, local result)
+    asks: list[tuple[ConnId, int, str, str, list[str]]] = field(default_factory=list)
+    #: group_add answers that wait until the peers have the change
+    held_acks: list[tuple[ConnId, int, str]] = field(default_factory=list)
+    #: group_sends for the other nodes with members: (group, payload, ttl)
+    fanouts: list[tuple[str, bytes, float]] = field(default_factory=list)
+    #: connections and client sessions that went away
+    gone_conns: list[ConnId] = field(default_factory=list)
+    gone_sessions: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class CoreSettings:
     node_id: str
@@ -95,28 +117,14 @@ class NodeCore:
         self._next_sweep = 0.0
         #: group -> (groups version, sessions version, valid until, plan, dead)
         self._plans: dict[str, tuple[int, int, float, list[tuple[list[str], int]], int]] = {}
-        #: In a cluster (set by the shell): group_add answers for new members
-        #: wait in ``held_acks`` until peers have the change; group_sends are
-        #: recorded in ``fanouts`` for the other nodes with members.
-        self.clustered = False
-        self.held_acks: list[tuple[ConnId, int, str]] = []
-        self.fanouts: list[tuple[str, bytes, float]] = []
-        #: Where a channel lives (set by the shell in a cluster): None when
-        #: this node owns it, the owner's id when another node does, "" when
-        #: no live node does (a new_channel() name of a dead node).
+        #: Where a channel lives (given by the cluster node): None when this
+        #: node owns it, the owner's id when another node does, "" when no
+        #: live node does (a new_channel() name of a dead node).
         self.route: Callable[[str], str | None] | None = None
-        #: client messages for channels owned elsewhere, for the shell to
-        #: relay: (owner, conn, session, message, hops)
-        self.relays: list[tuple[str, ConnId, Session, Message, int]] = []
-        #: cluster-wide requests (flush, group members) the other nodes must
-        #: answer before the client is: (conn, req, kind, arg, local result)
-        self.asks: list[tuple[ConnId, int, str, str, list[str]]] = []
-        #: in a cluster: connections and sessions that went away since the
-        #: shell last looked (it tells the other nodes)
-        self.gone_conns: list[ConnId] = []
-        self.gone_sessions: list[str] = []
+        #: during one step in a cluster: what it leaves for the cluster
+        self._work: ClusterWork | None = None
         self._hops = 0  # while handling relayed messages: how far they came
-        #: more status from the shell (the cluster's member table), if any
+        #: more status from the cluster node (its member table), if any
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
         self.decode_errors: dict[str, int] = {}
@@ -140,26 +148,39 @@ class NodeCore:
         }
 
     # -- entry points ----------------------------------------------------
-    def handle(self, conn: ConnId, messages: list[Message], now: float) -> list[Out]:
-        """Messages that arrived in one frame from ``conn``."""
+    def handle(
+        self, conn: ConnId, messages: list[Message], now: float, work: ClusterWork | None = None
+    ) -> list[Out]:
+        """Messages that arrived in one frame from ``conn``; in a cluster,
+        what is for other nodes is left in ``work``."""
         out: list[Out] = []
-        for mtype, fields in messages:
-            handler = self._handlers.get(mtype)
-            if handler is None:
-                self.counters.unexpected_type += 1
-                continue
-            session = self.sessions.touch(conn, now)
-            handler(conn, session, fields, now, out)
+        self._work = work
+        try:
+            for mtype, fields in messages:
+                handler = self._handlers.get(mtype)
+                if handler is None:
+                    self.counters.unexpected_type += 1
+                    continue
+                session = self.sessions.touch(conn, now)
+                handler(conn, session, fields, now, out)
+        finally:
+            self._work = None
         return out
 
     def handle_relayed(
-        self, conn: ConnId, session: Session, messages: list[Message], hops: int, now: float
+        self,
+        conn: ConnId,
+        session: Session,
+        messages: tuple[Message, ...],
+        hops: int,
+        now: float,
+        work: ClusterWork,
     ) -> list[Out]:
         """Client messages another node relayed here (this node owns their
         channels); ``conn`` stands for the client there, ``session`` for its
         session (holder ``"node@incarnation/tag"``). Answers go to ``conn``."""
         out: list[Out] = []
-        self._hops = hops
+        self._hops, self._work = hops, work
         try:
             for mtype, fields in messages:
                 if mtype in RELAYED:
@@ -167,22 +188,33 @@ class NodeCore:
                 else:
                     self.counters.bad_requests += 1
         finally:
-            self._hops = 0
+            self._hops, self._work = 0, None
         return out
 
-    def tick(self, now: float) -> list[Out]:
+    def tick(self, now: float, work: ClusterWork | None = None) -> list[Out]:
         """Periodic work: lapsed leases, expired messages and memberships."""
         out: list[Out] = []
-        for session in self.sessions.expired(now):
-            self._drop_session(session.tag, now, out)
-            self.counters.sessions_expired += 1
-        if now >= self._next_sweep:
-            self._next_sweep = now + self.settings.sweep_interval
-            self._outcome(self.queues.expire(now), out)
-            self.groups.expire(now)
+        self._work = work
+        try:
+            for session in self.sessions.expired(now):
+                self._drop_session(session.tag, now, out)
+                self.counters.sessions_expired += 1
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.settings.sweep_interval
+                self._outcome(self.queues.expire(now), out)
+                self.groups.expire(now)
+        finally:
+            self._work = None
         return out
 
-    def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> list[Out]:
+    def next_deadline(self) -> float:
+        """When ``tick`` next has work (the expiry sweep; leases are checked
+        at every tick the cluster node makes)."""
+        return self._next_sweep
+
+    def undeliverable(
+        self, conn: ConnId, messages: list[Message], now: float, work: ClusterWork | None = None
+    ) -> list[Out]:
         """The shell could not send ``messages`` to ``conn`` (it is gone):
         forget the connection and put its deliveries back, in order."""
         out: list[Out] = []
@@ -198,8 +230,8 @@ class NodeCore:
                     self._deliver(self.queues.give_back(conn, channel, [item], now), out)
         self._outcome(self.queues.drop_conn(conn, now), out)
         self.sessions.close_conn(conn)
-        if self.clustered:
-            self.gone_conns.append(conn)
+        if work is not None:
+            work.gone_conns.append(conn)
         return out
 
     def forget_conn(self, conn: ConnId, now: float) -> list[Out]:
@@ -337,7 +369,7 @@ class NodeCore:
             # lease lapsed; at-most-once)
             out.append((conn, (MsgType.RESET, (self.settings.incarnation,))))
             return
-        if not valid_wire_channel(channel) or len(items) > MAX_CREDIT or not _wire_items(items):
+        if not valid_wire_channel(channel) or len(items) > MAX_CREDIT or not wire_items(items):
             self.counters.bad_requests += 1
             return
         if self._relay(conn, session, MsgType.RETURN, f, channel, out):
@@ -405,8 +437,8 @@ class NodeCore:
         ):
             return self._limit(conn, req, f"this client holds {held} group memberships", out)
         new = self.groups.add(group, channel, session.tag, now + expiry, capacity)
-        if new and self.clustered:
-            self.held_acks.append((conn, req, group))
+        if new and self._work is not None:
+            self._work.held_acks.append((conn, req, group))
         else:
             out.append((conn, (MsgType.ACK, (req, 1))))
         return None
@@ -435,8 +467,8 @@ class NodeCore:
         if not valid_wire_group(group):
             return self._bad(conn, req, "invalid group name", out)
         reached = self._fan_out(group, payload, session.policy.expiry, now, out)
-        if self.clustered:
-            self.fanouts.append((group, payload, session.policy.expiry))
+        if self._work is not None:
+            self._work.fanouts.append((group, payload, session.policy.expiry))
         out.append((conn, (MsgType.ACK, (req, reached))))
         return None
 
@@ -509,8 +541,8 @@ class NodeCore:
         if session is None:
             return self._unknown(conn, req, out)
         out.extend(self.clear(prefix))
-        if self.clustered:  # answered once every live node has cleared too
-            self.asks.append((conn, req, "flush", prefix, []))
+        if self._work is not None:  # answered once every live node has cleared too
+            self._work.asks.append((conn, req, "flush", prefix, []))
         else:
             out.append((conn, (MsgType.ACK, (req, 1))))
         return None
@@ -527,8 +559,8 @@ class NodeCore:
     ) -> None:
         req, final = f
         self._outcome(self.queues.drop_conn(conn, now), out)
-        if self.clustered:
-            self.gone_conns.append(conn)
+        if self._work is not None:
+            self._work.gone_conns.append(conn)
         session = self.sessions.by_conn.get(conn)
         self.sessions.close_conn(conn)
         if final and session is not None:
@@ -547,8 +579,8 @@ class NodeCore:
     ) -> None:
         req, group = f
         members = self.groups.members(group, now)
-        if self.clustered:  # the other nodes hold the rest of the group
-            self.asks.append((conn, req, "members", group, members))
+        if self._work is not None:  # the other nodes hold the rest of the group
+            self._work.asks.append((conn, req, "members", group, members))
         else:
             out.append((conn, (MsgType.GROUP_INFO_REPLY, (req, members))))
 
@@ -571,7 +603,9 @@ class NodeCore:
         if where is None:
             return False
         if where:
-            self.relays.append((where, conn, session, (mtype, f), self._hops + 1))
+            if self._work is None:
+                raise RuntimeError("a cluster step without its ClusterWork")
+            self._work.relays.append((where, conn, session, (mtype, f), self._hops + 1))
             return True
         # No live node owns it: a new_channel() name of a node that is gone.
         if mtype == MsgType.SEND:
@@ -580,44 +614,24 @@ class NodeCore:
             out.append((conn, (MsgType.ACK, (f[0], 0))))
         return True
 
-    def adopt(self, origin: str, channels: list[Any], members: list[Any], now: float) -> list[Out]:
+    def adopt(
+        self,
+        channels: tuple[tuple[str, list[Any]], ...],
+        members: tuple[tuple[str, str, str, float, int], ...],
+        now: float,
+    ) -> list[Out]:
         """Channels and memberships another node handed over (this node owns
-        them now); malformed entries are counted and skipped."""
+        them now; the peer codec checked their shape)."""
         out: list[Out] = []
-        for entry in channels:
-            if not (
-                isinstance(entry, list)
-                and len(entry) == 2
-                and isinstance(entry[0], str)
-                and valid_wire_channel(entry[0])
-                and isinstance(entry[1], list)
-                and _wire_items(entry[1])
-            ):
-                self.counters.bad_requests += 1
-                continue
-            self._deliver(self.queues.adopt(entry[0], entry[1], now), out)
+        for name, items in channels:
+            self._deliver(self.queues.adopt(name, items, now), out)
         me = f"{self.settings.node_id}@{self.settings.incarnation}/"
-        for m in members:
-            if not (
-                isinstance(m, list)
-                and len(m) == 5
-                and isinstance(m[0], str)
-                and isinstance(m[1], str)
-                and isinstance(m[2], str)
-                and valid_wire_group(m[0])
-                and valid_wire_channel(m[1])
-                and valid_duration(m[3])
-                and isinstance(m[4], int)
-                and 0 < m[4] <= MAX_CAPACITY
-            ):
-                self.counters.bad_requests += 1
-                continue
-            group, channel, holder, ttl, capacity = m
+        for group, channel, holder, ttl, capacity in members:
             if holder.startswith(me):  # held by a session of this node
                 holder = holder[len(me) :]
                 if holder not in self.sessions.by_tag:
                     continue  # that process is gone already
-            self.groups.add(group, channel, holder, now + float(ttl), capacity)
+            self.groups.add(group, channel, holder, now + ttl, capacity)
         return out
 
     def _owner_alive(self, channel: str) -> bool:
@@ -632,12 +646,13 @@ class NodeCore:
         session = self.sessions.remove(tag)
         if session is None:
             return
+        work = self._work
         for conn in session.conns:
             self._outcome(self.queues.drop_conn(conn, now), out)
-            if self.clustered:
-                self.gone_conns.append(conn)
-        if self.clustered:
-            self.gone_sessions.append(tag)
+            if work is not None:
+                work.gone_conns.append(conn)
+        if work is not None:
+            work.gone_sessions.append(tag)
         self.groups.drop_holder(tag)
         marker = f".{self.settings.node_tag}.{tag}!"
         for name in [n for n in self.queues.channels if marker in n]:
@@ -696,7 +711,7 @@ class NodeCore:
         out.append((conn, (MsgType.ERROR, (req, ErrorCode.BAD_REQUEST, detail))))
 
 
-def _wire_items(items: list[Any]) -> bool:
+def wire_items(items: list[Any]) -> bool:
     """``items`` are ``[payload, ttl_s, seq]`` lists, as DELIVER carries them."""
     return all(
         isinstance(it, list)

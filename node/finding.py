@@ -3,7 +3,8 @@
 Owns: building the discovery sources a ``NodeConfig`` asks for (its static
 ``seeds``, plus each source of ``discovery``: mDNS, DNS names), running them
 as one, and handing every peer found to the member table
-(``PeerMesh.discovered``), which exchanges state with it. A peer reported
+(``discovered``: the shell passes it to the cluster node's member table),
+which exchanges state with it. A peer reported
 lost is only logged: whether a member is alive is the failure detector's
 call (a SIGKILLed host sends no goodbye, a goodbye may come from a node that
 is merely restarting, and a pod leaves its Service's DNS while it drains).
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+from collections.abc import Callable
 
 from zchannels.discovery import (
     CombinedDiscovery,
@@ -26,10 +28,10 @@ from zchannels.discovery import (
 )
 from zchannels.discovery.announcement import endpoint_host_port
 
+from zchannels.keys import Keyring
 from zchannels.protocol import PROTOCOL_VERSION
 
 from .config import DEFAULT_PEER_PORT, NodeConfig
-from .peers import PeerMesh
 
 log = logging.getLogger("zchannels.node")
 
@@ -48,9 +50,21 @@ def mdns_interfaces(config: NodeConfig, peer_address: str) -> list[str] | None:
 
 
 class PeerFinder:
-    def __init__(self, config: NodeConfig, mesh: PeerMesh) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        address: str,
+        incarnation: int,
+        keyring: Keyring | None,
+        discovered: Callable[[str], None],
+    ) -> None:
         self.config = config
-        self.mesh = mesh
+        #: this node's peer address (announced; not taken for a peer)
+        self.address = address
+        self.incarnation = incarnation
+        self.keyring = keyring
+        self._discovered = discovered
         self.discovery: CombinedDiscovery | None = None
         self.mdns: MdnsDiscovery | None = None
         self.dns: list[DnsDiscovery] = []
@@ -68,7 +82,7 @@ class PeerFinder:
                 log.error("mDNS discovery unavailable (%s): finding peers by %s only", exc, others)
             else:
                 where = ", ".join(self._interfaces or ()) or "every interface"
-                log.info("mDNS: announcing %s on %s", self.mesh.address, where)
+                log.info("mDNS: announcing %s on %s", self.address, where)
                 self._run(combined)
                 return
         combined = self._sources(with_mdns=False)
@@ -84,7 +98,7 @@ class PeerFinder:
                 source,
                 default_port=DEFAULT_PEER_PORT,
                 interval=config.dns_interval,
-                own_endpoint=self.mesh.address,
+                own_endpoint=self.address,
             )
             for source in parse_sources(config.discovery)
             if source != "mdns"
@@ -92,17 +106,17 @@ class PeerFinder:
         sources += self.dns
         self.mdns = None
         if with_mdns:
-            self._interfaces = mdns_interfaces(config, self.mesh.address)
+            self._interfaces = mdns_interfaces(config, self.address)
             self.mdns = MdnsDiscovery(
                 cluster=config.cluster,
                 node_id=config.node_id,
-                incarnation=self.mesh.incarnation,
-                peer_endpoint=self.mesh.address,
+                incarnation=self.incarnation,
+                peer_endpoint=self.address,
                 interfaces=self._interfaces,
                 protocol_version=PROTOCOL_VERSION,
                 key_fingerprint=(
-                    ",".join(k.fingerprint for k in self.mesh.keyring.keys)
-                    if self.mesh.keyring is not None
+                    ",".join(k.fingerprint for k in self.keyring.keys)
+                    if self.keyring is not None
                     else None
                 ),
             )
@@ -131,7 +145,7 @@ class PeerFinder:
             source = event.node_id or event.via or "seed"
             if event.kind == "found":
                 log.info("found peer %s (%s)", event.endpoint, source)
-                self.mesh.discovered(event.endpoint)
+                self._discovered(event.endpoint)
             else:
                 log.info(
                     "discovery lost peer %s (%s; liveness is up to the failure detector)",

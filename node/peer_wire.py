@@ -1,10 +1,13 @@
-"""Member-table messages on the wire: ``membership`` dataclasses <-> frames.
+"""Every peer message on the wire: layouts, the one codec, every check.
 
-Owns: the mapping between the pure member table's message dataclasses and
-the peer message types of ``zchannels.protocol`` (whose field layouts they
-must match), and the checks on what the generic decoder cannot see (each
-gossiped update's shape and state). Every malformed input is a
-``DecodeError``, like any other frame.
+Owns: the field layout of each peer message type (type numbers are
+``zchannels.protocol.MsgType``'s, append-only; the layouts live here, with
+the node, not in the client protocol), turning the member table's messages
+(``membership``) and the cluster's (``peer_messages``) into frames and back,
+and every check on what arrives: field types, then shapes the generic
+decoder cannot see (gossiped updates, relayed client messages, handed-over
+items, digests). Every malformed input is one ``DecodeError``; a message
+that leaves ``decode_peer`` is well-formed.
 """
 
 from __future__ import annotations
@@ -12,17 +15,159 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from zchannels.protocol import DecodeError, Message, MsgType
+from zchannels.names import valid_wire_channel, valid_wire_group
+from zchannels.protocol import (
+    DecodeError,
+    Message,
+    MsgType,
+    check_message,
+    decode,
+    encode,
+    encode_batch,
+    specs_of,
+)
 
+from .core import MAX_CAPACITY, RELAYED, wire_items
 from .membership import Ack, Gossip, Nack, Ping, PingReq, Refuse, State, Sync, Update
-from .membership import Message as PeerMessage
+from .membership import Message as MemberMessage
+from .peer_messages import (
+    Answer,
+    Ask,
+    ClusterMessage,
+    ConnGone,
+    GroupDelta,
+    GroupDeltaAck,
+    GroupDigest,
+    GroupFanout,
+    GroupSlice,
+    Handoff,
+    HolderGone,
+    Load,
+    Relay,
+    RelayBack,
+)
+from .sessions import valid_duration
+
+PeerMessage = MemberMessage | ClusterMessage
 
 #: Most updates one message may carry (a full table of a large cluster).
 MAX_UPDATES = 10_000
+#: Most entries of a list inside one peer message (connections gone, a
+#: digest, group counts, members handed over): bounds what a frame builds.
+MAX_ENTRIES = 1_000_000
 _STATES = {s.value: s for s in State}
+_NUM: tuple[type, ...] = (int, float)
+
+#: What an owner may pass back to a client through its node.
+RELAYED_BACK = frozenset(
+    {
+        MsgType.DELIVER,
+        MsgType.DELIVER_MANY,
+        MsgType.ACK,
+        MsgType.ERROR,
+        MsgType.REVOKE,
+        MsgType.FLUSHED,
+    }
+)
+#: Keys a load report may carry (anything else is dropped on arrival).
+LOAD_KEYS = ("channels", "queued", "drops")
+
+#: Field layout of every peer message: (name, python type) in wire order.
+PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
+    # The member table's (membership.py); ``gossip`` and ``members`` are lists
+    # of updates [node, address, incarnation, state ("alive"|"suspect"|
+    # "dead"|"left"), source].
+    MsgType.PEER_PING: (
+        ("seq", int),
+        ("source", str),
+        ("source_address", str),
+        ("target", str),
+        ("gossip", list),
+    ),
+    MsgType.PEER_PING_REQ: (
+        ("seq", int),
+        ("source", str),
+        ("source_address", str),
+        ("target", str),
+        ("target_address", str),
+        ("gossip", list),
+    ),
+    MsgType.PEER_ACK: (("seq", int), ("source", str), ("gossip", list)),
+    MsgType.PEER_NACK: (("seq", int), ("source", str)),
+    MsgType.PEER_GOSSIP: (("source", str), ("gossip", list)),
+    # cluster name and protocol version: a node of another is refused
+    MsgType.PEER_SYNC: (
+        ("cluster", str),
+        ("version", int),
+        ("source", str),
+        ("source_address", str),
+        ("reply", int),
+        ("members", list),
+    ),
+    MsgType.PEER_REFUSE: (("cluster", str), ("version", int), ("source", str), ("reason", str)),
+    # Group replication's (replication.py): see peer_messages for meanings.
+    MsgType.GROUP_DELTA: (
+        ("origin", str),
+        ("incarnation", int),
+        ("version", int),
+        ("group", str),
+        ("count", int),
+        ("ack", int),
+    ),
+    MsgType.GROUP_DELTA_ACK: (("source", str), ("ack", int)),
+    # entries: [[origin, incarnation, contiguous version], ...]
+    MsgType.GROUP_DIGEST: (("source", str), ("entries", list)),
+    # counts: [[group, count], ...]
+    MsgType.GROUP_SLICE: (
+        ("origin", str),
+        ("incarnation", int),
+        ("version", int),
+        ("counts", list),
+    ),
+    MsgType.GROUP_FANOUT: (("group", str), ("payload", bytes), ("ttl", _NUM)),
+    # Routing's (routing.py). messages: client messages as [type, field...]
+    MsgType.PEER_RELAY: (
+        ("origin", str),
+        ("incarnation", int),
+        ("conn", bytes),
+        ("session", str),
+        ("expiry", _NUM),
+        ("hops", int),
+        ("messages", list),
+    ),
+    MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
+    MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
+    MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
+    # channels [[channel, items]...] (items as in DELIVER, oldest first);
+    # members [[group, channel, holder, ttl_s, capacity]...]
+    MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
+    MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
+    MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
+    MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
+}
+_PEER_SPECS = specs_of(PEER_FIELDS)
+
+
+def encode_peer(msg: PeerMessage) -> bytes:
+    """One peer message as one frame."""
+    mtype, fields = to_wire(msg)
+    return encode(mtype, *fields)
+
+
+def encode_peers(msgs: list[PeerMessage]) -> bytes:
+    """Several peer messages as one frame (BATCH when more than one)."""
+    if len(msgs) == 1:
+        return encode_peer(msgs[0])
+    return encode_batch([to_wire(m) for m in msgs])
+
+
+def decode_peer(frame: bytes, max_size: int | None = None) -> list[PeerMessage]:
+    """Every peer message in a frame, fully checked. Raises only ``DecodeError``."""
+    return [from_wire(mtype, fields) for mtype, fields in decode(frame, max_size, _PEER_SPECS)]
 
 
 def to_wire(msg: PeerMessage) -> Message:
+    """A peer message as (type, fields) in its wire layout."""
     match msg:
         case Ping():
             return MsgType.PEER_PING, (
@@ -58,6 +203,53 @@ def to_wire(msg: PeerMessage) -> Message:
             )
         case Refuse():
             return MsgType.PEER_REFUSE, (msg.cluster, msg.version, msg.source, msg.reason)
+        case GroupDelta():
+            return MsgType.GROUP_DELTA, (
+                msg.origin,
+                msg.incarnation,
+                msg.version,
+                msg.group,
+                msg.count,
+                msg.ack,
+            )
+        case GroupDeltaAck():
+            return MsgType.GROUP_DELTA_ACK, (msg.source, msg.ack)
+        case GroupDigest():
+            return MsgType.GROUP_DIGEST, (msg.source, [list(e) for e in msg.entries])
+        case GroupSlice():
+            counts = [list(c) for c in msg.counts]
+            return MsgType.GROUP_SLICE, (msg.origin, msg.incarnation, msg.version, counts)
+        case GroupFanout():
+            return MsgType.GROUP_FANOUT, (msg.group, msg.payload, msg.ttl)
+        case Relay():
+            return MsgType.PEER_RELAY, (
+                msg.origin,
+                msg.incarnation,
+                msg.conn,
+                msg.tag,
+                msg.expiry,
+                msg.hops,
+                [[mtype, *fields] for mtype, fields in msg.messages],
+            )
+        case RelayBack():
+            messages = [[mtype, *fields] for mtype, fields in msg.messages]
+            return MsgType.PEER_RELAY_BACK, (msg.source, msg.conn, messages)
+        case ConnGone():
+            return MsgType.PEER_CONN_GONE, (msg.origin, msg.incarnation, list(msg.conns))
+        case HolderGone():
+            return MsgType.PEER_HOLDER_GONE, (msg.origin, msg.incarnation, list(msg.sessions))
+        case Handoff():
+            return MsgType.PEER_HANDOFF, (
+                msg.origin,
+                [[name, items] for name, items in msg.channels],
+                [list(m) for m in msg.members],
+            )
+        case Ask():
+            return MsgType.PEER_ASK, (msg.qid, msg.origin, msg.kind, msg.arg)
+        case Answer():
+            return MsgType.PEER_ANSWER, (msg.qid, msg.source, list(msg.result))
+        case Load():
+            return MsgType.PEER_LOAD, (msg.origin, msg.load)
     raise TypeError(f"not a peer message: {msg!r}")  # pragma: no cover
 
 
@@ -72,8 +264,9 @@ def _address(value: str) -> str:
 
 
 def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
-    """A decoded peer message (fields already type-checked by ``decode``;
-    addresses checked here, since the node connects to them)."""
+    """A peer message from fields ``decode`` has type-checked against
+    ``PEER_FIELDS``; everything inside them is checked here (addresses too,
+    since the node connects to them)."""
     if mtype == MsgType.PEER_PING:
         return Ping(f[0], f[1], _address(f[2]), f[3], _parse(f[4]))
     if mtype == MsgType.PEER_PING_REQ:
@@ -88,7 +281,134 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return Sync(f[0], f[1], f[2], _address(f[3]), bool(f[4]), _parse(f[5]))
     if mtype == MsgType.PEER_REFUSE:
         return Refuse(f[0], f[1], f[2], f[3])
+    if mtype == MsgType.GROUP_DELTA:
+        _require(valid_wire_group(f[3]) and f[4] >= 0, "GROUP_DELTA group or count")
+        return GroupDelta(f[0], f[1], f[2], f[3], f[4], f[5])
+    if mtype == MsgType.GROUP_DELTA_ACK:
+        return GroupDeltaAck(f[0], f[1])
+    if mtype == MsgType.GROUP_DIGEST:
+        entries = _bounded(f[1])
+        _require(
+            all(
+                type(e) is list
+                and len(e) == 3
+                and type(e[0]) is str
+                and type(e[1]) is int
+                and type(e[2]) is int
+                for e in entries
+            ),
+            "GROUP_DIGEST entries",
+        )
+        return GroupDigest(f[0], tuple((e[0], e[1], e[2]) for e in entries))
+    if mtype == MsgType.GROUP_SLICE:
+        counts = _bounded(f[3])
+        _require(
+            all(
+                type(c) is list and len(c) == 2 and type(c[0]) is str and type(c[1]) is int
+                for c in counts
+            ),
+            "GROUP_SLICE counts",
+        )
+        return GroupSlice(f[0], f[1], f[2], tuple(sorted((c[0], c[1]) for c in counts)))
+    if mtype == MsgType.GROUP_FANOUT:
+        _require(valid_wire_group(f[0]) and valid_duration(f[2]), "GROUP_FANOUT group or ttl")
+        return GroupFanout(f[0], f[1], float(f[2]))
+    if mtype == MsgType.PEER_RELAY:
+        origin, inc, conn, tag, expiry, hops, raw = f
+        _require(
+            0 < len(conn) <= 256
+            and 0 < len(tag) <= 64
+            and "/" not in tag
+            and 0 < expiry < 1e9
+            and hops >= 0,
+            "PEER_RELAY connection, session, expiry or hops",
+        )
+        messages = _messages(raw, RELAYED)
+        return Relay(origin, inc, conn, tag, float(expiry), hops, messages)
+    if mtype == MsgType.PEER_RELAY_BACK:
+        return RelayBack(f[0], f[1], _messages(f[2], RELAYED_BACK))
+    if mtype == MsgType.PEER_CONN_GONE:
+        conns = _bounded(f[2])
+        _require(all(type(c) is bytes for c in conns), "PEER_CONN_GONE connections")
+        return ConnGone(f[0], f[1], tuple(conns))
+    if mtype == MsgType.PEER_HOLDER_GONE:
+        tags = _bounded(f[2])
+        _require(all(type(t) is str for t in tags), "PEER_HOLDER_GONE sessions")
+        return HolderGone(f[0], f[1], tuple(tags))
+    if mtype == MsgType.PEER_HANDOFF:
+        return Handoff(f[0], _handed_channels(f[1]), _handed_members(f[2]))
+    if mtype == MsgType.PEER_ASK:
+        _require(f[2] in ("flush", "members"), f"PEER_ASK kind {f[2][:20]!r}")
+        return Ask(f[0], f[1], f[2], f[3])
+    if mtype == MsgType.PEER_ANSWER:
+        result = _bounded(f[2])
+        _require(all(type(r) is str for r in result), "PEER_ANSWER result")
+        return Answer(f[0], f[1], tuple(result))
+    if mtype == MsgType.PEER_LOAD:
+        load = {
+            k: v
+            for k, v in f[1].items()
+            if k in LOAD_KEYS and (type(v) is int or (type(v) is dict and len(v) < 64))
+        }
+        return Load(f[0], load)
     raise DecodeError("type", f"{mtype.name} is not a peer message")
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise DecodeError("field", f"bad {what}")
+
+
+def _bounded(raw: list[Any]) -> list[Any]:
+    if len(raw) > MAX_ENTRIES:
+        raise DecodeError("field", f"{len(raw)} entries in one message")
+    return raw
+
+
+def _messages(raw: list[Any], allowed: frozenset[MsgType]) -> tuple[Message, ...]:
+    """Client messages carried inside a peer message: each checked as the
+    client protocol checks a frame's, and of a type that may travel so."""
+    messages = tuple(check_message(item) for item in _bounded(raw))
+    for mtype, _ in messages:
+        if mtype not in allowed:
+            raise DecodeError("field", f"{mtype.name} may not be relayed")
+    return messages
+
+
+def _handed_channels(raw: list[Any]) -> tuple[tuple[str, list[Any]], ...]:
+    out = []
+    for entry in _bounded(raw):
+        _require(
+            type(entry) is list
+            and len(entry) == 2
+            and type(entry[0]) is str
+            and valid_wire_channel(entry[0])
+            and type(entry[1]) is list
+            and wire_items(entry[1]),
+            "PEER_HANDOFF channel",
+        )
+        out.append((entry[0], entry[1]))
+    return tuple(out)
+
+
+def _handed_members(raw: list[Any]) -> tuple[tuple[str, str, str, float, int], ...]:
+    out = []
+    for m in _bounded(raw):
+        _require(
+            type(m) is list
+            and len(m) == 5
+            and type(m[0]) is str
+            and type(m[1]) is str
+            and type(m[2]) is str
+            and valid_wire_group(m[0])
+            and valid_wire_channel(m[1])
+            and valid_duration(m[3])
+            and type(m[4]) is int
+            and 0 < m[4] <= MAX_CAPACITY,
+            "PEER_HANDOFF member",
+        )
+        out.append((m[0], m[1], m[2], float(m[3]), m[4]))
+    return tuple(out)
 
 
 def _updates(updates: tuple[Update, ...]) -> list[list[Any]]:

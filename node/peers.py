@@ -1,9 +1,10 @@
-"""The node's peer mesh: sockets to other nodes, and the member table's clock.
+"""The node's peer sockets: frames to and from other nodes, nothing more.
 
 Owns: the ROUTER other nodes send to (``--peer-endpoint``), one DEALER per
-peer address we send to, decoding peer frames, and calling the pure
-``MemberTable`` (``zchannels.node.membership``) on every message and at every
-deadline it asks for. Decides nothing about membership itself.
+peer address we send to (and a spare one for the member table's messages),
+CurveZMQ and the key rollover's handshake watch, and handing every frame that
+arrives to ``on_frame``. Decides nothing and decodes nothing: the pure
+``ClusterNode`` (``zchannels.node.cluster``) does.
 
 Peer traffic is datagram-like: SWIM tolerates loss, so a send that would
 block (peer gone, its queue full) is dropped and counted, never waited for.
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any, cast
@@ -23,25 +22,17 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from zchannels.keys import Keyring
-from zchannels.protocol import DecodeError, MsgType, decode, encode
+from zchannels.protocol import MsgType
 
-from .membership import (
-    LIVE,
-    Effects,
-    EventKind,
-    MemberEvent,
-    MembershipConfig,
-    MemberTable,
-)
-from .peer_wire import from_wire, to_wire
 from .security import HandshakeWatch, admission, connect_with, serve_with
 
 log = logging.getLogger("zchannels.node")
 
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
-#: The member table's own message types (others go to ``handlers``).
-_PEER_TYPES = frozenset(
-    {
+#: The member table's message types: they also travel on the spare connection.
+_SWIM_TYPES = frozenset(
+    int(t)
+    for t in (
         MsgType.PEER_PING,
         MsgType.PEER_PING_REQ,
         MsgType.PEER_ACK,
@@ -49,7 +40,7 @@ _PEER_TYPES = frozenset(
         MsgType.PEER_GOSSIP,
         MsgType.PEER_SYNC,
         MsgType.PEER_REFUSE,
-    }
+    )
 )
 #: Most peer addresses with a socket at once: members plus what discovery
 #: announced (a forged flood of announcements must not exhaust sockets).
@@ -77,20 +68,20 @@ class PeerMesh:
         *,
         node_id: str,
         endpoint: str,
-        cluster: str,
-        config: MembershipConfig,
         context: zmq.Context[zmq.Socket[bytes]],
         max_frame: int,
-        incarnation: int,
+        on_frame: Callable[[bytes], None],
+        after_frames: Callable[[], None],
         keyring: Keyring | None = None,
     ) -> None:
         self.node_id = node_id
         self.endpoint = endpoint
-        self.cluster = cluster
-        self.config = config
         self._ctx = context
         self._max_frame = max_frame
-        self.incarnation = incarnation
+        #: called with every frame that arrives, then ``after_frames`` once
+        #: per run of frames read together
+        self._on_frame = on_frame
+        self._after_frames = after_frames
         #: the cluster keys: peers talk CurveZMQ and only key holders get in
         self.keyring = keyring
         #: during a key rollover: which of our keys each peer address serves
@@ -101,26 +92,16 @@ class PeerMesh:
         #: refused connections to the peer socket (with a key)
         self.watch: HandshakeWatch | None = None
         self._closed = False
-        self.table: MemberTable | None = None
         self._router: zmq.Socket[bytes] | None = None
         self._dealers: dict[str, zmq.Socket[bytes]] = {}
         self._spares: dict[str, zmq.Socket[bytes]] = {}  # see _send_spare
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self.counters: Counter[str] = Counter()
-        #: other peer message types and who handles them (group replication)
-        self.handlers: dict[MsgType, Callable[[tuple[Any, ...], float], None]] = {}
-        #: called with every member event (joined, dead, left, ...)
-        self.listeners: list[Callable[[MemberEvent], None]] = []
-        #: called after each run of peer frames has been handled (the node
-        #: carries out what the handlers left for other nodes)
-        self.after_frames: Callable[[], None] | None = None
+        #: the bound peer endpoint (port 0 resolved), once started
+        self.address = endpoint
 
-    @property
-    def address(self) -> str:
-        return self.table.address if self.table is not None else self.endpoint
-
-    async def start(self) -> None:
+    def start(self) -> str:
+        """Bind the peer socket; returns the address peers reach it on."""
         self._loop = asyncio.get_running_loop()
         router = self._ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
@@ -132,28 +113,15 @@ class PeerMesh:
             self.watch = HandshakeWatch(router, self._loop, "peer")
         router.bind(self.endpoint)
         self._router = router
-        address = router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.table = MemberTable(
-            self.config,
-            node_id=self.node_id,
-            address=address,
-            incarnation=self.incarnation,
-            cluster=self.cluster,
-            rng=random.Random(),
-        )
+        self.address = router.getsockopt_string(zmq.LAST_ENDPOINT)
         self._loop.add_reader(router.fileno(), self._on_readable)
-        # Seeds come through discovery (``zchannels.node.finding``), like mDNS peers.
-        self._apply(self.table.join((), time.monotonic()))
-        self._tick()
-        log.info("node %s in cluster %r, peers on %s", self.node_id, self.cluster, address)
+        # (frames may already wait: the edge-triggered FD would not say so)
+        self._loop.call_soon(self._on_readable)
+        return self.address
 
-    async def stop(self) -> None:
-        """Say we leave (peers drop us at once), then close every socket;
-        nothing is sent (or connected) after that."""
-        if self._timer is not None:
-            self._timer.cancel()
-        if self.table is not None:
-            self._apply(self.table.leave(time.monotonic()))
+    def close(self) -> None:
+        """Close every socket (after the last frames were sent); nothing is
+        sent or connected after this."""
         self._closed = True
         if self._router is not None and self._loop is not None:
             self._loop.remove_reader(self._router.fileno())
@@ -168,105 +136,45 @@ class PeerMesh:
         self._dealers.clear()
         self._spares.clear()
 
-    def status(self) -> dict[str, Any]:
-        members = self.table.members() if self.table is not None else []
-        return {
-            "cluster": self.cluster,
-            "members": [
-                {
-                    "id": m.id,
-                    "state": str(m.state),
-                    "incarnation": m.incarnation,
-                    "address": m.address,
-                }
-                for m in members
-            ],
-            "peer_counters": dict(self.counters),
-        }
-
     # -- I/O --------------------------------------------------------------
     def _on_readable(self) -> None:
-        sock, table = self._router, self.table
-        if sock is None or table is None:
+        sock = self._router
+        if sock is None:
             return
-        now = time.monotonic()
         for _ in range(1024):
             if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 break
             frames = sock.recv_multipart(_NOBLOCK)
             if len(frames) != 2:
-                self.counters["decode_errors"] += 1
+                self.counters["bad_frames"] += 1
                 continue
-            try:
-                messages = decode(frames[1], self._max_frame)
-                for mtype, fields in messages:
-                    if mtype in _PEER_TYPES:
-                        self._apply(table.handle(from_wire(mtype, fields), now))
-                    elif mtype in self.handlers:
-                        self.handlers[mtype](fields, now)
-                    else:
-                        raise DecodeError("type", f"{mtype.name} on the peer socket")
-            except DecodeError as exc:
-                self.counters["decode_errors"] += 1
-                log.debug("dropped a peer frame: %s", exc)
-            except Exception:  # a bug must cost one frame, never the peer socket
-                self.counters["handler_errors"] += 1
-                log.exception("error handling a peer frame (dropped)")
+            self._on_frame(frames[1])
         else:
             if self._loop is not None:
                 self._loop.call_soon(self._on_readable)
-        if self.after_frames is not None:
-            self.after_frames()
-        self._rearm()
+        self._after_frames()
 
-    def _apply(self, fx: Effects) -> None:
-        for address, msg in fx.messages:
-            frame = encode(*_flat(to_wire(msg)))
-            self._send(address, frame)
+    def send(self, address: str, frame: bytes) -> None:
+        """One frame to a peer address (the member table's also on the spare
+        connection); a send that would block is dropped and counted."""
+        self._send(address, frame)
+        if len(frame) > 1 and frame[1] in _SWIM_TYPES:
             self._send_spare(address, frame)
-        for event in fx.events:
-            for listener in self.listeners:
-                listener(event)
-            if event.kind == EventKind.REAPED:
-                self._drop_dealer(event.address)
-            level = (
-                logging.WARNING
-                if event.kind in (EventKind.DEAD, EventKind.REFUSED)
-                else logging.INFO
-            )
-            log.log(
-                level,
-                "member %s %s (%s)%s",
-                event.node,
-                event.kind.value,
-                event.address,
-                f": {event.reason}" if event.reason else "",
-            )
 
-    def discovered(self, endpoint: str) -> None:
-        """Discovery (a seed, mDNS) found a peer at ``endpoint``."""
-        if len(self._dealers) >= _MAX_DEALERS:  # announcements are cheap to forge
+    def forget(self, address: str) -> None:
+        """A member was reaped: close its sockets."""
+        self._drop_dealer(address)
+
+    def may_discover(self) -> bool:
+        """Whether one more peer address may get a socket (announcements are
+        cheap to forge: a flood of them must not exhaust sockets)."""
+        if len(self._dealers) >= _MAX_DEALERS:
             self.counters["discoveries_refused"] += 1
-            return
-        if self.table is not None:
-            self._apply(self.table.discovered(endpoint, time.monotonic()))
-            self._rearm()
-
-    def send_to(self, node_id: str, frame: bytes) -> bool:
-        """Send to a member by id; False if it is not a live member."""
-        if self.table is None:
             return False
-        member = self.table.member(node_id)
-        if member is None or member.state not in LIVE or node_id == self.node_id or self._closed:
-            return False
-        self._send(member.address, frame)
         return True
 
-    def live_peers(self) -> list[str]:
-        """Ids of the other live (alive or suspect) members."""
-        if self.table is None:
-            return []
-        return [n for n in self.table.live() if n != self.node_id]
+    def status(self) -> dict[str, Any]:
+        return {"peer_counters": dict(self.counters)}
 
     def _dealer(self, address: str, watch: bool = True) -> zmq.Socket[bytes]:
         """A DEALER connected to a peer address (raises ZMQError for a bad one)."""
@@ -383,26 +291,3 @@ class PeerMesh:
             sock = sockets.pop(address, None)
             if sock is not None:
                 sock.close(0)
-
-    # -- the member table's clock ------------------------------------------
-    def _tick(self) -> None:
-        self._timer = None
-        if self.table is None:
-            return
-        self._apply(self.table.tick(time.monotonic()))
-        self._rearm()
-
-    def _rearm(self) -> None:
-        if self.table is None or self._loop is None:
-            return
-        deadline = self.table.next_deadline()
-        if self._timer is not None:
-            if self._timer.when() <= deadline:
-                return
-            self._timer.cancel()
-        self._timer = self._loop.call_at(deadline, self._tick)
-
-
-def _flat(message: tuple[MsgType, tuple[Any, ...]]) -> tuple[Any, ...]:
-    mtype, fields = message
-    return (mtype, *fields)

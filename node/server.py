@@ -1,9 +1,11 @@
-"""The node's asyncio shell: one ROUTER socket, a tick timer, and the core.
+"""The node's asyncio shell: the client sockets, the peer sockets, one timer.
 
-Owns: the ZeroMQ socket clients talk to, reading frames in drain style (one
+Owns: the ZeroMQ sockets clients talk to, reading frames in drain style (one
 wake-up of the event loop reads every frame that is ready, see NOTES.md),
-decoding, counting and logging bad input, and sending what ``NodeCore``
-returns. Decides nothing: every decision is in ``zchannels.node.core``.
+decoding client frames, counting and logging bad input, feeding every event
+to the pure ``ClusterNode`` (``zchannels.node.cluster``) with the time, and
+carrying out the ``Effects`` it returns: frames to clients and peers, log
+lines. One timer fires at the node's ``next_deadline()``. Decides nothing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any, cast
@@ -21,17 +24,16 @@ import zmq
 from zchannels.keys import Keyring
 from zchannels.protocol import DecodeError, Message, decode, encode, encode_many, split_batches
 
+from .cluster import ClusterNode, Effects
 from .config import NodeConfig
-from .core import CoreSettings, NodeCore, Out
+from .core import NodeCore, Out
 from .lifetime import Claims, IdleRule, NodeLock
-from .membership import first_incarnation
+from .membership import EventKind, MemberEvent, first_incarnation
 from .security import HandshakeWatch, admission, check_bind_policy, serve_with
 
-if TYPE_CHECKING:  # the cluster's parts load only in a cluster (a node's start time)
+if TYPE_CHECKING:  # the cluster's sockets load only in a cluster (a node's start time)
     from .finding import PeerFinder
     from .peers import PeerMesh
-    from .replication import GroupReplication
-    from .routing import Routing
 
 log = logging.getLogger("zchannels.node")
 
@@ -82,19 +84,13 @@ class NodeServer:
         # notice a restart by it) and the member table (peers do).
         started = first_incarnation(time.time())
         self.incarnation = str(started)
-        self.core = NodeCore(
-            CoreSettings(
-                node_id=config.node_id,
-                node_tag=config.node_tag,
-                incarnation=self.incarnation,
-                lease=config.client_lease,
-                max_frame=config.max_frame_size,
-                sweep_interval=config.sweep_interval,
-                first_seq=time.time_ns() // 1000,
-                max_client_channels=config.max_client_channels,
-                max_client_group_entries=config.max_client_group_entries,
-            )
+        self.node = ClusterNode(
+            config,
+            address=config.peer_endpoint or "",
+            incarnation=started,
+            rng=random.Random(),
         )
+        self.node.shell_status = self._shell_status
         self._ctx = context or zmq.Context.instance()
         #: the cluster keys (``--key-file``); None: no key, loopback only
         self.keyring: Keyring | None = Keyring.load(config.key_files) if config.key_files else None
@@ -104,44 +100,23 @@ class NodeServer:
         self._secure: zmq.Socket[bytes] | None = None
         self._secure_watch: HandshakeWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tick_task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._stopping = False
         self._rlog = RateLimitedLog(config.log_interval)
         self.mesh: PeerMesh | None = None
-        self.replication: GroupReplication | None = None
-        self.routing: Routing | None = None
         self.finder: PeerFinder | None = None
         if config.peer_endpoint is not None:
-            from .finding import PeerFinder
             from .peers import PeerMesh
-            from .replication import GroupReplication
-            from .routing import Routing
 
             self.mesh = PeerMesh(
                 node_id=config.node_id,
                 endpoint=config.peer_endpoint,
-                cluster=config.cluster,
-                config=config.membership,
                 context=self._ctx,
                 max_frame=config.max_frame_size,
-                incarnation=started,
+                on_frame=self._on_peer_frame,
+                after_frames=self._rearm,
                 keyring=self.keyring,
             )
-            self.replication = GroupReplication(self.mesh, self.core, self.send)
-            self.routing = Routing(self.mesh, self.core, self.send, self._send_frame)
-            self.mesh.after_frames = self._after_core
-            self.finder = PeerFinder(config, self.mesh)
-            self.core.extra_status = lambda: {
-                **self._cluster_status(),
-                **self._security_status(),
-            }
-        else:
-            self.core.extra_status = lambda: {
-                "cluster": None,
-                "members": [
-                    {"id": config.node_id, "state": "alive", "incarnation": started, "address": ""}
-                ],
-                **self._security_status(),
-            }
         self.endpoints: list[str] = []
         #: the lock file held while this node lives (``lock_file``)
         self.lock: NodeLock | None = None
@@ -189,22 +164,29 @@ class NodeServer:
             self._secure_watch = HandshakeWatch(self._secure, loop, "client")
         sock = self._sock
         if self.mesh is not None:
+            from .finding import PeerFinder
+
             try:
-                await self.mesh.start()
+                address = self.mesh.start()
             except zmq.ZMQError:
                 self._close_client_sockets()
                 raise
-            if self.replication is not None:
-                self.replication.start()
-            if self.routing is not None:
-                self.routing.start()
-            if self.finder is not None:
-                await self.finder.start()
+            self.node.bind(address)
+            self.finder = PeerFinder(
+                config,
+                address=address,
+                incarnation=self.node.incarnation,
+                keyring=self.keyring,
+                discovered=self._discovered,
+            )
+            self._apply(self.node.start(time.monotonic()))
+            log.info("node %s in cluster %r, peers on %s", config.node_id, config.cluster, address)
+            await self.finder.start()
         loop.add_reader(sock.fileno(), self._on_readable)
         if self._secure is not None:
             loop.add_reader(self._secure.fileno(), self._on_readable, True)
             loop.call_soon(self._on_readable, True)
-        self._tick_task = asyncio.create_task(self._ticker(), name="znode-tick")
+        self._rearm()
         log.info(
             "node %s (incarnation %s) serving clients on %s",
             self.config.node_id,
@@ -217,17 +199,14 @@ class NodeServer:
     async def stop(self) -> None:
         if self.finder is not None:
             await self.finder.stop()
-        if self.replication is not None:
-            await self.replication.stop()
-        if self.routing is not None:
-            await self.routing.stop()
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.mesh is not None:
-            await self.mesh.stop()
-        if self._tick_task is not None:
-            self._tick_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick_task
-            self._tick_task = None
+            # hand everything over, say LEFT: the last frames to peers
+            self._apply(self.node.leave(time.monotonic()))
+            self.mesh.close()
         self._close_client_sockets()
         self._release_locks()
         log.info("node %s stopped", self.config.node_id)
@@ -312,6 +291,14 @@ class NodeServer:
     def _peer_watches(self) -> list[HandshakeWatch | None]:
         return [self.mesh.watch] if self.mesh is not None else []
 
+    def _shell_status(self) -> dict[str, Any]:
+        """What only the shell knows: security, the peer sockets' counters."""
+        return {**self._security_status(), **(self.mesh.status() if self.mesh else {})}
+
+    @property
+    def core(self) -> NodeCore:
+        return self.node.core
+
     # -- I/O -------------------------------------------------------------
     def _on_readable(self, secure: bool = False) -> None:
         """Read every frame that is ready on the plain (or the CurveZMQ) socket."""
@@ -345,49 +332,46 @@ class NodeServer:
             self._dropped(exc.reason, conn, str(exc))
             return
         try:
-            self.send(self.core.handle(conn, messages, time.monotonic()))
-            self._after_core()
+            self._apply(self.node.client(conn, messages, time.monotonic()))
         except zmq.ZMQError:
             raise
         except Exception:  # a bug must cost one frame, never the node
             self.core.decode_error("internal")
             log.exception("error handling a frame from %r (dropped)", conn[:32])
+        if self.mesh is not None:
+            self._rearm()
 
-    def _after_core(self) -> None:
-        """In a cluster: carry out what the core left for the other nodes
-        (count changes, group_sends, sends to their channels)."""
-        if self.replication is not None:
-            self.replication.after_core()
-        if self.routing is not None:
-            self.routing.after_core()
-        if self.replication is not None and (self.core.held_acks or self.core.fanouts):
-            self.replication.after_core()  # (routing's relays may have added some)
+    def _on_peer_frame(self, frame: bytes) -> None:
+        try:
+            self._apply(self.node.peer(frame, time.monotonic()))
+        except zmq.ZMQError:
+            raise
+        except Exception:  # a bug must cost one frame, never the peer socket
+            self.node.counters["handler_errors"] += 1
+            log.exception("error handling a peer frame (dropped)")
+
+    def _discovered(self, endpoint: str) -> None:
+        """Discovery found a peer at ``endpoint``."""
+        if self.mesh is not None and self.mesh.may_discover():
+            self._apply(self.node.discovered(endpoint, time.monotonic()))
+            self._rearm()
+
+    def _apply(self, fx: Effects) -> None:
+        """Carry out one step's effects: client frames, peer frames, logs."""
+        if fx.clients:
+            self.send(fx.clients)
+        mesh = self.mesh
+        if mesh is not None:
+            for address, frame in fx.peers:
+                mesh.send(address, frame)
+            for event in fx.events:
+                if event.kind == EventKind.REAPED:
+                    mesh.forget(event.address)
+                _log_event(event)
 
     def drops(self) -> dict[str, int]:
-        """Messages and frames dropped, by reason: the core's, plus what the
-        cluster lost (queued on dead nodes, relays never answered) and
-        malformed peer frames."""
-        drops = self.core.drops()
-        if self.routing is not None and self.mesh is not None:
-            rc, mc = self.routing.counters, self.mesh.counters
-            drops["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
-            drops["decode_error"] += mc["decode_errors"] + rc["bad_relay"]
-        return drops
-
-    def _cluster_status(self) -> dict[str, Any]:
-        mesh, replication, routing = self.mesh, self.replication, self.routing
-        if mesh is None or replication is None or routing is None:
-            return {}
-        mine = {**routing.load(), "drops": self.drops()}
-        nodes = {**routing.loads, self.config.node_id: mine}
-        status = {**mesh.status(), **replication.status(), **routing.status()}
-        for member in status["members"]:
-            load = nodes.get(member["id"], {}) if member["state"] in ("alive", "suspect") else {}
-            member["channels"] = load.get("channels")
-            member["queued"] = load.get("queued")
-        status["nodes"] = {n: nodes[n] for n in sorted(nodes)}
-        status["drops"] = mine["drops"]
-        return status
+        """Messages and frames dropped, by reason (``ClusterNode.drops``)."""
+        return self.node.drops()
 
     def _dropped(self, reason: str, conn: bytes, detail: str) -> None:
         self.core.decode_error(reason)
@@ -419,18 +403,11 @@ class NodeServer:
             )
 
     def send(self, out: list[Out]) -> None:
+        """Frames to this node's clients (a client that has gone gets its
+        deliveries put back: ``ClusterNode.undeliverable``)."""
         sock = self._sock
         if sock is None or not out:
             return
-        routing = self.routing
-        if routing is not None and routing.has_virtual:
-            # Answers for clients of other nodes go back through them.
-            virtual = [o for o in out if routing.is_virtual(o[0])]
-            if virtual:
-                routing.send_back(virtual)
-                out = [o for o in out if not routing.is_virtual(o[0])]
-                if not out:
-                    return
         if len(out) == 1:  # the common case (an ACK, one delivery): no grouping
             conn, (mtype, fields) = out[0]
             if self._secure is not None:
@@ -444,7 +421,7 @@ class NodeServer:
                 sock.send_multipart((ident, encode(mtype, *fields)), _NOBLOCK)
             except zmq.ZMQError as exc:
                 self._gone(conn, exc)
-                self.send(self.core.undeliverable(conn, [out[0][1]], time.monotonic()))
+                self._apply(self.node.undeliverable(conn, [out[0][1]], time.monotonic()))
             return
         by_conn: dict[bytes, list[Message]] = {}
         for conn, message in out:
@@ -461,7 +438,7 @@ class NodeServer:
                     self._gone(conn, exc)
                     # The client is gone: put back what it would have received.
                     unsent = [m for rest in chunks[i:] for m in rest]
-                    self.send(self.core.undeliverable(conn, unsent, time.monotonic()))
+                    self._apply(self.node.undeliverable(conn, unsent, time.monotonic()))
                     break
 
     def _target(self, conn: bytes) -> tuple[zmq.Socket[bytes] | None, bytes]:
@@ -470,15 +447,33 @@ class NodeServer:
             return self._secure, conn[2:]
         return self._sock, conn
 
-    async def _ticker(self) -> None:
-        interval = self.config.tick_interval
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            self.send(self.core.tick(now))
-            self._after_core()
-            if self._idle is not None:
-                self._check_idle(self._idle, now)
+    # -- the one timer ----------------------------------------------------
+    def _rearm(self) -> None:
+        """(Re)arm the timer for the node's next deadline."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        deadline = self.node.next_deadline()
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        try:
+            self._apply(self.node.tick(now))
+        except zmq.ZMQError:
+            raise
+        except Exception:  # a bug must cost one tick, never the timers
+            self.node.counters["timer_errors"] += 1
+            log.exception("node timers: error (carrying on)")
+        if self._idle is not None:
+            self._check_idle(self._idle, now)
+        self._rearm()
 
     def _check_idle(self, rule: IdleRule, now: float) -> None:
         """``exit_when_idle``: unused (no session, no claim) for that long,
@@ -494,6 +489,18 @@ class NodeServer:
             return
         log.info("no clients for %g s: stopping", rule.after)
         self.idle.set()
+
+
+def _log_event(event: MemberEvent) -> None:
+    level = logging.WARNING if event.kind in (EventKind.DEAD, EventKind.REFUSED) else logging.INFO
+    log.log(
+        level,
+        "member %s %s (%s)%s",
+        event.node,
+        event.kind.value,
+        event.address,
+        f": {event.reason}" if event.reason else "",
+    )
 
 
 def _prepare_ipc_path(path: str) -> None:

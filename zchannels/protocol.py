@@ -168,105 +168,8 @@ FIELDS: dict[MsgType, _F] = {
     MsgType.STATUS_REPLY: (("req", int), ("status", dict)),
     MsgType.GROUP_INFO: (("req", int), ("group", str)),
     MsgType.GROUP_INFO_REPLY: (("req", int), ("channels", list)),
-    # Peer messages mirror zchannels.node.membership's dataclasses; ``gossip``
-    # and ``members`` are lists of updates [node, address, incarnation,
-    # state ("alive"|"suspect"|"dead"|"left"), source] (checked in
-    # zchannels.node.peer_wire).
-    MsgType.PEER_PING: (
-        ("seq", int),
-        ("source", str),
-        ("source_address", str),
-        ("target", str),
-        ("gossip", list),
-    ),
-    MsgType.PEER_PING_REQ: (
-        ("seq", int),
-        ("source", str),
-        ("source_address", str),
-        ("target", str),
-        ("target_address", str),
-        ("gossip", list),
-    ),
-    MsgType.PEER_ACK: (("seq", int), ("source", str), ("gossip", list)),
-    MsgType.PEER_NACK: (("seq", int), ("source", str)),
-    MsgType.PEER_GOSSIP: (("source", str), ("gossip", list)),
-    # cluster name and protocol version: a node of another is refused
-    MsgType.PEER_SYNC: (
-        ("cluster", str),
-        ("version", int),
-        ("source", str),
-        ("source_address", str),
-        ("reply", int),
-        ("members", list),
-    ),
-    MsgType.PEER_REFUSE: (("cluster", str), ("version", int), ("source", str), ("reason", str)),
-    # one change of the origin's own member count of a group (absolute);
-    # ack != 0: answer GROUP_DELTA_ACK with it (a group_add waits for those)
-    MsgType.GROUP_DELTA: (
-        ("origin", str),
-        ("incarnation", int),
-        ("version", int),
-        ("group", str),
-        ("count", int),
-        ("ack", int),
-    ),
-    MsgType.GROUP_DELTA_ACK: (("source", str), ("ack", int)),
-    # entries: [[origin, incarnation, contiguous version], ...]; answered with
-    # the GROUP_SLICEs the sender lacks
-    MsgType.GROUP_DIGEST: (("source", str), ("entries", list)),
-    # counts: [[group, count], ...]: the origin's whole slice up to version
-    MsgType.GROUP_SLICE: (
-        ("origin", str),
-        ("incarnation", int),
-        ("version", int),
-        ("counts", list),
-    ),
-    # a group_send for the receiving node's local members; ttl: seconds
-    MsgType.GROUP_FANOUT: (("group", str), ("payload", bytes), ("ttl", _NUM)),
-    # fid: the forwarding node's id for this send, echoed in the result;
-    # origin: the forwarding node's id (where the result goes)
-    MsgType.PEER_SEND: (
-        ("fid", int),
-        ("origin", str),
-        ("channel", str),
-        ("payload", bytes),
-        ("capacity", int),
-        ("ttl", _NUM),
-    ),
-    # code: 0 queued, 1 channel full, 2 no such owner (dropped)
-    MsgType.PEER_SEND_RESULT: (("fid", int), ("code", int)),
-    # Client messages (SEND, RECV, RETURN, GROUP_ADD, GROUP_DISCARD, as
-    # [type, field...] lists) of connection ``conn`` on node ``origin`` (at
-    # ``incarnation``), for channels the receiving node owns. session: the
-    # client's session tag (memberships are held by "origin@incarnation/session");
-    # expiry: its message expiry; hops: how many nodes passed it on (bounded,
-    # see core.MAX_HOPS).
-    MsgType.PEER_RELAY: (
-        ("origin", str),
-        ("incarnation", int),
-        ("conn", bytes),
-        ("session", str),
-        ("expiry", _NUM),
-        ("hops", int),
-        ("messages", list),
-    ),
-    # the owner's answers (DELIVER, ACK, ERROR) for ``conn`` on the receiving
-    # node; source: the owner (a DELIVER that cannot be delivered goes back)
-    MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
-    # connections of ``origin`` that went away: forget their credit
-    MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
-    # client sessions of ``origin`` that ended: drop the memberships they hold
-    MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
-    # names the receiving node now owns: channels [[channel, items]...] (items
-    # as in DELIVER, oldest first) and members [[group, channel, holder,
-    # ttl_s, capacity]...] (holder: "node@incarnation/session")
-    MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
-    # a cluster-wide request: kind "flush" (arg: prefix) or "members" (arg: group)
-    MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
-    # result: [] for flush, the group's channels on ``source`` for members
-    MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
-    # what ``origin`` holds now: {"channels": n, "queued": n, "drops": {...}}
-    MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
+    # (types 21-42: peer messages; their layouts live with the node, in
+    # zchannels.node.peer_wire, and never reach a client socket's decoder)
     # reports: [[channel, upto, count, expired], ...], one per channel: the
     # first ``count`` messages of channel this connection was handed (in the
     # order handed), none with a seq above ``upto``, were taken by a
@@ -359,8 +262,11 @@ def _approx_size(message: Message) -> int:
 _MAX_BATCH = 100_000
 
 
-def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
-    """Every message in a frame, validated. Raises only ``DecodeError``."""
+def decode(frame: bytes, max_size: int | None = None, specs: Specs | None = None) -> list[Message]:
+    """Every message in a frame, validated against ``specs`` (the client
+    protocol's by default; ``specs_of`` builds others). Raises only
+    ``DecodeError``."""
+    specs = _SPECS if specs is None else specs
     if max_size is not None and len(frame) > max_size:
         raise DecodeError("oversized", f"{len(frame)} > {max_size} bytes")
     if len(frame) < 2:
@@ -381,8 +287,8 @@ def decode(frame: bytes, max_size: int | None = None) -> list[Message]:
         raise DecodeError("shape", "body is not an array")
     mtype_num = frame[1]
     if mtype_num == MsgType.BATCH:
-        return [check_message(item) for item in body]
-    return [_check(mtype_num, body)]
+        return [check_message(item, specs) for item in body]
+    return [_check(mtype_num, body, specs)]
 
 
 _BY_NUMBER: dict[int, MsgType] = {int(t): t for t in MsgType}
@@ -392,35 +298,44 @@ def _exact(typ: type | tuple[type, ...]) -> frozenset[type]:
     return frozenset(typ) if isinstance(typ, tuple) else frozenset((typ,))
 
 
-#: type number -> (type, field count, the exact types each field may have):
+#: type number -> (type, field names, the exact types each field may have):
 #: msgpack builds exact ints, floats, strs, bytes, lists and dicts (never a
 #: subclass), so a set lookup of ``type(value)`` checks a field, and a bool
 #: (its own type) is never taken for an int
-_SPECS: dict[int, tuple[MsgType, int, tuple[frozenset[type], ...]]] = {
-    int(t): (t, len(FIELDS[t]), tuple(_exact(typ) for _name, typ in FIELDS[t])) for t in FIELDS
-}
+Specs = dict[int, tuple[MsgType, tuple[str, ...], tuple[frozenset[type], ...]]]
 
 
-def check_message(item: object) -> Message:
+def specs_of(layouts: dict[MsgType, _F]) -> Specs:
+    """What ``decode`` checks frames against, from field layouts like ``FIELDS``."""
+    return {
+        int(t): (t, tuple(name for name, _ in fs), tuple(_exact(typ) for _, typ in fs))
+        for t, fs in layouts.items()
+    }
+
+
+_SPECS = specs_of(FIELDS)
+
+
+def check_message(item: object, specs: Specs | None = None) -> Message:
     """One message given as ``[type, field, ...]`` (as inside a BATCH or a
     relay), validated like a frame's. Raises only ``DecodeError``."""
     if type(item) is not list or not item or not isinstance(item[0], int):
         raise DecodeError("shape", "message is not [type, ...]")
     if item[0] == MsgType.BATCH:
         raise DecodeError("shape", "nested batch")
-    return _check(item[0], item[1:])
+    return _check(item[0], item[1:], _SPECS if specs is None else specs)
 
 
-def _check(mtype_num: int, fields: list[Any]) -> Message:
-    spec = _SPECS.get(mtype_num)
+def _check(mtype_num: int, fields: list[Any], specs: Specs) -> Message:
+    spec = specs.get(mtype_num)
     if spec is None:
         raise DecodeError("type", f"unknown message type {mtype_num}")
-    mtype, count, types = spec
-    if len(fields) != count:
-        raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {count}")
+    mtype, names, types = spec
+    if len(fields) != len(names):
+        raise DecodeError("shape", f"{mtype.name} has {len(fields)} fields, want {len(names)}")
     for i, (value, allowed) in enumerate(zip(fields, types, strict=True)):
         if type(value) not in allowed:
-            name = FIELDS[mtype][i][0]
+            name = names[i]
             raise DecodeError(
                 "field",
                 f"{mtype.name}.{name} is {type(value).__name__}, want {sorted(allowed, key=str)}",

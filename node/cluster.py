@@ -1,0 +1,380 @@
+"""One whole node, sans I/O: the core, the member table, routing and group
+replication, composed in one visible place.
+
+Owns: feeding each event (a client frame, a peer frame, a timer, discovery,
+leaving) to the part it is for, then carrying each part's output to the
+next — the core's work to group replication and routing, member events to
+both, answers for other nodes' clients back to them — and turning what is
+left into ``Effects`` for the shell: messages to this node's clients, frames
+to peer addresses, member events to log. Every method takes ``now``
+(monotonic seconds); the one ``random.Random`` is injected; nothing here
+reads a clock, touches a socket or runs a task. The asyncio/pyzmq shell
+(``zchannels.node.server``) moves frames and calls ``tick`` at
+``next_deadline()``; the simulation (``tests/sim``) does the same with a
+simulated network and clock.
+
+Without a peer endpoint the node is alone: only the core runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zchannels.protocol import DecodeError, Message, MsgType
+
+from .config import NodeConfig
+from .core import ClusterWork, CoreSettings, NodeCore, Out
+from .effects import EVERYONE, Fx
+from .membership import (
+    LIVE,
+    Ack,
+    Gossip,
+    MemberEvent,
+    MemberTable,
+    Nack,
+    Ping,
+    PingReq,
+    Refuse,
+    Sync,
+)
+from .membership import Effects as TableEffects
+from .peer_messages import (
+    Answer,
+    Ask,
+    ConnGone,
+    GroupDelta,
+    GroupDeltaAck,
+    GroupDigest,
+    GroupFanout,
+    GroupSlice,
+    Handoff,
+    HolderGone,
+    Load,
+    Relay,
+    RelayBack,
+)
+from .peer_wire import decode_peer, encode_peer
+from .queues import ConnId
+from .replication import GroupReplication
+from .routing import Routing
+
+log = logging.getLogger("zchannels.node")
+
+_TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
+_ROUTING = (Relay, RelayBack, ConnGone, HolderGone, Handoff, Ask, Answer, Load)
+_REPLICATION = (GroupDelta, GroupDeltaAck, GroupDigest, GroupSlice, GroupFanout)
+
+
+@dataclass(slots=True)
+class Effects:
+    """What the shell must do after one step."""
+
+    #: to this node's clients: (connection id, client-protocol message)
+    clients: list[Out] = field(default_factory=list)
+    #: to other nodes: (peer address, one encoded frame), in order
+    peers: list[tuple[str, bytes]] = field(default_factory=list)
+    #: what the member table saw happen (for the log; REAPED: forget the address)
+    events: list[MemberEvent] = field(default_factory=list)
+
+
+class ClusterNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        address: str,
+        incarnation: int,
+        rng: random.Random,
+    ) -> None:
+        """``address``: where peers reach this node (its bound peer
+        endpoint); ``incarnation``: this start's number, above every earlier
+        start's (the shell uses the start time in ms), which also seeds the
+        message sequence numbers so a restarted node's messages sort after
+        what it handed out before."""
+        self.config = config
+        self.incarnation = incarnation
+        self.core = NodeCore(
+            CoreSettings(
+                node_id=config.node_id,
+                node_tag=config.node_tag,
+                incarnation=str(incarnation),
+                lease=config.client_lease,
+                max_frame=config.max_frame_size,
+                sweep_interval=config.sweep_interval,
+                first_seq=incarnation * 1000,
+                max_client_channels=config.max_client_channels,
+                max_client_group_entries=config.max_client_group_entries,
+            )
+        )
+        self.counters: Counter[str] = Counter()
+        self._next_core_tick = 0.0
+        #: more status from the shell (security, socket counters), if any
+        self.shell_status: Callable[[], dict[str, Any]] | None = None
+        self.table: MemberTable | None = None
+        self.routing: Routing | None = None
+        self.replication: GroupReplication | None = None
+        if config.peer_endpoint is not None:
+            self.table = MemberTable(
+                config.membership,
+                node_id=config.node_id,
+                address=address,
+                incarnation=incarnation,
+                cluster=config.cluster,
+                rng=rng,
+            )
+            self.replication = GroupReplication(
+                self.core,
+                self.table,
+                rng,
+                ack_timeout=config.group_ack_timeout,
+                anti_entropy_interval=config.anti_entropy_interval,
+            )
+            self.routing = Routing(
+                self.core,
+                self.table,
+                timeout=config.relay_timeout,
+                load_interval=config.load_interval,
+                sweep_delay=config.stray_sweep_delay,
+            )
+        self.core.extra_status = self._extra_status
+
+    @property
+    def node_id(self) -> str:
+        return self.config.node_id
+
+    @property
+    def clustered(self) -> bool:
+        return self.table is not None
+
+    def bind(self, address: str) -> None:
+        """The shell bound the peer socket: peers reach this node at
+        ``address`` (a port 0 endpoint resolved). Before ``start``."""
+        if self.table is not None:
+            self.table.address = address
+
+    # -- events ------------------------------------------------------------
+    def start(self, now: float) -> Effects:
+        fx = Fx()
+        if self.table is not None:
+            self._table(self.table.join((), now), now, fx)
+        return self._finish(fx, now)
+
+    def discovered(self, address: str, now: float) -> Effects:
+        """Discovery (a seed, mDNS, DNS) found a peer at ``address``."""
+        fx = Fx()
+        if self.table is not None:
+            self._table(self.table.discovered(address, now), now, fx)
+        return self._finish(fx, now)
+
+    def client(self, conn: ConnId, messages: list[Message], now: float) -> Effects:
+        """One decoded frame from a client of this node."""
+        if self.table is None:  # alone: the core's answers are everything
+            return Effects(self.core.handle(conn, messages, now))
+        fx = Fx()
+        fx.out.extend(self.core.handle(conn, messages, now, fx.work))
+        return self._finish(fx, now)
+
+    def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> Effects:
+        """A send to ``conn`` failed (it is gone): what it was given goes back."""
+        if self.routing is None:
+            return Effects(self.core.undeliverable(conn, messages, now))
+        fx = Fx()
+        routing = self.routing
+        remote: list[Message] = []  # deliveries of channels other nodes own
+        local: list[Message] = []
+        for message in messages:
+            mtype, fields = message
+            owned_elsewhere = mtype == MsgType.DELIVER and routing.route(fields[0])
+            (remote if owned_elsewhere else local).append(message)
+        routing.give_back(conn, remote, now, fx)
+        fx.out.extend(self.core.undeliverable(conn, local, now, fx.work))
+        return self._finish(fx, now)
+
+    def peer(self, frame: bytes, now: float) -> Effects:
+        """One frame from another node; a malformed one is counted and dropped."""
+        fx = Fx()
+        try:
+            messages = decode_peer(frame, self.config.max_frame_size)
+        except DecodeError as exc:
+            self.counters["decode_errors"] += 1
+            log.debug("dropped a peer frame: %s", exc)
+            return Effects()
+        table, routing, replication = self.table, self.routing, self.replication
+        if table is None or routing is None or replication is None:
+            self.counters["decode_errors"] += 1  # (a node alone has no peer socket)
+            return Effects()
+        for msg in messages:
+            if isinstance(msg, _TABLE):
+                self._table(table.handle(msg, now), now, fx)
+            elif isinstance(msg, _ROUTING):
+                routing.handle(msg, now, fx)
+            elif isinstance(msg, _REPLICATION):
+                replication.handle(msg, now, fx)
+        return self._finish(fx, now)
+
+    def bad_peer_frame(self) -> None:
+        """The shell got a peer frame it could not even split (counted)."""
+        self.counters["decode_errors"] += 1
+
+    def tick(self, now: float) -> Effects:
+        """Every timer that is due: leases and expiry, the member table's
+        probes, routing's timeouts and reports, anti-entropy."""
+        fx = Fx()
+        if now >= self._next_core_tick:
+            self._next_core_tick = now + self.config.tick_interval
+            fx.out.extend(self.core.tick(now, fx.work if self.clustered else None))
+        if self.table is not None and self.routing is not None and self.replication is not None:
+            self._table(self.table.tick(now), now, fx)
+            self.routing.tick(now, fx)
+            self.replication.tick(now, fx)
+        return self._finish(fx, now)
+
+    def next_deadline(self) -> float:
+        deadline = self._next_core_tick
+        if self.table is not None and self.routing is not None and self.replication is not None:
+            deadline = min(
+                deadline,
+                self.table.next_deadline(),
+                self.routing.next_deadline(),
+                self.replication.next_deadline(),
+            )
+        return deadline
+
+    def leave(self, now: float) -> Effects:
+        """A clean stop: answer waiting group_adds, hand everything held to
+        the owners the others will compute without this node, say LEFT."""
+        fx = Fx()
+        if self.table is not None and self.routing is not None and self.replication is not None:
+            self.replication.leave(fx)
+            self.routing.leave(now, fx)
+            effects = self._finish(fx, now)
+            fx = Fx()
+            self._table(self.table.leave(now), now, fx)
+            more = self._finish(fx, now)
+            effects.peers.extend(more.peers)
+            return effects
+        return Effects()
+
+    # -- composition -------------------------------------------------------
+    def _table(self, table_fx: TableEffects, now: float, fx: Fx) -> None:
+        """The member table's messages go out as they are; its events go to
+        group replication, then routing (in that order: routing's handover
+        reads the group tables replication has just trimmed)."""
+        for address, msg in table_fx.messages:
+            fx.peers.append((address, msg))
+        routing, replication = self.routing, self.replication
+        for event in table_fx.events:
+            fx.events.append(event)
+            if replication is not None:
+                replication.on_member_event(event, fx)
+            if routing is not None:
+                routing.on_member_event(event, now, fx)
+
+    def _finish(self, fx: Fx, now: float) -> Effects:
+        """Carry the core's work until none is left, send answers for other
+        nodes' clients back through them, and address every peer message."""
+        routing, replication, table = self.routing, self.replication, self.table
+        if routing is None or replication is None or table is None:
+            return Effects(fx.out)
+        while True:
+            # (at least once: group counts may have changed without core work)
+            work = fx.take_work() or ClusterWork()
+            replication.after_core(work, now, fx)
+            routing.after_core(work, now, fx)
+            if not fx.has_work():
+                break
+        out = fx.out
+        if routing.has_virtual:
+            virtual = [o for o in out if routing.is_virtual(o[0])]
+            if virtual:
+                routing.send_back(virtual, fx)
+                out = [o for o in out if not routing.is_virtual(o[0])]
+        return Effects(out, self._address(fx.peers, table), fx.events)
+
+    def _address(self, peers: list[tuple[str, Any]], table: MemberTable) -> list[tuple[str, bytes]]:
+        """(node id or address, message) -> (address, frame); messages to
+        nodes that are not live members are counted and dropped."""
+        frames: list[tuple[str, bytes]] = []
+        live: list[str] | None = None
+        me = table.node_id
+        for target, msg in peers:
+            if isinstance(msg, _TABLE):  # the member table addresses its own
+                frames.append((target, encode_peer(msg)))
+                continue
+            frame = encode_peer(msg)
+            if target == EVERYONE:
+                if live is None:
+                    live = [n for n in table.live() if n != me]
+                targets = live
+            else:
+                targets = [target]
+            for node in targets:
+                member = table.member(node)
+                if member is None or member.state not in LIVE or node == me:
+                    self.counters["unsent"] += 1
+                    continue
+                frames.append((member.address, frame))
+        return frames
+
+    # -- status ------------------------------------------------------------
+    def drops(self) -> dict[str, int]:
+        """Messages and frames dropped, by reason: the core's, plus what the
+        cluster lost (queued on dead nodes, relays never answered) and
+        malformed peer frames."""
+        drops = self.core.drops()
+        if self.routing is not None:
+            rc = self.routing.counters
+            drops["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
+            drops["decode_error"] += self.counters["decode_errors"]
+        return drops
+
+    def status(self) -> dict[str, Any]:
+        return self.core.status()
+
+    def _extra_status(self) -> dict[str, Any]:
+        shell = self.shell_status() if self.shell_status is not None else {}
+        table, routing, replication = self.table, self.routing, self.replication
+        if table is None or routing is None or replication is None:
+            alone = {
+                "id": self.node_id,
+                "state": "alive",
+                "incarnation": self.incarnation,
+                "address": "",
+            }
+            return {"cluster": None, "members": [alone], **shell}
+        mine = {**routing.load(), "drops": self.drops()}
+        nodes = {**routing.loads, self.node_id: mine}
+        members = []
+        for m in table.members():
+            load = nodes.get(m.id, {}) if m.state in LIVE else {}
+            members.append(
+                {
+                    "id": m.id,
+                    "state": str(m.state),
+                    "incarnation": m.incarnation,
+                    "address": m.address,
+                    "channels": load.get("channels"),
+                    "queued": load.get("queued"),
+                }
+            )
+        peer_counters = dict(self.counters)
+        peer_counters["from_strangers"] = (
+            peer_counters.get("from_strangers", 0) + replication.from_strangers
+        )
+        for key, value in shell.pop("peer_counters", {}).items():
+            peer_counters[key] = peer_counters.get(key, 0) + value
+        return {
+            "cluster": table.cluster,
+            "members": members,
+            "peer_counters": peer_counters,
+            **replication.status(),
+            **routing.status(),
+            "nodes": {n: nodes[n] for n in sorted(nodes)},
+            "drops": mine["drops"],
+            **shell,
+        }

@@ -1,0 +1,167 @@
+"""The cluster's peer messages (besides the member table's own): frozen
+dataclasses, one per message type, fields in wire order.
+
+Owns: what routing and group replication say to each other's nodes. The wire
+layouts, the type numbers and every check on what arrives live in
+``zchannels.node.peer_wire`` (the one peer codec); the member table's
+messages (``Ping``, ``Ack``, ...) live with it in ``membership``. A message
+that reaches a handler is well-formed: handlers check meaning (is the sender
+a member?), never shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zchannels.protocol import Message
+
+#: An item of a channel as it travels: [payload, ttl remaining (s), seq].
+Item = list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDelta:
+    """One change of ``origin``'s own member count of ``group`` (absolute);
+    ``ack`` != 0: answer ``GroupDeltaAck`` with it (a group_add waits)."""
+
+    origin: str
+    incarnation: int
+    version: int
+    group: str
+    count: int
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDeltaAck:
+    source: str
+    ack: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDigest:
+    """``entries``: (origin, incarnation, contiguous version) the sender
+    holds; answered with the ``GroupSlice``s it lacks."""
+
+    source: str
+    entries: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSlice:
+    """``origin``'s whole slice of member counts up to ``version``."""
+
+    origin: str
+    incarnation: int
+    version: int
+    counts: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupFanout:
+    """A group_send for the receiving node's own members; ``ttl`` seconds."""
+
+    group: str
+    payload: bytes
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    """Client messages of connection ``conn`` on node ``origin`` (at
+    ``incarnation``) for channels the receiving node owns. ``tag``: the
+    client's session tag (its memberships are held as
+    ``origin@incarnation/tag``); ``expiry``: its message expiry (s);
+    ``hops``: how many nodes passed it on (bounded by ``core.MAX_HOPS``)."""
+
+    origin: str
+    incarnation: int
+    conn: bytes
+    tag: str
+    expiry: float
+    hops: int
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBack:
+    """The owner's answers (deliveries, ACK, ERROR, REVOKE, FLUSHED) for
+    ``conn`` on the receiving node; ``source``: the owner."""
+
+    source: str
+    conn: bytes
+    messages: tuple[Message, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnGone:
+    """Connections of ``origin`` that went away: forget their credit."""
+
+    origin: str
+    incarnation: int
+    conns: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HolderGone:
+    """Client sessions of ``origin`` that ended: drop what they hold."""
+
+    origin: str
+    incarnation: int
+    sessions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """Names the receiving node now owns: ``channels`` (name, items oldest
+    first) and ``members`` (group, channel, holder, ttl s, capacity)."""
+
+    origin: str
+    channels: tuple[tuple[str, list[Item]], ...]
+    members: tuple[tuple[str, str, str, float, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A cluster-wide request: ``kind`` "flush" (arg: prefix) or "members"
+    (arg: group)."""
+
+    qid: int
+    origin: str
+    kind: str
+    arg: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """``result``: nothing for flush, the group's channels on ``source``."""
+
+    qid: int
+    source: str
+    result: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What ``origin`` holds now: {"channels": n, "queued": n, "drops": {...}}."""
+
+    origin: str
+    load: dict[str, Any]
+
+
+ClusterMessage = (
+    GroupDelta
+    | GroupDeltaAck
+    | GroupDigest
+    | GroupSlice
+    | GroupFanout
+    | Relay
+    | RelayBack
+    | ConnGone
+    | HolderGone
+    | Handoff
+    | Ask
+    | Answer
+    | Load
+)
