@@ -6,7 +6,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zchannels.node.core import ClusterWork, MAX_HOPS, CoreSettings, NodeCore, Out
+from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, Out
 from zchannels.node.queues import Queues
 from zchannels.node.sessions import Policy, Session
 

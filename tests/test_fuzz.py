@@ -26,9 +26,22 @@ from conftest import Znode, eventually, wait_for
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_cluster import status
+from zchannels.node.peer_wire import PEER_FIELDS
 
 from zchannels.layer import ZeroMQChannelLayer
-from zchannels.protocol import FIELDS, PROTOCOL_VERSION, MsgType, decode, encode, encode_batch
+from zchannels.protocol import (
+    FIELDS,
+    PROTOCOL_VERSION,
+    MsgType,
+    decode,
+    encode,
+    encode_batch,
+    specs_of,
+)
+
+#: Every type's layout, the client protocol's and the peers'.
+LAYOUTS = {**FIELDS, **PEER_FIELDS}
+_ALL = specs_of(LAYOUTS)
 
 FIXED_SEED = 20261124
 #: Frames fired at each socket per run.
@@ -68,8 +81,8 @@ def _field(typ: type | tuple[type, ...]) -> st.SearchStrategy[Any]:
     return _scalar[typ]
 
 
-_message = st.sampled_from([t for t in MsgType if t != MsgType.BATCH]).flatmap(
-    lambda t: st.tuples(st.just(t), st.tuples(*(_field(typ) for _, typ in FIELDS[t])))
+_message = st.sampled_from(sorted(LAYOUTS)).flatmap(
+    lambda t: st.tuples(st.just(t), st.tuples(*(_field(typ) for _, typ in LAYOUTS[t])))
 )
 
 
@@ -77,14 +90,14 @@ _message = st.sampled_from([t for t in MsgType if t != MsgType.BATCH]).flatmap(
 @given(_message)
 def test_encode_then_decode_is_the_identity(message: tuple[MsgType, tuple[Any, ...]]) -> None:
     mtype, fields = message
-    [(decoded_type, decoded)] = decode(encode(mtype, *fields))
+    [(decoded_type, decoded)] = decode(encode(mtype, *fields), specs=_ALL)
     assert decoded_type == mtype and decoded == fields
 
 
 @settings(max_examples=100)
 @given(st.lists(_message, min_size=1, max_size=8))
 def test_batches_round_trip_in_order(messages: list[tuple[MsgType, tuple[Any, ...]]]) -> None:
-    assert decode(encode_batch(messages)) == messages
+    assert decode(encode_batch(messages), specs=_ALL) == messages
 
 
 # -- a live node -------------------------------------------------------------------
@@ -97,9 +110,9 @@ def _seeds() -> list[int]:
 
 def nonsense(rng: random.Random) -> bytes:
     """A well-formed frame of any type with nonsensical values."""
-    mtype = rng.choice([t for t in MsgType if t != MsgType.BATCH])
+    mtype = rng.choice(sorted(LAYOUTS))
     values: list[Any] = []
-    for _, typ in FIELDS[mtype]:
+    for _, typ in LAYOUTS[mtype]:
         if typ is str:
             values.append(rng.choice(["", "x" * 300, "asgi|" + "n" * 90, "\x00", "a/b@c", "no|pe"]))
         elif typ is bytes:
@@ -146,11 +159,9 @@ def frames_for(rng: random.Random, samples: list[bytes]) -> list[bytes]:
 def valid_samples() -> list[bytes]:
     """Real frames of every type (built from msgpack of plausible values)."""
     samples = []
-    for mtype in MsgType:
-        if mtype == MsgType.BATCH:
-            continue
+    for mtype in sorted(LAYOUTS):
         values: list[Any] = []
-        for _, typ in FIELDS[mtype]:
+        for _, typ in LAYOUTS[mtype]:
             values.append(
                 {str: "asgi|c", int: 1, bytes: msgpack.packb({"a": 1}), list: [], dict: {}}.get(
                     typ if not isinstance(typ, tuple) else int, 1.0
@@ -201,7 +212,7 @@ def fire_at_peer(endpoint: str, frames: list[bytes]) -> None:
         address = probe.getsockopt_string(zmq.LAST_ENDPOINT)
         sock.send(encode(MsgType.PEER_SYNC, "fuzz-probe", PROTOCOL_VERSION, "p", address, 1, []))
         assert probe.poll(30_000), "the node stopped reading its peer socket"
-        [(mtype, _)] = decode(probe.recv_multipart()[-1])
+        [(mtype, _)] = decode(probe.recv_multipart()[-1], specs=_ALL)
         assert mtype == MsgType.PEER_REFUSE
     finally:
         sock.close(0)

@@ -68,3 +68,62 @@ def test_the_connection_shell_does_not_import_the_client() -> None:
         timeout=60,
     )
     assert out.stdout.strip() == "False"
+
+
+#: The node's decision modules: pure (``now`` and an injected RNG in,
+#: effects out). The shell (server, peers, finding, cli, lifetime, logs,
+#: security) is the only part that may touch sockets, clocks and tasks.
+DECISIONS = (
+    "cluster",
+    "core",
+    "effects",
+    "group_replica",
+    "groups",
+    "membership",
+    "ownership",
+    "peer_messages",
+    "peer_wire",
+    "queues",
+    "replication",
+    "routing",
+    "sessions",
+)
+#: What a decision module may not import itself: sockets, the event loop,
+#: the clock, threads, discovery's I/O.
+IMPURE = ("zmq", "asyncio", "time", "socket", "threading", "zeroconf", "dns", "selectors")
+
+
+def test_the_node_decision_modules_import_no_io_and_read_no_clock() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "node"
+    for name in DECISIONS:
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                assert node.module not in ("server", "peers", "finding", "cli", "lifetime"), (
+                    f"node/{name}.py reaches the shell ({node.module})"
+                )
+        assert not imported & set(IMPURE), f"node/{name}.py imports {imported & set(IMPURE)}"
+
+
+def test_the_whole_cluster_node_loads_without_the_socket_shell() -> None:
+    """Importing the composed pure node loads no zmq, asyncio, zeroconf or
+    shell module: the import graph never reaches the sockets."""
+    probe = (
+        "import json, sys\n"
+        "import zchannels.node.cluster\n"
+        "shell = ('zmq', 'asyncio', 'zeroconf', 'dns', 'zchannels.node.server', "
+        "'zchannels.node.peers', 'zchannels.node.finding')\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(shell))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
