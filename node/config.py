@@ -80,12 +80,15 @@ class NodeConfig:
     cluster: str = "zchannels"
     #: Failure detection timings (SWIM/Lifeguard): see ``MembershipConfig``.
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
-    #: Seconds a node waits for the owner's answer to a client request it
-    #: relayed (a send to a channel another node owns) before it answers the
-    #: client itself (the send counts as lost: at-most-once). Longer than a
-    #: failure detection takes, so an owner that died is normally noticed
-    #: first (its pending requests are answered then).
-    relay_timeout: float = 5.0
+    #: Seconds within which a client request relayed to another node (a send
+    #: to a channel another node owns) is answered: by the owner, or else by
+    #: this node, which then counts a send as lost (at-most-once), and the
+    #: owner refuses such a send if it arrives later than 3/4 of this (it
+    #: may have been counted lost: ``routing.Routing.fresh_within``). None:
+    #: tied to failure detection, the longest suspicion timeout of the
+    #: current cluster size plus two probe intervals (2.4 s in a 3-node LAN
+    #: cluster), so a dead owner is normally declared dead first.
+    relay_timeout: float | None = None
     #: Seconds between two load reports (channels, queued, drops) a node
     #: sends to every peer, for ``znode status`` and for counting what a
     #: dying node held.

@@ -73,7 +73,10 @@ class Relay:
     ``incarnation``) for channels the receiving node owns. ``tag``: the
     client's session tag (its memberships are held as
     ``origin@incarnation/tag``); ``expiry``: its message expiry (s);
-    ``hops``: how many nodes passed it on (bounded by ``core.MAX_HOPS``)."""
+    ``hops``: how many nodes passed it on (bounded by ``core.MAX_HOPS``);
+    ``sent_at``: when the origin sent it, on the origin's monotonic clock
+    (the owner refuses a send that arrives after the origin stopped waiting
+    for it: ``routing``)."""
 
     origin: str
     incarnation: int
@@ -82,6 +85,7 @@ class Relay:
     expiry: float
     hops: int
     messages: tuple[Message, ...]
+    sent_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,8 +69,9 @@ RELAYED_BACK = frozenset(
         MsgType.FLUSHED,
     }
 )
-#: Keys a load report may carry (anything else is dropped on arrival).
-LOAD_KEYS = ("channels", "queued", "drops")
+#: Keys a load report may carry (anything else is dropped on arrival):
+#: counts, drop counters, and "at" (the sender's monotonic clock).
+LOAD_KEYS = ("channels", "queued", "drops", "at")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -134,6 +135,7 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("expiry", _NUM),
         ("hops", int),
         ("messages", list),
+        ("sent_at", _NUM),
     ),
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
     MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
@@ -230,6 +232,7 @@ def to_wire(msg: PeerMessage) -> Message:
                 msg.expiry,
                 msg.hops,
                 [[mtype, *fields] for mtype, fields in msg.messages],
+                msg.sent_at,
             )
         case RelayBack():
             messages = [[mtype, *fields] for mtype, fields in msg.messages]
@@ -314,7 +317,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         _require(valid_wire_group(f[0]) and valid_duration(f[2]), "GROUP_FANOUT group or ttl")
         return GroupFanout(f[0], f[1], float(f[2]))
     if mtype == MsgType.PEER_RELAY:
-        origin, inc, conn, tag, expiry, hops, raw = f
+        origin, inc, conn, tag, expiry, hops, raw, sent_at = f
         _require(
             0 < len(conn) <= 256
             and 0 < len(tag) <= 64
@@ -324,7 +327,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
             "PEER_RELAY connection, session, expiry or hops",
         )
         messages = _messages(raw, RELAYED)
-        return Relay(origin, inc, conn, tag, float(expiry), hops, messages)
+        return Relay(origin, inc, conn, tag, float(expiry), hops, messages, float(sent_at))
     if mtype == MsgType.PEER_RELAY_BACK:
         return RelayBack(f[0], f[1], _messages(f[2], RELAYED_BACK))
     if mtype == MsgType.PEER_CONN_GONE:
@@ -348,7 +351,12 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         load = {
             k: v
             for k, v in f[1].items()
-            if k in LOAD_KEYS and (type(v) is int or (type(v) is dict and len(v) < 64))
+            if k in LOAD_KEYS
+            and (
+                type(v) is int
+                or (type(v) is dict and len(v) < 64)
+                or (k == "at" and type(v) is float)
+            )
         }
         return Load(f[0], load)
     raise DecodeError("type", f"{mtype.name} is not a peer message")

@@ -39,7 +39,7 @@ from zchannels.protocol import Message, MsgType, split_batches
 
 from .core import MAX_HOPS, ClusterWork, NodeCore, Out
 from .effects import EVERYONE, Fx
-from .membership import EventKind, MemberEvent, MemberTable
+from .membership import EventKind, MemberEvent, MemberTable, suspicion_bounds
 from .ownership import Ownership, tag_of
 from .peer_messages import (
     Answer,
@@ -64,6 +64,11 @@ _VCONN_MARK = b"\x00zr"
 #: refuted suspicion; relays carry the start value. One more than this above
 #: it means a new start (a restart, at least a second later), not a refutation.
 RESTART_GAP = 1000
+#: How fast (s/s) the estimate of a peer's clock offset may creep up, so it
+#: follows clock drift (real drift is under 1e-4) and forgets a sample that
+#: was unusually fast; bounded by ``_CREEP_SPAN`` seconds without a sample.
+_CREEP = 1e-3
+_CREEP_SPAN = 60.0
 
 
 #: (origin node, its incarnation, the client's connection there)
@@ -77,6 +82,7 @@ class _Virtual:
     conn: ConnId
     session: Session
     tag: str  # the client's session tag on its own node
+    sent_at: float = 0.0  # the stamp of its latest relay (passed on with it)
 
 
 def holder_of(origin: str, incarnation: int, tag: str) -> str:
@@ -104,13 +110,15 @@ class Routing:
         core: NodeCore,
         table: MemberTable,
         *,
-        timeout: float = 5.0,
+        timeout: float | None = None,
         load_interval: float = 1.0,
         sweep_delay: float = 1.0,
     ) -> None:
         self.core = core
         self.table = table
-        self.timeout = timeout
+        #: the configured answer bound of a relayed request (None: derived
+        #: from failure detection, see ``answer_within``)
+        self._timeout = timeout
         self.load_interval = load_interval
         self.sweep_delay = sweep_delay
         self.me = table.node_id
@@ -136,6 +144,9 @@ class Routing:
         self.loads: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
+        #: per origin node: (estimated clock offset: our now - its clock,
+        #: when last updated): how late its relays arrive (``_lag``)
+        self._offsets: dict[str, tuple[float, float]] = {}
         #: something may sit on a node that does not own it (a handover raced
         #: a view change, a relay ran out of hops): when to sweep it on
         self._sweep_at: float | None = None
@@ -149,6 +160,45 @@ class Routing:
         if owner == self.me:
             return None
         return owner or ""
+
+    @property
+    def timeout(self) -> float:
+        return self.answer_within()
+
+    def answer_within(self) -> float:
+        """Seconds within which a relayed request is answered: by its owner,
+        or else by this node, which then counts a send as lost. Tied to
+        failure detection: the longest suspicion of a cluster this size plus
+        two probe rounds, so a dead owner is declared dead first (unless the
+        operator set ``relay_timeout``)."""
+        if self._timeout is not None:
+            return self._timeout
+        config = self.table.config
+        _, high = suspicion_bounds(config, len(self._live))
+        return high + 2 * config.probe_interval
+
+    def fresh_within(self) -> float:
+        """A relayed send older than this is refused by its owner: its origin
+        may have stopped waiting and counted it lost (a quarter of the bound
+        is left for the owner's answer to travel back)."""
+        return 0.75 * self.answer_within()
+
+    def _lag(self, origin: str, sent_at: float, now: float) -> float:
+        """How late a frame ``origin`` stamped ``sent_at`` (its clock) is,
+        beyond the fastest seen from it: the minimum of ``now - sent_at`` is
+        our clock's offset plus the smallest delay, so what exceeds it is
+        queueing (a freeze, a partition, a backlog). Never overestimated."""
+        if origin == self.me:
+            return now - sent_at
+        sample = now - sent_at
+        known = self._offsets.get(origin)
+        if known is None:
+            offset = sample
+        else:
+            offset, at = known
+            offset = min(offset + _CREEP * min(now - at, _CREEP_SPAN), sample)
+        self._offsets[origin] = (offset, now)
+        return sample - offset
 
     def refresh(self) -> bool:
         """Rebuild ownership if the live set changed; True if it did."""
@@ -179,6 +229,10 @@ class Routing:
             "queued": core.queues.queued(),
             "drops": core.drops(),
         }
+
+    def _report(self, now: float) -> dict[str, Any]:
+        """The load report sent to peers: ``load()``, stamped with our clock."""
+        return {**self.load(), "at": now}
 
     def leave(self, now: float, fx: Fx) -> None:
         """Before the node leaves: hand everything it holds to the owners
@@ -217,7 +271,7 @@ class Routing:
         for owner, conn, s, (mtype, fields), h in relays:
             if (owner, conn) != key or h != hops:
                 if key is not None and session is not None:
-                    self._send_relay(key[0], key[1], session, hops, batch, fx)
+                    self._send_relay(key[0], key[1], session, hops, batch, now, fx)
                 key, session, hops, batch = (owner, conn), s, h, []
             batch.append((mtype, fields))
             virtual = self._virtual.get(conn)
@@ -234,7 +288,7 @@ class Routing:
                 elif mtype == MsgType.RETURN and fields[3]:  # credit withdrawn
                     self._credit.pop((conn, fields[1]), None)
         if key is not None and session is not None:
-            self._send_relay(key[0], key[1], session, hops, batch, fx)
+            self._send_relay(key[0], key[1], session, hops, batch, now, fx)
 
     def _send_relay(
         self,
@@ -243,21 +297,24 @@ class Routing:
         session: Session,
         hops: int,
         batch: list[Message],
+        now: float,
         fx: Fx,
     ) -> None:
         virtual = self._virtual.get(conn)
         if virtual is not None:  # passing on another node's client: keep its origin
-            origin, inc, client, tag = (
+            origin, inc, client, tag, sent_at = (
                 virtual.origin,
                 virtual.incarnation,
                 virtual.conn,
                 virtual.tag,
+                virtual.sent_at,  # (and its stamp: the origin's clock)
             )
         else:
-            origin, inc, client, tag = self.me, self.incarnation, conn, session.tag
+            origin, inc, client, tag, sent_at = self.me, self.incarnation, conn, session.tag, now
         expiry = session.policy.expiry
         for chunk in split_batches(batch, CHUNK_BYTES):  # (a peer's frame size is bounded)
-            fx.peers.append((owner, Relay(origin, inc, client, tag, expiry, hops, tuple(chunk))))
+            relay = Relay(origin, inc, client, tag, expiry, hops, tuple(chunk), sent_at)
+            fx.peers.append((owner, relay))
 
     def _conns_gone(self, conns: list[ConnId], fx: Fx) -> None:
         gone = [c for c in conns if c in self._relayed_conns]
@@ -334,7 +391,11 @@ class Routing:
                 self._on_answer(msg, fx)
             case Load():
                 if msg.origin in self._live and msg.origin != self.me:
-                    self.loads[msg.origin] = dict(msg.load)
+                    load = dict(msg.load)
+                    at = load.pop("at", None)
+                    if isinstance(at, float):
+                        self._lag(msg.origin, at, now)  # (a clock sample every second)
+                    self.loads[msg.origin] = load
 
     def _on_relay(self, msg: Relay, now: float, fx: Fx) -> None:
         origin, inc, conn = msg.origin, msg.incarnation, msg.conn
@@ -344,6 +405,15 @@ class Routing:
         if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
             return
+        messages = msg.messages
+        if self._lag(origin, msg.sent_at, now) > self.fresh_within():
+            # The origin has stopped waiting for these sends (or soon will):
+            # it answers its client and counts them lost; taking them now
+            # would deliver a message counted lost, after newer ones.
+            late = [m for m in messages if m[0] == MsgType.SEND]
+            if late:
+                self.counters["late_sends_refused"] += len(late)
+                messages = tuple(m for m in messages if m[0] != MsgType.SEND)
         if origin == self.me:
             # Our own client's messages came back to us (a handover, or hops
             # while views differed): handle them as its, on its connection.
@@ -352,13 +422,14 @@ class Routing:
                 self.counters["relay_for_gone_client"] += 1
                 return
             fx.out.extend(
-                self.core.handle_relayed(conn, session, msg.messages, msg.hops, now, fx.work)
+                self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work)
             )
             return
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
-        session = self._virtual[vconn].session
+        virtual = self._virtual[vconn]
+        virtual.sent_at = msg.sent_at
         fx.out.extend(
-            self.core.handle_relayed(vconn, session, msg.messages, msg.hops, now, fx.work)
+            self.core.handle_relayed(vconn, virtual.session, messages, msg.hops, now, fx.work)
         )
         if msg.hops >= MAX_HOPS:
             self._sweep_soon(now)  # kept here whoever owns it: check once views settle
@@ -398,9 +469,8 @@ class Routing:
         tag = session.tag if session is not None else "gone"
         for owner, returns in owners.items():
             for chunk in split_batches(returns, CHUNK_BYTES):
-                fx.peers.append(
-                    (owner, Relay(self.me, self.incarnation, conn, tag, 60.0, 1, tuple(chunk)))
-                )
+                relay = Relay(self.me, self.incarnation, conn, tag, 60.0, 1, tuple(chunk), now)
+                fx.peers.append((owner, relay))
             # (after the returns: the owner forgets this client for good)
             fx.peers.append((owner, ConnGone(self.me, self.incarnation, (conn,))))
 
@@ -486,20 +556,26 @@ class Routing:
     def _node_gone(self, node: str, died: bool, now: float, fx: Fx) -> None:
         # (a node that left cleanly handed its queues over first)
         lost = int(self.loads.pop(node, {}).get("queued", 0))
-        if lost and died:
+        if lost and died and self._counts_for(node):
             self.counters["lost_in_dead_nodes"] += lost
             log.warning("node %s gone with %d queued messages (lost)", node, lost)
         self._forget_clients(node, now, fx)
         if died:
             self._regrant(node, now, fx)
-        for key, (owner, _, mtype) in list(self._pending.items()):
-            if owner == node:
-                del self._pending[key]
-                fx.out.append(self._unanswered(key, mtype))
+        # Requests relayed to it stay pending until their deadline: a node
+        # declared dead may be only frozen, and takes a send it gets before
+        # then (``fresh_within``); after it, this node answers and counts.
         for qid, ask in list(self._asks.items()):
             ask.waiting.discard(node)
             if not ask.waiting:
                 self._answer(qid, fx)
+
+    def _counts_for(self, node: str) -> bool:
+        """Whether this node counts what died with ``node``: one survivor
+        does (the first live one by id), so a loss is counted once, not on
+        every survivor."""
+        survivors = sorted(n for n in self._live if n != node)
+        return bool(survivors) and survivors[0] == self.me
 
     def _regrant(self, node: str, now: float, fx: Fx) -> None:
         """Credit our clients held at ``node``, which died with it: grant it
@@ -604,8 +680,9 @@ class Routing:
         deadline = self._next_load
         if self._sweep_at is not None:
             deadline = min(deadline, self._sweep_at)
-        # (every deadline is "when made + timeout", and dicts keep insertion
-        # order: the first entry left is the earliest)
+        # (every deadline is "when made + the bound then", and dicts keep
+        # insertion order: the first entry left is about the earliest; the
+        # node ticks often enough for the rest)
         if self._pending:
             deadline = min(deadline, next(iter(self._pending.values()))[1])
         if self._asks:
@@ -614,11 +691,7 @@ class Routing:
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep."""
-        late = []
-        for key, (_, deadline, _) in self._pending.items():
-            if deadline > now:
-                break  # (the rest were made later)
-            late.append(key)
+        late = [key for key, (_, deadline, _) in self._pending.items() if deadline <= now]
         if late:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))
             for key in late:
@@ -633,7 +706,7 @@ class Routing:
             self._answer(qid, fx)
         if now >= self._next_load:
             self._next_load = now + self.load_interval
-            fx.peers.append((EVERYONE, Load(self.me, self.load())))
+            fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

@@ -44,8 +44,9 @@ from zchannels.protocol import FIELDS, DecodeError, MsgType, encode
 U = ["a", "tcp://h:1", 7, "alive", "a"]  # one gossiped member update
 
 # Every peer message type, encoded once, as it must stay (type numbers are
-# zchannels.protocol.MsgType's; PEER_SEND 33 and PEER_SEND_RESULT 34 were
-# retired before any release). A change here is a protocol change.
+# zchannels.protocol.MsgType's; PEER_SEND 33, PEER_SEND_RESULT 34 and
+# PEER_RELAY_V1 35 were retired before any release). A change here is a
+# protocol change.
 GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.PEER_PING: (
         (5, "a", "tcp://h:1", "b", [U]),
@@ -90,8 +91,8 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         "012093a9617367697c626c6f67c40481a16101cb404e000000000000",
     ),
     MsgType.PEER_RELAY: (
-        ("n1", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 1, [[8, "asgi|c", 5]]),
-        "012397a26e3107c405006b8b4567aa6162636465666768696acb404e00000000000001919308a6617367697c6305",
+        ("n1", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 1, [[8, "asgi|c", 5]], 1.5),
+        "013098a26e3107c405006b8b4567aa6162636465666768696acb404e00000000000001919308a6617367697c6305cb3ff8000000000000",
     ),
     MsgType.PEER_RELAY_BACK: (
         ("n2", b"\x00k\x8bEg", [[6, 3, 1]]),
@@ -126,7 +127,7 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         "012a92a26e3282a86368616e6e656c7303a67175657565640c",
     ),
 }
-RETIRED = {MsgType.PEER_SEND, MsgType.PEER_SEND_RESULT, MsgType.BATCH}
+RETIRED = {MsgType.PEER_SEND, MsgType.PEER_SEND_RESULT, MsgType.PEER_RELAY_V1, MsgType.BATCH}
 
 
 def test_every_type_is_a_client_or_a_peer_type_with_a_golden_frame() -> None:
@@ -159,7 +160,7 @@ MESSAGES: list[PeerMessage] = [
     GroupDigest("n1", (("n1", 7, 3), ("n2", 8, 1))),
     GroupSlice("n1", 7, 3, (("asgi|a", 1), ("asgi|b", 2))),
     GroupFanout("asgi|g", b"p", 60.0),
-    Relay("n1", 7, b"\x00k", "abcdefghij", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),)),
+    Relay("n1", 7, b"\x00k", "abcdefghij", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 2.5),
     RelayBack("n2", b"\x00k", ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),)),
     ConnGone("n1", 7, (b"\x00k", b"\x00j")),
     HolderGone("n1", 7, ("abcdefghij",)),
@@ -182,11 +183,11 @@ def test_several_messages_travel_in_one_frame() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        (MsgType.PEER_RELAY, ("n1", 7, b"", "t", 60.0, 1, [])),  # empty connection
-        (MsgType.PEER_RELAY, ("n1", 7, b"c", "a/b", 60.0, 1, [])),  # "/" in a session tag
-        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 0.0, 1, [])),  # no expiry
-        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, [[9, "asgi|c", [[b"x", 1, 1]]]])),
-        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, ["not a message"])),
+        (MsgType.PEER_RELAY, ("n1", 7, b"", "t", 60.0, 1, [], 0.0)),  # empty connection
+        (MsgType.PEER_RELAY, ("n1", 7, b"c", "a/b", 60.0, 1, [], 0.0)),  # "/" in a session tag
+        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 0.0, 1, [], 0.0)),  # no expiry
+        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, [[9, "asgi|c", [[b"x", 1, 1]]]], 0.0)),
+        (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, ["not a message"], 0.0)),
         (MsgType.PEER_RELAY_BACK, ("n2", b"c", [[5, 1, "asgi|c", b"p", 1]])),  # a SEND back
         (MsgType.PEER_CONN_GONE, ("n1", 7, ["not bytes"])),
         (MsgType.PEER_HOLDER_GONE, ("n1", 7, [b"not str"])),

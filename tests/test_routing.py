@@ -8,12 +8,12 @@ relays from its earlier life are refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zchannels.node.core import ClusterWork, CoreSettings, NodeCore
 from zchannels.node.effects import Fx
-from zchannels.node.membership import EventKind, Member, MemberEvent, State
-from zchannels.node.peer_messages import Relay, RelayBack
+from zchannels.node.membership import EventKind, Member, MemberEvent, MembershipConfig, State
+from zchannels.node.peer_messages import Load, Relay, RelayBack
 from zchannels.node.routing import RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
@@ -29,6 +29,7 @@ class FakeTable:
     incarnations: dict[str, int]
     node_id: str = "n1"
     incarnation: int = START
+    config: MembershipConfig = field(default_factory=MembershipConfig.lan)
 
     def live(self) -> list[str]:
         return sorted(self.incarnations)
@@ -48,7 +49,7 @@ def routing() -> tuple[Routing, NodeCore, FakeTable]:
 
 def relay(r: Routing, inc: int, *messages: Message) -> Fx:
     fx = Fx()
-    r.handle(Relay("n2", inc, b"client-1", "tagtagtag0", 60.0, 1, messages), 0.0, fx)
+    r.handle(Relay("n2", inc, b"client-1", "tagtagtag0", 60.0, 1, messages, 0.0), 0.0, fx)
     return fx
 
 
@@ -75,7 +76,7 @@ def test_a_refuted_suspicion_keeps_relayed_state_and_a_restart_drops_it() -> Non
 def test_relays_from_non_members_are_counted_and_ignored() -> None:
     r, _, _ = routing()
     fx = Fx()
-    r.handle(Relay("stranger", START, b"c", "tagtagtag0", 60.0, 1, ()), 0.0, fx)
+    r.handle(Relay("stranger", START, b"c", "tagtagtag0", 60.0, 1, (), 0.0), 0.0, fx)
     assert r.counters["from_strangers"] == 1
     assert r._virtual == {} and fx.out == [] and fx.peers == []
 
@@ -106,3 +107,60 @@ def test_an_unanswered_relay_is_answered_at_its_deadline_and_counted() -> None:
     r.tick(r.timeout, late)
     assert (b"A", (MsgType.ACK, (9, 0))) in late.out
     assert r.counters["lost_unanswered"] == 1
+
+
+def test_a_send_that_arrives_after_its_origin_stopped_waiting_is_refused() -> None:
+    """A frozen owner (or a healed partition) hands the node frames its origin
+    gave up on: a send among them is not taken (the origin answers it and
+    counts it lost), so a message counted lost never arrives later."""
+    r, core, _ = routing()
+    # n2's clock is 1000 s ahead of ours; its frames normally take ~1 ms
+    relay_at(r, sent_at=1000.0, now=0.001, message=(MsgType.RECV, ("asgi|c", 1)))
+    fresh = relay_at(r, sent_at=1001.0, now=1.0015, message=(MsgType.SEND, (1, "asgi|c", b"a", 9)))
+    assert core.queues.length("asgi|c") == 0 and fresh.out, "a fresh send is taken"
+    stale_by = r.fresh_within() + 0.1
+    late = relay_at(
+        r, sent_at=1002.0, now=2.001 + stale_by, message=(MsgType.SEND, (2, "asgi|c", b"b", 9))
+    )
+    assert r.counters["late_sends_refused"] == 1
+    assert late.out == [] and core.queues.counters.enqueued == 1, "the late send was not taken"
+
+
+def relay_at(r: Routing, *, sent_at: float, now: float, message: Message) -> Fx:
+    fx = Fx()
+    relay = Relay("n2", START, b"client-1", "tagtagtag0", 60.0, 1, (message,), sent_at)
+    r.handle(relay, now, fx)
+    return fx
+
+
+def test_a_relayed_send_is_answered_at_its_deadline_even_if_its_owner_dies_sooner() -> None:
+    """The owner may be frozen, not dead: it still takes the send until
+    ``fresh_within``; so the origin answers (and counts) only at its deadline."""
+    r, core, table = routing()
+    core.route = lambda channel: "n2"
+    core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.SEND, (9, "asgi|far", b"x", 10))], 0.0, work)
+    r.after_core(work, 0.0, Fx())
+    del table.incarnations["n2"]
+    died = Fx()
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 0.5, died)
+    assert not [o for o in died.out if o[0] == b"A"], "not answered at the death"
+    deadline = Fx()
+    r.tick(r.answer_within(), deadline)
+    assert (b"A", (MsgType.ACK, (9, 0))) in deadline.out
+    assert r.counters["lost_unanswered"] == 1
+    assert r.answer_within() > r.fresh_within() > 0
+
+
+def test_what_died_with_a_node_is_counted_by_one_survivor() -> None:
+    counted = []
+    for me in ("n1", "n3"):
+        core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
+        table = FakeTable({"n1": START, "n2": START, "n3": START}, node_id=me)
+        r = Routing(core, table)  # type: ignore[arg-type]
+        r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 0.0, Fx())
+        del table.incarnations["n2"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        counted.append(r.counters["lost_in_dead_nodes"])
+    assert counted == [5, 0]

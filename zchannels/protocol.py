@@ -80,7 +80,7 @@ class MsgType(enum.IntEnum):
     PEER_SEND_RESULT = 34
     # node <-> node: client messages for channels another node owns
     # (zchannels.node.routing), and what moves when ownership changes
-    PEER_RELAY = 35
+    PEER_RELAY_V1 = 35  # retired before any release: superseded by PEER_RELAY (48)
     PEER_RELAY_BACK = 36
     PEER_CONN_GONE = 37
     PEER_HOLDER_GONE = 38
@@ -95,6 +95,8 @@ class MsgType(enum.IntEnum):
     REVOKED = 45  # client -> node: given up (after every send made with it)
     FLUSHED = 46  # node -> client: a namespace was flushed: drop what you prefetched
     DELIVER_MANY = 47  # node -> client: one message for several channels (a group_send)
+    # node <-> node: PEER_RELAY_V1 and the origin's send time (zchannels.node.peer_wire)
+    PEER_RELAY = 48
 
 
 class ErrorCode(enum.IntEnum):
