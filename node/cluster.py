@@ -33,6 +33,7 @@ from .effects import EVERYONE, Fx
 from .membership import (
     LIVE,
     Ack,
+    EventKind,
     Gossip,
     MemberEvent,
     MemberTable,
@@ -41,6 +42,7 @@ from .membership import (
     PingReq,
     Refuse,
     Sync,
+    suspicion_bounds,
 )
 from .membership import Effects as TableEffects
 from .peer_messages import (
@@ -61,7 +63,7 @@ from .peer_messages import (
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
 from .replication import GroupReplication
-from .routing import Routing
+from .routing import RESTART_GAP, Routing
 
 log = logging.getLogger("zchannels.node")
 
@@ -82,6 +84,16 @@ class Effects:
     events: list[MemberEvent] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Held:
+    """Something given to the node during a doubt (``ClusterNode._doubting``)."""
+
+    kind: str  # "client" (a frame), "undeliverable", "peer" (a cluster message)
+    conn: ConnId = b""
+    messages: list[Message] = field(default_factory=list)
+    peer: Any = None
+
+
 class ClusterNode:
     def __init__(
         self,
@@ -98,6 +110,38 @@ class ClusterNode:
         what it handed out before."""
         self.config = config
         self.incarnation = incarnation
+        self._rng = rng
+        self.counters: Counter[str] = Counter()
+        self._next_core_tick = 0.0
+        #: more status from the shell (security, socket counters), if any
+        self.shell_status: Callable[[], dict[str, Any]] | None = None
+        self.table: MemberTable | None = None
+        if config.peer_endpoint is not None:
+            self.table = MemberTable(
+                config.membership,
+                node_id=config.node_id,
+                address=address,
+                incarnation=incarnation,
+                cluster=config.cluster,
+                rng=rng,
+            )
+        self._build(incarnation, fenced=None)
+        #: when this node last took a step (a gap means it did not run)
+        self._last_step: float | None = None
+        #: after a gap: until when it holds everything but the member
+        #: table's messages, to learn whether it was declared dead meanwhile
+        self._doubt_until: float | None = None
+        self._held: list[_Held] = []
+        self._doubt_incarnation = incarnation
+        #: member events seen during the doubt, for routing and replication
+        self._held_events: list[MemberEvent] = []
+        #: lives this node ended in place (``_fence``)
+        self.fences = 0
+
+    def _build(self, incarnation: int, fenced: tuple[int, int] | None) -> None:
+        """A fresh core, routing and group replication for a life that
+        starts at ``incarnation`` (the start, or a fence)."""
+        config = self.config
         self.core = NodeCore(
             CoreSettings(
                 node_id=config.node_id,
@@ -111,26 +155,13 @@ class ClusterNode:
                 max_client_group_entries=config.max_client_group_entries,
             )
         )
-        self.counters: Counter[str] = Counter()
-        self._next_core_tick = 0.0
-        #: more status from the shell (security, socket counters), if any
-        self.shell_status: Callable[[], dict[str, Any]] | None = None
-        self.table: MemberTable | None = None
         self.routing: Routing | None = None
         self.replication: GroupReplication | None = None
-        if config.peer_endpoint is not None:
-            self.table = MemberTable(
-                config.membership,
-                node_id=config.node_id,
-                address=address,
-                incarnation=incarnation,
-                cluster=config.cluster,
-                rng=rng,
-            )
+        if self.table is not None:
             self.replication = GroupReplication(
                 self.core,
                 self.table,
-                rng,
+                self._rng,
                 ack_timeout=config.group_ack_timeout,
                 anti_entropy_interval=config.anti_entropy_interval,
             )
@@ -140,6 +171,7 @@ class ClusterNode:
                 timeout=config.relay_timeout,
                 load_interval=config.load_interval,
                 sweep_delay=config.stray_sweep_delay,
+                fenced=fenced,
             )
         self.core.extra_status = self._extra_status
 
@@ -176,15 +208,29 @@ class ClusterNode:
         if self.table is None:  # alone: the core's answers are everything
             return Effects(self.core.handle(conn, messages, now))
         fx = Fx()
-        fx.out.extend(self.core.handle(conn, messages, now, fx.work))
+        if self._doubting(now, fx):
+            self._held.append(_Held("client", conn, messages))
+        else:
+            self._client(conn, messages, now, fx)
         return self._finish(fx, now)
+
+    def _client(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
+        fx.out.extend(self.core.handle(conn, messages, now, fx.work))
 
     def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> Effects:
         """A send to ``conn`` failed (it is gone): what it was given goes back."""
-        if self.routing is None:
+        if self.table is None:
             return Effects(self.core.undeliverable(conn, messages, now))
         fx = Fx()
+        if self._doubting(now, fx):
+            self._held.append(_Held("undeliverable", conn, messages))
+        else:
+            self._undeliverable(conn, messages, now, fx)
+        return self._finish(fx, now)
+
+    def _undeliverable(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         routing = self.routing
+        assert routing is not None
         remote: list[Message] = []  # deliveries of channels other nodes own
         local: list[Message] = []
         for message in messages:
@@ -193,7 +239,6 @@ class ClusterNode:
             (remote if owned_elsewhere else local).append(message)
         routing.give_back(conn, remote, now, fx)
         fx.out.extend(self.core.undeliverable(conn, local, now, fx.work))
-        return self._finish(fx, now)
 
     def peer(self, frame: bytes, now: float) -> Effects:
         """One frame from another node; a malformed one is counted and dropped."""
@@ -204,18 +249,27 @@ class ClusterNode:
             self.counters["decode_errors"] += 1
             log.debug("dropped a peer frame: %s", exc)
             return Effects()
-        table, routing, replication = self.table, self.routing, self.replication
-        if table is None or routing is None or replication is None:
+        table = self.table
+        if table is None:
             self.counters["decode_errors"] += 1  # (a node alone has no peer socket)
             return Effects()
+        doubting = self._doubting(now, fx)
         for msg in messages:
             if isinstance(msg, _TABLE):
                 self._table(table.handle(msg, now), now, fx)
-            elif isinstance(msg, _ROUTING):
-                routing.handle(msg, now, fx)
-            elif isinstance(msg, _REPLICATION):
-                replication.handle(msg, now, fx)
+            elif self._doubt_until is not None and doubting:
+                self._held.append(_Held("peer", peer=msg))
+            else:
+                self._peer(msg, now, fx)
         return self._finish(fx, now)
+
+    def _peer(self, msg: Any, now: float, fx: Fx) -> None:
+        routing, replication = self.routing, self.replication
+        assert routing is not None and replication is not None
+        if isinstance(msg, _ROUTING):
+            routing.handle(msg, now, fx)
+        elif isinstance(msg, _REPLICATION):
+            replication.handle(msg, now, fx)
 
     def bad_peer_frame(self) -> None:
         """The shell got a peer frame it could not even split (counted)."""
@@ -225,16 +279,133 @@ class ClusterNode:
         """Every timer that is due: leases and expiry, the member table's
         probes, routing's timeouts and reports, anti-entropy."""
         fx = Fx()
+        table, routing, replication = self.table, self.routing, self.replication
+        if table is None or routing is None or replication is None:
+            if now >= self._next_core_tick:
+                self._next_core_tick = now + self.config.tick_interval
+                fx.out.extend(self.core.tick(now))
+            return Effects(fx.out)
+        doubting = self._doubting(now, fx)
+        self._table(table.tick(now), now, fx)
+        if doubting:
+            return self._finish(fx, now)
         if now >= self._next_core_tick:
             self._next_core_tick = now + self.config.tick_interval
-            fx.out.extend(self.core.tick(now, fx.work if self.clustered else None))
-        if self.table is not None and self.routing is not None and self.replication is not None:
-            self._table(self.table.tick(now), now, fx)
-            self.routing.tick(now, fx)
-            self.replication.tick(now, fx)
+            fx.out.extend(self.core.tick(now, fx.work))
+        routing.tick(now, fx)
+        replication.tick(now, fx)
         return self._finish(fx, now)
 
+    # -- after a stall: was this node declared dead meanwhile? ----------------
+    def _fence_gap(self) -> float:
+        """A step this long after the last means this node did not run (a
+        freeze, SIGSTOP, a starved CPU) for longer than the quickest its
+        peers could have declared it dead (a probe's timeout plus the
+        shortest suspicion), with a margin."""
+        table = self.table
+        assert table is not None
+        config = table.config
+        low, _ = suspicion_bounds(config, len(table.live()))
+        return 0.8 * (config.probe_timeout + low)
+
+    def _doubting(self, now: float, fx: Fx) -> bool:
+        """Whether this node holds what it is given (not the member table's
+        messages) while it learns if it was declared dead during a stall:
+        its peers told it so directly when they did, and those messages wait
+        in its socket, so ``doubt_time`` is enough to read them. Ends by
+        ``_fence`` (it was: everything it held is gone) or by taking up what
+        it held, in order (it was not)."""
+        last, self._last_step = self._last_step, now
+        if self._doubt_until is None:
+            if last is None or now - last <= self._fence_gap():
+                return False
+            self._doubt_until = now + self._doubt_time()
+            assert self.table is not None
+            # (a death declared at this incarnation or later happened while
+            # this node did not run)
+            self._doubt_incarnation = self.table.incarnation
+            self.counters["stalls"] += 1
+            log.warning(
+                "this node did not run for %.2f s: holding client and cluster "
+                "messages until it knows whether its peers declared it dead",
+                now - last,
+            )
+            return True
+        if now < self._doubt_until:
+            return True
+        self._doubt_until = None
+        self._release(now, fx)
+        return False
+
+    def _doubt_time(self) -> float:
+        table = self.table
+        assert table is not None
+        return 2 * table.config.probe_interval + table.config.probe_timeout
+
+    def _release(self, now: float, fx: Fx) -> None:
+        """Take up, in order, what was held during the doubt."""
+        held, self._held = self._held, []
+        for item in held:
+            if item.kind == "client":
+                self._client(item.conn, item.messages, now, fx)
+            elif item.kind == "undeliverable":
+                self._undeliverable(item.conn, item.messages, now, fx)
+            else:
+                self._peer(item.peer, now, fx)
+        events, self._held_events = self._held_events, []
+        for event in events:
+            self._member_event(event, now, fx)
+
+    def _fence(self, now: float, fx: Fx, claim: str) -> None:
+        """This node was declared dead while it did not run: its peers took
+        over its channels, counted what it held as lost and forgot its
+        clients' memberships. So it ends this life in place: everything it
+        held is dropped (reported once, in its load reports, to the survivor
+        that counts it), and it comes back as a new life (an incarnation
+        more than a refutation above), which its clients see as a restart:
+        they register again and re-assert their memberships."""
+        table = self.table
+        assert table is not None
+        # Lost with this life: what it queued, and what receivers gave back
+        # to it while it was stalled (their nodes count on it to requeue
+        # them; sends relayed to it are counted by their origins instead).
+        returned = sum(
+            len(fields[2])
+            for item in self._held
+            if item.kind == "peer" and isinstance(item.peer, Relay)
+            for mtype, fields in item.peer.messages
+            if mtype == MsgType.RETURN
+        )
+        lost = self.core.queues.queued() + returned
+        old = self.incarnation
+        new = max(table.incarnation, old) + RESTART_GAP + 1
+        log.warning(
+            "declared dead while stalled (%s): ending this life in place with %d "
+            "queued messages lost; back as incarnation %d",
+            claim,
+            lost,
+            new,
+        )
+        self.fences += 1
+        self.incarnation = new
+        # (the table first: the new life's routing and replication take
+        # their incarnation from it)
+        renewed = table.renew(new)
+        self._build(new, fenced=(old, lost))
+        # What arrived for the old life: its clients' frames go to the new
+        # one (unknown sessions: they register again); peers' messages for
+        # the old life are dropped (their senders count what they lose).
+        self._held = [item for item in self._held if item.kind == "client"]
+        self._held_events = []
+        for address, msg in renewed.messages:
+            fx.peers.append((address, msg))
+        self._doubt_until = None
+        self._release(now, fx)
+
     def next_deadline(self) -> float:
+        if self._doubt_until is not None and self.table is not None:
+            # (only the member table runs while in doubt)
+            return min(self._doubt_until, self.table.next_deadline())
         deadline = self._next_core_tick
         if self.table is not None and self.routing is not None and self.replication is not None:
             deadline = min(
@@ -267,13 +438,25 @@ class ClusterNode:
         reads the group tables replication has just trimmed)."""
         for address, msg in table_fx.messages:
             fx.peers.append((address, msg))
-        routing, replication = self.routing, self.replication
         for event in table_fx.events:
-            fx.events.append(event)
-            if replication is not None:
-                replication.on_member_event(event, fx)
-            if routing is not None:
-                routing.on_member_event(event, now, fx)
+            if self._doubt_until is not None:
+                if (
+                    event.kind == EventKind.DECLARED_DEAD
+                    and event.incarnation >= self._doubt_incarnation
+                ):
+                    self._fence(now, fx, event.reason)
+                    continue
+                self._held_events.append(event)  # (taken up with the rest)
+                continue
+            self._member_event(event, now, fx)
+
+    def _member_event(self, event: MemberEvent, now: float, fx: Fx) -> None:
+        fx.events.append(event)
+        routing, replication = self.routing, self.replication
+        if replication is not None:
+            replication.on_member_event(event, fx)
+        if routing is not None:
+            routing.on_member_event(event, now, fx)
 
     def _finish(self, fx: Fx, now: float) -> Effects:
         """Carry the core's work until none is left, send answers for other

@@ -380,6 +380,10 @@ class EventKind(StrEnum):
     UPDATED = "updated"  # still alive, new incarnation (restarted, or refuted)
     REAPED = "reaped"  # a dead or left member forgotten after ``dead_keep``
     REFUTED = "refuted"  # this node was suspected and answered (``reason``: by whom)
+    #: a member says this node is dead or left (``incarnation``: the one it
+    #: was declared dead at), refuted or not (an old claim is not refuted
+    #: again, but tells a node that stalled what happened meanwhile)
+    DECLARED_DEAD = "declared_dead"
     REFUSED = "refused"  # another cluster, version or a duplicate id (``reason``)
 
 
@@ -390,6 +394,8 @@ class MemberEvent:
     address: str
     incarnation: int
     reason: str = ""
+    #: REFUTED: what was claimed about this node (suspect, dead, left)
+    claim: State | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,6 +622,22 @@ class MemberTable:
         if address not in self._seeds:
             self._seeds = (*self._seeds, address)
         fx.messages.append((address, self._sync(reply=True)))
+        return fx
+
+    def renew(self, incarnation: int) -> Effects:
+        """This node starts a new life in place (it was declared dead and
+        dropped what it held, ``zchannels.node.cluster``): take
+        ``incarnation`` (above the old one by more than a refutation) and say
+        so to every live member at once, and by gossip."""
+        fx = Effects()
+        if self._left or incarnation <= self.incarnation:
+            return fx
+        self.incarnation = incarnation
+        me = self._me()
+        self._queue.put(me)
+        for e in self._table.values():
+            if e.state in LIVE:
+                fx.messages.append((e.address, Gossip(self.node_id, (me,))))
         return fx
 
     def leave(self, now: float) -> Effects:
@@ -940,6 +962,17 @@ class MemberTable:
         A negative claim older than our incarnation means ``sender`` missed
         the refutation (its retransmits are spent): tell it directly, or it
         declares us dead when its timer runs out."""
+        if u.state in (State.DEAD, State.LEFT) and not self._left:
+            fx.events.append(
+                MemberEvent(
+                    EventKind.DECLARED_DEAD,
+                    self.node_id,
+                    self.address,
+                    u.incarnation,
+                    f"{u.source} said {u.state} at incarnation {u.incarnation}",
+                    u.state,
+                )
+            )
         if u.incarnation < self.incarnation or (
             u.incarnation == self.incarnation and u.state == State.ALIVE
         ):
@@ -957,6 +990,7 @@ class MemberTable:
                 self.address,
                 self.incarnation,
                 f"{u.source} said {u.state} at incarnation {u.incarnation}",
+                u.state,
             )
         )
         self._tell_alive(u.source, fx)

@@ -70,8 +70,9 @@ RELAYED_BACK = frozenset(
     }
 )
 #: Keys a load report may carry (anything else is dropped on arrival):
-#: counts, drop counters, and "at" (the sender's monotonic clock).
-LOAD_KEYS = ("channels", "queued", "drops", "at")
+#: counts, drop counters, "at" (the sender's monotonic clock) and "fenced"
+#: ([the incarnation of a life it ended in place, messages lost with it]).
+LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -356,10 +357,15 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 type(v) is int
                 or (type(v) is dict and len(v) < 64)
                 or (k == "at" and type(v) is float)
+                or (k == "fenced" and _two_ints(v))
             )
         }
         return Load(f[0], load)
     raise DecodeError("type", f"{mtype.name} is not a peer message")
+
+
+def _two_ints(value: object) -> bool:
+    return type(value) is list and len(value) == 2 and all(type(x) is int for x in value)
 
 
 def _require(ok: bool, what: str) -> None:

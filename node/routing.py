@@ -113,8 +113,19 @@ class Routing:
         timeout: float | None = None,
         load_interval: float = 1.0,
         sweep_delay: float = 1.0,
+        fenced: tuple[int, int] | None = None,
     ) -> None:
         self.core = core
+        #: (incarnation, messages lost) of the life this node ended in place
+        #: before this one, reported in every load report
+        self._fenced = fenced
+        #: deaths this node counts the loss of (``_counts_for``): node ->
+        #: (its incarnation then, its last reported queue, when to presume
+        #: it lost), counted once it is known how that life ended
+        #: (``_settle_death``)
+        self._provisional: dict[str, tuple[int, int, float]] = {}
+        #: (node, incarnation) of ended lives already counted
+        self._ended: set[tuple[str, int]] = set()
         self.table = table
         #: the configured answer bound of a relayed request (None: derived
         #: from failure detection, see ``answer_within``)
@@ -232,7 +243,10 @@ class Routing:
 
     def _report(self, now: float) -> dict[str, Any]:
         """The load report sent to peers: ``load()``, stamped with our clock."""
-        return {**self.load(), "at": now}
+        report: dict[str, Any] = {**self.load(), "at": now}
+        if self._fenced is not None:
+            report["fenced"] = list(self._fenced)
+        return report
 
     def leave(self, now: float, fx: Fx) -> None:
         """Before the node leaves: hand everything it holds to the owners
@@ -395,6 +409,8 @@ class Routing:
                     at = load.pop("at", None)
                     if isinstance(at, float):
                         self._lag(msg.origin, at, now)  # (a clock sample every second)
+                    fenced = load.pop("fenced", None)
+                    self._settle_death(msg.origin, fenced)
                     self.loads[msg.origin] = load
 
     def _on_relay(self, msg: Relay, now: float, fx: Fx) -> None:
@@ -421,9 +437,7 @@ class Routing:
             if inc != self.incarnation or session is None:
                 self.counters["relay_for_gone_client"] += 1
                 return
-            fx.out.extend(
-                self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work)
-            )
+            fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
         virtual = self._virtual[vconn]
@@ -534,7 +548,9 @@ class Routing:
         if changed and self._sweep_at is not None:
             self._sweep_soon(now)  # the views move: wait for them to settle
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
-            self._node_gone(event.node, event.kind == EventKind.DEAD, now, fx)
+            self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
+        elif event.kind == EventKind.REAPED:
+            self._settle_death(event.node, None, presumed=True)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             # A restarted node: its earlier life's clients are gone. (A node
             # that refuted a suspicion is still in the same life.)
@@ -553,12 +569,11 @@ class Routing:
             if below is None or not inc.isdigit() or int(inc) < below:
                 self.core.groups.drop_holder(holder)
 
-    def _node_gone(self, node: str, died: bool, now: float, fx: Fx) -> None:
+    def _node_gone(self, node: str, died: bool, incarnation: int, now: float, fx: Fx) -> None:
         # (a node that left cleanly handed its queues over first)
         lost = int(self.loads.pop(node, {}).get("queued", 0))
-        if lost and died and self._counts_for(node):
-            self.counters["lost_in_dead_nodes"] += lost
-            log.warning("node %s gone with %d queued messages (lost)", node, lost)
+        if died and self._counts_for(node):
+            self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
         self._forget_clients(node, now, fx)
         if died:
             self._regrant(node, now, fx)
@@ -569,6 +584,46 @@ class Routing:
             ask.waiting.discard(node)
             if not ask.waiting:
                 self._answer(qid, fx)
+
+    def presume_lost_after(self) -> float:
+        """Seconds after a death that what the node held is counted lost
+        (its last reported queue) if nothing better was heard: a frozen node
+        that wakes sooner ends its life itself and reports exactly what it
+        dropped."""
+        return 3 * self.answer_within()
+
+    def _settle_death(self, node: str, fenced: list[int] | None, *, presumed: bool = False) -> None:
+        """Count what died with ``node``'s life once it is known how that life
+        ended: it came back having ended it in place (``fenced``: exactly
+        what it dropped), it came back as a new process (its last reported
+        queue), it was not heard of for ``presume_lost_after`` (the same),
+        or it came back in the same life, nothing dropped (a partition
+        healed, a refuted mistake: nothing was lost)."""
+        if fenced is not None:
+            life, lost = fenced
+            if (node, life) in self._ended:
+                return
+            self._ended.add((node, life))
+            provisional = self._provisional.get(node)
+            if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
+                del self._provisional[node]
+                self._count_dead(node, lost)
+            elif provisional is None and self._counts_for(node):
+                self._count_dead(node, lost)  # (it ended a life nobody declared dead)
+            return
+        provisional = self._provisional.get(node)
+        if provisional is None:
+            return
+        if presumed or self._known_incarnation(node) >= provisional[0] + RESTART_GAP:
+            del self._provisional[node]
+            self._count_dead(node, provisional[1])
+        elif node in self._live:
+            del self._provisional[node]  # back in the same life, holding it all
+
+    def _count_dead(self, node: str, lost: int) -> None:
+        if lost:
+            self.counters["lost_in_dead_nodes"] += lost
+            log.warning("node %s died with %d queued messages (lost)", node, lost)
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor
@@ -678,6 +733,8 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
+        for provisional in self._provisional.values():
+            deadline = min(deadline, provisional[2])
         if self._sweep_at is not None:
             deadline = min(deadline, self._sweep_at)
         # (every deadline is "when made + the bound then", and dicts keep
@@ -710,6 +767,8 @@ class Routing:
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner
+        for node in [n for n, p in self._provisional.items() if p[2] <= now]:
+            self._settle_death(node, None, presumed=True)
 
 
 #: Bytes of user payload put in one handed-over frame: far under

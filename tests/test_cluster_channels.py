@@ -340,14 +340,18 @@ async def test_status_shows_what_each_node_owns_and_drops_by_reason(
         }
         assert report["nodes"]["node-2"]["drops"]["full"] >= 1
         assert await layer.drops() == report["drops"]
-        # node-2 dies with 10 queued messages: the others count them lost
+        # node-2 dies with 10 queued messages: one survivor counts them lost,
+        # once it has not come back for a while (a frozen node that wakes
+        # ends its life itself and reports exactly what it dropped)
         nodes[2].signal(signal.SIGKILL)
         took = await eventually(
-            lambda: all(status(n)["drops"]["dead_owner"] >= 10 for n in nodes[:2]),
-            10,
-            "the survivors to count the dead node's messages",
+            lambda: sum(status(n)["drops"]["dead_owner"] for n in nodes[:2]) >= 10,
+            20,
+            "a survivor to count the dead node's messages",
         )
-        print(f"10 messages lost with a dead node counted by the survivors after {took:.2f} s")
+        counted = [status(n)["drops"]["dead_owner"] for n in nodes[:2]]
+        assert sorted(counted) == [0, 10], f"counted once, by one survivor: {counted}"
+        print(f"10 messages lost with a dead node counted by a survivor after {took:.2f} s")
         # its names have new owners: sends work again
         await layer.send(doomed[0], {"after": True})
         reader = ZeroMQChannelLayer(node=nodes[1].endpoint)

@@ -153,14 +153,47 @@ def test_a_relayed_send_is_answered_at_its_deadline_even_if_its_owner_dies_soone
     assert r.answer_within() > r.fresh_within() > 0
 
 
-def test_what_died_with_a_node_is_counted_by_one_survivor() -> None:
+def survivor(me: str) -> tuple[Routing, FakeTable]:
+    core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START, "n3": START}, node_id=me)
+    r = Routing(core, table)  # type: ignore[arg-type]
+    r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 0.0, Fx())
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    return r, table
+
+
+def test_what_died_with_a_node_is_counted_once_by_one_survivor() -> None:
+    """Never heard of again: its last reported queue is counted lost, after
+    ``presume_lost_after``, by the first survivor by id only."""
     counted = []
     for me in ("n1", "n3"):
-        core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
-        table = FakeTable({"n1": START, "n2": START, "n3": START}, node_id=me)
-        r = Routing(core, table)  # type: ignore[arg-type]
-        r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 0.0, Fx())
-        del table.incarnations["n2"]
-        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        r, _ = survivor(me)
+        r.tick(1.0, Fx())
+        assert r.counters["lost_in_dead_nodes"] == 0, "not yet: it may be frozen"
+        r.tick(1.0 + r.presume_lost_after(), Fx())
+        r.tick(2.0 + r.presume_lost_after(), Fx())
         counted.append(r.counters["lost_in_dead_nodes"])
     assert counted == [5, 0]
+
+
+def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
+    r, table = survivor("n1")
+    renewed = START + RESTART_GAP + 5
+    table.incarnations["n2"] = renewed
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+    report = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 7]}
+    for _ in range(3):  # (every load report says it; it counts once)
+        r.handle(Load("n2", dict(report)), 2.5, Fx())
+    r.tick(100.0, Fx())
+    assert r.counters["lost_in_dead_nodes"] == 7
+
+
+def test_a_node_back_in_the_same_life_lost_nothing() -> None:
+    """A healed partition: it held on to everything (nothing is counted)."""
+    r, table = survivor("n1")
+    table.incarnations["n2"] = START + 1  # refuted: the same life
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 1), 2.0, Fx())
+    r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 2.5, Fx())
+    r.tick(100.0, Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0
