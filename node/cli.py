@@ -1,9 +1,11 @@
-"""The ``znode`` command: run a node, ask a node for its status.
+"""The ``znode`` command: run a node, check a configuration, ask a node for
+its status.
 
 Owns: argument parsing (flags map one-to-one onto ``NodeConfig`` fields),
 dispatching to the subcommands, signal handling, logging setup, and printing
 status. Where a setting comes from (flag, ``ZNODE_*`` variable, TOML file) is
-``config_sources``.
+``config_sources``; what ``check-config`` checks and prints is
+``config_check``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from zchannels.discovery.sources import listen_port, parse_source, parse_sources
 from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
-from . import logs
+from . import config_check, logs
 from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
 from .config_sources import (
     CONFIG_ENV,
@@ -49,7 +51,7 @@ log = logging.getLogger("zchannels.node")
 
 
 #: The subcommands that take ``run``'s flags (and its env/TOML settings).
-_CONFIGURED = ("run",)
+_CONFIGURED = ("run", "check-config")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = read_settings(args, options, os.environ)
     except SourceError as exc:
+        if args.command == "check-config" and args.json:
+            print(json.dumps({"valid": False, "error": str(exc)}, indent=2))
         print(f"znode {args.command}: {exc}", file=sys.stderr)
         return 2
     effective = argparse.Namespace(**{**vars(args), **settings.values()})
+    if args.command == "check-config":
+        return config_check.main(effective, settings, lambda: node_config(effective))
     return _run(effective, settings)
 
 
@@ -90,7 +96,7 @@ def run_options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
 def read_settings(
     args: argparse.Namespace, options: tuple[Option, ...], env: Mapping[str, str]
 ) -> Settings:
-    """The settings of ``run``: the command line in
+    """The settings of ``run``/``check-config``: the command line in
     ``args``, then ``env``, then the config file (``--config`` or
     ``ZNODE_CONFIG``), read here. ``SourceError`` for an unreadable file or
     any bad variable or key."""
@@ -233,6 +239,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
 
+    # Last, so that it takes every flag of run, whoever added it where.
+    check = sub.add_parser(
+        "check-config",
+        parents=[run],
+        add_help=False,  # run's -h comes with its flags
+        help="check run's configuration (flags, ZNODE_* variables, --config file) "
+        "without starting, and print it with where each value came from",
+        description="Build the node's configuration exactly as 'znode run' would, check "
+        "it (key files, bind policy) without binding anything, and print every setting "
+        "with its source (flag, env, file, default); secrets are masked. Exit status 0: "
+        "valid; 1: the configuration is refused (the reason is printed); 2: a flag, "
+        "variable or file key is malformed.",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 

@@ -1,9 +1,11 @@
 """Where ``znode run``'s settings come from: flags, ``ZNODE_*`` variables, a
-TOML file (``--config``/``ZNODE_CONFIG``), defaults.
+TOML file (``--config``/``ZNODE_CONFIG``), defaults; and ``znode check-config``.
 
 Pure tests go through the real parser and ``cli.read_settings`` (the code
 ``run`` uses), with the environment passed in and the file in a temp dir.
-Then real processes: ``znode run --config`` serving where its file says.
+Then real processes: ``znode check-config`` on valid and refused
+configurations (key material never printed), and ``znode run --config``
+serving where its file says.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from procs import ROOT
+from zchannels.node import config_check
 from zchannels.node.cli import (
     build_parser,
     node_config,
@@ -51,7 +54,7 @@ def settings(
     """What ``znode COMMAND ARGV`` would run with, as ``cli.main`` reads it."""
     parser = build_parser()
     options = run_options(parser)
-    for name in ("run",):
+    for name in ("run", "check-config"):
         suppress_defaults(subcommand(parser, name), options)
     argv = list(argv)
     if toml is not None:
@@ -69,12 +72,14 @@ def value_and_source(found: Settings, name: str) -> tuple[Any, str]:
 
 
 # -- the surface is derived from the parser ------------------------------------------
-def test_every_run_flag_has_a_variable_and_a_key() -> None:
+def test_every_run_flag_has_a_variable_and_a_key_and_check_config_takes_them_all() -> None:
     parser = build_parser()
     run = subcommand(parser, "run")
     options = {o.flag: o for o in run_options(parser)}
     flags = {s for a in run._actions for s in a.option_strings if s.startswith("--")}
     assert set(options) == flags - {"--help", "--config"}
+    check = {s for a in subcommand(parser, "check-config")._actions for s in a.option_strings}
+    assert flags <= check, "check-config must take every flag run takes"
     endpoint = options["--client-endpoint"]
     assert endpoint.env == "ZNODE_CLIENT_ENDPOINT"
     assert endpoint.keys == ("client_endpoints", "client-endpoint")
@@ -319,6 +324,31 @@ def test_an_unknown_variable_is_a_warning_but_kubernetes_service_links_are_not()
     )
 
 
+# -- what check-config shows -----------------------------------------------------------
+def test_secrets_are_masked_and_key_files_shown_by_fingerprint() -> None:
+    keys = {"/k/a.key": "0123abcd", "/k/b.key": None}
+    assert config_check.shown("key_files", ("/k/a.key", "/k/b.key"), keys) == [
+        {"path": "/k/a.key", "fingerprint": "0123abcd"},
+        {"path": "/k/b.key", "fingerprint": None},
+    ]
+    assert config_check.shown("admin_token", "s3cr3t", {}) == config_check.MASK
+    assert config_check.shown("metrics_password", "pw", {}) == config_check.MASK
+    assert config_check.shown("api_key", "k", {}) == config_check.MASK
+    assert config_check.shown("push_url", "https://u:pw@host/x", {}) == "https://u:***@host/x"
+    assert config_check.shown("seeds", ("tcp://10.0.0.1:7701",), {}) == ["tcp://10.0.0.1:7701"]
+    assert config_check.shown("node_id", "keyboard", {}) == "keyboard"
+
+
+def test_an_invalid_combination_is_reported_with_every_setting_still_shown() -> None:
+    found, args = settings(["--client-endpoint", "tcp://0.0.0.0:5555", "--node-id", "n"])
+    config, error = config_check.check(lambda: node_config(args))
+    assert error is not None and "without a cluster key" in error
+    rows = {r.name: r for r in config_check.rows(found, config, "lan", {})}
+    assert rows["client_endpoints"].value == ["tcp://0.0.0.0:5555"]
+    assert rows["client_endpoints"].source == "flag"
+    assert rows["membership"].origin == "preset lan"
+
+
 # -- real processes ---------------------------------------------------------------------
 def znode(*argv: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -336,8 +366,91 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("ZNODE_")}
 
 
-def test_run_rejects_a_malformed_source_with_status_2(tmp_path: Path) -> None:
-    for command in ("run",):
+@pytest.fixture
+def key(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A key file made by ``znode keygen`` and its contents."""
+    path = tmp_path / "cluster.key"
+    made = znode("keygen", str(path))
+    assert made.returncode == 0, made.stderr
+    yield path, json.loads(path.read_text())
+
+
+def test_check_config_prints_each_value_with_its_source_and_never_key_material(
+    tmp_path: Path, key: tuple[Path, dict[str, str]]
+) -> None:
+    path, material = key
+    config = tmp_path / "znode.toml"
+    config.write_text(
+        f'client_endpoints = ["ipc://{tmp_path}/a.sock", "tcp://10.1.2.3:5555"]\n'
+        f'key_files = ["{path}"]\n'
+        "client_lease = 2\n"
+        'node_id = "from-file"\n'
+    )
+    env = {"ZNODE_CONFIG": str(config), "ZNODE_NODE_ID": "from-env", "ZNODE_PRESET": "test"}
+    as_json = znode("check-config", "--json", "--log-format", "json", env=env)
+    text = znode("check-config", "--node-id", "from-flag", env=env)
+    for done in (as_json, text):
+        assert done.returncode == 0, done.stdout + done.stderr
+        for half in ("public", "secret"):
+            assert material[half] not in done.stdout + done.stderr, f"printed the {half} key"
+    report = json.loads(as_json.stdout)
+    assert report["valid"] is True and report["error"] is None
+    assert report["config_file"] == str(config)
+    got = report["settings"]
+    assert got["node_id"] == {"value": "from-env", "source": "env", "origin": "ZNODE_NODE_ID"}
+    assert got["client_lease"] == {
+        "value": 2.0,
+        "source": "file",
+        "origin": f"{config}: client_lease",
+    }
+    assert got["key_files"]["value"] == [
+        {"path": str(path), "fingerprint": write_key_fingerprint(path)}
+    ]
+    assert got["log_format"] == {"value": "json", "source": "flag", "origin": "--log-format"}
+    assert got["tick_interval"] == {"value": 0.05, "source": "default", "origin": "default"}
+    assert got["seeds"]["source"] == "default"
+    lines = {line.split()[0]: line for line in text.stdout.splitlines()[4:]}
+    assert text.stdout.startswith("configuration is valid")
+    assert lines["node_id"].split()[1:] == ["flag", "--node-id", "from-flag"]
+    assert lines["preset"].split()[1:] == ["env", "ZNODE_PRESET", "test"]
+    assert lines["client_lease"].split()[1:] == ["file", "2.0"]
+    assert f"{path} (fingerprint {write_key_fingerprint(path)})" in lines["key_files"]
+
+
+def write_key_fingerprint(path: Path) -> str:
+    from zchannels.keys import read_key_file
+
+    return read_key_file(path).fingerprint
+
+
+def test_check_config_refuses_a_lan_endpoint_without_a_key_and_says_why(tmp_path: Path) -> None:
+    config = tmp_path / "znode.toml"
+    config.write_text('client_endpoints = ["tcp://10.1.2.3:5555"]\n')
+    done = znode("check-config", "--config", str(config))
+    assert done.returncode == 1
+    assert "refusing to listen on tcp://10.1.2.3:5555 without a cluster key" in done.stderr
+    assert done.stdout.startswith("configuration is INVALID")
+    as_json = znode("check-config", "--config", str(config), "--json")
+    assert as_json.returncode == 1
+    report = json.loads(as_json.stdout)
+    assert report["valid"] is False and "without a cluster key" in report["error"]
+    assert report["settings"]["client_endpoints"]["source"] == "file"
+
+
+def test_check_config_refuses_a_key_file_others_can_read(
+    tmp_path: Path, key: tuple[Path, dict[str, str]]
+) -> None:
+    path, material = key
+    path.chmod(0o644)
+    done = znode("check-config", "--key-file", str(path), "--client-endpoint", "ipc:///tmp/x")
+    assert done.returncode == 1
+    assert f"chmod 600 {path}" in done.stderr
+    assert material["secret"] not in done.stdout + done.stderr
+    assert "(fingerprint UNREADABLE)" in done.stdout
+
+
+def test_check_config_and_run_reject_a_malformed_source_with_status_2(tmp_path: Path) -> None:
+    for command in ("check-config", "run"):
         done = znode(command, env={"ZNODE_INSECURE": "sure", "ZNODE_CLIENT_LEASE": "soon"})
         assert done.returncode == 2, done.stderr
         assert f"znode {command}: ZNODE_INSECURE='sure': expected 1/0" in done.stderr
