@@ -37,8 +37,6 @@ list, it does not add to it.
 from __future__ import annotations
 
 import argparse
-import difflib
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -181,6 +179,10 @@ def config_file(flag: str | None, env: Mapping[str, str]) -> tuple[str, Source] 
 
 def parse_file(text: str, name: str) -> dict[str, Any]:
     """The TOML file's table (``name`` is for messages)."""
+    # imported here, as difflib below: only a node given a file (or a bad
+    # setting) pays for it, not every start of the shared node (~10 ms)
+    import tomllib
+
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -306,6 +308,8 @@ def _from_file(
     for key, value in table.items():
         option = by_key.get(key)
         if option is None:
+            import difflib
+
             close = difflib.get_close_matches(key, by_key, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             valid = ", ".join(o.name for o in options)
@@ -376,6 +380,8 @@ def _unknown_env(options: Sequence[Option], env: Mapping[str, str]) -> list[str]
             continue
         if name.startswith(_SERVICE_LINKS):
             continue
+        import difflib
+
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         warnings.append(f"ignoring {name}: no znode setting has that name{hint}")
