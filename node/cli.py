@@ -1,7 +1,11 @@
-"""The ``znode`` command: run a node, ask a node for its status.
+"""The ``znode`` command: run a node, check a configuration, ask a node for
+its status.
 
 Owns: argument parsing (flags map one-to-one onto ``NodeConfig`` fields),
-signal handling, logging setup, and printing status. Nothing else.
+dispatching to the subcommands, signal handling, logging setup, and printing
+status. Where a setting comes from (flag, ``ZNODE_*`` variable, TOML file) is
+``config_sources``; what ``check-config`` checks and prints is
+``config_check``.
 """
 
 from __future__ import annotations
@@ -10,10 +14,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import secrets
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -22,8 +29,20 @@ from zchannels.discovery.sources import listen_port, parse_source, parse_sources
 from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
-from . import logs
+from . import config_check, logs
 from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
+from .config_sources import (
+    CONFIG_ENV,
+    Option,
+    Settings,
+    SourceError,
+    config_file,
+    given_flags,
+    options_of,
+    parse_file,
+    resolve,
+    suppress_defaults,
+)
 from .lifetime import Locked
 from .security import InsecureBind
 from .server import NodeServer
@@ -31,13 +50,70 @@ from .server import NodeServer
 log = logging.getLogger("zchannels.node")
 
 
+#: The subcommands that take ``run``'s flags (and its env/TOML settings).
+_CONFIGURED = ("run", "check-config")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
+    parser = build_parser()
+    options = run_options(parser)
+    for command in _CONFIGURED:
+        suppress_defaults(subcommand(parser, command), options)
+    args = parser.parse_args(argv)
     if args.command == "keygen":
         return _keygen(args)
-    return _status(args)
+    if args.command == "status":
+        return _status(args)
+    try:
+        settings = read_settings(args, options, os.environ)
+    except SourceError as exc:
+        if args.command == "check-config" and args.json:
+            print(json.dumps({"valid": False, "error": str(exc)}, indent=2))
+        print(f"znode {args.command}: {exc}", file=sys.stderr)
+        return 2
+    effective = argparse.Namespace(**{**vars(args), **settings.values()})
+    if args.command == "check-config":
+        return config_check.main(effective, settings, lambda: node_config(effective))
+    return _run(effective, settings)
+
+
+def subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of ``znode NAME``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
+
+
+def run_options(parser: argparse.ArgumentParser) -> tuple[Option, ...]:
+    """``znode run``'s flags as settings (all but ``--config``), from the
+    parser itself: a flag added to ``run`` gets its ``ZNODE_*`` variable
+    and TOML key with no code anywhere else."""
+    return options_of(subcommand(parser, "run"), exclude=("config",))
+
+
+def read_settings(
+    args: argparse.Namespace, options: tuple[Option, ...], env: Mapping[str, str]
+) -> Settings:
+    """The settings of ``run``/``check-config``: the command line in
+    ``args``, then ``env``, then the config file (``--config`` or
+    ``ZNODE_CONFIG``), read here. ``SourceError`` for an unreadable file or
+    any bad variable or key."""
+    named = config_file(args.config, env)
+    table = None
+    path = None
+    if named is not None:
+        path = named[0]
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            via = "--config" if named[1] == "flag" else CONFIG_ENV
+            raise SourceError([f"cannot read {path} ({via}): {exc.strerror}"]) from None
+        except UnicodeDecodeError as exc:
+            raise SourceError([f"{path}: not UTF-8 text ({exc.reason})"]) from None
+        table = parse_file(text, path)
+    return resolve(options, given_flags(args, options), env, table, path)
 
 
 def _discovery(spec: str) -> str:
@@ -61,6 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="client_endpoints",
         metavar="ENDPOINT",
         help=f"where Django processes connect; repeatable (default {default_client_endpoint()})",
+    )
+    run.add_argument(
+        "--config",
+        metavar="PATH",
+        help="a TOML file of settings, one key per flag, named as its NodeConfig field "
+        f"(client_endpoints) or as the flag (client-endpoint); also {CONFIG_ENV}. Every flag "
+        "can also be given as ZNODE_<FLAG> (ZNODE_CLIENT_ENDPOINT; lists comma-separated). "
+        "Precedence: flag > env > file > default",
     )
     run.add_argument("--node-id", help="this node's id (default: the host name)")
     run.add_argument(
@@ -154,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+
+    # Last, so that it takes every flag of run, whoever added it where.
+    check = sub.add_parser(
+        "check-config",
+        parents=[run],
+        add_help=False,  # run's -h comes with its flags
+        help="check run's configuration (flags, ZNODE_* variables, --config file) "
+        "without starting, and print it with where each value came from",
+        description="Build the node's configuration exactly as 'znode run' would, check "
+        "it (key files, bind policy) without binding anything, and print every setting "
+        "with its source (flag, env, file, default); secrets are masked. Exit status 0: "
+        "valid; 1: the configuration is refused (the reason is printed); 2: a flag, "
+        "variable or file key is malformed.",
+    )
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -191,8 +290,10 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     return preset(**overrides)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     formatter = logs.setup(args.log_level, args.log_format)
+    for warning in settings.warnings:
+        log.warning("%s", warning, extra={"reason": "config"})
     try:
         config = node_config(args)
     except (OSError, ValueError) as exc:  # no LAN address; --discovery none with another

@@ -355,6 +355,23 @@ async def test_racing_processes_start_exactly_one_node(scope: str, spawn: Spawn)
             await p.event("closed", STEP)
 
 
+async def test_the_shared_node_ignores_the_sites_znode_variables(
+    scope: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site's environment may configure a znode sidecar (``ZNODE_*``); the
+    node ``CONFIG = {}`` starts is configured by CONFIG alone: here a config
+    file that does not exist and a cluster would each keep it from serving."""
+    monkeypatch.setenv("ZNODE_CONFIG", "/nonexistent/znode.toml")
+    monkeypatch.setenv("ZNODE_CLUSTER", "someone-elses")
+    layer = ZeroMQChannelLayer(scope=scope, request_timeout=STEP)
+    try:
+        await layer.send("jobs", {"n": 1})
+        assert await asyncio.wait_for(layer.receive("jobs"), STEP) == {"n": 1}
+        assert (await layer.node_status())["cluster"] is None
+    finally:
+        await layer.close()
+
+
 async def test_a_sigkilled_node_is_replaced_and_its_clients_recover(
     scope: str, spawn: Spawn, layer_in: ZeroMQChannelLayer
 ) -> None:

@@ -427,6 +427,10 @@ class Site:
                 stdout=out,
                 stderr=out,
                 cwd=scope.directory,
+                # configured by CONFIG alone: znode reads ZNODE_* variables
+                # (zchannels.node.config_sources), and the site's environment may
+                # hold those of a znode sidecar (a cluster, a key, a config file)
+                env={k: v for k, v in os.environ.items() if not k.startswith("ZNODE_")},
                 start_new_session=True,
                 close_fds=True,
             )
