@@ -24,9 +24,9 @@ from .schedule import Plan, generate
 from .world import World
 
 #: simulated seconds after the schedule, heal, before draining
-SETTLE = 3.0
+SETTLE = 2.5
 #: simulated seconds the drain may take at most
-DRAIN_LIMIT = 10.0
+DRAIN_LIMIT = 6.0
 
 
 def cluster_factory() -> Callable[..., NodeLike] | None:
@@ -64,18 +64,26 @@ def run_plan(
     *,
     factory: Callable[..., NodeLike] | None = None,
     keep_trace: bool = False,
+    stop_at_first: bool = True,
     settle: float = SETTLE,
     drain_limit: float = DRAIN_LIMIT,
 ) -> Result:
     clustered = plan.nodes > 1 or any(op.kind == "join" for op in plan.ops)
     if factory is None:
-        factory = cluster_factory() if clustered else SingleNode
+        # the real node where it exists (alone, it runs only its core)
+        factory = cluster_factory() or (None if clustered else SingleNode)
         if factory is None:
             raise SystemExit(
                 "zchannels.node.cluster.ClusterNode does not exist yet: run with --nodes 1"
             )
     started = time.perf_counter()
-    world = World(plan, factory=factory, clustered=clustered, keep_trace=keep_trace)
+    world = World(
+        plan,
+        factory=factory,
+        clustered=clustered,
+        keep_trace=keep_trace,
+        stop_at_first=stop_at_first,
+    )
     history = world.run(settle, drain_limit)
     return Result(
         plan,
@@ -138,3 +146,26 @@ def explore(
         return
     with ProcessPoolExecutor(jobs) as pool:
         yield from pool.map(_run_seed, work, chunksize=4)
+
+
+def verdicts(
+    args: tuple[int, int, tuple[str, ...] | None],
+) -> tuple[int, dict[str, str], float]:
+    """One seed run to the end (past violations): seed, {invariant: first
+    violation}, seconds. For CI, where every invariant gets a verdict."""
+    seed, nodes, faults = args
+    result = run_plan(generate(seed, nodes, faults), stop_at_first=False)
+    found: dict[str, str] = {}
+    for v in result.violations:
+        found.setdefault(v.invariant, str(v))
+    return seed, found, result.seconds
+
+
+def verdicts_many(
+    seeds: range, nodes: int, faults: tuple[str, ...] | None = None, jobs: int = 2
+) -> list[tuple[int, dict[str, str], float]]:
+    work = [(seed, nodes, faults) for seed in seeds]
+    if jobs <= 1:
+        return [verdicts(w) for w in work]
+    with ProcessPoolExecutor(jobs) as pool:
+        return list(pool.map(verdicts, work, chunksize=8))

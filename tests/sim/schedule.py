@@ -16,7 +16,8 @@ A plan mixes, over a few simulated seconds:
 - client process death (``die``);
 - node faults, as the fault set allows: ``freeze``/``thaw``, ``kill``/
   ``restart``, ``leave``/``restart``, ``join``, ``partition``/``heal``,
-  ``loss`` and ``lag`` bursts.
+  ``loss`` (TCP retransmissions) and ``lag`` bursts, peer connection
+  ``reset``s.
 Ops that no longer make sense when run (a send from a dead client, a thaw of
 a running node) do nothing, so the shrinker may drop any op.
 """
@@ -30,7 +31,7 @@ from typing import Any
 
 #: every fault kind; the single-node default leaves out what cannot be
 #: counted without peers (a killed lone node takes its queues with it)
-FAULTS = ("freeze", "kill", "leave", "join", "partition", "loss", "lag", "die")
+FAULTS = ("freeze", "kill", "leave", "join", "partition", "loss", "lag", "reset", "die")
 SINGLE_FAULTS = ("freeze", "die")
 
 
@@ -85,8 +86,8 @@ def generate(
     if faults is None:
         faults = FAULTS if nodes > 1 else SINGLE_FAULTS
     if nodes <= 1:
-        faults = tuple(f for f in faults if f not in ("join", "partition", "loss", "lag"))
-    T = duration if duration is not None else rng.uniform(1.5, 4.0)
+        faults = tuple(f for f in faults if f not in ("join", "partition", "loss", "lag", "reset"))
+    T = duration if duration is not None else rng.uniform(1.0, 3.0)
     ops: list[Op] = []
 
     def add(at: float, kind: str, *args: Any) -> None:
@@ -184,6 +185,8 @@ def _fault(rng: random.Random, add: Any, t: float, nodes: int, faults: tuple[str
     elif kind == "loss":
         add(t, "loss", node, rng.choice((0.1, 0.3, 0.6)))
         add(t + rng.choice((0.2, 1.0)), "loss", node, 0.0)
+    elif kind == "reset":
+        add(t, "reset", node)
     elif kind == "lag":
         add(t, "lag", node, rng.choice((0.005, 0.05, 0.3)))
         add(t + rng.choice((0.2, 1.0)), "lag", node, 0.0)

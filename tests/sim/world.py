@@ -13,7 +13,13 @@ Network model (what ZeroMQ over ipc/tcp does; simnet's, plus links):
 - every link (client->node, node->client, node->node) is FIFO: a frame never
   overtakes an earlier one of the same link, whatever its delay;
 - delay: ``base + jitter * U(0,1)`` per frame, plus a node's lag (a busy
-  host) on peer frames; loss: a node's loss rate on peer frames;
+  host) on peer frames;
+- packet loss on a node's NIC (``loss``): peer links are TCP, so a lost
+  packet is retransmitted, not lost: with that probability a frame waits one
+  or more retransmission timeouts (0.2 s each), and so does everything after
+  it on its link (head-of-line blocking);
+- connection reset (``reset``, as after a ZMTP heartbeat timeout): every
+  frame in flight on the node's peer links is lost;
 - partition: peer frames between sides are dropped when sent;
 - freeze (SIGSTOP): the node neither ticks nor handles; what arrives waits
   and is handled in arrival order when it thaws;
@@ -56,6 +62,8 @@ DETECT = 0.001
 CLIENT_DELAY, CLIENT_JITTER = 0.0001, 0.0001
 #: node <-> node link delay (a LAN)
 PEER_DELAY, PEER_JITTER = 0.0003, 0.0004
+#: TCP's retransmission timeout (Linux's minimum)
+RTO = 0.2
 
 
 class SimCrash(Exception):
@@ -95,8 +103,12 @@ class World:
         clustered: bool,
         config: Callable[[int, str], NodeConfig] | None = None,
         keep_trace: bool = False,
+        stop_at_first: bool = True,
     ) -> None:
         self.plan = plan
+        #: stop at the first violation (explore, shrink) or check on (CI:
+        #: every invariant gets its verdict in every run)
+        self.stop_at_first = stop_at_first
         self.rng = random.Random(plan.seed)
         self.factory = factory
         self.clustered = clustered
@@ -113,6 +125,8 @@ class World:
         self.clients: dict[str, SimClient] = {}
         self.by_conn: dict[bytes, SimClient] = {}
         self.sides: list[set[str]] | None = None
+        #: (from, to) -> connection resets so far: older frames are lost
+        self.resets: dict[tuple[str, str], int] = {}
         #: drops of killed incarnations, as they were at their kill
         self.dead_drops = 0
         #: wire name of each "!cX.i" reference once its owner has made it
@@ -151,7 +165,7 @@ class World:
 
     # -- nodes -------------------------------------------------------------------
     def add_node(self, index: int) -> SimNode:
-        address = f"sim://n{index}"
+        address = address_of(index)
         sn = self.nodes.get(address)
         if sn is None:
             sn = self.nodes[address] = SimNode(index, address, f"n{index}")
@@ -197,6 +211,7 @@ class World:
         sn.killed_at = self.now
         sn.frozen = False
         sn.inbox.clear()
+        self.reset(sn)  # its connections die with it
         for c in self._clients_of(sn):
             c.node_down = True
             c.exempt_all()
@@ -211,9 +226,17 @@ class World:
         sn.node = None
         sn.left = True
         sn.killed_at = self.now
+        self.reset(sn)
         for c in self._clients_of(sn):
             c.node_down = True
             c.exempt_all()
+
+    def reset(self, sn: SimNode) -> None:
+        """Every peer connection of ``sn`` breaks: frames in flight are lost."""
+        self.log(f"reset {sn.node_id}")
+        for other in self.nodes:
+            for link in ((sn.address, other), (other, sn.address)):
+                self.resets[link] = self.resets.get(link, 0) + 1
 
     def freeze(self, sn: SimNode) -> None:
         if sn.up and not sn.frozen:
@@ -308,11 +331,13 @@ class World:
             return
         if self.sides is not None and not any(sn.address in s and to in s for s in self.sides):
             return
-        keep = (1 - sn.loss) * (1 - dst.loss)
-        if keep < 1 and self.rng.random() >= keep:
-            return
         delay = PEER_DELAY + PEER_JITTER * self.rng.random() + sn.lag + dst.lag
-        self._push(self._link_at(sn.address, to, delay), "peer", to, frame, self.now)
+        keep = (1 - sn.loss) * (1 - dst.loss)
+        while keep < 1 and self.rng.random() >= keep:
+            delay += RTO  # a TCP retransmission
+        link = (sn.address, to)
+        at = self._link_at(*link, delay)
+        self._push(at, "peer", to, (link, frame), self.resets.get(link, 0))
 
     def _node_client_frame(self, sn: SimNode, conn: bytes, msgs: list[Message]) -> None:
         client = self.by_conn.get(conn)
@@ -332,7 +357,7 @@ class World:
     def add_client(self, cid: str, node_index: int) -> SimClient | None:
         if cid in self.clients:
             return None
-        sn = self.nodes.get(f"sim://n{node_index}")
+        sn = self.nodes.get(address_of(node_index))
         if sn is None:
             return None
         session = base64.b32encode(self.rng.randbytes(7)).decode()[:10].lower()
@@ -386,7 +411,7 @@ class World:
     def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
         heap = self._heap
         while heap and heap[0][0] <= end:
-            if self.history.violations:
+            if self.stop_at_first and self.history.violations:
                 return
             at, _serial, kind, a, b, c = heapq.heappop(heap)
             self.now = max(self.now, at)
@@ -410,12 +435,12 @@ class World:
                     self._node_client_frame(sn, b, frame)
             elif kind == "peer":
                 sn = self.nodes[a]
-                if not sn.up:
+                if not sn.up or c != self.resets.get(b[0], 0):
                     continue
                 if sn.frozen:
-                    sn.inbox.append(("peer", b))
+                    sn.inbox.append(("peer", b[1]))
                 else:
-                    self._node_peer_frame(sn, b)
+                    self._node_peer_frame(sn, b[1])
             elif kind == "tick":
                 sn = self.nodes[a]
                 if sn.node is None or sn.frozen or b != sn.tick_gen:
@@ -452,8 +477,8 @@ class World:
         if k == "client":
             self.add_client(args[0], args[1])
             return
-        if k in ("kill", "restart", "freeze", "thaw", "leave", "join", "loss", "lag"):
-            sn = self.nodes.get(f"sim://n{args[0]}")
+        if k in ("kill", "restart", "freeze", "thaw", "leave", "join", "loss", "lag", "reset"):
+            sn = self.nodes.get(address_of(args[0]))
             if sn is None:
                 if k != "join":
                     return
@@ -472,9 +497,11 @@ class World:
                 sn.loss = args[1]
             elif k == "lag":
                 sn.lag = args[1]
+            elif k == "reset":
+                self.reset(sn)
             return
         if k == "partition":
-            self.sides = [{f"sim://n{i}" for i in side} for side in args]
+            self.sides = [{address_of(i) for i in side} for side in args]
             return
         if k == "heal":
             self.sides = None
@@ -494,6 +521,7 @@ class World:
             channel = self.resolve(ref)
             if channel is None:
                 return
+            self.consumers_of.setdefault(channel, set())  # drained at the end
             for _ in range(n):
                 client.enqueue(Job("send", channel, capacity, gap), self.now)
         elif k == "recv":
@@ -525,25 +553,29 @@ class World:
         """The schedule, then heal, settle, drain, and the final checks."""
         plan = self.plan
         n = max([plan.nodes, *(op.args[0] + 1 for op in plan.ops if op.kind == "join")])
-        self.bound = answer_bound(self._config(0, "sim://n0"), n)
+        self.bound = answer_bound(self._config(0, address_of(0)), n)
         for i in range(plan.nodes):
             self.start_node(self.add_node(i))
         for i, op in enumerate(plan.ops):
             self._push(op.at, "op", i)
         end = max([0.0, *(op.at for op in plan.ops)])
         try:
+            go_on = self._go_on
             self.run_until(end)
-            if not self.history.violations:
+            if go_on():
                 self._heal()
                 self.run_until(self.now + settle)
-            if not self.history.violations:
+            if go_on():
                 self._converged()
                 self._drain(drain_limit)
-            if not self.history.violations:
+            if go_on():
                 self._final()
         except SimCrash as exc:
             self.history.violate(self.now, "crash", str(exc))
         return self.history
+
+    def _go_on(self) -> bool:
+        return not (self.stop_at_first and self.history.violations)
 
     def _heal(self) -> None:
         self.log("heal")
@@ -608,7 +640,7 @@ class World:
                         c.consume(channel, 0.0, self.now)
                 self._flush(c)
         deadline = self.now + limit
-        while self.now < deadline and not self.history.violations:
+        while self.now < deadline and self._go_on():
             self.run_until(self.now + 0.25)
             if self._quiet():
                 self.run_until(self.now + 0.5)
@@ -657,6 +689,11 @@ def membership_view(status: dict[str, Any]) -> dict[str, Any]:
         if key in status:
             view[key] = status[key]
     return view
+
+
+def address_of(index: int) -> str:
+    """Node ``index``'s peer address (the peer codec takes tcp endpoints only)."""
+    return f"tcp://10.0.0.{index + 1}:7701"
 
 
 def answer_bound(config: NodeConfig, nodes: int) -> float:
