@@ -34,6 +34,9 @@ at the end, after heal, settle and drain:
   and messages taken by a process that died before its ``CONSUMED`` report
   left (the node counts them ``receiver_gone``: it cannot know better).
   Without group sends and unknown outcomes the slack is 0: exact equality.
+- ``stalled``: after heal and settle, with a live consumer on every channel
+  that was used, everything drains (nothing queued, prefetched or
+  unanswered) within the drain limit;
 - ``convergence``: after heal and settle, every live node sees the same
   live members (and the same owners/replicas, where its status says them).
 """

@@ -26,7 +26,7 @@ from .world import World
 #: simulated seconds after the schedule, heal, before draining
 SETTLE = 2.5
 #: simulated seconds the drain may take at most
-DRAIN_LIMIT = 6.0
+DRAIN_LIMIT = 4.0
 
 
 def cluster_factory() -> Callable[..., NodeLike] | None:

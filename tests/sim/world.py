@@ -646,6 +646,28 @@ class World:
                 self.run_until(self.now + 0.5)
                 if self._quiet():
                     return
+        if self._go_on():
+            self.history.violate(
+                self.now,
+                "stalled",
+                f"{limit:g} s after the drain began, with every channel consumed and "
+                f"every fault healed, still: {self._busy()}",
+            )
+
+    def _busy(self) -> str:
+        what = [
+            f"{sn.node_id} queues {sn.node.status().get('queued', 0)}"
+            for sn in self.nodes.values()
+            if sn.node is not None and sn.node.status().get("queued", 0)
+        ]
+        for c in self.clients.values():
+            if not c.dead:
+                if c.pending or c.withdraw_sent or c.hello_outstanding:
+                    what.append(f"{c.cid} waits for {len(c.pending) + len(c.withdraw_sent)}")
+                held = sum(len(s.buffer) for s in c.flow.channels.values())
+                if held:
+                    what.append(f"{c.cid} holds {held} untaken")
+        return ", ".join(what[:6]) or "?"
 
     def _quiet(self) -> bool:
         for c in self.clients.values():
