@@ -231,13 +231,16 @@ class Reorder(SingleNode):
     [(SilentDrop, "uncounted_loss"), (DoubleDeliver, "duplicate"), (Reorder, "fifo")],
 )
 def test_a_broken_node_is_caught(mutant: type[SingleNode], invariant: str) -> None:
-    caught = [
-        seed
-        for seed in range(40)
-        if invariant
-        in {v.invariant for v in run_plan(generate(seed, 1), factory=mutant).violations}
-    ]
-    assert caught, f"{mutant.__name__} went unnoticed in 40 schedules"
+    caught = next(
+        (
+            seed
+            for seed in range(40)
+            if invariant
+            in {v.invariant for v in run_plan(generate(seed, 1), factory=mutant).violations}
+        ),
+        None,
+    )
+    assert caught is not None, f"{mutant.__name__} went unnoticed in 40 schedules"
 
 
 def test_a_failure_shrinks_to_a_short_schedule_that_still_fails() -> None:
@@ -301,6 +304,34 @@ def test_single_node_reserved_sends_of_dead_processes_are_counted(
     assert "uncounted_loss_dead_sender" not in single, _report(single, "uncounted_loss_dead_sender")
 
 
+PLANS = Path(__file__).resolve().parent / "sim" / "plans"
+
+
+@pytest.mark.xfail(strict=True, reason="single node: " + KNOWN_SINGLE["uncounted_loss_dead_sender"])
+def test_shrunk_single_node_dead_sender_plan() -> None:
+    """Shrunk from seed 0: c3 sends with reservations, its node freezes, it
+    sends 4 more (queued in the node's socket), dies; the node thaws, a send
+    to c3 fails, and the 4 reserved sends are refused UNKNOWN_SESSION."""
+    result = run_plan(Plan.from_json((PLANS / "single-dead-sender.json").read_text()))
+    assert result.violations == [], result.violations
+
+
+@needs_cluster
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            path.stem, marks=pytest.mark.xfail(strict=True, reason=f"issue 11: {path.stem}")
+        )
+        for path in sorted(PLANS.glob("*.json"))
+        if not path.stem.startswith("single-")
+    ],
+)
+def test_shrunk_cluster_plan(name: str) -> None:
+    result = run_plan(Plan.from_json((PLANS / f"{name}.json").read_text()))
+    assert result.violations == [], result.violations
+
+
 def test_schedules_exercise_what_they_should() -> None:
     """A schedule set that never froze a node or killed a consumer would
     prove nothing: the generator's mix is checked on the first seeds."""
@@ -332,20 +363,22 @@ def test_schedules_exercise_what_they_should() -> None:
 
 #: What the explorer found against the WIP ClusterNode (pure @ 1783549), with
 #: a seed each (``python -m tests.sim --seed S --schedules 1 --nodes 3 -v``)
-#: and the shrunk schedules in docs/cluster.md. Each is a strict xfail: when
+#: and its shrunk schedule in tests/sim/plans/. Each is a strict xfail: when
 #: the fix lands, the test passes, xfail(strict) fails, and the mark goes.
 KNOWN_CLUSTER = {
-    "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node "
-    "(a relay to a partitioned, then frozen owner); seed 1, 3 nodes",
-    "overcounted": "issue 11 defect 2: messages counted lost in a 'dead' node that was only "
-    "partitioned, then delivered; seed 0, 3 nodes",
-    "answer_time": "issue 11 defect 3: a send or a withdrawal unanswered past the bound "
-    "tied to failure detection; seed 8 (faults freeze,kill,die), 3 nodes",
+    "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
+    "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
+    "partition to an owner that then freezes)",
+    "overcounted": "issue 11 defect 2: messages counted lost in a node that was only "
+    "partitioned, then delivered; seed 11; shrunk: plans/defect2-overcounted.json",
+    "answer_time": "issue 11 defect 3: a request unanswered past the bound tied to failure "
+    "detection; seed 5; shrunk: plans/defect3-answer-time.json (a send to a channel of a "
+    "node killed 36 ms earlier waits for the 5 s relay timeout)",
     "lost_then_delivered": "issue 11 defect 1/2: a SEND its client counted "
-    "lost_in_node_restart (its node restarted) had been relayed to the owner, and "
-    "arrives; seed 0 (faults freeze,kill,die), 3 nodes",
-    "stalled": "issue 11 defect 3: a channel does not serve again after heal; seed 24 "
-    "(faults freeze,kill,die), 3 nodes",
+    "lost_in_node_restart (its node restarted) had been relayed to the owner, and arrives; "
+    "seed 39; plans/lost-then-delivered.json",
+    "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
+    "seed 8; plans/defect3-stalled.json",
 }
 
 
