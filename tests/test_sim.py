@@ -290,6 +290,7 @@ def _report(by: dict[str, list[tuple[int, str]]], invariant: str) -> str:
     return "\n".join(f"seed {s}: {text}" for s, text in seeds[:5])
 
 
+@pytest.mark.timeout(900)  # (the module's schedules run in the first)
 def test_single_node_schedules_hold_every_other_invariant(
     single: dict[str, list[tuple[int, str]]],
 ) -> None:
@@ -298,6 +299,7 @@ def test_single_node_schedules_hold_every_other_invariant(
 
 
 @pytest.mark.xfail(strict=True, reason="single node: " + KNOWN_SINGLE["uncounted_loss_dead_sender"])
+@pytest.mark.timeout(900)  # (the module's schedules run in the first)
 def test_single_node_reserved_sends_of_dead_processes_are_counted(
     single: dict[str, list[tuple[int, str]]],
 ) -> None:
@@ -396,6 +398,7 @@ def cluster() -> dict[str, list[tuple[int, str]]]:
 
 
 @needs_cluster
+@pytest.mark.timeout(900)  # (the module's schedules run in the first)
 def test_cluster_schedules_hold_every_other_invariant(
     cluster: dict[str, list[tuple[int, str]]],
 ) -> None:
@@ -412,5 +415,6 @@ def test_cluster_schedules_hold_every_other_invariant(
         for name, why in KNOWN_CLUSTER.items()
     ],
 )
+@pytest.mark.timeout(900)  # (the module's schedules run in the first)
 def test_cluster_invariant_holds(cluster: dict[str, list[tuple[int, str]]], invariant: str) -> None:
     assert invariant not in cluster, _report(cluster, invariant)

@@ -720,15 +720,18 @@ def address_of(index: int) -> str:
 
 def answer_bound(config: NodeConfig, nodes: int) -> float:
     """Seconds within which a request must be answered while its own node
-    runs: one node answers at once (a tick covers leases and deferred
-    sends); a cluster may first have to find a silent owner dead — a probe
-    round slowed by local health, the longest suspicion, and a few round
-    trips (issue 11: "within the suspicion timeout plus one round trip")."""
-    if nodes <= 1:
-        return 0.25 + 2 * config.tick_interval
-    m = config.membership
-    _low, high = suspicion_bounds(m, nodes)
-    return high + 2 * m.probe_interval * (1 + m.awareness_max) + 0.25
+    runs. A node may rightly hold a send until a dead client is found dead:
+    a put deferred for a reservation waits for its holder's REVOKED, or for
+    its lease to lapse (lease, then the next tick and sweep). A cluster may
+    also first have to find a silent owner dead: a probe round slowed by
+    local health, the longest suspicion, a few round trips (issue 11:
+    "within the suspicion timeout plus one round trip")."""
+    bound = config.client_lease + 2 * config.tick_interval + config.sweep_interval + 0.1
+    if nodes > 1:
+        m = config.membership
+        _low, high = suspicion_bounds(m, nodes)
+        bound += high + 2 * m.probe_interval * (1 + m.awareness_max) + 0.25
+    return bound
 
 
 def _test_config(clustered: bool) -> Callable[[int, str], NodeConfig]:
