@@ -154,7 +154,17 @@ def test_replay_is_identical_across_processes() -> None:
     digests = set()
     for hashseed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, "-m", "tests.sim", "--seed", "3", "--schedules", "1", "-v"],
+            [
+                sys.executable,
+                "-m",
+                "tests.sim",
+                "--seed",
+                "3",
+                "--schedules",
+                "1",
+                "-v",
+                "--no-shrink",
+            ],
             cwd=ROOT,
             env={**os.environ, "PYTHONHASHSEED": hashseed},
             capture_output=True,
