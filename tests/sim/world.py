@@ -1,0 +1,751 @@
+"""The simulated world: nodes, client processes and the network, on one clock.
+
+Owns: simulated time (one heap of timed events: frames in flight, node
+ticks, client timers, schedule ops), the network's faults, the nodes' lives
+(start, freeze, thaw, kill, restart, clean leave, join) and the run's phases
+(schedule, heal, settle, drain, check). Does not own a protocol decision:
+each node is a real ``ClusterNode`` (or ``adapter.SingleNode``) driven as the
+asyncio shell drives it (one call per frame, ``tick`` at ``next_deadline()``,
+``undeliverable`` when a send to a client fails); each client is a
+``client.SimClient``.
+
+Network model (what ZeroMQ over ipc/tcp does; simnet's, plus links):
+- every link (client->node, node->client, node->node) is FIFO: a frame never
+  overtakes an earlier one of the same link, whatever its delay;
+- delay: ``base + jitter * U(0,1)`` per frame, plus a node's lag (a busy
+  host) on peer frames;
+- packet loss on a node's NIC (``loss``): peer links are TCP, so a lost
+  packet is retransmitted, not lost: with that probability a frame waits one
+  or more retransmission timeouts (0.2 s each), and so does everything after
+  it on its link (head-of-line blocking);
+- connection reset (``reset``, as after a ZMTP heartbeat timeout): every
+  frame in flight on the node's peer links is lost;
+- partition: peer frames between sides are dropped when sent;
+- freeze (SIGSTOP): the node neither ticks nor handles; what arrives waits
+  and is handled in arrival order when it thaws;
+- kill (SIGKILL): the node's state is gone; frames in flight to it are lost,
+  frames its clients send afterwards wait in their sockets (a DEALER keeps
+  them until it reconnects) and reach the restarted node (a new node object,
+  same address, a larger incarnation);
+- client death: frames in flight to it are lost; once the node's socket
+  knows (``DETECT`` s later) a send to it fails: ``undeliverable``.
+
+Every event is appended to a trace (and hashed): same seed, same schedule,
+same trace, byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zchannels.node.config import NodeConfig
+from zchannels.node.membership import suspicion_bounds
+
+from zchannels.protocol import ErrorCode, Message, MsgType, decode, encode_many
+
+from .adapter import EffectsLike, NodeLike
+from .check import History, message_drops
+from .client import Job, SimClient
+from .schedule import Op, Plan
+
+NodeFactory = Callable[..., NodeLike]
+
+#: seconds after a client process dies before its node's sends to it fail
+DETECT = 0.001
+#: client <-> node link delay (ipc on one host)
+CLIENT_DELAY, CLIENT_JITTER = 0.0001, 0.0001
+#: node <-> node link delay (a LAN)
+PEER_DELAY, PEER_JITTER = 0.0003, 0.0004
+#: TCP's retransmission timeout (Linux's minimum)
+RTO = 0.2
+
+
+class SimCrash(Exception):
+    """A node raised, or broke the driving contract (a deadline not after a tick)."""
+
+
+@dataclass
+class SimNode:
+    index: int
+    address: str
+    node_id: str
+    node: NodeLike | None = None
+    frozen: bool = False
+    left: bool = False
+    killed_at: float = -1.0
+    #: frames that arrived while frozen: ("client", conn, msgs) / ("peer", frame)
+    inbox: list[tuple[Any, ...]] = field(default_factory=list)
+    #: client frames sent while the node was down, waiting for it
+    parked: list[tuple[bytes, list[Message]]] = field(default_factory=list)
+    tick_gen: int = 0
+    tick_at: float = -1.0
+    starts: int = 0
+    loss: float = 0.0
+    lag: float = 0.0
+
+    @property
+    def up(self) -> bool:
+        return self.node is not None
+
+
+class World:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        factory: NodeFactory,
+        clustered: bool,
+        config: Callable[[int, str], NodeConfig] | None = None,
+        keep_trace: bool = False,
+        stop_at_first: bool = True,
+    ) -> None:
+        self.plan = plan
+        #: stop at the first violation (explore, shrink) or check on (CI:
+        #: every invariant gets its verdict in every run)
+        self.stop_at_first = stop_at_first
+        self.rng = random.Random(plan.seed)
+        self.factory = factory
+        self.clustered = clustered
+        self._config = config or _test_config(clustered)
+        self.keep_trace = keep_trace
+        self.trace: list[str] = []
+        self._hash = hashlib.sha256()
+        self.now = 0.0
+        self._heap: list[tuple[float, int, str, Any, Any, Any]] = []
+        self._serial = 0
+        self._last: dict[tuple[str, str], float] = {}
+        self.history = History()
+        self.nodes: dict[str, SimNode] = {}
+        self.clients: dict[str, SimClient] = {}
+        self.by_conn: dict[bytes, SimClient] = {}
+        self.sides: list[set[str]] | None = None
+        #: (from, to) -> connection resets so far: older frames are lost
+        self.resets: dict[tuple[str, str], int] = {}
+        #: drops of killed incarnations, as they were at their kill
+        self.dead_drops = 0
+        #: wire name of each "!cX.i" reference once its owner has made it
+        self.bang: dict[str, str] = {}
+        #: channel -> consumers (client ids) ever assigned
+        self.consumers_of: dict[str, set[str]] = {}
+        self.steps = 0
+        self.bound = 0.0
+        self.terms: dict[str, int] = {}
+
+    # -- tracing ---------------------------------------------------------------
+    def log(self, text: str) -> None:
+        line = f"{self.now:.6f} {text}"
+        self._hash.update(line.encode())
+        self._hash.update(b"\n")
+        if self.keep_trace:
+            self.trace.append(line)
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    # -- the event heap ----------------------------------------------------------
+    def _push(self, at: float, kind: str, a: Any = None, b: Any = None, c: Any = None) -> None:
+        self._serial += 1
+        heapq.heappush(self._heap, (at, self._serial, kind, a, b, c))
+
+    def _link_at(self, src: str, dst: str, delay: float) -> float:
+        """Arrival time on a FIFO link: never before an earlier frame's."""
+        at = max(self.now + delay, self._last.get((src, dst), 0.0))
+        self._last[(src, dst)] = at
+        return at
+
+    def timer(self, cid: str, at: float, what: str, arg: str) -> None:
+        self._push(at, "timer", cid, what, arg)
+
+    # -- nodes -------------------------------------------------------------------
+    def add_node(self, index: int) -> SimNode:
+        address = address_of(index)
+        sn = self.nodes.get(address)
+        if sn is None:
+            sn = self.nodes[address] = SimNode(index, address, f"n{index}")
+        return sn
+
+    def start_node(self, sn: SimNode) -> None:
+        if sn.up:
+            return
+        sn.starts += 1
+        sn.left = False
+        sn.frozen = False
+        sn.inbox.clear()
+        incarnation = 1_000_000 + int(self.now * 1000) * 10 + sn.starts
+        config = self._config(sn.index, sn.address)
+        try:
+            sn.node = self.factory(
+                config,
+                address=sn.address,
+                incarnation=incarnation,
+                rng=random.Random(self.rng.random()),
+            )
+        except TypeError:
+            raise
+        self.log(f"start {sn.node_id} inc {incarnation}")
+        self._apply(sn, self._call(sn, "start", self.now))
+        if self.clustered:
+            for other in sorted(self.nodes.values(), key=lambda n: n.index):
+                if other is not sn and other.up and sn.up:
+                    self._apply(sn, self._call(sn, "discovered", other.address, self.now))
+        for c in self._clients_of(sn):
+            c.node_down = False
+        parked, sn.parked = sn.parked, []
+        for conn, msgs in parked:  # the clients' sockets reconnect and send
+            self._node_client_frame(sn, conn, msgs)
+
+    def kill(self, sn: SimNode) -> None:
+        if not sn.up:
+            return
+        assert sn.node is not None
+        self.dead_drops += message_drops(sn.node.drops())
+        self.log(f"kill {sn.node_id} drops {sn.node.drops()}")
+        sn.node = None
+        sn.killed_at = self.now
+        sn.frozen = False
+        sn.inbox.clear()
+        self.reset(sn)  # its connections die with it
+        for c in self._clients_of(sn):
+            c.node_down = True
+            c.exempt_all()
+
+    def leave(self, sn: SimNode) -> None:
+        if not sn.up or sn.frozen:
+            return
+        self._apply(sn, self._call(sn, "leave", self.now))
+        assert sn.node is not None
+        self.dead_drops += message_drops(sn.node.drops())
+        self.log(f"left {sn.node_id} drops {sn.node.drops()}")
+        sn.node = None
+        sn.left = True
+        sn.killed_at = self.now
+        self.reset(sn)
+        for c in self._clients_of(sn):
+            c.node_down = True
+            c.exempt_all()
+
+    def reset(self, sn: SimNode) -> None:
+        """Every peer connection of ``sn`` breaks: frames in flight are lost."""
+        self.log(f"reset {sn.node_id}")
+        for other in self.nodes:
+            for link in ((sn.address, other), (other, sn.address)):
+                self.resets[link] = self.resets.get(link, 0) + 1
+
+    def freeze(self, sn: SimNode) -> None:
+        if sn.up and not sn.frozen:
+            sn.frozen = True
+            self.log(f"freeze {sn.node_id}")
+            for c in self._clients_of(sn):
+                c.node_down = True
+                c.exempt_all()
+
+    def thaw(self, sn: SimNode) -> None:
+        if not sn.up or not sn.frozen:
+            return
+        sn.frozen = False
+        self.log(f"thaw {sn.node_id}")
+        for c in self._clients_of(sn):
+            c.node_down = False
+        inbox, sn.inbox = sn.inbox, []
+        for item in inbox:
+            if not sn.up or sn.frozen:
+                break
+            if item[0] == "client":
+                self._node_client_frame(sn, item[1], item[2])
+            else:
+                self._node_peer_frame(sn, item[1])
+        self._schedule_tick(sn)
+
+    def _clients_of(self, sn: SimNode) -> list[SimClient]:
+        return [c for c in self.clients.values() if c.node == sn.address and not c.dead]
+
+    def _call(self, sn: SimNode, method: str, *args: Any) -> EffectsLike | None:
+        node = sn.node
+        if node is None:
+            return None
+        try:
+            fx: EffectsLike = getattr(node, method)(*args)
+        except Exception as exc:
+            raise SimCrash(f"{sn.node_id}.{method} raised {exc!r}") from exc
+        return fx
+
+    def _apply(self, sn: SimNode, fx: EffectsLike | None) -> None:
+        """Carry out what a node decided."""
+        if fx is None:
+            return
+        for ev in fx.events:
+            self.log(f"{sn.node_id} event {ev}")
+        if fx.clients:
+            by_conn: dict[bytes, list[Message]] = {}
+            for conn, message in fx.clients:
+                by_conn.setdefault(conn, []).append(message)
+            for conn, msgs in by_conn.items():
+                client = self.by_conn.get(conn)
+                if (
+                    client is None
+                    or client.node != sn.address
+                    or (client.dead and self.now >= client.died_at + DETECT)
+                ):
+                    self.log(f"{sn.node_id} undeliverable {conn!r} {_types(msgs)}")
+                    if client is not None:
+                        client.gone_seen = True
+                    if client is not None and client.dead:
+                        self.history.refused_dead += sum(
+                            1
+                            for m in msgs
+                            if m[0] == MsgType.ERROR
+                            and m[1][0] == 0
+                            and m[1][1] == ErrorCode.UNKNOWN_SESSION
+                        )
+                    self._apply(sn, self._call(sn, "undeliverable", conn, msgs, self.now))
+                    continue
+                frame = decode(encode_many(msgs))
+                at = self._link_at(
+                    sn.address, client.cid, CLIENT_DELAY + CLIENT_JITTER * self.rng.random()
+                )
+                self._push(at, "n2c", client.cid, frame)
+        for to, raw in fx.peers:
+            self._send_peer(sn, to, raw)
+        self._schedule_tick(sn)
+
+    def _schedule_tick(self, sn: SimNode) -> None:
+        if sn.node is None or sn.frozen:
+            return
+        at = max(sn.node.next_deadline(), self.now)
+        if at != sn.tick_at:
+            sn.tick_gen += 1
+            sn.tick_at = at
+            self._push(at, "tick", sn.address, sn.tick_gen)
+
+    def _send_peer(self, sn: SimNode, to: str, frame: bytes) -> None:
+        dst = self.nodes.get(to)
+        if dst is None:
+            self.log(f"{sn.node_id} peer frame to unknown {to}")
+            return
+        if self.sides is not None and not any(sn.address in s and to in s for s in self.sides):
+            return
+        delay = PEER_DELAY + PEER_JITTER * self.rng.random() + sn.lag + dst.lag
+        keep = (1 - sn.loss) * (1 - dst.loss)
+        while keep < 1 and self.rng.random() >= keep:
+            delay += RTO  # a TCP retransmission
+        link = (sn.address, to)
+        at = self._link_at(*link, delay)
+        self._push(at, "peer", to, (link, frame), self.resets.get(link, 0))
+
+    def _node_client_frame(self, sn: SimNode, conn: bytes, msgs: list[Message]) -> None:
+        client = self.by_conn.get(conn)
+        who = client.cid if client is not None else repr(conn)
+        if client is not None and not client.gone_seen:
+            for m in msgs:
+                if m[0] == MsgType.CONSUMED:
+                    client.reported += sum(r[2] for r in m[1][0])
+        self.log(f"{sn.node_id} <- {who} {_types(msgs)}")
+        self._apply(sn, self._call(sn, "client", conn, msgs, self.now))
+
+    def _node_peer_frame(self, sn: SimNode, frame: bytes) -> None:
+        self.log(f"{sn.node_id} <- peer {len(frame)}")
+        self._apply(sn, self._call(sn, "peer", frame, self.now))
+
+    # -- clients -----------------------------------------------------------------
+    def add_client(self, cid: str, node_index: int) -> SimClient | None:
+        if cid in self.clients:
+            return None
+        sn = self.nodes.get(address_of(node_index))
+        if sn is None:
+            return None
+        session = base64.b32encode(self.rng.randbytes(7)).decode()[:10].lower()
+        client = SimClient(
+            self,
+            self.history,
+            cid,
+            sn.address,
+            random.Random(self.rng.random()),
+            session=session,
+            expiry=60.0,
+            request_timeout=30.0,
+            now=self.now,
+        )
+        client.node_down = not sn.up or sn.frozen
+        self.clients[cid] = client
+        self.by_conn[client.conn] = client
+        self.log(f"client {cid} on {sn.node_id} session {session}")
+        self._flush(client)
+        return client
+
+    def _flush(self, client: SimClient) -> None:
+        frame = client.flush(self.now)
+        if not frame:
+            return
+        frame = decode(encode_many(frame))
+        at = self._link_at(
+            client.cid, client.node, CLIENT_DELAY + CLIENT_JITTER * self.rng.random()
+        )
+        self._push(at, "c2n", client.node, client.conn, (frame, self.now))
+
+    def resolve(self, ref: str) -> str | None:
+        """A schedule's channel reference as a wire name ("!c2.0": the first
+        new_channel() name of client c2)."""
+        if not ref.startswith("!"):
+            return ref
+        name = self.bang.get(ref)
+        if name is None:
+            owner = self.clients.get(ref[1:].partition(".")[0])
+            if owner is None or owner.dead:
+                return None
+            made = owner.new_channel()
+            if made is None:
+                return None
+            name = self.bang[ref] = made
+            self.consumers_of.setdefault(name, set()).add(owner.cid)
+            self.history.fifo_channels.add(name)
+        return name
+
+    # -- running -----------------------------------------------------------------
+    def run_until(self, end: float, stop: Callable[[], bool] | None = None) -> None:
+        heap = self._heap
+        while heap and heap[0][0] <= end:
+            if self.stop_at_first and self.history.violations:
+                return
+            at, _serial, kind, a, b, c = heapq.heappop(heap)
+            self.now = max(self.now, at)
+            self.steps += 1
+            if kind == "n2c":
+                client = self.clients[a]
+                if client.dead:
+                    continue
+                client.on_frame(b, self.now)
+                self._flush(client)
+            elif kind == "c2n":
+                sn = self.nodes[a]
+                frame, sent_at = c
+                if not sn.up:
+                    if sn.killed_at < sent_at:  # sent while down: waits in the socket
+                        sn.parked.append((b, frame))
+                    continue
+                if sn.frozen:
+                    sn.inbox.append(("client", b, frame))
+                else:
+                    self._node_client_frame(sn, b, frame)
+            elif kind == "peer":
+                sn = self.nodes[a]
+                if not sn.up or c != self.resets.get(b[0], 0):
+                    continue
+                if sn.frozen:
+                    sn.inbox.append(("peer", b[1]))
+                else:
+                    self._node_peer_frame(sn, b[1])
+            elif kind == "tick":
+                sn = self.nodes[a]
+                if sn.node is None or sn.frozen or b != sn.tick_gen:
+                    continue
+                sn.tick_at = -1.0
+                self._apply(sn, self._call(sn, "tick", self.now))
+                if sn.node is not None and sn.node.next_deadline() <= self.now:
+                    raise SimCrash(f"{sn.node_id}: next_deadline not after tick at {self.now}")
+            elif kind == "timer":
+                client = self.clients[a]
+                if client.dead:
+                    continue
+                client.on_timer(b, c, self.now)
+                if b == "sweep":
+                    self._check_answers(client)
+                self._flush(client)
+            elif kind == "op":
+                self._op(self.plan.ops[a])
+            if stop is not None and stop():
+                return
+        self.now = max(self.now, end)
+
+    def _check_answers(self, client: SimClient) -> None:
+        late = client.overdue(self.now, self.bound)
+        if late:
+            self.history.violate(
+                self.now, "answer_time", f"unanswered after {self.bound:.2f} s: {late[0]}"
+            )
+
+    # -- the schedule ------------------------------------------------------------
+    def _op(self, op: Op) -> None:
+        self.log(f"op {op.kind} {' '.join(map(str, op.args))}")
+        k, args = op.kind, op.args
+        if k == "client":
+            self.add_client(args[0], args[1])
+            return
+        if k in ("kill", "restart", "freeze", "thaw", "leave", "join", "loss", "lag", "reset"):
+            sn = self.nodes.get(address_of(args[0]))
+            if sn is None:
+                if k != "join":
+                    return
+                sn = self.add_node(args[0])
+            if k == "kill":
+                self.kill(sn)
+            elif k in ("restart", "join"):
+                self.start_node(sn)
+            elif k == "freeze":
+                self.freeze(sn)
+            elif k == "thaw":
+                self.thaw(sn)
+            elif k == "leave":
+                self.leave(sn)
+            elif k == "loss":
+                sn.loss = args[1]
+            elif k == "lag":
+                sn.lag = args[1]
+            elif k == "reset":
+                self.reset(sn)
+            return
+        if k == "partition":
+            self.sides = [{address_of(i) for i in side} for side in args]
+            return
+        if k == "heal":
+            self.sides = None
+            return
+        client = self.clients.get(args[0])
+        if client is None or client.dead:
+            return
+        if k == "die":
+            client.die(self.now)
+            return
+        if k == "gsend":
+            _cid, group, n, gap = args
+            for _ in range(n):
+                client.enqueue(Job("group_send", group, 0, gap), self.now)
+        elif k == "send":
+            _cid, ref, n, gap, capacity = args
+            channel = self.resolve(ref)
+            if channel is None:
+                return
+            self.consumers_of.setdefault(channel, set())  # drained at the end
+            for _ in range(n):
+                client.enqueue(Job("send", channel, capacity, gap), self.now)
+        elif k == "recv":
+            _cid, ref, proc = args
+            channel = self.resolve(ref)
+            if channel is None:
+                return
+            self.consumers_of.setdefault(channel, set()).add(client.cid)
+            client.consume(channel, proc, self.now)
+        elif k == "cancel":
+            _cid, ref, restart = args
+            channel = self.resolve(ref)
+            if channel is not None:
+                client.cancel(channel, restart, self.now)
+        elif k == "gadd":
+            _cid, group, ref, capacity = args
+            channel = self.resolve(ref)
+            if channel is not None:
+                client.group_add(group, channel, capacity, self.now)
+        elif k == "gdiscard":
+            _cid, group, ref = args
+            channel = self.resolve(ref)
+            if channel is not None:
+                client.group_discard(group, channel, self.now)
+        self._flush(client)
+
+    # -- phases ------------------------------------------------------------------
+    def run(self, settle: float, drain_limit: float) -> History:
+        """The schedule, then heal, settle, drain, and the final checks."""
+        plan = self.plan
+        n = max([plan.nodes, *(op.args[0] + 1 for op in plan.ops if op.kind == "join")])
+        self.bound = answer_bound(self._config(0, address_of(0)), n)
+        for i in range(plan.nodes):
+            self.start_node(self.add_node(i))
+        for i, op in enumerate(plan.ops):
+            self._push(op.at, "op", i)
+        end = max([0.0, *(op.at for op in plan.ops)])
+        try:
+            go_on = self._go_on
+            self.run_until(end)
+            if go_on():
+                self._heal()
+                self.run_until(self.now + settle)
+            if go_on():
+                self._converged()
+                self._drain(drain_limit)
+            if go_on():
+                self._final()
+        except SimCrash as exc:
+            self.history.violate(self.now, "crash", str(exc))
+        return self.history
+
+    def _go_on(self) -> bool:
+        return not (self.stop_at_first and self.history.violations)
+
+    def _heal(self) -> None:
+        self.log("heal")
+        self.sides = None
+        for sn in sorted(self.nodes.values(), key=lambda n: n.index):
+            sn.loss = sn.lag = 0.0
+            if sn.frozen:
+                self.thaw(sn)
+        for sn in sorted(self.nodes.values(), key=lambda n: n.index):
+            if not sn.up:
+                self.start_node(sn)
+
+    def _converged(self) -> None:
+        views = {
+            sn.node_id: membership_view(sn.node.status())
+            for sn in self.nodes.values()
+            if sn.node is not None
+        }
+        live = {sn.node_id for sn in self.nodes.values() if sn.up}
+        for node_id, view in views.items():
+            if view["alive"] != live:
+                self.history.violate(
+                    self.now,
+                    "convergence",
+                    f"{node_id} sees {sorted(view['alive'])} alive, live are {sorted(live)}",
+                )
+                return
+        extra = {k: v for k, v in next(iter(views.values())).items() if k != "alive"}
+        for node_id, view in views.items():
+            for k, v in extra.items():
+                if view.get(k) != v:
+                    self.history.violate(self.now, "convergence", f"{node_id} differs on {k}")
+                    return
+
+    def _drain(self, limit: float) -> None:
+        """Every channel that was used gets a live consumer; run until
+        nothing is queued, prefetched or in flight."""
+        self.log("drain")
+        live_nodes = [sn for sn in self.nodes.values() if sn.up]
+        drainers = 0
+        for channel in sorted(self.consumers_of):
+            cids = sorted(self.consumers_of[channel])
+            alive = [self.clients[c] for c in cids if not self.clients[c].dead]
+            if alive:
+                for c in alive:
+                    c.consume(channel, 0.0, self.now)
+                    self._flush(c)
+                continue
+            if "!" in channel:
+                continue  # its process is gone: the node drops it (counted)
+            sn = live_nodes[drainers % len(live_nodes)]
+            drainer = self.add_client(f"d{drainers}", sn.index)
+            drainers += 1
+            if drainer is not None:
+                self.consumers_of[channel].add(drainer.cid)
+                drainer.consume(channel, 0.0, self.now)
+                self._flush(drainer)
+        for c in self.clients.values():
+            if not c.dead:
+                for channel, consumer in c.consumers.items():
+                    if not consumer.active:
+                        c.consume(channel, 0.0, self.now)
+                self._flush(c)
+        deadline = self.now + limit
+        while self.now < deadline and self._go_on():
+            self.run_until(self.now + 0.25)
+            if self._quiet():
+                self.run_until(self.now + 0.5)
+                if self._quiet():
+                    return
+        if self._go_on():
+            self.history.violate(
+                self.now,
+                "stalled",
+                f"{limit:g} s after the drain began, with every channel consumed and "
+                f"every fault healed, still: {self._busy()}",
+            )
+
+    def _busy(self) -> str:
+        what = [
+            f"{sn.node_id} queues {sn.node.status().get('queued', 0)}"
+            for sn in self.nodes.values()
+            if sn.node is not None and sn.node.status().get("queued", 0)
+        ]
+        for c in self.clients.values():
+            if not c.dead:
+                if c.pending or c.withdraw_sent or c.hello_outstanding:
+                    what.append(f"{c.cid} waits for {len(c.pending) + len(c.withdraw_sent)}")
+                held = sum(len(s.buffer) for s in c.flow.channels.values())
+                if held:
+                    what.append(f"{c.cid} holds {held} untaken")
+        return ", ".join(what[:6]) or "?"
+
+    def _quiet(self) -> bool:
+        for c in self.clients.values():
+            if c.dead:
+                continue
+            if not c.idle() or any(s.buffer for s in c.flow.channels.values()):
+                return False
+        return all(sn.node.status().get("queued", 0) == 0 for sn in self.nodes.values() if sn.node)
+
+    def _final(self) -> None:
+        for c in self.clients.values():
+            if not c.dead:
+                self._check_answers(c)
+        drops = self.dead_drops
+        held = 0
+        for sn in self.nodes.values():
+            if sn.node is not None:
+                drops += message_drops(sn.node.drops())
+                held += int(sn.node.status().get("queued", 0))
+        for c in self.clients.values():
+            drops += c.counters.lost_in_node_restart
+            if c.dead:
+                self.history.unreported += max(0, c.taken - c.reported)
+            if not c.dead:
+                held += sum(len(s.buffer) for s in c.flow.channels.values())
+        self.terms = self.history.account(drops, held, self.now)
+        self.log(f"final {self.terms}")
+
+
+def membership_view(status: dict[str, Any]) -> dict[str, Any]:
+    """What a node's status says of the cluster, for the convergence check:
+    the live members, and (where the status has them) owners and replicas."""
+    members = status.get("members") or []
+    alive = {
+        str(m.get("id"))
+        for m in members
+        if isinstance(m, dict) and m.get("state") in ("alive", "suspect")
+    }
+    view: dict[str, Any] = {"alive": alive}
+    for key in ("ring", "owners", "group_digest", "replicas"):
+        if key in status:
+            view[key] = status[key]
+    return view
+
+
+def address_of(index: int) -> str:
+    """Node ``index``'s peer address (the peer codec takes tcp endpoints only)."""
+    return f"tcp://10.0.0.{index + 1}:7701"
+
+
+def answer_bound(config: NodeConfig, nodes: int) -> float:
+    """Seconds within which a request must be answered while its own node
+    runs. A node may rightly hold a send until a dead client is found dead:
+    a put deferred for a reservation waits for its holder's REVOKED, or for
+    its lease to lapse (lease, then the next tick and sweep). A cluster may
+    also first have to find a silent owner dead: a probe round slowed by
+    local health, the longest suspicion, a few round trips (issue 11:
+    "within the suspicion timeout plus one round trip")."""
+    bound = config.client_lease + 2 * config.tick_interval + config.sweep_interval + 0.1
+    if nodes > 1:
+        m = config.membership
+        _low, high = suspicion_bounds(m, nodes)
+        bound += high + 2 * m.probe_interval * (1 + m.awareness_max) + 0.25
+    return bound
+
+
+def _test_config(clustered: bool) -> Callable[[int, str], NodeConfig]:
+    def make(index: int, address: str) -> NodeConfig:
+        return NodeConfig.test(
+            node_id=f"n{index}",
+            client_endpoints=("inproc://sim",),
+            peer_endpoint=address if clustered else None,
+            discovery=("none",),
+            cluster="sim",
+        )
+
+    return make
+
+
+def _types(msgs: list[Message]) -> str:
+    return ",".join(str(int(m[0])) for m in msgs)
