@@ -166,6 +166,10 @@ class NodeConfig:
                 f"dns_interval must be a positive number of seconds, got {self.dns_interval!r}"
             )
 
+    def exposed_endpoints(self) -> list[str]:
+        """Every endpoint the node listens on (what the bind policy checks)."""
+        return [*self.client_endpoints, *([self.peer_endpoint] if self.peer_endpoint else [])]
+
     @property
     def node_tag(self) -> str:
         digest = hashlib.sha256(self.node_id.encode()).digest()

@@ -50,12 +50,6 @@ class Row:
     origin: str
 
 
-def exposed_endpoints(config: NodeConfig) -> list[str]:
-    """What the node will listen on, as ``NodeServer.start`` gives it to the
-    bind policy."""
-    return [*config.client_endpoints, *([config.peer_endpoint] if config.peer_endpoint else [])]
-
-
 def check(build: Callable[[], NodeConfig]) -> tuple[NodeConfig | None, str | None]:
     """Build the configuration and run ``run``'s checks that need no
     socket; returns it (None if it cannot be built) and the reason it is
@@ -66,7 +60,7 @@ def check(build: Callable[[], NodeConfig]) -> tuple[NodeConfig | None, str | Non
         # as NodeServer reads them: readable, owner-only, well-formed
         keyring = Keyring.load(config.key_files) if config.key_files else None
         keyed = keyring is not None
-        check_bind_policy(exposed_endpoints(config), keyed=keyed, insecure=config.insecure)
+        check_bind_policy(config.exposed_endpoints(), keyed=keyed, insecure=config.insecure)
     except (OSError, ValueError) as exc:  # KeyFileError, InsecureBind: ValueErrors
         return config, str(exc)
     return config, None

@@ -311,6 +311,11 @@ class NodeCore:
     ) -> None:
         req, channel, payload, capacity = f
         if session is None:
+            if not req:
+                # A reserved send (the layer keeps no copy) from a process
+                # this node forgot (its lease lapsed, it died): refused and
+                # lost, so counted here, the one place that knows.
+                self.counters.dropped_dead_owner += 1
             return self._unknown(conn, req, out)
         if not valid_wire_channel(channel):
             return self._bad(conn, req, f"invalid channel name {channel[:120]!r}", out)

@@ -130,10 +130,9 @@ class NodeServer:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         config = self.config
-        exposed = [*config.client_endpoints]
-        if config.peer_endpoint is not None:
-            exposed.append(config.peer_endpoint)
-        check_bind_policy(exposed, keyed=self.keyring is not None, insecure=config.insecure)
+        check_bind_policy(
+            config.exposed_endpoints(), keyed=self.keyring is not None, insecure=config.insecure
+        )
         if config.lock_file is not None:
             # Before binding: an ipc bind takes the path over from whoever had it.
             self.lock = await NodeLock.take(config.lock_file)
