@@ -29,6 +29,8 @@ from .security import HandshakeWatch, admission, check_bind_policy, serve_with
 
 if TYPE_CHECKING:  # the cluster's parts load only in a cluster (a node's start time)
     from .finding import PeerFinder
+    from .http_endpoint import OpsEndpoint
+    from .metrics import FrameLatency
     from .peers import PeerMesh
     from .replication import GroupReplication
     from .routing import Routing
@@ -150,6 +152,15 @@ class NodeServer:
         #: set once the node has been unused for ``exit_when_idle`` seconds
         #: (no session, no claim): ``znode run`` then stops it
         self.idle = asyncio.Event()
+        #: /metrics, /healthz, /readyz (``metrics_endpoint``), and the
+        #: per-frame latency it reports; None when not served
+        self.ops: OpsEndpoint | None = None
+        self.latency: FrameLatency | None = None
+        if config.metrics_endpoint is not None:
+            from .http_endpoint import OpsEndpoint
+
+            self.ops = OpsEndpoint(self)
+            self.latency = self.ops.latency
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -165,8 +176,12 @@ class NodeServer:
         try:
             if config.claim_file is not None:
                 self._claims = Claims(config.claim_file)
+            if self.ops is not None:  # (after the lock: a node that loses it binds nothing)
+                self.ops.start()
             await self._bind_and_serve(self._loop)
         except BaseException:
+            if self.ops is not None:
+                self.ops.stop()
             self._release_locks()
             raise
         if self.lock is not None:
@@ -215,6 +230,8 @@ class NodeServer:
         loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
+        if self.ops is not None:
+            self.ops.stop()
         if self.finder is not None:
             await self.finder.stop()
         if self.replication is not None:
@@ -339,14 +356,17 @@ class NodeServer:
             self._dropped("shape", frames[0] if frames else b"?", f"{len(frames)} frames")
             return
         conn, frame = frames
+        now = time.monotonic()
         try:
             messages = decode(frame, self.config.max_frame_size)
         except DecodeError as exc:
             self._dropped(exc.reason, conn, str(exc))
             return
         try:
-            self.send(self.core.handle(conn, messages, time.monotonic()))
+            self.send(self.core.handle(conn, messages, now))
             self._after_core()
+            if self.latency is not None:
+                self.latency.observe(time.monotonic() - now)
         except zmq.ZMQError:
             raise
         except Exception:  # a bug must cost one frame, never the node
