@@ -9,6 +9,7 @@ Every wait is a condition polled with a deadline.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from zchannels.node.metrics import FrameLatency, MemberEvents, NodeCollector, snapshot
 from zchannels.node.readiness import Readiness
 
+from zchannels.config import LayerConfig
+from zchannels.errors import ConfigError
 from zchannels.keys import write_key_file
 from zchannels.layer import ZeroMQChannelLayer
 from zchannels.protocol import MsgType, encode
@@ -315,6 +318,67 @@ def test_a_metrics_endpoint_beyond_loopback_is_refused(
     assert get(url, "/healthz") == (200, "ok\n")
     wait_for(lambda: get(url, "/readyz")[0] == 200, WITHIN, "a lone node to be ready")
     assert get(url, "/nothing")[0] == 404
+
+
+# -- a node the layer starts (CONFIG metrics_endpoint) -------------------------------
+def test_the_shared_node_serves_metrics_of_config(tmp_path: Path) -> None:
+    """CONFIG ``metrics_endpoint``: the site's shared node serves it."""
+    port = free_port()
+    script = (
+        "import asyncio, json, sys\n"
+        "from zchannels.layer import ZeroMQChannelLayer\n"
+        f"layer = ZeroMQChannelLayer(scope={str(tmp_path)!r}, "
+        f"metrics_endpoint='127.0.0.1:{port}')\n"
+        "async def main():\n"
+        "    for i in range(3):\n"
+        "        await layer.send('work', {'i': i})\n"
+        "    print(json.dumps({'sent': 3}), flush=True)\n"
+        # until the test closes stdin (off the loop: the layer works meanwhile)
+        "    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)\n"
+        "    await layer.close()\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == '{"sent": 3}'
+        node = f"http://127.0.0.1:{port}"
+        wait_for(  # (a send returns before its node has it: reservations)
+            lambda: scrape(node)("znode_messages_enqueued_total") == 3, WITHIN, "3 messages"
+        )
+        m = scrape(node)
+        assert m("znode_queued_messages") == 3
+        assert m("znode_sessions") == 1
+        assert m.families["znode_info"].samples[0].labels["cluster"] == ""
+        assert get(node, "/readyz")[0] in (200, 503)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(15)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def test_config_metrics_endpoint_is_checked() -> None:
+    assert LayerConfig.build({"metrics_endpoint": "127.0.0.1:9746"}).metrics_endpoint
+    assert LayerConfig.build({"node": "embedded", "metrics_endpoint": "localhost:0"})
+    for options, says in [
+        ({"metrics_endpoint": "0.0.0.0:9746"}, "beyond loopback"),
+        ({"metrics_endpoint": "9746"}, "HOST:PORT"),
+        ({"node": "ipc:///run/z.sock", "metrics_endpoint": "127.0.0.1:1"}, "--metrics-endpoint"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(says)) as caught:
+            LayerConfig.build(options)
+        assert caught.value.key == "metrics_endpoint"
+    from zchannels.embedded import node_config
+
+    cfg = node_config(LayerConfig.build({"node": "embedded", "metrics_endpoint": "[::1]:0"}))
+    assert cfg.metrics_endpoint == "[::1]:0" and not cfg.metrics_insecure
 
 
 # -- the pure parts ---------------------------------------------------------------
