@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
+from socketserver import TCPServer, ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeVar
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
@@ -84,8 +84,8 @@ def exposed(spec: str) -> bool:
 
 def check_exposure(spec: str, insecure: bool) -> None:
     """Refuse to serve the endpoint beyond loopback unless ``insecure``: it
-    says which nodes, groups' sizes and traffic a cluster has, to anyone
-    who can reach it."""
+    tells anyone who can reach it which nodes a cluster has and how busy
+    they are."""
     if not exposed(spec):
         return
     if insecure:
@@ -104,6 +104,15 @@ def check_exposure(spec: str, insecure: bool) -> None:
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a request never keeps the process alive
+
+    def server_bind(self) -> None:
+        # Not HTTPServer's: its socket.getfqdn() may ask DNS, and this runs
+        # on the node's event loop while it starts.
+        TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = host.decode() if isinstance(host, bytes) else str(host)
+        self.server_port = port
+        self.setup_environ()
 
 
 class _Server6(_Server):
