@@ -197,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow listening beyond loopback without a key (anyone on the network "
         "can read and inject messages)",
     )
+    run.add_argument(
+        "--metrics-endpoint",
+        metavar="HOST:PORT",
+        help="serve /metrics (Prometheus), /healthz and /readyz over HTTP on HOST:PORT "
+        "(loopback only without --metrics-insecure; port 0: a free one)",
+    )
+    run.add_argument(
+        "--metrics-insecure",
+        action="store_true",
+        help="allow --metrics-endpoint beyond loopback (anyone who can reach it reads "
+        "the node's figures)",
+    )
     run.add_argument("--preset", choices=("lan", "test"), default="lan")
     run.add_argument(
         "--lock-file",
@@ -217,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("log_interval", "--log-interval"),
         ("dns_interval", "--dns-interval"),
         ("exit_when_idle", "--exit-when-idle"),
+        ("ready_settle", "--ready-settle"),
     ):
         run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
     run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
@@ -303,7 +316,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         formatter.node = config.node_id
     try:
         asyncio.run(_serve(config))
-    except (zmq.ZMQError, KeyFileError, InsecureBind) as exc:
+    except (zmq.ZMQError, KeyFileError, InsecureBind, OSError) as exc:  # (OSError: a port)
         log.error("cannot start: %s", exc, extra={"reason": type(exc).__name__})
         return 1
     except Locked as exc:
@@ -320,7 +333,13 @@ async def _serve(config: NodeConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     # Tell whoever started us (tests, scripts) where we listen.
     peer = server.mesh.address if server.mesh is not None else None
-    print(json.dumps({"ready": True, "endpoints": server.endpoints, "peer": peer}), flush=True)
+    metrics = server.ops.url if server.ops is not None else None
+    print(
+        json.dumps(
+            {"ready": True, "endpoints": server.endpoints, "peer": peer, "metrics": metrics}
+        ),
+        flush=True,
+    )
     # --exit-when-idle: the node also stops once nobody uses it.
     done = [asyncio.create_task(event.wait()) for event in (stop, server.idle)]
     await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)

@@ -156,6 +156,21 @@ class NodeConfig:
     #: connecting is never left talking to a node that is leaving. None:
     #: sessions alone say whether the node is in use.
     claim_file: str | None = None
+    #: ``HOST:PORT`` where the node serves ``/metrics`` (Prometheus),
+    #: ``/healthz`` and ``/readyz`` over HTTP (port 0: a free one). None: not
+    #: served. Loopback only unless ``metrics_insecure``.
+    metrics_endpoint: str | None = None
+    #: Allow ``metrics_endpoint`` beyond loopback. Its own switch, not
+    #: ``insecure``: exposing read-only figures to a monitoring network must
+    #: not also allow serving peers and clients without a key.
+    metrics_insecure: bool = False
+    #: Seconds a cluster member's view (who is alive or suspect) must stay
+    #: unchanged before ``/readyz`` says ready again: ownership moves and
+    #: group counts converge in milliseconds, and a member that flaps keeps
+    #: the node unready. 2 s: longer than a ``lan`` suspicion usually lasts
+    #: before it is refuted, well under a prober's usual failure threshold
+    #: (Kubernetes: 3 failures 10 s apart).
+    ready_settle: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.discovery, str):  # one spelling given as a bare string
@@ -165,6 +180,10 @@ class NodeConfig:
             raise ValueError(
                 f"dns_interval must be a positive number of seconds, got {self.dns_interval!r}"
             )
+        if self.metrics_endpoint is not None:
+            from .http_endpoint import parse_address
+
+            parse_address(self.metrics_endpoint)  # ValueError says the spelling
 
     def exposed_endpoints(self) -> list[str]:
         """Every endpoint the node listens on (what the bind policy checks)."""
@@ -183,12 +202,13 @@ class NodeConfig:
     @classmethod
     def test(cls, **overrides: Any) -> NodeConfig:
         """Fast leases for tests: a dead client is dropped within ~1 s; DNS
-        names are re-resolved twice a second."""
+        names are re-resolved twice a second; ready 0.5 s after a change."""
         fast = cls(
             client_lease=0.9,
             tick_interval=0.05,
             sweep_interval=0.2,
             membership=MembershipConfig.test(),
             dns_interval=0.5,
+            ready_settle=0.5,
         )
         return replace(fast, **overrides)

@@ -145,6 +145,8 @@ class PeerMesh:
             if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 break
             frames = sock.recv_multipart(_NOBLOCK)
+            self.counters["received_frames"] += 1
+            self.counters["received_bytes"] += len(frames[-1])
             if len(frames) != 2:
                 self.counters["bad_frames"] += 1
                 continue
@@ -226,6 +228,9 @@ class PeerMesh:
             sock.send(frame, _NOBLOCK)
         except zmq.Again:
             self.counters["dropped_sends"] += 1
+            return
+        self.counters["sent_frames"] += 1
+        self.counters["sent_bytes"] += len(frame)
 
     def _send(self, address: str, frame: bytes) -> None:
         if self._closed:
@@ -246,6 +251,9 @@ class PeerMesh:
             sock.send(frame, _NOBLOCK)
         except zmq.Again:
             self.counters["dropped_sends"] += 1
+            return
+        self.counters["sent_frames"] += 1
+        self.counters["sent_bytes"] += len(frame)
 
     # -- key rollover: find which of our keys a peer serves --------------------
     def _watch(self, address: str, sock: zmq.Socket[bytes]) -> None:

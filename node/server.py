@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -33,6 +34,8 @@ from .security import HandshakeWatch, admission, check_bind_policy, serve_with
 
 if TYPE_CHECKING:  # the cluster's sockets load only in a cluster (a node's start time)
     from .finding import PeerFinder
+    from .http_endpoint import OpsEndpoint
+    from .metrics import FrameLatency
     from .peers import PeerMesh
 
 log = logging.getLogger("zchannels.node")
@@ -104,6 +107,8 @@ class NodeServer:
         self._stopping = False
         self._rlog = RateLimitedLog(config.log_interval)
         self.mesh: PeerMesh | None = None
+        #: called with every member event (the metrics endpoint counts them)
+        self.member_listeners: list[Callable[[MemberEvent], None]] = []
         self.finder: PeerFinder | None = None
         if config.peer_endpoint is not None:
             from .peers import PeerMesh
@@ -125,6 +130,15 @@ class NodeServer:
         #: set once the node has been unused for ``exit_when_idle`` seconds
         #: (no session, no claim): ``znode run`` then stops it
         self.idle = asyncio.Event()
+        #: /metrics, /healthz, /readyz (``metrics_endpoint``), and the
+        #: per-frame latency it reports; None when not served
+        self.ops: OpsEndpoint | None = None
+        self.latency: FrameLatency | None = None
+        if config.metrics_endpoint is not None:
+            from .http_endpoint import OpsEndpoint
+
+            self.ops = OpsEndpoint(self)
+            self.latency = self.ops.latency
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -139,8 +153,12 @@ class NodeServer:
         try:
             if config.claim_file is not None:
                 self._claims = Claims(config.claim_file)
+            if self.ops is not None:  # (after the lock: a node that loses it binds nothing)
+                self.ops.start()
             await self._bind_and_serve(self._loop)
         except BaseException:
+            if self.ops is not None:
+                self.ops.stop()
             self._release_locks()
             raise
         if self.lock is not None:
@@ -196,6 +214,8 @@ class NodeServer:
         loop.call_soon(self._on_readable)
 
     async def stop(self) -> None:
+        if self.ops is not None:
+            self.ops.stop()
         if self.finder is not None:
             await self.finder.stop()
         self._stopping = True
@@ -325,13 +345,16 @@ class NodeServer:
             self._dropped("shape", frames[0] if frames else b"?", f"{len(frames)} frames")
             return
         conn, frame = frames
+        now = time.monotonic()
         try:
             messages = decode(frame, self.config.max_frame_size)
         except DecodeError as exc:
             self._dropped(exc.reason, conn, str(exc))
             return
         try:
-            self._apply(self.node.client(conn, messages, time.monotonic()))
+            self._apply(self.node.client(conn, messages, now))
+            if self.latency is not None:
+                self.latency.observe(time.monotonic() - now)
         except zmq.ZMQError:
             raise
         except Exception:  # a bug must cost one frame, never the node
@@ -367,6 +390,8 @@ class NodeServer:
                 if event.kind == EventKind.REAPED:
                     mesh.forget(event.address)
                 _log_event(event)
+                for listener in self.member_listeners:
+                    listener(event)
 
     def drops(self) -> dict[str, int]:
         """Messages and frames dropped, by reason (``ClusterNode.drops``)."""

@@ -91,6 +91,11 @@ _VALUE_HINTS: Mapping[str, str] = {
     "interfaces": "a list of IP address strings mDNS announces on",
     "key_file": "the path of a file made by 'znode keygen PATH' (a list during a rollover)",
     "insecure": "True or False (a bool: the string 'false' would be true)",
+    "metrics_endpoint": (
+        "a loopback 'HOST:PORT' such as '127.0.0.1:9746' where the node the layer starts "
+        "serves /metrics, /healthz and /readyz, or delete it (a znode: give it "
+        "--metrics-endpoint)"
+    ),
 }
 
 

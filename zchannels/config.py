@@ -144,6 +144,11 @@ class LayerConfig:
     #: Embedded cluster member: allow serving peers without a key
     #: (``znode --insecure``; anyone on the network can read and inject).
     insecure: bool = False
+    #: The node this process starts (the shared node, or the embedded one)
+    #: serves ``/metrics``, ``/healthz`` and ``/readyz`` on this loopback
+    #: ``HOST:PORT`` (``znode run --metrics-endpoint``). None: not served. A
+    #: ``znode`` sidecar is given its own flag instead.
+    metrics_endpoint: str | None = None
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any]) -> LayerConfig:
@@ -259,10 +264,34 @@ class LayerConfig:
                 f"CONFIG peer_endpoint must be 'tcp://HOST:PORT', got {self.peer_endpoint!r}",
                 key="peer_endpoint",
             )
+        if self.metrics_endpoint is not None:
+            self._validate_metrics_endpoint(self.metrics_endpoint)
         if not isinstance(self.insecure, bool):
             # "false" is a true value: never guess about a security switch
             raise ConfigError(
                 f"CONFIG insecure must be True or False, got {self.insecure!r}", key="insecure"
+            )
+
+    def _validate_metrics_endpoint(self, spec: Any) -> None:
+        if self.node not in (None, "embedded"):
+            raise ConfigError(
+                f"CONFIG metrics_endpoint is for a node the layer starts; with node="
+                f"{self.node!r} give the znode --metrics-endpoint HOST:PORT",
+                key="metrics_endpoint",
+            )
+        # Imported here: only a layer that serves metrics loads the node's HTTP side.
+        from zchannels.node.http_endpoint import exposed
+
+        try:
+            beyond = exposed(spec)
+        except ValueError as exc:
+            raise ConfigError(f"CONFIG {exc}", key="metrics_endpoint") from None
+        if beyond:
+            raise ConfigError(
+                f"CONFIG metrics_endpoint {spec!r} is beyond loopback: a node the layer "
+                "starts serves metrics on loopback only (run a znode with "
+                "--metrics-insecure to serve them further)",
+                key="metrics_endpoint",
             )
 
     def capacity_for(self, channel: str) -> int:

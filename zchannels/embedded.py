@@ -55,6 +55,13 @@ def endpoint(config: LayerConfig) -> str:
                 f"this process's embedded node is already running {where}, "
                 f"not in {config.cluster!r} (a process has one embedded node)"
             )
+        elif config.metrics_endpoint not in (None, _node.config.metrics_endpoint):
+            raise ConfigError(
+                f"this process's embedded node is already running, serving metrics on "
+                f"{_node.config.metrics_endpoint!r}, not {config.metrics_endpoint!r} "
+                "(a process has one embedded node)",
+                key="metrics_endpoint",
+            )
         endpoint: str = _node.endpoints[0]
         return endpoint
 
@@ -64,6 +71,7 @@ def node_config(config: LayerConfig) -> NodeConfig:
     base = NodeConfig(
         node_id=f"{socket.gethostname()}-{os.getpid()}",
         client_endpoints=(f"inproc://zchannels-embedded-{os.getpid()}",),
+        metrics_endpoint=config.metrics_endpoint,
     )
     if config.cluster is None:
         return base

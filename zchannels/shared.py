@@ -295,8 +295,10 @@ class Site:
     """This process's view of its scope's node: its claim, the watcher on the
     background loop, the node it started, the clients to tell."""
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, metrics_endpoint: str | None = None) -> None:
         self.scope = scope
+        #: CONFIG metrics_endpoint: the nodes this process starts serve it
+        self.metrics_endpoint = metrics_endpoint
         self.endpoint = scope.endpoint
         self.pid = os.getpid()
         self._lock = threading.Lock()
@@ -422,6 +424,7 @@ class Site:
                     str(IDLE_EXIT),
                     "--log-level",
                     "INFO",
+                    *metrics_flags(self.metrics_endpoint),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -461,6 +464,11 @@ class Site:
         self._clients = []
         self._task = None
         self._lock = threading.Lock()
+
+
+def metrics_flags(endpoint: str | None) -> list[str]:
+    """``znode run``'s flags for CONFIG metrics_endpoint."""
+    return ["--metrics-endpoint", endpoint] if endpoint else []
 
 
 def node_command() -> list[str]:
@@ -513,7 +521,7 @@ def site(config: LayerConfig) -> Site:
     with _sites_lock:
         found = _sites.get(scope.directory)
         if found is None:
-            found = _sites[scope.directory] = Site(scope)
+            found = _sites[scope.directory] = Site(scope, config.metrics_endpoint)
         return found
 
 
