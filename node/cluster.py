@@ -481,7 +481,7 @@ class ClusterNode:
 
     def _address(self, peers: list[tuple[str, Any]], table: MemberTable) -> list[tuple[str, bytes]]:
         """(node id or address, message) -> (address, frame); messages to
-        nodes that are not live members are counted and dropped."""
+        nodes that are not members are counted and dropped."""
         frames: list[tuple[str, bytes]] = []
         live: list[str] | None = None
         me = table.node_id
@@ -497,8 +497,12 @@ class ClusterNode:
             else:
                 targets = [target]
             for node in targets:
+                # (a member this node thinks dead still gets what is
+                # addressed to it: if it sent us something it is alive, and
+                # the views are catching up; if it is dead the frame is lost
+                # as it would have been a moment earlier)
                 member = table.member(node)
-                if member is None or member.state not in LIVE or node == me:
+                if member is None or node == me:
                     self.counters["unsent"] += 1
                     continue
                 frames.append((member.address, frame))

@@ -415,7 +415,7 @@ class Routing:
 
     def _on_relay(self, msg: Relay, now: float, fx: Fx) -> None:
         origin, inc, conn = msg.origin, msg.incarnation, msg.conn
-        if origin not in self._live:
+        if not self._member(origin):
             self.counters["from_strangers"] += 1  # not a member: nothing to serve
             return
         if inc < self._known_incarnation(origin) - RESTART_GAP:
@@ -489,14 +489,14 @@ class Routing:
             fx.peers.append((owner, ConnGone(self.me, self.incarnation, (conn,))))
 
     def _on_handoff(self, msg: Handoff, now: float, fx: Fx) -> None:
-        if msg.origin not in self._live:
+        if not self._member(msg.origin):
             self.counters["from_strangers"] += 1
             return
         fx.out.extend(self.core.adopt(msg.channels, msg.members, now))
         self._sweep_soon(now)  # (views may differ: pass on what is not ours)
 
     def _on_ask(self, msg: Ask, now: float, fx: Fx) -> None:
-        if msg.origin not in self._live:
+        if not self._member(msg.origin):
             self.counters["from_strangers"] += 1
             return
         result: list[str] = []
@@ -537,6 +537,13 @@ class Routing:
         fx.out.append((ask.conn, reply))
 
     # -- membership changes ----------------------------------------------------------
+    def _member(self, node: str) -> bool:
+        """Whether ``node`` is a member, live or not in our view: a node we
+        think dead that sends is alive, and what it sends (a receiver's
+        credit, a handover) is taken, not lost, while the views catch up
+        (a healed partition: its frames can arrive before its refutation)."""
+        return node in self._live or self.table.member(node) is not None
+
     def _known_incarnation(self, node: str) -> int:
         member = self.table.member(node)
         return member.incarnation if member is not None else 0
