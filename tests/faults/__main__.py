@@ -26,6 +26,10 @@ from .checker import Report, check
 from .cluster import RunSpec, execute
 from .schedule import KINDS, Fault
 
+#: Sends per second of all producers together when ``--rate`` is not given
+#: (N producers, each to 2N channels).
+TOTAL_RATE = 360.0
+
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tests.faults", description=__doc__.split("\n")[0])
@@ -47,7 +51,13 @@ def parser() -> argparse.ArgumentParser:
         metavar="AT:KIND:TARGET:HOLD",
         help="a fixed fault instead of the seed's schedule; repeatable (e.g. 3:freeze:n1:4)",
     )
-    p.add_argument("--rate", type=float, default=20.0, help="sends/s per producer per channel")
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="sends/s per producer per channel (default: 360 sends/s in all, "
+        "20 per stream with 3 nodes: 5 nodes' 25 workload processes saturate 2 cores "
+        "at 3 nodes' rate, and a consumer's backlog then reads as slow recovery)",
+    )
     p.add_argument("--group-rate", type=float, default=2.0, help="group_sends/s per producer")
     p.add_argument("--request-timeout", type=float, default=8.0)
     p.add_argument("--preset", choices=("lan", "test"), default="lan")
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             nodes=args.nodes,
             duration=args.duration,
             kinds=kinds,
-            rate=args.rate,
+            rate=args.rate or TOTAL_RATE / (2 * args.nodes * args.nodes),
             group_rate=args.group_rate,
             request_timeout=args.request_timeout,
             preset=args.preset,

@@ -24,7 +24,8 @@ workload process's JSON-lines log) and deciding, strictly:
   again (delivers a message sent after the fault began) within
   ``RECOVERY_AFTER_DEAD`` s of the node being declared dead everywhere;
 - **unrecovered**: after every fault, every channel serves again before the
-  run ends;
+  run ends, and no message is left queued on a node at the end (while its
+  consumer waits);
 - **membership**: after the run, every node counts every live consumer's
   group member, and a ``group_send`` from every node reaches each of them.
 
@@ -88,6 +89,8 @@ class Report:
     dir: str
     spec: dict[str, Any]
     faults: list[dict[str, Any]]
+    #: the run's start (monotonic seconds; fault times are after it)
+    t0: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
     #: invariant name -> {"count": n, "examples": [...]} (only those violated)
     violations: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -130,9 +133,11 @@ class Report:
         ]
         for x in self.faults:
             rec = x.get("recovery") or {}
+            late = x["began"] - self.t0 - x["at"]
             lines.append(
                 f"    t={x['at']:6.2f}s {x['kind']:<13} {x['target']:<5} {x['hold']:.2f}s"
-                f"  declared in {_s(x.get('declared_after'))}"
+                + (f" (began {late:.2f}s late)" if late > 0.05 else "")
+                + f"  declared in {_s(x.get('declared_after'))}"
                 f"  max send {_s(x.get('max_send_latency'))}"
                 f"  recovery max {_s(rec.get('max'))} ({rec.get('slowest', '-')})"
                 + (
@@ -147,8 +152,9 @@ class Report:
             f"  deliveries: {c['deliveries']} channel, {c['group_deliveries']} group; "
             f"duplicates {c['duplicates']}, never sent {c['never_sent']}, "
             f"inversions {c['inversions']}",
-            f"  lost {c['lost']} (channel {c['lost_channel']}, group {c['lost_group']}; "
-            f"group uncertain {c['group_uncertain']}) vs counted {c['counted']} "
+            f"  lost {c['lost']} (channel {c['lost_channel']} + group {c['lost_group']} "
+            f"- {c['stuck_at_end']} still queued at the end; group uncertain "
+            f"{c['group_uncertain']}) vs counted {c['counted']} "
             f"{c['counted_by']}: silent {c['silent']}, overcounted {c['overcounted']} "
             f"({'exact' if c['balance_exact'] else 'group traffic: counted is an upper bound'})",
             f"  send latency: max {_s(f['max_send_latency'])} (bound {f['answer_bound']:.2f} s, "
@@ -189,7 +195,7 @@ def check(run_dir: Path) -> Report:
     run = json.loads((run_dir / "run.json").read_text())
     spec = run["spec"]
     t0 = run["t0"]
-    report = Report(spec["seed"], str(run_dir), spec, [])
+    report = Report(spec["seed"], str(run_dir), spec, [], t0)
     sends: dict[Key, _Send] = {}
     deliveries: list[_Delivery] = []
     last_counters: dict[str, dict[str, int]] = {}
@@ -373,11 +379,15 @@ def _losses(
                 lost_group.append((s, member))
     by_reason, by_life = counted(run, last_counters)
     total = sum(by_reason.values())
-    lost = len(lost_channel) + len(lost_group)
+    # Still queued on a node when the run ended (no receive took them while
+    # their consumer waited): not lost, not delivered; "unrecovered" says so.
+    stuck = sum(int(s.get("queued") or 0) for s in _final_samples(run))
+    lost = len(lost_channel) + len(lost_group) - stuck
     c = report.counts
     c["lost_channel"] = len(lost_channel)
     c["lost_group"] = len(lost_group)
     c["group_uncertain"] = uncertain
+    c["stuck_at_end"] = stuck
     c["lost"] = lost
     c["counted"] = total
     c["counted_by"] = dict(by_reason)
@@ -411,6 +421,10 @@ def _losses(
             total - lost - allowed,
             [{"lost": lost, "counted": total, "allowed_overlap": allowed, "by": dict(by_reason)}],
         )
+
+
+def _final_samples(run: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in run["samples"] if s.get("why") == "final" and s["ok"]]
 
 
 def counted(
@@ -598,6 +612,9 @@ def _recovery(
                     "never": {ch: slowest_stream[ch] for ch in never},
                 }
             )
+    stuck = {s["node"]: s["queued"] for s in _final_samples(run) if s.get("queued")}
+    if stuck:
+        unrecovered.append({"queued_at_end": stuck})
     report.figures["recovery_max"] = maxima
     report.add("slow_recovery", len(slow), slow)
     report.add("unrecovered", len(unrecovered), unrecovered)

@@ -38,6 +38,8 @@ HOLD = {
 #: to be declared (~1.3-1.8 s with the lan preset) and a restarted node to
 #: rejoin, so each fault's effects are over before the next begins.
 GAP = (2.5, 4.0)
+#: Seconds at the end of a run with no fault: every channel must serve again.
+QUIET = 4.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +70,7 @@ def make_schedule(
     duration: float,
     kinds: tuple[str, ...] = KINDS,
     warmup: float = 2.0,
-    quiet: float = 4.0,
+    quiet: float = QUIET,
 ) -> list[Fault]:
     """Faults from ``warmup`` s after the start until ``quiet`` s before
     ``duration``, each kind equally likely, targets uniform."""
