@@ -24,7 +24,7 @@ from typing import Any
 
 from .checker import Report, check
 from .cluster import RunSpec, execute
-from .schedule import KINDS, Fault
+from .schedule import DEFAULT_KINDS, KINDS, Fault
 
 #: Sends per second of all producers together when ``--rate`` is not given
 #: (N producers, each to 2N channels).
@@ -41,8 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=30.0, help="seconds of workload per run")
     p.add_argument(
         "--kinds",
-        default=",".join(KINDS),
-        help=f"fault kinds to draw from, comma-separated (default {','.join(KINDS)})",
+        default=",".join(DEFAULT_KINDS),
+        help=f"fault kinds to draw from, comma-separated, of {','.join(KINDS)} "
+        f"(default {','.join(DEFAULT_KINDS)})",
     )
     p.add_argument(
         "--fault",

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster import GROUP, read_jsonl
+from .schedule import NODE_KINDS
 
 #: Seconds added to the suspicion timeout for a send's answer (a round trip,
 #: a loaded 2-core machine, the relaying node learning of the death by gossip).
@@ -128,7 +129,11 @@ class Report:
             f"replay: python -m tests.faults --seed {self.seed} --runs 1 "
             f"--nodes {self.spec['nodes']} --duration {self.spec['duration']:g}"
             + (f" --kinds {','.join(self.spec['kinds'])}" if self.spec.get("kinds") else "")
-            + f" --group-rate {self.spec['group_rate']:g}",
+            + "".join(
+                f" --fault {f['at']:g}:{f['kind']}:{f['target']}:{f['hold']:g}"
+                for f in self.spec.get("faults") or []
+            )
+            + f" --rate {self.spec.get('rate', 20):g} --group-rate {self.spec['group_rate']:g}",
             "  faults:",
         ]
         for x in self.faults:
@@ -136,6 +141,7 @@ class Report:
             late = x["began"] - self.t0 - x["at"]
             lines.append(
                 f"    t={x['at']:6.2f}s {x['kind']:<13} {x['target']:<5} {x['hold']:.2f}s"
+                + (f"  {x['slow_answers']} slow answers" if x.get("slow_answers") else "")
                 + (f" (began {late:.2f}s late)" if late > 0.05 else "")
                 + f"  declared in {_s(x.get('declared_after'))}"
                 f"  max send {_s(x.get('max_send_latency'))}"
@@ -335,16 +341,25 @@ def _node_down_windows(run: dict[str, Any]) -> dict[str, list[tuple[float, float
     for f in run["executed"]:
         if f["kind"] in ("kill", "term"):
             down[f["target"]].append((f["began"], f["back"] or f["ended"]))
-        elif f["kind"] == "freeze":
+        elif f["kind"] in ("freeze", "lag"):
             down[f["target"]].append((f["began"], f["ended"]))
+        if f["kind"] == "lag":
+            down[f["notes"]["lagger"]].append((f["began"], f["notes"]["lagger_thawed"]))
     return down
+
+
+def _stopped(f: dict[str, Any]) -> set[str]:
+    """The nodes a fault takes away (none for the others)."""
+    if f["kind"] not in NODE_KINDS:
+        return set()
+    return {f["target"], *([f["notes"]["lagger"]] if f["kind"] == "lag" else [])}
 
 
 def _node_fault_windows(run: dict[str, Any]) -> list[tuple[float, float]]:
     return [
         (f["began"], (f["back"] or f["ended"]) + SETTLE)
         for f in run["executed"]
-        if f["kind"] in ("kill", "term", "freeze")
+        if f["kind"] in NODE_KINDS
     ]
 
 
@@ -511,8 +526,14 @@ def _latency(
     report.figures["answer_bound"] = bound
     report.figures["max_send_latency"] = overall
     report.figures["max_send_latency_own_node_down"] = own_down_max
-    # per fault: the longest send that overlapped it (own node down or not)
+    # per fault: the longest send that overlapped it (own node down or not),
+    # and how many answers that came after it began were over the bound
     for i, f in enumerate(faults):
+        late = [x for x in slow if f["began"] - t0 <= x["sent_at"] + x["took"]]
+        nxt = [g["began"] - t0 for g in faults[i + 1 :]]
+        if nxt:
+            late = [x for x in late if x["sent_at"] + x["took"] < nxt[0]]
+        report.figures.setdefault("per_fault", {}).setdefault(i, {})["slow_answers"] = len(late)
         end = (f["back"] or f["ended"]) + SETTLE
         around = [s.t1 - s.t0 for s in sends.values() if s.t0 <= end and f["began"] <= s.t1]
         report.figures.setdefault("per_fault", {}).setdefault(i, {})["max_send_latency"] = (
@@ -524,9 +545,9 @@ def _latency(
 def _declared(run: dict[str, Any], f: dict[str, Any]) -> float | None:
     """When every other node first showed ``f``'s node dead (or left) in a
     sample, in seconds after the fault began; None if never before it was back."""
-    if f["kind"] not in ("kill", "term", "freeze"):
+    if f["kind"] not in NODE_KINDS:
         return None
-    others = [n for n in run["nodes"] if n != f["target"]]
+    others = [n for n in run["nodes"] if n not in _stopped(f)]
     latest: dict[str, str] = {}
     until = (f["back"] or f["ended"]) + SETTLE
     for s in sorted(run["samples"], key=lambda s: s["t"]):
@@ -567,7 +588,7 @@ def _recovery(
         for ch in run["channels"]:
             worst: float | None = 0.0
             for p, node in producers.items():
-                if f["kind"] in ("kill", "term", "freeze") and node == f["target"]:
+                if node in _stopped(f):
                     continue
                 after = [at for sent, at in streams.get((p, ch), []) if sent >= f["began"]]
                 if not after:
@@ -589,7 +610,7 @@ def _recovery(
         maxima.append(None if slowest is None else round(known[slowest], 2))
         declared = _declared(run, f)
         fig["declared_after"] = declared
-        if declared is not None and f["kind"] in ("kill", "freeze"):
+        if declared is not None and f["kind"] in ("kill", "freeze", "lag"):
             owned = run["owned"][f["target"]]
             served = [rec[ch] for ch in owned]
             late = max(float("inf") if x is None else x for x in served) - declared

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .schedule import GAP, KINDS, NODE_KINDS, QUIET, Fault, make_schedule
+from .schedule import DEFAULT_KINDS, GAP, LAG_THAW, NODE_KINDS, QUIET, Fault, make_schedule
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 #: The layer's prefix (wire names are ``prefix|name``).
@@ -61,7 +61,7 @@ class RunSpec:
     nodes: int = 3
     #: seconds from the start of the workload to the stop of the producers
     duration: float = 20.0
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
     #: sends per second per producer per hashed channel
     rate: float = 20.0
     #: group_sends per second per producer (0: only the end markers)
@@ -433,6 +433,17 @@ class Run:
             cancel=cid.endswith("b"),
         )
 
+    def lagger_of(self, target: str) -> str:
+        """The node that owns ``target``'s first hashed channel once
+        ``target`` is gone (a ``lag`` fault's second node)."""
+        from zchannels.node.ownership import Ownership
+
+        rest = Ownership.from_ids([n for n in self.spec.node_ids() if n != target])
+        owner = rest.owner(f"{PREFIX}|{self.owned[target][0]}")
+        if owner is None:
+            raise AssertionError(f"nobody owns {self.owned[target][0]} without {target}")
+        return owner
+
     def live_consumers(self) -> list[WorkProc]:
         return [w for w in self.workers if w.role == "consumer" and w.alive()]
 
@@ -495,6 +506,10 @@ class Run:
             self.say(
                 f"  {fault}" + (f" (began {at - fault.at:.2f} s late)" if at > fault.at else "")
             )
+            if fault.kind == "lag":
+                self._sleep_until(at + LAG_THAW)
+                self.nodes[ex.notes["lagger"]].signal(signal.SIGCONT)
+                ex.notes["lagger_thawed"] = time.monotonic()
             self._sleep_until(at + fault.hold)
             self._end(ex)
             self.executed.append(ex)
@@ -512,10 +527,22 @@ class Run:
             node = self.nodes[f.target]
             # a last look at its counters (those die with a killed node)
             ex.notes["before"] = self.sampler.take(node, f"before {f.kind}")
+            lagger = None
+            if f.kind == "lag":
+                lagger = self.nodes[self.lagger_of(f.target)]
+                ex.notes["lagger"] = lagger.id
+                ex.notes["lagger_before"] = self.sampler.take(lagger, "before lag")
             ex.began = time.monotonic()
             node.signal(
-                {"kill": signal.SIGKILL, "term": signal.SIGTERM, "freeze": signal.SIGSTOP}[f.kind]
+                {
+                    "kill": signal.SIGKILL,
+                    "term": signal.SIGTERM,
+                    "freeze": signal.SIGSTOP,
+                    "lag": signal.SIGSTOP,
+                }[f.kind]
             )
+            if lagger is not None:
+                lagger.signal(signal.SIGSTOP)
         elif f.kind == "consumer_kill":
             [victim] = [w for w in self.live_consumers() if w.id == f.target]
             ex.began = time.monotonic()
@@ -540,7 +567,7 @@ class Run:
                 ex.notes["exit_code"] = code
             ex.ended = time.monotonic()
             ex.back = node.start(self.spec.preset)
-        elif f.kind == "freeze":
+        elif f.kind in ("freeze", "lag"):
             ex.ended = time.monotonic()
             self.nodes[f.target].signal(signal.SIGCONT)
         elif f.kind == "consumer_kill":
