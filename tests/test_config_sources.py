@@ -90,23 +90,30 @@ def test_every_run_flag_has_a_variable_and_a_key_and_check_config_takes_them_all
 
 
 def test_a_flag_added_later_gets_a_variable_and_a_key_with_no_code() -> None:
-    """As the metrics helper adds ``--metrics-endpoint`` to ``run``."""
+    """As ``--metrics-endpoint`` was added to ``run`` after this module: a
+    new flag of each kind (a string, a number, a switch) is read from its
+    variable and its key with no code of its own."""
     parser = build_parser()
     run = subcommand(parser, "run")
-    run.add_argument("--metrics-endpoint", metavar="HOST:PORT")
+    run.add_argument("--trace-endpoint", metavar="HOST:PORT")
     run.add_argument("--scrape-workers", type=int)
-    run.add_argument("--metrics-tls", action="store_true")
+    run.add_argument("--trace-tls", action="store_true")
     options = run_options(parser)
     found = resolve(
         options,
         {},
-        {"ZNODE_METRICS_ENDPOINT": "127.0.0.1:9100", "ZNODE_METRICS_TLS": "yes"},
+        {
+            "ZNODE_TRACE_ENDPOINT": "127.0.0.1:9100",
+            "ZNODE_TRACE_TLS": "yes",
+            "ZNODE_METRICS_ENDPOINT": "127.0.0.1:9746",
+        },
         {"scrape-workers": 4},
         "f.toml",
     )
-    assert value_and_source(found, "metrics_endpoint") == ("127.0.0.1:9100", "env")
+    assert value_and_source(found, "trace_endpoint") == ("127.0.0.1:9100", "env")
     assert value_and_source(found, "scrape_workers") == (4, "file")
-    assert value_and_source(found, "metrics_tls") == (True, "env")
+    assert value_and_source(found, "trace_tls") == (True, "env")
+    assert value_and_source(found, "metrics_endpoint") == ("127.0.0.1:9746", "env")
 
 
 def test_a_flag_of_a_shape_it_cannot_read_fails_loudly() -> None:
