@@ -135,8 +135,10 @@ class ClusterNode:
         self._doubt_incarnation = incarnation
         #: member events seen during the doubt, for routing and replication
         self._held_events: list[MemberEvent] = []
-        #: lives this node ended in place (``_fence``)
+        #: lives this node ended in place (``_fence``), and what their cores
+        #: and routing had counted as dropped
         self.fences = 0
+        self._past_drops: Counter[str] = Counter()
 
     def _build(self, incarnation: int, fenced: tuple[int, int] | None) -> None:
         """A fresh core, routing and group replication for a life that
@@ -387,6 +389,12 @@ class ClusterNode:
             new,
         )
         self.fences += 1
+        # (the drops this life counted stay counted: counters never go back)
+        past = self.core.drops()
+        if self.routing is not None:
+            rc = self.routing.counters
+            past["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
+        self._past_drops.update(past)
         self.incarnation = new
         # (the table first: the new life's routing and replication take
         # their incarnation from it)
@@ -518,6 +526,8 @@ class ClusterNode:
             rc = self.routing.counters
             drops["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
             drops["decode_error"] += self.counters["decode_errors"]
+        for reason, count in self._past_drops.items():
+            drops[reason] = drops.get(reason, 0) + count
         return drops
 
     def status(self) -> dict[str, Any]:

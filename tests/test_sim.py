@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: schedules per CI run (one node; and three, once the branch has
 #: ClusterNode), and worker processes (this machine has 2 cores)
 SCHEDULES = int(os.environ.get("ZCHANNELS_SIM_SCHEDULES", "300"))
-CLUSTER_SCHEDULES = int(os.environ.get("ZCHANNELS_SIM_CLUSTER_SCHEDULES", "60"))
+CLUSTER_SCHEDULES = int(os.environ.get("ZCHANNELS_SIM_CLUSTER_SCHEDULES", "300"))
 JOBS = 2
 CLUSTER = cluster_factory()
 needs_cluster = pytest.mark.skipif(
@@ -395,6 +395,12 @@ def test_schedules_exercise_what_they_should() -> None:
 #: and its shrunk schedule in tests/sim/plans/. Each is a strict xfail: when
 #: the fix lands, the test passes, xfail(strict) fails, and the mark goes.
 KNOWN_CLUSTER = {
+    # (on one node this is exact and fixed; in a cluster the checker cannot
+    # tell a dead sender's refused reserved sends from defect 2's other
+    # uncounted losses by count, and names the shortfall after the former
+    # whenever it is small enough: seeds 6, 103, 197, 261)
+    "uncounted_loss_dead_sender": "issue 11 defect 2 (as counted): a shortfall no bigger "
+    "than the reserved sends refused to processes that died; seed 6",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
     "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
     "partition to an owner that then freezes)",
