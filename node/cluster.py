@@ -45,21 +45,7 @@ from .membership import (
     suspicion_bounds,
 )
 from .membership import Effects as TableEffects
-from .peer_messages import (
-    Answer,
-    Ask,
-    ConnGone,
-    GroupDelta,
-    GroupDeltaAck,
-    GroupDigest,
-    GroupFanout,
-    GroupSlice,
-    Handoff,
-    HolderGone,
-    Load,
-    Relay,
-    RelayBack,
-)
+from .peer_messages import REPLICATION_MESSAGES, ROUTING_MESSAGES, Relay
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
 from .replication import GroupReplication
@@ -68,8 +54,6 @@ from .routing import RESTART_GAP, Routing
 log = logging.getLogger("zchannels.node")
 
 _TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
-_ROUTING = (Relay, RelayBack, ConnGone, HolderGone, Handoff, Ask, Answer, Load)
-_REPLICATION = (GroupDelta, GroupDeltaAck, GroupDigest, GroupSlice, GroupFanout)
 
 
 @dataclass(slots=True)
@@ -177,6 +161,13 @@ class ClusterNode:
             )
         self.core.extra_status = self._extra_status
 
+    def _cluster(self) -> tuple[MemberTable, Routing, GroupReplication]:
+        """The cluster's parts, for steps only a node in a cluster takes."""
+        table, routing, replication = self.table, self.routing, self.replication
+        if table is None or routing is None or replication is None:
+            raise RuntimeError("a cluster step on a node that is in no cluster")
+        return table, routing, replication
+
     @property
     def node_id(self) -> str:
         return self.config.node_id
@@ -231,8 +222,7 @@ class ClusterNode:
         return self._finish(fx, now)
 
     def _undeliverable(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
-        routing = self.routing
-        assert routing is not None
+        _, routing, _ = self._cluster()
         remote: list[Message] = []  # deliveries of channels other nodes own
         local: list[Message] = []
         for message in messages:
@@ -266,11 +256,10 @@ class ClusterNode:
         return self._finish(fx, now)
 
     def _peer(self, msg: Any, now: float, fx: Fx) -> None:
-        routing, replication = self.routing, self.replication
-        assert routing is not None and replication is not None
-        if isinstance(msg, _ROUTING):
+        _, routing, replication = self._cluster()
+        if isinstance(msg, ROUTING_MESSAGES):
             routing.handle(msg, now, fx)
-        elif isinstance(msg, _REPLICATION):
+        elif isinstance(msg, REPLICATION_MESSAGES):
             replication.handle(msg, now, fx)
 
     def bad_peer_frame(self) -> None:
@@ -304,8 +293,7 @@ class ClusterNode:
         freeze, SIGSTOP, a starved CPU) for longer than the quickest its
         peers could have declared it dead (a probe's timeout plus the
         shortest suspicion), with a margin."""
-        table = self.table
-        assert table is not None
+        table, _, _ = self._cluster()
         config = table.config
         low, _ = suspicion_bounds(config, len(table.live()))
         return 0.8 * (config.probe_timeout + low)
@@ -322,10 +310,9 @@ class ClusterNode:
             if last is None or now - last <= self._fence_gap():
                 return False
             self._doubt_until = now + self._doubt_time()
-            assert self.table is not None
             # (a death declared at this incarnation or later happened while
             # this node did not run)
-            self._doubt_incarnation = self.table.incarnation
+            self._doubt_incarnation = self._cluster()[0].incarnation
             self.counters["stalls"] += 1
             log.warning(
                 "this node did not run for %.2f s: holding client and cluster "
@@ -340,9 +327,8 @@ class ClusterNode:
         return False
 
     def _doubt_time(self) -> float:
-        table = self.table
-        assert table is not None
-        return 2 * table.config.probe_interval + table.config.probe_timeout
+        config = self._cluster()[0].config
+        return 2 * config.probe_interval + config.probe_timeout
 
     def _release(self, now: float, fx: Fx) -> None:
         """Take up, in order, what was held during the doubt."""
@@ -366,8 +352,7 @@ class ClusterNode:
         that counts it), and it comes back as a new life (an incarnation
         more than a refutation above), which its clients see as a restart:
         they register again and re-assert their memberships."""
-        table = self.table
-        assert table is not None
+        table, _, _ = self._cluster()
         # Lost with this life: what it queued, and what receivers gave back
         # to it while it was stalled (their nodes count on it to requeue
         # them; sends relayed to it are counted by their origins instead).

@@ -169,3 +169,7 @@ ClusterMessage = (
     | Answer
     | Load
 )
+
+#: Which part of the node handles which message (``ClusterNode`` dispatches).
+ROUTING_MESSAGES = (Relay, RelayBack, ConnGone, HolderGone, Handoff, Ask, Answer, Load)
+REPLICATION_MESSAGES = (GroupDelta, GroupDeltaAck, GroupDigest, GroupSlice, GroupFanout)

@@ -86,7 +86,6 @@ class NodeServer:
         # One incarnation per start, shared by the client protocol (clients
         # notice a restart by it) and the member table (peers do).
         started = first_incarnation(time.time())
-        self.incarnation = str(started)
         self.node = ClusterNode(
             config,
             address=config.peer_endpoint or "",
@@ -317,6 +316,11 @@ class NodeServer:
     @property
     def core(self) -> NodeCore:
         return self.node.core
+
+    @property
+    def incarnation(self) -> str:
+        """This life's incarnation, as clients see it (a fence starts another)."""
+        return str(self.node.incarnation)
 
     # -- I/O -------------------------------------------------------------
     def _on_readable(self, secure: bool = False) -> None:

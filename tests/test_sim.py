@@ -21,24 +21,20 @@ from typing import Any
 
 import msgpack
 import pytest
-from sim.adapter import Effects, SingleNode
 from sim.check import History
 from sim.client import payload_of
-from sim.explore import cluster_factory, run_plan, shrink, verdicts_many
+from sim.explore import run_plan, shrink, verdicts_many
 from sim.schedule import Op, Plan, generate
+from zchannels.node.cluster import ClusterNode, Effects
 
 from zchannels.protocol import Message, MsgType
 
 ROOT = Path(__file__).resolve().parent.parent
-#: schedules per CI run (one node; and three, once the branch has
-#: ClusterNode), and worker processes (this machine has 2 cores)
+#: schedules per CI run (one node; three nodes), and worker processes (this
+#: machine has 2 cores)
 SCHEDULES = int(os.environ.get("ZCHANNELS_SIM_SCHEDULES", "300"))
 CLUSTER_SCHEDULES = int(os.environ.get("ZCHANNELS_SIM_CLUSTER_SCHEDULES", "300"))
 JOBS = 2
-CLUSTER = cluster_factory()
-needs_cluster = pytest.mark.skipif(
-    CLUSTER is None, reason="zchannels.node.cluster is not on this branch yet"
-)
 
 
 # -- the checker, on hand-made histories ----------------------------------------
@@ -180,7 +176,7 @@ def test_replay_is_identical_across_processes() -> None:
 # -- mutants the checker must catch ------------------------------------------------
 
 
-class SilentDrop(SingleNode):
+class SilentDrop(ClusterNode):
     """Broken on purpose: every 5th acknowledged send is answered and never
     queued, and no counter says so."""
 
@@ -203,7 +199,7 @@ class SilentDrop(SingleNode):
         return fx
 
 
-class DoubleDeliver(SingleNode):
+class DoubleDeliver(ClusterNode):
     """Broken on purpose: the 20th delivery goes out twice."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -222,7 +218,7 @@ class DoubleDeliver(SingleNode):
         return self._twice(super().client(conn, messages, now))
 
 
-class Reorder(SingleNode):
+class Reorder(ClusterNode):
     """Broken on purpose: a DELIVER of several messages arrives reversed."""
 
     def client(self, conn: bytes, messages: list[Message], now: float) -> Effects:
@@ -240,7 +236,7 @@ class Reorder(SingleNode):
     ("mutant", "invariant"),
     [(SilentDrop, "uncounted_loss"), (DoubleDeliver, "duplicate"), (Reorder, "fifo")],
 )
-def test_a_broken_node_is_caught(mutant: type[SingleNode], invariant: str) -> None:
+def test_a_broken_node_is_caught(mutant: type[ClusterNode], invariant: str) -> None:
     caught = next(
         (
             seed
@@ -279,18 +275,22 @@ def test_a_failure_shrinks_to_a_short_schedule_that_still_fails() -> None:
 KNOWN_SINGLE: dict[str, str] = {}
 
 
-@pytest.fixture(scope="module")
-def single() -> dict[str, list[tuple[int, str]]]:
-    """SCHEDULES seeded schedules on one node: invariant -> [(seed, violation)]."""
+def _explore(schedules: int, nodes: int, what: str) -> dict[str, list[tuple[int, str]]]:
+    """Seeds 0..schedules-1 on ``nodes`` nodes: invariant -> [(seed, violation)]."""
     started = time.perf_counter()
-    results = verdicts_many(range(SCHEDULES), 1, jobs=JOBS)
+    results = verdicts_many(range(schedules), nodes, jobs=JOBS)
     took = time.perf_counter() - started
     by: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for seed, found, _seconds in results:
         for invariant, text in found.items():
             by[invariant].append((seed, text))
-    print(f"\n{SCHEDULES} single-node schedules in {took:.1f} s")
+    print(f"\n{schedules} {what} schedules in {took:.1f} s")
     return by
+
+
+@pytest.fixture(scope="module")
+def single() -> dict[str, list[tuple[int, str]]]:
+    return _explore(SCHEDULES, 1, "single-node")
 
 
 def _report(by: dict[str, list[tuple[int, str]]], invariant: str) -> str:
@@ -342,7 +342,6 @@ FAILING_PLANS = {
 }
 
 
-@needs_cluster
 @pytest.mark.parametrize(
     "name",
     [
@@ -416,18 +415,9 @@ KNOWN_CLUSTER = {
 
 @pytest.fixture(scope="module")
 def cluster() -> dict[str, list[tuple[int, str]]]:
-    started = time.perf_counter()
-    results = verdicts_many(range(CLUSTER_SCHEDULES), 3, jobs=JOBS)
-    took = time.perf_counter() - started
-    by: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for seed, found, _seconds in results:
-        for invariant, text in found.items():
-            by[invariant].append((seed, text))
-    print(f"\n{CLUSTER_SCHEDULES} three-node schedules in {took:.1f} s")
-    return by
+    return _explore(CLUSTER_SCHEDULES, 3, "three-node")
 
 
-@needs_cluster
 @pytest.mark.timeout(900)  # (the module's schedules run in the first)
 def test_cluster_schedules_hold_every_other_invariant(
     cluster: dict[str, list[tuple[int, str]]],
@@ -437,7 +427,6 @@ def test_cluster_schedules_hold_every_other_invariant(
     assert not unexpected, "\n".join(_report(cluster, k) for k in unexpected)
 
 
-@needs_cluster
 @pytest.mark.parametrize(
     "invariant",
     [

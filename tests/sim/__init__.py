@@ -1,8 +1,8 @@
 """A deterministic whole-cluster simulation of zchannels (FoundationDB's
 simulator and TigerBeetle's VOPR are the models; STYLE.md §1 and §6).
 
-Every node (a pure ``ClusterNode``, or ``adapter.SingleNode`` around
-``NodeCore`` where no cluster is built), every client process (``client``:
+Every node (a pure ``ClusterNode``; alone, it runs only its core), every
+client process (``client``:
 the client protocol as ``zchannels.connection`` speaks it, on the real
 ``zchannels.flow.Flow``) and the network between them (``world``) run in one
 process on one simulated clock, driven by a seeded schedule of workload and

@@ -50,9 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # (the node logs what it drops; the checker reports what matters)
     logging.getLogger("zchannels").setLevel(logging.ERROR)
 
-    from .explore import cluster_factory
-
-    nodes = args.nodes if args.nodes is not None else (3 if cluster_factory() else 1)
+    nodes = args.nodes if args.nodes is not None else 3
     faults = tuple(args.faults.split(",")) if args.faults else None
 
     if args.plan is not None:

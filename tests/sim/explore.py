@@ -1,8 +1,7 @@
 """Run schedules, replay one exactly, shrink a failing one.
 
-Owns: which node implementation a run drives (the real ``ClusterNode`` for
-several nodes once ``zchannels.node.cluster`` exists, else
-``adapter.SingleNode``), one run's result, the explorer over many seeds
+Owns: which node a run drives (the real ``ClusterNode`` unless a test gives
+a deliberately broken one), one run's result, the explorer over many seeds
 (optionally on several processes) and the shrinker: it drops ops of a
 failing plan (halves, quarters, ... then one at a time, as delta debugging
 does) for as long as the run still fails the same invariant, and returns the
@@ -11,14 +10,15 @@ smallest plan found. Does not own the checks (``check``) or the world.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from .adapter import NodeLike, SingleNode
+from zchannels.node.cluster import ClusterNode
+
+from .adapter import NodeLike
 from .check import Violation
 from .schedule import Plan, generate
 from .world import World
@@ -27,16 +27,6 @@ from .world import World
 SETTLE = 2.5
 #: simulated seconds the drain may take at most
 DRAIN_LIMIT = 4.0
-
-
-def cluster_factory() -> Callable[..., NodeLike] | None:
-    """``zchannels.node.cluster.ClusterNode`` if it exists."""
-    try:
-        module = importlib.import_module("zchannels.node.cluster")
-    except ImportError:
-        return None
-    factory: Callable[..., NodeLike] | None = getattr(module, "ClusterNode", None)
-    return factory
 
 
 @dataclass
@@ -70,12 +60,7 @@ def run_plan(
 ) -> Result:
     clustered = plan.nodes > 1 or any(op.kind == "join" for op in plan.ops)
     if factory is None:
-        # the real node where it exists (alone, it runs only its core)
-        factory = cluster_factory() or (None if clustered else SingleNode)
-        if factory is None:
-            raise SystemExit(
-                "zchannels.node.cluster.ClusterNode does not exist yet: run with --nodes 1"
-            )
+        factory = ClusterNode  # (alone, without a peer endpoint, it runs only its core)
     started = time.perf_counter()
     world = World(
         plan,

@@ -4,7 +4,7 @@ Owns: simulated time (one heap of timed events: frames in flight, node
 ticks, client timers, schedule ops), the network's faults, the nodes' lives
 (start, freeze, thaw, kill, restart, clean leave, join) and the run's phases
 (schedule, heal, settle, drain, check). Does not own a protocol decision:
-each node is a real ``ClusterNode`` (or ``adapter.SingleNode``) driven as the
+each node is a real ``ClusterNode`` (or a test's broken one) driven as the
 asyncio shell drives it (one call per frame, ``tick`` at ``next_deadline()``,
 ``undeliverable`` when a send to a client fails); each client is a
 ``client.SimClient``.
