@@ -18,6 +18,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _keygen(args)
     if args.command == "status":
         return _status(args)
+    if args.command == "drain":
+        return _drain(args)
     try:
         settings = read_settings(args, options, os.environ)
     except SourceError as exc:
@@ -230,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("dns_interval", "--dns-interval"),
         ("exit_when_idle", "--exit-when-idle"),
         ("ready_settle", "--ready-settle"),
+        ("drain_timeout", "--drain-timeout"),
     ):
         run.add_argument(flag, dest=name, type=float, metavar="SECONDS")
     run.add_argument("--max-frame-size", dest="max_frame_size", type=int, metavar="BYTES")
@@ -251,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS")
+
+    drain = sub.add_parser(
+        "drain",
+        help="make a node drain and stop (as SIGTERM does); wait until it has gone",
+        description="Ask the node at ENDPOINT to drain: its clients give back what they "
+        "hold and hold what they send, it hands its channels over and leaves its "
+        "cluster, then it stops; its clients go on with the next node on the same "
+        "endpoint. Exit status 0 once the node no longer answers, 1 if it still does "
+        "after --timeout seconds or did not take the request.",
+    )
+    drain.add_argument("--node", default=default_client_endpoint(), metavar="ENDPOINT")
+    drain.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
 
     # Last, so that it takes every flag of run, whoever added it where.
     check = sub.add_parser(
@@ -341,10 +357,13 @@ async def _serve(config: NodeConfig) -> None:
         flush=True,
     )
     # --exit-when-idle: the node also stops once nobody uses it.
-    done = [asyncio.create_task(event.wait()) for event in (stop, server.idle)]
+    wanted = (stop, server.idle, server.stop_wanted)
+    done = [asyncio.create_task(event.wait()) for event in wanted]
     await asyncio.wait(done, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         task.cancel()
+    if not server.idle.is_set() and config.drain_timeout > 0:
+        await server.drain(config.drain_timeout)
     await server.stop()
 
 
@@ -365,6 +384,27 @@ def query(endpoint: str, mtype: MsgType, *fields: Any, timeout: float = 3.0) -> 
         raise DecodeError("shape", "unexpected answer")
     finally:
         sock.close()
+
+
+def _drain(args: argparse.Namespace) -> int:
+    try:
+        incarnation = query(args.node, MsgType.STATUS, timeout=3.0)["incarnation"]
+        sessions = query(args.node, MsgType.STOP, timeout=3.0)
+    except (TimeoutError, DecodeError, zmq.ZMQError) as exc:
+        print(f"znode drain: {exc}", file=sys.stderr)
+        return 1
+    print(f"znode drain: {args.node} drains ({sessions} client processes)", flush=True)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:  # (a supervisor may have started the next node there already)
+            if query(args.node, MsgType.STATUS, timeout=0.5)["incarnation"] != incarnation:
+                raise TimeoutError
+        except (TimeoutError, DecodeError, zmq.ZMQError):
+            print(f"znode drain: {args.node} has stopped")
+            return 0
+        time.sleep(0.1)
+    print(f"znode drain: {args.node} still answers after {args.timeout:g} s", file=sys.stderr)
+    return 1
 
 
 def _status(args: argparse.Namespace) -> int:

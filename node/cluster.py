@@ -184,6 +184,9 @@ class ClusterNode:
 
     # -- events ------------------------------------------------------------
     def start(self, now: float) -> Effects:
+        self.core.start(now)
+        if self.table is None:
+            return Effects()
         fx = Fx()
         if self.table is not None:
             self._table(self.table.join((), now), now, fx)
@@ -385,6 +388,7 @@ class ClusterNode:
         # their incarnation from it)
         renewed = table.renew(new)
         self._build(new, fenced=(old, lost))
+        self.core.start(now)
         # What arrived for the old life: its clients' frames go to the new
         # one (unknown sessions: they register again); peers' messages for
         # the old life are dropped (their senders count what they lose).
@@ -408,6 +412,24 @@ class ClusterNode:
                 self.replication.next_deadline(),
             )
         return deadline
+
+    def drain(self, now: float) -> Effects:
+        """A graceful drain begins (SIGTERM, ``znode drain``): every client
+        is told ``DRAIN``; each gives back what it holds, has its requests
+        answered and says ``MOVING`` (``drained``). Then the shell leaves."""
+        return Effects(self.core.begin_drain())
+
+    def drained(self) -> bool:
+        return self.core.drained()
+
+    def passing_on(self) -> bool:
+        """After a leave: requests passed on to their owners still wait for
+        an answer here (the shell lingers until they have one)."""
+        return self.routing is not None and self.routing.waiting()
+
+    def linger_limit(self) -> float:
+        """Seconds a node that left passes on what peers still send, at most."""
+        return self.routing.answer_within() if self.routing is not None else 0.0
 
     def leave(self, now: float) -> Effects:
         """A clean stop: answer waiting group_adds, hand everything held to

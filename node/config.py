@@ -150,6 +150,13 @@ class NodeConfig:
     #: of the site that restart (the autoreloader, a recycled worker) find
     #: it still there.
     exit_when_idle: float = 0.0
+    #: Seconds a stopping node (SIGTERM, SIGINT, ``znode drain``) waits for
+    #: its clients to move before it leaves anyway: it tells each DRAIN, and
+    #: each gives back what it prefetched, has its requests answered and then
+    #: holds what it sends until the next node on its endpoint (the restarted
+    #: one) welcomes it. Usually milliseconds. 0: no drain (clients find the
+    #: node gone, as after a crash).
+    drain_timeout: float = 10.0
     #: A file client processes hold a shared lock on while they use the node,
     #: taken before they connect: the node counts as unused only when it can
     #: take the file exclusively, and stops holding it, so a process that is

@@ -128,6 +128,16 @@ class NodeCore:
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
         self.decode_errors: dict[str, int] = {}
+        #: a drain (``begin_drain``): clients are told DRAIN, and ``moved``
+        #: holds the connections that have said MOVING
+        self.draining = False
+        self.moved: set[ConnId] = set()
+        #: a client asked this node to drain and stop (``STOP``, ``znode drain``)
+        self.stop_requested = False
+        #: until when sessions this node does not know yet may still come
+        #: back (its previous life's clients, after a restart): their
+        #: process-specific channels are kept, not dropped as dead
+        self._grace_until: float | None = None
         self._handlers: dict[
             MsgType, Callable[[ConnId, Session | None, tuple[Any, ...], float, list[Out]], None]
         ] = {
@@ -145,6 +155,8 @@ class NodeCore:
             MsgType.GROUP_INFO: self._group_info,
             MsgType.CONSUMED: self._consumed,
             MsgType.REVOKED: self._revoked,
+            MsgType.MOVING: self._moving,
+            MsgType.STOP: self._stop,
         }
 
     # -- entry points ----------------------------------------------------
@@ -191,11 +203,32 @@ class NodeCore:
             self._hops, self._work = 0, None
         return out
 
+    def start(self, now: float) -> None:
+        """This life begins: for one lease, a process-specific channel of a
+        session not (yet) registered here is kept (its process may be
+        reconnecting after this node's restart), not dropped as dead."""
+        self._grace_until = now + self.settings.lease
+
+    def begin_drain(self) -> list[Out]:
+        """Tell every client this node is going away (``DRAIN``): each gives
+        back what it holds and says ``MOVING``; ``drained()`` says when all
+        have. A client that says HELLO meanwhile is told the same."""
+        self.draining = True
+        drain: Message = (MsgType.DRAIN, (self.settings.incarnation,))
+        return [(conn, drain) for conn in self.sessions.by_conn if conn not in self.moved]
+
+    def drained(self) -> bool:
+        """Every connection of a client has said MOVING (or gone)."""
+        return self.draining and all(conn in self.moved for conn in self.sessions.by_conn)
+
     def tick(self, now: float, work: ClusterWork | None = None) -> list[Out]:
         """Periodic work: lapsed leases, expired messages and memberships."""
         out: list[Out] = []
         self._work = work
         try:
+            if self._grace_until is not None and now >= self._grace_until:
+                self._grace_until = None
+                self._drop_unclaimed()
             for session in self.sessions.expired(now):
                 self._drop_session(session.tag, now, out)
                 self.counters.sessions_expired += 1
@@ -210,6 +243,8 @@ class NodeCore:
     def next_deadline(self) -> float:
         """When ``tick`` next has work (the expiry sweep; leases are checked
         at every tick the cluster node makes)."""
+        if self._grace_until is not None:
+            return min(self._next_sweep, self._grace_until)
         return self._next_sweep
 
     def undeliverable(
@@ -296,6 +331,9 @@ class NodeCore:
             return
         self.sessions.hello(conn, tag, pid, policy, now)
         s = self.settings
+        if self.draining:  # (registered, so its pings are answered, not RESET)
+            out.append((conn, (MsgType.DRAIN, (s.incarnation,))))
+            return
         out.append(
             (conn, (MsgType.WELCOME, (s.node_id, s.node_tag, s.incarnation, s.lease, s.max_frame)))
         )
@@ -323,7 +361,7 @@ class NodeCore:
             return self._bad(conn, req, f"bad capacity {capacity}", out)
         if self._relay(conn, session, MsgType.SEND, f, channel, out):
             return None
-        if not self._owner_alive(channel):
+        if not self._owner_alive(channel, now):
             self.counters.dropped_dead_owner += 1
             if req:
                 out.append((conn, (MsgType.ACK, (req, 0))))
@@ -524,7 +562,7 @@ class NodeCore:
         until = float("inf")
         for channel, membership in self.groups.live(group, now):
             until = min(until, membership.expires_at)
-            if not self._owner_alive(channel):
+            if not self._owner_alive(channel, now):
                 dead += 1
                 continue
             key = pool_of(channel)
@@ -534,6 +572,8 @@ class NodeCore:
             else:
                 entry[0].append(channel)
         pools = list(by_pool.values())
+        if self._grace_until is not None:  # (who counts as alive changes then)
+            until = min(until, self._grace_until)
         if len(self._plans) > 10_000:
             self._plans.clear()
         self._plans[group] = (self.groups.version, self.sessions.version, until, pools, dead)
@@ -573,6 +613,17 @@ class NodeCore:
             self._drop_session(session.tag, now, out)
             self.counters.sessions_closed += 1
         out.append((conn, (MsgType.ACK, (req, 1))))
+
+    def _moving(
+        self, conn: ConnId, _s: Session | None, _f: tuple[Any, ...], _n: float, _o: list[Out]
+    ) -> None:
+        self.moved.add(conn)
+
+    def _stop(
+        self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        self.stop_requested = True
+        out.append((conn, (MsgType.ACK, (f[0], len(self.sessions)))))
 
     def _status(
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
@@ -639,13 +690,29 @@ class NodeCore:
             self.groups.add(group, channel, holder, now + ttl, capacity)
         return out
 
-    def _owner_alive(self, channel: str) -> bool:
+    def _owner_alive(self, channel: str, now: float) -> bool:
         """False for a ``new_channel()`` name whose process is known to be gone."""
         owner = owner_of(channel)
         if owner is None:
             return True
         node_tag, session_tag = owner
-        return node_tag == self.settings.node_tag and session_tag in self.sessions.by_tag
+        if node_tag != self.settings.node_tag:
+            # In a cluster this node holds another node's names only while it
+            # stands in for a node that left (routing says it owns them).
+            return self.route is not None
+        if session_tag in self.sessions.by_tag:
+            return True
+        return self._grace_until is not None and now < self._grace_until
+
+    def _drop_unclaimed(self) -> None:
+        """The grace after this node's start is over: process-specific
+        channels of sessions that did not come back are dead (counted)."""
+        for name in list(self.queues.channels):
+            owner = owner_of(name)
+            if owner is None or owner[0] != self.settings.node_tag:
+                continue
+            if owner[1] not in self.sessions.by_tag:
+                self.counters.dropped_dead_owner += self.queues.drop_channel(name)
 
     def _drop_session(self, tag: str, now: float, out: list[Out]) -> None:
         session = self.sessions.remove(tag)

@@ -13,6 +13,11 @@ Rules (cluster issue, point 3):
 - A name made by ``new_channel()`` carries its node's tag
   (``zchannels.names.owner_of``) and is owned by the live node with that tag,
   or by nobody (``None``) when that node is gone: its consumer lived there.
+  Unless that node *left* cleanly and is not yet forgotten (its tag is
+  *parked*): a drained node's clients wait for its next life (a rolling
+  restart), so its names are owned meanwhile as every other name is, by
+  rendezvous hashing over the live nodes, which keep what is sent to them
+  and hand it to the node when it is back.
 - Every other name is owned by rendezvous (highest-random-weight) hashing,
   Thaler & Ravishankar, "Using name-based mappings to increase hit rates",
   IEEE/ACM Transactions on Networking 6(1), 1998: each live node ``n`` scores
@@ -112,12 +117,21 @@ class Handoff:
 class Ownership:
     """The owner of every channel name under one set of live members."""
 
-    __slots__ = ("_lookup", "members", "tag_collisions")
+    __slots__ = ("_lookup", "members", "parked", "tag_collisions")
 
-    def __init__(self, members: Mapping[NodeId, str], cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        """``members`` maps each live node id to its tag (``NodeConfig.node_tag``)."""
+    def __init__(
+        self,
+        members: Mapping[NodeId, str],
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        parked: Iterable[str] = (),
+    ) -> None:
+        """``members`` maps each live node id to its tag (``NodeConfig.node_tag``);
+        ``parked``: tags of nodes that left and may come back (their names are
+        hashed over ``members`` meanwhile)."""
         #: live node id -> its tag
         self.members: Mapping[NodeId, str] = dict(sorted(members.items()))
+        #: tags of nodes that left cleanly, not yet forgotten
+        self.parked: frozenset[str] = frozenset(parked)
         by_tag: dict[str, NodeId] = {}
         collisions: dict[str, list[NodeId]] = {}
         for node_id, tag in self.members.items():  # ascending ids: the smallest wins
@@ -138,7 +152,7 @@ class Ownership:
         # The cache wraps a closure, not a bound method, so it holds no
         # reference back to ``self`` and goes with it when membership changes.
         self._lookup = functools.lru_cache(maxsize=cache_size)(
-            functools.partial(_compute, by_tag, states)
+            functools.partial(_compute, by_tag, self.parked, states)
         )
 
     @classmethod
@@ -168,15 +182,20 @@ class Ownership:
         return self._lookup.cache_info()
 
     def __repr__(self) -> str:
-        return f"Ownership({sorted(self.members)!r})"
+        return f"Ownership({sorted(self.members)!r}, parked={sorted(self.parked)!r})"
 
 
 def _compute(
-    by_tag: Mapping[str, NodeId], states: list[tuple[NodeId, hashlib.blake2b]], wire: str
+    by_tag: Mapping[str, NodeId],
+    parked: frozenset[str],
+    states: list[tuple[NodeId, hashlib.blake2b]],
+    wire: str,
 ) -> NodeId | None:
     tagged = owner_of(wire)
     if tagged is not None:
-        return by_tag.get(tagged[0])
+        by_node = by_tag.get(tagged[0])
+        if by_node is not None or tagged[0] not in parked:
+            return by_node
     data = _utf8(wire)
     best = b""
     owner: NodeId | None = None

@@ -39,7 +39,7 @@ from zchannels.protocol import Message, MsgType, split_batches
 
 from .core import MAX_HOPS, ClusterWork, NodeCore, Out
 from .effects import EVERYONE, Fx
-from .membership import EventKind, MemberEvent, MemberTable, suspicion_bounds
+from .membership import EventKind, MemberEvent, MemberTable, State, suspicion_bounds
 from .ownership import Ownership, tag_of
 from .peer_messages import (
     Answer,
@@ -136,6 +136,13 @@ class Routing:
         self.incarnation = table.incarnation
         self.ownership = Ownership({self.me: core.settings.node_tag})
         self._live: tuple[str, ...] = (self.me,)
+        #: tags of nodes that left cleanly and are not forgotten yet: their
+        #: ``new_channel()`` names are kept by the live nodes meanwhile
+        self._parked: tuple[str, ...] = ()
+        #: (node, incarnation) of lives that left cleanly -> when the
+        #: memberships their sessions held are dropped, unless made again
+        #: by the sessions in the node's next life (a drain, then a restart)
+        self._left_lives: dict[tuple[str, int], float] = {}
         self._tags: dict[str, str] = {self.me: core.settings.node_tag}
         # owner side: virtual connections of clients on other nodes
         self._virtual: dict[ConnId, _Virtual] = {}
@@ -212,18 +219,31 @@ class Routing:
         return sample - offset
 
     def refresh(self) -> bool:
-        """Rebuild ownership if the live set changed; True if it did."""
+        """Rebuild ownership if the live set (or the parked tags) changed;
+        True if it did."""
         live = tuple(self.table.live())
         if self.me not in live:  # leaving: keep serving as if alone
             live = tuple(sorted({*live, self.me}))
-        if live == self._live:
+        parked = tuple(
+            sorted(
+                self._tag(m.id)
+                for m in self.table.members()
+                if m.state == State.LEFT and m.id != self.me
+            )
+        )
+        if live == self._live and parked == self._parked:
             return False
         for node in live:
-            if node not in self._tags:
-                self._tags[node] = tag_of(node)
-        self.ownership = Ownership({n: self._tags[n] for n in live})
-        self._live = live
+            self._tag(node)
+        self.ownership = Ownership({n: self._tags[n] for n in live}, parked=parked)
+        self._live, self._parked = live, parked
         return True
+
+    def _tag(self, node: str) -> str:
+        tag = self._tags.get(node)
+        if tag is None:
+            tag = self._tags[node] = tag_of(node)
+        return tag
 
     def status(self) -> dict[str, Any]:
         return {
@@ -253,8 +273,11 @@ class Routing:
         the others will compute without it (a clean shutdown loses nothing)."""
         others = [n for n in self._live if n != self.me]
         if others:
-            self.ownership = Ownership({n: self._tags[n] for n in others})
-            self._live = tuple(others)
+            # (our own clients' names are parked with the others: they wait
+            # for this node's next life, which takes them back)
+            parked = tuple(sorted({*self._parked, self._tag(self.me)}))
+            self.ownership = Ownership({n: self._tags[n] for n in others}, parked=parked)
+            self._live, self._parked = tuple(others), parked
             self.handoff(now, fx, full=True)
 
     # -- the core's work ---------------------------------------------------------
@@ -492,6 +515,13 @@ class Routing:
         if not self._member(msg.origin):
             self.counters["from_strangers"] += 1
             return
+        for _group, _channel, holder, _ttl, _capacity in msg.members:
+            # (a membership of one of our own earlier lives' sessions, kept
+            # while this node restarted: parked until they make it again)
+            node, _, rest = holder.partition("@")
+            inc = rest.split("/", 1)[0]
+            if node == self.me and inc.isdigit() and int(inc) != self.incarnation:
+                self._park_life(node, int(inc), now)
         fx.out.extend(self.core.adopt(msg.channels, msg.members, now))
         self._sweep_soon(now)  # (views may differ: pass on what is not ours)
 
@@ -559,8 +589,10 @@ class Routing:
         elif event.kind == EventKind.REAPED:
             self._settle_death(event.node, None, presumed=True)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
-            # A restarted node: its earlier life's clients are gone. (A node
-            # that refuted a suspicion is still in the same life.)
+            # A restarted node: its earlier life's clients are gone (unless
+            # that life left cleanly: they come back to this one and make
+            # their memberships again). (A node that refuted a suspicion is
+            # still in the same life.)
             self._forget_clients(event.node, now, fx, below=event.incarnation - RESTART_GAP)
         if changed:
             self.handoff(now, fx, full=True)
@@ -573,14 +605,25 @@ class Routing:
                 self._forget_virtual(client, now, fx)
         for holder in self.core.groups.holders(node + "@"):
             inc = holder[len(node) + 1 :].split("/", 1)[0]
+            if inc.isdigit() and (node, int(inc)) in self._left_lives:
+                continue  # (dropped when that life's park ends: ``tick``)
             if below is None or not inc.isdigit() or int(inc) < below:
                 self.core.groups.drop_holder(holder)
+
+    def _park_life(self, node: str, incarnation: int, now: float) -> None:
+        """The memberships held by sessions of ``node``'s life
+        ``incarnation``, which left cleanly, stay for ``dead_keep`` (as long
+        as its names are parked): its clients make them again in its next
+        life, which replaces them; those not made again are dropped then."""
+        self._left_lives.setdefault((node, incarnation), now + self.table.config.dead_keep)
 
     def _node_gone(self, node: str, died: bool, incarnation: int, now: float, fx: Fx) -> None:
         # (a node that left cleanly handed its queues over first)
         lost = int(self.loads.pop(node, {}).get("queued", 0))
         if died and self._counts_for(node):
             self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
+        if not died:
+            self._park_life(node, incarnation, now)
         self._forget_clients(node, now, fx)
         if died:
             self._regrant(node, now, fx)
@@ -751,7 +794,13 @@ class Routing:
             deadline = min(deadline, next(iter(self._pending.values()))[1])
         if self._asks:
             deadline = min(deadline, next(iter(self._asks.values())).deadline)
+        if self._left_lives:
+            deadline = min(deadline, min(self._left_lives.values()))
         return deadline
+
+    def waiting(self) -> bool:
+        """Whether relayed requests wait for their owners' answers here."""
+        return bool(self._pending)
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep."""
@@ -776,6 +825,10 @@ class Routing:
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, presumed=True)
+        for life in [life for life, until in self._left_lives.items() if until <= now]:
+            del self._left_lives[life]
+            for holder in self.core.groups.holders(f"{life[0]}@{life[1]}/"):
+                self.core.groups.drop_holder(holder)
 
 
 #: Bytes of user payload put in one handed-over frame: far under

@@ -55,6 +55,10 @@ _SECURE = b"\x00s"
 #: Frames read in one wake-up before yielding to the loop, so a flood from one
 #: client cannot starve ticks (leases) and other work.
 _DRAIN_LIMIT = 2048
+#: Seconds without a peer frame after which a node that left stops passing
+#: on what its peers send (they have all heard of the leave by then: it
+#: reaches each directly, in well under this on a LAN).
+LINGER_QUIET = 0.1
 
 
 class RateLimitedLog:
@@ -104,6 +108,12 @@ class NodeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = False
+        #: set while draining, once every client has said MOVING
+        self._drained: asyncio.Event | None = None
+        #: a client asked for a drain and a stop (``znode drain``)
+        self.stop_wanted = asyncio.Event()
+        #: when the last peer frame arrived (the leave lingers until quiet)
+        self._peer_heard = 0.0
         self._rlog = RateLimitedLog(config.log_interval)
         self.mesh: PeerMesh | None = None
         #: called with every member event (the metrics endpoint counts them)
@@ -198,6 +208,8 @@ class NodeServer:
             self._apply(self.node.start(time.monotonic()))
             log.info("node %s in cluster %r, peers on %s", config.node_id, config.cluster, address)
             await self.finder.start()
+        else:
+            self._apply(self.node.start(time.monotonic()))
         loop.add_reader(sock.fileno(), self._on_readable)
         if self._secure is not None:
             loop.add_reader(self._secure.fileno(), self._on_readable, True)
@@ -212,18 +224,52 @@ class NodeServer:
         # Frames may already be waiting; the edge-triggered FD won't say so.
         loop.call_soon(self._on_readable)
 
+    async def drain(self, within: float) -> bool:
+        """Tell every client this node is going away (``DRAIN``) and wait, at
+        most ``within`` seconds, until each has given back what it held,
+        had its requests answered and said ``MOVING``: it then holds what it
+        sends until a node (the restarted one) welcomes it. True if all did."""
+        if self._sock is None or self._drained is not None:
+            return True
+        began = time.monotonic()
+        self._drained = asyncio.Event()
+        self._apply(self.node.drain(began))
+        self._check_drained()
+        try:
+            await asyncio.wait_for(self._drained.wait(), within)
+        except TimeoutError:
+            log.warning(
+                "drain: %d connections had not moved after %g s; stopping anyway",
+                len(self.core.sessions.by_conn) - len(self.core.moved),
+                within,
+            )
+            return False
+        log.info(
+            "drained: %d connections moved in %.3f s",
+            len(self.core.moved),
+            time.monotonic() - began,
+        )
+        return True
+
+    def _check_drained(self) -> None:
+        if self._drained is not None and not self._drained.is_set() and self.node.drained():
+            self._drained.set()
+
     async def stop(self) -> None:
         if self.ops is not None:
             self.ops.stop()
         if self.finder is not None:
             await self.finder.stop()
+        if self.mesh is not None:
+            # hand everything over, say LEFT: the last frames to peers; then
+            # pass on what peers still send here until they have all heard
+            self._apply(self.node.leave(time.monotonic()))
+            await self._linger()
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self.mesh is not None:
-            # hand everything over, say LEFT: the last frames to peers
-            self._apply(self.node.leave(time.monotonic()))
             self.mesh.close()
         self._close_client_sockets()
         self._release_locks()
@@ -357,6 +403,11 @@ class NodeServer:
             return
         try:
             self._apply(self.node.client(conn, messages, now))
+            if self._drained is not None:
+                self._check_drained()
+            if self.core.stop_requested and not self.stop_wanted.is_set():
+                log.info("a client asked this node to drain and stop")
+                self.stop_wanted.set()
             if self.latency is not None:
                 self.latency.observe(time.monotonic() - now)
         except zmq.ZMQError:
@@ -367,7 +418,25 @@ class NodeServer:
         if self.mesh is not None:
             self._rearm()
 
+    async def _linger(self) -> None:
+        """After LEFT: keep passing on what peers send (relays sent before
+        they heard of the leave, answers to what this node passed on) until
+        nothing is pending here and no peer frame came for ``LINGER_QUIET``
+        seconds, at most ``linger_limit``."""
+        began = time.monotonic()
+        limit = self.node.linger_limit()
+        while True:
+            now = time.monotonic()
+            if now - began >= limit:
+                log.warning("leave: still busy after %.2f s; closing", now - began)
+                return
+            quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
+            if quiet and not self.node.passing_on():
+                return
+            await asyncio.sleep(LINGER_QUIET / 4)
+
     def _on_peer_frame(self, frame: bytes) -> None:
+        self._peer_heard = time.monotonic()
         try:
             self._apply(self.node.peer(frame, time.monotonic()))
         except zmq.ZMQError:
@@ -501,6 +570,8 @@ class NodeServer:
             log.exception("node timers: error (carrying on)")
         if self._idle is not None:
             self._check_idle(self._idle, now)
+        if self._drained is not None:
+            self._check_drained()
         self._rearm()
 
     def _check_idle(self, rule: IdleRule, now: float) -> None:

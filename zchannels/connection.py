@@ -97,6 +97,10 @@ SWEEP_INTERVAL = 0.25
 #: Seconds ``close()`` waits for the node to confirm BYE (ipc loses a tail
 #: sent right before close: libzmq #4660).
 CLOSE_TIMEOUT = 1.0
+#: Seconds between two pings while the node drains: the next node (a
+#: restarted one on the same endpoint) answers the first ping it reads with
+#: RESET, and the connection registers with it at once.
+MOVING_PING = 0.05
 
 # Requests that may be sent again after the node restarted without answering:
 # repeating them changes nothing. SEND and GROUP_SEND are not: at-most-once.
@@ -118,6 +122,8 @@ class _Pending:
     message: Message
     epoch: int  # which HELLO this request was sent after
     sent_at: float
+    #: made while the node drained: not sent yet (it goes to the next node)
+    held: bool = False
 
 
 class Connection:
@@ -165,6 +171,12 @@ class Connection:
         self._hello_outstanding = False
         self._hello_told = False
         self.incarnation: str | None = None
+        #: the node drains (DRAIN): requests wait in ``_held`` for the next
+        #: WELCOME; ``_moved``: MOVING was sent
+        self._moving = False
+        self._moved = False
+        self._held: list[Message] = []
+        self._moving_timer: asyncio.TimerHandle | None = None
         self._welcomed = loop.create_future()
         loop.add_reader(self._fd, self._on_readable)
         self._hello()
@@ -198,8 +210,12 @@ class Connection:
         loop = self._loop()
         future: asyncio.Future[Any] = loop.create_future()
         message: Message = (mtype, (req, *fields))
-        self._pending[req] = _Pending(future, message, self._epoch, time.monotonic())
-        self._queue(message)
+        held = self._moving
+        self._pending[req] = _Pending(future, message, self._epoch, time.monotonic(), held)
+        if held:
+            self._held.append(message)
+        else:
+            self._queue(message)
         self._arm_sweep()
         try:
             return await future
@@ -210,7 +226,10 @@ class Connection:
         """Send a message that wants no answer."""
         if self.closed:
             raise NodeUnavailable("connection is closed")
-        self._queue((mtype, fields))
+        if self._moving:
+            self._held.append((mtype, fields))
+        else:
+            self._queue((mtype, fields))
 
     def send_reserved(self, channel: str, payload: bytes, capacity: int) -> bool:
         """Send one message without waiting for the node, if a reservation
@@ -317,10 +336,60 @@ class Connection:
             (MsgType.HELLO, (client.session, client.pid, client.config.wire_policy())),
         )
 
+    # -- the node drains ----------------------------------------------------
+    def _on_drain(self, incarnation: str) -> None:
+        """The node is going away (a drain: SIGTERM, ``znode drain``): give
+        back what was prefetched and every credit, hold new requests, say
+        MOVING once nothing of ours is unanswered, then ping until another
+        node (the restarted one) welcomes us: the held requests go to it."""
+        self._hello_outstanding = False  # (a HELLO answered with DRAIN)
+        if self._moving:
+            return
+        self._moving, self._moved = True, False
+        log.info("node at %s drains: holding requests for the next node", self._client.endpoint)
+        self._client.counters["node_drains"] += 1
+        self._queue_all(self.flow.drain(time.monotonic()))
+        self._check_moved()
+
+    def _check_moved(self) -> None:
+        """MOVING goes once every withdrawal is acknowledged and every request
+        sent before the drain is answered: the node then knows this connection
+        is quiet, and has answered everything it asked."""
+        if not self._moving or self._moved or self.closed or self.flow.withdrawals:
+            return
+        if any(not p.held for p in self._pending.values()):
+            return
+        self._moved = True
+        self._queue((MsgType.MOVING, ()))
+        self._ping_while_moving()
+
+    def _ping_while_moving(self) -> None:
+        self._moving_timer = None
+        if not self._moving or self.closed:
+            return
+        self.ping()
+        self._moving_timer = self._loop().call_later(MOVING_PING, self._ping_while_moving)
+
+    def _end_moving(self) -> None:
+        """A node welcomed us after a drain: the held requests are sent now
+        (after the HELLO, so the node knows our session)."""
+        self._moving = self._moved = False
+        if self._moving_timer is not None:
+            self._moving_timer.cancel()
+            self._moving_timer = None
+        for pending in self._pending.values():
+            if pending.held:
+                pending.held = False
+                pending.epoch = self._epoch
+
     def _on_welcome(
         self, node_id: str, node_tag: str, incarnation: str, lease: float, max_frame: int
     ) -> None:
         self._hello_outstanding = False
+        held: list[Message] = []
+        if self._moving:
+            self._end_moving()
+            held, self._held = self._held, []
         previous, self.incarnation = self.incarnation, incarnation
         # A HELLO this connection had to say again, on its own finding: the
         # node lost this whole process's session. Tell the process.
@@ -329,6 +398,7 @@ class Connection:
         if not self._welcomed.done():
             self._welcomed.set_result(None)
         if self._epoch == 1:
+            self._queue_all(held)
             return
         # Everything the node knew of this connection is gone. Requests sent
         # before this HELLO and still unanswered went to a node that died.
@@ -349,6 +419,7 @@ class Connection:
                 pending.future.set_result(0)
                 self._pending.pop(req, None)
         self._queue_all(regrants)
+        self._queue_all(held)
 
     # -- socket I/O -------------------------------------------------------
     def _loop(self) -> asyncio.AbstractEventLoop:
@@ -431,18 +502,26 @@ class Connection:
             if not self.flow.withdrawals and self._drained is not None:
                 if not self._drained.done():
                     self._drained.set_result(None)
+            if self._moving:
+                self._check_moved()
         elif mtype in (MsgType.ACK, MsgType.STATUS_REPLY, MsgType.GROUP_INFO_REPLY):
             pending = self._pending.pop(f[0], None)
             if pending is not None and not pending.future.done():
                 pending.future.set_result(f[1])
+            if self._moving:
+                self._check_moved()
         elif mtype == MsgType.REVOKE:
             self._queue_all(self.flow.revoke(f[0]))
         elif mtype == MsgType.FLUSHED:
             self._queue_all(self.flow.flushed(f[0]))
         elif mtype == MsgType.ERROR:
             self._on_error(*f)
+            if self._moving:
+                self._check_moved()
         elif mtype == MsgType.WELCOME:
             self._on_welcome(*f)
+        elif mtype == MsgType.DRAIN:
+            self._on_drain(*f)
         elif mtype in (MsgType.RESET, MsgType.PONG):
             if mtype == MsgType.RESET or f[0] != self.incarnation:
                 self.rehello()
@@ -500,6 +579,8 @@ class Connection:
                         f"no answer from the node at {self._client.endpoint} in {timeout:g} s"
                     )
                 )
+        if self._moving:
+            self._check_moved()
         if self.flow.channels or self._pending or self.flow.reservations:
             self._arm_sweep()
 
@@ -534,7 +615,8 @@ class Connection:
             if self.flow.withdrawals:
                 self._drained = self._loop().create_future()
                 await asyncio.wait_for(asyncio.shield(self._drained), CLOSE_TIMEOUT)
-            await asyncio.wait_for(self.request(MsgType.BYE, int(final)), CLOSE_TIMEOUT)
+            if not self._moving:  # (a draining node forgets us anyway)
+                await asyncio.wait_for(self.request(MsgType.BYE, int(final)), CLOSE_TIMEOUT)
         except (TimeoutError, NodeUnavailable, ProtocolError, asyncio.CancelledError):
             pass
         self.close_now()
@@ -559,6 +641,7 @@ class Connection:
         self._sweep_handle = None
         self._flush_scheduled = False
         self._report_timer = None
+        self._moving_timer = None
         self._loopref = weakref.ref(background)
 
         def start() -> None:
@@ -583,6 +666,8 @@ class Connection:
             loop.remove_reader(self._fd)
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
+        if self._moving_timer is not None:
+            self._moving_timer.cancel()
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NodeUnavailable("connection closed"))

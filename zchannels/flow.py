@@ -24,6 +24,10 @@ The invariants it keeps (with ``zchannels.node.queues``):
 - A reserved send never outlives the node's promise (half the TTL), and a
   ``REVOKE`` is answered (``REVOKED``) after every send made with the
   reservation: they share one ordered pipe.
+- When the node drains (``DRAIN``: it is going away, a rolling restart),
+  everything prefetched goes back and every credit is withdrawn; until a
+  node welcomes the connection again no credit is granted, no reservation
+  taken, and whatever arrives goes back: the node can hand all of it on.
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ class Flow:
         self._req = requests if requests is not None else itertools.count(1)
         #: messages taken / found expired here (for counters)
         self.expired = 0
+        #: the node drains: nothing is granted or reserved until a WELCOME
+        self.moving = False
 
     # -- receiving --------------------------------------------------------
     def enter(self, channel: str) -> ChannelFlow:
@@ -117,7 +123,7 @@ class Flow:
     def replenish(self, channel: str) -> list[Message]:
         """Credit to grant so the node keeps up to a window in flight."""
         state = self.channels.get(channel)
-        if state is None or channel in self.draining:
+        if state is None or channel in self.draining or self.moving:
             # New credit now would let the node deliver newer messages ahead
             # of the ones still coming back to it; grant once drained.
             return []
@@ -146,7 +152,7 @@ class Flow:
         """The node handed messages over: how many waiters to wake, and what
         to send (a RETURN, for what arrived against withdrawn credit)."""
         state = self.channels.get(channel)
-        if state is None or self.draining.get(channel):
+        if state is None or self.draining.get(channel) or self.moving:
             # Sent against credit we have withdrawn: it goes back, and the
             # node merges it in by sequence number, so order holds.
             return 0, [(MsgType.RETURN, (0, channel, items, 0))]
@@ -262,9 +268,18 @@ class Flow:
         for state in self.channels.values():
             state.buffer.clear()
 
+    def drain(self, now: float) -> list[Message]:
+        """The node drains (``DRAIN``): give back everything prefetched,
+        withdraw every credit, drop the reservations, and grant nothing until
+        a node welcomes us (``rewelcomed``). Receivers keep waiting."""
+        self.moving = True
+        self.reservations.clear()
+        return self.give_back_all(now)
+
     def rewelcomed(self) -> list[Message]:
         """The node restarted: it knows none of our credit, withdrawals,
         reservations or prefetched messages (which stay ours to take)."""
+        self.moving = False
         self.reservations.clear()
         self.withdrawals.clear()
         self.draining.clear()
@@ -304,7 +319,7 @@ class Flow:
         counted in it yet."""
         pool = pool_of(channel)
         left = slots - (self.spent.get(pool, 0) - mark)
-        if left > 0:
+        if left > 0 and not self.moving:
             self.reservations[pool] = [left, now + RESERVATION_TTL / 2]
         else:
             self.reservations.pop(pool, None)

@@ -97,6 +97,10 @@ class MsgType(enum.IntEnum):
     DELIVER_MANY = 47  # node -> client: one message for several channels (a group_send)
     # node <-> node: PEER_RELAY_V1 and the origin's send time (zchannels.node.peer_wire)
     PEER_RELAY = 48
+    # client <-> node: a graceful drain (a rolling restart loses nothing)
+    DRAIN = 49  # node -> client: "I am going away: give everything back and hold"
+    MOVING = 50  # client -> node: "given back, answered, holding until a node welcomes me"
+    STOP = 51  # client -> node: drain, then stop (``znode drain``)
 
 
 class ErrorCode(enum.IntEnum):
@@ -185,6 +189,15 @@ FIELDS: dict[MsgType, _F] = {
     # one group message for several channels of the receiving connection, as
     # one DELIVER of [payload, ttl, seq] for each: the payload travels once
     MsgType.DELIVER_MANY: (("channels", list), ("item", list)),
+    # incarnation: the node's that drains (its clients hold their requests
+    # until a WELCOME from another incarnation, or from this one again)
+    MsgType.DRAIN: (("incarnation", str),),
+    # sent once the connection has no withdrawal and no request of its own
+    # unanswered: nothing more comes from it to this node's incarnation
+    MsgType.MOVING: (),
+    # answered ACK(req, clients): the node drains (DRAIN to its clients), then
+    # leaves its cluster and stops, as on SIGTERM
+    MsgType.STOP: (("req", int),),
 }
 
 Message = tuple[MsgType, tuple[Any, ...]]
