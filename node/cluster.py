@@ -48,6 +48,7 @@ from .membership import Effects as TableEffects
 from .peer_messages import REPLICATION_MESSAGES, ROUTING_MESSAGES, Relay
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
+from .readiness import expects_peers
 from .replication import GroupReplication
 from .routing import RESTART_GAP, Routing
 
@@ -115,6 +116,8 @@ class ClusterNode:
         #: after a gap: until when it holds everything but the member
         #: table's messages, to learn whether it was declared dead meanwhile
         self._doubt_until: float | None = None
+        #: the hold is a start's, until this node has joined (``start``)
+        self._joining = False
         self._held: list[_Held] = []
         self._doubt_incarnation = incarnation
         #: member events seen during the doubt, for routing and replication
@@ -184,13 +187,31 @@ class ClusterNode:
 
     # -- events ------------------------------------------------------------
     def start(self, now: float) -> Effects:
+        """This node starts. A cluster member that expects peers holds its
+        clients' requests and peers' relays (not the member table's
+        messages) until it has joined, or ``join_timeout``: before, it would
+        own every channel alone."""
         self.core.start(now)
-        if self.table is None:
+        table = self.table
+        if table is None:
             return Effects()
         fx = Fx()
-        if self.table is not None:
-            self._table(self.table.join((), now), now, fx)
+        config = self.config
+        if expects_peers(config.seeds, config.discovery, {table.address}):
+            self._joining = True
+            self._last_step = now
+            self._doubt_until = now + config.join_timeout
+            self._doubt_incarnation = table.incarnation
+        self._table(table.join((), now), now, fx)
         return self._finish(fx, now)
+
+    def _joined(self, now: float, fx: Fx) -> None:
+        """A starting node holds what it is given until it has joined: once
+        another member is live, it takes up what it held, in order."""
+        if self._joining and self._doubt_until is not None and len(self._cluster()[0].live()) > 1:
+            self._joining = False
+            self._doubt_until = None
+            self._release(now, fx)
 
     def discovered(self, address: str, now: float) -> Effects:
         """Discovery (a seed, mDNS, DNS) found a peer at ``address``."""
@@ -256,6 +277,8 @@ class ClusterNode:
                 self._held.append(_Held("peer", peer=msg))
             else:
                 self._peer(msg, now, fx)
+        if self._joining:
+            self._joined(now, fx)
         return self._finish(fx, now)
 
     def _peer(self, msg: Any, now: float, fx: Fx) -> None:
@@ -281,6 +304,9 @@ class ClusterNode:
             return Effects(fx.out)
         doubting = self._doubting(now, fx)
         self._table(table.tick(now), now, fx)
+        if self._joining:
+            self._joined(now, fx)
+            doubting = self._doubt_until is not None
         if doubting:
             return self._finish(fx, now)
         if now >= self._next_core_tick:
@@ -325,6 +351,9 @@ class ClusterNode:
             return True
         if now < self._doubt_until:
             return True
+        if self._joining:
+            self._joining = False
+            log.info("no peer answered within %g s: serving alone", self.config.join_timeout)
         self._doubt_until = None
         self._release(now, fx)
         return False

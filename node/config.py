@@ -103,6 +103,13 @@ class NodeConfig:
     #: Seconds between two group digests sent to a random peer (anti-entropy:
     #: a lost delta or a healed partition converges within about this).
     anti_entropy_interval: float = 1.0
+    #: Seconds a starting cluster member that expects peers (a seed other
+    #: than itself, or a discovery source) holds its clients' requests and
+    #: its peers' relays until it has joined (seen another live member):
+    #: alone, it would take every channel as its own and queue messages
+    #: others own. A restarted node usually joins in milliseconds; one with
+    #: nobody to join serves alone after this.
+    join_timeout: float = 1.0
     #: How peers are found besides ``seeds``, one or more of: "mdns"
     #: (announce and browse ``_zchannels._tcp.local.``: a LAN),
     #: "dns:NAME[:PORT]" (NAME's A/AAAA records, each a peer on PORT,

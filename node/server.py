@@ -55,6 +55,8 @@ _SECURE = b"\x00s"
 #: Frames read in one wake-up before yielding to the loop, so a flood from one
 #: client cannot starve ticks (leases) and other work.
 _DRAIN_LIMIT = 2048
+#: Member events that may announce a peer's new life.
+_NEW_LIFE = frozenset({EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED})
 #: Seconds without a peer frame after which a node that left stops passing
 #: on what its peers send (they have all heard of the leave by then: it
 #: reaches each directly, in well under this on a LAN).
@@ -114,6 +116,8 @@ class NodeServer:
         self.stop_wanted = asyncio.Event()
         #: when the last peer frame arrived (the leave lingers until quiet)
         self._peer_heard = 0.0
+        #: each peer's incarnation as last seen (a new one: it restarted)
+        self._lives: dict[str, int] = {}
         self._rlog = RateLimitedLog(config.log_interval)
         self.mesh: PeerMesh | None = None
         #: called with every member event (the metrics endpoint counts them)
@@ -457,6 +461,15 @@ class NodeServer:
             self.send(fx.clients)
         mesh = self.mesh
         if mesh is not None:
+            for event in fx.events:
+                if event.kind in _NEW_LIFE and event.node != self.config.node_id:
+                    before = self._lives.get(event.node)
+                    self._lives[event.node] = event.incarnation
+                    if before is not None and before != event.incarnation:
+                        # A restarted peer: the socket to its address is
+                        # backing off from the old process's end (up to a
+                        # second); a fresh one connects at once.
+                        mesh.forget(event.address)
             for address, frame in fx.peers:
                 mesh.send(address, frame)
             for event in fx.events:
