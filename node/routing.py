@@ -605,10 +605,20 @@ class Routing:
                 self._forget_virtual(client, now, fx)
         for holder in self.core.groups.holders(node + "@"):
             inc = holder[len(node) + 1 :].split("/", 1)[0]
-            if inc.isdigit() and (node, int(inc)) in self._left_lives:
+            if inc.isdigit() and self._parked_life(node, int(inc)) is not None:
                 continue  # (dropped when that life's park ends: ``tick``)
             if below is None or not inc.isdigit() or int(inc) < below:
                 self.core.groups.drop_holder(holder)
+
+    def _parked_life(self, node: str, incarnation: int) -> tuple[str, int] | None:
+        """The parked life a holder of ``node`` at ``incarnation`` belongs to:
+        a life's holders carry the incarnation it started with, its LEFT the
+        one it had reached (each refuted suspicion adds one, less than
+        ``RESTART_GAP`` in a life)."""
+        for life in self._left_lives:
+            if life[0] == node and life[1] - RESTART_GAP < incarnation <= life[1]:
+                return life
+        return None
 
     def _park_life(self, node: str, incarnation: int, now: float) -> None:
         """The memberships held by sessions of ``node``'s life
@@ -826,9 +836,12 @@ class Routing:
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, presumed=True)
         for life in [life for life, until in self._left_lives.items() if until <= now]:
+            node = life[0]
+            for holder in self.core.groups.holders(node + "@"):
+                inc = holder[len(node) + 1 :].split("/", 1)[0]
+                if inc.isdigit() and self._parked_life(node, int(inc)) == life:
+                    self.core.groups.drop_holder(holder)
             del self._left_lives[life]
-            for holder in self.core.groups.holders(f"{life[0]}@{life[1]}/"):
-                self.core.groups.drop_holder(holder)
 
 
 #: Bytes of user payload put in one handed-over frame: far under

@@ -391,9 +391,12 @@ class Connection:
             self._end_moving()
             held, self._held = self._held, []
         previous, self.incarnation = self.incarnation, incarnation
-        # A HELLO this connection had to say again, on its own finding: the
-        # node lost this whole process's session. Tell the process.
-        lost = self._epoch > 1 and not self._hello_told
+        # A HELLO this connection had to say again, on its own finding, to
+        # the node it knew: the node lost this whole process's session. Tell
+        # the process. (A node of another incarnation is a restart, which
+        # the process may have heard of already through another connection:
+        # not a lost session, and nothing prefetched must be forgotten.)
+        lost = self._epoch > 1 and not self._hello_told and previous == incarnation
         self._client.on_welcome(self, node_tag, incarnation, float(lease), max_frame, lost)
         if not self._welcomed.done():
             self._welcomed.set_result(None)
