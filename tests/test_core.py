@@ -392,3 +392,55 @@ def test_adopt_takes_channels_and_memberships() -> None:
     # the local session's membership goes with it
     core.handle(A, [(MsgType.BYE, (1, 1))], 0.0)
     assert core.groups.members("asgi|g", 0.0) == ["asgi|c"]
+
+
+# -- a graceful drain (issue 13, item 5) --------------------------------------------
+
+
+def test_a_drain_tells_every_connection_and_ends_when_each_has_moved() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    assert not core.drained()
+    told = core.begin_drain()
+    assert sorted(conn for conn, _ in told) == [A, B]
+    assert {msg for _, msg in told} == {(MsgType.DRAIN, ("inc1",))}
+    # a process that connects meanwhile is told the same, not welcomed
+    c = b"cccccccccc/0"
+    out = core.handle(c, [(MsgType.HELLO, ("cccccccccc", 1, [60.0]))], 0.1)
+    assert out == [(c, (MsgType.DRAIN, ("inc1",)))]
+    assert core.handle(c, [(MsgType.PING, ())], 0.1)[0][1][0] == MsgType.PONG
+    core.handle(A, [(MsgType.MOVING, ())], 0.2)
+    core.handle(c, [(MsgType.MOVING, ())], 0.2)
+    assert not core.drained(), "B has not moved yet"
+    core.handle(B, [(MsgType.MOVING, ())], 0.3)
+    assert core.drained()
+
+
+def test_stop_is_answered_and_asks_for_a_drain() -> None:
+    core = make_core()
+    hello(core, A, SA)
+    out = core.handle(A, [(MsgType.STOP, (5,))], 0.0)
+    assert of_type(out, MsgType.ACK) == [(A, (5, 1))]
+    assert core.stop_requested
+
+
+def test_a_restarted_node_keeps_an_unknown_sessions_channels_for_one_lease() -> None:
+    """After a restart, a process of the node's previous life may be on its
+    way back: what is sent to its ``new_channel()`` names is kept for one
+    lease, delivered if it comes back, and counted dead (once) if not."""
+    core = make_core(lease=3.0)
+    core.start(100.0)
+    hello(core, A, SA)
+    back, never = "asgi|specific.abcdef.bbbbbbbbbb!1", "asgi|specific.abcdef.cccccccccc!1"
+    for channel in (back, never):
+        out = core.handle(A, [(MsgType.SEND, (1, channel, b"x", 100))], 100.5)
+        assert [conn for conn, _ in of_type(out, MsgType.ACK)] == [A]  # queued, not refused
+    assert core.drops()["dead_owner"] == 0
+    hello(core, B, SB, now=101.0)  # bbbbbbbbbb comes back
+    out = core.handle(B, [(MsgType.RECV, (back, 10))], 101.0)
+    assert delivered(out) == [b"x"]
+    core.tick(103.1)  # the lease is over: cccccccccc never came back
+    assert core.drops()["dead_owner"] == 1
+    out = core.handle(A, [(MsgType.SEND, (2, never, b"y", 100))], 103.2)
+    assert core.drops()["dead_owner"] == 2, "after the grace a gone session's channel is dead"

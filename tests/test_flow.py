@@ -123,6 +123,21 @@ class World:
         c.to_node.extend(c.flow.give_back_all(self.now))
         self._maybe_bye(c)
 
+    def drain(self, c: Conn) -> None:
+        """The node drains (DRAIN): the connection gives everything back and
+        holds; receives wait on."""
+        if c.gone or c.closing:
+            return
+        c.to_node.extend(c.flow.drain(self.now))
+
+    def welcome(self, c: Conn) -> None:
+        """A node welcomes a connection that has moved (every withdrawal
+        acknowledged: it said MOVING). The queues stand for the next node,
+        which was handed everything the drained one held."""
+        if c.gone or not c.flow.moving or c.flow.withdrawals:
+            return
+        c.to_node.extend(c.flow.rewelcomed())
+
     def fork(self, c: Conn) -> None:
         """The process forked and this connection's process image died with
         what it held: the node must count it, never lose it silently."""
@@ -244,6 +259,8 @@ OPS = [
     *["start", "take", "cancel", "report"] * 2,
     *["to_node", "to_client"] * 6,
     "sweep",
+    "drain",
+    "welcome",
     "flush",
     "close",
     "fork",
@@ -318,3 +335,35 @@ def test_a_receive_then_a_send_find_the_room_it_made() -> None:
     assert world.refused == 1
     world.send()
     assert world.refused == 2, "a send past capacity was accepted"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(step, max_size=80), st.integers(0, 1))
+def test_a_drained_connection_holds_nothing_once_its_withdrawals_are_acknowledged(
+    ops: list[tuple[str, int]], i: int
+) -> None:
+    """Issue 13, graceful drain: after DRAIN, once the node has acknowledged
+    every withdrawal (when the connection says MOVING), the connection holds
+    no message and no credit, the node has nothing in flight to it, and
+    nothing it is sent from then on is taken in or granted until a WELCOME."""
+    world = run(ops)
+    c = world.conns[i]
+    if c.gone or c.closing:
+        return
+    world.drain(c)
+    for _ in range(500):  # the pipes carry everything in flight, both ways
+        if not (c.to_node or c.to_client):
+            break
+        world.to_client(c)
+        world.to_node(c)
+    assert not c.flow.withdrawals
+    state = c.flow.channels.get(CH)
+    assert state is None or (not state.buffer and state.credit == 0)
+    assert c.cid not in world.node.channels[CH].flight if CH in world.node.channels else True
+    assert CH not in world.node.channels or c.cid not in world.node.channels[CH].credits
+    # a receive that starts now grants nothing until a node welcomes it
+    world.start(c)
+    assert not [m for m in c.to_node if m[0] == MsgType.RECV]
+    world.welcome(c)
+    if c.receiving:
+        assert [m for m in c.to_node if m[0] == MsgType.RECV], "no credit after the welcome"

@@ -270,3 +270,27 @@ def test_a_membership_change_never_serves_a_stale_owner() -> None:
     new = Ownership.from_ids(i for i in ids if i != first)
     assert new.owner(name) not in (None, first)
     assert new.cache_info().currsize == 1
+
+
+# -- a node that left cleanly: its names are parked, not orphaned ------------------
+
+
+def test_a_left_nodes_names_are_kept_by_the_live_ones_until_it_is_back() -> None:
+    """Issue 13, graceful drain: a node that left (it drains for a restart)
+    has its tag parked: its ``new_channel()`` names are owned, as every other
+    name, by rendezvous over the live nodes; a node that died has none; the
+    node back takes its names again."""
+    live = {"web-1": tag_of("web-1"), "web-2": tag_of("web-2")}
+    gone = tag_of("web-3")
+    names = [wire_name("asgi", specific_name("asgi", gone, f"s{i:09d}", i)) for i in range(60)]
+    dead = Ownership(live)
+    parked = Ownership(live, parked=[gone])
+    assert {dead.owner(n) for n in names} == {None}
+    owners = [parked.owner(n) for n in names]
+    assert set(owners) == {"web-1", "web-2"}, "parked names are spread over the live nodes"
+    assert owners == [Ownership(live, parked=[gone]).owner(n) for n in names], "every node agrees"
+    back = Ownership({**live, "web-3": gone}, parked=[gone])
+    assert {back.owner(n) for n in names} == {"web-3"}
+    # hashed names do not move because a tag is parked
+    plain = [f"asgi|chat.{i}" for i in range(60)]
+    assert [parked.owner(n) for n in plain] == [dead.owner(n) for n in plain]

@@ -58,6 +58,10 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         (["asgi|a", "asgi|b"], [b"\x81\xa1a\x01", 30.0, 7]),
         "012f9292a6617367697c61a6617367697c6293c40481a16101cb403e00000000000007",
     ),
+    # a graceful drain: the node's incarnation; the client's "moved"; znode drain
+    MsgType.DRAIN: (("inc",), "013191a3696e63"),
+    MsgType.MOVING: ((), "013290"),
+    MsgType.STOP: ((1,), "01339101"),
 }
 
 
