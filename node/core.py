@@ -138,6 +138,8 @@ class NodeCore:
         #: back (its previous life's clients, after a restart): their
         #: process-specific channels are kept, not dropped as dead
         self._grace_until: float | None = None
+        #: sessions that ended here during the grace (gone for good)
+        self._ended: set[str] = set()
         self._handlers: dict[
             MsgType, Callable[[ConnId, Session | None, tuple[Any, ...], float, list[Out]], None]
         ] = {
@@ -228,6 +230,7 @@ class NodeCore:
         try:
             if self._grace_until is not None and now >= self._grace_until:
                 self._grace_until = None
+                self._ended.clear()
                 self._drop_unclaimed()
             for session in self.sessions.expired(now):
                 self._drop_session(session.tag, now, out)
@@ -702,7 +705,8 @@ class NodeCore:
             return self.route is not None
         if session_tag in self.sessions.by_tag:
             return True
-        return self._grace_until is not None and now < self._grace_until
+        grace = self._grace_until
+        return grace is not None and now < grace and session_tag not in self._ended
 
     def _drop_unclaimed(self) -> None:
         """The grace after this node's start is over: process-specific
@@ -718,6 +722,8 @@ class NodeCore:
         session = self.sessions.remove(tag)
         if session is None:
             return
+        if self._grace_until is not None:
+            self._ended.add(tag)
         work = self._work
         for conn in session.conns:
             self._outcome(self.queues.drop_conn(conn, now), out)

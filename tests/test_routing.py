@@ -38,6 +38,9 @@ class FakeTable:
         inc = self.incarnations.get(node)
         return None if inc is None else Member(node, State.ALIVE, inc, f"tcp://{node}:1")
 
+    def members(self) -> list[Member]:
+        return [m for m in (self.member(n) for n in sorted(self.incarnations)) if m is not None]
+
 
 def routing() -> tuple[Routing, NodeCore, FakeTable]:
     core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
