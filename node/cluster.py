@@ -193,8 +193,9 @@ class ClusterNode:
         own every channel alone."""
         self.core.start(now)
         table = self.table
-        if table is None:
+        if table is None or self.replication is None:
             return Effects()
+        self.replication.started(now)
         fx = Fx()
         config = self.config
         if expects_peers(config.seeds, config.discovery, {table.address}):
@@ -418,6 +419,8 @@ class ClusterNode:
         renewed = table.renew(new)
         self._build(new, fenced=(old, lost))
         self.core.start(now)
+        if self.replication is not None:
+            self.replication.started(now)
         # What arrived for the old life: its clients' frames go to the new
         # one (unknown sessions: they register again); peers' messages for
         # the old life are dropped (their senders count what they lose).
@@ -509,11 +512,14 @@ class ClusterNode:
         if routing is None or replication is None or table is None:
             return Effects(fx.out)
         while True:
+            if fx.moved:  # (before the step's group_sends are addressed)
+                replication.moved(fx.moved, now)
+                fx.moved = []
             # (at least once: group counts may have changed without core work)
             work = fx.take_work() or ClusterWork()
             replication.after_core(work, now, fx)
             routing.after_core(work, now, fx)
-            if not fx.has_work():
+            if not fx.has_work() and not fx.moved:
                 break
         out = fx.out
         if routing.has_virtual:

@@ -109,7 +109,7 @@ class NodeConfig:
     #: alone, it would take every channel as its own and queue messages
     #: others own. A restarted node usually joins in milliseconds; one with
     #: nobody to join serves alone after this.
-    join_timeout: float = 1.0
+    join_timeout: float = 2.0
     #: How peers are found besides ``seeds``, one or more of: "mdns"
     #: (announce and browse ``_zchannels._tcp.local.``: a LAN),
     #: "dns:NAME[:PORT]" (NAME's A/AAAA records, each a peer on PORT,

@@ -28,6 +28,9 @@ class Fx:
     events: list[MemberEvent] = field(default_factory=list)
     #: what core steps left for routing and replication, not yet carried
     work: ClusterWork = field(default_factory=ClusterWork)
+    #: (node, group): memberships of ``group`` this step handed to ``node``
+    #: (group_sends go there too until its counts have caught up)
+    moved: list[tuple[str, str]] = field(default_factory=list)
 
     def has_work(self) -> bool:
         work = self.work

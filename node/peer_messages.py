@@ -60,8 +60,13 @@ class GroupSlice:
 
 @dataclass(frozen=True, slots=True)
 class GroupFanout:
-    """A group_send for the receiving node's own members; ``ttl`` seconds."""
+    """A group_send for the receiving node's own members; ``ttl`` seconds.
+    ``(origin, incarnation, seq)`` names it: the node where it was sent, in
+    that life, numbered (a copy passed on is dropped where it came before)."""
 
+    origin: str
+    incarnation: int
+    seq: int
     group: str
     payload: bytes
     ttl: float

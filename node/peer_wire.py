@@ -126,7 +126,14 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("version", int),
         ("counts", list),
     ),
-    MsgType.GROUP_FANOUT: (("group", str), ("payload", bytes), ("ttl", _NUM)),
+    MsgType.GROUP_FANOUT: (
+        ("origin", str),
+        ("incarnation", int),
+        ("seq", int),
+        ("group", str),
+        ("payload", bytes),
+        ("ttl", _NUM),
+    ),
     # Routing's (routing.py). messages: client messages as [type, field...]
     MsgType.PEER_RELAY: (
         ("origin", str),
@@ -223,7 +230,14 @@ def to_wire(msg: PeerMessage) -> Message:
             counts = [list(c) for c in msg.counts]
             return MsgType.GROUP_SLICE, (msg.origin, msg.incarnation, msg.version, counts)
         case GroupFanout():
-            return MsgType.GROUP_FANOUT, (msg.group, msg.payload, msg.ttl)
+            return MsgType.GROUP_FANOUT, (
+                msg.origin,
+                msg.incarnation,
+                msg.seq,
+                msg.group,
+                msg.payload,
+                msg.ttl,
+            )
         case Relay():
             return MsgType.PEER_RELAY, (
                 msg.origin,
@@ -315,8 +329,8 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         )
         return GroupSlice(f[0], f[1], f[2], tuple(sorted((c[0], c[1]) for c in counts)))
     if mtype == MsgType.GROUP_FANOUT:
-        _require(valid_wire_group(f[0]) and valid_duration(f[2]), "GROUP_FANOUT group or ttl")
-        return GroupFanout(f[0], f[1], float(f[2]))
+        _require(valid_wire_group(f[3]) and valid_duration(f[5]), "GROUP_FANOUT group or ttl")
+        return GroupFanout(f[0], f[1], f[2], f[3], f[4], float(f[5]))
     if mtype == MsgType.PEER_RELAY:
         origin, inc, conn, tag, expiry, hops, raw, sent_at = f
         _require(

@@ -70,6 +70,18 @@ class GroupReplication:
         self._waiting: dict[int, _Waiting] = {}
         self._rng = rng
         self._next_digest = 0.0
+        #: until when every group_send goes to every live peer: this node's
+        #: counts of the others are not known yet (it has just started)
+        self._broadcast_until = 0.0
+        #: group -> {node: until when its group_sends go there too}: it was
+        #: just handed memberships, and its counts have not caught up yet
+        self._forward: dict[str, dict[str, float]] = {}
+        self._fanout_seq = itertools.count(1)
+        #: fanout id -> when first seen (a copy passed on by the node that
+        #: handed memberships away may come after the one sent here directly)
+        self._seen: dict[tuple[str, int, int], float] = {}
+        #: fanouts dropped as second copies
+        self.fanout_duplicates = 0
         self.ack_timeouts = 0
         #: messages from nodes that are not live members (dropped)
         self.from_strangers = 0
@@ -77,6 +89,58 @@ class GroupReplication:
 
     def live_peers(self) -> list[str]:
         return [n for n in self.table.live() if n != self.me]
+
+    def catch_up_window(self) -> float:
+        """Seconds within which counts converge: two anti-entropy rounds."""
+        return 2 * self.anti_entropy_interval + self.ack_timeout
+
+    def started(self, now: float) -> None:
+        """This life begins: until the digests have come, a group_send goes
+        to every live peer (one that has no member reaches nobody there)."""
+        self._broadcast_until = now + self.catch_up_window()
+
+    def moved(self, moves: list[tuple[str, str]], now: float) -> None:
+        """Memberships of these groups were handed to these nodes: send
+        their group_sends there too until the receivers' counts are known."""
+        until = now + self.catch_up_window()
+        for node, group in moves:
+            self._forward.setdefault(group, {})[node] = until
+
+    def _targets(self, group: str, now: float) -> list[str]:
+        """Where a group_send made here goes: the nodes the counts say have
+        members, every live peer just after a start, and where memberships
+        were just handed."""
+        nodes = set(self.replica.nodes_for(group))
+        if now < self._broadcast_until:
+            nodes.update(self.live_peers())
+        nodes.update(self._forwarding(group, now))
+        nodes.discard(self.me)
+        return sorted(nodes)
+
+    def _forwarding(self, group: str, now: float) -> list[str]:
+        """Nodes this one handed memberships of ``group`` to lately."""
+        forward = self._forward.get(group)
+        if forward is None:
+            return []
+        for node, until in list(forward.items()):
+            if until <= now:
+                del forward[node]
+        if not forward:
+            del self._forward[group]
+        return list(forward)
+
+    def _first_copy(self, key: tuple[str, int, int], now: float) -> bool:
+        """Whether fanout ``key`` is new here (ids are kept two windows)."""
+        if key in self._seen:
+            return False
+        horizon = now - 2 * self.catch_up_window()
+        while self._seen:
+            oldest = next(iter(self._seen))
+            if self._seen[oldest] > horizon:
+                break
+            del self._seen[oldest]
+        self._seen[key] = now
+        return True
 
     def leave(self, fx: Fx) -> None:
         """The node stops: answer every group_add still waiting."""
@@ -86,6 +150,7 @@ class GroupReplication:
         return {
             "group_sizes": self.replica.groups(),
             "group_ack_timeouts": self.ack_timeouts,
+            "group_fanout_duplicates": self.fanout_duplicates,
         }
 
     # -- the core's work ---------------------------------------------------
@@ -116,10 +181,12 @@ class GroupReplication:
         if held:  # nothing to wait for: no peers, or no count changed
             fx.out.extend((c, (MsgType.ACK, (r, 1))) for c, r, _ in held)
         for group, payload, ttl in work.fanouts:
-            fanout = GroupFanout(group, payload, ttl)
-            for node in replica.nodes_for(group):
-                if node != self.me:
-                    fx.peers.append((node, fanout))
+            fanout = GroupFanout(
+                self.me, self.replica.incarnation, next(self._fanout_seq), group, payload, ttl
+            )
+            self._first_copy((fanout.origin, fanout.incarnation, fanout.seq), now)
+            for node in self._targets(group, now):
+                fx.peers.append((node, fanout))
 
     # -- peer messages -----------------------------------------------------
     def _live_member(self, node: str) -> bool:
@@ -155,7 +222,14 @@ class GroupReplication:
                         Slice(msg.origin, msg.incarnation, msg.version, msg.counts)
                     )
             case GroupFanout():
+                if not self._first_copy((msg.origin, msg.incarnation, msg.seq), now):
+                    self.fanout_duplicates += 1
+                    return
                 fx.out.extend(self.core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now))
+                # (its sender's counts may be older than our handover)
+                for node in self._forwarding(msg.group, now):
+                    if node != msg.origin:
+                        fx.peers.append((node, msg))
 
     def _on_digest(self, msg: GroupDigest, fx: Fx) -> None:
         replica = self.replica

@@ -776,6 +776,7 @@ class Routing:
             moved = tuple(members.get(owner, []))
             for i, piece in enumerate(pieces or [[]]):  # (memberships go with the first)
                 fx.peers.append((owner, Handoff(self.me, tuple(piece), moved if i == 0 else ())))
+            fx.moved.extend((owner, group) for group in sorted({m[0] for m in moved}))
         if grants:  # after the messages, on the same pipe: they arrive first
             self._relay(grants, now, fx)
 

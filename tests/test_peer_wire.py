@@ -45,7 +45,7 @@ U = ["a", "tcp://h:1", 7, "alive", "a"]  # one gossiped member update
 
 # Every peer message type, encoded once, as it must stay (type numbers are
 # zchannels.protocol.MsgType's; PEER_SEND 33, PEER_SEND_RESULT 34 and
-# PEER_RELAY_V1 35 were retired before any release). A change here is a
+# PEER_RELAY_V1 35 and GROUP_FANOUT_V1 32 were retired before any release). A change here is a
 # protocol change.
 GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.PEER_PING: (
@@ -87,8 +87,8 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         "011f94a26e31cf000001a20bb22768039192a9617367697c626c6f6702",
     ),
     MsgType.GROUP_FANOUT: (
-        ("asgi|blog", b"\x81\xa1a\x01", 60.0),
-        "012093a9617367697c626c6f67c40481a16101cb404e000000000000",
+        ("n1", 7, 3, "asgi|blog", b"\x81\xa1a\x01", 60.0),
+        "013496a26e310703a9617367697c626c6f67c40481a16101cb404e000000000000",
     ),
     MsgType.PEER_RELAY: (
         ("n1", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 1, [[8, "asgi|c", 5]], 1.5),
@@ -127,7 +127,13 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         "012a92a26e3282a86368616e6e656c7303a67175657565640c",
     ),
 }
-RETIRED = {MsgType.PEER_SEND, MsgType.PEER_SEND_RESULT, MsgType.PEER_RELAY_V1, MsgType.BATCH}
+RETIRED = {
+    MsgType.PEER_SEND,
+    MsgType.PEER_SEND_RESULT,
+    MsgType.PEER_RELAY_V1,
+    MsgType.GROUP_FANOUT_V1,
+    MsgType.BATCH,
+}
 
 
 def test_every_type_is_a_client_or_a_peer_type_with_a_golden_frame() -> None:
@@ -159,7 +165,7 @@ MESSAGES: list[PeerMessage] = [
     GroupDelta("n1", 7, 3, "asgi|g", 2, 0),
     GroupDigest("n1", (("n1", 7, 3), ("n2", 8, 1))),
     GroupSlice("n1", 7, 3, (("asgi|a", 1), ("asgi|b", 2))),
-    GroupFanout("asgi|g", b"p", 60.0),
+    GroupFanout("n1", 7, 3, "asgi|g", b"p", 60.0),
     Relay("n1", 7, b"\x00k", "abcdefghij", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 2.5),
     RelayBack("n2", b"\x00k", ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),)),
     ConnGone("n1", 7, (b"\x00k", b"\x00j")),
@@ -200,7 +206,7 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.GROUP_DIGEST, ("n1", [["n1", 7]])),
         (MsgType.GROUP_SLICE, ("n1", 7, 3, [["asgi|g", "2"]])),
         (MsgType.GROUP_DELTA, ("n1", 7, 3, "bad group!", 2, 0)),
-        (MsgType.GROUP_FANOUT, ("asgi|g", b"p", -1.0)),
+        (MsgType.GROUP_FANOUT, ("n1", 7, 3, "asgi|g", b"p", -1.0)),
     ],
     ids=lambda f: f[0].name,
 )

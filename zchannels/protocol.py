@@ -73,7 +73,7 @@ class MsgType(enum.IntEnum):
     GROUP_DELTA_ACK = 29
     GROUP_DIGEST = 30
     GROUP_SLICE = 31
-    GROUP_FANOUT = 32
+    GROUP_FANOUT_V1 = 32  # retired before any release: superseded by GROUP_FANOUT (52)
     # node <-> node: retired before any release (superseded by PEER_RELAY);
     # the numbers stay taken
     PEER_SEND = 33
@@ -101,6 +101,10 @@ class MsgType(enum.IntEnum):
     DRAIN = 49  # node -> client: "I am going away: give everything back and hold"
     MOVING = 50  # client -> node: "given back, answered, holding until a node welcomes me"
     STOP = 51  # client -> node: drain, then stop (``znode drain``)
+    # node <-> node: GROUP_FANOUT_V1 with an id (origin, incarnation, seq), so
+    # a node can pass a fanout on to where memberships just moved and the
+    # receiver drop a second copy (zchannels.node.replication)
+    GROUP_FANOUT = 52
 
 
 class ErrorCode(enum.IntEnum):
