@@ -225,7 +225,20 @@ async def test_sends_during_a_join_lose_nothing(znode: Callable[..., Znode]) -> 
         await asyncio.wait_for(task, 60)
         inversions = 0
         for name in names:
-            got = [(await asyncio.wait_for(reader.receive(name), 5))["i"] for _ in range(sent)]
+            got = []
+            for _ in range(sent):
+                try:
+                    got.append((await asyncio.wait_for(reader.receive(name), 5))["i"])
+                except TimeoutError:
+                    seen = {n.ready["peer"]: status(n) for n in [*nodes, late]}
+                    raise AssertionError(
+                        f"{name}: {len(got)} of {sent} received, then nothing for 5 s; "
+                        + "; ".join(
+                            f"{s.get('node_id')}: queued {s.get('queued')} drops "
+                            f"{s.get('drops')} routing {s.get('routing_counters')}"
+                            for s in seen.values()
+                        )
+                    ) from None
             assert sorted(got) == list(range(sent)), f"{name}: lost or duplicated messages"
             inversions += sum(1 for a, b in itertools.pairwise(got) if b < a)
         print(
