@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from conftest import Znode, eventually
 
+from zchannels.errors import NodeUnavailable
 from zchannels.layer import ZeroMQChannelLayer
 
 #: Seconds any step here may take (a start of ``znode`` is well under 2 s).
@@ -81,5 +82,40 @@ async def test_a_drained_node_s_clients_hold_their_calls_until_the_next_node(
 
         await eventually(registered, STEP, "the process registered with the next node")
         assert again.proc is not None and again.proc.poll() is None
+    finally:
+        await layer.close()
+
+
+async def test_a_held_call_that_fails_or_is_cancelled_is_never_sent(
+    znode: Callable[..., Znode],
+) -> None:
+    """While the node is gone, a call that times out (``NodeUnavailable``) or
+    is cancelled was not sent, and is not sent later: its failure means
+    "not done", not "maybe"."""
+    node = znode()
+    layer = ZeroMQChannelLayer(node=node.endpoint, request_timeout=1.0)
+    try:
+        await layer.send("late", {"warm": True})
+        assert await asyncio.wait_for(layer.receive("late"), STEP) == {"warm": True}
+        done = await asyncio.to_thread(drain, node.endpoint)
+        assert done.returncode == 0, done.stderr
+        try:
+            await layer.send("late", {"timed": "out"})
+        except NodeUnavailable:
+            pass
+        else:
+            raise AssertionError("a send held past request_timeout returned")
+        try:
+            await asyncio.wait_for(layer.send("late", {"cancelled": True}), 0.05)
+        except TimeoutError:
+            pass
+        znode(node.endpoint)
+        await asyncio.wait_for(layer.send("late", {"after": "restart"}), STEP)
+        assert await asyncio.wait_for(layer.receive("late"), STEP) == {"after": "restart"}
+        try:
+            extra = await asyncio.wait_for(layer.receive("late"), 0.5)
+        except TimeoutError:
+            extra = None
+        assert extra is None, f"a failed or cancelled held send was delivered: {extra}"
     finally:
         await layer.close()

@@ -220,7 +220,14 @@ class Connection:
         try:
             return await future
         finally:
-            self._pending.pop(req, None)
+            self._forget_request(req)
+
+    def _forget_request(self, req: int) -> None:
+        """A request is answered, failed or cancelled: one still held (the
+        node drains) is not sent at all, so its failure means "not done"."""
+        pending = self._pending.pop(req, None)
+        if pending is not None and pending.held:
+            self._held.remove(pending.message)
 
     def post(self, mtype: MsgType, *fields: Any) -> None:
         """Send a message that wants no answer."""
@@ -576,7 +583,7 @@ class Connection:
         timeout = self._client.config.request_timeout
         for req, pending in list(self._pending.items()):
             if now - pending.sent_at > timeout and not pending.future.done():
-                self._pending.pop(req, None)
+                self._forget_request(req)
                 pending.future.set_exception(
                     NodeUnavailable(
                         f"no answer from the node at {self._client.endpoint} in {timeout:g} s"
