@@ -67,6 +67,9 @@ RELAYED_BACK = frozenset(
         MsgType.ERROR,
         MsgType.REVOKE,
         MsgType.FLUSHED,
+        # credit the owner held for the client, handed back to its node when
+        # the channel moved on (the node grants it to the new owner)
+        MsgType.RECV,
     }
 )
 #: Keys a load report may carry (anything else is dropped on arrival):

@@ -482,6 +482,7 @@ class Routing:
             for mtype, fields in msg.messages
             for channel in (fields[0] if mtype == MsgType.DELIVER_MANY else [None])
         ]
+        regrant: list[tuple[str, int]] = []
         for mtype, fields in messages:
             if mtype in (MsgType.ACK, MsgType.ERROR):
                 self._pending.pop((conn, fields[0]), None)
@@ -490,7 +491,44 @@ class Routing:
                 if owed is not None:
                     owed[0] = source  # (the channel may have moved there)
                     owed[1] = max(0, owed[1] - len(fields[1]))
-        fx.out.extend((conn, m) for m in messages)
+            elif mtype == MsgType.RECV:  # credit handed back: the channel moved
+                regrant.append((fields[0], fields[1]))
+        fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
+        if regrant:
+            self._grant_again(conn, source, regrant, now, fx)
+
+    def _grant_again(
+        self, conn: ConnId, source: str, grants: list[tuple[str, int]], now: float, fx: Fx
+    ) -> None:
+        """Credit a channel's old owner (``source``) gave back for our client
+        ``conn`` (it handed the channel on, after every delivery it had sent
+        us): grant it where the channel lives now. A view that still names
+        ``source`` is behind (its leave is on the way): the owner is then the
+        one without it."""
+        session = self.core.sessions.by_conn.get(conn)
+        relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        without: Ownership | None = None
+        for channel, credit in grants:
+            self._credit.pop((conn, channel), None)
+            if session is None or credit <= 0:
+                continue
+            owner = self.route(channel)
+            if owner == source:
+                if without is None:
+                    others = {n: self._tags[n] for n in self._live if n != source}
+                    without = Ownership(others, parked=self._parked)
+                found = without.owner(channel)
+                owner = None if found == self.me else (found or "")
+            if owner is None:  # ours now
+                fx.out.extend(
+                    (c, (MsgType.DELIVER, (ch, items)))
+                    for c, ch, items in self.core.queues.grant(conn, channel, credit, now)
+                )
+            elif owner:
+                # (MAX_HOPS: the new owner keeps it, whatever its view yet)
+                relays.append((owner, conn, session, (MsgType.RECV, (channel, credit)), MAX_HOPS))
+        if relays:
+            self._relay(relays, now, fx)
 
     def give_back(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         """Deliveries of other nodes' channels that could not reach ``conn``
@@ -737,6 +775,7 @@ class Routing:
         channels: dict[str, list[tuple[str, list[Any]]]] = {}
         members: dict[str, list[tuple[str, str, str, float, int]]] = {}
         grants: list[tuple[str, ConnId, Session, Message, int]] = []
+        back: dict[ConnId, list[Message]] = {}
         for name in list(core.queues.channels):
             owner = self.route(name)
             if owner is None:
@@ -748,6 +787,15 @@ class Routing:
             if items:
                 channels.setdefault(owner, []).append((name, [list(i) for i in items]))
             for conn, credit in credits.items():
+                virtual = self._virtual.get(conn)
+                if virtual is not None:
+                    # Another node's client: its credit goes back through
+                    # its node, behind our deliveries still on the way there
+                    # (one ordered link), which grants it to the new owner:
+                    # sent straight to the new owner, the new owner's
+                    # deliveries could overtake ours (an inversion).
+                    back.setdefault(conn, []).append((MsgType.RECV, (name, credit)))
+                    continue
                 session = self._session_of(conn)
                 if session is not None:
                     # (MAX_HOPS: the new owner keeps it, whatever its view yet)
@@ -779,6 +827,9 @@ class Routing:
             fx.moved.extend((owner, group) for group in sorted({m[0] for m in moved}))
         if grants:  # after the messages, on the same pipe: they arrive first
             self._relay(grants, now, fx)
+        for conn, credit_back in back.items():
+            virtual = self._virtual[conn]
+            fx.peers.append((virtual.origin, RelayBack(self.me, virtual.conn, tuple(credit_back))))
 
     def _sweep_soon(self, now: float) -> None:
         """Hand over strays once the views have been still for ``sweep_delay``

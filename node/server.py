@@ -30,6 +30,7 @@ from .config import NodeConfig
 from .core import NodeCore, Out
 from .lifetime import Claims, IdleRule, NodeLock
 from .membership import EventKind, MemberEvent, first_incarnation
+from .routing import RESTART_GAP
 from .security import HandshakeWatch, admission, check_bind_policy, serve_with
 
 if TYPE_CHECKING:  # the cluster's sockets load only in a cluster (a node's start time)
@@ -465,8 +466,9 @@ class NodeServer:
                 if event.kind in _NEW_LIFE and event.node != self.config.node_id:
                     before = self._lives.get(event.node)
                     self._lives[event.node] = event.incarnation
-                    if before is not None and before != event.incarnation:
-                        # A restarted peer: the socket to its address is
+                    if before is not None and event.incarnation - before >= RESTART_GAP:
+                        # A restarted peer (not a refutation: that is the
+                        # same process): the socket to its address is
                         # backing off from the old process's end (up to a
                         # second); a fresh one connects at once.
                         mesh.forget(event.address)
