@@ -39,6 +39,20 @@ at the end, after heal, settle and drain:
   unanswered) within the drain limit;
 - ``convergence``: after heal and settle, every live node sees the same
   live members (and the same owners/replicas, where its status says them).
+
+A rolling restart (a plan whose only faults are drains: ``schedule.ROLLING``)
+is held to more (``rolling``): nothing may be lost, and nothing counted.
+
+- ``rolling_dropped``: a node counted a message dropped (``expired``,
+  ``dead_owner``, ``receiver_gone``, or ``full`` beyond the ChannelFull
+  refusals its producer was told of: a reserved send or a group member),
+  or a client counted one ``lost_in_node_restart``;
+- ``rolling_lost``: an accepted send neither taken nor held, counted or not,
+  or one whose producer never had an answer;
+- ``rolling_group_missed``: an accepted group_send not taken from a member
+  that was in the group for its whole call (added, acknowledged, before it
+  began; not discarded before it returned);
+- ``drain_timeout``: a node left before all its clients had moved.
 """
 
 from __future__ import annotations
@@ -103,6 +117,11 @@ class History:
     #: send to it failed): counted by nobody. Seen by the world in the
     #: replies it could not deliver; see ``account``.
     refused_dead: int = 0
+    #: (group, channel) -> [(time, "acked" | "discard")]: a group_add
+    #: acknowledged, a group_discard made (for ``rolling``)
+    group_events: dict[tuple[str, str], list[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     # -- recording -------------------------------------------------------------
     def sent(self, key: MsgKey, kind: str, target: str, now: float) -> None:
@@ -123,6 +142,12 @@ class History:
 
     def group_added(self, group: str, channel: str, now: float) -> None:
         self.members[group].add(channel)
+
+    def group_add_acked(self, group: str, channel: str, now: float) -> None:
+        self.group_events[(group, channel)].append((now, "acked"))
+
+    def group_discarded(self, group: str, channel: str, now: float) -> None:
+        self.group_events[(group, channel)].append((now, "discard"))
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -239,6 +264,64 @@ class History:
                 f"{drops - missing - slack} more drops counted than messages missing: {terms}",
             )
         return terms
+
+    def rolling(
+        self,
+        drops_by: dict[str, int],
+        lost_in_node_restart: int,
+        drain_timeouts: list[str],
+        terms: dict[str, int],
+        now: float,
+    ) -> None:
+        """A rolling restart's stricter checks (see the module docstring)."""
+        for text in drain_timeouts:
+            self.violate(now, "drain_timeout", text)
+        refused = sum(1 for r in self.sends.values() if r.outcome == "refused")
+        counted = {k: v for k, v in drops_by.items() if v and k != "full"}
+        if drops_by.get("full", 0) > refused:
+            counted["full beyond refusals"] = drops_by["full"] - refused
+        if lost_in_node_restart:
+            counted["lost_in_node_restart"] = lost_in_node_restart
+        if counted:
+            self.violate(now, "rolling_dropped", f"counted in a rolling restart: {counted}")
+        taken_keys = {k for k, _c in self.taken}
+        lost = [
+            r
+            for r in self.sends.values()
+            if r.kind == "send"
+            and r.key not in taken_keys
+            and r.outcome not in ("refused",)
+            and not (r.outcome == "accepted" and terms.get("held", 0))
+        ]
+        if lost:
+            first = sorted(lost, key=lambda r: r.sent_at)[0]
+            self.violate(
+                now,
+                "rolling_lost",
+                f"{len(lost)} send(s) not taken in a rolling restart, the first {first.key} "
+                f"to {first.target} sent at {first.sent_at:.6f} ({first.outcome})",
+            )
+        by_group: dict[MsgKey, set[str]] = defaultdict(set)
+        for k, channel in self.taken:
+            by_group[k].add(channel)
+        missed: list[str] = []
+        for rec in self.sends.values():
+            if rec.kind != "group" or rec.outcome != "accepted":
+                continue
+            for channel in sorted(self.members.get(rec.target, ())):
+                events = self.group_events.get((rec.target, channel), [])
+                member = any(t <= rec.sent_at and e == "acked" for t, e in events) and not any(
+                    t <= rec.outcome_at and e == "discard" for t, e in events
+                )
+                if member and channel not in by_group[rec.key]:
+                    missed.append(f"{rec.key} (sent {rec.sent_at:.6f}) to {channel}")
+        if missed:
+            self.violate(
+                now,
+                "rolling_group_missed",
+                f"{len(missed)} group deliveries missed in a rolling restart, the first: "
+                f"{missed[0]}",
+            )
 
     def summary(self) -> dict[str, Any]:
         outcomes: dict[str, int] = defaultdict(int)
