@@ -43,12 +43,13 @@ at the end, after heal, settle and drain:
 A rolling restart (a plan whose only faults are drains: ``schedule.ROLLING``)
 is held to more (``rolling``): nothing may be lost, and nothing counted.
 
-- ``rolling_dropped``: a node counted a message dropped (``expired``,
-  ``dead_owner``, ``receiver_gone``, or ``full`` beyond the ChannelFull
-  refusals its producer was told of: a reserved send or a group member),
-  or a client counted one ``lost_in_node_restart``;
-- ``rolling_lost``: an accepted send neither taken nor held, counted or not,
-  or one whose producer never had an answer;
+- ``rolling_dropped_<reason>``: a node counted a message dropped
+  (``expired``, ``dead_owner``, ``receiver_gone``, or ``full`` beyond the
+  ChannelFull refusals its producer was told of: a reserved send or a group
+  member), or a client counted one (``rolling_lost_in_node_restart``); one
+  name per reason, so each cause has its own verdict;
+- ``rolling_lost``: more sends not taken (accepted, or never answered) than
+  all of those counts: a loss nobody counted, with no slack at all;
 - ``rolling_group_missed``: an accepted group_send not taken from a member
   that was in the group for its whole call (added, acknowledged, before it
   began; not discarded before it returned);
@@ -270,7 +271,6 @@ class History:
         drops_by: dict[str, int],
         lost_in_node_restart: int,
         drain_timeouts: list[str],
-        terms: dict[str, int],
         now: float,
     ) -> None:
         """A rolling restart's stricter checks (see the module docstring)."""
@@ -279,27 +279,37 @@ class History:
         refused = sum(1 for r in self.sends.values() if r.outcome == "refused")
         counted = {k: v for k, v in drops_by.items() if v and k != "full"}
         if drops_by.get("full", 0) > refused:
-            counted["full beyond refusals"] = drops_by["full"] - refused
+            counted["full"] = drops_by["full"] - refused
+        for reason, n in sorted(counted.items()):
+            extra = " (beyond the refusals producers were told of)" if reason == "full" else ""
+            self.violate(
+                now,
+                f"rolling_dropped_{reason}",
+                f"{n} message(s) counted {reason}{extra} in a rolling restart",
+            )
         if lost_in_node_restart:
-            counted["lost_in_node_restart"] = lost_in_node_restart
-        if counted:
-            self.violate(now, "rolling_dropped", f"counted in a rolling restart: {counted}")
+            self.violate(
+                now,
+                "rolling_lost_in_node_restart",
+                f"{lost_in_node_restart} send(s) counted lost_in_node_restart by clients",
+            )
         taken_keys = {k for k, _c in self.taken}
-        lost = [
-            r
-            for r in self.sends.values()
-            if r.kind == "send"
-            and r.key not in taken_keys
-            and r.outcome not in ("refused",)
-            and not (r.outcome == "accepted" and terms.get("held", 0))
-        ]
-        if lost:
-            first = sorted(lost, key=lambda r: r.sent_at)[0]
+        lost = sorted(
+            (
+                r
+                for r in self.sends.values()
+                if r.kind == "send" and r.key not in taken_keys and r.outcome != "refused"
+            ),
+            key=lambda r: r.sent_at,
+        )
+        if len(lost) > sum(counted.values()) + lost_in_node_restart:
+            first = lost[0]
             self.violate(
                 now,
                 "rolling_lost",
-                f"{len(lost)} send(s) not taken in a rolling restart, the first {first.key} "
-                f"to {first.target} sent at {first.sent_at:.6f} ({first.outcome})",
+                f"{len(lost)} send(s) not taken in a rolling restart, {sum(counted.values())} "
+                f"counted; the first {first.key} to {first.target} sent at "
+                f"{first.sent_at:.6f} ({first.outcome})",
             )
         by_group: dict[MsgKey, set[str]] = defaultdict(set)
         for k, channel in self.taken:

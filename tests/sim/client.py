@@ -183,8 +183,10 @@ class SimClient:
         self.moved = False
         self.held: list[Message] = []
         self._moving_gen = 0
-        #: DRAINs this process was told (each moved it once)
+        #: DRAINs this process was told (each moved it once), and the
+        #: requests and posts it held meanwhile
         self.drains = 0
+        self.held_total = 0
         self._hello(now)
         port.timer(cid, now + SWEEP_INTERVAL, "sweep", "")
 
@@ -277,6 +279,7 @@ class SimClient:
         self.pending[req] = Pending(message, self.epoch, now, kind, key, self.node_down, held)
         if held:
             self.held.append(message)
+            self.held_total += 1
         else:
             self._queue(message)
         return req
@@ -285,6 +288,7 @@ class SimClient:
         """A message that wants no answer (connection.post): held while moving."""
         if self.moving:
             self.held.append(message)
+            self.held_total += 1
         else:
             self._queue(message)
 

@@ -186,6 +186,9 @@ class World:
         self._drain_poll = False
         #: drains begun
         self.drains = 0
+        #: what a run did and counted, for tests: drains, requests clients
+        #: held while moving, drops other than the refusals producers saw
+        self.stats: dict[str, int] = {}
         #: wire name of each "!cX.i" reference once its owner has made it
         self.bang: dict[str, str] = {}
         #: channel -> consumers (client ids) ever assigned
@@ -906,6 +909,12 @@ class World:
                 held += sum(len(s.buffer) for s in c.flow.channels.values())
         self.terms = self.history.account(drops, held, self.now)
         self.log(f"final {self.terms}")
+        refused = sum(1 for r in self.history.sends.values() if r.outcome == "refused")
+        self.stats = {
+            "drains": self.drains,
+            "held": sum(c.held_total for c in self.clients.values()),
+            "counted": drops - refused,
+        }
         if is_rolling(self.plan):
             drops_by = dict(self.dead_drops_by)
             for sn in self.nodes.values():
@@ -917,7 +926,6 @@ class World:
                 drops_by,
                 sum(c.counters.lost_in_node_restart for c in self.clients.values()),
                 self.drain_timeouts,
-                self.terms,
                 self.now,
             )
 
