@@ -251,6 +251,66 @@ def test_a_broken_node_is_caught(mutant: type[ClusterNode], invariant: str) -> N
     assert caught is not None, f"{mutant.__name__} went unnoticed in 40 schedules"
 
 
+#: one drain under traffic: node 0 drains while c0 (its client) sends to q0
+#: (c1's, on node 1) and c1 sends to c0's new_channel() name
+ONE_DRAIN = Plan(
+    7,
+    3,
+    tuple(
+        Op.from_json(o)
+        for o in (
+            [0.0, "client", "c0", 0],
+            [0.0, "client", "c1", 1],
+            [0.05, "recv", "c1", "q0", 0.0],
+            [0.05, "recv", "c0", "!c0.0", 0.0],
+            [0.6, "drain", 0, 0.1],
+            [0.6, "send", "c0", "q0", 8, 0.01, 1000],
+            [0.62, "send", "c1", "!c0.0", 8, 0.01, 1000],
+            [0.65, "send", "c0", "q0", 8, 0.01, 1000],
+        )
+    ),
+)
+
+
+def test_a_drain_moves_its_clients_and_loses_nothing() -> None:
+    """The drain's steps as the shell takes them: drain, drained (the
+    clients moved), leave, linger, gone, restart hold s later in a new
+    incarnation; the node's client held a send meanwhile; all 24 taken."""
+    result = run_plan(ONE_DRAIN, keep_trace=True)
+    assert result.violations == []
+    steps = [
+        line.split(" ", 1)[1]
+        for line in result.trace
+        if " drain" in line or "start n0" in line or "left n0" in line
+    ]
+    assert steps[:5] == [
+        "start n0 inc 1000001",
+        "op drain 0 0.1",
+        "drain n0 hold 0.1",
+        "n0 drained: leaves",
+        steps[4],
+    ]
+    assert steps[4].startswith("left n0") and steps[5].startswith("start n0 inc")
+    assert steps[5] != steps[0]
+    assert result.stats == {"drains": 1, "held": 1, "counted": 0}
+    assert result.summary["taken"] == result.summary["sent"] == 24
+
+
+class SilentDrain(ClusterNode):
+    """Broken on purpose: a drain that does not tell its clients."""
+
+    def drain(self, now: float) -> Effects:
+        super().drain(now)
+        return Effects()
+
+
+def test_a_drain_that_does_not_tell_its_clients_is_caught() -> None:
+    """Its clients never move: the node leaves at the drain timeout."""
+    result = run_plan(ONE_DRAIN, factory=SilentDrain, stop_at_first=False)
+    assert "drain_timeout" in {v.invariant for v in result.violations}
+    assert result.stats["held"] == 0
+
+
 def test_a_failure_shrinks_to_a_short_schedule_that_still_fails() -> None:
     seed = next(
         s
