@@ -460,6 +460,12 @@ class Routing:
             if inc != self.incarnation or session is None:
                 self.counters["relay_for_gone_client"] += 1
                 return
+            # Answered from here now (or relayed anew, which waits anew): no
+            # longer wait for the node they went to, else at its deadline
+            # we answer a second time and count a delivered send as lost.
+            for mtype, fields in messages:
+                if mtype in _ANSWERED and fields[0]:
+                    self._pending.pop((conn, fields[0]), None)
             fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)

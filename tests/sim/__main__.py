@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--faults",
         default=None,
-        help=f"comma-separated subset of {','.join(FAULTS)} (default: all that apply)",
+        help=f"comma-separated subset of {','.join(FAULTS)} (default: all that apply "
+        "but drain; --faults drain: a rolling restart, checked strictly)",
     )
     ap.add_argument("--jobs", type=int, default=1, help="worker processes")
     ap.add_argument("--plan", type=Path, help="replay a plan saved as JSON")

@@ -39,6 +39,21 @@ at the end, after heal, settle and drain:
   unanswered) within the drain limit;
 - ``convergence``: after heal and settle, every live node sees the same
   live members (and the same owners/replicas, where its status says them).
+
+A rolling restart (a plan whose only faults are drains: ``schedule.ROLLING``)
+is held to more (``rolling``): nothing may be lost, and nothing counted.
+
+- ``rolling_dropped_<reason>``: a node counted a message dropped
+  (``expired``, ``dead_owner``, ``receiver_gone``, or ``full`` beyond the
+  ChannelFull refusals its producer was told of: a reserved send or a group
+  member), or a client counted one (``rolling_lost_in_node_restart``); one
+  name per reason, so each cause has its own verdict;
+- ``rolling_lost``: more sends not taken (accepted, or never answered) than
+  all of those counts: a loss nobody counted, with no slack at all;
+- ``rolling_group_missed``: an accepted group_send not taken from a member
+  that was in the group for its whole call (added, acknowledged, before it
+  began; not discarded before it returned);
+- ``drain_timeout``: a node left before all its clients had moved.
 """
 
 from __future__ import annotations
@@ -103,6 +118,11 @@ class History:
     #: send to it failed): counted by nobody. Seen by the world in the
     #: replies it could not deliver; see ``account``.
     refused_dead: int = 0
+    #: (group, channel) -> [(time, "acked" | "discard")]: a group_add
+    #: acknowledged, a group_discard made (for ``rolling``)
+    group_events: dict[tuple[str, str], list[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
 
     # -- recording -------------------------------------------------------------
     def sent(self, key: MsgKey, kind: str, target: str, now: float) -> None:
@@ -123,6 +143,12 @@ class History:
 
     def group_added(self, group: str, channel: str, now: float) -> None:
         self.members[group].add(channel)
+
+    def group_add_acked(self, group: str, channel: str, now: float) -> None:
+        self.group_events[(group, channel)].append((now, "acked"))
+
+    def group_discarded(self, group: str, channel: str, now: float) -> None:
+        self.group_events[(group, channel)].append((now, "discard"))
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -239,6 +265,73 @@ class History:
                 f"{drops - missing - slack} more drops counted than messages missing: {terms}",
             )
         return terms
+
+    def rolling(
+        self,
+        drops_by: dict[str, int],
+        lost_in_node_restart: int,
+        drain_timeouts: list[str],
+        now: float,
+    ) -> None:
+        """A rolling restart's stricter checks (see the module docstring)."""
+        for text in drain_timeouts:
+            self.violate(now, "drain_timeout", text)
+        refused = sum(1 for r in self.sends.values() if r.outcome == "refused")
+        counted = {k: v for k, v in drops_by.items() if v and k != "full"}
+        if drops_by.get("full", 0) > refused:
+            counted["full"] = drops_by["full"] - refused
+        for reason, n in sorted(counted.items()):
+            extra = " (beyond the refusals producers were told of)" if reason == "full" else ""
+            self.violate(
+                now,
+                f"rolling_dropped_{reason}",
+                f"{n} message(s) counted {reason}{extra} in a rolling restart",
+            )
+        if lost_in_node_restart:
+            self.violate(
+                now,
+                "rolling_lost_in_node_restart",
+                f"{lost_in_node_restart} send(s) counted lost_in_node_restart by clients",
+            )
+        taken_keys = {k for k, _c in self.taken}
+        lost = sorted(
+            (
+                r
+                for r in self.sends.values()
+                if r.kind == "send" and r.key not in taken_keys and r.outcome != "refused"
+            ),
+            key=lambda r: r.sent_at,
+        )
+        if len(lost) > sum(counted.values()) + lost_in_node_restart:
+            first = lost[0]
+            self.violate(
+                now,
+                "rolling_lost",
+                f"{len(lost)} send(s) not taken in a rolling restart, {sum(counted.values())} "
+                f"counted; the first {first.key} to {first.target} sent at "
+                f"{first.sent_at:.6f} ({first.outcome})",
+            )
+        by_group: dict[MsgKey, set[str]] = defaultdict(set)
+        for k, channel in self.taken:
+            by_group[k].add(channel)
+        missed: list[str] = []
+        for rec in self.sends.values():
+            if rec.kind != "group" or rec.outcome != "accepted":
+                continue
+            for channel in sorted(self.members.get(rec.target, ())):
+                events = self.group_events.get((rec.target, channel), [])
+                member = any(t <= rec.sent_at and e == "acked" for t, e in events) and not any(
+                    t <= rec.outcome_at and e == "discard" for t, e in events
+                )
+                if member and channel not in by_group[rec.key]:
+                    missed.append(f"{rec.key} (sent {rec.sent_at:.6f}) to {channel}")
+        if missed:
+            self.violate(
+                now,
+                "rolling_group_missed",
+                f"{len(missed)} group deliveries missed in a rolling restart, the first: "
+                f"{missed[0]}",
+            )
 
     def summary(self) -> dict[str, Any]:
         outcomes: dict[str, int] = defaultdict(int)

@@ -3,8 +3,10 @@ and ``zchannels.client`` speak it, with no socket, thread or clock.
 
 Owns: one process's session with its node (HELLO/WELCOME, epochs, RESET and
 UNKNOWN_SESSION, the lease ping every lease/3, memberships re-asserted after
-a node restart), its requests in flight (request ids, ACK/ERROR, the request
-timeout, SENDs never repeated after a restart but counted lost), its
+a node restart, a drain: DRAIN, give everything back, MOVING once answered,
+hold new requests and ping until a node welcomes it), its requests in
+flight (request ids, ACK/ERROR, the request timeout, SENDs never repeated
+after a restart but counted lost), its
 producers (one send at a time, as a coroutine awaiting ``send()`` would;
 reserved sends go without waiting) and consumers (``receive()`` in a loop,
 cancellable while waiting or just woken). The receive accounting (credit,
@@ -39,6 +41,7 @@ from .check import History, MsgKey
 #: as zchannels.connection
 REPORT_DELAY = 0.001
 SWEEP_INTERVAL = 0.25
+MOVING_PING = 0.05
 _IDEMPOTENT = frozenset(
     {
         MsgType.GROUP_ADD,
@@ -86,6 +89,11 @@ class Pending:
     #: the client's node was frozen, dead or restarted while this waited:
     #: the answer-time bound does not apply
     exempt: bool = False
+    #: made while the node drained: held here, not sent (it goes to the
+    #: next node after its WELCOME)
+    held: bool = False
+    #: when a held request went out (the answer-time bound counts from then)
+    asked_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -169,6 +177,16 @@ class SimClient:
         self.taken = 0
         self.reported = 0
         self.gone_seen = False
+        #: the node drains (DRAIN): requests wait in ``held`` for the next
+        #: WELCOME; ``moved``: MOVING was sent (as zchannels.connection)
+        self.moving = False
+        self.moved = False
+        self.held: list[Message] = []
+        self._moving_gen = 0
+        #: DRAINs this process was told (each moved it once), and the
+        #: requests and posts it held meanwhile
+        self.drains = 0
+        self.held_total = 0
         self._hello(now)
         port.timer(cid, now + SWEEP_INTERVAL, "sweep", "")
 
@@ -193,7 +211,9 @@ class SimClient:
         late = [
             f"{self.cid} {p.kind} req {req} sent {p.sent_at:.4f}"
             for req, p in self.pending.items()
-            if not p.exempt and now - p.sent_at > bound
+            if not p.exempt
+            and not p.held
+            and now - (p.sent_at if p.asked_at is None else p.asked_at) > bound
         ]
         late += [
             f"{self.cid} withdrawal req {req} sent {w[0]:.4f}"
@@ -212,6 +232,8 @@ class SimClient:
             and not self.jobs
             and not self.producing
             and not self.hello_outstanding
+            and not self.moving
+            and not self.held
         )
 
     # -- sending frames ------------------------------------------------------
@@ -253,9 +275,22 @@ class SimClient:
     ) -> int:
         req = next(self._req)
         message: Message = (mtype, (req, *fields))
-        self.pending[req] = Pending(message, self.epoch, now, kind, key, self.node_down)
-        self._queue(message)
+        held = self.moving
+        self.pending[req] = Pending(message, self.epoch, now, kind, key, self.node_down, held)
+        if held:
+            self.held.append(message)
+            self.held_total += 1
+        else:
+            self._queue(message)
         return req
+
+    def _post(self, message: Message) -> None:
+        """A message that wants no answer (connection.post): held while moving."""
+        if self.moving:
+            self.held.append(message)
+            self.held_total += 1
+        else:
+            self._queue(message)
 
     def _hello(self, now: float) -> None:
         self.epoch += 1
@@ -311,7 +346,8 @@ class SimClient:
         if self.dead:
             return
         self.memberships.pop((group, channel), None)
-        self._queue((MsgType.GROUP_DISCARD, (0, group, channel)))
+        self.history.group_discarded(group, channel, now)
+        self._post((MsgType.GROUP_DISCARD, (0, group, channel)))
 
     def consume(self, channel: str, proc: float, now: float) -> None:
         """Start receiving ``channel`` in a loop (if not already)."""
@@ -358,6 +394,8 @@ class SimClient:
         self.pending.clear()
         self.withdraw_sent.clear()
         self.jobs.clear()
+        self.held.clear()
+        self.moving = False
         self.hello_outstanding = False
 
     # -- receiving (connection.receive) ----------------------------------------
@@ -424,7 +462,13 @@ class SimClient:
                 if now - p.sent_at > self.request_timeout:
                     del self.pending[req]
                     self._resolve_failed(p, "timeout", now)
+            if self.moving:
+                self._check_moved(now)
             self.port.timer(self.cid, now + SWEEP_INTERVAL, "sweep", "")
+        elif what == "mping":
+            if self.moving and int(arg) == self._moving_gen:
+                self._queue((MsgType.PING, ()))
+                self.port.timer(self.cid, now + MOVING_PING, "mping", arg)
         elif what == "ping":
             if self.incarnation is not None:
                 self._queue((MsgType.PING, ()))
@@ -460,23 +504,63 @@ class SimClient:
         elif mtype == MsgType.ACK and f[0] in flow.withdrawals:
             self.withdraw_sent.pop(f[0], None)
             self._queue_all(flow.withdrawal_acked(f[0]))
+            if self.moving:
+                self._check_moved(now)
         elif mtype in (MsgType.ACK, MsgType.STATUS_REPLY, MsgType.GROUP_INFO_REPLY):
             p = self.pending.pop(f[0], None)
             if p is not None:
                 self._resolve_ok(p, f[1], now)
+            if self.moving:
+                self._check_moved(now)
         elif mtype == MsgType.REVOKE:
             self._queue_all(flow.revoke(f[0]))
         elif mtype == MsgType.FLUSHED:
             self._queue_all(flow.flushed(f[0]))
         elif mtype == MsgType.ERROR:
             self._on_error(f[0], f[1], f[2], now)
+            if self.moving:
+                self._check_moved(now)
         elif mtype == MsgType.WELCOME:
             self._on_welcome(f[1], f[2], float(f[3]), now)
+        elif mtype == MsgType.DRAIN:
+            self._on_drain(now)
         elif mtype in (MsgType.RESET, MsgType.PONG):
             if mtype == MsgType.RESET or f[0] != self.incarnation:
                 self._rehello(now)
         else:
             self.counters.unexpected_type += 1
+
+    # -- the node drains (connection._on_drain, _check_moved, _end_moving) ----
+    def _on_drain(self, now: float) -> None:
+        """Give back what was prefetched and every credit, hold new requests,
+        say MOVING once nothing of ours is unanswered, then ping until a
+        node (the restarted one) welcomes us."""
+        self.hello_outstanding = False  # (a HELLO answered with DRAIN)
+        if self.moving:
+            return
+        self.moving, self.moved = True, False
+        self.drains += 1
+        self._queue_all(self.flow.drain(now))
+        self._check_moved(now)
+
+    def _check_moved(self, now: float) -> None:
+        if not self.moving or self.moved or self.flow.withdrawals:
+            return
+        if any(not p.held for p in self.pending.values()):
+            return
+        self.moved = True
+        self._queue((MsgType.MOVING, ()))
+        self._moving_gen += 1
+        self.on_timer("mping", str(self._moving_gen), now)  # (pings at once)
+
+    def _end_moving(self, now: float) -> None:
+        self.moving = self.moved = False
+        self._moving_gen += 1
+        for p in self.pending.values():
+            if p.held:
+                p.held = False
+                p.epoch = self.epoch
+                p.asked_at = now
 
     def _rehello(self, now: float) -> None:
         if not self.hello_outstanding:
@@ -484,6 +568,10 @@ class SimClient:
 
     def _on_welcome(self, node_tag: str, incarnation: str, lease: float, now: float) -> None:
         self.hello_outstanding = False
+        held: list[Message] = []
+        if self.moving:
+            self._end_moving(now)
+            held, self.held = self.held, []
         previous, self.incarnation = self.incarnation, incarnation
         lost = self.epoch > 1  # (one connection: it always finds out itself)
         first = self.node_tag is None
@@ -493,6 +581,7 @@ class SimClient:
         if (previous is not None and previous != incarnation) or lost:
             self.port.timer(self.cid, now + 0.0001, "reassert", "")
         if self.epoch == 1:
+            self._queue_all(held)
             self._next_job(now)
             return
         if incarnation == previous:
@@ -513,6 +602,7 @@ class SimClient:
                 self._after_request(p, now)
         self.withdraw_sent.clear()  # (rewelcomed() forgot the withdrawals)
         self._queue_all(regrants)
+        self._queue_all(held)
         for c in self.consumers.values():
             # a receiver waiting with no credit (rewelcomed re-grants only
             # what was granted; a waiter on a drained channel asks anew)
@@ -548,6 +638,8 @@ class SimClient:
                 self.flow.reserved(channel, result, int(p.kind[5:]), now)
         elif p.kind == "group_send" and p.key is not None:
             self.history.outcome(p.key, "accepted", now, reached=int(result))
+        elif p.kind == "group_add":
+            self.history.group_add_acked(p.message[1][1], p.message[1][2], now)
         self._after_request(p, now)
 
     def _resolve_failed(self, p: Pending, why: str, now: float) -> None:

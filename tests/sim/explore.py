@@ -39,6 +39,9 @@ class Result:
     summary: dict[str, Any] = field(default_factory=dict)
     terms: dict[str, int] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
+    #: drains begun, requests held by moving clients, drops counted beyond
+    #: the refusals producers were told of (``World.stats``)
+    stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -79,6 +82,7 @@ def run_plan(
         history.summary(),
         world.terms,
         world.trace,
+        world.stats,
     )
 
 
@@ -135,20 +139,21 @@ def explore(
 
 def verdicts(
     args: tuple[int, int, tuple[str, ...] | None],
-) -> tuple[int, dict[str, str], float]:
+) -> tuple[int, dict[str, str], float, dict[str, int]]:
     """One seed run to the end (past violations): seed, {invariant: first
-    violation}, seconds. For CI, where every invariant gets a verdict."""
+    violation}, seconds, ``Result.stats``. For CI, where every invariant gets
+    a verdict."""
     seed, nodes, faults = args
     result = run_plan(generate(seed, nodes, faults), stop_at_first=False)
     found: dict[str, str] = {}
     for v in result.violations:
         found.setdefault(v.invariant, str(v))
-    return seed, found, result.seconds
+    return seed, found, result.seconds, result.stats
 
 
 def verdicts_many(
     seeds: range, nodes: int, faults: tuple[str, ...] | None = None, jobs: int = 2
-) -> list[tuple[int, dict[str, str], float]]:
+) -> list[tuple[int, dict[str, str], float, dict[str, int]]]:
     work = [(seed, nodes, faults) for seed in seeds]
     if jobs <= 1:
         return [verdicts(w) for w in work]

@@ -2,8 +2,9 @@
 
 Owns: simulated time (one heap of timed events: frames in flight, node
 ticks, client timers, schedule ops), the network's faults, the nodes' lives
-(start, freeze, thaw, kill, restart, clean leave, join) and the run's phases
-(schedule, heal, settle, drain, check). Does not own a protocol decision:
+(start, freeze, thaw, kill, restart, clean leave, join, and a drain: one
+step of a rolling restart) and the run's phases (schedule, the drains under
+way, heal, settle, drain the channels, check). Does not own a protocol decision:
 each node is a real ``ClusterNode`` (or a test's broken one) driven as the
 asyncio shell drives it (one call per frame, ``tick`` at ``next_deadline()``,
 ``undeliverable`` when a send to a client fails); each client is a
@@ -30,6 +31,21 @@ Network model (what ZeroMQ over ipc/tcp does; simnet's, plus links):
 - client death: frames in flight to it are lost; once the node's socket
   knows (``DETECT`` s later) a send to it fails: ``undeliverable``.
 
+A drain (``drain`` op: SIGTERM, as ``NodeServer.drain`` and ``stop`` carry
+it out) waits, as a rolling deploy does (Kubernetes), until no other drain
+is under way and every running node is ready (``node.readiness``, what
+``/readyz`` answers: joined, member view unchanged for ``ready_settle``);
+drains still waiting when the schedule ends are given up. Then the node's
+``drain(now)``; its clients, told DRAIN, move (``client``); once
+``drained()`` after a client frame or a tick (or ``DRAIN_TIMEOUT`` later)
+the node leaves, and lingers as the shell does: it still handles
+frames and ticks until nothing is ``passing_on()`` and no peer frame came
+for ``LINGER_QUIET`` s (at most ``linger_limit()``); then it is gone (its
+clients' frames wait in their sockets) and restarts ``hold`` s later, same
+id, a new incarnation. A plan with drains starts its nodes with every
+node's address as a seed, as a deployment does: a restarted node then holds
+its clients until it has joined (``ClusterNode.start``).
+
 Every event is appended to a trace (and hashed): same seed, same schedule,
 same trace, byte for byte.
 """
@@ -37,6 +53,7 @@ same trace, byte for byte.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import heapq
 import random
@@ -46,13 +63,14 @@ from typing import Any
 
 from zchannels.node.config import NodeConfig
 from zchannels.node.membership import suspicion_bounds
+from zchannels.node.readiness import Readiness, expects_peers
 
 from zchannels.protocol import ErrorCode, Message, MsgType, decode, encode_many
 
 from .adapter import EffectsLike, NodeLike
-from .check import History, message_drops
+from .check import MESSAGE_DROPS, History, message_drops
 from .client import Job, SimClient
-from .schedule import Op, Plan
+from .schedule import Op, Plan, is_rolling
 
 NodeFactory = Callable[..., NodeLike]
 
@@ -64,6 +82,29 @@ CLIENT_DELAY, CLIENT_JITTER = 0.0001, 0.0001
 PEER_DELAY, PEER_JITTER = 0.0003, 0.0004
 #: TCP's retransmission timeout (Linux's minimum)
 RTO = 0.2
+#: seconds a draining node waits for its clients to move before it leaves
+#: anyway (``NodeConfig.drain_timeout`` is 10 s; here every request is
+#: answered within the answer bound, 2.95 s for 3 nodes, so a client that
+#: has not moved by then is stuck)
+DRAIN_TIMEOUT = 3.0
+#: as node.server: a node that left stops passing on what peers send once
+#: none came for this long; it checks every quarter of it
+LINGER_QUIET = 0.1
+
+
+@dataclass
+class DrainStep:
+    """One node's rolling-restart step under way."""
+
+    life: int  # the node's ``starts`` when it began
+    hold: float  # seconds away before the restart
+    began: float
+    #: "draining" (clients moving), "lingering" (left, passing on), "away"
+    phase: str = "draining"
+    left_at: float = 0.0
+    limit: float = 0.0  # linger_limit()
+    poked: bool = False  # a step is due (drained)
+    timed_out: bool = False
 
 
 class SimCrash(Exception):
@@ -88,6 +129,11 @@ class SimNode:
     starts: int = 0
     loss: float = 0.0
     lag: float = 0.0
+    drain: DrainStep | None = None
+    #: what /readyz would answer (fed the node's member events)
+    ready: Readiness | None = None
+    #: when the last peer frame arrived (a lingering node waits for quiet)
+    peer_heard: float = 0.0
 
     @property
     def up(self) -> bool:
@@ -129,6 +175,20 @@ class World:
         self.resets: dict[tuple[str, str], int] = {}
         #: drops of killed incarnations, as they were at their kill
         self.dead_drops = 0
+        #: the same, by reason (a rolling restart counts none)
+        self.dead_drops_by: dict[str, int] = {}
+        #: a plan with drains: nodes start with every node as a seed
+        self.seeded = any(op.kind == "drain" for op in plan.ops)
+        #: drains that ended with the timeout, not with every client moved
+        self.drain_timeouts: list[str] = []
+        #: drain ops waiting for their turn: (node, hold)
+        self.waiting_drains: list[tuple[SimNode, float]] = []
+        self._drain_poll = False
+        #: drains begun
+        self.drains = 0
+        #: what a run did and counted, for tests: drains, requests clients
+        #: held while moving, drops other than the refusals producers saw
+        self.stats: dict[str, int] = {}
         #: wire name of each "!cX.i" reference once its owner has made it
         self.bang: dict[str, str] = {}
         #: channel -> consumers (client ids) ever assigned
@@ -180,6 +240,15 @@ class World:
         sn.inbox.clear()
         incarnation = 1_000_000 + int(self.now * 1000) * 10 + sn.starts
         config = self._config(sn.index, sn.address)
+        if self.seeded:
+            seeds = tuple(address_of(i) for i in range(self.plan.nodes))
+            config = dataclasses.replace(config, seeds=seeds)
+        sn.drain = None
+        sn.ready = Readiness(
+            settle=config.ready_settle,
+            expects_peers=expects_peers(config.seeds, config.discovery, {sn.address}),
+            changed_at=self.now,
+        )
         try:
             sn.node = self.factory(
                 config,
@@ -201,11 +270,21 @@ class World:
         for conn, msgs in parked:  # the clients' sockets reconnect and send
             self._node_client_frame(sn, conn, msgs)
 
+    def _gone_drops(self, sn: SimNode) -> None:
+        assert sn.node is not None
+        drops = sn.node.drops()
+        self.dead_drops += message_drops(drops)
+        for reason in MESSAGE_DROPS:
+            self.dead_drops_by[reason] = self.dead_drops_by.get(reason, 0) + int(
+                drops.get(reason, 0)
+            )
+
     def kill(self, sn: SimNode) -> None:
         if not sn.up:
             return
         assert sn.node is not None
-        self.dead_drops += message_drops(sn.node.drops())
+        sn.drain = None
+        self._gone_drops(sn)
         self.log(f"kill {sn.node_id} drops {sn.node.drops()}")
         sn.node = None
         sn.killed_at = self.now
@@ -219,9 +298,16 @@ class World:
     def leave(self, sn: SimNode) -> None:
         if not sn.up or sn.frozen:
             return
-        self._apply(sn, self._call(sn, "leave", self.now))
+        step, sn.drain = sn.drain, None
+        if step is None or step.phase == "draining":  # (a drain that left lingers)
+            self._apply(sn, self._call(sn, "leave", self.now))
+        if sn.node is not None:
+            self._depart(sn)
+
+    def _depart(self, sn: SimNode) -> None:
+        """A node that left stops: its state goes with it (counted)."""
         assert sn.node is not None
-        self.dead_drops += message_drops(sn.node.drops())
+        self._gone_drops(sn)
         self.log(f"left {sn.node_id} drops {sn.node.drops()}")
         sn.node = None
         sn.left = True
@@ -230,6 +316,87 @@ class World:
         for c in self._clients_of(sn):
             c.node_down = True
             c.exempt_all()
+
+    # -- a drain: one step of a rolling restart ---------------------------------
+    def want_drain(self, sn: SimNode, hold: float) -> None:
+        self.waiting_drains.append((sn, hold))
+        self._start_drains()
+
+    def _turn(self) -> bool:
+        """Whether a drain may begin: none under way, every running node ready."""
+        for sn in self.nodes.values():
+            if sn.drain is not None:
+                return False
+            if sn.node is not None and (
+                sn.frozen or sn.ready is None or sn.ready.verdict(self.now, True) is not None
+            ):
+                return False
+        return True
+
+    def _start_drains(self) -> None:
+        while self.waiting_drains and self._turn():
+            sn, hold = self.waiting_drains.pop(0)
+            self.drain(sn, hold)
+        if self.waiting_drains and not self._drain_poll:
+            self._drain_poll = True
+            self._push(self.now + 0.05, "drain_turn")
+
+    def drain(self, sn: SimNode, hold: float) -> None:
+        if not sn.up or sn.frozen or sn.drain is not None:
+            return
+        self.drains += 1
+        step = sn.drain = DrainStep(sn.starts, hold, self.now)
+        self.log(f"drain {sn.node_id} hold {hold}")
+        self._push(self.now + DRAIN_TIMEOUT, "drain", sn.address, step.life, "draining")
+        self._apply(sn, self._call(sn, "drain", self.now))
+        self._check_drained(sn)
+
+    def _check_drained(self, sn: SimNode) -> None:
+        """After a client frame or a tick, as ``NodeServer._check_drained``:
+        the leave is one step later (the drain coroutine wakes up)."""
+        step = sn.drain
+        if step is None or step.phase != "draining" or step.poked or sn.node is None:
+            return
+        if sn.node.drained():
+            step.poked = True
+            self._push(self.now, "drain", sn.address, step.life, "draining")
+
+    def _drain_step(self, sn: SimNode, life: int, phase: str) -> None:
+        """The drain's next step, if it is still in ``phase``."""
+        step = sn.drain
+        if step is None or step.life != life or step.phase != phase:
+            return
+        if phase == "away":
+            if not sn.up:
+                self.start_node(sn)
+            return
+        if sn.node is None or sn.frozen:
+            return  # (a frozen node takes its step when it thaws)
+        if phase == "draining":
+            if not sn.node.drained():
+                step.poked = False  # (a client said HELLO meanwhile)
+                if self.now < step.began + DRAIN_TIMEOUT:
+                    return
+                step.timed_out = True
+                self.drain_timeouts.append(
+                    f"{sn.node_id} drain at {step.began:.4f}: clients not moved after "
+                    f"{DRAIN_TIMEOUT:g} s"
+                )
+            self.log(f"{sn.node_id} drained{' (timeout)' if step.timed_out else ''}: leaves")
+            step.phase = "lingering"
+            step.left_at = self.now
+            self._apply(sn, self._call(sn, "leave", self.now))
+            node = sn.node
+            step.limit = node.linger_limit() if node is not None else 0.0
+            self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, life, "lingering")
+        else:
+            quiet = self.now - max(sn.peer_heard, step.left_at) >= LINGER_QUIET
+            if self.now - step.left_at < step.limit and not (quiet and not sn.node.passing_on()):
+                self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, life, "lingering")
+                return
+            self._depart(sn)
+            step.phase = "away"
+            self._push(self.now + step.hold, "drain", sn.address, life, "away")
 
     def reset(self, sn: SimNode) -> None:
         """Every peer connection of ``sn`` breaks: frames in flight are lost."""
@@ -253,6 +420,8 @@ class World:
         self.log(f"thaw {sn.node_id}")
         for c in self._clients_of(sn):
             c.node_down = False
+        if sn.drain is not None:
+            self._push(self.now, "drain", sn.address, sn.drain.life, sn.drain.phase)
         inbox, sn.inbox = sn.inbox, []
         for item in inbox:
             if not sn.up or sn.frozen:
@@ -282,6 +451,8 @@ class World:
             return
         for ev in fx.events:
             self.log(f"{sn.node_id} event {ev}")
+            if sn.ready is not None and getattr(ev, "node", sn.node_id) != sn.node_id:
+                sn.ready.member_event(ev.kind, self.now)
         if fx.clients:
             by_conn: dict[bytes, list[Message]] = {}
             for conn, message in fx.clients:
@@ -348,9 +519,12 @@ class World:
                     client.reported += sum(r[2] for r in m[1][0])
         self.log(f"{sn.node_id} <- {who} {_types(msgs)}")
         self._apply(sn, self._call(sn, "client", conn, msgs, self.now))
+        if sn.drain is not None:
+            self._check_drained(sn)
 
     def _node_peer_frame(self, sn: SimNode, frame: bytes) -> None:
         self.log(f"{sn.node_id} <- peer {len(frame)}")
+        sn.peer_heard = self.now
         self._apply(sn, self._call(sn, "peer", frame, self.now))
 
     # -- clients -----------------------------------------------------------------
@@ -449,6 +623,13 @@ class World:
                 self._apply(sn, self._call(sn, "tick", self.now))
                 if sn.node is not None and sn.node.next_deadline() <= self.now:
                     raise SimCrash(f"{sn.node_id}: next_deadline not after tick at {self.now}")
+                if sn.drain is not None:
+                    self._check_drained(sn)
+            elif kind == "drain":
+                self._drain_step(self.nodes[a], b, c)
+            elif kind == "drain_turn":
+                self._drain_poll = False
+                self._start_drains()
             elif kind == "timer":
                 client = self.clients[a]
                 if client.dead:
@@ -477,7 +658,18 @@ class World:
         if k == "client":
             self.add_client(args[0], args[1])
             return
-        if k in ("kill", "restart", "freeze", "thaw", "leave", "join", "loss", "lag", "reset"):
+        if k in (
+            "kill",
+            "restart",
+            "freeze",
+            "thaw",
+            "leave",
+            "join",
+            "loss",
+            "lag",
+            "reset",
+            "drain",
+        ):
             sn = self.nodes.get(address_of(args[0]))
             if sn is None:
                 if k != "join":
@@ -499,6 +691,8 @@ class World:
                 sn.lag = args[1]
             elif k == "reset":
                 self.reset(sn)
+            elif k == "drain":
+                self.want_drain(sn, args[1])
             return
         if k == "partition":
             self.sides = [{address_of(i) for i in side} for side in args]
@@ -563,6 +757,8 @@ class World:
             go_on = self._go_on
             self.run_until(end)
             if go_on():
+                self._finish_drains()
+            if go_on():
                 self._heal()
                 self.run_until(self.now + settle)
             if go_on():
@@ -573,6 +769,24 @@ class World:
         except SimCrash as exc:
             self.history.violate(self.now, "crash", str(exc))
         return self.history
+
+    def _finish_drains(self) -> None:
+        """Drains under way when the schedule ends run to their restart
+        (each phase is bounded) before the heal; a frozen node is thawed
+        first (the heal would thaw it)."""
+        if self.waiting_drains:
+            self.log(f"{len(self.waiting_drains)} drains given up")
+            self.waiting_drains.clear()
+        if not any(sn.drain is not None for sn in self.nodes.values()):
+            return
+        for sn in sorted(self.nodes.values(), key=lambda n: n.index):
+            if sn.drain is not None and sn.frozen:
+                self.thaw(sn)
+        limit = self.now + 2 * DRAIN_TIMEOUT + 10.0
+        while self._go_on() and self.now < limit:
+            if not any(sn.drain is not None for sn in self.nodes.values()):
+                return
+            self.run_until(self.now + LINGER_QUIET)
 
     def _go_on(self) -> bool:
         return not (self.stop_at_first and self.history.violations)
@@ -695,6 +909,25 @@ class World:
                 held += sum(len(s.buffer) for s in c.flow.channels.values())
         self.terms = self.history.account(drops, held, self.now)
         self.log(f"final {self.terms}")
+        refused = sum(1 for r in self.history.sends.values() if r.outcome == "refused")
+        self.stats = {
+            "drains": self.drains,
+            "held": sum(c.held_total for c in self.clients.values()),
+            "counted": drops - refused,
+        }
+        if is_rolling(self.plan):
+            drops_by = dict(self.dead_drops_by)
+            for sn in self.nodes.values():
+                if sn.node is not None:
+                    for reason, n in sn.node.drops().items():
+                        if reason in MESSAGE_DROPS:
+                            drops_by[reason] = drops_by.get(reason, 0) + int(n)
+            self.history.rolling(
+                drops_by,
+                sum(c.counters.lost_in_node_restart for c in self.clients.values()),
+                self.drain_timeouts,
+                self.now,
+            )
 
 
 def membership_view(status: dict[str, Any]) -> dict[str, Any]:
