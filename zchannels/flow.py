@@ -169,16 +169,27 @@ class Flow:
         self, channels: list[str], item: list[Any], now: float
     ) -> tuple[list[tuple[str, int]], list[Message]]:
         """One group message for several channels (``DELIVER_MANY``): the
-        channels whose waiters to wake (and how many), and what to send."""
+        channels whose waiters to wake (and how many), and what to send.
+        (``deliver`` for each channel, unrolled: this runs once per member of
+        a group_send, and every member's buffer holds the same entry.)"""
         wakes: list[tuple[str, int]] = []
         out: list[Message] = []
-        items = [item]
+        payload, ttl, seq = item
+        entry = (payload, now + ttl, seq)
+        states = self.channels
+        draining = self.draining
         for channel in channels:
-            wake, back = self.deliver(channel, items, now)
-            if wake:
-                wakes.append((channel, wake))
-            if back:
-                out.extend(back)
+            state = states.get(channel)
+            if state is None or (draining and draining.get(channel)):
+                out.append((MsgType.RETURN, (0, channel, [item], 0)))
+                continue
+            if state.credit > 0:
+                state.credit -= 1
+            state.buffer.append(entry)
+            if state.waiting:
+                wakes.append((channel, 1))
+            elif state.users == 0 and now - state.active_at > IDLE_RETURN:
+                out.extend(self.give_back(channel, now))
         return wakes, out
 
     def give_back(self, channel: str, now: float) -> list[Message]:
