@@ -147,7 +147,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         Cancelling it loses nothing: a message is only taken by a receive that
         goes on to return it.
         """
-        client = self.client
+        client = self._client
+        if client is None or client.pid != os.getpid():
+            client = self.client  # (the property, inline: every receive)
         known = self._receivable
         wire = known.get(channel) if self._receivable_for is client else None
         if wire is None:
