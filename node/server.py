@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from zchannels.keys import Keyring
-from zchannels.protocol import DecodeError, Message, decode, encode, encode_many, split_batches
+from zchannels.protocol import (
+    DecodeError,
+    Message,
+    MsgType,
+    decode,
+    encode,
+    encode_many,
+    split_batches,
+)
 
 from .cluster import ClusterNode, Effects
 from .config import NodeConfig
@@ -540,7 +548,7 @@ class NodeServer:
         for conn, message in out:
             by_conn.setdefault(conn, []).append(message)
         for conn, messages in by_conn.items():
-            chunks = split_batches(messages)
+            chunks = split_batches(coalesce(messages) if len(messages) > 1 else messages)
             target, ident = self._target(conn) if self._secure is not None else (sock, conn)
             if target is None:
                 continue
@@ -604,6 +612,29 @@ class NodeServer:
             return
         log.info("no clients for %g s: stopping", rule.after)
         self.idle.set()
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """One connection's messages of one step, with each run of DELIVERs of
+    one channel as one DELIVER: ``DELIVER(c, [a]), DELIVER(c, [b])`` means
+    to a connection what ``DELIVER(c, [a, b])`` means (the items in order,
+    credit used by each), so a step that took a burst of sends to one
+    receiving channel sends the channel's name once, and the receiver
+    decodes and dispatches one message, not one per item."""
+    out: list[Message] = []
+    ours: set[int] = set()  # indexes in out of DELIVERs whose items list is ours
+    for message in messages:
+        if message[0] == MsgType.DELIVER and out:
+            last = out[-1]
+            if last[0] == MsgType.DELIVER and last[1][0] == message[1][0]:
+                i = len(out) - 1
+                if i not in ours:
+                    out[i] = last = (MsgType.DELIVER, (last[1][0], list(last[1][1])))
+                    ours.add(i)
+                last[1][1].extend(message[1][1])
+                continue
+        out.append(message)
+    return out
 
 
 def _send_to(sock: zmq.Socket[bytes], ident: bytes, frame: bytes) -> None:
