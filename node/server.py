@@ -547,14 +547,20 @@ class NodeServer:
         by_conn: dict[bytes, list[Message]] = {}
         for conn, message in out:
             by_conn.setdefault(conn, []).append(message)
+        # Every frame is encoded before the first is sent, so they leave
+        # back to back (the first send wakes libzmq's I/O thread, which may
+        # take this thread's core: the frames to a group_send's other
+        # processes should not wait for that behind their encoding).
+        ready = []
         for conn, messages in by_conn.items():
             chunks = split_batches(coalesce(messages) if len(messages) > 1 else messages)
             target, ident = self._target(conn) if self._secure is not None else (sock, conn)
-            if target is None:
-                continue
-            for i, chunk in enumerate(chunks):
+            if target is not None:
+                ready.append((conn, target, ident, chunks, [encode_many(c) for c in chunks]))
+        for conn, target, ident, chunks, frames in ready:
+            for i, frame in enumerate(frames):
                 try:
-                    _send_to(target, ident, encode_many(chunk))
+                    _send_to(target, ident, frame)
                 except zmq.ZMQError as exc:
                     self._gone(conn, exc)
                     # The client is gone: put back what it would have received.
