@@ -150,7 +150,9 @@ class Flow:
         self, channel: str, items: list[list[Any]], now: float
     ) -> tuple[int, list[Message]]:
         """The node handed messages over: how many waiters to wake, and what
-        to send (a RETURN, for what arrived against withdrawn credit)."""
+        to send (a RETURN, for what arrived against withdrawn credit).
+        (``deliver_many`` has this method's path for a channel with a
+        receiver waiting inline: a rule added here belongs there too.)"""
         state = self.channels.get(channel)
         if state is None or self.draining.get(channel) or self.moving:
             # Sent against credit we have withdrawn: it goes back, and the
@@ -170,26 +172,30 @@ class Flow:
     ) -> tuple[list[tuple[str, int]], list[Message]]:
         """One group message for several channels (``DELIVER_MANY``): the
         channels whose waiters to wake (and how many), and what to send.
-        (``deliver`` for each channel, unrolled: this runs once per member of
-        a group_send, and every member's buffer holds the same entry.)"""
+        (This runs once per member of a group_send: a channel with a
+        receiver waiting, not draining, takes ``deliver``'s path inline and
+        shares one buffer entry with the others; any other goes through
+        ``deliver``.)"""
         wakes: list[tuple[str, int]] = []
         out: list[Message] = []
         payload, ttl, seq = item
         entry = (payload, now + ttl, seq)
         states = self.channels
         draining = self.draining
+        items = [item]
         for channel in channels:
             state = states.get(channel)
-            if state is None or (draining and draining.get(channel)):
-                out.append((MsgType.RETURN, (0, channel, [item], 0)))
-                continue
-            if state.credit > 0:
-                state.credit -= 1
-            state.buffer.append(entry)
-            if state.waiting:
+            if state is not None and state.waiting and not (draining and draining.get(channel)):
+                if state.credit > 0:
+                    state.credit -= 1
+                state.buffer.append(entry)
                 wakes.append((channel, 1))
-            elif state.users == 0 and now - state.active_at > IDLE_RETURN:
-                out.extend(self.give_back(channel, now))
+                continue
+            wake, back = self.deliver(channel, items, now)
+            if wake:
+                wakes.append((channel, wake))
+            if back:
+                out.extend(back)
         return wakes, out
 
     def give_back(self, channel: str, now: float) -> list[Message]:
