@@ -641,6 +641,7 @@ class Queues:
         return pool
 
     def _fly(self, conn: ConnId, name: str, ch: Channel, seq: int, bundle: Bundle | None) -> None:
+        # (``_place_bundle`` has this and ``_take_credit`` inline: keep them in step)
         flight = ch.flight.get(conn)
         if flight is None:
             flight = ch.flight[conn] = {}
@@ -649,7 +650,8 @@ class Queues:
         self.counters.delivered += 1
 
     def _release(self, pool: Pool, bundle: Bundle | None) -> None:
-        """One message (or one copy of a bundle) no longer takes room."""
+        """One message (or one copy of a bundle) no longer takes room.
+        (``consumed`` has this inline: keep them in step.)"""
         if bundle is None:
             pool.held -= 1
         else:
