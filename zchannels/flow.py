@@ -173,14 +173,14 @@ class Flow:
         """One group message for several channels (``DELIVER_MANY``): the
         channels whose waiters to wake (and how many), and what to send.
         (This runs once per member of a group_send: a channel with a
-        receiver waiting, not draining, takes ``deliver``'s path inline and
-        shares one buffer entry with the others; any other goes through
-        ``deliver``.)"""
+        receiver waiting, not draining, of a connection not moving, takes
+        ``deliver``'s path inline and shares one buffer entry with the
+        others; any other goes through ``deliver``.)"""
         wakes: list[tuple[str, int]] = []
         out: list[Message] = []
         payload, ttl, seq = item
         entry = (payload, now + ttl, seq)
-        states = self.channels
+        states = {} if self.moving else self.channels  # (moving: all go back, by deliver)
         draining = self.draining
         items = [item]
         for channel in channels:
