@@ -7,7 +7,8 @@ how far from its floor each piece is:
 - the node, per message: a client frame decoded, handled by the core, the
   answer encoded (what a sidecar adds to every hop; the relay floor does none
   of it);
-- the node, per ``group_send`` to 1,000 members of one process (one bundle);
+- the node, per ``group_send`` to 1,000 members of one process (one bundle),
+  and the one ``CONSUMED`` frame (a report per member) that comes back;
 - the consumer, per ``group_send`` to 1,000 members of one process: the
   deliveries fed straight into a connection until the last of 1,000
   ``receive()``s returns, against the floor of any asyncio consumer — 1,000
@@ -76,8 +77,10 @@ def node_per_message() -> float:
     return _median_us(hops, 5) / 1000
 
 
-def node_fanout() -> float:
-    """µs: one group_send to MEMBERS channels of one process, with credit."""
+def node_fanout() -> tuple[float, float]:
+    """µs: one group_send to MEMBERS channels of one process, with credit
+    (the consumption reports of the members, applied between shots, not
+    counted: ``node_reports``), and those reports without decoding."""
     core = NodeCore(CoreSettings("n1", "abcdef", "inc1", 3.0, 1 << 20))
     a, b = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
     core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0]))], 0.0)
@@ -95,7 +98,29 @@ def node_fanout() -> float:
         core.handle(a, reports, 1.0)  # (not timed apart: the consumer's reports)
 
     consumed = _median_us(lambda: core.handle(a, reports, 1.0), 20)
-    return _median_us(send, 20) - consumed
+    return _median_us(send, 20) - consumed, consumed
+
+
+def node_reports() -> float:
+    """µs: the receiving process's one CONSUMED frame after a group_send to
+    MEMBERS of its channels (a report per member), decoded and applied."""
+    core = NodeCore(CoreSettings("n1", "abcdef", "inc1", 3.0, 1 << 20))
+    a, b = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
+    core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0]))], 0.0)
+    core.handle(b, [(MsgType.HELLO, ("bbbbbbbbbb", 1, [60.0]))], 0.0)
+    names = [f"asgi|specific.abcdef.aaaaaaaaaa!{i}" for i in range(MEMBERS)]
+    for i, name in enumerate(names):
+        core.handle(a, [(MsgType.GROUP_ADD, (i + 1, "asgi|g", name, 1e6, 100))], 0.0)
+        core.handle(a, [(MsgType.RECV, (name, 1 << 20))], 0.0)
+    frame = encode_many([(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))])
+    shot = iter(range(1, 1 << 30))
+    samples = []
+    for _ in range(25):
+        core.handle(b, [(MsgType.GROUP_SEND, (next(shot), "asgi|g", PAYLOAD))], 1.0)
+        start = time.perf_counter()
+        core.handle(a, decode(frame, 1 << 22), 1.0)
+        samples.append((time.perf_counter() - start) * 1e6)
+    return statistics.median(samples[5:])
 
 
 async def consumer_fanout() -> tuple[float, float, float]:
@@ -178,7 +203,9 @@ async def consumer_fanout() -> tuple[float, float, float]:
 
 def main() -> None:
     print(f"node, per message (decode, core, encode):         {node_per_message():7.1f} µs")
-    print(f"node, group_send to {MEMBERS:,} members of a process:   {node_fanout() / 1e3:7.2f} ms")
+    fanout, _reports = node_fanout()
+    print(f"node, group_send to {MEMBERS:,} members of a process:   {fanout / 1e3:7.2f} ms")
+    print(f"node, their consumption reports (one frame):       {node_reports() / 1e3:7.2f} ms")
     ours, bare, queue = asyncio.run(consumer_fanout())
     print(f"consumer, {MEMBERS:,} receive()s of one group message:  {ours:7.2f} ms")
     print(f"  floor: {MEMBERS:,} futures set, tasks woken:         {bare:7.2f} ms")

@@ -306,13 +306,29 @@ class Queues:
         self.counters.enqueued += len(names)
         by_conn: dict[ConnId, list[str]] = {}
         channels = self.channels
+        indexed = self._by_conn
+        handed = 0
+        # (``_take_credit`` and ``_fly`` inline: this runs once per member)
         for name in names:
             ch = channels.get(name)
             if ch is None:
                 ch = self._channel(name)
-            if ch.credits and not ch.items:
-                conn = self._take_credit(name, ch)
-                self._fly(conn, name, ch, seq, bundle)
+            credits = ch.credits
+            if credits and not ch.items:
+                conn = next(iter(credits))  # round-robin, as _take_credit
+                left = credits.pop(conn) - 1
+                if left > 0:
+                    credits[conn] = left
+                flight = ch.flight.get(conn)
+                if flight is None:
+                    flight = ch.flight[conn] = {}
+                    names_of = indexed.get(conn)
+                    if names_of is None:
+                        indexed[conn] = {name}
+                    else:
+                        names_of.add(name)
+                flight[seq] = bundle
+                handed += 1
                 got = by_conn.get(conn)
                 if got is None:
                     by_conn[conn] = [name]
@@ -322,6 +338,7 @@ class Queues:
                 ch.items.append((seq, payload, deadline, bundle))
                 if deadline < pool.earliest:
                     pool.earliest = deadline
+        self.counters.delivered += handed
         item = [(payload, deadline - now, seq)]
         return [(conn, got[0] if len(got) == 1 else got, item) for conn, got in by_conn.items()]
 
@@ -421,23 +438,33 @@ class Queues:
         """``conn`` took the first ``count`` messages of ``name`` it was
         handed (in the order it was handed them; ``expired`` of them were
         found expired in the process), none with a sequence number above
-        ``upto`` (so a report that crossed a flush takes nothing newer)."""
+        ``upto`` (so a report that crossed a flush takes nothing newer).
+        (Runs once per member a group_send reached: ``_release`` inline.)"""
         ch = self.channels.get(name)
         if ch is None:
             return
         flight = ch.flight.get(conn)
         if flight:
-            while flight and count > 0:
-                seq = next(iter(flight))
+            pool = ch.pool
+            # the first ``count`` handed over (a group_send member's report: one)
+            seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
+            for seq in seqs:
                 if seq > upto:
                     break
-                self._release(ch.pool, flight.pop(seq))
-                count -= 1
+                bundle = flight.pop(seq)
+                if bundle is None:
+                    pool.held -= 1
+                else:
+                    bundle.left -= 1
+                    if bundle.left == 0:
+                        bundle.pool.held -= 1
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
-        self.counters.dropped_expired += max(0, expired)
-        self._maybe_delete(name, ch)
+        if expired > 0:
+            self.counters.dropped_expired += expired
+        if not ch.items and not ch.credits and not ch.flight:
+            self._maybe_delete(name, ch)
 
     def give_back(
         self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
@@ -614,6 +641,7 @@ class Queues:
         return pool
 
     def _fly(self, conn: ConnId, name: str, ch: Channel, seq: int, bundle: Bundle | None) -> None:
+        # (``_place_bundle`` has this and ``_take_credit`` inline: keep them in step)
         flight = ch.flight.get(conn)
         if flight is None:
             flight = ch.flight[conn] = {}
@@ -622,7 +650,8 @@ class Queues:
         self.counters.delivered += 1
 
     def _release(self, pool: Pool, bundle: Bundle | None) -> None:
-        """One message (or one copy of a bundle) no longer takes room."""
+        """One message (or one copy of a bundle) no longer takes room.
+        (``consumed`` has this inline: keep them in step.)"""
         if bundle is None:
             pool.held -= 1
         else:

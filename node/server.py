@@ -23,7 +23,15 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from zchannels.keys import Keyring
-from zchannels.protocol import DecodeError, Message, decode, encode, encode_many, split_batches
+from zchannels.protocol import (
+    DecodeError,
+    Message,
+    MsgType,
+    decode,
+    encode,
+    encode_many,
+    split_batches,
+)
 
 from .cluster import ClusterNode, Effects
 from .config import NodeConfig
@@ -43,6 +51,7 @@ log = logging.getLogger("zchannels.node")
 
 # Plain ints: pyzmq's enum members cost a microsecond per use on the hot path.
 _EVENTS, _POLLIN, _NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+_MORE_NOBLOCK = int(zmq.SNDMORE) | _NOBLOCK
 
 #: Frames queued to one client before it counts as gone (it is not reading).
 _CLIENT_SNDHWM = 100_000
@@ -497,7 +506,7 @@ class NodeServer:
         if sock is None:
             return False
         try:
-            sock.send_multipart((conn, frame), _NOBLOCK)
+            _send_to(sock, conn, frame)
         except zmq.ZMQError as exc:
             self._gone(conn, exc)
             return False
@@ -530,7 +539,7 @@ class NodeServer:
             else:
                 ident = conn
             try:
-                sock.send_multipart((ident, encode(mtype, *fields)), _NOBLOCK)
+                _send_to(sock, ident, encode(mtype, *fields))
             except zmq.ZMQError as exc:
                 self._gone(conn, exc)
                 self._apply(self.node.undeliverable(conn, [out[0][1]], time.monotonic()))
@@ -538,14 +547,20 @@ class NodeServer:
         by_conn: dict[bytes, list[Message]] = {}
         for conn, message in out:
             by_conn.setdefault(conn, []).append(message)
+        # Every frame is encoded before the first is sent, so they leave
+        # back to back (the first send wakes libzmq's I/O thread, which may
+        # take this thread's core: the frames to a group_send's other
+        # processes should not wait for that behind their encoding).
+        ready = []
         for conn, messages in by_conn.items():
-            chunks = split_batches(messages)
+            chunks = split_batches(coalesce(messages) if len(messages) > 1 else messages)
             target, ident = self._target(conn) if self._secure is not None else (sock, conn)
-            if target is None:
-                continue
-            for i, chunk in enumerate(chunks):
+            if target is not None:
+                ready.append((conn, target, ident, chunks, [encode_many(c) for c in chunks]))
+        for conn, target, ident, chunks, frames in ready:
+            for i, frame in enumerate(frames):
                 try:
-                    target.send_multipart((ident, encode_many(chunk)), _NOBLOCK)
+                    _send_to(target, ident, frame)
                 except zmq.ZMQError as exc:
                     self._gone(conn, exc)
                     # The client is gone: put back what it would have received.
@@ -603,6 +618,38 @@ class NodeServer:
             return
         log.info("no clients for %g s: stopping", rule.after)
         self.idle.set()
+
+
+def coalesce(messages: list[Message]) -> list[Message]:
+    """One connection's messages of one step, with each run of DELIVERs of
+    one channel as one DELIVER: ``DELIVER(c, [a]), DELIVER(c, [b])`` means
+    to a connection what ``DELIVER(c, [a, b])`` means (the items in order,
+    credit used by each), so a step that took a burst of sends to one
+    receiving channel sends the channel's name once, and the receiver
+    decodes and dispatches one message, not one per item."""
+    out: list[Message] = []
+    ours: set[int] = set()  # indexes in out of DELIVERs whose items list is ours
+    for message in messages:
+        if message[0] == MsgType.DELIVER and out:
+            last = out[-1]
+            if last[0] == MsgType.DELIVER and last[1][0] == message[1][0]:
+                i = len(out) - 1
+                if i not in ours:
+                    out[i] = last = (MsgType.DELIVER, (last[1][0], list(last[1][1])))
+                    ours.add(i)
+                last[1][1].extend(message[1][1])
+                continue
+        out.append(message)
+    return out
+
+
+def _send_to(sock: zmq.Socket[bytes], ident: bytes, frame: bytes) -> None:
+    """``sock.send_multipart((ident, frame), NOBLOCK)`` without its cost:
+    pyzmq's send_multipart combines ``SNDMORE | flags`` as enum flags, about
+    10 µs per frame on the 2-core machines of docs/benchmarks.md (a frame
+    whose identity is refused raises before its body is sent, as there)."""
+    sock.send(ident, _MORE_NOBLOCK)
+    sock.send(frame, _NOBLOCK)
 
 
 def _log_event(event: MemberEvent) -> None:

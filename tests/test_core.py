@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given, settings
@@ -444,3 +445,63 @@ def test_a_restarted_node_keeps_an_unknown_sessions_channels_for_one_lease() -> 
     assert core.drops()["dead_owner"] == 1
     out = core.handle(A, [(MsgType.SEND, (2, never, b"y", 100))], 103.2)
     assert core.drops()["dead_owner"] == 2, "after the grace a gone session's channel is dead"
+
+
+def _expanded(messages: list[Any]) -> list[Any]:
+    """Messages with every DELIVER split into one per item."""
+    flat: list[Any] = []
+    for mtype, fields in messages:
+        if mtype == MsgType.DELIVER:
+            flat.extend((mtype, fields[0], tuple(item)) for item in fields[1])
+        else:
+            flat.append((mtype, fields))
+    return flat
+
+
+_one_message = st.one_of(
+    st.tuples(
+        st.just(MsgType.DELIVER),
+        st.tuples(
+            st.sampled_from(["asgi|a", "asgi|b"]),
+            st.lists(
+                st.tuples(st.binary(max_size=3), st.just(60.0), st.integers(0, 99)),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+    ),
+    st.tuples(st.just(MsgType.ACK), st.tuples(st.integers(1, 9), st.just(1))),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_one_message, max_size=12))
+def test_coalesced_deliveries_mean_what_they_did(messages: list[Any]) -> None:
+    from zchannels.node.server import coalesce
+
+    before = repr(messages)
+    merged = coalesce(messages)
+    assert repr(messages) == before  # the step's own lists are not changed
+    assert _expanded(merged) == _expanded(messages)  # same items, same order, same gaps
+    for first, second in pairwise(merged):
+        assert not (first[0] == second[0] == MsgType.DELIVER and first[1][0] == second[1][0]), (
+            "a run of one channel's DELIVERs left apart"
+        )
+
+
+def test_a_burst_of_sends_is_one_delivery_on_the_wire() -> None:
+    from zchannels.node.server import coalesce
+
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    core.handle(B, [(MsgType.RECV, ("asgi|ch", 32))], 0.0)
+    core.handle(A, [(MsgType.SEND, (1, "asgi|ch", b"0", 100))], 0.0)  # (B takes it: credit 31)
+    out = core.handle(
+        A, [(MsgType.SEND, (0, "asgi|ch", bytes([i]), 100)) for i in range(1, 6)], 0.0
+    )
+    to_b = [msg for conn, msg in out if conn == B]
+    assert [m[0] for m in to_b] == [MsgType.DELIVER] * 5
+    (delivery,) = coalesce(to_b)
+    assert delivery[0] == MsgType.DELIVER and delivery[1][0] == "asgi|ch"
+    assert [item[0] for item in delivery[1][1]] == [bytes([i]) for i in range(1, 6)]

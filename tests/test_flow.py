@@ -367,3 +367,29 @@ def test_a_drained_connection_holds_nothing_once_its_withdrawals_are_acknowledge
     world.welcome(c)
     if c.receiving:
         assert [m for m in c.to_node if m[0] == MsgType.RECV], "no credit after the welcome"
+
+
+def test_a_group_message_to_a_moving_connection_goes_back_and_wakes_nobody() -> None:
+    """``deliver_many`` takes a fast path for members with a receiver
+    waiting; a connection whose node drains (``moving``) must still give
+    every copy back, as ``deliver`` does for one channel."""
+    flow = Flow()
+    channels = ["asgi|specific.n.s!1", "asgi|specific.n.s!2"]
+    for channel in channels:
+        state = flow.enter(channel)
+        state.waiting = 1  # a receive() waits on it
+        flow.replenish(channel)
+    wakes, _ = flow.deliver_many(channels, [b"m1", 60.0, 1], 0.0)
+    assert wakes == [(channels[0], 1), (channels[1], 1)]
+    for channel in channels:
+        assert flow.take(channel, 0.1) == b"m1"
+    flow.drain(0.2)
+    for req in list(flow.withdrawals):  # the node has every withdrawal
+        flow.withdrawal_acked(req)
+    assert flow.moving and not flow.draining
+    wakes, out = flow.deliver_many(channels, [b"m2", 60.0, 2], 0.3)
+    assert wakes == []
+    returned = [m for m in out if m[0] == MsgType.RETURN]
+    assert sorted(m[1][1] for m in returned) == channels
+    assert all(m[1][2] == [[b"m2", 60.0, 2]] for m in returned)
+    assert all(not flow.channels[c].buffer for c in channels if c in flow.channels)

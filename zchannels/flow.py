@@ -150,7 +150,9 @@ class Flow:
         self, channel: str, items: list[list[Any]], now: float
     ) -> tuple[int, list[Message]]:
         """The node handed messages over: how many waiters to wake, and what
-        to send (a RETURN, for what arrived against withdrawn credit)."""
+        to send (a RETURN, for what arrived against withdrawn credit).
+        (``deliver_many`` has this method's path for a channel with a
+        receiver waiting inline: a rule added here belongs there too.)"""
         state = self.channels.get(channel)
         if state is None or self.draining.get(channel) or self.moving:
             # Sent against credit we have withdrawn: it goes back, and the
@@ -169,11 +171,26 @@ class Flow:
         self, channels: list[str], item: list[Any], now: float
     ) -> tuple[list[tuple[str, int]], list[Message]]:
         """One group message for several channels (``DELIVER_MANY``): the
-        channels whose waiters to wake (and how many), and what to send."""
+        channels whose waiters to wake (and how many), and what to send.
+        (This runs once per member of a group_send: a channel with a
+        receiver waiting, not draining, of a connection not moving, takes
+        ``deliver``'s path inline and shares one buffer entry with the
+        others; any other goes through ``deliver``.)"""
         wakes: list[tuple[str, int]] = []
         out: list[Message] = []
+        payload, ttl, seq = item
+        entry = (payload, now + ttl, seq)
+        states = {} if self.moving else self.channels  # (moving: all go back, by deliver)
+        draining = self.draining
         items = [item]
         for channel in channels:
+            state = states.get(channel)
+            if state is not None and state.waiting and not (draining and draining.get(channel)):
+                if state.credit > 0:
+                    state.credit -= 1
+                state.buffer.append(entry)
+                wakes.append((channel, 1))
+                continue
             wake, back = self.deliver(channel, items, now)
             if wake:
                 wakes.append((channel, wake))

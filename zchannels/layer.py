@@ -52,6 +52,8 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         self._client: _client.Client | None = None
         self._capacities: dict[str, int] = {}
         self._valid_names: set[str] = set()
+        #: names send() was called with -> (wire name, capacity)
+        self._sendable: dict[str, tuple[str, int]] = {}
         #: names checked for receive() (valid, and ours if '!') -> wire name,
         #: for the client ``_receivable_for``
         self._receivable: dict[str, str] = {}
@@ -130,14 +132,22 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     # -- the contract -----------------------------------------------------
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         """Put ``message`` on ``channel``. Raises ChannelFull at capacity."""
-        self.require_valid_channel_name(channel)
+        known = self._sendable.get(channel)
+        if known is None:  # (a name sent to before is valid: checked once)
+            self.require_valid_channel_name(channel)
+            if len(self._sendable) > 10_000:
+                self._sendable.clear()
+            known = self._sendable[channel] = (self._wire(channel), self._capacity(channel))
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
-        conn = self.client.connection()
+        client = self._client
+        if client is None or client.pid != os.getpid():
+            client = self.client  # (the property, inline: every send)
+        conn = client.connection()
         if conn.incarnation is None:
             await conn.ready()
-        wire, payload = self._wire(channel), self._encode(message)
-        capacity = self._capacity(channel)
+        wire, capacity = known
+        payload = self._encode(message)
         if not conn.send_reserved(wire, payload, capacity):
             await conn.send(wire, payload, capacity)
 
@@ -147,7 +157,9 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         Cancelling it loses nothing: a message is only taken by a receive that
         goes on to return it.
         """
-        client = self.client
+        client = self._client
+        if client is None or client.pid != os.getpid():
+            client = self.client  # (the property, inline: every receive)
         known = self._receivable
         wire = known.get(channel) if self._receivable_for is client else None
         if wire is None:
