@@ -196,8 +196,11 @@ async def test_ownership_moves_when_a_node_joins_and_queues_follow(
 async def test_sends_during_a_join_lose_nothing(znode: Callable[..., Znode]) -> None:
     nodes = cluster(znode, 2)
     names = [f"live.{i}" for i in range(12)]
-    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=10_000)
-    reader = ZeroMQChannelLayer(node=nodes[1].endpoint)
+    # (expiry: sending 24,000 and reading them back takes close to the
+    # default 60 s on a slow machine, and what expires is not what this
+    # test is about)
+    sender = ZeroMQChannelLayer(node=nodes[0].endpoint, capacity=10_000, expiry=600)
+    reader = ZeroMQChannelLayer(node=nodes[1].endpoint, expiry=600)
     sent = 0
     joined = asyncio.Event()
 
