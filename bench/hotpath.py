@@ -77,10 +77,9 @@ def node_per_message() -> float:
     return _median_us(hops, 5) / 1000
 
 
-def node_fanout() -> tuple[float, float]:
-    """µs: one group_send to MEMBERS channels of one process, with credit
-    (the consumption reports of the members, applied between shots, not
-    counted: ``node_reports``), and those reports without decoding."""
+def _group_of_one_process() -> tuple[NodeCore, bytes, bytes, list[str]]:
+    """A core with two processes: ``a`` holds MEMBERS channels in group
+    ``asgi|g``, each with credit; ``b`` sends to it."""
     core = NodeCore(CoreSettings("n1", "abcdef", "inc1", 3.0, 1 << 20))
     a, b = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
     core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0]))], 0.0)
@@ -89,6 +88,14 @@ def node_fanout() -> tuple[float, float]:
     for i, name in enumerate(names):
         core.handle(a, [(MsgType.GROUP_ADD, (i + 1, "asgi|g", name, 1e6, 100))], 0.0)
         core.handle(a, [(MsgType.RECV, (name, 1 << 20))], 0.0)
+    return core, a, b, names
+
+
+def node_fanout() -> tuple[float, float]:
+    """µs: one group_send to MEMBERS channels of one process, with credit
+    (the consumption reports of the members, applied between shots, not
+    counted: ``node_reports``), and those reports without decoding."""
+    core, a, b, names = _group_of_one_process()
     reports = [(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))]
     shot = iter(range(1, 1 << 30))
 
@@ -104,14 +111,7 @@ def node_fanout() -> tuple[float, float]:
 def node_reports() -> float:
     """µs: the receiving process's one CONSUMED frame after a group_send to
     MEMBERS of its channels (a report per member), decoded and applied."""
-    core = NodeCore(CoreSettings("n1", "abcdef", "inc1", 3.0, 1 << 20))
-    a, b = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
-    core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0]))], 0.0)
-    core.handle(b, [(MsgType.HELLO, ("bbbbbbbbbb", 1, [60.0]))], 0.0)
-    names = [f"asgi|specific.abcdef.aaaaaaaaaa!{i}" for i in range(MEMBERS)]
-    for i, name in enumerate(names):
-        core.handle(a, [(MsgType.GROUP_ADD, (i + 1, "asgi|g", name, 1e6, 100))], 0.0)
-        core.handle(a, [(MsgType.RECV, (name, 1 << 20))], 0.0)
+    core, a, b, names = _group_of_one_process()
     frame = encode_many([(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))])
     shot = iter(range(1, 1 << 30))
     samples = []

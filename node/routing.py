@@ -525,16 +525,32 @@ class Routing:
                     without = Ownership(others, parked=self._parked)
                 found = without.owner(channel)
                 owner = None if found == self.me else (found or "")
-            if owner is None:  # ours now
-                fx.out.extend(
-                    (c, (MsgType.DELIVER, (ch, items)))
-                    for c, ch, items in self.core.queues.grant(conn, channel, credit, now)
-                )
-            elif owner:
-                # (MAX_HOPS: the new owner keeps it, whatever its view yet)
-                relays.append((owner, conn, session, (MsgType.RECV, (channel, credit)), MAX_HOPS))
+            self._grant_at(owner, conn, session, channel, credit, now, fx, relays)
         if relays:
             self._relay(relays, now, fx)
+
+    def _grant_at(
+        self,
+        owner: str | None,
+        conn: ConnId,
+        session: Session,
+        channel: str,
+        credit: int,
+        now: float,
+        fx: Fx,
+        relays: list[tuple[str, ConnId, Session, Message, int]],
+    ) -> None:
+        """Our client's credit on ``channel`` granted where the channel lives:
+        here (``owner`` None), or relayed to ``owner`` (MAX_HOPS: the new owner
+        keeps it even if it has not yet seen the change itself); "" (nobody):
+        none."""
+        if owner is None:
+            fx.out.extend(
+                (c, (MsgType.DELIVER, (ch, items)))
+                for c, ch, items in self.core.queues.grant(conn, channel, credit, now)
+            )
+        elif owner:
+            relays.append((owner, conn, session, (MsgType.RECV, (channel, credit)), MAX_HOPS))
 
     def give_back(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         """Deliveries of other nodes' channels that could not reach ``conn``
@@ -749,18 +765,10 @@ class Routing:
                 del self._credit[(conn, channel)]
                 continue
             owner = self.route(channel)
-            if owner is None:  # ours now: grant it here
-                del self._credit[(conn, channel)]
-                fx.out.extend(
-                    (c, (MsgType.DELIVER, (ch, items)))
-                    for c, ch, items in self.core.queues.grant(conn, channel, owed[1], now)
-                )
-            elif owner:
-                # (MAX_HOPS: the new owner keeps it even if it has not yet
-                # seen the death itself, instead of passing it to the dead)
-                grant = (MsgType.RECV, (channel, owed[1]))
-                relays.append((owner, conn, session, grant, MAX_HOPS))
-                del self._credit[(conn, channel)]  # (re-counted as it is relayed)
+            if owner == "":  # nobody owns it (yet): kept for a later view
+                continue
+            del self._credit[(conn, channel)]  # (re-counted as it is relayed)
+            self._grant_at(owner, conn, session, channel, owed[1], now, fx, relays)
         if relays:
             self.counters["credit_regranted"] += len(relays)
             self._relay(relays, now, fx)
