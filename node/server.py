@@ -119,6 +119,8 @@ class NodeServer:
         self._secure_watch: HandshakeWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: inside the read loop (which looks for more frames after every one)
+        self._reading = False
         self._stopping = False
         #: set while draining, once every client has said MOVING
         self._drained: asyncio.Event | None = None
@@ -388,21 +390,39 @@ class NodeServer:
         sock = self._secure if secure else self._sock
         if sock is None:
             return
-        for _ in range(_DRAIN_LIMIT):
-            if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
-                return
-            frames = sock.recv_multipart(_NOBLOCK)
-            if secure:
-                frames[0] = _SECURE + frames[0]
-            elif frames[0][:1] == b"\x00" and len(frames[0]) != 5:
-                # A client-chosen id posing as one of ours (virtual or secure
-                # connections start with NUL; libzmq's own ids are 5 bytes).
-                self._dropped("identity", frames[0], "reserved connection id")
-                continue
-            self._on_frames(frames)
+        self._reading = True
+        try:
+            for _ in range(_DRAIN_LIMIT):
+                if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                    return
+                frames = sock.recv_multipart(_NOBLOCK)
+                if secure:
+                    frames[0] = _SECURE + frames[0]
+                elif frames[0][:1] == b"\x00" and len(frames[0]) != 5:
+                    # A client-chosen id posing as one of ours (virtual or
+                    # secure connections start with NUL; libzmq's own ids
+                    # are 5 bytes).
+                    self._dropped("identity", frames[0], "reserved connection id")
+                    continue
+                self._on_frames(frames)
+        finally:
+            self._reading = False
         # More is waiting: come back after other callbacks had their turn.
         if self._loop is not None:
             self._loop.call_soon(self._on_readable, secure)
+
+    def _read_soon(self) -> None:
+        """After frames went to clients from outside the read loop (a peer's
+        relay, a timer): sending on a socket can consume its FD's edge for
+        client frames that arrived meanwhile (the FD is edge-triggered), and
+        they would wait, unread, for the next frame on another pipe; look
+        now. (The read loop looks after every frame anyway.)"""
+        loop = self._loop
+        if loop is None:
+            return
+        for secure, sock in ((False, self._sock), (True, self._secure)):
+            if sock is not None and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+                loop.call_soon(self._on_readable, secure)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -469,6 +489,8 @@ class NodeServer:
         """Carry out one step's effects: client frames, peer frames, logs."""
         if fx.clients:
             self.send(fx.clients)
+            if not self._reading:
+                self._read_soon()
         mesh = self.mesh
         if mesh is not None:
             for event in fx.events:

@@ -125,7 +125,20 @@ async def test_cancellation_storm_on_a_channel_owned_elsewhere(
 
     try:
         start = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+        try:
+            await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+        except TimeoutError:
+            held = {
+                node.endpoint: {
+                    k: status(node).get(k) for k in ("queued", "channels", "drops", "sessions")
+                }
+                for node in nodes
+            }
+            drops = await consumer.drops()
+            pytest.fail(
+                f"stalled after 60 s: received {len(got)} of {n} (last {got[-3:]}), "
+                f"{cancelled} cancelled receives, client drops {drops}; nodes: {held}"
+            )
         took = time.monotonic() - start
         print(f"{n} messages across nodes, {cancelled} cancelled receives, {took:.2f} s")
         assert got == list(range(n)), "lost, duplicated or reordered messages"
