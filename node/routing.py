@@ -143,6 +143,13 @@ class Routing:
         #: memberships their sessions held are dropped, unless made again
         #: by the sessions in the node's next life (a drain, then a restart)
         self._left_lives: dict[tuple[str, int], float] = {}
+        #: node -> the incarnation of its life this node last saw live (gone
+        #: once it is seen to die or leave): a newer life whose predecessor
+        #: is still here ended that one unseen (``_life_ended_unseen``)
+        self._lives: dict[str, int] = {}
+        #: the last incarnation of ours a peer declared dead whose forgotten
+        #: credit was granted again (``_declared_dead``)
+        self._regranted_after = 0
         self._tags: dict[str, str] = {self.me: core.settings.node_tag}
         # owner side: virtual connections of clients on other nodes
         self._virtual: dict[ConnId, _Virtual] = {}
@@ -640,15 +647,22 @@ class Routing:
 
     def on_member_event(self, event: MemberEvent, now: float, fx: Fx) -> None:
         if event.node == self.me:
+            if event.kind == EventKind.DECLARED_DEAD and event.incarnation >= self.incarnation:
+                self._declared_dead(event.incarnation, now, fx)
             return
         changed = self.refresh()
         if changed and self._sweep_at is not None:
             self._sweep_soon(now)  # the views move: wait for them to settle
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
+            self._lives.pop(event.node, None)
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
         elif event.kind == EventKind.REAPED:
             self._settle_death(event.node, None, presumed=True)
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
+            before = self._lives.get(event.node)
+            self._lives[event.node] = event.incarnation
+            if before is not None and event.incarnation >= before + RESTART_GAP:
+                self._life_ended_unseen(event.node, before, now, fx)
             # A restarted node: its earlier life's clients are gone (unless
             # that life left cleanly: they come back to this one and make
             # their memberships again). (A node that refuted a suspicion is
@@ -656,6 +670,31 @@ class Routing:
             self._forget_clients(event.node, now, fx, below=event.incarnation - RESTART_GAP)
         if changed:
             self.handoff(now, fx, full=True)
+
+    def _declared_dead(self, incarnation: int, now: float, fx: Fx) -> None:
+        """A peer declared this node dead at ``incarnation`` of this life
+        (this node was slow, or cut off, and refutes it): every node that
+        took the death forgot our clients there, and with them the credit
+        their receives had granted, so those receives would wait forever.
+        Grant it again where each channel lives (once per incarnation
+        declared dead; a node that had not forgotten only holds more credit
+        for a while)."""
+        if incarnation <= self._regranted_after:
+            return
+        self._regranted_after = incarnation
+        for node in {owed[0] for owed in self._credit.values()}:
+            self._regrant(node, now, fx)
+
+    def _life_ended_unseen(self, node: str, life: int, now: float, fx: Fx) -> None:
+        """``node`` is back in a new life while its life ``life`` was never
+        seen to die or leave here: a restart faster than failure detection
+        (kill -9 and a supervisor), or a leave whose last frames (LEFT, the
+        handover) were lost with its connections. That life ended as a death
+        does: what it held is counted lost (its last reported queue), and
+        the credit our clients held there is granted again (else a receive
+        waits forever on a channel the new life queues for)."""
+        self._node_gone(node, True, life, now, fx)
+        self._settle_death(node, None)
 
     def _forget_clients(self, node: str, now: float, fx: Fx, below: int | None = None) -> None:
         """Forget ``node``'s clients (those of incarnations before ``below``):

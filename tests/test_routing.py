@@ -200,3 +200,71 @@ def test_a_node_back_in_the_same_life_lost_nothing() -> None:
     r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 2.5, Fx())
     r.tick(100.0, Fx())
     assert r.counters["lost_in_dead_nodes"] == 0
+
+
+def receiving_far() -> tuple[Routing, NodeCore, FakeTable, Fx]:
+    """Our client ``A`` waits on ``asgi|far``, which n2 owns: its credit went there."""
+    r, core, table = routing()
+    r.refresh()
+    far = next(f"asgi|far{i}" for i in range(100) if r.route(f"asgi|far{i}") == "n2")
+    core.route = r.route
+    core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.RECV, (far, 5))], 0.0, work)
+    fx = Fx()
+    r.after_core(work, 0.0, fx)
+    [(owner, msg)] = fx.peers
+    assert owner == "n2" and isinstance(msg, Relay) and msg.messages == ((MsgType.RECV, (far, 5)),)
+    return r, core, table, fx
+
+
+def regranted(fx: Fx) -> list[tuple[str, Message]]:
+    return [
+        (owner, m)
+        for owner, msg in fx.peers
+        if isinstance(msg, Relay)
+        for m in msg.messages
+        if m[0] == MsgType.RECV
+    ]
+
+
+def test_credit_held_by_a_life_that_ended_unseen_is_granted_to_the_next() -> None:
+    """kill -9 and a supervisor's restart, faster than failure detection (or
+    a leave whose LEFT and handover were lost with its connections): the
+    owner is back as a new life that never had our client's credit. Without
+    it granted again the receive waits forever on a channel the new life
+    queues for (simulation seed 38: plans/restart-before-death-credit.json)."""
+    r, _, table, first = receiving_far()
+    [(_, (_, (far, _)))] = regranted(first)
+    joined = MemberEvent(EventKind.JOINED, "n2", "tcp://n2:1", START + 7)
+    r.on_member_event(joined, 0.1, Fx())
+    refuted = Fx()  # the same life, a refutation: nothing to grant again
+    table.incarnations["n2"] = START + 8
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", START + 8), 0.2, refuted)
+    assert regranted(refuted) == []
+    restarted = START + 8 + RESTART_GAP + 1
+    table.incarnations["n2"] = restarted
+    back = Fx()
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", restarted), 0.3, back)
+    assert regranted(back) == [("n2", (MsgType.RECV, (far, 5)))]
+    assert r.counters["credit_regranted"] == 1
+
+
+def test_credit_is_granted_again_when_this_node_learns_it_was_declared_dead() -> None:
+    """This node was slow (or cut off) and its peers declared it dead: each
+    forgot our clients there, their credit with them; this node refutes and
+    stays in its life, so it grants that credit again, once per incarnation
+    declared dead (simulation seed 75, a 0.3 s lag)."""
+    r, _, _, _ = receiving_far()
+    said = MemberEvent(EventKind.DECLARED_DEAD, "n1", "tcp://n1:1", START, "n2 said dead")
+    again = Fx()
+    r.on_member_event(said, 1.0, again)
+    assert len(regranted(again)) == 1 and regranted(again)[0][0] == "n2"
+    twice = Fx()
+    r.on_member_event(said, 1.1, twice)  # (every peer's claim is heard)
+    assert regranted(twice) == []
+    older = Fx()  # a claim about an earlier life of this id is not about us
+    r.on_member_event(
+        MemberEvent(EventKind.DECLARED_DEAD, "n1", "tcp://n1:1", START - RESTART_GAP), 1.2, older
+    )
+    assert regranted(older) == []

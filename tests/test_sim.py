@@ -516,7 +516,9 @@ KNOWN_CLUSTER = {
     "lost_in_node_restart (its node restarted) had been relayed to the owner, and arrives; "
     "seed 39; plans/lost-then-delivered.json",
     "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
-    "seed 8; plans/defect3-stalled.json",
+    "seeds 194, 199, 263, 283 (24 of 300 seeds before credit was granted again to a "
+    "restarted owner's next life, seed 38: plans/restart-before-death-credit.json, and "
+    "after this node learns it was declared dead, seed 75)",
 }
 
 
