@@ -286,6 +286,9 @@ class ClusterNode:
         _, routing, replication = self._cluster()
         if isinstance(msg, ROUTING_MESSAGES):
             routing.handle(msg, now, fx)
+            if fx.adopted:  # (at once: the frame's next message may be a fanout for them)
+                replication.adopted(fx.adopted, now)
+                fx.adopted = []
         elif isinstance(msg, REPLICATION_MESSAGES):
             replication.handle(msg, now, fx)
 

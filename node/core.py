@@ -14,7 +14,7 @@ deterministically in microseconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,8 +82,9 @@ class ClusterWork:
     asks: list[tuple[ConnId, int, str, str, list[str]]] = field(default_factory=list)
     #: group_add answers that wait until the peers have the change
     held_acks: list[tuple[ConnId, int, str]] = field(default_factory=list)
-    #: group_sends for the other nodes with members: (group, payload, ttl)
-    fanouts: list[tuple[str, bytes, float]] = field(default_factory=list)
+    #: group_sends for the other nodes with members: (group, payload, ttl,
+    #: the groups' version when it reached this node's own members)
+    fanouts: list[tuple[str, bytes, float, int]] = field(default_factory=list)
     #: connections and client sessions that went away
     gone_conns: list[ConnId] = field(default_factory=list)
     gone_sessions: list[str] = field(default_factory=list)
@@ -518,23 +519,39 @@ class NodeCore:
             return self._bad(conn, req, "invalid group name", out)
         reached = self._fan_out(group, payload, session.policy.expiry, now, out)
         if self._work is not None:
-            self._work.fanouts.append((group, payload, session.policy.expiry))
+            self._work.fanouts.append((group, payload, session.policy.expiry, self.groups.version))
         out.append((conn, (MsgType.ACK, (req, reached))))
         return None
 
-    def fanout_from_peer(self, group: str, payload: bytes, ttl: float, now: float) -> list[Out]:
-        """Another node's group_send, for this node's members of ``group``."""
+    def fanout_from_peer(
+        self,
+        group: str,
+        payload: bytes,
+        ttl: float,
+        now: float,
+        only: Collection[str] | None = None,
+    ) -> list[Out]:
+        """Another node's group_send, for this node's members of ``group``
+        (``only``: for those of them, a fanout passed on after a handover)."""
         out: list[Out] = []
         if valid_wire_group(group) and valid_duration(ttl):
-            self._fan_out(group, payload, ttl, now, out)
+            self._fan_out(group, payload, ttl, now, out, only)
         else:
             self.counters.bad_requests += 1
         return out
 
-    def _fan_out(self, group: str, payload: bytes, ttl: float, now: float, out: list[Out]) -> int:
+    def _fan_out(
+        self,
+        group: str,
+        payload: bytes,
+        ttl: float,
+        now: float,
+        out: list[Out],
+        only: Collection[str] | None = None,
+    ) -> int:
         deadline = now + ttl
         reached = 0
-        pools, dead = self._plan(group, now)
+        pools, dead = self._plan(group, now, only)
         self.counters.dropped_dead_owner += dead
         deliveries: list[Delivery] = []
         queues = self.queues
@@ -551,14 +568,18 @@ class NodeCore:
         self._deliver(deliveries, out)
         return reached
 
-    def _plan(self, group: str, now: float) -> tuple[list[tuple[list[str], int]], int]:
-        """A group_send's plan: the live members grouped by capacity pool
-        (the process-specific channels of one process get one bundle), and
-        how many members are dead owners' (dropped, counted). Cached until
-        the groups or the sessions change or a member's expiry comes."""
+    def _plan(
+        self, group: str, now: float, only: Collection[str] | None = None
+    ) -> tuple[list[tuple[list[str], int]], int]:
+        """A group_send's plan: the live members (of ``only``, if given)
+        grouped by capacity pool (the process-specific channels of one
+        process get one bundle), and how many members are dead owners'
+        (dropped, counted). Cached until the groups or the sessions change
+        or a member's expiry comes (not for ``only``: rare, and small)."""
         cached = self._plans.get(group)
         if (
-            cached is not None
+            only is None
+            and cached is not None
             and cached[0] == self.groups.version
             and cached[1] == self.sessions.version
             and now < cached[2]
@@ -568,6 +589,8 @@ class NodeCore:
         dead = 0
         until = float("inf")
         for channel, membership in self.groups.live(group, now):
+            if only is not None and channel not in only:
+                continue
             until = min(until, membership.expires_at)
             if not self._owner_alive(channel, now):
                 dead += 1
@@ -581,6 +604,8 @@ class NodeCore:
         pools = list(by_pool.values())
         if self._grace_until is not None:  # (who counts as alive changes then)
             until = min(until, self._grace_until)
+        if only is not None:
+            return pools, dead
         if len(self._plans) > 10_000:
             self._plans.clear()
         self._plans[group] = (self.groups.version, self.sessions.version, until, pools, dead)
@@ -682,20 +707,23 @@ class NodeCore:
         channels: tuple[tuple[str, list[Any]], ...],
         members: tuple[tuple[str, str, str, float, int], ...],
         now: float,
-    ) -> list[Out]:
+    ) -> tuple[list[Out], list[tuple[str, str]]]:
         """Channels and memberships another node handed over (this node owns
-        them now; the peer codec checked their shape)."""
+        them now; the peer codec checked their shape); and the (group,
+        channel) memberships that were not here before."""
         out: list[Out] = []
         for name, items in channels:
             self._deliver(self.queues.adopt(name, items, now), out)
         me = f"{self.settings.node_id}@{self.settings.incarnation}/"
+        added: list[tuple[str, str]] = []
         for group, channel, holder, ttl, capacity in members:
             if holder.startswith(me):  # held by a session of this node
                 holder = holder[len(me) :]
                 if holder not in self.sessions.by_tag:
                     continue  # that process is gone already
-            self.groups.add(group, channel, holder, now + ttl, capacity)
-        return out
+            if self.groups.add(group, channel, holder, now + ttl, capacity):
+                added.append((group, channel))
+        return out, added
 
     def _owner_alive(self, channel: str, now: float) -> bool:
         """False for a ``new_channel()`` name whose process is known to be gone."""

@@ -31,6 +31,10 @@ class Fx:
     #: (node, group): memberships of ``group`` this step handed to ``node``
     #: (group_sends go there too until its counts have caught up)
     moved: list[tuple[str, str]] = field(default_factory=list)
+    #: (node, [(group, channel), ...]): memberships a handover from ``node``
+    #: brought here, one entry per handover (the fanouts it passes on after
+    #: it are for them); taken up before the frame's next message
+    adopted: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
 
     def has_work(self) -> bool:
         work = self.work

@@ -73,6 +73,23 @@ class GroupFanout:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupFanoutPassed:
+    """A ``GroupFanout`` (same id and fields) that ``source`` passed on: it
+    came to ``source`` after ``source`` had handed memberships of ``group``
+    to the receiving node, so it reached none of those there. The receiver
+    applies it to what those handovers brought that its own copy, if it had
+    one, did not reach (``replication``)."""
+
+    source: str
+    origin: str
+    incarnation: int
+    seq: int
+    group: str
+    payload: bytes
+    ttl: float
+
+
+@dataclass(frozen=True, slots=True)
 class Relay:
     """Client messages of connection ``conn`` on node ``origin`` (at
     ``incarnation``) for channels the receiving node owns. ``tag``: the
@@ -165,6 +182,7 @@ ClusterMessage = (
     | GroupDigest
     | GroupSlice
     | GroupFanout
+    | GroupFanoutPassed
     | Relay
     | RelayBack
     | ConnGone
@@ -177,4 +195,11 @@ ClusterMessage = (
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).
 ROUTING_MESSAGES = (Relay, RelayBack, ConnGone, HolderGone, Handoff, Ask, Answer, Load)
-REPLICATION_MESSAGES = (GroupDelta, GroupDeltaAck, GroupDigest, GroupSlice, GroupFanout)
+REPLICATION_MESSAGES = (
+    GroupDelta,
+    GroupDeltaAck,
+    GroupDigest,
+    GroupSlice,
+    GroupFanout,
+    GroupFanoutPassed,
+)

@@ -39,6 +39,7 @@ from .peer_messages import (
     GroupDeltaAck,
     GroupDigest,
     GroupFanout,
+    GroupFanoutPassed,
     GroupSlice,
     Handoff,
     HolderGone,
@@ -130,6 +131,16 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("counts", list),
     ),
     MsgType.GROUP_FANOUT: (
+        ("origin", str),
+        ("incarnation", int),
+        ("seq", int),
+        ("group", str),
+        ("payload", bytes),
+        ("ttl", _NUM),
+    ),
+    # source: the node that passes it on; then GROUP_FANOUT's fields
+    MsgType.GROUP_FANOUT_PASSED: (
+        ("source", str),
         ("origin", str),
         ("incarnation", int),
         ("seq", int),
@@ -241,6 +252,16 @@ def to_wire(msg: PeerMessage) -> Message:
                 msg.payload,
                 msg.ttl,
             )
+        case GroupFanoutPassed():
+            return MsgType.GROUP_FANOUT_PASSED, (
+                msg.source,
+                msg.origin,
+                msg.incarnation,
+                msg.seq,
+                msg.group,
+                msg.payload,
+                msg.ttl,
+            )
         case Relay():
             return MsgType.PEER_RELAY, (
                 msg.origin,
@@ -334,6 +355,11 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.GROUP_FANOUT:
         _require(valid_wire_group(f[3]) and valid_duration(f[5]), "GROUP_FANOUT group or ttl")
         return GroupFanout(f[0], f[1], f[2], f[3], f[4], float(f[5]))
+    if mtype == MsgType.GROUP_FANOUT_PASSED:
+        _require(
+            valid_wire_group(f[4]) and valid_duration(f[6]), "GROUP_FANOUT_PASSED group or ttl"
+        )
+        return GroupFanoutPassed(f[0], f[1], f[2], f[3], f[4], f[5], float(f[6]))
     if mtype == MsgType.PEER_RELAY:
         origin, inc, conn, tag, expiry, hops, raw, sent_at = f
         _require(

@@ -6,8 +6,20 @@ have acknowledged the change (bounded by ``ack_timeout``, then it falls back to
 anti-entropy and says so in the log), periodic anti-entropy (``GROUP_DIGEST`` /
 ``GROUP_SLICE``, so a lost delta or a healed partition converges), forgetting
 a dead node's slice, and sending each ``group_send`` as one frame to each
-other node that has members (``GROUP_FANOUT``). The replicated state itself
-is the pure ``GroupReplica``; memberships stay with the node that holds them.
+other node that has members (``GROUP_FANOUT``), following memberships that
+move: a node that has just handed a group's memberships away passes that
+group's fanouts on (``GROUP_FANOUT_PASSED``), and the receiver applies each
+fanout once per membership (below). The replicated state itself is the pure
+``GroupReplica``; memberships stay with the node that holds them.
+
+Fanouts and handovers race: a fanout can reach the new holder directly
+before the handover of the memberships does, and the copy the old holder
+passes on comes after it (one ordered link). A passed-on copy is exactly
+what the old holder could not apply itself (it came after its handover), so
+the receiver applies it to the memberships that node's handovers brought
+*after* the receiver applied its own copy (all of them, if it had none);
+each application records the groups' version it happened at, and each
+handover the version it left.
 
 Design: Phoenix.Tracker / Erlang ``pg`` — each node is the only writer of its
 own entries, and only counts travel, so a group_send costs one frame per
@@ -34,6 +46,7 @@ from .peer_messages import (
     GroupDeltaAck,
     GroupDigest,
     GroupFanout,
+    GroupFanoutPassed,
     GroupSlice,
 )
 
@@ -45,6 +58,26 @@ class _Waiting:
     peers: set[str]  # live peers that have not acknowledged yet
     acks: list[tuple[bytes, int]]  # (client connection, request id) to answer
     deadline: float
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A fanout this node has applied."""
+
+    at: float  # when first seen
+    version: int  # the groups' version when it reached this node's members
+    #: channels a passed-on copy reached since (each gets it once)
+    caught_up: set[str]
+
+
+@dataclass(slots=True)
+class _HandedIn:
+    """Memberships one handover brought here (that were not here)."""
+
+    at: float
+    source: str  # the node that handed them
+    version: int  # the groups' version once they were added
+    groups: dict[str, set[str]]  # group -> channels
 
 
 class GroupReplication:
@@ -77,11 +110,18 @@ class GroupReplication:
         #: just handed memberships, and its counts have not caught up yet
         self._forward: dict[str, dict[str, float]] = {}
         self._fanout_seq = itertools.count(1)
-        #: fanout id -> when first seen (a copy passed on by the node that
-        #: handed memberships away may come after the one sent here directly)
-        self._seen: dict[tuple[str, int, int], float] = {}
-        #: fanouts dropped as second copies
+        #: fanout id -> when and at which version it reached this node's
+        #: members (a copy passed on by the node that handed memberships
+        #: away may come after the one sent here directly)
+        self._seen: dict[tuple[str, int, int], _Seen] = {}
+        #: handovers of memberships taken here, oldest first (both are
+        #: kept two catch-up windows: a node passes fanouts on for one)
+        self._handed_in: list[_HandedIn] = []
+        #: fanouts dropped as second copies (they had reached every member)
         self.fanout_duplicates = 0
+        #: passed-on copies applied to memberships a handover brought after
+        #: this node's own copy (or a copy before) had been applied
+        self.fanouts_caught_up = 0
         self.ack_timeouts = 0
         #: messages from nodes that are not live members (dropped)
         self.from_strangers = 0
@@ -129,18 +169,46 @@ class GroupReplication:
             del self._forward[group]
         return list(forward)
 
-    def _first_copy(self, key: tuple[str, int, int], now: float) -> bool:
-        """Whether fanout ``key`` is new here (ids are kept two windows)."""
-        if key in self._seen:
-            return False
+    def adopted(self, handovers: list[tuple[str, list[tuple[str, str]]]], now: float) -> None:
+        """Handovers from these nodes have just added these (group, channel)
+        memberships here (the fanouts they pass on after are for them)."""
+        self._forget(now)
+        version = self.core.groups.version
+        for source, added in handovers:
+            groups: dict[str, set[str]] = {}
+            for group, channel in added:
+                groups.setdefault(group, set()).add(channel)
+            self._handed_in.append(_HandedIn(now, source, version, groups))
+
+    def _remember(self, key: tuple[str, int, int], version: int, now: float) -> None:
+        """Fanout ``key`` has reached this node's members at ``version``."""
+        self._forget(now)
+        self._seen[key] = _Seen(now, version, set())
+
+    def _forget(self, now: float) -> None:
+        """Ids and handovers older than two catch-up windows."""
         horizon = now - 2 * self.catch_up_window()
-        while self._seen:
-            oldest = next(iter(self._seen))
-            if self._seen[oldest] > horizon:
+        seen = self._seen
+        while seen:
+            oldest = next(iter(seen))
+            if seen[oldest].at > horizon:
                 break
-            del self._seen[oldest]
-        self._seen[key] = now
-        return True
+            del seen[oldest]
+        handed = self._handed_in
+        if handed and handed[0].at <= horizon:
+            self._handed_in = [h for h in handed if h.at > horizon]
+
+    def _missed(self, seen: _Seen, source: str, group: str) -> set[str]:
+        """The members of ``group`` that ``source``'s handovers brought
+        after ``seen`` reached this node's members (and no copy since)."""
+        missed: set[str] = set()
+        for handed in reversed(self._handed_in):
+            if handed.version <= seen.version:
+                break
+            if handed.source == source:
+                missed |= handed.groups.get(group, set())
+        missed -= seen.caught_up
+        return missed
 
     def leave(self, fx: Fx) -> None:
         """The node stops: answer every group_add still waiting."""
@@ -151,6 +219,7 @@ class GroupReplication:
             "group_sizes": self.replica.groups(),
             "group_ack_timeouts": self.ack_timeouts,
             "group_fanout_duplicates": self.fanout_duplicates,
+            "group_fanouts_caught_up": self.fanouts_caught_up,
         }
 
     # -- the core's work ---------------------------------------------------
@@ -180,11 +249,11 @@ class GroupReplication:
                 held = []
         if held:  # nothing to wait for: no peers, or no count changed
             fx.out.extend((c, (MsgType.ACK, (r, 1))) for c, r, _ in held)
-        for group, payload, ttl in work.fanouts:
+        for group, payload, ttl, version in work.fanouts:
             fanout = GroupFanout(
                 self.me, self.replica.incarnation, next(self._fanout_seq), group, payload, ttl
             )
-            self._first_copy((fanout.origin, fanout.incarnation, fanout.seq), now)
+            self._remember((fanout.origin, fanout.incarnation, fanout.seq), version, now)
             for node in self._targets(group, now):
                 fx.peers.append((node, fanout))
 
@@ -221,15 +290,38 @@ class GroupReplication:
                     self.replica.apply_slice(
                         Slice(msg.origin, msg.incarnation, msg.version, msg.counts)
                     )
-            case GroupFanout():
-                if not self._first_copy((msg.origin, msg.incarnation, msg.seq), now):
-                    self.fanout_duplicates += 1
-                    return
-                fx.out.extend(self.core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now))
-                # (its sender's counts may be older than our handover)
-                for node in self._forwarding(msg.group, now):
-                    if node != msg.origin:
-                        fx.peers.append((node, msg))
+            case GroupFanout() | GroupFanoutPassed():
+                self._on_fanout(msg, now, fx)
+
+    def _on_fanout(self, msg: GroupFanout | GroupFanoutPassed, now: float, fx: Fx) -> None:
+        """A group_send made on another node: for this node's members, each
+        reached once (see the module's docstring)."""
+        key = (msg.origin, msg.incarnation, msg.seq)
+        core = self.core
+        seen = self._seen.get(key)
+        if seen is None:
+            fx.out.extend(core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now))
+            self._remember(key, core.groups.version, now)
+            # Its sender's counts may be older than our handover: pass it on
+            # to where we handed the group's memberships (its origin too: a
+            # fanout applied there before our handover arrived missed them).
+            passed = GroupFanoutPassed(self.me, *key, msg.group, msg.payload, msg.ttl)
+            fx.peers.extend((node, passed) for node in self._forwarding(msg.group, now))
+            return
+        missed = (
+            self._missed(seen, msg.source, msg.group)
+            if isinstance(msg, GroupFanoutPassed)
+            else set()
+        )
+        if not missed:  # (a second copy: it reached every member here)
+            self.fanout_duplicates += 1
+            return
+        # Passed on by a node that could not apply it to what it had just
+        # handed here, after our copy had been applied without those. (Not
+        # passed on further: what this node had when its copy came got it.)
+        seen.caught_up |= missed
+        self.fanouts_caught_up += 1
+        fx.out.extend(core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now, only=missed))
 
     def _on_digest(self, msg: GroupDigest, fx: Fx) -> None:
         replica = self.replica
@@ -271,6 +363,7 @@ class GroupReplication:
         return deadline
 
     def tick(self, now: float, fx: Fx) -> None:
+        self._forget(now)
         late = [a for a, w in self._waiting.items() if w.deadline <= now]
         if late:
             self.ack_timeouts += len(late)

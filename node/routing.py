@@ -589,7 +589,10 @@ class Routing:
             inc = rest.split("/", 1)[0]
             if node == self.me and inc.isdigit() and int(inc) != self.incarnation:
                 self._park_life(node, int(inc), now)
-        fx.out.extend(self.core.adopt(msg.channels, msg.members, now))
+        out, added = self.core.adopt(msg.channels, msg.members, now)
+        fx.out.extend(out)
+        if added:
+            fx.adopted.append((msg.origin, added))
         self._sweep_soon(now)  # (views may differ: pass on what is not ours)
 
     def _on_ask(self, msg: Ask, now: float, fx: Fx) -> None:

@@ -377,7 +377,7 @@ def test_handed_over_messages_go_before_newer_ones_in_order() -> None:
 def test_adopt_takes_channels_and_memberships() -> None:
     core = make_core()
     hello(core, A, SA)
-    out = core.adopt(
+    out, added = core.adopt(
         (("asgi|c", [[b"m", 30.0, 1]]),),
         (
             ("asgi|g", "asgi|c", "n2@7/xxxxxxxxxx", 60.0, 10),
@@ -387,6 +387,7 @@ def test_adopt_takes_channels_and_memberships() -> None:
         0.0,
     )
     assert out == []
+    assert added == [("asgi|g", "asgi|c"), ("asgi|g", "asgi|e")]
     assert core.queues.length("asgi|c") == 1
     assert sorted(core.groups.members("asgi|g", 0.0)) == ["asgi|c", "asgi|e"]
     assert core.groups.holders("n2@") == ["n2@7/xxxxxxxxxx"]

@@ -22,6 +22,7 @@ from zchannels.node.peer_messages import (
     GroupDelta,
     GroupDigest,
     GroupFanout,
+    GroupFanoutPassed,
     GroupSlice,
     Handoff,
     HolderGone,
@@ -89,6 +90,10 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.GROUP_FANOUT: (
         ("n1", 7, 3, "asgi|blog", b"\x81\xa1a\x01", 60.0),
         "013496a26e310703a9617367697c626c6f67c40481a16101cb404e000000000000",
+    ),
+    MsgType.GROUP_FANOUT_PASSED: (
+        ("n2", "n1", 7, 3, "asgi|blog", b"\x81\xa1a\x01", 60.0),
+        "013597a26e32a26e310703a9617367697c626c6f67c40481a16101cb404e000000000000",
     ),
     MsgType.PEER_RELAY: (
         ("n1", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 1, [[8, "asgi|c", 5]], 1.5),
@@ -166,6 +171,7 @@ MESSAGES: list[PeerMessage] = [
     GroupDigest("n1", (("n1", 7, 3), ("n2", 8, 1))),
     GroupSlice("n1", 7, 3, (("asgi|a", 1), ("asgi|b", 2))),
     GroupFanout("n1", 7, 3, "asgi|g", b"p", 60.0),
+    GroupFanoutPassed("n2", "n1", 7, 3, "asgi|g", b"p", 60.0),
     Relay("n1", 7, b"\x00k", "abcdefghij", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 2.5),
     RelayBack("n2", b"\x00k", ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),)),
     ConnGone("n1", 7, (b"\x00k", b"\x00j")),
@@ -207,6 +213,8 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.GROUP_SLICE, ("n1", 7, 3, [["asgi|g", "2"]])),
         (MsgType.GROUP_DELTA, ("n1", 7, 3, "bad group!", 2, 0)),
         (MsgType.GROUP_FANOUT, ("n1", 7, 3, "asgi|g", b"p", -1.0)),
+        (MsgType.GROUP_FANOUT_PASSED, ("n2", "n1", 7, 3, "asgi|g", b"p", -1.0)),
+        (MsgType.GROUP_FANOUT_PASSED, ("n2", "n1", 7, 3, "bad group!", b"p", 60.0)),
     ],
     ids=lambda f: f[0].name,
 )

@@ -400,15 +400,6 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 
 #: Open defects of the graceful drain (issue 13) that rolling restarts find
 #: (below), each with its shrunk plan
-KNOWN_ROLLING_GROUP = (
-    "a group fanout that reaches the new holder of the group's memberships before the "
-    "handover of them does misses them: the copy the old holder passes on afterwards is "
-    "dropped as a second copy of its id (or, when the new holder is the fanout's origin, "
-    "is never passed back: replication, node != msg.origin); a drained node handing its "
-    "clients' memberships to their keeper, or the keeper handing them back to the "
-    "restarted node; seeds 157 (shrunk: plans/drain-group-fanout-before-handover.json, 6 ops), "
-    "46, 131, 136, 267 with --faults drain"
-)
 KNOWN_ROLLING_FULL = (
     "a send reservation granted by a channel's owner that then drains is neither handed "
     "over nor revoked: the holder's next reserved send reaches the new owner, which finds "
@@ -431,7 +422,6 @@ FAILING_PLANS = {
     "defect2-reserved-send-lost-in-partition": "issue 11 defect 2: reserved sends (no "
     "answer wanted) relayed while a partition drops the link are lost and counted by "
     "nobody (seed 4, 3 nodes); needs per-link relay sequence numbers with gap reports",
-    "drain-group-fanout-before-handover": KNOWN_ROLLING_GROUP,
     "drain-reservation-left-behind": KNOWN_ROLLING_FULL,
 }
 
@@ -554,9 +544,12 @@ def test_cluster_invariant_holds(cluster: dict[str, list[tuple[int, str]]], inva
 #: schedules), with seeds and a shrunk plan in tests/sim/plans/. Strict
 #: xfails, as above: each flips when its fix lands. (Found and fixed: a
 #: relayed send that came back to its origin was answered twice and counted
-#: lost_unanswered: seeds 103, 265; plans/drain-relay-back-to-origin.json.)
+#: lost_unanswered: seeds 103, 265; plans/drain-relay-back-to-origin.json.
+#: A group fanout that reached the new holder of memberships before their
+#: handover missed them, the old holder's passed-on copy dropped as a second
+#: copy: seeds 157, 46, 131, 136, 267;
+#: plans/drain-group-fanout-before-handover.json; tests/test_replication.py.)
 KNOWN_ROLLING = {
-    "rolling_group_missed": KNOWN_ROLLING_GROUP,
     "rolling_dropped_full": KNOWN_ROLLING_FULL,
 }
 

@@ -105,6 +105,10 @@ class MsgType(enum.IntEnum):
     # a node can pass a fanout on to where memberships just moved and the
     # receiver drop a second copy (zchannels.node.replication)
     GROUP_FANOUT = 52
+    # node <-> node: a GROUP_FANOUT passed on by the node that had just
+    # handed the group's memberships to the receiver (it reached none of
+    # them there), naming that node (zchannels.node.replication)
+    GROUP_FANOUT_PASSED = 53
 
 
 class ErrorCode(enum.IntEnum):

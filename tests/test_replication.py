@@ -1,0 +1,151 @@
+"""Group replication, sans I/O: fanouts racing handovers of memberships.
+
+A node that has just handed a group's memberships away passes the group's
+fanouts on (``GROUP_FANOUT_PASSED``); the receiver applies a passed-on copy
+to what that node's handovers brought after its own copy was applied, and to
+nothing else (issue 13, item 5: seeds 157, 46, 131, 136, 267 of
+``python -m tests.sim --faults drain``).
+"""
+
+from __future__ import annotations
+
+import random
+
+from zchannels.node.core import ClusterWork, CoreSettings, NodeCore
+from zchannels.node.effects import Fx
+from zchannels.node.membership import MembershipConfig, MemberTable
+from zchannels.node.peer_messages import GroupFanout, GroupFanoutPassed
+from zchannels.node.replication import GroupReplication
+
+from zchannels.protocol import MsgType
+
+G = "asgi|g"
+HANDED = "asgi|handed"  # the membership n1 hands to n2 (its keeper)
+OWN = "asgi|own"  # a membership n2 held all along
+F = GroupFanout("n0", 5, 1, G, b"m", 60.0)  # a group_send made on n0
+ID = (F.origin, F.incarnation, F.seq)
+PASSED = GroupFanoutPassed("n1", *ID, G, F.payload, F.ttl)  # n1's copy of it
+
+
+def make_node(node_id: str = "n2") -> GroupReplication:
+    core = NodeCore(CoreSettings(node_id, "abcdef", "7", 3.0, 1 << 20))
+    table = MemberTable(
+        MembershipConfig.test(),
+        node_id=node_id,
+        address="tcp://127.0.0.1:7702",
+        incarnation=7,
+        cluster="zc",
+        rng=random.Random(0),
+    )
+    replication = GroupReplication(core, table, random.Random(0))
+    core.groups.add(G, OWN, "n2@7/ownownowno", 60.0, 10)
+    return replication
+
+
+def hand_over(replication: GroupReplication, now: float, source: str = "n1") -> None:
+    """What the composer does with a PEER_HANDOFF from ``source``."""
+    member = (G, HANDED, f"{source}@3/abcdefghij", 60.0, 10)
+    _, added = replication.core.adopt((), (member,), now)
+    assert added == [(G, HANDED)]
+    replication.adopted([(source, added)], now)
+
+
+def queued(replication: GroupReplication, channel: str) -> int:
+    return replication.core.queues.length(channel)
+
+
+def test_a_fanout_before_the_handover_reaches_the_handed_members_once() -> None:
+    """Seed 157: n0's fanout reaches n2 before n1's handover does (it finds
+    only n2's own member); n1, which got it after handing over, passes it
+    on: n2 applies that copy to the handed membership only, and once."""
+    node = make_node()
+    node.handle(F, 0.1, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 0)
+    hand_over(node, 0.2)
+    node.handle(PASSED, 0.3, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    assert (node.fanouts_caught_up, node.fanout_duplicates) == (1, 0)
+    # a further copy reaches nobody new: a duplicate, counted once
+    node.handle(PASSED, 0.4, Fx())
+    node.handle(F, 0.4, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    assert (node.fanouts_caught_up, node.fanout_duplicates) == (1, 2)
+
+
+def test_a_fanout_after_the_handover_is_not_applied_twice() -> None:
+    node = make_node()
+    hand_over(node, 0.1)
+    node.handle(F, 0.2, Fx())  # (the handed member is here: it gets it)
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    node.handle(PASSED, 0.3, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    assert (node.fanouts_caught_up, node.fanout_duplicates) == (0, 1)
+
+
+def test_a_passed_copy_that_comes_first_reaches_every_member() -> None:
+    """No copy came directly yet: the passed one is this node's first; the
+    direct one that comes later is a duplicate."""
+    node = make_node()
+    hand_over(node, 0.1)
+    node.handle(PASSED, 0.2, Fx())
+    node.handle(F, 0.3, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    assert (node.fanouts_caught_up, node.fanout_duplicates) == (0, 1)
+
+
+def test_a_passed_copy_is_only_for_the_passing_nodes_handovers() -> None:
+    """Memberships handed by another node after the fanout are not the
+    passing node's to make up for (that node passes its own copy on)."""
+    node = make_node()
+    node.handle(F, 0.1, Fx())
+    hand_over(node, 0.2, source="n3")
+    node.handle(PASSED, 0.3, Fx())  # from n1, which handed nothing here
+    assert queued(node, HANDED) == 0
+    assert node.fanout_duplicates == 1
+    node.handle(GroupFanoutPassed("n3", *ID, G, b"m", 60.0), 0.3, Fx())
+    assert queued(node, HANDED) == 1
+
+
+def test_the_origin_gets_its_own_fanout_back_for_what_came_after_it() -> None:
+    """Seed 46, the variant: the fanout was made on n2 itself before n1's
+    handover reached it; n1, which had already handed the memberships,
+    passes it back to its origin, which applies it to them."""
+    node = make_node()
+    core = node.core
+    conn = b"cccccccccc/0"
+    out = core.handle(conn, [(MsgType.HELLO, ("cccccccccc", 1, [60.0]))], 0.0)
+    assert out[0][1][0] == MsgType.WELCOME
+    work = ClusterWork()
+    core.handle(conn, [(MsgType.GROUP_SEND, (1, G, b"mine"))], 0.1, work)
+    node.after_core(work, 0.1, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 0)
+    hand_over(node, 0.2)
+    inc = node.replica.incarnation
+    back = GroupFanoutPassed("n1", "n2", inc, 1, G, b"mine", 60.0)
+    node.handle(back, 0.3, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    node.handle(back, 0.4, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 1)
+    assert (node.fanouts_caught_up, node.fanout_duplicates) == (1, 1)
+
+
+def test_a_node_that_handed_a_group_passes_its_fanouts_on_even_to_their_origin() -> None:
+    node = make_node("n1")
+    node.moved([("n0", G), ("n2", G)], 0.0)
+    fx = Fx()
+    node.handle(F, 0.1, fx)  # made on n0, which the memberships went to as well
+    passed = GroupFanoutPassed("n1", *ID, G, F.payload, F.ttl)
+    assert sorted(fx.peers, key=lambda p: p[0]) == [("n0", passed), ("n2", passed)]
+    # a copy passed on here is not passed on again
+    fx = Fx()
+    node.handle(GroupFanoutPassed("n2", *ID, G, b"m", 60.0), 0.2, fx)
+    assert fx.peers == []
+
+
+def test_what_a_node_remembers_of_fanouts_and_handovers_is_bounded() -> None:
+    node = make_node()
+    node.handle(F, 0.0, Fx())
+    hand_over(node, 0.0)
+    later = 2 * node.catch_up_window() + 0.1
+    node.tick(later, Fx())
+    assert node._seen == {} and node._handed_in == []
