@@ -12,7 +12,8 @@ repository root) it is one client process of a ``znode``:
   ``--channel`` (``send``) or ``--group`` (``group_send``), prints
   ``{"event": "sent", "count": n}``, closes its layer and exits 0.
 - ``flood``: no layer: a raw DEALER that sends malformed frames to the node as
-  fast as it takes them. Prints ``{"event": "flooding"}`` once the first
+  fast as the node reads them (it waits for a STATUS answer every
+  ``FLOOD_WINDOW`` frames). Prints ``{"event": "flooding"}`` once the first
   thousand went out; on SIGTERM it stops, makes sure the node has read
   everything (a STATUS request answered after the garbage), prints
   ``{"event": "stopped", "sent": n}`` and exits 0.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -131,6 +133,14 @@ def garbage_frames(rng: random.Random) -> list[bytes]:
     ]
 
 
+#: Garbage frames the flooder sends before it waits for the node to have
+#: read them: a flood at the node's own pace, the worst a single socket
+#: can do. (The node's receive queue is unbounded, RCVHWM 0, so a flooder
+#: that never waited could pile up more than the node reads in the test's
+#: time on a loaded machine: seen once in CI, "stopped" not within 20 s.)
+FLOOD_WINDOW = 5000
+
+
 def flood(args: argparse.Namespace) -> int:
     import zmq
 
@@ -145,27 +155,40 @@ def flood(args: argparse.Namespace) -> int:
     sock.connect(args.node)
     sent = 0
     announced = False
-    try:
-        while not stop.is_set():
-            for frame in garbage_frames(rng):
-                # Blocks while the node is behind (SNDHWM): a flood at the
-                # node's own pace, the worst a single socket can do.
-                sock.send(frame)
-                sent += 1
-            if not announced and sent >= 1000:
-                emit("flooding")
-                announced = True
-        # The node reads one connection in order: once it answers this, it
-        # has read every frame before it.
-        sock.send(encode(MsgType.STATUS, 424242))
-        deadline = time.monotonic() + 30
+    probes = itertools.count(1)
+
+    def caught_up(within: float) -> bool:
+        """A STATUS request after the garbage, answered: the node reads one
+        connection in order, so it has read every frame before it."""
+        probe = next(probes)
+        sock.send(encode(MsgType.STATUS, probe))
+        deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if not sock.poll(100):
                 continue
             for mtype, fields in decode(sock.recv()):
-                if mtype == MsgType.STATUS_REPLY and fields[0] == 424242:
-                    emit("stopped", sent=sent)
-                    return 0
+                if mtype == MsgType.STATUS_REPLY and fields[0] == probe:
+                    return True
+        return False
+
+    unread = 0
+    try:
+        while not stop.is_set():
+            for frame in garbage_frames(rng):
+                sock.send(frame)
+                sent += 1
+                unread += 1
+            if not announced and sent >= 1000:
+                emit("flooding")
+                announced = True
+            if unread >= FLOOD_WINDOW:
+                if not caught_up(30):
+                    print("flood: the node stopped answering STATUS", file=sys.stderr)
+                    return 1
+                unread = 0
+        if caught_up(30):
+            emit("stopped", sent=sent)
+            return 0
         print("flood: the node never answered STATUS", file=sys.stderr)
         return 1
     finally:
