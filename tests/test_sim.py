@@ -409,12 +409,6 @@ KNOWN_ROLLING_GROUP = (
     "restarted node; seeds 157 (shrunk: plans/drain-group-fanout-before-handover.json, 6 ops), "
     "46, 131, 136, 267 with --faults drain"
 )
-KNOWN_ROLLING_FULL = (
-    "a send reservation granted by a channel's owner that then drains is neither handed "
-    "over nor revoked: the holder's next reserved send reaches the new owner, which finds "
-    "the channel full and counts it full; seed 127 with --faults drain; "
-    "plans/drain-reservation-left-behind.json"
-)
 
 #: Shrunk cluster plans that still fail (strict xfails); the others pass
 #: since the answer bound, the late-send refusal and the fence
@@ -432,7 +426,6 @@ FAILING_PLANS = {
     "answer wanted) relayed while a partition drops the link are lost and counted by "
     "nobody (seed 4, 3 nodes); needs per-link relay sequence numbers with gap reports",
     "drain-group-fanout-before-handover": KNOWN_ROLLING_GROUP,
-    "drain-reservation-left-behind": KNOWN_ROLLING_FULL,
 }
 
 
@@ -552,10 +545,12 @@ def test_cluster_invariant_holds(cluster: dict[str, list[tuple[int, str]]], inva
 #: schedules), with seeds and a shrunk plan in tests/sim/plans/. Strict
 #: xfails, as above: each flips when its fix lands. (Found and fixed: a
 #: relayed send that came back to its origin was answered twice and counted
-#: lost_unanswered: seeds 103, 265; plans/drain-relay-back-to-origin.json.)
+#: lost_unanswered: seeds 103, 265; plans/drain-relay-back-to-origin.json.
+#: A send reservation granted by an owner that then drained stayed behind,
+#: and the holder's next reserved send was refused full by the new owner:
+#: seed 127; plans/drain-reservation-left-behind.json.)
 KNOWN_ROLLING = {
     "rolling_group_missed": KNOWN_ROLLING_GROUP,
-    "rolling_dropped_full": KNOWN_ROLLING_FULL,
 }
 
 

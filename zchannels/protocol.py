@@ -105,6 +105,9 @@ class MsgType(enum.IntEnum):
     # a node can pass a fanout on to where memberships just moved and the
     # receiver drop a second copy (zchannels.node.replication)
     GROUP_FANOUT = 52
+    # node <-> node: send reservations handed to a pool's new owner with its
+    # queue, so a holder's reserved sends still fit there (zchannels.node.routing)
+    PEER_RESERVATIONS = 53
 
 
 class ErrorCode(enum.IntEnum):
