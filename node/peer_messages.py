@@ -148,6 +148,22 @@ class Handoff:
     members: tuple[tuple[str, str, str, float, int], ...]
 
 
+#: (pool, holder's node, its incarnation, the holder's connection there, its
+#: session tag, its message expiry s, slots left, seconds left)
+HandedReservation = tuple[str, str, int, bytes, str, float, int, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservations:
+    """Send reservations ``origin`` granted on pools the receiving node now
+    owns, handed over with their queues (just before their ``Handoff``, on
+    the same link): each holder's reserved sends, which it makes without
+    waiting for an answer, must still fit at the new owner."""
+
+    origin: str
+    entries: tuple[HandedReservation, ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Ask:
     """A cluster-wide request: ``kind`` "flush" (arg: prefix) or "members"
@@ -188,13 +204,24 @@ ClusterMessage = (
     | ConnGone
     | HolderGone
     | Handoff
+    | Reservations
     | Ask
     | Answer
     | Load
 )
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).
-ROUTING_MESSAGES = (Relay, RelayBack, ConnGone, HolderGone, Handoff, Ask, Answer, Load)
+ROUTING_MESSAGES = (
+    Relay,
+    RelayBack,
+    ConnGone,
+    HolderGone,
+    Handoff,
+    Reservations,
+    Ask,
+    Answer,
+    Load,
+)
 REPLICATION_MESSAGES = (
     GroupDelta,
     GroupDeltaAck,

@@ -41,11 +41,13 @@ from .peer_messages import (
     GroupFanout,
     GroupFanoutPassed,
     GroupSlice,
+    HandedReservation,
     Handoff,
     HolderGone,
     Load,
     Relay,
     RelayBack,
+    Reservations,
 )
 from .sessions import valid_duration
 
@@ -168,6 +170,9 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
+    # entries [[pool, holder node, its incarnation, holder conn, session tag,
+    # expiry_s, slots, ttl_s]...]
+    MsgType.PEER_RESERVATIONS: (("origin", str), ("entries", list)),
 }
 _PEER_SPECS = specs_of(PEER_FIELDS)
 
@@ -292,6 +297,8 @@ def to_wire(msg: PeerMessage) -> Message:
             return MsgType.PEER_ANSWER, (msg.qid, msg.source, list(msg.result))
         case Load():
             return MsgType.PEER_LOAD, (msg.origin, msg.load)
+        case Reservations():
+            return MsgType.PEER_RESERVATIONS, (msg.origin, [list(e) for e in msg.entries])
     raise TypeError(f"not a peer message: {msg!r}")  # pragma: no cover
 
 
@@ -404,6 +411,8 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
             )
         }
         return Load(f[0], load)
+    if mtype == MsgType.PEER_RESERVATIONS:
+        return Reservations(f[0], _handed_reservations(f[1]))
     raise DecodeError("type", f"{mtype.name} is not a peer message")
 
 
@@ -465,6 +474,33 @@ def _handed_members(raw: list[Any]) -> tuple[tuple[str, str, str, float, int], .
             "PEER_HANDOFF member",
         )
         out.append((m[0], m[1], m[2], float(m[3]), m[4]))
+    return tuple(out)
+
+
+def _handed_reservations(raw: list[Any]) -> tuple[HandedReservation, ...]:
+    out = []
+    for e in _bounded(raw):
+        _require(
+            type(e) is list
+            and len(e) == 8
+            and type(e[0]) is str
+            and valid_wire_channel(e[0])
+            and type(e[1]) is str
+            and type(e[2]) is int
+            and type(e[3]) is bytes
+            and 0 < len(e[3]) <= 256
+            and type(e[4]) is str
+            and 0 < len(e[4]) <= 64
+            and "/" not in e[4]
+            and type(e[5]) in _NUM
+            and 0 < e[5] < 1e9
+            and type(e[6]) is int
+            and e[6] > 0
+            and type(e[7]) in _NUM
+            and 0 < e[7] < 1e9,
+            "PEER_RESERVATIONS entry",
+        )
+        out.append((e[0], e[1], e[2], e[3], e[4], float(e[5]), e[6], float(e[7])))
     return tuple(out)
 
 

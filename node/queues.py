@@ -31,7 +31,10 @@ put fail: a put that fits only if reservations yield is *deferred*, the
 holders are asked to give their reservations up (``REVOKE``), and once each
 has answered (``REVOKED``, after any reserved sends it had made: one ordered
 pipe), lapsed or gone, the deferred puts are decided in arrival order. So
-``ChannelFull`` is exact and reserved sends always fit.
+``ChannelFull`` is exact and reserved sends always fit. When the pool's
+owner changes, its reservations and the puts waiting for them move to the
+new owner (``take_reservations``, ``adopt_reservation``), so a holder's
+next reserved sends fit there too.
 
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
@@ -361,6 +364,51 @@ class Queues:
         pool.reserved[conn] = [grant, now + RESERVATION_TTL]
         self._reserving.setdefault(conn, set()).add(key)
         return grant
+
+    def take_reservations(
+        self, key: str, now: float
+    ) -> tuple[list[tuple[ConnId, int, float]], list[Put]]:
+        """Remove pool ``key``'s send reservations and the puts that wait
+        for them, to hand them to the pool's new owner: (holder, slots
+        left, seconds left) of each live reservation, and the waiting puts
+        in arrival order (the caller moves them on; holders asked to give
+        their reservation up answer the new owner, which forgets it then)."""
+        pool = self.pools.get(key)
+        if pool is None:
+            return [], []
+        held = [
+            (conn, int(left), expires_at - now)
+            for conn, (left, expires_at) in pool.reserved.items()
+            if expires_at > now and left >= 1
+        ]
+        for conn in pool.reserved:
+            self._unreserve(conn, key)
+        pool.reserved.clear()
+        pool.revoking.clear()
+        waiting = list(pool.waiting)
+        pool.waiting.clear()
+        self._maybe_delete_pool(key, pool)
+        return held, waiting
+
+    def adopt_reservation(self, conn: ConnId, key: str, slots: int, ttl: float, now: float) -> None:
+        """A reservation pool ``key``'s previous owner granted ``conn`` and
+        handed over (``take_reservations``): its holder's next reserved sends
+        arrive here and must fit. One already held here (granted since) is
+        kept if larger: a holder never has more than the larger of the two
+        left (its last ACK replaced its count), so a reserved send always
+        fits; the other direction would refuse one."""
+        if slots < 1 or ttl <= 0:
+            return
+        slots = min(slots, MAX_RESERVATION)
+        expires_at = now + min(ttl, RESERVATION_TTL)
+        pool = self._pool(key)
+        held = pool.reserved.get(conn)
+        if held is None or held[1] <= now:
+            pool.reserved[conn] = [slots, expires_at]
+        else:
+            held[0] = max(held[0], slots)
+            held[1] = max(held[1], expires_at)
+        self._reserving.setdefault(conn, set()).add(key)
 
     def revoked(self, conn: ConnId, name: str, now: float) -> Outcome:
         """``conn`` gave up its reservation on ``name``'s pool (every send it

@@ -3,9 +3,10 @@
 Owns: the current ``Ownership`` (rebuilt whenever the live member set
 changes), relaying client messages for channels another node owns
 (``PEER_RELAY``) and passing the owner's answers back (``PEER_RELAY_BACK``),
-handing queued messages, receivers' credit and memberships to a name's new
-owner when ownership moves (``PEER_HANDOFF``, at every change and by a
-periodic sweep), cluster-wide requests (``flush()``, group members:
+handing queued messages, receivers' credit, send reservations
+(``PEER_RESERVATIONS``) and memberships to a name's new owner when
+ownership moves (``PEER_HANDOFF``, at every change and by a periodic
+sweep), cluster-wide requests (``flush()``, group members:
 ``PEER_ASK``/``PEER_ANSWER``), and each node's load for ``znode status``
 (``PEER_LOAD``). Decides nothing about a channel itself: the owner's
 ``NodeCore`` does, exactly as for its own clients.
@@ -46,13 +47,15 @@ from .peer_messages import (
     Ask,
     ClusterMessage,
     ConnGone,
+    HandedReservation,
     Handoff,
     HolderGone,
     Load,
     Relay,
     RelayBack,
+    Reservations,
 )
-from .queues import ConnId
+from .queues import ConnId, Put
 from .sessions import Policy, Session
 
 log = logging.getLogger("zchannels.node")
@@ -429,6 +432,8 @@ class Routing:
                     self.core.groups.drop_holder(holder_of(msg.origin, msg.incarnation, tag))
             case Handoff():
                 self._on_handoff(msg, now, fx)
+            case Reservations():
+                self._on_reservations(msg, now)
             case Ask():
                 self._on_ask(msg, now, fx)
             case Answer():
@@ -594,6 +599,26 @@ class Routing:
         if added:
             fx.adopted.append((msg.origin, added))
         self._sweep_soon(now)  # (views may differ: pass on what is not ours)
+
+    def _on_reservations(self, msg: Reservations, now: float) -> None:
+        """Send reservations a pool's previous owner granted: held here for
+        the same clients (as our own client, or as the virtual connection
+        its relays will arrive on), so their reserved sends fit here."""
+        if not self._member(msg.origin):
+            self.counters["from_strangers"] += 1
+            return
+        queues = self.core.queues
+        for key, origin, inc, conn, tag, expiry, slots, ttl in msg.entries:
+            if origin == self.me:
+                if inc != self.incarnation or conn not in self.core.sessions.by_conn:
+                    continue  # a client of an earlier life, or gone
+                holder = conn
+            elif not self._member(origin) or inc < self._known_incarnation(origin) - RESTART_GAP:
+                continue  # its relays would not be taken either
+            else:
+                holder = self._virtual_for((origin, inc, conn), tag, expiry)
+            queues.adopt_reservation(holder, key, slots, ttl, now)
+            self.counters["reservations_adopted"] += 1
 
     def _on_ask(self, msg: Ask, now: float, fx: Fx) -> None:
         if not self._member(msg.origin):
@@ -832,6 +857,9 @@ class Routing:
         members: dict[str, list[tuple[str, str, str, float, int]]] = {}
         grants: list[tuple[str, ConnId, Session, Message, int]] = []
         back: dict[ConnId, list[Message]] = {}
+        # (where each pool's reservations go is read before its channels
+        # are taken: a pool's names may live apart, see ``_pool_owners``)
+        pools = self._pool_owners()
         for name in list(core.queues.channels):
             owner = self.route(name)
             if owner is None:
@@ -857,6 +885,7 @@ class Routing:
                     # (MAX_HOPS: the new owner keeps it, whatever its view yet)
                     grant = (MsgType.RECV, (name, credit))
                     grants.append((owner, conn, session, grant, MAX_HOPS))
+        reserved = self._hand_reservations(pools, channels, grants, now, fx)
         if full:
             for group, held in list(core.groups.groups.items()):
                 for channel, m in list(held.items()):
@@ -873,6 +902,8 @@ class Routing:
                             (group, channel, holder, ttl, m.capacity)
                         )
                     core.groups.discard(group, channel)
+        for owner in sorted(reserved):  # (before the queues they belong to)
+            fx.peers.append((owner, Reservations(self.me, tuple(reserved[owner]))))
         for owner in sorted({*channels, *members}):
             entries = channels.get(owner, [])
             self.counters["handed_off"] += sum(len(c[1]) for c in entries)
@@ -886,6 +917,106 @@ class Routing:
         for conn, credit_back in back.items():
             virtual = self._virtual[conn]
             fx.peers.append((virtual.origin, RelayBack(self.me, virtual.conn, tuple(credit_back))))
+
+    def _pool_owners(self) -> dict[str, set[str]]:
+        """Pools with send reservations or puts waiting for them that this
+        node no longer owns -> the nodes that own them now: the owner of the
+        pool's name and of each of its channels (the channels of a ``!``
+        pool whose node has left are hashed one by one meanwhile, so its
+        holder's sends may reach any of them; each is given the whole
+        reservation: too many reserved slots only make a put wait for a
+        revocation, too few would refuse a reserved send). An empty set:
+        nobody owns it. A pool one of whose channels stays here stays."""
+        moving: dict[str, set[str]] = {}
+        for key, pool in self.core.queues.pools.items():
+            if not pool.reserved and not pool.waiting:
+                continue
+            owners = {self.route(key), *(self.route(name) for name in pool.names)}
+            if None not in owners:
+                moving[key] = {o for o in owners if o}
+        return moving
+
+    def _hand_reservations(
+        self,
+        pools: dict[str, set[str]],
+        channels: dict[str, list[tuple[str, list[Any]]]],
+        grants: list[tuple[str, ConnId, Session, Message, int]],
+        now: float,
+        fx: Fx,
+    ) -> dict[str, list[HandedReservation]]:
+        """The send reservations of pools that moved, for their new owners
+        (holders named as ``(node, incarnation, connection)``, as relays name
+        them), and the puts that waited for them: an acknowledged send is
+        sent on to the new owner, which decides it with the queue and the
+        reservations in hand (so ``ChannelFull`` stays exact); a reserved
+        send, a group_send's copies or a send of a client that has gone go
+        with the queue (behind its messages: their order is kept), as the
+        messages a reservation promised room for."""
+        core = self.core
+        out: dict[str, list[HandedReservation]] = {}
+        for key, owners in pools.items():
+            held, waiting = core.queues.take_reservations(key, now)
+            for conn, slots, ttl in held:
+                holder = self._holder(conn)
+                if holder is None:
+                    continue
+                for owner in owners:
+                    out.setdefault(owner, []).append((key, *holder, slots, ttl))
+            for put in waiting:
+                self._move_put(put, channels, grants, now, fx)
+        return out
+
+    def _holder(self, conn: ConnId) -> tuple[str, int, bytes, str, float] | None:
+        """How other nodes name the client on ``conn``: (its node, that
+        node's incarnation, its connection there, its session tag, its
+        expiry); None for one of our clients that has moved away (it
+        dropped its reservations when told we drain) or gone."""
+        virtual = self._virtual.get(conn)
+        if virtual is not None:
+            expiry = virtual.session.policy.expiry
+            return (virtual.origin, virtual.incarnation, virtual.conn, virtual.tag, expiry)
+        session = self.core.sessions.by_conn.get(conn)
+        if session is None or conn in self.core.moved:
+            return None
+        return (self.me, self.incarnation, conn, session.tag, session.policy.expiry)
+
+    def _move_put(
+        self,
+        put: Put,
+        channels: dict[str, list[tuple[str, list[Any]]]],
+        grants: list[tuple[str, ConnId, Session, Message, int]],
+        now: float,
+        fx: Fx,
+    ) -> None:
+        """A put that waited here for reservations, when they move (see
+        ``_hand_reservations``)."""
+        token = put.token
+        if isinstance(token, tuple) and token[1] and len(put.names) == 1:
+            conn, req, channel = token
+            session = self._session_of(conn)
+            owner = self.route(channel)
+            if session is not None and owner:
+                send = (MsgType.SEND, (req, channel, put.payload, put.capacity))
+                grants.append((owner, conn, session, send, MAX_HOPS))
+                return
+        ttl = put.deadline - now
+        for name in put.names:
+            owner = self.route(name)
+            if owner is None:  # (a bundle's channel not made yet, which stays here)
+                out, _added = self.core.adopt(((name, [[put.payload, ttl, 0]]),), (), now)
+                fx.out.extend(out)
+                continue
+            if not owner:  # nobody owns it any more
+                self.core.counters.dropped_dead_owner += 1
+                continue
+            entries = channels.setdefault(owner, [])
+            items = next((i for n, i in entries if n == name), None)
+            if items is None:
+                items = []
+                entries.append((name, items))
+            items.append([put.payload, ttl, 0])
+        if isinstance(token, tuple) and token[1] and self._session_of(token[0]) is not None:
+            fx.out.append((token[0], (MsgType.ACK, (token[1], 0))))  # (taken, or nobody owns it)
 
     def _sweep_soon(self, now: float) -> None:
         """Hand over strays once the views have been still for ``sweep_delay``

@@ -29,6 +29,7 @@ from zchannels.node.peer_messages import (
     Load,
     Relay,
     RelayBack,
+    Reservations,
 )
 from zchannels.node.peer_wire import (
     PEER_FIELDS,
@@ -131,6 +132,10 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", {"channels": 3, "queued": 12}),
         "012a92a26e3282a86368616e6e656c7303a67175657565640c",
     ),
+    MsgType.PEER_RESERVATIONS: (
+        ("n1", [["asgi|c", "n3", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 4, 1.5]]),
+        "013692a26e319198a6617367697c63a26e3307c405006b8b4567aa6162636465666768696acb404e00000000000004cb3ff8000000000000",
+    ),
 }
 RETIRED = {
     MsgType.PEER_SEND,
@@ -180,6 +185,13 @@ MESSAGES: list[PeerMessage] = [
     Ask(1, "n1", "members", "asgi|g"),
     Answer(1, "n2", ("asgi|c",)),
     Load("n2", {"channels": 1, "queued": 0, "drops": {"full": 0}}),
+    Reservations(
+        "n1",
+        (
+            ("asgi|c", "n3", 7, b"\x00k", "abcdefghij", 60.0, 4, 1.5),
+            ("asgi|x.abcdef.ghijklmnop!", "n1", 7, b"\x00j", "abcdefghij", 30.0, 1, 0.25),
+        ),
+    ),
 ]
 
 
@@ -207,6 +219,13 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_HANDOFF, ("n1", [["asgi|d", [["not bytes", 1, 1]]]], [])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", -1.0, 10]])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", 60.0, 0]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["bad name!?", "n3", 7, b"c", "t", 60.0, 4, 1.5]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"", "t", 60.0, 4, 1.5]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "a/b", 60.0, 4, 1.5]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 0, 1.5]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4, -1.0]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", True, b"c", "t", 60.0, 4, 1.5]])),
+        (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4]])),
         (MsgType.PEER_ASK, (1, "n1", "shutdown", "")),
         (MsgType.PEER_ANSWER, (1, "n1", [1])),
         (MsgType.GROUP_DIGEST, ("n1", [["n1", 7]])),

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from zchannels.node.core import ClusterWork, CoreSettings, NodeCore
 from zchannels.node.effects import Fx
 from zchannels.node.membership import EventKind, Member, MemberEvent, MembershipConfig, State
-from zchannels.node.peer_messages import Load, Relay, RelayBack
+from zchannels.node.ownership import Ownership, tag_of
+from zchannels.node.peer_messages import Handoff, Load, Relay, RelayBack, Reservations
 from zchannels.node.routing import RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
-from zchannels.protocol import Message, MsgType
+from zchannels.protocol import ErrorCode, Message, MsgType
 
 START = 1_795_000_000_000  # a start incarnation (ms since the epoch)
 
@@ -30,16 +31,21 @@ class FakeTable:
     node_id: str = "n1"
     incarnation: int = START
     config: MembershipConfig = field(default_factory=MembershipConfig.lan)
+    #: members that left cleanly (not live; their names are parked)
+    left: dict[str, int] = field(default_factory=dict)
 
     def live(self) -> list[str]:
         return sorted(self.incarnations)
 
     def member(self, node: str) -> Member | None:
         inc = self.incarnations.get(node)
+        if inc is None and node in self.left:
+            return Member(node, State.LEFT, self.left[node], f"tcp://{node}:1")
         return None if inc is None else Member(node, State.ALIVE, inc, f"tcp://{node}:1")
 
     def members(self) -> list[Member]:
-        return [m for m in (self.member(n) for n in sorted(self.incarnations)) if m is not None]
+        names = sorted({*self.incarnations, *self.left})
+        return [m for m in (self.member(n) for n in names) if m is not None]
 
 
 def routing() -> tuple[Routing, NodeCore, FakeTable]:
@@ -268,3 +274,123 @@ def test_credit_is_granted_again_when_this_node_learns_it_was_declared_dead() ->
         MemberEvent(EventKind.DECLARED_DEAD, "n1", "tcp://n1:1", START - RESTART_GAP), 1.2, older
     )
     assert regranted(older) == []
+
+
+# -- send reservations move with their channel (issue 13, item 5) -------------
+
+
+def cluster_node(me: str, live: tuple[str, ...], left: tuple[str, ...] = ()) -> Routing:
+    core = NodeCore(CoreSettings(me, tag_of(me), str(START), 3.0, 1 << 20))
+    table = FakeTable({n: START for n in live}, node_id=me, left={n: START for n in left})
+    return Routing(core, table)  # type: ignore[arg-type]
+
+
+def moving_name() -> str:
+    """A channel n1 owns among n1, n2, n3 and n2 owns once n1 has left."""
+    before = Ownership({n: tag_of(n) for n in ("n1", "n2", "n3")})
+    after = Ownership({n: tag_of(n) for n in ("n2", "n3")})
+    return next(
+        name
+        for name in (f"asgi|c{i}" for i in range(1000))
+        if before.owner(name) == "n1" and after.owner(name) == "n2"
+    )
+
+
+def step(r: Routing, msg: object, now: float) -> Fx:
+    """One peer message in, with the core's relays carried (as the cluster
+    node's composer does)."""
+    fx = Fx()
+    r.handle(msg, now, fx)  # type: ignore[arg-type]
+    while (work := fx.take_work()) is not None:
+        r.after_core(work, now, fx)
+    return fx
+
+
+def from_n3(conn: bytes, now: float, *messages: Message) -> Relay:
+    """Messages of a client on n3 (the holder's node), relayed."""
+    return Relay("n3", START, conn, "tagtagtag0", 60.0, 1, messages, now)
+
+
+def to(fx: Fx, node: str) -> list[object]:
+    return [msg for target, msg in fx.peers if target == node]
+
+
+def answers(r: Routing, fx: Fx, conn: bytes) -> list[Message]:
+    """What the owner said to n3's client ``conn`` (its virtual connection)."""
+    vconn = r._vconn_of[("n3", START, conn)]
+    return [m for c, m in fx.out if c == vconn]
+
+
+def test_a_send_reservation_moves_with_its_channel_and_its_sends_fit_there() -> None:
+    """The old owner (n1) grants the holder (a client on n3) 2 reserved slots
+    and then leaves; n2 takes the channel. Before, the reservation stayed
+    behind: another sender's put took the promised room at n2 and the
+    holder's reserved sends (fire and forget: its send() had returned) were
+    refused there and counted full. Now it moves with the queue: n2 defers
+    that put and asks the holder for the reservation; the reserved sends,
+    one passed on by n1, one sent to n2 directly, fit; the put is then
+    refused ChannelFull (told to its sender): exactly ``capacity`` held."""
+    name, cap = moving_name(), 5
+    r1 = cluster_node("n1", ("n1", "n2", "n3"))
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    fx = step(r1, from_n3(b"holder", 0.0, (MsgType.SEND, (1, name, b"m0", cap))), 0.0)
+    assert answers(r1, fx, b"holder") == [(MsgType.ACK, (1, 2))], "2 slots reserved"
+    for req in (2, 3):
+        fx = step(r1, from_n3(b"other", 0.1, (MsgType.SEND, (req, name, b"o", cap))), 0.1)
+        assert answers(r1, fx, b"other") == [(MsgType.ACK, (req, 0))]
+    assert r1.core.queues.held(name) == 3  # + 2 reserved: the pool is fully promised
+
+    fx = Fx()
+    r1.leave(0.2, fx)
+    handed = to(fx, "n2")
+    assert [type(m) for m in handed] == [Reservations, Handoff], "the reservation goes first"
+    assert r1.core.queues.pools == {}, "nothing stays behind"
+    for msg in handed:
+        step(r2, msg, 0.21)
+    assert r2.core.queues.held(name) == 3
+
+    # another sender's put: it fits only if the reservation yields
+    fx = step(r2, from_n3(b"other", 0.3, (MsgType.SEND, (4, name, b"o", cap))), 0.3)
+    assert answers(r2, fx, b"other") == [], "deferred, not accepted over the promise"
+    assert answers(r2, fx, b"holder") == [(MsgType.REVOKE, (name,))]
+    # the holder's reserved sends: one by n3's stale view through n1, one direct
+    passed = step(r1, from_n3(b"holder", 0.31, (MsgType.SEND, (0, name, b"r1", cap))), 0.31)
+    [relay] = to(passed, "n2")
+    assert isinstance(relay, Relay) and relay.origin == "n3" and relay.conn == b"holder"
+    step(r2, relay, 0.32)
+    step(r2, from_n3(b"holder", 0.33, (MsgType.SEND, (0, name, b"r2", cap))), 0.33)
+    assert r2.core.queues.held(name) == 5 and r2.core.drops()["full"] == 0
+    # then its answer to the REVOKE (after its sends, on the same path)
+    fx = step(r2, from_n3(b"holder", 0.34, (MsgType.REVOKED, (name,))), 0.34)
+    assert answers(r2, fx, b"other") == [(MsgType.ERROR, (4, ErrorCode.CHANNEL_FULL, name))]
+    assert r2.core.queues.held(name) == 5 == r2.core.queues.length(name)
+    assert r2.core.drops()["full"] == 1, "the one refusal its sender was told of"
+    assert r1.core.drops()["full"] == 0
+
+
+def test_a_put_waiting_for_a_reservation_is_decided_by_the_new_owner() -> None:
+    """A put deferred at the old owner (it fits only if the holder gives its
+    reservation up) when the channel moves is sent on to the new owner with
+    the reservation, and decided there once the holder answered: its one
+    reserved send and the put both fit, nothing is counted."""
+    name, cap = moving_name(), 5
+    r1 = cluster_node("n1", ("n1", "n2", "n3"))
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    step(r1, from_n3(b"holder", 0.0, (MsgType.SEND, (1, name, b"m0", cap))), 0.0)
+    for req in (2, 3):
+        step(r1, from_n3(b"other", 0.1, (MsgType.SEND, (req, name, b"o", cap))), 0.1)
+    fx = step(r1, from_n3(b"other", 0.15, (MsgType.SEND, (4, name, b"o", cap))), 0.15)
+    assert answers(r1, fx, b"holder") == [(MsgType.REVOKE, (name,))]
+    fx = Fx()
+    r1.leave(0.2, fx)
+    handed = to(fx, "n2")
+    assert [type(m) for m in handed] == [Reservations, Handoff, Relay]
+    for msg in handed:
+        fx = step(r2, msg, 0.21)
+    assert answers(r2, fx, b"other") == [], "the put waits at n2 now"
+    # the holder's reserved send and its REVOKED, by n3's stale view, via n1
+    for msg in ((MsgType.SEND, (0, name, b"r1", cap)), (MsgType.REVOKED, (name,))):
+        [relay] = to(step(r1, from_n3(b"holder", 0.3, msg), 0.3), "n2")
+        fx = step(r2, relay, 0.31)
+    assert answers(r2, fx, b"other") == [(MsgType.ACK, (4, 0))]
+    assert r2.core.queues.held(name) == 5 and r2.core.drops()["full"] == 0

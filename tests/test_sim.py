@@ -398,15 +398,6 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
     assert result.violations == [], result.violations
 
 
-#: Open defects of the graceful drain (issue 13) that rolling restarts find
-#: (below), each with its shrunk plan
-KNOWN_ROLLING_FULL = (
-    "a send reservation granted by a channel's owner that then drains is neither handed "
-    "over nor revoked: the holder's next reserved send reaches the new owner, which finds "
-    "the channel full and counts it full; seed 127 with --faults drain; "
-    "plans/drain-reservation-left-behind.json"
-)
-
 #: Shrunk cluster plans that still fail (strict xfails); the others pass
 #: since the answer bound, the late-send refusal and the fence
 #: (defect2-overcounted, defect3-answer-time, defect3-stalled,
@@ -422,7 +413,6 @@ FAILING_PLANS = {
     "defect2-reserved-send-lost-in-partition": "issue 11 defect 2: reserved sends (no "
     "answer wanted) relayed while a partition drops the link are lost and counted by "
     "nobody (seed 4, 3 nodes); needs per-link relay sequence numbers with gap reports",
-    "drain-reservation-left-behind": KNOWN_ROLLING_FULL,
 }
 
 
@@ -541,17 +531,18 @@ def test_cluster_invariant_holds(cluster: dict[str, list[tuple[int, str]]], inva
 # -- rolling restarts: drains only, nothing may be lost or counted ------------------
 
 #: What the simulation finds in rolling restarts (3 nodes, drain-only
-#: schedules), with seeds and a shrunk plan in tests/sim/plans/. Strict
-#: xfails, as above: each flips when its fix lands. (Found and fixed: a
+#: schedules), with seeds and a shrunk plan in tests/sim/plans/ (give each a
+#: strict xfail, as above, so it flips when its fix lands). (Found and fixed: a
 #: relayed send that came back to its origin was answered twice and counted
 #: lost_unanswered: seeds 103, 265; plans/drain-relay-back-to-origin.json.
 #: A group fanout that reached the new holder of memberships before their
 #: handover missed them, the old holder's passed-on copy dropped as a second
 #: copy: seeds 157, 46, 131, 136, 267;
-#: plans/drain-group-fanout-before-handover.json; tests/test_replication.py.)
-KNOWN_ROLLING = {
-    "rolling_dropped_full": KNOWN_ROLLING_FULL,
-}
+#: plans/drain-group-fanout-before-handover.json; tests/test_replication.py.
+#: A send reservation granted by an owner that then drained stayed behind,
+#: and the holder's next reserved send was refused full by the new owner:
+#: seed 127; plans/drain-reservation-left-behind.json.) None is known now.
+KNOWN_ROLLING: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
@@ -576,18 +567,3 @@ def test_rolling_restarts_lose_nothing_and_count_nothing(
     # the schedules did drain nodes, and clients did hold requests meanwhile
     assert totals["drains"] >= ROLLING_SCHEDULES, totals
     assert totals["held"] > 0, totals
-
-
-@pytest.mark.parametrize(
-    "invariant",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=why))
-        for name, why in KNOWN_ROLLING.items()
-    ],
-)
-@pytest.mark.timeout(900)  # (the module's schedules run in the first)
-def test_rolling_restart_invariant_holds(
-    rolling: tuple[dict[str, list[tuple[int, str]]], dict[str, int]], invariant: str
-) -> None:
-    by, _totals = rolling
-    assert invariant not in by, _report(by, invariant)

@@ -109,6 +109,9 @@ class MsgType(enum.IntEnum):
     # handed the group's memberships to the receiver (it reached none of
     # them there), naming that node (zchannels.node.replication)
     GROUP_FANOUT_PASSED = 53
+    # node <-> node: send reservations handed to a pool's new owner with its
+    # queue, so a holder's reserved sends still fit there (zchannels.node.routing)
+    PEER_RESERVATIONS = 54
 
 
 class ErrorCode(enum.IntEnum):
