@@ -414,7 +414,7 @@ class ClusterNode:
         past = self.core.drops()
         if self.routing is not None:
             rc = self.routing.counters
-            past["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
+            past["dead_owner"] += rc["lost_in_dead_nodes"]
         self._past_drops.update(past)
         self.incarnation = new
         # (the table first: the new life's routing and replication take
@@ -564,12 +564,12 @@ class ClusterNode:
     # -- status ------------------------------------------------------------
     def drops(self) -> dict[str, int]:
         """Messages and frames dropped, by reason: the core's, plus what the
-        cluster lost (queued on dead nodes, relays never answered) and
+        cluster lost (queued on dead nodes) and
         malformed peer frames."""
         drops = self.core.drops()
         if self.routing is not None:
             rc = self.routing.counters
-            drops["dead_owner"] += rc["lost_in_dead_nodes"] + rc["lost_unanswered"]
+            drops["dead_owner"] += rc["lost_in_dead_nodes"]
             drops["decode_error"] += self.counters["decode_errors"]
         for reason, count in self._past_drops.items():
             drops[reason] = drops.get(reason, 0) + count

@@ -36,7 +36,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from zchannels.protocol import Message, MsgType, split_batches
+from zchannels.protocol import ErrorCode, Message, MsgType, split_batches
 
 from .core import MAX_HOPS, ClusterWork, NodeCore, Out
 from .effects import EVERYONE, Fx
@@ -841,11 +841,19 @@ class Routing:
             self._relay(relays, now, fx)
 
     def _unanswered(self, key: tuple[ConnId, int], mtype: MsgType) -> Out:
-        """The answer for a relayed request whose owner never answered: a
-        send counts as lost (at-most-once); anything else is done."""
+        """The answer for a relayed request whose owner never answered: for a
+        send, that its outcome is unknown (the owner may have taken it and be
+        frozen, cut off or dead; or the relay was lost): the client's send()
+        raises ``SendOutcomeUnknown``, and nothing is counted (counted lost, a
+        send the owner had taken would be a drop that was delivered);
+        anything else is done."""
         if mtype == MsgType.SEND:
-            self.counters["lost_unanswered"] += 1
-            return (key[0], (MsgType.ACK, (key[1], 0)))
+            self.counters["unanswered_sends"] += 1
+            detail = (
+                f"the channel's owner did not answer in {self.answer_within():.1f} s "
+                "(frozen, cut off or dead): the message may or may not have been taken"
+            )
+            return (key[0], (MsgType.ERROR, (key[1], ErrorCode.OUTCOME_UNKNOWN, detail)))
         return (key[0], (MsgType.ACK, (key[1], 1)))
 
     def handoff(self, now: float, fx: Fx, full: bool = False) -> None:

@@ -57,8 +57,8 @@ CHANNELS_REDIS_ONLY: Mapping[str, str] = {
     "on_disconnect": (
         "no message is sent to consumers when the node connection drops: a process "
         "reconnects to a restarted znode by itself and re-registers its receives and "
-        "group memberships; messages queued in the node when it died are lost and "
-        "counted (layer.counters['lost_in_node_restart'])."
+        "group memberships; messages queued in the node when it died are lost (a send "
+        "waiting for its answer then raises SendOutcomeUnknown)."
     ),
     "on_reconnect": (
         "no message is sent to consumers when the node connection returns: a process "

@@ -34,7 +34,13 @@ from typing import Any, Protocol, cast
 import zmq
 
 from .config import LayerConfig
-from .errors import ChannelFull, LimitExceeded, NodeUnavailable, ProtocolError
+from .errors import (
+    ChannelFull,
+    LimitExceeded,
+    NodeUnavailable,
+    ProtocolError,
+    SendOutcomeUnknown,
+)
 from .flow import Flow
 from .keys import ClusterKey
 from .names import local_part
@@ -430,10 +436,16 @@ class Connection:
                 pending.epoch = self._epoch
                 self._queue(pending.message)
             else:
-                # at-most-once: never send twice what the old node may have delivered
-                self._client.counters["lost_in_node_restart"] += 1
-                pending.future.set_result(0)
+                # at-most-once: never send twice what the old node may have
+                # delivered; whether it did, nobody can tell (it may have
+                # relayed it to the channel's owner before it died)
                 self._pending.pop(req, None)
+                pending.future.set_exception(
+                    SendOutcomeUnknown(
+                        f"the node at {self._client.endpoint} restarted before it answered: "
+                        "the message may or may not have been taken"
+                    )
+                )
         self._queue_all(regrants)
         self._queue_all(held)
 
@@ -581,6 +593,8 @@ class Connection:
             pending.future.set_exception(ChannelFull(local_part(detail)))
         elif code == ErrorCode.LIMIT:
             pending.future.set_exception(LimitExceeded(detail))
+        elif code == ErrorCode.OUTCOME_UNKNOWN:
+            pending.future.set_exception(SendOutcomeUnknown(detail))
         else:
             pending.future.set_exception(ProtocolError(f"node refused request: {detail}"))
 

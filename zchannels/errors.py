@@ -64,6 +64,15 @@ class NodeUnavailable(ZChannelsError):
     retriable = True
 
 
+class SendOutcomeUnknown(NodeUnavailable):
+    """Whether this ``send``/``group_send`` was taken cannot be known: the
+    node that had it died and restarted before it answered, or the channel's
+    owner (another node) did not answer within the bound tied to failure
+    detection (frozen, cut off, or dead). It may be delivered or not; it is
+    never counted as dropped. Sending it again may deliver it twice.
+    """
+
+
 class ProtocolError(ZChannelsError):
     """The node refused a request as malformed: a bug, or mismatched versions."""
 

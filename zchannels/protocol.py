@@ -121,6 +121,7 @@ class ErrorCode(enum.IntEnum):
     UNKNOWN_SESSION = 2  # node restarted or lease lapsed: HELLO again, then retry
     BAD_REQUEST = 3  # well-formed frame, nonsensical content (e.g. an invalid name)
     LIMIT = 4  # a per-client bound (channels, group entries) was hit
+    OUTCOME_UNKNOWN = 5  # a send the channel's owner did not answer in time: taken or not
 
 
 # Field layout of every message: (name, python type) in wire order.

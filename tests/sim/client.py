@@ -594,12 +594,10 @@ class SimClient:
                 p.epoch = self.epoch
                 self._queue(p.message)
             else:
-                # at-most-once: the old node may have taken it; counted lost
-                self.counters.lost_in_node_restart += 1
+                # at-most-once: the old node may have taken it (and relayed
+                # it to its owner): SendOutcomeUnknown, as the layer raises
                 del self.pending[req]
-                if p.key is not None:
-                    self.history.outcome(p.key, "counted_lost", now)
-                self._after_request(p, now)
+                self._resolve_failed(p, "its node restarted: outcome unknown", now)
         self.withdraw_sent.clear()  # (rewelcomed() forgot the withdrawals)
         self._queue_all(regrants)
         self._queue_all(held)
