@@ -67,6 +67,10 @@ _VCONN_MARK = b"\x00zr"
 #: refuted suspicion; relays carry the start value. One more than this above
 #: it means a new start (a restart, at least a second later), not a refutation.
 RESTART_GAP = 1000
+#: Seconds a client connection that has gone is remembered after the owners
+#: were told (``Routing.give_back``): longer than any delivery already on its
+#: way to it can take to arrive, a frozen node's included.
+GONE_MEMORY = 60.0
 #: How fast (s/s) the estimate of a peer's clock offset may creep up, so it
 #: follows clock drift (real drift is under 1e-4) and forgets a sample that
 #: was unusually fast; bounded by ``_CREEP_SPAN`` seconds without a sample.
@@ -150,6 +154,9 @@ class Routing:
         #: once it is seen to die or leave): a newer life whose predecessor
         #: is still here ended that one unseen (``_life_ended_unseen``)
         self._lives: dict[str, int] = {}
+        #: our clients' connections the owners were told had gone -> until
+        #: when to remember it (``give_back``)
+        self._gone_told: dict[ConnId, float] = {}
         #: the last incarnation of ours a peer declared dead whose forgotten
         #: credit was granted again (``_declared_dead``)
         self._regranted_after = 0
@@ -296,7 +303,7 @@ class Routing:
         if work.relays:
             self._relay(work.relays, now, fx)
         if work.gone_conns:
-            self._conns_gone(work.gone_conns, fx)
+            self._conns_gone(work.gone_conns, now, fx)
         if work.gone_sessions:
             remote = [tag for tag in work.gone_sessions if tag in self._remote_holders]
             if remote:
@@ -363,7 +370,7 @@ class Routing:
             relay = Relay(origin, inc, client, tag, expiry, hops, tuple(chunk), sent_at)
             fx.peers.append((owner, relay))
 
-    def _conns_gone(self, conns: list[ConnId], fx: Fx) -> None:
+    def _conns_gone(self, conns: list[ConnId], now: float, fx: Fx) -> None:
         gone = [c for c in conns if c in self._relayed_conns]
         for conn in conns:
             self._relayed_conns.discard(conn)
@@ -374,6 +381,8 @@ class Routing:
             for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
             fx.peers.append((EVERYONE, ConnGone(self.me, self.incarnation, tuple(gone))))
+            for conn in gone:
+                self._gone_told[conn] = now + GONE_MEMORY
 
     # -- answers for virtual connections ---------------------------------------
     def is_virtual(self, conn: ConnId) -> bool:
@@ -566,7 +575,16 @@ class Routing:
 
     def give_back(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         """Deliveries of other nodes' channels that could not reach ``conn``
-        (it has gone): back to each channel's owner, then the owners forget it."""
+        (it has gone): back to each channel's owner, then the owners forget it.
+        Once the owners were told it had gone, what still arrives for it was
+        on its way then: each owner counted it lost (``receiver_gone``) as it
+        forgot the connection, so it is not given back (it would be queued
+        again, and delivered: a drop counted and delivered)."""
+        if conn in self._gone_told:
+            self.counters["deliveries_after_gone"] += sum(
+                len(fields[1]) for mtype, fields in messages if mtype == MsgType.DELIVER
+            )
+            return
         owners: dict[str, list[Message]] = {}
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
@@ -1077,6 +1095,8 @@ class Routing:
         if now >= self._next_load:
             self._next_load = now + self.load_interval
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
+            for conn in [c for c, until in self._gone_told.items() if until <= now]:
+                del self._gone_told[conn]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

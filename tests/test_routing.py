@@ -402,3 +402,27 @@ def test_a_put_waiting_for_a_reservation_is_decided_by_the_new_owner() -> None:
         fx = step(r2, relay, 0.31)
     assert answers(r2, fx, b"other") == [(MsgType.ACK, (4, 0))]
     assert r2.core.queues.held(name) == 5 and r2.core.drops()["full"] == 0
+
+
+def test_deliveries_that_reach_a_client_after_its_owners_forgot_it_are_not_given_back() -> None:
+    """A client of this node dies with deliveries of a channel n2 owns on
+    their way. The first that bounce are given back (then the owner forgets
+    the client); once the owners were told it had gone, they counted what
+    they had handed it (``receiver_gone``) as they forgot it, so what still
+    arrives for it is not given back: queued again it would be delivered, a
+    drop counted and delivered (simulation seed 66, a 0.05 s lag)."""
+    r, _, _, _ = receiving_far()
+    far = next(iter(r._credit))[1]
+    bounced = Fx()
+    r.give_back(b"A", [(MsgType.DELIVER, (far, [[b"x", 60.0, 7]]))], 1.0, bounced)
+    kinds = [type(msg).__name__ for _, msg in bounced.peers]
+    assert kinds == ["Relay", "ConnGone"], kinds
+    work = ClusterWork()
+    work.gone_conns.append(b"A")  # (the core forgot it: it was undeliverable)
+    told = Fx()
+    r.after_core(work, 1.0, told)
+    assert [type(msg).__name__ for _, msg in told.peers] == ["ConnGone"]
+    late = Fx()
+    r.give_back(b"A", [(MsgType.DELIVER, (far, [[b"y", 60.0, 8], [b"z", 60.0, 9]]))], 1.5, late)
+    assert late.peers == [] and late.out == []
+    assert r.counters["deliveries_after_gone"] == 2
