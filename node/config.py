@@ -82,9 +82,11 @@ class NodeConfig:
     membership: MembershipConfig = field(default_factory=MembershipConfig.lan)
     #: Seconds within which a client request relayed to another node (a send
     #: to a channel another node owns) is answered: by the owner, or else by
-    #: this node, which then counts a send as lost (at-most-once), and the
-    #: owner refuses such a send if it arrives later than 3/4 of this (it
-    #: may have been counted lost: ``routing.Routing.fresh_within``). None:
+    #: this node, which then answers that a send's outcome is unknown
+    #: (``SendOutcomeUnknown``), and the owner refuses such a send if it
+    #: arrives later than 3/4 of this (its sender has been told it may not
+    #: have been taken, and newer sends may have overtaken it:
+    #: ``routing.Routing.fresh_within``). None:
     #: tied to failure detection, the longest suspicion timeout of the
     #: current cluster size plus two probe intervals (2.4 s in a 3-node LAN
     #: cluster), so a dead owner is normally declared dead first.

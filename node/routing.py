@@ -202,7 +202,8 @@ class Routing:
 
     def answer_within(self) -> float:
         """Seconds within which a relayed request is answered: by its owner,
-        or else by this node, which then counts a send as lost. Tied to
+        or else by this node, which then answers that a send's outcome is
+        unknown (``SendOutcomeUnknown``). Tied to
         failure detection: the longest suspicion of a cluster this size plus
         two probe rounds, so a dead owner is declared dead first (unless the
         operator set ``relay_timeout``)."""
@@ -214,8 +215,9 @@ class Routing:
 
     def fresh_within(self) -> float:
         """A relayed send older than this is refused by its owner: its origin
-        may have stopped waiting and counted it lost (a quarter of the bound
-        is left for the owner's answer to travel back)."""
+        may have stopped waiting and told its client the outcome is unknown,
+        and the client's newer sends may have overtaken it (a quarter of the
+        bound is left for the owner's answer to travel back)."""
         return 0.75 * self.answer_within()
 
     def _lag(self, origin: str, sent_at: float, now: float) -> float:
@@ -784,7 +786,7 @@ class Routing:
             self._regrant(node, now, fx)
         # Requests relayed to it stay pending until their deadline: a node
         # declared dead may be only frozen, and takes a send it gets before
-        # then (``fresh_within``); after it, this node answers and counts.
+        # then (``fresh_within``); after it, this node answers (outcome unknown).
         for qid, ask in list(self._asks.items()):
             ask.waiting.discard(node)
             if not ask.waiting:
