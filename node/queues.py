@@ -598,6 +598,17 @@ class Queues:
         self._maybe_delete(name, ch)
         return out
 
+    def flight_seqs(self, conn: ConnId) -> dict[str, set[int]]:
+        """Channel -> the sequence numbers ``conn`` was handed and has not
+        reported taken nor given back (what ``drop_conn`` counts lost)."""
+        out: dict[str, set[int]] = {}
+        for name in self._by_conn.get(conn, ()):
+            ch = self.channels.get(name)
+            flight = ch.flight.get(conn) if ch is not None else None
+            if flight:
+                out[name] = set(flight)
+        return out
+
     def drop_conn(self, conn: ConnId, now: float) -> Outcome:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""

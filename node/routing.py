@@ -40,7 +40,7 @@ from zchannels.protocol import ErrorCode, Message, MsgType, split_batches
 
 from .core import MAX_HOPS, ClusterWork, NodeCore, Out
 from .effects import EVERYONE, Fx
-from .membership import EventKind, MemberEvent, MemberTable, State, suspicion_bounds
+from .membership import LIVE, EventKind, MemberEvent, MemberTable, State, suspicion_bounds
 from .ownership import Ownership, tag_of
 from .peer_messages import (
     Answer,
@@ -67,9 +67,9 @@ _VCONN_MARK = b"\x00zr"
 #: refuted suspicion; relays carry the start value. One more than this above
 #: it means a new start (a restart, at least a second later), not a refutation.
 RESTART_GAP = 1000
-#: Seconds a client connection that has gone is remembered after the owners
-#: were told (``Routing.give_back``): longer than any delivery already on its
-#: way to it can take to arrive, a frozen node's included.
+#: Seconds an owner remembers what it counted lost as it forgot another
+#: node's client (``Routing._not_again``): longer than any delivery already on
+#: its way to it can take to bounce back, a frozen node's included.
 GONE_MEMORY = 60.0
 #: How fast (s/s) the estimate of a peer's clock offset may creep up, so it
 #: follows clock drift (real drift is under 1e-4) and forgets a sample that
@@ -153,10 +153,13 @@ class Routing:
         #: node -> the incarnation of its life this node last saw live (gone
         #: once it is seen to die or leave): a newer life whose predecessor
         #: is still here ended that one unseen (``_life_ended_unseen``)
-        self._lives: dict[str, int] = {}
-        #: our clients' connections the owners were told had gone -> until
-        #: when to remember it (``give_back``)
-        self._gone_told: dict[ConnId, float] = {}
+        self._lives: dict[str, int] = {
+            m.id: m.incarnation for m in table.members() if m.state in LIVE and m.id != self.me
+        }
+        #: other nodes' clients forgotten here -> (until when to remember,
+        #: channel -> the sequence numbers it had been handed and that were
+        #: counted lost, ``receiver_gone``, as it was forgotten)
+        self._counted_gone: dict[_Client, tuple[float, dict[str, set[int]]]] = {}
         #: the last incarnation of ours a peer declared dead whose forgotten
         #: credit was granted again (``_declared_dead``)
         self._regranted_after = 0
@@ -383,8 +386,6 @@ class Routing:
             for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
             fx.peers.append((EVERYONE, ConnGone(self.me, self.incarnation, tuple(gone))))
-            for conn in gone:
-                self._gone_told[conn] = now + GONE_MEMORY
 
     # -- answers for virtual connections ---------------------------------------
     def is_virtual(self, conn: ConnId) -> bool:
@@ -425,7 +426,30 @@ class Routing:
         vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
             del self._virtual[vconn]
+            counted = self.core.queues.flight_seqs(vconn)
+            if counted:
+                self._counted_gone[client] = (now + GONE_MEMORY, counted)
             fx.out.extend(self.core.forget_conn(vconn, now))
+
+    def _not_again(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
+        """What ``client`` gives back that was counted lost as it was
+        forgotten here (deliveries on their way to it then, bouncing off it
+        now) is dropped, not queued again: counted, it must not be delivered
+        too. What was handed to it by another owner (before a handover)
+        was counted nowhere and goes back as usual."""
+        counted = self._counted_gone[client][1]
+        out: list[Message] = []
+        for mtype, fields in messages:
+            seqs = counted.get(fields[1]) if mtype == MsgType.RETURN else None
+            if seqs:
+                req, channel, items, withdraw = fields
+                kept = [item for item in items if item[2] not in seqs]
+                for item in items:
+                    seqs.discard(item[2])
+                self.counters["returns_counted_already"] += len(items) - len(kept)
+                fields = (req, channel, kept, withdraw)
+            out.append((mtype, fields))
+        return tuple(out)
 
     # -- peer messages -----------------------------------------------------------
     def handle(self, msg: ClusterMessage, now: float, fx: Fx) -> None:
@@ -491,6 +515,8 @@ class Routing:
                     self._pending.pop((conn, fields[0]), None)
             fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
+        if (origin, inc, conn) in self._counted_gone:
+            messages = self._not_again((origin, inc, conn), messages)
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
         virtual = self._virtual[vconn]
         virtual.sent_at = msg.sent_at
@@ -578,15 +604,8 @@ class Routing:
     def give_back(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         """Deliveries of other nodes' channels that could not reach ``conn``
         (it has gone): back to each channel's owner, then the owners forget it.
-        Once the owners were told it had gone, what still arrives for it was
-        on its way then: each owner counted it lost (``receiver_gone``) as it
-        forgot the connection, so it is not given back (it would be queued
-        again, and delivered: a drop counted and delivered)."""
-        if conn in self._gone_told:
-            self.counters["deliveries_after_gone"] += sum(
-                len(fields[1]) for mtype, fields in messages if mtype == MsgType.DELIVER
-            )
-            return
+        (An owner that had forgotten it already drops what it counted lost
+        then: ``_counted_gone``.)"""
         owners: dict[str, list[Message]] = {}
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
@@ -738,11 +757,13 @@ class Routing:
         seen to die or leave here: a restart faster than failure detection
         (kill -9 and a supervisor), or a leave whose last frames (LEFT, the
         handover) were lost with its connections. That life ended as a death
-        does: what it held is counted lost (its last reported queue), and
-        the credit our clients held there is granted again (else a receive
-        waits forever on a channel the new life queues for)."""
-        self._node_gone(node, True, life, now, fx)
-        self._settle_death(node, None)
+        does: what it held is counted lost once it is known how it ended
+        (the new life's first load report: exactly, if it ended that life in
+        place, else its last reported queue), and the credit our clients held
+        there is granted again (else a receive waits forever on a channel the
+        new life queues for). The new life's clients, which may already have
+        registered here, stay."""
+        self._node_gone(node, True, life, now, fx, below=life + 1)
 
     def _forget_clients(self, node: str, now: float, fx: Fx, below: int | None = None) -> None:
         """Forget ``node``'s clients (those of incarnations before ``below``):
@@ -774,14 +795,18 @@ class Routing:
         life, which replaces them; those not made again are dropped then."""
         self._left_lives.setdefault((node, incarnation), now + self.table.config.dead_keep)
 
-    def _node_gone(self, node: str, died: bool, incarnation: int, now: float, fx: Fx) -> None:
+    def _node_gone(
+        self, node: str, died: bool, incarnation: int, now: float, fx: Fx, below: int | None = None
+    ) -> None:
+        """``node``'s life ``incarnation`` ended (``below``: the incarnation
+        its next life started with, whose clients stay)."""
         # (a node that left cleanly handed its queues over first)
         lost = int(self.loads.pop(node, {}).get("queued", 0))
         if died and self._counts_for(node):
             self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
         if not died:
             self._park_life(node, incarnation, now)
-        self._forget_clients(node, now, fx)
+        self._forget_clients(node, now, fx, below=below)
         if died:
             self._regrant(node, now, fx)
         # Requests relayed to it stay pending until their deadline: a node
@@ -808,8 +833,8 @@ class Routing:
         healed, a refuted mistake: nothing was lost)."""
         if fenced is not None:
             life, lost = fenced
-            if (node, life) in self._ended:
-                return
+            if any(n == node and life <= e < life + RESTART_GAP for n, e in self._ended):
+                return  # (counted: by this report before, or by the estimate)
             self._ended.add((node, life))
             provisional = self._provisional.get(node)
             if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
@@ -823,6 +848,7 @@ class Routing:
             return
         if presumed or self._known_incarnation(node) >= provisional[0] + RESTART_GAP:
             del self._provisional[node]
+            self._ended.add((node, provisional[0]))  # (a fence report coming late: counted)
             self._count_dead(node, provisional[1])
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
@@ -1097,8 +1123,8 @@ class Routing:
         if now >= self._next_load:
             self._next_load = now + self.load_interval
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
-            for conn in [c for c, until in self._gone_told.items() if until <= now]:
-                del self._gone_told[conn]
+            for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
+                del self._counted_gone[client]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

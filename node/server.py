@@ -119,8 +119,9 @@ class NodeServer:
         self._secure_watch: HandshakeWatch | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
-        #: inside the read loop (which looks for more frames after every one)
-        self._reading = False
+        #: the socket whose read loop runs now (it looks for more frames after
+        #: every one), if any
+        self._reading: zmq.Socket[bytes] | None = None
         self._stopping = False
         #: set while draining, once every client has said MOVING
         self._drained: asyncio.Event | None = None
@@ -390,7 +391,7 @@ class NodeServer:
         sock = self._secure if secure else self._sock
         if sock is None:
             return
-        self._reading = True
+        self._reading = sock
         try:
             for _ in range(_DRAIN_LIMIT):
                 if not cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
@@ -406,22 +407,26 @@ class NodeServer:
                     continue
                 self._on_frames(frames)
         finally:
-            self._reading = False
+            self._reading = None
         # More is waiting: come back after other callbacks had their turn.
         if self._loop is not None:
             self._loop.call_soon(self._on_readable, secure)
 
-    def _read_soon(self) -> None:
+    def _read_soon(self, reading: zmq.Socket[bytes] | None = None) -> None:
         """After frames went to clients from outside the read loop (a peer's
         relay, a timer): sending on a socket can consume its FD's edge for
         client frames that arrived meanwhile (the FD is edge-triggered), and
         they would wait, unread, for the next frame on another pipe; look
-        now. (The read loop looks after every frame anyway.)"""
+        now. (The read loop of ``reading`` looks after every frame anyway;
+        a send to a CurveZMQ client from the plain socket's loop, or the
+        reverse, can consume the other socket's edge.)"""
         loop = self._loop
         if loop is None:
             return
         for secure, sock in ((False, self._sock), (True, self._secure)):
-            if sock is not None and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
+            if sock is None or sock is reading:
+                continue
+            if cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
                 loop.call_soon(self._on_readable, secure)
 
     def _on_frames(self, frames: list[bytes]) -> None:
@@ -489,8 +494,8 @@ class NodeServer:
         """Carry out one step's effects: client frames, peer frames, logs."""
         if fx.clients:
             self.send(fx.clients)
-            if not self._reading:
-                self._read_soon()
+            if self._reading is None or self._secure is not None:
+                self._read_soon(self._reading)
         mesh = self.mesh
         if mesh is not None:
             for event in fx.events:

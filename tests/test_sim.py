@@ -493,7 +493,7 @@ KNOWN_CLUSTER = {
     "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
     "partition to an owner that then freezes)",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(24 of 300 seeds: 23, 52, 53, 71, 97, ...; the shrunk plans/defect2-overcounted.json, "
+    "(21 of 300 seeds: 23, 52, 53, 71, 97, ...; the shrunk plans/defect2-overcounted.json, "
     "seed 11, passes now; 10 more seeds were deliveries that bounced off a client that had "
     "gone, given back after the owner had counted them: plans/delivery-after-gone-"
     "overcounted.json)",

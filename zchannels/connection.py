@@ -442,8 +442,9 @@ class Connection:
                 self._pending.pop(req, None)
                 pending.future.set_exception(
                     SendOutcomeUnknown(
-                        f"the node at {self._client.endpoint} restarted before it answered: "
-                        "the message may or may not have been taken"
+                        f"the node at {self._client.endpoint} restarted (or dropped this "
+                        "process's session) before it answered: the message may or may not "
+                        "have been taken"
                     )
                 )
         self._queue_all(regrants)

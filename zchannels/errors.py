@@ -69,8 +69,11 @@ class SendOutcomeUnknown(NodeUnavailable):
     node that had it died and restarted before it answered, or the channel's
     owner (another node) did not answer within the bound tied to failure
     detection (frozen, cut off, or dead). It may be delivered or not; it is
-    never counted as dropped. Sending it again may deliver it twice.
+    never counted as dropped. Sending it again may deliver it twice, so it
+    is not ``retriable`` (retry only what tolerates a duplicate).
     """
+
+    retriable = False
 
 
 class ProtocolError(ZChannelsError):
