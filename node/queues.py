@@ -672,13 +672,20 @@ class Queues:
         out = Outcome()
         for key, pool in list(self.pools.items()):
             if pool.reserved:
+                holders = list(pool.reserved)
                 pool.reserved_total(now)
+                for conn in holders:
+                    if conn not in pool.reserved:
+                        self._unreserve(conn, key)
             if pool.revoking:
                 lapsed = {c for c in pool.revoking if c not in pool.reserved}
                 if lapsed:
                     pool.revoking -= lapsed
                     out.extend(self._settle(key, pool, now))
             self._purge_pool(pool, now)
+            # (a pool only a handed-over reservation made, for names that
+            # live elsewhere, goes once that lapses)
+            self._maybe_delete_pool(key, pool)
         for name, ch in list(self.channels.items()):
             self._maybe_delete(name, ch)
         return out

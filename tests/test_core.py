@@ -107,6 +107,19 @@ def test_reservations_lapse() -> None:
     assert accepted == 9
 
 
+def test_a_handed_over_reservation_for_names_that_live_elsewhere_goes_when_it_lapses() -> None:
+    """A pool made only by a reservation another owner handed over (its
+    names live on other nodes, e.g. a left node's ``!`` names split among
+    several) leaves nothing behind once the reservation lapses."""
+    q = Queues()
+    q.adopt_reservation(b"conn", "asgi|specific.abc!", 4, 2.0, 0.0)
+    assert "asgi|specific.abc!" in q.pools
+    q.expire(1.0)
+    assert "asgi|specific.abc!" in q.pools, "not yet: it holds until it lapses"
+    q.expire(3.0)
+    assert q.pools == {} and q._reserving == {}
+
+
 def test_expired_messages_are_never_delivered() -> None:
     core = make_core()
     hello(core, A, SA, expiry=0.5)

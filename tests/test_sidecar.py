@@ -400,7 +400,7 @@ async def test_a_send_waiting_when_its_znode_dies_raises_outcome_unknown(
     node.wait(STEP)
     znode(node.endpoint)  # a new incarnation on the same endpoint
     restarted = time.monotonic()
-    with pytest.raises(SendOutcomeUnknown, match="restarted .* before it answered"):
+    with pytest.raises(SendOutcomeUnknown, match=r"restarted .* before it answered"):
         await asyncio.wait_for(waiting, STEP)
     took = time.monotonic() - restarted
     print(f"the waiting send raised SendOutcomeUnknown {took:.2f} s after the restart")
