@@ -92,6 +92,11 @@ class _Virtual:
     sent_at: float = 0.0  # the stamp of its latest relay (passed on with it)
 
 
+def _wire_item(item: object) -> bool:
+    """``[payload, ttl, seq]`` as a RETURN carries it (enough to read its seq)."""
+    return isinstance(item, list) and len(item) == 3 and type(item[2]) is int
+
+
 def holder_of(origin: str, incarnation: int, tag: str) -> str:
     """Who holds a membership made by session ``tag`` of node ``origin`` (at
     ``incarnation``: a restarted node's old sessions are not its new ones)."""
@@ -440,8 +445,10 @@ class Routing:
         counted = self._counted_gone[client][1]
         out: list[Message] = []
         for mtype, fields in messages:
-            seqs = counted.get(fields[1]) if mtype == MsgType.RETURN else None
-            if seqs:
+            # (a malformed one goes on as it is: the core refuses and counts it)
+            ok = mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list)
+            seqs = counted.get(fields[1]) if ok and isinstance(fields[1], str) else None
+            if seqs and all(_wire_item(i) for i in fields[2]):
                 req, channel, items, withdraw = fields
                 kept = [item for item in items if item[2] not in seqs]
                 for item in items:

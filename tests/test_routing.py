@@ -421,6 +421,10 @@ def test_deliveries_that_bounce_off_a_client_this_owner_forgot_are_not_queued_ag
     r.handle(ConnGone("n2", START, (b"client-1",)), 1.0, Fx())
     assert core.drops()["receiver_gone"] == 3
     first = min(seqs)
+    # a malformed give-back from it goes to the core, which refuses and counts it
+    bad = core.counters.bad_requests
+    relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m", 60.0]], 1)))
+    assert core.counters.bad_requests == bad + 1
     items = [[b"m", 60.0, seq] for seq in sorted(seqs)] + [[b"other", 60.0, first - 1]]
     relay(r, START, (MsgType.RETURN, (0, "asgi|c", items, 1)))
     assert r.counters["returns_counted_already"] == 3
