@@ -29,7 +29,6 @@ import pytest
 from conftest import eventually
 from procs import ClientProcess, drain
 
-from zchannels.errors import NodeUnavailable, SendOutcomeUnknown
 from zchannels.flow import IDLE_RETURN
 from zchannels.layer import ZeroMQChannelLayer
 
@@ -379,35 +378,6 @@ async def test_clients_recover_by_themselves_from_a_znode_restart(
     await layer.group_send("lobby", {"group": "lobby-after"})
     assert await b.messages(1, STEP, not_probe) == [{"group": "after"}]
     assert await c.messages(2, STEP) == [{"group": "after"}, {"group": "lobby-after"}]
-
-
-async def test_a_send_waiting_when_its_znode_dies_raises_outcome_unknown(
-    node_and_layer: tuple[Any, ZeroMQChannelLayer], znode: Callable[..., Any]
-) -> None:
-    """kill -9 of the sidecar while a send waits for its answer, and a
-    supervisor's restart: the old node may have queued it (and, in a
-    cluster, relayed it on) before it died, so the send can neither be sent
-    again nor be said lost. It raises ``SendOutcomeUnknown`` (a
-    ``NodeUnavailable``) once the new node welcomes the process, and is
-    counted nowhere; the layer serves on."""
-    node, layer = node_and_layer
-    await layer.send("before", {"n": 0})  # (connected, welcomed)
-    node.signal(signal.SIGSTOP)  # the node reads nothing more
-    waiting = asyncio.ensure_future(layer.send("during", {"n": 1}))
-    await asyncio.sleep(0)  # (the frame is written)
-    assert not waiting.done()
-    node.signal(signal.SIGKILL)
-    node.wait(STEP)
-    znode(node.endpoint)  # a new incarnation on the same endpoint
-    restarted = time.monotonic()
-    with pytest.raises(SendOutcomeUnknown, match=r"restarted .* before it answered"):
-        await asyncio.wait_for(waiting, STEP)
-    took = time.monotonic() - restarted
-    print(f"the waiting send raised SendOutcomeUnknown {took:.2f} s after the restart")
-    assert issubclass(SendOutcomeUnknown, NodeUnavailable) and not SendOutcomeUnknown.retriable
-    assert layer.counters.get("lost_in_node_restart", 0) == 0, "nothing is counted"
-    await layer.send("after", {"n": 2})
-    assert await asyncio.wait_for(layer.receive("after"), STEP) == {"n": 2}
 
 
 async def test_znode_status_json_has_the_documented_fields(
