@@ -107,6 +107,12 @@ CLOSE_TIMEOUT = 1.0
 #: restarted one on the same endpoint) answers the first ping it reads with
 #: RESET, and the connection registers with it at once.
 MOVING_PING = 0.05
+#: Seconds a HELLO may go unanswered before the connection pings to find
+#: out whether it was lost, and how long after the node answered a frame
+#: sent with it as from a stranger (RESET) it is taken for lost: written to
+#: a node that then died without reading it (kill -9 of a stopped node, the
+#: supervisor's restart). Answered in milliseconds otherwise.
+HELLO_CHECK = 0.5
 
 # Requests that may be sent again after the node restarted without answering:
 # repeating them changes nothing. SEND and GROUP_SEND are not: at-most-once.
@@ -176,6 +182,9 @@ class Connection:
         self._epoch = 0
         self._hello_outstanding = False
         self._hello_told = False
+        #: when the node first said RESET to a frame since our last HELLO
+        self._reset_after_hello: float | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
         self.incarnation: str | None = None
         #: the node drains (DRAIN): requests wait in ``_held`` for the next
         #: WELCOME; ``_moved``: MOVING was sent
@@ -350,10 +359,37 @@ class Connection:
         self._epoch += 1
         self._hello_outstanding = True
         self._hello_told = told
+        self._reset_after_hello = None
         client = self._client
         self._queue(
             (MsgType.HELLO, (client.session, client.pid, client.config.wire_policy())),
         )
+        if self._hello_timer is None:
+            self._hello_timer = self._loop().call_later(HELLO_CHECK, self._check_hello)
+
+    def _check_hello(self) -> None:
+        """A HELLO unanswered for ``HELLO_CHECK``: if a node has meanwhile
+        answered a frame of ours as from a stranger and still not welcomed
+        us, the HELLO went to a node that died unread (a node reads one
+        connection's frames in order): say it again. Otherwise ping, so a
+        node that does not know us says so. (Until welcomed, only this
+        finds a lost HELLO: the keeper's pings need the lease, and a restart
+        another connection hears of cannot tell a HELLO lost from one on its
+        way.)"""
+        self._hello_timer = None
+        if not self._hello_outstanding or self.closed:
+            return
+        reset = self._reset_after_hello
+        if reset is not None and time.monotonic() - reset >= HELLO_CHECK:
+            log.warning(
+                "node at %s never answered our HELLO (it died unread): saying it again",
+                self._client.endpoint,
+            )
+            self._client.counters["hellos_lost"] += 1
+            self._hello(self._hello_told)
+            return
+        self.ping()
+        self._hello_timer = self._loop().call_later(HELLO_CHECK, self._check_hello)
 
     # -- the node drains ----------------------------------------------------
     def _on_drain(self, incarnation: str) -> None:
@@ -404,6 +440,10 @@ class Connection:
     def _on_welcome(
         self, node_id: str, node_tag: str, incarnation: str, lease: float, max_frame: int
     ) -> None:
+        if not self._hello_outstanding and incarnation == self.incarnation:
+            # A second answer to a HELLO said twice (``_check_hello`` took
+            # it for lost, and the node was only slow): already welcomed.
+            return
         self._hello_outstanding = False
         held: list[Message] = []
         if self._moving:
@@ -562,8 +602,14 @@ class Connection:
             self._on_welcome(*f)
         elif mtype == MsgType.DRAIN:
             self._on_drain(*f)
-        elif mtype in (MsgType.RESET, MsgType.PONG):
-            if mtype == MsgType.RESET or f[0] != self.incarnation:
+        elif mtype == MsgType.RESET:
+            if self._hello_outstanding:
+                if self._reset_after_hello is None:
+                    self._reset_after_hello = time.monotonic()
+            else:
+                self.rehello()
+        elif mtype == MsgType.PONG:
+            if f[0] != self.incarnation:
                 self.rehello()
         else:
             self._client.counters["unexpected_type"] += 1
@@ -684,6 +730,7 @@ class Connection:
         self._flush_scheduled = False
         self._report_timer = None
         self._moving_timer = None
+        self._hello_timer = None
         self._loopref = weakref.ref(background)
 
         def start() -> None:
@@ -710,6 +757,8 @@ class Connection:
             self._sweep_handle.cancel()
         if self._moving_timer is not None:
             self._moving_timer.cancel()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NodeUnavailable("connection closed"))
