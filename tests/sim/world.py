@@ -31,6 +31,9 @@ Network model (what ZeroMQ over ipc/tcp does; simnet's, plus links):
 - client death: frames in flight to it are lost; once the node's socket
   knows (``DETECT`` s later) a send to it fails: ``undeliverable``.
 
+A plain leave (``leave`` op: ``NodeServer.stop`` without a drain; its
+clients stay on its socket) leaves and lingers as ``stop`` does (below),
+then is gone; the plan's ``restart`` starts the next life once it is.
 A drain (``drain`` op: SIGTERM, as ``NodeServer.drain`` and ``stop`` carry
 it out) waits, as a rolling deploy does (Kubernetes), until no other drain
 is under way and every running node is ready (``node.readiness``, what
@@ -97,7 +100,9 @@ class DrainStep:
     """One node's rolling-restart step under way."""
 
     life: int  # the node's ``starts`` when it began
-    hold: float  # seconds away before the restart
+    #: seconds away before the restart; None: a plain leave (``stop()``),
+    #: restarted by the plan's own ``restart`` op, once it is gone
+    hold: float | None
     began: float
     #: "draining" (clients moving), "lingering" (left, passing on), "away"
     phase: str = "draining"
@@ -105,6 +110,8 @@ class DrainStep:
     limit: float = 0.0  # linger_limit()
     poked: bool = False  # a step is due (drained)
     timed_out: bool = False
+    #: a plain leave's restart came while it lingered: start it once gone
+    restart_when_gone: bool = False
 
 
 class SimCrash(Exception):
@@ -296,13 +303,25 @@ class World:
             c.exempt_all()
 
     def leave(self, sn: SimNode) -> None:
+        """A clean leave (``NodeServer.stop``): leave, then linger as the
+        shell does (passing on what peers still send) before the process
+        is gone; the plan's ``restart`` comes after that."""
         if not sn.up or sn.frozen:
             return
-        step, sn.drain = sn.drain, None
-        if step is None or step.phase == "draining":  # (a drain that left lingers)
-            self._apply(sn, self._call(sn, "leave", self.now))
-        if sn.node is not None:
-            self._depart(sn)
+        step = sn.drain
+        if step is not None and step.phase != "draining":
+            return  # (leaving already)
+        if step is None:
+            step = sn.drain = DrainStep(sn.starts, None, self.now)
+        self._leave_lingering(sn, step)
+
+    def _leave_lingering(self, sn: SimNode, step: DrainStep) -> None:
+        step.phase = "lingering"
+        step.left_at = self.now
+        self._apply(sn, self._call(sn, "leave", self.now))
+        node = sn.node
+        step.limit = node.linger_limit() if node is not None else 0.0
+        self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, step.life, "lingering")
 
     def _depart(self, sn: SimNode) -> None:
         """A node that left stops: its state goes with it (counted)."""
@@ -383,18 +402,18 @@ class World:
                     f"{DRAIN_TIMEOUT:g} s"
                 )
             self.log(f"{sn.node_id} drained{' (timeout)' if step.timed_out else ''}: leaves")
-            step.phase = "lingering"
-            step.left_at = self.now
-            self._apply(sn, self._call(sn, "leave", self.now))
-            node = sn.node
-            step.limit = node.linger_limit() if node is not None else 0.0
-            self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, life, "lingering")
+            self._leave_lingering(sn, step)
         else:
             quiet = self.now - max(sn.peer_heard, step.left_at) >= LINGER_QUIET
             if self.now - step.left_at < step.limit and not (quiet and not sn.node.passing_on()):
                 self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, life, "lingering")
                 return
             self._depart(sn)
+            if step.hold is None:  # a plain leave: the plan restarts it
+                sn.drain = None
+                if step.restart_when_gone:
+                    self.start_node(sn)
+                return
             step.phase = "away"
             self._push(self.now + step.hold, "drain", sn.address, life, "away")
 
@@ -677,6 +696,8 @@ class World:
                 sn = self.add_node(args[0])
             if k == "kill":
                 self.kill(sn)
+            elif k == "restart" and sn.drain is not None and sn.drain.hold is None:
+                sn.drain.restart_when_gone = True  # (the process has not exited yet)
             elif k in ("restart", "join"):
                 self.start_node(sn)
             elif k == "freeze":
