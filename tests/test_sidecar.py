@@ -510,7 +510,9 @@ async def test_a_hello_written_to_a_node_that_dies_unread_is_said_again(
         await asyncio.wait_for(waiting, STEP)
         took = time.monotonic() - restarted
         print(f"the lost HELLOs were said again; the send went {took:.2f} s after the restart")
-        assert layer.counters.get("hellos_lost", 0) == 2, layer.counters
+        # (each connection finds it out for itself, or hears of the restart
+        # from the other once that one is welcomed)
+        assert layer.counters.get("hellos_lost", 0) >= 1, layer.counters
         assert await asyncio.wait_for(layer.receive("first"), STEP) == {"n": 1}
         await layer.send("after", {"n": 2})
         assert await asyncio.wait_for(layer.receive("after"), STEP) == {"n": 2}

@@ -107,10 +107,9 @@ CLOSE_TIMEOUT = 1.0
 #: restarted one on the same endpoint) answers the first ping it reads with
 #: RESET, and the connection registers with it at once.
 MOVING_PING = 0.05
-#: Seconds a HELLO may go unanswered before the connection pings to find
-#: out whether it was lost, and how long after the node answered a frame
-#: sent with it as from a stranger (RESET) it is taken for lost: written to
-#: a node that then died without reading it (kill -9 of a stopped node, the
+#: Seconds a connection's first HELLO may go unanswered before it pings
+#: (every as many seconds) to find out whether it was lost: written to a
+#: node that then died without reading it (kill -9 of a stopped node, the
 #: supervisor's restart). Answered in milliseconds otherwise.
 HELLO_CHECK = 0.5
 
@@ -355,8 +354,12 @@ class Connection:
         if not self._hello_outstanding and not self.closed:
             self._hello(told)
 
-    def _hello(self, told: bool = False) -> None:
-        self._epoch += 1
+    def _hello(self, told: bool = False, again: bool = False) -> None:
+        """Say HELLO; ``again``: the same HELLO once more (the last went to
+        a node that died unread), in the same epoch: what was sent after
+        it is judged by the welcome as it would have been."""
+        if not again:
+            self._epoch += 1
         self._hello_outstanding = True
         self._hello_told = told
         self._reset_after_hello = None
@@ -364,29 +367,31 @@ class Connection:
         self._queue(
             (MsgType.HELLO, (client.session, client.pid, client.config.wire_policy())),
         )
-        if self._hello_timer is None:
+        if self._hello_timer is None and self._epoch == 1:
             self._hello_timer = self._loop().call_later(HELLO_CHECK, self._check_hello)
 
     def _check_hello(self) -> None:
-        """A HELLO unanswered for ``HELLO_CHECK``: if a node has meanwhile
-        answered a frame of ours as from a stranger and still not welcomed
-        us, the HELLO went to a node that died unread (a node reads one
-        connection's frames in order): say it again. Otherwise ping, so a
-        node that does not know us says so. (Until welcomed, only this
-        finds a lost HELLO: the keeper's pings need the lease, and a restart
-        another connection hears of cannot tell a HELLO lost from one on its
-        way.)"""
+        """The first HELLO of this connection unanswered for ``HELLO_CHECK``:
+        if a node has meanwhile answered a ping of ours as from a stranger
+        (RESET), the HELLO went to a node that died unread: HELLO was this
+        connection's first frame, and a node reads a connection's frames in
+        order (one that is joining holds them all, unanswered). Say it
+        again. Otherwise ping, so a node that does not know us says so.
+        (Until welcomed, only this finds a lost HELLO: the keeper's pings
+        need a welcome. A HELLO said again after a restart has frames sent
+        before it whose RESETs prove nothing, and is not checked: the
+        keeper's pings and its RESETs find that restart.)"""
         self._hello_timer = None
-        if not self._hello_outstanding or self.closed:
+        if not self._hello_outstanding or self.closed or self._epoch != 1:
             return
-        reset = self._reset_after_hello
-        if reset is not None and time.monotonic() - reset >= HELLO_CHECK:
+        if self._reset_after_hello is not None:
             log.warning(
                 "node at %s never answered our HELLO (it died unread): saying it again",
                 self._client.endpoint,
             )
             self._client.counters["hellos_lost"] += 1
-            self._hello(self._hello_told)
+            # (the same epoch: nothing was sent before it)
+            self._hello(self._hello_told, again=True)
             return
         self.ping()
         self._hello_timer = self._loop().call_later(HELLO_CHECK, self._check_hello)
