@@ -8,7 +8,9 @@ how far from its floor each piece is:
   answer encoded (what a sidecar adds to every hop; the relay floor does none
   of it);
 - the node, per ``group_send`` to 1,000 members of one process (one bundle),
-  and the one ``CONSUMED`` frame (a report per member) that comes back;
+  and the consumption reports that come back: one ``CONSUMED_BUNDLES`` entry,
+  and for comparison what a client that reports per member sends (one
+  ``CONSUMED`` frame, a report per member);
 - the consumer, per ``group_send`` to 1,000 members of one process: the
   deliveries fed straight into a connection until the last of 1,000
   ``receive()``s returns, against the floor of any asyncio consumer — 1,000
@@ -30,7 +32,7 @@ import msgpack
 from zchannels.node.core import CoreSettings, NodeCore
 
 from zchannels.layer import ZeroMQChannelLayer
-from zchannels.protocol import MsgType, decode, encode, encode_many
+from zchannels.protocol import FEATURE_BUNDLE_REPORTS, MsgType, decode, encode, encode_many
 
 MEMBERS = 1000
 PAYLOAD = msgpack.packb({"type": "bench.data", "seq": 1, "t0": 1.0, "text": "x" * 64})
@@ -77,12 +79,15 @@ def node_per_message() -> float:
     return _median_us(hops, 5) / 1000
 
 
-def _group_of_one_process() -> tuple[NodeCore, bytes, bytes, list[str]]:
+def _group_of_one_process(
+    features: int = FEATURE_BUNDLE_REPORTS,
+) -> tuple[NodeCore, bytes, bytes, list[str]]:
     """A core with two processes: ``a`` holds MEMBERS channels in group
-    ``asgi|g``, each with credit; ``b`` sends to it."""
+    ``asgi|g``, each with credit; ``b`` sends to it. ``features``: what
+    ``a`` says in HELLO (0: a client that reports per member)."""
     core = NodeCore(CoreSettings("n1", "abcdef", "inc1", 3.0, 1 << 20))
     a, b = b"aaaaaaaaaa/0", b"bbbbbbbbbb/0"
-    core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0]))], 0.0)
+    core.handle(a, [(MsgType.HELLO, ("aaaaaaaaaa", 1, [60.0, features]))], 0.0)
     core.handle(b, [(MsgType.HELLO, ("bbbbbbbbbb", 1, [60.0]))], 0.0)
     names = [f"asgi|specific.abcdef.aaaaaaaaaa!{i}" for i in range(MEMBERS)]
     for i, name in enumerate(names):
@@ -91,35 +96,42 @@ def _group_of_one_process() -> tuple[NodeCore, bytes, bytes, list[str]]:
     return core, a, b, names
 
 
-def node_fanout() -> tuple[float, float]:
-    """µs: one group_send to MEMBERS channels of one process, with credit
-    (the consumption reports of the members, applied between shots, not
-    counted: ``node_reports``), and those reports without decoding."""
+def node_fanout() -> float:
+    """µs: one group_send to MEMBERS channels of one process, with credit,
+    its frame encoded (the consumption reports of the members, applied
+    between shots, not counted: ``node_reports``)."""
     core, a, b, names = _group_of_one_process()
-    reports = [(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))]
     shot = iter(range(1, 1 << 30))
-
-    def send() -> None:
+    samples = []
+    for _ in range(25):
+        start = time.perf_counter()
         out = core.handle(b, [(MsgType.GROUP_SEND, (next(shot), "asgi|g", PAYLOAD))], 1.0)
         encode_many([m for conn, m in out if conn == a])
-        core.handle(a, reports, 1.0)  # (not timed apart: the consumer's reports)
+        samples.append((time.perf_counter() - start) * 1e6)
+        seq = core.queues.seq
+        core.handle(a, [(MsgType.CONSUMED_BUNDLES, ([[seq, 0, len(names)]],))], 1.0)
+    return statistics.median(samples[5:])
 
-    consumed = _median_us(lambda: core.handle(a, reports, 1.0), 20)
-    return _median_us(send, 20) - consumed, consumed
 
-
-def node_reports() -> float:
-    """µs: the receiving process's one CONSUMED frame after a group_send to
-    MEMBERS of its channels (a report per member), decoded and applied."""
-    core, a, b, names = _group_of_one_process()
-    frame = encode_many([(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))])
+def node_reports(per_member: bool = False) -> float:
+    """µs: the receiving process's consumption reports after a group_send to
+    MEMBERS of its channels, decoded and applied: one ``CONSUMED_BUNDLES``
+    entry (every member took it), or with ``per_member`` one ``CONSUMED``
+    report per member (what a client that does not report per bundle sends)."""
+    core, a, b, names = _group_of_one_process(0 if per_member else FEATURE_BUNDLE_REPORTS)
+    per_channel = encode_many([(MsgType.CONSUMED, ([[n, 1 << 60, 1, 0] for n in names],))])
     shot = iter(range(1, 1 << 30))
     samples = []
     for _ in range(25):
         core.handle(b, [(MsgType.GROUP_SEND, (next(shot), "asgi|g", PAYLOAD))], 1.0)
+        if per_member:
+            frame = per_channel
+        else:
+            frame = encode(MsgType.CONSUMED_BUNDLES, [[core.queues.seq, 0, len(names)]])
         start = time.perf_counter()
         core.handle(a, decode(frame, 1 << 22), 1.0)
         samples.append((time.perf_counter() - start) * 1e6)
+    assert core.queues.held(names[0]) == 0, "the reports released every copy"
     return statistics.median(samples[5:])
 
 
@@ -161,7 +173,7 @@ async def consumer_fanout() -> tuple[float, float, float]:
     tasks = [asyncio.create_task(member(c)) for c in names]
     await asyncio.sleep(0.05)
     ours = await timed(
-        lambda rep: conn._dispatch(MsgType.DELIVER_MANY, (wires, [PAYLOAD, 60.0, rep + 1]))
+        lambda rep: conn._dispatch(MsgType.DELIVER_BUNDLE, (wires, [PAYLOAD, 60.0, rep + 1]))
     )
     for task in tasks:
         task.cancel()
@@ -203,9 +215,9 @@ async def consumer_fanout() -> tuple[float, float, float]:
 
 def main() -> None:
     print(f"node, per message (decode, core, encode):         {node_per_message():7.1f} µs")
-    fanout, _reports = node_fanout()
-    print(f"node, group_send to {MEMBERS:,} members of a process:   {fanout / 1e3:7.2f} ms")
-    print(f"node, their consumption reports (one frame):       {node_reports() / 1e3:7.2f} ms")
+    print(f"node, group_send to {MEMBERS:,} members of a process:   {node_fanout() / 1e3:7.2f} ms")
+    print(f"node, their consumption reports (per bundle):      {node_reports() / 1e3:7.2f} ms")
+    print(f"  (per member, a client without bundle reports):    {node_reports(True) / 1e3:7.2f} ms")
     ours, bare, queue = asyncio.run(consumer_fanout())
     print(f"consumer, {MEMBERS:,} receive()s of one group message:  {ours:7.2f} ms")
     print(f"  floor: {MEMBERS:,} futures set, tasks woken:         {bare:7.2f} ms")

@@ -157,6 +157,7 @@ class NodeCore:
             MsgType.STATUS: self._status,
             MsgType.GROUP_INFO: self._group_info,
             MsgType.CONSUMED: self._consumed,
+            MsgType.CONSUMED_BUNDLES: self._consumed_bundles,
             MsgType.REVOKED: self._revoked,
             MsgType.MOVING: self._moving,
             MsgType.STOP: self._stop,
@@ -262,7 +263,7 @@ class NodeCore:
                 channel, items = fields
                 self.counters.undeliverable += len(items)
                 self._deliver(self.queues.give_back(conn, channel, items, now), out)
-            elif mtype == MsgType.DELIVER_MANY:
+            elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
                 channels, item = fields
                 self.counters.undeliverable += len(channels)
                 for channel in channels:
@@ -457,6 +458,28 @@ class NodeCore:
             ):
                 continue
             consumed(conn, channel, upto, count, expired)
+
+    def _consumed_bundles(
+        self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
+    ) -> None:
+        (bundles,) = f
+        if session is None:
+            return
+        # (only ever for a DELIVER_BUNDLE this node's queues sent this
+        # connection: never relayed, and a bundle this node no longer holds
+        # has no copy left to release)
+        consumed = self.queues.consumed_bundle
+        for entry in bundles[:MAX_CREDIT]:
+            # [seq, start, end, start, end, ...]: exact type checks, bool is
+            # not int; positions past a delivery's end select nothing
+            if (
+                type(entry) is not list
+                or len(entry) % 2 != 1
+                or not all(type(x) is int and x >= 0 for x in entry)
+            ):
+                self.counters.bad_requests += 1
+                continue
+            consumed(conn, entry[0], entry[1:])
 
     def _revoked(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
@@ -791,7 +814,12 @@ class NodeCore:
     def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
         for conn, channel, items in deliveries:
             if isinstance(channel, list):
-                out.append((conn, (MsgType.DELIVER_MANY, (channel, list(items[0])))))
+                # (a client that reports per bundle is told so: DELIVER_BUNDLE)
+                session = self.sessions.by_conn.get(conn)
+                if session is not None and session.policy.bundle_reports:
+                    out.append((conn, (MsgType.DELIVER_BUNDLE, (channel, list(items[0])))))
+                else:
+                    out.append((conn, (MsgType.DELIVER_MANY, (channel, list(items[0])))))
             else:
                 out.append((conn, (MsgType.DELIVER, (channel, items))))
 

@@ -66,6 +66,7 @@ RELAYED_BACK = frozenset(
     {
         MsgType.DELIVER,
         MsgType.DELIVER_MANY,
+        MsgType.DELIVER_BUNDLE,
         MsgType.ACK,
         MsgType.ERROR,
         MsgType.REVOKE,

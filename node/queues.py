@@ -67,13 +67,18 @@ MAX_RESERVATION = 64
 
 class Bundle:
     """One group message's copies on several channels of one pool: one unit
-    of the pool's capacity until the last copy is taken or dropped."""
+    of the pool's capacity until the last copy is taken or dropped.
+    ``handed``: connection -> the channels it was handed a copy on at once,
+    in the order of the delivery (``DELIVER_BUNDLE``), so a report of those
+    copies can name them by position (``consumed_bundle``)."""
 
-    __slots__ = ("left", "pool")
+    __slots__ = ("handed", "left", "pool", "seq")
 
-    def __init__(self, left: int, pool: Pool) -> None:
+    def __init__(self, left: int, pool: Pool, seq: int) -> None:
         self.left = left
         self.pool = pool
+        self.seq = seq
+        self.handed: dict[ConnId, list[str]] | None = None
 
 
 #: (seq, payload, deadline, bundle or None): deadline is monotonic seconds
@@ -182,6 +187,9 @@ class Queues:
         self._by_conn: dict[ConnId, set[str]] = {}
         #: connection -> pools where it holds a reservation
         self._reserving: dict[ConnId, set[str]] = {}
+        #: seq -> a bundle handed to some connection as one delivery, until
+        #: its last copy is taken or dropped (``consumed_bundle`` finds it)
+        self.bundles: dict[int, Bundle] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -302,15 +310,19 @@ class Queues:
         self, names: list[str], payload: bytes, deadline: float, now: float
     ) -> list[Delivery]:
         pool = self._pool(pool_of(names[0]))
-        bundle = Bundle(len(names), pool)
         pool.held += 1
         self._seq += 1
         seq = self._seq
+        bundle = Bundle(len(names), pool, seq)
         self.counters.enqueued += len(names)
         by_conn: dict[ConnId, list[str]] = {}
         channels = self.channels
         indexed = self._by_conn
         handed = 0
+        # the connection the last member went to, and its list (usually
+        # one connection takes them all: no lookup per member)
+        last: ConnId | None = None
+        last_got: list[str] = []
         # (``_take_credit`` and ``_fly`` inline: this runs once per member)
         for name in names:
             ch = channels.get(name)
@@ -318,32 +330,55 @@ class Queues:
                 ch = self._channel(name)
             credits = ch.credits
             if credits and not ch.items:
-                conn = next(iter(credits))  # round-robin, as _take_credit
-                left = credits.pop(conn) - 1
-                if left > 0:
-                    credits[conn] = left
+                if len(credits) == 1:  # (round-robin of one: keep its place)
+                    conn = next(iter(credits))
+                    left = credits[conn] - 1
+                    if left > 0:
+                        credits[conn] = left
+                    else:
+                        del credits[conn]
+                else:
+                    conn = next(iter(credits))  # round-robin, as _take_credit
+                    left = credits.pop(conn) - 1
+                    if left > 0:
+                        credits[conn] = left
                 flight = ch.flight.get(conn)
                 if flight is None:
                     flight = ch.flight[conn] = {}
-                    names_of = indexed.get(conn)
-                    if names_of is None:
-                        indexed[conn] = {name}
-                    else:
-                        names_of.add(name)
+                    if left <= 0:  # (with credit left, it is indexed already)
+                        names_of = indexed.get(conn)
+                        if names_of is None:
+                            indexed[conn] = {name}
+                        else:
+                            names_of.add(name)
                 flight[seq] = bundle
                 handed += 1
-                got = by_conn.get(conn)
-                if got is None:
-                    by_conn[conn] = [name]
+                if conn is last or conn == last:
+                    last_got.append(name)
                 else:
-                    got.append(name)
+                    got = by_conn.get(conn)
+                    if got is None:
+                        got = by_conn[conn] = [name]
+                    else:
+                        got.append(name)
+                    last, last_got = conn, got
             else:
                 ch.items.append((seq, payload, deadline, bundle))
                 if deadline < pool.earliest:
                     pool.earliest = deadline
         self.counters.delivered += handed
         item = [(payload, deadline - now, seq)]
-        return [(conn, got[0] if len(got) == 1 else got, item) for conn, got in by_conn.items()]
+        out: list[Delivery] = []
+        for conn, got in by_conn.items():
+            if len(got) == 1:
+                out.append((conn, got[0], item))
+            else:
+                out.append((conn, got, item))
+                if bundle.handed is None:
+                    bundle.handed = {}
+                    self.bundles[seq] = bundle
+                bundle.handed[conn] = got
+        return out
 
     def reserve(self, conn: ConnId, name: str, capacity: int, now: float) -> int:
         """Reserve slots of ``name``'s pool for ``conn`` if there is plenty of
@@ -506,6 +541,8 @@ class Queues:
                     bundle.left -= 1
                     if bundle.left == 0:
                         bundle.pool.held -= 1
+                        if bundle.handed is not None:
+                            self.bundles.pop(bundle.seq, None)
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
@@ -513,6 +550,43 @@ class Queues:
             self.counters.dropped_expired += expired
         if not ch.items and not ch.credits and not ch.flight:
             self._maybe_delete(name, ch)
+
+    def consumed_bundle(self, conn: ConnId, seq: int, runs: list[int]) -> int:
+        """``conn`` took the copies of bundle ``seq`` it was handed at once
+        on the channels at positions ``[runs[0], runs[1])``, ``[runs[2],
+        runs[3])`` ... of that delivery (``DELIVER_BUNDLE``). Each copy is
+        released by its sequence number, so runs that repeat, or name a copy
+        given back, flushed or dropped since, release nothing. Returns how
+        many copies were released. (The tight loop of a group_send's
+        reports: one dict lookup and one pop per member, no decode.)"""
+        bundle = self.bundles.get(seq)
+        names = bundle.handed.get(conn) if bundle is not None and bundle.handed else None
+        if bundle is None or names is None:
+            return 0  # every copy is taken or dropped already
+        get = self.channels.get
+        taken = 0
+        for i in range(0, len(runs) - 1, 2):
+            for name in names[runs[i] : runs[i + 1]]:
+                ch = get(name)
+                if ch is None:
+                    continue
+                flight = ch.flight.get(conn)
+                if flight is None or flight.get(seq) is not bundle:
+                    continue
+                del flight[seq]
+                taken += 1
+                if not flight:
+                    del ch.flight[conn]
+                    if conn not in ch.credits:  # (else it stays indexed)
+                        self._unindex(conn, name, ch)
+                        if not ch.items and not ch.credits:
+                            self._maybe_delete(name, ch)
+        if taken:
+            bundle.left -= taken
+            if bundle.left == 0:
+                bundle.pool.held -= 1
+                del self.bundles[seq]
+        return taken
 
     def give_back(
         self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
@@ -717,13 +791,16 @@ class Queues:
 
     def _release(self, pool: Pool, bundle: Bundle | None) -> None:
         """One message (or one copy of a bundle) no longer takes room.
-        (``consumed`` has this inline: keep them in step.)"""
+        (``consumed`` and ``consumed_bundle`` have this inline: keep them
+        in step.)"""
         if bundle is None:
             pool.held -= 1
         else:
             bundle.left -= 1
             if bundle.left == 0:
                 bundle.pool.held -= 1
+                if bundle.handed is not None:
+                    self.bundles.pop(bundle.seq, None)
 
     def _drain(self, name: str, ch: Channel, now: float) -> list[Delivery]:
         batches: dict[ConnId, list[WireItem]] = {}

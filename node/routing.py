@@ -63,6 +63,9 @@ log = logging.getLogger("zchannels.node")
 #: Requests answered by ACK or ERROR (their request id is field 0).
 _ANSWERED = frozenset({MsgType.SEND, MsgType.GROUP_ADD, MsgType.GROUP_DISCARD, MsgType.RETURN})
 _VCONN_MARK = b"\x00zr"
+#: one group message for several channels of a client, as the owner sends it
+#: (the client's node passes it on as one DELIVER per channel)
+_MANY = frozenset({MsgType.DELIVER_MANY, MsgType.DELIVER_BUNDLE})
 #: A member's incarnation starts at its start time in ms and grows by one per
 #: refuted suspicion; relays carry the start value. One more than this above
 #: it means a new start (a restart, at least a second later), not a refutation.
@@ -538,11 +541,9 @@ class Routing:
         # (one group message for several channels travels as one; credit and
         # give-backs are per channel)
         messages = [
-            (MsgType.DELIVER, (channel, [fields[1]]))
-            if mtype == MsgType.DELIVER_MANY
-            else (mtype, fields)
+            (MsgType.DELIVER, (channel, [fields[1]])) if mtype in _MANY else (mtype, fields)
             for mtype, fields in msg.messages
-            for channel in (fields[0] if mtype == MsgType.DELIVER_MANY else [None])
+            for channel in (fields[0] if mtype in _MANY else [None])
         ]
         regrant: list[tuple[str, int]] = []
         for mtype, fields in messages:

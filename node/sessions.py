@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from zchannels.protocol import FEATURE_BUNDLE_REPORTS
+
 ConnId = bytes
 
 
@@ -33,16 +35,23 @@ class Policy:
     """
 
     expiry: float = 60.0
+    #: the client reports group messages' consumption per bundle
+    #: (``FEATURE_BUNDLE_REPORTS``): it is sent DELIVER_BUNDLE, not DELIVER_MANY
+    bundle_reports: bool = False
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> Policy:
-        """Parse ``[expiry_s, ...]`` (later fields are ignored: room to grow)."""
+        """Parse ``[expiry_s, features, ...]`` (``features`` may be absent:
+        an older client; later fields are ignored: room to grow)."""
         if not raw:
             raise PolicyError("empty policy")
         expiry = raw[0]
         if not valid_duration(expiry):
             raise PolicyError(f"bad expiry {expiry!r}")
-        return cls(float(expiry))
+        features = raw[1] if len(raw) > 1 else 0
+        if type(features) is not int:
+            raise PolicyError(f"bad features {features!r}")
+        return cls(float(expiry), bool(features & FEATURE_BUNDLE_REPORTS))
 
 
 def valid_duration(value: object) -> bool:

@@ -519,3 +519,91 @@ def test_a_burst_of_sends_is_one_delivery_on_the_wire() -> None:
     (delivery,) = coalesce(to_b)
     assert delivery[0] == MsgType.DELIVER and delivery[1][0] == "asgi|ch"
     assert [item[0] for item in delivery[1][1]] == [bytes([i]) for i in range(1, 6)]
+
+
+def _members_of(core: NodeCore, features: int) -> list[str]:
+    """Process A (HELLO with ``features``) holds three channels in group
+    ``asgi|g``, each with credit; B says HELLO too."""
+    core.handle(A, [(MsgType.HELLO, (SA, 1, [60.0, features]))], 0.0)
+    hello(core, B, SB)
+    names = [f"asgi|specific.abcdef.{SA}!{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        core.handle(A, [(MsgType.GROUP_ADD, (i + 1, "asgi|g", name, 100.0, 2))], 0.0)
+        core.handle(A, [(MsgType.RECV, (name, 10))], 0.0)
+    return names
+
+
+def test_a_client_that_reports_per_bundle_is_sent_deliver_bundle() -> None:
+    """HELLO's policy says whether a client reports per bundle; only such a
+    client is sent DELIVER_BUNDLE (an older one, or one that says nothing,
+    gets DELIVER_MANY and reports per channel)."""
+    for features, mtype in ((1, MsgType.DELIVER_BUNDLE), (0, MsgType.DELIVER_MANY)):
+        core = make_core()
+        names = _members_of(core, features)
+        out = core.handle(B, [(MsgType.GROUP_SEND, (1, "asgi|g", b"m"))], 1.0)
+        assert [m[0] for c, m in out if c == A] == [mtype]
+        assert of_type(out, mtype)[0][1][0] == names
+    core = make_core()
+    out = core.handle(A, [(MsgType.HELLO, (SA, 1, [60.0]))], 0.0)  # (an older client)
+    assert out[0][1][0] == MsgType.WELCOME
+    assert not core.sessions.by_conn[A].policy.bundle_reports
+    out = core.handle(A, [(MsgType.HELLO, (SA, 1, [60.0, True]))], 0.0)
+    assert of_type(out, MsgType.ERROR)[0][1][1] == ErrorCode.BAD_REQUEST
+
+
+def test_consumed_bundles_releases_the_copies_named_once() -> None:
+    """Capacity 2 per pool: two group messages fill it; a per-bundle report
+    of every copy of the first frees one unit, so a third fits; a report
+    repeated, of positions past the end, or of a bundle already released
+    frees nothing more."""
+    core = make_core()
+    names = _members_of(core, 1)
+    seqs = []
+    for shot in (1, 2):
+        out = core.handle(B, [(MsgType.GROUP_SEND, (shot, "asgi|g", b"m%d" % shot))], 1.0)
+        assert of_type(out, MsgType.ACK)[0][1] == (shot, 3)
+        seqs.append(of_type(out, MsgType.DELIVER_BUNDLE)[0][1][1][2])
+    out = core.handle(B, [(MsgType.GROUP_SEND, (3, "asgi|g", b"m3"))], 1.0)
+    assert of_type(out, MsgType.ACK)[0][1] == (3, 0), "the pool holds two bundles"
+    first, second = seqs
+    # two copies of the first, then the third, then it all again and more
+    report = [(MsgType.CONSUMED_BUNDLES, ([[first, 0, 2]],))]
+    core.handle(A, report, 1.0)
+    assert core.queues.held(names[0]) == 2
+    again = [[first, 0, 2, 2, 3], [first, 2, 3, 0, 9], [second, 7, 9], [12345, 0, 3]]
+    core.handle(A, [(MsgType.CONSUMED_BUNDLES, (again,))], 1.0)
+    assert core.queues.held(names[0]) == 1
+    assert first not in core.queues.bundles and second in core.queues.bundles
+    # another connection's report releases none of A's copies
+    core.handle(B, [(MsgType.CONSUMED_BUNDLES, ([[second, 0, 3]],))], 1.0)
+    assert core.queues.held(names[0]) == 1
+    out = core.handle(B, [(MsgType.GROUP_SEND, (4, "asgi|g", b"m4"))], 1.0)
+    assert of_type(out, MsgType.ACK)[0][1] == (4, 3)
+    assert core.counters.bad_requests == 0
+
+
+def test_malformed_bundle_reports_are_counted_and_skipped() -> None:
+    core = make_core()
+    names = _members_of(core, 1)
+    out = core.handle(B, [(MsgType.GROUP_SEND, (1, "asgi|g", b"m"))], 1.0)
+    seq = of_type(out, MsgType.DELIVER_BUNDLE)[0][1][1][2]
+    bad: list[Any] = [[seq, 0], [seq, -1, 3], [seq, 0, True], [str(seq), 0, 3], seq, []]
+    core.handle(A, [(MsgType.CONSUMED_BUNDLES, ([*bad, [seq, 0, 3]],))], 1.0)
+    assert core.counters.bad_requests == len(bad)
+    assert core.queues.held(names[0]) == 0, "the good entry after them still counts"
+
+
+def test_a_bundle_given_back_and_dropped_is_forgotten() -> None:
+    """The node remembers a bundle's channels only while a copy of it is
+    somewhere: copies given back and then dropped with the connection leave
+    nothing behind, and a late report of them releases nothing."""
+    core = make_core()
+    names = _members_of(core, 1)
+    out = core.handle(B, [(MsgType.GROUP_SEND, (1, "asgi|g", b"m"))], 1.0)
+    seq = of_type(out, MsgType.DELIVER_BUNDLE)[0][1][1][2]
+    core.handle(A, [(MsgType.RETURN, (7, names[0], [[b"m", 59.0, seq]], 1))], 1.0)
+    core.handle(A, [(MsgType.CONSUMED_BUNDLES, ([[seq, 1, 2]],))], 1.0)
+    assert seq in core.queues.bundles
+    core.handle(A, [(MsgType.BYE, (8, 1))], 1.0)  # the process closes
+    assert seq not in core.queues.bundles
+    assert core.queues.held(names[0]) == 0

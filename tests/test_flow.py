@@ -393,3 +393,396 @@ def test_a_group_message_to_a_moving_connection_goes_back_and_wakes_nobody() -> 
     assert sorted(m[1][1] for m in returned) == channels
     assert all(m[1][2] == [[b"m2", 60.0, 2]] for m in returned)
     assert all(not flow.channels[c].buffer for c in channels if c in flow.channels)
+
+
+# -- group messages: bundles, reported per bundle -----------------------------
+#
+# The same two halves over a pool of process-specific channels: group sends
+# reach every channel of the pool as one bundle (one unit of capacity), one
+# connection reports them per bundle (``DELIVER_BUNDLE`` / ``CONSUMED_BUNDLES``)
+# and the other per channel (an older client: ``DELIVER_MANY`` / ``CONSUMED``),
+# both mixed with plain sends to single channels of the pool.
+
+POOL_CHANNELS = [f"asgi|specific.n1.abcdefghij!{i}" for i in range(3)]
+
+
+@dataclass
+class BConn:
+    cid: bytes
+    bundles: bool  # reports per bundle (said so in HELLO)
+    flow: Flow = field(default_factory=Flow)
+    to_node: deque[Message] = field(default_factory=deque)
+    to_client: deque[Message] = field(default_factory=deque)
+    receiving: set[str] = field(default_factory=set)
+    #: channels a receive() ever started on here (FIFO holds for a lone one)
+    received_on: set[str] = field(default_factory=set)
+    taken: list[tuple[str, int]] = field(default_factory=list)
+    closing: bool = False
+    gone: bool = False
+
+
+class BundleWorld:
+    def __init__(self) -> None:
+        self.node = Queues()
+        self.conns = [BConn(b"c0", True), BConn(b"c1", False)]
+        self.now = 0.0
+        self.sent = itertools.count()
+        #: every accepted copy: (channel, message number)
+        self.accepted: list[tuple[str, int]] = []
+        #: message numbers sent to the whole pool (bundles)
+        self.group: set[int] = set()
+        self.flushed: set[tuple[str, int]] = set()
+        #: taken by a connection that died before the node had its report
+        self.taken_unreported = 0
+        self.bundle_reports = 0  # CONSUMED_BUNDLES entries the node applied
+
+    # -- what users do --------------------------------------------------
+    def send(self, k: int) -> None:
+        n = next(self.sent)
+        channel = POOL_CHANNELS[k % len(POOL_CHANNELS)]
+        result = self.node.put(channel, b"%d" % n, self.now + 1e6, CAPACITY, self.now)
+        if result is False:
+            return
+        self.accepted.append((channel, n))
+        if result is not True:
+            self._deliver([result])  # type: ignore[list-item]
+
+    def group_send(self) -> bool:
+        n = next(self.sent)
+        deliveries, placed, deferred = self.node.put_many(
+            POOL_CHANNELS, b"%d" % n, self.now + 1e6, CAPACITY, self.now
+        )
+        assert deferred is None  # (no reservations in this model)
+        if not placed:
+            return False
+        self.group.add(n)
+        self.accepted += [(channel, n) for channel in POOL_CHANNELS]
+        self._deliver(deliveries)
+        return True
+
+    def start(self, c: BConn, k: int) -> None:
+        channel = POOL_CHANNELS[k % len(POOL_CHANNELS)]
+        if c.gone or c.closing or channel in c.receiving:
+            return
+        c.receiving.add(channel)
+        c.received_on.add(channel)
+        c.flow.enter(channel).waiting += 1
+        c.to_node.extend(c.flow.replenish(channel))
+
+    def take(self, c: BConn, k: int) -> None:
+        channel = POOL_CHANNELS[k % len(POOL_CHANNELS)]
+        if channel not in c.receiving:
+            return
+        payload = c.flow.take(channel, self.now)
+        if payload is None:
+            return
+        c.flow.channels[channel].waiting -= 1
+        c.taken.append((channel, int(payload)))
+        c.receiving.discard(channel)
+        c.to_node.extend(c.flow.leave(channel, self.now, cancelled=False))
+        c.to_node.extend(c.flow.replenish(channel))
+
+    def start_all(self, c: BConn) -> None:
+        """A receive() starts on every channel of the pool (a consumer
+        process whose members all wait), and the credit reaches the node."""
+        for k in range(len(POOL_CHANNELS)):
+            self.start(c, k)
+        while c.to_node and c.to_node[0][0] == MsgType.RECV:
+            self.to_node(c)
+
+    def take_all(self, c: BConn) -> None:
+        for k in range(len(POOL_CHANNELS)):
+            self.take(c, k)
+
+    def cancel(self, c: BConn, k: int) -> None:
+        channel = POOL_CHANNELS[k % len(POOL_CHANNELS)]
+        if channel not in c.receiving:
+            return
+        c.flow.channels[channel].waiting -= 1
+        c.receiving.discard(channel)
+        c.to_node.extend(c.flow.leave(channel, self.now, cancelled=True))
+
+    def sweep(self, c: BConn) -> None:
+        if not c.gone:
+            self.now += IDLE_RETURN * 2
+            c.to_node.extend(c.flow.sweep(self.now))
+
+    def report(self, c: BConn) -> None:
+        if not c.gone:
+            c.to_node.extend(c.flow.report())
+
+    def flush(self) -> None:
+        for name, ch in self.node.channels.items():
+            self.flushed |= {(name, int(item[1])) for item in ch.items}
+            for cid, flight in ch.flight.items():
+                self.flushed |= {(name, n) for n in self._numbers(cid, name, set(flight))}
+        for cid in self.node.clear("asgi"):
+            self._conn(cid).to_client.append((MsgType.FLUSHED, ("asgi",)))
+
+    def close(self, c: BConn) -> None:
+        if c.gone or c.closing:
+            return
+        for channel in list(c.receiving):
+            self.cancel(c, POOL_CHANNELS.index(channel))
+        c.closing = True
+        c.to_node.extend(c.flow.give_back_all(self.now))
+        self._maybe_bye(c)
+
+    def fork(self, c: BConn) -> None:
+        """The connection's process image dies with what it held: what it
+        had taken and the node had no report of yet is counted lost too."""
+        if c.gone:
+            return
+        for name, ch in self.node.channels.items():
+            flight = ch.flight.get(c.cid)
+            if flight:
+                held = self._numbers(c.cid, name, set(flight))
+                self.taken_unreported += sum(
+                    1 for channel, n in c.taken if channel == name and n in held
+                )
+        c.gone = True
+        c.receiving.clear()
+        c.to_client.clear()
+        c.to_node.clear()
+        self.node.drop_conn(c.cid, self.now)
+
+    # -- the network ----------------------------------------------------
+    def to_node(self, c: BConn) -> None:
+        if not c.to_node:
+            return
+        mtype, f = c.to_node.popleft()
+        q = self.node
+        if mtype == MsgType.RECV:
+            self._deliver(q.grant(c.cid, f[0], f[1], self.now))
+        elif mtype == MsgType.RETURN:
+            req, channel, items, withdraw = f
+            self._deliver(
+                q.give_back(c.cid, channel, [tuple(i) for i in items], self.now, bool(withdraw))
+            )
+            if withdraw:
+                c.to_client.append((MsgType.ACK, (req, 1)))
+        elif mtype == MsgType.CONSUMED:
+            for report in f[0]:
+                q.consumed(c.cid, *report)
+        elif mtype == MsgType.CONSUMED_BUNDLES:
+            assert c.bundles, "a client that reports per channel sent a bundle report"
+            for entry in f[0]:
+                q.consumed_bundle(c.cid, entry[0], entry[1:])
+                self.bundle_reports += 1
+        elif mtype == MsgType.BYE:
+            q.drop_conn(c.cid, self.now)
+            c.gone = True
+        else:  # pragma: no cover - the model sends nothing else
+            raise AssertionError(mtype)
+
+    def to_client(self, c: BConn) -> None:
+        if not c.to_client or c.gone:
+            return
+        mtype, f = c.to_client.popleft()
+        flow = c.flow
+        if mtype == MsgType.DELIVER:
+            c.to_node.extend(flow.deliver(f[0], f[1], self.now)[1])
+        elif mtype in (MsgType.DELIVER_MANY, MsgType.DELIVER_BUNDLE):
+            bundle = mtype == MsgType.DELIVER_BUNDLE
+            c.to_node.extend(flow.deliver_many(f[0], f[1], self.now, bundle)[1])
+        elif mtype == MsgType.ACK:
+            c.to_node.extend(flow.withdrawal_acked(f[0]))
+        elif mtype == MsgType.FLUSHED:
+            flow.flushed(f[0])
+        if c.closing:
+            self._maybe_bye(c)
+
+    def _maybe_bye(self, c: BConn) -> None:
+        if c.closing and not c.flow.withdrawals and not any(m[0] == MsgType.BYE for m in c.to_node):
+            c.to_node.extend(c.flow.report())
+            c.to_node.append((MsgType.BYE, (0, 1)))
+
+    def _deliver(self, deliveries: list[Any]) -> None:
+        for cid, channel, items in deliveries:
+            c = self._conn(cid)
+            for payload, _ttl, seq in items:
+                self.numbers[seq] = int(payload)
+            if isinstance(channel, list):
+                mtype = MsgType.DELIVER_BUNDLE if c.bundles else MsgType.DELIVER_MANY
+                c.to_client.append((mtype, (list(channel), list(items[0]))))
+            else:
+                c.to_client.append((MsgType.DELIVER, (channel, [list(i) for i in items])))
+
+    numbers: dict[int, int] = {}
+
+    def _numbers(self, cid: bytes, name: str, seqs: set[int]) -> set[int]:
+        """Message numbers the node handed out under ``seqs``."""
+        return {self.numbers[s] for s in seqs}
+
+    def _conn(self, cid: bytes) -> BConn:
+        return next(c for c in self.conns if c.cid == cid)
+
+    def settle(self) -> None:
+        for c in self.conns:
+            for channel in list(c.receiving):
+                self.cancel(c, POOL_CHANNELS.index(channel))
+        for _ in range(200):
+            moved = False
+            for c in self.conns:
+                self.report(c)
+                while c.to_node or (c.to_client and not c.gone):
+                    self.to_client(c)
+                    self.to_node(c)
+                    moved = True
+                if not c.gone:
+                    self.now += IDLE_RETURN * 2
+                    c.to_node.extend(c.flow.sweep(self.now))
+                    moved = moved or bool(c.to_node)
+            if not moved:
+                return
+        raise AssertionError("the model never settled")
+
+
+# Weighted so that most runs carry group messages through to takes and
+# reports; what ends a connection or wipes the pool is rare.
+B_OPS = [
+    *["send"] * 8,
+    *["group_send"] * 12,
+    *["start", "take"] * 25,
+    *["start_all", "take_all"] * 10,
+    *["cancel"] * 3,
+    *["report"] * 6,
+    *["to_node", "to_client"] * 40,
+    *["sweep"] * 3,
+    "flush",
+    "close",
+    "fork",
+]
+b_step = st.tuples(st.sampled_from(B_OPS), st.sampled_from([0, 0, 0, 1]), st.integers(0, 2))
+
+
+def run_bundles(ops: list[tuple[str, int, int]]) -> BundleWorld:
+    world = BundleWorld()
+    world.numbers = {}
+    for op, i, k in ops:
+        c = world.conns[i]
+        if op == "send":
+            world.send(k)
+        elif op == "group_send":
+            world.group_send()
+        elif op == "flush":
+            world.flush()
+        elif op in ("start", "take", "cancel"):
+            getattr(world, op)(c, k)
+        else:
+            getattr(world, op)(c)
+    return world
+
+
+def _pool_units(world: BundleWorld) -> int:
+    """Capacity units the pool should hold: every message not taken by a
+    receive, queued or prefetched, a bundle once however many copies."""
+    units: set[int] = set()
+    for ch in world.node.channels.values():
+        units |= {int(item[1]) for item in ch.items}
+    for c in world.conns:
+        if not c.gone:
+            for state in c.flow.channels.values():
+                units |= {int(p) for p, _d, _s in state.buffer}
+    return len(units)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(b_step, min_size=40, max_size=200))
+def test_bundles_no_loss_no_duplicate_fifo_exact_capacity(ops: list[tuple[str, int, int]]) -> None:
+    world = run_bundles(ops)
+    world.settle()
+    node = world.node
+    taken = [t for c in world.conns for t in c.taken]
+    assert len(taken) == len(set(taken)), "a copy was taken twice"
+    for channel in POOL_CHANNELS:
+        # (competing receivers share no order, even one that took nothing:
+        # what it was handed and gave back rejoins the queue by send order)
+        takers = [c for c in world.conns if channel in c.received_on]
+        if len(takers) == 1:
+            numbers = [n for ch, n in takers[0].taken if ch == channel]
+            assert numbers == sorted(numbers), "taken out of send order"
+    queued = {(name, int(item[1])) for name, ch in node.channels.items() for item in ch.items}
+    accounted = set(taken) | queued | world.flushed
+    missing = set(world.accepted) - accounted
+    lost = node.counters.dropped_receiver_gone
+    assert len(missing) + world.taken_unreported == lost, f"{len(missing)} missing, {lost} lost"
+    assert set(taken) <= set(world.accepted)
+    # exact capacity, at rest
+    pool = POOL_CHANNELS[0]
+    assert node.held(pool) == _pool_units(world)
+    # every bundle the node remembers still has a copy somewhere, and its
+    # count of copies left is what is queued or in flight
+    for seq, bundle in node.bundles.items():
+        copies = sum(
+            1 for ch in node.channels.values() for item in ch.items if item[3] is bundle
+        ) + sum(1 for ch in node.channels.values() for f in ch.flight.values() if seq in f)
+        assert bundle.left == copies > 0
+    free = CAPACITY - node.held(pool)
+    for _ in range(free):
+        assert world.group_send(), "refused a group_send with room"
+    assert not world.group_send(), "accepted a group_send past capacity"
+
+
+def test_bundles_are_reported_per_bundle_and_release_their_unit() -> None:
+    """The common case, step by step: a group message to three waiting
+    receivers of a connection that reports per bundle comes back as one
+    ``CONSUMED_BUNDLES`` entry of one run, which frees the pool's unit."""
+    world = BundleWorld()
+    world.numbers = {}
+    c = world.conns[0]
+    for k in range(3):
+        world.start(c, k)
+        world.to_node(c)  # RECV
+    assert world.group_send()
+    assert [m[0] for m in c.to_client] == [MsgType.DELIVER_BUNDLE]
+    world.to_client(c)
+    for k in range(3):
+        world.take(c, k)
+    report = c.flow.report()
+    assert report == [(MsgType.CONSUMED_BUNDLES, ([[world.node.seq, 0, 3]],))]
+    assert world.node.held(POOL_CHANNELS[0]) == 1
+    c.to_node.extend(report)
+    while c.to_node:
+        world.to_node(c)
+    assert world.node.held(POOL_CHANNELS[0]) == 0
+    assert not world.node.bundles
+
+
+def test_a_channel_with_a_per_channel_report_pending_reports_its_bundle_copy_too() -> None:
+    """Order: a copy taken after a per-channel take of the same channel in
+    one report window goes in the per-channel report (the node applies
+    bundle reports first, and a per-channel report releases the first
+    copies handed)."""
+    world = BundleWorld()
+    world.numbers = {}
+    c = world.conns[0]
+    a, b = POOL_CHANNELS[0], POOL_CHANNELS[1]
+    for k in range(3):
+        c.flow.enter(POOL_CHANNELS[k])
+        c.to_node.extend(c.flow.replenish(POOL_CHANNELS[k]))
+    while c.to_node:
+        world.to_node(c)
+    world.send(0)  # plain, to a
+    assert world.group_send()
+    while c.to_client:
+        world.to_client(c)
+    assert c.flow.take(a, world.now) == b"0"  # the plain one: per channel
+    assert c.flow.take(a, world.now) == b"1"  # its bundle copy follows it there
+    assert c.flow.take(b, world.now) == b"1"  # b: per bundle (position 1)
+    report = c.flow.report()
+    seq = world.node.seq
+    assert report == [
+        (MsgType.CONSUMED_BUNDLES, ([[seq, 1, 2]],)),
+        (MsgType.CONSUMED, ([[a, seq, 2, 0]],)),
+    ]
+    c.to_node.extend(report)
+    while c.to_node:
+        world.to_node(c)
+    assert world.node.held(a) == 1  # the bundle: its copy on the third channel
+    assert c.flow.take(POOL_CHANNELS[2], world.now) == b"1"
+    c.to_node.extend(c.flow.report())
+    while c.to_node:
+        world.to_node(c)
+    assert world.node.held(a) == 0
+    assert not world.node.bundles

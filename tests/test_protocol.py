@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zchannels.protocol import (
+    FEATURE_BUNDLE_REPORTS,
     FIELDS,
     PROTOCOL_VERSION,
     DecodeError,
@@ -62,6 +63,14 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
     MsgType.DRAIN: (("inc",), "013191a3696e63"),
     MsgType.MOVING: ((), "013290"),
     MsgType.STOP: ((1,), "01339101"),
+    # DELIVER_MANY's layout, type 55: sent to a client that reports per bundle
+    MsgType.DELIVER_BUNDLE: (
+        (["asgi|a", "asgi|b"], [b"\x81\xa1a\x01", 30.0, 7]),
+        "01379292a6617367697c61a6617367697c6293c40481a16101cb403e00000000000007",
+    ),
+    # type 56, [[[seq, start, end, ...]]]: bundle 7 taken on positions 0-1,
+    # bundle 9 on positions 0 and 3-4
+    MsgType.CONSUMED_BUNDLES: (([[7, 0, 2], [9, 0, 1, 3, 5]],), "0138919293070002950900010305"),
 }
 
 
@@ -97,6 +106,8 @@ def test_type_numbers_are_frozen() -> None:
         ("PONG", 4),
     ]
     assert PROTOCOL_VERSION == 1
+    assert (int(MsgType.DELIVER_BUNDLE), int(MsgType.CONSUMED_BUNDLES)) == (55, 56)
+    assert FEATURE_BUNDLE_REPORTS == 1
 
 
 def test_batch_roundtrip_and_golden() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ChannelsRedisOptionWarning, ConfigError
 from .names import PREFIX_RE
+from .protocol import FEATURE_BUNDLE_REPORTS
 
 #: What a channel_capacity key may be: a glob string or a compiled regex.
 CapacityKey = str | re.Pattern[str]
@@ -302,9 +303,10 @@ class LayerConfig:
         return self.capacity
 
     def wire_policy(self) -> list[Any]:
-        """The policy a session sends in HELLO: ``[expiry]``. Capacities go
-        with each send (the node never runs the layer's patterns)."""
-        return [float(self.expiry)]
+        """The policy a session sends in HELLO: ``[expiry, features]``.
+        Capacities go with each send (the node never runs the layer's
+        patterns)."""
+        return [float(self.expiry), FEATURE_BUNDLE_REPORTS]
 
 
 def _compile_capacities(raw: Any) -> tuple[tuple[re.Pattern[str], int], ...]:

@@ -303,7 +303,7 @@ class Connection:
                 state.waiting += 1
                 if flow.wants_credit(state):
                     self._queue_all(flow.replenish(channel))
-                if flow.consumed and self._report_timer is None:
+                if (flow.consumed or flow.bundles_taken) and self._report_timer is None:
                     self._report_soon()
                 if self._sweep_handle is None:
                     self._arm_sweep()
@@ -338,12 +338,12 @@ class Connection:
     def _report_soon(self) -> None:
         """Consumption goes out with the next message of this connection, or
         after ``REPORT_DELAY``, whichever comes first."""
-        if self.flow.consumed and self._report_timer is None and not self.closed:
+        if self.flow.unreported and self._report_timer is None and not self.closed:
             self._report_timer = self._loop().call_later(REPORT_DELAY, self._flush_reports)
 
     def _flush_reports(self) -> None:
         self._report_timer = None
-        if self.flow.consumed and not self._flush_scheduled:
+        if self.flow.unreported and not self._flush_scheduled:
             self._flush()
 
     # -- node restarts ----------------------------------------------------
@@ -512,8 +512,9 @@ class Connection:
         Consumption not yet reported goes first, so the node has it before
         anything this connection sends next (a send after a receive finds
         the room that receive made)."""
-        if self.flow.consumed:
-            self._out.extend(self.flow.report())
+        flow = self.flow
+        if flow.consumed or flow.bundles_taken:
+            self._out.extend(flow.report())
         self._out.append(message)
         if self._flush_scheduled:
             return
@@ -525,7 +526,7 @@ class Connection:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.flow.consumed:
+        if self.flow.unreported:
             self._out.extend(self.flow.report())
         if self._report_timer is not None:  # (the reports go now)
             self._report_timer.cancel()
@@ -566,8 +567,10 @@ class Connection:
             if wake:
                 self._wake(f[0], wake)
             self._queue_all(out)
-        elif mtype == MsgType.DELIVER_MANY:
-            wakes, out = self.flow.deliver_many(f[0], f[1], time.monotonic())
+        elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
+            wakes, out = self.flow.deliver_many(
+                f[0], f[1], time.monotonic(), mtype == MsgType.DELIVER_BUNDLE
+            )
             waiters_of = self._waiters.get
             states = self.flow.channels
             for channel, wake in wakes:
@@ -674,7 +677,7 @@ class Connection:
                 )
         if self._moving:
             self._check_moved()
-        if self.flow.channels or self._pending or self.flow.reservations:
+        if self.flow.channels or self._pending or self.flow.reservations or self.flow.bundles:
             self._arm_sweep()
 
     # -- closing ----------------------------------------------------------

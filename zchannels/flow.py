@@ -50,6 +50,51 @@ RECEIVE_WINDOW = 32
 IDLE_RETURN = 0.25
 
 
+class BundleIn:
+    """One ``DELIVER_BUNDLE`` as this connection holds it: the buffer entry
+    its channels share, and which of them took it and are not reported yet
+    (runs of positions in the delivery's channel list, so a report names a
+    whole bundle, or a run of it, in two integers)."""
+
+    __slots__ = ("born", "channels", "entry", "index", "next", "runs", "taken")
+
+    def __init__(self, channels: list[str], entry: tuple[bytes, float, int], now: float) -> None:
+        self.born = now
+        self.channels = channels
+        #: the buffer entry every channel of the delivery shares: a copy is
+        #: this bundle's only if it is this very object (not a redelivery)
+        self.entry = entry
+        #: channel -> position, built only when takes come out of order
+        self.index: dict[str, int] | None = None
+        #: the position the next take usually has (receivers are woken in
+        #: the delivery's order)
+        self.next = 0
+        #: [start, end, start, end, ...]: taken, not reported
+        self.runs: list[int] = []
+        #: copies taken so far (reported or not)
+        self.taken = 0
+
+    def take(self, channel: str) -> bool:
+        """``channel`` took its copy (False: not a channel of this delivery)."""
+        i = self.next
+        channels = self.channels
+        if i >= len(channels) or channels[i] != channel:
+            if self.index is None:
+                self.index = {c: j for j, c in enumerate(channels)}
+            found = self.index.get(channel)
+            if found is None:
+                return False
+            i = found
+        runs = self.runs
+        if runs and runs[-1] == i:
+            runs[-1] = i + 1
+        else:
+            runs += (i, i + 1)
+        self.next = i + 1
+        self.taken += 1
+        return True
+
+
 @dataclass(slots=True)
 class ChannelFlow:
     #: (payload, local deadline, node seq): handed over, not yet taken
@@ -74,6 +119,11 @@ class Flow:
         #: channel -> [highest seq taken, how many taken, how many of them
         #: found expired]: not yet reported
         self.consumed: dict[str, list[int]] = {}
+        #: seq -> a DELIVER_BUNDLE some of whose copies may still be taken
+        #: here (a take of its shared entry is reported per bundle)
+        self.bundles: dict[int, BundleIn] = {}
+        #: seq -> the bundles with copies taken and not reported yet
+        self.bundles_taken: dict[int, BundleIn] = {}
         #: capacity pool -> [slots the node reserved for us, use until (monotonic)]
         self.reservations: dict[str, list[float]] = {}
         #: capacity pool -> reserved sends made so far (see ``reserved``)
@@ -101,7 +151,16 @@ class Flow:
             return None
         buffer = state.buffer
         while buffer:
-            payload, deadline, seq = buffer.popleft()
+            entry = buffer.popleft()
+            payload, deadline, seq = entry
+            if self.bundles and deadline > now and channel not in self.consumed:
+                # A copy of a DELIVER_BUNDLE, with nothing of this channel
+                # reported per channel yet (so the node, applying bundle
+                # reports first, finds everything handed before it gone).
+                bundle = self.bundles.get(seq)
+                if bundle is not None and bundle.entry is entry and bundle.take(channel):
+                    self.bundles_taken[seq] = bundle
+                    return payload
             report = self.consumed.get(channel)
             if report is None:
                 report = self.consumed[channel] = [seq, 1, 0]
@@ -151,8 +210,8 @@ class Flow:
     ) -> tuple[int, list[Message]]:
         """The node handed messages over: how many waiters to wake, and what
         to send (a RETURN, for what arrived against withdrawn credit).
-        (``deliver_many`` has this method's path for a channel with a
-        receiver waiting inline: a rule added here belongs there too.)"""
+        (``deliver_many`` has this method's path for a channel receiving
+        here inline: a rule added here belongs there too.)"""
         state = self.channels.get(channel)
         if state is None or self.draining.get(channel) or self.moving:
             # Sent against credit we have withdrawn: it goes back, and the
@@ -168,12 +227,13 @@ class Flow:
         return 0, []
 
     def deliver_many(
-        self, channels: list[str], item: list[Any], now: float
+        self, channels: list[str], item: list[Any], now: float, bundle: bool = False
     ) -> tuple[list[tuple[str, int]], list[Message]]:
-        """One group message for several channels (``DELIVER_MANY``): the
-        channels whose waiters to wake (and how many), and what to send.
-        (This runs once per member of a group_send: a channel with a
-        receiver waiting, not draining, of a connection not moving, takes
+        """One group message for several channels (``DELIVER_MANY``, or
+        ``DELIVER_BUNDLE`` with ``bundle``: its takes are reported per
+        bundle): the channels whose waiters to wake (and how many), and what
+        to send. (This runs once per member of a group_send: a channel
+        receiving here, not draining, of a connection not moving, takes
         ``deliver``'s path inline and shares one buffer entry with the
         others; any other goes through ``deliver``.)"""
         wakes: list[tuple[str, int]] = []
@@ -183,19 +243,26 @@ class Flow:
         states = {} if self.moving else self.channels  # (moving: all go back, by deliver)
         draining = self.draining
         items = [item]
+        shared = False
         for channel in channels:
             state = states.get(channel)
-            if state is not None and state.waiting and not (draining and draining.get(channel)):
+            if state is not None and not (draining and draining.get(channel)):
                 if state.credit > 0:
                     state.credit -= 1
                 state.buffer.append(entry)
-                wakes.append((channel, 1))
+                shared = True
+                if state.waiting:
+                    wakes.append((channel, 1))
+                elif state.users == 0 and now - state.active_at > IDLE_RETURN:
+                    out.extend(self.give_back(channel, now))
                 continue
             wake, back = self.deliver(channel, items, now)
             if wake:
                 wakes.append((channel, wake))
             if back:
                 out.extend(back)
+        if bundle and shared:
+            self.bundles[seq] = BundleIn(channels, entry, now)
         return wakes, out
 
     def give_back(self, channel: str, now: float) -> list[Message]:
@@ -258,6 +325,20 @@ class Flow:
         for channel, reservation in list(self.reservations.items()):
             if reservation[1] <= now:
                 del self.reservations[channel]
+        if self.bundles:
+            # Bundles some copies of which went back or still wait after an
+            # idle spell are forgotten (not while takes of theirs wait to be
+            # reported); their copies still here are then reported per
+            # channel, which is always right: everything handed to a
+            # channel before them is reported already.
+            taken = self.bundles_taken
+            old = [
+                seq
+                for seq, bundle in self.bundles.items()
+                if now - bundle.born > IDLE_RETURN and seq not in taken
+            ]
+            for seq in old:
+                del self.bundles[seq]
         return out
 
     def flushed(self, prefix: str) -> list[Message]:
@@ -268,15 +349,39 @@ class Flow:
                 state.buffer.clear()
         for channel in [c for c in self.consumed if namespace(c) == prefix]:
             del self.consumed[channel]
+        # (a bundle's channels share one pool, so one namespace)
+        for seq in [s for s, b in self.bundles.items() if namespace(b.channels[0]) == prefix]:
+            del self.bundles[seq]
+        for seq in [s for s, b in self.bundles_taken.items() if namespace(b.channels[0]) == prefix]:
+            self.bundles_taken[seq].runs.clear()
+            del self.bundles_taken[seq]
         return []
 
+    @property
+    def unreported(self) -> bool:
+        """Whether some consumption is not reported yet (``report``)."""
+        return bool(self.consumed or self.bundles_taken)
+
     def report(self) -> list[Message]:
-        """Consumption not yet reported: one message, a report per channel."""
-        if not self.consumed:
-            return []
-        reports = [[channel, *report] for channel, report in self.consumed.items()]
-        self.consumed.clear()
-        return [(MsgType.CONSUMED, (reports,))]
+        """Consumption not yet reported: copies of bundles taken (one report
+        per bundle, a run of positions per stretch of its channels), then
+        a report per channel; the node applies them in that order."""
+        out: list[Message] = []
+        if self.bundles_taken:
+            bundles = self.bundles
+            reports: list[list[Any]] = []
+            for seq, bundle in self.bundles_taken.items():
+                reports.append([seq, *bundle.runs])
+                bundle.runs = []
+                if bundle.taken >= len(bundle.channels):
+                    bundles.pop(seq, None)  # (every copy is taken)
+            self.bundles_taken.clear()
+            out.append((MsgType.CONSUMED_BUNDLES, (reports,)))
+        if self.consumed:
+            per_channel = [[channel, *report] for channel, report in self.consumed.items()]
+            self.consumed.clear()
+            out.append((MsgType.CONSUMED, (per_channel,)))
+        return out
 
     def forget_prefetched(self) -> None:
         """The node dropped our session (its lease lapsed while this process
@@ -284,6 +389,7 @@ class Flow:
         would deliver a message counted lost."""
         for state in self.channels.values():
             state.buffer.clear()
+        self.bundles.clear()
 
     def drain(self, now: float) -> list[Message]:
         """The node drains (``DRAIN``): give back everything prefetched,
@@ -301,6 +407,9 @@ class Flow:
         self.withdrawals.clear()
         self.draining.clear()
         self.consumed.clear()
+        # (their copies still prefetched here are reported per channel)
+        self.bundles.clear()
+        self.bundles_taken.clear()
         out: list[Message] = []
         for channel, state in self.channels.items():
             if state.credit:

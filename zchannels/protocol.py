@@ -31,6 +31,13 @@ import msgpack
 PROTOCOL_VERSION = 1
 
 
+#: HELLO policy, second field: a bit set of what the client does beyond
+#: protocol version 1 (a node ignores bits it does not know; an older node
+#: ignores the field).
+#: The client reports group messages' consumption per bundle
+#: (``DELIVER_BUNDLE`` / ``CONSUMED_BUNDLES``).
+FEATURE_BUNDLE_REPORTS = 1
+
 #: Seconds a send reservation granted in an ACK holds on the node. A client
 #: uses one for at most half of this, so it never outlives the node's promise.
 RESERVATION_TTL = 2.0
@@ -112,6 +119,14 @@ class MsgType(enum.IntEnum):
     # node <-> node: send reservations handed to a pool's new owner with its
     # queue, so a holder's reserved sends still fit there (zchannels.node.routing)
     PEER_RESERVATIONS = 54
+    # client <-> node: a group message's consumption reported per bundle, not
+    # per member. A node sends DELIVER_BUNDLE only to a client whose HELLO
+    # policy says it reports that way (``FEATURE_BUNDLE_REPORTS``), and a
+    # client sends CONSUMED_BUNDLES only for a DELIVER_BUNDLE: so an older
+    # node (which ignores the policy's later fields and sends DELIVER_MANY)
+    # never gets one, and an older client never gets a DELIVER_BUNDLE.
+    DELIVER_BUNDLE = 55  # node -> client: DELIVER_MANY, reportable per bundle
+    CONSUMED_BUNDLES = 56  # client -> node: copies of DELIVER_BUNDLEs were taken
 
 
 class ErrorCode(enum.IntEnum):
@@ -131,7 +146,8 @@ _F = tuple[tuple[str, type | tuple[type, ...]], ...]
 _NUM: tuple[type, ...] = (int, float)
 FIELDS: dict[MsgType, _F] = {
     # session: the process's session tag (10 base32 chars); pid: for operators;
-    # policy: [expiry_s] (the layer's ``expiry``; a list, to grow)
+    # policy: [expiry_s, features] (the layer's ``expiry``; ``FEATURE_*``
+    # bits, absent from older clients; a list, to grow)
     MsgType.HELLO: (("session", str), ("pid", int), ("policy", list)),
     # node_id; node_tag (what new_channel() names carry to point at this node);
     # incarnation (changes at every node start); lease (s);
@@ -201,6 +217,18 @@ FIELDS: dict[MsgType, _F] = {
     # one group message for several channels of the receiving connection, as
     # one DELIVER of [payload, ttl, seq] for each: the payload travels once
     MsgType.DELIVER_MANY: (("channels", list), ("item", list)),
+    # as DELIVER_MANY, to a client that reports per bundle: ``item``'s seq
+    # names the bundle in CONSUMED_BUNDLES, ``channels`` its positions
+    MsgType.DELIVER_BUNDLE: (("channels", list), ("item", list)),
+    # bundles: [[seq, start, end, start, end, ...], ...]: of the
+    # DELIVER_BUNDLE with that seq sent to this connection, the channels at
+    # positions [start, end) of its list (runs, in any order) had that
+    # message taken by a receive() (not found expired: those go in
+    # CONSUMED). Applied before any CONSUMED of the same frame: a client
+    # reports a channel's copy here only if no CONSUMED report of that
+    # channel is pending, so everything the channel was handed earlier is
+    # reported already.
+    MsgType.CONSUMED_BUNDLES: (("bundles", list),),
     # incarnation: the node's that drains (its clients hold their requests
     # until a WELCOME from another incarnation, or from this one again)
     MsgType.DRAIN: (("incarnation", str),),
@@ -277,7 +305,7 @@ def _approx_size(message: Message) -> int:
     mtype, fields = message
     if mtype == MsgType.DELIVER:
         return 32 + len(fields[0]) + sum(len(item[0]) + 12 for item in fields[1])
-    if mtype == MsgType.DELIVER_MANY:
+    if mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
         return 32 + len(fields[1][0]) + sum(len(c) + 2 for c in fields[0])
     if mtype == MsgType.RETURN:
         return 32 + len(fields[1]) + sum(len(item[0]) + 12 for item in fields[2])

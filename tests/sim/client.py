@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import msgpack
 
 from zchannels.flow import Flow
-from zchannels.protocol import ErrorCode, Message, MsgType
+from zchannels.protocol import FEATURE_BUNDLE_REPORTS, ErrorCode, Message, MsgType
 
 from .check import History, MsgKey
 
@@ -238,7 +238,7 @@ class SimClient:
 
     # -- sending frames ------------------------------------------------------
     def _queue(self, message: Message) -> None:
-        if self.flow.consumed:
+        if self.flow.unreported:
             self.out.extend(self.flow.report())
         if message[0] == MsgType.RETURN and message[1][3]:
             self.withdraw_sent[message[1][0]] = [self._now, self.node_down]
@@ -254,11 +254,11 @@ class SimClient:
             self.out.clear()
             return []
         if self.out:
-            if self.flow.consumed:
+            if self.flow.unreported:
                 self.out.extend(self.flow.report())
             out, self.out = self.out, []
             return out
-        if self.flow.consumed and not self.report_due:
+        if self.flow.unreported and not self.report_due:
             self.report_due = True
             self.port.timer(self.cid, now + REPORT_DELAY, "report", "")
         return []
@@ -297,7 +297,9 @@ class SimClient:
         self.hello_outstanding = True
         self.hello_at = now
         self.hello_exempt = self.node_down
-        self._queue((MsgType.HELLO, (self.session, self.pid, [float(self.expiry)])))
+        self._queue(
+            (MsgType.HELLO, (self.session, self.pid, [float(self.expiry), FEATURE_BUNDLE_REPORTS]))
+        )
 
     # -- workload ------------------------------------------------------------
     def enqueue(self, job: Job, now: float) -> None:
@@ -454,7 +456,7 @@ class SimClient:
             self._next_job(now)
         elif what == "report":
             self.report_due = False
-            if self.flow.consumed and not self.out:
+            if self.flow.unreported and not self.out:
                 self.out.extend(self.flow.report())
         elif what == "sweep":
             self._queue_all(self.flow.sweep(now))
@@ -496,8 +498,8 @@ class SimClient:
             if wake:
                 self._wake(f[0], wake, now)
             self._queue_all(out)
-        elif mtype == MsgType.DELIVER_MANY:
-            wakes, out = flow.deliver_many(f[0], f[1], now)
+        elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
+            wakes, out = flow.deliver_many(f[0], f[1], now, mtype == MsgType.DELIVER_BUNDLE)
             for channel, wake in wakes:
                 self._wake(channel, wake, now)
             self._queue_all(out)

@@ -536,6 +536,10 @@ class World:
             for m in msgs:
                 if m[0] == MsgType.CONSUMED:
                     client.reported += sum(r[2] for r in m[1][0])
+                elif m[0] == MsgType.CONSUMED_BUNDLES:
+                    client.reported += sum(
+                        e[i + 1] - e[i] for e in m[1][0] for i in range(1, len(e) - 1, 2)
+                    )
         self.log(f"{sn.node_id} <- {who} {_types(msgs)}")
         self._apply(sn, self._call(sn, "client", conn, msgs, self.now))
         if sn.drain is not None:
