@@ -183,6 +183,12 @@ class Routing:
         #: (client conn, channel) -> [owner, credit left there]: what our
         #: clients are owed by other nodes, re-granted if that owner dies
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
+        #: credit entries whose channel another node owns now, and since
+        #: when (``_check_credit``); and (conn, channel, old owner) of those
+        #: granted again, whose late handback is then not granted twice
+        self._credit_stale: dict[tuple[ConnId, str], float] = {}
+        self._credit_given_up: set[tuple[ConnId, str, str]] = set()
+        self._next_credit_check = 0.0
         self._remote_holders: set[str] = set()  # local sessions holding memberships elsewhere
         self._asks: dict[int, _Ask] = {}
         self._ask_ids = itertools.count(1)
@@ -391,6 +397,7 @@ class Routing:
             ended = set(gone)
             for owed in [k for k in self._credit if k[0] in ended]:
                 del self._credit[owed]
+            self._credit_given_up = {g for g in self._credit_given_up if g[0] not in ended}
             for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
             fx.peers.append((EVERYONE, ConnGone(self.me, self.incarnation, tuple(gone))))
@@ -572,7 +579,13 @@ class Routing:
         relays: list[tuple[str, ConnId, Session, Message, int]] = []
         without: Ownership | None = None
         for channel, credit in grants:
+            if (conn, channel, source) in self._credit_given_up:
+                # granted again already (``_check_credit``): this handback
+                # came late, and is not granted twice
+                self._credit_given_up.discard((conn, channel, source))
+                continue
             self._credit.pop((conn, channel), None)
+            self._credit_stale.pop((conn, channel), None)
             if session is None or credit <= 0:
                 continue
             owner = self.route(channel)
@@ -608,6 +621,37 @@ class Routing:
             )
         elif owner:
             relays.append((owner, conn, session, (MsgType.RECV, (channel, credit)), MAX_HOPS))
+
+    def _check_credit(self, now: float, fx: Fx) -> None:
+        """Credit our clients hold at a node that no longer owns the channel
+        comes back through us when that node hands the channel on
+        (``_grant_again``). A handback lost with a connection (a reset, a
+        partition) would leave the receive waiting forever, the messages
+        queued at the new owner (seen: seed 124). So credit still recorded
+        at a node that has not owned its channel for ``answer_within`` is
+        granted again where the channel lives (once; a handback that comes
+        after that is not granted twice)."""
+        grace = self.answer_within()
+        relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        for key in [k for k in self._credit_stale if k not in self._credit]:
+            del self._credit_stale[key]  # (granted again meanwhile, or gone)
+        for key, owed in list(self._credit.items()):
+            owner = self.route(key[1])
+            if owner == "" or (owner or self.me) == owed[0]:
+                self._credit_stale.pop(key, None)
+                continue
+            since = self._credit_stale.setdefault(key, now)
+            session = self.core.sessions.by_conn.get(key[0])
+            if now - since < grace or session is None:
+                continue
+            del self._credit[key]
+            del self._credit_stale[key]
+            if owed[1] > 0:
+                self._credit_given_up.add((key[0], key[1], owed[0]))
+                self.counters["credit_regranted_stale"] += 1
+                self._grant_at(owner, key[0], session, key[1], owed[1], now, fx, relays)
+        if relays:
+            self._relay(relays, now, fx)
 
     def give_back(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         """Deliveries of other nodes' channels that could not reach ``conn``
@@ -815,6 +859,8 @@ class Routing:
         if not died:
             self._park_life(node, incarnation, now)
         self._forget_clients(node, now, fx, below=below)
+        # (its handbacks will not come now)
+        self._credit_given_up = {g for g in self._credit_given_up if g[2] != node}
         if died:
             self._regrant(node, now, fx)
         # Requests relayed to it stay pending until their deadline: a node
@@ -1136,6 +1182,9 @@ class Routing:
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner
+        if self._credit and now >= self._next_credit_check:
+            self._next_credit_check = now + self.load_interval
+            self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, presumed=True)
         for life in [life for life, until in self._left_lives.items() if until <= now]:
