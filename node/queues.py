@@ -672,6 +672,16 @@ class Queues:
         self._maybe_delete(name, ch)
         return out
 
+    def credits_of(self, conn: ConnId) -> dict[str, int]:
+        """Channel -> the receive credit ``conn`` holds there."""
+        out: dict[str, int] = {}
+        for name in self._by_conn.get(conn, ()):
+            ch = self.channels.get(name)
+            credit = ch.credits.get(conn) if ch is not None else None
+            if credit:
+                out[name] = credit
+        return out
+
     def flight_seqs(self, conn: ConnId) -> dict[str, set[int]]:
         """Channel -> the sequence numbers ``conn`` was handed and has not
         reported taken nor given back (what ``drop_conn`` counts lost)."""

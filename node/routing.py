@@ -187,6 +187,9 @@ class Routing:
         #: when (``_check_credit``); and (conn, channel, old owner) of those
         #: granted again, whose late handback is then not granted twice
         self._credit_stale: dict[tuple[ConnId, str], float] = {}
+        #: clients forgotten when their node was declared dead -> (until
+        #: when, tag, expiry, channel -> the credit they held here)
+        self._forgot_credit: dict[_Client, tuple[float, str, float, dict[str, int]]] = {}
         self._credit_given_up: set[tuple[ConnId, str, str]] = set()
         self._next_credit_check = 0.0
         self._remote_holders: set[str] = set()  # local sessions holding memberships elsewhere
@@ -437,10 +440,19 @@ class Routing:
                 session.policy = Policy(expiry)
         return vconn
 
-    def _forget_virtual(self, client: _Client, now: float, fx: Fx) -> None:
+    def _forget_virtual(self, client: _Client, now: float, fx: Fx, remember: bool = False) -> None:
+        """``remember``: its node was declared dead, which may be a mistake
+        (it was slow, or cut off): the credit it held here is remembered,
+        and granted again if the node comes back in the same life
+        (``_restore_credit``)."""
         vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
-            del self._virtual[vconn]
+            virtual = self._virtual.pop(vconn)
+            if remember:
+                credits = self.core.queues.credits_of(vconn)
+                if credits:
+                    expiry = virtual.session.policy.expiry
+                    self._forgot_credit[client] = (now + GONE_MEMORY, virtual.tag, expiry, credits)
             counted = self.core.queues.flight_seqs(vconn)
             if counted:
                 self._counted_gone[client] = (now + GONE_MEMORY, counted)
@@ -780,6 +792,8 @@ class Routing:
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             before = self._lives.get(event.node)
             self._lives[event.node] = event.incarnation
+            if self._forgot_credit:
+                self._restore_credit(event.node, event.incarnation, now, fx)
             if before is not None and event.incarnation >= before + RESTART_GAP:
                 self._life_ended_unseen(event.node, before, now, fx)
             # A restarted node: its earlier life's clients are gone (unless
@@ -789,6 +803,31 @@ class Routing:
             self._forget_clients(event.node, now, fx, below=event.incarnation - RESTART_GAP)
         if changed:
             self.handoff(now, fx, full=True)
+
+    def _restore_credit(self, node: str, incarnation: int, now: float, fx: Fx) -> None:
+        """``node`` is live again in the life whose clients this node forgot
+        when it declared it dead (a refuted death: it was slow or cut off).
+        Its clients still wait on the credit they had granted here, and its
+        node may never have heard of the death (it refuted a suspicion
+        first), so it will not grant it again: grant it again here, for the
+        channels this node still owns (the others' credit is granted again
+        by the client's node, ``_check_credit``). Unless the client's node
+        has granted anew meanwhile (it heard of the death:
+        ``_declared_dead``)."""
+        for client in [k for k in self._forgot_credit if k[0] == node]:
+            if not client[1] <= incarnation < client[1] + RESTART_GAP:
+                continue
+            _, tag, expiry, credits = self._forgot_credit.pop(client)
+            if client in self._vconn_of:
+                continue  # (its node granted anew)
+            vconn = self._virtual_for(client, tag, expiry)
+            for channel, credit in credits.items():
+                if self.route(channel) is None:
+                    self.counters["credit_restored"] += 1
+                    fx.out.extend(
+                        (c, (MsgType.DELIVER, (ch, items)))
+                        for c, ch, items in self.core.queues.grant(vconn, channel, credit, now)
+                    )
 
     def _declared_dead(self, incarnation: int, now: float, fx: Fx) -> None:
         """A peer declared this node dead at ``incarnation`` of this life
@@ -817,12 +856,18 @@ class Routing:
         registered here, stay."""
         self._node_gone(node, True, life, now, fx, below=life + 1)
 
-    def _forget_clients(self, node: str, now: float, fx: Fx, below: int | None = None) -> None:
+    def _forget_clients(
+        self, node: str, now: float, fx: Fx, below: int | None = None, died: bool = False
+    ) -> None:
         """Forget ``node``'s clients (those of incarnations before ``below``):
-        their credit here and the memberships they hold."""
+        their credit here and the memberships they hold (``died``: declared
+        dead, their credit is remembered)."""
         for client in [k for k in self._vconn_of if k[0] == node]:
             if below is None or client[1] < below:
-                self._forget_virtual(client, now, fx)
+                self._forget_virtual(client, now, fx, remember=died)
+        for client in [k for k in self._forgot_credit if k[0] == node]:
+            if below is not None and client[1] < below:
+                del self._forgot_credit[client]  # (that life is over)
         for holder in self.core.groups.holders(node + "@"):
             inc = holder[len(node) + 1 :].split("/", 1)[0]
             if inc.isdigit() and self._parked_life(node, int(inc)) is not None:
@@ -858,7 +903,7 @@ class Routing:
             self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
         if not died:
             self._park_life(node, incarnation, now)
-        self._forget_clients(node, now, fx, below=below)
+        self._forget_clients(node, now, fx, below=below, died=died)
         # (its handbacks will not come now)
         self._credit_given_up = {g for g in self._credit_given_up if g[2] != node}
         if died:
@@ -1179,6 +1224,8 @@ class Routing:
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
             for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
                 del self._counted_gone[client]
+            for client in [c for c, f in self._forgot_credit.items() if f[0] <= now]:
+                del self._forgot_credit[client]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

@@ -465,3 +465,57 @@ def test_a_life_that_ended_unseen_and_in_place_is_counted_once_exactly() -> None
         r.handle(Load("n2", dict(fenced)), at, Fx())
     r.tick(100.0, Fx())
     assert r.counters["lost_in_dead_nodes"] == 4
+
+
+def test_credit_forgotten_at_a_refuted_death_is_granted_again_when_it_is_back() -> None:
+    """n2 was declared dead here (it lagged) and forgotten with its client's
+    credit; it refuted a suspicion before hearing of its death, so it never
+    grants that credit again. When it is live again in the same life, the
+    credit is granted here again: the next send reaches the waiting client
+    (seed 124: the channel queued 8 messages, the receive waited forever)."""
+    r, core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    assert r._virtual == {}
+    core.queues.put("asgi|c", b"m", 61.0, 10, 1.0)  # queued: nobody has credit
+    assert core.queues.length("asgi|c") == 1
+    table.incarnations["n2"] = START + 1  # back, the same life
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 1), 2.0, fx)
+    [(vconn, (mtype, (channel, items)))] = fx.out
+    assert r.is_virtual(vconn) and mtype == MsgType.DELIVER and channel == "asgi|c"
+    assert len(items) == 1 and core.queues.length("asgi|c") == 0
+    assert r.counters["credit_restored"] == 1
+
+
+def test_credit_forgotten_at_a_death_is_not_restored_to_a_new_life() -> None:
+    """A restart: the old life's clients are gone, and their credit with them."""
+    r, _core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    restarted = START + 60_000
+    table.incarnations["n2"] = restarted
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n2", "tcp://n2:1", restarted), 2.0, fx)
+    assert fx.out == [] and r._virtual == {} and r._forgot_credit == {}
+
+
+def test_credit_whose_handback_was_lost_is_granted_where_its_channel_lives() -> None:
+    """Our client's credit sits at n2, which no longer owns the channel (it
+    moved here), and n2's handback never came (lost with a connection):
+    after ``answer_within`` it is granted here; a handback coming after
+    that is not granted twice."""
+    r, core, _table, _ = receiving_far()
+    far = next(iter(k[1] for k in r._credit))
+    r.ownership = Ownership({"n1": "aaaaaa"})  # n2's channels are ours now
+    r.tick(1.0, Fx())  # (noticed)
+    assert r._credit and r.counters["credit_regranted_stale"] == 0
+    late = 1.0 + r.answer_within() + r.load_interval
+    r.tick(late, Fx())
+    assert r.counters["credit_regranted_stale"] == 1 and not r._credit
+    assert core.queues.credits_of(b"A") == {far: 5}
+    again = Fx()
+    r.handle(RelayBack("n2", b"A", ((MsgType.RECV, (far, 5)),)), late + 0.1, again)
+    assert core.queues.credits_of(b"A") == {far: 5}, "the late handback is not granted twice"

@@ -512,11 +512,11 @@ KNOWN_CLUSTER = {
     "shell's stop() does: before, it lost its handover in flight: plans/plain-leave-"
     "lingers.json)",
     "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
-    "4 of 300 seeds: 124, 188, 194, 199; seed 124: an owner forgot the client of a node it "
-    "declared dead, which came back in the same life without hearing of it, so its credit "
-    "there is never granted again (its 9-op shrink was another stall, a credit handback "
-    "lost in a partition, fixed: plans/credit-handback-lost-in-partition.json) (24 of 300 "
-    "seeds before credit was granted again to a "
+    "3 of 300 seeds: 124, 188, 194 (199 and part of 124 were credit an owner forgot with "
+    "the client of a node it declared dead, which came back in the same life without "
+    "hearing of it: fixed, Routing._restore_credit; 124's 9-op shrink was a credit "
+    "handback lost in a partition, fixed: plans/credit-handback-lost-in-partition.json) "
+    "(24 of 300 seeds before credit was granted again to a "
     "restarted owner's next life, seed 38: plans/restart-before-death-credit.json, and "
     "after this node learns it was declared dead, seed 75)",
 }
