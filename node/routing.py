@@ -190,6 +190,9 @@ class Routing:
         #: clients forgotten when their node was declared dead -> (until
         #: when, tag, expiry, channel -> the credit they held here)
         self._forgot_credit: dict[_Client, tuple[float, str, float, dict[str, int]]] = {}
+        #: nodes live again whose forgotten clients' credit is granted again
+        #: at their next load report -> the incarnation they came back at
+        self._restore_after_load: dict[str, int] = {}
         self._credit_given_up: set[tuple[ConnId, str, str]] = set()
         self._next_credit_check = 0.0
         self._remote_holders: set[str] = set()  # local sessions holding memberships elsewhere
@@ -510,6 +513,10 @@ class Routing:
                         self._lag(msg.origin, at, now)  # (a clock sample every second)
                     fenced = load.pop("fenced", None)
                     self._settle_death(msg.origin, fenced)
+                    back = self._restore_after_load.pop(msg.origin, None)
+                    if back is not None:
+                        ended = fenced[0] if fenced is not None else None
+                        self._restore_credit(msg.origin, back, ended, now, fx)
                     self.loads[msg.origin] = load
 
     def _on_relay(self, msg: Relay, now: float, fx: Fx) -> None:
@@ -792,8 +799,10 @@ class Routing:
         elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             before = self._lives.get(event.node)
             self._lives[event.node] = event.incarnation
-            if self._forgot_credit:
-                self._restore_credit(event.node, event.incarnation, now, fx)
+            if any(client[0] == event.node for client in self._forgot_credit):
+                # (granted at its next load report, unless that says it
+                # ended the life: a node that did not run ends it in place)
+                self._restore_after_load[event.node] = event.incarnation
             if before is not None and event.incarnation >= before + RESTART_GAP:
                 self._life_ended_unseen(event.node, before, now, fx)
             # A restarted node: its earlier life's clients are gone (unless
@@ -804,9 +813,14 @@ class Routing:
         if changed:
             self.handoff(now, fx, full=True)
 
-    def _restore_credit(self, node: str, incarnation: int, now: float, fx: Fx) -> None:
+    def _restore_credit(
+        self, node: str, incarnation: int, ended: int | None, now: float, fx: Fx
+    ) -> None:
         """``node`` is live again in the life whose clients this node forgot
-        when it declared it dead (a refuted death: it was slow or cut off).
+        when it declared it dead (a refuted death: it was slow or cut off),
+        and its first load report since does not say it ended that life
+        (``ended``: the life it says it ended in place, a node that did not
+        run does).
         Its clients still wait on the credit they had granted here, and its
         node may never have heard of the death (it refuted a suspicion
         first), so it will not grant it again: grant it again here, for the
@@ -815,9 +829,11 @@ class Routing:
         has granted anew meanwhile (it heard of the death:
         ``_declared_dead``)."""
         for client in [k for k in self._forgot_credit if k[0] == node]:
-            if not client[1] <= incarnation < client[1] + RESTART_GAP:
-                continue
             _, tag, expiry, credits = self._forgot_credit.pop(client)
+            if not client[1] <= incarnation < client[1] + RESTART_GAP:
+                continue  # (another life's)
+            if ended is not None and abs(ended - client[1]) < RESTART_GAP:
+                continue  # (it ended that life in place: its clients went with it)
             if client in self._vconn_of:
                 continue  # (its node granted anew)
             vconn = self._virtual_for(client, tag, expiry)

@@ -483,10 +483,30 @@ def test_credit_forgotten_at_a_refuted_death_is_granted_again_when_it_is_back() 
     table.incarnations["n2"] = START + 1  # back, the same life
     fx = Fx()
     r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 1), 2.0, fx)
+    assert fx.out == []  # (not before its next load report says it kept that life)
+    r.handle(Load("n2", {"channels": 0, "queued": 0, "drops": {}}), 2.5, fx)
     [(vconn, (mtype, (channel, items)))] = fx.out
     assert r.is_virtual(vconn) and mtype == MsgType.DELIVER and channel == "asgi|c"
     assert len(items) == 1 and core.queues.length("asgi|c") == 0
     assert r.counters["credit_restored"] == 1
+
+
+def test_credit_forgotten_at_a_death_is_not_restored_if_the_node_ended_that_life() -> None:
+    """A frozen node that wakes may refute its death first, then end that
+    life in place (a fence): its first load report says so, and its old
+    clients' credit is not granted again (defect3-stalled's plan counted a
+    delivery to them twice)."""
+    r, core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    core.queues.put("asgi|c", b"m", 61.0, 10, 1.0)
+    table.incarnations["n2"] = START + 1
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 1), 2.0, fx)
+    load = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 0]}
+    r.handle(Load("n2", load), 2.5, fx)
+    assert fx.out == [] and r._forgot_credit == {} and core.queues.length("asgi|c") == 1
 
 
 def test_credit_forgotten_at_a_death_is_not_restored_to_a_new_life() -> None:
