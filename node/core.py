@@ -479,7 +479,8 @@ class NodeCore:
             ):
                 self.counters.bad_requests += 1
                 continue
-            consumed(conn, entry[0], entry[1:])
+            if consumed(conn, entry[0], entry[1:]) < 0:
+                self.counters.bad_requests += 1  # (it named copies twice: cut short)
 
     def _revoked(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]

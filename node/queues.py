@@ -557,7 +557,9 @@ class Queues:
         runs[3])`` ... of that delivery (``DELIVER_BUNDLE``). Each copy is
         released by its sequence number, so runs that repeat, or name a copy
         given back, flushed or dropped since, release nothing. Returns how
-        many copies were released. (The tight loop of a group_send's
+        many copies were released, or -1 if the runs named more positions
+        than the delivery had (what came before is applied; the rest is
+        not looked at). (The tight loop of a group_send's
         reports: one dict lookup and one pop per member, no decode.)"""
         bundle = self.bundles.get(seq)
         names = bundle.handed.get(conn) if bundle is not None and bundle.handed else None
@@ -565,8 +567,18 @@ class Queues:
             return 0  # every copy is taken or dropped already
         get = self.channels.get
         taken = 0
+        cut = False
+        budget = len(names)
         for i in range(0, len(runs) - 1, 2):
-            for name in names[runs[i] : runs[i + 1]]:
+            picked = names[runs[i] : runs[i + 1]]
+            budget -= len(picked)
+            if budget < 0:
+                # More positions than the delivery had: a client names each
+                # copy once, so this report repeats itself. Stop (the work
+                # a report costs stays within its bundle's size).
+                cut = True
+                break
+            for name in picked:
                 ch = get(name)
                 if ch is None:
                     continue
@@ -586,7 +598,7 @@ class Queues:
             if bundle.left == 0:
                 bundle.pool.held -= 1
                 del self.bundles[seq]
-        return taken
+        return -1 if cut else taken
 
     def give_back(
         self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True

@@ -593,6 +593,31 @@ def test_malformed_bundle_reports_are_counted_and_skipped() -> None:
     assert core.queues.held(names[0]) == 0, "the good entry after them still counts"
 
 
+def test_a_bundle_report_naming_more_copies_than_it_had_is_cut_short() -> None:
+    """A client names each copy once; runs that name more positions than
+    the delivery had (a buggy or hostile client repeating ``[0, 3]`` a
+    thousand times) cost the node no more than the bundle's size: the
+    report is cut there and counted a bad request; what came before it
+    counts."""
+    core = make_core()
+    names = _members_of(core, 1)
+    out = core.handle(B, [(MsgType.GROUP_SEND, (1, "asgi|g", b"m"))], 1.0)
+    seq = of_type(out, MsgType.DELIVER_BUNDLE)[0][1][1][2]
+    bundle = core.queues.bundles[seq]
+    visited: list[str] = []
+
+    class Counting(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            visited.append(key)
+            return super().get(key, default)
+
+    core.queues.channels = Counting(core.queues.channels)
+    core.handle(A, [(MsgType.CONSUMED_BUNDLES, ([[seq, 0, 2, *[0, 3] * 1000]],))], 1.0)
+    assert core.counters.bad_requests == 1
+    assert bundle.left == 1 and core.queues.held(names[0]) == 1, "the first run counted"
+    assert len(visited) <= len(names), f"{len(visited)} channel lookups for a 3-member bundle"
+
+
 def test_a_bundle_given_back_and_dropped_is_forgotten() -> None:
     """The node remembers a bundle's channels only while a copy of it is
     somewhere: copies given back and then dropped with the connection leave
