@@ -181,8 +181,8 @@ class Connection:
         self._epoch = 0
         self._hello_outstanding = False
         self._hello_told = False
-        #: when the node first said RESET to a frame since our last HELLO
-        self._reset_after_hello: float | None = None
+        #: the node said RESET to a frame since our last HELLO
+        self._reset_after_hello = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self.incarnation: str | None = None
         #: the node drains (DRAIN): requests wait in ``_held`` for the next
@@ -362,7 +362,7 @@ class Connection:
             self._epoch += 1
         self._hello_outstanding = True
         self._hello_told = told
-        self._reset_after_hello = None
+        self._reset_after_hello = False
         client = self._client
         self._queue(
             (MsgType.HELLO, (client.session, client.pid, client.config.wire_policy())),
@@ -384,7 +384,7 @@ class Connection:
         self._hello_timer = None
         if not self._hello_outstanding or self.closed or self._epoch != 1:
             return
-        if self._reset_after_hello is not None:
+        if self._reset_after_hello:
             log.warning(
                 "node at %s never answered our HELLO (it died unread): saying it again",
                 self._client.endpoint,
@@ -612,8 +612,7 @@ class Connection:
             self._on_drain(*f)
         elif mtype == MsgType.RESET:
             if self._hello_outstanding:
-                if self._reset_after_hello is None:
-                    self._reset_after_hello = time.monotonic()
+                self._reset_after_hello = True
             else:
                 self.rehello()
         elif mtype == MsgType.PONG:
