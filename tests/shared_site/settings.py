@@ -17,3 +17,11 @@ CHANNEL_LAYERS = {
         "CONFIG": {},
     }
 }
+# A view's exception (an HTTP 500) is printed to the server's log, which a
+# failing test shows: without this, DEBUG = False keeps it to the mail admins.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"django.request": {"handlers": ["console"], "level": "ERROR"}},
+}

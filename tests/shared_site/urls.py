@@ -9,13 +9,23 @@ from channels.layers import get_channel_layer
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 
+from zchannels.errors import SendOutcomeUnknown
+
 
 def post(request: HttpRequest) -> JsonResponse:
-    """A sync view publishing to every reader of the room, on every worker."""
+    """A sync view publishing to every reader of the room, on every worker.
+
+    A ``group_send`` made as the node dies (SIGKILL) may have reached it or
+    not, and nobody can tell: it raises ``SendOutcomeUnknown``, which this
+    view answers with 503 and the error (what a site that retries does)."""
     text = request.GET.get("text", "")
-    async_to_sync(get_channel_layer().group_send)(
-        "room", {"type": "room.message", "text": text, "via": "view"}
-    )
+    try:
+        async_to_sync(get_channel_layer().group_send)(
+            "room", {"type": "room.message", "text": text, "via": "view"}
+        )
+    except SendOutcomeUnknown as error:
+        body = {"pid": os.getpid(), "error": type(error).__name__, "detail": str(error)}
+        return JsonResponse(body, status=503)
     return JsonResponse({"pid": os.getpid()})
 
 
