@@ -155,10 +155,12 @@ class Client:
                 "node at %s had dropped this process's session: re-registering", self.endpoint
             )
             self.counters["sessions_lost"] += 1
+        # (a restart: a connection already welcomed by the new node is done)
+        restarted_as = incarnation if restarted else None
         for conn in others:
             loop = conn._loopref()
             if loop is not None and not loop.is_closed():
-                loop.call_soon_threadsafe(conn.rehello, True)
+                loop.call_soon_threadsafe(conn.rehello, True, restarted_as)
         background().submit(self._reassert())
 
     def node_replaced(self) -> None:

@@ -347,10 +347,23 @@ class Connection:
             self._flush()
 
     # -- node restarts ----------------------------------------------------
-    def rehello(self, told: bool = False) -> None:
+    def rehello(self, told: bool = False, restarted_as: str | None = None) -> None:
         """Our session is unknown to the node (restart, lapsed lease): say
         HELLO again; ``_on_welcome`` then restores credit and requests.
-        ``told``: another connection of this process found out first."""
+        ``told``: another connection of this process found out first;
+        ``restarted_as``: it found a restart, and was welcomed by this
+        incarnation.
+
+        A connection that has found the same restart by itself and been
+        welcomed by that node already (the two connections of a process are
+        welcomed in either order: this loop's may read its WELCOME before
+        the other's news arrives) says nothing: a second HELLO would make
+        its second WELCOME look like a lost session, failing the requests
+        it sent after the first (``SendOutcomeUnknown``) and forgetting
+        what it was delivered since (which the node then counts lost when
+        the connection closes). Seen in rolling restarts under load."""
+        if restarted_as is not None and restarted_as == self.incarnation:
+            return
         if not self._hello_outstanding and not self.closed:
             self._hello(told)
 
