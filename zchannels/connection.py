@@ -637,10 +637,9 @@ class Connection:
     def _on_error(self, req: int, code: int, detail: str) -> None:
         if code == ErrorCode.UNKNOWN_SESSION:
             # The node did not process it: HELLO again, then send it again.
-            # (A reserved send, req 0, has no copy kept: it is lost.)
+            # (A reserved send, req 0, has no copy kept: it is lost, and the
+            # node that refused it counted it, ``dead_owner``: once.)
             self.rehello()
-            if req == 0:
-                self._client.counters["lost_in_node_restart"] += 1
             pending = self._pending.get(req)
             if pending is not None:
                 pending.epoch = self._epoch

@@ -613,9 +613,7 @@ class SimClient:
 
     def _on_error(self, req: int, code: int, detail: str, now: float) -> None:
         if code == ErrorCode.UNKNOWN_SESSION:
-            self._rehello(now)
-            if req == 0:
-                self.counters.lost_in_node_restart += 1
+            self._rehello(now)  # (a reserved send, req 0, is lost: its node counted it)
             p = self.pending.get(req)
             if p is not None:
                 p.epoch = self.epoch
