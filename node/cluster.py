@@ -45,7 +45,7 @@ from .membership import (
     suspicion_bounds,
 )
 from .membership import Effects as TableEffects
-from .peer_messages import REPLICATION_MESSAGES, ROUTING_MESSAGES, Relay
+from .peer_messages import REPLICATION_MESSAGES, ROUTING_MESSAGES, HandedOver, Relay
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
 from .readiness import expects_peers
@@ -119,6 +119,11 @@ class ClusterNode:
         #: the hold is a start's, until this node has joined (``start``)
         self._joining = False
         self._held: list[_Held] = []
+        #: once joined: until when its clients' frames stay held while the
+        #: live peers hand over what it owns, and the peers that said they
+        #: have (``HandedOver``)
+        self._handover_until: float | None = None
+        self._handed_over: set[str] = set()
         self._doubt_incarnation = incarnation
         #: member events seen during the doubt, for routing and replication
         self._held_events: list[MemberEvent] = []
@@ -208,11 +213,49 @@ class ClusterNode:
 
     def _joined(self, now: float, fx: Fx) -> None:
         """A starting node holds what it is given until it has joined: once
-        another member is live, it takes up what it held, in order."""
+        another member is live, it takes up what peers sent it, in order,
+        and goes on holding its clients' frames until every live peer has
+        handed over what this node owns (``HandedOver``), or for
+        ``join_timeout`` more: what the peers hand back (its clients' names
+        kept while it was away, the channels it owns again) is older than
+        anything its clients send it now, and must be queued first (seen:
+        messages a client sent as its node left, handed back after its
+        newer ones were delivered by the node's next life)."""
         if self._joining and self._doubt_until is not None and len(self._cluster()[0].live()) > 1:
-            self._joining = False
             self._doubt_until = None
-            self._release(now, fx)
+            self._handover_until = now + self.config.join_timeout
+            self._release(now, fx, clients=False)
+        if self._handover_until is not None:
+            self._check_handed_over(now, fx)
+
+    def _check_handed_over(self, now: float, fx: Fx) -> None:
+        handover_until = self._handover_until
+        if handover_until is None:
+            return
+        peers = {n for n in self._cluster()[0].live() if n != self.node_id}
+        waiting = peers - self._handed_over
+        if waiting and now < handover_until:
+            return
+        if waiting:
+            self.counters["handover_timeouts"] += 1
+            log.warning(
+                "peers %s did not say they handed over within %g s: serving anyway",
+                ", ".join(sorted(waiting)),
+                self.config.join_timeout,
+            )
+        self._joining = False
+        self._handover_until = None
+        self._handed_over.clear()
+        # (its clients' names are kept for a lease from now, when it serves
+        # them, not from its start: the join may have taken longer)
+        self.core.start(now)
+        self._release(now, fx)
+
+    def _on_handed_over(self, msg: HandedOver) -> None:
+        """A peer has handed over what this node owns (one of this life's
+        incarnations; an earlier life's is stale)."""
+        if self._joining and msg.incarnation >= self.incarnation:
+            self._handed_over.add(msg.origin)
 
     def discovered(self, address: str, now: float) -> Effects:
         """Discovery (a seed, mDNS, DNS) found a peer at ``address``."""
@@ -226,7 +269,7 @@ class ClusterNode:
         if self.table is None:  # alone: the core's answers are everything
             return Effects(self.core.handle(conn, messages, now))
         fx = Fx()
-        if self._doubting(now, fx):
+        if self._doubting(now, fx) or self._handover_until is not None:
             self._held.append(_Held("client", conn, messages))
         else:
             self._client(conn, messages, now, fx)
@@ -240,7 +283,7 @@ class ClusterNode:
         if self.table is None:
             return Effects(self.core.undeliverable(conn, messages, now))
         fx = Fx()
-        if self._doubting(now, fx):
+        if self._doubting(now, fx) or self._handover_until is not None:
             self._held.append(_Held("undeliverable", conn, messages))
         else:
             self._undeliverable(conn, messages, now, fx)
@@ -274,6 +317,8 @@ class ClusterNode:
         for msg in messages:
             if isinstance(msg, _TABLE):
                 self._table(table.handle(msg, now), now, fx)
+            elif isinstance(msg, HandedOver):
+                self._on_handed_over(msg)
             elif self._doubt_until is not None and doubting:
                 self._held.append(_Held("peer", peer=msg))
             else:
@@ -356,8 +401,11 @@ class ClusterNode:
         if now < self._doubt_until:
             return True
         if self._joining:
+            if self._handover_until is None:
+                log.info("no peer answered within %g s: serving alone", self.config.join_timeout)
             self._joining = False
-            log.info("no peer answered within %g s: serving alone", self.config.join_timeout)
+            self._handover_until = None
+            self._handed_over.clear()
         self._doubt_until = None
         self._release(now, fx)
         return False
@@ -366,9 +414,13 @@ class ClusterNode:
         config = self._cluster()[0].config
         return 2 * config.probe_interval + config.probe_timeout
 
-    def _release(self, now: float, fx: Fx) -> None:
-        """Take up, in order, what was held during the doubt."""
+    def _release(self, now: float, fx: Fx, clients: bool = True) -> None:
+        """Take up, in order, what was held during the doubt (``clients``:
+        its clients' frames too; else they stay held, in order)."""
         held, self._held = self._held, []
+        if not clients:
+            self._held = [item for item in held if item.kind != "peer"]
+            held = [item for item in held if item.kind == "peer"]
         for item in held:
             if item.kind == "client":
                 self._client(item.conn, item.messages, now, fx)
@@ -439,6 +491,8 @@ class ClusterNode:
             # (only the member table runs while in doubt)
             return min(self._doubt_until, self.table.next_deadline())
         deadline = self._next_core_tick
+        if self._handover_until is not None:
+            deadline = min(deadline, self._handover_until)
         if self.table is not None and self.routing is not None and self.replication is not None:
             deadline = min(
                 deadline,

@@ -139,6 +139,16 @@ class HolderGone:
 
 
 @dataclass(frozen=True, slots=True)
+class HandedOver:
+    """``origin`` has handed over (``Handoff``, before this on the same link)
+    everything it held that the receiving node owns, once it saw that node
+    live at ``incarnation`` in a new life."""
+
+    origin: str
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
 class Handoff:
     """Names the receiving node now owns: ``channels`` (name, items oldest
     first) and ``members`` (group, channel, holder, ttl s, capacity)."""
@@ -204,6 +214,7 @@ ClusterMessage = (
     | ConnGone
     | HolderGone
     | Handoff
+    | HandedOver
     | Reservations
     | Ask
     | Answer

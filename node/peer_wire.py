@@ -41,6 +41,7 @@ from .peer_messages import (
     GroupFanout,
     GroupFanoutPassed,
     GroupSlice,
+    HandedOver,
     HandedReservation,
     Handoff,
     HolderGone,
@@ -168,6 +169,7 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # channels [[channel, items]...] (items as in DELIVER, oldest first);
     # members [[group, channel, holder, ttl_s, capacity]...]
     MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
+    MsgType.PEER_HANDED_OVER: (("origin", str), ("incarnation", int)),
     MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
@@ -292,6 +294,8 @@ def to_wire(msg: PeerMessage) -> Message:
                 [[name, items] for name, items in msg.channels],
                 [list(m) for m in msg.members],
             )
+        case HandedOver():
+            return MsgType.PEER_HANDED_OVER, (msg.origin, msg.incarnation)
         case Ask():
             return MsgType.PEER_ASK, (msg.qid, msg.origin, msg.kind, msg.arg)
         case Answer():
@@ -392,6 +396,8 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return HolderGone(f[0], f[1], tuple(tags))
     if mtype == MsgType.PEER_HANDOFF:
         return Handoff(f[0], _handed_channels(f[1]), _handed_members(f[2]))
+    if mtype == MsgType.PEER_HANDED_OVER:
+        return HandedOver(f[0], f[1])
     if mtype == MsgType.PEER_ASK:
         _require(f[2] in ("flush", "members"), f"PEER_ASK kind {f[2][:20]!r}")
         return Ask(f[0], f[1], f[2], f[3])

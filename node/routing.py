@@ -47,6 +47,7 @@ from .peer_messages import (
     Ask,
     ClusterMessage,
     ConnGone,
+    HandedOver,
     HandedReservation,
     Handoff,
     HolderGone,
@@ -796,8 +797,10 @@ class Routing:
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
         elif event.kind == EventKind.REAPED:
             self._settle_death(event.node, None, presumed=True)
-        elif event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
+        new_life = False
+        if event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             before = self._lives.get(event.node)
+            new_life = before is None or event.incarnation >= before + RESTART_GAP
             self._lives[event.node] = event.incarnation
             if any(client[0] == event.node for client in self._forgot_credit):
                 # (granted at its next load report, unless that says it
@@ -812,6 +815,9 @@ class Routing:
             self._forget_clients(event.node, now, fx, below=event.incarnation - RESTART_GAP)
         if changed:
             self.handoff(now, fx, full=True)
+        if new_life:
+            # (after the handover, on the same link: it arrives last)
+            fx.peers.append((event.node, HandedOver(self.me, event.incarnation)))
 
     def _restore_credit(
         self, node: str, incarnation: int, ended: int | None, now: float, fx: Fx

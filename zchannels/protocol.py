@@ -127,6 +127,12 @@ class MsgType(enum.IntEnum):
     # never gets one, and an older client never gets a DELIVER_BUNDLE.
     DELIVER_BUNDLE = 55  # node -> client: DELIVER_MANY, reportable per bundle
     CONSUMED_BUNDLES = 56  # client -> node: copies of DELIVER_BUNDLEs were taken
+    # node <-> node: "I have handed you everything I held that you own": what
+    # a node sends a peer it sees start a new life, after the handover; the
+    # starting node serves its clients once every live peer said it (or
+    # ``join_timeout``), so what they hand back goes before what its clients
+    # send it (zchannels.node.cluster)
+    PEER_HANDED_OVER = 57
 
 
 class ErrorCode(enum.IntEnum):

@@ -45,9 +45,13 @@ the node leaves, and lingers as the shell does: it still handles
 frames and ticks until nothing is ``passing_on()`` and no peer frame came
 for ``LINGER_QUIET`` s (at most ``linger_limit()``); then it is gone (its
 clients' frames wait in their sockets) and restarts ``hold`` s later, same
-id, a new incarnation. A plan with drains starts its nodes with every
-node's address as a seed, as a deployment does: a restarted node then holds
-its clients until it has joined (``ClusterNode.start``).
+id, a new incarnation. Nodes start with every node's address as a seed,
+as a deployment does (static seeds, or discovery: either way a node expects
+peers): a starting node then holds its clients until it has joined and its
+peers have handed over what it owns (``ClusterNode.start``, ``_joined``).
+(Before, only plans with drains had seeds: the others' nodes found each other
+by ``discovered`` without expecting peers, which no deployment configures,
+and a restarted node served its clients before its handovers came back.)
 
 Every event is appended to a trace (and hashed): same seed, same schedule,
 same trace, byte for byte.
@@ -66,6 +70,7 @@ from typing import Any
 
 from zchannels.node.config import NodeConfig
 from zchannels.node.membership import suspicion_bounds
+from zchannels.node.peer_wire import decode_peer
 from zchannels.node.readiness import Readiness, expects_peers
 
 from zchannels.protocol import ErrorCode, Message, MsgType, decode, encode_many
@@ -184,8 +189,6 @@ class World:
         self.dead_drops = 0
         #: the same, by reason (a rolling restart counts none)
         self.dead_drops_by: dict[str, int] = {}
-        #: a plan with drains: nodes start with every node as a seed
-        self.seeded = any(op.kind == "drain" for op in plan.ops)
         #: drains that ended with the timeout, not with every client moved
         self.drain_timeouts: list[str] = []
         #: drain ops waiting for their turn: (node, hold)
@@ -247,7 +250,7 @@ class World:
         sn.inbox.clear()
         incarnation = 1_000_000 + int(self.now * 1000) * 10 + sn.starts
         config = self._config(sn.index, sn.address)
-        if self.seeded:
+        if self.clustered:  # (every node as a seed, as a deployment does)
             seeds = tuple(address_of(i) for i in range(self.plan.nodes))
             config = dataclasses.replace(config, seeds=seeds)
         sn.drain = None
@@ -546,7 +549,11 @@ class World:
             self._check_drained(sn)
 
     def _node_peer_frame(self, sn: SimNode, frame: bytes) -> None:
-        self.log(f"{sn.node_id} <- peer {len(frame)}")
+        if self.keep_trace:  # (what the frame carries, by type: costly, so only then)
+            kinds = " ".join(type(m).__name__ for m in decode_peer(frame))
+            self.log(f"{sn.node_id} <- peer {len(frame)} {kinds}")
+        else:
+            self.log(f"{sn.node_id} <- peer {len(frame)}")
         sn.peer_heard = self.now
         self._apply(sn, self._call(sn, "peer", frame, self.now))
 

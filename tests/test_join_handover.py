@@ -1,0 +1,157 @@
+"""A restarted node serves its clients only after its peers have handed back
+what they kept for it (``ClusterNode``, pure: two nodes, a hand-run network).
+
+What a user sees: a process on node B sends to its own ``new_channel()`` name
+while B is stopped without a drain (B has left and lingers, so the message is
+passed to the node that keeps B's names while it is away), then B's next life
+starts and the process sends again. The process must receive its messages in
+the order it sent them: what the keeper hands back is older than anything
+sent to the new life. Before, the new life served its clients as soon as it
+had joined, and delivered the newer message before the handover arrived.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from typing import Any
+
+from zchannels.node.cluster import ClusterNode, Effects
+from zchannels.node.config import NodeConfig
+from zchannels.node.peer_wire import decode_peer, encode_peers
+
+from zchannels.protocol import Message, MsgType
+
+A_ADDR, B_ADDR = "tcp://10.0.0.1:7701", "tcp://10.0.0.2:7701"
+SESSION = "procsessab"
+CONN = b"client-of-b"
+DELAY = 0.0005  # one way, every peer link
+
+
+def make(node_id: str, address: str, seeds: tuple[str, ...], incarnation: int) -> ClusterNode:
+    config = NodeConfig.test(
+        node_id=node_id,
+        client_endpoints=("inproc://t",),
+        peer_endpoint=address,
+        discovery=("none",),
+        cluster="t",
+        seeds=seeds,
+        client_lease=30.0,  # (the test's process does not ping)
+    )
+    return ClusterNode(config, address=address, incarnation=incarnation, rng=random.Random(1))
+
+
+class Net:
+    """Peer frames delivered after ``DELAY``, in order per link; ticks when
+    due; what clients are sent is recorded. ``drop``: a predicate on decoded
+    peer messages the network loses."""
+
+    def __init__(self, nodes: dict[str, ClusterNode], drop: Any = None) -> None:
+        self.nodes = nodes
+        self.now = 0.0
+        self.queue: list[tuple[float, int, str, bytes]] = []
+        self.seq = 0
+        self.to_clients: list[tuple[float, str, bytes, Message]] = []
+        self.drop = drop
+
+    def apply(self, address: str, fx: Effects) -> None:
+        for conn, message in fx.clients:
+            self.to_clients.append((self.now, address, conn, message))
+        for to, frame in fx.peers:
+            if self.drop is not None:
+                kept = [m for m in decode_peer(frame) if not self.drop(m)]
+                if not kept:
+                    continue
+                frame = encode_peers(kept)
+            self.seq += 1
+            heapq.heappush(self.queue, (self.now + DELAY, self.seq, to, frame))
+
+    def start(self, address: str, node: ClusterNode) -> None:
+        """As the shell starts a node: then its seeds are found."""
+        self.apply(address, node.start(self.now))
+        for seed in node.config.seeds:
+            self.apply(address, node.discovered(seed, self.now))
+
+    def client(self, address: str, messages: list[Message]) -> None:
+        self.apply(address, self.nodes[address].client(CONN, messages, self.now))
+
+    def run(self, until: float) -> None:
+        while True:
+            tick_at = min((n.next_deadline(), a) for a, n in self.nodes.items())
+            frame_at = self.queue[0][0] if self.queue else float("inf")
+            at = min(tick_at[0], frame_at)
+            if at > until:
+                self.now = until
+                return
+            self.now = max(self.now, at)
+            if frame_at <= tick_at[0]:
+                _, _, to, frame = heapq.heappop(self.queue)
+                if to in self.nodes:
+                    self.apply(to, self.nodes[to].peer(frame, self.now))
+            else:
+                address = tick_at[1]
+                self.apply(address, self.nodes[address].tick(self.now))
+
+    def delivered(self, since: float = 0.0) -> list[tuple[float, bytes]]:
+        """(when, payload) of every message delivered to the client."""
+        return [
+            (at, item[0])
+            for at, _, conn, (mtype, fields) in self.to_clients
+            if conn == CONN and mtype == MsgType.DELIVER and at >= since
+            for item in fields[1]
+        ]
+
+
+def scenario(drop: Any = None) -> tuple[Net, ClusterNode, float]:
+    """B's client sends ``first`` to its own name while B lingers after a
+    plain leave, and ``second`` to B's next life; it receives from then on."""
+    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
+    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
+    net = Net({A_ADDR: a, B_ADDR: b}, drop)
+    for address, node in net.nodes.items():
+        net.start(address, node)
+    net.run(2 * b.config.join_timeout)  # (both serve: joined, handed over)
+    assert sorted(a.table.live()) == ["a", "b"]  # type: ignore[union-attr]
+    hello: Message = (MsgType.HELLO, (SESSION, 7, [60.0]))
+    net.client(B_ADDR, [hello])
+    name = f"specific.{b.config.node_tag}.{SESSION}!0"
+
+    net.apply(B_ADDR, b.leave(net.now))  # a plain leave: B lingers
+    net.run(net.now + 0.05)
+    net.client(B_ADDR, [(MsgType.SEND, (1, name, b"first", 100))])
+    net.run(net.now + 0.2)  # passed on to the keeper, answered
+    acks = [m[1][0] for _, _, conn, m in net.to_clients if conn == CONN and m[0] == MsgType.ACK]
+    assert acks == [1]  # (taken: the keeper answered)
+    del net.nodes[B_ADDR]  # gone
+
+    b2 = make("b", B_ADDR, (A_ADDR,), 1_100_001)  # the next life
+    net.nodes[B_ADDR] = b2
+    restarted = net.now
+    net.start(B_ADDR, b2)
+    # The process reconnects at once: HELLO, a receive, its next send.
+    net.client(B_ADDR, [hello, (MsgType.RECV, (name, 10))])
+    net.client(B_ADDR, [(MsgType.SEND, (2, name, b"second", 100))])
+    net.run(net.now + 5.0)
+    return net, b2, restarted
+
+
+def test_what_the_keeper_hands_back_is_delivered_before_newer_sends() -> None:
+    net, b2, restarted = scenario()
+    got = net.delivered(restarted)
+    assert [payload for _, payload in got] == [b"first", b"second"]
+    assert b2.counters["handover_timeouts"] == 0
+    assert not any(b2.drops().values()), b2.drops()
+    # served one round trip after the join, not after a timeout
+    assert got[-1][0] - restarted < 0.05, got
+
+
+def test_a_peer_that_never_says_it_handed_over_delays_serving_by_join_timeout() -> None:
+    """(a peer of an older version, or its message lost): the new life
+    serves anyway, ``join_timeout`` after it joined, and counts it."""
+    net, b2, restarted = scenario(drop=lambda m: type(m).__name__ == "HandedOver")
+    got = net.delivered(restarted)
+    assert sorted(payload for _, payload in got) == [b"first", b"second"]
+    assert b2.counters["handover_timeouts"] == 1
+    assert not any(b2.drops().values()), b2.drops()  # (kept a lease from then)
+    join_timeout = b2.config.join_timeout
+    assert join_timeout <= got[0][0] - restarted < join_timeout + 0.5, got
