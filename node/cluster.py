@@ -45,7 +45,14 @@ from .membership import (
     suspicion_bounds,
 )
 from .membership import Effects as TableEffects
-from .peer_messages import REPLICATION_MESSAGES, ROUTING_MESSAGES, HandedOver, Relay
+from .peer_messages import (
+    REPLICATION_MESSAGES,
+    ROUTING_MESSAGES,
+    HandedOver,
+    Handoff,
+    Relay,
+    Reservations,
+)
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
 from .readiness import expects_peers
@@ -55,6 +62,9 @@ from .routing import RESTART_GAP, Routing
 log = logging.getLogger("zchannels.node")
 
 _TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
+#: what a joined node takes while it waits for its peers' ``HandedOver``: the
+#: handovers themselves (everything else waits, with its clients' frames)
+_HANDED = (Handoff, Reservations)
 
 
 @dataclass(slots=True)
@@ -213,18 +223,19 @@ class ClusterNode:
 
     def _joined(self, now: float, fx: Fx) -> None:
         """A starting node holds what it is given until it has joined: once
-        another member is live, it takes up what peers sent it, in order,
-        and goes on holding its clients' frames until every live peer has
-        handed over what this node owns (``HandedOver``), or for
-        ``join_timeout`` more: what the peers hand back (its clients' names
-        kept while it was away, the channels it owns again) is older than
-        anything its clients send it now, and must be queued first (seen:
-        messages a client sent as its node left, handed back after its
-        newer ones were delivered by the node's next life)."""
+        another member is live, it takes up the handovers it was sent, and
+        goes on holding everything else (its clients' frames, its peers'
+        relays) until every live peer has handed over what this node owns
+        (``HandedOver``), or for ``join_timeout`` more; then it takes up what
+        it held, in order. What the peers hand back (its clients' names kept
+        while it was away, the channels it owns again) is older than anything
+        sent to it directly now, and must be queued first (seen: messages a
+        client sent as its node left, handed back after its newer ones were
+        delivered by the node's next life)."""
         if self._joining and self._doubt_until is not None and len(self._cluster()[0].live()) > 1:
             self._doubt_until = None
             self._handover_until = now + self.config.join_timeout
-            self._release(now, fx, clients=False)
+            self._release(now, fx, only=_HANDED)
         if self._handover_until is not None:
             self._check_handed_over(now, fx)
 
@@ -321,6 +332,8 @@ class ClusterNode:
                 self._on_handed_over(msg)
             elif self._doubt_until is not None and doubting:
                 self._held.append(_Held("peer", peer=msg))
+            elif self._handover_until is not None and not isinstance(msg, _HANDED):
+                self._held.append(_Held("peer", peer=msg))
             else:
                 self._peer(msg, now, fx)
         if self._joining:
@@ -414,13 +427,13 @@ class ClusterNode:
         config = self._cluster()[0].config
         return 2 * config.probe_interval + config.probe_timeout
 
-    def _release(self, now: float, fx: Fx, clients: bool = True) -> None:
-        """Take up, in order, what was held during the doubt (``clients``:
-        its clients' frames too; else they stay held, in order)."""
+    def _release(self, now: float, fx: Fx, only: tuple[type, ...] | None = None) -> None:
+        """Take up, in order, what was held during the doubt (``only``: the
+        peer messages of these types; the rest stays held, in order)."""
         held, self._held = self._held, []
-        if not clients:
-            self._held = [item for item in held if item.kind != "peer"]
-            held = [item for item in held if item.kind == "peer"]
+        if only is not None:
+            self._held = [i for i in held if not (i.kind == "peer" and isinstance(i.peer, only))]
+            held = [i for i in held if i.kind == "peer" and isinstance(i.peer, only)]
         for item in held:
             if item.kind == "client":
                 self._client(item.conn, item.messages, now, fx)
