@@ -504,17 +504,23 @@ KNOWN_CLUSTER = {
     "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
     "partition to an owner that then freezes)",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(31 of 300 seeds: 23, 52, 53, 71, 97, 139, ...; seed 139, 5 ops: a client of a node "
+    "(15 of 300 seeds: 18, 23, 53, 65, 108, 117, 139, ...; 31 before a reserved send "
+    "refused UNKNOWN_SESSION stopped being counted by its client as well as its node; "
+    "seed 139, 5 ops: a client of a node "
     "declared dead while it lagged took what its owner had counted receiver_gone as it "
     "forgot the client; the shrunk plans/defect2-overcounted.json, "
     "seed 11, passes now; 10 more seeds were deliveries that bounced off a client that had "
     "gone, given back after the owner had counted them: plans/delivery-after-gone-"
     "overcounted.json)",
-    "fifo": _PLAIN_LEAVE_FIFO + " (found once the simulated plain leave lingered as the "
-    "shell's stop() does: before, it lost its handover in flight: plans/plain-leave-"
-    "lingers.json)",
+    "fifo": "issue 11 defect 1: a send whose producer was told SendOutcomeUnknown (its node "
+    "stopped waiting for the owner's answer) is taken after that producer's later sends "
+    "(seed 164, 1 of 300). (Fixed: " + _PLAIN_LEAVE_FIFO + "; found once the simulated "
+    "plain leave lingered as the shell's stop() does, plans/plain-leave-lingers.json; "
+    "fixed by HANDED_OVER: a starting node serves once its peers have handed back)",
     "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
-    "3 of 300 seeds: 124, 188, 194 (199 and part of 124 were credit an owner forgot with "
+    "1 of 300 seeds: 194 (124 and 188 no longer, since nodes have seeds and a starting "
+    "node serves once handed back what it owns) (199 and part of 124 were credit an "
+    "owner forgot with "
     "the client of a node it declared dead, which came back in the same life without "
     "hearing of it: fixed, Routing._restore_credit; 124's 9-op shrink was a credit "
     "handback lost in a partition, fixed: plans/credit-handback-lost-in-partition.json) "
