@@ -129,9 +129,9 @@ class ClusterNode:
         #: the hold is a start's, until this node has joined (``start``)
         self._joining = False
         self._held: list[_Held] = []
-        #: once joined: until when its clients' frames stay held while the
-        #: live peers hand over what it owns, and the peers that said they
-        #: have (``HandedOver``)
+        #: once joined: until when its clients' frames and its peers' relays
+        #: stay held while the live peers hand over what it owns, and the
+        #: peers that said they have (``HandedOver``)
         self._handover_until: float | None = None
         self._handed_over: set[str] = set()
         self._doubt_incarnation = incarnation
