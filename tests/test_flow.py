@@ -121,7 +121,7 @@ class World:
             self.cancel(c)
         c.closing = True
         c.to_node.extend(c.flow.give_back_all(self.now))
-        self._maybe_bye(c)
+        maybe_bye(c)
 
     def drain(self, c: Conn) -> None:
         """The node drains (DRAIN): the connection gives everything back and
@@ -156,48 +156,17 @@ class World:
 
     # -- the network ----------------------------------------------------
     def to_node(self, c: Conn) -> None:
-        if not c.to_node:
-            return
-        mtype, f = c.to_node.popleft()
-        q = self.node
-        if mtype == MsgType.RECV:
-            self._deliver(q.grant(c.cid, f[0], f[1], self.now))
-        elif mtype == MsgType.RETURN:
-            req, channel, items, withdraw = f
-            self._deliver(
-                q.give_back(c.cid, channel, [tuple(i) for i in items], self.now, bool(withdraw))
-            )
-            if withdraw:
-                c.to_client.append((MsgType.ACK, (req, 1)))
-        elif mtype == MsgType.CONSUMED:
-            for report in f[0]:
-                q.consumed(c.cid, *report)
-        elif mtype == MsgType.BYE:
-            q.drop_conn(c.cid, self.now)
-            c.gone = True
-        else:  # pragma: no cover - the model sends nothing else
-            raise AssertionError(mtype)
+        if c.to_node:
+            mtype, f = c.to_node.popleft()
+            if not node_takes(self.node, c, mtype, f, self.now, self._deliver):
+                raise AssertionError(mtype)  # pragma: no cover - the model sends nothing else
 
     def to_client(self, c: Conn) -> None:
         if not c.to_client or c.gone:
             return
         mtype, f = c.to_client.popleft()
-        flow = c.flow
-        if mtype == MsgType.DELIVER:
-            _wake, out = flow.deliver(f[0], f[1], self.now)
-            c.to_node.extend(out)
-        elif mtype == MsgType.ACK:
-            c.to_node.extend(flow.withdrawal_acked(f[0]))
-        elif mtype == MsgType.FLUSHED:
-            flow.flushed(f[0])
-        if c.closing:
-            self._maybe_bye(c)
-
-    def _maybe_bye(self, c: Conn) -> None:
-        # as Connection.aclose: BYE once every withdrawal is acknowledged
-        if c.closing and not c.flow.withdrawals and not any(m[0] == MsgType.BYE for m in c.to_node):
-            c.to_node.extend(c.flow.report())
-            c.to_node.append((MsgType.BYE, (0, 1)))
+        if not client_takes(c, mtype, f, self.now):
+            raise AssertionError(mtype)  # pragma: no cover - the node sends nothing else
 
     def _deliver(self, deliveries: list[Any]) -> None:
         for cid, channel, items in deliveries:
@@ -241,6 +210,51 @@ class World:
             if not moved:
                 return
         raise AssertionError("the model never settled")
+
+
+# -- the network, both models: one client message at the node, one node
+# message at the client -----------------------------------------------------
+def node_takes(q: Queues, c: Any, mtype: MsgType, f: Any, now: float, deliver: Any) -> bool:
+    """The node's side of RECV, RETURN, CONSUMED and BYE (False for another
+    type: the caller's own)."""
+    if mtype == MsgType.RECV:
+        deliver(q.grant(c.cid, f[0], f[1], now))
+    elif mtype == MsgType.RETURN:
+        req, channel, items, withdraw = f
+        deliver(q.give_back(c.cid, channel, [tuple(i) for i in items], now, bool(withdraw)))
+        if withdraw:
+            c.to_client.append((MsgType.ACK, (req, 1)))
+    elif mtype == MsgType.CONSUMED:
+        for report in f[0]:
+            q.consumed(c.cid, *report)
+    elif mtype == MsgType.BYE:
+        q.drop_conn(c.cid, now)
+        c.gone = True
+    else:
+        return False
+    return True
+
+
+def client_takes(c: Any, mtype: MsgType, f: Any, now: float) -> bool:
+    """The client's side of DELIVER, ACK and FLUSHED (False for another)."""
+    flow = c.flow
+    if mtype == MsgType.DELIVER:
+        c.to_node.extend(flow.deliver(f[0], f[1], now)[1])
+    elif mtype == MsgType.ACK:
+        c.to_node.extend(flow.withdrawal_acked(f[0]))
+    elif mtype == MsgType.FLUSHED:
+        flow.flushed(f[0])
+    else:
+        return False
+    maybe_bye(c)
+    return True
+
+
+def maybe_bye(c: Any) -> None:
+    """As ``Connection.aclose``: BYE once every withdrawal is acknowledged."""
+    if c.closing and not c.flow.withdrawals and not any(m[0] == MsgType.BYE for m in c.to_node):
+        c.to_node.extend(c.flow.report())
+        c.to_node.append((MsgType.BYE, (0, 1)))
 
 
 def held_by_clients(world: World) -> list[int]:
@@ -435,6 +449,8 @@ class BundleWorld:
         #: taken by a connection that died before the node had its report
         self.taken_unreported = 0
         self.bundle_reports = 0  # CONSUMED_BUNDLES entries the node applied
+        #: node sequence number -> the message number it carried
+        self.numbers: dict[int, int] = {}
 
     # -- what users do --------------------------------------------------
     def send(self, k: int) -> None:
@@ -526,7 +542,7 @@ class BundleWorld:
             self.cancel(c, POOL_CHANNELS.index(channel))
         c.closing = True
         c.to_node.extend(c.flow.give_back_all(self.now))
-        self._maybe_bye(c)
+        maybe_bye(c)
 
     def fork(self, c: BConn) -> None:
         """The connection's process image dies with what it held: what it
@@ -551,51 +567,24 @@ class BundleWorld:
         if not c.to_node:
             return
         mtype, f = c.to_node.popleft()
-        q = self.node
-        if mtype == MsgType.RECV:
-            self._deliver(q.grant(c.cid, f[0], f[1], self.now))
-        elif mtype == MsgType.RETURN:
-            req, channel, items, withdraw = f
-            self._deliver(
-                q.give_back(c.cid, channel, [tuple(i) for i in items], self.now, bool(withdraw))
-            )
-            if withdraw:
-                c.to_client.append((MsgType.ACK, (req, 1)))
-        elif mtype == MsgType.CONSUMED:
-            for report in f[0]:
-                q.consumed(c.cid, *report)
-        elif mtype == MsgType.CONSUMED_BUNDLES:
+        if mtype == MsgType.CONSUMED_BUNDLES:
             assert c.bundles, "a client that reports per channel sent a bundle report"
             for entry in f[0]:
-                q.consumed_bundle(c.cid, entry[0], entry[1:])
+                self.node.consumed_bundle(c.cid, entry[0], entry[1:])
                 self.bundle_reports += 1
-        elif mtype == MsgType.BYE:
-            q.drop_conn(c.cid, self.now)
-            c.gone = True
-        else:  # pragma: no cover - the model sends nothing else
-            raise AssertionError(mtype)
+        elif not node_takes(self.node, c, mtype, f, self.now, self._deliver):
+            raise AssertionError(mtype)  # pragma: no cover - the model sends nothing else
 
     def to_client(self, c: BConn) -> None:
         if not c.to_client or c.gone:
             return
         mtype, f = c.to_client.popleft()
-        flow = c.flow
-        if mtype == MsgType.DELIVER:
-            c.to_node.extend(flow.deliver(f[0], f[1], self.now)[1])
-        elif mtype in (MsgType.DELIVER_MANY, MsgType.DELIVER_BUNDLE):
+        if mtype in (MsgType.DELIVER_MANY, MsgType.DELIVER_BUNDLE):
             bundle = mtype == MsgType.DELIVER_BUNDLE
-            c.to_node.extend(flow.deliver_many(f[0], f[1], self.now, bundle)[1])
-        elif mtype == MsgType.ACK:
-            c.to_node.extend(flow.withdrawal_acked(f[0]))
-        elif mtype == MsgType.FLUSHED:
-            flow.flushed(f[0])
-        if c.closing:
-            self._maybe_bye(c)
-
-    def _maybe_bye(self, c: BConn) -> None:
-        if c.closing and not c.flow.withdrawals and not any(m[0] == MsgType.BYE for m in c.to_node):
-            c.to_node.extend(c.flow.report())
-            c.to_node.append((MsgType.BYE, (0, 1)))
+            c.to_node.extend(c.flow.deliver_many(f[0], f[1], self.now, bundle)[1])
+            maybe_bye(c)
+        elif not client_takes(c, mtype, f, self.now):
+            raise AssertionError(mtype)  # pragma: no cover - the node sends nothing else
 
     def _deliver(self, deliveries: list[Any]) -> None:
         for cid, channel, items in deliveries:
@@ -607,8 +596,6 @@ class BundleWorld:
                 c.to_client.append((mtype, (list(channel), list(items[0]))))
             else:
                 c.to_client.append((MsgType.DELIVER, (channel, [list(i) for i in items])))
-
-    numbers: dict[int, int] = {}
 
     def _numbers(self, cid: bytes, name: str, seqs: set[int]) -> set[int]:
         """Message numbers the node handed out under ``seqs``."""
