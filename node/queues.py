@@ -705,6 +705,15 @@ class Queues:
                 out[name] = set(flight)
         return out
 
+    def stop_granting(self, conn: ConnId) -> None:
+        """Forget ``conn``'s credit: nothing more is delivered to it. What
+        it was handed stays in flight (it may still give it back or report
+        it taken) until ``drop_conn``."""
+        for name in self._by_conn.get(conn, ()):
+            ch = self.channels.get(name)
+            if ch is not None:
+                ch.credits.pop(conn, None)
+
     def drop_conn(self, conn: ConnId, now: float) -> Outcome:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""

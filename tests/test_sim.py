@@ -504,7 +504,7 @@ KNOWN_CLUSTER = {
     "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
     "partition to an owner that then freezes)",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(15 of 300 seeds: 18, 23, 53, 65, 108, 117, 139, ...; 31 before a reserved send "
+    "(13 of 300 seeds: 18, 23, 53, 65, 108, 117, 139, ...; 31 before a reserved send "
     "refused UNKNOWN_SESSION stopped being counted by its client as well as its node; "
     "seed 139, 5 ops: a client of a node "
     "declared dead while it lagged took what its owner had counted receiver_gone as it "
@@ -514,9 +514,13 @@ KNOWN_CLUSTER = {
     "overcounted.json)",
     "fifo": "issue 11 defect 1: a send whose producer was told SendOutcomeUnknown (its node "
     "stopped waiting for the owner's answer) is taken after that producer's later sends "
-    "(seed 164, 1 of 300). (Fixed: " + _PLAIN_LEAVE_FIFO + "; found once the simulated "
-    "plain leave lingered as the shell's stop() does, plans/plain-leave-lingers.json; "
-    "fixed by HANDED_OVER: a starting node serves once its peers have handed back)",
+    "(seed 164); and seed 46 (8 ops: a plain leave, then 60% loss on the keeper): the "
+    "restarted node served once the peers in its view had handed over, and the lossy "
+    "keeper was not in its view yet (2 of 300). (Fixed: "
+    + _PLAIN_LEAVE_FIFO
+    + "; found once the simulated plain leave lingered as the shell's stop() does, "
+    "plans/plain-leave-lingers.json; fixed by HANDED_OVER: a starting node serves once "
+    "its peers have handed back)",
     "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
     "1 of 300 seeds: 194 (124 and 188 no longer, since nodes have seeds and a starting "
     "node serves once handed back what it owns) (199 and part of 124 were credit an "
