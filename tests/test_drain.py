@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from conftest import Znode, eventually
+from conftest import Znode, eventually, wait_for
 
 from zchannels.errors import NodeUnavailable
 from zchannels.layer import ZeroMQChannelLayer
@@ -125,16 +125,6 @@ async def test_a_held_call_that_fails_or_is_cancelled_is_never_sent(
         await layer.close()
 
 
-def busy_until(condition: Callable[[], bool], what: str) -> None:
-    """Keep this thread (an event loop's: it is busy meanwhile) until
-    ``condition``, and 50 ms more (for what other threads do then)."""
-    deadline = time.monotonic() + STEP
-    while not condition():
-        assert time.monotonic() < deadline, f"not in {STEP} s: {what}"
-        time.sleep(0.001)
-    time.sleep(0.05)
-
-
 class ScriptedNode:
     """A bare ROUTER on the node's endpoint, answering what a test tells it
     to: the order in which a node's frames reach a process's connections is
@@ -233,7 +223,7 @@ async def test_a_held_send_is_answered_whichever_connection_the_next_node_welcom
 
         await asyncio.to_thread(node.next, moving)
         held = asyncio.ensure_future(layer.send("work", {"n": 2}))
-        await asyncio.sleep(0)
+        await eventually(lambda: main._held, STEP, "the send to be held")
 
         # the next node: both connections find it (their pings are answered
         # RESET) and say HELLO again ...
@@ -253,14 +243,20 @@ async def test_a_held_send_is_answered_whichever_connection_the_next_node_welcom
         # the news comes.
         for ident in (mine, keeper):
             node.welcome(ident, "2")
-        busy_until(lambda: layer.client.incarnation == "2", "the keeper was welcomed")
+        loop = asyncio.get_running_loop()
+
+        def told() -> bool:  # the keeper's news waits in this (busy) loop
+            ready = getattr(loop, "_ready", ())
+            return any(getattr(h, "_callback", None) == main.rehello for h in ready)
+
+        wait_for(told, STEP, "the keeper to tell this loop's connection of the restart")
         main._on_readable()  # this loop reads its WELCOME before the news
         node.heard.clear()
         node.unread.clear()
         await asyncio.to_thread(node.next, send_from(mine))  # the held send, released
         try:  # a HELLO said again is answered, as any node would
             node.welcome(await asyncio.to_thread(node.next, hello, 0.5), "2")
-            await asyncio.sleep(0.1)
+            await asyncio.wait({held}, timeout=STEP)  # (the welcome fails it)
         except TimeoutError:
             pass
         node.say(mine, MsgType.ACK, req.pop(), 0)
