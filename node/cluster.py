@@ -30,6 +30,7 @@ from zchannels.protocol import DecodeError, Message, MsgType
 from .config import NodeConfig
 from .core import ClusterWork, CoreSettings, NodeCore, Out
 from .effects import EVERYONE, Fx
+from .links import Links, LinkSettings
 from .membership import (
     LIVE,
     Ack,
@@ -50,6 +51,7 @@ from .peer_messages import (
     ROUTING_MESSAGES,
     HandedOver,
     Handoff,
+    LinkAck,
     Relay,
     Reservations,
 )
@@ -120,6 +122,18 @@ class ClusterNode:
                 cluster=config.cluster,
                 rng=rng,
             )
+        #: the cluster messages' sequence numbers, acknowledgements and
+        #: retransmissions, per peer life (kept across a fence: what arrives
+        #: for the old life is still taken once)
+        self.links = Links(
+            config.node_id,
+            incarnation,
+            LinkSettings(
+                ack_delay=config.link_ack_delay,
+                retransmit=config.link_retransmit,
+                hello_interval=config.load_interval,
+            ),
+        )
         self._build(incarnation, fenced=None)
         #: when this node last took a step (a gap means it did not run)
         self._last_step: float | None = None
@@ -325,7 +339,7 @@ class ClusterNode:
             self.counters["decode_errors"] += 1  # (a node alone has no peer socket)
             return Effects()
         doubting = self._doubting(now, fx)
-        for msg in messages:
+        for msg in self.links.take(messages, now):
             if isinstance(msg, _TABLE):
                 self._table(table.handle(msg, now), now, fx)
             elif isinstance(msg, HandedOver):
@@ -376,7 +390,21 @@ class ClusterNode:
             fx.out.extend(self.core.tick(now, fx.work))
         routing.tick(now, fx)
         replication.tick(now, fx)
-        return self._finish(fx, now)
+        effects = self._finish(fx, now)
+        effects.peers.extend(self._link_frames(now, table))
+        return effects
+
+    def _link_frames(self, now: float, table: MemberTable) -> list[tuple[str, bytes]]:
+        """The links' acknowledgements, frames sent again and hellos,
+        addressed."""
+        members = {m.id: m for m in table.members()}
+        live = [n for n in table.live() if n != self.node_id]
+        frames = []
+        for node, frame in self.links.tick(now, members, live):
+            member = members.get(node)
+            if member is not None and node != self.node_id:
+                frames.append((member.address, frame))
+        return frames
 
     # -- after a stall: was this node declared dead meanwhile? ----------------
     def _fence_gap(self) -> float:
@@ -482,6 +510,7 @@ class ClusterNode:
             past["dead_owner"] += rc["lost_in_dead_nodes"]
         self._past_drops.update(past)
         self.incarnation = new
+        self.links.new_life(new)
         # (the table first: the new life's routing and replication take
         # their incarnation from it)
         renewed = table.renew(new)
@@ -512,6 +541,7 @@ class ClusterNode:
                 self.table.next_deadline(),
                 self.routing.next_deadline(),
                 self.replication.next_deadline(),
+                self.links.next_deadline(),
             )
         return deadline
 
@@ -569,6 +599,9 @@ class ClusterNode:
 
     def _member_event(self, event: MemberEvent, now: float, fx: Fx) -> None:
         fx.events.append(event)
+        if event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
+            # (before routing's handover: the peer may sequence what follows)
+            fx.peers.append((event.node, self.links.hello()))
         routing, replication = self.routing, self.replication
         if replication is not None:
             replication.on_member_event(event, fx)
@@ -597,9 +630,11 @@ class ClusterNode:
             if virtual:
                 routing.send_back(virtual, fx)
                 out = [o for o in out if not routing.is_virtual(o[0])]
-        return Effects(out, self._address(fx.peers, table), fx.events)
+        return Effects(out, self._address(fx.peers, table, now), fx.events)
 
-    def _address(self, peers: list[tuple[str, Any]], table: MemberTable) -> list[tuple[str, bytes]]:
+    def _address(
+        self, peers: list[tuple[str, Any]], table: MemberTable, now: float
+    ) -> list[tuple[str, bytes]]:
         """(node id or address, message) -> (address, frame); messages to
         nodes that are not members are counted and dropped."""
         frames: list[tuple[str, bytes]] = []
@@ -609,7 +644,8 @@ class ClusterNode:
             if isinstance(msg, _TABLE):  # the member table addresses its own
                 frames.append((target, encode_peer(msg)))
                 continue
-            frame = encode_peer(msg)
+            plain: bytes | None = None
+            linked = not isinstance(msg, LinkAck)  # (a link's own: never sequenced)
             if target == EVERYONE:
                 if live is None:
                     live = [n for n in table.live() if n != me]
@@ -625,6 +661,11 @@ class ClusterNode:
                 if member is None or node == me:
                     self.counters["unsent"] += 1
                     continue
+                frame = self.links.frame(member, msg, now) if linked else None
+                if frame is None:
+                    if plain is None:
+                        plain = encode_peer(msg)
+                    frame = plain
                 frames.append((member.address, frame))
         return frames
 

@@ -139,6 +139,9 @@ class NodeCore:
         #: back (its previous life's clients, after a restart): their
         #: process-specific channels are kept, not dropped as dead
         self._grace_until: float | None = None
+        #: this life serves (``start``): before, what is handed over is
+        #: kept whoever it is for (its processes have not come back yet)
+        self._started = False
         #: sessions that ended here during the grace (gone for good)
         self._ended: set[str] = set()
         self._handlers: dict[
@@ -212,6 +215,7 @@ class NodeCore:
         session not (yet) registered here is kept (its process may be
         reconnecting after this node's restart), not dropped as dead."""
         self._grace_until = now + self.settings.lease
+        self._started = True
 
     def begin_drain(self) -> list[Out]:
         """Tell every client this node is going away (``DRAIN``): each gives
@@ -737,6 +741,13 @@ class NodeCore:
         channel) memberships that were not here before."""
         out: list[Out] = []
         for name, items in channels:
+            if self._started and not self._owner_alive(name, now):
+                # (a name of this node's whose process is gone for good: a
+                # handback late enough, a link's frame sent again after a
+                # break, comes after its grace; queued, it would wait for
+                # nobody until it expired)
+                self.counters.dropped_dead_owner += len(items)
+                continue
             self._deliver(self.queues.adopt(name, items, now), out)
         me = f"{self.settings.node_id}@{self.settings.incarnation}/"
         added: list[tuple[str, str]] = []

@@ -202,6 +202,32 @@ class Load:
     load: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class LinkSeq:
+    """The frame's next message is number ``seq`` of link ``gen`` from
+    ``source`` in its life ``life`` (its starting incarnation) to the
+    receiving node, which the sender knew at incarnation ``target``
+    (``links``)."""
+
+    source: str
+    life: int
+    gen: int
+    seq: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkAck:
+    """``source`` took every message of link ``gen`` (of the receiving
+    node's life ``life``) up to ``upto``. ``gen`` 0 is a hello: ``source``
+    speaks links in its life ``life``."""
+
+    source: str
+    life: int
+    gen: int
+    upto: int
+
+
 ClusterMessage = (
     GroupDelta
     | GroupDeltaAck
@@ -219,6 +245,8 @@ ClusterMessage = (
     | Ask
     | Answer
     | Load
+    | LinkSeq
+    | LinkAck
 )
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).

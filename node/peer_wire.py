@@ -45,6 +45,8 @@ from .peer_messages import (
     HandedReservation,
     Handoff,
     HolderGone,
+    LinkAck,
+    LinkSeq,
     Load,
     Relay,
     RelayBack,
@@ -170,6 +172,14 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # members [[group, channel, holder, ttl_s, capacity]...]
     MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
     MsgType.PEER_HANDED_OVER: (("origin", str), ("incarnation", int)),
+    MsgType.PEER_LINK_SEQ: (
+        ("source", str),
+        ("life", int),
+        ("gen", int),
+        ("seq", int),
+        ("target", int),
+    ),
+    MsgType.PEER_LINK_ACK: (("source", str), ("life", int), ("gen", int), ("upto", int)),
     MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
@@ -296,6 +306,10 @@ def to_wire(msg: PeerMessage) -> Message:
             )
         case HandedOver():
             return MsgType.PEER_HANDED_OVER, (msg.origin, msg.incarnation)
+        case LinkSeq():
+            return MsgType.PEER_LINK_SEQ, (msg.source, msg.life, msg.gen, msg.seq, msg.target)
+        case LinkAck():
+            return MsgType.PEER_LINK_ACK, (msg.source, msg.life, msg.gen, msg.upto)
         case Ask():
             return MsgType.PEER_ASK, (msg.qid, msg.origin, msg.kind, msg.arg)
         case Answer():
@@ -398,6 +412,12 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return Handoff(f[0], _handed_channels(f[1]), _handed_members(f[2]))
     if mtype == MsgType.PEER_HANDED_OVER:
         return HandedOver(f[0], f[1])
+    if mtype == MsgType.PEER_LINK_SEQ:
+        _require(f[2] >= 1 and f[3] >= 1, "PEER_LINK_SEQ gen or seq")
+        return LinkSeq(f[0], f[1], f[2], f[3], f[4])
+    if mtype == MsgType.PEER_LINK_ACK:
+        _require(f[2] >= 0 and f[3] >= 0, "PEER_LINK_ACK gen or upto")
+        return LinkAck(f[0], f[1], f[2], f[3])
     if mtype == MsgType.PEER_ASK:
         _require(f[2] in ("flush", "members"), f"PEER_ASK kind {f[2][:20]!r}")
         return Ask(f[0], f[1], f[2], f[3])

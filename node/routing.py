@@ -207,6 +207,12 @@ class Routing:
         self.loads: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
+        #: when the last load report went, and the queues' sequence number then
+        self._last_load = 0.0
+        self._reported_seq = -1
+        self._ticked_at = 0.0
+        #: how soon after messages were queued a report goes (at most)
+        self._soon = load_interval / 20
         #: per origin node: (estimated clock offset: our now - its clock,
         #: when last updated): how late its relays arrive (``_lag``)
         self._offsets: dict[str, tuple[float, float]] = {}
@@ -542,6 +548,10 @@ class Routing:
             if late:
                 self.counters["late_sends_refused"] += len(late)
                 messages = tuple(m for m in messages if m[0] != MsgType.SEND)
+                # A reserved send (request 0) has no answer to wait for: its
+                # origin counts nothing, so the loss is counted here, once.
+                reserved = sum(1 for m in late if not m[1][0])
+                self.core.counters.dropped_dead_owner += reserved
         if origin == self.me:
             # Our own client's messages came back to us (a handover, or hops
             # while views differed): handle them as its, on its connection.
@@ -1232,6 +1242,9 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
+        if self.core.queues.seq != self._reported_seq:
+            # (after this tick, even if the messages came after its report)
+            deadline = min(deadline, max(self._last_load, self._ticked_at) + self._soon)
         for provisional in self._provisional.values():
             deadline = min(deadline, provisional[2])
         if self._sweep_at is not None:
@@ -1268,8 +1281,16 @@ class Routing:
                 ", ".join(sorted(self._asks[qid].waiting)),
             )
             self._answer(qid, fx)
-        if now >= self._next_load:
+        # (a report soon after messages were queued, not only every
+        # load_interval: what a SIGKILL takes with this node is counted from
+        # its last report, so a fresher one counts closer to the truth)
+        seq = self.core.queues.seq
+        self._ticked_at = now
+        if now >= self._next_load or (
+            seq != self._reported_seq and now >= self._last_load + self._soon
+        ):
             self._next_load = now + self.load_interval
+            self._last_load, self._reported_seq = now, seq
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
             for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
                 del self._counted_gone[client]

@@ -26,6 +26,8 @@ from zchannels.node.peer_messages import (
     GroupSlice,
     Handoff,
     HolderGone,
+    LinkAck,
+    LinkSeq,
     Load,
     Relay,
     RelayBack,
@@ -124,6 +126,14 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n1", 1000007),
         "013992a26e31ce000f4247",
     ),
+    MsgType.PEER_LINK_SEQ: (
+        ("n1", 1000007, 2, 5, 1000003),
+        "013a95a26e31ce000f42470205ce000f4243",
+    ),
+    MsgType.PEER_LINK_ACK: (
+        ("n2", 1000007, 2, 5),
+        "013b94a26e32ce000f42470205",
+    ),
     MsgType.PEER_ASK: (
         (4, "n1", "flush", "asgi"),
         "01289404a26e31a5666c757368a461736769",
@@ -189,6 +199,9 @@ MESSAGES: list[PeerMessage] = [
     Ask(1, "n1", "members", "asgi|g"),
     Answer(1, "n2", ("asgi|c",)),
     Load("n2", {"channels": 1, "queued": 0, "drops": {"full": 0}}),
+    LinkSeq("n1", 1000007, 2, 5, 1000003),
+    LinkAck("n2", 1000007, 2, 5),
+    LinkAck("n2", 1000007, 0, 0),
     Reservations(
         "n1",
         (
@@ -230,6 +243,10 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4, -1.0]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", True, b"c", "t", 60.0, 4, 1.5]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4]])),
+        (MsgType.PEER_LINK_SEQ, ("n1", 7, 0, 1, 7)),  # no link 0 (a hello's)
+        (MsgType.PEER_LINK_SEQ, ("n1", 7, 1, 0, 7)),  # sequence numbers start at 1
+        (MsgType.PEER_LINK_ACK, ("n1", 7, -1, 0)),
+        (MsgType.PEER_LINK_ACK, ("n1", 7, 1, -1)),
         (MsgType.PEER_ASK, (1, "n1", "shutdown", "")),
         (MsgType.PEER_ANSWER, (1, "n1", [1])),
         (MsgType.GROUP_DIGEST, ("n1", [["n1", 7]])),

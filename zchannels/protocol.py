@@ -133,6 +133,12 @@ class MsgType(enum.IntEnum):
     # ``join_timeout``), so what they hand back goes before what its clients
     # send it (zchannels.node.cluster)
     PEER_HANDED_OVER = 57
+    # node <-> node: a peer link's sequence number (the frame's next message
+    # is that one) and its acknowledgement (or, gen 0, a hello: "I speak
+    # links"): the cluster's messages between two lives arrive once, in
+    # order, or are given up with the life (zchannels.node.links)
+    PEER_LINK_SEQ = 58
+    PEER_LINK_ACK = 59
 
 
 class ErrorCode(enum.IntEnum):

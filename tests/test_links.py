@@ -1,0 +1,238 @@
+"""Peer links (``zchannels.node.links``), written from what a link must do:
+every cluster message between two lives is taken once and in order, however
+the connection between them drops frames; the sender gives up what it kept
+only when the peer's life ends, and says how much."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zchannels.node.links import Links, LinkSettings
+from zchannels.node.membership import Member, State
+from zchannels.node.peer_messages import Ask, LinkAck
+from zchannels.node.peer_wire import PeerMessage, decode_peer, encode_peer
+
+S = LinkSettings(ack_delay=0.02, retransmit=0.25, hello_interval=1.0, max_unacked=1000)
+A_LIFE, B_LIFE = 1_000_000, 2_000_000
+
+
+def member(node: str, incarnation: int, state: State = State.ALIVE) -> Member:
+    return Member(node, state, incarnation, f"tcp://{node}:1")
+
+
+def pair() -> tuple[Links, Links]:
+    """Two nodes that have said hello to each other."""
+    a, b = Links("a", A_LIFE, S), Links("b", B_LIFE, S)
+    a.take([b.hello()], 0.0)
+    b.take([a.hello()], 0.0)
+    return a, b
+
+
+def msg(i: int) -> Ask:
+    return Ask(i, "a", "members", f"asgi|g{i}")
+
+
+def taken(links: Links, frame: bytes, now: float) -> list[PeerMessage]:
+    return links.take(decode_peer(frame), now)
+
+
+def acks(links: Links, now: float, members: dict[str, Member], to: str) -> list[bytes]:
+    live = [n for n in members if n != links.node_id]
+    return [f for node, f in links.tick(now, members, live) if node == to]
+
+
+def test_frames_are_taken_in_order_once_and_acknowledged() -> None:
+    a, b = pair()
+    mb, ma = member("b", B_LIFE), member("a", A_LIFE)
+    frames = [a.frame(mb, msg(i), 0.0) for i in range(3)]
+    assert all(f is not None for f in frames)
+    got = [m for f in frames if f is not None for m in taken(b, f, 0.001)]
+    assert got == [msg(0), msg(1), msg(2)]
+    assert b.take(decode_peer(frames[1] or b""), 0.002) == []  # a copy
+    assert b.counters["link_duplicates"] == 1
+    assert a.status()["unacked"] == 3
+    # b acknowledges once ack_delay has passed (and at once after the copy)
+    out = acks(b, 0.03, {"a": ma, "b": mb}, "a")
+    assert LinkAck("b", A_LIFE, 1, 3) in [decode_peer(f)[0] for f in out]
+    for f in out:
+        a.take(decode_peer(f), 0.031)
+    assert a.status()["unacked"] == 0
+    assert a.counters["link_retransmits"] == 0
+
+
+def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:
+    a, b = pair()
+    mb, ma = member("b", B_LIFE), member("a", A_LIFE)
+    f1, f2, f3 = (a.frame(mb, msg(i), 0.0) for i in range(3))
+    assert f1 and f2 and f3
+    assert taken(b, f1, 0.001) == [msg(0)]
+    # f2 is lost with a broken connection; f3 arrives after the gap
+    assert taken(b, f3, 0.002) == []
+    assert b.counters["link_gaps"] == 1
+    # nothing is sent again before the retransmission timeout...
+    assert [f for n, f in a.tick(0.2, {"b": mb}, []) if n == "b"] == []
+    # ...then everything not acknowledged, oldest first
+    again = [f for n, f in a.tick(0.25, {"b": mb}, []) if n == "b"]
+    assert again == [f1, f2, f3]
+    got = [m for f in again for m in taken(b, f, 0.26)]
+    assert got == [msg(1), msg(2)]  # f1 a copy, the rest in order
+    assert a.next_deadline() <= 0.25 + S.retransmit
+    assert a.counters["link_retransmits"] == 3
+    del ma
+
+
+def test_a_peer_that_never_said_hello_gets_frames_as_they_are() -> None:
+    a = Links("a", A_LIFE, S)
+    assert a.frame(member("old", 5), msg(1), 0.0) is None
+    assert a.status() == {"open": 0, "unacked": 0}
+
+
+def test_a_frame_without_a_link_is_taken_as_it_is() -> None:
+    b = Links("b", B_LIFE, S)
+    assert b.take([msg(1)], 0.0) == [msg(1)]
+
+
+def test_a_link_ends_with_its_peers_life_and_counts_what_it_gave_up() -> None:
+    a, _ = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.0)
+    a.frame(mb, msg(2), 0.0)
+    # b is declared dead: the link ends at the next tick, not sent again
+    out = a.tick(1.0, {"b": member("b", B_LIFE, State.DEAD)}, [])
+    assert [f for n, f in out if n == "b"] == []
+    assert a.counters["link_abandoned"] == 2
+    assert a.status() == {"open": 0, "unacked": 0}
+    # what is addressed to it now goes as it is (as to any member thought dead)
+    assert a.frame(member("b", B_LIFE, State.DEAD), msg(3), 1.0) is None
+
+
+def test_a_new_life_of_the_peer_ends_the_link_and_needs_its_own_hello() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0)
+    restarted = member("b", B_LIFE + 5000)
+    assert a.frame(restarted, msg(2), 0.1) is None  # its new life has not said hello
+    assert a.counters["link_abandoned"] == 1
+    a.take([LinkAck("b", B_LIFE + 5000, 0, 0)], 0.2)
+    assert a.frame(restarted, msg(3), 0.3) is not None
+    assert a.counters["links_opened"] == 2
+
+
+def test_a_refuted_suspicion_keeps_the_link() -> None:
+    a, b = pair()
+    f1 = a.frame(member("b", B_LIFE), msg(1), 0.0)
+    f2 = a.frame(member("b", B_LIFE + 1, State.SUSPECT), msg(2), 0.1)
+    assert f1 and f2
+    assert [*taken(b, f1, 0.2), *taken(b, f2, 0.2)] == [msg(1), msg(2)]
+    assert a.counters["link_abandoned"] == 0
+
+
+def test_a_link_that_is_never_acknowledged_is_given_up_beyond_its_bound() -> None:
+    a, _ = pair()
+    small = Links("a", A_LIFE, LinkSettings(max_unacked=3))
+    small.take([LinkAck("b", B_LIFE, 0, 0)], 0.0)
+    for i in range(4):
+        small.frame(member("b", B_LIFE), msg(i), 0.0)
+    assert small.counters["link_abandoned"] == 4
+    assert small.status()["open"] == 0
+    del a
+
+
+def test_what_comes_for_an_earlier_life_is_taken_from_where_it_is_once() -> None:
+    """A sender that has not seen this node's new life yet sends again what
+    it kept for the old one: taken (as a frame without a link would be),
+    each once."""
+    a, _ = pair()
+    old = member("b", B_LIFE)
+    frames = [a.frame(old, msg(i), 0.0) for i in range(4)]
+    fresh = Links("b", B_LIFE + 5000, S)  # b restarted: nothing of the old link
+    got = [m for f in frames[2:] if f for m in taken(fresh, f, 0.1)]
+    got += [m for f in frames if f for m in taken(fresh, f, 0.2)]  # sent again
+    assert got == [msg(2), msg(3)]
+
+
+def test_an_acknowledgement_for_another_life_or_link_changes_nothing() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0)
+    a.take([LinkAck("b", A_LIFE - 1, 1, 1)], 0.1)  # for an earlier life of a
+    a.take([LinkAck("c", A_LIFE, 1, 1)], 0.1)  # from another node
+    a.take([LinkAck("b", A_LIFE, 9, 1)], 0.1)  # another link
+    assert a.status()["unacked"] == 1
+
+
+def test_a_fence_gives_up_the_old_lifes_links() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0)
+    a.new_life(A_LIFE + 1001)
+    assert a.counters["link_abandoned"] == 1
+    hello = [decode_peer(f)[0] for n, f in a.tick(0.1, {"b": member("b", B_LIFE)}, ["b"])]
+    assert LinkAck("a", A_LIFE + 1001, 0, 0) in hello
+
+
+# -- any interleaving ------------------------------------------------------------
+
+#: one step of the connection between a and b: (what happens to the next
+#: frame in flight: 0 deliver, 1 lose, 2 deliver twice; seconds that pass)
+_STEPS = st.lists(st.tuples(st.integers(0, 2), st.sampled_from([0.0, 0.01, 0.1, 0.3])))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    sends=st.lists(st.integers(0, 3), min_size=1, max_size=30),
+    steps=_STEPS,
+)
+def test_any_losses_and_copies_end_with_every_message_once_in_order(
+    sends: list[int], steps: list[tuple[int, float]]
+) -> None:
+    """a sends numbered messages in bursts; the connection both ways loses
+    and copies frames as ``steps`` say (a FIFO link: nothing overtakes);
+    then it heals. b must take every message exactly once, in order, and
+    a must end with nothing kept."""
+    a, b = pair()
+    ma, mb = member("a", A_LIFE), member("b", B_LIFE)
+    members = {"a": ma, "b": mb}
+    to_b: list[bytes] = []
+    to_a: list[bytes] = []
+    got: list[int] = []
+    now, n = 0.0, 0
+    plan = iter(steps)
+
+    def carry(fate: int) -> None:
+        for queue, dst in ((to_b, b), (to_a, a)):
+            if not queue:
+                continue
+            frame = queue.pop(0)
+            for _ in range({0: 1, 1: 0, 2: 2}[fate]):
+                for m in dst.take(decode_peer(frame), now):
+                    assert isinstance(m, Ask)
+                    got.append(m.qid)
+
+    def tick() -> None:
+        for node, frame in a.tick(now, members, ["b"]):
+            if node == "b":
+                to_b.append(frame)
+        for node, frame in b.tick(now, members, ["a"]):
+            if node == "a":
+                to_a.append(frame)
+
+    for burst in sends:
+        for _ in range(burst):
+            frame = a.frame(mb, msg(n), now)
+            assert frame is not None
+            to_b.append(frame)
+            n += 1
+        fate, dt = next(plan, (0, 0.01))
+        carry(fate)
+        now += dt
+        tick()
+    # healed: everything arrives from now on
+    for _ in range(200):
+        while to_b or to_a:
+            carry(0)
+        now += 0.05
+        tick()
+        if not to_a and not to_b and a.status()["unacked"] == 0:
+            break
+    assert got == list(range(n))
+    assert a.status()["unacked"] == 0
+    assert a.counters["link_abandoned"] == 0
+    assert encode_peer(b.hello())  # (b still speaks)
