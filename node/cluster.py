@@ -713,6 +713,7 @@ class ClusterNode:
                 }
             )
         peer_counters = dict(self.counters)
+        peer_counters.update(self.links.counters)  # (link_retransmits, link_gaps, ...)
         peer_counters["from_strangers"] = (
             peer_counters.get("from_strangers", 0) + replication.from_strangers
         )

@@ -500,10 +500,12 @@ KNOWN_CLUSTER = {
     "uncounted_loss_dead_sender": "issue 11 defect 2 (as counted): a shortfall no bigger "
     "than the reserved sends refused to processes that died; seed 6",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "seed 0; shrunk: plans/defect2-uncounted-loss.json (a send relayed across a "
-    "partition to an owner that then freezes)",
+    "95 of 300 seeds (124 before peer links and prompt load reports); what a SIGKILLed "
+    "owner held is counted from its last load report, an estimate by construction; "
+    "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(13 of 300 seeds: 18, 23, 53, 65, 108, 117, 139, ...; 31 before a reserved send "
+    "(24 of 300 seeds since peer links and load reported soon after a put: 17, 22, 56, 59, "
+    "108, 139, ...; 13 before; 31 before a reserved send "
     "refused UNKNOWN_SESSION stopped being counted by its client as well as its node; "
     "seed 139, 5 ops: a client of a node "
     "declared dead while it lagged took what its owner had counted receiver_gone as it "
@@ -511,25 +513,16 @@ KNOWN_CLUSTER = {
     "seed 11, passes now; 10 more seeds were deliveries that bounced off a client that had "
     "gone, given back after the owner had counted them: plans/delivery-after-gone-"
     "overcounted.json)",
-    "fifo": "issue 11 defect 1: a send whose producer was told SendOutcomeUnknown (its node "
-    "stopped waiting for the owner's answer) is taken after that producer's later sends "
-    "(seed 164); and seed 46 (8 ops: a plain leave, then 60% loss on the keeper): the "
+    "fifo": "issue 11 defect 1: seed 46 (8 ops: a plain leave, then 60% loss on the keeper): the "
     "restarted node served once the peers in its view had handed over, and the lossy "
-    "keeper was not in its view yet (2 of 300). (Fixed: "
+    "keeper was not in its view yet (1 of 300; seed 164, a send told SendOutcomeUnknown "
+    "taken after later ones, passes since peer links). (Fixed: "
     + _PLAIN_LEAVE_FIFO
     + "; found once the simulated plain leave lingered as the shell's stop() does, "
     "plans/plain-leave-lingers.json; fixed by HANDED_OVER: a starting node serves once "
     "its peers have handed back)",
-    "stalled": "issue 11 defect 3: a channel does not serve again after every fault healed; "
-    "1 of 300 seeds: 194 (124 and 188 no longer, since nodes have seeds and a starting "
-    "node serves once handed back what it owns) (199 and part of 124 were credit an "
-    "owner forgot with "
-    "the client of a node it declared dead, which came back in the same life without "
-    "hearing of it: fixed, Routing._restore_credit; 124's 9-op shrink was a credit "
-    "handback lost in a partition, fixed: plans/credit-handback-lost-in-partition.json) "
-    "(24 of 300 seeds before credit was granted again to a "
-    "restarted owner's next life, seed 38: plans/restart-before-death-credit.json, and "
-    "after this node learns it was declared dead, seed 75)",
+    # (stalled: none of 300 since peer links; seed 194 was a receive's
+    # credit lost with a partition, which its link now sends again)
 }
 
 
