@@ -52,6 +52,7 @@ from .peer_messages import (
     HandedOver,
     Handoff,
     LinkAck,
+    Load,
     Relay,
     Reservations,
 )
@@ -89,6 +90,19 @@ class _Held:
     conn: ConnId = b""
     messages: list[Message] = field(default_factory=list)
     peer: Any = None
+
+
+def _units(msg: object) -> int:
+    """Messages in a cluster message that only its sender counts lost if
+    the receiver never takes them (``links``): reserved sends (request 0:
+    no answer to wait for) and handed-over items. (A request is answered by
+    its origin's timeout; a delivery or a give-back stays in its owner's
+    flight until the client is forgotten, and is counted then.)"""
+    if isinstance(msg, Relay):
+        return sum(1 for mtype, fields in msg.messages if mtype == MsgType.SEND and not fields[0])
+    if isinstance(msg, Handoff):
+        return sum(len(items) for _, items in msg.channels)
+    return 0
 
 
 class ClusterNode:
@@ -191,6 +205,7 @@ class ClusterNode:
                 sweep_delay=config.stray_sweep_delay,
                 fenced=fenced,
             )
+            self.routing.report_extra = lambda: {"links": self.links.report()}
         self.core.extra_status = self._extra_status
 
     def _cluster(self) -> tuple[MemberTable, Routing, GroupReplication]:
@@ -352,10 +367,17 @@ class ClusterNode:
                 self._peer(msg, now, fx)
         if self._joining:
             self._joined(now, fx)
-        return self._finish(fx, now)
+        effects = self._finish(fx, now)
+        for node, frame in self.links.replies():  # (answers to link probes)
+            member = table.member(node)
+            if member is not None and node != self.node_id:
+                effects.peers.append((member.address, frame))
+        return effects
 
     def _peer(self, msg: Any, now: float, fx: Fx) -> None:
         _, routing, replication = self._cluster()
+        if isinstance(msg, Load) and "links" in msg.load:
+            self.links.reported(msg.origin, msg.load["links"])
         if isinstance(msg, ROUTING_MESSAGES):
             routing.handle(msg, now, fx)
             if fx.adopted:  # (at once: the frame's next message may be a fanout for them)
@@ -492,7 +514,10 @@ class ClusterNode:
             for mtype, fields in item.peer.messages
             if mtype == MsgType.RETURN
         )
-        lost = self.core.queues.queued() + returned
+        # (and what peers' links brought that only they would count, had
+        # this life not taken it: reserved sends, handed-over items)
+        taken = sum(_units(item.peer) for item in self._held if item.kind == "peer")
+        lost = self.core.queues.queued() + returned + taken
         old = self.incarnation
         new = max(table.incarnation, old) + RESTART_GAP + 1
         log.warning(
@@ -510,7 +535,7 @@ class ClusterNode:
             past["dead_owner"] += rc["lost_in_dead_nodes"]
         self._past_drops.update(past)
         self.incarnation = new
-        self.links.new_life(new)
+        self.links.new_life(new, now)
         # (the table first: the new life's routing and replication take
         # their incarnation from it)
         renewed = table.renew(new)
@@ -556,8 +581,10 @@ class ClusterNode:
 
     def passing_on(self) -> bool:
         """After a leave: requests passed on to their owners still wait for
-        an answer here (the shell lingers until they have one)."""
-        return self.routing is not None and self.routing.waiting()
+        an answer here, or frames for their acknowledgement (the shell
+        lingers until they have one: a frame still on its way when the
+        process exits is lost with its connection)."""
+        return (self.routing is not None and self.routing.waiting()) or self.links.sending()
 
     def linger_limit(self) -> float:
         """Seconds a node that left passes on what peers still send, at most."""
@@ -661,7 +688,7 @@ class ClusterNode:
                 if member is None or node == me:
                     self.counters["unsent"] += 1
                     continue
-                frame = self.links.frame(member, msg, now) if linked else None
+                frame = self.links.frame(member, msg, now, _units(msg)) if linked else None
                 if frame is None:
                     if plain is None:
                         plain = encode_peer(msg)
@@ -677,7 +704,7 @@ class ClusterNode:
         drops = self.core.drops()
         if self.routing is not None:
             rc = self.routing.counters
-            drops["dead_owner"] += rc["lost_in_dead_nodes"]
+            drops["dead_owner"] += rc["lost_in_dead_nodes"] + self.links.lost_units
             drops["decode_error"] += self.counters["decode_errors"]
         for reason, count in self._past_drops.items():
             drops[reason] = drops.get(reason, 0) + count

@@ -29,10 +29,21 @@ How (go-back-N, as TCP does it one level up):
 - The sender sends every unacknowledged frame again, oldest first, when the
   oldest has waited ``retransmit`` seconds for its acknowledgement.
 - A link ends when its peer's life does in this node's view (declared
-  dead, left, or seen in a new life): what it still kept is given up
-  (``link_abandoned``) and left to the rules for what dies with a node, as
-  before links. A link that keeps more than ``max_unacked`` frames (a peer
-  that hears but is never heard) is given up too.
+  dead, left, or seen in a new life), or when this node's life ends in
+  place (a fence), or when it keeps more than ``max_unacked`` frames (a
+  peer that hears but is never heard): nothing is sent again
+  (``link_abandoned`` frames). What those frames carried that only this
+  node would count (the caller's ``units``: reserved sends, handed-over
+  items) waits in limbo: this node asks the peer how far it took the link
+  (``LinkProbe``, every ``retransmit``, on the same connection after the
+  frames, so the answer is final) and counts what the peer never took as
+  lost (``lost_units``, the node's ``dead_owner``), once. A peer that does
+  not know (a new process at its address: ``LinkState`` -1) or never
+  answers within ``limbo_keep`` has it all counted. What the peer took is
+  its own to count (queued, delivered, or lost with it).
+- A leaving node lingers while frames wait for their acknowledgement
+  (``sending``): one still on its way when the process exits is lost with
+  its connection.
 - A peer that never says hello (an older version) gets frames as before;
   its hellos from this node are dropped there as malformed and counted
   (``decode_errors``), once per ``hello_interval``, until it is upgraded.
@@ -45,9 +56,10 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from .membership import LIVE, Member
-from .peer_messages import LinkAck, LinkSeq
+from .peer_messages import LinkAck, LinkProbe, LinkSeq, LinkState
 from .peer_wire import PeerMessage, encode_peer, encode_peers
 
 #: A member's incarnation grows by one per refuted suspicion; this much
@@ -60,9 +72,24 @@ class _Out:
     node: str
     target: int  # the peer's incarnation when the link opened
     gen: int
+    life: int  # this node's life then
     next_seq: int = 1
-    unacked: deque[tuple[int, bytes]] = field(default_factory=deque)
+    #: (seq, frame, units: messages it carries that only this node counts)
+    unacked: deque[tuple[int, bytes, int]] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
+
+
+@dataclass(slots=True)
+class _Limbo:
+    """A link given up with frames not acknowledged, until its peer says how
+    far it took it (``LinkState``)."""
+
+    node: str
+    life: int
+    gen: int
+    frames: list[tuple[int, int]]  # (seq, units)
+    until: float  # then counted whole, if nobody answered
+    next_probe: float = 0.0
 
 
 @dataclass(slots=True)
@@ -78,6 +105,9 @@ class LinkSettings:
     retransmit: float = 0.25
     hello_interval: float = 1.0
     max_unacked: int = 100_000
+    #: seconds a link given up waits for its peer to say how far it took
+    #: it; then every unit it kept is counted lost
+    limbo_keep: float = 10.0
     #: seconds an incoming link's state is kept after its last frame
     idle_keep: float = 120.0
 
@@ -97,11 +127,21 @@ class Links:
         self._speaks: dict[str, int] = {}
         self._next_hello = 0.0
         self._ack_at: float | None = None
+        self._limbo: dict[int, _Limbo] = {}
+        #: answers to probes, for the next frames out
+        self._replies: list[tuple[str, bytes]] = []
+        #: units of frames no peer took, counted lost (``dead_owner``)
+        self.lost_units = 0
+        #: (node, gen) -> how far that node had taken this node's link gen
+        #: at its last load report (for a peer that died before answering)
+        self._reported: dict[tuple[str, int], int] = {}
 
     # -- sending -----------------------------------------------------------
-    def frame(self, member: Member, msg: PeerMessage, now: float) -> bytes | None:
+    def frame(self, member: Member, msg: PeerMessage, now: float, units: int = 0) -> bytes | None:
         """``msg`` for ``member`` as one frame, sequenced and kept, if the
-        member is live and its life speaks links; else None (sent as it is)."""
+        member is live and its life speaks links; else None (sent as it is).
+        ``units``: messages in it that only this node would count lost if
+        the peer never took them (reserved sends, handed-over items)."""
         link = self._link(member, now)
         if link is None:
             return None
@@ -110,15 +150,15 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append((seq, frame))
+        link.unacked.append((seq, frame, units))
         if len(link.unacked) > self.settings.max_unacked:
-            self._end(link, "overflow")
+            self._end(link, now)
         return frame
 
     def _link(self, member: Member, now: float) -> _Out | None:
         link = self._out.get(member.id)
         if link is not None and not self._current(link, member):
-            self._end(link, "peer's life ended")
+            self._end(link, now)
             link = None
         if link is not None:
             return link
@@ -128,7 +168,7 @@ class Links:
         if life is None or not life <= member.incarnation < life + _NEW_LIFE:
             return None
         self._gen += 1
-        link = _Out(member.id, member.incarnation, self._gen, sent_at=now)
+        link = _Out(member.id, member.incarnation, self._gen, self.life, sent_at=now)
         self._out[member.id] = link
         self._by_gen[link.gen] = link
         self.counters["links_opened"] += 1
@@ -142,10 +182,22 @@ class Links:
             and member.incarnation < link.target + _NEW_LIFE
         )
 
-    def _end(self, link: _Out, why: str) -> None:
+    def _end(self, link: _Out, now: float) -> None:
+        """The link is given up (its peer's life ended in this node's view,
+        or this node's did, or it kept too much): nothing is sent again.
+        What it still kept waits in limbo for the peer to say how far it took
+        it (``LinkProbe``): the rest was lost on the way, and only this node
+        knows what it carried."""
         self._out.pop(link.node, None)
         self._by_gen.pop(link.gen, None)
         self.counters["link_abandoned"] += len(link.unacked)
+        frames = [(seq, units) for seq, _, units in link.unacked if units]
+        if not frames:
+            self._reported.pop((link.node, link.gen), None)
+        else:
+            self._limbo[link.gen] = _Limbo(
+                link.node, link.life, link.gen, frames, now + self.settings.limbo_keep, now
+            )
         link.unacked.clear()
 
     # -- receiving -----------------------------------------------------------
@@ -158,6 +210,15 @@ class Links:
         head = messages[0]
         if isinstance(head, LinkAck):
             self._on_ack(head, now)
+            return messages[1:]
+        if isinstance(head, LinkProbe):
+            state = self._in.get((head.source, head.life, head.gen))
+            upto = -1 if state is None else state.expected - 1
+            answer = LinkState(self.node_id, head.life, head.gen, upto)
+            self._replies.append((head.source, encode_peer(answer)))
+            return messages[1:]
+        if isinstance(head, LinkState):
+            self._on_state(head)
             return messages[1:]
         if not isinstance(head, LinkSeq):
             return messages
@@ -180,6 +241,47 @@ class Links:
         if state.ack_due is None:
             self._due(state, now + self.settings.ack_delay)
         return messages[1:]
+
+    def _on_state(self, answer: LinkState) -> None:
+        limbo = self._limbo.get(answer.gen)
+        if limbo is None or limbo.node != answer.source or limbo.life != answer.life:
+            return
+        self._settle(limbo, answer.upto)
+
+    def _settle(self, limbo: _Limbo, upto: int) -> None:
+        """Count what ``limbo``'s peer never took: beyond ``upto``, or (it
+        does not know: -1, a new process) beyond what its last load report
+        said it had taken (what it took before that report is in the queue
+        that report counts for it, or was delivered)."""
+        del self._limbo[limbo.gen]
+        reported = self._reported.pop((limbo.node, limbo.gen), 0)
+        if upto < 0:
+            upto = reported
+        self._count_lost(sum(u for seq, u in limbo.frames if seq > upto))
+
+    def reported(self, node: str, states: list[list[Any]]) -> None:
+        """``node``'s load report said how far it had taken each link."""
+        for source, life, gen, upto in states:
+            if source != self.node_id:
+                continue
+            link = self._limbo.get(gen) or self._by_gen.get(gen)
+            if link is not None and link.life == life and link.node == node:
+                self._reported[(node, gen)] = upto
+
+    def report(self) -> list[list[Any]]:
+        """How far this node has taken each peer link (for its load report)."""
+        return [
+            [source, life, gen, st.expected - 1] for (source, life, gen), st in self._in.items()
+        ]
+
+    def _count_lost(self, units: int) -> None:
+        self.lost_units += units
+        self.counters["link_lost_units"] += units
+
+    def replies(self) -> list[tuple[str, bytes]]:
+        """Answers to probes that arrived (node id, frame), once."""
+        out, self._replies = self._replies, []
+        return out
 
     def _due(self, state: _In, at: float) -> None:
         if state.ack_due is None or at < state.ack_due:
@@ -215,11 +317,23 @@ class Links:
         s = self.settings
         for link in list(self._out.values()):
             if not self._current(link, member_of.get(link.node)):
-                self._end(link, "peer's life ended")
+                self._end(link, now)
             elif link.unacked and now >= link.sent_at + s.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, frame) for _, frame in link.unacked)
+                out.extend((link.node, frame) for _, frame, _ in link.unacked)
+        for gen, limbo in list(self._limbo.items()):
+            if now >= limbo.until or limbo.node not in member_of:
+                # (nobody answered: a peer that died for good, or forgotten)
+                self._settle(limbo, -1)
+            elif now >= limbo.next_probe:
+                # (to the peer whatever this node thinks of it: one that
+                # lingers after it left, or a new process at its address,
+                # answers; the probe follows the frames on their connection)
+                limbo.next_probe = now + s.retransmit
+                probe = LinkProbe(self.node_id, limbo.life, gen)
+                out.append((limbo.node, encode_peer(probe)))
+        out.extend(self.replies())
         if self._ack_at is not None and now >= self._ack_at:
             self._ack_at = None
             for (source, life, gen), state in list(self._in.items()):
@@ -244,16 +358,22 @@ class Links:
         ``hello_interval``, and to a peer as soon as it is seen live)."""
         return LinkAck(self.node_id, self.life, 0, 0)
 
-    def new_life(self, life: int) -> None:
+    def new_life(self, life: int, now: float) -> None:
         """This node ended its life in place (``ClusterNode._fence``): what
         its links kept was the old life's, and is given up."""
         for link in list(self._out.values()):
-            self._end(link, "this life ended")
+            self._end(link, now)
         self.life = life
         self._next_hello = 0.0
 
+    def sending(self) -> bool:
+        """Frames wait for their acknowledgement (a leaving node lingers)."""
+        return any(link.unacked for link in self._out.values())
+
     def next_deadline(self) -> float:
         deadline = self._next_hello
+        for limbo in self._limbo.values():
+            deadline = min(deadline, limbo.next_probe, limbo.until)
         if self._ack_at is not None:
             deadline = min(deadline, self._ack_at)
         r = self.settings.retransmit
@@ -266,4 +386,5 @@ class Links:
         return {
             "open": len(self._out),
             "unacked": sum(len(link.unacked) for link in self._out.values()),
+            "limbo": sum(len(limbo.frames) for limbo in self._limbo.values()),
         }

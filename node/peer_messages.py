@@ -228,6 +228,30 @@ class LinkAck:
     upto: int
 
 
+@dataclass(frozen=True, slots=True)
+class LinkProbe:
+    """``source`` gave up its link ``gen`` (of its life ``life``) to the
+    receiving node with frames not acknowledged: how far did you take it?
+    Answered with ``LinkState``; sent on the same connection after those
+    frames, so the answer is final."""
+
+    source: str
+    life: int
+    gen: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkState:
+    """The answer to a ``LinkProbe``: ``source`` took link ``gen`` of the
+    receiving node's life ``life`` up to ``upto``, and no more will come
+    (-1: it does not know: a new process, or it forgot the link)."""
+
+    source: str
+    life: int
+    gen: int
+    upto: int
+
+
 ClusterMessage = (
     GroupDelta
     | GroupDeltaAck
@@ -247,6 +271,8 @@ ClusterMessage = (
     | Load
     | LinkSeq
     | LinkAck
+    | LinkProbe
+    | LinkState
 )
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).

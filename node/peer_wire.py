@@ -46,7 +46,9 @@ from .peer_messages import (
     Handoff,
     HolderGone,
     LinkAck,
+    LinkProbe,
     LinkSeq,
+    LinkState,
     Load,
     Relay,
     RelayBack,
@@ -81,8 +83,11 @@ RELAYED_BACK = frozenset(
 )
 #: Keys a load report may carry (anything else is dropped on arrival):
 #: counts, drop counters, "at" (the sender's monotonic clock) and "fenced"
-#: ([the incarnation of a life it ended in place, messages lost with it]).
-LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced")
+#: ([the incarnation of a life it ended in place, messages lost with it])
+#: and "links" ([[source, its life, link gen, taken up to]...]: how far it
+#: had taken each peer link as it reported, for ``links``' count of what a
+#: peer that died never took).
+LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -180,6 +185,8 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("target", int),
     ),
     MsgType.PEER_LINK_ACK: (("source", str), ("life", int), ("gen", int), ("upto", int)),
+    MsgType.PEER_LINK_PROBE: (("source", str), ("life", int), ("gen", int)),
+    MsgType.PEER_LINK_STATE: (("source", str), ("life", int), ("gen", int), ("upto", int)),
     MsgType.PEER_ASK: (("qid", int), ("origin", str), ("kind", str), ("arg", str)),
     MsgType.PEER_ANSWER: (("qid", int), ("source", str), ("result", list)),
     MsgType.PEER_LOAD: (("origin", str), ("load", dict)),
@@ -310,6 +317,10 @@ def to_wire(msg: PeerMessage) -> Message:
             return MsgType.PEER_LINK_SEQ, (msg.source, msg.life, msg.gen, msg.seq, msg.target)
         case LinkAck():
             return MsgType.PEER_LINK_ACK, (msg.source, msg.life, msg.gen, msg.upto)
+        case LinkProbe():
+            return MsgType.PEER_LINK_PROBE, (msg.source, msg.life, msg.gen)
+        case LinkState():
+            return MsgType.PEER_LINK_STATE, (msg.source, msg.life, msg.gen, msg.upto)
         case Ask():
             return MsgType.PEER_ASK, (msg.qid, msg.origin, msg.kind, msg.arg)
         case Answer():
@@ -418,6 +429,12 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.PEER_LINK_ACK:
         _require(f[2] >= 0 and f[3] >= 0, "PEER_LINK_ACK gen or upto")
         return LinkAck(f[0], f[1], f[2], f[3])
+    if mtype == MsgType.PEER_LINK_PROBE:
+        _require(f[2] >= 1, "PEER_LINK_PROBE gen")
+        return LinkProbe(f[0], f[1], f[2])
+    if mtype == MsgType.PEER_LINK_STATE:
+        _require(f[2] >= 1 and f[3] >= -1, "PEER_LINK_STATE gen or upto")
+        return LinkState(f[0], f[1], f[2], f[3])
     if mtype == MsgType.PEER_ASK:
         _require(f[2] in ("flush", "members"), f"PEER_ASK kind {f[2][:20]!r}")
         return Ask(f[0], f[1], f[2], f[3])
@@ -435,12 +452,27 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 or (type(v) is dict and len(v) < 64)
                 or (k == "at" and type(v) is float)
                 or (k == "fenced" and _two_ints(v))
+                or (k == "links" and _link_states(v))
             )
         }
         return Load(f[0], load)
     if mtype == MsgType.PEER_RESERVATIONS:
         return Reservations(f[0], _handed_reservations(f[1]))
     raise DecodeError("type", f"{mtype.name} is not a peer message")
+
+
+def _link_states(value: object) -> bool:
+    return (
+        type(value) is list
+        and len(value) <= 10_000
+        and all(
+            type(e) is list
+            and len(e) == 4
+            and type(e[0]) is str
+            and all(type(x) is int for x in e[1:])
+            for e in value
+        )
+    )
 
 
 def _two_ints(value: object) -> bool:

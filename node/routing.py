@@ -33,6 +33,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,6 +208,8 @@ class Routing:
         self.loads: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
+        #: more for the load report (the node's links: how far it took each)
+        self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
         self._last_load = 0.0
         self._reported_seq = -1
@@ -316,7 +319,7 @@ class Routing:
 
     def _report(self, now: float) -> dict[str, Any]:
         """The load report sent to peers: ``load()``, stamped with our clock."""
-        report: dict[str, Any] = {**self.load(), "at": now}
+        report: dict[str, Any] = {**self.load(), "at": now, **self.report_extra()}
         if self._fenced is not None:
             report["fenced"] = list(self._fenced)
         return report

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.links import Links, LinkSettings
 from zchannels.node.membership import Member, State
-from zchannels.node.peer_messages import Ask, LinkAck
+from zchannels.node.peer_messages import Ask, LinkAck, LinkState
 from zchannels.node.peer_wire import PeerMessage, decode_peer, encode_peer
 
 S = LinkSettings(ack_delay=0.02, retransmit=0.25, hello_interval=1.0, max_unacked=1000)
@@ -84,7 +84,7 @@ def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:
 def test_a_peer_that_never_said_hello_gets_frames_as_they_are() -> None:
     a = Links("a", A_LIFE, S)
     assert a.frame(member("old", 5), msg(1), 0.0) is None
-    assert a.status() == {"open": 0, "unacked": 0}
+    assert a.status() == {"open": 0, "unacked": 0, "limbo": 0}
 
 
 def test_a_frame_without_a_link_is_taken_as_it_is() -> None:
@@ -96,12 +96,12 @@ def test_a_link_ends_with_its_peers_life_and_counts_what_it_gave_up() -> None:
     a, _ = pair()
     mb = member("b", B_LIFE)
     a.frame(mb, msg(1), 0.0)
-    a.frame(mb, msg(2), 0.0)
+    a.frame(mb, msg(2), 0.0)  # (no units: nothing to ask about)
     # b is declared dead: the link ends at the next tick, not sent again
     out = a.tick(1.0, {"b": member("b", B_LIFE, State.DEAD)}, [])
     assert [f for n, f in out if n == "b"] == []
     assert a.counters["link_abandoned"] == 2
-    assert a.status() == {"open": 0, "unacked": 0}
+    assert a.status() == {"open": 0, "unacked": 0, "limbo": 0}
     # what is addressed to it now goes as it is (as to any member thought dead)
     assert a.frame(member("b", B_LIFE, State.DEAD), msg(3), 1.0) is None
 
@@ -162,7 +162,7 @@ def test_an_acknowledgement_for_another_life_or_link_changes_nothing() -> None:
 def test_a_fence_gives_up_the_old_lifes_links() -> None:
     a, _ = pair()
     a.frame(member("b", B_LIFE), msg(1), 0.0)
-    a.new_life(A_LIFE + 1001)
+    a.new_life(A_LIFE + 1001, 0.05)
     assert a.counters["link_abandoned"] == 1
     hello = [decode_peer(f)[0] for n, f in a.tick(0.1, {"b": member("b", B_LIFE)}, ["b"])]
     assert LinkAck("a", A_LIFE + 1001, 0, 0) in hello
@@ -236,3 +236,93 @@ def test_any_losses_and_copies_end_with_every_message_once_in_order(
     assert a.status()["unacked"] == 0
     assert a.counters["link_abandoned"] == 0
     assert encode_peer(b.hello())  # (b still speaks)
+
+
+# -- what a given-up link still kept ----------------------------------------------
+
+
+def _probe_round(a: Links, b: Links, now: float, members: dict[str, Member]) -> None:
+    """a's probes reach b, b's answers reach a."""
+    for node, frame in a.tick(now, members, []):
+        if node == "b":
+            b.take(decode_peer(frame), now)
+    for _, frame in b.replies():
+        a.take(decode_peer(frame), now)
+
+
+def test_what_the_peer_never_took_is_counted_once_when_it_says_how_far_it_took() -> None:
+    """b is declared dead (a partition) with 4 frames of a's not yet
+    acknowledged, 2 units each; b took the first two, the others were lost
+    with the connection. When b answers the probe, a counts 4 units: the two
+    frames b never took, and nothing more, ever."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    frames = [a.frame(mb, msg(i), 0.0, units=2) for i in range(4)]
+    for f in frames[:2]:
+        assert f is not None and taken(b, f, 0.001)
+    dead = {"a": member("a", A_LIFE), "b": member("b", B_LIFE, State.DEAD)}
+    a.tick(1.0, dead, [])  # the link ends; the probe cannot pass yet (lost)
+    assert a.status()["limbo"] == 4 and a.lost_units == 0
+    _probe_round(a, b, 1.0 + S.retransmit, dead)  # healed: probed again, answered
+    assert a.lost_units == 4
+    assert a.counters["link_lost_units"] == 4
+    assert a.status()["limbo"] == 0
+    _probe_round(a, b, 30.0, dead)
+    assert a.lost_units == 4
+
+
+def test_a_restarted_peer_does_not_know_and_everything_kept_is_counted() -> None:
+    a, _ = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.0, units=1)
+    a.frame(mb, msg(2), 0.0, units=3)
+    restarted = member("b", B_LIFE + 5000)
+    fresh = Links("b", B_LIFE + 5000, S)  # a new process: it never saw the link
+    _probe_round(a, fresh, 0.5, {"b": restarted})
+    assert a.lost_units == 4
+
+
+def test_a_peer_that_never_answers_has_everything_kept_counted_after_limbo_keep() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0, units=5)
+    dead = {"b": member("b", B_LIFE, State.DEAD)}
+    a.tick(0.1, dead, [])
+    a.tick(0.1 + S.limbo_keep - 0.01, dead, [])
+    assert a.lost_units == 0
+    a.tick(0.1 + S.limbo_keep, dead, [])
+    assert a.lost_units == 5
+    assert a.next_deadline() > 0.1 + S.limbo_keep
+
+
+def test_an_answer_from_another_node_or_life_settles_nothing() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0, units=1)
+    a.tick(0.1, {"b": member("b", B_LIFE, State.DEAD)}, [])
+    a.take([LinkState("c", A_LIFE, 1, -1)], 0.2)
+    a.take([LinkState("b", A_LIFE - 1, 1, -1)], 0.2)
+    assert a.status()["limbo"] == 1 and a.lost_units == 0
+
+
+def test_a_restarted_peer_counts_only_what_its_last_report_says_it_never_took() -> None:
+    """What the dead life took before its last load report is counted with
+    the queue that report gave (or was delivered): only the rest is this
+    node's to count."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    for i in range(3):
+        a.frame(mb, msg(i), 0.0, units=1)
+    a.reported("b", [["a", A_LIFE, 1, 1], ["c", A_LIFE, 1, 3]])  # (c's link: not ours)
+    restarted = member("b", B_LIFE + 5000)
+    _probe_round(a, Links("b", B_LIFE + 5000, S), 0.5, {"b": restarted})
+    assert a.lost_units == 2
+    del b
+
+
+def test_a_leaving_node_knows_while_its_frames_wait_for_acknowledgement() -> None:
+    a, b = pair()
+    frame = a.frame(member("b", B_LIFE), msg(1), 0.0)
+    assert frame is not None and a.sending()
+    taken(b, frame, 0.01)
+    for _, f in b.tick(0.05, {"a": member("a", A_LIFE)}, []):
+        a.take(decode_peer(f), 0.06)
+    assert not a.sending()

@@ -27,7 +27,9 @@ from zchannels.node.peer_messages import (
     Handoff,
     HolderGone,
     LinkAck,
+    LinkProbe,
     LinkSeq,
+    LinkState,
     Load,
     Relay,
     RelayBack,
@@ -134,6 +136,14 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", 1000007, 2, 5),
         "013b94a26e32ce000f42470205",
     ),
+    MsgType.PEER_LINK_PROBE: (
+        ("n1", 1000007, 2),
+        "013c93a26e31ce000f424702",
+    ),
+    MsgType.PEER_LINK_STATE: (
+        ("n2", 1000007, 2, 5),
+        "013d94a26e32ce000f42470205",
+    ),
     MsgType.PEER_ASK: (
         (4, "n1", "flush", "asgi"),
         "01289404a26e31a5666c757368a461736769",
@@ -202,6 +212,9 @@ MESSAGES: list[PeerMessage] = [
     LinkSeq("n1", 1000007, 2, 5, 1000003),
     LinkAck("n2", 1000007, 2, 5),
     LinkAck("n2", 1000007, 0, 0),
+    LinkProbe("n1", 1000007, 2),
+    LinkState("n2", 1000007, 2, 5),
+    LinkState("n2", 1000007, 2, -1),
     Reservations(
         "n1",
         (
@@ -247,6 +260,8 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_LINK_SEQ, ("n1", 7, 1, 0, 7)),  # sequence numbers start at 1
         (MsgType.PEER_LINK_ACK, ("n1", 7, -1, 0)),
         (MsgType.PEER_LINK_ACK, ("n1", 7, 1, -1)),
+        (MsgType.PEER_LINK_PROBE, ("n1", 7, 0)),
+        (MsgType.PEER_LINK_STATE, ("n1", 7, 1, -2)),
         (MsgType.PEER_ASK, (1, "n1", "shutdown", "")),
         (MsgType.PEER_ANSWER, (1, "n1", [1])),
         (MsgType.GROUP_DIGEST, ("n1", [["n1", 7]])),
@@ -267,6 +282,18 @@ def test_malformed_insides_are_decode_errors(fields: tuple[MsgType, tuple[object
 def test_a_load_report_keeps_only_what_it_may_carry() -> None:
     frame = encode(MsgType.PEER_LOAD, "n2", {"queued": 3, "evil": 1, "drops": {"x": 1}})
     assert decode_peer(frame) == [Load("n2", {"queued": 3, "drops": {"x": 1}})]
+    links = [["n1", 7, 2, 5]]
+    frame = encode(MsgType.PEER_LOAD, "n2", {"links": links})
+    assert decode_peer(frame) == [Load("n2", {"links": links})]
+    for bad in (
+        [["n1", 7, 2]],
+        [["n1", 7, 2, "5"]],
+        [[1, 7, 2, 5]],
+        "n1",
+        [["n1", 7, 2, 5]] * 10_001,
+    ):
+        frame = encode(MsgType.PEER_LOAD, "n2", {"links": bad, "queued": 1})
+        assert decode_peer(frame) == [Load("n2", {"queued": 1})]
 
 
 @pytest.mark.parametrize(

@@ -139,6 +139,11 @@ class MsgType(enum.IntEnum):
     # order, or are given up with the life (zchannels.node.links)
     PEER_LINK_SEQ = 58
     PEER_LINK_ACK = 59
+    # node <-> node: a link given up with frames not acknowledged (its peer
+    # was declared dead, left, restarted) asks how far the peer took it, and
+    # the answer; what it never took is counted lost by the sender, once
+    PEER_LINK_PROBE = 60
+    PEER_LINK_STATE = 61
 
 
 class ErrorCode(enum.IntEnum):

@@ -206,6 +206,9 @@ class World:
         self.steps = 0
         self.bound = 0.0
         self.terms: dict[str, int] = {}
+        #: what killed nodes held beyond what their counters last heard
+        #: (``_note_kill_gap``: a diagnostic)
+        self.kill_gap = 0
 
     # -- tracing ---------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -296,6 +299,7 @@ class World:
         sn.drain = None
         self._gone_drops(sn)
         self.log(f"kill {sn.node_id} drops {sn.node.drops()}")
+        self._note_kill_gap(sn)
         sn.node = None
         sn.killed_at = self.now
         sn.frozen = False
@@ -304,6 +308,23 @@ class World:
         for c in self._clients_of(sn):
             c.node_down = True
             c.exempt_all()
+
+    def _note_kill_gap(self, sn: SimNode) -> None:
+        """A diagnostic, not a verdict: what the node holds as it is killed,
+        less what the survivor that counts it (the first live node by id)
+        last heard it hold. A SIGKILL's loss is counted from that report, so
+        a shortfall (``uncounted_loss``) up to this sum, or an excess
+        (``overcounted``) down to it, is the report's age, not a lost count
+        (``terms["kill_gap"]``)."""
+        assert sn.node is not None
+        actual = int(sn.node.status().get("queued", 0))
+        seen = 0
+        for other in sorted(self.nodes.values(), key=lambda n: n.node_id):
+            routing = getattr(other.node, "routing", None) if other is not sn else None
+            if other.up and routing is not None:
+                seen = int(routing.loads.get(sn.node_id, {}).get("queued", 0) or 0)
+                break
+        self.kill_gap += actual - seen
 
     def leave(self, sn: SimNode) -> None:
         """A clean leave (``NodeServer.stop``): leave, then linger as the
@@ -940,6 +961,7 @@ class World:
             if not c.dead:
                 held += sum(len(s.buffer) for s in c.flow.channels.values())
         self.terms = self.history.account(drops, held, self.now)
+        self.terms["kill_gap"] = self.kill_gap
         self.log(f"final {self.terms}")
         refused = sum(1 for r in self.history.sends.values() if r.outcome == "refused")
         self.stats = {
