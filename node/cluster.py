@@ -517,7 +517,8 @@ class ClusterNode:
         # (and what peers' links brought that only they would count, had
         # this life not taken it: reserved sends, handed-over items)
         taken = sum(_units(item.peer) for item in self._held if item.kind == "peer")
-        lost = self.core.queues.queued() + returned + taken
+        parked = self.routing.parked_count() if self.routing is not None else 0
+        lost = self.core.queues.queued() + returned + taken + parked
         old = self.incarnation
         new = max(table.incarnation, old) + RESTART_GAP + 1
         log.warning(

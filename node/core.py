@@ -122,6 +122,10 @@ class NodeCore:
         #: node owns it, the owner's id when another node does, "" when no
         #: live node does (a new_channel() name of a dead node).
         self.route: Callable[[str], str | None] | None = None
+        #: Where a client's report of what it took of a channel goes as
+        #: well as to where the channel lives: a node this node thinks dead
+        #: that handed it those messages (``Routing.report_to``), or None.
+        self.report_to: Callable[[ConnId, str], str | None] | None = None
         #: during one step in a cluster: what it leaves for the cluster
         self._work: ClusterWork | None = None
         self._hops = 0  # while handling relayed messages: how far they came
@@ -457,10 +461,13 @@ class NodeCore:
             ):
                 self.counters.bad_requests += 1
                 continue
-            if not local and self._relay(
-                conn, session, MsgType.CONSUMED, ([report],), channel, out
-            ):
-                continue
+            if not local:
+                also = self.report_to(conn, channel) if self.report_to is not None else None
+                if also and self._work is not None:
+                    message = (MsgType.CONSUMED, ([report],))
+                    self._work.relays.append((also, conn, session, message, self._hops + 1))
+                if self._relay(conn, session, MsgType.CONSUMED, ([report],), channel, out):
+                    continue
             consumed(conn, channel, upto, count, expired)
 
     def _consumed_bundles(

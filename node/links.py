@@ -41,6 +41,10 @@ How (go-back-N, as TCP does it one level up):
   not know (a new process at its address: ``LinkState`` -1) or never
   answers within ``limbo_keep`` has it all counted. What the peer took is
   its own to count (queued, delivered, or lost with it).
+- A frame for an earlier life of the receiving node (its sender has not
+  seen the new life yet; it may be a copy sent again) is not taken
+  (``link_for_past_life``): that life may have taken it, and a second copy
+  would be a duplicate. Its sender's limbo counts what only it counts.
 - A leaving node lingers while frames wait for their acknowledgement
   (``sending``): one still on its way when the process exits is lost with
   its connection.
@@ -222,14 +226,18 @@ class Links:
             return messages[1:]
         if not isinstance(head, LinkSeq):
             return messages
+        if not self.life <= head.target < self.life + _NEW_LIFE:
+            # For an earlier life of this node (a fence ended it, or this is
+            # a new process at its address): not taken. Its sender may be
+            # sending it again, and that life may have taken it already (a
+            # second copy would be a duplicate); what it carried that only
+            # the sender counts is counted there (``LinkProbe``).
+            self.counters["link_for_past_life"] += 1
+            return []
         key = (head.source, head.life, head.gen)
         state = self._in.get(key)
-        if state is None:
-            # A link to this life starts at 1; one opened to an earlier life
-            # of this node (a frame sent before the sender saw this life) is
-            # taken from wherever it is now, as a frame without a link would be.
-            mine = self.life <= head.target < self.life + _NEW_LIFE
-            state = _In(expected=1 if mine else head.seq)
+        if state is None:  # (a link starts at 1)
+            state = _In(expected=1)
             self._in[key] = state
             self._speaks.setdefault(head.source, head.life)
         state.last = now

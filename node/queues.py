@@ -705,6 +705,26 @@ class Queues:
                 out[name] = set(flight)
         return out
 
+    def park_flight(self, conn: ConnId) -> dict[str, list[int]]:
+        """Take out, uncounted, what ``conn`` was handed of plain messages
+        (not group copies), in the order it was handed them: its node was
+        declared dead, which may be a mistake, and whether the client took
+        them is learned later (``routing``). Their room is released (a
+        give-back takes it again); ``drop_conn`` counts the rest."""
+        out: dict[str, list[int]] = {}
+        for name in self._by_conn.get(conn, ()):
+            ch = self.channels.get(name)
+            flight = ch.flight.get(conn) if ch is not None else None
+            if not flight or ch is None:
+                continue
+            seqs = [seq for seq, bundle in flight.items() if bundle is None]
+            for seq in seqs:
+                del flight[seq]
+                ch.pool.held -= 1
+            if seqs:
+                out[name] = seqs
+        return out
+
     def stop_granting(self, conn: ConnId) -> None:
         """Forget ``conn``'s credit: nothing more is delivered to it. What
         it was handed stays in flight (it may still give it back or report

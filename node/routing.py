@@ -170,6 +170,12 @@ class Routing:
         #: channel -> the sequence numbers it had been handed and that were
         #: counted lost, ``receiver_gone``, as it was forgotten)
         self._counted_gone: dict[_Client, tuple[float, dict[str, set[int]]]] = {}
+        #: what clients of a node declared dead had been handed (plain
+        #: messages, channel -> seqs in order), not counted until known
+        #: taken (their CONSUMED), given back (a RETURN: queued again) or
+        #: lost (their node's life ended, the client went, or nothing was
+        #: heard by the deadline): ``_parked_flight``
+        self._parked_flight: dict[_Client, tuple[float, dict[str, list[int]]]] = {}
         #: clients of nodes that left cleanly -> when they are forgotten:
         #: until then nothing more is delivered to them, and what they were
         #: handed may still come back (``_node_gone``)
@@ -186,6 +192,9 @@ class Routing:
         #: (client conn, request id) -> (owner, deadline, type): relayed requests
         self._pending: dict[tuple[ConnId, int], tuple[str, float, MsgType]] = {}
         self._relayed_conns: set[ConnId] = set()  # local conns with state elsewhere
+        #: (our client's connection, channel) -> the node that last delivered
+        #: to it (``report_to``)
+        self._delivered_by: dict[tuple[ConnId, str], str] = {}
         #: (client conn, channel) -> [owner, credit left there]: what our
         #: clients are owed by other nodes, re-granted if that owner dies
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
@@ -208,6 +217,9 @@ class Routing:
         self.loads: dict[str, dict[str, Any]] = {}
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
+        #: losses with dead lives another survivor should count, kept in
+        #: case it is dead too (``_count_dead``): node -> (lost, until)
+        self._count_later: dict[str, tuple[int, float]] = {}
         #: more for the load report (the node's links: how far it took each)
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
@@ -223,9 +235,22 @@ class Routing:
         #: a view change, a relay ran out of hops): when to sweep it on
         self._sweep_at: float | None = None
         core.route = self.route
+        core.report_to = self.report_to
         self.refresh()
 
     # -- ownership -------------------------------------------------------------
+    def report_to(self, conn: ConnId, channel: str) -> str | None:
+        """Where ``conn``'s report of what it took of ``channel`` goes as
+        well as to the channel's owner: the node that last delivered to it,
+        if this node thinks it dead. That may be a mistake (it was slow, or
+        cut off: simulation seed 22, a 2-node split under 30% loss), and
+        there what the client was handed waits to be counted lost unless
+        reported taken (``_parked_flight``)."""
+        source = self._delivered_by.get((conn, channel))
+        if source is None or source == self.me or source in self._live:
+            return None
+        return source
+
     def route(self, channel: str) -> str | None:
         """None: this node owns ``channel``; the owner's id; "" for nobody."""
         owner = self.ownership.owner(channel)
@@ -417,6 +442,8 @@ class Routing:
             ended = set(gone)
             for owed in [k for k in self._credit if k[0] in ended]:
                 del self._credit[owed]
+            for delivered in [k for k in self._delivered_by if k[0] in ended]:
+                del self._delivered_by[delivered]
             self._credit_given_up = {g for g in self._credit_given_up if g[0] not in ended}
             for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
@@ -471,10 +498,56 @@ class Routing:
                 if credits:
                     expiry = virtual.session.policy.expiry
                     self._forgot_credit[client] = (now + GONE_MEMORY, virtual.tag, expiry, credits)
+            if remember:
+                parked = self.core.queues.park_flight(vconn)
+                if parked:
+                    self._parked_flight[client] = (now + self.presume_lost_after(), parked)
             counted = self.core.queues.flight_seqs(vconn)
             if counted:
                 self._counted_gone[client] = (now + GONE_MEMORY, counted)
             fx.out.extend(self.core.forget_conn(vconn, now))
+
+    def _parked_news(self, client: _Client, messages: tuple[Message, ...]) -> None:
+        """What a client whose flight is parked here says of it: reports of
+        what it took (CONSUMED: the first ``count`` it was handed, up to
+        ``upto``) and give-backs (RETURN: queued again by the core, as
+        items handed over by an earlier owner are)."""
+        parked = self._parked_flight[client][1]
+        for mtype, fields in messages:
+            if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
+                for report in fields[0]:
+                    if not (isinstance(report, list) and len(report) == 4):
+                        continue
+                    name, upto, count = report[0], report[1], report[2]
+                    seqs = parked.get(name) if isinstance(name, str) else None
+                    if seqs and type(count) is int and type(upto) is int:
+                        taken = [q for q in seqs[: max(0, count)] if q <= upto]
+                        del seqs[: len(taken)]
+            elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+                seqs = parked.get(fields[1]) if isinstance(fields[1], str) else None
+                if seqs and all(_wire_item(i) for i in fields[2]):
+                    back = {item[2] for item in fields[2]}
+                    seqs[:] = [q for q in seqs if q not in back]
+        for name in [n for n, seqs in parked.items() if not seqs]:
+            del parked[name]
+        if not parked:
+            del self._parked_flight[client]
+
+    def _count_parked(self, client: _Client, now: float) -> None:
+        """``client``'s parked flight is lost (counted ``receiver_gone``)."""
+        entry = self._parked_flight.pop(client, None)
+        if entry is None:
+            return
+        lost = sum(len(seqs) for seqs in entry[1].values())
+        self.core.queues.counters.dropped_receiver_gone += lost
+        self.counters["parked_flight_lost"] += lost
+        counted = self._counted_gone.setdefault(client, (now + GONE_MEMORY, {}))[1]
+        for name, seqs in entry[1].items():
+            counted.setdefault(name, set()).update(seqs)
+
+    def parked_count(self) -> int:
+        """Messages parked (for a fence: lost with this life)."""
+        return sum(len(s) for _, parked in self._parked_flight.values() for s in parked.values())
 
     def _not_again(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """What ``client`` gives back that was counted lost as it was
@@ -508,6 +581,7 @@ class Routing:
                 self._on_relay_back(msg, now, fx)
             case ConnGone():
                 for conn in msg.conns:
+                    self._count_parked((msg.origin, msg.incarnation, conn), now)
                     self._forget_virtual((msg.origin, msg.incarnation, conn), now, fx)
             case HolderGone():
                 for tag in msg.sessions:
@@ -527,7 +601,7 @@ class Routing:
                     if isinstance(at, float):
                         self._lag(msg.origin, at, now)  # (a clock sample every second)
                     fenced = load.pop("fenced", None)
-                    self._settle_death(msg.origin, fenced)
+                    self._settle_death(msg.origin, fenced, now)
                     back = self._restore_after_load.pop(msg.origin, None)
                     if back is not None:
                         ended = fenced[0] if fenced is not None else None
@@ -570,6 +644,8 @@ class Routing:
                     self._pending.pop((conn, fields[0]), None)
             fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
+        if (origin, inc, conn) in self._parked_flight:
+            self._parked_news((origin, inc, conn), messages)
         if (origin, inc, conn) in self._counted_gone:
             messages = self._not_again((origin, inc, conn), messages)
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
@@ -595,6 +671,7 @@ class Routing:
             if mtype in (MsgType.ACK, MsgType.ERROR):
                 self._pending.pop((conn, fields[0]), None)
             elif mtype == MsgType.DELIVER:
+                self._delivered_by[(conn, fields[0])] = source
                 owed = self._credit.get((conn, fields[0]))
                 if owed is not None:
                     owed[0] = source  # (the channel may have moved there)
@@ -814,7 +891,7 @@ class Routing:
             self._lives.pop(event.node, None)
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
         elif event.kind == EventKind.REAPED:
-            self._settle_death(event.node, None, presumed=True)
+            self._settle_death(event.node, None, now, presumed=True)
         new_life = False
         if event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             before = self._lives.get(event.node)
@@ -959,7 +1036,7 @@ class Routing:
         its next life started with, whose clients stay)."""
         # (a node that left cleanly handed its queues over first)
         lost = int(self.loads.pop(node, {}).get("queued", 0))
-        if died and self._counts_for(node):
+        if died:  # (every survivor: which one counts is decided at the count)
             self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
         if not died:
             self._park_life(node, incarnation, now)
@@ -983,7 +1060,9 @@ class Routing:
         dropped."""
         return 3 * self.answer_within()
 
-    def _settle_death(self, node: str, fenced: list[int] | None, *, presumed: bool = False) -> None:
+    def _settle_death(
+        self, node: str, fenced: list[int] | None, now: float, *, presumed: bool = False
+    ) -> None:
         """Count what died with ``node``'s life once it is known how that life
         ended: it came back having ended it in place (``fenced``: exactly
         what it dropped), it came back as a new process (its last reported
@@ -998,9 +1077,9 @@ class Routing:
             provisional = self._provisional.get(node)
             if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
                 del self._provisional[node]
-                self._count_dead(node, lost)
-            elif provisional is None and self._counts_for(node):
-                self._count_dead(node, lost)  # (it ended a life nobody declared dead)
+                self._count_dead(node, lost, now)
+            elif provisional is None:
+                self._count_dead(node, lost, now)  # (it ended a life nobody declared dead)
             return
         provisional = self._provisional.get(node)
         if provisional is None:
@@ -1008,21 +1087,39 @@ class Routing:
         if presumed or self._known_incarnation(node) >= provisional[0] + RESTART_GAP:
             del self._provisional[node]
             self._ended.add((node, provisional[0]))  # (a fence report coming late: counted)
-            self._count_dead(node, provisional[1])
+            self._count_dead(node, provisional[1], now)
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
-    def _count_dead(self, node: str, lost: int) -> None:
-        if lost:
+    def _count_dead(self, node: str, lost: int, now: float) -> None:
+        """What died with ``node``'s life is counted by one survivor: the
+        first live one by id. If that is another node, this one keeps the
+        count for ``answer_within``: the other may be dead too, not yet
+        declared (simulation seed 68: two nodes killed a second apart; the
+        survivor left waited for the first dead one to count the second),
+        and if this node becomes the first meanwhile, it counts."""
+        if not lost:
+            return
+        if self._counts_for(node):
+            self._count_later.pop(node, None)
             self.counters["lost_in_dead_nodes"] += lost
             log.warning("node %s died with %d queued messages (lost)", node, lost)
+        else:
+            self._count_later[node] = (lost, now + self.answer_within())
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor
-        does (the first live one by id), so a loss is counted once, not on
-        every survivor."""
-        survivors = sorted(n for n in self._live if n != node)
-        return bool(survivors) and survivors[0] == self.me
+        does, so a loss is counted once, not on every survivor: the one in
+        its oldest life (then the first by id). A node that has just
+        restarted has no load report of the dead one's yet (simulation seed
+        68: two nodes killed and restarted a second apart, the first back
+        counted nothing for the second, and the one that knew waited for
+        it)."""
+        survivors = [n for n in self._live if n != node]
+        if not survivors:
+            return False
+        first = min(survivors, key=lambda n: (self._known_incarnation(n), n))
+        return first == self.me
 
     def _regrant(self, node: str, now: float, fx: Fx) -> None:
         """Credit our clients held at ``node``, which died with it: grant it
@@ -1245,6 +1342,10 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
+        for _, until in self._count_later.values():
+            deadline = min(deadline, until)
+        for until, _ in self._parked_flight.values():
+            deadline = min(deadline, until)
         if self.core.queues.seq != self._reported_seq:
             # (after this tick, even if the messages came after its report)
             deadline = min(deadline, max(self._last_load, self._ticked_at) + self._soon)
@@ -1297,6 +1398,10 @@ class Routing:
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
             for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
                 del self._counted_gone[client]
+        for client, (until, _) in list(self._parked_flight.items()):
+            # (nothing heard by then, or its node is in a new life: lost)
+            if until <= now or self._known_incarnation(client[0]) >= client[1] + RESTART_GAP:
+                self._count_parked(client, now)
             for client in [c for c, f in self._forgot_credit.items() if f[0] <= now]:
                 del self._forgot_credit[client]
         if self._sweep_at is not None and now >= self._sweep_at:
@@ -1306,7 +1411,12 @@ class Routing:
             self._next_credit_check = now + self.load_interval
             self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
-            self._settle_death(node, None, presumed=True)
+            self._settle_death(node, None, now, presumed=True)
+        for node, (lost, until) in list(self._count_later.items()):
+            if self._counts_for(node):
+                self._count_dead(node, lost, now)
+            elif until <= now:
+                del self._count_later[node]  # (the first survivor counted it)
         for client in [c for c, until in self._leaving.items() if until <= now]:
             self._forget_virtual(client, now, fx)
         for life in [life for life, until in self._left_lives.items() if until <= now]:

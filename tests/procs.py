@@ -10,7 +10,9 @@ repository root) it is one client process of a ``znode``:
   closes its layer, prints ``{"event": "closed"}`` and exits 0.
 - ``sender``: sends ``--count`` messages ``{"i": i, "tag": ..., "pid": ...}`` to
   ``--channel`` (``send``) or ``--group`` (``group_send``), prints
-  ``{"event": "sent", "count": n}``, closes its layer and exits 0.
+  ``{"event": "sent", "count": n, "full": k}``, closes its layer and exits 0
+  (a send refused ``ChannelFull`` waits 10 ms and is made again: ``k``
+  times in all).
 - ``flood``: no layer: a raw DEALER that sends malformed frames to the node as
   fast as the node reads them (it waits for a STATUS answer every
   ``FLOOD_WINDOW`` frames). Prints ``{"event": "flooding"}`` once the first
@@ -100,14 +102,26 @@ async def consumer(args: argparse.Namespace) -> int:
 async def sender(args: argparse.Namespace) -> int:
     if (args.channel is None) == (not args.group):
         raise SystemExit("sender: give exactly one of --channel or --group")
+    from zchannels.errors import ChannelFull
+
     layer = _layer(args)
+    full = 0
     for i in range(args.count):
         message = {"i": i, "tag": args.tag, "pid": os.getpid()}
         if args.channel is not None:
-            await layer.send(args.channel, message)
+            while True:
+                try:
+                    await layer.send(args.channel, message)
+                    break
+                except ChannelFull:
+                    # (backpressure, as the contract says: consumers slower
+                    # than this loop, as on a loaded CI host; a producer
+                    # waits and sends again, and the message is not lost)
+                    full += 1
+                    await asyncio.sleep(0.01)
         else:
             await layer.group_send(args.group[0], message)
-    emit("sent", count=args.count)
+    emit("sent", count=args.count, full=full)
     await layer.close()
     return 0
 

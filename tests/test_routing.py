@@ -194,6 +194,39 @@ def test_what_died_with_a_node_is_counted_once_by_one_survivor() -> None:
     assert counted == [5, 0]
 
 
+def test_the_survivor_in_its_oldest_life_counts_not_one_just_restarted() -> None:
+    """Seed 68: n1 was killed and restarted just before n2 died; n1 has no
+    load report of n2's, n3 has. n3, in its older life, counts (not n1,
+    first by id): exactly once between them."""
+    counted = []
+    for me in ("n1", "n3"):
+        core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
+        incs = {"n1": START + 5 * RESTART_GAP, "n2": START, "n3": START}
+        table = FakeTable(incs, node_id=me, incarnation=incs[me])
+        r = Routing(core, table)  # type: ignore[arg-type]
+        if me == "n3":  # (n1's new life never heard from n2)
+            r.handle(Load("n2", {"channels": 1, "queued": 4, "drops": {}}), 0.0, Fx())
+        del table.incarnations["n2"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        r.tick(1.0 + r.presume_lost_after(), Fx())
+        counted.append(r.counters["lost_in_dead_nodes"])
+    assert counted == [0, 4]
+
+
+def test_a_count_left_to_a_survivor_that_is_dead_too_is_made_when_it_is_found_dead() -> None:
+    """n1 (first) should count n2's loss; it is dead too, not yet declared:
+    n3 keeps the count, and makes it once n1 is declared dead."""
+    r, table = survivor("n3")
+    r.tick(1.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0
+    del table.incarnations["n1"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 2.0, Fx())
+    r.tick(2.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 5
+    r.tick(10.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 5
+
+
 def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
     r, table = survivor("n1")
     renewed = START + RESTART_GAP + 5
@@ -581,3 +614,54 @@ def test_what_a_left_nodes_client_never_gives_back_is_counted_once_its_relays_ar
     assert core.drops()["receiver_gone"] == 0 and len(r._virtual) == 1
     r.tick(1.0 + r.answer_within(), Fx())
     assert core.drops()["receiver_gone"] == 3 and r._virtual == {}
+
+
+def _declared_dead_with_three_in_flight() -> tuple[Routing, NodeCore, FakeTable, list[int]]:
+    """n2's client was handed three messages of our channel; then n2 is
+    declared dead here (it may only lag, or be cut off)."""
+    r, core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    for i in range(3):
+        relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
+    [seqs] = core.queues.flight_seqs(next(iter(r._virtual))).values()
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    return r, core, table, sorted(seqs)
+
+
+def test_what_a_client_of_a_node_declared_dead_took_is_not_counted_lost() -> None:
+    """Seed 22 (two nodes, 30% loss: each declared the other dead): the
+    owner counted the client's delivery ``receiver_gone`` as it forgot the
+    client; the delivery arrived, the client took it. Now what the client
+    was handed waits: reported taken (CONSUMED), it is not counted; given
+    back, it is queued again; the rest is counted when nothing more can
+    come."""
+    r, core, table, seqs = _declared_dead_with_three_in_flight()
+    assert core.drops()["receiver_gone"] == 0
+    table.incarnations["n2"] = START + 1  # back in the same life
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[0], 1, 0]],)))
+    items = [[b"m2", 60.0, seqs[2]]]
+    relay(r, START, (MsgType.RETURN, (0, "asgi|c", items, 1)))
+    assert core.queues.length("asgi|c") == 1, "given back: queued again"
+    assert core.drops()["receiver_gone"] == 0
+    fx = Fx()
+    r.tick(1.0 + r.presume_lost_after(), fx)  # the second was never heard of
+    assert core.drops()["receiver_gone"] == 1
+    assert r.counters["parked_flight_lost"] == 1
+    # and it is not queued again if it bounces after all
+    relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m1", 60.0, seqs[1]]], 1)))
+    assert core.queues.length("asgi|c") == 1
+    assert r.next_deadline() > 1.0 + r.presume_lost_after()
+
+
+def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() -> None:
+    r, core, _, _ = _declared_dead_with_three_in_flight()
+    r.handle(ConnGone("n2", START, (b"client-1",)), 2.0, Fx())
+    assert core.drops()["receiver_gone"] == 3
+
+
+def test_what_a_client_of_a_node_declared_dead_held_is_counted_at_its_next_life() -> None:
+    r, core, table, _ = _declared_dead_with_three_in_flight()
+    table.incarnations["n2"] = START + RESTART_GAP + 5  # restarted: its clients are gone
+    r.tick(2.0, Fx())
+    assert core.drops()["receiver_gone"] == 3

@@ -498,13 +498,15 @@ KNOWN_CLUSTER = {
     "uncounted_loss_dead_sender": "issue 11 defect 2 (as counted): a shortfall no bigger "
     "than the reserved sends refused to processes that died; seed 6",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "62 of 300 seeds (95 with peer links and prompt load reports, 124 before; 12 of the "
-    "95 were within what a killed node held beyond its last report); what a SIGKILLed "
+    "72 of 300 seeds (62 before frames for a past life were refused, a duplicate's risk; "
+    "95 with peer links and prompt load reports alone, 124 before; 12 of those 95 were "
+    "within what a killed node held beyond its last report); what a SIGKILLed "
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(24 of 300 seeds since peer links and load reported soon after a put: 17, 22, 56, 59, "
-    "108, 139, ...; 13 before; 31 before a reserved send "
+    "(11 of 300 seeds: 17, 48, 56, 59, 95, ...; 24 before what a client of a node declared "
+    "dead was handed waited for its report, seed 22; 13 before peer links and prompt "
+    "load reports; 31 before a reserved send "
     "refused UNKNOWN_SESSION stopped being counted by its client as well as its node; "
     "seed 139, 5 ops: a client of a node "
     "declared dead while it lagged took what its owner had counted receiver_gone as it "
@@ -514,8 +516,8 @@ KNOWN_CLUSTER = {
     "overcounted.json)",
     "fifo": "issue 11 defect 1: seed 46 (8 ops: a plain leave, then 60% loss on the keeper): the "
     "restarted node served once the peers in its view had handed over, and the lossy "
-    "keeper was not in its view yet (1 of 300; seed 164, a send told SendOutcomeUnknown "
-    "taken after later ones, passes since peer links). (Fixed: "
+    "keeper was not in its view yet; seed 290: a send told SendOutcomeUnknown taken after a "
+    "later one (2 of 300; seed 164, the same, passes since peer links). (Fixed: "
     + _PLAIN_LEAVE_FIFO
     + "; found once the simulated plain leave lingered as the shell's stop() does, "
     "plans/plain-leave-lingers.json; fixed by HANDED_OVER: a starting node serves once "
