@@ -54,6 +54,7 @@ from .peer_messages import (
     LinkAck,
     Load,
     Relay,
+    RelayBack,
     Reservations,
 )
 from .peer_wire import decode_peer, encode_peer
@@ -103,6 +104,19 @@ def _units(msg: object) -> int:
     if isinstance(msg, Handoff):
         return sum(len(items) for _, items in msg.channels)
     return 0
+
+
+def _note(node: str, msg: object) -> tuple[str, bytes, dict[str, list[int]]] | None:
+    """What a delivery to another node's client was, for routing if that
+    node never takes the frame (``links``: its client was never handed it):
+    (node, the client's connection there, channel -> sequence numbers)."""
+    if not isinstance(msg, RelayBack):
+        return None
+    seqs: dict[str, list[int]] = {}
+    for mtype, fields in msg.messages:
+        if mtype == MsgType.DELIVER:
+            seqs.setdefault(fields[0], []).extend(item[2] for item in fields[1])
+    return (node, msg.conn, seqs) if seqs else None
 
 
 class ClusterNode:
@@ -540,7 +554,10 @@ class ClusterNode:
         # (the table first: the new life's routing and replication take
         # their incarnation from it)
         renewed = table.renew(new)
+        before = self.routing
         self._build(new, fenced=(old, lost))
+        if before is not None and self.routing is not None:
+            self.routing.carry_counts(before)
         self.core.start(now)
         if self.replication is not None:
             self.replication.started(now)
@@ -652,6 +669,9 @@ class ClusterNode:
             routing.after_core(work, now, fx)
             if not fx.has_work() and not fx.moved:
                 break
+        notes = self.links.lost_notes()
+        if notes:
+            routing.never_delivered(notes, now)
         out = fx.out
         if routing.has_virtual:
             virtual = [o for o in out if routing.is_virtual(o[0])]
@@ -689,7 +709,11 @@ class ClusterNode:
                 if member is None or node == me:
                     self.counters["unsent"] += 1
                     continue
-                frame = self.links.frame(member, msg, now, _units(msg)) if linked else None
+                frame = (
+                    self.links.frame(member, msg, now, _units(msg), _note(node, msg))
+                    if linked
+                    else None
+                )
                 if frame is None:
                     if plain is None:
                         plain = encode_peer(msg)

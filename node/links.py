@@ -78,8 +78,9 @@ class _Out:
     gen: int
     life: int  # this node's life then
     next_seq: int = 1
-    #: (seq, frame, units: messages it carries that only this node counts)
-    unacked: deque[tuple[int, bytes, int]] = field(default_factory=deque)
+    #: (seq, frame, units: messages it carries that only this node counts,
+    #: note: what the caller wants back if the peer never took it)
+    unacked: deque[tuple[int, bytes, int, Any]] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
 
 
@@ -91,7 +92,7 @@ class _Limbo:
     node: str
     life: int
     gen: int
-    frames: list[tuple[int, int]]  # (seq, units)
+    frames: list[tuple[int, int, Any]]  # (seq, units, note)
     until: float  # then counted whole, if nobody answered
     next_probe: float = 0.0
 
@@ -136,12 +137,16 @@ class Links:
         self._replies: list[tuple[str, bytes]] = []
         #: units of frames no peer took, counted lost (``dead_owner``)
         self.lost_units = 0
+        #: notes of frames a peer never took, for the caller (``lost_notes``)
+        self._lost_notes: list[Any] = []
         #: (node, gen) -> how far that node had taken this node's link gen
         #: at its last load report (for a peer that died before answering)
         self._reported: dict[tuple[str, int], int] = {}
 
     # -- sending -----------------------------------------------------------
-    def frame(self, member: Member, msg: PeerMessage, now: float, units: int = 0) -> bytes | None:
+    def frame(
+        self, member: Member, msg: PeerMessage, now: float, units: int = 0, note: Any = None
+    ) -> bytes | None:
         """``msg`` for ``member`` as one frame, sequenced and kept, if the
         member is live and its life speaks links; else None (sent as it is).
         ``units``: messages in it that only this node would count lost if
@@ -154,7 +159,7 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append((seq, frame, units))
+        link.unacked.append((seq, frame, units, note))
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -195,7 +200,7 @@ class Links:
         self._out.pop(link.node, None)
         self._by_gen.pop(link.gen, None)
         self.counters["link_abandoned"] += len(link.unacked)
-        frames = [(seq, units) for seq, _, units in link.unacked if units]
+        frames = [(seq, u, note) for seq, _, u, note in link.unacked if u or note is not None]
         if not frames:
             self._reported.pop((link.node, link.gen), None)
         else:
@@ -265,7 +270,15 @@ class Links:
         reported = self._reported.pop((limbo.node, limbo.gen), 0)
         if upto < 0:
             upto = reported
-        self._count_lost(sum(u for seq, u in limbo.frames if seq > upto))
+        never = [(u, note) for seq, u, note in limbo.frames if seq > upto]
+        self._count_lost(sum(u for u, _ in never))
+        self._lost_notes.extend(note for _, note in never if note is not None)
+
+    def lost_notes(self) -> list[Any]:
+        """The notes of frames their peers never took, once (the caller
+        counts what they carried that it keeps: ``ClusterNode``)."""
+        out, self._lost_notes = self._lost_notes, []
+        return out
 
     def reported(self, node: str, states: list[list[Any]]) -> None:
         """``node``'s load report said how far it had taken each link."""
@@ -329,7 +342,7 @@ class Links:
             elif link.unacked and now >= link.sent_at + s.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, frame) for _, frame, _ in link.unacked)
+                out.extend((link.node, frame) for _, frame, _, _ in link.unacked)
         for gen, limbo in list(self._limbo.items()):
             if now >= limbo.until or limbo.node not in member_of:
                 # (nobody answered: a peer that died for good, or forgotten)

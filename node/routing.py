@@ -507,23 +507,38 @@ class Routing:
                 self._counted_gone[client] = (now + GONE_MEMORY, counted)
             fx.out.extend(self.core.forget_conn(vconn, now))
 
-    def _parked_news(self, client: _Client, messages: tuple[Message, ...]) -> None:
+    def _parked_news(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """What a client whose flight is parked here says of it: reports of
         what it took (CONSUMED: the first ``count`` it was handed, up to
-        ``upto``) and give-backs (RETURN: queued again by the core, as
-        items handed over by an earlier owner are)."""
+        ``upto``: the parked ones first, as they reached its node first;
+        the rest of the count goes on, for what it was handed since) and
+        give-backs (RETURN: queued again by the core, as items handed over
+        by an earlier owner are)."""
         parked = self._parked_flight[client][1]
+        out: list[Message] = []
         for mtype, fields in messages:
             if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
+                reports = []
                 for report in fields[0]:
-                    if not (isinstance(report, list) and len(report) == 4):
-                        continue
-                    name, upto, count = report[0], report[1], report[2]
-                    seqs = parked.get(name) if isinstance(name, str) else None
-                    if seqs and type(count) is int and type(upto) is int:
-                        taken = [q for q in seqs[: max(0, count)] if q <= upto]
-                        del seqs[: len(taken)]
-            elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+                    if isinstance(report, list) and len(report) == 4:
+                        name, upto, count, expired = report
+                        seqs = parked.get(name) if isinstance(name, str) else None
+                        ok = type(count) is int and type(upto) is int and type(expired) is int
+                        if seqs and ok and 0 <= expired <= count:
+                            taken = len([q for q in seqs[: max(0, count)] if q <= upto])
+                            del seqs[:taken]
+                            # (which were found expired is not said: the
+                            # parked ones, first handed, take them first)
+                            stale = min(expired, taken)
+                            self.core.queues.counters.dropped_expired += stale
+                            if taken == count:
+                                continue  # (all of it parked here)
+                            report = [name, upto, count - taken, expired - stale]
+                    reports.append(report)
+                out.append((mtype, (reports,)))
+                continue
+            out.append((mtype, fields))
+            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
                 seqs = parked.get(fields[1]) if isinstance(fields[1], str) else None
                 if seqs and all(_wire_item(i) for i in fields[2]):
                     back = {item[2] for item in fields[2]}
@@ -532,6 +547,32 @@ class Routing:
             del parked[name]
         if not parked:
             del self._parked_flight[client]
+        return tuple(out)
+
+    def never_delivered(
+        self, notes: list[tuple[str, bytes, dict[str, list[int]]]], now: float
+    ) -> None:
+        """Deliveries to other nodes' clients that those nodes never took
+        (their links ended first: ``links``): those parked here are lost,
+        and counted now; what was not parked was counted already."""
+        for node, conn, seqs in notes:
+            for client in [c for c in self._parked_flight if c[0] == node and c[2] == conn]:
+                parked = self._parked_flight[client][1]
+                lost = 0
+                for name, numbers in seqs.items():
+                    kept = parked.get(name)
+                    if kept:
+                        gone = set(numbers)
+                        before = len(kept)
+                        kept[:] = [q for q in kept if q not in gone]
+                        lost += before - len(kept)
+                        if not kept:
+                            del parked[name]
+                if lost:
+                    self.core.queues.counters.dropped_receiver_gone += lost
+                    self.counters["parked_flight_lost"] += lost
+                if not parked:
+                    del self._parked_flight[client]
 
     def _count_parked(self, client: _Client, now: float) -> None:
         """``client``'s parked flight is lost (counted ``receiver_gone``)."""
@@ -645,7 +686,7 @@ class Routing:
             fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
         if (origin, inc, conn) in self._parked_flight:
-            self._parked_news((origin, inc, conn), messages)
+            messages = self._parked_news((origin, inc, conn), messages)
         if (origin, inc, conn) in self._counted_gone:
             messages = self._not_again((origin, inc, conn), messages)
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
@@ -1091,9 +1132,21 @@ class Routing:
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
+    def carry_counts(self, old: Routing) -> None:
+        """This node ended its life in place (a fence): what it knew of
+        other nodes' dead lives is not its life's, and goes on to the next
+        (their last load reports, the counts not settled yet). Else a node
+        frozen while another died would drop the only count of it
+        (simulation plans/lost-then-delivered.json)."""
+        self.loads.update({n: load for n, load in old.loads.items() if n != self.me})
+        self._provisional.update(old._provisional)
+        self._count_later.update(old._count_later)
+        self._ended |= old._ended
+
     def _count_dead(self, node: str, lost: int, now: float) -> None:
         """What died with ``node``'s life is counted by one survivor: the
-        first live one by id. If that is another node, this one keeps the
+        live one in its oldest life (``_counts_for``). If that is another
+        node, this one keeps the
         count for ``answer_within``: the other may be dead too, not yet
         declared (simulation seed 68: two nodes killed a second apart; the
         survivor left waited for the first dead one to count the second),

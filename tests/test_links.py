@@ -331,3 +331,17 @@ def test_a_leaving_node_knows_while_its_frames_wait_for_acknowledgement() -> Non
     for _, f in b.tick(0.05, {"a": member("a", A_LIFE)}, []):
         a.take(decode_peer(f), 0.06)
     assert not a.sending()
+
+
+def test_the_notes_of_frames_the_peer_never_took_come_back_once() -> None:
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    f1 = a.frame(mb, msg(1), 0.0, note="first")
+    a.frame(mb, msg(2), 0.0, note="second")  # lost with the connection
+    a.frame(mb, msg(3), 0.0)  # no note, no units: nothing to ask about
+    assert f1 is not None and taken(b, f1, 0.01)
+    dead = {"b": member("b", B_LIFE, State.DEAD)}
+    _probe_round(a, b, 1.0, dead)
+    assert a.lost_notes() == ["second"]
+    assert a.lost_notes() == []
+    assert a.lost_units == 0

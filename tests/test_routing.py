@@ -665,3 +665,24 @@ def test_what_a_client_of_a_node_declared_dead_held_is_counted_at_its_next_life(
     table.incarnations["n2"] = START + RESTART_GAP + 5  # restarted: its clients are gone
     r.tick(2.0, Fx())
     assert core.drops()["receiver_gone"] == 3
+
+
+def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them() -> None:
+    """Seed 4: the client's node never took one of the parked deliveries
+    (its link ended first: counted at once); the client then took the two
+    others and one delivered since, and reports the three in one CONSUMED:
+    two settle what was parked, one goes on to the new delivery's flight."""
+    r, core, table, seqs = _declared_dead_with_three_in_flight()
+    table.incarnations["n2"] = START + 1  # back in the same life
+    r.never_delivered([("n2", b"client-1", {"asgi|c": [seqs[2]]})], 1.5)
+    assert core.drops()["receiver_gone"] == 1
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    relay(r, START, (MsgType.SEND, (0, "asgi|c", b"new", 10)))
+    [vconn] = r._virtual
+    [[new]] = [list(s) for s in core.queues.flight_seqs(vconn).values()]
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", new, 3, 1]],)))
+    assert core.queues.flight_seqs(vconn) == {}
+    assert core.drops()["expired"] == 1  # (counted once, with the parked ones)
+    r.tick(1.0 + r.presume_lost_after(), Fx())
+    assert core.drops()["receiver_gone"] == 1
+    assert r.counters["parked_flight_lost"] == 1

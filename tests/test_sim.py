@@ -504,7 +504,7 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(11 of 300 seeds: 17, 48, 56, 59, 95, ...; 24 before what a client of a node declared "
+    "(13 of 300 seeds: 5, 17, 42, 48, 56, ...; 24 before what a client of a node declared "
     "dead was handed waited for its report, seed 22; 13 before peer links and prompt "
     "load reports; 31 before a reserved send "
     "refused UNKNOWN_SESSION stopped being counted by its client as well as its node; "
