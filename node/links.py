@@ -107,7 +107,7 @@ class _In:
 @dataclass(frozen=True, slots=True)
 class LinkSettings:
     ack_delay: float = 0.02
-    retransmit: float = 0.25
+    retransmit: float = 1.0
     hello_interval: float = 1.0
     max_unacked: int = 100_000
     #: seconds a link given up waits for its peer to say how far it took

@@ -12,7 +12,8 @@ cores); each test asserts a part of the checker's verdict. What holds today
 is asserted plainly; the three defects of issue 11 are asserted in tests of
 their own, marked ``xfail(strict=True)``: each was reproduced by these runs
 on main, and a strict xfail fails the day it passes, so the mark goes with
-the fix.
+the fix. (Defect 1's mark is not strict since it became intermittent: see
+its test.)
 
 The first tests check the harness's own parts without processes: the
 schedule replays from its seed, and the checker finds each kind of
@@ -357,9 +358,14 @@ def test_group_membership_is_restored(reports: list[Report]) -> None:
 
 @pytest.mark.timeout(400)
 @pytest.mark.xfail(
-    strict=True,
+    # (not strict: since peer links, 2 of 3 executions of the four runs had
+    # no inversion at all (CI and two local, 2026-12-05), the third had some;
+    # before, every run had 8-118. A strict mark would fail CI at random; it
+    # goes back to strict, or goes, once the simulation's fifo seeds pass.)
+    strict=False,
     reason="issue 11 defect 1: a message counted lost while its owner was frozen or "
-    "killed is delivered later, after messages sent after it (FIFO inversions)",
+    "killed is delivered later, after messages sent after it (FIFO inversions; "
+    "intermittent since peer links)",
 )
 def test_defect_1_fifo_holds_across_freezes_and_restarts(reports: list[Report]) -> None:
     assert not _violations(reports, "inversions")
