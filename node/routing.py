@@ -22,10 +22,12 @@ cancellation (give-back, acknowledged credit withdrawal) and send
 reservations behave across nodes exactly as on one node.
 
 Failure: messages queued on a node that dies are lost (at-most-once) and
-counted on every survivor (``lost_in_dead_nodes``, from the dead node's last
-load report); a relayed request its owner never answers (it died) is
-answered after ``timeout`` and counted; a deliver that reaches a client
-that has gone goes back to its owner.
+counted once, by the survivor in its oldest life (``lost_in_dead_nodes``,
+from the dead node's last load report: ``_count_dead``); a relayed request
+its owner never answers (it died) is answered after ``timeout`` (outcome
+unknown); what a client of a node declared dead was handed waits for its
+report (``_parked_flight``); a deliver that reaches a client that has gone
+goes back to its owner.
 """
 
 from __future__ import annotations
