@@ -104,6 +104,20 @@ def _wire_item(item: object) -> bool:
     return isinstance(item, list) and len(item) == 3 and type(item[2]) is int
 
 
+def _unpark(parked: dict[str, list[int]], name: str, numbers: list[int]) -> int:
+    """Take ``numbers`` out of what is parked for channel ``name`` (the
+    channel goes when nothing is left); returns how many were there."""
+    kept = parked.get(name)
+    if not kept:
+        return 0
+    gone = set(numbers)
+    before = len(kept)
+    kept[:] = [q for q in kept if q not in gone]
+    if not kept:
+        del parked[name]
+    return before - len(kept)
+
+
 def holder_of(origin: str, incarnation: int, tag: str) -> str:
     """Who holds a membership made by session ``tag`` of node ``origin`` (at
     ``incarnation``: a restarted node's old sessions are not its new ones)."""
@@ -541,10 +555,8 @@ class Routing:
                 continue
             out.append((mtype, fields))
             if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
-                seqs = parked.get(fields[1]) if isinstance(fields[1], str) else None
-                if seqs and all(_wire_item(i) for i in fields[2]):
-                    back = {item[2] for item in fields[2]}
-                    seqs[:] = [q for q in seqs if q not in back]
+                if isinstance(fields[1], str) and all(_wire_item(i) for i in fields[2]):
+                    _unpark(parked, fields[1], [item[2] for item in fields[2]])
         for name in [n for n, seqs in parked.items() if not seqs]:
             del parked[name]
         if not parked:
@@ -560,16 +572,7 @@ class Routing:
         for node, conn, seqs in notes:
             for client in [c for c in self._parked_flight if c[0] == node and c[2] == conn]:
                 parked = self._parked_flight[client][1]
-                lost = 0
-                for name, numbers in seqs.items():
-                    kept = parked.get(name)
-                    if kept:
-                        gone = set(numbers)
-                        before = len(kept)
-                        kept[:] = [q for q in kept if q not in gone]
-                        lost += before - len(kept)
-                        if not kept:
-                            del parked[name]
+                lost = sum(_unpark(parked, name, numbers) for name, numbers in seqs.items())
                 if lost:
                     self.core.queues.counters.dropped_receiver_gone += lost
                     self.counters["parked_flight_lost"] += lost
