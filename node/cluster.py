@@ -49,6 +49,7 @@ from .membership import Effects as TableEffects
 from .peer_messages import (
     REPLICATION_MESSAGES,
     ROUTING_MESSAGES,
+    FanoutsSeen,
     HandedOver,
     Handoff,
     LinkAck,
@@ -68,7 +69,7 @@ log = logging.getLogger("zchannels.node")
 _TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
 #: what a joined node takes while it waits for its peers' ``HandedOver``: the
 #: handovers themselves (everything else waits, with its clients' frames)
-_HANDED = (Handoff, Reservations)
+_HANDED = (Handoff, Reservations, FanoutsSeen)
 
 
 @dataclass(slots=True)
@@ -220,6 +221,7 @@ class ClusterNode:
                 fenced=fenced,
             )
             self.routing.report_extra = lambda: {"links": self.links.report()}
+            self.routing.fanouts_seen = self.replication.fanouts_seen
         self.core.extra_status = self._extra_status
 
     def _cluster(self) -> tuple[MemberTable, Routing, GroupReplication]:
@@ -603,6 +605,13 @@ class ClusterNode:
         lingers until they have one: a frame still on its way when the
         process exits is lost with its connection)."""
         return (self.routing is not None and self.routing.waiting()) or self.links.sending()
+
+    def busy_with(self) -> str:
+        """What a leaving node still waits for (for the log)."""
+        waiting = self.routing is not None and self.routing.waiting()
+        unacked = self.links.status()["unacked"]
+        asks = "relayed requests wait for answers" if waiting else "no relayed request waits"
+        return f"{asks}, {unacked} frames unacknowledged"
 
     def linger_limit(self) -> float:
         """Seconds a node that left passes on what peers still send, at most."""

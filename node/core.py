@@ -464,8 +464,11 @@ class NodeCore:
             if not local:
                 also = self.report_to(conn, channel) if self.report_to is not None else None
                 if also and self._work is not None:
-                    message = (MsgType.CONSUMED, ([report],))
-                    self._work.relays.append((also, conn, session, message, self._hops + 1))
+                    # (MAX_HOPS: taken there, never passed on to the owner,
+                    # which has the report itself; expiry is the owner's to
+                    # count, once)
+                    copy = (MsgType.CONSUMED, ([[channel, upto, count, 0]],))
+                    self._work.relays.append((also, conn, session, copy, MAX_HOPS))
                 if self._relay(conn, session, MsgType.CONSUMED, ([report],), channel, out):
                     continue
             consumed(conn, channel, upto, count, expired)

@@ -90,6 +90,20 @@ class GroupFanoutPassed:
 
 
 @dataclass(frozen=True, slots=True)
+class FanoutsSeen:
+    """Sent just before a ``Handoff`` that moves group memberships, on the
+    same link: the last group_send fanout ``source`` had taken from each
+    origin (``(origin, incarnation, seq)``; an origin's fanouts reach it in
+    order), so every one up to it had reached the memberships that follow.
+    The receiver does not give those memberships a copy of such a fanout
+    again (it may get one straight from the origin, which sends there as
+    soon as its counts say so: ``replication``)."""
+
+    source: str
+    upto: tuple[tuple[str, int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Relay:
     """Client messages of connection ``conn`` on node ``origin`` (at
     ``incarnation``) for channels the receiving node owns. ``tag``: the
@@ -259,6 +273,7 @@ ClusterMessage = (
     | GroupSlice
     | GroupFanout
     | GroupFanoutPassed
+    | FanoutsSeen
     | Relay
     | RelayBack
     | ConnGone
@@ -294,4 +309,5 @@ REPLICATION_MESSAGES = (
     GroupSlice,
     GroupFanout,
     GroupFanoutPassed,
+    FanoutsSeen,
 )

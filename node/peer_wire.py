@@ -35,6 +35,7 @@ from .peer_messages import (
     Ask,
     ClusterMessage,
     ConnGone,
+    FanoutsSeen,
     GroupDelta,
     GroupDeltaAck,
     GroupDigest,
@@ -177,6 +178,8 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # members [[group, channel, holder, ttl_s, capacity]...]
     MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
     MsgType.PEER_HANDED_OVER: (("origin", str), ("incarnation", int)),
+    # upto [[origin, its incarnation, fanout seq]...]
+    MsgType.PEER_FANOUTS_SEEN: (("source", str), ("upto", list)),
     MsgType.PEER_LINK_SEQ: (
         ("source", str),
         ("life", int),
@@ -313,6 +316,8 @@ def to_wire(msg: PeerMessage) -> Message:
             )
         case HandedOver():
             return MsgType.PEER_HANDED_OVER, (msg.origin, msg.incarnation)
+        case FanoutsSeen():
+            return MsgType.PEER_FANOUTS_SEEN, (msg.source, [list(u) for u in msg.upto])
         case LinkSeq():
             return MsgType.PEER_LINK_SEQ, (msg.source, msg.life, msg.gen, msg.seq, msg.target)
         case LinkAck():
@@ -423,6 +428,20 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return Handoff(f[0], _handed_channels(f[1]), _handed_members(f[2]))
     if mtype == MsgType.PEER_HANDED_OVER:
         return HandedOver(f[0], f[1])
+    if mtype == MsgType.PEER_FANOUTS_SEEN:
+        upto = _bounded(f[1])
+        _require(
+            all(
+                type(u) is list
+                and len(u) == 3
+                and type(u[0]) is str
+                and type(u[1]) is int
+                and type(u[2]) is int
+                for u in upto
+            ),
+            "PEER_FANOUTS_SEEN upto",
+        )
+        return FanoutsSeen(f[0], tuple((u[0], u[1], u[2]) for u in upto))
     if mtype == MsgType.PEER_LINK_SEQ:
         _require(f[2] >= 1 and f[3] >= 1, "PEER_LINK_SEQ gen or seq")
         return LinkSeq(f[0], f[1], f[2], f[3], f[4])

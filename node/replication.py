@@ -42,6 +42,7 @@ from .group_replica import Delta, GroupReplica, Slice
 from .membership import EventKind, MemberEvent, MemberTable
 from .peer_messages import (
     ClusterMessage,
+    FanoutsSeen,
     GroupDelta,
     GroupDeltaAck,
     GroupDigest,
@@ -78,6 +79,9 @@ class _HandedIn:
     source: str  # the node that handed them
     version: int  # the groups' version once they were added
     groups: dict[str, set[str]]  # group -> channels
+    #: origin -> (incarnation, seq): the last fanout of each origin its
+    #: source had taken as it handed them (they had every one up to it)
+    upto: dict[str, tuple[int, int]]
 
 
 class GroupReplication:
@@ -117,8 +121,16 @@ class GroupReplication:
         #: handovers of memberships taken here, oldest first (both are
         #: kept two catch-up windows: a node passes fanouts on for one)
         self._handed_in: list[_HandedIn] = []
+        #: origin -> (incarnation, seq): the last fanout taken from it here
+        #: (``FanoutsSeen``, sent before a handover of memberships)
+        self._taken: dict[str, tuple[int, int]] = {}
+        #: source -> its ``FanoutsSeen``, for the handover that follows it
+        self._seen_before: dict[str, dict[str, tuple[int, int]]] = {}
         #: fanouts dropped as second copies (they had reached every member)
         self.fanout_duplicates = 0
+        #: memberships a fanout skipped because the handover that brought
+        #: them came from a node that had given them that fanout already
+        self.fanouts_had = 0
         #: passed-on copies applied to memberships a handover brought after
         #: this node's own copy (or a copy before) had been applied
         self.fanouts_caught_up = 0
@@ -178,7 +190,31 @@ class GroupReplication:
             groups: dict[str, set[str]] = {}
             for group, channel in added:
                 groups.setdefault(group, set()).add(channel)
-            self._handed_in.append(_HandedIn(now, source, version, groups))
+            upto = self._seen_before.pop(source, {})
+            self._handed_in.append(_HandedIn(now, source, version, groups, upto))
+
+    def fanouts_seen(self) -> FanoutsSeen:
+        """What goes just before a handover of memberships (``routing``)."""
+        upto = tuple(sorted((o, inc, seq) for o, (inc, seq) in self._taken.items()))
+        return FanoutsSeen(self.me, upto)
+
+    def _had_it(self, key: tuple[str, int, int], group: str) -> set[str]:
+        """Members of ``group`` that handovers brought here from nodes that
+        had taken fanout ``key`` before they handed them: it reached them
+        there (it was queued with them), and must not reach them again."""
+        origin, incarnation, seq = key
+        had: set[str] = set()
+        for handed in self._handed_in:
+            taken = handed.upto.get(origin)
+            if taken is not None and taken[0] == incarnation and taken[1] >= seq:
+                had |= handed.groups.get(group, set())
+        return had
+
+    def _took(self, key: tuple[str, int, int]) -> None:
+        origin, incarnation, seq = key
+        last = self._taken.get(origin)
+        if last is None or (incarnation, seq) > last:
+            self._taken[origin] = (incarnation, seq)
 
     def _remember(self, key: tuple[str, int, int], version: int, now: float) -> None:
         """Fanout ``key`` has reached this node's members at ``version``."""
@@ -220,6 +256,7 @@ class GroupReplication:
             "group_ack_timeouts": self.ack_timeouts,
             "group_fanout_duplicates": self.fanout_duplicates,
             "group_fanouts_caught_up": self.fanouts_caught_up,
+            "group_fanouts_had": self.fanouts_had,
         }
 
     # -- the core's work ---------------------------------------------------
@@ -254,6 +291,7 @@ class GroupReplication:
                 self.me, self.replica.incarnation, next(self._fanout_seq), group, payload, ttl
             )
             self._remember((fanout.origin, fanout.incarnation, fanout.seq), version, now)
+            self._took((fanout.origin, fanout.incarnation, fanout.seq))
             for node in self._targets(group, now):
                 fx.peers.append((node, fanout))
 
@@ -292,6 +330,12 @@ class GroupReplication:
                     )
             case GroupFanout() | GroupFanoutPassed():
                 self._on_fanout(msg, now, fx)
+            case FanoutsSeen():
+                # (taken from any member, as its handover is: ``routing``)
+                if msg.source != self.me and self.table.member(msg.source) is not None:
+                    self._seen_before[msg.source] = {o: (i, s) for o, i, s in msg.upto}
+                else:
+                    self.from_strangers += 1
 
     def _on_fanout(self, msg: GroupFanout | GroupFanoutPassed, now: float, fx: Fx) -> None:
         """A group_send made on another node: for this node's members, each
@@ -299,9 +343,20 @@ class GroupReplication:
         key = (msg.origin, msg.incarnation, msg.seq)
         core = self.core
         seen = self._seen.get(key)
+        self._took(key)
         if seen is None:
-            fx.out.extend(core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now))
+            # (not to memberships handed here by a node that had it: they
+            # got it there, queued with them; seen in rolling restarts: a
+            # group_send as a node came back reached it from its origin, and
+            # with a membership another node handed back, twice)
+            had = self._had_it(key, msg.group) if self._handed_in else set()
+            only = None
+            if had:
+                self.fanouts_had += 1
+                only = [c for c in core.groups.members(msg.group, now) if c not in had]
+            fx.out.extend(core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now, only=only))
             self._remember(key, core.groups.version, now)
+            self._seen[key].caught_up |= had
             # Its sender's counts may be older than our handover: pass it on
             # to where we handed the group's memberships (its origin too: a
             # fanout applied there before our handover arrived missed them).

@@ -50,6 +50,7 @@ from .peer_messages import (
     Ask,
     ClusterMessage,
     ConnGone,
+    FanoutsSeen,
     HandedOver,
     HandedReservation,
     Handoff,
@@ -211,6 +212,9 @@ class Routing:
         #: (our client's connection, channel) -> the node that last delivered
         #: to it (``report_to``)
         self._delivered_by: dict[tuple[ConnId, str], str] = {}
+        #: nodes this node declared dead, until they are seen live again
+        #: or gone for good (``report_to``)
+        self._dead: set[str] = set()
         #: (client conn, channel) -> [owner, credit left there]: what our
         #: clients are owed by other nodes, re-granted if that owner dies
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
@@ -250,20 +254,29 @@ class Routing:
         #: something may sit on a node that does not own it (a handover raced
         #: a view change, a relay ran out of hops): when to sweep it on
         self._sweep_at: float | None = None
+        #: what goes before a handover of memberships: the last group_send
+        #: fanout taken from each origin (``GroupReplication.fanouts_seen``)
+        self.fanouts_seen: Callable[[], FanoutsSeen] | None = None
         core.route = self.route
         core.report_to = self.report_to
         self.refresh()
 
     # -- ownership -------------------------------------------------------------
     def report_to(self, conn: ConnId, channel: str) -> str | None:
-        """Where ``conn``'s report of what it took of ``channel`` goes as
-        well as to the channel's owner: the node that last delivered to it,
-        if this node thinks it dead. That may be a mistake (it was slow, or
-        cut off: simulation seed 22, a 2-node split under 30% loss), and
-        there what the client was handed waits to be counted lost unless
-        reported taken (``_parked_flight``)."""
+        """Where a copy of ``conn``'s report of what it took of ``channel``
+        goes as well as the report to the channel's owner: the node that
+        last delivered to it, if this node declared it dead (not one that
+        left). That may be a mistake (it was slow, or cut off: simulation
+        seed 22, a 2-node split under 30% loss), and there what the client
+        was handed waits to be counted lost unless reported taken
+        (``_parked_flight``). The copy is for that node alone (``core``: it
+        is not passed on, and says nothing of expiry, which the owner
+        counts)."""
         source = self._delivered_by.get((conn, channel))
-        if source is None or source == self.me or source in self._live:
+        if source is None or source not in self._dead:
+            # (a node that left handed its flight over, and is told nothing:
+            # a copy to it kept it lingering, passing the copy on to the
+            # owner, where it was applied to the flight a second time)
             return None
         return source
 
@@ -933,6 +946,10 @@ class Routing:
         changed = self.refresh()
         if changed and self._sweep_at is not None:
             self._sweep_soon(now)  # the views move: wait for them to settle
+        if event.kind == EventKind.DEAD:
+            self._dead.add(event.node)
+        else:
+            self._dead.discard(event.node)
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._lives.pop(event.node, None)
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
@@ -1277,6 +1294,8 @@ class Routing:
             self.counters["handed_off"] += sum(len(c[1]) for c in entries)
             pieces = _handoff_pieces(entries)
             moved = tuple(members.get(owner, []))
+            if moved and self.fanouts_seen is not None:
+                fx.peers.append((owner, self.fanouts_seen()))  # (just before them)
             for i, piece in enumerate(pieces or [[]]):  # (memberships go with the first)
                 fx.peers.append((owner, Handoff(self.me, tuple(piece), moved if i == 0 else ())))
             fx.moved.extend((owner, group) for group in sorted({m[0] for m in moved}))

@@ -467,7 +467,13 @@ class NodeServer:
         while True:
             now = time.monotonic()
             if now - began >= limit:
-                log.warning("leave: still busy after %.2f s; closing", now - began)
+                quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
+                log.warning(
+                    "leave: still busy after %.2f s; closing (%s; peers quiet: %s)",
+                    now - began,
+                    self.node.busy_with(),
+                    quiet,
+                )
                 return
             quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
             if quiet and not self.node.passing_on():

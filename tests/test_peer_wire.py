@@ -19,6 +19,7 @@ from zchannels.node.peer_messages import (
     Answer,
     Ask,
     ConnGone,
+    FanoutsSeen,
     GroupDelta,
     GroupDigest,
     GroupFanout,
@@ -144,6 +145,10 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", 1000007, 2, 5),
         "013d94a26e32ce000f42470205",
     ),
+    MsgType.PEER_FANOUTS_SEEN: (
+        ("n2", [["n1", 1000007, 42]]),
+        "013e92a26e329193a26e31ce000f42472a",
+    ),
     MsgType.PEER_ASK: (
         (4, "n1", "flush", "asgi"),
         "01289404a26e31a5666c757368a461736769",
@@ -215,6 +220,8 @@ MESSAGES: list[PeerMessage] = [
     LinkProbe("n1", 1000007, 2),
     LinkState("n2", 1000007, 2, 5),
     LinkState("n2", 1000007, 2, -1),
+    FanoutsSeen("n2", (("n1", 1000007, 42), ("n3", 9, 1))),
+    FanoutsSeen("n2", ()),
     Reservations(
         "n1",
         (
@@ -262,6 +269,9 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_LINK_ACK, ("n1", 7, 1, -1)),
         (MsgType.PEER_LINK_PROBE, ("n1", 7, 0)),
         (MsgType.PEER_LINK_STATE, ("n1", 7, 1, -2)),
+        (MsgType.PEER_FANOUTS_SEEN, ("n1", [["n2", 7]])),
+        (MsgType.PEER_FANOUTS_SEEN, ("n1", [["n2", 7, "3"]])),
+        (MsgType.PEER_FANOUTS_SEEN, ("n1", [["n2", True, 3]])),
         (MsgType.PEER_ASK, (1, "n1", "shutdown", "")),
         (MsgType.PEER_ANSWER, (1, "n1", [1])),
         (MsgType.GROUP_DIGEST, ("n1", [["n1", 7]])),

@@ -13,8 +13,8 @@ import random
 
 from zchannels.node.core import ClusterWork, CoreSettings, NodeCore
 from zchannels.node.effects import Fx
-from zchannels.node.membership import MembershipConfig, MemberTable
-from zchannels.node.peer_messages import GroupFanout, GroupFanoutPassed
+from zchannels.node.membership import Gossip, MembershipConfig, MemberTable, State, Update
+from zchannels.node.peer_messages import FanoutsSeen, GroupFanout, GroupFanoutPassed
 from zchannels.node.replication import GroupReplication
 
 from zchannels.protocol import MsgType
@@ -149,3 +149,39 @@ def test_what_a_node_remembers_of_fanouts_and_handovers_is_bounded() -> None:
     later = 2 * node.catch_up_window() + 0.1
     node.tick(later, Fx())
     assert node._seen == {} and node._handed_in == []
+
+
+def test_a_fanout_its_keeper_had_queued_is_not_given_again_with_the_handover() -> None:
+    """Seen in CI's rolling restart (a group message twice on a ``!``
+    channel): n0 made a group_send as n2 came back. n1, which kept n2's
+    client's channel meanwhile, took it before it handed that membership
+    back (the message went with the channel's queue); n0 had just handed n2
+    other memberships, so it sent n2 its copy too, which came after n1's
+    handover. Said before the handover (``FanoutsSeen``): n1 had taken n0's
+    fanouts up to this one, so the handed membership is not given it
+    again; n2's own members are."""
+    node = make_node()
+    n1 = Update("n1", "tcp://127.0.0.1:7701", 3, State.ALIVE, "n1")
+    node.table.handle(Gossip("n1", (n1,)), 0.0)
+    assert node.table.member("n1") is not None
+    node.handle(FanoutsSeen("n1", (("n0", 5, 1),)), 0.1, Fx())
+    hand_over(node, 0.1)  # (F's copy is in the queue it hands over: not shown)
+    node.handle(F, 0.2, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 0)
+    assert node.fanouts_had == 1
+    # n1 did not pass it on (it had it); a later copy of it is a duplicate
+    node.handle(PASSED, 0.3, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (1, 0)
+    # a later fanout of n0 (n1 had not taken it) reaches both
+    node.handle(GroupFanout("n0", 5, 2, G, b"n", 60.0), 0.4, Fx())
+    assert (queued(node, OWN), queued(node, HANDED)) == (2, 1)
+
+
+def test_what_a_node_had_taken_goes_before_its_handovers_of_memberships() -> None:
+    """The sender's side: each origin's last fanout, its own included."""
+    node = make_node("n1")
+    node.handle(F, 0.1, Fx())
+    node.handle(GroupFanout("n0", 5, 3, G, b"m", 60.0), 0.2, Fx())
+    node.handle(GroupFanout("n0", 5, 2, G, b"m", 60.0), 0.3, Fx())  # (an older one later)
+    node.handle(GroupFanout("n3", 9, 4, G, b"m", 60.0), 0.3, Fx())
+    assert node.fanouts_seen() == FanoutsSeen("n1", (("n0", 5, 3), ("n3", 9, 4)))

@@ -97,3 +97,17 @@ def test_every_channel_served_again_and_membership_restored(report: Report) -> N
     assert not report.violated("unrecovered"), report.violations
     assert not report.violated("membership"), report.violations
     assert not report.violated("slow_answers"), report.violations
+
+
+def test_every_drained_node_left_once_nothing_was_left_to_pass_on(report: Report) -> None:
+    """A drained node lingers after it left only while what peers still
+    send it needs passing on, and leaves once they are quiet; it gives up
+    at its limit (``answer_within``) with a warning. Peers kept it busy to
+    the limit every time once they copied their clients' reports of what
+    they took to a node that had left (``Routing.report_to`` is for nodes
+    declared dead), and the copy bounced back and was applied twice."""
+    warned = {
+        log.name: [line for line in log.read_text().splitlines() if "still busy" in line]
+        for log in sorted(Path(report.dir).glob("n*-life*.err"))
+    }
+    assert not any(warned.values()), warned

@@ -144,6 +144,11 @@ class MsgType(enum.IntEnum):
     # the answer; what it never took is counted lost by the sender, once
     PEER_LINK_PROBE = 60
     PEER_LINK_STATE = 61
+    # node <-> node: just before a handover of group memberships, the last
+    # group_send fanout the sender had taken from each origin: those
+    # memberships had them, and the receiver does not give them again
+    # (zchannels.node.replication)
+    PEER_FANOUTS_SEEN = 62
 
 
 class ErrorCode(enum.IntEnum):
