@@ -365,6 +365,9 @@ async def _serve(config: NodeConfig) -> None:
     if not server.idle.is_set() and config.drain_timeout > 0:
         await server.drain(config.drain_timeout)
     await server.stop()
+    # ...and what it counted to the end (a leave counts what no peer
+    # acknowledged as it ends: ``ClusterNode.gone``; nobody can ask it now)
+    print(json.dumps({"stopped": True, "status": server.node.core.status()}, default=str))
 
 
 def query(endpoint: str, mtype: MsgType, *fields: Any, timeout: float = 3.0) -> Any:

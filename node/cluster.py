@@ -606,6 +606,15 @@ class ClusterNode:
         process exits is lost with its connection)."""
         return (self.routing is not None and self.routing.waiting()) or self.links.sending()
 
+    def gone(self, now: float) -> int:
+        """The process ends after its leave, once it stopped lingering (the
+        shell's ``stop``): what its links still held that a peer not heard
+        from since never acknowledged (a handover, a reserved send
+        relayed into a partition) is lost with it, and counted
+        ``dead_owner`` now (``Links.give_up``).
+        Returns how many messages that was (the shell logs it)."""
+        return self.links.give_up(now)
+
     def busy_with(self) -> str:
         """What a leaving node still waits for (for the log)."""
         waiting = self.routing is not None and self.routing.waiting()
@@ -624,6 +633,7 @@ class ClusterNode:
         if self.table is not None and self.routing is not None and self.replication is not None:
             self.replication.leave(fx)
             self.routing.leave(now, fx)
+            self.links.hurry(self.linger_limit())
             effects = self._finish(fx, now)
             fx = Fx()
             self._table(self.table.leave(now), now, fx)

@@ -79,8 +79,9 @@ class _Out:
     life: int  # this node's life then
     next_seq: int = 1
     #: (seq, frame, units: messages it carries that only this node counts,
-    #: note: what the caller wants back if the peer never took it)
-    unacked: deque[tuple[int, bytes, int, Any]] = field(default_factory=deque)
+    #: note: what the caller wants back if the peer never took it, when it
+    #: was first sent)
+    unacked: deque[tuple[int, bytes, int, Any, float]] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
 
 
@@ -123,6 +124,9 @@ class Links:
         self.life = life
         self.settings = settings
         self.counters: Counter[str] = Counter()
+        #: seconds before unacknowledged frames are sent again (shorter
+        #: while a node that left lingers: ``hurry``)
+        self.retransmit = settings.retransmit
         self._gen = 0
         self._out: dict[str, _Out] = {}
         self._by_gen: dict[int, _Out] = {}
@@ -139,6 +143,9 @@ class Links:
         self.lost_units = 0
         #: notes of frames a peer never took, for the caller (``lost_notes``)
         self._lost_notes: list[Any] = []
+        #: node -> when a link message (a frame, an acknowledgement, a hello,
+        #: a probe or its answer) last came from it
+        self._heard: dict[str, float] = {}
         #: (node, gen) -> how far that node had taken this node's link gen
         #: at its last load report (for a peer that died before answering)
         self._reported: dict[tuple[str, int], int] = {}
@@ -159,7 +166,7 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append((seq, frame, units, note))
+        link.unacked.append((seq, frame, units, note, now))
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -200,7 +207,7 @@ class Links:
         self._out.pop(link.node, None)
         self._by_gen.pop(link.gen, None)
         self.counters["link_abandoned"] += len(link.unacked)
-        frames = [(seq, u, note) for seq, _, u, note in link.unacked if u or note is not None]
+        frames = [(seq, u, note) for seq, _, u, note, _ in link.unacked if u or note is not None]
         if not frames:
             self._reported.pop((link.node, link.gen), None)
         else:
@@ -217,6 +224,8 @@ class Links:
         if not messages:
             return messages
         head = messages[0]
+        if isinstance(head, LinkAck | LinkProbe | LinkState | LinkSeq):
+            self._heard[head.source] = now
         if isinstance(head, LinkAck):
             self._on_ack(head, now)
             return messages[1:]
@@ -339,10 +348,10 @@ class Links:
         for link in list(self._out.values()):
             if not self._current(link, member_of.get(link.node)):
                 self._end(link, now)
-            elif link.unacked and now >= link.sent_at + s.retransmit:
+            elif link.unacked and now >= link.sent_at + self.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, frame) for _, frame, _, _ in link.unacked)
+                out.extend((link.node, frame) for _, frame, _, _, _ in link.unacked)
         for gen, limbo in list(self._limbo.items()):
             if now >= limbo.until or limbo.node not in member_of:
                 # (nobody answered: a peer that died for good, or forgotten)
@@ -387,6 +396,33 @@ class Links:
         self.life = life
         self._next_hello = 0.0
 
+    def hurry(self, within: float) -> None:
+        """This node left and lingers at most ``within`` seconds: frames not
+        acknowledged are sent again several times meanwhile, so a peer that
+        can be reached has them, and has said so, before the node ends
+        (``give_up``)."""
+        self.retransmit = min(self.retransmit, within / 3)
+
+    def give_up(self, now: float) -> int:
+        """This process ends (after a leave, once it stopped lingering):
+        every link is given up, and what a peer never took is counted lost
+        now, as nobody will ask again: beyond what its last load report said
+        it had taken, if nothing was heard from it since the oldest frame it
+        did not acknowledge was sent (a partition: it never took them). A
+        peer heard from since took them: frames are sent again while the
+        node lingers, and only their acknowledgements were slow (counted,
+        they were an overcount: ``plans/leaving-node-lagged-relays``).
+        Returns the units counted."""
+        before = self.lost_units
+        for link in list(self._out.values()):
+            heard = self._heard.get(link.node)
+            if link.unacked and heard is not None and heard >= link.unacked[0][4]:
+                link.unacked.clear()  # (taken: its acknowledgement is on its way)
+            self._end(link, now)
+        for limbo in list(self._limbo.values()):
+            self._settle(limbo, -1)
+        return self.lost_units - before
+
     def sending(self) -> bool:
         """Frames wait for their acknowledgement (a leaving node lingers)."""
         return any(link.unacked for link in self._out.values())
@@ -397,7 +433,7 @@ class Links:
             deadline = min(deadline, limbo.next_probe, limbo.until)
         if self._ack_at is not None:
             deadline = min(deadline, self._ack_at)
-        r = self.settings.retransmit
+        r = self.retransmit
         for link in self._out.values():
             if link.unacked:
                 deadline = min(deadline, link.sent_at + r)

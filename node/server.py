@@ -282,6 +282,14 @@ class NodeServer:
             # pass on what peers still send here until they have all heard
             self._apply(self.node.leave(time.monotonic()))
             await self._linger()
+            lost = self.node.gone(time.monotonic())
+            if lost:
+                log.warning(
+                    "leave: %d handed-over or relayed messages never acknowledged by a peer: "
+                    "lost, counted dead_owner %s",
+                    lost,
+                    self.node.drops(),
+                )
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()

@@ -345,3 +345,49 @@ def test_the_notes_of_frames_the_peer_never_took_come_back_once() -> None:
     assert a.lost_notes() == ["second"]
     assert a.lost_notes() == []
     assert a.lost_units == 0
+
+
+def test_a_node_that_ends_after_its_leave_counts_what_no_peer_acknowledged() -> None:
+    """Seeds 37 and 123 of the simulation: a node left into a partition; the
+    handover and the sends it relayed went to an owner cut off from it, and
+    it stopped lingering at its limit with them unacknowledged. Nobody else
+    knows of them: counted as it ends, except what the peer's last load
+    report said it had taken, and what already waited in limbo."""
+    a, b = pair()
+    mb, mc = member("b", B_LIFE), member("c", 3_000_000)
+    a.take([Links("c", 3_000_000, S).hello()], 0.0)
+    for i in range(4):
+        a.frame(mb, msg(i), 0.1, units=2)  # (b took the first one: its report says so)
+    a.frame(mc, msg(9), 0.1, units=5)
+    a.frame(mc, msg(10), 0.1)  # (nothing only a counts)
+    a.reported("b", [["a", A_LIFE, 1, 1]])
+    assert a.sending()
+    assert a.give_up(2.0) == 3 * 2 + 5
+    assert a.lost_units == 11 and not a.sending()
+    assert a.give_up(2.1) == 0  # (once)
+    del b
+
+
+def test_a_live_peer_took_what_a_node_ending_after_its_leave_still_kept() -> None:
+    """Heard from since the frame was sent (its acknowledgements were only
+    slow, the frames were sent again while the node lingered): nothing is
+    counted for it. Heard from only before: counted."""
+    a, b = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.5, units=3)
+    a.take([b.hello()], 0.4)  # (before: it may have been cut off since)
+    c = Links("c", 3_000_000, S)
+    a.take([c.hello()], 0.0)
+    a.frame(member("c", 3_000_000), msg(2), 0.5, units=4)
+    a.take([c.hello()], 0.7)
+    assert a.give_up(2.0) == 3
+    assert a.lost_units == 3 and not a.sending() and a.status()["limbo"] == 0
+
+
+def test_a_node_that_left_sends_again_sooner_while_it_lingers() -> None:
+    a, _ = pair()
+    mb = member("b", B_LIFE)
+    frame = a.frame(mb, msg(1), 0.0)
+    a.hurry(0.6)  # (it lingers at most 0.6 s: three tries, not one after 1 s)
+    assert [f for n, f in a.tick(0.19, {"b": mb}, []) if n == "b"] == []
+    assert [f for n, f in a.tick(0.2, {"b": mb}, []) if n == "b"] == [frame]
+    assert a.next_deadline() <= 0.4

@@ -180,6 +180,16 @@ class NodeProc:
         self.ready_at = time.monotonic()
         return self.ready_at
 
+    def stopped_status(self) -> dict[str, Any] | None:
+        """The status the current life printed as it stopped (its last
+        counts: a leave counts what no peer acknowledged as it ends), or
+        None (killed, or still running)."""
+        for r in read_jsonl(self.out / f"{self.id}-life{self.life}.out"):
+            if r.get("stopped"):
+                status: dict[str, Any] = r["status"]
+                return status
+        return None
+
     def signal(self, sig: int) -> None:
         if self.proc is not None:
             os.kill(self.proc.pid, sig)
@@ -321,7 +331,9 @@ class Sampler:
             thread.start()
 
     def take(self, node: NodeProc, why: str = "") -> dict[str, Any]:
-        s = sample(node.id, status_of(node.endpoint), time.monotonic())
+        return self.add(sample(node.id, status_of(node.endpoint), time.monotonic()), why)
+
+    def add(self, s: dict[str, Any], why: str = "") -> dict[str, Any]:
         if why:
             s["why"] = why
         with self._lock:
@@ -565,6 +577,9 @@ class Run:
                 # (a SIGTERMed node leaves cleanly: usually gone by now)
                 code = node.proc.wait(10)
                 ex.notes["exit_code"] = code
+                last = node.stopped_status()
+                if last is not None:  # (what it counted to its end)
+                    self.sampler.add(sample(node.id, last, time.monotonic()), "stopped")
             ex.ended = time.monotonic()
             ex.back = node.start(self.spec.preset)
         elif f.kind in ("freeze", "lag"):

@@ -350,6 +350,7 @@ class World:
     def _depart(self, sn: SimNode) -> None:
         """A node that left stops: its state goes with it (counted)."""
         assert sn.node is not None
+        sn.node.gone(self.now)  # (what no peer acknowledged is counted now)
         self._gone_drops(sn)
         self.log(f"left {sn.node_id} drops {sn.node.drops()}")
         sn.node = None
