@@ -371,19 +371,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.GROUP_DELTA_ACK:
         return GroupDeltaAck(f[0], f[1])
     if mtype == MsgType.GROUP_DIGEST:
-        entries = _bounded(f[1])
-        _require(
-            all(
-                type(e) is list
-                and len(e) == 3
-                and type(e[0]) is str
-                and type(e[1]) is int
-                and type(e[2]) is int
-                for e in entries
-            ),
-            "GROUP_DIGEST entries",
-        )
-        return GroupDigest(f[0], tuple((e[0], e[1], e[2]) for e in entries))
+        return GroupDigest(f[0], _node_versions(f[1], "GROUP_DIGEST entries"))
     if mtype == MsgType.GROUP_SLICE:
         counts = _bounded(f[3])
         _require(
@@ -429,19 +417,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.PEER_HANDED_OVER:
         return HandedOver(f[0], f[1])
     if mtype == MsgType.PEER_FANOUTS_SEEN:
-        upto = _bounded(f[1])
-        _require(
-            all(
-                type(u) is list
-                and len(u) == 3
-                and type(u[0]) is str
-                and type(u[1]) is int
-                and type(u[2]) is int
-                for u in upto
-            ),
-            "PEER_FANOUTS_SEEN upto",
-        )
-        return FanoutsSeen(f[0], tuple((u[0], u[1], u[2]) for u in upto))
+        return FanoutsSeen(f[0], _node_versions(f[1], "PEER_FANOUTS_SEEN upto"))
     if mtype == MsgType.PEER_LINK_SEQ:
         _require(f[2] >= 1 and f[3] >= 1, "PEER_LINK_SEQ gen or seq")
         return LinkSeq(f[0], f[1], f[2], f[3], f[4])
@@ -501,6 +477,24 @@ def _two_ints(value: object) -> bool:
 def _require(ok: bool, what: str) -> None:
     if not ok:
         raise DecodeError("field", f"bad {what}")
+
+
+def _node_versions(raw: list[Any], what: str) -> tuple[tuple[str, int, int], ...]:
+    """``[[node, incarnation, number]...]`` (a digest's versions, the last
+    fanouts seen), each checked; bool is not int."""
+    entries = _bounded(raw)
+    _require(
+        all(
+            type(e) is list
+            and len(e) == 3
+            and type(e[0]) is str
+            and type(e[1]) is int
+            and type(e[2]) is int
+            for e in entries
+        ),
+        what,
+    )
+    return tuple((e[0], e[1], e[2]) for e in entries)
 
 
 def _bounded(raw: list[Any]) -> list[Any]:
