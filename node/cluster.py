@@ -219,6 +219,7 @@ class ClusterNode:
                 load_interval=config.load_interval,
                 sweep_delay=config.stray_sweep_delay,
                 fenced=fenced,
+                hold=config.relay_hold,
             )
             self.routing.report_extra = lambda: {"links": self.links.report()}
             self.routing.fanouts_seen = self.replication.fanouts_seen

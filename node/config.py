@@ -126,6 +126,13 @@ class NodeConfig:
     #: detection of ``lan`` (1.3-1.8 s), so a short break costs about a
     #: second, not a message.
     link_retransmit: float = 1.0
+    #: Seconds a node holds the sends other nodes relay straight to it for
+    #: a channel that has just become its own (``routing``): a send its
+    #: client made just before may still reach the channel's previous
+    #: owner and be passed on here (two hops), and must be queued first.
+    #: Covers the pass-on's extra hop; a send held longer than this is
+    #: queued anyway.
+    relay_hold: float = 0.05
     #: How peers are found besides ``seeds``, one or more of: "mdns"
     #: (announce and browse ``_zchannels._tcp.local.``: a LAN),
     #: "dns:NAME[:PORT]" (NAME's A/AAAA records, each a peer on PORT,

@@ -148,8 +148,20 @@ class Routing:
         load_interval: float = 1.0,
         sweep_delay: float = 1.0,
         fenced: tuple[int, int] | None = None,
+        hold: float = 0.05,
     ) -> None:
         self.core = core
+        #: seconds sends relayed straight here for a channel that just
+        #: became this node's are held (``_hold``)
+        self.hold = hold
+        #: the ownership before the last change, and until when a send for
+        #: a channel that moved here then is held
+        self._before: tuple[Ownership, float] | None = None
+        #: relays held (in arrival order), the channels they hold, and when
+        #: they are taken up
+        self._held: list[Relay] = []
+        self._held_channels: set[str] = set()
+        self._held_until = 0.0
         #: (incarnation, messages lost) of the life this node ended in place
         #: before this one, reported in every load report
         self._fenced = fenced
@@ -667,10 +679,47 @@ class Routing:
                         self._restore_credit(msg.origin, back, ended, now, fx)
                     self.loads[msg.origin] = load
 
-    def _on_relay(self, msg: Relay, now: float, fx: Fx) -> None:
+    def _hold(self, msg: Relay, now: float) -> bool:
+        """Whether a relay that came straight from its origin waits: it
+        sends to a channel that became this node's ``hold`` ago or less
+        (or one whose sends wait already, behind them). A send the same
+        client made just before may have reached the previous owner after
+        it handed the channel here, and be passed on (two hops): queued
+        after this one, it would break the client's order (simulation
+        plans/drain-relays-passed-on-overtaken, rolling seed 1111; seen in
+        a loaded real rolling restart too). Passed-on relays are not held.
+        All of them are taken up, in order, ``hold`` after the change."""
+        if msg.hops != 1 or msg.origin == self.me:  # (1: straight from the origin)
+            return False
+        sends = {f[1] for m, f in msg.messages if m == MsgType.SEND and isinstance(f[1], str)}
+        if not sends:
+            return False
+        if self._held and not sends.isdisjoint(self._held_channels):
+            return True
+        before = self._before
+        if before is None or now >= before[1]:
+            return False
+        moved = {c for c in sends if before[0].owner(c) != self.me and self.route(c) is None}
+        if not moved:
+            return False
+        self._held_channels |= moved
+        self._held_until = max(self._held_until, before[1])
+        return True
+
+    def _take_held(self, now: float, fx: Fx) -> None:
+        held, self._held = self._held, []
+        self._held_channels = set()
+        self.counters["relays_held"] += len(held)
+        for msg in held:
+            self._on_relay(msg, now, fx, held=True)
+
+    def _on_relay(self, msg: Relay, now: float, fx: Fx, held: bool = False) -> None:
         origin, inc, conn = msg.origin, msg.incarnation, msg.conn
         if not self._member(origin):
             self.counters["from_strangers"] += 1  # not a member: nothing to serve
+            return
+        if not held and self._hold(msg, now):
+            self._held.append(msg)
             return
         if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
@@ -943,7 +992,10 @@ class Routing:
             if event.kind == EventKind.DECLARED_DEAD and event.incarnation >= self.incarnation:
                 self._declared_dead(event.incarnation, now, fx)
             return
+        previous = self.ownership
         changed = self.refresh()
+        if changed:
+            self._before = (previous, now + self.hold)
         if changed and self._sweep_at is not None:
             self._sweep_soon(now)  # the views move: wait for them to settle
         if event.kind == EventKind.DEAD:
@@ -1419,6 +1471,8 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
+        if self._held:
+            deadline = min(deadline, self._held_until)
         for _, until in self._count_later.values():
             deadline = min(deadline, until)
         for until, _ in self._parked_flight.values():
@@ -1448,7 +1502,9 @@ class Routing:
         return bool(self._pending)
 
     def tick(self, now: float, fx: Fx) -> None:
-        """Timeouts, load reports, the stray sweep."""
+        """Timeouts, load reports, the stray sweep, held relays."""
+        if self._held and now >= self._held_until:
+            self._take_held(now, fx)
         late = [key for key, (_, deadline, _) in self._pending.items() if deadline <= now]
         if late:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))

@@ -686,3 +686,49 @@ def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them()
     r.tick(1.0 + r.presume_lost_after(), Fx())
     assert core.drops()["receiver_gone"] == 1
     assert r.counters["parked_flight_lost"] == 1
+
+
+def _moved_here(r: Routing, before: Ownership) -> str:
+    """A channel the leave of n3 moved to this node (n1)."""
+    for i in range(1000):
+        channel = f"asgi|moved{i}"
+        if before.owner(channel) == "n3" and r.route(channel) is None:
+            return channel
+    raise AssertionError("no channel moved here")
+
+
+def _send(r: Routing, now: float, hops: int, channel: str, payload: bytes) -> None:
+    """n2's client's send: hops 1 straight from n2, 2 passed on by n3."""
+    sends = ((MsgType.SEND, (1, channel, payload, 100)),)
+    r.handle(Relay("n2", START + 7, b"client-1", "tagtagtag0", 60.0, hops, sends, now), now, Fx())
+
+
+def test_a_send_straight_to_a_channel_that_just_moved_here_waits_for_those_passed_on() -> None:
+    """Rolling seed 1111 (plans/drain-relays-passed-on-overtaken): n2's
+    client sends to a channel of n3 as n3 leaves; its first send reached n3
+    after n3 had handed the channel here, and comes passed on (two hops),
+    after the next one, which n2 sent here straight once it heard of the
+    leave. The straight one waits ``hold``; the passed-on one does not."""
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
+    r = Routing(core, table, hold=0.05)  # type: ignore[arg-type]
+    core.route = r.route
+    before = r.ownership
+    del table.incarnations["n3"]
+    table.left["n3"] = START + 9
+    r.on_member_event(MemberEvent(EventKind.LEFT, "n3", "tcp://n3:1", START + 9), 1.0, Fx())
+    channel = _moved_here(r, before)
+    _send(r, 1.001, 1, channel, b"second")  # straight from n2: held
+    assert core.queues.length(channel) == 0
+    assert r.next_deadline() <= 1.05
+    _send(r, 1.002, 2, channel, b"first")  # passed on by n3: queued at once
+    _send(r, 1.003, 1, channel, b"third")  # behind the held one
+    assert core.queues.length(channel) == 1
+    fx = Fx()
+    r.tick(1.05, fx)
+    assert core.queues.length(channel) == 3
+    assert [i[1] for i in core.queues.channels[channel].items] == [b"first", b"second", b"third"]
+    assert r.counters["relays_held"] == 2
+    # later sends, and sends to channels that did not move, are not held
+    _send(r, 1.1, 1, channel, b"fourth")
+    assert core.queues.length(channel) == 4

@@ -428,13 +428,6 @@ _PLAIN_LEAVE_FIFO = (
 #: leave-into-partition-relayed-sends: seed 123, the same for sends it
 #: relayed there).
 FAILING_PLANS: dict[str, str] = {
-    "drain-relays-passed-on-overtaken": (
-        "issue 11 defect 1 (the drain's open race, docs/cluster.md): rolling seed 1111, "
-        "6 ops: c0 sends 5 to a process channel of n1's client as n1 drains; the 2nd and 3rd "
-        "reach n1 after it handed the channel to n2 and are passed on (two hops), the 4th "
-        "and 5th go to n2 directly once n0 heard of the leave, and the 5th is delivered "
-        "before the 2nd; seen once in 8 loaded real rolling restarts too"
-    ),
     "leave-alone-in-partition-counted-twice": (
         "issue 11 defect 2 (counted twice): seed 250, 4 ops: a node leaves while a partition "
         "cuts it off from every peer; its handover never arrives and it counts those "
