@@ -534,6 +534,8 @@ class ClusterNode:
         # (and what peers' links brought that only they would count, had
         # this life not taken it: reserved sends, handed-over items)
         taken = sum(_units(item.peer) for item in self._held if item.kind == "peer")
+        if self.routing is not None:  # (and relays its routing held: ``Routing._hold``)
+            taken += sum(_units(relay) for relay in self.routing.held_relays())
         parked = self.routing.parked_count() if self.routing is not None else 0
         lost = self.core.queues.queued() + returned + taken + parked
         old = self.incarnation

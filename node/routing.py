@@ -706,6 +706,10 @@ class Routing:
         self._held_until = max(self._held_until, before[1])
         return True
 
+    def held_relays(self) -> list[Relay]:
+        """Relays held (``_hold``), in arrival order (a fence counts them)."""
+        return list(self._held)
+
     def _take_held(self, now: float, fx: Fx) -> None:
         held, self._held = self._held, []
         self._held_channels = set()
