@@ -333,6 +333,9 @@ class ClusterNode:
         return self._finish(fx, now)
 
     def _client(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
+        routing = self.routing
+        if routing is not None and routing.hold_local(conn, messages, now):
+            return  # (taken up at the routing's tick, in order)
         fx.out.extend(self.core.handle(conn, messages, now, fx.work))
 
     def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> Effects:

@@ -162,6 +162,14 @@ class Routing:
         self._held: list[Relay] = []
         self._held_channels: set[str] = set()
         self._held_until = 0.0
+        #: (our client's connection, channel) -> (owner, when): where its
+        #: last send to that channel was relayed (``hold_local``)
+        self._sent_to: dict[tuple[ConnId, str], tuple[str, float]] = {}
+        #: our clients' frames held (``hold_local``), the connections they
+        #: are of, and when they are taken up
+        self._held_frames: list[tuple[ConnId, list[Message]]] = []
+        self._held_conns: set[ConnId] = set()
+        self._frames_until = 0.0
         #: (incarnation, messages lost) of the life this node ended in place
         #: before this one, reported in every load report
         self._fenced = fenced
@@ -436,6 +444,8 @@ class Routing:
             virtual = self._virtual.get(conn)
             if virtual is None:  # a client of this node: remember what is pending
                 self._relayed_conns.add(conn)
+                if mtype == MsgType.SEND:
+                    self._sent_to[(conn, fields[1])] = (owner, now)
                 if mtype in _ANSWERED and fields[0]:
                     self._pending[(conn, fields[0])] = (owner, deadline, mtype)
                 if mtype == MsgType.GROUP_ADD:
@@ -479,6 +489,10 @@ class Routing:
         gone = [c for c in conns if c in self._relayed_conns]
         for conn in conns:
             self._relayed_conns.discard(conn)
+        if self._sent_to:
+            ended_now = set(conns)
+            for sent in [k for k in self._sent_to if k[0] in ended_now]:
+                del self._sent_to[sent]
         if gone:
             ended = set(gone)
             for owed in [k for k in self._credit if k[0] in ended]:
@@ -705,6 +719,43 @@ class Routing:
         self._held_channels |= moved
         self._held_until = max(self._held_until, before[1])
         return True
+
+    def hold_local(self, conn: ConnId, messages: list[Message], now: float) -> bool:
+        """Whether a frame of our own client waits (then it is kept, and
+        taken up ``hold`` later, in order, with what follows it from that
+        client): it sends to a channel that became this node's ``hold`` ago
+        or less, and that client's previous send to it was relayed to
+        another node just before, which may pass it back here (two hops):
+        queued first, this one would overtake it. (``_hold`` does the same
+        for sends relayed here straight from other nodes.)"""
+        if conn in self._held_conns:
+            self._held_frames.append((conn, messages))
+            return True
+        before = self._before
+        if before is None or now >= before[1] or not self._sent_to:
+            return False
+        for mtype, fields in messages:
+            if mtype != MsgType.SEND or len(fields) < 2:
+                continue
+            sent = self._sent_to.get((conn, fields[1]))
+            if (
+                sent is not None
+                and sent[0] != self.me
+                and now - sent[1] < 2 * self.hold
+                and self.route(fields[1]) is None
+            ):
+                self._held_frames.append((conn, messages))
+                self._held_conns.add(conn)
+                self._frames_until = max(self._frames_until, now + self.hold)
+                return True
+        return False
+
+    def _take_held_frames(self, now: float, fx: Fx) -> None:
+        frames, self._held_frames = self._held_frames, []
+        self._held_conns = set()
+        self.counters["client_frames_held"] += len(frames)
+        for conn, messages in frames:
+            fx.out.extend(self.core.handle(conn, messages, now, fx.work))
 
     def held_relays(self) -> list[Relay]:
         """Relays held (``_hold``), in arrival order (a fence counts them)."""
@@ -1477,6 +1528,8 @@ class Routing:
         deadline = self._next_load
         if self._held:
             deadline = min(deadline, self._held_until)
+        if self._held_frames:
+            deadline = min(deadline, self._frames_until)
         for _, until in self._count_later.values():
             deadline = min(deadline, until)
         for until, _ in self._parked_flight.values():
@@ -1509,6 +1562,12 @@ class Routing:
         """Timeouts, load reports, the stray sweep, held relays."""
         if self._held and now >= self._held_until:
             self._take_held(now, fx)
+        if self._held_frames and now >= self._frames_until:
+            self._take_held_frames(now, fx)
+        if len(self._sent_to) > 10_000:  # (only the last 2 * hold matter)
+            old = [k for k, (_, at) in self._sent_to.items() if now - at >= 2 * self.hold]
+            for sent in old:
+                del self._sent_to[sent]
         late = [key for key, (_, deadline, _) in self._pending.items() if deadline <= now]
         if late:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))

@@ -732,3 +732,44 @@ def test_a_send_straight_to_a_channel_that_just_moved_here_waits_for_those_passe
     # later sends, and sends to channels that did not move, are not held
     _send(r, 1.1, 1, channel, b"fourth")
     assert core.queues.length(channel) == 4
+
+
+def test_our_clients_send_to_a_channel_that_just_moved_here_waits_for_its_last_one() -> None:
+    """The same race with the new owner as the sender's own node: its
+    client's first send was relayed to n3, which had just handed the channel
+    here and passes it back (two hops); the next one, made here once n3 had
+    left, would be queued at once, first. It waits ``hold``."""
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
+    r = Routing(core, table, hold=0.05)  # type: ignore[arg-type]
+    core.route = r.route
+    conn = b"cccccccccc/0"
+    core.handle(conn, [(MsgType.HELLO, ("cccccccccc", 1, [60.0]))], 0.0)
+    before = r.ownership
+    after = Ownership({n: r._tag(n) for n in ("n1", "n2")})
+    channel = next(
+        c
+        for c in (f"asgi|c{i}" for i in range(1000))
+        if before.owner(c) == "n3" and after.owner(c) == "n1"
+    )
+    work = ClusterWork()
+    core.handle(conn, [(MsgType.SEND, (1, channel, b"first", 100))], 1.0, work)
+    fx = Fx()
+    r.after_core(work, 1.0, fx)
+    assert [type(m).__name__ for _, m in fx.peers] == ["Relay"]  # (to n3)
+    del table.incarnations["n3"]
+    table.left["n3"] = START + 9
+    r.on_member_event(MemberEvent(EventKind.LEFT, "n3", "tcp://n3:1", START + 9), 1.001, Fx())
+    assert r.route(channel) is None  # (it moved here)
+    second = [(MsgType.SEND, (2, channel, b"second", 100))]
+    assert r.hold_local(conn, second, 1.002)
+    assert r.hold_local(conn, [(MsgType.SEND, (3, channel, b"third", 100))], 1.003)
+    assert r.next_deadline() <= 1.052
+    session = core.sessions.by_conn[conn]
+    first = ((MsgType.SEND, (1, channel, b"first", 100)),)
+    back = Relay("n1", START, conn, session.tag, 60.0, 2, first, 1.0)  # (passed back by n3)
+    r.handle(back, 1.004, Fx())
+    assert core.queues.length(channel) == 1
+    r.tick(1.06, Fx())
+    assert [i[1] for i in core.queues.channels[channel].items] == [b"first", b"second", b"third"]
+    assert r.counters["client_frames_held"] == 2
