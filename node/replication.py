@@ -343,7 +343,11 @@ class GroupReplication:
         key = (msg.origin, msg.incarnation, msg.seq)
         core = self.core
         seen = self._seen.get(key)
-        self._took(key)
+        if isinstance(msg, GroupFanout):
+            # (straight from its origin: that link brings its fanouts in
+            # order, so every earlier one sent here came before; a copy
+            # passed on by a third node says nothing of those)
+            self._took(key)
         if seen is None:
             # (not to memberships handed here by a node that had it: they
             # got it there, queued with them; seen in rolling restarts: a

@@ -184,4 +184,6 @@ def test_what_a_node_had_taken_goes_before_its_handovers_of_memberships() -> Non
     node.handle(GroupFanout("n0", 5, 3, G, b"m", 60.0), 0.2, Fx())
     node.handle(GroupFanout("n0", 5, 2, G, b"m", 60.0), 0.3, Fx())  # (an older one later)
     node.handle(GroupFanout("n3", 9, 4, G, b"m", 60.0), 0.3, Fx())
+    # (a copy passed on by another node says nothing of its origin's earlier ones)
+    node.handle(GroupFanoutPassed("n2", "n0", 5, 9, G, b"m", 60.0), 0.4, Fx())
     assert node.fanouts_seen() == FanoutsSeen("n1", (("n0", 5, 3), ("n3", 9, 4)))
