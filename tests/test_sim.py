@@ -520,7 +520,7 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(18 of 300 seeds: 19, 27, 36, 48, 56, ...; 14 before a node that ends after its "
+    "(19 of 300 seeds: 18, 19, 27, 36, 48, ...; 14 before a node that ends after its "
     "leave counted what a peer cut off never took: a node that leaves alone in a "
     "partition is counted by it and by its peers, plans/leave-alone-in-partition-counted-"
     "twice.json, seeds 19 and 250; 13 before a copy of a client's report stopped going to "
