@@ -159,9 +159,9 @@ class Routing:
         self._before: tuple[Ownership, float] | None = None
         #: relays held (in arrival order), the channels they hold, and when
         #: they are taken up
-        self._held: list[Relay] = []
-        self._held_channels: set[str] = set()
-        self._held_until = 0.0
+        self._held_relays: list[Relay] = []
+        self._relay_channels: set[str] = set()
+        self._relays_until = 0.0
         #: (our client's connection, channel) -> (owner, when): where its
         #: last send to that channel was relayed (``hold_local``)
         self._sent_to: dict[tuple[ConnId, str], tuple[str, float]] = {}
@@ -694,7 +694,8 @@ class Routing:
                     self.loads[msg.origin] = load
 
     def _hold(self, msg: Relay, now: float) -> bool:
-        """Whether a relay that came straight from its origin waits: it
+        """Whether a relay that came straight from its origin waits (then
+        it is kept, and taken up ``hold`` after the change, in order): it
         sends to a channel that became this node's ``hold`` ago or less
         (or one whose sends wait already, behind them). A send the same
         client made just before may have reached the previous owner after
@@ -705,19 +706,20 @@ class Routing:
         All of them are taken up, in order, ``hold`` after the change."""
         if msg.hops != 1 or msg.origin == self.me:  # (1: straight from the origin)
             return False
-        sends = {f[1] for m, f in msg.messages if m == MsgType.SEND and isinstance(f[1], str)}
+        sends = {f[1] for m, f in msg.messages if m == MsgType.SEND}
         if not sends:
             return False
-        if self._held and not sends.isdisjoint(self._held_channels):
-            return True
-        before = self._before
-        if before is None or now >= before[1]:
-            return False
-        moved = {c for c in sends if before[0].owner(c) != self.me and self.route(c) is None}
-        if not moved:
-            return False
-        self._held_channels |= moved
-        self._held_until = max(self._held_until, before[1])
+        behind = bool(self._held_relays) and not sends.isdisjoint(self._relay_channels)
+        if not behind:  # (else it waits behind the relays held for those channels)
+            before = self._before
+            if before is None or now >= before[1]:
+                return False
+            moved = {c for c in sends if before[0].owner(c) != self.me and self.route(c) is None}
+            if not moved:
+                return False
+            self._relay_channels |= moved
+            self._relays_until = max(self._relays_until, before[1])
+        self._held_relays.append(msg)
         return True
 
     def hold_local(self, conn: ConnId, messages: list[Message], now: float) -> bool:
@@ -735,7 +737,7 @@ class Routing:
         if before is None or now >= before[1] or not self._sent_to:
             return False
         for mtype, fields in messages:
-            if mtype != MsgType.SEND or len(fields) < 2:
+            if mtype != MsgType.SEND:
                 continue
             sent = self._sent_to.get((conn, fields[1]))
             if (
@@ -759,11 +761,11 @@ class Routing:
 
     def held_relays(self) -> list[Relay]:
         """Relays held (``_hold``), in arrival order (a fence counts them)."""
-        return list(self._held)
+        return list(self._held_relays)
 
     def _take_held(self, now: float, fx: Fx) -> None:
-        held, self._held = self._held, []
-        self._held_channels = set()
+        held, self._held_relays = self._held_relays, []
+        self._relay_channels = set()
         self.counters["relays_held"] += len(held)
         for msg in held:
             self._on_relay(msg, now, fx, held=True)
@@ -774,8 +776,7 @@ class Routing:
             self.counters["from_strangers"] += 1  # not a member: nothing to serve
             return
         if not held and self._hold(msg, now):
-            self._held.append(msg)
-            return
+            return  # (taken up at the routing's tick, in order)
         if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
             return
@@ -1526,8 +1527,8 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
-        if self._held:
-            deadline = min(deadline, self._held_until)
+        if self._held_relays:
+            deadline = min(deadline, self._relays_until)
         if self._held_frames:
             deadline = min(deadline, self._frames_until)
         for _, until in self._count_later.values():
@@ -1560,7 +1561,7 @@ class Routing:
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep, held relays."""
-        if self._held and now >= self._held_until:
+        if self._held_relays and now >= self._relays_until:
             self._take_held(now, fx)
         if self._held_frames and now >= self._frames_until:
             self._take_held_frames(now, fx)

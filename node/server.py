@@ -474,8 +474,8 @@ class NodeServer:
         limit = self.node.linger_limit()
         while True:
             now = time.monotonic()
+            quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
             if now - began >= limit:
-                quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
                 log.warning(
                     "leave: still busy after %.2f s; closing (%s; peers quiet: %s)",
                     now - began,
@@ -483,7 +483,6 @@ class NodeServer:
                     quiet,
                 )
                 return
-            quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
             if quiet and not self.node.passing_on():
                 return
             await asyncio.sleep(LINGER_QUIET / 4)
