@@ -618,8 +618,14 @@ class ClusterNode:
         from since never acknowledged (a handover, a reserved send
         relayed into a partition) is lost with it, and counted
         ``dead_owner`` now (``Links.give_up``).
+        Deliveries to other nodes' clients among them are counted by
+        routing (``Routing.lost_at_exit``).
         Returns how many messages that was (the shell logs it)."""
-        return self.links.give_up(now)
+        lost = self.links.give_up(now)
+        notes = self.links.lost_notes()
+        if notes and self.routing is not None:
+            lost += self.routing.lost_at_exit(notes, now)
+        return lost
 
     def busy_with(self) -> str:
         """What a leaving node still waits for (for the log)."""

@@ -618,6 +618,35 @@ class Routing:
                 if not parked:
                     del self._parked_flight[client]
 
+    def lost_at_exit(self, notes: list[tuple[str, bytes, dict[str, list[int]]]], now: float) -> int:
+        """This process ends (``ClusterNode.gone``): deliveries to other
+        nodes' clients whose frames those nodes never took (a leave into a
+        partition) are lost with it. Those parked are counted as
+        ``never_delivered`` counts them; the rest were in flight, which
+        nothing else counts (a load report counts what is queued, and a
+        handover leaves flight behind: ``Queues.take``): counted
+        ``dead_owner`` now, but not what was counted when their client was
+        forgotten. Returns how many messages that was."""
+        before = self.core.queues.counters.dropped_receiver_gone
+        lost = 0
+        for node, conn, seqs in notes:
+            known: dict[str, set[int]] = {}
+            for client, (_, counted) in self._counted_gone.items():
+                if client[0] == node and client[2] == conn:
+                    for name, seen in counted.items():
+                        known.setdefault(name, set()).update(seen)
+            for client, (_, parked) in self._parked_flight.items():
+                if client[0] == node and client[2] == conn:
+                    for name, kept in parked.items():
+                        known.setdefault(name, set()).update(kept)
+            for name, handed in seqs.items():
+                skip = known.get(name, set())
+                lost += sum(1 for q in handed if q not in skip)
+        self.never_delivered(notes, now)
+        self.core.counters.dropped_dead_owner += lost
+        self.counters["undelivered_at_exit"] += lost
+        return lost + self.core.queues.counters.dropped_receiver_gone - before
+
     def _count_parked(self, client: _Client, now: float) -> None:
         """``client``'s parked flight is lost (counted ``receiver_gone``)."""
         entry = self._parked_flight.pop(client, None)
