@@ -184,6 +184,12 @@ class ClusterNode:
         #: and routing had counted as dropped
         self.fences = 0
         self._past_drops: Counter[str] = Counter()
+        #: what a life ended in place (a fence) had handed its own clients
+        #: and not seen taken: conn -> channel -> sequence numbers. A client
+        #: that gives some back before it registers again gives them to a
+        #: life that has no session for it (refused, RESET): they are
+        #: counted then (``_count_old_flight``); what it takes is delivered.
+        self._old_flight: dict[ConnId, dict[str, set[int]]] = {}
 
     def _build(self, incarnation: int, fenced: tuple[int, int] | None) -> None:
         """A fresh core, routing and group replication for a life that
@@ -333,10 +339,44 @@ class ClusterNode:
         return self._finish(fx, now)
 
     def _client(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
+        if conn in self._old_flight:
+            self.core.counters.dropped_dead_owner += self._count_old_flight(
+                conn, messages, MsgType.RETURN
+            )
         routing = self.routing
         if routing is not None and routing.hold_local(conn, messages, now):
             return  # (taken up at the routing's tick, in order)
         fx.out.extend(self.core.handle(conn, messages, now, fx.work))
+
+    def _count_old_flight(self, conn: ConnId, messages: list[Message], mtype: MsgType) -> int:
+        """How many items of ``messages`` (``mtype``: RETURN from the client,
+        DELIVER that failed to reach it) a life this node ended in place had
+        handed ``conn`` (each once). A RETURN from a client that registered
+        again (its HELLO first) goes to its new session: not counted."""
+        flight = self._old_flight.get(conn)
+        if flight is None:
+            return 0
+        if mtype == MsgType.RETURN and self.core.sessions.by_conn.get(conn) is not None:
+            del self._old_flight[conn]  # (registered again)
+            return 0
+        count = 0
+        for message in messages:
+            kind, fields = message
+            if kind == MsgType.HELLO and mtype == MsgType.RETURN:
+                del self._old_flight[conn]  # (registered again)
+                return count
+            if kind != mtype:
+                continue
+            channel, items = (fields[1], fields[2]) if kind == MsgType.RETURN else fields[:2]
+            seqs = flight.get(channel) if isinstance(channel, str) else None
+            if not seqs or not isinstance(items, list):
+                continue
+            for item in items:
+                seq = item[2] if isinstance(item, list) and len(item) == 3 else None
+                if seq in seqs:
+                    seqs.discard(seq)
+                    count += 1
+        return count
 
     def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> Effects:
         """A send to ``conn`` failed (it is gone): what it was given goes back."""
@@ -540,7 +580,23 @@ class ClusterNode:
         if self.routing is not None:  # (and relays its routing held: ``Routing._hold``)
             taken += sum(_units(relay) for relay in self.routing.held_relays())
         parked = self.routing.parked_count() if self.routing is not None else 0
-        lost = self.core.queues.queued() + returned + taken + parked
+        # What this life had handed its own clients stays with them (they
+        # may take it); what comes back to it is counted as it comes
+        # (``_count_old_flight``): deliveries that failed (held here, dropped
+        # with this life) now, give-backs as the next life reads them.
+        queues = self.core.queues
+        old_flight: dict[ConnId, dict[str, set[int]]] = {}
+        for conn in self.core.sessions.by_conn:
+            seqs = queues.flight_seqs(conn)
+            if seqs:
+                old_flight[conn] = seqs
+        self._old_flight = old_flight
+        bounced = sum(
+            self._count_old_flight(item.conn, item.messages, MsgType.DELIVER)
+            for item in self._held
+            if item.kind == "undeliverable"
+        )
+        lost = queues.queued() + returned + taken + parked + bounced
         old = self.incarnation
         new = max(table.incarnation, old) + RESTART_GAP + 1
         log.warning(
@@ -745,6 +801,8 @@ class ClusterNode:
                     if linked
                     else None
                 )
+                if linked:  # (a new link: its predecessor in limbo is asked first)
+                    frames.extend((member.address, probe) for probe in self.links.first())
                 if frame is None:
                     if plain is None:
                         plain = encode_peer(msg)

@@ -139,6 +139,8 @@ class Links:
         self._limbo: dict[int, _Limbo] = {}
         #: answers to probes, for the next frames out
         self._replies: list[tuple[str, bytes]] = []
+        #: probes to send before the first frame of a new link (``first``)
+        self._first: list[bytes] = []
         #: units of frames no peer took, counted lost (``dead_owner``)
         self.lost_units = 0
         #: notes of frames a peer never took, for the caller (``lost_notes``)
@@ -183,6 +185,15 @@ class Links:
         life = self._speaks.get(member.id)
         if life is None or not life <= member.incarnation < life + _NEW_LIFE:
             return None
+        # A link given up with this node's frames in limbo is asked about
+        # before the first frame of the new one, on the same connection: its
+        # answer then comes before anything the peer does with the new
+        # link's frames (a client's report of deliveries it took, which must
+        # not be read as taking the limbo's deliveries it never got).
+        for limbo in self._limbo.values():
+            if limbo.node == member.id:
+                limbo.next_probe = now + self.settings.retransmit
+                self._first.append(encode_peer(LinkProbe(self.node_id, limbo.life, limbo.gen)))
         self._gen += 1
         link = _Out(member.id, member.incarnation, self._gen, self.life, sent_at=now)
         self._out[member.id] = link
@@ -283,6 +294,13 @@ class Links:
         self._count_lost(sum(u for u, _ in never))
         self._lost_notes.extend(note for _, note in never if note is not None)
 
+    def first(self) -> list[bytes]:
+        """Probes to send before the frame ``frame`` just made, on the same
+        connection: that frame opened a new link to a peer an earlier link
+        to which is in limbo (once)."""
+        out, self._first = self._first, []
+        return out
+
     def lost_notes(self) -> list[Any]:
         """The notes of frames their peers never took, once (the caller
         counts what they carried that it keeps: ``ClusterNode``)."""
@@ -345,6 +363,7 @@ class Links:
         entries by id; ``live``: live peers (not this node)."""
         out: list[tuple[str, bytes]] = []
         s = self.settings
+        probes: list[tuple[str, bytes]] = []
         for link in list(self._out.values()):
             if not self._current(link, member_of.get(link.node)):
                 self._end(link, now)
@@ -362,7 +381,9 @@ class Links:
                 # answers; the probe follows the frames on their connection)
                 limbo.next_probe = now + s.retransmit
                 probe = LinkProbe(self.node_id, limbo.life, gen)
-                out.append((limbo.node, encode_peer(probe)))
+                probes.append((limbo.node, encode_peer(probe)))
+        # (probes first: a new link's frames sent again follow them)
+        out[:0] = probes
         out.extend(self.replies())
         if self._ack_at is not None and now >= self._ack_at:
             self._ack_at = None

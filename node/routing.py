@@ -178,8 +178,10 @@ class Routing:
         #: it lost), counted once it is known how that life ended
         #: (``_settle_death``)
         self._provisional: dict[str, tuple[int, int, float]] = {}
-        #: (node, incarnation) of ended lives already counted
-        self._ended: set[tuple[str, int]] = set()
+        #: (node, incarnation) of ended lives already counted: None when
+        #: exactly (a fence report), else the estimate counted (its last
+        #: reported queue)
+        self._ended: dict[tuple[str, int], int | None] = {}
         self.table = table
         #: the configured answer bound of a relayed request (None: derived
         #: from failure detection, see ``answer_within``)
@@ -1271,9 +1273,21 @@ class Routing:
         healed, a refuted mistake: nothing was lost)."""
         if fenced is not None:
             life, lost = fenced
-            if any(n == node and life <= e < life + RESTART_GAP for n, e in self._ended):
-                return  # (counted: by this report before, or by the estimate)
-            self._ended.add((node, life))
+            for (n, e), estimate in list(self._ended.items()):
+                if n == node and life <= e < life + RESTART_GAP:
+                    if estimate is not None:
+                        # The estimate (its last reported queue) was counted
+                        # before this report came: the exact number is known
+                        # now, and what it adds (reserved sends and
+                        # handovers its links took while it was stalled,
+                        # give-backs) is counted once (seed 197). Less than
+                        # the estimate: counted already, counters never go
+                        # back.
+                        self._ended[(n, e)] = None
+                        if lost > estimate:
+                            self._count_dead(node, lost - estimate, now)
+                    return  # (counted: by this report before, or by the estimate)
+            self._ended[(node, life)] = None
             provisional = self._provisional.get(node)
             if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
                 del self._provisional[node]
@@ -1286,7 +1300,8 @@ class Routing:
             return
         if presumed or self._known_incarnation(node) >= provisional[0] + RESTART_GAP:
             del self._provisional[node]
-            self._ended.add((node, provisional[0]))  # (a fence report coming late: counted)
+            # (a fence report coming late counts what it adds to this)
+            self._ended[(node, provisional[0])] = provisional[1]
             self._count_dead(node, provisional[1], now)
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
@@ -1316,8 +1331,9 @@ class Routing:
             self._count_later.pop(node, None)
             self.counters["lost_in_dead_nodes"] += lost
             log.warning("node %s died with %d queued messages (lost)", node, lost)
-        else:
-            self._count_later[node] = (lost, now + self.answer_within())
+        else:  # (added to a count kept already: a fence report's correction)
+            kept = self._count_later.get(node, (0, now))[0]
+            self._count_later[node] = (kept + lost, now + self.answer_within())
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor

@@ -509,9 +509,16 @@ KNOWN_CLUSTER = {
     # uncounted losses by count, and names the shortfall after the former
     # whenever it is small enough: seeds 6, 103, 197, 261)
     "uncounted_loss_dead_sender": "issue 11 defect 2 (as counted): a shortfall no bigger "
-    "than the reserved sends refused to processes that died; seed 6",
+    "than the reserved sends refused to processes that died; seed 148 (the node counts "
+    "a refused reserved send itself, so the shortfall is another loss by that name: "
+    "seeds 103 and 197 were a fence's give-backs and a fence report after the estimate, "
+    "plans/fence-give-back-to-next-life.json, plans/fence-report-after-estimate.json)",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "56 of 300 seeds (59 before a node that ends after its leave counted the deliveries "
+    "50 of 300 seeds (54 before a link in limbo was asked about before the first frame of "
+    "the next link to its peer, seed 4, plans/limbo-probe-before-new-link.json; 56 before "
+    "a fence counted what its clients give back to the next life and a fence report "
+    "after the estimate counts what it adds, seeds 0, 84, 103, 197; "
+    "59 before a node that ends after its leave counted the deliveries "
     "to other nodes' clients those nodes never took, seed 263, "
     "plans/leave-into-partition-delivery-in-flight.json; "
     "70 before a node that ends after its leave counted what a peer "
@@ -523,7 +530,9 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(19 of 300 seeds: 18, 19, 27, 36, 48, ...; 14 before a node that ends after its "
+    "(21 of 300 seeds: 18, 19, 27, 36, 48, 50, ...; 19 before the limbo probes moved "
+    "timings, seeds 50, 104 and 195: a dead node's last reported queue counted by two "
+    "survivors; 14 before a node that ends after its "
     "leave counted what a peer cut off never took: a node that leaves alone in a "
     "partition is counted by it and by its peers, plans/leave-alone-in-partition-counted-"
     "twice.json, seeds 19 and 250; 13 before a copy of a client's report stopped going to "
