@@ -114,11 +114,13 @@ class Forwarder:
         async def stop() -> None:
             for server in self._servers:
                 server.close()
-            # (connections still open, e.g. a browser's WebSockets: end them)
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # (connections still open, e.g. a browser's WebSockets: end them,
+            # and those accepted meanwhile: a task left pending is destroyed
+            # with the loop, and its warnings fail whichever test comes next)
+            while tasks := [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
