@@ -87,8 +87,9 @@ RELAYED_BACK = frozenset(
 #: ([the incarnation of a life it ended in place, messages lost with it])
 #: and "links" ([[source, its life, link gen, taken up to]...]: how far it
 #: had taken each peer link as it reported, for ``links``' count of what a
-#: peer that died never took).
-LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links")
+#: peer that died never took) and "parked" (deliveries to clients of nodes
+#: it declared dead, whose fate it does not know yet: what dies with it).
+LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {

@@ -266,7 +266,7 @@ class Routing:
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
         self._last_load = 0.0
-        self._reported_seq = -1
+        self._reported_seq: tuple[int, int] = (-1, 0)
         self._ticked_at = 0.0
         #: how soon after messages were queued a report goes (at most)
         self._soon = load_interval / 20
@@ -390,6 +390,7 @@ class Routing:
         return {
             "channels": len(core.queues.channels),
             "queued": core.queues.queued(),
+            "parked": self.parked_count(),
             "drops": core.drops(),
         }
 
@@ -1237,7 +1238,8 @@ class Routing:
         """``node``'s life ``incarnation`` ended (``below``: the incarnation
         its next life started with, whose clients stay)."""
         # (a node that left cleanly handed its queues over first)
-        lost = int(self.loads.pop(node, {}).get("queued", 0))
+        load = self.loads.pop(node, {})
+        lost = int(load.get("queued", 0)) + int(load.get("parked", 0))
         if died:  # (every survivor: which one counts is decided at the count)
             self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
         if not died:
@@ -1580,7 +1582,7 @@ class Routing:
             deadline = min(deadline, until)
         for until, _ in self._parked_flight.values():
             deadline = min(deadline, until)
-        if self.core.queues.seq != self._reported_seq:
+        if (self.core.queues.seq, self.parked_count()) != self._reported_seq:
             # (after this tick, even if the messages came after its report)
             deadline = min(deadline, max(self._last_load, self._ticked_at) + self._soon)
         for provisional in self._provisional.values():
@@ -1630,7 +1632,7 @@ class Routing:
         # (a report soon after messages were queued, not only every
         # load_interval: what a SIGKILL takes with this node is counted from
         # its last report, so a fresher one counts closer to the truth)
-        seq = self.core.queues.seq
+        seq = (self.core.queues.seq, self.parked_count())
         self._ticked_at = now
         if now >= self._next_load or (
             seq != self._reported_seq and now >= self._last_load + self._soon

@@ -292,6 +292,10 @@ def test_malformed_insides_are_decode_errors(fields: tuple[MsgType, tuple[object
 def test_a_load_report_keeps_only_what_it_may_carry() -> None:
     frame = encode(MsgType.PEER_LOAD, "n2", {"queued": 3, "evil": 1, "drops": {"x": 1}})
     assert decode_peer(frame) == [Load("n2", {"queued": 3, "drops": {"x": 1}})]
+    frame = encode(MsgType.PEER_LOAD, "n2", {"queued": 3, "parked": 2})
+    assert decode_peer(frame) == [Load("n2", {"queued": 3, "parked": 2})]
+    frame = encode(MsgType.PEER_LOAD, "n2", {"queued": 3, "parked": "2"})
+    assert decode_peer(frame) == [Load("n2", {"queued": 3})]
     links = [["n1", 7, 2, 5]]
     frame = encode(MsgType.PEER_LOAD, "n2", {"links": links})
     assert decode_peer(frame) == [Load("n2", {"links": links})]

@@ -667,6 +667,30 @@ def test_what_a_client_of_a_node_declared_dead_held_is_counted_at_its_next_life(
     assert core.drops()["receiver_gone"] == 3
 
 
+def test_what_a_node_parked_is_in_its_load_report_and_dies_with_it() -> None:
+    """Simulation seed 116: the owner of a channel parked what it had handed
+    a client of a node it declared dead (whose fate only it would count),
+    then was killed itself before counting it: its report says how much it
+    parked, soon after it parked it, and a survivor counts that with its
+    queue."""
+    r, _, _, _ = _declared_dead_with_three_in_flight()
+    fx = Fx()
+    r.tick(1.0 + r._soon, fx)  # (parking moved what it holds: a report soon)
+    [report] = [m.load for _, m in fx.peers if isinstance(m, Load)]
+    assert report["parked"] == 3 and report["queued"] == 0
+    counted = []
+    for me in ("n1", "n3"):
+        core2 = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
+        table2 = FakeTable({"n1": START, "n2": START, "n3": START}, node_id=me)
+        r2 = Routing(core2, table2)  # type: ignore[arg-type]
+        r2.handle(Load("n2", {"channels": 1, "queued": 2, "parked": 3}), 0.0, Fx())
+        del table2.incarnations["n2"]
+        r2.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        r2.tick(1.0 + r2.presume_lost_after(), Fx())
+        counted.append(r2.counters["lost_in_dead_nodes"])
+    assert counted == [5, 0]
+
+
 def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them() -> None:
     """Seed 4: the client's node never took one of the parked deliveries
     (its link ended first: counted at once); the client then took the two
