@@ -1300,7 +1300,12 @@ class Routing:
         provisional = self._provisional.get(node)
         if provisional is None:
             return
-        if presumed or self._known_incarnation(node) >= provisional[0] + RESTART_GAP:
+        same_life = self._known_incarnation(node) < provisional[0] + RESTART_GAP
+        if presumed and same_life and node in self._live:
+            # (seen back in that life, its next load report not in yet: it
+            # holds what it had; a fence after it reports itself)
+            del self._provisional[node]
+        elif presumed or not same_life:
             del self._provisional[node]
             # (a fence report coming late counts what it adds to this)
             self._ended[(node, provisional[0])] = provisional[1]

@@ -249,6 +249,24 @@ def test_a_node_back_in_the_same_life_lost_nothing() -> None:
     assert r.counters["lost_in_dead_nodes"] == 0
 
 
+def test_a_node_seen_back_in_the_same_life_is_not_presumed_lost_before_it_reports() -> None:
+    """Simulation seed 50 (shrunk): n2 refuted its death and is back in the
+    same life, but its next load report has not come when the presumption
+    is due (the one it sent before this node saw it back was dropped): it
+    holds what it had, nothing is counted; ended in place later, its fence
+    report is counted as any is."""
+    r, table = survivor("n1")
+    table.incarnations["n2"] = START + 1  # refuted: the same life
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 1), 2.0, Fx())
+    r.tick(1.0 + r.presume_lost_after(), Fx())
+    r.tick(2.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0
+    fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 4]}
+    r.handle(Load("n2", fenced), 3.0 + r.presume_lost_after(), Fx())
+    r.tick(4.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 4
+
+
 def receiving_far() -> tuple[Routing, NodeCore, FakeTable, Fx]:
     """Our client ``A`` waits on ``asgi|far``, which n2 owns: its credit went there."""
     r, core, table = routing()

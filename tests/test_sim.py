@@ -514,7 +514,8 @@ KNOWN_CLUSTER = {
     "seeds 103 and 197 were a fence's give-backs and a fence report after the estimate, "
     "plans/fence-give-back-to-next-life.json, plans/fence-report-after-estimate.json)",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "50 of 300 seeds (54 before a link in limbo was asked about before the first frame of "
+    "48 of 300 seeds (50 before a dead node's load report counted what it had parked, "
+    "seed 116; 54 before a link in limbo was asked about before the first frame of "
     "the next link to its peer, seed 4, plans/limbo-probe-before-new-link.json; 56 before "
     "a fence counted what its clients give back to the next life and a fence report "
     "after the estimate counts what it adds, seeds 0, 84, 103, 197; "
@@ -530,7 +531,9 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(21 of 300 seeds: 18, 19, 27, 36, 48, 50, ...; 19 before the limbo probes moved "
+    "(17 of 300 seeds: 18, 19, 27, 36, 50, ...; 21 before a node seen back in the same "
+    "life stopped being presumed lost when its next report was late, seeds 48, 174, 207, "
+    "278; 19 before the limbo probes moved "
     "timings, seeds 50, 104 and 195: a dead node's last reported queue counted by two "
     "survivors; 14 before a node that ends after its "
     "leave counted what a peer cut off never took: a node that leaves alone in a "
