@@ -290,6 +290,10 @@ async def test_group_send_reaches_a_member_with_room(dep: Scenario) -> None:
             "group": [{"from": "group", "round": r, "n": n} for n in (1, 2)],
         }, f"round {r}"
         await tell(dep, member, direct)
+        # (the witness's takes, too, are reported before the next round's
+        # group_sends: else a quick round finds the witness's channel
+        # holding last round's two, and a third copy does not fit)
+        await tell(dep, witness, broadcaster)
     await broadcaster.group_send("room", {"from": "group", "marker": True})
     assert await recv(member, ch) == {"from": "group", "marker": True}
     assert await dep.full_drops() == before, "a member with room was counted as full"
