@@ -88,8 +88,10 @@ RELAYED_BACK = frozenset(
 #: and "links" ([[source, its life, link gen, taken up to]...]: how far it
 #: had taken each peer link as it reported, for ``links``' count of what a
 #: peer that died never took) and "parked" (deliveries to clients of nodes
-#: it declared dead, whose fate it does not know yet: what dies with it).
-LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked")
+#: it declared dead, whose fate it does not know yet: what dies with it)
+#: and "counted" ([[node, incarnation]...]: dead lives whose loss it counted
+#: as the first survivor; the others drop the count they kept for it).
+LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked", "counted")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -449,12 +451,25 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 or (k == "at" and type(v) is float)
                 or (k == "fenced" and _two_ints(v))
                 or (k == "links" and _link_states(v))
+                or (k == "counted" and _lives(v))
             )
         }
         return Load(f[0], load)
     if mtype == MsgType.PEER_RESERVATIONS:
         return Reservations(f[0], _handed_reservations(f[1]))
     raise DecodeError("type", f"{mtype.name} is not a peer message")
+
+
+def _lives(value: object) -> bool:
+    """``[[node, incarnation]...]``, at most 64."""
+    return (
+        type(value) is list
+        and len(value) <= 64
+        and all(
+            type(v) is list and len(v) == 2 and type(v[0]) is str and type(v[1]) is int
+            for v in value
+        )
+    )
 
 
 def _link_states(value: object) -> bool:

@@ -260,13 +260,20 @@ class Routing:
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
         #: losses with dead lives another survivor should count, kept in
-        #: case it is dead too (``_count_dead``): node -> (lost, until)
-        self._count_later: dict[str, tuple[int, float]] = {}
+        #: case it is dead too (``_count_dead``): node -> (lost, until, life)
+        self._count_later: dict[str, tuple[int, float, int]] = {}
+        #: dead lives (node, incarnation) this node counted the loss of, as
+        #: the first survivor, named in its load reports until then (the
+        #: others drop what they kept for it: ``_count_dead``)
+        self._counted: dict[tuple[str, int], float] = {}
+        self._counted_gen = 0
+        #: dead lives another survivor said it counted -> until when known
+        self._counted_elsewhere: dict[tuple[str, int], float] = {}
         #: more for the load report (the node's links: how far it took each)
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
         self._last_load = 0.0
-        self._reported_seq: tuple[int, int] = (-1, 0)
+        self._reported_seq: tuple[int, int, int] = (-1, 0, 0)
         self._ticked_at = 0.0
         #: how soon after messages were queued a report goes (at most)
         self._soon = load_interval / 20
@@ -399,6 +406,8 @@ class Routing:
         report: dict[str, Any] = {**self.load(), "at": now, **self.report_extra()}
         if self._fenced is not None:
             report["fenced"] = list(self._fenced)
+        if self._counted:
+            report["counted"] = [[n, life] for n, life in list(self._counted)[-32:]]
         return report
 
     def leave(self, now: float, fx: Fx) -> None:
@@ -718,6 +727,8 @@ class Routing:
                     if isinstance(at, float):
                         self._lag(msg.origin, at, now)  # (a clock sample every second)
                     fenced = load.pop("fenced", None)
+                    for node, life in load.pop("counted", ()):
+                        self._counted_by_other(node, life, now)
                     self._settle_death(msg.origin, fenced, now)
                     back = self._restore_after_load.pop(msg.origin, None)
                     if back is not None:
@@ -1287,15 +1298,15 @@ class Routing:
                         # back.
                         self._ended[(n, e)] = None
                         if lost > estimate:
-                            self._count_dead(node, lost - estimate, now)
+                            self._count_dead(node, e, lost - estimate, now)
                     return  # (counted: by this report before, or by the estimate)
             self._ended[(node, life)] = None
             provisional = self._provisional.get(node)
             if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
                 del self._provisional[node]
-                self._count_dead(node, lost, now)
+                self._count_dead(node, provisional[0], lost, now)
             elif provisional is None:
-                self._count_dead(node, lost, now)  # (it ended a life nobody declared dead)
+                self._count_dead(node, life, lost, now)  # (it ended a life nobody declared dead)
             return
         provisional = self._provisional.get(node)
         if provisional is None:
@@ -1309,7 +1320,7 @@ class Routing:
             del self._provisional[node]
             # (a fence report coming late counts what it adds to this)
             self._ended[(node, provisional[0])] = provisional[1]
-            self._count_dead(node, provisional[1], now)
+            self._count_dead(node, provisional[0], provisional[1], now)
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
@@ -1323,24 +1334,49 @@ class Routing:
         self._provisional.update(old._provisional)
         self._count_later.update(old._count_later)
         self._ended |= old._ended
+        self._counted.update(old._counted)
+        self._counted_elsewhere.update(old._counted_elsewhere)
 
-    def _count_dead(self, node: str, lost: int, now: float) -> None:
+    def _count_dead(self, node: str, life: int, lost: int, now: float) -> None:
         """What died with ``node``'s life is counted by one survivor: the
         live one in its oldest life (``_counts_for``). If that is another
         node, this one keeps the
         count for ``answer_within``: the other may be dead too, not yet
         declared (simulation seed 68: two nodes killed a second apart; the
         survivor left waited for the first dead one to count the second),
-        and if this node becomes the first meanwhile, it counts."""
+        and if this node becomes the first meanwhile, it counts. Unless the
+        first said it counted that life (``counted`` in its load reports,
+        sent soon after it counts): then it was only slow or cut off, or
+        died after counting (simulation seed 27: the first survivor counted
+        a killed node's queue and was killed and restarted 0.26 s later, and
+        the keeper, first then, counted it again)."""
         if not lost:
+            return
+        if self._was_counted(node, life):
+            self._count_later.pop(node, None)  # (the survivor that counted says so)
             return
         if self._counts_for(node):
             self._count_later.pop(node, None)
             self.counters["lost_in_dead_nodes"] += lost
+            self._counted[(node, life)] = now + GONE_MEMORY
+            self._counted_gen += 1
             log.warning("node %s died with %d queued messages (lost)", node, lost)
         else:  # (added to a count kept already: a fence report's correction)
-            kept = self._count_later.get(node, (0, now))[0]
-            self._count_later[node] = (kept + lost, now + self.answer_within())
+            kept = self._count_later.get(node, (0, now, life))[0]
+            self._count_later[node] = (kept + lost, now + self.answer_within(), life)
+
+    def _was_counted(self, node: str, life: int) -> bool:
+        return any(n == node and abs(e - life) < RESTART_GAP for n, e in self._counted_elsewhere)
+
+    def _counted_by_other(self, node: str, life: int, now: float) -> None:
+        """A peer says (its load report) it counted what died with ``node``'s
+        life ``life``: what this node kept for it is dropped."""
+        if node == self.me:
+            return
+        self._counted_elsewhere.setdefault((node, life), now + GONE_MEMORY)
+        kept = self._count_later.get(node)
+        if kept is not None and abs(kept[2] - life) < RESTART_GAP:
+            del self._count_later[node]
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor
@@ -1583,11 +1619,11 @@ class Routing:
             deadline = min(deadline, self._relays_until)
         if self._held_frames:
             deadline = min(deadline, self._frames_until)
-        for _, until in self._count_later.values():
+        for _, until, _ in self._count_later.values():
             deadline = min(deadline, until)
         for until, _ in self._parked_flight.values():
             deadline = min(deadline, until)
-        if (self.core.queues.seq, self.parked_count()) != self._reported_seq:
+        if self._load_seq() != self._reported_seq:
             # (after this tick, even if the messages came after its report)
             deadline = min(deadline, max(self._last_load, self._ticked_at) + self._soon)
         for provisional in self._provisional.values():
@@ -1610,6 +1646,11 @@ class Routing:
     def waiting(self) -> bool:
         """Whether relayed requests wait for their owners' answers here."""
         return bool(self._pending)
+
+    def _load_seq(self) -> tuple[int, int, int]:
+        """What moves a load report sooner: the queues, what is parked, and
+        the dead lives this node counted (the others keep a count for it)."""
+        return (self.core.queues.seq, self.parked_count(), self._counted_gen)
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep, held relays."""
@@ -1637,7 +1678,7 @@ class Routing:
         # (a report soon after messages were queued, not only every
         # load_interval: what a SIGKILL takes with this node is counted from
         # its last report, so a fresher one counts closer to the truth)
-        seq = (self.core.queues.seq, self.parked_count())
+        seq = self._load_seq()
         self._ticked_at = now
         if now >= self._next_load or (
             seq != self._reported_seq and now >= self._last_load + self._soon
@@ -1661,11 +1702,14 @@ class Routing:
             self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, now, presumed=True)
-        for node, (lost, until) in list(self._count_later.items()):
+        for node, (lost, until, life) in list(self._count_later.items()):
             if self._counts_for(node):
-                self._count_dead(node, lost, now)
+                self._count_dead(node, life, lost, now)
             elif until <= now:
                 del self._count_later[node]  # (the first survivor counted it)
+        for counted in (self._counted, self._counted_elsewhere):
+            for life in [k for k, until in counted.items() if until <= now]:
+                del counted[life]
         for client in [c for c, until in self._leaving.items() if until <= now]:
             self._forget_virtual(client, now, fx)
         for life in [life for life, until in self._left_lives.items() if until <= now]:

@@ -296,6 +296,11 @@ def test_a_load_report_keeps_only_what_it_may_carry() -> None:
     assert decode_peer(frame) == [Load("n2", {"queued": 3, "parked": 2})]
     frame = encode(MsgType.PEER_LOAD, "n2", {"queued": 3, "parked": "2"})
     assert decode_peer(frame) == [Load("n2", {"queued": 3})]
+    frame = encode(MsgType.PEER_LOAD, "n2", {"counted": [["n1", 7]]})
+    assert decode_peer(frame) == [Load("n2", {"counted": [["n1", 7]]})]
+    for bad in ([["n1"]], [["n1", "7"]], [[1, 7]], [["n1", 7]] * 65):
+        frame = encode(MsgType.PEER_LOAD, "n2", {"counted": bad, "queued": 1})
+        assert decode_peer(frame) == [Load("n2", {"queued": 1})]
     links = [["n1", 7, 2, 5]]
     frame = encode(MsgType.PEER_LOAD, "n2", {"links": links})
     assert decode_peer(frame) == [Load("n2", {"links": links})]

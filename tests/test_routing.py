@@ -227,6 +227,30 @@ def test_a_count_left_to_a_survivor_that_is_dead_too_is_made_when_it_is_found_de
     assert r.counters["lost_in_dead_nodes"] == 5
 
 
+def test_a_count_the_first_survivor_says_it_made_is_not_made_again() -> None:
+    """Seed 27: n1 (first) counted n2's loss and said so in its load report,
+    then was killed itself: n3, first then, drops the count it kept for n1
+    instead of making it again. A report n1 makes only later (this node saw
+    the death first) works as well: the kept count goes when it comes."""
+    r, table = survivor("n3")
+    r.tick(1.0 + r.presume_lost_after(), Fx())  # (n3 keeps 5 for n1)
+    counted = {"channels": 0, "queued": 0, "drops": {}, "counted": [["n2", START]]}
+    r.handle(Load("n1", counted), 1.5 + r.presume_lost_after(), Fx())
+    del table.incarnations["n1"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 2.0, Fx())
+    r.tick(2.0 + r.presume_lost_after(), Fx())
+    r.tick(10.0 + r.presume_lost_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0
+    # and the one that counts says so, soon
+    first, _ = survivor("n1")
+    fx = Fx()
+    first.tick(1.0 + first.presume_lost_after(), fx)
+    first.tick(1.0 + first.presume_lost_after() + first._soon, fx)
+    reports = [m.load for _, m in fx.peers if isinstance(m, Load)]
+    assert first.counters["lost_in_dead_nodes"] == 5
+    assert reports and reports[-1]["counted"] == [["n2", START]]
+
+
 def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
     r, table = survivor("n1")
     renewed = START + RESTART_GAP + 5

@@ -531,7 +531,9 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(17 of 300 seeds: 18, 19, 27, 36, 50, ...; 21 before a node seen back in the same "
+    "(15 of 300 seeds: 18, 19, 36, 170, 240, ...; 17 before the first survivor said which "
+    "dead lives it counted, seeds 27 and 50, plans/first-survivor-counted-then-killed.json; "
+    "21 before a node seen back in the same "
     "life stopped being presumed lost when its next report was late, seeds 48, 174, 207, "
     "278; 19 before the limbo probes moved "
     "timings, seeds 50, 104 and 195: a dead node's last reported queue counted by two "
