@@ -1702,14 +1702,14 @@ class Routing:
             self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, now, presumed=True)
-        for node, (lost, until, life) in list(self._count_later.items()):
+        for node, (lost, until, dead_life) in list(self._count_later.items()):
             if self._counts_for(node):
-                self._count_dead(node, life, lost, now)
+                self._count_dead(node, dead_life, lost, now)
             elif until <= now:
                 del self._count_later[node]  # (the first survivor counted it)
         for counted in (self._counted, self._counted_elsewhere):
-            for life in [k for k, until in counted.items() if until <= now]:
-                del counted[life]
+            for ended in [k for k, until in counted.items() if until <= now]:
+                del counted[ended]
         for client in [c for c, until in self._leaving.items() if until <= now]:
             self._forget_virtual(client, now, fx)
         for life in [life for life, until in self._left_lives.items() if until <= now]:
