@@ -161,6 +161,9 @@ class Routing:
         #: they are taken up
         self._held_relays: list[Relay] = []
         self._relay_channels: set[str] = set()
+        #: (origin, client connection) of each relay held: what follows
+        #: from that client waits behind it
+        self._relay_sources: set[tuple[str, bytes]] = set()
         self._relays_until = 0.0
         #: (our client's connection, channel) -> (owner, when): where its
         #: last send to that channel was relayed (``hold_local``)
@@ -749,6 +752,14 @@ class Routing:
         All of them are taken up, in order, ``hold`` after the change."""
         if msg.hops != 1 or msg.origin == self.me:  # (1: straight from the origin)
             return False
+        source = (msg.origin, msg.conn)
+        if source in self._relay_sources:
+            # (behind a relay of the same client held here: its reports,
+            # give-backs and credit keep their order with its sends; a
+            # report taken before an earlier one releases the wrong
+            # message: rolling seed 941)
+            self._held_relays.append(msg)
+            return True
         sends = {f[1] for m, f in msg.messages if m == MsgType.SEND}
         if not sends:
             return False
@@ -763,6 +774,7 @@ class Routing:
             self._relay_channels |= moved
             self._relays_until = max(self._relays_until, before[1])
         self._held_relays.append(msg)
+        self._relay_sources.add(source)
         return True
 
     def hold_local(self, conn: ConnId, messages: list[Message], now: float) -> bool:
@@ -809,6 +821,7 @@ class Routing:
     def _take_held(self, now: float, fx: Fx) -> None:
         held, self._held_relays = self._held_relays, []
         self._relay_channels = set()
+        self._relay_sources = set()
         self.counters["relays_held"] += len(held)
         for msg in held:
             self._on_relay(msg, now, fx, held=True)
@@ -1094,6 +1107,12 @@ class Routing:
         previous = self.ownership
         changed = self.refresh()
         if changed:
+            if len(previous.members) == 1:
+                # (alone until now: a new life joining, whose names come back
+                # to it from the nodes that kept them, which pass on what
+                # they get meanwhile: every name it owns moved here;
+                # rolling seed 927)
+                previous = Ownership({})
             self._before = (previous, now + self.hold)
         if changed and self._sweep_at is not None:
             self._sweep_soon(now)  # the views move: wait for them to settle
