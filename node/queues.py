@@ -669,6 +669,27 @@ class Queues:
         ch = self._channel(name)
         self.counters.enqueued += len(live)
         ch.pool.held += len(live)
+        if (
+            ch.items
+            and live[-1][1] > ch.items[0][2]
+            and all(bundle is None for *_, bundle in ch.items)
+        ):
+            # Some queued here are older than what is handed over (by
+            # deadline: one expiry, so send order): two nodes kept the
+            # channel, each having declared the other dead, and their
+            # handbacks hold one producer's sends interleaved (simulation
+            # seed 290: prepended, a later send was taken first). Merged by
+            # deadline, handed-over first on a tie, renumbered in order.
+            # (Bundled copies are never reordered: prepended as before.)
+            queued = [(payload, deadline) for _, payload, deadline, _ in ch.items]
+            ch.items = deque()
+            for payload, deadline in heapq.merge(live, queued, key=_deadline_of):
+                self._seq += 1
+                ch.items.append((self._seq, payload, deadline, None))
+            ch.pool.earliest = min(ch.pool.earliest, min(d for _, d in live))
+            out = self._drain(name, ch, now)
+            self._maybe_delete(name, ch)
+            return out
         if ch.items:
             first = ch.items[0][0] - len(live)
         else:
@@ -944,6 +965,10 @@ class Queues:
             and not pool.waiting
         ):
             self.pools.pop(key, None)
+
+
+def _deadline_of(item: tuple[object, float]) -> float:
+    return item[1]
 
 
 def _seq_of(item: Item) -> int:

@@ -387,6 +387,21 @@ def test_handed_over_messages_go_before_newer_ones_in_order() -> None:
     assert seqs == sorted(seqs), "renumbered in order: give-backs still sort right"
 
 
+def test_a_handback_newer_than_what_is_queued_is_merged_by_deadline() -> None:
+    """Simulation seed 290: two nodes kept a channel (each had declared the
+    other dead); the first handback is queued, the second holds a send made
+    after it and one made before. Prepended, the newer would be taken first;
+    merged by deadline (one expiry: send order), each producer keeps its
+    order, and the handback goes first on equal deadlines."""
+    q = Queues(first_seq=1000)
+    q.put("c", b"p12", 100.0, 10, 0.0)  # handed back first, sent at 0
+    q.adopt("c", [(b"p11", 99.5, 1), (b"p13", 100.5, 2)], 0.0)
+    out = q.grant(b"r", "c", 10, 1.0)
+    assert [i[0] for _, _, its in out for i in its] == [b"p11", b"p12", b"p13"]
+    seqs = [i[2] for _, _, its in out for i in its]
+    assert seqs == sorted(seqs), "renumbered in order: give-backs still sort right"
+
+
 def test_adopt_takes_channels_and_memberships() -> None:
     core = make_core()
     hello(core, A, SA)

@@ -514,7 +514,10 @@ KNOWN_CLUSTER = {
     "seeds 103 and 197 were a fence's give-backs and a fence report after the estimate, "
     "plans/fence-give-back-to-next-life.json, plans/fence-report-after-estimate.json)",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "48 of 300 seeds (50 before a dead node's load report counted what it had parked, "
+    "43 of 300 seeds (48 before a node that ends after its leave counted what is still "
+    "queued there, a handover taken while it lingered, seed 78, plans/handover-to-a-"
+    "lingering-node-counted-at-exit.json; 50 before a dead node's load report counted "
+    "what it had parked, "
     "seed 116; 54 before a link in limbo was asked about before the first frame of "
     "the next link to its peer, seed 4, plans/limbo-probe-before-new-link.json; 56 before "
     "a fence counted what its clients give back to the next life and a fence report "
@@ -553,8 +556,10 @@ KNOWN_CLUSTER = {
     "overcounted.json)",
     "fifo": "issue 11 defect 1: seed 46 (8 ops: a plain leave, then 60% loss on the keeper): the "
     "restarted node served once the peers in its view had handed over, and the lossy "
-    "keeper was not in its view yet; seed 290: a send told SendOutcomeUnknown taken after a "
-    "later one (2 of 300; seed 164, the same, passes since peer links). (Fixed: "
+    "keeper was not in its view yet (1 of 300; seed 290, a send told SendOutcomeUnknown "
+    "taken after a later one, passes since a handback newer than what is queued is merged "
+    "by deadline, plans/handbacks-from-two-keepers-merged.json; seed 164, the same, "
+    "since peer links). (Fixed: "
     + _PLAIN_LEAVE_FIFO
     + "; found once the simulated plain leave lingered as the shell's stop() does, "
     "plans/plain-leave-lingers.json; fixed by HANDED_OVER: a starting node serves once "
