@@ -776,7 +776,7 @@ class ClusterNode:
         if routing.has_virtual:
             virtual = [o for o in out if routing.is_virtual(o[0])]
             if virtual:
-                routing.send_back(virtual, fx)
+                routing.send_back(virtual, fx, now)
                 out = [o for o in out if not routing.is_virtual(o[0])]
         return Effects(out, self._address(fx.peers, table, now), fx.events)
 

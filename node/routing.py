@@ -527,9 +527,18 @@ class Routing:
     def has_virtual(self) -> bool:
         return bool(self._virtual)
 
-    def send_back(self, out: list[Out], fx: Fx) -> None:
+    def send_back(self, out: list[Out], fx: Fx, now: float = 0.0) -> None:
         """Answers the core addressed to virtual connections: relay each run
-        to the client's node."""
+        to the client's node.
+
+        Deliveries to a client of a node this node thinks dead go out as
+        plain frames (no link counts them if they are lost: ``links`` keeps
+        only live peers' frames) and are parked at once, as a death parks
+        what was in flight (``_forget_virtual``): its node took the relay
+        that granted the credit, so it may be alive and take them (a report
+        unparks them), or they are lost on the way (a partition) and counted
+        ``receiver_gone`` when presumed lost. Left in flight, a handover
+        of the channel dropped them uncounted (simulation seed 28)."""
         runs: dict[ConnId, list[Message]] = {}
         for conn, message in out:
             runs.setdefault(conn, []).append(message)
@@ -539,6 +548,32 @@ class Routing:
                 continue
             for chunk in split_batches(messages, CHUNK_BYTES):
                 fx.peers.append((virtual.origin, RelayBack(self.me, virtual.conn, tuple(chunk))))
+            if any(m[0] == MsgType.DELIVER for m in messages) and self._thought_dead(virtual):
+                self._park_unlinked(conn, virtual, now)
+
+    def _thought_dead(self, virtual: _Virtual) -> bool:
+        """Whether this node has declared the life of ``virtual``'s node
+        dead (frames to it then go out plain, on no link)."""
+        member = self.table.member(virtual.origin)
+        return (
+            member is not None
+            and member.state == State.DEAD
+            and member.incarnation < virtual.incarnation + RESTART_GAP
+        )
+
+    def _park_unlinked(self, vconn: ConnId, virtual: _Virtual, now: float) -> None:
+        parked = self.core.queues.park_flight(vconn)
+        if not parked:
+            return
+        client = (virtual.origin, virtual.incarnation, virtual.conn)
+        until = now + self.presume_lost_after()
+        entry = self._parked_flight.get(client)
+        if entry is not None:
+            for name, seqs in parked.items():
+                entry[1].setdefault(name, []).extend(seqs)
+            until = max(until, entry[0])
+            parked = entry[1]
+        self._parked_flight[client] = (until, parked)
 
     def _virtual_for(self, client: _Client, tag: str, expiry: float) -> ConnId:
         vconn = self._vconn_of.get(client)

@@ -514,7 +514,9 @@ KNOWN_CLUSTER = {
     "seeds 103 and 197 were a fence's give-backs and a fence report after the estimate, "
     "plans/fence-give-back-to-next-life.json, plans/fence-report-after-estimate.json)",
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "43 of 300 seeds (48 before a node that ends after its leave counted what is still "
+    "41 of 300 seeds (43 before deliveries to a client of a node thought dead were "
+    "parked at once, seeds 28 and 280, plans/delivery-to-a-node-thought-dead-parked.json; "
+    "48 before a node that ends after its leave counted what is still "
     "queued there, a handover taken while it lingered, seed 78, plans/handover-to-a-"
     "lingering-node-counted-at-exit.json; 50 before a dead node's load report counted "
     "what it had parked, "
