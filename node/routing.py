@@ -527,7 +527,7 @@ class Routing:
     def has_virtual(self) -> bool:
         return bool(self._virtual)
 
-    def send_back(self, out: list[Out], fx: Fx, now: float = 0.0) -> None:
+    def send_back(self, out: list[Out], fx: Fx, now: float) -> None:
         """Answers the core addressed to virtual connections: relay each run
         to the client's node.
 

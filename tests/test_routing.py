@@ -97,7 +97,7 @@ def test_a_relayed_send_is_answered_back_through_the_clients_node() -> None:
     [(vconn, (mtype, fields))] = fx.out
     assert r.is_virtual(vconn) and mtype == MsgType.ACK and fields[0] == 4
     back = Fx()
-    r.send_back(fx.out, back)
+    r.send_back(fx.out, back, 0.0)
     assert back.peers == [("n2", RelayBack("n1", b"client-1", ((MsgType.ACK, fields),)))]
 
 
