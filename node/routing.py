@@ -254,6 +254,9 @@ class Routing:
         #: at their next load report -> the incarnation they came back at
         self._restore_after_load: dict[str, int] = {}
         self._credit_given_up: set[tuple[ConnId, str, str]] = set()
+        #: node back in a new life -> our clients' credit on channels it owns
+        #: now, granted at its first load report (``_regrant``)
+        self._credit_for_new_life: dict[str, dict[tuple[ConnId, str], int]] = {}
         self._next_credit_check = 0.0
         self._remote_holders: set[str] = set()  # local sessions holding memberships elsewhere
         self._asks: dict[int, _Ask] = {}
@@ -768,6 +771,8 @@ class Routing:
                     for node, life in load.pop("counted", ()):
                         self._counted_by_other(node, life, now)
                     self._settle_death(msg.origin, fenced, now)
+                    if msg.origin in self._credit_for_new_life:
+                        self._regrant(msg.origin, now, fx)
                     back = self._restore_after_load.pop(msg.origin, None)
                     if back is not None:
                         ended = fenced[0] if fenced is not None else None
@@ -1313,7 +1318,9 @@ class Routing:
         # (its handbacks will not come now)
         self._credit_given_up = {g for g in self._credit_given_up if g[2] != node}
         if died:
-            self._regrant(node, now, fx)
+            self._regrant(node, now, fx, new_life=below is not None)
+        else:
+            self._undefer(node)
         # Requests relayed to it stay pending until their deadline: a node
         # declared dead may be only frozen, and takes a send it gets before
         # then (``fresh_within``); after it, this node answers (outcome unknown).
@@ -1446,11 +1453,17 @@ class Routing:
         first = min(survivors, key=lambda n: (self._known_incarnation(n), n))
         return first == self.me
 
-    def _regrant(self, node: str, now: float, fx: Fx) -> None:
+    def _regrant(self, node: str, now: float, fx: Fx, new_life: bool = False) -> None:
         """Credit our clients held at ``node``, which died with it: grant it
         to the channels' new owners, so waiting receives are served again.
-        (A node that leaves cleanly hands its receivers' credit over itself.)"""
+        (A node that leaves cleanly hands its receivers' credit over itself.)
+        Credit for channels ``node`` owns again in a new life (``new_life``)
+        waits for that life's first load report: granted at once it goes before
+        the new life speaks links, as a plain frame no link sends again, and a
+        connection reset then loses it for good, the credit recorded at the
+        owner that never got it (plans/kill-restart-reset-stalls.json)."""
         relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        self._undefer(node)
         for (conn, channel), owed in list(self._credit.items()):
             if owed[0] != node:
                 continue
@@ -1462,10 +1475,22 @@ class Routing:
             if owner == "":  # nobody owns it (yet): kept for a later view
                 continue
             del self._credit[(conn, channel)]  # (re-counted as it is relayed)
+            if owner == node and new_life:
+                self._credit_for_new_life.setdefault(node, {})[(conn, channel)] = owed[1]
+                continue
             self._grant_at(owner, conn, session, channel, owed[1], now, fx, relays)
         if relays:
             self.counters["credit_regranted"] += len(relays)
             self._relay(relays, now, fx)
+
+    def _undefer(self, node: str) -> None:
+        """Credit waiting for ``node``'s first load report recorded at it
+        again (its life ended before: ``_regrant``, or ``_check_credit`` for a
+        node that left)."""
+        for key, credit in self._credit_for_new_life.pop(node, {}).items():
+            owed = self._credit.setdefault(key, [node, 0])
+            if owed[0] == node:
+                owed[1] += credit
 
     def _unanswered(self, key: tuple[ConnId, int], mtype: MsgType) -> Out:
         """The answer for a relayed request whose owner never answered: for a

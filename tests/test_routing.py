@@ -335,7 +335,13 @@ def test_credit_held_by_a_life_that_ended_unseen_is_granted_to_the_next() -> Non
     table.incarnations["n2"] = restarted
     back = Fx()
     r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", restarted), 0.3, back)
-    assert regranted(back) == [("n2", (MsgType.RECV, (far, 5)))]
+    # (at the new life's first load report: sent before it speaks links, a
+    # plain frame a connection reset loses for good;
+    # plans/kill-restart-reset-stalls.json)
+    assert regranted(back) == []
+    loaded = Fx()
+    r.handle(Load("n2", {"queued": 0}), 0.4, loaded)
+    assert regranted(loaded) == [("n2", (MsgType.RECV, (far, 5)))]
     assert r.counters["credit_regranted"] == 1
 
 

@@ -436,13 +436,6 @@ FAILING_PLANS: dict[str, str] = {
         "the count at its end, seeds 37 and 123 lose the same messages uncounted (a peer "
         "on its side heard the LEAVE and is the one to count); seed 19 is the same"
     ),
-    "kill-restart-reset-stalls": (
-        "issue 11 (a channel stalls): shrunk by a helper from seed 93 as the 300 schedules "
-        "ran with a faster link resend (not landed), 18 ops with a kill, a restart and a "
-        "connection reset; at HEAD the full seed passes but this plan stalls: 4 s after "
-        "every fault healed and every channel has a consumer, n2 still queues 6. Not "
-        "root-caused"
-    ),
 }
 
 
