@@ -686,20 +686,20 @@ class Queues:
             for payload, deadline in heapq.merge(live, queued, key=_deadline_of):
                 self._seq += 1
                 ch.items.append((self._seq, payload, deadline, None))
-            ch.pool.earliest = min(ch.pool.earliest, min(d for _, d in live))
-            out = self._drain(name, ch, now)
-            self._maybe_delete(name, ch)
-            return out
-        if ch.items:
-            first = ch.items[0][0] - len(live)
         else:
-            first = self._seq + 1
-            self._seq += len(live)
-        ch.items.extendleft(
-            reversed(
-                [(first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(live)]
+            if ch.items:
+                first = ch.items[0][0] - len(live)
+            else:
+                first = self._seq + 1
+                self._seq += len(live)
+            ch.items.extendleft(
+                reversed(
+                    [
+                        (first + i, payload, deadline, None)
+                        for i, (payload, deadline) in enumerate(live)
+                    ]
+                )
             )
-        )
         ch.pool.earliest = min(ch.pool.earliest, min(deadline for _p, deadline in live))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
