@@ -222,6 +222,7 @@ class ClusterNode:
                 self.core,
                 self.table,
                 timeout=config.relay_timeout,
+                fresh_for=config.relay_fresh_for,
                 load_interval=config.load_interval,
                 sweep_delay=config.stray_sweep_delay,
                 fenced=fenced,

@@ -91,6 +91,15 @@ class NodeConfig:
     #: current cluster size plus two probe intervals (2.4 s in a 3-node LAN
     #: cluster), so a dead owner is normally declared dead first.
     relay_timeout: float | None = None
+    #: Seconds after its origin sent it beyond which a relayed send is
+    #: refused by its owner as late (at most 3/4 of the answer bound
+    #: above). A send waiting on an owner this node declared dead is
+    #: answered (``SendOutcomeUnknown``) once it is this old plus
+    #: ``RELAY_FRESH_MARGIN``: the owner can no longer take it, so the
+    #: client's next send, to the channel's new owner, cannot be overtaken;
+    #: so a channel serves again within a second of its owner's death
+    #: being declared (issue 11 defect 3), not when the answer bound ends.
+    relay_fresh_for: float = 0.6
     #: Seconds between two load reports (channels, queued, drops) a node
     #: sends to every peer, for ``znode status`` and for counting what a
     #: dying node held.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,11 @@ GONE_MEMORY = 60.0
 #: was unusually fast; bounded by ``_CREEP_SPAN`` seconds without a sample.
 _CREEP = 1e-3
 _CREEP_SPAN = 60.0
+#: Seconds beyond ``fresh_within`` a send waiting on an owner declared dead
+#: waits before it is answered: the owner's estimate of a relay's delay is
+#: short of the truth by at most the fastest delay it saw from the origin
+#: (and ``_CREEP``); a loopback or LAN hop is far below this.
+RELAY_FRESH_MARGIN = 0.1
 
 
 #: (origin node, its incarnation, the client's connection there)
@@ -149,8 +155,11 @@ class Routing:
         sweep_delay: float = 1.0,
         fenced: tuple[int, int] | None = None,
         hold: float = 0.05,
+        fresh_for: float = 0.6,
     ) -> None:
         self.core = core
+        #: seconds a relayed send stays fresh (``fresh_within``)
+        self.fresh_for = fresh_for
         #: seconds sends relayed straight here for a channel that just
         #: became this node's are held (``_hold``)
         self.hold = hold
@@ -232,7 +241,11 @@ class Routing:
         self._vconn_ids = itertools.count(1)
         # origin side
         #: (client conn, request id) -> (owner, deadline, type): relayed requests
-        self._pending: dict[tuple[ConnId, int], tuple[str, float, MsgType]] = {}
+        self._pending: dict[tuple[ConnId, int], tuple[str, float, MsgType, float]] = {}
+        #: the earliest deadline of a pending send brought forward because
+        #: its owner was declared dead or seen in a new life
+        #: (``_answer_sooner``; the others are in ``_pending``'s order)
+        self._pending_sooner = math.inf
         self._relayed_conns: set[ConnId] = set()  # local conns with state elsewhere
         #: (our client's connection, channel) -> the node that last delivered
         #: to it (``report_to``)
@@ -343,8 +356,30 @@ class Routing:
         """A relayed send older than this is refused by its owner: its origin
         may have stopped waiting and told its client the outcome is unknown,
         and the client's newer sends may have overtaken it (a quarter of the
-        bound is left for the owner's answer to travel back)."""
-        return 0.75 * self.answer_within()
+        bound is left for the owner's answer to travel back), and never
+        later than ``fresh_for`` (``NodeConfig.relay_fresh_for``): a send to
+        an owner declared dead is answered once it is that old, so its
+        channel serves again soon after the death."""
+        return min(0.75 * self.answer_within(), self.fresh_for)
+
+    def _answer_sooner(self, node: str, now: float, *, life_ended: bool) -> None:
+        """What our clients wait on at ``node`` is answered sooner
+        (``_unanswered``: a send's outcome is unknown, anything else is
+        done): it was declared dead (it may only be frozen or cut off, and
+        takes a send until it refuses it as late: ``fresh_within`` after it
+        was sent plus ``RELAY_FRESH_MARGIN``), or that life ended (seen in a
+        new life, which takes no frame for an earlier one: at once). The
+        client's next send goes to the channel's new owner, a receiver's
+        withdrawn credit is granted there, and the answer bound no longer
+        holds the channel up (issue 11 defect 3)."""
+        fresh = self.fresh_within() + RELAY_FRESH_MARGIN
+        for key, (owner, deadline, mtype, sent) in self._pending.items():
+            if owner != node:
+                continue
+            sooner = now if life_ended else max(now, sent + fresh)
+            if sooner < deadline:
+                self._pending[key] = (owner, sooner, mtype, sent)
+                self._pending_sooner = min(self._pending_sooner, sooner)
 
     def _lag(self, origin: str, sent_at: float, now: float) -> float:
         """How late a frame ``origin`` stamped ``sent_at`` (its clock) is,
@@ -465,7 +500,7 @@ class Routing:
                 if mtype == MsgType.SEND:
                     self._sent_to[(conn, fields[1])] = (owner, now)
                 if mtype in _ANSWERED and fields[0]:
-                    self._pending[(conn, fields[0])] = (owner, deadline, mtype)
+                    self._pending[(conn, fields[0])] = (owner, deadline, mtype, now)
                 if mtype == MsgType.GROUP_ADD:
                     self._remote_holders.add(s.tag)
                 elif mtype == MsgType.RECV:
@@ -1158,6 +1193,7 @@ class Routing:
             self._sweep_soon(now)  # the views move: wait for them to settle
         if event.kind == EventKind.DEAD:
             self._dead.add(event.node)
+            self._answer_sooner(event.node, now, life_ended=False)
         else:
             self._dead.discard(event.node)
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
@@ -1176,6 +1212,8 @@ class Routing:
                 self._restore_after_load[event.node] = event.incarnation
             if before is not None and event.incarnation >= before + RESTART_GAP:
                 self._life_ended_unseen(event.node, before, now, fx)
+            if new_life and before is not None:
+                self._answer_sooner(event.node, now, life_ended=True)
             # A restarted node: its earlier life's clients are gone (unless
             # that life left cleanly: they come back to this one and make
             # their memberships again). (A node that refuted a suspicion is
@@ -1713,7 +1751,7 @@ class Routing:
         # insertion order: the first entry left is about the earliest; the
         # node ticks often enough for the rest)
         if self._pending:
-            deadline = min(deadline, next(iter(self._pending.values()))[1])
+            deadline = min(deadline, next(iter(self._pending.values()))[1], self._pending_sooner)
         if self._asks:
             deadline = min(deadline, next(iter(self._asks.values())).deadline)
         if self._left_lives:
@@ -1741,11 +1779,16 @@ class Routing:
             old = [k for k, (_, at) in self._sent_to.items() if now - at >= 2 * self.hold]
             for sent in old:
                 del self._sent_to[sent]
-        late = [key for key, (_, deadline, _) in self._pending.items() if deadline <= now]
+        late = [key for key, (_, deadline, _, _) in self._pending.items() if deadline <= now]
+        if self._pending_sooner <= now:
+            self._pending_sooner = math.inf
+            for _, deadline, _, _ in self._pending.values():
+                if deadline > now:  # (one brought forward, or one in order)
+                    self._pending_sooner = min(self._pending_sooner, deadline)
         if late:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))
             for key in late:
-                _, _, mtype = self._pending.pop(key)
+                _, _, mtype, _ = self._pending.pop(key)
                 fx.out.append(self._unanswered(key, mtype))
         for qid in [q for q, a in self._asks.items() if a.deadline <= now]:
             log.warning(

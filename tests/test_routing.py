@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zchannels.node.core import ClusterWork, CoreSettings, NodeCore
+from zchannels.node.core import ClusterWork, CoreSettings, NodeCore, Out
 from zchannels.node.effects import Fx
 from zchannels.node.membership import EventKind, Member, MemberEvent, MembershipConfig, State
 from zchannels.node.ownership import Ownership, tag_of
 from zchannels.node.peer_messages import ConnGone, Handoff, Load, Relay, RelayBack, Reservations
-from zchannels.node.routing import RESTART_GAP, Routing
+from zchannels.node.routing import RELAY_FRESH_MARGIN, RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
 from zchannels.protocol import ErrorCode, Message, MsgType
@@ -149,25 +149,75 @@ def relay_at(r: Routing, *, sent_at: float, now: float, message: Message) -> Fx:
     return fx
 
 
-def test_a_relayed_send_is_answered_at_its_deadline_even_if_its_owner_dies_sooner() -> None:
-    """The owner may be frozen, not dead: it still takes the send until
-    ``fresh_within``; so the origin answers (and counts) only at its deadline."""
-    r, core, table = routing()
+def _waiting_send(r: Routing, core: NodeCore) -> None:
+    """Our client A's send (request 9) relayed to n2 at 0.0, unanswered."""
     core.route = lambda channel: "n2"
     core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
     work = ClusterWork()
     core.handle(b"A", [(MsgType.SEND, (9, "asgi|far", b"x", 10))], 0.0, work)
     r.after_core(work, 0.0, Fx())
+
+
+def _answers_to_a(r: Routing, now: float) -> list[Out]:
+    fx = Fx()
+    r.tick(now, fx)
+    return [o for o in fx.out if o[0] == b"A"]
+
+
+def test_a_send_to_an_owner_declared_dead_is_answered_once_the_owner_would_refuse_it() -> None:
+    """Issue 11 defect 3: the channel must serve again within a second of
+    its owner's death, not when the answer bound (2.4 s) ends. The owner may
+    be only frozen or cut off, and takes the send until ``fresh_within``
+    after it was sent: so the origin answers (outcome unknown) then, plus
+    the margin for the owner's estimate of the delay, and not before; the
+    client's next send goes to the new owner and cannot be overtaken."""
+    r, core, table = routing()
+    _waiting_send(r, core)
     del table.incarnations["n2"]
     died = Fx()
-    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 0.5, died)
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 0.2, died)
     assert not [o for o in died.out if o[0] == b"A"], "not answered at the death"
-    deadline = Fx()
-    r.tick(r.answer_within(), deadline)
-    [answer] = [o for o in deadline.out if o[0] == b"A"]
-    assert answer[1][0] == MsgType.ERROR and answer[1][1][:2] == (9, ErrorCode.OUTCOME_UNKNOWN)
+    due = r.fresh_within() + RELAY_FRESH_MARGIN
+    assert r.next_deadline() <= due < r.answer_within() - 1.0
+    assert _answers_to_a(r, due - 0.01) == []
+    [(_, (mtype, (req, code, _)))] = _answers_to_a(r, due)
+    assert (mtype, req, code) == (MsgType.ERROR, 9, ErrorCode.OUTCOME_UNKNOWN)
     assert r.counters["unanswered_sends"] == 1
-    assert r.answer_within() > r.fresh_within() > 0
+    assert _answers_to_a(r, r.answer_within()) == [], "answered once"
+
+
+def test_a_send_waiting_on_an_owner_declared_dead_late_is_answered_at_the_death() -> None:
+    """Declared dead after the send is already too old for its owner to
+    take: answered at the declaration."""
+    r, core, table = routing()
+    _waiting_send(r, core)
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 1.5, Fx())
+    assert r.next_deadline() <= 1.5
+    [(_, (mtype, (req, code, _)))] = _answers_to_a(r, 1.5)
+    assert (mtype, req, code) == (MsgType.ERROR, 9, ErrorCode.OUTCOME_UNKNOWN)
+
+
+def test_a_send_waiting_on_an_owner_seen_in_a_new_life_is_answered_at_once() -> None:
+    """A node back as a new process (kill -9 and a restart faster than
+    failure detection) takes no frame meant for its earlier life: what our
+    clients wait on there is answered at once, not at the bound."""
+    r, core, table = routing()
+    _waiting_send(r, core)
+    restarted = START + 60_000
+    table.incarnations["n2"] = restarted
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", restarted), 0.3, Fx())
+    [(_, (mtype, (req, code, _)))] = _answers_to_a(r, 0.3)
+    assert (mtype, req, code) == (MsgType.ERROR, 9, ErrorCode.OUTCOME_UNKNOWN)
+
+
+def test_a_send_waiting_on_an_owner_that_refuted_a_suspicion_waits_for_its_answer() -> None:
+    """Same life (incarnation + 1): it may still answer; nothing sooner."""
+    r, core, _ = routing()
+    _waiting_send(r, core)
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", START + 8), 0.3, Fx())
+    assert _answers_to_a(r, r.answer_within() - 0.01) == []
+    assert len(_answers_to_a(r, r.answer_within())) == 1
 
 
 def survivor(me: str) -> tuple[Routing, FakeTable]:
