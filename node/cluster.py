@@ -176,6 +176,8 @@ class ClusterNode:
         #: stay held while the live peers hand over what it owns, and the
         #: peers that said they have (``HandedOver``)
         self._handover_until: float | None = None
+        #: when this node left (``leave``): its linger is measured from then
+        self._left_at: float | None = None
         self._handed_over: set[str] = set()
         self._doubt_incarnation = incarnation
         #: member events seen during the doubt, for routing and replication
@@ -705,14 +707,34 @@ class ClusterNode:
         return f"{asks}, {unacked} frames unacknowledged"
 
     def linger_limit(self) -> float:
-        """Seconds a node that left passes on what peers still send, at most."""
-        return self.routing.answer_within() if self.routing is not None else 0.0
+        """Seconds after its leave that a node that left passes on what peers
+        still send, at most (the shell asks again as it lingers: it grows).
+        The answer bound; or longer while a frame carrying what only this
+        node would count lost (a reserved send its client made while it
+        lingered, a handover) waits for its acknowledgement, until the
+        bound has passed since that frame was sent (at most twice the bound
+        in all). Ended sooner, the process counted as lost, as it ended
+        (``gone``), reserved sends relayed a few milliseconds before that
+        their owner took (its acknowledgement was on its way: seed 36), or
+        took just before a lag held its acknowledgement back (seed 59; a
+        freeze shorter than the bound alike): a peer not heard from for the
+        whole bound after a frame is cut off, frozen or dead, as failure
+        detection decides (one frozen longer, which took the frame first,
+        is still counted here too: seed 18)."""
+        if self.routing is None:
+            return 0.0
+        bound = self.routing.answer_within()
+        young = self.links.youngest_counted()
+        if self._left_at is None or young is None:
+            return bound
+        return min(2 * bound, max(bound, young + bound - self._left_at))
 
     def leave(self, now: float) -> Effects:
         """A clean stop: answer waiting group_adds, hand everything held to
         the owners the others will compute without this node, say LEFT."""
         fx = Fx()
         if self.table is not None and self.routing is not None and self.replication is not None:
+            self._left_at = now
             self.replication.leave(fx)
             self.routing.leave(now, fx)
             self.links.hurry(self.linger_limit())

@@ -444,6 +444,16 @@ class Links:
             self._settle(limbo, -1)
         return self.lost_units - before
 
+    def youngest_counted(self) -> float | None:
+        """When the newest frame not acknowledged that carries what only this
+        node counts (units, a note) was first sent; None if there is none."""
+        young = None
+        for link in self._out.values():
+            for _, _, units, note, first in link.unacked:
+                if (units or note is not None) and (young is None or first > young):
+                    young = first
+        return young
+
     def sending(self) -> bool:
         """Frames wait for their acknowledgement (a leaving node lingers)."""
         return any(link.unacked for link in self._out.values())

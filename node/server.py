@@ -469,13 +469,13 @@ class NodeServer:
         """After LEFT: keep passing on what peers send (relays sent before
         they heard of the leave, answers to what this node passed on) until
         nothing is pending here and no peer frame came for ``LINGER_QUIET``
-        seconds, at most ``linger_limit``."""
+        seconds, at most ``linger_limit`` (asked again each time: it grows
+        while a frame sent since waits for its acknowledgement)."""
         began = time.monotonic()
-        limit = self.node.linger_limit()
         while True:
             now = time.monotonic()
             quiet = now - max(self._peer_heard, began) >= LINGER_QUIET
-            if now - began >= limit:
+            if now - began >= self.node.linger_limit():
                 log.warning(
                     "leave: still busy after %.2f s; closing (%s; peers quiet: %s)",
                     now - began,

@@ -155,3 +155,44 @@ def test_a_peer_that_never_says_it_handed_over_delays_serving_by_join_timeout() 
     assert not any(b2.drops().values()), b2.drops()  # (kept a lease from then)
     join_timeout = b2.config.join_timeout
     assert join_timeout <= got[0][0] - restarted < join_timeout + 0.5, got
+
+
+def test_a_node_that_left_lingers_until_its_last_reserved_send_could_be_acknowledged() -> None:
+    """Simulation seeds 36 and 59 (``plans/leaving-node-reserved-sends-*``:
+    acknowledged-after-its-limit, lagged-past-its-limit): a process whose
+    node left and lingers
+    sends under a reservation shortly before the linger's limit; the node
+    relays the sends, its peer takes them, and the acknowledgement is on
+    its way (the link's ack delay, a lag) when the limit comes. Ended
+    then, the node counted them lost as it ended, and they were delivered.
+    So the limit grows while such a frame waits for its acknowledgement,
+    to the answer bound after it was sent (at most twice the bound)."""
+    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
+    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
+    acks_lost = [False]
+    net = Net(
+        {A_ADDR: a, B_ADDR: b},
+        drop=lambda m: acks_lost[0] and type(m).__name__ == "LinkAck" and m.gen != 0,
+    )
+    for address, node in net.nodes.items():
+        net.start(address, node)
+    net.run(2 * b.config.join_timeout)
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    left = net.now
+    net.apply(B_ADDR, b.leave(left))
+    bound = b.linger_limit()
+    assert bound > 0
+    net.run(left + 0.05)
+    net.client(B_ADDR, [(MsgType.SEND, (1, "q", b"asks", 100))])  # (answered: a reservation)
+    net.run(net.now + 0.05)
+    assert b.linger_limit() == bound  # (nothing waits)
+    acks_lost[0] = True  # (the peer took it; its acknowledgement is late)
+    sent = net.now
+    net.client(B_ADDR, [(MsgType.SEND, (0, "q", b"reserved", 100))])
+    net.run(net.now + 0.05)
+    assert b.passing_on()
+    assert abs(b.linger_limit() - (sent + bound - left)) < 1e-9
+    acks_lost[0] = False
+    net.run(net.now + 0.5)  # (the link sends it again; this time acknowledged)
+    assert not b.passing_on() and b.linger_limit() == bound
+    assert b.gone(net.now) == 0

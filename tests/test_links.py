@@ -391,3 +391,24 @@ def test_a_node_that_left_sends_again_sooner_while_it_lingers() -> None:
     assert [f for n, f in a.tick(0.19, {"b": mb}, []) if n == "b"] == []
     assert [f for n, f in a.tick(0.2, {"b": mb}, []) if n == "b"] == [frame]
     assert a.next_deadline() <= 0.4
+
+
+def test_a_leaving_node_knows_when_its_newest_counted_frame_went() -> None:
+    """What keeps a node that left lingering beyond its limit
+    (``ClusterNode.linger_limit``): the newest frame not acknowledged that
+    carries what only it would count (units, a note); plain frames and
+    acknowledged ones do not count."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    assert a.youngest_counted() is None
+    f1 = a.frame(mb, msg(1), 0.1, units=1)
+    a.frame(mb, msg(2), 0.2)  # (nothing only a counts)
+    assert a.youngest_counted() == 0.1
+    a.frame(mb, msg(3), 0.3, note="delivery")
+    assert a.youngest_counted() == 0.3
+    assert f1 is not None
+    for f in (f1,):
+        taken(b, f, 0.31)
+    for _, f in b.tick(0.4, {"a": member("a", A_LIFE)}, []):
+        a.take(decode_peer(f), 0.41)
+    assert a.youngest_counted() == 0.3  # (1 acknowledged, 3 not)

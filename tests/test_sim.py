@@ -536,7 +536,9 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(15 of 300 seeds: 18, 19, 36, 170, 240, ...; 17 before the first survivor said which "
+    "(14 of 300 seeds: 18, 19, 59, 170, 240, ...; 15 before a node that left lingered until "
+    "its last reserved send could be acknowledged, seeds 36 and 59, plans/leaving-node-"
+    "reserved-sends-*.json; 17 before the first survivor said which "
     "dead lives it counted, seeds 27 and 50, plans/first-survivor-counted-then-killed.json; "
     "21 before a node seen back in the same "
     "life stopped being presumed lost when its next report was late, seeds 48, 174, 207, "

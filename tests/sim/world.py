@@ -430,6 +430,7 @@ class World:
             self._leave_lingering(sn, step)
         else:
             quiet = self.now - max(sn.peer_heard, step.left_at) >= LINGER_QUIET
+            step.limit = sn.node.linger_limit()  # (it grows while young frames wait)
             if self.now - step.left_at < step.limit and not (quiet and not sn.node.passing_on()):
                 self._push(self.now + LINGER_QUIET / 4, "drain", sn.address, life, "lingering")
                 return
