@@ -437,8 +437,12 @@ class Links:
         before = self.lost_units
         for link in list(self._out.values()):
             heard = self._heard.get(link.node)
-            if link.unacked and heard is not None and heard >= link.unacked[0][4]:
-                link.unacked.clear()  # (taken: its acknowledgement is on its way)
+            # (taken: its acknowledgement is on its way; only frames first
+            # sent before the peer was last heard, not those sent after it
+            # went silent: seed 6, a handover sent as the node left into a
+            # partition, after the peer's last frame)
+            while link.unacked and heard is not None and heard >= link.unacked[0][4]:
+                link.unacked.popleft()
             self._end(link, now)
         for limbo in list(self._limbo.values()):
             self._settle(limbo, -1)

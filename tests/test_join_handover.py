@@ -18,6 +18,7 @@ from typing import Any
 
 from zchannels.node.cluster import ClusterNode, Effects
 from zchannels.node.config import NodeConfig
+from zchannels.node.peer_messages import Handoff
 from zchannels.node.peer_wire import decode_peer, encode_peers
 
 from zchannels.protocol import Message, MsgType
@@ -196,3 +197,46 @@ def test_a_node_that_left_lingers_until_its_last_reserved_send_could_be_acknowle
     net.run(net.now + 0.5)  # (the link sends it again; this time acknowledged)
     assert not b.passing_on() and b.linger_limit() == bound
     assert b.gone(net.now) == 0
+
+
+def test_a_restart_one_start_number_later_is_a_new_life() -> None:
+    """A restart within a millisecond of the last start (the shell's start
+    number one above: kill -9 and a fast supervisor; simulation seed 91,
+    two restarts 18 ms apart) is a new life to its peers, not the old life
+    refuting a suspicion: they hand it what it owns and say so
+    (``HandedOver``), and open a new link to it. Before, the new life was
+    taken for the old one, what was sent on the old life's link was dropped
+    by the new one uncounted, and it served only after ``join_timeout``."""
+    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
+    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
+    net = Net({A_ADDR: a, B_ADDR: b})
+    for address, node in net.nodes.items():
+        net.start(address, node)
+    net.run(2 * b.config.join_timeout)
+    b.links.hurry(0.0)  # (what the killed process kept goes nowhere)
+    b2 = make("b", B_ADDR, (A_ADDR,), 1_000_002)  # killed and restarted at once
+    net.nodes[B_ADDR] = b2
+    restarted = net.now
+    net.start(B_ADDR, b2)
+    net.run(restarted + 0.5)
+    member = a.table.member("b")  # type: ignore[union-attr]
+    assert member is not None and member.incarnation == b2.incarnation
+    assert b2.counters["handover_timeouts"] == 0 and not b2._joining
+    assert b2.links.counters["link_for_past_life"] == 0
+
+
+def test_a_handover_held_by_a_node_that_left_before_it_joined_is_counted_as_it_ends() -> None:
+    """Simulation seed 70: a node left while it was still joining (its LEFT
+    reached nobody); a peer that then saw its join handed it a channel's
+    queue, which it held (a starting node holds peers' messages until it
+    has joined) until its process ended. Its link acknowledged the handover
+    (or it came before the first link), so the sender counts nothing: the
+    node counts it as it ends."""
+    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
+    b.start(0.0)
+    b.discovered(A_ADDR, 0.0)
+    b.leave(0.01)
+    items = [[b"m1", 60.0, 1_000_001_001], [b"m2", 60.0, 1_000_001_002]]
+    b.peer(encode_peers([Handoff("a", (("q0", items),), ())]), 0.3)
+    assert b.gone(0.5) == 2
+    assert b.drops()["dead_owner"] == 2

@@ -412,3 +412,17 @@ def test_a_leaving_node_knows_when_its_newest_counted_frame_went() -> None:
     for _, f in b.tick(0.4, {"a": member("a", A_LIFE)}, []):
         a.take(decode_peer(f), 0.41)
     assert a.youngest_counted() == 0.3  # (1 acknowledged, 3 not)
+
+
+def test_a_frame_sent_after_the_peer_was_last_heard_is_counted_as_the_node_ends() -> None:
+    """Simulation seed 6: a node left into a partition that began just after
+    its peer's last frame; that peer had been heard after the oldest frame
+    still unacknowledged was sent (a give-back it took), but not after the
+    handover sent at the leave. Each frame is judged by itself: heard from
+    since it was sent, it was taken; else it is counted."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.10)  # (taken: b answered it; its acknowledgement lost)
+    a.take([b.hello()], 0.11)
+    a.frame(mb, msg(2), 0.12, units=1)  # (the handover: cut off)
+    assert a.give_up(1.0) == 1
