@@ -116,7 +116,9 @@ class FakeRun:
             self.send(ch, i, start + i * every)
             self.recv(ch, i, start + i * every + 0.01)
 
-    def fault(self, kind: str, target: str, at: float, hold: float) -> None:
+    def fault(
+        self, kind: str, target: str, at: float, hold: float, notes: dict[str, Any] | None = None
+    ) -> None:
         self.executed.append(
             {
                 "at": at,
@@ -126,7 +128,7 @@ class FakeRun:
                 "began": T0 + at,
                 "ended": T0 + at + hold,
                 "back": T0 + at + hold + 0.3 if kind in ("kill", "term") else None,
-                "notes": {},
+                "notes": notes or {},
             }
         )
 
@@ -173,7 +175,7 @@ class FakeRun:
             "t0": T0,
             "phases": {"final": T0 + 31},
             "nodes": {n: {} for n in NODES},
-            "owned": {"n0": ["a"], "n1": ["b"], "n2": []},
+            "owned": {"n0": ["a"], "n1": [], "n2": ["b"]},
             "channels": ["a", "b"],
             "schedule": [],
             "executed": self.executed,
@@ -279,10 +281,10 @@ def test_the_checker_bounds_answers_and_recovery(tmp_path: Path) -> None:
     run = FakeRun(tmp_path / "run")
     run.stream("a", 100)
     run.stream("b", 20)
-    run.fault("freeze", "n1", 3.0, 4.0)  # n1 owns "b"
-    for node in ("n0", "n2"):
-        run.sample(node, 3.1, {"n1": "alive"})
-        run.sample(node, 4.5, {"n1": "dead"})
+    run.fault("freeze", "n2", 3.0, 4.0)  # n2 owns "b" (its consumer is on n1)
+    for node in ("n0", "n1"):
+        run.sample(node, 3.1, {"n2": "alive"})
+        run.sample(node, 4.5, {"n2": "dead"})
     bound = answer_bound("lan", 3)
     run.send("b", 21, 3.05, took=bound + 1.0)  # hangs until the thaw
     run.recv("b", 21, 7.1)
@@ -292,6 +294,21 @@ def test_the_checker_bounds_answers_and_recovery(tmp_path: Path) -> None:
     assert slow["declared_after"] == pytest.approx(1.5)
     assert slow["served_after_declared"] == pytest.approx(2.6)
     assert report.figures["recovery_max"] == [pytest.approx(4.1)]
+    # a lag that also stops the node of the channel's consumer (seed 55):
+    # nobody can serve it before that node runs again, 4 s in; served
+    # 0.1 s after that, it recovered in time
+    run = FakeRun(tmp_path / "lag")
+    run.stream("a", 100)
+    run.stream("b", 20)
+    run.fault("lag", "n2", 3.0, 5.0, {"lagger": "n1", "lagger_thawed": T0 + 7.0})
+    run.sample("n0", 3.1, {"n2": "alive"})
+    run.sample("n0", 4.5, {"n2": "dead"})
+    run.send("b", 21, 3.05, took=1.0)  # answered outcome unknown
+    run.send("b", 22, 4.1)  # queued at the new owner, taken once n1 runs
+    run.recv("b", 22, 7.1)
+    report = run.write()
+    assert not report.violated("slow_recovery"), report.render()
+    assert report.figures["per_fault"][0]["recovery_after_declared"] == pytest.approx(0.1)
     # the producer's own node down: its wait is reported, not a violation
     run = FakeRun(tmp_path / "own")
     run.stream("a", 100)

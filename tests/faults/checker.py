@@ -559,6 +559,24 @@ def _declared(run: dict[str, Any], f: dict[str, Any]) -> float | None:
     return None
 
 
+def _consumers_back(run: dict[str, Any], f: dict[str, Any], channel: str) -> float:
+    """Seconds after ``f`` began when a consumer of ``channel`` can take
+    again: 0 if one runs on a node the fault left alone, else when the
+    first of their nodes runs again. Nobody serves a channel whose every
+    consumer is stopped (seed 55's lag: the frozen owner's channels are
+    consumed on the second node it stops)."""
+    stopped = _stopped(f)
+    nodes = {
+        w["node"] for w in run["workers"] if w["role"] == "consumer" and channel in w["channels"]
+    }
+    if not nodes or nodes - stopped:
+        return 0.0
+    back = {f["target"]: (f["back"] or f["ended"]) - f["began"]}
+    if f["kind"] == "lag":
+        back[f["notes"]["lagger"]] = f["notes"]["lagger_thawed"] - f["began"]
+    return min(back[n] for n in nodes)
+
+
 def _recovery(
     report: Report,
     run: dict[str, Any],
@@ -612,8 +630,14 @@ def _recovery(
         fig["declared_after"] = declared
         if declared is not None and f["kind"] in ("kill", "freeze", "lag"):
             owned = run["owned"][f["target"]]
-            served = [rec[ch] for ch in owned]
-            late = max(float("inf") if x is None else x for x in served) - declared
+            # (from the declaration, or from when a consumer of the channel
+            # runs again if the fault stopped all of them: a lag stops the
+            # node whose consumers take the frozen owner's channels)
+            late = max(
+                (float("inf") if rec[ch] is None else rec[ch])
+                - max(declared, _consumers_back(run, f, ch))
+                for ch in owned
+            )
             fig["recovery_after_declared"] = late
             back = (f["back"] or f["ended"]) - f["began"]
             if late > RECOVERY_AFTER_DEAD and declared + RECOVERY_AFTER_DEAD < back:
