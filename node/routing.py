@@ -1349,7 +1349,7 @@ class Routing:
         load = self.loads.pop(node, {})
         lost = int(load.get("queued", 0)) + int(load.get("parked", 0))
         if died:  # (every survivor: which one counts is decided at the count)
-            self._provisional[node] = (incarnation, lost, now + self.presume_lost_after())
+            self._provisional[node] = (incarnation, lost, now + self.presume_dead_after())
         if not died:
             self._park_life(node, incarnation, now)
         self._forget_clients(node, now, fx, below=below, died=died, left=not died)
@@ -1368,11 +1368,26 @@ class Routing:
                 self._answer(qid, fx)
 
     def presume_lost_after(self) -> float:
-        """Seconds after a death that what the node held is counted lost
-        (its last reported queue) if nothing better was heard: a frozen node
-        that wakes sooner ends its life itself and reports exactly what it
-        dropped."""
+        """Seconds after which what a client of a node declared dead was
+        handed (``_parked_flight``) is counted lost if nothing was heard of
+        it. (What the dead node held itself waits longer:
+        ``presume_dead_after``.)"""
         return 3 * self.answer_within()
+
+    def presume_dead_after(self) -> float:
+        """Seconds after a death that what the node held is counted lost
+        (its last reported queue) if nothing better was heard: as long as
+        the member table remembers the dead (``dead_keep``, "long enough to
+        reconnect after a partition of this length"). A node cut off by a
+        partition shorter than that comes back in the same life, holding
+        what it held (its clients may even have taken it meanwhile): counted
+        at ``presume_lost_after`` (3x the answer bound, 1.8 s in the
+        simulation), a partition of 2.5 s counted the queue its node
+        delivered after the heal (simulation seed 56). A frozen node that
+        wakes meanwhile ends its life itself and reports exactly what it
+        dropped; a killed one restarted is counted at its new life's first
+        report."""
+        return max(self.presume_lost_after(), self.table.config.dead_keep)
 
     def _settle_death(
         self, node: str, fenced: list[int] | None, now: float, *, presumed: bool = False
@@ -1380,7 +1395,7 @@ class Routing:
         """Count what died with ``node``'s life once it is known how that life
         ended: it came back having ended it in place (``fenced``: exactly
         what it dropped), it came back as a new process (its last reported
-        queue), it was not heard of for ``presume_lost_after`` (the same),
+        queue), it was not heard of for ``presume_dead_after`` (the same),
         or it came back in the same life, nothing dropped (a partition
         healed, a refuted mistake: nothing was lost)."""
         if fenced is not None:

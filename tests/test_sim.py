@@ -513,7 +513,9 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "43 of 300 seeds (40 before answering sooner at an owner's death moved every timing; "
+    "47 of 300 seeds (43 before a silent node was presumed lost only after dead_keep: "
+    "seeds 60, 170, 266 had a loss covered by a count of a node back in the same life; "
+    "40 before answering sooner at an owner's death moved every timing; "
     "41 before a node that ends after its leave judged each frame a "
     "peer never acknowledged by itself, seed 6, plans/leave-into-partition-handover-after-"
     "peer-last-heard.json; 43 before deliveries to a client of a node thought dead were "
@@ -538,7 +540,11 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(18 of 300 seeds: 1, 18, 19, 50, 56, 59, 95, 133, 170, ...; 15 before a node that "
+    "(10 of 300 seeds: 18, 19, 50, 59, 95, 133, 247, 250, 265, 283; 18 before a silent "
+    "node was presumed lost only after dead_keep, not 3x the answer bound: a partition "
+    "longer than that healed into the same life and its queue was delivered, seeds 1, 56, "
+    "195, 226, 240, 277, plans/partition-healed-after-presumption-not-counted.json; "
+    "15 before a node that "
     "left lingered until its last reserved send could be acknowledged, seeds 36 and 59, "
     "plans/leaving-node-"
     "reserved-sends-*.json, while a node that ends after its leave judging each frame a "
