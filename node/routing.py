@@ -246,6 +246,14 @@ class Routing:
         #: its owner was declared dead or seen in a new life
         #: (``_answer_sooner``; the others are in ``_pending``'s order)
         self._pending_sooner = math.inf
+        #: other nodes' clients' requests this node passed on to an owner
+        #: (a second hop: views differed), by (virtual connection, request):
+        #: (owner, when, type). The owner answers their origin directly, so
+        #: nothing waits here, but if that owner is declared dead or seen in
+        #: a new life this node answers for it (``_answer_sooner``): the
+        #: origin's own view still names this node, and its answer bound
+        #: would hold the channel up (issue 11 defect 3)
+        self._passed_on: dict[tuple[ConnId, int], tuple[str, float, MsgType]] = {}
         self._relayed_conns: set[ConnId] = set()  # local conns with state elsewhere
         #: (our client's connection, channel) -> the node that last delivered
         #: to it (``report_to``)
@@ -380,6 +388,13 @@ class Routing:
             if sooner < deadline:
                 self._pending[key] = (owner, sooner, mtype, sent)
                 self._pending_sooner = min(self._pending_sooner, sooner)
+        for key in [k for k, passed in self._passed_on.items() if passed[0] == node]:
+            owner, sent, mtype = self._passed_on.pop(key)
+            sooner = now if life_ended else max(now, sent + fresh)
+            if key[0] in self._virtual and sooner < sent + self.timeout:
+                # (answered to its origin, through ``send_back``)
+                self._pending[key] = (owner, sooner, mtype, sent)
+                self._pending_sooner = min(self._pending_sooner, sooner)
 
     def _lag(self, origin: str, sent_at: float, now: float) -> float:
         """How late a frame ``origin`` stamped ``sent_at`` (its clock) is,
@@ -495,6 +510,8 @@ class Routing:
                 key, session, hops, batch = (owner, conn), s, h, []
             batch.append((mtype, fields))
             virtual = self._virtual.get(conn)
+            if virtual is not None and mtype in _ANSWERED and fields[0]:
+                self._passed_on[(conn, fields[0])] = (owner, now, mtype)
             if virtual is None:  # a client of this node: remember what is pending
                 self._relayed_conns.add(conn)
                 if mtype == MsgType.SEND:
@@ -1795,6 +1812,11 @@ class Routing:
             for sent in old:
                 del self._sent_to[sent]
         late = [key for key, (_, deadline, _, _) in self._pending.items() if deadline <= now]
+        while self._passed_on:  # (in the order passed on: the oldest first)
+            key, (_, passed, _) = next(iter(self._passed_on.items()))
+            if passed + self.timeout > now:
+                break
+            del self._passed_on[key]  # (its origin has answered by now)
         if self._pending_sooner <= now:
             self._pending_sooner = math.inf
             for _, deadline, _, _ in self._pending.values():
@@ -1804,6 +1826,8 @@ class Routing:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))
             for key in late:
                 _, _, mtype, _ = self._pending.pop(key)
+                if key[0].startswith(_VCONN_MARK) and key[0] not in self._virtual:
+                    continue  # (passed on for a client forgotten since)
                 fx.out.append(self._unanswered(key, mtype))
         for qid in [q for q, a in self._asks.items() if a.deadline <= now]:
             log.warning(

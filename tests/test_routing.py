@@ -919,3 +919,53 @@ def test_our_clients_send_to_a_channel_that_just_moved_here_waits_for_its_last_o
     r.tick(1.06, Fx())
     assert [i[1] for i in core.queues.channels[channel].items] == [b"first", b"second", b"third"]
     assert r.counters["client_frames_held"] == 2
+
+
+def test_a_send_passed_on_to_an_owner_declared_dead_is_answered_to_its_origin() -> None:
+    """Views differ for a moment after a death: a node passes another node's
+    client's send on to the owner in its own view (a second hop), and the
+    owner answers the origin directly. If that owner is declared dead here,
+    this node answers the origin for it, as the origin does for its own
+    clients (tests.faults seed 12: a send passed on to a
+    SIGKILLed owner, answered only at the origin's bound, 2.4 s)."""
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
+    r = Routing(core, table)  # type: ignore[arg-type]
+    core.route = lambda channel: "n3"  # in this node's view n3 owns it
+    fx = relay(r, START, (MsgType.SEND, (4, "asgi|c", b"p", 10)))
+    r.after_core(fx.take_work() or ClusterWork(), 0.0, fx)  # (as ClusterNode does)
+    [(owner, passed)] = fx.peers
+    assert owner == "n3" and isinstance(passed, Relay) and passed.origin == "n2"
+    del table.incarnations["n3"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n3", "tcp://n3:1", START + 9), 0.2, Fx())
+    due = r.fresh_within() + RELAY_FRESH_MARGIN
+    assert r.next_deadline() <= due
+    early = Fx()
+    r.tick(due - 0.01, early)
+    assert early.out == []
+    answered = Fx()
+    r.tick(due, answered)
+    back = Fx()
+    r.send_back(answered.out, back, due)
+    [(to, msg)] = back.peers
+    assert to == "n2" and isinstance(msg, RelayBack)
+    [(mtype, (req, code, _))] = msg.messages
+    assert (mtype, req, code) == (MsgType.ERROR, 4, ErrorCode.OUTCOME_UNKNOWN)
+    late = Fx()
+    r.tick(r.answer_within() + 1.0, late)
+    assert late.out == [], "answered once"
+
+
+def test_a_send_passed_on_is_not_answered_here_at_the_bound() -> None:
+    """Its origin waits for it and answers at its own bound; the owner here
+    still alive, this node says nothing."""
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
+    r = Routing(core, table)  # type: ignore[arg-type]
+    core.route = lambda channel: "n3"
+    passed = relay(r, START, (MsgType.SEND, (4, "asgi|c", b"p", 10)))
+    r.after_core(passed.take_work() or ClusterWork(), 0.0, passed)
+    assert len(r._passed_on) == 1
+    fx = Fx()
+    r.tick(r.answer_within() + 0.5, fx)
+    assert fx.out == [] and r._passed_on == {}
