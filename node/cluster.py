@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -196,6 +196,9 @@ class ClusterNode:
         self._handover_until: float | None = None
         #: when this node left (``leave``): its linger is measured from then
         self._left_at: float | None = None
+        #: its last load reports: (when sent, ``queued`` + ``parked``), for
+        #: the count as it ends (``gone``)
+        self._reports: deque[tuple[float, int]] = deque(maxlen=8)
         self._handed_over: set[str] = set()
         self._doubt_incarnation = incarnation
         #: member events seen during the doubt, for routing and replication
@@ -698,7 +701,7 @@ class ClusterNode:
         process ends (simulation seed 78: two messages n2 handed to n0 as
         n2 left, gone with n0's process; no peer counts a node that left).
         Returns how many messages that was (the shell logs it)."""
-        lost = self.links.give_up(now)
+        lost = self.links.give_up(now, self._left_at, self._reports)
         notes = self.links.lost_notes()
         if notes and self.routing is not None:
             lost += self.routing.lost_at_exit(notes, now)
@@ -839,6 +842,10 @@ class ClusterNode:
         live: list[str] | None = None
         me = table.node_id
         for target, msg in peers:
+            if isinstance(msg, Load) and msg.origin == me:
+                # (what its peers count for it if they take it for dead)
+                load = msg.load
+                self._reports.append((now, int(load.get("queued", 0)) + int(load.get("parked", 0))))
             if isinstance(msg, _TABLE):  # the member table addresses its own
                 frames.append((target, encode_peer(msg)))
                 continue
@@ -860,7 +867,9 @@ class ClusterNode:
                     self.counters["unsent"] += 1
                     continue
                 frame = (
-                    self.links.frame(member, msg, now, _units(msg), _note(node, msg))
+                    self.links.frame(
+                        member, msg, now, _units(msg), _note(node, msg), isinstance(msg, Handoff)
+                    )
                     if linked
                     else None
                 )

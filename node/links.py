@@ -59,6 +59,7 @@ Pure: ``now`` comes in, frames (node id, bytes) go out; the composing
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,8 +81,9 @@ class _Out:
     next_seq: int = 1
     #: (seq, frame, units: messages it carries that only this node counts,
     #: note: what the caller wants back if the peer never took it, when it
-    #: was first sent)
-    unacked: deque[tuple[int, bytes, int, Any, float]] = field(default_factory=deque)
+    #: was first sent, whether its units were queued here: items handed
+    #: over, which this node's load reports counted)
+    unacked: deque[tuple[int, bytes, int, Any, float, bool]] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
 
 
@@ -154,12 +156,20 @@ class Links:
 
     # -- sending -----------------------------------------------------------
     def frame(
-        self, member: Member, msg: PeerMessage, now: float, units: int = 0, note: Any = None
+        self,
+        member: Member,
+        msg: PeerMessage,
+        now: float,
+        units: int = 0,
+        note: Any = None,
+        queued: bool = False,
     ) -> bytes | None:
         """``msg`` for ``member`` as one frame, sequenced and kept, if the
         member is live and its life speaks links; else None (sent as it is).
         ``units``: messages in it that only this node would count lost if
-        the peer never took them (reserved sends, handed-over items)."""
+        the peer never took them (reserved sends, handed-over items);
+        ``queued``: they were in this node's queues (handed over), which its
+        load reports counted (``give_up``)."""
         link = self._link(member, now)
         if link is None:
             return None
@@ -168,7 +178,7 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append((seq, frame, units, note, now))
+        link.unacked.append((seq, frame, units, note, now, queued))
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -218,7 +228,7 @@ class Links:
         self._out.pop(link.node, None)
         self._by_gen.pop(link.gen, None)
         self.counters["link_abandoned"] += len(link.unacked)
-        frames = [(seq, u, note) for seq, _, u, note, _ in link.unacked if u or note is not None]
+        frames = [(seq, u, note) for seq, _, u, note, _, _ in link.unacked if u or note is not None]
         if not frames:
             self._reported.pop((link.node, link.gen), None)
         else:
@@ -370,7 +380,7 @@ class Links:
             elif link.unacked and now >= link.sent_at + self.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, frame) for _, frame, _, _, _ in link.unacked)
+                out.extend((link.node, frame) for _, frame, _, _, _, _ in link.unacked)
         for gen, limbo in list(self._limbo.items()):
             if now >= limbo.until or limbo.node not in member_of:
                 # (nobody answered: a peer that died for good, or forgotten)
@@ -424,7 +434,9 @@ class Links:
         (``give_up``)."""
         self.retransmit = min(self.retransmit, within / 3)
 
-    def give_up(self, now: float) -> int:
+    def give_up(
+        self, now: float, left_at: float | None = None, reports: Sequence[tuple[float, int]] = ()
+    ) -> int:
         """This process ends (after a leave, once it stopped lingering):
         every link is given up, and what a peer never took is counted lost
         now, as nobody will ask again: beyond what its last load report said
@@ -433,8 +445,26 @@ class Links:
         peer heard from since took them: frames are sent again while the
         node lingers, and only their acknowledgements were slow (counted,
         they were an overcount: ``plans/leaving-node-lagged-relays``).
+
+        ``left_at``, ``reports``: when this node left, and its last load
+        reports (when each was sent, and the queue it reported: ``queued`` +
+        ``parked``), the newest a peer took (heard from since) being the one
+        its peers have. If no peer was heard from since the leave,
+        none is known to have heard it: they take the node for dead and
+        count that queue (``Routing._node_gone``), so of the items it handed
+        over after that report that were never taken (they were in its
+        queues) as many are left to them, and only the rest is counted here
+        (``link_left_to_peers``). Reserved
+        sends it relayed are in no report of its, and are counted
+        (simulation seed 250, ``plans/leave-alone-in-partition-counted-twice``:
+        a node that left alone in a partition counted its handover, and its
+        peers, which never heard the LEFT, its last reported queue).
         Returns the units counted."""
         before = self.lost_units
+        alone = left_at is not None and not any(t > left_at for t in self._heard.values())
+        last = max(self._heard.values(), default=None)
+        taken = [r for r in reports if last is not None and r[0] <= last]
+        since, spare = taken[-1] if alone and taken else (now, 0)
         for link in list(self._out.values()):
             heard = self._heard.get(link.node)
             # (taken: its acknowledgement is on its way; only frames first
@@ -443,6 +473,12 @@ class Links:
             # partition, after the peer's last frame)
             while link.unacked and heard is not None and heard >= link.unacked[0][4]:
                 link.unacked.popleft()
+            for i, (seq, frame, units, note, first, queued) in enumerate(link.unacked):
+                if spare > 0 and queued and units and first >= since:
+                    left = min(spare, units)
+                    spare -= left
+                    self.counters["link_left_to_peers"] += left
+                    link.unacked[i] = (seq, frame, units - left, note, first, queued)
             self._end(link, now)
         for limbo in list(self._limbo.values()):
             self._settle(limbo, -1)
@@ -453,7 +489,7 @@ class Links:
         node counts (units, a note) was first sent; None if there is none."""
         young = None
         for link in self._out.values():
-            for _, _, units, note, first in link.unacked:
+            for _, _, units, note, first, _ in link.unacked:
                 if (units or note is not None) and (young is None or first > young):
                     young = first
         return young

@@ -90,8 +90,10 @@ RELAYED_BACK = frozenset(
 #: peer that died never took) and "parked" (deliveries to clients of nodes
 #: it declared dead, whose fate it does not know yet: what dies with it)
 #: and "counted" ([[node, incarnation]...]: dead lives whose loss it counted
-#: as the first survivor; the others drop the count they kept for it).
-LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked", "counted")
+#: as the first survivor; the others drop the count they kept for it)
+#: and "left" ([[node, incarnation]...]: lives it saw leave cleanly; a node
+#: that declared one dead, cut off from its LEFT, counts nothing for it).
+LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked", "counted", "left")
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -451,7 +453,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 or (k == "at" and type(v) is float)
                 or (k == "fenced" and _two_ints(v))
                 or (k == "links" and _link_states(v))
-                or (k == "counted" and _lives(v))
+                or (k in ("counted", "left") and _lives(v))
             )
         }
         return Load(f[0], load)

@@ -604,15 +604,23 @@ class Queues:
         self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
     ) -> list[Delivery]:
         """Put ``items`` back in the queue where their sequence numbers say,
-        for other receivers; ``withdraw``: also drop ``conn``'s credit."""
+        for other receivers; ``withdraw``: also drop ``conn``'s credit. An
+        item not in ``conn``'s flight here (an earlier owner handed it, or
+        its room was released) takes room again, under a new number when
+        its own is one the channel uses or above any given here: one
+        number, one message, on a channel."""
         ch = self._channel(name)
         if withdraw:
             ch.credits.pop(conn, None)
         flight = ch.flight.get(conn, {})
         flushed = self.flushed.get(namespace(name), -1)
         back: list[Item] = []
+        #: re-admitted items that need a number of this node's: (seq, payload, deadline)
+        fresh: list[tuple[int, bytes, float]] = []
+        taken: set[int] | None = None  # the numbers the channel uses
         for payload, ttl, seq in items:
             if seq in flight:
+                # (handed since any flush: ``clear`` empties the flights)
                 bundle = flight.pop(seq)
             elif seq <= flushed:
                 continue  # flushed since it was handed over
@@ -621,13 +629,30 @@ class Queues:
                 # already: it takes room here again
                 bundle = None
                 ch.pool.held += 1
-            if seq <= flushed:
-                self._release(ch.pool, bundle)
-            elif ttl <= 0:
+                if ttl > 0:
+                    # Its number is another node's (or one this node gave):
+                    # kept only if no message of the channel has it and no
+                    # send here will (at most the last number given), else
+                    # it gets a new one. Two messages with one number are
+                    # one flight entry: one would never release its room
+                    # (simulation seed 76).
+                    if taken is None:
+                        taken = self._numbers(ch)
+                        taken.update(item[0] for item in back)
+                    if seq > self._seq or seq in taken:
+                        fresh.append((seq, payload, now + ttl))
+                        continue
+                    taken.add(seq)
+            if ttl <= 0:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
             else:
                 back.append((seq, payload, now + ttl, bundle))
+        if fresh:
+            fresh.sort(key=lambda item: item[0])  # (in the order their numbers said)
+            for _old, payload, deadline in fresh:
+                self._seq += 1
+                back.append((self._seq, payload, deadline, None))
         if not flight:
             ch.flight.pop(conn, None)
         self._unindex(conn, name, ch)
@@ -688,7 +713,10 @@ class Queues:
                 ch.items.append((self._seq, payload, deadline, None))
         else:
             if ch.items:
-                first = ch.items[0][0] - len(live)
+                # below every number of the channel, in flight too: a
+                # number twice would be one flight entry
+                lowest = min((min(f) for f in ch.flight.values() if f), default=ch.items[0][0])
+                first = min(lowest, ch.items[0][0]) - len(live)
             else:
                 first = self._seq + 1
                 self._seq += len(live)
@@ -910,6 +938,13 @@ class Queues:
             keys.discard(key)
             if not keys:
                 del self._reserving[conn]
+
+    def _numbers(self, ch: Channel) -> set[int]:
+        """The sequence numbers of ``ch``'s messages, queued and in flight."""
+        out = {item[0] for item in ch.items}
+        for flight in ch.flight.values():
+            out.update(flight)
+        return out
 
     def _purge_pool(self, pool: Pool, now: float) -> None:
         if now < pool.earliest:

@@ -296,6 +296,14 @@ class Routing:
         self._counted_gen = 0
         #: dead lives another survivor said it counted -> until when known
         self._counted_elsewhere: dict[tuple[str, int], float] = {}
+        #: lives (node, incarnation) a peer said left cleanly -> until when
+        #: known: a death this node declared for one is not counted
+        #: (``_left_elsewhere``)
+        self._left_elsewhere: dict[tuple[str, int], float] = {}
+        #: dead nodes whose life ended unseen (a new process) while a peer
+        #: this node declared dead too is not settled yet (``_settle_death``)
+        #: -> whether this node was the one to count it then
+        self._deferred: dict[str, bool] = {}
         #: more for the load report (the node's links: how far it took each)
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
@@ -464,6 +472,9 @@ class Routing:
             report["fenced"] = list(self._fenced)
         if self._counted:
             report["counted"] = [[n, life] for n, life in list(self._counted)[-32:]]
+        left = [[n, life] for n, life in self._left_lives if n != self.me]
+        if left:
+            report["left"] = left[-32:]
         return report
 
     def leave(self, now: float, fx: Fx) -> None:
@@ -477,6 +488,12 @@ class Routing:
             self.ownership = Ownership({n: self._tags[n] for n in others}, parked=parked)
             self._live, self._parked = tuple(others), parked
             self.handoff(now, fx, full=True)
+            # Its load report now, after the handover (on the same links,
+            # before the LEFT): a peer's acknowledgement of it says that peer
+            # heard the leave, and with it what was handed to it; if none
+            # comes, nobody is known to have heard it (``Links.give_up``).
+            self._last_load, self._reported_seq = now, self._load_seq()
+            fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
 
     # -- the core's work ---------------------------------------------------------
     def after_core(self, work: ClusterWork, now: float, fx: Fx) -> None:
@@ -822,7 +839,10 @@ class Routing:
                     fenced = load.pop("fenced", None)
                     for node, life in load.pop("counted", ()):
                         self._counted_by_other(node, life, now)
+                    for node, life in load.pop("left", ()):
+                        self._left_elsewhere_said(node, life, now)
                     self._settle_death(msg.origin, fenced, now)
+                    self._settle_deferred(now)
                     if msg.origin in self._credit_for_new_life:
                         self._regrant(msg.origin, now, fx)
                     back = self._restore_after_load.pop(msg.origin, None)
@@ -1369,6 +1389,9 @@ class Routing:
             self._provisional[node] = (incarnation, lost, now + self.presume_dead_after())
         if not died:
             self._park_life(node, incarnation, now)
+            # (a LEFT after this node declared that life dead: gossip from a
+            # peer that heard it)
+            self._left_elsewhere_said(node, incarnation, now)
         self._forget_clients(node, now, fx, below=below, died=died, left=not died)
         # (its handbacks will not come now)
         self._credit_given_up = {g for g in self._credit_given_up if g[2] != node}
@@ -1442,7 +1465,22 @@ class Routing:
         provisional = self._provisional.get(node)
         if provisional is None:
             return
+        if self._left(node, provisional[0]):
+            del self._provisional[node]  # (it left: see ``_left_elsewhere_said``)
+            return
         same_life = self._known_incarnation(node) < provisional[0] + RESTART_GAP
+        if not presumed and not same_life and self._unsettled_besides(node):
+            # Back as a new process: that life ended, but maybe by a leave
+            # a peer heard, which this node, cut off from it too, declared
+            # dead as well: its next load report says so. Settled when no
+            # such peer is left unsettled (or when presumed lost), by the
+            # survivor that would have counted it now: the peer, back in
+            # the same life, was cut off, and its estimate is older (seed
+            # 207 shrunk: a killed node's 6 queued, unknown to the peer
+            # that was cut off, which counted 0 as the first).
+            self._deferred.setdefault(node, self._counts_for(node))
+            return
+        first = self._deferred.pop(node, None)
         if presumed and same_life and node in self._live:
             # (seen back in that life, its next load report not in yet: it
             # holds what it had; a fence after it reports itself)
@@ -1451,7 +1489,7 @@ class Routing:
             del self._provisional[node]
             # (a fence report coming late counts what it adds to this)
             self._ended[(node, provisional[0])] = provisional[1]
-            self._count_dead(node, provisional[0], provisional[1], now)
+            self._count_dead(node, provisional[0], provisional[1], now, first)
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
@@ -1467,8 +1505,12 @@ class Routing:
         self._ended |= old._ended
         self._counted.update(old._counted)
         self._counted_elsewhere.update(old._counted_elsewhere)
+        self._left_elsewhere.update(old._left_elsewhere)
+        self._deferred.update(old._deferred)
 
-    def _count_dead(self, node: str, life: int, lost: int, now: float) -> None:
+    def _count_dead(
+        self, node: str, life: int, lost: int, now: float, first: bool | None = None
+    ) -> None:
         """What died with ``node``'s life is counted by one survivor: the
         live one in its oldest life (``_counts_for``). If that is another
         node, this one keeps the
@@ -1480,13 +1522,14 @@ class Routing:
         sent soon after it counts): then it was only slow or cut off, or
         died after counting (simulation seed 27: the first survivor counted
         a killed node's queue and was killed and restarted 0.26 s later, and
-        the keeper, first then, counted it again)."""
+        the keeper, first then, counted it again). ``first``: whether this
+        node was the one when the count was held back (``_settle_death``)."""
         if not lost:
             return
         if self._was_counted(node, life):
             self._count_later.pop(node, None)  # (the survivor that counted says so)
             return
-        if self._counts_for(node):
+        if first if first is not None else self._counts_for(node):
             self._count_later.pop(node, None)
             self.counters["lost_in_dead_nodes"] += lost
             self._counted[(node, life)] = now + GONE_MEMORY
@@ -1508,6 +1551,47 @@ class Routing:
         kept = self._count_later.get(node)
         if kept is not None and abs(kept[2] - life) < RESTART_GAP:
             del self._count_later[node]
+
+    def _left(self, node: str, life: int) -> bool:
+        return any(n == node and abs(e - life) < RESTART_GAP for n, e in self._left_elsewhere)
+
+    def _left_elsewhere_said(self, node: str, life: int, now: float) -> None:
+        """A peer says (its load report) ``node``'s life ``life`` left
+        cleanly: it heard the LEFT, which did not reach this node (a
+        partition), so this node declared that life dead. Nothing died with
+        it: what it handed to peers that heard the leave was taken, and
+        what it handed to peers cut off from it, it counted itself as it
+        ended (``ClusterNode.gone``). Its last reported queue is not
+        counted here (simulation seed 37, ``plans/leave-into-partition-
+        handoff``: n1, cut off from n0 and n2, declared both dead and
+        counted n2's last reported queue when n2's next life came, while n0
+        had heard n2 leave and n2 had counted the handover that never
+        reached n1)."""
+        if node == self.me:
+            return
+        self._left_elsewhere.setdefault((node, life), now + GONE_MEMORY)
+        provisional = self._provisional.get(node)
+        if provisional is not None and abs(provisional[0] - life) < RESTART_GAP:
+            del self._provisional[node]
+            self._deferred.pop(node, None)
+        kept = self._count_later.get(node)
+        if kept is not None and abs(kept[2] - life) < RESTART_GAP:
+            del self._count_later[node]
+
+    def _unsettled_besides(self, node: str) -> bool:
+        """Whether a peer other than ``node`` was declared dead here and is not
+        settled, nor back as a new process (which knows nothing of its
+        earlier life's peers)."""
+        return any(n != node and n not in self._deferred for n in self._provisional)
+
+    def _settle_deferred(self, now: float) -> None:
+        """Settle the deaths held back while a peer declared dead too was not
+        settled (``_settle_death``), once none is."""
+        for node in list(self._deferred):
+            if node not in self._provisional:
+                self._deferred.pop(node, None)
+            elif not self._unsettled_besides(node):
+                self._settle_death(node, None, now)
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor
@@ -1863,12 +1947,14 @@ class Routing:
             self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, now, presumed=True)
+        if self._deferred:
+            self._settle_deferred(now)
         for node, (lost, until, dead_life) in list(self._count_later.items()):
             if self._counts_for(node):
                 self._count_dead(node, dead_life, lost, now)
             elif until <= now:
                 del self._count_later[node]  # (the first survivor counted it)
-        for counted in (self._counted, self._counted_elsewhere):
+        for counted in (self._counted, self._counted_elsewhere, self._left_elsewhere):
             for ended in [k for k, until in counted.items() if until <= now]:
                 del counted[ended]
         for client in [c for c, until in self._leaving.items() if until <= now]:

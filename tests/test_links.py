@@ -426,3 +426,26 @@ def test_a_frame_sent_after_the_peer_was_last_heard_is_counted_as_the_node_ends(
     a.take([b.hello()], 0.11)
     a.frame(mb, msg(2), 0.12, units=1)  # (the handover: cut off)
     assert a.give_up(1.0) == 1
+
+
+def test_a_node_that_left_alone_leaves_its_reported_queue_to_its_peers() -> None:
+    """Simulation seed 250 (``plans/leave-alone-in-partition-counted-twice``):
+    a node left alone in a partition. No peer heard from since its leave has
+    heard it: they take it for dead and count the queue of its last load
+    report they took, so of the handed-over items nobody took (they were in
+    that queue) as many are left to them; reserved sends it relayed are in
+    no report of its, and are counted. One peer heard from after the leave
+    (its acknowledgement of the report sent at the leave): it heard the
+    leave, nobody counts a death, and everything is counted here."""
+    for heard_after, counted in ((False, 8 - 6 + 2), (True, 2 + 8)):
+        a, b = pair()
+        mb = member("b", B_LIFE)
+        a.take([b.hello()], 0.3)  # (b took the reports of 0.1 and 0.2, not 0.5's)
+        reports = [(0.1, 4), (0.2, 6), (0.5, 0)]
+        a.frame(mb, msg(1), 0.4, units=8, queued=True)  # (the handover, at the leave)
+        a.frame(mb, msg(3), 0.45, units=2)  # (reserved sends it relayed as it lingered)
+        if heard_after:
+            a.take([b.hello()], 0.41)  # (heard: it took what was sent before)
+            a.frame(mb, msg(4), 0.42, units=8, queued=True)  # (cut off after that)
+        assert a.give_up(1.0, 0.4, reports) == counted
+        assert a.counters["link_left_to_peers"] == (0 if heard_after else 6)

@@ -277,6 +277,57 @@ def test_a_count_left_to_a_survivor_that_is_dead_too_is_made_when_it_is_found_de
     assert r.counters["lost_in_dead_nodes"] == 5
 
 
+def test_a_death_that_a_peer_cut_off_too_saw_as_a_leave_is_not_counted() -> None:
+    """Simulation seed 37 (``plans/leave-into-partition-handoff``): n3, cut
+    off from n1 and n2, declared both dead; n2 had left, and n1 heard it (n2
+    counted, as it ended, the handover that never reached n3). n2's next
+    life ends that life at n3 while n1's end is not settled: n1 may know how
+    it ended, so the count waits. n1 back in the same life says n2 left:
+    nothing is counted. n1 back not knowing, or dead for good (presumed),
+    n3 counts n2's last reported queue as it would have when n2's next life
+    came (it was the first survivor then: n1, cut off, had an older report
+    of n2's; seed 207 shrunk)."""
+    for n1_says, counted in (("left", 0), ("nothing", 5), ("dead", 5 + 2)):
+        core = NodeCore(CoreSettings("n3", "aaaaaa", str(START), 3.0, 1 << 20))
+        table = FakeTable({"n1": START, "n2": START, "n3": START}, node_id="n3")
+        r = Routing(core, table)  # type: ignore[arg-type]
+        r.handle(Load("n1", {"channels": 1, "queued": 2, "drops": {}}), 0.0, Fx())
+        r.handle(Load("n2", {"channels": 1, "queued": 5, "drops": {}}), 0.0, Fx())
+        del table.incarnations["n1"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 0.5, Fx())
+        del table.incarnations["n2"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        renewed = START + 60 * RESTART_GAP  # (n2's next life, a minute later)
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 1.5, Fx())
+        r.handle(Load("n2", {"channels": 0, "queued": 0, "drops": {}}), 1.6, Fx())
+        assert r.counters["lost_in_dead_nodes"] == 0, "n1 may know how it ended"
+        if n1_says != "dead":
+            for n in ("n1", "n3"):  # (each had declared the other dead: refuted)
+                table.incarnations[n] = START + 1
+            r.on_member_event(
+                MemberEvent(EventKind.ALIVE, "n1", "tcp://n1:1", START + 1), 2.0, Fx()
+            )
+            report = {"channels": 1, "queued": 2, "drops": {}}
+            if n1_says == "left":
+                report["left"] = [["n2", START]]
+            r.handle(Load("n1", report), 2.1, Fx())
+        for t in (3.0, 0.5 + r.presume_lost_after(), 20.0, 40.0):
+            r.tick(t, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, n1_says
+
+
+def test_a_leave_heard_after_the_death_was_declared_counts_nothing() -> None:
+    """The LEFT reached this node after it declared the life dead (gossip
+    from a peer that heard it, after a partition healed): the leaver counted
+    what it could not hand over, nothing is counted here."""
+    r, _ = survivor("n1")
+    r.on_member_event(MemberEvent(EventKind.LEFT, "n2", "tcp://n2:1", START), 1.5, Fx())
+    r.tick(1.0 + r.presume_lost_after(), Fx())
+    r.tick(40.0, Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0
+
+
 def test_a_count_the_first_survivor_says_it_made_is_not_made_again() -> None:
     """Seed 27: n1 (first) counted n2's loss and said so in its load report,
     then was killed itself: n3, first then, drops the count it kept for n1

@@ -936,6 +936,11 @@ class World:
                 held = sum(len(s.buffer) for s in c.flow.channels.values())
                 if held:
                     what.append(f"{c.cid} holds {held} untaken")
+        for sn in self.nodes.values():
+            if sn.node is not None:
+                what += [
+                    f"{sn.node_id} pool {k} holds {n}" for k, n in _held_pools(sn.node).items()
+                ]
         return ", ".join(what[:6]) or "?"
 
     def _quiet(self) -> bool:
@@ -944,7 +949,13 @@ class World:
                 continue
             if not c.idle() or any(s.buffer for s in c.flow.channels.values()):
                 return False
-        return all(sn.node.status().get("queued", 0) == 0 for sn in self.nodes.values() if sn.node)
+        # (capacity units too: a unit no message holds is never released,
+        # and the pool refuses a send one message early: seed 76)
+        return all(
+            sn.node.status().get("queued", 0) == 0 and not _held_pools(sn.node)
+            for sn in self.nodes.values()
+            if sn.node
+        )
 
     def _final(self) -> None:
         for c in self.clients.values():
@@ -1038,3 +1049,12 @@ def _test_config(clustered: bool) -> Callable[[int, str], NodeConfig]:
 
 def _types(msgs: list[Message]) -> str:
     return ",".join(str(int(m[0])) for m in msgs)
+
+
+def _held_pools(node: NodeLike) -> dict[str, int]:
+    """Pool -> the capacity units it holds (queued and in-flight messages;
+    a node without the real core's queues: none)."""
+    queues = getattr(getattr(node, "core", None), "queues", None)
+    if queues is None:
+        return {}
+    return {k: p.held for k, p in queues.pools.items() if p.held}
