@@ -254,6 +254,9 @@ class Routing:
         #: origin's own view still names this node, and its answer bound
         #: would hold the channel up (issue 11 defect 3)
         self._passed_on: dict[tuple[ConnId, int], tuple[str, float, MsgType]] = {}
+        #: which of ``_pending`` came from ``_passed_on`` (their client may be
+        #: forgotten by the time they are due)
+        self._passed_due: set[tuple[ConnId, int]] = set()
         self._relayed_conns: set[ConnId] = set()  # local conns with state elsewhere
         #: (our client's connection, channel) -> the node that last delivered
         #: to it (``report_to``)
@@ -402,6 +405,7 @@ class Routing:
             if key[0] in self._virtual and sooner < sent + self.timeout:
                 # (answered to its origin, through ``send_back``)
                 self._pending[key] = (owner, sooner, mtype, sent)
+                self._passed_due.add(key)
                 self._pending_sooner = min(self._pending_sooner, sooner)
 
     def _lag(self, origin: str, sent_at: float, now: float) -> float:
@@ -1910,8 +1914,10 @@ class Routing:
             log.warning("%d relayed requests unanswered (owner died?)", len(late))
             for key in late:
                 _, _, mtype, _ = self._pending.pop(key)
-                if key[0].startswith(_VCONN_MARK) and key[0] not in self._virtual:
-                    continue  # (passed on for a client forgotten since)
+                if key in self._passed_due:
+                    self._passed_due.discard(key)
+                    if key[0] not in self._virtual:
+                        continue  # (passed on for a client forgotten since)
                 fx.out.append(self._unanswered(key, mtype))
         for qid in [q for q, a in self._asks.items() if a.deadline <= now]:
             log.warning(

@@ -1020,3 +1020,23 @@ def test_a_send_passed_on_is_not_answered_here_at_the_bound() -> None:
     fx = Fx()
     r.tick(r.answer_within() + 0.5, fx)
     assert fx.out == [] and r._passed_on == {}
+
+
+def test_a_passed_on_send_whose_client_is_forgotten_is_not_answered() -> None:
+    """The origin declared dead too before the answer was due: its client is
+    forgotten here, and nothing is sent for it (no frame to a connection
+    that is no longer there)."""
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
+    r = Routing(core, table)  # type: ignore[arg-type]
+    core.route = lambda channel: "n3"
+    fx = relay(r, START, (MsgType.SEND, (4, "asgi|c", b"p", 10)))
+    r.after_core(fx.take_work() or ClusterWork(), 0.0, fx)
+    for node, inc in (("n3", START + 9), ("n2", START + 7)):
+        del table.incarnations[node]
+        r.on_member_event(MemberEvent(EventKind.DEAD, node, f"tcp://{node}:1", inc), 0.2, Fx())
+    assert r._virtual == {}
+    due = Fx()
+    r.tick(r.fresh_within() + RELAY_FRESH_MARGIN, due)
+    assert [o for o in due.out if o[1][0] == MsgType.ERROR] == []
+    assert r._passed_due == set()
