@@ -1552,6 +1552,11 @@ class Routing:
         if node == self.me:
             return
         self._counted_elsewhere.setdefault((node, life), now + GONE_MEMORY)
+        self._drop_kept(node, life)
+
+    def _drop_kept(self, node: str, life: int) -> None:
+        """Drop the count this node kept for ``node``'s life ``life`` (a
+        peer counted it, or it ended by a leave)."""
         kept = self._count_later.get(node)
         if kept is not None and abs(kept[2] - life) < RESTART_GAP:
             del self._count_later[node]
@@ -1578,9 +1583,7 @@ class Routing:
         if provisional is not None and abs(provisional[0] - life) < RESTART_GAP:
             del self._provisional[node]
             self._deferred.pop(node, None)
-        kept = self._count_later.get(node)
-        if kept is not None and abs(kept[2] - life) < RESTART_GAP:
-            del self._count_later[node]
+        self._drop_kept(node, life)
 
     def _unsettled_besides(self, node: str) -> bool:
         """Whether a peer other than ``node`` was declared dead here and is not

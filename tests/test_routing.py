@@ -972,13 +972,9 @@ def test_our_clients_send_to_a_channel_that_just_moved_here_waits_for_its_last_o
     assert r.counters["client_frames_held"] == 2
 
 
-def test_a_send_passed_on_to_an_owner_declared_dead_is_answered_to_its_origin() -> None:
-    """Views differ for a moment after a death: a node passes another node's
-    client's send on to the owner in its own view (a second hop), and the
-    owner answers the origin directly. If that owner is declared dead here,
-    this node answers the origin for it, as the origin does for its own
-    clients (tests.faults seed 12: a send passed on to a
-    SIGKILLed owner, answered only at the origin's bound, 2.4 s)."""
+def _passing_on() -> tuple[Routing, FakeTable]:
+    """n2's client's send (request 4) came here, and n3 owns its channel in
+    this node's view: passed on to n3 (a second hop)."""
     core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
     table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
     r = Routing(core, table)  # type: ignore[arg-type]
@@ -987,6 +983,17 @@ def test_a_send_passed_on_to_an_owner_declared_dead_is_answered_to_its_origin() 
     r.after_core(fx.take_work() or ClusterWork(), 0.0, fx)  # (as ClusterNode does)
     [(owner, passed)] = fx.peers
     assert owner == "n3" and isinstance(passed, Relay) and passed.origin == "n2"
+    return r, table
+
+
+def test_a_send_passed_on_to_an_owner_declared_dead_is_answered_to_its_origin() -> None:
+    """Views differ for a moment after a death: a node passes another node's
+    client's send on to the owner in its own view (a second hop), and the
+    owner answers the origin directly. If that owner is declared dead here,
+    this node answers the origin for it, as the origin does for its own
+    clients (tests.faults seed 12: a send passed on to a
+    SIGKILLed owner, answered only at the origin's bound, 2.4 s)."""
+    r, table = _passing_on()
     del table.incarnations["n3"]
     r.on_member_event(MemberEvent(EventKind.DEAD, "n3", "tcp://n3:1", START + 9), 0.2, Fx())
     due = r.fresh_within() + RELAY_FRESH_MARGIN
@@ -1010,12 +1017,7 @@ def test_a_send_passed_on_to_an_owner_declared_dead_is_answered_to_its_origin() 
 def test_a_send_passed_on_is_not_answered_here_at_the_bound() -> None:
     """Its origin waits for it and answers at its own bound; the owner here
     still alive, this node says nothing."""
-    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
-    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
-    r = Routing(core, table)  # type: ignore[arg-type]
-    core.route = lambda channel: "n3"
-    passed = relay(r, START, (MsgType.SEND, (4, "asgi|c", b"p", 10)))
-    r.after_core(passed.take_work() or ClusterWork(), 0.0, passed)
+    r, _ = _passing_on()
     assert len(r._passed_on) == 1
     fx = Fx()
     r.tick(r.answer_within() + 0.5, fx)
@@ -1026,12 +1028,7 @@ def test_a_passed_on_send_whose_client_is_forgotten_is_not_answered() -> None:
     """The origin declared dead too before the answer was due: its client is
     forgotten here, and nothing is sent for it (no frame to a connection
     that is no longer there)."""
-    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
-    table = FakeTable({"n1": START, "n2": START + 7, "n3": START + 9})
-    r = Routing(core, table)  # type: ignore[arg-type]
-    core.route = lambda channel: "n3"
-    fx = relay(r, START, (MsgType.SEND, (4, "asgi|c", b"p", 10)))
-    r.after_core(fx.take_work() or ClusterWork(), 0.0, fx)
+    r, table = _passing_on()
     for node, inc in (("n3", START + 9), ("n2", START + 7)):
         del table.incarnations[node]
         r.on_member_event(MemberEvent(EventKind.DEAD, node, f"tcp://{node}:1", inc), 0.2, Fx())
