@@ -430,7 +430,17 @@ _PLAIN_LEAVE_FIFO = (
 #: last reported queue to the peers that declare it dead, and a peer that
 #: heard the leave says so to those that declared it dead
 #: (leave-alone-in-partition-counted-twice: seed 250, and seed 19).
-FAILING_PLANS: dict[str, str] = {}
+FAILING_PLANS: dict[str, str] = {
+    "group-copy-handed-back-after-partition-delivered-twice": (
+        "a duplicate (found by the soak beyond the CI seeds, seed 724 of 0-1,042 run; it "
+        "fails on the code of the start of 2026-12-05's last session too): c1's node n1 leaves "
+        "and restarts, a partition cuts n0 off from n1 and n2 for 1 s, and just after the "
+        "heal c4 (on n1) sends to g0; n1 queues its member !c1.0 a copy, and so does n0, "
+        "which kept c1's names while n1 was away, and hands its copy to n1 when it sees "
+        "n1's new life (3.85 s): the handed-back copy is not matched against the fanout n1 "
+        "applied itself (PEER_FANOUTS_SEEN), and c1 takes the message twice"
+    ),
+}
 
 
 @pytest.mark.parametrize(
