@@ -61,7 +61,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .membership import LIVE, Member
 from .peer_messages import LinkAck, LinkProbe, LinkSeq, LinkState
@@ -72,6 +72,22 @@ from .peer_wire import PeerMessage, encode_peer, encode_peers
 _NEW_LIFE = 1000
 
 
+class _Sent(NamedTuple):
+    """A frame sent on a link, kept until the peer acknowledges it."""
+
+    seq: int
+    frame: bytes
+    #: messages it carries that only this node counts lost if never taken
+    units: int
+    #: what the caller wants back if the peer never took it
+    note: Any
+    #: when it was first sent
+    first: float
+    #: its units were in this node's queues (items handed over), which its
+    #: load reports counted (``give_up``)
+    queued: bool
+
+
 @dataclass(slots=True)
 class _Out:
     node: str
@@ -79,11 +95,7 @@ class _Out:
     gen: int
     life: int  # this node's life then
     next_seq: int = 1
-    #: (seq, frame, units: messages it carries that only this node counts,
-    #: note: what the caller wants back if the peer never took it, when it
-    #: was first sent, whether its units were queued here: items handed
-    #: over, which this node's load reports counted)
-    unacked: deque[tuple[int, bytes, int, Any, float, bool]] = field(default_factory=deque)
+    unacked: deque[_Sent] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
 
 
@@ -178,7 +190,7 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append((seq, frame, units, note, now, queued))
+        link.unacked.append(_Sent(seq, frame, units, note, now, queued))
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -228,7 +240,7 @@ class Links:
         self._out.pop(link.node, None)
         self._by_gen.pop(link.gen, None)
         self.counters["link_abandoned"] += len(link.unacked)
-        frames = [(seq, u, note) for seq, _, u, note, _, _ in link.unacked if u or note is not None]
+        frames = [(f.seq, f.units, f.note) for f in link.unacked if f.units or f.note is not None]
         if not frames:
             self._reported.pop((link.node, link.gen), None)
         else:
@@ -358,7 +370,7 @@ class Links:
         if link is None or link.node != ack.source:
             return
         acked = False
-        while link.unacked and link.unacked[0][0] <= ack.upto:
+        while link.unacked and link.unacked[0].seq <= ack.upto:
             link.unacked.popleft()
             acked = True
         if acked:
@@ -380,7 +392,7 @@ class Links:
             elif link.unacked and now >= link.sent_at + self.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, frame) for _, frame, _, _, _, _ in link.unacked)
+                out.extend((link.node, f.frame) for f in link.unacked)
         for gen, limbo in list(self._limbo.items()):
             if now >= limbo.until or limbo.node not in member_of:
                 # (nobody answered: a peer that died for good, or forgotten)
@@ -471,14 +483,14 @@ class Links:
             # sent before the peer was last heard, not those sent after it
             # went silent: seed 6, a handover sent as the node left into a
             # partition, after the peer's last frame)
-            while link.unacked and heard is not None and heard >= link.unacked[0][4]:
+            while link.unacked and heard is not None and heard >= link.unacked[0].first:
                 link.unacked.popleft()
-            for i, (seq, frame, units, note, first, queued) in enumerate(link.unacked):
-                if spare > 0 and queued and units and first >= since:
-                    left = min(spare, units)
+            for i, f in enumerate(link.unacked):
+                if spare > 0 and f.queued and f.units and f.first >= since:
+                    left = min(spare, f.units)
                     spare -= left
                     self.counters["link_left_to_peers"] += left
-                    link.unacked[i] = (seq, frame, units - left, note, first, queued)
+                    link.unacked[i] = f._replace(units=f.units - left)
             self._end(link, now)
         for limbo in list(self._limbo.values()):
             self._settle(limbo, -1)
@@ -487,12 +499,15 @@ class Links:
     def youngest_counted(self) -> float | None:
         """When the newest frame not acknowledged that carries what only this
         node counts (units, a note) was first sent; None if there is none."""
-        young = None
-        for link in self._out.values():
-            for _, _, units, note, first, _ in link.unacked:
-                if (units or note is not None) and (young is None or first > young):
-                    young = first
-        return young
+        return max(
+            (
+                f.first
+                for link in self._out.values()
+                for f in link.unacked
+                if f.units or f.note is not None
+            ),
+            default=None,
+        )
 
     def sending(self) -> bool:
         """Frames wait for their acknowledgement (a leaving node lingers)."""

@@ -45,6 +45,7 @@ import heapq
 from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from zchannels.names import namespace, pool_of
 from zchannels.protocol import RESERVATION_TTL
@@ -708,15 +709,15 @@ class Queues:
             # (Bundled copies are never reordered: prepended as before.)
             queued = [(payload, deadline) for _, payload, deadline, _ in ch.items]
             ch.items = deque()
-            for payload, deadline in heapq.merge(live, queued, key=_deadline_of):
+            for payload, deadline in heapq.merge(live, queued, key=itemgetter(1)):
                 self._seq += 1
                 ch.items.append((self._seq, payload, deadline, None))
         else:
             if ch.items:
                 # below every number of the channel, in flight too: a
                 # number twice would be one flight entry
-                lowest = min((min(f) for f in ch.flight.values() if f), default=ch.items[0][0])
-                first = min(lowest, ch.items[0][0]) - len(live)
+                first = min([ch.items[0][0], *(min(f) for f in ch.flight.values() if f)])
+                first -= len(live)
             else:
                 first = self._seq + 1
                 self._seq += len(live)
@@ -1000,10 +1001,6 @@ class Queues:
             and not pool.waiting
         ):
             self.pools.pop(key, None)
-
-
-def _deadline_of(item: tuple[object, float]) -> float:
-    return item[1]
 
 
 def _seq_of(item: Item) -> int:

@@ -36,7 +36,7 @@ import itertools
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +90,17 @@ _CREEP_SPAN = 60.0
 #: short of the truth by at most the fastest delay it saw from the origin
 #: (and ``_CREEP``); a loopback or LAN hop is far below this.
 RELAY_FRESH_MARGIN = 0.1
+
+
+def _same_life(a: int, b: int) -> bool:
+    """Whether two incarnations of a node are one life (a refuted
+    suspicion moves it by one; a new process by ``RESTART_GAP`` or more)."""
+    return abs(a - b) < RESTART_GAP
+
+
+def _names_life(lives: Iterable[tuple[str, int]], node: str, life: int) -> bool:
+    """Whether ``lives`` names ``node``'s life ``life``."""
+    return any(n == node and _same_life(e, life) for n, e in lives)
 
 
 #: (origin node, its incarnation, the client's connection there)
@@ -1285,7 +1296,7 @@ class Routing:
             _, tag, expiry, credits = self._forgot_credit.pop(client)
             if not client[1] <= incarnation < client[1] + RESTART_GAP:
                 continue  # (another life's)
-            if ended is not None and abs(ended - client[1]) < RESTART_GAP:
+            if ended is not None and _same_life(ended, client[1]):
                 continue  # (it ended that life in place: its clients went with it)
             if client in self._vconn_of:
                 continue  # (its node granted anew)
@@ -1544,7 +1555,7 @@ class Routing:
             self._count_later[node] = (kept + lost, now + self.answer_within(), life)
 
     def _was_counted(self, node: str, life: int) -> bool:
-        return any(n == node and abs(e - life) < RESTART_GAP for n, e in self._counted_elsewhere)
+        return _names_life(self._counted_elsewhere, node, life)
 
     def _counted_by_other(self, node: str, life: int, now: float) -> None:
         """A peer says (its load report) it counted what died with ``node``'s
@@ -1558,11 +1569,11 @@ class Routing:
         """Drop the count this node kept for ``node``'s life ``life`` (a
         peer counted it, or it ended by a leave)."""
         kept = self._count_later.get(node)
-        if kept is not None and abs(kept[2] - life) < RESTART_GAP:
+        if kept is not None and _same_life(kept[2], life):
             del self._count_later[node]
 
     def _left(self, node: str, life: int) -> bool:
-        return any(n == node and abs(e - life) < RESTART_GAP for n, e in self._left_elsewhere)
+        return _names_life(self._left_elsewhere, node, life)
 
     def _left_elsewhere_said(self, node: str, life: int, now: float) -> None:
         """A peer says (its load report) ``node``'s life ``life`` left
@@ -1580,7 +1591,7 @@ class Routing:
             return
         self._left_elsewhere.setdefault((node, life), now + GONE_MEMORY)
         provisional = self._provisional.get(node)
-        if provisional is not None and abs(provisional[0] - life) < RESTART_GAP:
+        if provisional is not None and _same_life(provisional[0], life):
             del self._provisional[node]
             self._deferred.pop(node, None)
         self._drop_kept(node, life)
