@@ -800,6 +800,26 @@ class Routing:
         """Messages parked (for a fence: lost with this life)."""
         return sum(len(s) for _, parked in self._parked_flight.values() for s in parked.values())
 
+    def _stale_returns(self, msg: Relay) -> int:
+        """Messages a receiver gave back in a relay from an earlier life of
+        its node, refused here, that no node counts unless this one does:
+        the life that relayed them counts nothing it passed on to an owner
+        (a give-back is not its to count), and this node had not handed
+        them to that client (what it had was counted as it forgot the
+        client: ``_not_again`` leaves those out). Simulation seed 148: a
+        receiver gave back to its node as the node left, the relay reached
+        the next owner frozen, which thawed knowing the node's next life.
+        Not queued again instead: by now newer messages may have gone out."""
+        client = (msg.origin, msg.incarnation, msg.conn)
+        messages = msg.messages
+        if client in self._counted_gone:
+            messages = self._not_again(client, messages)
+        lost = 0
+        for mtype, fields in messages:
+            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+                lost += sum(1 for item in fields[2] if _wire_item(item))
+        return lost
+
     def _not_again(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """What ``client`` gives back that was counted lost as it was
         forgotten here (deliveries on their way to it then, bouncing off it
@@ -962,6 +982,7 @@ class Routing:
             return  # (taken up at the routing's tick, in order)
         if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
+            self.core.counters.dropped_dead_owner += self._stale_returns(msg)
             return
         messages = msg.messages
         if self._lag(origin, msg.sent_at, now) > self.fresh_within():

@@ -279,7 +279,6 @@ class Connection:
         it reads the clock once and looks nothing up twice.)"""
         flow = self.flow
         state = flow.enter(channel)
-        cancelled = False
         now = 0.0
         try:
             while True:
@@ -310,7 +309,6 @@ class Connection:
                 try:
                     await waiter
                 except asyncio.CancelledError:
-                    cancelled = True
                     try:
                         waiters.remove(waiter)
                         state.waiting -= 1
@@ -321,9 +319,7 @@ class Connection:
                     raise
         finally:
             if not self.closed:
-                back = flow.leave(channel, now or time.monotonic(), cancelled)
-                if back:
-                    self._queue_all(back)
+                flow.leave(channel, now or time.monotonic())
 
     def _wake(self, channel: str, n: int) -> None:
         waiters = self._waiters.get(channel)

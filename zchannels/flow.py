@@ -14,9 +14,8 @@ The invariants it keeps (with ``zchannels.node.queues``):
 
 - A message is taken only by a ``receive()`` that returns it, so a cancelled
   receive loses nothing; what nobody here takes for ``IDLE_RETURN`` seconds,
-  or when the last receiver of a channel is cancelled, or at close, is given
-  back to the node (``RETURN``), which puts it back in order by sequence
-  number. Deliveries that cross a withdrawal go back too, until the node
+  or at close, is given back to the node (``RETURN``), which puts it back
+  in order by sequence number. Deliveries that cross a withdrawal go back too, until the node
   acknowledges the withdrawal.
 - Capacity is exact: every message taken (or found expired here) is
   reported (``CONSUMED``, coalesced per channel, always before any later
@@ -193,17 +192,18 @@ class Flow:
         state.credit += grant
         return [(MsgType.RECV, (channel, grant))]
 
-    def leave(self, channel: str, now: float, cancelled: bool) -> list[Message]:
-        """A receive() on ``channel`` ends (returned, failed or cancelled)."""
+    def leave(self, channel: str, now: float) -> None:
+        """A receive() on ``channel`` ends (returned, failed or cancelled).
+        What it leaves prefetched stays for the next receive() here, however
+        it ended, and goes back only once nobody here took it for
+        ``IDLE_RETURN`` (``sweep``): giving it back at a cancellation made a
+        loop that cancels its receives within a few iterations (a cancel
+        storm) wait a withdrawal and a delivery per message and starve."""
         state = self.channels.get(channel)
         if state is None:
-            return []
+            return
         state.users -= 1
         state.active_at = now
-        if cancelled and state.users == 0:
-            # Nobody here wants this channel now: other receivers may.
-            return self.give_back(channel, now)
-        return []
 
     def deliver(
         self, channel: str, items: list[list[Any]], now: float

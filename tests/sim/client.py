@@ -379,7 +379,7 @@ class SimClient:
             # this process has one receiver per channel)
             c.generation += 1
             c.state = "idle"
-            self._queue_all(self.flow.leave(channel, now, True))
+            self.flow.leave(channel, now)
         elif c.state == "processing":
             c.generation += 1
             c.state = "idle"
@@ -412,7 +412,7 @@ class SimClient:
                 self.taken += 1
                 if flow.wants_credit(state):
                     self._queue_all(flow.replenish(channel))
-                flow.leave(channel, now, False)
+                flow.leave(channel, now)
                 c.state = "processing"
                 c.generation += 1
                 self.port.timer(self.cid, now + c.proc, "recv", f"{c.generation}|{channel}")
