@@ -23,7 +23,7 @@ import random
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from zchannels.protocol import DecodeError, Message, MsgType
 
@@ -56,13 +56,14 @@ from .peer_messages import (
     Load,
     Relay,
     RelayBack,
+    RelayLost,
     Reservations,
 )
 from .peer_wire import decode_peer, encode_peer
 from .queues import ConnId
 from .readiness import expects_peers
 from .replication import GroupReplication
-from .routing import RESTART_GAP, Routing
+from .routing import RESTART_GAP, Routing, tells_flight
 
 log = logging.getLogger("zchannels.node")
 
@@ -115,10 +116,21 @@ def _returned(msg: object) -> int:
     return sum(len(fields[2]) for mtype, fields in msg.messages if mtype == MsgType.RETURN)
 
 
-def _note(node: str, msg: object) -> tuple[str, bytes, dict[str, list[int]]] | None:
+class _Unheard(NamedTuple):
+    """A message that told ``node`` what a client did with its flight there
+    (for ``Routing.relay_lost``, if ``node`` says it never took it)."""
+
+    node: str
+    msg: Relay | RelayLost
+
+
+def _note(node: str, msg: object) -> tuple[str, bytes, dict[str, list[int]]] | _Unheard | None:
     """What a delivery to another node's client was, for routing if that
     node never takes the frame (``links``: its client was never handed it):
-    (node, the client's connection there, channel -> sequence numbers)."""
+    (node, the client's connection there, channel -> sequence numbers); or
+    what a message told of a client's flight at ``node`` (``_Unheard``)."""
+    if isinstance(msg, Relay | RelayLost):
+        return _Unheard(node, msg) if tells_flight(msg) else None
     if not isinstance(msg, RelayBack):
         return None
     seqs: dict[str, list[int]] = {}
@@ -702,7 +714,9 @@ class ClusterNode:
         n2 left, gone with n0's process; no peer counts a node that left).
         Returns how many messages that was (the shell logs it)."""
         lost = self.links.give_up(now, self._left_at, self._reports)
-        notes = self.links.lost_notes()
+        # (what told a peer of a client's flight there is not told again:
+        # this process ends)
+        notes = [n for n, _ in self.links.lost_notes() if not isinstance(n, _Unheard)]
         if notes and self.routing is not None:
             lost += self.routing.lost_at_exit(notes, now)
         # What peers handed this life that it still held, never taken up
@@ -824,7 +838,13 @@ class ClusterNode:
                 break
         notes = self.links.lost_notes()
         if notes:
-            routing.never_delivered(notes, now)
+            delivered = []
+            for note, answered in notes:
+                if not isinstance(note, _Unheard):
+                    delivered.append(note)
+                elif answered:  # (it lives on: a new process could not say)
+                    routing.relay_lost(note.node, note.msg, fx)
+            routing.never_delivered(delivered, now)
         out = fx.out
         if routing.has_virtual:
             virtual = [o for o in out if routing.is_virtual(o[0])]

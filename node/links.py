@@ -158,7 +158,7 @@ class Links:
         #: units of frames no peer took, counted lost (``dead_owner``)
         self.lost_units = 0
         #: notes of frames a peer never took, for the caller (``lost_notes``)
-        self._lost_notes: list[Any] = []
+        self._lost_notes: list[tuple[Any, bool]] = []
         #: node -> when a link message (a frame, an acknowledgement, a hello,
         #: a probe or its answer) last came from it
         self._heard: dict[str, float] = {}
@@ -310,11 +310,12 @@ class Links:
         that report counts for it, or was delivered)."""
         del self._limbo[limbo.gen]
         reported = self._reported.pop((limbo.node, limbo.gen), 0)
-        if upto < 0:
+        answered = upto >= 0
+        if not answered:
             upto = reported
         never = [(u, note) for seq, u, note in limbo.frames if seq > upto]
         self._count_lost(sum(u for u, _ in never))
-        self._lost_notes.extend(note for _, note in never if note is not None)
+        self._lost_notes.extend((note, answered) for _, note in never if note is not None)
 
     def first(self) -> list[bytes]:
         """Probes to send before the frame ``frame`` just made, on the same
@@ -323,9 +324,11 @@ class Links:
         out, self._first = self._first, []
         return out
 
-    def lost_notes(self) -> list[Any]:
+    def lost_notes(self) -> list[tuple[Any, bool]]:
         """The notes of frames their peers never took, once (the caller
-        counts what they carried that it keeps: ``ClusterNode``)."""
+        counts what they carried that it keeps: ``ClusterNode``), each with
+        whether the peer said so (``LinkState``; else it is presumed from
+        its last load report, or it never answered)."""
         out, self._lost_notes = self._lost_notes, []
         return out
 

@@ -125,6 +125,28 @@ class Relay:
 
 
 @dataclass(frozen=True, slots=True)
+class RelayLost:
+    """What a ``Relay`` of client ``conn`` on node ``origin`` (at
+    ``incarnation``) told the receiving node of its flight, on a link its
+    sender gave up while it thought the receiver dead, and which the
+    receiver, alive in that same life, said it never took (``LinkState``).
+    ``reports``: (channel, upto, count, expired) as the client reported
+    them; each releases the first ``count`` of the client's flight of the
+    channel here whatever their numbers (the reports that came after it
+    released the oldest in their place), unless it is older than a flush
+    of the channel's namespace. ``returned``: (channel, sequence numbers)
+    the client gave back; counted lost (``dead_owner``) and dropped from the
+    flight, never queued again: newer messages of the channel may have been
+    delivered since."""
+
+    origin: str
+    incarnation: int
+    conn: bytes
+    reports: tuple[tuple[str, int, int, int], ...]
+    returned: tuple[tuple[str, tuple[int, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RelayBack:
     """The owner's answers (deliveries, ACK, ERROR, REVOKE, FLUSHED) for
     ``conn`` on the receiving node; ``source``: the owner."""
@@ -288,11 +310,13 @@ ClusterMessage = (
     | LinkAck
     | LinkProbe
     | LinkState
+    | RelayLost
 )
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).
 ROUTING_MESSAGES = (
     Relay,
+    RelayLost,
     RelayBack,
     ConnGone,
     HolderGone,

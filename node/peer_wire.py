@@ -53,6 +53,7 @@ from .peer_messages import (
     Load,
     Relay,
     RelayBack,
+    RelayLost,
     Reservations,
 )
 from .sessions import valid_duration
@@ -185,6 +186,15 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     MsgType.PEER_HANDED_OVER: (("origin", str), ("incarnation", int)),
     # upto [[origin, its incarnation, fanout seq]...]
     MsgType.PEER_FANOUTS_SEEN: (("source", str), ("upto", list)),
+    # reports [[channel, upto, count, expired]...]; returned [[channel,
+    # [seq...]]...]
+    MsgType.PEER_RELAY_LOST: (
+        ("origin", str),
+        ("incarnation", int),
+        ("conn", bytes),
+        ("reports", list),
+        ("returned", list),
+    ),
     MsgType.PEER_LINK_SEQ: (
         ("source", str),
         ("life", int),
@@ -306,6 +316,14 @@ def to_wire(msg: PeerMessage) -> Message:
                 [[mtype, *fields] for mtype, fields in msg.messages],
                 msg.sent_at,
             )
+        case RelayLost():
+            return MsgType.PEER_RELAY_LOST, (
+                msg.origin,
+                msg.incarnation,
+                msg.conn,
+                [list(r) for r in msg.reports],
+                [[name, list(seqs)] for name, seqs in msg.returned],
+            )
         case RelayBack():
             messages = [[mtype, *fields] for mtype, fields in msg.messages]
             return MsgType.PEER_RELAY_BACK, (msg.source, msg.conn, messages)
@@ -407,6 +425,9 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         )
         messages = _messages(raw, RELAYED)
         return Relay(origin, inc, conn, tag, float(expiry), hops, messages, float(sent_at))
+    if mtype == MsgType.PEER_RELAY_LOST:
+        _require(0 < len(f[2]) <= 256, "PEER_RELAY_LOST connection")
+        return RelayLost(f[0], f[1], f[2], _lost_reports(f[3]), _lost_returns(f[4]))
     if mtype == MsgType.PEER_RELAY_BACK:
         return RelayBack(f[0], f[1], _messages(f[2], RELAYED_BACK))
     if mtype == MsgType.PEER_CONN_GONE:
@@ -460,6 +481,44 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     if mtype == MsgType.PEER_RESERVATIONS:
         return Reservations(f[0], _handed_reservations(f[1]))
     raise DecodeError("type", f"{mtype.name} is not a peer message")
+
+
+def _lost_reports(value: list[Any]) -> tuple[tuple[str, int, int, int], ...]:
+    """``[[channel, upto, count, expired]...]``: a consumption report each
+    (``RelayLost``)."""
+    reports = _bounded(value)
+    _require(
+        all(
+            type(r) is list
+            and len(r) == 4
+            and type(r[0]) is str
+            and valid_wire_channel(r[0])
+            and all(type(x) is int for x in r[1:])
+            and 0 <= r[3] <= r[2]
+            for r in reports
+        ),
+        "PEER_RELAY_LOST reports",
+    )
+    return tuple((r[0], r[1], r[2], r[3]) for r in reports)
+
+
+def _lost_returns(value: list[Any]) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``[[channel, [seq...]]...]``: what a client gave back (``RelayLost``)."""
+    returned = _bounded(value)
+    _require(
+        all(
+            type(r) is list
+            and len(r) == 2
+            and type(r[0]) is str
+            and valid_wire_channel(r[0])
+            and type(r[1]) is list
+            and len(r[1]) <= MAX_ENTRIES
+            and all(type(q) is int for q in r[1])
+            for r in returned
+        ),
+        "PEER_RELAY_LOST returned",
+    )
+    return tuple((r[0], tuple(r[1])) for r in returned)
 
 
 def _lives(value: object) -> bool:

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -111,6 +111,10 @@ class Deferred:
 
 #: (token, outcome): outcome True queued or handed over, False full
 Resolved = tuple[Hashable, bool]
+
+
+#: Above every sequence number (``consumed_late``).
+_ANY_SEQ = 1 << 80
 
 
 @dataclass(slots=True)
@@ -551,6 +555,40 @@ class Queues:
             self.counters.dropped_expired += expired
         if not ch.items and not ch.credits and not ch.flight:
             self._maybe_delete(name, ch)
+
+    def before_flush(self, name: str, seq: int) -> bool:
+        """Whether message ``seq`` of ``name`` was sent before the last
+        flush of its namespace (which removed it)."""
+        return seq <= self.flushed.get(namespace(name), -1)
+
+    def consumed_late(self, conn: ConnId, name: str, count: int, expired: int) -> None:
+        """A consumption report a link lost, brought again (``routing``,
+        ``RelayLost``): ``conn`` took ``count`` more of ``name`` than its
+        reports so far said. Those that came after this one released the
+        first messages in flight in its place (a report takes the first it
+        names, in the order they were handed), so it releases the first
+        ``count`` still there, whatever their numbers."""
+        self.consumed(conn, name, _ANY_SEQ, count, expired)
+
+    def drop_flight(self, conn: ConnId, name: str, seqs: Iterable[int]) -> int:
+        """Messages of ``name`` handed to ``conn`` that are lost on their way
+        back (``routing``: a give-back a link lost) no longer take room;
+        how many of ``seqs`` were in its flight here (the caller counts)."""
+        ch = self.channels.get(name)
+        flight = ch.flight.get(conn) if ch is not None else None
+        if ch is None or not flight:
+            return 0
+        dropped = 0
+        for seq in seqs:
+            if seq in flight:
+                self._release(ch.pool, flight.pop(seq))
+                dropped += 1
+        if not flight:
+            del ch.flight[conn]
+            self._unindex(conn, name, ch)
+        if not ch.items and not ch.credits and not ch.flight:
+            self._maybe_delete(name, ch)
+        return dropped
 
     def consumed_bundle(self, conn: ConnId, seq: int, runs: list[int]) -> int:
         """``conn`` took the copies of bundle ``seq`` it was handed at once

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from zchannels.names import valid_wire_channel
 from zchannels.protocol import ErrorCode, Message, MsgType, split_batches
 
 from .core import MAX_HOPS, ClusterWork, NodeCore, Out
@@ -59,6 +60,7 @@ from .peer_messages import (
     Load,
     Relay,
     RelayBack,
+    RelayLost,
     Reservations,
 )
 from .queues import ConnId, Put
@@ -120,6 +122,46 @@ class _Virtual:
 def _wire_item(item: object) -> bool:
     """``[payload, ttl, seq]`` as a RETURN carries it (enough to read its seq)."""
     return isinstance(item, list) and len(item) == 3 and type(item[2]) is int
+
+
+def tells_flight(msg: object) -> bool:
+    """Whether a peer message tells its receiver what a client did with its
+    flight there (consumption reports, give-backs): lost on a link whose
+    receiver lives on, it is sent again as a ``RelayLost``."""
+    if isinstance(msg, RelayLost):
+        return True
+    return isinstance(msg, Relay) and any(
+        mtype == MsgType.CONSUMED or mtype == MsgType.RETURN for mtype, _ in msg.messages
+    )
+
+
+def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
+    """What ``msg`` told its receiver of a client's flight, as a
+    ``RelayLost`` (well-formed parts only: the rest the receiver refused)."""
+    if isinstance(msg, RelayLost):
+        return msg
+    reports: list[tuple[str, int, int, int]] = []
+    returned: list[tuple[str, tuple[int, ...]]] = []
+    for mtype, fields in msg.messages:
+        if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
+            for r in fields[0]:
+                if (
+                    type(r) is list
+                    and len(r) == 4
+                    and type(r[0]) is str
+                    and valid_wire_channel(r[0])
+                    and all(type(x) is int for x in r[1:])
+                    and 0 <= r[3] <= r[2]
+                ):
+                    reports.append((r[0], r[1], r[2], r[3]))
+        elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+            name = fields[1]
+            seqs = tuple(item[2] for item in fields[2] if _wire_item(item))
+            if type(name) is str and valid_wire_channel(name) and seqs:
+                returned.append((name, seqs))
+    if not reports and not returned:
+        return None
+    return RelayLost(msg.origin, msg.incarnation, msg.conn, tuple(reports), tuple(returned))
 
 
 def _unpark(parked: dict[str, list[int]], name: str, numbers: list[int]) -> int:
@@ -739,6 +781,71 @@ class Routing:
             del self._parked_flight[client]
         return tuple(out)
 
+    def relay_lost(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
+        """A frame carrying ``msg`` to ``node`` was lost on a link given up
+        while ``node`` was thought dead, and ``node`` said it never took it
+        (so it lives on, in the life the link went to: a new process could
+        not have said). What it told of a client's flight there is sent
+        again, or the capacity the client's takes freed stays held there
+        for good, and what it gave back stays in flight (simulation seeds
+        399 and 748: packet loss or a partition long enough for one node to
+        declare another dead, healed into the same life)."""
+        lost = _lost_of(msg)
+        if lost is not None:
+            self.counters["relays_lost_told_again"] += 1
+            fx.peers.append((node, lost))
+
+    def _on_relay_lost(self, msg: RelayLost) -> None:
+        """What a client did with its flight here, told again after a link
+        lost it (``relay_lost``): its takes release capacity (the first in
+        flight: later reports released the oldest in their place), and what
+        it gave back is counted lost, not queued again (newer messages of
+        the channel may have gone out since): exactly once, as it leaves
+        the flight here, or the parked flight, or was handed by an earlier
+        owner; not what was counted as the client was forgotten."""
+        if not self._member(msg.origin):
+            self.counters["from_strangers"] += 1
+            return
+        client = (msg.origin, msg.incarnation, msg.conn)
+        conn: ConnId | None
+        if msg.origin == self.me:
+            known = msg.incarnation == self.incarnation
+            conn = msg.conn if known and msg.conn in self.core.sessions.by_conn else None
+        else:
+            conn = self._vconn_of.get(client)
+        queues = self.core.queues
+        entry = self._parked_flight.get(client)
+        parked = entry[1] if entry is not None else {}
+        for name, upto, count, expired in msg.reports:
+            if queues.before_flush(name, upto):
+                continue  # (the flush took what it names)
+            seqs = parked.get(name)
+            if seqs:
+                taken = min(count, len(seqs))
+                del seqs[:taken]
+                stale = min(expired, taken)
+                queues.counters.dropped_expired += stale
+                count, expired = count - taken, expired - stale
+            if conn is not None and count > 0:
+                queues.consumed_late(conn, name, count, expired)
+        counted = self._counted_gone.get(client)
+        lost = 0
+        for name, numbers in msg.returned:
+            skip = counted[1].get(name, set()) if counted is not None else set()
+            fresh = [q for q in numbers if q not in skip]
+            if parked.get(name):
+                _unpark(parked, name, fresh)
+            if conn is not None:
+                queues.drop_flight(conn, name, fresh)
+            lost += len(fresh)
+        for name in [n for n, seqs in parked.items() if not seqs]:
+            del parked[name]
+        if entry is not None and not parked:
+            del self._parked_flight[client]
+        if lost:
+            self.core.counters.dropped_dead_owner += lost
+            self.counters["returns_lost_on_links"] += lost
+
     def never_delivered(
         self, notes: list[tuple[str, bytes, dict[str, list[int]]]], now: float
     ) -> None:
@@ -848,6 +955,8 @@ class Routing:
         match msg:
             case Relay():
                 self._on_relay(msg, now, fx)
+            case RelayLost():
+                self._on_relay_lost(msg)
             case RelayBack():
                 self._on_relay_back(msg, now, fx)
             case ConnGone():

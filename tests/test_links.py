@@ -342,9 +342,19 @@ def test_the_notes_of_frames_the_peer_never_took_come_back_once() -> None:
     assert f1 is not None and taken(b, f1, 0.01)
     dead = {"b": member("b", B_LIFE, State.DEAD)}
     _probe_round(a, b, 1.0, dead)
-    assert a.lost_notes() == ["second"]
+    assert a.lost_notes() == [("second", True)], "the peer said it never took it"
     assert a.lost_notes() == []
     assert a.lost_units == 0
+
+
+def test_a_note_nobody_answered_for_is_marked_presumed() -> None:
+    a, _b = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.0, note="unanswered")
+    dead = {"b": member("b", B_LIFE, State.DEAD)}
+    a.tick(0.5, dead, [])  # the link ends; its probes go unanswered
+    a.tick(0.5 + a.settings.limbo_keep, dead, [])
+    assert a.lost_notes() == [("unanswered", False)]
 
 
 def test_a_node_that_ends_after_its_leave_counts_what_no_peer_acknowledged() -> None:

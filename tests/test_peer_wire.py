@@ -34,6 +34,7 @@ from zchannels.node.peer_messages import (
     Load,
     Relay,
     RelayBack,
+    RelayLost,
     Reservations,
 )
 from zchannels.node.peer_wire import (
@@ -161,6 +162,10 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", {"channels": 3, "queued": 12}),
         "012a92a26e3282a86368616e6e656c7303a67175657565640c",
     ),
+    MsgType.PEER_RELAY_LOST: (
+        ("n2", 1000007, b"\x00k", [["asgi|c", 9, 2, 0]], [["asgi|c", [10, 11]]]),
+        "013f95a26e32ce000f4247c402006b9194a6617367697c630902009192a6617367697c63920a0b",
+    ),
     MsgType.PEER_RESERVATIONS: (
         ("n1", [["asgi|c", "n3", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 4, 1.5]]),
         "013692a26e319198a6617367697c63a26e3307c405006b8b4567aa6162636465666768696acb404e00000000000004cb3ff8000000000000",
@@ -222,6 +227,8 @@ MESSAGES: list[PeerMessage] = [
     LinkState("n2", 1000007, 2, -1),
     FanoutsSeen("n2", (("n1", 1000007, 42), ("n3", 9, 1))),
     FanoutsSeen("n2", ()),
+    RelayLost("n2", 1000007, b"\x00k", (("asgi|c", 9, 2, 0),), (("asgi|c", (10, 11)),)),
+    RelayLost("n2", 1000007, b"\x00k", (), (("asgi|c", ()),)),
     Reservations(
         "n1",
         (
@@ -256,6 +263,10 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_HANDOFF, ("n1", [["asgi|d", [["not bytes", 1, 1]]]], [])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", -1.0, 10]])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", 60.0, 0]])),
+        (MsgType.PEER_RELAY_LOST, ("n2", 7, b"", [], [])),  # no connection
+        (MsgType.PEER_RELAY_LOST, ("n2", 7, b"c", [["asgi|c", 9, 1, 2]], [])),  # expired > count
+        (MsgType.PEER_RELAY_LOST, ("n2", 7, b"c", [["bad name!?", 9, 1, 0]], [])),
+        (MsgType.PEER_RELAY_LOST, ("n2", 7, b"c", [], [["asgi|c", ["not a seq"]]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["bad name!?", "n3", 7, b"c", "t", 60.0, 4, 1.5]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"", "t", 60.0, 4, 1.5]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "a/b", 60.0, 4, 1.5]])),

@@ -430,8 +430,13 @@ _PLAIN_LEAVE_FIFO = (
 #: last reported queue to the peers that declare it dead, and a peer that
 #: heard the leave says so to those that declared it dead
 #: (leave-alone-in-partition-counted-twice: seed 250, and seed 19).
-FAILING_PLANS: dict[str, str] = {
+#: name -> (the invariant it still breaks, why). Each runs and must break
+#: that invariant and no other (so it still guards everything else it was
+#: saved for), reported as an xfail; once it passes, the test fails until
+#: it is taken out of this table.
+FAILING_PLANS: dict[str, tuple[str, str]] = {
     "give-back-relayed-to-a-node-that-left-never-taken": (
+        "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
         "as the shortfall is no bigger than c1's refused reserved sends): c2 stopped receiving "
         "q1 with credit still granted (a receive keeps its prefetch after a cancel since "
@@ -443,36 +448,47 @@ FAILING_PLANS: dict[str, str] = {
         "it left (its leave hands over the queue, not the flight), and links count only "
         "reserved sends and handed-over items (counting relayed give-backs there too "
         "overcounts where a partitioned owner also counted them receiver_gone: 3 more "
-        "overcounted seeds of 300)"
+        "overcounted seeds of 300)",
+    ),
+    "handbacks-from-two-keepers-merged": (
+        "overcounted",
+        "seed 290's FIFO plan (which still holds) since a receive keeps its prefetch after "
+        "a cancel (2026-12-05), which moved its timings: n0 leaves at 1.57 s and hands its "
+        "queues to n2, whose link back to n0 waits a TCP retransmission after 30% loss on "
+        "n2 (1.28-1.48 s); n2 takes the handover (31 messages) and 5 reserved sends at "
+        "1.66 s, but its acknowledgements reach n0 only after n0's linger limit (2.19 s), "
+        "and n0, having heard nothing from n2 since the frames went, counts them lost as "
+        "it ends (Links.give_up); the overcount ClusterNode.linger_limit names (seed 171)",
     ),
     "group-copy-handed-back-after-partition-delivered-twice": (
+        "duplicate",
         "a duplicate (found by the soak beyond the CI seeds, seed 724 of 0-1,042 run; it "
         "fails on the code of the start of 2026-12-05's last session too): c1's node n1 leaves "
         "and restarts, a partition cuts n0 off from n1 and n2 for 1 s, and just after the "
         "heal c4 (on n1) sends to g0; n1 queues its member !c1.0 a copy, and so does n0, "
         "which kept c1's names while n1 was away, and hands its copy to n1 when it sees "
         "n1's new life (3.85 s): the handed-back copy is not matched against the fanout n1 "
-        "applied itself (PEER_FANOUTS_SEEN), and c1 takes the message twice"
+        "applied itself (PEER_FANOUTS_SEEN), and c1 takes the message twice",
     ),
 }
 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(
-            path.stem,
-            marks=[pytest.mark.xfail(strict=True, reason=FAILING_PLANS[path.stem])]
-            if path.stem in FAILING_PLANS
-            else [],
-        )
-        for path in sorted(PLANS.glob("*.json"))
-        if not path.stem.startswith("single-")
-    ],
+    [path.stem for path in sorted(PLANS.glob("*.json")) if not path.stem.startswith("single-")],
 )
 def test_shrunk_cluster_plan(name: str) -> None:
     result = run_plan(Plan.from_json((PLANS / f"{name}.json").read_text()))
-    assert result.violations == [], result.violations
+    known = FAILING_PLANS.get(name)
+    if known is None:
+        assert result.violations == [], result.violations
+        return
+    invariant, why = known
+    if not result.violations:
+        pytest.fail(f"{name} passes now: take it out of FAILING_PLANS ({invariant}: {why})")
+    others = [v for v in result.violations if v.invariant != invariant]
+    assert not others, f"besides the known {invariant}: {others}"
+    pytest.xfail(f"{invariant}: {why}")
 
 
 def test_drain_came_last_so_old_seeds_keep_their_schedules() -> None:
@@ -532,7 +548,9 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "43 of 300 seeds (45 before a receive kept its prefetch after a cancel, which moved "
+    "44 of 300 seeds (43 before what a client did with its flight was told again when a "
+    "link lost it, which moved seed 277 onto a killed owner's estimate, its 7-op shrink "
+    "failing before too; 45 before a receive kept its prefetch after a cancel, which moved "
     "every timing; 47 before a node that leaves alone in a partition left its "
     "reported queue to its peers; 43 before a silent node was presumed lost only after "
     "dead_keep: "
@@ -562,8 +580,9 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(17 of 300 seeds: 6, 9, 18, 19, 44, 47, 52, 53, 59, 95, 176, 201, 241, 244, 247, 265, "
-    "283; 9 before a receive kept its prefetch after a cancel, which moved every timing: "
+    "(16 of 300 seeds: 6, 9, 18, 19, 44, 47, 52, 53, 95, 176, 201, 241, 244, 247, 265, "
+    "283; 17 before what a client did with its flight was told again when a link lost it "
+    "(seed 59); 9 before a receive kept its prefetch after a cancel, which moved every timing: "
     "the shrunk seeds 9 and 44 fail on the code before it too, a plain leave or a kill "
     "with a lossy link or a partition; 10 before a node that left "
     "heard by no peer left its last "

@@ -149,6 +149,12 @@ class MsgType(enum.IntEnum):
     # memberships had them, and the receiver does not give them again
     # (zchannels.node.replication)
     PEER_FANOUTS_SEEN = 62
+    # node <-> node: consumption reports and give-backs of a client that a
+    # link lost on their way to the owner whose flight holds them (the link
+    # ended while the owner was thought dead; it was not, and never took
+    # them): its capacity is released, its give-backs counted lost
+    # (zchannels.node.routing)
+    PEER_RELAY_LOST = 63
 
 
 class ErrorCode(enum.IntEnum):

@@ -10,7 +10,7 @@ after a restart but counted lost), its
 producers (one send at a time, as a coroutine awaiting ``send()`` would;
 reserved sends go without waiting) and consumers (``receive()`` in a loop,
 cancellable while waiting or just woken). The receive accounting (credit,
-prefetch, RETURN on cancel, CONSUMED reports, reservations) is the real
+prefetch, RETURN when idle, CONSUMED reports, reservations) is the real
 ``zchannels.flow.Flow``. Everything observable goes to the ``History``.
 
 The world calls ``on_frame``, ``on_timer`` and the workload methods with
