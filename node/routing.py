@@ -82,6 +82,9 @@ RESTART_GAP = 1000
 #: node's client (``Routing._not_again``): longer than any delivery already on
 #: its way to it can take to bounce back, a frozen node's included.
 GONE_MEMORY = 60.0
+#: Most messages held from one node not yet in the member table
+#: (``Routing._stranger``); beyond, they are dropped and counted.
+MAX_STRANGER_HELD = 10_000
 #: How fast (s/s) the estimate of a peer's clock offset may creep up, so it
 #: follows clock drift (real drift is under 1e-4) and forgets a sample that
 #: was unusually fast; bounded by ``_CREEP_SPAN`` seconds without a sample.
@@ -162,6 +165,16 @@ def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     if not reports and not returned:
         return None
     return RelayLost(msg.origin, msg.incarnation, msg.conn, tuple(reports), tuple(returned))
+
+
+def _sender_of(msg: ClusterMessage) -> str | None:
+    """The node a routing message came from (None: a load report, which
+    is read only from live members)."""
+    if isinstance(msg, Load):
+        return None
+    if isinstance(msg, RelayBack | Answer):
+        return msg.source
+    return msg.origin  # type: ignore[union-attr]
 
 
 def _unpark(parked: dict[str, list[int]], name: str, numbers: list[int]) -> int:
@@ -317,6 +330,9 @@ class Routing:
         #: nodes this node declared dead, until they are seen live again
         #: or gone for good (``report_to``)
         self._dead: set[str] = set()
+        #: node not (yet) in the member table -> (until when, what it sent
+        #: meanwhile, in order): taken up once it is a member (``_strangers``)
+        self._strangers: dict[str, tuple[float, list[ClusterMessage]]] = {}
         #: (client conn, channel) -> [owner, credit left there]: what our
         #: clients are owed by other nodes, re-granted if that owner dies
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
@@ -795,6 +811,51 @@ class Routing:
             self.counters["relays_lost_told_again"] += 1
             fx.peers.append((node, lost))
 
+    def _stranger(self, node: str, msg: ClusterMessage, now: float) -> None:
+        """``node`` is not in the member table, yet it knows this node: it
+        joined, or came back in a new life, and its gossip has not reached
+        us (a healed partition: its relays and handovers go as soon as it
+        sees us). What it sends is held, in order, until it is a member
+        (``on_member_event``), for at most the answer bound; then dropped,
+        and what only it would have counted is counted here (simulation
+        seed 468: a receive's credit, granted as the partition healed by a
+        node the new owner had never heard of, was dropped and the channel
+        stalled for good)."""
+        entry = self._strangers.get(node)
+        if entry is None:
+            entry = self._strangers[node] = (now + self.answer_within(), [])
+        held = entry[1]
+        if len(held) >= MAX_STRANGER_HELD:
+            self._drop_strangers([msg])
+            return
+        held.append(msg)
+
+    def _drop_strangers(self, messages: list[ClusterMessage]) -> None:
+        """Messages from a node that never became a member: dropped; what
+        they carried that nobody else counts (reserved sends, give-backs,
+        handed-over items: their senders' links did not carry them, so
+        count nothing) is counted ``dead_owner`` here."""
+        self.counters["from_strangers"] += len(messages)
+        lost = 0
+        for msg in messages:
+            if isinstance(msg, Handoff):
+                lost += sum(len(items) for _, items in msg.channels)
+            elif isinstance(msg, Relay | RelayLost):
+                told = _lost_of(msg)
+                if told is not None:
+                    lost += sum(len(seqs) for _, seqs in told.returned)
+                if isinstance(msg, Relay):
+                    lost += sum(1 for t, f in msg.messages if t == MsgType.SEND and not f[0])
+        self.core.counters.dropped_dead_owner += lost
+
+    def _take_strangers(self, node: str, now: float, fx: Fx) -> None:
+        """``node`` is a member now: what it sent before is taken up, in order."""
+        entry = self._strangers.pop(node, None)
+        if entry is not None:
+            self.counters["from_strangers_held"] += len(entry[1])
+            for msg in entry[1]:
+                self.handle(msg, now, fx)
+
     def _on_relay_lost(self, msg: RelayLost) -> None:
         """What a client did with its flight here, told again after a link
         lost it (``relay_lost``): its takes release capacity (the first in
@@ -952,6 +1013,10 @@ class Routing:
     # -- peer messages -----------------------------------------------------------
     def handle(self, msg: ClusterMessage, now: float, fx: Fx) -> None:
         """One of routing's peer messages (already checked by the codec)."""
+        sender = _sender_of(msg)
+        if sender is not None and not self._member(sender):
+            self._stranger(sender, msg, now)
+            return
         match msg:
             case Relay():
                 self._on_relay(msg, now, fx)
@@ -1406,6 +1471,8 @@ class Routing:
         if new_life:
             # (after the handover, on the same link: it arrives last)
             fx.peers.append((event.node, HandedOver(self.me, event.incarnation)))
+        if event.node in self._strangers and self._member(event.node):
+            self._take_strangers(event.node, now, fx)
 
     def _restore_credit(
         self, node: str, incarnation: int, ended: int | None, now: float, fx: Fx
@@ -1996,6 +2063,8 @@ class Routing:
     # -- timers ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         deadline = self._next_load
+        for until, _ in self._strangers.values():
+            deadline = min(deadline, until)
         if self._held_relays:
             deadline = min(deadline, self._relays_until)
         if self._held_frames:
@@ -2035,6 +2104,8 @@ class Routing:
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep, held relays."""
+        for node in [n for n, (until, _) in self._strangers.items() if now >= until]:
+            self._drop_strangers(self._strangers.pop(node)[1])
         if self._held_relays and now >= self._relays_until:
             self._take_held(now, fx)
         if self._held_frames and now >= self._frames_until:

@@ -23,6 +23,23 @@ from zchannels.protocol import ErrorCode, Message, MsgType
 START = 1_795_000_000_000  # a start incarnation (ms since the epoch)
 
 
+class _Lives(dict[str, int]):
+    """Live members' incarnations; a member deleted is remembered dead, as
+    the member table keeps a dead member (until it is reaped)."""
+
+    def __init__(self, lives: dict[str, int]) -> None:
+        super().__init__(lives)
+        self.dead: dict[str, int] = {}
+
+    def __delitem__(self, node: str) -> None:
+        self.dead[node] = self[node]
+        super().__delitem__(node)
+
+    def __setitem__(self, node: str, incarnation: int) -> None:
+        self.dead.pop(node, None)
+        super().__setitem__(node, incarnation)
+
+
 @dataclass
 class FakeTable:
     """The member table as routing reads it (live members, incarnations)."""
@@ -37,10 +54,16 @@ class FakeTable:
     def live(self) -> list[str]:
         return sorted(self.incarnations)
 
+    def __post_init__(self) -> None:
+        self.incarnations = _Lives(self.incarnations)
+
     def member(self, node: str) -> Member | None:
         inc = self.incarnations.get(node)
         if inc is None and node in self.left:
             return Member(node, State.LEFT, self.left[node], f"tcp://{node}:1")
+        dead = getattr(self.incarnations, "dead", {})
+        if inc is None and node in dead:
+            return Member(node, State.DEAD, dead[node], f"tcp://{node}:1")
         return None if inc is None else Member(node, State.ALIVE, inc, f"tcp://{node}:1")
 
     def members(self) -> list[Member]:
@@ -82,12 +105,39 @@ def test_a_refuted_suspicion_keeps_relayed_state_and_a_restart_drops_it() -> Non
     assert RESTART_GAP < 60_000
 
 
-def test_relays_from_non_members_are_counted_and_ignored() -> None:
-    r, _, _ = routing()
+def test_relays_from_a_node_never_a_member_are_dropped_at_the_bound_and_counted() -> None:
+    r, core, _ = routing()
     fx = Fx()
-    r.handle(Relay("stranger", START, b"c", "tagtagtag0", 60.0, 1, (), 0.0), 0.0, fx)
+    reserved = (MsgType.SEND, (0, "asgi|c", b"p", 10))  # (no answer: only n9 knew of it)
+    r.handle(Relay("n9", START, b"c", "tagtagtag0", 60.0, 1, (reserved,), 0.0), 0.0, fx)
+    assert r._virtual == {} and fx.out == [] and fx.peers == [], "held, not taken"
+    assert r.counters["from_strangers"] == 0
+    assert r.next_deadline() <= r.answer_within()
+    r.tick(r.answer_within(), Fx())
     assert r.counters["from_strangers"] == 1
-    assert r._virtual == {} and fx.out == [] and fx.peers == []
+    assert core.drops()["dead_owner"] == 1, "the reserved send it carried is counted"
+    assert core.queues.length("asgi|c") == 0
+
+
+def test_what_a_node_sends_before_it_is_a_member_is_taken_once_it_is() -> None:
+    """Simulation seed 468: as a partition healed, a node granted a
+    receive's credit to the channel's new owner, which had never heard of
+    it (it had restarted meanwhile); dropped, the channel stalled."""
+    r, core, table = routing()
+    fx = Fx()
+    credit = Relay(
+        "n3", START + 9, b"c", "tagtagtag0", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 0
+    )
+    r.handle(credit, 0.0, fx)
+    assert r._virtual == {}
+    table.incarnations["n3"] = START + 9
+    joined = Fx()
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n3", "tcp://n3:1", START + 9), 0.1, joined)
+    assert len(r._virtual) == 1 and r.counters["from_strangers_held"] == 1
+    [vconn] = r._virtual
+    assert core.queues.channels["asgi|c"].credits == {vconn: 5}
+    r.tick(r.answer_within() + 1, Fx())
+    assert r.counters["from_strangers"] == 0
 
 
 def test_a_relayed_send_is_answered_back_through_the_clients_node() -> None:
