@@ -26,6 +26,8 @@ class Groups:
     def __init__(self) -> None:
         self.groups: dict[str, dict[str, Membership]] = {}
         self._by_holder: dict[str, set[tuple[str, str]]] = {}
+        #: node -> how many of its sessions hold memberships here
+        self._nodes: dict[str, int] = {}
         self.expired = 0
         #: groups whose member count may have changed since ``take_changed``
         #: (the cluster replicates each node's counts; off for a lone node)
@@ -48,7 +50,11 @@ class Groups:
             self._changed.add(group)
         members[channel] = Membership(holder, expires_at, capacity)
         self.version += 1
-        self._by_holder.setdefault(holder, set()).add((group, channel))
+        held = self._by_holder.get(holder)
+        if held is None:
+            held = self._by_holder[holder] = set()
+            self._count_node(holder, 1)
+        held.add((group, channel))
         return old is None
 
     def discard(self, group: str, channel: str) -> bool:
@@ -82,7 +88,10 @@ class Groups:
 
     def drop_holder(self, holder: str) -> int:
         """Remove every membership ``holder`` holds (its lease lapsed)."""
-        held = self._by_holder.pop(holder, set())
+        held = self._by_holder.pop(holder, None)
+        if held is None:
+            return 0
+        self._count_node(holder, -1)
         self.version += 1
         for group, channel in held:
             members = self.groups.get(group)
@@ -97,6 +106,15 @@ class Groups:
     def held_by(self, holder: str) -> int:
         """How many memberships ``holder`` holds."""
         return len(self._by_holder.get(holder, ()))
+
+    def has_node(self, node: str) -> bool:
+        """Whether sessions of ``node`` (another node) hold memberships here
+        (asked once per group_send from a peer: no scan of the holders)."""
+        return node in self._nodes
+
+    def held(self, holder: str) -> list[tuple[str, str]]:
+        """The (group, channel) memberships ``holder`` holds."""
+        return list(self._by_holder.get(holder, ()))
 
     def holders(self, prefix: str) -> list[str]:
         """Holders whose name starts with ``prefix`` (``"node/"``: the sessions
@@ -127,3 +145,15 @@ class Groups:
             held.discard((group, channel))
             if not held:
                 del self._by_holder[holder]
+                self._count_node(holder, -1)
+
+    def _count_node(self, holder: str, delta: int) -> None:
+        """Holders per node (``node@life/tag``; this node's own sessions,
+        bare tags, are not counted)."""
+        node, at, _ = holder.partition("@")
+        if at:
+            n = self._nodes.get(node, 0) + delta
+            if n > 0:
+                self._nodes[node] = n
+            else:
+                self._nodes.pop(node, None)

@@ -429,7 +429,11 @@ _PLAIN_LEAVE_FIFO = (
 #: relayed there), and since a node that left heard by no peer leaves its
 #: last reported queue to the peers that declare it dead, and a peer that
 #: heard the leave says so to those that declared it dead
-#: (leave-alone-in-partition-counted-twice: seed 250, and seed 19).
+#: (leave-alone-in-partition-counted-twice: seed 250, and seed 19), and
+#: since a group_send from a restarted node's new life skips the memberships
+#: another node kept for its earlier life's sessions (the new life applied
+#: it to those its clients made again; group-copy-handed-back-after-
+#: partition-delivered-twice: seed 724 of the soak, a duplicate).
 #: name -> (the invariant it still breaks, why). Each runs and must break
 #: that invariant and no other (so it still guards everything else it was
 #: saved for), reported as an xfail; once it passes, the test fails until
@@ -459,16 +463,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "1.66 s, but its acknowledgements reach n0 only after n0's linger limit (2.19 s), "
         "and n0, having heard nothing from n2 since the frames went, counts them lost as "
         "it ends (Links.give_up); the overcount ClusterNode.linger_limit names (seed 171)",
-    ),
-    "group-copy-handed-back-after-partition-delivered-twice": (
-        "duplicate",
-        "a duplicate (found by the soak beyond the CI seeds, seed 724 of 0-1,042 run; it "
-        "fails on the code of the start of 2026-12-05's last session too): c1's node n1 leaves "
-        "and restarts, a partition cuts n0 off from n1 and n2 for 1 s, and just after the "
-        "heal c4 (on n1) sends to g0; n1 queues its member !c1.0 a copy, and so does n0, "
-        "which kept c1's names while n1 was away, and hands its copy to n1 when it sees "
-        "n1's new life (3.85 s): the handed-back copy is not matched against the fanout n1 "
-        "applied itself (PEER_FANOUTS_SEEN), and c1 takes the message twice",
     ),
 }
 
