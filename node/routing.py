@@ -330,6 +330,8 @@ class Routing:
         #: nodes this node declared dead, until they are seen live again
         #: or gone for good (``report_to``)
         self._dead: set[str] = set()
+        #: this node has left (it lingers, passing on what still comes)
+        self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
         #: meanwhile, in order): taken up once it is a member (``_strangers``)
         self._strangers: dict[str, tuple[float, list[ClusterMessage]]] = {}
@@ -553,6 +555,7 @@ class Routing:
     def leave(self, now: float, fx: Fx) -> None:
         """Before the node leaves: hand everything it holds to the owners
         the others will compute without it (a clean shutdown loses nothing)."""
+        self._has_left = True
         others = [n for n in self._live if n != self.me]
         if others:
             # (our own clients' names are parked with the others: they wait
@@ -1186,6 +1189,19 @@ class Routing:
                     self._pending.pop((conn, fields[0]), None)
             fx.out.extend(self.core.handle_relayed(conn, session, messages, msg.hops, now, fx.work))
             return
+        if self._has_left and msg.hops >= MAX_HOPS:
+            # Credit granted here to keep whatever this node's view (sent
+            # before its leave was heard): this node will own nothing again,
+            # and credit kept here ends with its process. It goes back
+            # through the client's node, which grants it where the channel
+            # lives (simulation seed 957: kept by a node that lingered after
+            # its leave, the receive waited for good on the node's next life,
+            # where the channel's messages were queued).
+            back = tuple(m for m in messages if m[0] == MsgType.RECV)
+            if back:
+                self.counters["credit_handed_back_after_leave"] += len(back)
+                fx.peers.append((origin, RelayBack(self.me, conn, back)))
+                messages = tuple(m for m in messages if m[0] != MsgType.RECV)
         if (origin, inc, conn) in self._parked_flight:
             messages = self._parked_news((origin, inc, conn), messages)
         if (origin, inc, conn) in self._counted_gone:
