@@ -778,6 +778,13 @@ class ClusterNode:
         the owners the others will compute without this node, say LEFT."""
         fx = Fx()
         if self.table is not None and self.routing is not None and self.replication is not None:
+            if self._handover_until is not None and self._doubt_until is None:
+                # Leaving before its peers had all handed over: what it held
+                # meanwhile is taken up first, so the leave hands it on (a
+                # receiver's credit held here ended with the process, and the
+                # receive waited for good: simulation seed 988).
+                self._handover_until = now
+                self._check_handed_over(now, fx)
             self._left_at = now
             self.replication.leave(fx)
             self.routing.leave(now, fx)
