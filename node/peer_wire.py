@@ -483,22 +483,24 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
     raise DecodeError("type", f"{mtype.name} is not a peer message")
 
 
+def consumption_report(r: object) -> bool:
+    """Whether ``r`` is one client consumption report, ``[channel, upto,
+    count, expired]`` (``CONSUMED``; ``RelayLost`` carries them again)."""
+    return (
+        type(r) is list
+        and len(r) == 4
+        and type(r[0]) is str
+        and valid_wire_channel(r[0])
+        and all(type(x) is int for x in r[1:])
+        and 0 <= r[3] <= r[2]
+    )
+
+
 def _lost_reports(value: list[Any]) -> tuple[tuple[str, int, int, int], ...]:
     """``[[channel, upto, count, expired]...]``: a consumption report each
     (``RelayLost``)."""
     reports = _bounded(value)
-    _require(
-        all(
-            type(r) is list
-            and len(r) == 4
-            and type(r[0]) is str
-            and valid_wire_channel(r[0])
-            and all(type(x) is int for x in r[1:])
-            and 0 <= r[3] <= r[2]
-            for r in reports
-        ),
-        "PEER_RELAY_LOST reports",
-    )
+    _require(all(consumption_report(r) for r in reports), "PEER_RELAY_LOST reports")
     return tuple((r[0], r[1], r[2], r[3]) for r in reports)
 
 

@@ -63,6 +63,7 @@ from .peer_messages import (
     RelayLost,
     Reservations,
 )
+from .peer_wire import consumption_report
 from .queues import ConnId, Put
 from .sessions import Policy, Session
 
@@ -147,16 +148,7 @@ def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     returned: list[tuple[str, tuple[int, ...]]] = []
     for mtype, fields in msg.messages:
         if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
-            for r in fields[0]:
-                if (
-                    type(r) is list
-                    and len(r) == 4
-                    and type(r[0]) is str
-                    and valid_wire_channel(r[0])
-                    and all(type(x) is int for x in r[1:])
-                    and 0 <= r[3] <= r[2]
-                ):
-                    reports.append((r[0], r[1], r[2], r[3]))
+            reports.extend((r[0], r[1], r[2], r[3]) for r in fields[0] if consumption_report(r))
         elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
             name = fields[1]
             seqs = tuple(item[2] for item in fields[2] if _wire_item(item))
@@ -866,10 +858,8 @@ class Routing:
         it gave back is counted lost, not queued again (newer messages of
         the channel may have gone out since): exactly once, as it leaves
         the flight here, or the parked flight, or was handed by an earlier
-        owner; not what was counted as the client was forgotten."""
-        if not self._member(msg.origin):
-            self.counters["from_strangers"] += 1
-            return
+        owner; not what was counted as the client was forgotten. (From a
+        node not yet a member it waits: ``handle``.)"""
         client = (msg.origin, msg.incarnation, msg.conn)
         conn: ConnId | None
         if msg.origin == self.me:
