@@ -439,6 +439,15 @@ _PLAIN_LEAVE_FIFO = (
 #: saved for), reported as an xfail; once it passes, the test fails until
 #: it is taken out of this table.
 FAILING_PLANS: dict[str, tuple[str, str]] = {
+    "credit-to-a-restarted-owner-cut-off-lost-plain-frame": (
+        "stalled",
+        "soak seed 1127 (fails on the code of 2026-12-05's last session too): n0 leaves; a "
+        "partition parts n1 from n2, n1 grants its client's credit on s0 to itself; n0 comes "
+        "back and the partition moves to part n0; n1 hands s0 to n0's new life, which has "
+        "not said hello yet, so the credit goes as a plain frame the partition drops, and "
+        "n1's record names n0 as holding it: the channel stalls. Deferring a handover's "
+        "credit to a new life until its first load report fixes it but moved CI seeds",
+    ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
@@ -453,6 +462,13 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "reserved sends and handed-over items (counting relayed give-backs there too "
         "overcounts where a partitioned owner also counted them receiver_gone: 3 more "
         "overcounted seeds of 300)",
+    ),
+    "joined-node-pool-holds-capacity-after-reset": (
+        "stalled",
+        "soak seed 138's shrink (fails on the code of 2026-12-05's last session too): a "
+        "joined node n4 ends holding 4 capacity units of s0 in flight to a client that "
+        "never reports them (a lag, a join, a leave, a connection reset, a client's death); "
+        "not understood yet",
     ),
     "handbacks-from-two-keepers-merged": (
         "overcounted",
