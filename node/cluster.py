@@ -342,6 +342,10 @@ class ClusterNode:
                 ", ".join(sorted(waiting)),
                 self.config.join_timeout,
             )
+        self._serve(now, fx)
+
+    def _serve(self, now: float, fx: Fx) -> None:
+        """The join is over: serve, taking up what was held, in order."""
         self._joining = False
         self._handover_until = None
         self._handed_over.clear()
@@ -783,8 +787,7 @@ class ClusterNode:
                 # meanwhile is taken up first, so the leave hands it on (a
                 # receiver's credit held here ended with the process, and the
                 # receive waited for good: simulation seed 988).
-                self._handover_until = now
-                self._check_handed_over(now, fx)
+                self._serve(now, fx)
             self._left_at = now
             self.replication.leave(fx)
             self.routing.leave(now, fx)

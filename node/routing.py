@@ -37,7 +37,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zchannels.names import valid_wire_channel
@@ -157,6 +157,12 @@ def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     if not reports and not returned:
         return None
     return RelayLost(msg.origin, msg.incarnation, msg.conn, tuple(reports), tuple(returned))
+
+
+def _given_back(msg: Relay | RelayLost) -> int:
+    """How many messages ``msg`` gave back (well-formed give-backs only)."""
+    told = _lost_of(msg)
+    return sum(len(seqs) for _, seqs in told.returned) if told is not None else 0
 
 
 def _sender_of(msg: ClusterMessage) -> str | None:
@@ -836,9 +842,7 @@ class Routing:
             if isinstance(msg, Handoff):
                 lost += sum(len(items) for _, items in msg.channels)
             elif isinstance(msg, Relay | RelayLost):
-                told = _lost_of(msg)
-                if told is not None:
-                    lost += sum(len(seqs) for _, seqs in told.returned)
+                lost += _given_back(msg)
                 if isinstance(msg, Relay):
                     lost += sum(1 for t, f in msg.messages if t == MsgType.SEND and not f[0])
         self.core.counters.dropped_dead_owner += lost
@@ -972,14 +976,9 @@ class Routing:
         the next owner frozen, which thawed knowing the node's next life.
         Not queued again instead: by now newer messages may have gone out."""
         client = (msg.origin, msg.incarnation, msg.conn)
-        messages = msg.messages
         if client in self._counted_gone:
-            messages = self._not_again(client, messages)
-        lost = 0
-        for mtype, fields in messages:
-            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
-                lost += sum(1 for item in fields[2] if _wire_item(item))
-        return lost
+            msg = replace(msg, messages=self._not_again(client, msg.messages))
+        return _given_back(msg)
 
     def _not_again(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """What ``client`` gives back that was counted lost as it was
