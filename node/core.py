@@ -65,6 +65,9 @@ class NodeCounters:
     undeliverable: int = 0  # deliveries to a connection that had gone (requeued)
     limited: int = 0  # requests refused by a per-client bound (LIMIT)
     slow_clients: int = 0  # clients cut off for not reading their replies
+    #: of the "dead_owner" drops: handed over after the channel was served
+    #: here (older than what was delivered: ``Queues.adopt``)
+    handed_over_stale: int = 0
 
 
 @dataclass(slots=True)
@@ -745,10 +748,13 @@ class NodeCore:
         channels: tuple[tuple[str, list[Any]], ...],
         members: tuple[tuple[str, str, str, float, int], ...],
         now: float,
+        handed_over: bool = True,
     ) -> tuple[list[Out], list[tuple[str, str]]]:
         """Channels and memberships another node handed over (this node owns
         them now; the peer codec checked their shape); and the (group,
-        channel) memberships that were not here before."""
+        channel) memberships that were not here before. Messages handed over
+        after this node served the channel are stale (``Queues.adopt``):
+        counted ``dead_owner``. ``handed_over`` False: this node's own puts."""
         out: list[Out] = []
         for name, items in channels:
             if self._started and not self._owner_alive(name, now):
@@ -758,7 +764,11 @@ class NodeCore:
                 # nobody until it expired)
                 self.counters.dropped_dead_owner += len(items)
                 continue
-            self._deliver(self.queues.adopt(name, items, now), out)
+            deliveries, stale = self.queues.adopt(name, items, now, handed_over)
+            if stale:
+                self.counters.dropped_dead_owner += stale
+                self.counters.handed_over_stale += stale
+            self._deliver(deliveries, out)
         me = f"{self.settings.node_id}@{self.settings.incarnation}/"
         added: list[tuple[str, str]] = []
         for group, channel, holder, ttl, capacity in members:

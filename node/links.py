@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .membership import LIVE, Member
-from .peer_messages import LinkAck, LinkProbe, LinkSeq, LinkState
+from .peer_messages import TIMED, ClusterMessage, LinkAck, LinkProbe, LinkSeq, LinkState, aged
 from .peer_wire import PeerMessage, encode_peer, encode_peers
 
 #: A member's incarnation grows by one per refuted suspicion; this much
@@ -86,6 +86,9 @@ class _Sent(NamedTuple):
     #: its units were in this node's queues (items handed over), which its
     #: load reports counted (``give_up``)
     queued: bool
+    #: the message, if it carries times left: sent again, it is framed
+    #: anew with them aged (``peer_messages.aged``)
+    timed: ClusterMessage | None = None
 
 
 @dataclass(slots=True)
@@ -190,10 +193,20 @@ class Links:
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
         if not link.unacked:
             link.sent_at = now
-        link.unacked.append(_Sent(seq, frame, units, note, now, queued))
+        timed = msg if isinstance(msg, TIMED) else None
+        link.unacked.append(_Sent(seq, frame, units, note, now, queued, timed))
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
+
+    def _again(self, link: _Out, sent: _Sent, now: float) -> bytes:
+        """A frame sent again: as it was, or, if its message carries times
+        left, framed anew with them aged by how long ago it was first sent."""
+        if sent.timed is None:
+            return sent.frame
+        msg = aged(sent.timed, now - sent.first)
+        head = LinkSeq(self.node_id, self.life, link.gen, sent.seq, link.target)
+        return encode_peers([head, msg]) if msg is not None else sent.frame
 
     def _link(self, member: Member, now: float) -> _Out | None:
         link = self._out.get(member.id)
@@ -395,7 +408,7 @@ class Links:
             elif link.unacked and now >= link.sent_at + self.retransmit:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
-                out.extend((link.node, f.frame) for f in link.unacked)
+                out.extend((link.node, self._again(link, f, now)) for f in link.unacked)
         for gen, limbo in list(self._limbo.items()):
             if now >= limbo.until or limbo.node not in member_of:
                 # (nobody answered: a peer that died for good, or forgotten)

@@ -335,3 +335,31 @@ REPLICATION_MESSAGES = (
     GroupFanoutPassed,
     FanoutsSeen,
 )
+
+#: The messages that carry times left (``aged``).
+TIMED = (Handoff, Reservations)
+
+
+def aged(msg: ClusterMessage, age: float) -> ClusterMessage | None:
+    """``msg`` as it reads ``age`` seconds after it was made, if it carries
+    times left (the items' and memberships' TTLs of a ``Handoff``, the
+    reservations' of ``Reservations``); None if it carries none. A link
+    sends a frame again as it was made (``links``): a TTL measured then
+    would say the items are younger by as long as the frame waited, and a
+    receiver merging a handover with what it queued meanwhile by deadline
+    would put them after newer messages (simulation seed 46: a ``Handoff``
+    sent again for a second)."""
+    if isinstance(msg, Handoff):
+        channels = tuple(
+            (name, [[payload, ttl - age, seq] for payload, ttl, seq in items])
+            for name, items in msg.channels
+        )
+        # (a membership or a reservation whose time ran out meanwhile is
+        # left out, as its receiver would drop it; an item is kept, for the
+        # receiver to count expired)
+        members = tuple((g, c, h, ttl - age, cap) for g, c, h, ttl, cap in msg.members if ttl > age)
+        return Handoff(msg.origin, channels, members)
+    if isinstance(msg, Reservations):
+        entries = tuple((*e[:7], e[7] - age) for e in msg.entries if e[7] > age)
+        return Reservations(msg.origin, entries)
+    return None

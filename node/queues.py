@@ -151,6 +151,13 @@ class Channel:
     credits: dict[ConnId, int] = field(default_factory=dict)
     #: connection -> {seq: bundle or None}: handed over, not yet taken
     flight: dict[ConnId, dict[int, Bundle | None]] = field(default_factory=dict)
+    #: this node has handed one of its messages to a receiver since it got
+    #: the channel (``adopt``: a handover that comes after that is stale)
+    served: bool = False
+    #: queued messages numbered below this were given back here by a
+    #: receiver an earlier owner handed them to (``give_back``): older than
+    #: what was queued here, at the front, in the order they came back
+    front: int | None = None
 
 
 @dataclass(slots=True)
@@ -357,6 +364,7 @@ class Queues:
                         else:
                             names_of.add(name)
                 flight[seq] = bundle
+                ch.served = True
                 handed += 1
                 if conn is last or conn == last:
                     last_got.append(name)
@@ -644,19 +652,25 @@ class Queues:
     ) -> list[Delivery]:
         """Put ``items`` back in the queue where their sequence numbers say,
         for other receivers; ``withdraw``: also drop ``conn``'s credit. An
-        item not in ``conn``'s flight here (an earlier owner handed it, or
-        its room was released) takes room again, under a new number when
-        its own is one the channel uses or above any given here: one
-        number, one message, on a channel."""
+        item not in ``conn``'s flight here (an earlier owner of the channel
+        handed it, or its room was released) takes room again and goes to
+        the front, older than anything queued here, under new numbers below
+        every number of the channel, in the order its numbers said: it was
+        handed to a receiver before what is queued here was (an earlier
+        owner hands its queue on in order, after what it handed out). (Its
+        own number was kept where no message of the channel had it and made
+        new above where one did: every node's first life numbers from the
+        same place, and a lingering node's relayed give-back of c4's sends
+        1-4 was split around a send queued here, 2 and 4 after 3:
+        simulation seed 1139.)"""
         ch = self._channel(name)
         if withdraw:
             ch.credits.pop(conn, None)
         flight = ch.flight.get(conn, {})
         flushed = self.flushed.get(namespace(name), -1)
         back: list[Item] = []
-        #: re-admitted items that need a number of this node's: (seq, payload, deadline)
-        fresh: list[tuple[int, bytes, float]] = []
-        taken: set[int] | None = None  # the numbers the channel uses
+        #: re-admitted items, numbered anew at the front: (seq, payload, deadline)
+        older: list[tuple[int, bytes, float]] = []
         for payload, ttl, seq in items:
             if seq in flight:
                 # (handed since any flush: ``clear`` empties the flights)
@@ -669,29 +683,36 @@ class Queues:
                 bundle = None
                 ch.pool.held += 1
                 if ttl > 0:
-                    # Its number is another node's (or one this node gave):
-                    # kept only if no message of the channel has it and no
-                    # send here will (at most the last number given), else
-                    # it gets a new one. Two messages with one number are
-                    # one flight entry: one would never release its room
-                    # (simulation seed 76).
-                    if taken is None:
-                        taken = self._numbers(ch)
-                        taken.update(item[0] for item in back)
-                    if seq > self._seq or seq in taken:
-                        fresh.append((seq, payload, now + ttl))
-                        continue
-                    taken.add(seq)
+                    older.append((seq, payload, now + ttl))
+                    continue
             if ttl <= 0:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
             else:
                 back.append((seq, payload, now + ttl, bundle))
-        if fresh:
-            fresh.sort(key=lambda item: item[0])  # (in the order their numbers said)
-            for _old, payload, deadline in fresh:
-                self._seq += 1
-                back.append((self._seq, payload, deadline, None))
+        if older:
+            older.sort(key=lambda item: item[0])  # (in the order their numbers said)
+            # after what was re-admitted before (still queued at the front,
+            # numbered below ``front``): given back one by one, a run keeps
+            # its order (simulation seed 76)
+            run = [(payload, deadline) for _, payload, deadline, _ in self._front(ch)]
+            run += [(payload, deadline) for _old, payload, deadline in older]
+            below = [min(f) for f in ch.flight.values() if f]
+            if ch.items:
+                below.append(ch.items[0][0])
+            if back:
+                below.append(min(item[0] for item in back))
+            if flight:
+                below.append(min(flight))
+            if below:
+                first = min(below) - len(run)
+            else:
+                first = self._seq + 1
+                self._seq += len(run)
+            ch.front = first + len(run)
+            back.extend(
+                (first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(run)
+            )
         if not flight:
             ch.flight.pop(conn, None)
         self._unindex(conn, name, ch)
@@ -704,6 +725,16 @@ class Queues:
                 ch.items = deque(heapq.merge(back, ch.items, key=_seq_of))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
+        return out
+
+    @staticmethod
+    def _front(ch: Channel) -> list[Item]:
+        """Take out what ``give_back`` re-admitted and is still queued at
+        the front (numbered below ``ch.front``)."""
+        out: list[Item] = []
+        if ch.front is not None:
+            while ch.items and ch.items[0][0] < ch.front:
+                out.append(ch.items.popleft())
         return out
 
     def take(self, name: str, now: float) -> tuple[list[WireItem], dict[ConnId, int]]:
@@ -722,14 +753,28 @@ class Queues:
         self._remove(name, ch)
         return live, credits
 
-    def adopt(self, name: str, items: list[WireItem], now: float) -> list[Delivery]:
+    def adopt(
+        self, name: str, items: list[WireItem], now: float, handed_over: bool = True
+    ) -> tuple[list[Delivery], int]:
         """Messages handed over by the channel's previous owner: older than
         anything sent here since, so they go to the front, in their order,
-        renumbered into this node's sequence."""
+        renumbered into this node's sequence. Returns the deliveries and how
+        many messages were stale: handed over after this node had handed
+        one of the channel's messages to a receiver (``Channel.served``),
+        they are older than that one (a producer's node sends to the keeper
+        until it hears of the new owner, then here), so delivered now they
+        would come after it; they are dropped, for the caller to count
+        (simulation seed 46: a restarted node declared the keeper of its
+        clients' names dead and served them; the keeper, alive behind a
+        lossy link, handed them back 0.8 s later). ``handed_over`` False: a
+        put of this node's own, not a handover (never stale)."""
         live = [(payload, now + ttl) for payload, ttl, _ in items if ttl > 0]
         self.counters.dropped_expired += len(items) - len(live)
         if not live:
-            return []
+            return [], 0
+        ch = self.channels.get(name)
+        if ch is not None and ch.served and handed_over:
+            return [], len(live)
         ch = self._channel(name)
         self.counters.enqueued += len(live)
         ch.pool.held += len(live)
@@ -742,8 +787,11 @@ class Queues:
             # deadline: one expiry, so send order): two nodes kept the
             # channel, each having declared the other dead, and their
             # handbacks hold one producer's sends interleaved (simulation
-            # seed 290: prepended, a later send was taken first). Merged by
-            # deadline, handed-over first on a tie, renumbered in order.
+            # seed 290: prepended, a later send was taken first; a
+            # producer's node may have sent to one, then the other, then
+            # back). Merged by deadline, handed-over first on a tie,
+            # renumbered in order. (A handover's deadlines hold across a
+            # frame sent again: ``Links`` ages its TTLs, seed 46.)
             # (Bundled copies are never reordered: prepended as before.)
             queued = [(payload, deadline) for _, payload, deadline, _ in ch.items]
             ch.items = deque()
@@ -770,7 +818,7 @@ class Queues:
         ch.pool.earliest = min(ch.pool.earliest, min(deadline for _p, deadline in live))
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
-        return out
+        return out, 0
 
     def credits_of(self, conn: ConnId) -> dict[str, int]:
         """Channel -> the receive credit ``conn`` holds there."""
@@ -926,6 +974,7 @@ class Queues:
             flight = ch.flight[conn] = {}
             self._by_conn.setdefault(conn, set()).add(name)
         flight[seq] = bundle
+        ch.served = True
         self.counters.delivered += 1
 
     def _release(self, pool: Pool, bundle: Bundle | None) -> None:
@@ -977,13 +1026,6 @@ class Queues:
             keys.discard(key)
             if not keys:
                 del self._reserving[conn]
-
-    def _numbers(self, ch: Channel) -> set[int]:
-        """The sequence numbers of ``ch``'s messages, queued and in flight."""
-        out = {item[0] for item in ch.items}
-        for flight in ch.flight.values():
-            out.update(flight)
-        return out
 
     def _purge_pool(self, pool: Pool, now: float) -> None:
         if now < pool.earliest:

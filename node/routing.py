@@ -62,6 +62,7 @@ from .peer_messages import (
     RelayBack,
     RelayLost,
     Reservations,
+    aged,
 )
 from .peer_wire import consumption_report
 from .queues import ConnId, Put
@@ -332,7 +333,7 @@ class Routing:
         self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
         #: meanwhile, in order): taken up once it is a member (``_strangers``)
-        self._strangers: dict[str, tuple[float, list[ClusterMessage]]] = {}
+        self._strangers: dict[str, tuple[float, list[tuple[ClusterMessage, float]]]] = {}
         #: (client conn, channel) -> [owner, credit left there]: what our
         #: clients are owed by other nodes, re-granted if that owner dies
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
@@ -827,18 +828,18 @@ class Routing:
             entry = self._strangers[node] = (now + self.answer_within(), [])
         held = entry[1]
         if len(held) >= MAX_STRANGER_HELD:
-            self._drop_strangers([msg])
+            self._drop_strangers([(msg, now)])
             return
-        held.append(msg)
+        held.append((msg, now))
 
-    def _drop_strangers(self, messages: list[ClusterMessage]) -> None:
+    def _drop_strangers(self, held: list[tuple[ClusterMessage, float]]) -> None:
         """Messages from a node that never became a member: dropped; what
         they carried that nobody else counts (reserved sends, give-backs,
         handed-over items: their senders' links did not carry them, so
         count nothing) is counted ``dead_owner`` here."""
-        self.counters["from_strangers"] += len(messages)
+        self.counters["from_strangers"] += len(held)
         lost = 0
-        for msg in messages:
+        for msg, _arrived in held:
             if isinstance(msg, Handoff):
                 lost += sum(len(items) for _, items in msg.channels)
             elif isinstance(msg, Relay | RelayLost):
@@ -848,12 +849,15 @@ class Routing:
         self.core.counters.dropped_dead_owner += lost
 
     def _take_strangers(self, node: str, now: float, fx: Fx) -> None:
-        """``node`` is a member now: what it sent before is taken up, in order."""
+        """``node`` is a member now: what it sent before is taken up, in
+        order, its times left aged by how long it was held (a handover's
+        items are as old as they were: simulation seed 46, a keeper's
+        handback held 1 s, merged by deadline after newer sends)."""
         entry = self._strangers.pop(node, None)
         if entry is not None:
             self.counters["from_strangers_held"] += len(entry[1])
-            for msg in entry[1]:
-                self.handle(msg, now, fx)
+            for msg, arrived in entry[1]:
+                self.handle(aged(msg, now - arrived) or msg, now, fx)
 
     def _on_relay_lost(self, msg: RelayLost) -> None:
         """What a client did with its flight here, told again after a link
@@ -2039,7 +2043,9 @@ class Routing:
         for name in put.names:
             owner = self.route(name)
             if owner is None:  # (a bundle's channel not made yet, which stays here)
-                out, _added = self.core.adopt(((name, [[put.payload, ttl, 0]]),), (), now)
+                out, _added = self.core.adopt(
+                    ((name, [[put.payload, ttl, 0]]),), (), now, handed_over=False
+                )
                 fx.out.extend(out)
                 continue
             if not owner:  # nobody owns it any more

@@ -394,12 +394,55 @@ def test_a_handback_newer_than_what_is_queued_is_merged_by_deadline() -> None:
     merged by deadline (one expiry: send order), each producer keeps its
     order, and the handback goes first on equal deadlines."""
     q = Queues(first_seq=1000)
-    q.put("c", b"p12", 100.0, 10, 0.0)  # handed back first, sent at 0
+    q.adopt("c", [(b"p12", 100.0, 1)], 0.0)  # handed back first, sent at 0
     q.adopt("c", [(b"p11", 99.5, 1), (b"p13", 100.5, 2)], 0.0)
     out = q.grant(b"r", "c", 10, 1.0)
     assert [i[0] for _, _, its in out for i in its] == [b"p11", b"p12", b"p13"]
     seqs = [i[2] for _, _, its in out for i in its]
     assert seqs == sorted(seqs), "renumbered in order: give-backs still sort right"
+
+
+def test_a_handback_goes_before_what_was_sent_here_whatever_its_deadlines() -> None:
+    """Simulation seed 46: a restarted node queued its client's new sends;
+    the keeper of the older ones handed them back in a frame sent again for
+    a second, so their TTLs (measured when the frame was made) put their
+    deadlines after the new sends'. A producer's node sends to the keeper
+    until it hears of the new owner, then here: what is handed over is
+    older than what was sent here, and goes first."""
+    q = Queues(first_seq=1000)
+    for i in range(4, 7):
+        q.put("c", b"new%d" % i, 60.0 + i, 10, 0.0)
+    assert q.adopt("c", [(b"old1", 62.0, 1), (b"old2", 62.5, 2)], 0.0) == ([], 0)
+    q.adopt("c", [(b"old0", 61.0, 7)], 0.0)  # a second keeper's, merged with the first's
+    out = q.grant(b"r", "c", 10, 1.0)
+    got = [i[0] for _, _, its in out for i in its]
+    assert got == [b"old0", b"old1", b"old2", b"new4", b"new5", b"new6"]
+    seqs = [i[2] for _, _, its in out for i in its]
+    assert seqs == sorted(seqs), "renumbered below what was queued: give-backs still sort right"
+    # given back, they come again in that order
+    back = [(p, 30.0, seq) for p, _ttl, seq in (i for _, _, its in out for i in its)]
+    q.give_back(b"r", "c", back[::-1], 1.0)
+    again = [i[0] for _, _, its in q.grant(b"r", "c", 10, 1.0) for i in its]
+    assert again == got
+
+
+def test_a_handback_after_the_channel_was_served_is_dropped_and_counted() -> None:
+    """A handover that comes after this node handed one of the channel's
+    messages to a receiver is older than that one: delivered now it would
+    break the producer's order, so it is dropped and counted once
+    (``dead_owner``, and ``handed_over_stale`` among them)."""
+    core = make_core()
+    hello(core, A, SA)
+    core.queues.put("asgi|c", b"new", 100.0, 10, 0.0)
+    core.queues.grant(A, "asgi|c", 5, 0.0)  # handed to a receiver: served
+    out, _added = core.adopt((("asgi|c", [[b"old", 30.0, 1]]),), (), 0.5)
+    assert out == []
+    assert core.drops()["dead_owner"] == 1
+    assert core.counters.handed_over_stale == 1
+    assert core.queues.length("asgi|c") == 0
+    # its own puts placed again (not a handover) are never stale
+    out, _added = core.adopt((("asgi|c", [[b"mine", 30.0, 0]]),), (), 0.6, handed_over=False)
+    assert [m for _conn, m in out] != [] and core.drops()["dead_owner"] == 1
 
 
 def test_adopt_takes_channels_and_memberships() -> None:

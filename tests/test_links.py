@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.links import Links, LinkSettings
 from zchannels.node.membership import Member, State
-from zchannels.node.peer_messages import Ask, LinkAck, LinkState
+from zchannels.node.peer_messages import Ask, Handoff, LinkAck, LinkState, Reservations
 from zchannels.node.peer_wire import PeerMessage, decode_peer, encode_peer
 
 S = LinkSettings(ack_delay=0.02, retransmit=0.25, hello_interval=1.0, max_unacked=1000)
@@ -79,6 +79,41 @@ def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:
     assert a.next_deadline() <= 0.25 + S.retransmit
     assert a.counters["link_retransmits"] == 3
     del ma
+
+
+def test_a_frame_sent_again_carries_its_times_left_as_they_are_then() -> None:
+    """A handover's TTLs are measured when it is framed; sent again 0.75 s
+    later as it was, they would make its items look 0.75 s younger, and a
+    receiver merging them by deadline with what it queued meanwhile would
+    put them after newer sends. Framed anew, aged: items kept (an expired
+    one for the receiver to count), a lapsed membership or reservation left
+    out, and the frame still one the codec takes."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    handoff = Handoff(
+        "a",
+        (("asgi|c", [[b"m0", 30.0, 7], [b"m1", 0.5, 8]]),),
+        (("asgi|g", "asgi|c", "n2@7/xxxxxxxxxx", 60.0, 10), ("asgi|g", "asgi|d", "h", 0.5, 10)),
+    )
+    reservations = Reservations(
+        "a",
+        (
+            ("asgi|c", "n2", 7, b"conn", "xxxxxxxxxx", 60.0, 4, 2.0),
+            ("asgi|d", "n2", 7, b"conn", "xxxxxxxxxx", 60.0, 4, 0.5),
+        ),
+    )
+    first = [a.frame(mb, handoff, 0.0), a.frame(mb, reservations, 0.0), a.frame(mb, msg(1), 0.0)]
+    assert all(f is not None for f in first)
+    again = [f for n, f in a.tick(0.75, {"b": mb}, []) if n == "b"]
+    assert len(again) == 3 and again[2] == first[2], "a message with no times: as it was"
+    got = [m for f in again for m in taken(b, f, 0.76)]
+    aged_handoff, aged_reservations, ask = got
+    assert isinstance(aged_handoff, Handoff) and isinstance(aged_reservations, Reservations)
+    assert aged_handoff.channels == (("asgi|c", [[b"m0", 29.25, 7], [b"m1", -0.25, 8]]),)
+    assert aged_handoff.members == (("asgi|g", "asgi|c", "n2@7/xxxxxxxxxx", 59.25, 10),)
+    assert [e[0] for e in aged_reservations.entries] == ["asgi|c"]
+    assert aged_reservations.entries[0][7] == 1.25
+    assert ask == msg(1)
 
 
 def test_a_peer_that_never_said_hello_gets_frames_as_they_are() -> None:

@@ -47,12 +47,35 @@ def test_a_give_back_from_an_earlier_owner_never_shares_a_later_sends_number() -
     assert new.held("q0") == 0
 
 
+def test_a_run_given_back_that_an_earlier_owner_handed_out_keeps_its_order_in_front() -> None:
+    """Simulation seed 1139 (18 ops, two clean leaves): n0 handed c4's
+    sends 1-4 to its client, then left; the client gave them back through
+    n0, which relayed them to the next owner n2. Every node's first life
+    numbers from the same place, so 2 and 4 had numbers n2 had given (one
+    to a send queued there meanwhile): renumbered above it, they were put
+    after 3. Handed out before anything queued here, they go first, in
+    their order, under numbers below every number of the channel."""
+    q = Queues(first_seq=9)  # n2: its own send gets number 10
+    q.put("c", b"c3-5", 100.0, 10, 0.0)
+    assert q.channels["c"].items[0][0] == 10
+    q.give_back(R, "c", [(b"c4-%d" % i, 50.0, 8 + i) for i in range(1, 5)], 0.0)
+    got = _drain_all(q, R, "c")
+    assert [p for p, _ in got] == [b"c4-1", b"c4-2", b"c4-3", b"c4-4", b"c3-5"]
+    assert [seq for _, seq in got] == sorted({seq for _, seq in got}), "one number each, in order"
+    assert q.held("c") == 5
+    q.consumed(R, "c", max(seq for _, seq in got), 5, 0)
+    assert q.held("c") == 0
+
+
 def test_a_handover_prepended_never_shares_a_number_with_what_is_in_flight() -> None:
     q = Queues(first_seq=0)
     q.grant(R, "c", 2, 0.0)
     for i in range(3):
         q.put("c", b"n%d" % i, 100.0, 10, 0.0)  # 1, 2 handed; 3 queued
-    q.adopt("c", [(b"o0", 50.0, 1), (b"o1", 50.0, 2)], 0.0)
+    # (a handover now would be stale: the channel was served, ``adopt``;
+    # this node's own put placed at the front is numbered the same way)
+    assert q.adopt("c", [(b"o0", 50.0, 1)], 0.0) == ([], 1)
+    q.adopt("c", [(b"o0", 50.0, 1), (b"o1", 50.0, 2)], 0.0, handed_over=False)
     got = _drain_all(q, R, "c")
     flight = q.channels["c"].flight[R]
     assert len(flight) == 5 == q.held("c"), [seq for _, seq in got]
@@ -115,7 +138,7 @@ def test_held_returns_to_zero_whatever_the_handovers(operations: list[tuple[Any,
         else:  # the channel moves to the other node
             other = nodes[1 - owner]
             items, credits = q.take("c", 0.0)
-            got(1 - owner, other.adopt("c", items, 0.0))
+            got(1 - owner, other.adopt("c", items, 0.0)[0])
             for conn, credit in credits.items():
                 got(1 - owner, other.grant(conn, "c", credit, 0.0))
             owner = 1 - owner
