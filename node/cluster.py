@@ -30,7 +30,7 @@ from zchannels.protocol import DecodeError, Message, MsgType
 from .config import NodeConfig
 from .core import ClusterWork, CoreSettings, NodeCore, Out
 from .effects import EVERYONE, Fx
-from .links import Links, LinkSettings
+from .links import HELD, Links, LinkSettings
 from .membership import (
     LIVE,
     Ack,
@@ -869,6 +869,8 @@ class ClusterNode:
         """(node id or address, message) -> (address, frame); messages to
         nodes that are not members are counted and dropped."""
         frames: list[tuple[str, bytes]] = []
+        if self.links.holding():  # (before anything new for the same peers)
+            frames.extend(self.links.release(table.member, now))
         live: list[str] | None = None
         me = table.node_id
         for target, msg in peers:
@@ -905,6 +907,8 @@ class ClusterNode:
                 )
                 if linked:  # (a new link: its predecessor in limbo is asked first)
                     frames.extend((member.address, probe) for probe in self.links.first())
+                if frame is HELD:  # (for a new life, until it says hello)
+                    continue
                 if frame is None:
                     if plain is None:
                         plain = encode_peer(msg)

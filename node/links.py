@@ -116,6 +116,20 @@ class _Limbo:
 
 
 @dataclass(slots=True)
+class _Held:
+    """Messages for a peer's new life that has not said hello yet, kept in
+    order until it does (``frame``)."""
+
+    incarnation: int  # the life they are for
+    since: float
+    msgs: list[tuple[PeerMessage, int, Any, bool]]  # (message, units, note, queued)
+
+
+#: ``Links.frame``: the message is held for the peer's new life, send nothing
+HELD = b""
+
+
+@dataclass(slots=True)
 class _In:
     expected: int
     ack_due: float | None = None
@@ -168,6 +182,8 @@ class Links:
         #: (node, gen) -> how far that node had taken this node's link gen
         #: at its last load report (for a peer that died before answering)
         self._reported: dict[tuple[str, int], int] = {}
+        #: node -> messages held for its new life until it says hello
+        self._held: dict[str, _Held] = {}
 
     # -- sending -----------------------------------------------------------
     def frame(
@@ -184,7 +200,25 @@ class Links:
         ``units``: messages in it that only this node would count lost if
         the peer never took them (reserved sends, handed-over items);
         ``queued``: they were in this node's queues (handed over), which its
-        load reports counted (``give_up``)."""
+        load reports counted (``give_up``).
+
+        ``HELD`` (send nothing now): the member is a new life of a node that
+        spoke links in an earlier one and has not said hello yet. Sent
+        plain, a frame is on no link: a partition or a reset loses it and
+        nobody counts what it carried (simulation seed 202: a keeper's
+        handback to a restarted owner, lost as a partition began; soak seed
+        1127: a receiver's credit, and the channel stalled). It is framed
+        on the link once the new life says hello (``release``), in order
+        with everything held after it; if that life ends first, what only
+        this node counts is counted lost, and if it says nothing for
+        ``hold_limit`` (an older version: it never will) it goes plain."""
+        if member.id in self._held or self._unheard_life(member):
+            held = self._held.get(member.id)
+            if held is None:
+                held = self._held[member.id] = _Held(member.incarnation, now, [])
+            held.msgs.append((msg, units, note, queued))
+            self.counters["link_held"] += 1
+            return HELD
         link = self._link(member, now)
         if link is None:
             return None
@@ -235,6 +269,50 @@ class Links:
         self._by_gen[link.gen] = link
         self.counters["links_opened"] += 1
         return link
+
+    def _unheard_life(self, member: Member) -> bool:
+        """A live member in a life after the one it said hello from."""
+        life = self._speaks.get(member.id)
+        return member.state in LIVE and life is not None and member.incarnation >= life + _NEW_LIFE
+
+    @property
+    def hold_limit(self) -> float:
+        """Seconds messages wait for a new life's hello (it says one as it
+        learns of this node, and every ``hello_interval``)."""
+        return 3 * self.settings.hello_interval
+
+    def release(self, member_of: Any, now: float) -> list[tuple[str, bytes]]:
+        """(address, frame) for messages held for a new life (``frame``):
+        on its link once it said hello, plain once ``hold_limit`` passed
+        without one; counted lost (what only this node counts: ``units``)
+        if that life ended first, as nothing of them was sent.
+        ``member_of``: node id -> its ``Member`` or None."""
+        out: list[tuple[str, bytes]] = []
+        for node, held in list(self._held.items()):
+            member = member_of(node)
+            if (
+                member is None
+                or member.state not in LIVE
+                or member.incarnation >= held.incarnation + _NEW_LIFE
+            ):
+                del self._held[node]
+                self._count_lost(sum(units for _, units, _, _ in held.msgs))
+                self._lost_notes.extend(
+                    (note, False) for _, _, note, _ in held.msgs if note is not None
+                )
+                continue
+            hello = not self._unheard_life(member)
+            if not hello and now < held.since + self.hold_limit:
+                continue
+            del self._held[node]
+            for msg, units, note, queued in held.msgs:
+                frame = self.frame(member, msg, now, units, note, queued) if hello else None
+                out.extend((member.address, probe) for probe in self.first())
+                out.append((member.address, frame or encode_peer(msg)))
+        return out
+
+    def holding(self) -> bool:
+        return bool(self._held)
 
     @staticmethod
     def _current(link: _Out, member: Member | None) -> bool:
@@ -452,6 +530,13 @@ class Links:
         its links kept was the old life's, and is given up."""
         for link in list(self._out.values()):
             self._end(link, now)
+        # (held for a peer's new life, never sent: lost with the old life)
+        for node, held in list(self._held.items()):
+            del self._held[node]
+            self._count_lost(sum(units for _, units, _, _ in held.msgs))
+            self._lost_notes.extend(
+                (note, False) for _, _, note, _ in held.msgs if note is not None
+            )
         self.life = life
         self._next_hello = 0.0
 
@@ -510,6 +595,19 @@ class Links:
             self._end(link, now)
         for limbo in list(self._limbo.values()):
             self._settle(limbo, -1)
+        # (what was held for a new life that never said hello was never
+        # sent: the same, as if sent when it was held)
+        for node, held in list(self._held.items()):
+            del self._held[node]
+            for _msg, units, note, queued in held.msgs:
+                if spare > 0 and queued and units and held.since >= since:
+                    left = min(spare, units)
+                    spare -= left
+                    self.counters["link_left_to_peers"] += left
+                    units -= left
+                self._count_lost(units)
+                if note is not None:
+                    self._lost_notes.append((note, False))
         return self.lost_units - before
 
     def youngest_counted(self) -> float | None:
@@ -526,11 +624,14 @@ class Links:
         )
 
     def sending(self) -> bool:
-        """Frames wait for their acknowledgement (a leaving node lingers)."""
-        return any(link.unacked for link in self._out.values())
+        """Frames wait for their acknowledgement, or messages for a new
+        life's hello (a leaving node lingers)."""
+        return bool(self._held) or any(link.unacked for link in self._out.values())
 
     def next_deadline(self) -> float:
         deadline = self._next_hello
+        for held in self._held.values():
+            deadline = min(deadline, held.since + self.hold_limit)
         for limbo in self._limbo.values():
             deadline = min(deadline, limbo.next_probe, limbo.until)
         if self._ack_at is not None:

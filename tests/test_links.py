@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zchannels.node.links import Links, LinkSettings
+from zchannels.node.links import HELD, Links, LinkSettings
 from zchannels.node.membership import Member, State
 from zchannels.node.peer_messages import Ask, Handoff, LinkAck, LinkState, Reservations
 from zchannels.node.peer_wire import PeerMessage, decode_peer, encode_peer
@@ -116,6 +116,49 @@ def test_a_frame_sent_again_carries_its_times_left_as_they_are_then() -> None:
     assert ask == msg(1)
 
 
+def test_what_is_for_a_new_life_waits_for_its_hello_in_order() -> None:
+    """Simulation seed 202 / soak seed 1127: a frame for a peer's new life
+    that has not said hello goes on no link, and a partition or a reset
+    loses it with nobody to count it (a handback, a receiver's credit).
+    Held, in order, and framed on the link once the new life says hello."""
+    a, _b = pair()
+    b2 = Links("b", B_LIFE + 5_000, S)  # b restarted: a new life
+    mb2 = member("b", B_LIFE + 5_000)
+    assert a.frame(mb2, msg(1), 1.0, units=2) is HELD
+    assert a.frame(mb2, msg(2), 1.0) is HELD, "what follows waits behind it"
+    assert a.release(lambda n: mb2, 1.5) == [] and a.holding()
+    a.take([b2.hello()], 1.6)
+    out = a.release(lambda n: mb2, 1.6)
+    assert [m for _addr, f in out for m in taken(b2, f, 1.61)] == [msg(1), msg(2)]
+    assert a.status()["unacked"] == 2, "on the link: sent again until acknowledged"
+    assert not a.holding() and a.lost_units == 0
+
+
+def test_what_was_held_for_a_life_that_ended_unheard_is_counted_once() -> None:
+    a, _b = pair()
+    mb2 = member("b", B_LIFE + 5_000)
+    assert a.frame(mb2, msg(1), 1.0, units=3) is HELD
+    dead = member("b", B_LIFE + 5_000, State.DEAD)
+    assert a.release(lambda n: dead, 1.2) == []
+    assert a.lost_units == 3 and not a.holding()
+    assert a.release(lambda n: dead, 1.3) == [] and a.lost_units == 3
+
+
+def test_a_new_life_that_never_says_hello_gets_it_plain_after_the_hold_limit() -> None:
+    a, _b = pair()
+    mb2 = member("b", B_LIFE + 5_000)
+    assert a.frame(mb2, msg(1), 1.0, units=1) is HELD
+    assert a.next_deadline() <= 1.0 + a.hold_limit
+    out = a.release(lambda n: mb2, 1.0 + a.hold_limit)
+    assert [decode_peer(f) for _addr, f in out] == [[msg(1)]]
+    assert a.lost_units == 0 and not a.holding()
+
+
+def test_a_peer_never_heard_from_is_not_held_for() -> None:
+    a = Links("a", A_LIFE, S)
+    assert a.frame(member("c", 7_000_000), msg(1), 0.0) is None  # (an older version: plain)
+
+
 def test_a_peer_that_never_said_hello_gets_frames_as_they_are() -> None:
     a = Links("a", A_LIFE, S)
     assert a.frame(member("old", 5), msg(1), 0.0) is None
@@ -145,9 +188,10 @@ def test_a_new_life_of_the_peer_ends_the_link_and_needs_its_own_hello() -> None:
     a, _ = pair()
     a.frame(member("b", B_LIFE), msg(1), 0.0)
     restarted = member("b", B_LIFE + 5000)
-    assert a.frame(restarted, msg(2), 0.1) is None  # its new life has not said hello
-    assert a.counters["link_abandoned"] == 1
+    assert a.frame(restarted, msg(2), 0.1) is HELD  # its new life has not said hello
     a.take([LinkAck("b", B_LIFE + 5000, 0, 0)], 0.2)
+    assert [decode_peer(f)[1] for _addr, f in a.release(lambda n: restarted, 0.2)] == [msg(2)]
+    assert a.counters["link_abandoned"] == 1
     assert a.frame(restarted, msg(3), 0.3) is not None
     assert a.counters["links_opened"] == 2
 
