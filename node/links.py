@@ -296,10 +296,7 @@ class Links:
                 or member.incarnation >= held.incarnation + _NEW_LIFE
             ):
                 del self._held[node]
-                self._count_lost(sum(units for _, units, _, _ in held.msgs))
-                self._lost_notes.extend(
-                    (note, False) for _, _, note, _ in held.msgs if note is not None
-                )
+                self._held_lost(held)
                 continue
             hello = not self._unheard_life(member)
             if not hello and now < held.since + self.hold_limit:
@@ -313,6 +310,12 @@ class Links:
 
     def holding(self) -> bool:
         return bool(self._held)
+
+    def _held_lost(self, held: _Held) -> None:
+        """What was held for a life that ended unheard was never sent: what
+        only this node counts of it is lost (nobody answered for its notes)."""
+        self._count_lost(sum(units for _, units, _, _ in held.msgs))
+        self._lost_notes.extend((note, False) for _, _, note, _ in held.msgs if note is not None)
 
     @staticmethod
     def _current(link: _Out, member: Member | None) -> bool:
@@ -531,12 +534,9 @@ class Links:
         for link in list(self._out.values()):
             self._end(link, now)
         # (held for a peer's new life, never sent: lost with the old life)
-        for node, held in list(self._held.items()):
-            del self._held[node]
-            self._count_lost(sum(units for _, units, _, _ in held.msgs))
-            self._lost_notes.extend(
-                (note, False) for _, _, note, _ in held.msgs if note is not None
-            )
+        for held in self._held.values():
+            self._held_lost(held)
+        self._held.clear()
         self.life = life
         self._next_hello = 0.0
 
