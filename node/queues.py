@@ -697,18 +697,13 @@ class Queues:
             # its order (simulation seed 76)
             run = [(payload, deadline) for _, payload, deadline, _ in self._front(ch)]
             run += [(payload, deadline) for _old, payload, deadline in older]
+            # (``flight`` is one of ``ch.flight``'s, or empty)
             below = [min(f) for f in ch.flight.values() if f]
             if ch.items:
                 below.append(ch.items[0][0])
             if back:
                 below.append(min(item[0] for item in back))
-            if flight:
-                below.append(min(flight))
-            if below:
-                first = min(below) - len(run)
-            else:
-                first = self._seq + 1
-                self._seq += len(run)
+            first = self._first_of(len(run), below)
             ch.front = first + len(run)
             back.extend(
                 (first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(run)
@@ -726,6 +721,16 @@ class Queues:
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
+
+    def _first_of(self, count: int, below: list[int]) -> int:
+        """The first of ``count`` consecutive numbers for messages that go
+        to a channel's front: under every number in ``below``, or, if it is
+        empty, the next of this node's sequence."""
+        if below:
+            return min(below) - count
+        first = self._seq + 1
+        self._seq += count
+        return first
 
     @staticmethod
     def _front(ch: Channel) -> list[Item]:
@@ -799,14 +804,10 @@ class Queues:
                 self._seq += 1
                 ch.items.append((self._seq, payload, deadline, None))
         else:
-            if ch.items:
-                # below every number of the channel, in flight too: a
-                # number twice would be one flight entry
-                first = min([ch.items[0][0], *(min(f) for f in ch.flight.values() if f)])
-                first -= len(live)
-            else:
-                first = self._seq + 1
-                self._seq += len(live)
+            # below every number of the channel, in flight too: a number
+            # twice would be one flight entry
+            below = [ch.items[0][0], *(min(f) for f in ch.flight.values() if f)] if ch.items else []
+            first = self._first_of(len(live), below)
             ch.items.extendleft(
                 reversed(
                     [
