@@ -1750,7 +1750,9 @@ class Routing:
         if self._was_counted(node, life):
             self._count_later.pop(node, None)  # (the survivor that counted says so)
             return
-        if first if first is not None else self._counts_for(node):
+        if first is None:
+            first = self._counts_for(node) and not self._outranked(node)
+        if first:
             self._count_later.pop(node, None)
             self.counters["lost_in_dead_nodes"] += lost
             self._counted[(node, life)] = now + GONE_MEMORY
@@ -1816,6 +1818,20 @@ class Routing:
                 self._deferred.pop(node, None)
             elif not self._unsettled_besides(node):
                 self._settle_death(node, None, now)
+
+    def _outranked(self, node: str) -> bool:
+        """Whether a peer this node declared dead (not ``node``), its death
+        not settled yet, would count before it, were it alive: it may be,
+        cut off by a partition that is
+        healing, and count what died with ``node`` in its own view, where
+        this node is dead (simulation seed 6: n1 cut off alone, n0 frozen
+        and ending its life in place as the partition healed; n1 and n2,
+        each the only survivor in its view, both counted n0's report).
+        This node then keeps the count for ``answer_within``, as one that is
+        not first does: the peer's load report says it counted, or the
+        count is this node's."""
+        mine = (self._known_incarnation(self.me), self.me)
+        return any(n != node and (self._known_incarnation(n), n) < mine for n in self._provisional)
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor
@@ -2183,7 +2199,9 @@ class Routing:
             self._settle_deferred(now)
         for node, (lost, until, dead_life) in list(self._count_later.items()):
             if self._counts_for(node):
-                self._count_dead(node, dead_life, lost, now)
+                if until > now and self._outranked(node):
+                    continue  # (the peer before this one may be alive and count)
+                self._count_dead(node, dead_life, lost, now, first=True)
             elif until <= now:
                 del self._count_later[node]  # (the first survivor counted it)
         for counted in (self._counted, self._counted_elsewhere, self._left_elsewhere):

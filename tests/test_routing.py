@@ -414,6 +414,37 @@ def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> N
     assert r.counters["lost_in_dead_nodes"] == 7
 
 
+def test_a_fence_report_waits_for_a_peer_declared_dead_that_would_count_first() -> None:
+    """Simulation seed 6's first shrink (plans/partition-healing-as-a-frozen-
+    owner-ends-its-life-counted-once.json): n3 declared n1 dead (a partition)
+    and n2 (frozen); n2 wakes, ends its life in place and reports its 7 lost
+    as the partition heals. n1, first by id, may be alive and count them in
+    its own view (where n3 is the dead one): n3 keeps the count until n1
+    says it counted (then never), or for the answer bound (then it counts)."""
+    for n1_counts, counted in ((True, 0), (False, 7)):
+        r, table = survivor("n3")
+        del table.incarnations["n1"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 1.1, Fx())
+        renewed = START + RESTART_GAP + 5
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+        fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 7]}
+        r.handle(Load("n2", fenced), 2.0, Fx())
+        r.tick(2.1, Fx())
+        assert r.counters["lost_in_dead_nodes"] == 0, "n1 may count it"
+        if n1_counts:  # (the partition healed: n1 back in its life, it counted)
+            for n in ("n1", "n3"):
+                table.incarnations[n] = START + 1
+            r.on_member_event(
+                MemberEvent(EventKind.ALIVE, "n1", "tcp://n1:1", START + 1), 2.2, Fx()
+            )
+            report = {"channels": 1, "queued": 0, "drops": {}, "counted": [["n2", START]]}
+            r.handle(Load("n1", report), 2.3, Fx())
+        for t in (2.5, 2.0 + r.answer_within(), 2.1 + r.answer_within(), 20.0):
+            r.tick(t, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, n1_counts
+
+
 def test_a_node_back_in_the_same_life_lost_nothing() -> None:
     """A healed partition: it held on to everything (nothing is counted)."""
     r, table = survivor("n1")
