@@ -547,6 +547,8 @@ class Routing:
         if self._counted:
             report["counted"] = [[n, life] for n, life in list(self._counted)[-32:]]
         left = [[n, life] for n, life in self._left_lives if n != self.me]
+        if self._has_left:  # (and this life: see the Load case of ``handle``)
+            left.append([self.me, self.incarnation])
         if left:
             report["left"] = left[-32:]
         return report
@@ -1055,6 +1057,16 @@ class Routing:
                         ended = fenced[0] if fenced is not None else None
                         self._restore_credit(msg.origin, back, ended, now, fx)
                     self.loads[msg.origin] = load
+                elif msg.origin != self.me:
+                    # A life declared dead here that left (its report after
+                    # its handover says so): its LEFT was lost (a partition),
+                    # its frames, sent again, came. It counts, as it ends,
+                    # what peers did not acknowledge; what they did, they
+                    # took (simulation seed 19's shrink, plans/leave-into-
+                    # partition-report-after-handover-says-it-left.json).
+                    for node, life in msg.load.get("left", ()):
+                        if node == msg.origin:
+                            self._left_elsewhere_said(node, life, now)
 
     def _hold(self, msg: Relay, now: float) -> bool:
         """Whether a relay that came straight from its origin waits (then

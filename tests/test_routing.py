@@ -327,6 +327,37 @@ def test_a_count_left_to_a_survivor_that_is_dead_too_is_made_when_it_is_found_de
     assert r.counters["lost_in_dead_nodes"] == 5
 
 
+def test_a_life_declared_dead_whose_report_says_it_left_is_not_counted() -> None:
+    """Simulation seed 19's shrink (plans/leave-into-partition-report-after-
+    handover-says-it-left.json): n2 left inside a partition, its LEFT lost;
+    n1 declared it dead (5 queued at its last report). After the heal its
+    handover and the report after it came on its link: the report says that
+    life left, so nothing is counted, not when its next life comes (n2
+    counts, as it ends, what a peer did not acknowledge; n1 took it all).
+    The same life's report without it leaves the death as it was."""
+    for says_left, counted in ((True, 0), (False, 5)):
+        r, table = survivor("n1")
+        report: dict[str, object] = {"channels": 0, "queued": 0, "drops": {}}
+        if says_left:
+            report["left"] = [["n2", START]]
+        r.handle(Load("n2", report), 1.5, Fx())
+        renewed = START + 60 * RESTART_GAP
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+        r.handle(Load("n2", {"channels": 0, "queued": 0, "drops": {}}), 2.1, Fx())
+        r.tick(100.0, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, says_left
+
+
+def test_a_leaving_node_reports_its_own_life_among_those_that_left() -> None:
+    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+    r = Routing(core, FakeTable({"n1": START, "n2": START}, node_id="n1"))  # type: ignore[arg-type]
+    fx = Fx()
+    r.leave(1.0, fx)
+    [report] = [m.load for _, m in fx.peers if isinstance(m, Load)]
+    assert ["n1", START] in report["left"]
+
+
 def test_a_death_that_a_peer_cut_off_too_saw_as_a_leave_is_not_counted() -> None:
     """Simulation seed 37 (``plans/leave-into-partition-handoff``): n3, cut
     off from n1 and n2, declared both dead; n2 had left, and n1 heard it (n2
