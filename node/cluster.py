@@ -768,7 +768,8 @@ class ClusterNode:
         freeze shorter than the bound alike): a peer not heard from for the
         whole bound after a frame is cut off, frozen or dead, as failure
         detection decides (one frozen longer, which took the frame first,
-        is still counted here too: seed 18)."""
+        was counted here too, seed 18, until peers acknowledged a leaver's
+        frames at once: ``Links.left``)."""
         if self.routing is None:
             return 0.0
         bound = self.routing.answer_within()
@@ -821,6 +822,8 @@ class ClusterNode:
 
     def _member_event(self, event: MemberEvent, now: float, fx: Fx) -> None:
         fx.events.append(event)
+        if event.kind in (EventKind.LEFT, EventKind.JOINED, EventKind.ALIVE):
+            self.links.left(event.node, event.kind == EventKind.LEFT)
         if event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
             # (before routing's handover: the peer may sequence what follows)
             fx.peers.append((event.node, self.links.hello()))

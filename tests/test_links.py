@@ -60,6 +60,26 @@ def test_frames_are_taken_in_order_once_and_acknowledged() -> None:
     assert a.counters["link_retransmits"] == 0
 
 
+def test_what_a_node_that_left_sends_is_acknowledged_at_once() -> None:
+    """A node that left counts, as it ends, what was never acknowledged;
+    its peers acknowledge its frames as they take them, not ack_delay later
+    (simulation seeds 18 and 44, shrunk). A new life of it: as before."""
+    a, b = pair()
+    mb, ma = member("b", B_LIFE), member("a", A_LIFE)
+    members = {"a": ma, "b": mb}
+    b.left("a", True)
+    frame = a.frame(mb, msg(0), 0.0)
+    assert frame is not None and taken(b, frame, 0.001) == [msg(0)]
+    assert b.next_deadline() <= 0.001
+    out = acks(b, 0.001, members, "a")
+    assert LinkAck("b", A_LIFE, 1, 1) in [decode_peer(f)[0] for f in out]
+    b.left("a", False)
+    frame = a.frame(mb, msg(1), 0.002)
+    assert frame is not None and taken(b, frame, 0.003) == [msg(1)]
+    assert acks(b, 0.004, members, "a") == [], "ack_delay later, as for any peer"
+    assert b.next_deadline() >= 0.003 + S.ack_delay - 1e-9
+
+
 def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:
     a, b = pair()
     mb, ma = member("b", B_LIFE), member("a", A_LIFE)
