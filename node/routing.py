@@ -546,7 +546,11 @@ class Routing:
             report["fenced"] = list(self._fenced)
         if self._counted:
             report["counted"] = [[n, life] for n, life in list(self._counted)[-32:]]
-        left = [[n, life] for n, life in self._left_lives if n != self.me]
+        # (the lives heard to leave, here or from a peer: kept across a
+        # fence, so a node that ended its life in place still says what its
+        # earlier life heard: simulation seed 6's second shrink)
+        lives = dict.fromkeys([*self._left_lives, *self._left_elsewhere])
+        left = [[n, life] for n, life in lives if n != self.me]
         if self._has_left:  # (and this life: see the Load case of ``handle``)
             left.append([self.me, self.incarnation])
         if left:

@@ -349,6 +349,22 @@ def test_a_life_declared_dead_whose_report_says_it_left_is_not_counted() -> None
         assert r.counters["lost_in_dead_nodes"] == counted, says_left
 
 
+def test_a_node_that_ended_its_life_in_place_still_reports_the_leaves_it_heard() -> None:
+    """Simulation seed 6's second shrink (plans/fence-still-reports-a-leave-
+    it-heard.json): n2 left, n1 cut off never heard it and declared it dead;
+    n0 heard the LEFT (n2's queue was handed to it), froze, and ended its
+    life in place. Its next life's reports still say n2's life left, so n1
+    does not count n2's last reported queue as well as n0's fence report."""
+    core = NodeCore(CoreSettings("n0", "aaaaaa", str(START), 3.0, 1 << 20))
+    table = FakeTable({"n0": START, "n1": START, "n2": START}, node_id="n0")
+    old = Routing(core, table)  # type: ignore[arg-type]
+    del table.incarnations["n2"]
+    old.on_member_event(MemberEvent(EventKind.LEFT, "n2", "tcp://n2:1", START), 1.0, Fx())
+    renewed = Routing(core, table)  # type: ignore[arg-type]
+    renewed.carry_counts(old)
+    assert ["n2", START] in renewed._report(2.0)["left"]
+
+
 def test_a_leaving_node_reports_its_own_life_among_those_that_left() -> None:
     core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
     r = Routing(core, FakeTable({"n1": START, "n2": START}, node_id="n1"))  # type: ignore[arg-type]
