@@ -554,6 +554,12 @@ class MemberTable:
             out.append(Member(node, e.state, e.incarnation, e.address))
         return out
 
+    def unreached(self) -> list[str]:
+        """Seeds at no member's address (never heard of, or reaped): a
+        node may live there that this one does not know of."""
+        known = {self.address, *(e.address for e in self._table.values())}
+        return [seed for seed in self._seeds if seed not in known]
+
     def member(self, node_id: str) -> Member | None:
         if node_id == self.node_id:
             return self.members()[0]

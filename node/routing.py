@@ -1836,18 +1836,32 @@ class Routing:
                 self._settle_death(node, None, now)
 
     def _outranked(self, node: str) -> bool:
-        """Whether a peer this node declared dead (not ``node``), its death
-        not settled yet, would count before it, were it alive: it may be,
-        cut off by a partition that is
-        healing, and count what died with ``node`` in its own view, where
-        this node is dead (simulation seed 6: n1 cut off alone, n0 frozen
-        and ending its life in place as the partition healed; n1 and n2,
-        each the only survivor in its view, both counted n0's report).
+        """Whether a peer that may be alive would count what died with
+        ``node`` before this node: one this node declared dead, its death
+        not settled yet, or one it only heard was dead (it never declared it
+        itself: a life that started later), in an older life; or one of its
+        seeds it never heard of. Cut off by a partition that is healing, that
+        peer counts in its own view, where this node is the dead one
+        (simulation seed 6, shrunk: n1 cut off alone, n0 frozen, ending its
+        life in place as the partition healed, and n1 and n2, each the only
+        survivor in its view, both counted n0's report,
+        plans/partition-healing-as-a-frozen-owner-ends-its-life-counted-once
+        .json; and n2's next life, which had heard from n0 only that n1 was
+        dead, and n1, plans/new-life-told-a-peer-is-dead-keeps-a-count.json).
         This node then keeps the count for ``answer_within``, as one that is
         not first does: the peer's load report says it counted, or the
         count is this node's."""
+        if self.table.unreached():
+            return True
         mine = (self._known_incarnation(self.me), self.me)
-        return any(n != node and (self._known_incarnation(n), n) < mine for n in self._provisional)
+        for member in self.table.members():
+            if member.id in (node, self.me) or member.state != State.DEAD:
+                continue
+            if member.id in self._dead and member.id not in self._provisional:
+                continue  # (declared dead here, and settled)
+            if (member.incarnation, member.id) < mine:
+                return True
+        return False
 
     def _counts_for(self, node: str) -> bool:
         """Whether this node counts what died with ``node``: one survivor

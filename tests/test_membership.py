@@ -276,9 +276,11 @@ def test_join_is_a_full_state_exchange_with_a_seed() -> None:
     assert kinds(answer) == [(EventKind.JOINED, "j")]
     (back_to, state), *_ = answer.messages
     assert back_to == addr("j") and isinstance(state, Sync) and not state.reply
+    assert j.unreached() == [addr("s")], "a seed it never heard of"
     fx = j.handle(state, 0.0)
     assert sorted(kinds(fx)) == [(EventKind.JOINED, n) for n in ("b", "c", "s")]
     assert j.live() == ["b", "c", "j", "s"]
+    assert j.unreached() == []
 
 
 def test_a_discovered_peer_gets_a_full_state_exchange_once() -> None:

@@ -66,8 +66,12 @@ class FakeTable:
             return Member(node, State.DEAD, dead[node], f"tcp://{node}:1")
         return None if inc is None else Member(node, State.ALIVE, inc, f"tcp://{node}:1")
 
+    def unreached(self) -> list[str]:
+        return []
+
     def members(self) -> list[Member]:
-        names = sorted({*self.incarnations, *self.left})
+        dead = getattr(self.incarnations, "dead", {})
+        names = sorted({*self.incarnations, *self.left, *dead})
         return [m for m in (self.member(n) for n in names) if m is not None]
 
 
@@ -324,6 +328,22 @@ def test_a_count_left_to_a_survivor_that_is_dead_too_is_made_when_it_is_found_de
     r.tick(2.0 + r.presume_dead_after(), Fx())
     assert r.counters["lost_in_dead_nodes"] == 5
     r.tick(10.0 + r.presume_dead_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 5
+
+
+def test_a_peer_only_heard_to_be_dead_may_count_first_too() -> None:
+    """Simulation seed 6's third shrink (plans/new-life-told-a-peer-is-dead-
+    keeps-a-count.json): n3 (a new life, say) knows n1 only as dead (it
+    never declared it: gossip told it), and n2 dies. n1, in an older life,
+    may be alive behind a partition and count n2's queue: n3 keeps the
+    count until n1 says it counted, or for the answer bound."""
+    r, table = survivor("n3")
+    del table.incarnations["n1"]  # (dead in the table: no event here)
+    r.refresh()
+    t = 1.0 + r.presume_dead_after()
+    r.tick(t, Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0, "n1 may count it"
+    r.tick(t + r.answer_within() + 0.1, Fx())
     assert r.counters["lost_in_dead_nodes"] == 5
 
 
