@@ -593,7 +593,11 @@ class Links:
         Returns the units counted."""
         before = self.lost_units
         alone = left_at is not None and not any(t > left_at for t in self._heard.values())
-        last = max(self._heard.values(), default=None)
+        # (the report its peers count is the newest one a peer took that did
+        # not leave itself: one that left counts nothing of it; simulation
+        # seed 266's shrink, plans/leave-into-partition-after-a-peer-left-
+        # counted-once.json)
+        last = max((t for n, t in self._heard.items() if n not in self._leaving), default=None)
         taken = [r for r in reports if last is not None and r[0] <= last]
         since, spare = taken[-1] if alone and taken else (now, 0)
         for link in list(self._out.values()):

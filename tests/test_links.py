@@ -537,6 +537,25 @@ def test_a_frame_sent_after_the_peer_was_last_heard_is_counted_as_the_node_ends(
     assert a.give_up(1.0) == 1
 
 
+def test_the_report_left_to_peers_is_the_last_one_a_peer_that_stays_took() -> None:
+    """Simulation seed 266's shrink (plans/leave-into-partition-after-a-peer-
+    left-counted-once.json): b, cut off, took the report of 0.1 (queue 0);
+    c, on this node's side, took the later ones (queue 7) and then left
+    itself, so it counts nothing of them. b counts the queue of 0.1: none of
+    the 7 handed to b and never taken is left to it."""
+    a, b = pair()
+    c = Links("c", B_LIFE + 7, S)
+    a.take([c.hello()], 0.0)
+    mb = member("b", B_LIFE)
+    a.take([b.hello()], 0.15)  # (b's last frame: it took the report of 0.1)
+    a.take([c.hello()], 0.35)  # (c took 0.2's and 0.3's, then left)
+    a.left("c", True)
+    reports = [(0.1, 0), (0.2, 7), (0.3, 7)]
+    a.frame(mb, msg(1), 0.4, units=7, queued=True)  # (the handover, at the leave)
+    assert a.give_up(1.0, 0.4, reports) == 7
+    assert a.counters["link_left_to_peers"] == 0
+
+
 def test_a_node_that_left_alone_leaves_its_reported_queue_to_its_peers() -> None:
     """Simulation seed 250 (``plans/leave-alone-in-partition-counted-twice``):
     a node left alone in a partition. No peer heard from since its leave has
