@@ -89,6 +89,26 @@ def relay(r: Routing, inc: int, *messages: Message) -> Fx:
     return fx
 
 
+def test_relays_for_a_client_forgotten_in_the_same_step_are_dropped_and_counted() -> None:
+    """Soak seed 138 (plans/joined-node-pool-holds-capacity-after-reset.json):
+    sends another node's client relayed here were taken up (held relays) in
+    the step that forgot that client; passed on as if it were this node's
+    own, they carried its holder tag, no peer decoded the frame, and the
+    link stalled. They are dropped; the reserved one is counted."""
+    r, core, _ = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    [(vconn, virtual)] = r._virtual.items()
+    r._forget_virtual(("n2", START, b"client-1"), 1.0, Fx())
+    work = ClusterWork()
+    for req in (0, 7):  # (a reserved send, and one its client waits on)
+        work.relays.append(("n3", vconn, virtual.session, (MsgType.SEND, (req, "q", b"m", 10)), 2))
+    fx = Fx()
+    r.after_core(work, 1.0, fx)
+    assert fx.peers == [], "nothing goes out for it"
+    assert core.counters.dropped_dead_owner == 1
+    assert r.counters["relays_for_forgotten_clients"] == 2
+
+
 def test_a_refuted_suspicion_keeps_relayed_state_and_a_restart_drops_it() -> None:
     r, core, table = routing()
     relay(r, START, (MsgType.RECV, ("asgi|c", 5)))

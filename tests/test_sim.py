@@ -465,13 +465,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "producer's node sent to the owner, then to a keeper, then back. What would fix "
         "both: the producer's node numbering each producer's sends per channel",
     ),
-    "joined-node-pool-holds-capacity-after-reset": (
-        "stalled",
-        "soak seed 138's shrink (fails on the code of 2026-12-05's last session too): a "
-        "joined node n4 ends holding 4 capacity units of s0 in flight to a client that "
-        "never reports them (a lag, a join, a leave, a connection reset, a client's death); "
-        "not understood yet",
-    ),
 }
 
 
