@@ -801,6 +801,8 @@ class Routing:
         give-backs (RETURN: queued again by the core, as items handed over
         by an earlier owner are)."""
         parked = self._parked_flight[client][1]
+        vconn = self._vconn_of.get(client)
+        live = self.core.queues.flight_seqs(vconn) if vconn is not None else {}
         out: list[Message] = []
         for mtype, fields in messages:
             if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
@@ -811,8 +813,23 @@ class Routing:
                         seqs = parked.get(name) if isinstance(name, str) else None
                         ok = type(count) is int and type(upto) is int and type(expired) is int
                         if seqs and ok and 0 <= expired <= count:
-                            taken = len([q for q in seqs[: max(0, count)] if q <= upto])
-                            del seqs[:taken]
+                            # The ``count`` handed last up to ``upto``: what
+                            # it took of the live flight (handed after every
+                            # parked one) first, then the parked ones just
+                            # before it. One handed before those that it
+                            # never reports never reached it (sent plain
+                            # into a partition): it stays parked, counted
+                            # when the parked flight lapses. Taking the
+                            # first parked ones instead freed, report by
+                            # report, the one before the one it took, and
+                            # the last it took stayed in flight for good
+                            # (soak seed 638: a stalled pool).
+                            after = sum(1 for q in live.get(name, ()) if q <= upto)
+                            upto_parked = [i for i, q in enumerate(seqs) if q <= upto]
+                            taken = min(len(upto_parked), max(0, count - after))
+                            if taken:
+                                end = upto_parked[-1] + 1
+                                del seqs[end - taken : end]
                             # (which were found expired is not said: the
                             # parked ones, first handed, take them first)
                             stale = min(expired, taken)

@@ -1053,6 +1053,30 @@ def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them()
     assert r.counters["parked_flight_lost"] == 1
 
 
+def test_a_report_of_parked_deliveries_frees_those_it_took_not_the_first() -> None:
+    """Soak seed 638 (a stalled pool): the first of three parked deliveries
+    never reached the client (sent plain into a partition); it took the
+    other two and reports them (up to the last, two). Those two are
+    settled; the first stays parked and is counted when the parked flight
+    lapses. Freeing the first two instead left, report after report, the
+    last one taken in flight for good."""
+    r, core, table, seqs = _declared_dead_with_three_in_flight()
+    table.incarnations["n2"] = START + 1  # back in the same life
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[2], 2, 0]],)))
+    [(_, (_, parked))] = r._parked_flight.items()
+    assert parked == {"asgi|c": [seqs[0]]}
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    relay(r, START, (MsgType.SEND, (0, "asgi|c", b"new", 10)))
+    [vconn] = r._virtual
+    [[new]] = [list(s) for s in core.queues.flight_seqs(vconn).values()]
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", new, 1, 0]],)))
+    assert core.queues.flight_seqs(vconn) == {}, "the new one it took is settled"
+    assert core.queues.held("asgi|c") == 0
+    r.tick(1.0 + r.presume_lost_after(), Fx())
+    assert core.drops()["receiver_gone"] == 1
+    assert r.counters["parked_flight_lost"] == 1
+
+
 def _moved_here(r: Routing, before: Ownership) -> str:
     """A channel the leave of n3 moved to this node (n1)."""
     for i in range(1000):
