@@ -140,6 +140,20 @@ def test_same_seed_same_trace_byte_for_byte() -> None:
     assert run_plan(generate(12, 1)).digest != a.digest
 
 
+def test_a_traced_replay_ends_with_what_each_node_still_holds() -> None:
+    """A traced replay ends with each live node's state: which pool still
+    holds capacity and what holds it (the diagnosis of soak seeds 138 and
+    728 took that). Here: 3 sends nobody had time to take (no drain)."""
+    plan = Plan(0, 3, (Op(0.01, "client", ("c0", 0)), Op(0.2, "send", ("c0", "q0", 3, 0.0, 1000))))
+    result = run_plan(plan, keep_trace=True, drain_limit=0.0)
+    assert result.invariant == "stalled"
+    state = [line.split(" ", 1)[1] for line in result.trace if " state " in line]
+    owner = next(line.split()[1] for line in state if " pool q0 holds 3" in line)
+    assert state.count(f"state {owner} pool q0 holds 3") == 1
+    assert "state   q0 queued 3" in state
+    assert sum(1 for line in state if line.startswith("state n") and "{" in line) == 3
+
+
 def test_a_saved_plan_replays_exactly() -> None:
     plan = generate(5, 1)
     again = Plan.from_json(plan.to_json())

@@ -73,7 +73,7 @@ from zchannels.node.membership import suspicion_bounds
 from zchannels.node.peer_wire import decode_peer
 from zchannels.node.readiness import Readiness, expects_peers
 
-from zchannels.protocol import ErrorCode, Message, MsgType, decode, encode_many
+from zchannels.protocol import DecodeError, ErrorCode, Message, MsgType, decode, encode_many
 
 from .adapter import EffectsLike, NodeLike
 from .check import MESSAGE_DROPS, History, message_drops
@@ -573,7 +573,10 @@ class World:
 
     def _node_peer_frame(self, sn: SimNode, frame: bytes) -> None:
         if self.keep_trace:  # (what the frame carries, by type: costly, so only then)
-            kinds = " ".join(type(m).__name__ for m in decode_peer(frame))
+            try:
+                kinds = " ".join(type(m).__name__ for m in decode_peer(frame))
+            except DecodeError as exc:  # (the node counts it a decode_error and goes on)
+                kinds = f"UNDECODABLE {exc}"
             self.log(f"{sn.node_id} <- peer {len(frame)} {kinds}")
         else:
             self.log(f"{sn.node_id} <- peer {len(frame)}")
@@ -823,7 +826,46 @@ class World:
                 self._final()
         except SimCrash as exc:
             self.history.violate(self.now, "crash", str(exc))
+        if self.keep_trace:
+            self._log_state()
         return self.history
+
+    def _log_state(self) -> None:
+        """For a traced replay: where each live node ends — its counters
+        that say something was lost, dropped or held, and every pool that
+        still holds capacity, with what holds it (queued messages, and each
+        connection's flight: for another node's client, whose it is)."""
+        words = ("lost", "drop", "stale", "parked", "gone", "forgotten", "left_to", "unanswered")
+        for sn in sorted(self.nodes.values(), key=lambda n: n.node_id):
+            if sn.node is None:
+                continue
+            status = sn.node.status()
+            counts = {f"drops.{k}": v for k, v in status.get("drops", {}).items() if v}
+            for group in ("counters", "routing_counters", "peer_counters"):
+                for k, v in (status.get(group) or {}).items():
+                    if v and isinstance(v, int) and any(w in k for w in words):
+                        counts[f"{group}.{k}"] = v
+            self.log(f"state {sn.node_id} {counts}")
+            queues = getattr(getattr(sn.node, "core", None), "queues", None)
+            routing = getattr(sn.node, "routing", None)
+            for name, pool in queues.pools.items() if queues is not None else ():
+                if not pool.held:
+                    continue
+                self.log(f"state {sn.node_id} pool {name} holds {pool.held}")
+                for channel in sorted(pool.names):
+                    ch = queues.channels.get(channel)
+                    if ch is None:
+                        continue
+                    for conn, flight in ch.flight.items():
+                        virtual = routing._virtual.get(conn) if routing is not None else None
+                        who = (
+                            f"{virtual.origin}@{virtual.incarnation}/{virtual.tag}"
+                            if virtual is not None
+                            else repr(conn)
+                        )
+                        self.log(f"state   {channel} flight to {who}: {sorted(flight)}")
+                    if ch.items:
+                        self.log(f"state   {channel} queued {len(ch.items)}")
 
     def _finish_drains(self) -> None:
         """Drains under way when the schedule ends run to their restart
