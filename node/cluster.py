@@ -59,7 +59,7 @@ from .peer_messages import (
     RelayLost,
     Reservations,
 )
-from .peer_wire import decode_peer, encode_peer
+from .peer_wire import decode_peer, encode_peer, salvage_link_frame
 from .queues import ConnId
 from .readiness import expects_peers
 from .replication import GroupReplication
@@ -446,9 +446,16 @@ class ClusterNode:
         try:
             messages = decode_peer(frame, self.config.max_frame_size)
         except DecodeError as exc:
-            self.counters["decode_errors"] += 1
-            log.debug("dropped a peer frame: %s", exc)
-            return Effects()
+            salvaged = salvage_link_frame(frame, self.config.max_frame_size)
+            if salvaged is None:
+                self.counters["decode_errors"] += 1
+                log.debug("dropped a peer frame: %s", exc)
+                return Effects()
+            # A link frame with malformed messages: taken without them (each
+            # counted and logged), so its link goes on.
+            messages, bad = salvaged
+            self.counters["decode_errors"] += len(bad)
+            log.warning("took a link frame without %d malformed messages: %s", len(bad), bad[0])
         table = self.table
         if table is None:
             self.counters["decode_errors"] += 1  # (a node alone has no peer socket)

@@ -22,6 +22,7 @@ from zchannels.protocol import (
     MsgType,
     check_message,
     decode,
+    decode_each,
     encode,
     encode_batch,
     specs_of,
@@ -231,6 +232,33 @@ def encode_peers(msgs: list[PeerMessage]) -> bytes:
 def decode_peer(frame: bytes, max_size: int | None = None) -> list[PeerMessage]:
     """Every peer message in a frame, fully checked. Raises only ``DecodeError``."""
     return [from_wire(mtype, fields) for mtype, fields in decode(frame, max_size, _PEER_SPECS)]
+
+
+def salvage_link_frame(
+    frame: bytes, max_size: int | None = None
+) -> tuple[list[PeerMessage], list[DecodeError]] | None:
+    """A frame ``decode_peer`` refused: if it is a link frame (well-formed
+    as a whole, its first message a well-formed ``LinkSeq``), its
+    well-formed messages and why each other one was not; else None.
+    Refused as a whole, a link frame is sent again, refused again, and
+    everything after it on its link waits for good (soak seed 138, before
+    its fix: one malformed relay held a link up to the end of the run)."""
+    try:
+        items = decode_each(frame, max_size, _PEER_SPECS)
+    except DecodeError:
+        return None
+    good: list[PeerMessage] = []
+    bad: list[DecodeError] = []
+    for item in items:
+        try:
+            if isinstance(item, DecodeError):
+                raise item
+            good.append(from_wire(*item))
+        except DecodeError as exc:
+            if not good:
+                return None  # (no link header: not a link frame)
+            bad.append(exc)
+    return (good, bad) if isinstance(good[0], LinkSeq) else None
 
 
 def to_wire(msg: PeerMessage) -> Message:

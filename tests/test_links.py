@@ -9,8 +9,24 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.links import HELD, Links, LinkSettings
 from zchannels.node.membership import Member, State
-from zchannels.node.peer_messages import Ask, Handoff, LinkAck, LinkState, Reservations
-from zchannels.node.peer_wire import PeerMessage, decode_peer, encode_peer
+from zchannels.node.peer_messages import (
+    Ask,
+    Handoff,
+    LinkAck,
+    LinkSeq,
+    LinkState,
+    Relay,
+    Reservations,
+)
+from zchannels.node.peer_wire import (
+    PeerMessage,
+    decode_peer,
+    encode_peer,
+    encode_peers,
+    salvage_link_frame,
+)
+
+from zchannels.protocol import DecodeError, MsgType
 
 S = LinkSettings(ack_delay=0.02, retransmit=0.25, hello_interval=1.0, max_unacked=1000)
 A_LIFE, B_LIFE = 1_000_000, 2_000_000
@@ -78,6 +94,34 @@ def test_what_a_node_that_left_sends_is_acknowledged_at_once() -> None:
     assert frame is not None and taken(b, frame, 0.003) == [msg(1)]
     assert acks(b, 0.004, members, "a") == [], "ack_delay later, as for any peer"
     assert b.next_deadline() >= 0.003 + S.ack_delay - 1e-9
+
+
+def test_a_link_frame_with_a_malformed_message_is_taken_without_it() -> None:
+    """Refused as a whole, a link frame is sent again and refused again,
+    and everything after it on its link waits for good (soak seed 138: a
+    relay with a holder tag no codec accepts). Its link header and its
+    well-formed messages are taken; the malformed one is left out (the node
+    counts it a decode_error). A frame without a link header: refused."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    sends = ((MsgType.SEND, (0, "q", b"m", 10)),)
+    bad = Relay("a", A_LIFE, b"conn", "n0@1000/tag", 60.0, 2, sends, 0.0)
+    first = a.frame(mb, bad, 0.0)
+    assert first is not None
+    try:
+        decode_peer(first)
+        raise AssertionError("a relay with a holder tag decoded")
+    except DecodeError:
+        pass
+    salvaged = salvage_link_frame(first)
+    assert salvaged is not None
+    good, errors = salvaged
+    assert [type(m) for m in good] == [LinkSeq] and len(errors) == 1
+    assert b.take(good, 0.001) == []
+    after = a.frame(mb, msg(1), 0.002)
+    assert after is not None and taken(b, after, 0.003) == [msg(1)], "the link goes on"
+    assert salvage_link_frame(encode_peers([msg(1), bad])) is None
+    assert salvage_link_frame(encode_peer(bad)) is None
 
 
 def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:

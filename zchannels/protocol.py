@@ -350,6 +350,33 @@ def decode(frame: bytes, max_size: int | None = None, specs: Specs | None = None
     protocol's by default; ``specs_of`` builds others). Raises only
     ``DecodeError``."""
     specs = _SPECS if specs is None else specs
+    mtype_num, body = _body(frame, max_size)
+    if mtype_num == MsgType.BATCH:
+        return [check_message(item, specs) for item in body]
+    return [_check(mtype_num, body, specs)]
+
+
+def decode_each(
+    frame: bytes, max_size: int | None = None, specs: Specs | None = None
+) -> list[Message | DecodeError]:
+    """As ``decode``, but each message of a BATCH is checked by itself: in
+    the place of each one that is not well-formed, why. Raises
+    ``DecodeError`` for a frame that is not well-formed as a whole."""
+    specs = _SPECS if specs is None else specs
+    mtype_num, body = _body(frame, max_size)
+    if mtype_num != MsgType.BATCH:
+        return [_check(mtype_num, body, specs)]
+    out: list[Message | DecodeError] = []
+    for item in body:
+        try:
+            out.append(check_message(item, specs))
+        except DecodeError as exc:
+            out.append(exc)
+    return out
+
+
+def _body(frame: bytes, max_size: int | None) -> tuple[int, list[Any]]:
+    """A frame's type number and its unpacked body (an array)."""
     if max_size is not None and len(frame) > max_size:
         raise DecodeError("oversized", f"{len(frame)} > {max_size} bytes")
     if len(frame) < 2:
@@ -368,10 +395,7 @@ def decode(frame: bytes, max_size: int | None = None, specs: Specs | None = None
         raise DecodeError("msgpack", repr(exc)[:200]) from None
     if not isinstance(body, list):
         raise DecodeError("shape", "body is not an array")
-    mtype_num = frame[1]
-    if mtype_num == MsgType.BATCH:
-        return [check_message(item, specs) for item in body]
-    return [_check(mtype_num, body, specs)]
+    return frame[1], body
 
 
 _BY_NUMBER: dict[int, MsgType] = {int(t): t for t in MsgType}
