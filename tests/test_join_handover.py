@@ -18,7 +18,7 @@ from typing import Any
 
 from zchannels.node.cluster import ClusterNode, Effects
 from zchannels.node.config import NodeConfig
-from zchannels.node.peer_messages import Handoff
+from zchannels.node.peer_messages import Ask, Handoff, Relay
 from zchannels.node.peer_wire import decode_peer, encode_peers
 
 from zchannels.protocol import Message, MsgType
@@ -240,3 +240,34 @@ def test_a_handover_held_by_a_node_that_left_before_it_joined_is_counted_as_it_e
     b.peer(encode_peers([Handoff("a", (("q0", items),), ())]), 0.3)
     assert b.gone(0.5) == 2
     assert b.drops()["dead_owner"] == 2
+
+
+def test_a_link_frame_with_a_malformed_message_is_taken_and_its_link_goes_on() -> None:
+    """A peer's link frame carrying a malformed message (soak seed 138: a
+    relay with a holder tag no codec accepts) is taken without it: counted
+    a decode_error, and the frames after it on that link are taken too
+    (refused as a whole, it was sent again and refused for good, and the
+    link stalled behind it)."""
+    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
+    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
+    net = Net({A_ADDR: a, B_ADDR: b})
+    for address, node in net.nodes.items():
+        net.start(address, node)
+    net.run(2 * b.config.join_timeout)
+    assert b.table is not None and a.table is not None
+    member_b = a.table.member("b")
+    assert member_b is not None
+    sends = ((MsgType.SEND, (0, "q", b"m", 10)),)
+    bad = Relay("a", a.incarnation, b"conn", "a@1/tag", 60.0, 2, sends, net.now)
+    good = Ask(7, "a", "members", "asgi|g7")
+    frames = [a.links.frame(member_b, msg, net.now) for msg in (bad, good)]
+    assert all(isinstance(f, bytes) and f for f in frames)
+
+    def taken() -> int:
+        return sum(upto for source, _life, _gen, upto in b.links.report() if source == "a")
+
+    before, errors = taken(), b.counters["decode_errors"]
+    for frame in frames:
+        b.peer(frame, net.now)  # type: ignore[arg-type]
+    assert b.counters["decode_errors"] == errors + 1
+    assert taken() == before + 2, "the malformed one's frame and the next are taken"
