@@ -600,6 +600,17 @@ class Links:
         last = max((t for n, t in self._heard.items() if n not in self._leaving), default=None)
         taken = [r for r in reports if last is not None and r[0] <= last]
         since, spare = taken[-1] if alone and taken else (now, 0)
+
+        def left_to_peers(units: int, queued: bool, first: float) -> int:
+            """Of ``units`` sent at ``first``, those not left to the peers."""
+            nonlocal spare
+            if spare > 0 and queued and units and first >= since:
+                left = min(spare, units)
+                spare -= left
+                self.counters["link_left_to_peers"] += left
+                units -= left
+            return units
+
         for link in list(self._out.values()):
             heard = self._heard.get(link.node)
             # (taken: its acknowledgement is on its way; only frames first
@@ -609,27 +620,16 @@ class Links:
             while link.unacked and heard is not None and heard >= link.unacked[0].first:
                 link.unacked.popleft()
             for i, f in enumerate(link.unacked):
-                if spare > 0 and f.queued and f.units and f.first >= since:
-                    left = min(spare, f.units)
-                    spare -= left
-                    self.counters["link_left_to_peers"] += left
-                    link.unacked[i] = f._replace(units=f.units - left)
+                link.unacked[i] = f._replace(units=left_to_peers(f.units, f.queued, f.first))
             self._end(link, now)
         for limbo in list(self._limbo.values()):
             self._settle(limbo, -1)
         # (what was held for a new life that never said hello was never
         # sent: the same, as if sent when it was held)
-        for node, held in list(self._held.items()):
-            del self._held[node]
-            for _msg, units, note, queued in held.msgs:
-                if spare > 0 and queued and units and held.since >= since:
-                    left = min(spare, units)
-                    spare -= left
-                    self.counters["link_left_to_peers"] += left
-                    units -= left
-                self._count_lost(units)
-                if note is not None:
-                    self._lost_notes.append((note, False))
+        for held in self._held.values():
+            held.msgs = [(m, left_to_peers(u, q, held.since), n, q) for m, u, n, q in held.msgs]
+            self._held_lost(held)
+        self._held.clear()
         return self.lost_units - before
 
     def youngest_counted(self) -> float | None:

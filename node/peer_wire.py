@@ -250,14 +250,15 @@ def salvage_link_frame(
     good: list[PeerMessage] = []
     bad: list[DecodeError] = []
     for item in items:
-        try:
-            if isinstance(item, DecodeError):
-                raise item
-            good.append(from_wire(*item))
-        except DecodeError as exc:
-            if not good:
-                return None  # (no link header: not a link frame)
-            bad.append(exc)
+        if not isinstance(item, DecodeError):
+            try:
+                good.append(from_wire(*item))
+                continue
+            except DecodeError as exc:
+                item = exc
+        if not good:
+            return None  # (no link header: not a link frame)
+        bad.append(item)
     return (good, bad) if isinstance(good[0], LinkSeq) else None
 
 

@@ -103,15 +103,22 @@ class Net:
         ]
 
 
-def scenario(drop: Any = None) -> tuple[Net, ClusterNode, float]:
-    """B's client sends ``first`` to its own name while B lingers after a
-    plain leave, and ``second`` to B's next life; it receives from then on."""
+def joined(drop: Any = None) -> tuple[Net, ClusterNode, ClusterNode]:
+    """Nodes a and b, started as the shell starts them, each the other's
+    seed: both have joined and serve."""
     a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
     b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
     net = Net({A_ADDR: a, B_ADDR: b}, drop)
     for address, node in net.nodes.items():
         net.start(address, node)
-    net.run(2 * b.config.join_timeout)  # (both serve: joined, handed over)
+    net.run(2 * b.config.join_timeout)
+    return net, a, b
+
+
+def scenario(drop: Any = None) -> tuple[Net, ClusterNode, float]:
+    """B's client sends ``first`` to its own name while B lingers after a
+    plain leave, and ``second`` to B's next life; it receives from then on."""
+    net, a, b = joined(drop)  # (both serve: joined, handed over)
     assert sorted(a.table.live()) == ["a", "b"]  # type: ignore[union-attr]
     hello: Message = (MsgType.HELLO, (SESSION, 7, [60.0]))
     net.client(B_ADDR, [hello])
@@ -207,12 +214,7 @@ def test_a_restart_one_start_number_later_is_a_new_life() -> None:
     (``HandedOver``), and open a new link to it. Before, the new life was
     taken for the old one, what was sent on the old life's link was dropped
     by the new one uncounted, and it served only after ``join_timeout``."""
-    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
-    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
-    net = Net({A_ADDR: a, B_ADDR: b})
-    for address, node in net.nodes.items():
-        net.start(address, node)
-    net.run(2 * b.config.join_timeout)
+    net, a, b = joined()
     b.links.hurry(0.0)  # (what the killed process kept goes nowhere)
     b2 = make("b", B_ADDR, (A_ADDR,), 1_000_002)  # killed and restarted at once
     net.nodes[B_ADDR] = b2
@@ -248,12 +250,7 @@ def test_a_link_frame_with_a_malformed_message_is_taken_and_its_link_goes_on() -
     a decode_error, and the frames after it on that link are taken too
     (refused as a whole, it was sent again and refused for good, and the
     link stalled behind it)."""
-    a = make("a", A_ADDR, (B_ADDR,), 1_000_001)
-    b = make("b", B_ADDR, (A_ADDR,), 1_000_001)
-    net = Net({A_ADDR: a, B_ADDR: b})
-    for address, node in net.nodes.items():
-        net.start(address, node)
-    net.run(2 * b.config.join_timeout)
+    net, a, b = joined()
     assert b.table is not None and a.table is not None
     member_b = a.table.member("b")
     assert member_b is not None
