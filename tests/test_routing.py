@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from zchannels.node.core import ClusterWork, CoreSettings, NodeCore, Out
-from zchannels.node.effects import Fx
+from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, Out
+from zchannels.node.effects import EVERYONE, Fx
 from zchannels.node.membership import EventKind, Member, MemberEvent, MembershipConfig, State
 from zchannels.node.ownership import Ownership, tag_of
 from zchannels.node.peer_messages import ConnGone, Handoff, Load, Relay, RelayBack, Reservations
@@ -1229,3 +1229,68 @@ def test_a_passed_on_send_whose_client_is_forgotten_is_not_answered() -> None:
     r.tick(r.fresh_within() + RELAY_FRESH_MARGIN, due)
     assert [o for o in due.out if o[1][0] == MsgType.ERROR] == []
     assert r._passed_due == set()
+
+
+def _handed_far_by_n2_then_n2_dead() -> tuple[Routing, NodeCore, str, list[list[object]]]:
+    """Our client ``A`` was handed two messages of ``asgi|far`` by its owner
+    n2; then n2 is declared dead here (it may only lag: simulation seed 188
+    without kills, a 0.3 s lag), so ``asgi|far`` is ours in our view."""
+    r, core, table, _ = receiving_far()
+    far = next(iter(k[1] for k in r._credit))
+    items: list[list[object]] = [[b"m1", 60.0, 101], [b"m2", 60.0, 102]]
+    delivered = Fx()
+    r.handle(RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)),)), 0.5, delivered)
+    assert delivered.out == [(b"A", (MsgType.DELIVER, (far, items)))]
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 1.0, Fx())
+    assert r.route(far) is None, "ours now, in our view"
+    return r, core, far, items
+
+
+def _copies_to_n2(fx: Fx) -> list[tuple[Message, int]]:
+    return [
+        (m, msg.hops)
+        for node, msg in fx.peers
+        if node == "n2" and isinstance(msg, Relay)
+        for m in msg.messages
+    ]
+
+
+def test_deliveries_bounced_off_a_gone_client_tell_the_owner_thought_dead() -> None:
+    """The client is gone: n2's deliveries bounce off it and go back into
+    our queue (we own the channel in our view). n2, if it lives, parked
+    them as handed to a client of a node it declared dead, and would count
+    them lost when that lapses, though they are queued here and delivered
+    later: it is told they are not its any more, as if taken (a report's
+    copy, for n2 alone), before it hears the client is gone."""
+    r, core, far, items = _handed_far_by_n2_then_n2_dead()
+    work, fx = ClusterWork(), Fx()
+    core.undeliverable(b"A", [(MsgType.DELIVER, (far, items))], 2.0, work)
+    r.after_core(work, 2.0, fx)
+    assert core.queues.length(far) == 2, "queued here again"
+    assert _copies_to_n2(fx) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
+    told = [type(msg).__name__ for node, msg in fx.peers if node in ("n2", EVERYONE)]
+    assert told == ["Relay", "ConnGone"], "the copy first"
+
+
+def test_deliveries_a_client_gives_back_tell_the_owner_thought_dead() -> None:
+    r, core, far, items = _handed_far_by_n2_then_n2_dead()
+    work, fx = ClusterWork(), Fx()
+    core.handle(b"A", [(MsgType.RETURN, (3, far, items, 1))], 2.0, work)
+    r.after_core(work, 2.0, fx)
+    assert core.queues.length(far) == 2
+    assert _copies_to_n2(fx) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
+
+
+def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
+    """What this node handed its client itself is its own flight: nothing
+    to tell anyone."""
+    r, core, far, _ = _handed_far_by_n2_then_n2_dead()
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.RECV, (far, 5))], 2.0, work)
+    core.handle(b"A", [(MsgType.SEND, (0, far, b"ours", 10))], 2.0, work)
+    [[seq]] = [list(s) for s in core.queues.flight_seqs(b"A").values()]
+    work, fx = ClusterWork(), Fx()
+    core.handle(b"A", [(MsgType.RETURN, (3, far, [[b"ours", 60.0, seq]], 1))], 2.0, work)
+    r.after_core(work, 2.0, fx)
+    assert _copies_to_n2(fx) == [] and core.queues.length(far) == 1
