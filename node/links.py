@@ -566,7 +566,11 @@ class Links:
         self.retransmit = min(self.retransmit, within / 3)
 
     def give_up(
-        self, now: float, left_at: float | None = None, reports: Sequence[tuple[float, int]] = ()
+        self,
+        now: float,
+        left_at: float | None = None,
+        reports: Sequence[tuple[float, int]] = (),
+        taken_within: float = float("inf"),
     ) -> int:
         """This process ends (after a leave, once it stopped lingering):
         every link is given up, and what a peer never took is counted lost
@@ -590,7 +594,10 @@ class Links:
         (simulation seed 250, ``plans/leave-alone-in-partition-counted-twice``:
         a node that left alone in a partition counted its handover, and its
         peers, which never heard the LEFT, its last reported queue).
-        Returns the units counted."""
+        ``taken_within``: a handover is not presumed taken by a peer heard
+        from this long or longer after it was sent (the answer bound: the
+        node lingered while that peer was heard, and no acknowledgement
+        came). Returns the units counted."""
         before = self.lost_units
         alone = left_at is not None and not any(t > left_at for t in self._heard.values())
         # (the report its peers count is the newest one a peer took that did
@@ -617,8 +624,16 @@ class Links:
             # sent before the peer was last heard, not those sent after it
             # went silent: seed 6, a handover sent as the node left into a
             # partition, after the peer's last frame)
-            while link.unacked and heard is not None and heard >= link.unacked[0].first:
-                link.unacked.popleft()
+            # (but a handover the node lingered on for while the peer was
+            # heard, ``heard_waiting``: a peer heard from ``taken_within``
+            # or more after it was sent, that never acknowledged it, did not
+            # take it: its acknowledgement would have come before)
+            if heard is not None:
+                link.unacked = deque(
+                    f
+                    for f in link.unacked
+                    if f.first > heard or (f.units and f.queued and heard >= f.first + taken_within)
+                )
             for i, f in enumerate(link.unacked):
                 link.unacked[i] = f._replace(units=left_to_peers(f.units, f.queued, f.first))
             self._end(link, now)
@@ -641,6 +656,19 @@ class Links:
                 for link in self._out.values()
                 for f in link.unacked
                 if f.units or f.note is not None
+            ),
+            default=None,
+        )
+
+    def heard_waiting(self) -> float | None:
+        """When a peer that has not acknowledged a handover (items from this
+        node's queues, which only it counts) was last heard from (newest of
+        such peers); None if none was heard."""
+        return max(
+            (
+                self._heard[link.node]
+                for link in self._out.values()
+                if link.node in self._heard and any(f.units and f.queued for f in link.unacked)
             ),
             default=None,
         )

@@ -16,7 +16,7 @@ import heapq
 import random
 from typing import Any
 
-from zchannels.node.cluster import ClusterNode, Effects
+from zchannels.node.cluster import LINGER_BOUNDS, ClusterNode, Effects
 from zchannels.node.config import NodeConfig
 from zchannels.node.peer_messages import Ask, Handoff, Relay
 from zchannels.node.peer_wire import decode_peer, encode_peers
@@ -204,6 +204,68 @@ def test_a_node_that_left_lingers_until_its_last_reserved_send_could_be_acknowle
     net.run(net.now + 0.5)  # (the link sends it again; this time acknowledged)
     assert not b.passing_on() and b.linger_limit() == bound
     assert b.gone(net.now) == 0
+
+
+def _leaving_with_its_handover_lost(
+    sends: int,
+) -> tuple[Net, ClusterNode, ClusterNode, str, float, list[bool]]:
+    """B's client queued ``sends`` messages on a name B owns, with nobody
+    receiving; B leaves, and while ``lossy[0]`` its frames carrying the
+    handover (to A, the name's next owner) are lost, every time the link
+    sends them again; everything else gets through (A is heard from)."""
+    net, a, b = joined()
+    name = next(f"q{i}" for i in range(100) if b.routing.route(f"q{i}") is None)  # type: ignore[union-attr]
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    for i in range(sends):
+        net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
+    net.run(net.now + 0.05)
+    lossy = [True]
+    deliver = net.apply
+
+    def apply(address: str, fx: Effects) -> None:
+        if address == B_ADDR and lossy[0]:
+            fx.peers[:] = [
+                (to, frame)
+                for to, frame in fx.peers
+                if not any(isinstance(m, Handoff) for m in decode_peer(frame))
+            ]
+        deliver(address, fx)
+
+    net.apply = apply  # type: ignore[method-assign]
+    left = net.now
+    net.apply(B_ADDR, b.leave(left))
+    return net, a, b, name, left, lossy
+
+
+def test_a_node_that_left_lingers_while_a_peer_it_still_hears_has_not_taken_its_handover() -> None:
+    """Simulation seed 155 without kills (a handover into 30% loss): the
+    peer was heard from after the handover was sent, the linger ended at
+    its limit, the handover was taken for delivered (only its
+    acknowledgement late) and the queue was lost, counted by nobody. A
+    peer still heard from is reachable: the node lingers on while it is,
+    up to ``LINGER_BOUNDS`` answer bounds, and the handover gets through."""
+    net, a, b, name, left, lossy = _leaving_with_its_handover_lost(3)
+    bound = b.routing.answer_within()  # type: ignore[union-attr]
+    net.run(left + 3 * bound)  # (past the 2 bounds a linger had at most)
+    assert b.passing_on(), "the handover still waits"
+    assert 3 * bound < b.linger_limit() <= LINGER_BOUNDS * bound
+    lossy[0] = False  # (sent again: this time it gets through)
+    net.run(net.now + 0.5)
+    assert not b.passing_on()
+    assert b.gone(net.now) == 0
+    assert a.core.queues.length(name) == 3
+
+
+def test_a_handover_a_peer_heard_from_never_took_is_counted_as_the_node_ends() -> None:
+    """The linger's limit, and then: a peer heard from all along that never
+    acknowledged the handover did not take it (its acknowledgement would
+    have come): counted as the process ends, not presumed delivered."""
+    net, a, b, name, left, _ = _leaving_with_its_handover_lost(1)
+    bound = b.routing.answer_within()  # type: ignore[union-attr]
+    net.run(left + 10 * bound)
+    assert b.passing_on() and b.linger_limit() == LINGER_BOUNDS * bound
+    assert b.gone(net.now) == 1, "counted as the process ends"
+    assert a.core.queues.length(name) == 0
 
 
 def test_a_restart_one_start_number_later_is_a_new_life() -> None:
