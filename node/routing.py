@@ -84,6 +84,11 @@ RESTART_GAP = 1000
 #: node's client (``Routing._not_again``): longer than any delivery already on
 #: its way to it can take to bounce back, a frozen node's included.
 GONE_MEMORY = 60.0
+#: Most client connections gone while a node was declared dead here that it
+#: is told of when it comes back in the same life (``Routing._gone_unheard``)
+MAX_GONE_UNHEARD = 10_000
+#: Member events that say a node is live
+LIVE_EVENTS = frozenset({EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED})
 #: Most messages held from one node not yet in the member table
 #: (``Routing._stranger``); beyond, they are dropped and counted.
 MAX_STRANGER_HELD = 10_000
@@ -329,6 +334,10 @@ class Routing:
         #: nodes this node declared dead, until they are seen live again
         #: or gone for good (``report_to``)
         self._dead: set[str] = set()
+        #: node declared dead here -> (its incarnation, this node's client
+        #: connections that went meanwhile): told when it is back in that
+        #: life (``ConnGone`` goes to live members only)
+        self._gone_unheard: dict[str, tuple[int, set[ConnId]]] = {}
         #: this node has left (it lingers, passing on what still comes)
         self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
@@ -699,6 +708,14 @@ class Routing:
             for key in [k for k in self._pending if k[0] in ended]:
                 del self._pending[key]
             fx.peers.append((EVERYONE, ConnGone(self.me, self.incarnation, tuple(gone))))
+            for node in self._dead:
+                # (it may only be slow or cut off, with our client's flight
+                # or credit: simulation seed 244, a lagged owner kept a
+                # delivery to a gone client in flight for good)
+                life = self._known_incarnation(node)
+                entry = self._gone_unheard.setdefault(node, (life, set()))
+                if len(entry[1]) < MAX_GONE_UNHEARD:
+                    entry[1].update(gone)
 
     # -- answers for virtual connections ---------------------------------------
     def is_virtual(self, conn: ConnId) -> bool:
@@ -1513,6 +1530,13 @@ class Routing:
             self._answer_sooner(event.node, now, life_ended=False)
         else:
             self._dead.discard(event.node)
+        unheard = self._gone_unheard.pop(event.node, None) if event.kind != EventKind.DEAD else None
+        if (
+            unheard is not None
+            and event.kind in LIVE_EVENTS
+            and _same_life(unheard[0], event.incarnation)
+        ):
+            fx.peers.append((event.node, ConnGone(self.me, self.incarnation, tuple(unheard[1]))))
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._lives.pop(event.node, None)
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)

@@ -1294,3 +1294,29 @@ def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
     core.handle(b"A", [(MsgType.RETURN, (3, far, [[b"ours", 60.0, seq]], 1))], 2.0, work)
     r.after_core(work, 2.0, fx)
     assert _copies_to_n2(fx) == [] and core.queues.length(far) == 1
+
+
+def test_a_client_gone_while_its_owner_was_thought_dead_is_told_when_it_is_back() -> None:
+    """Simulation seed 244 (a 0.3 s lag): our client, receiving a channel n2
+    owns, went while n2 was declared dead here; ``ConnGone`` goes to live
+    members only, so n2, back in the same life, kept its delivery to the
+    client in flight for good (a stalled pool). It is told when it is back;
+    a new life of n2 never knew the client and is told nothing."""
+    for back_at, told in ((START + 8, True), (START + RESTART_GAP + 8, False)):
+        r, core, table, _ = receiving_far()
+        del table.incarnations["n2"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 1.0, Fx())
+        work, fx = ClusterWork(), Fx()
+        core.undeliverable(b"A", [], 1.5, work)  # (the client is gone)
+        r.after_core(work, 1.5, fx)
+        assert fx.peers == [(EVERYONE, ConnGone("n1", START, (b"A",)))]
+        table.incarnations["n2"] = back_at
+        again = Fx()
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", back_at), 2.0, again)
+        gone = [m for node, m in again.peers if node == "n2" and isinstance(m, ConnGone)]
+        assert gone == ([ConnGone("n1", START, (b"A",))] if told else [])
+        later = Fx()
+        r.on_member_event(
+            MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", back_at + 1), 3.0, later
+        )
+        assert not any(isinstance(m, ConnGone) for _, m in later.peers), "told once"
