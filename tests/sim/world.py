@@ -818,7 +818,11 @@ class World:
                 self._finish_drains()
             if go_on():
                 self._heal()
-                self.run_until(self.now + settle)
+                # (and until every peer frame sent before the heal has
+                # arrived: one waiting out retransmissions drawn while a
+                # loss lasted is in transit, not lost, whatever it carries)
+                sent = [at for at, _, kind, *_ in self._heap if kind == "peer"]
+                self.run_until(max([self.now + settle, *sent]))
             if go_on():
                 self._converged()
                 self._drain(drain_limit)
