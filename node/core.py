@@ -476,6 +476,16 @@ class NodeCore:
             copy = (MsgType.CONSUMED, ([[channel, max(seqs), len(seqs), 0]],))
             work.relays.append((also, conn, session, copy, MAX_HOPS))
 
+    def _handed_here(self, conn: ConnId, channel: str, seq: int) -> bool:
+        """Whether this node's own flight to ``conn`` holds ``seq`` of
+        ``channel``: a report of it is this node's, and no copy of it goes
+        to another node that delivered to ``conn`` before (its numbers
+        are its own, and may be the same: simulation seed 388, a copy of
+        a report of this node's deliveries freed another node's parked
+        ones, which never arrived)."""
+        ch = self.queues.channels.get(channel)
+        return ch is not None and seq in ch.flight.get(conn, ())
+
     def _consumed(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], _n: float, out: list[Out]
     ) -> None:
@@ -505,7 +515,7 @@ class NodeCore:
                 continue
             if not local:
                 also = self.report_to(conn, channel) if self.report_to is not None else None
-                if also and self._work is not None:
+                if also and self._work is not None and not self._handed_here(conn, channel, upto):
                     # (MAX_HOPS: taken there, never passed on to the owner,
                     # which has the report itself; expiry is the owner's to
                     # count, once)

@@ -338,6 +338,9 @@ class Routing:
         #: connections that went meanwhile): told when it is back in that
         #: life (``ConnGone`` goes to live members only)
         self._gone_unheard: dict[str, tuple[int, set[ConnId]]] = {}
+        #: node declared dead here -> (its incarnation, copies of our clients'
+        #: reports for it: ``_send_relay``), sent when it is back in that life
+        self._held_copies: dict[str, tuple[int, float, list[Relay]]] = {}
         #: this node has left (it lingers, passing on what still comes)
         self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
@@ -686,9 +689,25 @@ class Routing:
         else:
             origin, inc, client, tag, sent_at = self.me, self.incarnation, conn, session.tag, now
         expiry = session.policy.expiry
+        held = None
+        copy = hops >= MAX_HOPS and all(m[0] == MsgType.CONSUMED for m in batch)
+        if copy and virtual is None and owner in self._dead:
+            # A copy of our client's report for a node declared dead here
+            # (``report_to``): sent plain, on no link, a partition or packet
+            # loss loses it, and what it settles stays in that node's flight
+            # for good (plans/delivery-by-a-cut-off-owner-reported-to-the-
+            # other.json: a stalled pool). Held until it is back in that life.
+            # (no longer than its park there may last: after that it counted
+            # what the copy would settle, and a late copy frees another)
+            life = self._known_incarnation(owner)
+            until = now + self.presume_lost_after()
+            held = self._held_copies.setdefault(owner, (life, until, []))[2]
         for chunk in split_batches(batch, CHUNK_BYTES):  # (a peer's frame size is bounded)
             relay = Relay(origin, inc, client, tag, expiry, hops, tuple(chunk), sent_at)
-            fx.peers.append((owner, relay))
+            if held is None:
+                fx.peers.append((owner, relay))
+            elif len(held) < MAX_GONE_UNHEARD:
+                held.append(relay)
 
     def _conns_gone(self, conns: list[ConnId], now: float, fx: Fx) -> None:
         gone = [c for c in conns if c in self._relayed_conns]
@@ -1530,6 +1549,14 @@ class Routing:
             self._answer_sooner(event.node, now, life_ended=False)
         else:
             self._dead.discard(event.node)
+        copies = self._held_copies.pop(event.node, None) if event.kind != EventKind.DEAD else None
+        if (
+            copies is not None
+            and event.kind in LIVE_EVENTS
+            and _same_life(copies[0], event.incarnation)
+            and now < copies[1]
+        ):
+            fx.peers.extend((event.node, relay) for relay in copies[2])
         unheard = self._gone_unheard.pop(event.node, None) if event.kind != EventKind.DEAD else None
         if (
             unheard is not None

@@ -1248,12 +1248,22 @@ def _handed_far_by_n2_then_n2_dead() -> tuple[Routing, NodeCore, str, list[list[
 
 
 def _copies_to_n2(fx: Fx) -> list[tuple[Message, int]]:
+    """Reports (``CONSUMED``) relayed to n2, with their hops."""
     return [
         (m, msg.hops)
         for node, msg in fx.peers
         if node == "n2" and isinstance(msg, Relay)
         for m in msg.messages
+        if m[0] == MsgType.CONSUMED
     ]
+
+
+def _n2_back(r: Routing, incarnation: int, now: float) -> Fx:
+    """n2 is seen live again (``incarnation``: the same life, or a new one)."""
+    r.table.incarnations["n2"] = incarnation  # type: ignore[attr-defined]
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", incarnation), now, fx)
+    return fx
 
 
 def test_deliveries_bounced_off_a_gone_client_tell_the_owner_thought_dead() -> None:
@@ -1262,15 +1272,19 @@ def test_deliveries_bounced_off_a_gone_client_tell_the_owner_thought_dead() -> N
     them as handed to a client of a node it declared dead, and would count
     them lost when that lapses, though they are queued here and delivered
     later: it is told they are not its any more, as if taken (a report's
-    copy, for n2 alone), before it hears the client is gone."""
+    copy, for n2 alone). Not plain, on no link, where a partition or loss
+    would lose it: held until n2 is back in that life, then sent before
+    it hears the client is gone."""
     r, core, far, items = _handed_far_by_n2_then_n2_dead()
     work, fx = ClusterWork(), Fx()
     core.undeliverable(b"A", [(MsgType.DELIVER, (far, items))], 2.0, work)
     r.after_core(work, 2.0, fx)
     assert core.queues.length(far) == 2, "queued here again"
-    assert _copies_to_n2(fx) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
-    told = [type(msg).__name__ for node, msg in fx.peers if node in ("n2", EVERYONE)]
-    assert told == ["Relay", "ConnGone"], "the copy first"
+    assert fx.peers == [(EVERYONE, ConnGone("n1", START, (b"A",)))], "(n2 is not live)"
+    back = _n2_back(r, START + 8, 2.5)
+    assert _copies_to_n2(back) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
+    told = [type(msg).__name__ for node, msg in back.peers if node == "n2"]
+    assert told[:2] == ["Relay", "ConnGone"], "the copy first"
 
 
 def test_deliveries_a_client_gives_back_tell_the_owner_thought_dead() -> None:
@@ -1279,7 +1293,24 @@ def test_deliveries_a_client_gives_back_tell_the_owner_thought_dead() -> None:
     core.handle(b"A", [(MsgType.RETURN, (3, far, items, 1))], 2.0, work)
     r.after_core(work, 2.0, fx)
     assert core.queues.length(far) == 2
-    assert _copies_to_n2(fx) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
+    assert _copies_to_n2(fx) == []
+    back = _n2_back(r, START + 8, 2.5)
+    assert _copies_to_n2(back) == [((MsgType.CONSUMED, ([[far, 102, 2, 0]],)), MAX_HOPS)]
+
+
+def test_copies_held_for_a_node_thought_dead_go_only_to_the_same_life_in_time() -> None:
+    """A new life of n2 never had the flight the copy settles, and once
+    n2's park there has lapsed it counted what the copy would settle (a
+    late copy would free another delivery in its place): dropped then."""
+    for incarnation, late in ((START + RESTART_GAP + 8, False), (START + 8, True)):
+        r, core, far, items = _handed_far_by_n2_then_n2_dead()
+        work = ClusterWork()
+        core.handle(b"A", [(MsgType.RETURN, (3, far, items, 1))], 2.0, work)
+        r.after_core(work, 2.0, Fx())
+        assert r._held_copies, "held"
+        when = 2.0 + r.presume_lost_after() + 0.01 if late else 2.5
+        assert _copies_to_n2(_n2_back(r, incarnation, when)) == []
+        assert r._held_copies == {}
 
 
 def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
@@ -1294,6 +1325,32 @@ def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
     core.handle(b"A", [(MsgType.RETURN, (3, far, [[b"ours", 60.0, seq]], 1))], 2.0, work)
     r.after_core(work, 2.0, fx)
     assert _copies_to_n2(fx) == [] and core.queues.length(far) == 1
+    assert _copies_to_n2(_n2_back(r, START + 8, 2.5)) == []
+
+
+def test_a_report_of_this_nodes_own_delivery_is_not_copied_to_an_earlier_deliverer() -> None:
+    """Simulation seed 388 (a partition): n2 handed our client messages,
+    then was declared dead here and the channel became ours; our client
+    took what we handed it and reported it. The report is ours: a copy to
+    n2 (its last deliverer) named our numbers, which n2's may be, and freed
+    n2's parked deliveries the client never got, lost uncounted."""
+    r, core, far, _ = _handed_far_by_n2_then_n2_dead()
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.RECV, (far, 5))], 2.0, work)
+    core.handle(b"A", [(MsgType.SEND, (0, far, b"ours", 10))], 2.0, work)
+    [[seq]] = [list(s) for s in core.queues.flight_seqs(b"A").values()]
+    work, fx = ClusterWork(), Fx()
+    core.handle(b"A", [(MsgType.CONSUMED, ([[far, seq, 1, 0]],))], 2.0, work)
+    r.after_core(work, 2.0, fx)
+    assert core.queues.flight_seqs(b"A") == {}, "applied here"
+    assert r._held_copies == {}
+    # (a report of what n2 handed it is n2's: held for it)
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.CONSUMED, ([[far, 102, 1, 0]],))], 2.1, work)
+    r.after_core(work, 2.1, Fx())
+    assert _copies_to_n2(_n2_back(r, START + 8, 2.5)) == [
+        ((MsgType.CONSUMED, ([[far, 102, 1, 0]],)), MAX_HOPS)
+    ]
 
 
 def test_a_client_gone_while_its_owner_was_thought_dead_is_told_when_it_is_back() -> None:

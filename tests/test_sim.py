@@ -451,15 +451,6 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: saved for), reported as an xfail; once it passes, the test fails until
 #: it is taken out of this table.
 FAILING_PLANS: dict[str, tuple[str, str]] = {
-    "delivery-by-a-cut-off-owner-reported-to-the-other": (
-        "stalled",
-        "soak seed 728's shrink (40 ops; the seed itself passes since parked reports are "
-        "anchored at their upto): n0, cut off with 60% loss, still took s0 for its own and "
-        "delivered seq 12 to c1 through n1 as the views healed; c1 took it, and n1 relayed "
-        "the report to s0's owner in its view, n2, which had handed out its own seq 12. "
-        "n0's flight keeps the unit (a handover leaves flight behind), so its pool holds "
-        "1 of s0 for good: a report goes to the owner, not to the node that delivered",
-    ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
