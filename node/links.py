@@ -599,7 +599,7 @@ class Links:
         node lingered while that peer was heard, and no acknowledgement
         came). Returns the units counted."""
         before = self.lost_units
-        alone = left_at is not None and not any(t > left_at for t in self._heard.values())
+        alone = left_at is not None and not self.heard_since(left_at)
         # (the report its peers count is the newest one a peer took that did
         # not leave itself: one that left counts nothing of it; simulation
         # seed 266's shrink, plans/leave-into-partition-after-a-peer-left-
@@ -659,6 +659,10 @@ class Links:
             ),
             default=None,
         )
+
+    def heard_since(self, at: float) -> bool:
+        """Whether any peer was heard from on its link after ``at``."""
+        return any(t > at for t in self._heard.values())
 
     def heard_waiting(self) -> float | None:
         """When a peer that has not acknowledged a handover (items from this

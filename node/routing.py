@@ -1052,6 +1052,14 @@ class Routing:
         for name, seqs in entry[1].items():
             counted.setdefault(name, set()).update(seqs)
 
+    def count_parked_at_exit(self, now: float) -> int:
+        """This process ends: every parked flight is counted lost
+        (``receiver_gone``), as its lapse would have. Returns how many."""
+        lost = self.parked_count()
+        for client in list(self._parked_flight):
+            self._count_parked(client, now)
+        return lost
+
     def parked_count(self) -> int:
         """Messages parked (for a fence: lost with this life)."""
         return sum(len(s) for _, parked in self._parked_flight.values() for s in parked.values())

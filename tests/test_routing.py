@@ -1008,6 +1008,18 @@ def test_what_a_client_of_a_node_declared_dead_held_is_counted_at_its_next_life(
     assert core.drops()["receiver_gone"] == 3
 
 
+def test_what_a_node_parked_is_counted_as_its_process_ends_after_a_leave() -> None:
+    """Simulation seed 229 without kills: the owner had parked what it
+    handed a client of a frozen node it declared dead, then left; its
+    process ended before the park lapsed and nobody counted it. Counted as
+    the process ends (``ClusterNode.gone``), as the lapse would have."""
+    r, core, _, _ = _declared_dead_with_three_in_flight()
+    assert core.drops()["receiver_gone"] == 0
+    assert r.count_parked_at_exit(1.5) == 3
+    assert core.drops()["receiver_gone"] == 3 and r.parked_count() == 0
+    assert r.count_parked_at_exit(1.6) == 0, "once"
+
+
 def test_what_a_node_parked_is_in_its_load_report_and_dies_with_it() -> None:
     """Simulation seed 116: the owner of a channel parked what it had handed
     a client of a node it declared dead (whose fate only it would count),
