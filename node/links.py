@@ -27,7 +27,9 @@ How (go-back-N, as TCP does it one level up):
   acknowledges what it took (``LinkAck``: everything up to ``upto``)
   ``ack_delay`` later, and at once after a copy or a gap.
 - The sender sends every unacknowledged frame again, oldest first, when the
-  oldest has waited ``retransmit`` seconds for its acknowledgement.
+  oldest has waited ``retransmit`` seconds for its acknowledgement, or at
+  once when an acknowledgement takes nothing (a gap's: the peer lacks the
+  oldest; at most once per quarter ``retransmit``: ``link_fast_retransmits``).
 - A link ends when its peer's life does in this node's view (declared
   dead, left, or seen in a new life), or when this node's life ends in
   place (a fence), or when it keeps more than ``max_unacked`` frames (a
@@ -490,6 +492,19 @@ class Links:
             acked = True
         if acked:
             link.sent_at = now
+        elif (
+            link.unacked
+            and link.unacked[0].seq == ack.upto + 1
+            and now >= link.sent_at + self.retransmit / 4
+        ):
+            # An acknowledgement that takes nothing is a gap's or a copy's
+            # (sent at once): the peer lacks the oldest frame (a connection
+            # reset lost it), so everything is sent again now, not a whole
+            # ``retransmit`` later (simulation soak seed 957: a reset lost
+            # a frame, the frames after it were refused as gaps for 0.7 s,
+            # among them a receiver's credit, and the peer left first).
+            link.sent_at = now - self.retransmit
+            self.counters["link_fast_retransmits"] += 1
 
     # -- timers --------------------------------------------------------------
     def tick(

@@ -145,6 +145,33 @@ def test_a_lost_frame_is_sent_again_and_what_followed_it_waits() -> None:
     del ma
 
 
+def test_a_gap_the_peer_reports_again_is_filled_at_once() -> None:
+    """Soak seed 957: a connection reset lost a frame; every frame after it
+    was refused as a gap for most of a retransmission timeout (among them a
+    receiver's credit), and the peer left first. An acknowledgement that
+    takes nothing says the peer lacks the oldest frame (gaps and copies are
+    acknowledged at once): everything is sent again at the next tick, at
+    most once per quarter of the timeout."""
+    a, b = pair()
+    mb, ma = member("b", B_LIFE), member("a", A_LIFE)
+    f1, f2, f3 = (a.frame(mb, msg(i), 0.0) for i in range(3))
+    assert f1 and f2 and f3
+    assert taken(b, f1, 0.001) == [msg(0)]
+    assert taken(b, f3, 0.002) == []  # (f2 lost: a gap, acknowledged at once)
+    for ack in acks(b, 0.002, {"a": ma}, "a"):
+        taken(a, ack, 0.003)  # (takes f1: the timeout starts again)
+    assert [f for n, f in a.tick(0.004, {"b": mb}, []) if n == "b"] == []
+    f4 = a.frame(mb, msg(3), 0.1)
+    assert f4 and taken(b, f4, 0.101) == []  # (a gap again: nothing taken)
+    for ack in acks(b, 0.101, {"a": ma}, "a"):
+        taken(a, ack, 0.102)
+    assert a.next_deadline() <= 0.102, "at once, not at 0.253"
+    again = [f for n, f in a.tick(0.102, {"b": mb}, []) if n == "b"]
+    assert again == [f2, f3, f4]
+    assert [m for f in again for m in taken(b, f, 0.103)] == [msg(1), msg(2), msg(3)]
+    assert a.counters["link_fast_retransmits"] == 1
+
+
 def test_a_frame_sent_again_carries_its_times_left_as_they_are_then() -> None:
     """A handover's TTLs are measured when it is framed; sent again 0.75 s
     later as it was, they would make its items look 0.75 s younger, and a
