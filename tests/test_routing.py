@@ -1325,14 +1325,21 @@ def test_copies_held_for_a_node_thought_dead_go_only_to_the_same_life_in_time() 
         assert r._held_copies == {}
 
 
-def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
-    """What this node handed its client itself is its own flight: nothing
-    to tell anyone."""
-    r, core, far, _ = _handed_far_by_n2_then_n2_dead()
+def _handed_ours(core: NodeCore, far: str) -> int:
+    """Our client ``A`` is handed a message of ``far`` by this node (its
+    owner now, in our view); returns its number."""
     work = ClusterWork()
     core.handle(b"A", [(MsgType.RECV, (far, 5))], 2.0, work)
     core.handle(b"A", [(MsgType.SEND, (0, far, b"ours", 10))], 2.0, work)
     [[seq]] = [list(s) for s in core.queues.flight_seqs(b"A").values()]
+    return seq
+
+
+def test_deliveries_of_this_nodes_own_given_back_tell_nobody() -> None:
+    """What this node handed its client itself is its own flight: nothing
+    to tell anyone."""
+    r, core, far, _ = _handed_far_by_n2_then_n2_dead()
+    seq = _handed_ours(core, far)
     work, fx = ClusterWork(), Fx()
     core.handle(b"A", [(MsgType.RETURN, (3, far, [[b"ours", 60.0, seq]], 1))], 2.0, work)
     r.after_core(work, 2.0, fx)
@@ -1347,10 +1354,7 @@ def test_a_report_of_this_nodes_own_delivery_is_not_copied_to_an_earlier_deliver
     n2 (its last deliverer) named our numbers, which n2's may be, and freed
     n2's parked deliveries the client never got, lost uncounted."""
     r, core, far, _ = _handed_far_by_n2_then_n2_dead()
-    work = ClusterWork()
-    core.handle(b"A", [(MsgType.RECV, (far, 5))], 2.0, work)
-    core.handle(b"A", [(MsgType.SEND, (0, far, b"ours", 10))], 2.0, work)
-    [[seq]] = [list(s) for s in core.queues.flight_seqs(b"A").values()]
+    seq = _handed_ours(core, far)
     work, fx = ClusterWork(), Fx()
     core.handle(b"A", [(MsgType.CONSUMED, ([[far, seq, 1, 0]],))], 2.0, work)
     r.after_core(work, 2.0, fx)
