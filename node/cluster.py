@@ -734,15 +734,15 @@ class ClusterNode:
         notes = [n for n, _ in self.links.lost_notes() if not isinstance(n, _Unheard)]
         if notes and self.routing is not None:
             lost += self.routing.lost_at_exit(notes, now)
-        if self.routing is not None and self._left_at is not None:
-            if self.links.heard_since(self._left_at):
-                # What it parked (handed to a client of a node it declared
-                # dead, waiting for its report) ends with it: counted now, as
-                # the park's lapse would have. (Alone since its leave, its
-                # peers count its last report, parked included.) Simulation
-                # seed 229 without kills: an owner that left while a frozen
-                # node's client held its deliveries; nobody counted them.
-                lost += self.routing.count_parked_at_exit(now)
+        left_at = self._left_at
+        if self.routing is not None and left_at is not None and self.links.heard_since(left_at):
+            # What it parked (handed to a client of a node it declared dead,
+            # waiting for its report) ends with it: counted now, as the
+            # park's lapse would have. (Alone since its leave, its peers
+            # count its last report, parked included.) Simulation seed 229
+            # without kills: an owner that left while a frozen node's client
+            # held its deliveries; nobody counted them.
+            lost += self.routing.count_parked_at_exit(now)
         # What peers handed this life that it still held, never taken up
         # (it left while it joined, or in a doubt): handed-over items and
         # reserved sends, which its links acknowledged, so their senders

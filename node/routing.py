@@ -85,7 +85,8 @@ RESTART_GAP = 1000
 #: its way to it can take to bounce back, a frozen node's included.
 GONE_MEMORY = 60.0
 #: Most client connections gone while a node was declared dead here that it
-#: is told of when it comes back in the same life (``Routing._gone_unheard``)
+#: is told of when it comes back in the same life, and most copies of reports
+#: held for it (``Routing._for_return``)
 MAX_GONE_UNHEARD = 10_000
 #: Member events that say a node is live
 LIVE_EVENTS = frozenset({EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED})
@@ -199,6 +200,20 @@ def holder_of(origin: str, incarnation: int, tag: str) -> str:
     """Who holds a membership made by session ``tag`` of node ``origin`` (at
     ``incarnation``: a restarted node's old sessions are not its new ones)."""
     return f"{origin}@{incarnation}/{tag}"
+
+
+@dataclass(slots=True)
+class _ForReturn:
+    """What a node declared dead here is told if it is back in the same
+    life (``life``): copies of our clients' reports for it (``copies``,
+    until ``copies_until``: ``Routing._send_relay``) and our client
+    connections gone meanwhile (``gone``: ``ConnGone`` goes to live members
+    only, ``Routing._conns_gone``)."""
+
+    life: int
+    copies: list[Relay] = field(default_factory=list)
+    copies_until: float = 0.0
+    gone: set[ConnId] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -334,13 +349,9 @@ class Routing:
         #: nodes this node declared dead, until they are seen live again
         #: or gone for good (``report_to``)
         self._dead: set[str] = set()
-        #: node declared dead here -> (its incarnation, this node's client
-        #: connections that went meanwhile): told when it is back in that
-        #: life (``ConnGone`` goes to live members only)
-        self._gone_unheard: dict[str, tuple[int, set[ConnId]]] = {}
-        #: node declared dead here -> (its incarnation, copies of our clients'
-        #: reports for it: ``_send_relay``), sent when it is back in that life
-        self._held_copies: dict[str, tuple[int, float, list[Relay]]] = {}
+        #: node declared dead here -> what it is told if it is back in that
+        #: life (``_told_on_return``)
+        self._for_return: dict[str, _ForReturn] = {}
         #: this node has left (it lingers, passing on what still comes)
         self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
@@ -699,9 +710,10 @@ class Routing:
             # other.json: a stalled pool). Held until it is back in that life.
             # (no longer than its park there may last: after that it counted
             # what the copy would settle, and a late copy frees another)
-            life = self._known_incarnation(owner)
-            until = now + self.presume_lost_after()
-            held = self._held_copies.setdefault(owner, (life, until, []))[2]
+            kept = self._kept_for(owner)
+            if not kept.copies:
+                kept.copies_until = now + self.presume_lost_after()
+            held = kept.copies
         for chunk in split_batches(batch, CHUNK_BYTES):  # (a peer's frame size is bounded)
             relay = Relay(origin, inc, client, tag, expiry, hops, tuple(chunk), sent_at)
             if held is None:
@@ -731,10 +743,31 @@ class Routing:
                 # (it may only be slow or cut off, with our client's flight
                 # or credit: simulation seed 244, a lagged owner kept a
                 # delivery to a gone client in flight for good)
-                life = self._known_incarnation(node)
-                entry = self._gone_unheard.setdefault(node, (life, set()))
-                if len(entry[1]) < MAX_GONE_UNHEARD:
-                    entry[1].update(gone)
+                kept = self._kept_for(node)
+                if len(kept.gone) < MAX_GONE_UNHEARD:
+                    kept.gone.update(gone)
+
+    def _kept_for(self, node: str) -> _ForReturn:
+        """What is kept for ``node``, declared dead here, in its life now."""
+        kept = self._for_return.get(node)
+        if kept is None:
+            kept = self._for_return[node] = _ForReturn(self._known_incarnation(node))
+        return kept
+
+    def _told_on_return(self, event: MemberEvent, now: float, fx: Fx) -> None:
+        """``event`` ends this node's holding ``event.node`` dead: if it is
+        back in the same life, it is sent what was kept for it — the copies
+        (while its park may last), then the client connections gone since
+        (``ConnGone`` after them, on the same link); else that is dropped."""
+        kept = self._for_return.pop(event.node, None)
+        if kept is None or event.kind not in LIVE_EVENTS:
+            return
+        if not _same_life(kept.life, event.incarnation):
+            return
+        if now < kept.copies_until:
+            fx.peers.extend((event.node, relay) for relay in kept.copies)
+        if kept.gone:
+            fx.peers.append((event.node, ConnGone(self.me, self.incarnation, tuple(kept.gone))))
 
     # -- answers for virtual connections ---------------------------------------
     def is_virtual(self, conn: ConnId) -> bool:
@@ -1557,21 +1590,8 @@ class Routing:
             self._answer_sooner(event.node, now, life_ended=False)
         else:
             self._dead.discard(event.node)
-        copies = self._held_copies.pop(event.node, None) if event.kind != EventKind.DEAD else None
-        if (
-            copies is not None
-            and event.kind in LIVE_EVENTS
-            and _same_life(copies[0], event.incarnation)
-            and now < copies[1]
-        ):
-            fx.peers.extend((event.node, relay) for relay in copies[2])
-        unheard = self._gone_unheard.pop(event.node, None) if event.kind != EventKind.DEAD else None
-        if (
-            unheard is not None
-            and event.kind in LIVE_EVENTS
-            and _same_life(unheard[0], event.incarnation)
-        ):
-            fx.peers.append((event.node, ConnGone(self.me, self.incarnation, tuple(unheard[1]))))
+        if event.kind != EventKind.DEAD:
+            self._told_on_return(event, now, fx)
         if event.kind in (EventKind.DEAD, EventKind.LEFT):
             self._lives.pop(event.node, None)
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)

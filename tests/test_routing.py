@@ -1319,10 +1319,10 @@ def test_copies_held_for_a_node_thought_dead_go_only_to_the_same_life_in_time() 
         work = ClusterWork()
         core.handle(b"A", [(MsgType.RETURN, (3, far, items, 1))], 2.0, work)
         r.after_core(work, 2.0, Fx())
-        assert r._held_copies, "held"
+        assert r._for_return, "held"
         when = 2.0 + r.presume_lost_after() + 0.01 if late else 2.5
         assert _copies_to_n2(_n2_back(r, incarnation, when)) == []
-        assert r._held_copies == {}
+        assert r._for_return == {}
 
 
 def _handed_ours(core: NodeCore, far: str) -> int:
@@ -1359,7 +1359,7 @@ def test_a_report_of_this_nodes_own_delivery_is_not_copied_to_an_earlier_deliver
     core.handle(b"A", [(MsgType.CONSUMED, ([[far, seq, 1, 0]],))], 2.0, work)
     r.after_core(work, 2.0, fx)
     assert core.queues.flight_seqs(b"A") == {}, "applied here"
-    assert r._held_copies == {}
+    assert r._for_return == {}
     # (a report of what n2 handed it is n2's: held for it)
     work = ClusterWork()
     core.handle(b"A", [(MsgType.CONSUMED, ([[far, 102, 1, 0]],))], 2.1, work)
