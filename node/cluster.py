@@ -53,6 +53,7 @@ from .peer_messages import (
     HandedOver,
     Handoff,
     LinkAck,
+    LinkSeq,
     Load,
     Relay,
     RelayBack,
@@ -96,6 +97,7 @@ class _Held:
     conn: ConnId = b""
     messages: list[Message] = field(default_factory=list)
     peer: Any = None
+    linked: bool = False  # (the peer message came on a link: ``Routing.handle``)
 
 
 def _units(msg: object) -> int:
@@ -464,17 +466,18 @@ class ClusterNode:
             self.counters["decode_errors"] += 1  # (a node alone has no peer socket)
             return Effects()
         doubting = self._doubting(now, fx)
+        linked = isinstance(messages[0], LinkSeq) if messages else False
         for msg in self.links.take(messages, now):
             if isinstance(msg, _TABLE):
                 self._table(table.handle(msg, now), now, fx)
             elif isinstance(msg, HandedOver):
                 self._on_handed_over(msg)
             elif self._doubt_until is not None and doubting:
-                self._held.append(_Held("peer", peer=msg))
+                self._held.append(_Held("peer", peer=msg, linked=linked))
             elif self._handover_until is not None and not isinstance(msg, _HANDED):
-                self._held.append(_Held("peer", peer=msg))
+                self._held.append(_Held("peer", peer=msg, linked=linked))
             else:
-                self._peer(msg, now, fx)
+                self._peer(msg, now, fx, linked)
         if self._joining:
             self._joined(now, fx)
         effects = self._finish(fx, now)
@@ -484,12 +487,12 @@ class ClusterNode:
                 effects.peers.append((member.address, frame))
         return effects
 
-    def _peer(self, msg: Any, now: float, fx: Fx) -> None:
+    def _peer(self, msg: Any, now: float, fx: Fx, linked: bool = False) -> None:
         _, routing, replication = self._cluster()
         if isinstance(msg, Load) and "links" in msg.load:
             self.links.reported(msg.origin, msg.load["links"])
         if isinstance(msg, ROUTING_MESSAGES):
-            routing.handle(msg, now, fx)
+            routing.handle(msg, now, fx, linked)
             if fx.adopted:  # (at once: the frame's next message may be a fanout for them)
                 replication.adopted(fx.adopted, now)
                 fx.adopted = []
@@ -600,7 +603,7 @@ class ClusterNode:
             elif item.kind == "undeliverable":
                 self._undeliverable(item.conn, item.messages, now, fx)
             else:
-                self._peer(item.peer, now, fx)
+                self._peer(item.peer, now, fx, item.linked)
         events, self._held_events = self._held_events, []
         for event in events:
             self._member_event(event, now, fx)
@@ -651,6 +654,8 @@ class ClusterNode:
             new,
         )
         self.fences += 1
+        if self.routing is not None:  # (deliveries refused from a life declared dead)
+            self.routing.count_refused_at_exit()
         # (the drops this life counted stay counted: counters never go back)
         past = self.core.drops()
         if self.routing is not None:
@@ -754,6 +759,8 @@ class ClusterNode:
         held = sum(_units(item.peer) for item in self._held if item.kind == "peer")
         if self.routing is not None:
             held += sum(_units(relay) for relay in self.routing.held_relays())
+            # (deliveries refused from a life declared dead, not settled)
+            lost += self.routing.count_refused_at_exit()
         self._held = [item for item in self._held if item.kind != "peer"]
         if held:
             self.core.counters.dropped_dead_owner += held
@@ -887,6 +894,8 @@ class ClusterNode:
                     delivered.append(note)
                 elif answered:  # (it lives on: a new process could not say)
                     routing.relay_lost(note.node, note.msg, fx)
+                else:
+                    routing.relay_unheard(note.msg)
             routing.never_delivered(delivered, now)
         out = fx.out
         if routing.has_virtual:

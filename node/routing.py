@@ -214,6 +214,12 @@ class _ForReturn:
     copies: list[Relay] = field(default_factory=list)
     copies_until: float = 0.0
     gone: set[ConnId] = field(default_factory=set)
+    #: deliveries it made to our clients that came after it was declared
+    #: dead here, refused (``Routing._refuse_deliveries``): what it is told
+    #: (counted there), and how many of them it sent on a link, thinking
+    #: our node alive (not parked there: counted here if it is not back)
+    refused: list[RelayLost] = field(default_factory=list)
+    refused_linked: int = 0
 
 
 @dataclass(slots=True)
@@ -352,6 +358,10 @@ class Routing:
         #: node declared dead here -> what it is told if it is back in that
         #: life (``_told_on_return``)
         self._for_return: dict[str, _ForReturn] = {}
+        #: refusals told to a life back (``_told_on_return``), until its link
+        #: says it took them or it ended (``relay_unheard``)
+        #: (bounded: the oldest go first)
+        self._refusals_told: dict[RelayLost, None] = {}
         #: this node has left (it lingers, passing on what still comes)
         self._has_left = False
         #: node not (yet) in the member table -> (until when, what it sent
@@ -760,12 +770,17 @@ class Routing:
         (while its park may last), then the client connections gone since
         (``ConnGone`` after them, on the same link); else that is dropped."""
         kept = self._for_return.pop(event.node, None)
-        if kept is None or event.kind not in LIVE_EVENTS:
+        if kept is None:
             return
-        if not _same_life(kept.life, event.incarnation):
+        if event.kind not in LIVE_EVENTS or not _same_life(kept.life, event.incarnation):
+            self._count_refused(kept)
             return
         if now < kept.copies_until:
             fx.peers.extend((event.node, relay) for relay in kept.copies)
+        fx.peers.extend((event.node, lost) for lost in kept.refused)
+        self._refusals_told.update(dict.fromkeys(kept.refused))
+        while len(self._refusals_told) > MAX_GONE_UNHEARD:
+            del self._refusals_told[next(iter(self._refusals_told))]
         if kept.gone:
             fx.peers.append((event.node, ConnGone(self.me, self.incarnation, tuple(kept.gone))))
 
@@ -918,6 +933,17 @@ class Routing:
         if not parked:
             del self._parked_flight[client]
         return tuple(out)
+
+    def relay_unheard(self, msg: Relay | RelayLost) -> None:
+        """A frame carrying ``msg`` was never taken by the life it went to,
+        which ended (it did not answer how far it took its link): a refusal
+        told to it (``_refuse_deliveries``) is counted here, as if it had
+        never come back."""
+        if isinstance(msg, RelayLost) and msg in self._refusals_told:
+            del self._refusals_told[msg]
+            lost = sum(len(seqs) for _, seqs in msg.returned)
+            self.core.counters.dropped_dead_owner += lost
+            self.counters["refused_deliveries_lost"] += lost
 
     def relay_lost(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
         """A frame carrying ``msg`` to ``node`` was lost on a link given up
@@ -1135,8 +1161,10 @@ class Routing:
         return tuple(out)
 
     # -- peer messages -----------------------------------------------------------
-    def handle(self, msg: ClusterMessage, now: float, fx: Fx) -> None:
-        """One of routing's peer messages (already checked by the codec)."""
+    def handle(self, msg: ClusterMessage, now: float, fx: Fx, linked: bool = False) -> None:
+        """One of routing's peer messages (already checked by the codec);
+        ``linked``: it came on a link (its sender thought this node's life
+        alive when it sent it)."""
         sender = _sender_of(msg)
         if sender is not None and not self._member(sender):
             self._stranger(sender, msg, now)
@@ -1147,7 +1175,7 @@ class Routing:
             case RelayLost():
                 self._on_relay_lost(msg)
             case RelayBack():
-                self._on_relay_back(msg, now, fx)
+                self._on_relay_back(msg, now, fx, linked)
             case ConnGone():
                 for conn in msg.conns:
                     self._count_parked((msg.origin, msg.incarnation, conn), now)
@@ -1346,7 +1374,7 @@ class Routing:
         if msg.hops >= MAX_HOPS:
             self._sweep_soon(now)  # kept here whoever owns it: check once views settle
 
-    def _on_relay_back(self, msg: RelayBack, now: float, fx: Fx) -> None:
+    def _on_relay_back(self, msg: RelayBack, now: float, fx: Fx, linked: bool = False) -> None:
         source, conn = msg.source, msg.conn
         # (one group message for several channels travels as one; credit and
         # give-backs are per channel)
@@ -1355,6 +1383,8 @@ class Routing:
             for mtype, fields in msg.messages
             for channel in (fields[0] if mtype in _MANY else [None])
         ]
+        if source in self._dead:
+            messages = self._refuse_deliveries(source, conn, messages, linked)
         regrant: list[tuple[str, int]] = []
         for mtype, fields in messages:
             if mtype in (MsgType.ACK, MsgType.ERROR):
@@ -1370,6 +1400,68 @@ class Routing:
         fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
         if regrant:
             self._grant_again(conn, source, regrant, now, fx)
+
+    def _refuse_deliveries(
+        self, source: str, conn: ConnId, messages: list[Message], linked: bool
+    ) -> list[Message]:
+        """Deliveries from ``source`` after this node declared its life dead
+        are not handed to our client: its channels have other owners here
+        since, and our client's credit was granted to them
+        (``_regrant``), so the client may have taken newer messages of the
+        same producers from there (the real-process fault test, seed 6: a
+        delivery made the instant its owner froze, held in that process's
+        ZeroMQ pipe for the 3 s of the freeze, reached the client after 48
+        newer messages of its producer). Each is lost, counted once:
+        ``source`` is told (``RelayLost``: it drops them from its flight and
+        counts them ``dead_owner``, or not again if it counted them as it
+        parked them) when it is back in the same life; if its life ended
+        instead (a fence, a restart, a leave, forgotten), those it sent on a
+        link are counted here (it held them in its flight to a live node,
+        which no end of its life counts), and those it sent plain (it had
+        declared our node dead: parked there) are counted by it."""
+        kept_messages: list[Message] = []
+        refused: dict[str, list[int]] = {}
+        for mtype, fields in messages:
+            if mtype != MsgType.DELIVER:
+                kept_messages.append((mtype, fields))
+                continue
+            refused.setdefault(fields[0], []).extend(item[2] for item in fields[1])
+        if refused:
+            count = sum(len(seqs) for seqs in refused.values())
+            self.counters["deliveries_refused_from_dead"] += count
+            log.info(
+                "refused %d deliveries from %s, declared dead here (lost, counted once)",
+                count,
+                source,
+            )
+            if linked:
+                kept = self._kept_for(source)
+                returned = tuple((name, tuple(seqs)) for name, seqs in refused.items())
+                lost = RelayLost(self.me, self.incarnation, conn, (), returned)
+                if len(kept.refused) < MAX_GONE_UNHEARD:
+                    kept.refused.append(lost)
+                    kept.refused_linked += count
+                else:  # (too many to keep: counted here now)
+                    self.core.counters.dropped_dead_owner += count
+                    self.counters["refused_deliveries_lost"] += count
+        return kept_messages
+
+    def _count_refused(self, kept: _ForReturn) -> None:
+        """The life that made deliveries refused here ended without coming
+        back (``_refuse_deliveries``): those it sent on a link are counted."""
+        if kept.refused_linked:
+            self.core.counters.dropped_dead_owner += kept.refused_linked
+            self.counters["refused_deliveries_lost"] += kept.refused_linked
+            kept.refused_linked = 0
+
+    def count_refused_at_exit(self) -> int:
+        """This life ends (a fence, a leave's exit): refused deliveries not
+        settled yet are counted (``_count_refused``). Returns how many."""
+        lost = 0
+        for kept in self._for_return.values():
+            lost += kept.refused_linked
+            self._count_refused(kept)
+        return lost
 
     def _grant_again(
         self, conn: ConnId, source: str, grants: list[tuple[str, int]], now: float, fx: Fx

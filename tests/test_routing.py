@@ -14,7 +14,15 @@ from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, O
 from zchannels.node.effects import EVERYONE, Fx
 from zchannels.node.membership import EventKind, Member, MemberEvent, MembershipConfig, State
 from zchannels.node.ownership import Ownership, tag_of
-from zchannels.node.peer_messages import ConnGone, Handoff, Load, Relay, RelayBack, Reservations
+from zchannels.node.peer_messages import (
+    ConnGone,
+    Handoff,
+    Load,
+    Relay,
+    RelayBack,
+    RelayLost,
+    Reservations,
+)
 from zchannels.node.routing import RELAY_FRESH_MARGIN, RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
@@ -1393,3 +1401,69 @@ def test_a_client_gone_while_its_owner_was_thought_dead_is_told_when_it_is_back(
             MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", back_at + 1), 3.0, later
         )
         assert not any(isinstance(m, ConnGone) for _, m in later.peers), "told once"
+
+
+def _n2_declared_dead_then_delivers(linked: bool) -> tuple[Routing, NodeCore, str, Fx]:
+    """Our client ``A`` waits on ``asgi|far``, which n2 owns; n2 is
+    declared dead here (its channels are ours in our view, the client's
+    credit with them); then a delivery n2 made comes (``linked``: on a link,
+    n2 thinking our node alive; else plain, n2 having declared us dead)."""
+    r, core, table, _ = receiving_far()
+    far = next(iter(k[1] for k in r._credit))
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 1.0, Fx())
+    fx = Fx()
+    items = [[b"old", 60.0, 101]]
+    back = RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)), (MsgType.ACK, (4, 0))))
+    r.handle(back, 1.5, fx, linked)
+    return r, core, far, fx
+
+
+def test_a_delivery_from_an_owner_declared_dead_is_not_handed_to_the_client() -> None:
+    """The real-process fault test, seed 6: a delivery made the instant its
+    owner froze waited in that process's ZeroMQ pipe for the 3 s of the
+    freeze and reached the client's node after it had declared the owner
+    dead and its client had taken 48 newer messages of the same producer
+    from the channel's new owner: handed on, it was an order inversion.
+    Refused (the rest of the frame goes on), it is lost, and counted once."""
+    for linked in (True, False):
+        r, core, _far, fx = _n2_declared_dead_then_delivers(linked)
+        assert fx.out == [(b"A", (MsgType.ACK, (4, 0)))], "the ACK only"
+        assert r.counters["deliveries_refused_from_dead"] == 1
+        assert core.drops()["dead_owner"] == 0, "not counted yet: whose is it?"
+
+
+def test_a_refused_delivery_is_told_to_its_owner_back_in_the_same_life() -> None:
+    """n2 was only slow or cut off: told (``RelayLost``, on its link), it
+    drops the delivery from its flight and counts it there; not here."""
+    r, core, far, _ = _n2_declared_dead_then_delivers(linked=True)
+    back = _n2_back(r, START + 8, 2.0)
+    told = [m for node, m in back.peers if node == "n2" and isinstance(m, RelayLost)]
+    assert told == [RelayLost("n1", START, b"A", (), ((far, (101,)),))]
+    assert core.drops()["dead_owner"] == 0
+    # (and if that life ends before it takes it, its link says so: counted here)
+    r.relay_unheard(told[0])
+    assert core.drops()["dead_owner"] == 1
+    r.relay_unheard(told[0])
+    assert core.drops()["dead_owner"] == 1, "once"
+
+
+def test_a_refused_delivery_is_counted_here_if_its_owners_life_ended() -> None:
+    """n2 ended that life (a fence after the freeze, a restart): a delivery
+    it sent on a link, thinking our node alive, was in its flight to a live
+    node, which no end of its life counts: counted here. One it sent plain
+    (it had declared our node dead) it parked, and counts itself (at the
+    park's lapse, its fence, or in its last load report)."""
+    for linked in (True, False):
+        r, core, _far, _ = _n2_declared_dead_then_delivers(linked)
+        back = _n2_back(r, START + RESTART_GAP + 8, 2.0)
+        assert not [m for _, m in back.peers if isinstance(m, RelayLost)]
+        assert core.drops()["dead_owner"] == (1 if linked else 0)
+        assert r._for_return == {}
+
+
+def test_a_refused_delivery_not_settled_is_counted_as_this_life_ends() -> None:
+    r, core, _far, _ = _n2_declared_dead_then_delivers(linked=True)
+    assert r.count_refused_at_exit() == 1
+    assert core.drops()["dead_owner"] == 1
+    assert r.count_refused_at_exit() == 0, "once"

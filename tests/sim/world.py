@@ -90,6 +90,10 @@ CLIENT_DELAY, CLIENT_JITTER = 0.0001, 0.0001
 PEER_DELAY, PEER_JITTER = 0.0003, 0.0004
 #: TCP's retransmission timeout (Linux's minimum)
 RTO = 0.2
+#: seconds a frame a node sends waits in its own process (libzmq's pipe to
+#: its I/O thread) before it is on the wire: a SIGSTOP within this of a
+#: send holds the frame until SIGCONT (``freeze``)
+PIPE = 0.0005
 #: seconds a draining node waits for its clients to move before it leaves
 #: anyway (``NodeConfig.drain_timeout`` is 10 s; here every request is
 #: answered within the answer bound, 2.95 s for 3 nodes, so a client that
@@ -134,6 +138,9 @@ class SimNode:
     killed_at: float = -1.0
     #: frames that arrived while frozen: ("client", conn, msgs) / ("peer", frame)
     inbox: list[tuple[Any, ...]] = field(default_factory=list)
+    #: frames it sent that were still in its process when it froze (``PIPE``):
+    #: (wire delay, kind, to, payload, reset count), sent at the thaw
+    stalled_out: list[tuple[float, str, Any, Any, Any]] = field(default_factory=list)
     #: client frames sent while the node was down, waiting for it
     parked: list[tuple[bytes, list[Message]]] = field(default_factory=list)
     tick_gen: int = 0
@@ -303,6 +310,7 @@ class World:
         sn.node = None
         sn.killed_at = self.now
         sn.frozen = False
+        sn.stalled_out.clear()  # (what was in its pipe dies with it)
         sn.inbox.clear()
         self.reset(sn)  # its connections die with it
         for c in self._clients_of(sn):
@@ -457,12 +465,56 @@ class World:
             for c in self._clients_of(sn):
                 c.node_down = True
                 c.exempt_all()
+            self._stall_pipe(sn)
+
+    def _stall_pipe(self, sn: SimNode) -> None:
+        """What ``sn`` sent within ``PIPE`` of its freeze is still in its
+        process (handed to libzmq, not yet written by its I/O thread, which
+        SIGSTOP stops too): it goes out at the thaw, in order, before
+        anything the node sends then (the real-process fault test, seed 6:
+        a delivery made the instant its node froze reached the client's node
+        3 s later, after that node had declared it dead)."""
+        since = self.now - PIPE
+        kept: list[tuple[float, int, str, Any, Any, Any]] = []
+        stalled: list[tuple[float, int, str, Any, Any, Any]] = []
+        for entry in self._heap:
+            _at, _serial, kind, a, b, c = entry
+            if (kind == "peer" and b[0][0] == sn.address and b[2] >= since) or (
+                kind == "n2c" and self.clients[a].node == sn.address and c >= since
+            ):
+                stalled.append(entry)
+            else:
+                kept.append(entry)
+        if stalled:
+            stalled.sort()
+            for at, _serial, kind, a, b, c in stalled:
+                sent = b[2] if kind == "peer" else c
+                sn.stalled_out.append((at - sent, kind, a, b, c))
+            if self.keep_trace:
+                kinds = [
+                    " ".join(type(m).__name__ for m in decode_peer(b[1])) if k == "peer" else "n2c"
+                    for _at, _s, k, _a, b, _c in stalled
+                ]
+                self.log(f"{sn.node_id} froze with {len(stalled)} frame(s) in its pipe: {kinds}")
+            self._heap[:] = kept  # (in place: ``run_until`` holds the list)
+            heapq.heapify(self._heap)
+
+    def _unstall_pipe(self, sn: SimNode) -> None:
+        stalled, sn.stalled_out = sn.stalled_out, []
+        for delay, kind, a, b, c in stalled:
+            if kind == "peer":
+                link, frame, _sent = b
+                self._push(self._link_at(*link, delay), kind, a, (link, frame, self.now), c)
+            else:
+                at = self._link_at(sn.address, a, delay)
+                self._push(at, kind, a, b, self.now)
 
     def thaw(self, sn: SimNode) -> None:
         if not sn.up or not sn.frozen:
             return
         sn.frozen = False
         self.log(f"thaw {sn.node_id}")
+        self._unstall_pipe(sn)
         for c in self._clients_of(sn):
             c.node_down = False
         if sn.drain is not None:
@@ -526,7 +578,7 @@ class World:
                 at = self._link_at(
                     sn.address, client.cid, CLIENT_DELAY + CLIENT_JITTER * self.rng.random()
                 )
-                self._push(at, "n2c", client.cid, frame)
+                self._push(at, "n2c", client.cid, frame, self.now)
         for to, raw in fx.peers:
             self._send_peer(sn, to, raw)
         self._schedule_tick(sn)
@@ -553,7 +605,7 @@ class World:
             delay += RTO  # a TCP retransmission
         link = (sn.address, to)
         at = self._link_at(*link, delay)
-        self._push(at, "peer", to, (link, frame), self.resets.get(link, 0))
+        self._push(at, "peer", to, (link, frame, self.now), self.resets.get(link, 0))
 
     def _node_client_frame(self, sn: SimNode, conn: bytes, msgs: list[Message]) -> None:
         client = self.by_conn.get(conn)
@@ -623,6 +675,8 @@ class World:
         """A schedule's channel reference as a wire name ("!c2.0": the first
         new_channel() name of client c2)."""
         if not ref.startswith("!"):
+            if ref.startswith("q"):  # (one consumer each: FIFO is checked there)
+                self.history.fifo_channels.add(ref)
             return ref
         name = self.bang.get(ref)
         if name is None:
