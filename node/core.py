@@ -136,6 +136,10 @@ class NodeCore:
         #: connections found gone (``undeliverable``), newest last: their sessions
         self._gone: dict[ConnId, Session] = {}
         self._hops = 0  # while handling relayed messages: how far they came
+        #: in a cluster: members of a group held here for an earlier life of
+        #: a node live again in a newer one (its own group_send skips them:
+        #: ``GroupReplication.superseded_here``)
+        self.superseded: Callable[[str], set[str]] | None = None
         #: more status from the cluster node (its member table), if any
         self.extra_status: Callable[[], dict[str, Any]] | None = None
         #: malformed frames dropped by the shell, by reason ("version", ...)
@@ -607,7 +611,12 @@ class NodeCore:
             return self._unknown(conn, req, out)
         if not valid_wire_group(group):
             return self._bad(conn, req, "invalid group name", out)
-        reached = self._fan_out(group, payload, session.policy.expiry, now, out)
+        only = None
+        if self.superseded is not None and self.groups.has_node_memberships():
+            skip = self.superseded(group)
+            if skip:
+                only = [c for c in self.groups.members(group, now) if c not in skip]
+        reached = self._fan_out(group, payload, session.policy.expiry, now, out, only)
         if self._work is not None:
             self._work.fanouts.append((group, payload, session.policy.expiry, self.groups.version))
         out.append((conn, (MsgType.ACK, (req, reached))))

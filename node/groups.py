@@ -107,6 +107,11 @@ class Groups:
         """How many memberships ``holder`` holds."""
         return len(self._by_holder.get(holder, ()))
 
+    def has_node_memberships(self) -> bool:
+        """Whether sessions of any other node hold memberships here (asked
+        once per group_send: a plain node holds none)."""
+        return bool(self._nodes)
+
     def has_node(self, node: str) -> bool:
         """Whether sessions of ``node`` (another node) hold memberships here
         (asked once per group_send from a peer: no scan of the holders)."""

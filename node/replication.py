@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ from zchannels.protocol import MsgType
 from .core import ClusterWork, NodeCore, Out
 from .effects import Fx
 from .group_replica import Delta, GroupReplica, Slice
-from .membership import EventKind, MemberEvent, MemberTable
+from .membership import LIVE, EventKind, MemberEvent, MemberTable
 from .peer_messages import (
     ClusterMessage,
     FanoutsSeen,
@@ -139,6 +140,7 @@ class GroupReplication:
         #: messages from nodes that are not live members (dropped)
         self.from_strangers = 0
         core.groups.track_changes = True
+        core.superseded = self.superseded_here
 
     def live_peers(self) -> list[str]:
         return [n for n in self.table.live() if n != self.me]
@@ -194,9 +196,34 @@ class GroupReplication:
             upto = self._seen_before.pop(source, {})
             self._handed_in.append(_HandedIn(now, source, version, groups, upto))
 
-    def fanouts_seen(self) -> FanoutsSeen:
-        """What goes just before a handover of memberships (``routing``)."""
-        upto = tuple(sorted((o, inc, seq) for o, (inc, seq) in self._taken.items()))
+    def fanouts_seen(self, moved: Iterable[tuple[Any, ...]] = ()) -> FanoutsSeen:
+        """What goes just before a handover of ``moved`` memberships
+        (``routing``; (group, channel, ...) each): the last fanout of each
+        origin taken here, or, where every one of them came here by a
+        handover that said its source had a later one, that one (their
+        copies came with them, and go on with them: soak seed 5000, a
+        membership handed on and back whose FanoutsSeen had lost what the
+        first handover said, so the fanouts passed on after it reached the
+        member twice; plans/fanouts-a-handover-brought-handed-on-once.json)."""
+        taken = dict(self._taken)
+        inherited: dict[str, tuple[int, int]] | None = None
+        for group, channel, *_ in moved:
+            had: dict[str, tuple[int, int]] = {}
+            for handed in self._handed_in:
+                if channel in handed.groups.get(group, ()):
+                    for origin, last in handed.upto.items():
+                        if last > had.get(origin, (-1, -1)):
+                            had[origin] = last
+            if inherited is None:
+                inherited = had
+            else:  # (what every one of them had)
+                inherited = {o: min(v, had[o]) for o, v in inherited.items() if o in had}
+            if not inherited:
+                break
+        for origin, last in (inherited or {}).items():
+            if last > taken.get(origin, (-1, -1)):
+                taken[origin] = last
+        upto = tuple(sorted((o, inc, seq) for o, (inc, seq) in taken.items()))
         return FanoutsSeen(self.me, upto)
 
     def _had_it(self, key: tuple[str, int, int], group: str) -> set[str]:
@@ -383,6 +410,30 @@ class GroupReplication:
         seen.caught_up |= missed
         self.fanouts_caught_up += 1
         fx.out.extend(core.fanout_from_peer(msg.group, msg.payload, msg.ttl, now, only=missed))
+
+    def superseded_here(self, group: str) -> set[str]:
+        """Members of ``group`` held here for sessions of an earlier life of
+        a node the member table has live in a newer one: this node's own
+        group_send skips them, as ``_superseded`` does a peer's. Its fanout
+        reaches that node's new life, where its clients make their
+        memberships again; a copy queued here as well reached the same
+        channel twice once this node handed it back (soak seed 3040: a
+        group_send held while this node was frozen, taken up as it thawed
+        and saw the new life, plans/group-send-after-a-restart-not-also-
+        queued-for-the-earlier-life.json)."""
+        groups = self.core.groups
+        out: set[str] = set()
+        for member in self.table.members():
+            if member.state not in LIVE or member.id == self.me:
+                continue
+            if not groups.has_node(member.id):
+                continue
+            prefix = member.id + "@"
+            for holder in groups.holders(prefix):
+                life = holder[len(prefix) :].split("/", 1)[0]
+                if life.isdigit() and member.incarnation >= int(life) + RESTART_GAP:
+                    out.update(c for g, c in groups.held(holder) if g == group)
+        return out
 
     def _superseded(self, msg: GroupFanout | GroupFanoutPassed) -> set[str]:
         """Members of ``msg.group`` held here for sessions of an earlier

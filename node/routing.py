@@ -426,7 +426,7 @@ class Routing:
         self._sweep_at: float | None = None
         #: what goes before a handover of memberships: the last group_send
         #: fanout taken from each origin (``GroupReplication.fanouts_seen``)
-        self.fanouts_seen: Callable[[], FanoutsSeen] | None = None
+        self.fanouts_seen: Callable[[tuple[Any, ...]], FanoutsSeen] | None = None
         core.route = self.route
         core.report_to = self.report_to
         self.refresh()
@@ -2210,7 +2210,7 @@ class Routing:
             pieces = _handoff_pieces(entries)
             moved = tuple(members.get(owner, []))
             if moved and self.fanouts_seen is not None:
-                fx.peers.append((owner, self.fanouts_seen()))  # (just before them)
+                fx.peers.append((owner, self.fanouts_seen(moved)))  # (just before them)
             for i, piece in enumerate(pieces or [[]]):  # (memberships go with the first)
                 fx.peers.append((owner, Handoff(self.me, tuple(piece), moved if i == 0 else ())))
             fx.moved.extend((owner, group) for group in sorted({m[0] for m in moved}))

@@ -16,6 +16,8 @@ from zchannels.node.effects import Fx
 from zchannels.node.membership import Gossip, MembershipConfig, MemberTable, State, Update
 from zchannels.node.peer_messages import FanoutsSeen, GroupFanout, GroupFanoutPassed
 from zchannels.node.replication import GroupReplication
+from zchannels.node.routing import RESTART_GAP
+from zchannels.node.sessions import Policy
 
 from zchannels.protocol import MsgType
 
@@ -187,3 +189,44 @@ def test_what_a_node_had_taken_goes_before_its_handovers_of_memberships() -> Non
     # (a copy passed on by another node says nothing of its origin's earlier ones)
     node.handle(GroupFanoutPassed("n2", "n0", 5, 9, G, b"m", 60.0), 0.4, Fx())
     assert node.fanouts_seen() == FanoutsSeen("n1", (("n0", 5, 3), ("n3", 9, 4)))
+
+
+def test_what_a_handover_said_goes_on_with_the_memberships_it_brought() -> None:
+    """Soak seed 5000: n1 was handed a membership by n0 whose queue held
+    copies of n2's fanouts up to 3 (n0's ``FanoutsSeen`` said so), then
+    handed it on before any of them reached n1 directly. Its own
+    ``FanoutsSeen`` must say what the first one said, for that membership,
+    or the copies n1 passes on later reach it a second time. Mixed with a
+    membership n1 held all along (which had nothing), it says only what
+    both had."""
+    node = make_node("n1")
+    n0 = Update("n0", "tcp://127.0.0.1:7700", 5, State.ALIVE, "n0")
+    node.table.handle(Gossip("n0", (n0,)), 0.0)
+    node.handle(FanoutsSeen("n0", (("n2", 9, 3),)), 0.1, Fx())
+    hand_over(node, 0.1, source="n0")
+    handed = (G, HANDED, "n0@3/abcdefghij", 60.0, 10)
+    own = (G, OWN, "n2@7/ownownowno", 60.0, 10)
+    assert node.fanouts_seen((handed,)) == FanoutsSeen("n1", (("n2", 9, 3),))
+    assert node.fanouts_seen((handed, own)) == FanoutsSeen("n1", ())
+    node.handle(GroupFanout("n2", 9, 5, G, b"x", 60.0), 0.2, Fx())  # (taken here: later)
+    assert node.fanouts_seen((handed,)) == FanoutsSeen("n1", (("n2", 9, 5),))
+
+
+def test_own_group_send_skips_members_kept_for_a_nodes_earlier_life() -> None:
+    """Soak seed 3040: n2 kept n3's client's channel while n3 restarted;
+    n3's new life is live, and this node's own group_send goes there (its
+    client makes its membership again there). A copy queued here too
+    reached the channel twice once the queue was handed back: skipped, as
+    a peer's fanout skips them (``_superseded``)."""
+    node = make_node("n2")
+    kept = "asgi|kept"
+    node.core.groups.add(G, kept, "n3@1000/keptkeptke", 60.0, 10)
+    node.core.sessions.hello(b"A", "sendersend", 1, Policy(60.0), 0.0)
+    send = [(MsgType.GROUP_SEND, (1, G, b"m"))]
+    node.core.handle(b"A", send, 0.1, ClusterWork())
+    assert (queued(node, OWN), queued(node, kept)) == (1, 1), "n3 not live: kept here"
+    n3 = Update("n3", "tcp://127.0.0.1:7703", 1000 + RESTART_GAP, State.ALIVE, "n3")
+    node.table.handle(Gossip("n3", (n3,)), 0.2)
+    assert node.superseded_here(G) == {kept}
+    node.core.handle(b"A", send, 0.3, ClusterWork())
+    assert (queued(node, OWN), queued(node, kept)) == (2, 1), "skipped for the new life"
