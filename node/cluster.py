@@ -269,7 +269,7 @@ class ClusterNode:
                 hold=config.relay_hold,
             )
             self.routing.report_extra = lambda: {"links": self.links.report()}
-            self.routing.fanouts_seen = self.replication.fanouts_seen
+            self.routing.fanouts_seen = self.replication.fanouts_seen_split
         self.core.extra_status = self._extra_status
 
     def _cluster(self) -> tuple[MemberTable, Routing, GroupReplication]:

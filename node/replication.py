@@ -198,33 +198,40 @@ class GroupReplication:
 
     def fanouts_seen(self, moved: Iterable[tuple[Any, ...]] = ()) -> FanoutsSeen:
         """What goes just before a handover of ``moved`` memberships
-        (``routing``; (group, channel, ...) each): the last fanout of each
-        origin taken here, or, where every one of them came here by a
-        handover that said its source had a later one, that one (their
-        copies came with them, and go on with them: soak seed 5000, a
-        membership handed on and back whose FanoutsSeen had lost what the
-        first handover said, so the fanouts passed on after it reached the
-        member twice; plans/fanouts-a-handover-brought-handed-on-once.json)."""
-        taken = dict(self._taken)
-        inherited: dict[str, tuple[int, int]] | None = None
-        for group, channel, *_ in moved:
-            had: dict[str, tuple[int, int]] = {}
-            for handed in self._handed_in:
-                if channel in handed.groups.get(group, ()):
-                    for origin, last in handed.upto.items():
-                        if last > had.get(origin, (-1, -1)):
-                            had[origin] = last
-            if inherited is None:
-                inherited = had
-            else:  # (what every one of them had)
-                inherited = {o: min(v, had[o]) for o, v in inherited.items() if o in had}
-            if not inherited:
-                break
-        for origin, last in (inherited or {}).items():
-            if last > taken.get(origin, (-1, -1)):
-                taken[origin] = last
-        upto = tuple(sorted((o, inc, seq) for o, (inc, seq) in taken.items()))
-        return FanoutsSeen(self.me, upto)
+        (``routing``; (group, channel, ...) each), if all of them had the
+        same fanouts: see ``fanouts_seen_split``."""
+        return self.fanouts_seen_split(tuple(moved))[0][0]
+
+    def fanouts_seen_split(
+        self, moved: tuple[tuple[Any, ...], ...]
+    ) -> list[tuple[FanoutsSeen, tuple[tuple[Any, ...], ...]]]:
+        """``moved`` memberships (``routing``'s handover; (group, channel,
+        ...) each) split by the fanouts they had, each part with what goes
+        just before its handover: the last fanout of each origin taken here,
+        or, for memberships that came here by a handover that said its
+        source had a later one, that one (their copies came with them and go
+        on with them: soak seed 5000, a membership handed on and back whose
+        FanoutsSeen had lost what the first handover said, so the fanouts
+        passed on after it reached the member twice, plans/fanouts-a-
+        handover-brought-handed-on-once.json; soak seed 5608, one handed on
+        together with one this node held all along, which had not had them,
+        plans/fanouts-a-handover-brought-handed-on-with-others-once.json).
+        One part (possibly empty) at least, in the order of ``moved``."""
+        parts: dict[tuple[tuple[str, int, int], ...], list[tuple[Any, ...]]] = {}
+        for member in moved or ((),):
+            taken = dict(self._taken)
+            if member:
+                group, channel = member[0], member[1]
+                for handed in self._handed_in:
+                    if channel in handed.groups.get(group, ()):
+                        for origin, last in handed.upto.items():
+                            if last > taken.get(origin, (-1, -1)):
+                                taken[origin] = last
+            upto = tuple(sorted((o, inc, seq) for o, (inc, seq) in taken.items()))
+            part = parts.setdefault(upto, [])
+            if member:
+                part.append(member)
+        return [(FanoutsSeen(self.me, upto), tuple(part)) for upto, part in parts.items()]
 
     def _had_it(self, key: tuple[str, int, int], group: str) -> set[str]:
         """Members of ``group`` that handovers brought here from nodes that
@@ -397,7 +404,12 @@ class GroupReplication:
             fx.peers.extend((node, passed) for node in self._forwarding(msg.group, now))
             return
         missed = (
-            self._missed(seen, msg.source, msg.group) - self._superseded(msg)
+            # (not those whose handover said its source had it: its copy
+            # came with them; soak seed 5608, plans/fanout-passed-back-to-
+            # its-origin-after-handovers-that-had-it.json)
+            self._missed(seen, msg.source, msg.group)
+            - self._superseded(msg)
+            - self._had_it(key, msg.group)
             if isinstance(msg, GroupFanoutPassed)
             else set()
         )

@@ -426,7 +426,13 @@ class Routing:
         self._sweep_at: float | None = None
         #: what goes before a handover of memberships: the last group_send
         #: fanout taken from each origin (``GroupReplication.fanouts_seen``)
-        self.fanouts_seen: Callable[[tuple[Any, ...]], FanoutsSeen] | None = None
+        self.fanouts_seen: (
+            Callable[
+                [tuple[tuple[Any, ...], ...]],
+                list[tuple[FanoutsSeen, tuple[tuple[Any, ...], ...]]],
+            ]
+            | None
+        ) = None
         core.route = self.route
         core.report_to = self.report_to
         self.refresh()
@@ -2209,10 +2215,18 @@ class Routing:
             self.counters["handed_off"] += sum(len(c[1]) for c in entries)
             pieces = _handoff_pieces(entries)
             moved = tuple(members.get(owner, []))
-            if moved and self.fanouts_seen is not None:
-                fx.peers.append((owner, self.fanouts_seen(moved)))  # (just before them)
-            for i, piece in enumerate(pieces or [[]]):  # (memberships go with the first)
-                fx.peers.append((owner, Handoff(self.me, tuple(piece), moved if i == 0 else ())))
+            # (memberships go with the first piece, each set that had the
+            # same group_sends just after what says which: the receiver
+            # must not give those again, ``GroupReplication``)
+            seen = self.fanouts_seen(moved) if moved and self.fanouts_seen else []
+            first = seen[0][1] if seen else moved
+            if seen:
+                fx.peers.append((owner, seen[0][0]))
+            for i, piece in enumerate(pieces or [[]]):
+                fx.peers.append((owner, Handoff(self.me, tuple(piece), first if i == 0 else ())))
+            for more_seen, more_members in seen[1:]:
+                fx.peers.append((owner, more_seen))
+                fx.peers.append((owner, Handoff(self.me, (), more_members)))
             fx.moved.extend((owner, group) for group in sorted({m[0] for m in moved}))
         if grants:  # after the messages, on the same pipe: they arrive first
             self._relay(grants, now, fx)
