@@ -281,8 +281,12 @@ class World:
         self.log(f"start {sn.node_id} inc {incarnation}")
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
+            # (every seed, up or not, as the shell's static discovery finds
+            # them: a seed down now is tried again while this node knows
+            # nobody; finding only those up left a node restarted while the
+            # others were down without seeds for good, soak seed 1550)
             for other in sorted(self.nodes.values(), key=lambda n: n.index):
-                if other is not sn and other.up and sn.up:
+                if other is not sn and sn.up:
                     self._apply(sn, self._call(sn, "discovered", other.address, self.now))
         for c in self._clients_of(sn):
             c.node_down = False
