@@ -285,9 +285,9 @@ class World:
             # them: a seed down now is tried again while this node knows
             # nobody; finding only those up left a node restarted while the
             # others were down without seeds for good, soak seed 1550)
-            for other in sorted(self.nodes.values(), key=lambda n: n.index):
-                if other is not sn and sn.up:
-                    self._apply(sn, self._call(sn, "discovered", other.address, self.now))
+            for address in config.seeds:
+                if address != sn.address and sn.up:
+                    self._apply(sn, self._call(sn, "discovered", address, self.now))
         for c in self._clients_of(sn):
             c.node_down = False
         parked, sn.parked = sn.parked, []
