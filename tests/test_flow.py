@@ -42,6 +42,8 @@ class Conn:
     to_client: deque[Message] = field(default_factory=deque)
     receiving: bool = False  # a receive() is in progress (waiting or woken)
     taken: list[int] = field(default_factory=list)
+    #: the node's number of each taken, in take order
+    taken_seqs: list[int | None] = field(default_factory=list)
     closing: bool = False
     gone: bool = False  # closed (after BYE) or abandoned by a fork
 
@@ -55,6 +57,8 @@ class World:
         self.accepted: list[int] = []
         self.refused = 0
         self.flushed: set[int] = set()
+        #: the node's numbers of what flushes took from its flights
+        self.flushed_seqs: set[int] = set()
         self.taken_unreported = 0  # by connections that died before reporting
 
     # -- what users do --------------------------------------------------
@@ -79,11 +83,13 @@ class World:
         if not c.receiving:
             return
         state = c.flow.channels[CH]
+        seq = state.buffer[0][2] if state.buffer else None
         payload = c.flow.take(CH, self.now)
         if payload is None:
             return
         state.waiting -= 1
         c.taken.append(int(payload))
+        c.taken_seqs.append(seq)
         c.receiving = False
         c.flow.leave(CH, self.now)
         c.to_node.extend(c.flow.replenish(CH))
@@ -111,6 +117,7 @@ class World:
             seq for ch in self.node.channels.values() for f in ch.flight.values() for seq in f
         }
         self.flushed |= queued | self._payloads_of(in_flight)
+        self.flushed_seqs |= in_flight
         for cid in self.node.clear(""):
             self._conn(cid).to_client.append((MsgType.FLUSHED, ("",)))
 
@@ -144,10 +151,15 @@ class World:
         if c.gone:
             return
         # taken by a receive() that returned, not yet reported: the node
-        # counts them lost too (the process died with them, in its hands)
-        self.taken_unreported += sum(r[1] for r in c.flow.consumed.values()) + sum(
+        # counts them lost too (the process died with them, in its hands),
+        # unless a flush took them since (the node's flight of them is gone:
+        # they are flushed; CI's hypothesis run of 2026-12-06: send, take,
+        # flush, fork)
+        unreported = sum(r[1] for r in c.flow.consumed.values()) + sum(
             r[2] for m in c.to_node if m[0] == MsgType.CONSUMED for r in m[1][0]
         )
+        last = c.taken_seqs[len(c.taken_seqs) - unreported :] if unreported else []
+        self.taken_unreported += sum(1 for seq in last if seq not in self.flushed_seqs)
         c.gone = True
         c.receiving = False
         c.to_client.clear()
