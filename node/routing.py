@@ -425,7 +425,8 @@ class Routing:
         #: a view change, a relay ran out of hops): when to sweep it on
         self._sweep_at: float | None = None
         #: what goes before a handover of memberships: the last group_send
-        #: fanout taken from each origin (``GroupReplication.fanouts_seen``)
+        #: fanout each had from each origin, the memberships split by it
+        #: (``GroupReplication.fanouts_seen_split``)
         self.fanouts_seen: (
             Callable[
                 [tuple[tuple[Any, ...], ...]],
