@@ -433,18 +433,10 @@ class GroupReplication:
         group_send held while this node was frozen, taken up as it thawed
         and saw the new life, plans/group-send-after-a-restart-not-also-
         queued-for-the-earlier-life.json)."""
-        groups = self.core.groups
         out: set[str] = set()
         for member in self.table.members():
-            if member.state not in LIVE or member.id == self.me:
-                continue
-            if not groups.has_node(member.id):
-                continue
-            prefix = member.id + "@"
-            for holder in groups.holders(prefix):
-                life = holder[len(prefix) :].split("/", 1)[0]
-                if life.isdigit() and member.incarnation >= int(life) + RESTART_GAP:
-                    out.update(c for g, c in groups.held(holder) if g == group)
+            if member.state in LIVE and member.id != self.me:
+                out |= self._held_for_earlier_lives(member.id, member.incarnation, group)
         return out
 
     def _superseded(self, msg: GroupFanout | GroupFanoutPassed) -> set[str]:
@@ -460,15 +452,20 @@ class GroupReplication:
         plans/group-copy-passed-on-for-an-earlier-life-delivered-twice.json).
         A client that has not made its membership again yet misses this
         group message: at most once, as a group_send is."""
+        return self._held_for_earlier_lives(msg.origin, msg.incarnation, msg.group)
+
+    def _held_for_earlier_lives(self, node: str, incarnation: int, group: str) -> set[str]:
+        """Members of ``group`` held here for sessions of lives of ``node``
+        earlier than ``incarnation`` (by more than a refutation)."""
         groups = self.core.groups
         out: set[str] = set()
-        if not groups.has_node(msg.origin):
+        if not groups.has_node(node):
             return out
-        prefix = msg.origin + "@"
+        prefix = node + "@"
         for holder in groups.holders(prefix):
             life = holder[len(prefix) :].split("/", 1)[0]
-            if life.isdigit() and msg.incarnation >= int(life) + RESTART_GAP:
-                out.update(c for g, c in groups.held(holder) if g == msg.group)
+            if life.isdigit() and incarnation >= int(life) + RESTART_GAP:
+                out.update(c for g, c in groups.held(holder) if g == group)
         return out
 
     def _on_digest(self, msg: GroupDigest, fx: Fx) -> None:
