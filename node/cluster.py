@@ -185,6 +185,7 @@ class ClusterNode:
                 incarnation=incarnation,
                 cluster=config.cluster,
                 rng=rng,
+                seeds=config.seeds,
             )
         #: the cluster messages' sequence numbers, acknowledgements and
         #: retransmissions, per peer life (kept across a fence: what arrives

@@ -49,7 +49,10 @@ hashicorp/memberlist (state.go, suspicion.go, queue.go, awareness.go):
 - Push-pull: joining is a full-state exchange with a seed; the same exchange
   runs with a random member every ``push_pull_interval`` (anti-entropy) and
   with a random dead member every ``reconnect_interval`` (so both sides of a
-  healed partition find each other, as Serf's reconnect does).
+  healed partition find each other, as Serf's reconnect does), and with a
+  configured seed at whose address no member is known (beyond memberlist: a
+  node that joined through seeds that then all restarted while it was cut
+  off would otherwise never meet their next lives).
 - Beyond memberlist, three direct messages where gossip's retransmit limit
   leaves a small chance of a long wait (each found by the simulation): a
   node whose join is answered announces itself to every member at once; a
@@ -513,6 +516,7 @@ class MemberTable:
         cluster: str,
         rng: random.Random,
         version: int = PROTOCOL_VERSION,
+        seeds: Iterable[str] = (),
     ) -> None:
         self.config = config
         self.node_id = node_id
@@ -532,11 +536,18 @@ class MemberTable:
         self._order_pos = 0
         self._relays: dict[int, _Relay] = {}
         self._seeds: tuple[str, ...] = ()
+        #: the seeds an operator configured (``--seed``): watched for good,
+        #: not only while this node is alone (``_call_lost_seed``)
+        self._configured = tuple(s for s in dict.fromkeys(seeds) if s != address)
         self._last_tick: float | None = None
         self._next_probe = 0.0
         self._next_gossip = 0.0
         self._next_push_pull = 0.0
         self._next_reconnect = 0.0
+        #: when a lost seed is next called, and the wait after that call
+        #: (doubling up to ``push_pull_interval`` while seeds stay lost)
+        self._next_seed_call = 0.0
+        self._seed_wait = config.reconnect_interval
         self._next_join = 0.0
 
     # -- queries ----------------------------------------------------------
@@ -600,6 +611,8 @@ class MemberTable:
                 times.append(e.since + self.config.dead_keep)
         if has_dead:
             times.append(self._next_reconnect)
+        if self._lost_seeds():
+            times.append(self._next_seed_call)
         if self._seeds and self._alone():
             times.append(self._next_join)
         return min(times)
@@ -729,6 +742,7 @@ class MemberTable:
             gone = [e.address for e in self._table.values() if e.state == State.DEAD]
             if gone:
                 fx.messages.append((self._rng.choice(gone), self._sync(reply=True)))
+        self._call_lost_seed(now, fx)
         if self._seeds and now >= self._next_join and self._alone():
             self._join_seeds(now, fx)
         return fx
@@ -1014,6 +1028,37 @@ class MemberTable:
     # -- push-pull --------------------------------------------------------
     def _alone(self) -> bool:
         return not any(e.state in LIVE for e in self._table.values())
+
+    def _call_lost_seed(self, now: float, fx: Effects) -> None:
+        """Exchange full state with a configured seed at whose address no
+        member is known (reaped, never heard of) or only one that left.
+        Joining retries the seeds only while this node is alone; a node that
+        joined through the seeds and is not alone (other nodes joined through
+        them too) would otherwise never hear of the seeds' next lives when
+        every seed restarted while it was cut off: two clusters for good,
+        each whole in its own view (the simulation's seed 6642: the seeds
+        met again by their own seed lists, which name neither of the two
+        nodes that had joined through them). One seed per call, the first
+        ``reconnect_interval`` after a seed is lost, then twice as long
+        each time up to ``push_pull_interval`` (a seed removed for good but
+        still configured costs every node one message per push-pull
+        interval)."""
+        lost = self._lost_seeds()
+        if not lost:
+            self._seed_wait = self.config.reconnect_interval
+            self._next_seed_call = now + self._seed_wait
+            return
+        if now < self._next_seed_call:
+            return
+        fx.messages.append((self._rng.choice(lost), self._sync(reply=True)))
+        self._next_seed_call = now + self._seed_wait
+        self._seed_wait = min(2 * self._seed_wait, self.config.push_pull_interval)
+
+    def _lost_seeds(self) -> list[str]:
+        if not self._configured or self._alone():
+            return []  # (alone, every seed is retried: ``_join_seeds``)
+        known = {e.address for e in self._table.values() if e.state != State.LEFT}
+        return [seed for seed in self._configured if seed not in known]
 
     def _join_seeds(self, now: float, fx: Effects) -> None:
         self._next_join = now + self.config.join_retry_interval

@@ -92,8 +92,10 @@ class SimNet:
         cluster: str | None = None,
         version: int | None = None,
     ) -> MemberTable:
-        """Start a node now and join it through ``seeds`` (node ids)."""
+        """Start a node now and join it through ``seeds`` (node ids), its
+        configured seeds."""
         kwargs = {} if version is None else {"version": version}
+        addresses = [self.address(s) for s in seeds or []]
         table = MemberTable(
             self.config,
             node_id=node_id,
@@ -101,12 +103,13 @@ class SimNet:
             incarnation=int(self.now * 1000) + 1 if incarnation is None else incarnation,
             cluster=self.cluster if cluster is None else cluster,
             rng=random.Random(self.rng.random()),
+            seeds=addresses,
             **kwargs,
         )
         node = SimNode(table)
         self.nodes[table.address] = node
         self.by_id[node_id] = node
-        self._effects(node, table.join([self.address(s) for s in seeds or []], self.now))
+        self._effects(node, table.join(addresses, self.now))
         return table
 
     def add_cluster(self, n: int, stagger: float = 0.05) -> list[str]:

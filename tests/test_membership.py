@@ -311,6 +311,55 @@ def test_join_is_retried_only_while_alone() -> None:
     assert not [m for to, m in sent(later, Sync) if to == addr("s") and m.reply]
 
 
+def test_a_configured_seed_no_member_is_at_is_called_while_not_alone() -> None:
+    # A node that joined through its seeds and knows another member: a seed
+    # whose address holds no member it knows (reaped, never heard of) or
+    # only one that left gets a full-state exchange, reconnect_interval after
+    # it is found lost, then at doubling gaps up to push_pull_interval; a
+    # live seed does not, nor one known dead (the reconnect to dead members
+    # calls it anyway). Alone, the join's retry calls every seed instead.
+    # (No probes: members that answer nothing here must not be suspected.)
+    cfg = MembershipConfig.test(probe_interval=100.0, probe_timeout=50.0, push_pull_interval=1.5)
+    j = MemberTable(
+        cfg,
+        node_id="j",
+        address=addr("j"),
+        incarnation=100,
+        cluster="c",
+        rng=random.Random(0),
+        seeds=[addr("s"), addr("t"), addr("j")],
+    )
+    clock = [0.0]
+
+    def calls(seconds: float, to: str) -> list[float]:
+        out, until = [], clock[0] + seconds
+        while clock[0] < until:
+            clock[0] = min(j.next_deadline(), until)
+            fx = j.tick(clock[0])
+            out += [clock[0] for dest, m in sent(fx, Sync) if m.reply and dest == addr(to)]
+        return out
+
+    assert calls(1.0, "s") == []  # alone, never joined nor given a seed to join
+    gossip(j, up("k", 1), up("t", 1), now=clock[0])
+    start = clock[0]
+    # (push-pull with a random live member, k or t, happens too: not to s)
+    at = calls(6.0, "s")
+    gaps = [round(b - a, 6) for a, b in zip([start, *at], at, strict=False)]
+    r = cfg.reconnect_interval
+    assert gaps[0] <= r + 1e-9 and gaps[1:4] == [r, 2 * r, 4 * r]
+    assert set(gaps[4:]) == {cfg.push_pull_interval}
+    gossip(j, up("s", 1), now=clock[0])
+    # (push-pull may pick s, one of three live members, every 1.5 s: at most
+    # twice in 3 s, where calls to a lost seed would be three)
+    assert len(calls(3.0, "s")) <= 2
+    gossip(j, up("s", 1, State.LEFT, "s"), up("t", 2, State.DEAD), now=clock[0])
+    start = clock[0]
+    at = calls(1.0, "s")
+    assert at and at[0] - start <= r + 1e-9  # a seed that left: called again, from the start
+    gossip(j, up("k", 1, State.LEFT, "k"), now=clock[0])
+    assert "t" not in j.live() and calls(3.0, "s") == []  # alone again
+
+
 @pytest.mark.parametrize(
     ("cluster", "version", "node", "expect"),
     [
@@ -767,6 +816,34 @@ def test_sim_restarted_node_rejoins_with_a_higher_incarnation() -> None:
     took = net.run_until_true(net.converged, 5.0)
     print(f"\nrestarted node alive on every node {took * 1000:.0f} ms after it started")
     assert net.view("n0")["n4"][1] > old
+
+
+def test_sim_nodes_that_joined_through_seeds_meet_the_seeds_next_lives() -> None:
+    # Two seeds that name each other; two nodes join through them (nobody's
+    # seed). Cut off from the joiners, both seeds die and start again, and
+    # meet through their own seed lists, which do not name the joiners; the
+    # joiners, not alone (each has the other), have reaped the seeds' dead
+    # lives. After the heal there must be one cluster again, not two each
+    # whole in its own view (the simulation's seed 6642).
+    net = SimNet(LAN, seed=11)
+    net.add("s0")
+    net.add("s1", seeds=["s0"])
+    net.run_for(0.5)
+    net.add("j0", seeds=["s0", "s1"])
+    net.add("j1", seeds=["s0", "s1"])
+    net.run_until_true(net.converged, 5.0)
+    net.partition(["j0", "j1"], ["s0", "s1"])
+    net.kill("s0")
+    net.kill("s1")
+    net.run_for(LAN.dead_keep + 5.0)
+    assert sorted(net.view("j0")) == ["j0", "j1"]  # the seeds' lives reaped
+    net.add("s0", seeds=["s1"])
+    net.add("s1", seeds=["s0"])
+    net.run_until_true(lambda: net.converged(["s0", "s1"]), 5.0)
+    net.heal()
+    took = net.run_until_true(net.converged, 10.0)
+    print(f"\nseeds restarted while cut off: one member table {took:.2f} s after the heal")
+    assert took < 2 * LAN.reconnect_interval + 1.0
 
 
 def test_sim_node_of_another_cluster_is_refused_everywhere() -> None:
