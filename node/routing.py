@@ -729,7 +729,7 @@ class Routing:
             # what the copy would settle, and a late copy frees another)
             kept = self._kept_for(owner)
             if not kept.copies:
-                kept.copies_until = now + self.presume_lost_after()
+                kept.copies_until = now + self.presume_dead_after()
             held = kept.copies
         for chunk in split_batches(batch, CHUNK_BYTES):  # (a peer's frame size is bounded)
             relay = Relay(origin, inc, client, tag, expiry, hops, tuple(chunk), sent_at)
@@ -838,7 +838,7 @@ class Routing:
         if not parked:
             return
         client = (virtual.origin, virtual.incarnation, virtual.conn)
-        until = now + self.presume_lost_after()
+        until = now + self.presume_dead_after()
         entry = self._parked_flight.get(client)
         if entry is not None:
             for name, seqs in parked.items():
@@ -878,7 +878,7 @@ class Routing:
             if remember:
                 parked = self.core.queues.park_flight(vconn)
                 if parked:
-                    self._parked_flight[client] = (now + self.presume_lost_after(), parked)
+                    self._parked_flight[client] = (now + self.presume_dead_after(), parked)
             counted = self.core.queues.flight_seqs(vconn)
             if counted:
                 self._counted_gone[client] = (now + GONE_MEMORY, counted)
@@ -1868,10 +1868,8 @@ class Routing:
                 self._answer(qid, fx)
 
     def presume_lost_after(self) -> float:
-        """Seconds after which what a client of a node declared dead was
-        handed (``_parked_flight``) is counted lost if nothing was heard of
-        it. (What the dead node held itself waits longer:
-        ``presume_dead_after``.)"""
+        """Three times the answer bound: the least ``presume_dead_after``
+        may be, however short the member table remembers the dead."""
         return 3 * self.answer_within()
 
     def presume_dead_after(self) -> float:
@@ -1886,7 +1884,12 @@ class Routing:
         delivered after the heal (simulation seed 56). A frozen node that
         wakes meanwhile ends its life itself and reports exactly what it
         dropped; a killed one restarted is counted at its new life's first
-        report."""
+        report. What its clients were handed here (``_parked_flight``) waits
+        as long: until 2026-12-06 it was counted at ``presume_lost_after``,
+        and a client cut off for 2.5 s whose reports of what it took came
+        after the heal had them counted lost as well (simulation seed 91, no
+        kill: plans/delivery-to-a-client-cut-off-2-5-s-settled-by-its-
+        reports-after-the-heal.json)."""
         return max(self.presume_lost_after(), self.table.config.dead_keep)
 
     def _settle_death(

@@ -993,14 +993,18 @@ def test_what_a_client_of_a_node_declared_dead_took_is_not_counted_lost() -> Non
     relay(r, START, (MsgType.RETURN, (0, "asgi|c", items, 1)))
     assert core.queues.length("asgi|c") == 1, "given back: queued again"
     assert core.drops()["receiver_gone"] == 0
+    # (not at three answer bounds: a partition that long may still heal in
+    # the same life, and the client's reports come then: seed 91)
+    r.tick(1.0 + r.presume_lost_after() + 0.01, Fx())
+    assert core.drops()["receiver_gone"] == 0 and r._parked_flight
     fx = Fx()
-    r.tick(1.0 + r.presume_lost_after(), fx)  # the second was never heard of
+    r.tick(1.0 + r.presume_dead_after(), fx)  # the second was never heard of
     assert core.drops()["receiver_gone"] == 1
     assert r.counters["parked_flight_lost"] == 1
     # and it is not queued again if it bounces after all
     relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m1", 60.0, seqs[1]]], 1)))
     assert core.queues.length("asgi|c") == 1
-    assert r.next_deadline() > 1.0 + r.presume_lost_after()
+    assert r.next_deadline() > 1.0 + r.presume_dead_after()
 
 
 def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() -> None:
@@ -1068,7 +1072,7 @@ def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them()
     relay(r, START, (MsgType.CONSUMED, ([["asgi|c", new, 3, 1]],)))
     assert core.queues.flight_seqs(vconn) == {}
     assert core.drops()["expired"] == 1  # (counted once, with the parked ones)
-    r.tick(1.0 + r.presume_lost_after(), Fx())
+    r.tick(1.0 + r.presume_dead_after(), Fx())
     assert core.drops()["receiver_gone"] == 1
     assert r.counters["parked_flight_lost"] == 1
 
@@ -1092,7 +1096,7 @@ def test_a_report_of_parked_deliveries_frees_those_it_took_not_the_first() -> No
     relay(r, START, (MsgType.CONSUMED, ([["asgi|c", new, 1, 0]],)))
     assert core.queues.flight_seqs(vconn) == {}, "the new one it took is settled"
     assert core.queues.held("asgi|c") == 0
-    r.tick(1.0 + r.presume_lost_after(), Fx())
+    r.tick(1.0 + r.presume_dead_after(), Fx())
     assert core.drops()["receiver_gone"] == 1
     assert r.counters["parked_flight_lost"] == 1
 
@@ -1328,7 +1332,7 @@ def test_copies_held_for_a_node_thought_dead_go_only_to_the_same_life_in_time() 
         core.handle(b"A", [(MsgType.RETURN, (3, far, items, 1))], 2.0, work)
         r.after_core(work, 2.0, Fx())
         assert r._for_return, "held"
-        when = 2.0 + r.presume_lost_after() + 0.01 if late else 2.5
+        when = 2.0 + r.presume_dead_after() + 0.01 if late else 2.5
         assert _copies_to_n2(_n2_back(r, incarnation, when)) == []
         assert r._for_return == {}
 

@@ -49,6 +49,10 @@ GROUP = "faults"
 SAMPLE_EVERY = 0.1
 #: Seconds a status request may take (a frozen node never answers).
 STATUS_TIMEOUT = 0.5
+#: Seconds the final counters wait for parked deliveries to be settled: a
+#: park lasts at most ``dead_keep`` (30 s in the ``lan`` preset the run uses;
+#: a node back in a new life, as a frozen one is, has them counted at once).
+PARKED_WAIT = 35.0
 #: Seconds between two looks at a condition waited for with a deadline.
 POLL = 0.05
 
@@ -634,10 +638,24 @@ class Run:
                 self.end["consumer_hung"] = [*self.end.get("consumer_hung", []), c.id]
             if c.killed_at is None:
                 c.exited_at = time.monotonic()
+        # Deliveries a node made to a client of a node it declared dead wait
+        # (parked) until that client's node says what it took, or until the
+        # park lapses and they are counted lost (as long as the dead are
+        # remembered): the final counters are those the nodes come to.
+        took = wait_until(lambda: self._parked() == 0, PARKED_WAIT)
+        self.end["parked_settled"] = {"took": took, "left": self._parked()}
         self.sampler.stop()
         for node in self.nodes.values():
             self.sampler.take(node, "final")
         self.phases["final"] = time.monotonic()
+
+    def _parked(self) -> int:
+        """Deliveries parked on the nodes that answer (``znode status``)."""
+        total = 0
+        for node_id, node in self.nodes.items():
+            status = status_of(node.endpoint) or {}
+            total += int(status.get("nodes", {}).get(node_id, {}).get("parked", 0) or 0)
+        return total
 
     def _drain(self, settle: float = 2.0, limit: float = 20.0) -> float:
         """Wait until every channel message a send accepted has been

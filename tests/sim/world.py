@@ -1018,6 +1018,7 @@ class World:
             if self._quiet():
                 self.run_until(self.now + 0.5)
                 if self._quiet():
+                    self._settle_parked()
                     return
         if self._go_on():
             self.history.violate(
@@ -1026,6 +1027,23 @@ class World:
                 f"{limit:g} s after the drain began, with every channel consumed and "
                 f"every fault healed, still: {self._busy()}",
             )
+
+    def _settle_parked(self) -> None:
+        """Deliveries a node made to a client of a node it declared dead
+        are parked (``Routing._parked_flight``; their room is free, so the
+        drain is quiet) until that client's node says what it took, or the
+        park lapses and they are counted lost (``presume_dead_after``): wait
+        for that, so the final count is the one the nodes come to."""
+        routings = [
+            sn.node.routing
+            for sn in self.nodes.values()
+            if sn.node is not None and sn.node.routing is not None
+        ]
+        if not routings:
+            return
+        until = self.now + max(r.presume_dead_after() for r in routings) + 0.5
+        while self._go_on() and self.now < until and any(r.parked_count() for r in routings):
+            self.run_until(self.now + 0.25)
 
     def _busy(self) -> str:
         what = [
