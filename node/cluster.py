@@ -655,8 +655,6 @@ class ClusterNode:
             new,
         )
         self.fences += 1
-        if self.routing is not None:  # (deliveries refused from a life declared dead)
-            self.routing.count_refused_at_exit()
         # (the drops this life counted stay counted: counters never go back)
         past = self.core.drops()
         if self.routing is not None:
@@ -760,8 +758,6 @@ class ClusterNode:
         held = sum(_units(item.peer) for item in self._held if item.kind == "peer")
         if self.routing is not None:
             held += sum(_units(relay) for relay in self.routing.held_relays())
-            # (deliveries refused from a life declared dead, not settled)
-            lost += self.routing.count_refused_at_exit()
         self._held = [item for item in self._held if item.kind != "peer"]
         if held:
             self.core.counters.dropped_dead_owner += held

@@ -1464,10 +1464,3 @@ def test_a_refused_delivery_is_counted_here_if_its_owners_life_ended() -> None:
         assert not [m for _, m in back.peers if isinstance(m, RelayLost)]
         assert core.drops()["dead_owner"] == (1 if linked else 0)
         assert r._for_return == {}
-
-
-def test_a_refused_delivery_not_settled_is_counted_as_this_life_ends() -> None:
-    r, core, _far, _ = _n2_declared_dead_then_delivers(linked=True)
-    assert r.count_refused_at_exit() == 1
-    assert core.drops()["dead_owner"] == 1
-    assert r.count_refused_at_exit() == 0, "once"
