@@ -135,6 +135,11 @@ class NodeCore:
         self._work: ClusterWork | None = None
         #: connections found gone (``undeliverable``), newest last: their sessions
         self._gone: dict[ConnId, Session] = {}
+        #: connections dropped here, newest last: what each was handed and
+        #: had not given back, counted lost as it was dropped
+        #: (``receiver_gone``); a delivery to it that bounces afterwards is
+        #: not given back as well (``undeliverable``)
+        self._counted_flight: dict[ConnId, dict[str, set[int]]] = {}
         self._hops = 0  # while handling relayed messages: how far they came
         #: in a cluster: members of a group held here for an earlier life of
         #: a node live again in a newer one (its own group_send skips them:
@@ -277,18 +282,27 @@ class NodeCore:
         """The shell could not send ``messages`` to ``conn`` (it is gone):
         forget the connection and put its deliveries back, in order."""
         out: list[Out] = []
+        # (what was counted lost as the connection was dropped before its
+        # deliveries bounced, its session lapsing in the same step, is not
+        # queued again: simulation seed 2785, a stalled channel of a dead
+        # process holding a message counted lost)
+        counted = self._counted_flight.get(conn, {})
         for mtype, fields in reversed(messages):
             if mtype == MsgType.DELIVER:
                 channel, items = fields
                 self.counters.undeliverable += len(items)
+                skip = counted.get(channel)
+                if skip:
+                    items = [item for item in items if item[2] not in skip]
                 self._returned_here(conn, channel, items, work)
                 self._deliver(self.queues.give_back(conn, channel, items, now), out)
             elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
                 channels, item = fields
                 self.counters.undeliverable += len(channels)
                 for channel in channels:
-                    self._deliver(self.queues.give_back(conn, channel, [item], now), out)
-        self._outcome(self.queues.drop_conn(conn, now), out)
+                    if item[2] not in counted.get(channel, ()):
+                        self._deliver(self.queues.give_back(conn, channel, [item], now), out)
+        self._drop_conn(conn, now, out)
         session = self.sessions.by_conn.get(conn)
         if session is not None:
             # (deliveries still on their way to it bounce later: whose they
@@ -734,7 +748,7 @@ class NodeCore:
         self, conn: ConnId, _s: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
         req, final = f
-        self._outcome(self.queues.drop_conn(conn, now), out)
+        self._drop_conn(conn, now, out)
         if self._work is not None:
             self._work.gone_conns.append(conn)
         session = self.sessions.by_conn.get(conn)
@@ -871,7 +885,7 @@ class NodeCore:
             self._ended.add(tag)
         work = self._work
         for conn in session.conns:
-            self._outcome(self.queues.drop_conn(conn, now), out)
+            self._drop_conn(conn, now, out)
             if work is not None:
                 work.gone_conns.append(conn)
         if work is not None:
@@ -880,6 +894,16 @@ class NodeCore:
         marker = f".{self.settings.node_tag}.{tag}!"
         for name in [n for n in self.queues.channels if marker in n]:
             self.counters.dropped_dead_owner += self.queues.drop_channel(name)
+
+    def _drop_conn(self, conn: ConnId, now: float, out: list[Out]) -> None:
+        """A client connection of this node is gone: what it was handed is
+        counted lost (``Queues.drop_conn``), and remembered as such."""
+        counted = self.queues.flight_seqs(conn)
+        if counted:
+            self._counted_flight[conn] = counted
+            while len(self._counted_flight) > _GONE_KEPT:
+                del self._counted_flight[next(iter(self._counted_flight))]
+        self._outcome(self.queues.drop_conn(conn, now), out)
 
     def _revoke(self, deferred: Deferred, out: list[Out]) -> None:
         for holder in deferred.revokes:

@@ -172,6 +172,52 @@ def test_undeliverable_deliveries_are_requeued() -> None:
     assert core.counters.undeliverable == 1
 
 
+def test_a_delivery_bouncing_off_a_connection_dropped_meanwhile_is_counted_once() -> None:
+    """Simulation seed 2785 (a stalled channel): a node delivers to a
+    receiver whose session lapses in the same step (its process died while
+    the node was frozen); dropping the connection counts what it was handed
+    lost (``receiver_gone``), and the delivery then bounces
+    (``undeliverable``): queued again as well, it was counted and queued, in
+    a channel of a dead process nobody would ever drain. The same for a
+    delivery bouncing after the client said goodbye."""
+    mine = f"asgi|specific.abcdef.{SB}!0"
+    for how in ("lapse", "bye"):
+        core = make_core(lease=1.0)
+        hello(core, A, SA)
+        hello(core, B, SB)
+        core.handle(B, [(MsgType.RECV, (mine, 5)), (MsgType.RECV, ("asgi|c", 5))], 0.0)
+        out = core.handle(A, [(MsgType.SEND, (1, mine, b"x", 100))], 0.9)
+        out += core.handle(A, [(MsgType.SEND, (2, "asgi|c", b"y", 100))], 0.9)
+        bounced = [msg for conn, msg in out if conn == B]
+        assert len(bounced) == 2
+        if how == "lapse":
+            core.handle(A, [(MsgType.PING, ())], 1.5)
+            core.tick(1.5)
+            assert SB not in core.sessions.by_tag
+        else:
+            core.handle(B, [(MsgType.BYE, (3, True))], 1.5)
+        assert core.drops()["receiver_gone"] == 2
+        core.undeliverable(B, bounced, 1.5)
+        assert core.queues.length(mine) == 0 and core.queues.length("asgi|c") == 0
+        assert core.drops()["receiver_gone"] == 2
+        assert core.counters.undeliverable == 2
+    # Two frames bounce: the first is queued again and its connection
+    # dropped, which counts the second's message lost; when the second
+    # bounces, it is not queued as well.
+    core = make_core()
+    hello(core, A, SA)
+    hello(core, B, SB)
+    core.handle(B, [(MsgType.RECV, ("asgi|c", 5))], 0.0)
+    first = core.handle(A, [(MsgType.SEND, (1, "asgi|c", b"y1", 100))], 0.0)
+    second = core.handle(A, [(MsgType.SEND, (2, "asgi|c", b"y2", 100))], 0.0)
+    core.undeliverable(B, [msg for conn, msg in first if conn == B], 0.1)
+    assert core.queues.length("asgi|c") == 1
+    assert core.drops()["receiver_gone"] == 1
+    core.undeliverable(B, [msg for conn, msg in second if conn == B], 0.1)
+    assert core.queues.length("asgi|c") == 1, "counted once, not queued as well"
+    assert core.drops()["receiver_gone"] == 1
+
+
 def test_group_send_skips_full_members_and_counts() -> None:
     core = make_core()
     hello(core, A, SA)
