@@ -367,8 +367,10 @@ class Routing:
         #: node not (yet) in the member table -> (until when, what it sent
         #: meanwhile, in order): taken up once it is a member (``_strangers``)
         self._strangers: dict[str, tuple[float, list[tuple[ClusterMessage, float]]]] = {}
-        #: (client conn, channel) -> [owner, credit left there]: what our
-        #: clients are owed by other nodes, re-granted if that owner dies
+        #: (client conn, channel) -> [owner, credit left there, the owner's
+        #: incarnation then]: what our clients are owed by other nodes,
+        #: re-granted if that owner dies, or is the owner in a later life
+        #: (``_check_credit``)
         self._credit: dict[tuple[ConnId, str], list[Any]] = {}
         #: credit entries whose channel another node owns now, and since
         #: when (``_check_credit``); and (conn, channel, old owner) of those
@@ -661,9 +663,10 @@ class Routing:
                 if mtype == MsgType.GROUP_ADD:
                     self._remote_holders.add(s.tag)
                 elif mtype == MsgType.RECV:
-                    owed = self._credit.setdefault((conn, fields[0]), [owner, 0])
+                    owed = self._credit.setdefault((conn, fields[0]), [owner, 0, 0])
                     owed[0] = owner
                     owed[1] += fields[1]
+                    owed[2] = self._known_incarnation(owner)
                 elif mtype == MsgType.RETURN and fields[3]:  # credit withdrawn
                     self._credit.pop((conn, fields[1]), None)
         if key is not None and session is not None:
@@ -1400,7 +1403,8 @@ class Routing:
                 self._delivered_by[(conn, fields[0])] = source
                 owed = self._credit.get((conn, fields[0]))
                 if owed is not None:
-                    owed[0] = source  # (the channel may have moved there)
+                    if owed[0] != source:  # (the channel may have moved there)
+                        owed[0], owed[2] = source, self._known_incarnation(source)
                     owed[1] = max(0, owed[1] - len(fields[1]))
             elif mtype == MsgType.RECV:  # credit handed back: the channel moved
                 regrant.append((fields[0], fields[1]))
@@ -1543,6 +1547,18 @@ class Routing:
             owner = self.route(key[1])
             if owner == "" or (owner or self.me) == owed[0]:
                 self._credit_stale.pop(key, None)
+                if owner and 0 < owed[2] <= self._known_incarnation(owner) - RESTART_GAP:
+                    # Recorded at an earlier life of the owner, which the
+                    # new one never had: it left, and the channel's
+                    # handback (its credit through us) was lost, or came
+                    # back to it before the credit did (10,000-schedule
+                    # soak, seed 8076: a receive waiting for good on the
+                    # queue of the leaver's next life). Granted there at
+                    # its next load report (``_regrant``).
+                    del self._credit[key]
+                    self.counters["credit_regranted_new_life"] += 1
+                    later = self._credit_for_new_life.setdefault(owner, {})
+                    later[key] = later.get(key, 0) + owed[1]
                 continue
             since = self._credit_stale.setdefault(key, now)
             session = self.core.sessions.by_conn.get(key[0])
@@ -2139,7 +2155,7 @@ class Routing:
         again (its life ended before: ``_regrant``, or ``_check_credit`` for a
         node that left)."""
         for key, credit in self._credit_for_new_life.pop(node, {}).items():
-            owed = self._credit.setdefault(key, [node, 0])
+            owed = self._credit.setdefault(key, [node, 0, self._known_incarnation(node)])
             if owed[0] == node:
                 owed[1] += credit
 

@@ -646,6 +646,42 @@ def test_credit_held_by_a_life_that_ended_unseen_is_granted_to_the_next() -> Non
     assert r.counters["credit_regranted"] == 1
 
 
+def test_credit_at_an_earlier_life_of_the_owner_is_granted_to_its_next() -> None:
+    """The owner left cleanly and is back in a new life that owns the
+    channel again; the handback of our client's credit (through this node)
+    never came, or the channel came back to it first: the credit is
+    recorded at the owner, but at its earlier life, and the new one never
+    had it. Without it granted again the receive waits forever on the
+    new life's queue (10,000-schedule soak, seed 8076: a stalled channel).
+    Granted at the new life's next load report; a refutation is the same
+    life, and nothing is granted again."""
+    r, _, table, first = receiving_far()
+    [(_, (_, (far, _)))] = regranted(first)
+    life = table.incarnations["n2"]
+    table.incarnations["n2"] = life + 1  # (a refuted suspicion: the same life)
+    r.tick(1.0, Fx())
+    assert r.counters["credit_regranted_new_life"] == 0
+    del table.incarnations["n2"]
+    table.left["n2"] = life + 1
+    r.on_member_event(MemberEvent(EventKind.LEFT, "n2", "tcp://n2:1", life + 1), 1.0, Fx())
+    restarted = life + RESTART_GAP + 5
+    del table.left["n2"]
+    table.incarnations["n2"] = restarted
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n2", "tcp://n2:1", restarted), 1.1, Fx())
+    r.handle(Load("n2", {"queued": 0}), 1.2, Fx())  # (its first report)
+    assert r._credit[(b"A", far)][0] == "n2", "recorded at n2, in its earlier life"
+    checked = Fx()
+    r.tick(1.2 + 2 * r.load_interval, checked)
+    assert r.counters["credit_regranted_new_life"] == 1 and regranted(checked) == []
+    loaded = Fx()
+    r.handle(Load("n2", {"queued": 1}), 1.5, loaded)
+    assert regranted(loaded) == [("n2", (MsgType.RECV, (far, 5)))]
+    assert r._credit[(b"A", far)] == ["n2", 5, restarted]
+    again = Fx()
+    r.tick(2.0 + 2 * r.load_interval, again)
+    assert regranted(again) == [] and r.counters["credit_regranted_new_life"] == 1
+
+
 def test_credit_is_granted_again_when_this_node_learns_it_was_declared_dead() -> None:
     """This node was slow (or cut off) and its peers declared it dead: each
     forgot our clients there, their credit with them; this node refutes and
