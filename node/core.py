@@ -375,6 +375,7 @@ class NodeCore:
             self.counters.bad_requests += 1
             out.append((conn, (MsgType.ERROR, (0, ErrorCode.BAD_REQUEST, str(exc)))))
             return
+        self._counted_flight.pop(conn, None)  # (a connection id said hello anew)
         self.sessions.hello(conn, tag, pid, policy, now)
         s = self.settings
         if self.draining:  # (registered, so its pings are answered, not RESET)

@@ -1556,9 +1556,10 @@ class Routing:
                     # queue of the leaver's next life). Granted there at
                     # its next load report (``_regrant``).
                     del self._credit[key]
-                    self.counters["credit_regranted_new_life"] += 1
-                    later = self._credit_for_new_life.setdefault(owner, {})
-                    later[key] = later.get(key, 0) + owed[1]
+                    if owed[1] > 0:
+                        self.counters["credit_regranted_new_life"] += 1
+                        later = self._credit_for_new_life.setdefault(owner, {})
+                        later[key] = later.get(key, 0) + owed[1]
                 continue
             since = self._credit_stale.setdefault(key, now)
             session = self.core.sessions.by_conn.get(key[0])
