@@ -611,7 +611,9 @@ class MemberTable:
                 times.append(e.since + self.config.dead_keep)
         if has_dead:
             times.append(self._next_reconnect)
-        if self._lost_seeds():
+        if self._configured:
+            # (a scan for lost seeds waits for the tick: when none is lost,
+            # ``_call_lost_seed`` puts this a reconnect_interval ahead)
             times.append(self._next_seed_call)
         if self._seeds and self._alone():
             times.append(self._next_join)
