@@ -379,6 +379,9 @@ class Routing:
         #: clients forgotten when their node was declared dead -> (until
         #: when, tag, expiry, channel -> the credit they held here)
         self._forgot_credit: dict[_Client, tuple[float, str, float, dict[str, int]]] = {}
+        #: the same for credit relayed from a life held dead or left here,
+        #: not granted (``_credit_from_gone``)
+        self._refused_credit: dict[_Client, tuple[float, str, float, dict[str, int]]] = {}
         #: nodes live again whose forgotten clients' credit is granted again
         #: at their next load report -> the incarnation they came back at
         self._restore_after_load: dict[str, int] = {}
@@ -1371,6 +1374,10 @@ class Routing:
                 self.counters["credit_handed_back_after_leave"] += len(back)
                 fx.peers.append((origin, RelayBack(self.me, conn, back)))
                 messages = tuple(m for m in messages if m[0] != MsgType.RECV)
+        if self._held_gone(origin, inc):
+            messages = self._credit_from_gone((origin, inc, conn), msg, messages, now)
+            if not messages:
+                return
         if (origin, inc, conn) in self._parked_flight:
             messages = self._parked_news((origin, inc, conn), messages)
         if (origin, inc, conn) in self._counted_gone:
@@ -1383,6 +1390,55 @@ class Routing:
         )
         if msg.hops >= MAX_HOPS:
             self._sweep_soon(now)  # kept here whoever owns it: check once views settle
+
+    def _held_gone(self, origin: str, inc: int) -> bool:
+        """Whether this node holds ``origin``'s life ``inc`` dead or left
+        (its clients there were forgotten as it heard)."""
+        member = self.table.member(origin)
+        return (
+            member is not None
+            and member.state in (State.DEAD, State.LEFT)
+            and member.incarnation >= inc
+        )
+
+    def _credit_from_gone(
+        self, client: _Client, msg: Relay, messages: tuple[Message, ...], now: float
+    ) -> tuple[Message, ...]:
+        """A receiver's credit relayed from a life of its node that this
+        node holds dead or left is not granted: that life's clients were
+        forgotten here as the death was heard, and a connection made for it
+        now would never be (10,000 soak seed 4054: a RECV of a node's
+        earlier life reached a node that held it dead after four hops, the
+        channel's group copies went to that node's address, where the next
+        life, whose client had reconnected under the same connection id and
+        held its own copy, handed them on: a group message taken twice).
+        Kept as a forgotten client's credit is, and granted if that life is
+        back after all (a refuted death, ``_restore_credit``): what is
+        refused may be the very grant its node made anew as it heard of the
+        death (``_declared_dead``), arriving before its refutation (kill-free
+        seed 11)."""
+        kept: list[Message] = []
+        refused: dict[str, int] = {}
+        for mtype, fields in messages:
+            if (
+                mtype == MsgType.RECV
+                and len(fields) == 2
+                and type(fields[0]) is str
+                and type(fields[1]) is int
+                and fields[1] > 0
+            ):
+                refused[fields[0]] = refused.get(fields[0], 0) + fields[1]
+            else:
+                kept.append((mtype, fields))
+        if not refused:
+            return messages
+        self.counters["credit_from_gone_life"] += len(refused)
+        before = self._refused_credit.get(client)
+        credits = dict(before[3]) if before is not None else {}
+        for channel, credit in refused.items():
+            credits[channel] = credits.get(channel, 0) + credit
+        self._refused_credit[client] = (now + GONE_MEMORY, msg.tag, msg.expiry, credits)
+        return tuple(kept)
 
     def _on_relay_back(self, msg: RelayBack, now: float, fx: Fx, linked: bool = False) -> None:
         source, conn = msg.source, msg.conn
@@ -1719,7 +1775,7 @@ class Routing:
             before = self._lives.get(event.node)
             new_life = before is None or event.incarnation >= before + RESTART_GAP
             self._lives[event.node] = event.incarnation
-            if any(client[0] == event.node for client in self._forgot_credit):
+            if any(c[0] == event.node for c in (*self._forgot_credit, *self._refused_credit)):
                 # (granted at its next load report, unless that says it
                 # ended the life: a node that did not run ends it in place)
                 self._restore_after_load[event.node] = event.incarnation
@@ -1754,23 +1810,26 @@ class Routing:
         channels this node still owns (the others' credit is granted again
         by the client's node, ``_check_credit``). Unless the client's node
         has granted anew meanwhile (it heard of the death:
-        ``_declared_dead``)."""
-        for client in [k for k in self._forgot_credit if k[0] == node]:
-            _, tag, expiry, credits = self._forgot_credit.pop(client)
-            if not client[1] <= incarnation < client[1] + RESTART_GAP:
-                continue  # (another life's)
-            if ended is not None and _same_life(ended, client[1]):
-                continue  # (it ended that life in place: its clients went with it)
-            if client in self._vconn_of:
-                continue  # (its node granted anew)
-            vconn = self._virtual_for(client, tag, expiry)
-            for channel, credit in credits.items():
-                if self.route(channel) is None:
-                    self.counters["credit_restored"] += 1
-                    fx.out.extend(
-                        (c, (MsgType.DELIVER, (ch, items)))
-                        for c, ch, items in self.core.queues.grant(vconn, channel, credit, now)
-                    )
+        ``_declared_dead``). Credit refused from that life while it was held
+        dead here (``_refused_credit``) was never granted: it is, whatever
+        the client's node did since."""
+        for book in (self._forgot_credit, self._refused_credit):
+            for client in [k for k in book if k[0] == node]:
+                _, tag, expiry, credits = book.pop(client)
+                if not client[1] <= incarnation < client[1] + RESTART_GAP:
+                    continue  # (another life's)
+                if ended is not None and _same_life(ended, client[1]):
+                    continue  # (it ended that life in place: its clients went with it)
+                if book is self._forgot_credit and client in self._vconn_of:
+                    continue  # (its node granted anew)
+                vconn = self._virtual_for(client, tag, expiry)
+                for channel, credit in credits.items():
+                    if self.route(channel) is None:
+                        self.counters["credit_restored"] += 1
+                        fx.out.extend(
+                            (c, (MsgType.DELIVER, (ch, items)))
+                            for c, ch, items in self.core.queues.grant(vconn, channel, credit, now)
+                        )
 
     def _declared_dead(self, incarnation: int, now: float, fx: Fx) -> None:
         """A peer declared this node dead at ``incarnation`` of this life
@@ -1828,9 +1887,10 @@ class Routing:
                 self._leaving.setdefault(client, now + self.answer_within())
             else:
                 self._forget_virtual(client, now, fx, remember=died)
-        for client in [k for k in self._forgot_credit if k[0] == node]:
-            if below is not None and client[1] < below:
-                del self._forgot_credit[client]  # (that life is over)
+        for book in (self._forgot_credit, self._refused_credit):
+            for client in [k for k in book if k[0] == node]:
+                if below is not None and client[1] < below:
+                    del book[client]  # (that life is over)
         for holder in self.core.groups.holders(node + "@"):
             inc = holder[len(node) + 1 :].split("/", 1)[0]
             if inc.isdigit() and self._parked_life(node, int(inc)) is not None:
@@ -2467,8 +2527,9 @@ class Routing:
             # (nothing heard by then, or its node is in a new life: lost)
             if until <= now or self._known_incarnation(client[0]) >= client[1] + RESTART_GAP:
                 self._count_parked(client, now)
-            for client in [c for c, f in self._forgot_credit.items() if f[0] <= now]:
-                del self._forgot_credit[client]
+            for book in (self._forgot_credit, self._refused_credit):
+                for client in [c for c, f in book.items() if f[0] <= now]:
+                    del book[client]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

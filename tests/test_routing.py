@@ -940,6 +940,56 @@ def test_credit_forgotten_at_a_death_is_not_restored_to_a_new_life() -> None:
     assert fx.out == [] and r._virtual == {} and r._forgot_credit == {}
 
 
+def _credit_relayed_after_n2_declared_dead() -> tuple[Routing, NodeCore, FakeTable]:
+    """n2 declared dead here; then a RECV of its client, made in that life,
+    arrives (relayed on by other nodes, or n2's grant made anew as it heard
+    of its death, ahead of its refutation); then a message is sent."""
+    r, core, table = routing()
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START + 7), 1.0, Fx())
+    fx = relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    assert fx.out == []
+    core.queues.put("asgi|c", b"m", 61.0, 10, 1.5)
+    return r, core, table
+
+
+def test_credit_relayed_from_a_life_held_dead_is_not_granted() -> None:
+    """Soak seed 4054 (plans/group-message-taken-twice-after-leaves-and-
+    restarts-in-a-partition.json): granted, the channel's messages went to
+    the dead life's address, where its next life, whose client had
+    reconnected under the same connection id, handed them on beside its own
+    copy. Not granted: nothing goes to n2, no connection is made for a life
+    whose clients were forgotten, and a new life of n2 does not get it."""
+    r, core, table = _credit_relayed_after_n2_declared_dead()
+    assert r._virtual == {} and core.queues.length("asgi|c") == 1
+    assert r.counters["credit_from_gone_life"] == 1
+    restarted = START + 60_000
+    table.incarnations["n2"] = restarted
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n2", "tcp://n2:1", restarted), 2.0, fx)
+    r.handle(Load("n2", {"channels": 0, "queued": 0, "drops": {}}), 2.5, fx)
+    assert fx.out == [] and r._virtual == {} and r._refused_credit == {}
+    assert core.queues.length("asgi|c") == 1
+
+
+def test_credit_refused_from_a_life_held_dead_is_granted_when_it_is_back() -> None:
+    """Kill-free seed 11: the refused RECV was n2's grant made anew as it
+    heard of its death, ahead of its refutation; n2 will not grant it again.
+    Back in the same life, it is granted here at n2's next load report,
+    though another relay of that client made its connection here meanwhile
+    (which, for credit forgotten at the death, means its node granted anew)."""
+    r, core, table = _credit_relayed_after_n2_declared_dead()
+    table.incarnations["n2"] = START + 8  # refuted: the same life
+    fx = Fx()
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", START + 8), 2.0, fx)
+    relay(r, START, (MsgType.RECV, ("asgi|other", 3)))  # (its connection is made again)
+    assert len(r._virtual) == 1 and fx.out == []
+    r.handle(Load("n2", {"channels": 0, "queued": 0, "drops": {}}), 2.5, fx)
+    [(vconn, (mtype, (channel, items)))] = fx.out
+    assert r.is_virtual(vconn) and mtype == MsgType.DELIVER and channel == "asgi|c"
+    assert len(items) == 1 and core.queues.length("asgi|c") == 0
+
+
 def test_credit_whose_handback_was_lost_is_granted_where_its_channel_lives() -> None:
     """Our client's credit sits at n2, which no longer owns the channel (it
     moved here), and n2's handback never came (lost with a connection):

@@ -478,20 +478,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "next: what would fix both is the producer's node numbering each producer's sends "
         "per channel",
     ),
-    "group-message-taken-twice-after-leaves-and-restarts-in-a-partition": (
-        "duplicate",
-        "10,000-schedule soak seed 4054 (137 ops, shrunk to 59; found 2026-12-06, failing "
-        "on abeba79 and 00b2857 too): c0's group_send to g1 reaches c2's channel twice, "
-        "taken 20 ms apart, after c0's node leaves and c2's node leaves and restarts while "
-        "a partition and packet loss cut n0 off, with n3 and n4 joined. n2's old life, "
-        "lingering, hands c2's memberships to n4 (kept for n2's next life, as a leave's "
-        "are); n4, which still holds n2 dead in that old life (it never saw the new one), "
-        "queues c0's group message for them, and the copy reaches c2 through n2's new "
-        "life, which had applied the same fanout to the memberships c2 made again there. "
-        "superseded_here / _superseded cannot see a life the member table does not know; "
-        "what would: the copy carrying its fanout's (origin, seq), so the new life drops "
-        "one it already applied",
-    ),
     "handback-delayed-in-transit-merged-after-newer-sends": (
         "fifo",
         "seed 46's shrink (9 ops; the full seed passes since a handover that comes after the "
