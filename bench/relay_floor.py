@@ -20,25 +20,41 @@ trips each.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from typing import Any, cast
 
+import msgpack
 import zmq
 
 from bench.budget import Budget
 from bench.control import Peer
 from bench.cpu import Meter
-from bench.scenarios import BenchError, Metrics, Role, pingpong_metrics
+from bench.scenarios import (
+    BenchError,
+    Metrics,
+    Role,
+    fanout_consumer,
+    fanout_producer,
+    pingpong_metrics,
+)
 
 ROUNDS = 5
 ROUND_TRIPS = 5000
 HELLO = b"hello"
 """A frame the relay sends back to its sender: once answered, the relay can route to it."""
 STOP = b"stop"
+FAN = b"F"
+"""A group message for the fan-out floor: ``F group NUL payload``, sent by the relay to
+every dealer that subscribed to the group."""
+SUBSCRIBE = b"S"
+"""``S group``: the sender holds members of the group (the relay echoes it back)."""
 WARM = b"w" + b"x" * 99
 PING = b"p" + b"x" * 99
 
@@ -52,10 +68,24 @@ def relay(endpoint: str) -> None:
         sock.bind(endpoint)
         loop = asyncio.get_running_loop()
 
+        #: group -> the dealers that hold members of it (the fan-out floor)
+        subscribers: dict[bytes, list[bytes]] = {}
+
         def readable() -> None:
             while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 ident, msg = sock.recv_multipart(zmq.NOBLOCK)
-                if msg == HELLO:
+                kind = msg[:1]
+                if kind == FAN:  # FAN group NUL payload: the frame as it is, to each
+                    group = msg[1 : msg.index(b"\0")]
+                    for dealer in subscribers.get(group, ()):
+                        sock.send_multipart([dealer, msg], zmq.NOBLOCK)
+                elif kind == SUBSCRIBE:  # SUBSCRIBE group: answered (group_add returns)
+                    group = msg[1:]
+                    dealers = subscribers.setdefault(group, [])
+                    if ident not in dealers:
+                        dealers.append(ident)
+                    sock.send_multipart([ident, msg], zmq.NOBLOCK)
+                elif msg == HELLO:
                     sock.send_multipart([ident, msg], zmq.NOBLOCK)
                 else:
                     sock.send_multipart([b"B" if ident == b"A" else b"A", msg], zmq.NOBLOCK)
@@ -158,7 +188,125 @@ async def pingpong_pinger(endpoint: str, peer: Peer, budget: Budget, meter: Mete
     return pingpong_metrics(latencies, elapsed)
 
 
-ROLES: dict[str, tuple[Role, ...]] = {"pingpong": (pingpong_responder, pingpong_pinger)}
+# --- in bench/run: the fan-out floor (scenarios 4a and 4b through the relay) ------------
+
+
+class FloorLayer:
+    """The least a channel layer's ``group_send`` through one relay can do, with the
+    calls scenarios 4a and 4b make (``new_channel``, ``group_add``, ``group_send``,
+    ``receive``), so the same roles run on it: a ``group_send`` is one frame to the
+    relay (not awaited: no answer), the relay sends it as it is to each process that
+    holds members of the group (one frame per process, as zchannels' node and
+    redis' PUBLISH do), and a process decodes it once (msgpack) and wakes each member's
+    ``receive()`` with the same dict (a real layer gives each its own copy). No
+    capacity, no credit, no reports, no sessions, no names checked: what is left is
+    the two hops, one decode, and one future per member set and its task woken."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.ident = b"f" + os.urandom(8).hex().encode()
+        self.sock.setsockopt(zmq.ROUTING_ID, self.ident)
+        self.sock.connect(endpoint)
+        self.loop = asyncio.get_running_loop()
+        self.loop.add_reader(self.sock.fileno(), self._readable)
+        self._names = itertools.count()
+        self._groups: dict[bytes, list[str]] = {}
+        self._queued: dict[str, deque[Any]] = {}
+        self._waiters: dict[str, asyncio.Future[Any]] = {}
+        #: answers the relay echoes (HELLO, SUBSCRIBE), in the order asked
+        self._echoes: deque[asyncio.Future[bytes]] = deque()
+
+    def _readable(self) -> None:
+        sock = self.sock
+        while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            frame = sock.recv(zmq.NOBLOCK)
+            if frame[:1] != FAN:
+                self._echoes.popleft().set_result(frame)
+                continue
+            cut = frame.index(b"\0")
+            members = self._groups.get(frame[1:cut])
+            if not members:
+                continue
+            message = msgpack.unpackb(frame[cut + 1 :])
+            waiters, queued = self._waiters, self._queued
+            for channel in members:
+                waiter = waiters.pop(channel, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(message)
+                else:
+                    queued.setdefault(channel, deque()).append(message)
+
+    def _send(self, frame: bytes) -> None:
+        self.sock.send(frame, zmq.NOBLOCK)
+        self._readable()  # (the fd is edge-triggered: a send can consume its edge)
+
+    async def _ask(self, frame: bytes) -> bytes:
+        answer: asyncio.Future[bytes] = self.loop.create_future()
+        self._echoes.append(answer)
+        self._send(frame)
+        return await answer
+
+    async def start(self) -> None:
+        if await self._ask(HELLO) != HELLO:
+            raise BenchError("the relay did not answer hello")
+
+    async def new_channel(self, prefix: str = "specific.") -> str:
+        return f"{prefix}{self.ident.decode()}!{next(self._names)}"
+
+    async def group_add(self, group: str, channel: str) -> None:
+        members = self._groups.setdefault(group.encode(), [])
+        if channel not in members:
+            members.append(channel)
+        if len(members) == 1:
+            await self._ask(SUBSCRIBE + group.encode())
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        members = self._groups.get(group.encode(), [])
+        if channel in members:
+            members.remove(channel)
+
+    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+        self._send(FAN + group.encode() + b"\0" + msgpack.packb(message))
+
+    async def receive(self, channel: str) -> Any:
+        queued = self._queued.get(channel)
+        if queued:
+            return queued.popleft()
+        waiter: asyncio.Future[Any] = self.loop.create_future()
+        self._waiters[channel] = waiter
+        try:
+            return await waiter
+        finally:
+            if self._waiters.get(channel) is waiter:
+                del self._waiters[channel]
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+
+def _on_floor(role: Role) -> Role:
+    """``role`` (written against the Channels API) run on a ``FloorLayer``."""
+
+    async def run(endpoint: str, peer: Any, budget: Budget, meter: Meter) -> Metrics:
+        layer = FloorLayer(endpoint)
+        try:
+            await layer.start()
+            return await role(layer, peer, budget, meter)
+        finally:
+            layer.close()
+
+    run.__name__ = role.__name__
+    return run
+
+
+ROLES: dict[str, tuple[Role, ...]] = {
+    "pingpong": (pingpong_responder, pingpong_pinger),
+    "fanout": (_on_floor(fanout_producer), _on_floor(fanout_consumer)),
+    "fanout2": tuple(_on_floor(r) for r in (fanout_producer, fanout_consumer, fanout_consumer)),
+}
 
 
 # --- python -m bench.relay_floor: direct vs relayed, on its own --------------------------
