@@ -75,6 +75,8 @@ LINGER_BOUNDS = 5
 #: what a joined node takes while it waits for its peers' ``HandedOver``: the
 #: handovers themselves (everything else waits, with its clients' frames)
 _HANDED = (Handoff, Reservations, FanoutsSeen)
+#: a client's reports of what it took (``_report_takes``)
+_REPORTS = (MsgType.CONSUMED, MsgType.CONSUMED_BUNDLES)
 
 
 @dataclass(slots=True)
@@ -628,6 +630,7 @@ class ClusterNode:
         if self.routing is not None:  # (and relays its routing held: ``Routing._hold``)
             taken += sum(_units(relay) for relay in self.routing.held_relays())
         parked = self.routing.parked_count() if self.routing is not None else 0
+        self._report_takes(now, fx)
         # What this life had handed its own clients stays with them (they
         # may take it); what comes back to it is counted as it comes
         # (``_count_old_flight``): deliveries that failed (held here, dropped
@@ -682,6 +685,29 @@ class ClusterNode:
             fx.peers.append((address, msg))
         self._doubt_until = None
         self._release(now, fx)
+
+    def _report_takes(self, now: float, fx: Fx) -> None:
+        """Before a life ends in place (``_fence``): what its clients
+        reported taking while it stalled goes on as it would have, to the
+        owners that handed it to them through this node. A take is a fact
+        the owner needs whatever becomes of this life: it parked those
+        deliveries as it declared this node dead, and counts them lost
+        unless it hears they were taken (kill-free seed 116: a consumer took
+        6 messages from a remote owner while its node was frozen; its
+        reports, dropped with the life, left the owner to count all 6).
+        The rest of the held frames goes to the next life, as before."""
+        routing, sessions = self.routing, self.core.sessions.by_conn
+        if routing is None:
+            return
+        for item in self._held:
+            if item.kind == "client" and item.conn in sessions:
+                reports = [m for m in item.messages if m[0] in _REPORTS]
+                if reports:
+                    self.counters["takes_reported_at_fence"] += len(reports)
+                    fx.out.extend(self.core.handle(item.conn, reports, now, fx.work))
+        work = fx.take_work()
+        if work is not None:
+            routing.after_core(work, now, fx)
 
     def next_deadline(self) -> float:
         if self._doubt_until is not None and self.table is not None:
@@ -893,6 +919,7 @@ class ClusterNode:
                     routing.relay_lost(note.node, note.msg, fx)
                 else:
                     routing.relay_unheard(note.msg)
+                    routing.takes_unheard(note.node, note.msg, fx)
             routing.never_delivered(delivered, now)
         out = fx.out
         if routing.has_virtual:

@@ -192,6 +192,8 @@ class Queues:
         # Sequence numbers let messages given back by a receiver rejoin the
         # queue in send order, however returns and deliveries interleave.
         self._seq = first_seq
+        #: below every sequence number of this life (an earlier life's are)
+        self.first_seq = first_seq
         #: namespace -> the last sequence number a flush() removed: anything
         #: given back at or below it was flushed and is not put back
         self.flushed: dict[str, int] = {}

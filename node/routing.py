@@ -958,6 +958,23 @@ class Routing:
             self.core.counters.dropped_dead_owner += lost
             self.counters["refused_deliveries_lost"] += lost
 
+    def takes_unheard(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
+        """A frame carrying ``msg`` to ``node`` was lost on a link given up,
+        and ``node`` did not say it lives on: it never answered, or answered
+        that it knows nothing of the link, as a new process at its address
+        would, and as the same life does if no frame of the link reached it
+        (a life that ended in place relayed its clients' reports of what
+        they took into a partition: kill-free seed 116). What the client
+        took is told again: the life that handed it applies it (its flight,
+        or what it parked as it declared the client's node dead, which it
+        would count lost); any other life skips reports of what it never
+        handed (numbered below its own: ``_on_relay_lost``). Give-backs
+        are not: only the life that took them may count them."""
+        lost = _lost_of(msg)
+        if lost is not None and lost.reports:
+            self.counters["takes_told_again"] += 1
+            fx.peers.append((node, replace(lost, returned=())))
+
     def relay_lost(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
         """A frame carrying ``msg`` to ``node`` was lost on a link given up
         while ``node`` was thought dead, and ``node`` said it never took it
@@ -1040,6 +1057,10 @@ class Routing:
         for name, upto, count, expired in msg.reports:
             if queues.before_flush(name, upto):
                 continue  # (the flush took what it names)
+            if upto < queues.first_seq:
+                # (of what an earlier life of this node handed: told again
+                # to whoever answers at its address, ``takes_unheard``)
+                continue
             seqs = parked.get(name)
             if seqs:
                 taken = min(count, len(seqs))

@@ -8,7 +8,7 @@ relays from its earlier life are refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, Out
 from zchannels.node.effects import EVERYONE, Fx
@@ -83,8 +83,9 @@ class FakeTable:
         return [m for m in (self.member(n) for n in names) if m is not None]
 
 
-def routing() -> tuple[Routing, NodeCore, FakeTable]:
-    core = NodeCore(CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20))
+def routing(first_seq: int = 0) -> tuple[Routing, NodeCore, FakeTable]:
+    settings = CoreSettings("n1", "aaaaaa", str(START), 3.0, 1 << 20, first_seq=first_seq)
+    core = NodeCore(settings)
     table = FakeTable({"n1": START, "n2": START + 7})
     r = Routing(core, table)  # type: ignore[arg-type]
     core.route = lambda channel: None  # this node owns everything here
@@ -1051,10 +1052,12 @@ def test_what_a_left_nodes_client_never_gives_back_is_counted_once_its_relays_ar
     assert core.drops()["receiver_gone"] == 3 and r._virtual == {}
 
 
-def _declared_dead_with_three_in_flight() -> tuple[Routing, NodeCore, FakeTable, list[int]]:
+def _declared_dead_with_three_in_flight(
+    first_seq: int = 0,
+) -> tuple[Routing, NodeCore, FakeTable, list[int]]:
     """n2's client was handed three messages of our channel; then n2 is
     declared dead here (it may only lag, or be cut off)."""
-    r, core, table = routing()
+    r, core, table = routing(first_seq)
     relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
     for i in range(3):
         relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
@@ -1161,6 +1164,51 @@ def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them()
     r.tick(1.0 + r.presume_dead_after(), Fx())
     assert core.drops()["receiver_gone"] == 1
     assert r.counters["parked_flight_lost"] == 1
+
+
+def test_takes_on_a_link_whose_receiver_did_not_say_it_took_them_are_told_again() -> None:
+    """Kill-free seed 116: a node ending its life in place relayed its
+    client's reports of what it took into a partition; the owner, asked
+    after the heal, knew nothing of that link (as a new process at its
+    address would say). The takes are told again (``RelayLost``), the
+    give-backs are not: only the life that took them may count them."""
+    r, _, _ = routing()
+    lost = Relay(
+        "n1",
+        START,
+        b"A",
+        "tagtagtag0",
+        60.0,
+        1,
+        (
+            (MsgType.CONSUMED, ([["asgi|c", 7, 2, 0]],)),
+            (MsgType.RETURN, (0, "asgi|d", [[b"m", 5.0, 9]], 1)),
+        ),
+        0.0,
+    )
+    fx = Fx()
+    r.takes_unheard("n2", lost, fx)
+    assert fx.peers == [("n2", RelayLost("n1", START, b"A", (("asgi|c", 7, 2, 0),), ()))]
+    assert r.counters["takes_told_again"] == 1
+    quiet = Fx()
+    r.takes_unheard("n2", replace(lost, messages=lost.messages[1:]), quiet)
+    assert quiet.peers == [], "nothing taken: nothing told"
+
+
+def test_takes_told_again_settle_what_was_parked_and_not_what_a_later_life_handed() -> None:
+    """What a client took, told again, settles what was parked for it here
+    (not counted lost when the park lapses); told to a later life at the
+    same address (which answers as the one that never took the link), it
+    names numbers below that life's own, and changes nothing there."""
+    r, core, _, seqs = _declared_dead_with_three_in_flight(first_seq=START * 1000)
+    earlier = seqs[0] - 1_000_000  # (what an earlier life of this node handed)
+    r.handle(RelayLost("n2", START, b"client-1", (("asgi|c", earlier, 3, 0),), ()), 1.2, Fx())
+    [(_, (_, parked))] = r._parked_flight.items()
+    assert parked == {"asgi|c": seqs}, "an earlier life's report changes nothing here"
+    r.handle(RelayLost("n2", START, b"client-1", (("asgi|c", seqs[2], 3, 0),), ()), 1.3, Fx())
+    assert r._parked_flight == {}
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 0
 
 
 def test_a_report_of_parked_deliveries_frees_those_it_took_not_the_first() -> None:
