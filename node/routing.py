@@ -2548,9 +2548,9 @@ class Routing:
             # (nothing heard by then, or its node is in a new life: lost)
             if until <= now or self._known_incarnation(client[0]) >= client[1] + RESTART_GAP:
                 self._count_parked(client, now)
-            for book in (self._forgot_credit, self._refused_credit):
-                for client in [c for c, f in book.items() if f[0] <= now]:
-                    del book[client]
+        for book in (self._forgot_credit, self._refused_credit):
+            for client in [c for c, f in book.items() if f[0] <= now]:
+                del book[client]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

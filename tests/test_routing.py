@@ -23,7 +23,7 @@ from zchannels.node.peer_messages import (
     RelayLost,
     Reservations,
 )
-from zchannels.node.routing import RELAY_FRESH_MARGIN, RESTART_GAP, Routing
+from zchannels.node.routing import GONE_MEMORY, RELAY_FRESH_MARGIN, RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
 from zchannels.protocol import ErrorCode, Message, MsgType
@@ -908,6 +908,22 @@ def test_credit_forgotten_at_a_refuted_death_is_granted_again_when_it_is_back() 
     assert r.is_virtual(vconn) and mtype == MsgType.DELIVER and channel == "asgi|c"
     assert len(items) == 1 and core.queues.length("asgi|c") == 0
     assert r.counters["credit_restored"] == 1
+
+
+def test_credit_forgotten_at_a_death_is_let_go_after_its_memory_ends() -> None:
+    """What a death's forgotten credit (and credit refused from a life held
+    dead) is kept for ends after ``GONE_MEMORY``, parked flight or not (the
+    tick let it go only while some delivery was parked)."""
+    r, _, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    relay(r, START, (MsgType.RECV, ("asgi|d", 5)))  # (refused: n2's life is held dead)
+    assert r._forgot_credit and r._refused_credit and not r._parked_flight
+    r.tick(1.0 + GONE_MEMORY / 2, Fx())
+    assert r._forgot_credit and r._refused_credit
+    r.tick(2.0 + GONE_MEMORY, Fx())
+    assert r._forgot_credit == {} and r._refused_credit == {}
 
 
 def test_credit_forgotten_at_a_death_is_not_restored_if_the_node_ended_that_life() -> None:
