@@ -15,6 +15,10 @@ what zchannels' sidecar ping-pong can reach on the machine.
 relay ENDPOINT``) and the harness runs ``ROLES`` as A and B. ``python -m
 bench.relay_floor`` on its own measures both figures, 5 interleaved runs of 5,000 round
 trips each.
+
+The same relay is the floor of ``group_send`` fan-out (scenarios 4a and 4b):
+``FloorLayer`` is the least a layer can do for it through one relay, and the scenarios'
+own producer and consumer roles run on it.
 """
 
 from __future__ import annotations
