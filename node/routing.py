@@ -1441,13 +1441,7 @@ class Routing:
         kept: list[Message] = []
         refused: dict[str, int] = {}
         for mtype, fields in messages:
-            if (
-                mtype == MsgType.RECV
-                and len(fields) == 2
-                and type(fields[0]) is str
-                and type(fields[1]) is int
-                and fields[1] > 0
-            ):
+            if mtype == MsgType.RECV and fields[1] > 0:  # (well-formed: ``decode_peer``)
                 refused[fields[0]] = refused.get(fields[0], 0) + fields[1]
             else:
                 kept.append((mtype, fields))
