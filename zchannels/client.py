@@ -260,6 +260,17 @@ _clients: dict[LayerConfig, Client] = {}
 _sessions: dict[LayerConfig, tuple[str, itertools.count[int]]] = {}
 _clients_pid = os.getpid()
 _clients_lock = threading.RLock()
+#: this process's id, kept by a fork hook: the layer compares it with its
+#: client's on every send and receive, and ``os.getpid()`` is a system call
+current_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global current_pid
+    current_pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _check_fork() -> None:

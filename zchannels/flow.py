@@ -44,6 +44,9 @@ from .protocol import RESERVATION_TTL, Message, MsgType
 #: (without it, every message costs a round trip). Prefetched messages still
 #: count against the channel's capacity until a receive() takes them.
 RECEIVE_WINDOW = 32
+#: A receive grants credit again once the node holds (credit) or this
+#: connection buffers no more than this many for the channel.
+REPLENISH_AT = RECEIVE_WINDOW // 2
 #: Seconds prefetched messages may sit with nobody receiving before they are
 #: given back to the node for other receivers.
 IDLE_RETURN = 0.25
@@ -148,6 +151,10 @@ class Flow:
         state = self.channels.get(channel)
         if state is None:
             return None
+        return self.take_from(state, channel, now)
+
+    def take_from(self, state: ChannelFlow, channel: str, now: float) -> bytes | None:
+        """``take``, for a receive() that holds ``channel``'s ``state``."""
         buffer = state.buffer
         while buffer:
             entry = buffer.popleft()
@@ -175,8 +182,8 @@ class Flow:
 
     def wants_credit(self, state: ChannelFlow) -> bool:
         """Whether ``replenish`` may have credit to grant (a cheap test the
-        shell makes on every receive)."""
-        return state.credit + len(state.buffer) <= RECEIVE_WINDOW // 2
+        shell makes on every receive, inline: ``REPLENISH_AT``)."""
+        return state.credit + len(state.buffer) <= REPLENISH_AT
 
     def replenish(self, channel: str) -> list[Message]:
         """Credit to grant so the node keeps up to a window in flight."""
@@ -186,7 +193,7 @@ class Flow:
             # of the ones still coming back to it; grant once drained.
             return []
         have = state.credit + len(state.buffer)
-        if have > RECEIVE_WINDOW // 2:
+        if have > REPLENISH_AT:
             return []
         grant = RECEIVE_WINDOW - have
         state.credit += grant

@@ -15,7 +15,7 @@ Usage::
 
 from __future__ import annotations
 
-import os
+import asyncio
 import time
 from typing import Any
 
@@ -66,7 +66,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
     @property
     def client(self) -> _client.Client:
         client = self._client
-        if client is None or client.pid != os.getpid():
+        if client is None or client.pid != _client.current_pid:
             # (after a fork the parent's client, sockets and prefetched
             # messages stay the parent's: the child gets its own)
             client = self._client = _client.acquire(self.config)
@@ -141,7 +141,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         client = self._client
-        if client is None or client.pid != os.getpid():
+        if client is None or client.pid != _client.current_pid:
             client = self.client  # (the property, inline: every send)
         conn = client.connection()
         if conn.incarnation is None:
@@ -158,7 +158,7 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
         goes on to return it.
         """
         client = self._client
-        if client is None or client.pid != os.getpid():
+        if client is None or client.pid != _client.current_pid:
             client = self.client  # (the property, inline: every receive)
         known = self._receivable
         wire = known.get(channel) if self._receivable_for is client else None
@@ -170,8 +170,16 @@ class ZeroMQChannelLayer(BaseChannelLayer):  # type: ignore[misc]
                 known.clear()
                 self._receivable_for = client
             wire = known[channel] = self._wire(channel)
-        payload = await client.connection().receive(wire)
-        return self._decode(payload)
+        conn = client.connection()
+        got: Any = conn.receive_step(wire, None)
+        while type(got) is not bytes:
+            try:
+                await got
+            except asyncio.CancelledError:
+                conn.abandon(wire, got)
+                raise
+            got = conn.receive_step(wire, got)
+        return self._decode(got)
 
     def _decode(self, payload: bytes) -> dict[str, Any]:
         """The message, decoded once per group message: the members of a
