@@ -596,16 +596,17 @@ class Connection:
             )
             waiters_of = self._waiters.get
             states = self.flow.channels
-            for channel, wake in wakes:
-                # (``_wake``, unrolled: once per member of a group_send)
+            for channel in wakes:
+                # (``_wake`` of one, unrolled: once per member of a group_send)
                 waiters = waiters_of(channel)
-                state = states[channel]
-                while wake > 0 and waiters and state.buffer:
-                    waiter = waiters.popleft()
-                    state.waiting -= 1
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        wake -= 1
+                if waiters:
+                    state = states[channel]
+                    while waiters:
+                        waiter = waiters.popleft()
+                        state.waiting -= 1
+                        if not waiter.done():
+                            waiter.set_result(None)
+                            break
             if out:
                 self._queue_all(out)
         elif mtype == MsgType.ACK and f[0] in self.flow.withdrawals:

@@ -235,15 +235,15 @@ class Flow:
 
     def deliver_many(
         self, channels: list[str], item: list[Any], now: float, bundle: bool = False
-    ) -> tuple[list[tuple[str, int]], list[Message]]:
+    ) -> tuple[list[str], list[Message]]:
         """One group message for several channels (``DELIVER_MANY``, or
         ``DELIVER_BUNDLE`` with ``bundle``: its takes are reported per
-        bundle): the channels whose waiters to wake (and how many), and what
-        to send. (This runs once per member of a group_send: a channel
+        bundle): the channels where one waiter is to be woken (a message
+        each), and what to send. (This runs once per member of a group_send: a channel
         receiving here, not draining, of a connection not moving, takes
         ``deliver``'s path inline and shares one buffer entry with the
         others; any other goes through ``deliver``.)"""
-        wakes: list[tuple[str, int]] = []
+        wakes: list[str] = []
         out: list[Message] = []
         payload, ttl, seq = item
         entry = (payload, now + ttl, seq)
@@ -259,13 +259,13 @@ class Flow:
                 state.buffer.append(entry)
                 shared = True
                 if state.waiting:
-                    wakes.append((channel, 1))
+                    wakes.append(channel)
                 elif state.users == 0 and now - state.active_at > IDLE_RETURN:
                     out.extend(self.give_back(channel, now))
                 continue
             wake, back = self.deliver(channel, items, now)
-            if wake:
-                wakes.append((channel, wake))
+            if wake:  # (one item: one waiter at most)
+                wakes.append(channel)
             if back:
                 out.extend(back)
         if bundle and shared:

@@ -500,8 +500,8 @@ class SimClient:
             self._queue_all(out)
         elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
             wakes, out = flow.deliver_many(f[0], f[1], now, mtype == MsgType.DELIVER_BUNDLE)
-            for channel, wake in wakes:
-                self._wake(channel, wake, now)
+            for channel in wakes:
+                self._wake(channel, 1, now)
             self._queue_all(out)
         elif mtype == MsgType.ACK and f[0] in flow.withdrawals:
             self.withdraw_sent.pop(f[0], None)
