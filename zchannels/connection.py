@@ -551,9 +551,10 @@ class Connection:
         self._flush_scheduled = False
         if self.flow.unreported:
             self._out.extend(self.flow.report())
-        if self._report_timer is not None:  # (the reports go now)
-            self._report_timer.cancel()
-            self._report_timer = None
+        # (a report timer still armed stays: it fires with nothing to report,
+        # or with what was taken since, sooner than a new one would; arming
+        # and cancelling one per message cost every receive-then-send a
+        # timer)
         if self.closed or not self._out:
             return
         self._flushed_at = time.monotonic()
@@ -789,6 +790,9 @@ class Connection:
             self._moving_timer.cancel()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
+        if self._report_timer is not None:
+            self._report_timer.cancel()
+            self._report_timer = None
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(NodeUnavailable("connection closed"))

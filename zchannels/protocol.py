@@ -312,13 +312,17 @@ BATCH_BYTES = 256 * 1024
 def split_batches(messages: list[Message], max_bytes: int = BATCH_BYTES) -> list[list[Message]]:
     """Cut ``messages`` into runs of roughly ``max_bytes`` encoded bytes each,
     so one frame never grows past the peer's limit because of batching (a
-    single message bigger than the limit still travels alone)."""
+    single message bigger than the limit still travels alone). (Every frame
+    a process sends goes through here: the common case, everything in one
+    frame, builds no list.)"""
     if len(messages) == 1:
+        return [messages]
+    sizes = [_approx_size(message) for message in messages]
+    if sum(sizes) <= max_bytes:
         return [messages]
     chunks: list[list[Message]] = [[]]
     size = 0
-    for message in messages:
-        approx = _approx_size(message)
+    for message, approx in zip(messages, sizes, strict=True):
         if chunks[-1] and size + approx > max_bytes:
             chunks.append([])
             size = 0
@@ -327,17 +331,26 @@ def split_batches(messages: list[Message], max_bytes: int = BATCH_BYTES) -> list
     return chunks
 
 
+# (plain ints: an IntEnum member compared costs more, once per message sent)
+_DELIVER, _RETURN = int(MsgType.DELIVER), int(MsgType.RETURN)
+_DELIVER_GROUP = (int(MsgType.DELIVER_MANY), int(MsgType.DELIVER_BUNDLE))
+
+
 def _approx_size(message: Message) -> int:
     """Bytes a message takes on the wire, give or take its small fields:
     only user payloads can be large."""
     mtype, fields = message
-    if mtype == MsgType.DELIVER:
+    if mtype == _DELIVER:
         return 32 + len(fields[0]) + sum(len(item[0]) + 12 for item in fields[1])
-    if mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
+    if mtype in _DELIVER_GROUP:
         return 32 + len(fields[1][0]) + sum(len(c) + 2 for c in fields[0])
-    if mtype == MsgType.RETURN:
+    if mtype == _RETURN:
         return 32 + len(fields[1]) + sum(len(item[0]) + 12 for item in fields[2])
-    return 32 + sum(len(f) for f in fields if isinstance(f, bytes | str))
+    size = 32
+    for f in fields:
+        if type(f) is bytes or type(f) is str:
+            size += len(f)
+    return size
 
 
 # Bounds on what a decoder will build, so a hostile frame cannot make it
