@@ -3,7 +3,8 @@ send reservations.
 
 Owns: the messages waiting on each channel this node holds, the messages it
 has handed to receiving connections and not yet heard were taken ("in
-flight"), which connections have asked for messages (receive credit), and
+flight"; with what an earlier owner of the channel had handed them, handed
+over with it: ``adopt_flight``), which connections have asked for messages (receive credit), and
 which have been promised room (send reservations). Decides which queued
 message goes to which connection and whether a send fits. Does not own:
 sockets, sessions, names' owners or policy (the caller passes capacity and

@@ -1253,6 +1253,8 @@ class Routing:
                     self._count_parked((msg.origin, msg.incarnation, conn), now)
                     self._forget_virtual((msg.origin, msg.incarnation, conn), now, fx)
                     self._conns_gone_at[(msg.origin, msg.incarnation, conn)] = now + GONE_MEMORY
+                while len(self._conns_gone_at) > MAX_GONE_UNHEARD:  # (the oldest go first)
+                    del self._conns_gone_at[next(iter(self._conns_gone_at))]
             case HolderGone():
                 for tag in msg.sessions:
                     self.core.groups.drop_holder(holder_of(msg.origin, msg.incarnation, tag))
@@ -1741,6 +1743,7 @@ class Routing:
         queues = self.core.queues
         for name, node, inc, conn, tag, expiry, seqs in msg.entries:
             client = (node, inc, conn)
+            self.counters["flight_handed_here"] += len(seqs)
             if node == self.me:
                 alive = _same_life(inc, self.incarnation) and conn in self.core.sessions.by_conn
                 if alive:
@@ -1758,7 +1761,6 @@ class Routing:
                     self._handed_flight_lost(client, name, seqs, now)
             else:
                 queues.adopt_flight(name, self._virtual_for(client, tag, expiry), seqs)
-            self.counters["flight_handed_here"] += len(seqs)
 
     def _handed_flight_lost(
         self, client: _Client, name: str, seqs: tuple[int, ...], now: float
@@ -2385,9 +2387,12 @@ class Routing:
                 if node == self.me:
                     if self._has_left:
                         # Our own client as this node leaves: its process
-                        # lives on, takes what it holds and reports it to
-                        # our next life, which cannot tell it from its own
-                        # (``_on_relay_lost``): left uncounted, as before.
+                        # may live on, take what it holds and report it to
+                        # our next life, as a client the next owner does not
+                        # know; handed on, that owner counted it lost when it
+                        # forgot the client of this life (CI seed 265). Left
+                        # uncounted, as before (a client that dies meanwhile
+                        # is not counted: kill-free seed 266).
                         continue
                     self._relayed_conns.add(conn)  # (its going is told to the owner)
                 else:
