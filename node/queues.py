@@ -4,11 +4,11 @@ send reservations.
 Owns: the messages waiting on each channel this node holds, the messages it
 has handed to receiving connections and not yet heard were taken ("in
 flight"; with what an earlier owner of the channel had handed them, handed
-over with it: ``adopt_flight``), which connections have asked for messages (receive credit), and
-which have been promised room (send reservations). Decides which queued
-message goes to which connection and whether a send fits. Does not own:
-sockets, sessions, names' owners or policy (the caller passes capacity and
-deadlines in).
+over with it: ``adopt_flight``), which connections have asked for messages
+(receive credit), and which have been promised room (send reservations).
+Decides which queued message goes to which connection and whether a send
+fits. Does not own: sockets, sessions, names' owners or policy (the caller
+passes capacity and deadlines in).
 
 Capacity is exact (the Channels spec, "Capacity"): a put is refused exactly
 when the channel holds ``capacity`` messages not yet returned by a
@@ -65,6 +65,9 @@ MAX_CREDIT = 10_000
 #: Most slots reserved for one connection on one pool at a time: enough to
 #: pipeline a burst, few enough that other senders rarely meet them.
 MAX_RESERVATION = 64
+#: Most connections whose reports of takes nothing waited for are remembered
+#: (``Queues._unmatched``); beyond, the oldest are forgotten.
+MAX_TAKES_AHEAD = 10_000
 
 
 class Bundle:
@@ -212,6 +215,9 @@ class Queues:
         #: seq -> a bundle handed to some connection as one delivery, until
         #: its last copy is taken or dropped (``consumed_bundle`` finds it)
         self.bundles: dict[int, Bundle] = {}
+        #: connection -> channel -> how many messages it reported taking
+        #: that nothing here waited for (``_unmatched``)
+        self._takes_ahead: dict[ConnId, dict[str, int]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -548,6 +554,7 @@ class Queues:
         (Runs once per member a group_send reached: ``_release`` inline.)"""
         ch = self.channels.get(name)
         if ch is None:
+            self._unmatched(conn, name, count)
             return
         if ch.inherited:
             # (what an earlier owner handed it reached it first: taken first)
@@ -559,7 +566,9 @@ class Queues:
             seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
             for seq in seqs:
                 if seq > upto:
+                    count = 0  # (it crossed a flush: the rest it names is gone)
                     break
+                count -= 1
                 bundle = flight.pop(seq)
                 if bundle is None:
                     pool.held -= 1
@@ -572,10 +581,31 @@ class Queues:
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
+        if count > 0:
+            self._unmatched(conn, name, count)
         if expired > 0:
             self.counters.dropped_expired += expired
         if not ch.items and not ch.credits and not ch.flight:
             self._maybe_delete(name, ch)
+
+    def _unmatched(self, conn: ConnId, name: str, count: int) -> None:
+        """``conn`` reported taking ``count`` messages of ``name`` that
+        nothing here waited for: remembered (``adopt_flight``), as they may
+        be what an earlier owner handed it whose handover has not come yet
+        (the receiver's node sends its reports here as soon as it sees this
+        node own the channel, the earlier owner its handover on another
+        link). Else its next reports release that flight in place of this
+        node's own deliveries, which hold their room until it goes (10,000
+        soak seeds 3721, 3895, 4832, 7987, 9785: stalled). Forgotten with
+        the connection (``drop_conn``)."""
+        if count <= 0:
+            return
+        names = self._takes_ahead.get(conn)
+        if names is None:
+            names = self._takes_ahead[conn] = {}
+            while len(self._takes_ahead) > MAX_TAKES_AHEAD:
+                del self._takes_ahead[next(iter(self._takes_ahead))]
+        names[name] = names.get(name, 0) + count
 
     def release_inherited(self, conn: ConnId, name: str, count: int) -> int:
         """``conn`` took ``count`` more of ``name`` (a report a link lost,
@@ -852,6 +882,13 @@ class Queues:
         give-back. Counted lost (``receiver_gone``) if ``conn`` goes before
         it reports them (``drop_conn``)."""
         seqs = list(seqs)
+        ahead = self._takes_ahead.get(conn)
+        if ahead is not None and name in ahead:
+            # (its reports of the first of them came before the handover)
+            taken = ahead.pop(name)
+            seqs = seqs[taken:]
+            if not ahead:
+                del self._takes_ahead[conn]
         if not seqs:
             return
         ch = self._channel(name)
@@ -985,6 +1022,7 @@ class Queues:
     def drop_conn(self, conn: ConnId, now: float) -> Outcome:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""
+        self._takes_ahead.pop(conn, None)
         for name in self._by_conn.pop(conn, ()):
             ch = self.channels.get(name)
             if ch is None:

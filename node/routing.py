@@ -985,6 +985,7 @@ class Routing:
         if lost is not None and lost.reports:
             self.counters["takes_told_again"] += 1
             fx.peers.append((node, replace(lost, returned=())))
+            self._takes_of_handed(lost)
 
     def relay_lost(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
         """A frame carrying ``msg`` to ``node`` was lost on a link given up
@@ -999,6 +1000,27 @@ class Routing:
         if lost is not None:
             self.counters["relays_lost_told_again"] += 1
             fx.peers.append((node, lost))
+            self._takes_of_handed(lost)
+
+    def _takes_of_handed(self, lost: RelayLost) -> None:
+        """Takes a link lost on their way to a channel's owner that has
+        handed the channel here since: they release what it handed the
+        client with it (``HandedFlight``), first, as the client's reports
+        would have had they come here (its node sent them before it saw the
+        move). Else the client's next reports release the handed flight in
+        place of this node's own deliveries, which hold their room until
+        the client goes (10,000 soak seeds 2627, 3142, 4700: stalled). Not
+        this node's own flight: those reports were not of it."""
+        if lost.origin == self.me:
+            conn: ConnId | None = lost.conn if lost.incarnation == self.incarnation else None
+        else:
+            conn = self._vconn_of.get((lost.origin, lost.incarnation, lost.conn))
+        if conn is None:
+            return
+        for name, _upto, count, _expired in lost.reports:
+            if self.route(name) is None:  # (this node owns it now)
+                taken = count - self.core.queues.release_inherited(conn, name, count)
+                self.counters["handed_flight_takes_told_here"] += taken
 
     def _stranger(self, node: str, msg: ClusterMessage, now: float) -> None:
         """``node`` is not in the member table, yet it knows this node: it
@@ -1770,7 +1792,10 @@ class Routing:
         it is not queued again: ``_not_again``)."""
         self.core.queues.counters.dropped_receiver_gone += len(seqs)
         self.counters["handed_flight_lost"] += len(seqs)
-        if client[0] != self.me:
+        if client[0] == self.me:
+            if _same_life(client[1], self.incarnation):
+                self.core.counted_gone(client[2], name, seqs)
+        else:
             counted = self._counted_gone.setdefault(client, (now + GONE_MEMORY, {}))[1]
             counted.setdefault(name, set()).update(seqs)
 
