@@ -157,3 +157,120 @@ def test_held_returns_to_zero_whatever_the_handovers(operations: list[tuple[Any,
         q.consumed(conns[0], "c", max(seq for *_, seq in took), len(took), 0)
     assert not q.channels.get("c") or not q.channels["c"].items
     assert {k: p.held for n in nodes for k, p in n.pools.items() if p.held} == {}
+
+
+def _handed(q: Queues, conn: bytes, name: str, count: int, t: float) -> list[Any]:
+    """``count`` sends to ``name``, each handed to ``conn`` at once (it has
+    credit): their wire items, in the order handed."""
+    out = []
+    for i in range(count):
+        delivery = q.put(name, b"m%d" % i, t + 100.0, 10, t)
+        assert isinstance(delivery, tuple), "handed at once"
+        out += delivery[2]
+    return out
+
+
+def test_a_channels_flight_moves_with_it_and_its_receivers_reports_release_it_first() -> None:
+    """Kill-free seeds 244, 262 and 116: a channel moved while its receiver
+    held deliveries it had not reported taken; the old owner no longer had
+    them, the new one never had, and when the receiver went nobody counted
+    them. The flight goes with the channel now (``flight_of``, then
+    ``adopt_flight`` at the new owner). The receiver took it before what the
+    new owner hands it, so its reports (a count, in the order it took)
+    release it first, whatever the numbers (the two owners' are not
+    comparable: here the old owner's are the higher)."""
+    old, new = Queues(first_seq=500), Queues(first_seq=7)
+    old.grant(R, "c", 10, 0.0)
+    wire = _handed(old, R, "c", 3, 0.0)
+    old.consumed(R, "c", wire[0][2], 1, 0)  # it took the first before the move
+    flight = old.flight_of("c")
+    assert flight == {R: [wire[1][2], wire[2][2]]}
+    old.take("c", 0.5)
+    assert old.channels == {} and old.pools == {}, "nothing stays behind"
+    for conn, seqs in flight.items():
+        new.adopt_flight("c", conn, seqs)
+    assert new.held("c") == 0, "no room is taken for it here"
+    new.grant(R, "c", 10, 0.5)
+    mine = _handed(new, R, "c", 2, 0.6)
+    assert new.held("c") == 2
+    # it takes one handed by the old owner and one of ours: one report
+    new.consumed(R, "c", max(wire[1][2], mine[0][2]), 2, 0)
+    assert new.held("c") == 2, "the first two it took were the old owner's"
+    assert new.flight_of("c") == {R: [mine[0][2], mine[1][2]]}
+    new.consumed(R, "c", mine[1][2], 2, 0)
+    assert new.held("c") == 0 and new.flight_of("c") == {}
+    new.drop_conn(R, 1.0)
+    assert new.counters.dropped_receiver_gone == 0
+
+
+def test_a_handed_flight_its_receiver_never_reports_is_counted_when_it_goes() -> None:
+    q = Queues(first_seq=7)
+    q.adopt_flight("c", R, [501, 502, 503])
+    q.consumed(R, "c", 501, 1, 0)
+    assert q.flight_seqs(R) == {"c": {502, 503}}
+    q.drop_conn(R, 1.0)
+    assert q.counters.dropped_receiver_gone == 2
+    assert q.channels == {} and q.flight_of("c") == {}
+
+
+def test_a_handed_flight_given_back_is_queued_again_not_counted() -> None:
+    """A receiver gives back what the old owner handed it (a RETURN of its
+    prefetch, a delivery that bounced): it is queued again here, in front,
+    and no longer waited for, so its going counts nothing of it."""
+    q = Queues(first_seq=7)
+    q.put("c", b"new", 100.0, 10, 0.0)
+    q.adopt_flight("c", R, [501, 502])
+    q.give_back(R, "c", [(b"old1", 60.0, 501), (b"old2", 60.0, 502)], 0.1)
+    assert q.flight_seqs(R) == {}
+    assert q.held("c") == 3
+    q.drop_conn(R, 0.2)
+    assert q.counters.dropped_receiver_gone == 0
+    got = _drain_all(q, b"other", "c")
+    assert [p for p, _ in got] == [b"old1", b"old2", b"new"]
+
+
+def test_a_handed_flight_is_parked_first_and_handed_on_first() -> None:
+    """Its receiver's node declared dead: what the old owner handed it is
+    parked ahead of this node's own (it was handed first); and handed on
+    again with the channel, it goes ahead too."""
+    q = Queues(first_seq=7)
+    q.adopt_flight("c", R, [501])
+    q.grant(R, "c", 10, 0.0)
+    mine = _handed(q, R, "c", 1, 0.0)
+    assert q.flight_of("c") == {R: [501, mine[0][2]]}
+    assert q.park_flight(R) == {"c": [501, mine[0][2]]}
+    assert q.flight_of("c") == {} and q.held("c") == 0
+
+
+def test_a_report_told_again_releases_a_handed_flight_whatever_its_numbers() -> None:
+    q = Queues(first_seq=7000)
+    q.adopt_flight("c", R, [5, 6])
+    assert q.release_inherited(R, "c", 3) == 1
+    assert q.flight_seqs(R) == {} and q.channels == {}
+
+
+def test_a_flush_drops_a_handed_flight() -> None:
+    q = Queues(first_seq=7)
+    q.adopt_flight("asgi|c", R, [501])
+    assert q.clear("asgi") == {R}
+    assert q.channels == {} and q.flight_seqs(R) == {}
+
+
+def test_reports_that_came_before_the_handover_release_its_first() -> None:
+    """The receiver's node sends its reports to the new owner as soon as it
+    sees the channel there; the old owner's handover of the flight comes on
+    another link, later. What the reports said it took is remembered and
+    released from the handed flight when it comes (10,000 soak seeds 3721,
+    3895, 4832, 7987, 9785: else the receiver's next reports released it in
+    place of this node's own deliveries, which held their room for good)."""
+    q = Queues(first_seq=7)
+    q.consumed(R, "c", 502, 2, 0)  # (nothing here yet)
+    q.adopt_flight("c", R, [501, 502, 503])
+    assert q.flight_seqs(R) == {"c": {503}}
+    q.grant(R, "c", 10, 0.0)
+    mine = _handed(q, R, "c", 1, 0.0)
+    q.consumed(R, "c", mine[0][2], 1, 0)  # (it took 503, then ours)
+    q.consumed(R, "c", mine[0][2], 1, 0)
+    assert q.held("c") == 0
+    q.drop_conn(R, 1.0)
+    assert q.counters.dropped_receiver_gone == 0

@@ -16,6 +16,7 @@ from zchannels.node.membership import EventKind, Member, MemberEvent, Membership
 from zchannels.node.ownership import Ownership, tag_of
 from zchannels.node.peer_messages import (
     ConnGone,
+    HandedFlight,
     Handoff,
     Load,
     Relay,
@@ -821,6 +822,133 @@ def test_a_put_waiting_for_a_reservation_is_decided_by_the_new_owner() -> None:
         fx = step(r2, relay, 0.31)
     assert answers(r2, fx, b"other") == [(MsgType.ACK, (4, 0))]
     assert r2.core.queues.held(name) == 5 and r2.core.drops()["full"] == 0
+
+
+def _receiver_with_flight(name: str) -> tuple[Routing, Routing, list[int]]:
+    """n1 owns ``name`` and hands 3 sends to a receiver on n3 (``b"recv"``),
+    which reports the first taken; then n1 leaves and the channel (its flight
+    with it) goes to n2. Returns n1, n2 and n1's numbers of the 2 left."""
+    r1 = cluster_node("n1", ("n1", "n2", "n3"))
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    step(r1, from_n3(b"recv", 0.0, (MsgType.RECV, (name, 10))), 0.0)
+    seqs: list[int] = []
+    for i in range(3):
+        fx = step(r1, from_n3(b"sender", 0.1, (MsgType.SEND, (i + 1, name, b"m%d" % i, 10))), 0.1)
+        [(_, (_, items))] = [m for m in answers(r1, fx, b"recv") if m[0] == MsgType.DELIVER]
+        seqs.append(items[0][2])
+    step(r1, from_n3(b"recv", 0.2, (MsgType.CONSUMED, ([[name, seqs[0], 1, 0]],))), 0.2)
+    fx = Fx()
+    r1.leave(0.3, fx)
+    handed = to(fx, "n2")
+    assert [m for m in handed if isinstance(m, HandedFlight)] == [
+        HandedFlight("n1", ((name, "n3", START, b"recv", "tagtagtag0", 60.0, tuple(seqs[1:])),))
+    ]
+    for msg in handed:
+        step(r2, msg, 0.31)
+    return r1, r2, seqs[1:]
+
+
+def test_a_channels_flight_moves_with_it_and_is_counted_where_it_went_when_its_receiver_goes() -> (
+    None
+):
+    """Kill-free seeds 244, 262 and 116: the channel moved while its
+    receiver held 2 deliveries it had not reported taken, and the receiver
+    died. The old owner no longer had them, the new one never had: nobody
+    counted them. The new owner has them now (``HandedFlight``, with the
+    handover): it releases them by the receiver's reports before its own
+    deliveries (the receiver took them first; the numbers are n1's, not
+    comparable with n2's) and counts what is left when the receiver goes."""
+    name = moving_name()
+    r1, r2, left = _receiver_with_flight(name)
+    # n3's client's credit, handed back through n3 as n1 left, is granted here
+    fx = step(r2, from_n3(b"recv", 0.4, (MsgType.RECV, (name, 10))), 0.4)
+    fx = step(r2, from_n3(b"sender", 0.5, (MsgType.SEND, (9, name, b"new", 10))), 0.5)
+    [(_, (_, items))] = [m for m in answers(r2, fx, b"recv") if m[0] == MsgType.DELIVER]
+    mine = items[0][2]
+    assert r2.core.queues.held(name) == 1
+    # it took one of n1's and n2's one: a report of 2, up to n2's number
+    step(r2, from_n3(b"recv", 0.6, (MsgType.CONSUMED, ([[name, mine, 2, 0]],))), 0.6)
+    assert r2.core.queues.held(name) == 1, "the first two it took were n1's"
+    step(r2, ConnGone("n3", START, (b"recv",)), 0.7)
+    assert r2.core.drops()["receiver_gone"] == 1, "n2's own, never reported"
+    assert r1.core.drops()["receiver_gone"] == 0
+    assert len(left) == 2
+
+
+def test_a_flight_handed_on_for_a_receiver_already_gone_is_counted_at_once() -> None:
+    """Its node said it was gone (``ConnGone``, to every node) before the
+    handover reached the new owner: what it held is counted there at once,
+    not kept for a connection nobody will say is gone again."""
+    name = moving_name()
+    r1 = cluster_node("n1", ("n1", "n2", "n3"))
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    step(r2, ConnGone("n3", START, (b"recv",)), 0.2)
+    flight = HandedFlight("n1", ((name, "n3", START, b"recv", "tagtagtag0", 60.0, (7, 8)),))
+    step(r2, flight, 0.3)
+    assert r2.core.drops()["receiver_gone"] == 2
+    assert r2._virtual == {} and r2.core.queues.channels == {}
+    assert r1.core.drops()["receiver_gone"] == 0
+
+
+def test_a_flight_handed_on_for_our_own_client_gone_is_counted_and_not_queued_again() -> None:
+    """Our own client went before the handover of what the old owner had
+    handed it came: counted at once, and a delivery of it still on its way
+    that bounces off the client is not queued again (counted, it would be
+    delivered too)."""
+    name = moving_name()
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    flight = HandedFlight("n1", ((name, "n2", START, b"gone", "tagtagtag0", 60.0, (7, 8)),))
+    step(r2, flight, 0.3)
+    assert r2.core.drops()["receiver_gone"] == 2
+    r2.core.undeliverable(b"gone", [(MsgType.DELIVER, (name, [[b"x", 60.0, 8]]))], 0.4)
+    assert r2.core.queues.length(name) == 0
+    assert r2.core.drops()["receiver_gone"] == 2
+
+
+def test_takes_lost_on_the_way_to_the_old_owner_release_the_flight_it_handed_here() -> None:
+    """The client's node sent its reports to the old owner before it saw
+    the channel move; the link lost them (the old owner's process ended).
+    Told again to the old owner's address, they are applied here too, to
+    what the old owner handed over: else the client's next reports release
+    it in place of this node's own deliveries, which hold their room until
+    the client goes (10,000 soak seeds 2627, 3142, 4700: stalled)."""
+    name = moving_name()
+    r2 = cluster_node("n2", ("n2", "n3"), left=("n1",))
+    entry = (name, "n3", START, b"recv", "tagtagtag0", 60.0, (7, 8))
+    step(r2, HandedFlight("n1", (entry,)), 0.3)
+    r2.takes_unheard("n1", RelayLost("n3", START, b"recv", ((name, 8, 2, 0),), ()), Fx())
+    step(r2, ConnGone("n3", START, (b"recv",)), 0.5)
+    assert r2.core.drops()["receiver_gone"] == 0
+
+
+def test_a_flight_handed_on_is_not_counted_by_the_old_owner_as_it_ends() -> None:
+    """The old owner's exit counts deliveries whose frames their client's
+    node never took (``lost_at_exit``); one it handed on with the channel is
+    the new owner's to count when the client goes, not also its own (kill-
+    free seed 15: counted by both), unless the new owner never took the
+    ``HandedFlight`` (seed 263: a leave alone in a partition)."""
+    name = moving_name()
+    r1, _r2, left = _receiver_with_flight(name)
+    notes = [("n3", b"recv", {name: left})]
+    assert r1.lost_at_exit(notes, 1.0) == 0
+    flight = HandedFlight("n1", ((name, "n3", START, b"recv", "t", 60.0, tuple(left)),))
+    r1.flight_not_taken("n2", flight)
+    assert r1.lost_at_exit(notes, 1.1) == 2
+
+
+def test_takes_told_again_release_a_handed_flight_whatever_its_numbers() -> None:
+    """Soak seed 393 (with the flight handed on): the receiver's report of
+    one the old owner handed it was lost on its link to the new owner, a
+    life whose numbers start far above the old owner's, and told again
+    (``RelayLost``); skipped as of an earlier life (below this life's first
+    number), it stayed in the flight, a later report released it in place
+    of the new owner's own delivery, and that one held its unit for good."""
+    r, core, _ = routing(first_seq=START * 1000)
+    entry = ("asgi|c", "n2", START, b"client-1", "tagtagtag0", 60.0, (5, 6))
+    r.handle(HandedFlight("n2", (entry,)), 0.1, Fx())
+    r.handle(RelayLost("n2", START, b"client-1", (("asgi|c", 6, 2, 0),), ()), 0.2, Fx())
+    r.handle(ConnGone("n2", START, (b"client-1",)), 0.3, Fx())
+    assert core.drops()["receiver_gone"] == 0
 
 
 def test_deliveries_that_bounce_off_a_client_this_owner_forgot_are_not_queued_again() -> None:
