@@ -50,7 +50,6 @@ from .peer_messages import (
     REPLICATION_MESSAGES,
     ROUTING_MESSAGES,
     FanoutsSeen,
-    HandedFlight,
     HandedOver,
     Handoff,
     LinkAck,
@@ -75,7 +74,7 @@ _TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
 LINGER_BOUNDS = 5
 #: what a joined node takes while it waits for its peers' ``HandedOver``: the
 #: handovers themselves (everything else waits, with its clients' frames)
-_HANDED = (Handoff, HandedFlight, Reservations, FanoutsSeen)
+_HANDED = (Handoff, Reservations, FanoutsSeen)
 #: a client's reports of what it took (``_report_takes``)
 _REPORTS = (MsgType.CONSUMED, MsgType.CONSUMED_BUNDLES)
 
@@ -132,24 +131,11 @@ class _Unheard(NamedTuple):
     msg: Relay | RelayLost
 
 
-class _FlightUnheard(NamedTuple):
-    """A flight handed on to ``node`` with its channels (for
-    ``Routing.flight_not_taken``, if ``node`` never took it)."""
-
-    node: str
-    msg: HandedFlight
-
-
-def _note(
-    node: str, msg: object
-) -> tuple[str, bytes, dict[str, list[int]]] | _Unheard | _FlightUnheard | None:
+def _note(node: str, msg: object) -> tuple[str, bytes, dict[str, list[int]]] | _Unheard | None:
     """What a delivery to another node's client was, for routing if that
     node never takes the frame (``links``: its client was never handed it):
     (node, the client's connection there, channel -> sequence numbers); or
-    what a message told of a client's flight at ``node`` (``_Unheard``), or
-    handed on to it (``_FlightUnheard``)."""
-    if isinstance(msg, HandedFlight):
-        return _FlightUnheard(node, msg)
+    what a message told of a client's flight at ``node`` (``_Unheard``)."""
     if isinstance(msg, Relay | RelayLost):
         return _Unheard(node, msg) if tells_flight(msg) else None
     if not isinstance(msg, RelayBack):
@@ -775,16 +761,9 @@ class ClusterNode:
         lost = self.links.give_up(now, self._left_at, self._reports, bound)
         # (what told a peer of a client's flight there is not told again:
         # this process ends)
-        notes = self.links.lost_notes()
-        if self.routing is not None:
-            # (a flight handed on that its new owner never took is this
-            # node's to count again, first)
-            for note, _ in notes:
-                if isinstance(note, _FlightUnheard):
-                    self.routing.flight_not_taken(note.node, note.msg)
-        delivered = [n for n, _ in notes if not isinstance(n, _Unheard | _FlightUnheard)]
-        if delivered and self.routing is not None:
-            lost += self.routing.lost_at_exit(delivered, now)
+        notes = [n for n, _ in self.links.lost_notes() if not isinstance(n, _Unheard)]
+        if notes and self.routing is not None:
+            lost += self.routing.lost_at_exit(notes, now)
         left_at = self._left_at
         if self.routing is not None and left_at is not None and self.links.heard_since(left_at):
             # What it parked (handed to a client of a node it declared dead,
@@ -934,9 +913,7 @@ class ClusterNode:
         if notes:
             delivered = []
             for note, answered in notes:
-                if isinstance(note, _FlightUnheard):
-                    routing.flight_not_taken(note.node, note.msg)
-                elif not isinstance(note, _Unheard):
+                if not isinstance(note, _Unheard):
                     delivered.append(note)
                 elif answered:  # (it lives on: a new process could not say)
                     routing.relay_lost(note.node, note.msg, fx)

@@ -906,19 +906,6 @@ class NodeCore:
                 del self._counted_flight[next(iter(self._counted_flight))]
         self._outcome(self.queues.drop_conn(conn, now), out)
 
-    def counted_gone(self, conn: ConnId, channel: str, seqs: Collection[int]) -> None:
-        """Messages of ``channel`` another node had handed our client on
-        ``conn``, gone, were counted lost here (a flight handed over with
-        the channel after the client went): remembered as ``_drop_conn``
-        remembers its own, so a delivery of them still on its way that
-        bounces off the client is not queued again (``undeliverable``)."""
-        counted = self._counted_flight.get(conn)
-        if counted is None:
-            counted = self._counted_flight[conn] = {}
-            while len(self._counted_flight) > _GONE_KEPT:
-                del self._counted_flight[next(iter(self._counted_flight))]
-        counted.setdefault(channel, set()).update(seqs)
-
     def _revoke(self, deferred: Deferred, out: list[Out]) -> None:
         for holder in deferred.revokes:
             out.append((holder, (MsgType.REVOKE, (deferred.name,))))

@@ -198,28 +198,6 @@ class Handoff:
 #: session tag, its message expiry s, slots left, seconds left)
 HandedReservation = tuple[str, str, int, bytes, str, float, int, float]
 
-#: (channel, receiver's node, its incarnation, the receiver's connection
-#: there, its session tag, its message expiry s, the sequence numbers it was
-#: handed, in the order handed: the sender's numbers)
-HandedFlightEntry = tuple[str, str, int, bytes, str, float, tuple[int, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class HandedFlight:
-    """What the receivers of channels the receiving node now owns had been
-    handed by ``origin`` (or by owners before it) and had not reported taken
-    nor given back, sent with their ``Handoff`` (just before it, on the same
-    link). The receiving node waits for those receivers' reports of them:
-    a receiver takes them before anything the new owner hands it, so its
-    reports release them first (their numbers are ``origin``'s, which the
-    new owner's are not comparable with: only the order tells); what is left
-    when the receiver goes is counted lost there (``receiver_gone``). Before
-    it, nobody counted it: the old owner no longer had the flight, the new
-    one never had it."""
-
-    origin: str
-    entries: tuple[HandedFlightEntry, ...]
-
 
 @dataclass(frozen=True, slots=True)
 class Reservations:
@@ -333,7 +311,6 @@ ClusterMessage = (
     | LinkProbe
     | LinkState
     | RelayLost
-    | HandedFlight
 )
 
 #: Which part of the node handles which message (``ClusterNode`` dispatches).
@@ -344,7 +321,6 @@ ROUTING_MESSAGES = (
     ConnGone,
     HolderGone,
     Handoff,
-    HandedFlight,
     Reservations,
     Ask,
     Answer,

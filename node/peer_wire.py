@@ -43,8 +43,6 @@ from .peer_messages import (
     GroupFanout,
     GroupFanoutPassed,
     GroupSlice,
-    HandedFlight,
-    HandedFlightEntry,
     HandedOver,
     HandedReservation,
     Handoff,
@@ -214,9 +212,6 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # entries [[pool, holder node, its incarnation, holder conn, session tag,
     # expiry_s, slots, ttl_s]...]
     MsgType.PEER_RESERVATIONS: (("origin", str), ("entries", list)),
-    # entries [[channel, receiver's node, its incarnation, receiver conn,
-    # session tag, expiry_s, [seq...]]...]
-    MsgType.PEER_HANDED_FLIGHT: (("origin", str), ("entries", list)),
 }
 _PEER_SPECS = specs_of(PEER_FIELDS)
 
@@ -391,11 +386,6 @@ def to_wire(msg: PeerMessage) -> Message:
             return MsgType.PEER_LOAD, (msg.origin, msg.load)
         case Reservations():
             return MsgType.PEER_RESERVATIONS, (msg.origin, [list(e) for e in msg.entries])
-        case HandedFlight():
-            return MsgType.PEER_HANDED_FLIGHT, (
-                msg.origin,
-                [[*e[:6], list(e[6])] for e in msg.entries],
-            )
     raise TypeError(f"not a peer message: {msg!r}")  # pragma: no cover
 
 
@@ -519,8 +509,6 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return Load(f[0], load)
     if mtype == MsgType.PEER_RESERVATIONS:
         return Reservations(f[0], _handed_reservations(f[1]))
-    if mtype == MsgType.PEER_HANDED_FLIGHT:
-        return HandedFlight(f[0], _handed_flight(f[1]))
     raise DecodeError("type", f"{mtype.name} is not a peer message")
 
 
@@ -693,32 +681,6 @@ def _handed_reservations(raw: list[Any]) -> tuple[HandedReservation, ...]:
             "PEER_RESERVATIONS entry",
         )
         out.append((e[0], e[1], e[2], e[3], e[4], float(e[5]), e[6], float(e[7])))
-    return tuple(out)
-
-
-def _handed_flight(raw: list[Any]) -> tuple[HandedFlightEntry, ...]:
-    out = []
-    for e in _bounded(raw):
-        _require(
-            type(e) is list
-            and len(e) == 7
-            and type(e[0]) is str
-            and valid_wire_channel(e[0])
-            and type(e[1]) is str
-            and type(e[2]) is int
-            and type(e[3]) is bytes
-            and 0 < len(e[3]) <= 256
-            and type(e[4]) is str
-            and 0 < len(e[4]) <= 64
-            and "/" not in e[4]
-            and type(e[5]) in _NUM
-            and 0 < e[5] < 1e9
-            and type(e[6]) is list
-            and 0 < len(e[6]) <= MAX_ENTRIES
-            and all(type(q) is int for q in e[6]),
-            "PEER_HANDED_FLIGHT entry",
-        )
-        out.append((e[0], e[1], e[2], e[3], e[4], float(e[5]), tuple(e[6])))
     return tuple(out)
 
 

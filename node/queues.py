@@ -3,12 +3,11 @@ send reservations.
 
 Owns: the messages waiting on each channel this node holds, the messages it
 has handed to receiving connections and not yet heard were taken ("in
-flight"; with what an earlier owner of the channel had handed them, handed
-over with it: ``adopt_flight``), which connections have asked for messages
-(receive credit), and which have been promised room (send reservations).
-Decides which queued message goes to which connection and whether a send
-fits. Does not own: sockets, sessions, names' owners or policy (the caller
-passes capacity and deadlines in).
+flight"), which connections have asked for messages (receive credit), and
+which have been promised room (send reservations). Decides which queued
+message goes to which connection and whether a send fits. Does not own:
+sockets, sessions, names' owners or policy (the caller passes capacity and
+deadlines in).
 
 Capacity is exact (the Channels spec, "Capacity"): a put is refused exactly
 when the channel holds ``capacity`` messages not yet returned by a
@@ -65,9 +64,6 @@ MAX_CREDIT = 10_000
 #: Most slots reserved for one connection on one pool at a time: enough to
 #: pipeline a burst, few enough that other senders rarely meet them.
 MAX_RESERVATION = 64
-#: Most connections whose reports of takes nothing waited for are remembered
-#: (``Queues._unmatched``); beyond, the oldest are forgotten.
-MAX_TAKES_AHEAD = 10_000
 
 
 class Bundle:
@@ -155,13 +151,6 @@ class Channel:
     credits: dict[ConnId, int] = field(default_factory=dict)
     #: connection -> {seq: bundle or None}: handed over, not yet taken
     flight: dict[ConnId, dict[int, Bundle | None]] = field(default_factory=dict)
-    #: connection -> what earlier owners of the channel handed it and it has
-    #: not reported taken (``adopt_flight``): their sequence numbers, in the
-    #: order handed. It reached the connection before anything this node
-    #: hands it (see ``adopt_flight``), so its reports release these first.
-    #: No room is taken for them here (capacity may be loose by that much
-    #: while ownership moves); they are counted lost if the connection goes.
-    inherited: dict[ConnId, deque[int]] = field(default_factory=dict)
     #: this node has handed one of its messages to a receiver since it got
     #: the channel (``adopt``: a handover that comes after that is stale)
     served: bool = False
@@ -215,9 +204,6 @@ class Queues:
         #: seq -> a bundle handed to some connection as one delivery, until
         #: its last copy is taken or dropped (``consumed_bundle`` finds it)
         self.bundles: dict[int, Bundle] = {}
-        #: connection -> channel -> how many messages it reported taking
-        #: that nothing here waited for (``_unmatched``)
-        self._takes_ahead: dict[ConnId, dict[str, int]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -554,21 +540,15 @@ class Queues:
         (Runs once per member a group_send reached: ``_release`` inline.)"""
         ch = self.channels.get(name)
         if ch is None:
-            self._unmatched(conn, name, count)
             return
-        if ch.inherited:
-            # (what an earlier owner handed it reached it first: taken first)
-            count = self._release_inherited(conn, name, ch, count)
         flight = ch.flight.get(conn)
-        if flight and count > 0:
+        if flight:
             pool = ch.pool
             # the first ``count`` handed over (a group_send member's report: one)
             seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
             for seq in seqs:
                 if seq > upto:
-                    count = 0  # (it crossed a flush: the rest it names is gone)
                     break
-                count -= 1
                 bundle = flight.pop(seq)
                 if bundle is None:
                     pool.held -= 1
@@ -581,59 +561,10 @@ class Queues:
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
-        if count > 0:
-            self._unmatched(conn, name, count)
         if expired > 0:
             self.counters.dropped_expired += expired
         if not ch.items and not ch.credits and not ch.flight:
             self._maybe_delete(name, ch)
-
-    def _unmatched(self, conn: ConnId, name: str, count: int) -> None:
-        """``conn`` reported taking ``count`` messages of ``name`` that
-        nothing here waited for: remembered (``adopt_flight``), as they may
-        be what an earlier owner handed it whose handover has not come yet
-        (the receiver's node sends its reports here as soon as it sees this
-        node own the channel, the earlier owner its handover on another
-        link). Else its next reports release that flight in place of this
-        node's own deliveries, which hold their room until it goes (10,000
-        soak seeds 3721, 3895, 4832, 7987, 9785: stalled). Forgotten with
-        the connection (``drop_conn``)."""
-        if count <= 0:
-            return
-        names = self._takes_ahead.get(conn)
-        if names is None:
-            names = self._takes_ahead[conn] = {}
-            while len(self._takes_ahead) > MAX_TAKES_AHEAD:
-                del self._takes_ahead[next(iter(self._takes_ahead))]
-        names[name] = names.get(name, 0) + count
-
-    def release_inherited(self, conn: ConnId, name: str, count: int) -> int:
-        """``conn`` took ``count`` more of ``name`` (a report a link lost,
-        told again: ``routing``): what earlier owners handed it goes first,
-        whatever the report's numbers say (they may be that owner's, or
-        this node's). Returns how many of ``count`` are left."""
-        ch = self.channels.get(name)
-        if ch is None or not ch.inherited:
-            return count
-        left = self._release_inherited(conn, name, ch, count)
-        self._maybe_delete(name, ch)
-        return left
-
-    def _release_inherited(self, conn: ConnId, name: str, ch: Channel, count: int) -> int:
-        """``conn`` reported taking ``count`` messages of ``name``: the first
-        of them are what earlier owners handed it (``adopt_flight``), which
-        no longer wait for its report; returns how many of ``count`` are
-        left for this node's own flight."""
-        handed = ch.inherited.get(conn)
-        if not handed or count <= 0:
-            return count
-        taken = min(count, len(handed))
-        for _ in range(taken):
-            handed.popleft()
-        if not handed:
-            del ch.inherited[conn]
-            self._unindex(conn, name, ch)
-        return count - taken
 
     def before_flush(self, name: str, seq: int) -> bool:
         """Whether message ``seq`` of ``name`` was sent before the last
@@ -654,23 +585,17 @@ class Queues:
         back (``routing``: a give-back a link lost) no longer take room;
         how many of ``seqs`` were in its flight here (the caller counts)."""
         ch = self.channels.get(name)
-        if ch is None:
+        flight = ch.flight.get(conn) if ch is not None else None
+        if ch is None or not flight:
             return 0
-        flight = ch.flight.get(conn, {})
-        handed = ch.inherited.get(conn)
         dropped = 0
         for seq in seqs:
             if seq in flight:
                 self._release(ch.pool, flight.pop(seq))
                 dropped += 1
-            elif handed and seq in handed:
-                handed.remove(seq)  # (an earlier owner handed it: no room here)
-                dropped += 1
-        if handed is not None and not handed:
-            del ch.inherited[conn]
         if not flight:
-            ch.flight.pop(conn, None)
-        self._unindex(conn, name, ch)
+            del ch.flight[conn]
+            self._unindex(conn, name, ch)
         if not ch.items and not ch.credits and not ch.flight:
             self._maybe_delete(name, ch)
         return dropped
@@ -744,7 +669,6 @@ class Queues:
         if withdraw:
             ch.credits.pop(conn, None)
         flight = ch.flight.get(conn, {})
-        handed = ch.inherited.get(conn)
         flushed = self.flushed.get(namespace(name), -1)
         back: list[Item] = []
         #: re-admitted items, numbered anew at the front: (seq, payload, deadline)
@@ -753,16 +677,6 @@ class Queues:
             if seq in flight:
                 # (handed since any flush: ``clear`` empties the flights)
                 bundle = flight.pop(seq)
-            elif handed and seq in handed:
-                # an earlier owner handed it (``adopt_flight``; after any
-                # flush here, which empties those too): no longer waited
-                # for, queued again as below
-                handed.remove(seq)
-                bundle = None
-                ch.pool.held += 1
-                if ttl > 0:
-                    older.append((seq, payload, now + ttl))
-                    continue
             elif seq <= flushed:
                 continue  # flushed since it was handed over
             else:
@@ -798,8 +712,6 @@ class Queues:
             )
         if not flight:
             ch.flight.pop(conn, None)
-        if handed is not None and not handed:
-            del ch.inherited[conn]
         self._unindex(conn, name, ch)
         if back:
             ch.pool.earliest = min(ch.pool.earliest, min(item[2] for item in back))
@@ -835,9 +747,9 @@ class Queues:
     def take(self, name: str, now: float) -> tuple[list[WireItem], dict[ConnId, int]]:
         """Remove a channel to hand it to another node: its live messages
         (oldest first, as wire items) and the credit receivers hold on it.
-        What is in flight goes too, uncounted here: the caller hands it on
-        (``flight_of``, read before this), and the new owner waits for the
-        receivers' reports of it (``adopt_flight``)."""
+        What is in flight stays counted nowhere: its receivers' reports go to
+        the new owner, which does not know these messages (capacity may be
+        loose by that much while ownership moves)."""
         ch = self.channels.get(name)
         if ch is None:
             return [], {}
@@ -847,57 +759,6 @@ class Queues:
         credits = dict(ch.credits)
         self._remove(name, ch)
         return live, credits
-
-    def flight_of(self, name: str) -> dict[ConnId, list[int]]:
-        """What ``name``'s receivers were handed and have not reported taken
-        nor given back, for a handover: per connection, the sequence numbers
-        in the order it was handed them (what earlier owners handed it
-        first). Not the copies of a bundle handed as one (``DELIVER_BUNDLE``,
-        reported per bundle to this node alone, ``consumed_bundle``)."""
-        ch = self.channels.get(name)
-        if ch is None:
-            return {}
-        out: dict[ConnId, list[int]] = {conn: list(seqs) for conn, seqs in ch.inherited.items()}
-        for conn, flight in ch.flight.items():
-            seqs = [
-                seq
-                for seq, bundle in flight.items()
-                if bundle is None or bundle.handed is None or conn not in bundle.handed
-            ]
-            if seqs:
-                out.setdefault(conn, []).extend(seqs)
-        return out
-
-    def adopt_flight(self, name: str, conn: ConnId, seqs: Iterable[int]) -> None:
-        """What the channel's previous owner had handed ``conn`` and not
-        heard taken (``flight_of`` there, in the order handed). It reached
-        the receiver before anything this node hands it: the previous owner
-        handed it before it handed the channel over, and the receiver's
-        credit comes here behind it (the previous owner gives a remote
-        receiver's credit back through the receiver's node, after its
-        deliveries, on one ordered link). So the receiver takes it first,
-        and its reports (a count, in the order it took) release these
-        before this node's own flight; their numbers are the previous
-        owner's, not comparable with ours, and are only used to match a
-        give-back. Counted lost (``receiver_gone``) if ``conn`` goes before
-        it reports them (``drop_conn``)."""
-        seqs = list(seqs)
-        ahead = self._takes_ahead.get(conn)
-        if ahead is not None and name in ahead:
-            # (its reports of the first of them came before the handover)
-            taken = ahead.pop(name)
-            seqs = seqs[taken:]
-            if not ahead:
-                del self._takes_ahead[conn]
-        if not seqs:
-            return
-        ch = self._channel(name)
-        handed = ch.inherited.get(conn)
-        if handed is None:
-            ch.inherited[conn] = deque(seqs)
-        else:
-            handed.extend(seqs)
-        self._by_conn.setdefault(conn, set()).add(name)
 
     def adopt(
         self, name: str, items: list[WireItem], now: float, handed_over: bool = True
@@ -978,12 +839,9 @@ class Queues:
         out: dict[str, set[int]] = {}
         for name in self._by_conn.get(conn, ()):
             ch = self.channels.get(name)
-            if ch is None:
-                continue
-            seqs = set(ch.flight.get(conn, ()))
-            seqs.update(ch.inherited.get(conn, ()))
-            if seqs:
-                out[name] = seqs
+            flight = ch.flight.get(conn) if ch is not None else None
+            if flight:
+                out[name] = set(flight)
         return out
 
     def park_flight(self, conn: ConnId) -> dict[str, list[int]]:
@@ -995,17 +853,13 @@ class Queues:
         out: dict[str, list[int]] = {}
         for name in self._by_conn.get(conn, ()):
             ch = self.channels.get(name)
-            if ch is None:
+            flight = ch.flight.get(conn) if ch is not None else None
+            if not flight or ch is None:
                 continue
-            # (what an earlier owner handed it first: it came first)
-            seqs = list(ch.inherited.pop(conn, ()))
-            flight = ch.flight.get(conn)
-            if flight:
-                own = [seq for seq, bundle in flight.items() if bundle is None]
-                for seq in own:
-                    del flight[seq]
-                    ch.pool.held -= 1
-                seqs += own
+            seqs = [seq for seq, bundle in flight.items() if bundle is None]
+            for seq in seqs:
+                del flight[seq]
+                ch.pool.held -= 1
             if seqs:
                 out[name] = seqs
         return out
@@ -1022,7 +876,6 @@ class Queues:
     def drop_conn(self, conn: ConnId, now: float) -> Outcome:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""
-        self._takes_ahead.pop(conn, None)
         for name in self._by_conn.pop(conn, ()):
             ch = self.channels.get(name)
             if ch is None:
@@ -1033,9 +886,6 @@ class Queues:
                 self.counters.dropped_receiver_gone += len(flight)
                 for bundle in flight.values():
                     self._release(ch.pool, bundle)
-            handed = ch.inherited.pop(conn, None)
-            if handed:
-                self.counters.dropped_receiver_gone += len(handed)
             self._maybe_delete(name, ch)
         out = Outcome()
         for key in self._reserving.pop(conn, ()):
@@ -1056,7 +906,6 @@ class Queues:
         if ch is None:
             return 0
         dropped = len(ch.items) + sum(len(f) for f in ch.flight.values())
-        dropped += sum(len(handed) for handed in ch.inherited.values())
         self._remove(name, ch)
         return dropped
 
@@ -1076,13 +925,8 @@ class Queues:
                 told.add(conn)
                 for bundle in flight.values():
                     self._release(ch.pool, bundle)
-            told.update(ch.inherited)
-            handed_to = list(ch.inherited)
-            ch.inherited.clear()
             for conn in list(ch.flight):
                 del ch.flight[conn]
-                self._unindex(conn, name, ch)
-            for conn in handed_to:
                 self._unindex(conn, name, ch)
             self._maybe_delete(name, ch)
         return told
@@ -1171,7 +1015,7 @@ class Queues:
         return conn
 
     def _unindex(self, conn: ConnId, name: str, ch: Channel) -> None:
-        if conn in ch.credits or conn in ch.flight or conn in ch.inherited:
+        if conn in ch.credits or conn in ch.flight:
             return
         names = self._by_conn.get(conn)
         if names is not None:
@@ -1214,11 +1058,10 @@ class Queues:
         for flight in ch.flight.values():
             for bundle in flight.values():
                 self._release(ch.pool, bundle)
-        conns = {*ch.credits, *ch.flight, *ch.inherited}
+        conns = {*ch.credits, *ch.flight}
         ch.items.clear()
         ch.credits.clear()
         ch.flight.clear()
-        ch.inherited.clear()
         for conn in conns:
             self._unindex(conn, name, ch)
         del self.channels[name]
@@ -1227,7 +1070,7 @@ class Queues:
         self._maybe_delete_pool(key, ch.pool)
 
     def _maybe_delete(self, name: str, ch: Channel) -> None:
-        if not ch.items and not ch.credits and not ch.flight and not ch.inherited:
+        if not ch.items and not ch.credits and not ch.flight:
             if self.channels.pop(name, None) is not None:
                 ch.pool.names.discard(name)
                 self._maybe_delete_pool(pool_of(name), ch.pool)

@@ -53,8 +53,6 @@ from .peer_messages import (
     ClusterMessage,
     ConnGone,
     FanoutsSeen,
-    HandedFlight,
-    HandedFlightEntry,
     HandedOver,
     HandedReservation,
     Handoff,
@@ -324,15 +322,6 @@ class Routing:
         #: until then nothing more is delivered to them, and what they were
         #: handed may still come back (``_node_gone``)
         self._leaving: dict[_Client, float] = {}
-        #: other nodes' clients their node said were gone (``ConnGone``) ->
-        #: until when that is remembered: a flight handed over for one
-        #: afterwards is counted at once (``_on_handed_flight``)
-        self._conns_gone_at: dict[_Client, float] = {}
-        #: (another node, its client's connection there) -> (channel -> the
-        #: sequence numbers this node had handed that client and handed on
-        #: to the channel's next owner with it, when): that owner counts them
-        #: if they are lost, this node's exit does not (``lost_at_exit``)
-        self._flight_handed_on: dict[tuple[str, bytes], tuple[dict[str, set[int]], float]] = {}
         #: the last incarnation of ours a peer declared dead whose forgotten
         #: credit was granted again (``_declared_dead``)
         self._regranted_after = 0
@@ -985,7 +974,6 @@ class Routing:
         if lost is not None and lost.reports:
             self.counters["takes_told_again"] += 1
             fx.peers.append((node, replace(lost, returned=())))
-            self._takes_of_handed(lost)
 
     def relay_lost(self, node: str, msg: Relay | RelayLost, fx: Fx) -> None:
         """A frame carrying ``msg`` to ``node`` was lost on a link given up
@@ -1000,27 +988,6 @@ class Routing:
         if lost is not None:
             self.counters["relays_lost_told_again"] += 1
             fx.peers.append((node, lost))
-            self._takes_of_handed(lost)
-
-    def _takes_of_handed(self, lost: RelayLost) -> None:
-        """Takes a link lost on their way to a channel's owner that has
-        handed the channel here since: they release what it handed the
-        client with it (``HandedFlight``), first, as the client's reports
-        would have had they come here (its node sent them before it saw the
-        move). Else the client's next reports release the handed flight in
-        place of this node's own deliveries, which hold their room until
-        the client goes (10,000 soak seeds 2627, 3142, 4700: stalled). Not
-        this node's own flight: those reports were not of it."""
-        if lost.origin == self.me:
-            conn: ConnId | None = lost.conn if lost.incarnation == self.incarnation else None
-        else:
-            conn = self._vconn_of.get((lost.origin, lost.incarnation, lost.conn))
-        if conn is None:
-            return
-        for name, _upto, count, _expired in lost.reports:
-            if self.route(name) is None:  # (this node owns it now)
-                taken = count - self.core.queues.release_inherited(conn, name, count)
-                self.counters["handed_flight_takes_told_here"] += taken
 
     def _stranger(self, node: str, msg: ClusterMessage, now: float) -> None:
         """``node`` is not in the member table, yet it knows this node: it
@@ -1088,17 +1055,6 @@ class Routing:
         entry = self._parked_flight.get(client)
         parked = entry[1] if entry is not None else {}
         for name, upto, count, expired in msg.reports:
-            if conn is not None:
-                # (first what an earlier owner handed it, ``HandedFlight``:
-                # its numbers are that owner's, which the checks below do
-                # not read; soak seed 393, a report of one told again to a
-                # new life, skipped as numbered below its first)
-                left = queues.release_inherited(conn, name, count)
-                stale = min(expired, count - left)
-                queues.counters.dropped_expired += stale
-                count, expired = left, expired - stale
-                if count <= 0:
-                    continue
             if queues.before_flush(name, upto):
                 continue  # (the flush took what it names)
             if upto < queues.first_seq:
@@ -1153,11 +1109,10 @@ class Routing:
         nodes' clients whose frames those nodes never took (a leave into a
         partition) are lost with it. Those parked are counted as
         ``never_delivered`` counts them; the rest were in flight, which
-        nothing else counts (a load report counts what is queued): counted
+        nothing else counts (a load report counts what is queued, and a
+        handover leaves flight behind: ``Queues.take``): counted
         ``dead_owner`` now, but not what was counted when their client was
-        forgotten, nor what was handed on with its channel (``HandedFlight``:
-        the next owner counts it when the client goes). Returns how many
-        messages that was."""
+        forgotten. Returns how many messages that was."""
         before = self.core.queues.counters.dropped_receiver_gone
         lost = 0
         for node, conn, seqs in notes:
@@ -1170,10 +1125,6 @@ class Routing:
                 if client[0] == node and client[2] == conn:
                     for name, kept in parked.items():
                         known.setdefault(name, set()).update(kept)
-            handed_on = self._flight_handed_on.get((node, conn))
-            if handed_on is not None:
-                for name, seen in handed_on[0].items():
-                    known.setdefault(name, set()).update(seen)
             for name, handed in seqs.items():
                 skip = known.get(name, set())
                 lost += sum(1 for q in handed if q not in skip)
@@ -1181,17 +1132,6 @@ class Routing:
         self.core.counters.dropped_dead_owner += lost
         self.counters["undelivered_at_exit"] += lost
         return lost + self.core.queues.counters.dropped_receiver_gone - before
-
-    def flight_not_taken(self, node: str, msg: HandedFlight) -> None:
-        """A flight handed on to ``node`` that it never took (its link ended
-        first): what this node handed those clients is its own to count
-        again, as it ends (``lost_at_exit``), not left to ``node``
-        (simulation seed 263: a node that left alone in a partition)."""
-        for name, client_node, _inc, conn, _tag, _expiry, seqs in msg.entries:
-            entry = self._flight_handed_on.get((client_node, conn))
-            handed_on = entry[0].get(name) if entry is not None else None
-            if handed_on is not None:
-                handed_on.difference_update(seqs)
 
     def _count_parked(self, client: _Client, now: float) -> None:
         """``client``'s parked flight is lost (counted ``receiver_gone``)."""
@@ -1274,16 +1214,11 @@ class Routing:
                 for conn in msg.conns:
                     self._count_parked((msg.origin, msg.incarnation, conn), now)
                     self._forget_virtual((msg.origin, msg.incarnation, conn), now, fx)
-                    self._conns_gone_at[(msg.origin, msg.incarnation, conn)] = now + GONE_MEMORY
-                while len(self._conns_gone_at) > MAX_GONE_UNHEARD:  # (the oldest go first)
-                    del self._conns_gone_at[next(iter(self._conns_gone_at))]
             case HolderGone():
                 for tag in msg.sessions:
                     self.core.groups.drop_holder(holder_of(msg.origin, msg.incarnation, tag))
             case Handoff():
                 self._on_handoff(msg, now, fx)
-            case HandedFlight():
-                self._on_handed_flight(msg, now)
             case Reservations():
                 self._on_reservations(msg, now)
             case Ask():
@@ -1747,70 +1682,6 @@ class Routing:
         if added:
             fx.adopted.append((msg.origin, added))
         self._sweep_soon(now)  # (views may differ: pass on what is not ours)
-
-    def _on_handed_flight(self, msg: HandedFlight, now: float) -> None:
-        """What the receivers of channels handed here had been handed by
-        the previous owner and not reported taken (``HandedFlight``, just
-        before the ``Handoff``): this node waits for their reports of it,
-        ahead of its own flight (``Queues.adopt_flight``), on the connection
-        they are known by here (our client's own, or the virtual connection
-        their relays arrive on). What is for a receiver already gone here
-        is counted lost now (``receiver_gone``): an earlier life of its
-        node, a client its node said was gone, a node that left; for a
-        client of a node declared dead here it is parked, as that node's
-        clients' flight was (``_parked_flight``)."""
-        if not self._member(msg.origin):
-            self.counters["from_strangers"] += 1
-            return
-        queues = self.core.queues
-        for name, node, inc, conn, tag, expiry, seqs in msg.entries:
-            client = (node, inc, conn)
-            self.counters["flight_handed_here"] += len(seqs)
-            if node == self.me:
-                alive = _same_life(inc, self.incarnation) and conn in self.core.sessions.by_conn
-                if alive:
-                    queues.adopt_flight(name, conn, seqs)
-                else:
-                    self._handed_flight_lost(client, name, seqs, now)
-                continue
-            member = self.table.member(node)
-            if inc < self._known_incarnation(node) - RESTART_GAP or client in self._conns_gone_at:
-                self._handed_flight_lost(client, name, seqs, now)
-            elif member is not None and self._held_gone(node, inc) and client not in self._vconn_of:
-                if member.state == State.DEAD and _same_life(member.incarnation, inc):
-                    self._park_handed(client, name, seqs, now)
-                else:
-                    self._handed_flight_lost(client, name, seqs, now)
-            else:
-                queues.adopt_flight(name, self._virtual_for(client, tag, expiry), seqs)
-
-    def _handed_flight_lost(
-        self, client: _Client, name: str, seqs: tuple[int, ...], now: float
-    ) -> None:
-        """A handed-over flight whose receiver is gone here: lost (counted
-        ``receiver_gone``), and remembered as counted (what bounces back of
-        it is not queued again: ``_not_again``)."""
-        self.core.queues.counters.dropped_receiver_gone += len(seqs)
-        self.counters["handed_flight_lost"] += len(seqs)
-        if client[0] == self.me:
-            if _same_life(client[1], self.incarnation):
-                self.core.counted_gone(client[2], name, seqs)
-        else:
-            counted = self._counted_gone.setdefault(client, (now + GONE_MEMORY, {}))[1]
-            counted.setdefault(name, set()).update(seqs)
-
-    def _park_handed(self, client: _Client, name: str, seqs: tuple[int, ...], now: float) -> None:
-        """A handed-over flight for a client of a node declared dead here:
-        parked with what this node had parked for it (ahead of it: the
-        previous owner handed it first)."""
-        entry = self._parked_flight.get(client)
-        until = now + self.presume_dead_after()
-        parked: dict[str, list[int]] = {}
-        if entry is not None:
-            until = max(until, entry[0])
-            parked = entry[1]
-        parked[name] = [*seqs, *parked.get(name, ())]
-        self._parked_flight[client] = (until, parked)
 
     def _on_reservations(self, msg: Reservations, now: float) -> None:
         """Send reservations a pool's previous owner granted: held here for
@@ -2386,7 +2257,6 @@ class Routing:
         (they only move when ownership does)."""
         core = self.core
         channels: dict[str, list[tuple[str, list[Any]]]] = {}
-        flights: dict[str, list[HandedFlightEntry]] = {}
         members: dict[str, list[tuple[str, str, str, float, int]]] = {}
         grants: list[tuple[str, ConnId, Session, Message, int]] = []
         back: dict[ConnId, list[Message]] = {}
@@ -2397,35 +2267,12 @@ class Routing:
             owner = self.route(name)
             if owner is None:
                 continue
-            flight = core.queues.flight_of(name)
             items, credits = core.queues.take(name, now)
             if not owner:  # nobody owns it any more
                 core.counters.dropped_dead_owner += len(items)
                 continue
             if items:
                 channels.setdefault(owner, []).append((name, [list(i) for i in items]))
-            for conn, seqs in flight.items():
-                receiver = self._holder(conn)
-                if receiver is None:
-                    continue
-                node, inc, at, tag, expiry = receiver
-                if node == self.me:
-                    if self._has_left:
-                        # Our own client as this node leaves: its process
-                        # may live on, take what it holds and report it to
-                        # our next life, as a client the next owner does not
-                        # know; handed on, that owner counted it lost when it
-                        # forgot the client of this life (CI seed 265). Left
-                        # uncounted, as before (a client that dies meanwhile
-                        # is not counted: kill-free seed 266).
-                        continue
-                    self._relayed_conns.add(conn)  # (its going is told to the owner)
-                else:
-                    handed_on = self._flight_handed_on.get((node, at), ({}, now))[0]
-                    handed_on.setdefault(name, set()).update(seqs)
-                    self._flight_handed_on[(node, at)] = (handed_on, now)
-                entry = (name, node, inc, at, tag, expiry, tuple(seqs))
-                flights.setdefault(owner, []).append(entry)
             for conn, credit in credits.items():
                 virtual = self._virtual.get(conn)
                 if virtual is not None:
@@ -2460,10 +2307,6 @@ class Routing:
                     core.groups.discard(group, channel)
         for owner in sorted(reserved):  # (before the queues they belong to)
             fx.peers.append((owner, Reservations(self.me, tuple(reserved[owner]))))
-        for owner in sorted(flights):  # (before the queues too: a delivery of
-            # them goes to a receiver after what it was handed here)
-            self.counters["flight_handed_on"] += sum(len(e[6]) for e in flights[owner])
-            fx.peers.append((owner, HandedFlight(self.me, tuple(flights[owner]))))
         for owner in sorted({*channels, *members}):
             entries = channels.get(owner, [])
             self.counters["handed_off"] += sum(len(c[1]) for c in entries)
@@ -2702,11 +2545,6 @@ class Routing:
         for book in (self._forgot_credit, self._refused_credit):
             for client in [c for c, f in book.items() if f[0] <= now]:
                 del book[client]
-        for client in [c for c, until in self._conns_gone_at.items() if until <= now]:
-            del self._conns_gone_at[client]
-        handed_on = self._flight_handed_on
-        for handed in [k for k, (_, at) in handed_on.items() if at + GONE_MEMORY <= now]:
-            del handed_on[handed]
         if self._sweep_at is not None and now >= self._sweep_at:
             self._sweep_at = None
             self.handoff(now, fx, full=True)  # what a race left here goes to its owner

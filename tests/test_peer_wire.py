@@ -25,7 +25,6 @@ from zchannels.node.peer_messages import (
     GroupFanout,
     GroupFanoutPassed,
     GroupSlice,
-    HandedFlight,
     Handoff,
     HolderGone,
     LinkAck,
@@ -171,10 +170,6 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n1", [["asgi|c", "n3", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 4, 1.5]]),
         "013692a26e319198a6617367697c63a26e3307c405006b8b4567aa6162636465666768696acb404e00000000000004cb3ff8000000000000",
     ),
-    MsgType.PEER_HANDED_FLIGHT: (
-        ("n1", [["asgi|c", "n3", 7, b"\x00k", "abcdefghij", 60.0, [9, 10]]]),
-        "014092a26e319197a6617367697c63a26e3307c402006baa6162636465666768696acb404e00000000000092090a",
-    ),
 }
 RETIRED = {
     MsgType.PEER_SEND,
@@ -241,14 +236,6 @@ MESSAGES: list[PeerMessage] = [
             ("asgi|x.abcdef.ghijklmnop!", "n1", 7, b"\x00j", "abcdefghij", 30.0, 1, 0.25),
         ),
     ),
-    HandedFlight(
-        "n1",
-        (
-            ("asgi|c", "n3", 7, b"\x00k", "abcdefghij", 60.0, (9, 10)),
-            ("asgi|d", "n1", 8, b"\x00j", "klmnopqrst", 30.0, (1 << 40,)),
-        ),
-    ),
-    HandedFlight("n1", ()),
 ]
 
 
@@ -287,14 +274,6 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4, -1.0]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", True, b"c", "t", 60.0, 4, 1.5]])),
         (MsgType.PEER_RESERVATIONS, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, 4]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["bad name!?", "n3", 7, b"c", "t", 60.0, [1]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"", "t", 60.0, [1]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"c", "a/b", 60.0, [1]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"c", "t", 0.0, [1]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, []]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0, ["1"]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", True, b"c", "t", 60.0, [1]]])),
-        (MsgType.PEER_HANDED_FLIGHT, ("n1", [["asgi|c", "n3", 7, b"c", "t", 60.0]])),
         (MsgType.PEER_LINK_SEQ, ("n1", 7, 0, 1, 7)),  # no link 0 (a hello's)
         (MsgType.PEER_LINK_SEQ, ("n1", 7, 1, 0, 7)),  # sequence numbers start at 1
         (MsgType.PEER_LINK_ACK, ("n1", 7, -1, 0)),

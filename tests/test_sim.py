@@ -600,8 +600,7 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "39 of 300 seeds (40 before a handover carried its channel's flight, HandedFlight: seed 6; "
-    "38 before nodes called their configured seeds when not alone, and the "
+    "40 of 300 seeds (38 before nodes called their configured seeds when not alone, and the "
     "final count waited for parked deliveries, which moved timings; 42 before a link sent "
     "everything again at once when its peer "
     "acknowledged a gap, soak seed 957's shrink, plans/reset-gap-filled-before-the-peer-"

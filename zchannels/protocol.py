@@ -155,12 +155,6 @@ class MsgType(enum.IntEnum):
     # them): its capacity is released, its give-backs counted lost
     # (zchannels.node.routing)
     PEER_RELAY_LOST = 63
-    # node <-> node: with a handover, what the channels' receivers had been
-    # handed and not reported taken (their flight), per receiver: the new
-    # owner releases it by their reports before its own, and counts what is
-    # left if the receiver goes (zchannels.node.routing). A node that does
-    # not know it drops it (a decode error) and takes the handover as before.
-    PEER_HANDED_FLIGHT = 64
 
 
 class ErrorCode(enum.IntEnum):
