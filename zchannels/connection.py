@@ -289,34 +289,44 @@ class Connection:
             state = flow.enter(channel)
         elif waited is None:
             state.users += 1  # (``flow.enter``, inline)
-        if state.buffer:
-            now = time.monotonic()
-            payload = flow.take_from(state, channel, now)
-            if payload is not None:
-                if not self.closed:
-                    state.users -= 1  # (``flow.leave``, inline)
-                    state.active_at = now
-                if state.credit + len(state.buffer) <= REPLENISH_AT:  # (``wants_credit``)
-                    self._queue_all(flow.replenish(channel))
-                if self._report_timer is None:
-                    self._report_soon()
-                return payload
-        loop = self._loopref()
-        if loop is None:  # pragma: no cover - only if used after its loop died
-            loop = self._loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        waiters = self._waiters.get(channel)
-        if waiters is None:
-            waiters = self._waiters[channel] = deque()
-        waiters.append(waiter)
-        state.waiting += 1
-        if state.credit + len(state.buffer) <= REPLENISH_AT:
-            self._queue_all(flow.replenish(channel))
-        if self._report_timer is None and (flow.consumed or flow.bundles_taken):
-            self._report_soon()
-        if self._sweep_handle is None:
-            self._arm_sweep()
-        return waiter
+        waiter: asyncio.Future[None] | None = None
+        try:
+            if state.buffer:
+                now = time.monotonic()
+                payload = flow.take_from(state, channel, now)
+                if payload is not None:
+                    if not self.closed:
+                        state.users -= 1  # (``flow.leave``, inline)
+                        state.active_at = now
+                    if state.credit + len(state.buffer) <= REPLENISH_AT:  # (``wants_credit``)
+                        self._queue_all(flow.replenish(channel))
+                    if self._report_timer is None:
+                        self._report_soon()
+                    return payload
+            loop = self._loopref()
+            if loop is None:  # pragma: no cover - only if used after its loop died
+                loop = self._loop()
+            waiter = loop.create_future()
+            waiters = self._waiters.get(channel)
+            if waiters is None:
+                waiters = self._waiters[channel] = deque()
+            waiters.append(waiter)
+            state.waiting += 1
+            if state.credit + len(state.buffer) <= REPLENISH_AT:
+                self._queue_all(flow.replenish(channel))
+            if self._report_timer is None and (flow.consumed or flow.bundles_taken):
+                self._report_soon()
+            if self._sweep_handle is None:
+                self._arm_sweep()
+            return waiter
+        except BaseException:
+            # (the receive() fails here: it holds the channel no longer, and
+            # a waiter it registered is nobody's)
+            if waiter is not None:
+                self.abandon(channel, waiter)
+            elif not self.closed:
+                flow.leave(channel, time.monotonic())
+            raise
 
     def abandon(self, channel: str, waiter: asyncio.Future[None]) -> None:
         """A receive() waiting on ``waiter`` was cancelled (or its connection
