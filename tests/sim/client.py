@@ -20,7 +20,7 @@ the world through ``Port.timer``.
 What differs from the real shell, on purpose: one connection per process
 (the real layer has one per event loop; they behave alike towards the node);
 a woken receiver runs ``resume_delay`` later (an event-loop iteration, so a
-cancel can land between wake and take, as ``connection.receive`` handles).
+cancel can land between wake and take, as ``Connection.abandon`` handles).
 """
 
 from __future__ import annotations
@@ -375,7 +375,7 @@ class SimClient:
             state = self.flow.channels.get(channel)
             if c.state == "waiting" and state is not None:
                 state.waiting -= 1
-            # (woken: connection.receive wakes another waiter in its place;
+            # (woken: Connection.abandon wakes another waiter in its place;
             # this process has one receiver per channel)
             c.generation += 1
             c.state = "idle"
@@ -400,7 +400,7 @@ class SimClient:
         self.moving = False
         self.hello_outstanding = False
 
-    # -- receiving (connection.receive) ----------------------------------------
+    # -- receiving (Connection.receive_step) -------------------------------------
     def _receive(self, c: Consumer, now: float) -> None:
         flow = self.flow
         channel = c.channel
