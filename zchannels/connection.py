@@ -295,13 +295,13 @@ class Connection:
                 now = time.monotonic()
                 payload = flow.take_from(state, channel, now)
                 if payload is not None:
-                    if not self.closed:
-                        state.users -= 1  # (``flow.leave``, inline)
-                        state.active_at = now
                     if state.credit + len(state.buffer) <= REPLENISH_AT:  # (``wants_credit``)
                         self._queue_all(flow.replenish(channel))
                     if self._report_timer is None:
                         self._report_soon()
+                    if not self.closed:  # (last: a failure above leaves once, below)
+                        state.users -= 1  # (``flow.leave``, inline)
+                        state.active_at = now
                     return payload
             loop = self._loopref()
             if loop is None:  # pragma: no cover - only if used after its loop died
