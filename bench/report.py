@@ -292,6 +292,13 @@ def _extra_notes(r: Results) -> list[str]:
     for (layer, key), values in sorted(r.samples.items()):
         if key == "note.channel_full_retries":
             out.append(f"{layer}: ChannelFull retries per run (median) {median(values):,.0f}")
+        elif key.startswith("note.") and key.endswith(".apart"):
+            shots = key.removeprefix("note.").removesuffix(".apart")
+            out.append(
+                f"{layer} {shots}: shots in which one consumer's first delivery came after "
+                f"the other's last (they took turns on one core), per run: "
+                + ", ".join(f"{v:.0%}" for v in values)
+            )
         elif key == "note.memberships":
             out.append(
                 f"{layer}: memberships added per group-ops run (median) {median(values):,.0f}"

@@ -307,6 +307,7 @@ class _ShotTracker:
         self.size = size
         self.shot = -1
         self.count = 0
+        self.first_at = 0.0
         self.last_at = 0.0
         self.done = asyncio.Event()
 
@@ -321,6 +322,8 @@ class _ShotTracker:
         if self.count > self.size:
             raise BenchError(f"shot {self.shot}: more deliveries than the {self.size} members")
         self.last_at = now
+        if self.count == 1:
+            self.first_at = now
         if self.count == self.size:
             self.done.set()
 
@@ -342,13 +345,18 @@ async def fanout_producer(layer: Any, hub: Hub, budget: Budget, meter: Meter) ->
     """
     consumers = len(hub.each)
     result: Metrics = {}
+    apart: list[bool] = []
 
     async def shoot(group: str, shot: int) -> float:
         sent_at = time.perf_counter()
         await layer.group_send(
             group, {"type": "bench.fan", "shot": shot, "t0": sent_at, "text": PAYLOAD}
         )
-        last_at: float = max(await hub.recv_all())  # the latest of the last deliveries
+        spans: list[tuple[float, float]] = await hub.recv_all()  # (first, last) each
+        last_at = max(last for _, last in spans)  # the latest of the last deliveries
+        # one consumer's first delivery after another's last: they took turns
+        # on one core instead of working side by side
+        apart.append(max(first for first, _ in spans) > min(last for _, last in spans))
         return (last_at - sent_at) * 1e3
 
     for size in budget.fanout_sizes:
@@ -362,6 +370,7 @@ async def fanout_producer(layer: Any, hub: Hub, budget: Budget, meter: Meter) ->
         shots = max(budget.fanout_min_shots, min(budget.fanout_shots, shots))
         await hub.send(("shots", shots))
         meter.mark(key)
+        apart.clear()
         latencies = [await shoot(group, shot) for shot in range(1, shots + 1)]
         meter.mark(key)
         await hub.send(("leave", 0))
@@ -369,6 +378,8 @@ async def fanout_producer(layer: Any, hub: Hub, budget: Budget, meter: Meter) ->
         for latency in latencies:
             meter.sample(f"{key}.ms", latency)
         result[f"{key}.ms"] = median(latencies)
+        if consumers > 1:
+            result[f"note.{key}.apart"] = sum(apart) / len(apart)
         result[f"cpu.{key}.msgs"] = float(size * shots)
     await hub.send(("end", 0))
     return result
@@ -405,7 +416,7 @@ async def _hold_share(
         except asyncio.CancelledError:
             label(f"{key}, shot {shot}: {tracker.count} of {share} delivered")
             raise
-        await peer.send(tracker.last_at)
+        await peer.send((tracker.first_at, tracker.last_at))
         tracker.arm(shot + 1)  # before the next await: armed before the hub hears
 
     tasks = [asyncio.create_task(member(c)) for c in channels]

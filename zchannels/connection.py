@@ -24,6 +24,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
 import weakref
 from collections import deque
@@ -98,6 +99,20 @@ BATCH_AFTER = 0.0002
 #: processes. Not zero: a report of its own, every receive, would cost an
 #: event-loop iteration and a frame per message (ping-pong lost a third).
 REPORT_DELAY = 0.001
+#: Bytes a frame from the node must have for the connection to yield its
+#: core once (``os.sched_yield``) before decoding it and waking its
+#: receivers (a group_send's frame to 500 members of a process is 18 KB,
+#: 36 bytes a member: the threshold is ~110 members). The node hands a
+#: group_send to each consumer process at once, through its libzmq I/O
+#: thread, which wakes each consumer's own I/O thread on the node's core;
+#: the first consumer's main thread then ran its burst there (2 ms for 500
+#: members) while the second consumer's I/O thread waited behind it, the
+#: other core idle (``perf sched``: 2.06 ms of scheduling delay), so the
+#: consumers took turns instead of working side by side in half of the
+#: 1,000-member shots (docs/benchmarks.md). The yield lets a task waiting
+#: on this core run first (microseconds; nothing when none waits).
+YIELD_FRAME_BYTES = 4096
+_yield = getattr(os, "sched_yield", None)
 #: Seconds between housekeeping passes (idle returns, request timeouts).
 SWEEP_INTERVAL = 0.25
 #: Seconds ``close()`` waits for the node to confirm BYE (ipc loses a tail
@@ -582,6 +597,8 @@ class Connection:
         sock = self._sock
         while not self.closed and cast(int, sock.getsockopt(_EVENTS)) & _POLLIN:
             frame = sock.recv(_NOBLOCK)
+            if len(frame) >= YIELD_FRAME_BYTES and _yield is not None:
+                _yield()  # (before a burst of work: YIELD_FRAME_BYTES)
             try:
                 messages = decode(frame)
             except DecodeError as exc:
