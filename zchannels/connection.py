@@ -102,7 +102,9 @@ REPORT_DELAY = 0.001
 #: Bytes a frame from the node must have for the connection to yield its
 #: core once (``os.sched_yield``) before decoding it and waking its
 #: receivers (a group_send's frame to 500 members of a process is 18 KB,
-#: 36 bytes a member: the threshold is ~110 members). The node hands a
+#: 36 bytes a member: the threshold is ~28 members; at 4 KiB, 100 members
+#: over two processes still took turns in ~43% of shots, ~31% at 1 KiB,
+#: and ping-pong's frames stay below it). The node hands a
 #: group_send to each consumer process at once, through its libzmq I/O
 #: thread, which wakes each consumer's own I/O thread on the node's core;
 #: the first consumer's main thread then ran its burst there (2 ms for 500
@@ -111,7 +113,7 @@ REPORT_DELAY = 0.001
 #: consumers took turns instead of working side by side in half of the
 #: 1,000-member shots (docs/benchmarks.md). The yield lets a task waiting
 #: on this core run first (microseconds; nothing when none waits).
-YIELD_FRAME_BYTES = 4096
+YIELD_FRAME_BYTES = 1024
 _yield = getattr(os, "sched_yield", None)
 #: Seconds between housekeeping passes (idle returns, request timeouts).
 SWEEP_INTERVAL = 0.25
