@@ -36,6 +36,12 @@ owner changes, its reservations and the puts waiting for them move to the
 new owner (``take_reservations``, ``adopt_reservation``), so a holder's
 next reserved sends fit there too.
 
+FIFO per producer where queues meet: in a cluster a message carries its
+``Stamp`` (which producer sent it, and where it stands among that
+producer's sends), given by the producer's node. When a handover meets
+what was queued here since (``adopt``), no producer's messages are
+reordered by it, whatever their deadlines say (``in_producer_order``).
+
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
 
