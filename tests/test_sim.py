@@ -687,8 +687,17 @@ KNOWN_CLUSTER = {
     "seed 125 of 300 since FIFO is checked on the qN channels too (2026-12-06: until then "
     "only new_channel() names were, while the docs said qN were; 13 of the soak's 1,000 "
     "seeds failed it then, 7 since a delivery from an owner declared dead is refused, "
-    "plans/delivery-from-a-frozen-owner-refused-after-its-death.json): "
-    "plans/relay-delayed-on-a-lossy-link-merged-after-a-newer-send.json",
+    "plans/delivery-from-a-frozen-owner-refused-after-its-death.json). Its first shrink, "
+    "plans/relay-delayed-on-a-lossy-link-merged-after-a-newer-send.json (queues merged by "
+    "deadline), passes since queues that meet keep each producer's order by the numbers "
+    "its node gave its sends (queues.Stamp); the seed itself still fails another way, "
+    "not a merge: c0's send 28, relayed to q1's owner n1 and answered outcome unknown, "
+    "reaches n1 0.53 s late on a lossy link and is taken (n1's estimate of n0's delay "
+    "reads 0: every frame it had from n0's new life came late), while c0's send 70 was "
+    "queued and delivered meanwhile at n0, which owned q1 in its view; n1 then delivers "
+    "28. What would fix it: an owner knowing what of a producer's was delivered "
+    "elsewhere (a per-producer mark carried with the handover, or checked at the "
+    "consumer's node)",
     # (fifo on new_channel() names: none of 300 since 2026-12-06. Seed 46 was issue 11 defect 1: a
     # node stopped without a drain lingers after it left, what its clients
     # send to their new_channel() names meanwhile goes to the node keeping
