@@ -357,6 +357,7 @@ class NodeCore:
                 "dropped_full": q.dropped_full,
                 "dropped_expired": q.dropped_expired,
                 "dropped_receiver_gone": q.dropped_receiver_gone,
+                "put_in_order": q.put_in_order,
                 "group_expired": self.groups.expired,
                 "decode_errors": sum(self.decode_errors.values()),
                 **asdict(self.counters),

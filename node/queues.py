@@ -183,6 +183,9 @@ class Channel:
     #: seq -> stamp of the stamped messages in flight (a give-back queues
     #: them again with it: ``give_back``); only those still in a flight
     stamps: dict[int, Stamp] = field(default_factory=dict)
+    #: producer -> the latest (life, n) queued here since the queue was last
+    #: empty (perhaps taken since): a put below it is put in order (``_insert``)
+    newest: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -193,6 +196,8 @@ class QueueCounters:
     dropped_expired: int = 0
     #: in flight to a connection that went away without giving them back
     dropped_receiver_gone: int = 0
+    #: puts queued before a later message of their producer (``_insert``)
+    put_in_order: int = 0
 
 
 @dataclass(slots=True)
@@ -345,9 +350,51 @@ class Queues:
             if stamp is not None:
                 ch.stamps[self._seq] = stamp
             return (conn, name, [(payload, deadline - now, self._seq)])
-        ch.items.append((self._seq, payload, deadline, bundle, stamp))
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
+        if stamp is not None:
+            newest = ch.newest
+            if not ch.items:
+                newest.clear()
+            order = (stamp[1], stamp[2])
+            mark = newest.get(stamp[0])
+            if mark is not None and order < mark and self._insert(ch, payload, deadline, stamp):
+                return True
+            if mark is None or order > mark:
+                newest[stamp[0]] = order
+        ch.items.append((self._seq, payload, deadline, bundle, stamp))
+        return True
+
+    def _insert(self, ch: Channel, payload: bytes, deadline: float, stamp: Stamp) -> bool:
+        """Queue message number ``self._seq`` before the first queued message
+        of its producer with a later stamp (a send that reached this owner
+        after its producer's next one: a relay passed on by a node that was
+        its owner a moment before, slower than ``relay_hold``); what follows
+        is numbered anew above it. False if none is queued (it goes last) or
+        a group message's copy follows (numbered as its bundle: left as is)."""
+        order = (stamp[1], stamp[2])
+        items = list(ch.items)
+        at = next(
+            (
+                i
+                for i, (*_, other) in enumerate(items)
+                if other is not None and other[0] == stamp[0] and (other[1], other[2]) > order
+            ),
+            None,
+        )
+        if at is None:
+            return False
+        tail = items[at:]
+        if any(item[3] is not None for item in tail):
+            return False
+        first = self._seq
+        self._seq += len(tail)
+        ch.items = deque(items[:at])
+        ch.items.append((first, payload, deadline, None, stamp))
+        ch.items.extend(
+            (first + 1 + k, p, d, None, s) for k, (_seq, p, d, _b, s) in enumerate(tail)
+        )
+        self.counters.put_in_order += 1
         return True
 
     def _place_bundle(
@@ -716,6 +763,8 @@ class Queues:
                 bundle = flight.pop(seq)
                 if stamps:
                     stamp = stamps.pop(seq, None)
+                    if stamp is not None:
+                        _mark(ch, stamp)
             elif seq <= flushed:
                 continue  # flushed since it was handed over
             else:
@@ -880,6 +929,9 @@ class Queues:
                 )
             )
         ch.pool.earliest = min(ch.pool.earliest, min(item[1] for item in live))
+        for _payload, _deadline, stamp in live:
+            if stamp is not None:
+                _mark(ch, stamp)
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out, 0
@@ -994,6 +1046,7 @@ class Queues:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
             ch.stamps.clear()
+            ch.newest.clear()
             self._maybe_delete(name, ch)
         return told
 
@@ -1131,6 +1184,7 @@ class Queues:
         ch.credits.clear()
         ch.flight.clear()
         ch.stamps.clear()
+        ch.newest.clear()
         for conn in conns:
             self._unindex(conn, name, ch)
         del self.channels[name]
@@ -1157,6 +1211,13 @@ class Queues:
 
 def _seq_of(item: Item) -> int:
     return item[0]
+
+
+def _mark(ch: Channel, stamp: Stamp) -> None:
+    """``stamp``'s message is queued on ``ch`` (``Channel.newest``)."""
+    order = (stamp[1], stamp[2])
+    if order > ch.newest.get(stamp[0], (-1, -1)):
+        ch.newest[stamp[0]] = order
 
 
 def _stamp_of(raw: Any) -> Stamp | None:

@@ -86,6 +86,34 @@ def test_a_handover_older_by_deadline_is_still_put_first() -> None:
     assert _taken(owner) == [b"1", b"2", b"3"]
 
 
+def test_a_send_that_reaches_its_owner_after_its_producers_next_goes_before_it() -> None:
+    """A relay passed on by the channel's previous owner (two hops) can
+    reach the owner after the producer's next send, relayed straight to it
+    (a pass-on slower than ``relay_hold``): if that one is still queued,
+    the late one goes before it, and what follows is numbered anew."""
+    owner = Queues()
+    owner.put("c", b"p2", 60.1, 100, 0.1, stamp=(P, LIFE, 2))
+    owner.put("c", b"other", 60.15, 100, 0.15, stamp=("n1/other", LIFE, 1))
+    owner.put("c", b"p1", 60.2, 100, 0.2, stamp=(P, LIFE, 1))
+    owner.put("c", b"p3", 60.3, 100, 0.3, stamp=(P, LIFE, 3))
+    seqs = [item[0] for item in owner.channels["c"].items]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert owner.counters.put_in_order == 1
+    assert _taken(owner) == [b"p1", b"p2", b"other", b"p3"]
+
+
+def test_a_late_send_after_its_producers_next_was_taken_goes_last() -> None:
+    """Once the later one was handed out, nothing can be put before it: the
+    late send is queued last, as before."""
+    owner = Queues()
+    owner.put("c", b"p2", 60.1, 100, 0.1, stamp=(P, LIFE, 2))
+    assert owner.grant(R, "c", 1, 0.1), "p2 handed out"
+    owner.put("c", b"q", 60.15, 100, 0.15, stamp=("n1/other", LIFE, 1))
+    owner.put("c", b"p1", 60.2, 100, 0.2, stamp=(P, LIFE, 1))
+    assert owner.counters.put_in_order == 0
+    assert _taken(owner) == [b"q", b"p1"]
+
+
 def test_stamps_survive_a_give_back_and_a_handover() -> None:
     """A message handed to a receiver and given back is queued again with
     its stamp, and a handover carries it on."""
@@ -143,6 +171,8 @@ ops = st.lists(
         st.tuples(st.just("hand"), st.integers(0, 2), st.integers(0, 2), st.floats(-5.0, 5.0)),
         st.tuples(st.just("bounce"), st.integers(0, 2)),
         st.tuples(st.just("restart"), st.integers(0, 2)),
+        st.tuples(st.just("late"), st.integers(0, 2), st.integers(0, 2)),
+        st.tuples(st.just("arrive"), st.integers(0, 2)),
     ),
     max_size=60,
 )
@@ -163,6 +193,7 @@ def test_any_merge_of_queues_keeps_each_producers_order(operations: list[tuple[A
     now = 0.0
     sent = 0
     stale = 0
+    on_way: list[tuple[int, bytes, Stamp]] = []
     for op in operations:
         now += 0.01
         if op[0] == "send":
@@ -184,9 +215,25 @@ def test_any_merge_of_queues_keeps_each_producers_order(operations: list[tuple[A
             q = nodes[op[1]]
             handed = [item for _c, _n, items in q.grant(R, "c", 1000, now) for item in items]
             q.give_back(R, "c", handed, now)  # (and its credit withdrawn)
+        elif op[0] == "late":
+            # a send numbered now, on its way to node ``op[1]`` (a relay
+            # passed on, a lossy link): it arrives at an "arrive" or the end
+            _, node, producer = op
+            counts[producer] += 1
+            stamp = (f"n{producer}/p", lives[producer], counts[producer])
+            payload = b"%d:%d:%d" % (producer, lives[producer], counts[producer])
+            on_way.append((node, payload, stamp))
+        elif op[0] == "arrive":
+            for node, payload, stamp in [w for w in on_way if w[0] == op[1]]:
+                nodes[node].put("c", payload, now + 60.0, 10_000, now, stamp=stamp)
+                sent += 1
+            on_way = [w for w in on_way if w[0] != op[1]]
         else:
             lives[op[1]] += 1001
             counts[op[1]] = 0
+    for node, payload, stamp in on_way:
+        nodes[node].put("c", payload, now + 60.0, 10_000, now, stamp=stamp)
+        sent += 1
     for src in (1, 2):
         items, _credit = nodes[src].take("c", now)
         _out, dropped = nodes[0].adopt("c", [list(i) for i in items], now)
