@@ -1125,6 +1125,8 @@ class Queues:
             if stamp is not None:
                 ch.stamps[seq] = stamp
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
+        if ch.newest and not ch.items:
+            ch.newest.clear()  # (nothing queued to put a late send before)
         return [(conn, name, items) for conn, items in batches.items()]
 
     def _take_credit(self, name: str, ch: Channel) -> ConnId:
