@@ -28,7 +28,7 @@ from zchannels.names import (
 from zchannels.protocol import ErrorCode, Message, MsgType
 
 from .groups import Groups
-from .queues import MAX_CREDIT, ConnId, Deferred, Delivery, Outcome, Queues
+from .queues import MAX_CREDIT, ConnId, Deferred, Delivery, Outcome, Queues, Stamp
 from .sessions import Policy, PolicyError, Session, Sessions, valid_duration
 
 Out = tuple[ConnId, Message]
@@ -141,6 +141,10 @@ class NodeCore:
         #: not given back as well (``undeliverable``)
         self._counted_flight: dict[ConnId, dict[str, set[int]]] = {}
         self._hops = 0  # while handling relayed messages: how far they came
+        #: this life's count of its clients' sends, and the life (its first
+        #: incarnation): a send's ``Stamp`` (in a cluster only)
+        self._sent = 0
+        self._life = int(settings.incarnation) if settings.incarnation.isdigit() else 0
         #: in a cluster: members of a group held here for an earlier life of
         #: a node live again in a newer one (its own group_send skips them:
         #: ``GroupReplication.superseded_here``)
@@ -353,6 +357,7 @@ class NodeCore:
                 "dropped_full": q.dropped_full,
                 "dropped_expired": q.dropped_expired,
                 "dropped_receiver_gone": q.dropped_receiver_gone,
+                "put_in_order": q.put_in_order,
                 "group_expired": self.groups.expired,
                 "decode_errors": sum(self.decode_errors.values()),
                 **asdict(self.counters),
@@ -394,7 +399,16 @@ class NodeCore:
     def _send(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
-        req, channel, payload, capacity = f
+        req, channel, payload, capacity = f[:4]
+        # Where the send stands among its producer's (``Stamp``): given here,
+        # where it enters the cluster, or carried by the relay that brought it
+        # (a fifth field, inside the node and on the wire within
+        # ``PEER_RELAY_STAMPED``; an older node's relay has none).
+        stamp: Stamp | None = f[4] if len(f) > 4 else None
+        if stamp is None and not self._hops and self.route is not None and session is not None:
+            self._sent += 1
+            stamp = (f"{self.settings.node_id}/{session.tag}", self._life, self._sent)
+            f = (req, channel, payload, capacity, stamp)
         if session is None:
             if not req:
                 # A reserved send (the layer keeps no copy) from a process
@@ -417,7 +431,14 @@ class NodeCore:
             return self._limit(conn, req, f"this client made {len(session.created)} channels", out)
         expiry = session.policy.expiry
         result = self.queues.put(
-            channel, payload, now + expiry, capacity, now, sender=conn, token=(conn, req, channel)
+            channel,
+            payload,
+            now + expiry,
+            capacity,
+            now,
+            sender=conn,
+            token=(conn, req, channel),
+            stamp=stamp,
         )
         if result is False:
             if req:

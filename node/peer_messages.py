@@ -16,7 +16,8 @@ from typing import Any
 
 from zchannels.protocol import Message
 
-#: An item of a channel as it travels: [payload, ttl remaining (s), seq].
+#: An item of a channel as it travels: [payload, ttl remaining (s), seq],
+#: and its stamp ``(producer, life, n)`` if it has one (``queues.Stamp``).
 Item = list[Any]
 
 
@@ -112,7 +113,9 @@ class Relay:
     ``hops``: how many nodes passed it on (bounded by ``core.MAX_HOPS``);
     ``sent_at``: when the origin sent it, on the origin's monotonic clock
     (the owner refuses a send that arrives after the origin stopped waiting
-    for it: ``routing``)."""
+    for it: ``routing``). A ``SEND`` among ``messages`` may carry a fifth
+    field, its stamp ``(producer, life, n)`` (``queues.Stamp``, given by the
+    producer's node): then the relay travels as ``PEER_RELAY_STAMPED``."""
 
     origin: str
     incarnation: int
@@ -187,7 +190,9 @@ class HandedOver:
 @dataclass(frozen=True, slots=True)
 class Handoff:
     """Names the receiving node now owns: ``channels`` (name, items oldest
-    first) and ``members`` (group, channel, holder, ttl s, capacity)."""
+    first) and ``members`` (group, channel, holder, ttl s, capacity). An
+    item with a stamp (``Item``) makes it travel as
+    ``PEER_HANDOFF_STAMPED``."""
 
     origin: str
     channels: tuple[tuple[str, list[Item]], ...]
@@ -351,7 +356,7 @@ def aged(msg: ClusterMessage, age: float) -> ClusterMessage | None:
     sent again for a second)."""
     if isinstance(msg, Handoff):
         channels = tuple(
-            (name, [[payload, ttl - age, seq] for payload, ttl, seq in items])
+            (name, [[item[0], item[1] - age, *item[2:]] for item in items])
             for name, items in msg.channels
         )
         # (a membership or a reservation whose time ran out meanwhile is

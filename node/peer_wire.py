@@ -178,12 +178,27 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("messages", list),
         ("sent_at", _NUM),
     ),
+    # PEER_RELAY's fields; a SEND among ``messages`` may end with its stamp,
+    # [producer, life, n] (``queues.Stamp``)
+    MsgType.PEER_RELAY_STAMPED: (
+        ("origin", str),
+        ("incarnation", int),
+        ("conn", bytes),
+        ("session", str),
+        ("expiry", _NUM),
+        ("hops", int),
+        ("messages", list),
+        ("sent_at", _NUM),
+    ),
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
     MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
     MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
     # channels [[channel, items]...] (items as in DELIVER, oldest first);
     # members [[group, channel, holder, ttl_s, capacity]...]
     MsgType.PEER_HANDOFF: (("origin", str), ("channels", list), ("members", list)),
+    # PEER_HANDOFF's fields; an item may end with its stamp, [payload, ttl_s,
+    # seq, [producer, life, n]]
+    MsgType.PEER_HANDOFF_STAMPED: (("origin", str), ("channels", list), ("members", list)),
     MsgType.PEER_HANDED_OVER: (("origin", str), ("incarnation", int)),
     # upto [[origin, its incarnation, fanout seq]...]
     MsgType.PEER_FANOUTS_SEEN: (("source", str), ("upto", list)),
@@ -335,7 +350,10 @@ def to_wire(msg: PeerMessage) -> Message:
                 msg.ttl,
             )
         case Relay():
-            return MsgType.PEER_RELAY, (
+            stamped = any(
+                mtype == MsgType.SEND and len(fields) > 4 for mtype, fields in msg.messages
+            )
+            return MsgType.PEER_RELAY_STAMPED if stamped else MsgType.PEER_RELAY, (
                 msg.origin,
                 msg.incarnation,
                 msg.conn,
@@ -361,7 +379,8 @@ def to_wire(msg: PeerMessage) -> Message:
         case HolderGone():
             return MsgType.PEER_HOLDER_GONE, (msg.origin, msg.incarnation, list(msg.sessions))
         case Handoff():
-            return MsgType.PEER_HANDOFF, (
+            stamped = any(len(item) > 3 for _, items in msg.channels for item in items)
+            return MsgType.PEER_HANDOFF_STAMPED if stamped else MsgType.PEER_HANDOFF, (
                 msg.origin,
                 [[name, items] for name, items in msg.channels],
                 [list(m) for m in msg.members],
@@ -442,7 +461,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
             valid_wire_group(f[4]) and valid_duration(f[6]), "GROUP_FANOUT_PASSED group or ttl"
         )
         return GroupFanoutPassed(f[0], f[1], f[2], f[3], f[4], f[5], float(f[6]))
-    if mtype == MsgType.PEER_RELAY:
+    if mtype == MsgType.PEER_RELAY or mtype == MsgType.PEER_RELAY_STAMPED:
         origin, inc, conn, tag, expiry, hops, raw, sent_at = f
         _require(
             0 < len(conn) <= 256
@@ -452,7 +471,10 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
             and hops >= 0,
             "PEER_RELAY connection, session, expiry or hops",
         )
-        messages = _messages(raw, RELAYED)
+        if mtype == MsgType.PEER_RELAY_STAMPED:
+            messages = _stamped_messages(raw)
+        else:
+            messages = _messages(raw, RELAYED)
         return Relay(origin, inc, conn, tag, float(expiry), hops, messages, float(sent_at))
     if mtype == MsgType.PEER_RELAY_LOST:
         _require(0 < len(f[2]) <= 256, "PEER_RELAY_LOST connection")
@@ -469,6 +491,8 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return HolderGone(f[0], f[1], tuple(tags))
     if mtype == MsgType.PEER_HANDOFF:
         return Handoff(f[0], _handed_channels(f[1]), _handed_members(f[2]))
+    if mtype == MsgType.PEER_HANDOFF_STAMPED:
+        return Handoff(f[0], _handed_channels(f[1], stamped=True), _handed_members(f[2]))
     if mtype == MsgType.PEER_HANDED_OVER:
         return HandedOver(f[0], f[1])
     if mtype == MsgType.PEER_FANOUTS_SEEN:
@@ -621,7 +645,9 @@ def _messages(raw: list[Any], allowed: frozenset[MsgType]) -> tuple[Message, ...
     return messages
 
 
-def _handed_channels(raw: list[Any]) -> tuple[tuple[str, list[Any]], ...]:
+def _handed_channels(raw: list[Any], stamped: bool = False) -> tuple[tuple[str, list[Any]], ...]:
+    """``[[channel, items]...]``; ``stamped``: an item may end with its
+    stamp (made a tuple, as the node holds it)."""
     out = []
     for entry in _bounded(raw):
         _require(
@@ -629,12 +655,63 @@ def _handed_channels(raw: list[Any]) -> tuple[tuple[str, list[Any]], ...]:
             and len(entry) == 2
             and type(entry[0]) is str
             and valid_wire_channel(entry[0])
-            and type(entry[1]) is list
-            and wire_items(entry[1]),
+            and type(entry[1]) is list,
             "PEER_HANDOFF channel",
         )
-        out.append((entry[0], entry[1]))
+        items = entry[1]
+        if stamped:
+            plain = [item[:3] if type(item) is list else item for item in items]
+            _require(
+                wire_items(plain)
+                and all(len(item) == 3 or (len(item) == 4 and _stamp(item[3])) for item in items),
+                "PEER_HANDOFF_STAMPED items",
+            )
+            items = [
+                item if len(item) == 3 else [*item[:3], (item[3][0], item[3][1], item[3][2])]
+                for item in items
+            ]
+        else:
+            _require(wire_items(items), "PEER_HANDOFF channel")
+        out.append((entry[0], items))
     return tuple(out)
+
+
+#: Longest producer name a stamp may carry ("node/session tag").
+_MAX_PRODUCER = 512
+
+
+def _stamp(value: object) -> bool:
+    """``[producer, life, n]`` (``queues.Stamp``): a name and two
+    non-negative ints (bool is not int)."""
+    return (
+        type(value) is list
+        and len(value) == 3
+        and type(value[0]) is str
+        and 0 < len(value[0]) <= _MAX_PRODUCER
+        and type(value[1]) is int
+        and type(value[2]) is int
+        and value[1] >= 0
+        and value[2] >= 0
+    )
+
+
+def _stamped_messages(raw: list[Any]) -> tuple[Message, ...]:
+    """A ``PEER_RELAY_STAMPED``'s messages: as ``_messages``, and a SEND may
+    end with its stamp (kept as a fifth field, a tuple)."""
+    out = []
+    for item in _bounded(raw):
+        if type(item) is list and len(item) == 6 and item[0] == MsgType.SEND:
+            _require(_stamp(item[5]), "PEER_RELAY_STAMPED stamp")
+            mtype, fields = check_message(item[:5])
+            stamp = (item[5][0], item[5][1], item[5][2])
+            out.append((mtype, (*fields, stamp)))
+        else:
+            out.append(check_message(item))
+    messages = tuple(out)
+    for mtype, _ in messages:
+        if mtype not in RELAYED:
+            raise DecodeError("field", f"{mtype.name} may not be relayed")
+    return messages
 
 
 def _handed_members(raw: list[Any]) -> tuple[tuple[str, str, str, float, int], ...]:

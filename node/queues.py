@@ -36,6 +36,12 @@ owner changes, its reservations and the puts waiting for them move to the
 new owner (``take_reservations``, ``adopt_reservation``), so a holder's
 next reserved sends fit there too.
 
+FIFO per producer where queues meet: in a cluster a message carries its
+``Stamp`` (which producer sent it, and where it stands among that
+producer's sends), given by the producer's node. When a handover meets
+what was queued here since (``adopt``), no producer's messages are
+reordered by it, whatever their deadlines say (``in_producer_order``).
+
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
 
@@ -46,6 +52,7 @@ from collections import deque
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from operator import itemgetter
+from typing import Any, TypeVar
 
 from zchannels.names import namespace, pool_of
 from zchannels.protocol import RESERVATION_TTL
@@ -53,6 +60,19 @@ from zchannels.protocol import RESERVATION_TTL
 ConnId = bytes
 #: (payload, ttl_remaining_s, seq): one message as it travels in DELIVER/RETURN
 WireItem = tuple[bytes, float, int]
+#: Who sent a message, and where it stands among that producer's sends:
+#: (producer, life, n). The producer is ``"node/session tag"`` (a client
+#: process, as its node names it); ``life`` the incarnation its node's life
+#: started at, ``n`` that life's count of its clients' sends. Assigned where
+#: the send enters the cluster (``NodeCore``, at the producer's node) and
+#: carried with the message through relays, handovers and give-backs to its
+#: owner: two messages of one producer compare by ``(life, n)``, which grows
+#: with every send across the node's restarts and fences (a new life starts
+#: at a higher incarnation). Messages of different producers do not compare.
+Stamp = tuple[str, int, int]
+#: A queued message as it is handed to the channel's next owner: a
+#: ``WireItem``, and its stamp if it has one (``PEER_HANDOFF_STAMPED``).
+HandedItem = tuple[bytes, float, int] | tuple[bytes, float, int, Stamp]
 #: (connection, channel, [wire items...]), or for one group message to
 #: several channels of one connection (a bundle): (connection, [channels],
 #: [wire item]) — the payload travels once (``DELIVER_MANY``)
@@ -82,8 +102,9 @@ class Bundle:
         self.handed: dict[ConnId, list[str]] | None = None
 
 
-#: (seq, payload, deadline, bundle or None): deadline is monotonic seconds
-Item = tuple[int, bytes, float, Bundle | None]
+#: (seq, payload, deadline, bundle or None, stamp or None): deadline is
+#: monotonic seconds
+Item = tuple[int, bytes, float, Bundle | None, Stamp | None]
 
 
 @dataclass(slots=True)
@@ -96,6 +117,7 @@ class Put:
     deadline: float
     capacity: int
     token: Hashable
+    stamp: Stamp | None = None
 
 
 class Deferred:
@@ -158,6 +180,12 @@ class Channel:
     #: receiver an earlier owner handed them to (``give_back``): older than
     #: what was queued here, at the front, in the order they came back
     front: int | None = None
+    #: seq -> stamp of the stamped messages in flight (a give-back queues
+    #: them again with it: ``give_back``); only those still in a flight
+    stamps: dict[int, Stamp] = field(default_factory=dict)
+    #: producer -> the latest (life, n) queued here since the queue was last
+    #: empty (perhaps taken since): a put below it is put in order (``_insert``)
+    newest: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -168,6 +196,8 @@ class QueueCounters:
     dropped_expired: int = 0
     #: in flight to a connection that went away without giving them back
     dropped_receiver_gone: int = 0
+    #: puts queued before a later message of their producer (``_insert``)
+    put_in_order: int = 0
 
 
 @dataclass(slots=True)
@@ -233,13 +263,15 @@ class Queues:
         now: float,
         sender: ConnId | None = None,
         token: Hashable = None,
+        stamp: Stamp | None = None,
     ) -> Delivery | Deferred | bool:
         """Queue or hand over one message; ``sender`` uses its reservation.
 
         Returns a ``Delivery`` when a connection with credit took it at once,
         ``True`` when it was queued, ``False`` when the pool is full, and a
         ``Deferred`` when it waits for reservations to be given up (its
-        outcome comes later, with ``token``)."""
+        outcome comes later, with ``token``). ``stamp``: the message's
+        place among its producer's sends, if it has one (see ``Stamp``)."""
         ch = self._channel(name)
         pool = ch.pool
         if not self._use_reservation(pool, sender, now):
@@ -249,9 +281,9 @@ class Queues:
                 self._maybe_delete(name, ch)
                 return False
             if verdict is not True:
-                pool.waiting.append(Put([name], payload, deadline, capacity, token))
+                pool.waiting.append(Put([name], payload, deadline, capacity, token, stamp))
                 return Deferred(name, verdict)
-        return self._place(name, ch, payload, deadline, now, None)
+        return self._place(name, ch, payload, deadline, now, None, stamp)
 
     def put_many(
         self,
@@ -306,6 +338,7 @@ class Queues:
         deadline: float,
         now: float,
         bundle: Bundle | None,
+        stamp: Stamp | None = None,
     ) -> Delivery | bool:
         self.counters.enqueued += 1
         self._seq += 1
@@ -314,10 +347,54 @@ class Queues:
         if ch.credits and not ch.items:
             conn = self._take_credit(name, ch)
             self._fly(conn, name, ch, self._seq, bundle)
+            if stamp is not None:
+                ch.stamps[self._seq] = stamp
             return (conn, name, [(payload, deadline - now, self._seq)])
-        ch.items.append((self._seq, payload, deadline, bundle))
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
+        if stamp is not None:
+            newest = ch.newest
+            if not ch.items:
+                newest.clear()
+            order = (stamp[1], stamp[2])
+            mark = newest.get(stamp[0])
+            if mark is not None and order < mark and self._insert(ch, payload, deadline, stamp):
+                return True
+            if mark is None or order > mark:
+                newest[stamp[0]] = order
+        ch.items.append((self._seq, payload, deadline, bundle, stamp))
+        return True
+
+    def _insert(self, ch: Channel, payload: bytes, deadline: float, stamp: Stamp) -> bool:
+        """Queue message number ``self._seq`` before the first queued message
+        of its producer with a later stamp (a send that reached this owner
+        after its producer's next one: a relay passed on by a node that was
+        its owner a moment before, slower than ``relay_hold``); what follows
+        is numbered anew above it. False if none is queued (it goes last) or
+        a group message's copy follows (numbered as its bundle: left as is)."""
+        order = (stamp[1], stamp[2])
+        items = list(ch.items)
+        at = next(
+            (
+                i
+                for i, (*_, other) in enumerate(items)
+                if other is not None and other[0] == stamp[0] and (other[1], other[2]) > order
+            ),
+            None,
+        )
+        if at is None:
+            return False
+        tail = items[at:]
+        if any(item[3] is not None for item in tail):
+            return False
+        first = self._seq
+        self._seq += len(tail)
+        ch.items = deque(items[:at])
+        ch.items.append((first, payload, deadline, None, stamp))
+        ch.items.extend(
+            (first + 1 + k, p, d, None, s) for k, (_seq, p, d, _b, s) in enumerate(tail)
+        )
+        self.counters.put_in_order += 1
         return True
 
     def _place_bundle(
@@ -378,7 +455,7 @@ class Queues:
                         got.append(name)
                     last, last_got = conn, got
             else:
-                ch.items.append((seq, payload, deadline, bundle))
+                ch.items.append((seq, payload, deadline, bundle, None))
                 if deadline < pool.earliest:
                     pool.earliest = deadline
         self.counters.delivered += handed
@@ -502,6 +579,7 @@ class Queues:
                         put.deadline,
                         now,
                         None,
+                        put.stamp,
                     )
                     if delivery is not True and delivery is not False:
                         out.deliveries.append(delivery)
@@ -546,10 +624,13 @@ class Queues:
             pool = ch.pool
             # the first ``count`` handed over (a group_send member's report: one)
             seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
+            stamps = ch.stamps
             for seq in seqs:
                 if seq > upto:
                     break
                 bundle = flight.pop(seq)
+                if stamps:
+                    stamps.pop(seq, None)
                 if bundle is None:
                     pool.held -= 1
                 else:
@@ -592,6 +673,7 @@ class Queues:
         for seq in seqs:
             if seq in flight:
                 self._release(ch.pool, flight.pop(seq))
+                ch.stamps.pop(seq, None)
                 dropped += 1
         if not flight:
             del ch.flight[conn]
@@ -673,10 +755,16 @@ class Queues:
         back: list[Item] = []
         #: re-admitted items, numbered anew at the front: (seq, payload, deadline)
         older: list[tuple[int, bytes, float]] = []
+        stamps = ch.stamps
         for payload, ttl, seq in items:
+            stamp = None
             if seq in flight:
                 # (handed since any flush: ``clear`` empties the flights)
                 bundle = flight.pop(seq)
+                if stamps:
+                    stamp = stamps.pop(seq, None)
+                    if stamp is not None:
+                        _mark(ch, stamp)
             elif seq <= flushed:
                 continue  # flushed since it was handed over
             else:
@@ -691,14 +779,14 @@ class Queues:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
             else:
-                back.append((seq, payload, now + ttl, bundle))
+                back.append((seq, payload, now + ttl, bundle, stamp))
         if older:
             older.sort(key=lambda item: item[0])  # (in the order their numbers said)
             # after what was re-admitted before (still queued at the front,
             # numbered below ``front``): given back one by one, a run keeps
             # its order (simulation seed 76)
-            run = [(payload, deadline) for _, payload, deadline, _ in self._front(ch)]
-            run += [(payload, deadline) for _old, payload, deadline in older]
+            run = [(payload, deadline, stamp) for _, payload, deadline, _, stamp in self._front(ch)]
+            run += [(payload, deadline, None) for _old, payload, deadline in older]
             # (``flight`` is one of ``ch.flight``'s, or empty)
             below = [min(f) for f in ch.flight.values() if f]
             if ch.items:
@@ -708,7 +796,8 @@ class Queues:
             first = self._first_of(len(run), below)
             ch.front = first + len(run)
             back.extend(
-                (first + i, payload, deadline, None) for i, (payload, deadline) in enumerate(run)
+                (first + i, payload, deadline, None, stamp)
+                for i, (payload, deadline, stamp) in enumerate(run)
             )
         if not flight:
             ch.flight.pop(conn, None)
@@ -744,16 +833,22 @@ class Queues:
                 out.append(ch.items.popleft())
         return out
 
-    def take(self, name: str, now: float) -> tuple[list[WireItem], dict[ConnId, int]]:
+    def take(self, name: str, now: float) -> tuple[list[HandedItem], dict[ConnId, int]]:
         """Remove a channel to hand it to another node: its live messages
-        (oldest first, as wire items) and the credit receivers hold on it.
-        What is in flight stays counted nowhere: its receivers' reports go to
-        the new owner, which does not know these messages (capacity may be
-        loose by that much while ownership moves)."""
+        (oldest first, as wire items, each with its stamp if it has one) and
+        the credit receivers hold on it. What is in flight stays counted
+        nowhere: its receivers' reports go to the new owner, which does not
+        know these messages (capacity may be loose by that much while
+        ownership moves)."""
         ch = self.channels.get(name)
         if ch is None:
             return [], {}
-        items = [(payload, deadline - now, seq) for seq, payload, deadline, _ in ch.items]
+        items: list[HandedItem] = [
+            (payload, deadline - now, seq)
+            if stamp is None
+            else (payload, deadline - now, seq, stamp)
+            for seq, payload, deadline, _, stamp in ch.items
+        ]
         live = [item for item in items if item[1] > 0]
         self.counters.dropped_expired += len(items) - len(live)
         credits = dict(ch.credits)
@@ -761,21 +856,27 @@ class Queues:
         return live, credits
 
     def adopt(
-        self, name: str, items: list[WireItem], now: float, handed_over: bool = True
+        self, name: str, items: list[Any], now: float, handed_over: bool = True
     ) -> tuple[list[Delivery], int]:
-        """Messages handed over by the channel's previous owner: older than
-        anything sent here since, so they go to the front, in their order,
-        renumbered into this node's sequence. Returns the deliveries and how
-        many messages were stale: handed over after this node had handed
-        one of the channel's messages to a receiver (``Channel.served``),
-        they are older than that one (a producer's node sends to the keeper
-        until it hears of the new owner, then here), so delivered now they
-        would come after it; they are dropped, for the caller to count
-        (simulation seed 46: a restarted node declared the keeper of its
-        clients' names dead and served them; the keeper, alive behind a
-        lossy link, handed them back 0.8 s later). ``handed_over`` False: a
-        put of this node's own, not a handover (never stale)."""
-        live = [(payload, now + ttl) for payload, ttl, _ in items if ttl > 0]
+        """Messages handed over by the channel's previous owner (``[payload,
+        ttl, seq]``, or ``[payload, ttl, seq, stamp]``): older than anything
+        sent here since, so they go to the front, in their order, renumbered
+        into this node's sequence — unless that would put a producer's
+        message after a later one of the same producer (below). Returns the
+        deliveries and how many messages were stale: handed over after this
+        node had handed one of the channel's messages to a receiver
+        (``Channel.served``), they are older than that one (a producer's node
+        sends to the keeper until it hears of the new owner, then here), so
+        delivered now they would come after it; they are dropped, for the
+        caller to count (simulation seed 46: a restarted node declared the
+        keeper of its clients' names dead and served them; the keeper, alive
+        behind a lossy link, handed them back 0.8 s later). ``handed_over``
+        False: a put of this node's own, not a handover (never stale)."""
+        live = [
+            (item[0], now + item[1], _stamp_of(item[3]) if len(item) > 3 else None)
+            for item in items
+            if item[1] > 0
+        ]
         self.counters.dropped_expired += len(items) - len(live)
         if not live:
             return [], 0
@@ -785,26 +886,35 @@ class Queues:
         ch = self._channel(name)
         self.counters.enqueued += len(live)
         ch.pool.held += len(live)
+        live = in_producer_order(live)
         if (
             ch.items
-            and live[-1][1] > ch.items[0][2]
-            and all(bundle is None for *_, bundle in ch.items)
+            and (live[-1][1] > ch.items[0][2] or _inverts(live, ch.items))
+            and all(item[3] is None for item in ch.items)
         ):
             # Some queued here are older than what is handed over (by
-            # deadline: one expiry, so send order): two nodes kept the
-            # channel, each having declared the other dead, and their
-            # handbacks hold one producer's sends interleaved (simulation
-            # seed 290: prepended, a later send was taken first; a
-            # producer's node may have sent to one, then the other, then
-            # back). Merged by deadline, handed-over first on a tie,
-            # renumbered in order. (A handover's deadlines hold across a
-            # frame sent again: ``Links`` ages its TTLs, seed 46.)
-            # (Bundled copies are never reordered: prepended as before.)
-            queued = [(payload, deadline) for _, payload, deadline, _ in ch.items]
+            # deadline: one expiry, so send order; or by a producer's own
+            # numbering, ``Stamp``): two nodes kept the channel, each having
+            # declared the other dead, and their handbacks hold one
+            # producer's sends interleaved (simulation seed 290: prepended,
+            # a later send was taken first; a producer's node may have sent
+            # to one, then the other, then back), or a relay delayed on a
+            # lossy link was queued at one keeper after the producer's next
+            # send was queued at the other (seed 125). Merged by deadline,
+            # handed-over first on a tie, then each producer's messages put
+            # in the order of their stamps in the places they took (a
+            # deadline measured where a message was queued, or when a frame
+            # was made, is late by as long as the message waited on the way:
+            # a handback delayed in transit by TCP resending under loss,
+            # seed 46's shrink, read as newer than 7 later sends), and
+            # renumbered in order. (Bundled copies are never reordered: they
+            # are numbered as their bundle; prepended as before.)
+            queued = [(payload, deadline, stamp) for _, payload, deadline, _, stamp in ch.items]
+            merged = in_producer_order(list(heapq.merge(live, queued, key=itemgetter(1))))
             ch.items = deque()
-            for payload, deadline in heapq.merge(live, queued, key=itemgetter(1)):
+            for payload, deadline, stamp in merged:
                 self._seq += 1
-                ch.items.append((self._seq, payload, deadline, None))
+                ch.items.append((self._seq, payload, deadline, None, stamp))
         else:
             # below every number of the channel, in flight too: a number
             # twice would be one flight entry
@@ -813,12 +923,15 @@ class Queues:
             ch.items.extendleft(
                 reversed(
                     [
-                        (first + i, payload, deadline, None)
-                        for i, (payload, deadline) in enumerate(live)
+                        (first + i, payload, deadline, None, stamp)
+                        for i, (payload, deadline, stamp) in enumerate(live)
                     ]
                 )
             )
-        ch.pool.earliest = min(ch.pool.earliest, min(deadline for _p, deadline in live))
+        ch.pool.earliest = min(ch.pool.earliest, min(item[1] for item in live))
+        for _payload, _deadline, stamp in live:
+            if stamp is not None:
+                _mark(ch, stamp)
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out, 0
@@ -859,6 +972,7 @@ class Queues:
             seqs = [seq for seq, bundle in flight.items() if bundle is None]
             for seq in seqs:
                 del flight[seq]
+                ch.stamps.pop(seq, None)
                 ch.pool.held -= 1
             if seqs:
                 out[name] = seqs
@@ -886,6 +1000,9 @@ class Queues:
                 self.counters.dropped_receiver_gone += len(flight)
                 for bundle in flight.values():
                     self._release(ch.pool, bundle)
+                if ch.stamps:
+                    for seq in flight:
+                        ch.stamps.pop(seq, None)
             self._maybe_delete(name, ch)
         out = Outcome()
         for key in self._reserving.pop(conn, ()):
@@ -928,6 +1045,8 @@ class Queues:
             for conn in list(ch.flight):
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
+            ch.stamps.clear()
+            ch.newest.clear()
             self._maybe_delete(name, ch)
         return told
 
@@ -996,14 +1115,18 @@ class Queues:
     def _drain(self, name: str, ch: Channel, now: float) -> list[Delivery]:
         batches: dict[ConnId, list[WireItem]] = {}
         while ch.items and ch.credits:
-            seq, payload, deadline, bundle = ch.items.popleft()
+            seq, payload, deadline, bundle, stamp = ch.items.popleft()
             if deadline <= now:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
                 continue
             conn = self._take_credit(name, ch)
             self._fly(conn, name, ch, seq, bundle)
+            if stamp is not None:
+                ch.stamps[seq] = stamp
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
+        if ch.newest and not ch.items:
+            ch.newest.clear()  # (nothing queued to put a late send before)
         return [(conn, name, items) for conn, items in batches.items()]
 
     def _take_credit(self, name: str, ch: Channel) -> ConnId:
@@ -1062,6 +1185,8 @@ class Queues:
         ch.items.clear()
         ch.credits.clear()
         ch.flight.clear()
+        ch.stamps.clear()
+        ch.newest.clear()
         for conn in conns:
             self._unindex(conn, name, ch)
         del self.channels[name]
@@ -1088,3 +1213,64 @@ class Queues:
 
 def _seq_of(item: Item) -> int:
     return item[0]
+
+
+def _mark(ch: Channel, stamp: Stamp) -> None:
+    """``stamp``'s message is queued on ``ch`` (``Channel.newest``)."""
+    order = (stamp[1], stamp[2])
+    if order > ch.newest.get(stamp[0], (-1, -1)):
+        ch.newest[stamp[0]] = order
+
+
+def _stamp_of(raw: Any) -> Stamp | None:
+    """A handed-over item's stamp (a list off the wire, checked there)."""
+    return (raw[0], raw[1], raw[2]) if raw else None
+
+
+_M = TypeVar("_M", bound=tuple[Any, ...])
+
+
+def in_producer_order(messages: list[_M], at: int = -1) -> list[_M]:
+    """``messages`` with each producer's in the order of their stamps
+    (``message[at]``, a ``Stamp`` or None), in the places that producer's
+    messages held: the rest of the order is kept, and no two messages of
+    one producer are reversed. Messages without a stamp keep their place.
+    (The invariant a merge of queues must keep: FIFO per producer, what
+    the Channels spec asks of a channel.)"""
+    places: dict[str, list[int]] = {}
+    for i, message in enumerate(messages):
+        stamp = message[at]
+        if stamp is not None:
+            places.setdefault(stamp[0], []).append(i)
+    out = messages
+    for where in places.values():
+        if len(where) < 2:
+            continue
+        mine = [messages[i] for i in where]
+        ordered = sorted(mine, key=lambda m: (m[at][1], m[at][2]))
+        if ordered != mine:
+            if out is messages:
+                out = list(messages)
+            for i, message in zip(where, ordered, strict=True):
+                out[i] = message
+    return out
+
+
+def _inverts(handed: list[tuple[bytes, float, Stamp | None]], queued: Iterable[Item]) -> bool:
+    """Whether putting ``handed`` before ``queued`` would put a producer's
+    message after a later one of the same producer."""
+    newest: dict[str, tuple[int, int]] = {}
+    for _payload, _deadline, stamp in handed:
+        if stamp is not None:
+            order = (stamp[1], stamp[2])
+            if order > newest.get(stamp[0], (-1, -1)):
+                newest[stamp[0]] = order
+    if not newest:
+        return False
+    for item in queued:
+        stamp = item[4]
+        if stamp is not None:
+            mark = newest.get(stamp[0])
+            if mark is not None and (stamp[1], stamp[2]) < mark:
+                return True
+    return False

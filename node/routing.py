@@ -2409,16 +2409,16 @@ class Routing:
             session = self._session_of(conn)
             owner = self.route(channel)
             if session is not None and owner:
-                send = (MsgType.SEND, (req, channel, put.payload, put.capacity))
+                fields = (req, channel, put.payload, put.capacity)
+                send = (MsgType.SEND, fields if put.stamp is None else (*fields, put.stamp))
                 grants.append((owner, conn, session, send, MAX_HOPS))
                 return
         ttl = put.deadline - now
+        item = [put.payload, ttl, 0] if put.stamp is None else [put.payload, ttl, 0, put.stamp]
         for name in put.names:
             owner = self.route(name)
             if owner is None:  # (a bundle's channel not made yet, which stays here)
-                out, _added = self.core.adopt(
-                    ((name, [[put.payload, ttl, 0]]),), (), now, handed_over=False
-                )
+                out, _added = self.core.adopt(((name, [item]),), (), now, handed_over=False)
                 fx.out.extend(out)
                 continue
             if not owner:  # nobody owns it any more
@@ -2429,7 +2429,7 @@ class Routing:
             if items is None:
                 items = []
                 entries.append((name, items))
-            items.append([put.payload, ttl, 0])
+            items.append(item)
         if isinstance(token, tuple) and token[1] and self._session_of(token[0]) is not None:
             fx.out.append((token[0], (MsgType.ACK, (token[1], 0))))  # (taken, or nobody owns it)
 

@@ -166,6 +166,37 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ("n2", 1000007, b"\x00k", [["asgi|c", 9, 2, 0]], [["asgi|c", [10, 11]]]),
         "013f95a26e32ce000f4247c402006b9194a6617367697c630902009192a6617367697c63920a0b",
     ),
+    # PEER_RELAY's layout; its SEND carries its stamp [producer, life, n]
+    MsgType.PEER_RELAY_STAMPED: (
+        (
+            "n1",
+            7,
+            b"\x00k\x8bEg",
+            "abcdefghij",
+            60.0,
+            1,
+            [[5, 3, "asgi|c", b"p", 100, ["n1/abcdefghij", 1000007, 42]], [8, "asgi|c", 5]],
+            1.5,
+        ),
+        "014098a26e3107c405006b8b4567aa6162636465666768696acb404e0000000000000192960503a6617367697c63c401706493ad6e312f6162636465666768696ace000f42472a9308a6617367697c6305cb3ff8000000000000",
+    ),
+    # PEER_HANDOFF's layout; an item may carry its stamp
+    MsgType.PEER_HANDOFF_STAMPED: (
+        (
+            "n1",
+            [
+                [
+                    "asgi|c",
+                    [
+                        [b"\x81\xa1a\x01", 30.0, 7, ["n1/abcdefghij", 1000007, 42]],
+                        [b"\x81\xa1a\x02", 30.0, 8],
+                    ],
+                ]
+            ],
+            [["asgi|blog", "asgi|c", "n1@7/abcdefghij", 60.0, 100]],
+        ),
+        "014193a26e319192a6617367697c639294c40481a16101cb403e0000000000000793ad6e312f6162636465666768696ace000f42472a93c40481a16102cb403e000000000000089195a9617367697c626c6f67a6617367697c63af6e3140372f6162636465666768696acb404e00000000000064",
+    ),
     MsgType.PEER_RESERVATIONS: (
         ("n1", [["asgi|c", "n3", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 4, 1.5]]),
         "013692a26e319198a6617367697c63a26e3307c405006b8b4567aa6162636465666768696acb404e00000000000004cb3ff8000000000000",
@@ -212,10 +243,24 @@ MESSAGES: list[PeerMessage] = [
     GroupFanout("n1", 7, 3, "asgi|g", b"p", 60.0),
     GroupFanoutPassed("n2", "n1", 7, 3, "asgi|g", b"p", 60.0),
     Relay("n1", 7, b"\x00k", "abcdefghij", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 2.5),
+    Relay(
+        "n1",
+        7,
+        b"\x00k",
+        "abcdefghij",
+        60.0,
+        1,
+        (
+            (MsgType.SEND, (0, "asgi|c", b"p", 100, ("n1/abcdefghij", 1000007, 3))),
+            (MsgType.SEND, (4, "asgi|c", b"q", 100)),
+        ),
+        2.5,
+    ),
     RelayBack("n2", b"\x00k", ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),)),
     ConnGone("n1", 7, (b"\x00k", b"\x00j")),
     HolderGone("n1", 7, ("abcdefghij",)),
     Handoff("n1", (("asgi|c", [[b"x", 1.5, 7]]),), (("asgi|g", "asgi|c", "n1@7/t", 60.0, 9),)),
+    Handoff("n1", (("asgi|c", [[b"x", 1.5, 7, ("n1/t", 1000007, 3)], [b"y", 1.5, 8]]),), ()),
     Ask(1, "n1", "members", "asgi|g"),
     Answer(1, "n2", ("asgi|c",)),
     Load("n2", {"channels": 1, "queued": 0, "drops": {"full": 0}}),
@@ -256,11 +301,48 @@ def test_several_messages_travel_in_one_frame() -> None:
         (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 0.0, 1, [], 0.0)),  # no expiry
         (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, [[9, "asgi|c", [[b"x", 1, 1]]]], 0.0)),
         (MsgType.PEER_RELAY, ("n1", 7, b"c", "t", 60.0, 1, ["not a message"], 0.0)),
+        # a stamp only inside PEER_RELAY_STAMPED, and only a well-formed one
+        (
+            MsgType.PEER_RELAY,
+            ("n1", 7, b"c", "t", 60.0, 1, [[5, 1, "asgi|c", b"p", 1, ["p", 1, 1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[5, 1, "asgi|c", b"p", 1, ["p", 1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[5, 1, "asgi|c", b"p", 1, ["", 1, 1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[5, 1, "asgi|c", b"p", 1, ["p", True, 1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[5, 1, "asgi|c", b"p", 1, ["p", 1, -1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[8, "asgi|c", 1, ["p", 1, 1]]], 0.0),
+        ),
+        (
+            MsgType.PEER_RELAY_STAMPED,
+            ("n1", 7, b"c", "t", 60.0, 1, [[6, 1, 0]], 0.0),
+        ),  # an ACK is not relayed
         (MsgType.PEER_RELAY_BACK, ("n2", b"c", [[5, 1, "asgi|c", b"p", 1]])),  # a SEND back
         (MsgType.PEER_CONN_GONE, ("n1", 7, ["not bytes"])),
         (MsgType.PEER_HOLDER_GONE, ("n1", 7, [b"not str"])),
         (MsgType.PEER_HANDOFF, ("n1", [["bad"]], [])),
         (MsgType.PEER_HANDOFF, ("n1", [["asgi|d", [["not bytes", 1, 1]]]], [])),
+        (MsgType.PEER_HANDOFF, ("n1", [["asgi|d", [[b"x", 1, 1, ["p", 1, 1]]]]], [])),  # stamped
+        (MsgType.PEER_HANDOFF_STAMPED, ("n1", [["asgi|d", [[b"x", 1, 1, ["p", 1]]]]], [])),
+        (MsgType.PEER_HANDOFF_STAMPED, ("n1", [["asgi|d", [[b"x", 1, 1, ["p", 1, 1], 0]]]], [])),
+        (
+            MsgType.PEER_HANDOFF_STAMPED,
+            ("n1", [["asgi|d", [["not bytes", 1, 1, ["p", 1, 1]]]]], []),
+        ),
+        (MsgType.PEER_HANDOFF_STAMPED, ("n1", [["asgi|d", [b"x"]]], [])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", -1.0, 10]])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", 60.0, 0]])),
         (MsgType.PEER_RELAY_LOST, ("n2", 7, b"", [], [])),  # no connection

@@ -1614,3 +1614,42 @@ def test_a_refused_delivery_is_counted_here_if_its_owners_life_ended() -> None:
         assert not [m for _, m in back.peers if isinstance(m, RelayLost)]
         assert core.drops()["dead_owner"] == (1 if linked else 0)
         assert r._for_return == {}
+
+
+def test_a_clients_sends_are_numbered_where_they_enter_the_cluster() -> None:
+    """FIFO per producer where queues meet (``queues.Stamp``): the
+    producer's node numbers each of its clients' sends, in the order they
+    arrive, and the relay carries the number to the owner, which queues
+    the send with it (and hands it on with the queue); a relay that brought
+    a send with no number (an older node's) gets none at the owner."""
+    r, core, _ = routing()
+    core.route = lambda channel: "n2"
+    core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
+    work = ClusterWork()
+    core.handle(
+        b"A",
+        [(MsgType.SEND, (9, "asgi|far", b"x", 10)), (MsgType.SEND, (0, "asgi|far", b"y", 10))],
+        0.0,
+        work,
+    )
+    fx = Fx()
+    r.after_core(work, 0.0, fx)
+    [(_owner, msg)] = fx.peers
+    assert isinstance(msg, Relay)
+    stamps = [fields[4] for _mtype, fields in msg.messages]
+    assert stamps == [("n1/sessiontag", START, 1), ("n1/sessiontag", START, 2)]
+    # at the owner: queued with its number, handed on with it
+    owner, owner_core, _ = routing()
+    owner.handle(replace(msg, origin="n2", incarnation=START + 7), 0.1, Fx())
+    owner.handle(
+        replace(
+            msg,
+            origin="n2",
+            incarnation=START + 7,
+            messages=((MsgType.SEND, (0, "asgi|far", b"z", 10)),),
+        ),
+        0.1,
+        Fx(),
+    )
+    items, _credit = owner_core.queues.take("asgi|far", 0.2)
+    assert [item[3:] for item in items] == [(stamps[0],), (stamps[1],), ()]

@@ -446,7 +446,13 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: seed 1127, a stall; handback-to-a-new-life-held-until-it-says-hello,
 #: seed 202, and handback-to-a-restarted-owner-not-lost-with-a-reset, seed
 #: 264: handbacks sent plain and lost; and handbacks-from-two-keepers-
-#: merged, seed 290's overcount, whose timing it moved).
+#: merged, seed 290's overcount, whose timing it moved), and since the
+#: producer's node numbers each client's sends and queues that meet keep
+#: each producer's order by those numbers (queues.Stamp, Queues.adopt:
+#: relay-delayed-on-a-lossy-link-merged-after-a-newer-send, seed 125's
+#: shrink; handback-delayed-in-transit-merged-after-newer-sends, seed 46's:
+#: merged by deadline, measured where each was queued or framed, a
+#: producer's older sends went after its newer ones).
 #: name -> (the invariant it still breaks, why). Each runs and must break
 #: that invariant and no other (so it still guards everything else it was
 #: saved for), reported as an xfail; once it passes, the test fails until
@@ -466,30 +472,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "reserved sends and handed-over items (counting relayed give-backs there too "
         "overcounts where a partitioned owner also counted them receiver_gone: 3 more "
         "overcounted seeds of 300)",
-    ),
-    "relay-delayed-on-a-lossy-link-merged-after-a-newer-send": (
-        "fifo",
-        "seed 125's shrink (11 ops; found once FIFO was checked on qN channels, 2026-12-06): "
-        "c0's node n0 (a new life, 30% loss on its links) relays c0's send 4 to q1's owner n1, "
-        "then declares n1 dead and answers it outcome unknown; c0's send 5 is queued at n0, "
-        "owner in its view; send 4, retransmitted, reaches n1 0.6 s after it left and is "
-        "queued there. When q1's queues meet (n0 hands to n2, n2 to n1), Queues.adopt merges "
-        "by deadline, measured where each was queued: 5 before 4. The same family as the "
-        "next: what would fix both is the producer's node numbering each producer's sends "
-        "per channel",
-    ),
-    "handback-delayed-in-transit-merged-after-newer-sends": (
-        "fifo",
-        "seed 46's shrink (9 ops; the full seed passes since a handover that comes after the "
-        "channel was served is dropped and counted): n1 leaves, its client's sends to its own "
-        "name are kept by n2; n1 restarts and its client sends 7 more, queued (nobody "
-        "receives yet); n2's handback, framed as it saw the new life, reaches n1 1 s later "
-        "(60% loss on n2: TCP sends it again), and its TTLs, measured when it was framed, "
-        "put its items' deadlines after the 7 newer sends, by which Queues.adopt merges "
-        "them. A delay in transit cannot be seen without the sender's clock; merging by "
-        "origin instead (a handover before what was sent here) breaks seed 290, whose "
-        "producer's node sent to the owner, then to a keeper, then back. What would fix "
-        "both: the producer's node numbering each producer's sends per channel",
     ),
 }
 
@@ -705,8 +687,17 @@ KNOWN_CLUSTER = {
     "seed 125 of 300 since FIFO is checked on the qN channels too (2026-12-06: until then "
     "only new_channel() names were, while the docs said qN were; 13 of the soak's 1,000 "
     "seeds failed it then, 7 since a delivery from an owner declared dead is refused, "
-    "plans/delivery-from-a-frozen-owner-refused-after-its-death.json): "
-    "plans/relay-delayed-on-a-lossy-link-merged-after-a-newer-send.json",
+    "plans/delivery-from-a-frozen-owner-refused-after-its-death.json). Its first shrink, "
+    "plans/relay-delayed-on-a-lossy-link-merged-after-a-newer-send.json (queues merged by "
+    "deadline), passes since queues that meet keep each producer's order by the numbers "
+    "its node gave its sends (queues.Stamp); the seed itself still fails another way, "
+    "not a merge: c0's send 28, relayed to q1's owner n1 and answered outcome unknown, "
+    "reaches n1 0.53 s late on a lossy link and is taken (n1's estimate of n0's delay "
+    "reads 0: every frame it had from n0's new life came late), while c0's send 70 was "
+    "queued and delivered meanwhile at n0, which owned q1 in its view; n1 then delivers "
+    "28. What would fix it: an owner knowing what of a producer's was delivered "
+    "elsewhere (a per-producer mark carried with the handover, or checked at the "
+    "consumer's node)",
     # (fifo on new_channel() names: none of 300 since 2026-12-06. Seed 46 was issue 11 defect 1: a
     # node stopped without a drain lingers after it left, what its clients
     # send to their new_channel() names meanwhile goes to the node keeping

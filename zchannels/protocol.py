@@ -155,6 +155,14 @@ class MsgType(enum.IntEnum):
     # them): its capacity is released, its give-backs counted lost
     # (zchannels.node.routing)
     PEER_RELAY_LOST = 63
+    # node <-> node: PEER_RELAY and PEER_HANDOFF (same fields) whose SENDs and
+    # items carry their stamp, [producer, life, n], given by the producer's
+    # node as the send entered the cluster: where queues of a channel meet,
+    # no producer's messages are reordered (zchannels.node.queues). A relay
+    # or handover with no stamp travels as before, so what an older node can
+    # read it still reads.
+    PEER_RELAY_STAMPED = 64
+    PEER_HANDOFF_STAMPED = 65
 
 
 class ErrorCode(enum.IntEnum):
