@@ -420,6 +420,11 @@ class Routing:
         self._counted_elsewhere: dict[tuple[str, int], tuple[float, int, int]] = {}
         #: the number of this life's last load report (``_report``)
         self._report_no = 0
+        #: node live here -> (its life, report number, lost) of a report of
+        #: it newer than its last one here, held by a peer that declared it
+        #: dead (``_heard_held``): what this node counts if it declares that
+        #: life dead too
+        self._newer_reports: dict[str, tuple[int, int, int]] = {}
         #: lives (node, incarnation) a peer said left cleanly -> until when
         #: known: a death this node declared for one is not counted
         #: (``_left_elsewhere``)
@@ -1970,9 +1975,14 @@ class Routing:
         # (a node that left cleanly handed its queues over first)
         load = self.loads.pop(node, {})
         lost = int(load.get("queued", 0)) + int(load.get("parked", 0))
+        no = int(load.get("n", 0))
+        newer = self._newer_reports.pop(node, None)
+        if newer is not None and _same_life(newer[0], incarnation) and newer[1] > no:
+            _, no, lost = newer
         if died:  # (every survivor: which one counts is decided at the count)
+            self._settle_earlier_life(node, incarnation, now)
             until = now + self.presume_dead_after()
-            self._provisional[node] = (incarnation, lost, until, int(load.get("n", 0)))
+            self._provisional[node] = (incarnation, lost, until, no)
         if not died:
             self._park_life(node, incarnation, now)
             # (a LEFT after this node declared that life dead: gossip from a
@@ -2139,12 +2149,15 @@ class Routing:
         if first is None:
             first = self._counts_for(node) and not self._outranked(node)
         if not first:
-            if no <= said_no or lost <= said:
+            if no <= said_no or (said_no >= 0 and lost <= said):
                 return  # (the survivor that counted says so)
             kept = self._count_later.get(node)
             if kept is None or not _same_life(kept[2], life) or kept[3] < no:
+                # (a count of none too: first later, this node counts by the
+                # newest report its peers hold of that life)
                 self._count_later[node] = (lost, now + self.answer_within(), life, no)
-                self._counted_gen += 1  # (the first hears soon which report it holds)
+                if lost:
+                    self._counted_gen += 1  # (the first hears soon which report it holds)
             return
         kept = self._count_later.get(node)
         if kept is not None and _same_life(kept[2], life):
@@ -2194,39 +2207,47 @@ class Routing:
         """A peer holds ``node``'s life ``life``'s report number ``no``,
         which said ``lost`` (``held``): newer than the one this node holds
         for a death not settled yet, it takes its place; newer than the one
-        it counted by as the first survivor, it counts what it adds. The
-        first survivor that holds nothing of a life it knows ended (it never
-        had a report of it, or its count of that life gave way to the next
-        life's death) counts it by the peer's report."""
+        it counted by as the first survivor, it counts what it adds."""
         if node == self.me:
             return
         provisional = self._provisional.get(node)
-        waiting = False
         if provisional is not None and _same_life(provisional[0], life):
-            waiting = True
             if no > provisional[3]:
                 self._provisional[node] = (provisional[0], lost, provisional[2], no)
         kept = self._count_later.get(node)
-        if kept is not None and _same_life(kept[2], life):
-            waiting = True
-            if no > kept[3]:
-                self._count_later[node] = (lost, kept[1], kept[2], no)
+        if kept is not None and _same_life(kept[2], life) and no > kept[3]:
+            self._count_later[node] = (lost, kept[1], kept[2], no)
         tally = self._tally_of(node, life)
-        if tally is not None:
-            if no > tally[0]:
-                self._count_dead(node, tally[2][1], lost, now, first=True, no=no)
-        elif not waiting and lost and self._ended_here(node, life):
-            if self._counts_for(node) and not self._outranked(node):
-                self._count_dead(node, life, lost, now, first=True, no=no)
+        if tally is not None and no > tally[0]:
+            self._count_dead(node, tally[2][1], lost, now, first=True, no=no)
+        seen = self._lives.get(node)
+        if seen is not None and _same_life(seen, life):
+            # (live here, in that life: this node may declare it dead too)
+            newer = self._newer_reports.get(
+                node, (life, int(self.loads.get(node, {}).get("n", 0)), 0)
+            )
+            if no > newer[1] or not _same_life(newer[0], life):
+                self._newer_reports[node] = (life, no, lost)
 
-    def _ended_here(self, node: str, life: int) -> bool:
-        """Whether this node knows ``node``'s life ``life`` ended, not by a
-        leave: it settled that death, or the node is in a later life."""
-        if self._left(node, life) or _names_life(self._left_lives, node, life):
-            return False
-        return self._known_incarnation(node) >= life + RESTART_GAP or _names_life(
-            self._ended, node, life
-        )
+    def _settle_earlier_life(self, node: str, life: int, now: float) -> None:
+        """``node``'s life ``life`` is declared dead while the death of an
+        earlier life of it is not settled here (this node was frozen
+        through both, or the earlier one's next life died before its first
+        report came): that life ended, and is counted as one seen to end
+        unseen is, by its last reported queue, before its count gives way
+        to the next life's (one per node). Before, it was dropped, and a
+        newer report of it a peer held counted by nobody (simulation
+        plans/lost-then-delivered.json, which passed only because its first
+        survivor, ending its own life in place, counted the first life's
+        report under the second life's name)."""
+        provisional = self._provisional.get(node)
+        if provisional is None or _same_life(provisional[0], life):
+            return
+        del self._provisional[node]
+        first = self._deferred.pop(node, None)
+        if not self._left(node, provisional[0]):
+            self._ended[(node, provisional[0])] = provisional[1]
+            self._count_dead(node, provisional[0], provisional[1], now, first, provisional[3])
 
     def _counted_by_other(
         self, node: str, life: int, now: float, no: int = EXACT, total: int = 1 << 62

@@ -501,10 +501,12 @@ def test_a_count_the_first_survivor_says_it_made_is_not_made_again() -> None:
 # -- a dead life is counted by the newest report of it any survivor holds ------
 
 
-def survivors_of_n2(heard: dict[str, int]) -> dict[str, tuple[Routing, FakeTable]]:
+def survivors_of_n2(
+    heard: dict[str, int], declared: tuple[str, ...] = ("n1", "n3")
+) -> dict[str, tuple[Routing, FakeTable]]:
     """n1 (first by id) and n3 survive n2: each heard n2's load reports up
     to the number ``heard[me]``, report k saying k - 1 queued (cumulative:
-    nothing left n2 meanwhile), and declared it dead."""
+    nothing left n2 meanwhile); those in ``declared`` declared it dead."""
     made = {}
     for me in ("n1", "n3"):
         core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
@@ -512,10 +514,15 @@ def survivors_of_n2(heard: dict[str, int]) -> dict[str, tuple[Routing, FakeTable
         r = Routing(core, table)  # type: ignore[arg-type]
         for no in range(1, heard[me] + 1):
             r.handle(Load("n2", {"channels": 1, "queued": no - 1, "n": no}), 0.0, Fx())
-        del table.incarnations["n2"]
-        r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+        if me in declared:
+            n2_declared_dead(r, table, 1.0)
         made[me] = (r, table)
     return made
+
+
+def n2_declared_dead(r: Routing, table: FakeTable, now: float) -> None:
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), now, Fx())
 
 
 def n2_back_as_a_new_process(survivors: dict[str, tuple[Routing, FakeTable]]) -> None:
@@ -615,12 +622,13 @@ def test_the_first_dead_before_it_hears_of_a_newer_report_leaves_the_rest_counte
     assert counted_by(survivors) == {"n1": 2, "n3": 5}
 
 
-def test_the_first_counts_a_life_it_knew_ended_by_a_peers_report_of_it() -> None:
+def test_a_death_not_settled_when_the_next_life_dies_is_counted_first() -> None:
     """Simulation plans/lost-then-delivered.json (seed 0): n1, the first,
-    frozen while n2 died, then restarted and died again, declared both of
-    n2's lives dead as it thawed; its count of the first life gave way to
-    the second's (one count per node), and only n3 held a report of the
-    first (9 queued). Told of it, n1 knows that life ended and counts it."""
+    frozen while n2 died, restarted and died again, declared both of n2's
+    lives dead as it thawed. Its count of the first life gave way to the
+    second's (one per node) and was never made; n3 held a newer report of
+    the first (9 queued). The first life's death is settled as the second
+    is declared (it ended), and n3's report counted by it."""
     survivors = survivors_of_n2({"n1": 1, "n3": 10})
     (first, t1), (keeper, _) = survivors["n1"], survivors["n3"]
     n2_back_as_a_new_process({"n3": survivors["n3"]})
@@ -633,6 +641,40 @@ def test_the_first_counts_a_life_it_knew_ended_by_a_peers_report_of_it() -> None
     assert counted_by(survivors) == {"n1": 9, "n3": 0}
     talk_until(survivors, 200.0)
     assert counted_by(survivors) == {"n1": 9, "n3": 0}
+
+
+def test_a_newer_report_a_peer_holds_of_a_node_still_live_here_counts_at_its_death() -> None:
+    """Frames reach a node in order, not with the member table's view: n1
+    hears that n3 holds n2's report 8 (7 queued) of a death n1 has not
+    declared yet (n2 is still live here, n1 heard only report 1). When n1
+    declares it dead, it counts by report 8."""
+    survivors = survivors_of_n2({"n1": 1, "n3": 8}, declared=("n3",))
+    (first, t1), (keeper, _) = survivors["n1"], survivors["n3"]
+    tell(keeper, first, 1.1)
+    n2_declared_dead(first, t1, 1.2)
+    n2_back_as_a_new_process(survivors)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+    talk_until(survivors, 200.0)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+
+
+def test_a_survivor_that_counts_none_keeps_it_for_a_newer_report_of_a_peer() -> None:
+    """Simulation seed 266 unshrunk: a survivor that settles a death while
+    another would count it keeps its count even when its report says none
+    (it is outranked, or not the first): told of a peer's newer report, and
+    the first after all (that peer dies before it counts), it counts by
+    that report. Kept only when it says something, the 12 messages n0's
+    newest report held were counted by nobody there."""
+    survivors = survivors_of_n2({"n1": 8, "n3": 1})
+    (first, _), (keeper, t3) = survivors["n1"], survivors["n3"]
+    n2_back_as_a_new_process({"n3": survivors["n3"]})  # (n1 has not seen it yet)
+    assert keeper._count_later, "n3 keeps its count of none for the first"
+    tell(first, keeper, 1.7)  # (n1 holds report 8 of n2, 7 queued)
+    del t3.incarnations["n1"]
+    keeper.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 2.0, Fx())
+    for t in (2.0, 2.0 + keeper.answer_within(), 100.0):
+        keeper.tick(t, Fx())
+    assert counted_by(survivors) == {"n1": 0, "n3": 7}
 
 
 def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
