@@ -437,7 +437,7 @@ class Routing:
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
         self._last_load = 0.0
-        self._reported_seq: tuple[int, ...] = (-1,)
+        self._reported_seq: tuple[int, int, int] = (-1, 0, 0)
         self._ticked_at = 0.0
         #: how soon after messages were queued a report goes (at most)
         self._soon = load_interval / 20
@@ -2641,24 +2641,10 @@ class Routing:
         """Whether relayed requests wait for their owners' answers here."""
         return bool(self._pending)
 
-    def _load_seq(self) -> tuple[int, ...]:
-        """What moves a load report sooner: the queues (a message queued,
-        delivered, handed to another owner or dropped: what a survivor
-        counts lost if this node dies is its last report's queue, and one
-        that still says messages this node no longer held had them counted
-        twice, or as lost once delivered), what is parked, and the dead
-        lives this node counted (the others keep a count for it)."""
-        core = self.core
-        q = core.queues.counters
-        dropped = q.dropped_expired + q.dropped_receiver_gone + core.counters.dropped_dead_owner
-        return (
-            core.queues.seq,
-            q.delivered,
-            self.counters["handed_off"],
-            dropped,
-            self.parked_count(),
-            self._counted_gen,
-        )
+    def _load_seq(self) -> tuple[int, int, int]:
+        """What moves a load report sooner: the queues, what is parked, and
+        the dead lives this node counted (the others keep a count for it)."""
+        return (self.core.queues.seq, self.parked_count(), self._counted_gen)
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep, held relays."""

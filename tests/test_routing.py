@@ -677,28 +677,6 @@ def test_a_survivor_that_counts_none_keeps_it_for_a_newer_report_of_a_peer() -> 
     assert counted_by(survivors) == {"n1": 0, "n3": 7}
 
 
-def test_a_load_report_goes_soon_after_the_queue_shrinks_as_after_it_grows() -> None:
-    """What a SIGKILL takes with a node is counted from its newest load
-    report, which goes soon after a message is queued; one that goes only a
-    second after the queue shrank (a delivery, a handover, a drop) says
-    messages the node no longer holds, counted lost once delivered or
-    counted twice (CI seed 260, soak seeds 415 and 656: counted by the
-    newest report of a dead life, the node's own dead_owner drops and a
-    handover's items were counted again)."""
-    r, core, _ = routing()
-    core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
-    core.handle(b"A", [(MsgType.SEND, (1, "asgi|q", b"m", 10))], 0.0, ClusterWork())
-    fx = Fx()
-    r.tick(1.0, fx)  # (the first report, which says it)
-    assert [m.load["queued"] for _, m in fx.peers if isinstance(m, Load)] == [1]
-    core.handle(b"A", [(MsgType.RECV, ("asgi|q", 1))], 1.01, ClusterWork())
-    assert core.queues.queued() == 0  # (delivered)
-    fx = Fx()
-    r.tick(1.0 + r._soon, fx)
-    assert [m.load["queued"] for _, m in fx.peers if isinstance(m, Load)] == [0]
-    assert r.next_deadline() >= 1.0 + r.load_interval, "and no report more until then"
-
-
 def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
     r, table = survivor("n1")
     renewed = START + RESTART_GAP + 5
