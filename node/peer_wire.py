@@ -94,8 +94,26 @@ RELAYED_BACK = frozenset(
 #: and "counted" ([[node, incarnation]...]: dead lives whose loss it counted
 #: as the first survivor; the others drop the count they kept for it)
 #: and "left" ([[node, incarnation]...]: lives it saw leave cleanly; a node
-#: that declared one dead, cut off from its LEFT, counts nothing for it).
-LOAD_KEYS = ("channels", "queued", "drops", "at", "fenced", "links", "parked", "counted", "left")
+#: that declared one dead, cut off from its LEFT, counts nothing for it)
+#: and "n" (the report's number in the sender's life: a newer report of a
+#: life has a higher one), "held" ([[node, incarnation, report number,
+#: lost]...]: which report of each dead life it holds, for the first survivor
+#: to count the newest) and "tallied" (the same shape: dead lives it counted
+#: as the first survivor, by which report, and how many in all).
+LOAD_KEYS = (
+    "channels",
+    "queued",
+    "drops",
+    "at",
+    "fenced",
+    "links",
+    "parked",
+    "counted",
+    "left",
+    "n",
+    "held",
+    "tallied",
+)
 
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
@@ -528,6 +546,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 or (k == "fenced" and _two_ints(v))
                 or (k == "links" and _link_states(v))
                 or (k in ("counted", "left") and _lives(v))
+                or (k in ("held", "tallied") and _life_counts(v))
             )
         }
         return Load(f[0], load)
@@ -584,6 +603,21 @@ def _lives(value: object) -> bool:
         and all(
             type(v) is list and len(v) == 2 and type(v[0]) is str and type(v[1]) is int
             for v in value
+        )
+    )
+
+
+def _life_counts(value: object) -> bool:
+    """``[[node, incarnation, report number, count]...]``, at most 64."""
+    return (
+        type(value) is list
+        and len(value) <= 64
+        and all(
+            type(e) is list
+            and len(e) == 4
+            and type(e[0]) is str
+            and all(type(x) is int and x >= 0 for x in e[1:])
+            for e in value
         )
     )
 

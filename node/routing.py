@@ -103,6 +103,9 @@ _CREEP_SPAN = 60.0
 #: short of the truth by at most the fastest delay it saw from the origin
 #: (and ``_CREEP``); a loopback or LAN hop is far below this.
 RELAY_FRESH_MARGIN = 0.1
+#: The number a dead life's count carries once its fence report gave the
+#: exact loss: above every load report's number (``Routing._count_dead``).
+EXACT = 1 << 62
 
 
 def _same_life(a: int, b: int) -> bool:
@@ -278,9 +281,9 @@ class Routing:
         self._fenced = fenced
         #: deaths this node counts the loss of (``_counts_for``): node ->
         #: (its incarnation then, its last reported queue, when to presume
-        #: it lost), counted once it is known how that life ended
-        #: (``_settle_death``)
-        self._provisional: dict[str, tuple[int, int, float]] = {}
+        #: it lost, that report's number), counted once it is known how that
+        #: life ended (``_settle_death``)
+        self._provisional: dict[str, tuple[int, int, float, int]] = {}
         #: (node, incarnation) of ended lives already counted: None when
         #: exactly (a fence report), else the estimate counted (its last
         #: reported queue)
@@ -398,15 +401,30 @@ class Routing:
         self.counters: Counter[str] = Counter()
         self._next_load = 0.0
         #: losses with dead lives another survivor should count, kept in
-        #: case it is dead too (``_count_dead``): node -> (lost, until, life)
-        self._count_later: dict[str, tuple[int, float, int]] = {}
-        #: dead lives (node, incarnation) this node counted the loss of, as
-        #: the first survivor, named in its load reports until then (the
-        #: others drop what they kept for it: ``_count_dead``)
+        #: case it is dead too (``_count_dead``): node -> (lost, until, life,
+        #: the number of the report that said it)
+        self._count_later: dict[str, tuple[int, float, int, int]] = {}
+        #: dead lives (node, incarnation) this node counted a loss of, as
+        #: the first survivor, named in its load reports until then (peers
+        #: of an older version drop what they kept for it: ``_count_dead``)
         self._counted: dict[tuple[str, int], float] = {}
+        #: dead lives this node counted, as the first survivor -> (the
+        #: number of the newest report of that life it knows, what it
+        #: counted in all, until when it is named in its load reports as
+        #: "tallied"): a survivor that holds a newer report sends it
+        #: ("held"), and this node counts what that adds
+        self._tallies: dict[tuple[str, int], tuple[int, int, float]] = {}
         self._counted_gen = 0
-        #: dead lives another survivor said it counted -> until when known
-        self._counted_elsewhere: dict[tuple[str, int], float] = {}
+        #: dead lives another survivor said it counted -> (until when known,
+        #: the number of the report it counted by, what it counted in all)
+        self._counted_elsewhere: dict[tuple[str, int], tuple[float, int, int]] = {}
+        #: the number of this life's last load report (``_report``)
+        self._report_no = 0
+        #: node live here -> (its life, report number, lost) of a report of
+        #: it newer than its last one here, held by a peer that declared it
+        #: dead (``_heard_held``): what this node counts if it declares that
+        #: life dead too
+        self._newer_reports: dict[str, tuple[int, int, int]] = {}
         #: lives (node, incarnation) a peer said left cleanly -> until when
         #: known: a death this node declared for one is not counted
         #: (``_left_elsewhere``)
@@ -586,11 +604,23 @@ class Routing:
 
     def _report(self, now: float) -> dict[str, Any]:
         """The load report sent to peers: ``load()``, stamped with our clock."""
-        report: dict[str, Any] = {**self.load(), "at": now, **self.report_extra()}
+        self._report_no += 1
+        report: dict[str, Any] = {
+            **self.load(),
+            "at": now,
+            "n": self._report_no,
+            **self.report_extra(),
+        }
         if self._fenced is not None:
             report["fenced"] = list(self._fenced)
         if self._counted:
             report["counted"] = [[n, life] for n, life in list(self._counted)[-32:]]
+        if self._tallies:
+            tallies = list(self._tallies.items())[-32:]
+            report["tallied"] = [[n, life, no, total] for (n, life), (no, total, _) in tallies]
+        held = self._held()
+        if held:
+            report["held"] = held[-32:]
         # (the lives heard to leave, here or from a peer: kept across a
         # fence, so a node that ended its life in place still says what its
         # earlier life heard: simulation seed 6's second shrink)
@@ -1232,8 +1262,15 @@ class Routing:
                     if isinstance(at, float):
                         self._lag(msg.origin, at, now)  # (a clock sample every second)
                     fenced = load.pop("fenced", None)
-                    for node, life in load.pop("counted", ()):
-                        self._counted_by_other(node, life, now)
+                    counted = load.pop("counted", ())
+                    if "tallied" in load:  # (its "counted" is for older peers)
+                        for node, life, no, total in load.pop("tallied"):
+                            self._counted_by_other(node, life, now, no, total)
+                    else:
+                        for node, life in counted:
+                            self._counted_by_other(node, life, now)
+                    for node, life, no, lost in load.pop("held", ()):
+                        self._heard_held(node, life, no, lost, now)
                     for node, life in load.pop("left", ()):
                         self._left_elsewhere_said(node, life, now)
                     self._settle_death(msg.origin, fenced, now)
@@ -1938,8 +1975,14 @@ class Routing:
         # (a node that left cleanly handed its queues over first)
         load = self.loads.pop(node, {})
         lost = int(load.get("queued", 0)) + int(load.get("parked", 0))
+        no = int(load.get("n", 0))
+        newer = self._newer_reports.pop(node, None)
+        if newer is not None and _same_life(newer[0], incarnation) and newer[1] > no:
+            _, no, lost = newer
         if died:  # (every survivor: which one counts is decided at the count)
-            self._provisional[node] = (incarnation, lost, now + self.presume_dead_after())
+            self._settle_earlier_life(node, incarnation, now)
+            until = now + self.presume_dead_after()
+            self._provisional[node] = (incarnation, lost, until, no)
         if not died:
             self._park_life(node, incarnation, now)
             # (a LEFT after this node declared that life dead: gossip from a
@@ -2007,16 +2050,16 @@ class Routing:
                         # the estimate: counted already, counters never go
                         # back.
                         self._ended[(n, e)] = None
-                        if lost > estimate:
-                            self._count_dead(node, e, lost - estimate, now)
+                        self._count_dead(node, e, lost, now, no=EXACT)
                     return  # (counted: by this report before, or by the estimate)
             self._ended[(node, life)] = None
             provisional = self._provisional.get(node)
             if provisional is not None and life <= provisional[0] < life + RESTART_GAP:
                 del self._provisional[node]
-                self._count_dead(node, provisional[0], lost, now)
+                self._count_dead(node, provisional[0], lost, now, no=EXACT)
             elif provisional is None:
-                self._count_dead(node, life, lost, now)  # (it ended a life nobody declared dead)
+                # (it ended a life nobody declared dead)
+                self._count_dead(node, life, lost, now, no=EXACT)
             return
         provisional = self._provisional.get(node)
         if provisional is None:
@@ -2045,7 +2088,7 @@ class Routing:
             del self._provisional[node]
             # (a fence report coming late counts what it adds to this)
             self._ended[(node, provisional[0])] = provisional[1]
-            self._count_dead(node, provisional[0], provisional[1], now, first)
+            self._count_dead(node, provisional[0], provisional[1], now, first, provisional[3])
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
@@ -2060,57 +2103,173 @@ class Routing:
         self._count_later.update(old._count_later)
         self._ended |= old._ended
         self._counted.update(old._counted)
+        self._tallies.update(old._tallies)
         self._counted_elsewhere.update(old._counted_elsewhere)
         self._left_elsewhere.update(old._left_elsewhere)
         self._deferred.update(old._deferred)
 
     def _count_dead(
-        self, node: str, life: int, lost: int, now: float, first: bool | None = None
+        self,
+        node: str,
+        life: int,
+        lost: int,
+        now: float,
+        first: bool | None = None,
+        no: int = EXACT,
     ) -> None:
-        """What died with ``node``'s life is counted by one survivor: the
+        """What died with ``node``'s life, ``lost`` by its report number
+        ``no`` (``EXACT``: its fence report), is counted by one survivor: the
         live one in its oldest life (``_counts_for``). If that is another
         node, this one keeps the
         count for ``answer_within``: the other may be dead too, not yet
         declared (simulation seed 68: two nodes killed a second apart; the
         survivor left waited for the first dead one to count the second),
         and if this node becomes the first meanwhile, it counts. Unless the
-        first said it counted that life (``counted`` in its load reports,
-        sent soon after it counts): then it was only slow or cut off, or
-        died after counting (simulation seed 27: the first survivor counted
-        a killed node's queue and was killed and restarted 0.26 s later, and
-        the keeper, first then, counted it again). ``first``: whether this
-        node was the one when the count was held back (``_settle_death``)."""
-        if not lost:
-            return
-        if self._was_counted(node, life):
-            self._count_later.pop(node, None)  # (the survivor that counted says so)
-            return
+        first said it counted that life (``tallied`` in its load reports,
+        sent soon after it counts) by a report as new as this one: then it
+        was only slow or cut off, or died after counting (simulation seed
+        27: the first survivor counted a killed node's queue and was killed
+        and restarted 0.26 s later, and the keeper, first then, counted it
+        again). ``first``: whether this node was the one when the count was
+        held back (``_settle_death``).
+
+        The count is of the newest report of that life any survivor holds,
+        not of the first survivor's: the survivors' reports of a life differ
+        when one was frozen or cut off from it (simulation seed 266, plans/
+        leaver-alone-in-partition-counted-from-the-newest-report.json: n0
+        left alone in a partition, leaving its last reported queue, 7, to
+        its peers; n3 held that report, n2, first, the one from before its
+        freeze, of none, and nobody counted the 7). So every survivor says
+        which report of a dead life it holds (``held`` in its load reports,
+        soon after it declares the death or keeps a count), the first counts
+        what a newer one adds to what it counted (counters never go back: a
+        newer report of fewer adds nothing), and says by which report it
+        counted; a survivor keeps its count until the first's covers it."""
+        said_no, said = self._said(node, life)
         if first is None:
             first = self._counts_for(node) and not self._outranked(node)
-        if first:
-            self._count_later.pop(node, None)
-            self.counters["lost_in_dead_nodes"] += lost
-            self._counted[(node, life)] = now + GONE_MEMORY
+        if not first:
+            if no <= said_no or (said_no >= 0 and lost <= said):
+                return  # (the survivor that counted says so)
+            kept = self._count_later.get(node)
+            if kept is None or not _same_life(kept[2], life) or kept[3] < no:
+                # (a count of none too: first later, this node counts by the
+                # newest report its peers hold of that life)
+                self._count_later[node] = (lost, now + self.answer_within(), life, no)
+                if lost:
+                    self._counted_gen += 1  # (the first hears soon which report it holds)
+            return
+        kept = self._count_later.get(node)
+        if kept is not None and _same_life(kept[2], life):
+            del self._count_later[node]
+            if kept[3] > no:  # (a newer report was given to it meanwhile)
+                lost, no = kept[0], kept[3]
+        tally = self._tally_of(node, life)
+        if tally is not None:
+            said_no, said = max(said_no, tally[0]), max(said, tally[1])
+        if no <= said_no:
+            return  # (counted by a report as new)
+        key = (node, life) if tally is None else tally[2]
+        self._tallies[key] = (no, max(said, lost), now + GONE_MEMORY)
+        if lost > said:  # (counting nothing, it says so in its next report)
             self._counted_gen += 1
-            log.warning("node %s died with %d queued messages (lost)", node, lost)
-        else:  # (added to a count kept already: a fence report's correction)
-            kept = self._count_later.get(node, (0, now, life))[0]
-            self._count_later[node] = (kept + lost, now + self.answer_within(), life)
+            self.counters["lost_in_dead_nodes"] += lost - said
+            self._counted[key] = now + GONE_MEMORY
+            log.warning("node %s died with %d queued messages (lost)", node, lost - said)
 
-    def _was_counted(self, node: str, life: int) -> bool:
-        return _names_life(self._counted_elsewhere, node, life)
+    def _tally_of(self, node: str, life: int) -> tuple[int, int, tuple[str, int]] | None:
+        """(the report number, what was counted in all, the key) of what this
+        node counted for ``node``'s life ``life``."""
+        for (n, e), (no, total, _) in self._tallies.items():
+            if n == node and _same_life(e, life):
+                return no, total, (n, e)
+        return None
 
-    def _counted_by_other(self, node: str, life: int, now: float) -> None:
-        """A peer says (its load report) it counted what died with ``node``'s
-        life ``life``: what this node kept for it is dropped."""
+    def _said(self, node: str, life: int) -> tuple[int, int]:
+        """(the newest report number, the most counted) by which peers said
+        they counted ``node``'s life ``life``; (-1, 0) if none did."""
+        said_no, said = -1, 0
+        for (n, e), (_, no, total) in self._counted_elsewhere.items():
+            if n == node and _same_life(e, life):
+                said_no, said = max(said_no, no), max(said, total)
+        return said_no, said
+
+    def _held(self) -> list[list[Any]]:
+        """Which report of each dead life this node holds and has not
+        counted (``held`` in its load reports): [node, life, report number,
+        lost], for the first survivor to count the newest
+        (``_count_dead``)."""
+        held = [[n, p[0], p[3], p[1]] for n, p in self._provisional.items()]
+        held += [[n, k[2], k[3], k[0]] for n, k in self._count_later.items()]
+        return held
+
+    def _heard_held(self, node: str, life: int, no: int, lost: int, now: float) -> None:
+        """A peer holds ``node``'s life ``life``'s report number ``no``,
+        which said ``lost`` (``held``): newer than the one this node holds
+        for a death not settled yet, it takes its place; newer than the one
+        it counted by as the first survivor, it counts what it adds."""
         if node == self.me:
             return
-        self._counted_elsewhere.setdefault((node, life), now + GONE_MEMORY)
-        self._drop_kept(node, life)
+        provisional = self._provisional.get(node)
+        if provisional is not None and _same_life(provisional[0], life):
+            if no > provisional[3]:
+                self._provisional[node] = (provisional[0], lost, provisional[2], no)
+        kept = self._count_later.get(node)
+        if kept is not None and _same_life(kept[2], life) and no > kept[3]:
+            self._count_later[node] = (lost, kept[1], kept[2], no)
+        tally = self._tally_of(node, life)
+        if tally is not None and no > tally[0]:
+            self._count_dead(node, tally[2][1], lost, now, first=True, no=no)
+        seen = self._lives.get(node)
+        if seen is not None and _same_life(seen, life):
+            # (live here, in that life: this node may declare it dead too)
+            newer = self._newer_reports.get(
+                node, (life, int(self.loads.get(node, {}).get("n", 0)), 0)
+            )
+            if no > newer[1] or not _same_life(newer[0], life):
+                self._newer_reports[node] = (life, no, lost)
+
+    def _settle_earlier_life(self, node: str, life: int, now: float) -> None:
+        """``node``'s life ``life`` is declared dead while the death of an
+        earlier life of it is not settled here (this node was frozen
+        through both, or the earlier one's next life died before its first
+        report came): that life ended, and is counted as one seen to end
+        unseen is, by its last reported queue, before its count gives way
+        to the next life's (one per node). Before, it was dropped, and a
+        newer report of it a peer held counted by nobody (simulation
+        plans/lost-then-delivered.json, which passed only because its first
+        survivor, ending its own life in place, counted the first life's
+        report under the second life's name)."""
+        provisional = self._provisional.get(node)
+        if provisional is None or _same_life(provisional[0], life):
+            return
+        del self._provisional[node]
+        first = self._deferred.pop(node, None)
+        if not self._left(node, provisional[0]):
+            self._ended[(node, provisional[0])] = provisional[1]
+            self._count_dead(node, provisional[0], provisional[1], now, first, provisional[3])
+
+    def _counted_by_other(
+        self, node: str, life: int, now: float, no: int = EXACT, total: int = 1 << 62
+    ) -> None:
+        """A peer says (its load report) it counted what died with ``node``'s
+        life ``life``, ``total`` in all by that life's report number ``no``
+        (a peer of an older version says neither: all of it): what this node
+        kept for it is dropped if that covers it."""
+        if node == self.me:
+            return
+        key = (node, life)
+        _, said_no, said = self._counted_elsewhere.get(key, (0.0, -1, 0))
+        self._counted_elsewhere[key] = (now + GONE_MEMORY, max(said_no, no), max(said, total))
+        said_no, said = self._said(node, life)
+        kept = self._count_later.get(node)
+        if kept is not None and _same_life(kept[2], life):
+            if kept[3] <= said_no or kept[0] <= said:
+                del self._count_later[node]
 
     def _drop_kept(self, node: str, life: int) -> None:
-        """Drop the count this node kept for ``node``'s life ``life`` (a
-        peer counted it, or it ended by a leave)."""
+        """Drop the count this node kept for ``node``'s life ``life`` (it
+        ended by a leave)."""
         kept = self._count_later.get(node)
         if kept is not None and _same_life(kept[2], life):
             del self._count_later[node]
@@ -2453,8 +2612,9 @@ class Routing:
             deadline = min(deadline, self._relays_until)
         if self._held_frames:
             deadline = min(deadline, self._frames_until)
-        for _, until, _ in self._count_later.values():
-            deadline = min(deadline, until)
+        for _, until, _, _ in self._count_later.values():
+            if until > self._ticked_at:  # (one past is kept for a peer's word)
+                deadline = min(deadline, until)
         for until, _ in self._parked_flight.values():
             deadline = min(deadline, until)
         if self._load_seq() != self._reported_seq:
@@ -2555,16 +2715,23 @@ class Routing:
             self._settle_death(node, None, now, presumed=True)
         if self._deferred:
             self._settle_deferred(now)
-        for node, (lost, until, dead_life) in list(self._count_later.items()):
+        for node, (lost, until, dead_life, no) in list(self._count_later.items()):
             if self._counts_for(node):
                 if until > now and self._outranked(node):
                     continue  # (the peer before this one may be alive and count)
-                self._count_dead(node, dead_life, lost, now, first=True)
-            elif until <= now:
-                del self._count_later[node]  # (the first survivor counted it)
-        for counted in (self._counted, self._counted_elsewhere, self._left_elsewhere):
+                self._count_dead(node, dead_life, lost, now, first=True, no=no)
+            elif until + GONE_MEMORY <= now:
+                # (the first survivor, told of it, says when it counted it:
+                # until then this node keeps it, in case that survivor dies
+                # first, or ends the life's count by an older report)
+                del self._count_later[node]
+        for counted in (self._counted, self._left_elsewhere):
             for ended in [k for k, until in counted.items() if until <= now]:
                 del counted[ended]
+        for said in [k for k, (until, _, _) in self._counted_elsewhere.items() if until <= now]:
+            del self._counted_elsewhere[said]
+        for tally in [k for k, (_, _, until) in self._tallies.items() if until <= now]:
+            del self._tallies[tally]
         for client in [c for c, until in self._leaving.items() if until <= now]:
             self._forget_virtual(client, now, fx)
         for life in [life for life, until in self._left_lives.items() if until <= now]:

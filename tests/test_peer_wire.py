@@ -406,6 +406,21 @@ def test_a_load_report_keeps_only_what_it_may_carry() -> None:
     ):
         frame = encode(MsgType.PEER_LOAD, "n2", {"links": bad, "queued": 1})
         assert decode_peer(frame) == [Load("n2", {"queued": 1})]
+    # which report of a dead life a survivor holds, and which the first counted by
+    for key in ("held", "tallied"):
+        counts = [["n1", 7, 3, 5], ["n0", 9, 1 << 62, 0]]
+        frame = encode(MsgType.PEER_LOAD, "n2", {key: counts, "n": 4})
+        assert decode_peer(frame) == [Load("n2", {key: counts, "n": 4})]
+        for bad in (
+            [["n1", 7, 3]],
+            [["n1", 7, 3, "5"]],
+            [["n1", 7, -1, 5]],
+            [[1, 7, 3, 5]],
+            [["n1", 7, 3, True]],
+            [["n1", 7, 3, 5]] * 65,
+        ):
+            frame = encode(MsgType.PEER_LOAD, "n2", {key: bad, "queued": 1})
+            assert decode_peer(frame) == [Load("n2", {"queued": 1})]
 
 
 @pytest.mark.parametrize(

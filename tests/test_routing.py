@@ -498,6 +498,185 @@ def test_a_count_the_first_survivor_says_it_made_is_not_made_again() -> None:
     assert reports and reports[-1]["counted"] == [["n2", START]]
 
 
+# -- a dead life is counted by the newest report of it any survivor holds ------
+
+
+def survivors_of_n2(
+    heard: dict[str, int], declared: tuple[str, ...] = ("n1", "n3")
+) -> dict[str, tuple[Routing, FakeTable]]:
+    """n1 (first by id) and n3 survive n2: each heard n2's load reports up
+    to the number ``heard[me]``, report k saying k - 1 queued (cumulative:
+    nothing left n2 meanwhile); those in ``declared`` declared it dead."""
+    made = {}
+    for me in ("n1", "n3"):
+        core = NodeCore(CoreSettings(me, "aaaaaa", str(START), 3.0, 1 << 20))
+        table = FakeTable({"n1": START, "n2": START, "n3": START}, node_id=me)
+        r = Routing(core, table)  # type: ignore[arg-type]
+        for no in range(1, heard[me] + 1):
+            r.handle(Load("n2", {"channels": 1, "queued": no - 1, "n": no}), 0.0, Fx())
+        if me in declared:
+            n2_declared_dead(r, table, 1.0)
+        made[me] = (r, table)
+    return made
+
+
+def n2_declared_dead(r: Routing, table: FakeTable, now: float) -> None:
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), now, Fx())
+
+
+def n2_back_as_a_new_process(survivors: dict[str, tuple[Routing, FakeTable]]) -> None:
+    """n2's life ended: it is back as a new process, its first report in."""
+    renewed = START + 60 * RESTART_GAP
+    for r, table in survivors.values():
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 1.5, Fx())
+        r.handle(Load("n2", {"channels": 0, "queued": 0, "n": 1}), 1.6, Fx())
+
+
+def tell(source: Routing, to: Routing, now: float) -> None:
+    """``source``'s load report reaches ``to``."""
+    to.handle(Load(source.me, source._report(now)), now, Fx())
+
+
+def counted_by(survivors: dict[str, tuple[Routing, FakeTable]]) -> dict[str, int]:
+    return {me: r.counters["lost_in_dead_nodes"] for me, (r, _) in survivors.items()}
+
+
+def talk_until(survivors: dict[str, tuple[Routing, FakeTable]], end: float) -> None:
+    """Every live survivor ticks and reports to the others, until ``end``."""
+    for t in (2.0, 3.0, 5.0, 10.0, 40.0, 80.0, end):
+        live = [r for r, _ in survivors.values() if r.me in r.table.live()]
+        for r in live:
+            r.tick(t, Fx())
+            for other in live:
+                if other is not r:
+                    tell(r, other, t)
+
+
+def test_a_dead_life_is_counted_by_the_newest_report_any_survivor_holds() -> None:
+    """Simulation seed 266 (plans/leaver-alone-in-partition-counted-from-
+    the-newest-report.json): the survivor that counts a dead life (here n1,
+    the first) held an older report of it than another (n3, outranked),
+    and the 7 messages the newer report said were counted by nobody. Every
+    accepted message is delivered or counted once: the cluster counts a
+    dead life once, by the newest report of it any survivor holds, in
+    whichever order the survivors hear each other."""
+    for first_speaks_first in (True, False):
+        survivors = survivors_of_n2({"n1": 1, "n3": 8})
+        n2_back_as_a_new_process(survivors)
+        (first, _), (keeper, _) = survivors["n1"], survivors["n3"]
+        assert counted_by(survivors) == {"n1": 0, "n3": 0}, "n1 counted by report 1"
+        if first_speaks_first:
+            tell(first, keeper, 1.7)
+            keeper.tick(1.7 + keeper.answer_within(), Fx())
+            assert keeper._count_later, "n3 keeps 7 until the first counts by report 8"
+        tell(keeper, first, 1.8)
+        assert counted_by(survivors) == {"n1": 7, "n3": 0}
+        tell(first, keeper, 1.9)
+        assert keeper._count_later == {}, "the first's count covers it"
+        talk_until(survivors, 200.0)
+        assert counted_by(survivors) == {"n1": 7, "n3": 0}, first_speaks_first
+
+
+def test_a_newer_report_heard_before_the_count_is_the_one_counted() -> None:
+    """The first survivor, told of a newer report of a death it has not
+    settled yet, counts by that one when it settles."""
+    survivors = survivors_of_n2({"n1": 3, "n3": 8})
+    tell(survivors["n3"][0], survivors["n1"][0], 1.2)
+    n2_back_as_a_new_process(survivors)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+    talk_until(survivors, 200.0)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+
+
+def test_a_survivor_with_an_older_report_than_the_first_counts_nothing() -> None:
+    """n3 holds an older report of n2 (2 queued) than n1, the first (7):
+    n1 counts 7 by its report, and n3, told by which report it counted,
+    counts nothing, not even once n1 has died and it is the first."""
+    survivors = survivors_of_n2({"n1": 8, "n3": 3})
+    n2_back_as_a_new_process(survivors)
+    (first, _), (keeper, table) = survivors["n1"], survivors["n3"]
+    tell(first, keeper, 1.7)
+    assert keeper._count_later == {}
+    del table.incarnations["n1"]
+    keeper.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 2.0, Fx())
+    for t in (3.0, 10.0, 100.0):
+        keeper.tick(t, Fx())
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+
+
+def test_the_first_dead_before_it_hears_of_a_newer_report_leaves_the_rest_counted() -> None:
+    """n1, the first, counted n2's life by an older report (2 of 7) and
+    died before n3's newer one reached it: n3, first then, counts what its
+    report adds to what n1 said it counted, 5."""
+    survivors = survivors_of_n2({"n1": 3, "n3": 8})
+    n2_back_as_a_new_process(survivors)
+    (first, _), (keeper, table) = survivors["n1"], survivors["n3"]
+    assert counted_by(survivors) == {"n1": 2, "n3": 0}
+    tell(first, keeper, 1.7)
+    del table.incarnations["n1"]
+    keeper.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 3.0, Fx())
+    for t in (3.0, 3.0 + keeper.answer_within(), 100.0):
+        keeper.tick(t, Fx())
+    assert counted_by(survivors) == {"n1": 2, "n3": 5}
+
+
+def test_a_death_not_settled_when_the_next_life_dies_is_counted_first() -> None:
+    """Simulation plans/lost-then-delivered.json (seed 0): n1, the first,
+    frozen while n2 died, restarted and died again, declared both of n2's
+    lives dead as it thawed. Its count of the first life gave way to the
+    second's (one per node) and was never made; n3 held a newer report of
+    the first (9 queued). The first life's death is settled as the second
+    is declared (it ended), and n3's report counted by it."""
+    survivors = survivors_of_n2({"n1": 1, "n3": 10})
+    (first, t1), (keeper, _) = survivors["n1"], survivors["n3"]
+    n2_back_as_a_new_process({"n3": survivors["n3"]})
+    assert keeper._count_later, "n3 keeps n2's 9 for the first survivor"
+    renewed = START + 60 * RESTART_GAP
+    t1.incarnations["n2"] = renewed  # (n1 hears of n2's next life only as it dies)
+    del t1.incarnations["n2"]
+    first.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+    tell(keeper, first, 2.1)
+    assert counted_by(survivors) == {"n1": 9, "n3": 0}
+    talk_until(survivors, 200.0)
+    assert counted_by(survivors) == {"n1": 9, "n3": 0}
+
+
+def test_a_newer_report_a_peer_holds_of_a_node_still_live_here_counts_at_its_death() -> None:
+    """Frames reach a node in order, not with the member table's view: n1
+    hears that n3 holds n2's report 8 (7 queued) of a death n1 has not
+    declared yet (n2 is still live here, n1 heard only report 1). When n1
+    declares it dead, it counts by report 8."""
+    survivors = survivors_of_n2({"n1": 1, "n3": 8}, declared=("n3",))
+    (first, t1), (keeper, _) = survivors["n1"], survivors["n3"]
+    tell(keeper, first, 1.1)
+    n2_declared_dead(first, t1, 1.2)
+    n2_back_as_a_new_process(survivors)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+    talk_until(survivors, 200.0)
+    assert counted_by(survivors) == {"n1": 7, "n3": 0}
+
+
+def test_a_survivor_that_counts_none_keeps_it_for_a_newer_report_of_a_peer() -> None:
+    """Simulation seed 266 unshrunk: a survivor that settles a death while
+    another would count it keeps its count even when its report says none
+    (it is outranked, or not the first): told of a peer's newer report, and
+    the first after all (that peer dies before it counts), it counts by
+    that report. Kept only when it says something, the 12 messages n0's
+    newest report held were counted by nobody there."""
+    survivors = survivors_of_n2({"n1": 8, "n3": 1})
+    (first, _), (keeper, t3) = survivors["n1"], survivors["n3"]
+    n2_back_as_a_new_process({"n3": survivors["n3"]})  # (n1 has not seen it yet)
+    assert keeper._count_later, "n3 keeps its count of none for the first"
+    tell(first, keeper, 1.7)  # (n1 holds report 8 of n2, 7 queued)
+    del t3.incarnations["n1"]
+    keeper.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 2.0, Fx())
+    for t in (2.0, 2.0 + keeper.answer_within(), 100.0):
+        keeper.tick(t, Fx())
+    assert counted_by(survivors) == {"n1": 0, "n3": 7}
+
+
 def test_a_node_that_ended_its_life_in_place_reports_exactly_what_it_lost() -> None:
     r, table = survivor("n1")
     renewed = START + RESTART_GAP + 5

@@ -582,7 +582,10 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "40 of 300 seeds (38 before nodes called their configured seeds when not alone, and the "
+    "33 of 300 seeds (40 before a dead life was counted by the newest report of it any "
+    "survivor holds, not the first survivor's own: seeds 42, 77, 92, 133, 157, 240, 266 "
+    "pass, plans/leaver-alone-in-partition-counted-from-the-newest-report.json; "
+    "38 before nodes called their configured seeds when not alone, and the "
     "final count waited for parked deliveries, which moved timings; 42 before a link sent "
     "everything again at once when its peer "
     "acknowledged a gap, soak seed 957's shrink, plans/reset-gap-filled-before-the-peer-"
@@ -624,7 +627,10 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(9 of 300 seeds: 52, 65, 95, 166, 176, 222, 241, 247, 283, since nodes call their "
+    "(10 of 300 seeds: 52, 65, 95, 166, 176, 222, 241, 247, 260, 283, since a dead life is "
+    "counted by the newest report of it any survivor holds: seed 260's newest report said "
+    "8 queued that the killed node had handed over after it, which the first survivor's "
+    "older report hid; 9 before: 52, 65, 95, 166, 176, 222, 241, 247, 283, since nodes call their "
     "configured seeds when not alone and a parked delivery waits as long as the dead are "
     "remembered, which moved timings; before, 52, 95, 176, 222, 226, 240, 241, 247, 283, "
     "since a node finds every "
