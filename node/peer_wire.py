@@ -115,6 +115,18 @@ LOAD_KEYS = (
     "tallied",
 )
 
+#: PEER_RELAY's layout (and PEER_RELAY_STAMPED's: the same fields).
+_RELAY_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("origin", str),
+    ("incarnation", int),
+    ("conn", bytes),
+    ("session", str),
+    ("expiry", _NUM),
+    ("hops", int),
+    ("messages", list),
+    ("sent_at", _NUM),
+)
+
 #: Field layout of every peer message: (name, python type) in wire order.
 PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # The member table's (membership.py); ``gossip`` and ``members`` are lists
@@ -186,28 +198,10 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("ttl", _NUM),
     ),
     # Routing's (routing.py). messages: client messages as [type, field...]
-    MsgType.PEER_RELAY: (
-        ("origin", str),
-        ("incarnation", int),
-        ("conn", bytes),
-        ("session", str),
-        ("expiry", _NUM),
-        ("hops", int),
-        ("messages", list),
-        ("sent_at", _NUM),
-    ),
+    MsgType.PEER_RELAY: _RELAY_FIELDS,
     # PEER_RELAY's fields; a SEND among ``messages`` may end with its stamp,
     # [producer, life, n] (``queues.Stamp``)
-    MsgType.PEER_RELAY_STAMPED: (
-        ("origin", str),
-        ("incarnation", int),
-        ("conn", bytes),
-        ("session", str),
-        ("expiry", _NUM),
-        ("hops", int),
-        ("messages", list),
-        ("sent_at", _NUM),
-    ),
+    MsgType.PEER_RELAY_STAMPED: _RELAY_FIELDS,
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
     MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
     MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
@@ -607,33 +601,30 @@ def _lives(value: object) -> bool:
     )
 
 
-def _life_counts(value: object) -> bool:
-    """``[[node, incarnation, report number, count]...]``, at most 64."""
+def _name_and_three_ints(value: object, most: int, low: int | None) -> bool:
+    """``[[str, int, int, int]...]``, at most ``most`` rows, each int at
+    least ``low`` (None: any)."""
     return (
         type(value) is list
-        and len(value) <= 64
+        and len(value) <= most
         and all(
             type(e) is list
             and len(e) == 4
             and type(e[0]) is str
-            and all(type(x) is int and x >= 0 for x in e[1:])
+            and all(type(x) is int and (low is None or x >= low) for x in e[1:])
             for e in value
         )
     )
+
+
+def _life_counts(value: object) -> bool:
+    """``[[node, incarnation, report number, count]...]``, at most 64."""
+    return _name_and_three_ints(value, 64, 0)
 
 
 def _link_states(value: object) -> bool:
-    return (
-        type(value) is list
-        and len(value) <= 10_000
-        and all(
-            type(e) is list
-            and len(e) == 4
-            and type(e[0]) is str
-            and all(type(x) is int for x in e[1:])
-            for e in value
-        )
-    )
+    """``[[source, life, gen, upto]...]`` (upto -1: nothing taken)."""
+    return _name_and_three_ints(value, 10_000, None)
 
 
 def _two_ints(value: object) -> bool:
