@@ -360,8 +360,7 @@ class Queues:
             mark = newest.get(stamp[0])
             if mark is not None and order < mark and self._insert(ch, payload, deadline, stamp):
                 return True
-            if mark is None or order > mark:
-                newest[stamp[0]] = order
+            _mark(ch, stamp)
         ch.items.append((self._seq, payload, deadline, bundle, stamp))
         return True
 
@@ -1230,16 +1229,16 @@ def _stamp_of(raw: Any) -> Stamp | None:
 _M = TypeVar("_M", bound=tuple[Any, ...])
 
 
-def in_producer_order(messages: list[_M], at: int = -1) -> list[_M]:
+def in_producer_order(messages: list[_M]) -> list[_M]:
     """``messages`` with each producer's in the order of their stamps
-    (``message[at]``, a ``Stamp`` or None), in the places that producer's
+    (each message's last field, a ``Stamp`` or None), in the places that producer's
     messages held: the rest of the order is kept, and no two messages of
     one producer are reversed. Messages without a stamp keep their place.
     (The invariant a merge of queues must keep: FIFO per producer, what
     the Channels spec asks of a channel.)"""
     places: dict[str, list[int]] = {}
     for i, message in enumerate(messages):
-        stamp = message[at]
+        stamp = message[-1]
         if stamp is not None:
             places.setdefault(stamp[0], []).append(i)
     out = messages
@@ -1247,7 +1246,7 @@ def in_producer_order(messages: list[_M], at: int = -1) -> list[_M]:
         if len(where) < 2:
             continue
         mine = [messages[i] for i in where]
-        ordered = sorted(mine, key=lambda m: (m[at][1], m[at][2]))
+        ordered = sorted(mine, key=lambda m: (m[-1][1], m[-1][2]))
         if ordered != mine:
             if out is messages:
                 out = list(messages)
