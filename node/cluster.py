@@ -64,7 +64,7 @@ from .peer_wire import decode_peer, encode_peer, salvage_link_frame
 from .queues import ConnId
 from .readiness import expects_peers
 from .replication import GroupReplication
-from .routing import RESTART_GAP, Routing, tells_flight
+from .routing import RESTART_GAP, Routing, Undelivered, tells_flight
 
 log = logging.getLogger("zchannels.node")
 
@@ -131,20 +131,21 @@ class _Unheard(NamedTuple):
     msg: Relay | RelayLost
 
 
-def _note(node: str, msg: object) -> tuple[str, bytes, dict[str, list[int]]] | _Unheard | None:
+def _note(node: str, msg: object) -> Undelivered | _Unheard | None:
     """What a delivery to another node's client was, for routing if that
     node never takes the frame (``links``: its client was never handed it):
-    (node, the client's connection there, channel -> sequence numbers); or
-    what a message told of a client's flight at ``node`` (``_Unheard``)."""
+    (node, the client's connection there, channel -> the items, each
+    ``[payload, ttl, seq]``); or what a message told of a client's flight
+    at ``node`` (``_Unheard``)."""
     if isinstance(msg, Relay | RelayLost):
         return _Unheard(node, msg) if tells_flight(msg) else None
     if not isinstance(msg, RelayBack):
         return None
-    seqs: dict[str, list[int]] = {}
+    items: dict[str, list[Any]] = {}
     for mtype, fields in msg.messages:
         if mtype == MsgType.DELIVER:
-            seqs.setdefault(fields[0], []).extend(item[2] for item in fields[1])
-    return (node, msg.conn, seqs) if seqs else None
+            items.setdefault(fields[0], []).extend(fields[1])
+    return (node, msg.conn, items) if items else None
 
 
 class ClusterNode:
@@ -214,6 +215,7 @@ class ClusterNode:
         #: stay held while the live peers hand over what it owns, and the
         #: peers that said they have (``HandedOver``)
         self._handover_until: float | None = None
+        self._join_by = 0.0
         #: when this node left (``leave``): its linger is measured from then
         self._left_at: float | None = None
         #: its last load reports: (when sent, ``queued`` + ``parked``), for
@@ -313,6 +315,7 @@ class ClusterNode:
             self._joining = True
             self._last_step = now
             self._doubt_until = now + config.join_timeout
+            self._join_by = now + config.join_timeout
             self._doubt_incarnation = table.incarnation
         self._table(table.join((), now), now, fx)
         return self._finish(fx, now)
@@ -322,15 +325,24 @@ class ClusterNode:
         another member is live, it takes up the handovers it was sent, and
         goes on holding everything else (its clients' frames, its peers'
         relays) until every live peer has handed over what this node owns
-        (``HandedOver``), or for ``join_timeout`` more; then it takes up what
-        it held, in order. What the peers hand back (its clients' names kept
-        while it was away, the channels it owns again) is older than anything
-        sent to it directly now, and must be queued first (seen: messages a
-        client sent as its node left, handed back after its newer ones were
-        delivered by the node's next life)."""
+        (``HandedOver``), or until ``join_timeout`` after its start; then it
+        takes up what it held, in order. What the peers hand back (its
+        clients' names kept while it was away, the channels it owns again)
+        is older than anything sent to it directly now, and must be queued
+        first (seen: messages a client sent as its node left, handed back
+        after its newer ones were delivered by the node's next life).
+
+        One deadline for both waits, not ``join_timeout`` each: a node
+        restarted onto a lossy link joined 1.4 s after its start and then
+        waited 2 s more for a handover, and a client's send made just after
+        the start went unanswered for 3.4 s, beyond the answer bound
+        (simulation seed 1486, shrunk to 7 ops:
+        plans/send-to-a-node-restarted-onto-a-lossy-link-answered-in-time.json).
+        A handover that comes later is merged in producer order
+        (``Queues.adopt``)."""
         if self._joining and self._doubt_until is not None and len(self._cluster()[0].live()) > 1:
             self._doubt_until = None
-            self._handover_until = now + self.config.join_timeout
+            self._handover_until = max(now, self._join_by)
             self._release(now, fx, only=_HANDED)
         if self._handover_until is not None:
             self._check_handed_over(now, fx)
@@ -920,7 +932,7 @@ class ClusterNode:
                 else:
                     routing.relay_unheard(note.msg)
                     routing.takes_unheard(note.node, note.msg, fx)
-            routing.never_delivered(delivered, now)
+            routing.never_delivered(delivered, now, fx)
         out = fx.out
         if routing.has_virtual:
             virtual = [o for o in out if routing.is_virtual(o[0])]

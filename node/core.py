@@ -299,13 +299,13 @@ class NodeCore:
                 if skip:
                     items = [item for item in items if item[2] not in skip]
                 self._returned_here(conn, channel, items, work)
-                self._deliver(self.queues.give_back(conn, channel, items, now), out)
+                self.deliver(self.queues.give_back(conn, channel, items, now), out)
             elif mtype == MsgType.DELIVER_MANY or mtype == MsgType.DELIVER_BUNDLE:
                 channels, item = fields
                 self.counters.undeliverable += len(channels)
                 for channel in channels:
                     if item[2] not in counted.get(channel, ()):
-                        self._deliver(self.queues.give_back(conn, channel, [item], now), out)
+                        self.deliver(self.queues.give_back(conn, channel, [item], now), out)
         self._drop_conn(conn, now, out)
         session = self.sessions.by_conn.get(conn)
         if session is not None:
@@ -448,7 +448,7 @@ class NodeCore:
             self._revoke(result, out)
             return None
         if result is not True:
-            self._deliver([result], out)
+            self.deliver([result], out)
         if req:
             reserved = self.queues.reserve(conn, channel, capacity, now)
             out.append((conn, (MsgType.ACK, (req, reserved))))
@@ -469,7 +469,7 @@ class NodeCore:
         if not self._may_create(session, channel):
             self.counters.limited += 1
             return
-        self._deliver(self.queues.grant(conn, channel, credit, now), out)
+        self.deliver(self.queues.grant(conn, channel, credit, now), out)
 
     def _return(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
@@ -487,7 +487,7 @@ class NodeCore:
             return
         if self._hops < MAX_HOPS:
             self._returned_here(conn, channel, items, self._work)
-        self._deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
+        self.deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
         if withdraw:
             out.append((conn, (MsgType.ACK, (req, 1))))
 
@@ -700,7 +700,7 @@ class NodeCore:
                 self.counters.group_skipped_full += len(names)
             reached += placed
             deliveries.extend(delivered)
-        self._deliver(deliveries, out)
+        self.deliver(deliveries, out)
         return reached
 
     def _plan(
@@ -862,7 +862,7 @@ class NodeCore:
             if stale:
                 self.counters.dropped_dead_owner += stale
                 self.counters.handed_over_stale += stale
-            self._deliver(deliveries, out)
+            self.deliver(deliveries, out)
         me = f"{self.settings.node_id}@{self.settings.incarnation}/"
         added: list[tuple[str, str]] = []
         for group, channel, holder, ttl, capacity in members:
@@ -934,7 +934,7 @@ class NodeCore:
     def _outcome(self, outcome: Outcome, out: list[Out]) -> None:
         """Deliveries, answers to deferred sends and revocations decided by
         the queues after the fact."""
-        self._deliver(outcome.deliveries, out)
+        self.deliver(outcome.deliveries, out)
         for token, placed in outcome.resolved:
             if isinstance(token, tuple):  # (conn, req, channel) of a send
                 conn, req, channel = token
@@ -947,7 +947,9 @@ class NodeCore:
         for holder, channel in outcome.revokes:
             out.append((holder, (MsgType.REVOKE, (channel,))))
 
-    def _deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
+    def deliver(self, deliveries: list[Delivery], out: list[Out]) -> None:
+        """``deliveries`` (the queues' decisions) as the messages that carry
+        them, appended to ``out`` (routing's give-backs use it too)."""
         for conn, channel, items in deliveries:
             if isinstance(channel, list):
                 # (a client that reports per bundle is told so: DELIVER_BUNDLE)

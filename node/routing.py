@@ -121,6 +121,10 @@ def _names_life(lives: Iterable[tuple[str, int]], node: str, life: int) -> bool:
 
 #: (origin node, its incarnation, the client's connection there)
 _Client = tuple[str, int, ConnId]
+#: deliveries a link carried to another node's client, for when that node
+#: never takes the frame: (node, the client's connection there, channel ->
+#: the items, each ``[payload, ttl, seq]``)
+Undelivered = tuple[str, bytes, dict[str, list[Any]]]
 
 
 @dataclass(slots=True)
@@ -1118,13 +1122,22 @@ class Routing:
             self.core.counters.dropped_dead_owner += lost
             self.counters["returns_lost_on_links"] += lost
 
-    def never_delivered(
-        self, notes: list[tuple[str, bytes, dict[str, list[int]]]], now: float
-    ) -> None:
+    def never_delivered(self, notes: list[Undelivered], now: float, fx: Fx | None = None) -> None:
         """Deliveries to other nodes' clients that those nodes never took
         (their links ended first: ``links``): those parked here are lost,
-        and counted now; what was not parked was counted already."""
-        for node, conn, seqs in notes:
+        and counted now; what was not parked was counted already, unless it
+        is still in the flight of a client this node serves (``fx``: not
+        as the process ends): that client's node is alive in a newer life
+        than the link's, which this node's routing heard of (a relay) before
+        its member table and links did, so the frame went to the life
+        before, which ended and did not take it (simulation seed 5799 without
+        kills: a delivery to a client of a node that had ended its life in
+        place, never taken, and the channel's pool held it for good). Those
+        go back to the queue where their numbers say, their credit with
+        them, and are delivered again (on the link to the newer life once
+        this node knows it)."""
+        for node, conn, items in notes:
+            seqs = {name: [item[2] for item in listed] for name, listed in items.items()}
             for client in [c for c in self._parked_flight if c[0] == node and c[2] == conn]:
                 parked = self._parked_flight[client][1]
                 lost = sum(_unpark(parked, name, numbers) for name, numbers in seqs.items())
@@ -1133,8 +1146,30 @@ class Routing:
                     self.counters["parked_flight_lost"] += lost
                 if not parked:
                     del self._parked_flight[client]
+            if fx is not None:
+                self._deliver_again(node, conn, items, now, fx)
 
-    def lost_at_exit(self, notes: list[tuple[str, bytes, dict[str, list[int]]]], now: float) -> int:
+    def _deliver_again(
+        self, node: str, conn: bytes, items: dict[str, list[Any]], now: float, fx: Fx
+    ) -> None:
+        """``never_delivered``'s give-back: the items still in the flight of
+        ``node``'s client ``conn`` here go back to their queues."""
+        queues = self.core.queues
+        for (origin, _inc, client_conn), vconn in list(self._vconn_of.items()):
+            if origin != node or client_conn != conn:
+                continue
+            in_flight = queues.flight_seqs(vconn)
+            for name, listed in items.items():
+                held = in_flight.get(name, ())
+                back = [item for item in listed if item[2] in held]
+                if not back:
+                    continue
+                self.counters["deliveries_given_back_unsent"] += len(back)
+                deliveries = queues.give_back(vconn, name, back, now, withdraw=False)
+                deliveries += queues.grant(vconn, name, len(back), now)
+                self.core.deliver(deliveries, fx.out)
+
+    def lost_at_exit(self, notes: list[Undelivered], now: float) -> int:
         """This process ends (``ClusterNode.gone``): deliveries to other
         nodes' clients whose frames those nodes never took (a leave into a
         partition) are lost with it. Those parked are counted as
@@ -1145,7 +1180,8 @@ class Routing:
         forgotten. Returns how many messages that was."""
         before = self.core.queues.counters.dropped_receiver_gone
         lost = 0
-        for node, conn, seqs in notes:
+        for node, conn, items in notes:
+            seqs = {name: [item[2] for item in listed] for name, listed in items.items()}
             known: dict[str, set[int]] = {}
             for client, (_, counted) in self._counted_gone.items():
                 if client[0] == node and client[2] == conn:

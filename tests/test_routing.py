@@ -1340,6 +1340,31 @@ def test_what_a_node_parked_is_in_its_load_report_and_dies_with_it() -> None:
     assert counted == [5, 0]
 
 
+def test_deliveries_a_past_life_never_took_go_back_to_the_queue_and_out_again() -> None:
+    """Simulation seed 5799 without kills: n2 ended its life in place and
+    its next life relayed its client's credit here before this node's
+    member table and links heard of that life, so the deliveries went on
+    the link to the life before, which never took them (``links``: a frame
+    for a past life). Nothing counted them, and the channel's pool held
+    them for good. Told so (``never_delivered``), they go back to the queue
+    with their credit and out again, in their order; nothing is lost."""
+    r, core, _ = routing()
+    new_life = START + 2 * RESTART_GAP
+    relay(r, new_life, (MsgType.RECV, ("asgi|c", 5)))
+    fx = relay(r, new_life, (MsgType.SEND, (0, "asgi|c", b"m0", 10)))
+    fx.out += relay(r, new_life, (MsgType.SEND, (0, "asgi|c", b"m1", 10))).out
+    [vconn] = r._virtual
+    handed = [item for _, (t, f) in fx.out if t == MsgType.DELIVER for item in f[1]]
+    assert [item[0] for item in handed] == [b"m0", b"m1"]
+    fx = Fx()
+    r.never_delivered([("n2", b"client-1", {"asgi|c": handed})], 1.5, fx)
+    again = [i[0] for c, (t, f) in fx.out if c == vconn and t == MsgType.DELIVER for i in f[1]]
+    assert again == [b"m0", b"m1"]
+    assert len(core.queues.flight_seqs(vconn)["asgi|c"]) == 2  # (in flight again)
+    assert core.queues.held("asgi|c") == 2  # (their room, once)
+    assert not any(core.drops().values()), core.drops()
+
+
 def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them() -> None:
     """Seed 4: the client's node never took one of the parked deliveries
     (its link ended first: counted at once); the client then took the two
@@ -1347,7 +1372,7 @@ def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them()
     two settle what was parked, one goes on to the new delivery's flight."""
     r, core, table, seqs = _declared_dead_with_three_in_flight()
     table.incarnations["n2"] = START + 1  # back in the same life
-    r.never_delivered([("n2", b"client-1", {"asgi|c": [seqs[2]]})], 1.5)
+    r.never_delivered([("n2", b"client-1", {"asgi|c": [[b"m", 10.0, seqs[2]]]})], 1.5)
     assert core.drops()["receiver_gone"] == 1
     relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
     relay(r, START, (MsgType.SEND, (0, "asgi|c", b"new", 10)))
