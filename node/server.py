@@ -504,9 +504,11 @@ class NodeServer:
             self._rearm()
 
     def _apply(self, fx: Effects) -> None:
-        """Carry out one step's effects: client frames, peer frames, logs."""
+        """Carry out one step's effects: client frames, peer frames, logs;
+        then what the clients that had gone bounced (``send``)."""
+        bounced: list[tuple[bytes, list[Message]]] = []
         if fx.clients:
-            self.send(fx.clients)
+            bounced = self.send(fx.clients)
             if self._reading is None or self._secure is not None:
                 self._read_soon(self._reading)
         mesh = self.mesh
@@ -529,6 +531,8 @@ class NodeServer:
                 _log_event(event)
                 for listener in self.member_listeners:
                     listener(event)
+        for conn, unsent in bounced:
+            self._apply(self.node.undeliverable(conn, unsent, time.monotonic()))
 
     def drops(self) -> dict[str, int]:
         """Messages and frames dropped, by reason (``ClusterNode.drops``)."""
@@ -563,18 +567,25 @@ class NodeServer:
                 "slow", "cut off client %r: %d replies queued unread", conn[:32], _CLIENT_SNDHWM
             )
 
-    def send(self, out: list[Out]) -> None:
-        """Frames to this node's clients (a client that has gone gets its
-        deliveries put back: ``ClusterNode.undeliverable``)."""
+    def send(self, out: list[Out]) -> list[tuple[bytes, list[Message]]]:
+        """Frames to this node's clients; returns, per client that has gone,
+        what it would have received, for ``ClusterNode.undeliverable`` once
+        the rest of the step's frames are out (``_apply``). Put back and
+        delivered to another client at once, its messages went out ahead of
+        what that client was handed before them in the same step, and the
+        client's reports, made in the order it took them, released the
+        wrong ones: the node's flight held two for good (simulation seed
+        8683 without kills, 8 ops: plans/deliveries-bounced-by-a-dead-
+        client-sent-after-the-step-that-handed-them.json)."""
         sock = self._sock
         if sock is None or not out:
-            return
+            return []
         if len(out) == 1:  # the common case (an ACK, one delivery): no grouping
             conn, (mtype, fields) = out[0]
             if self._secure is not None:
                 target, ident = self._target(conn)
                 if target is None:
-                    return
+                    return []
                 sock = target
             else:
                 ident = conn
@@ -582,8 +593,8 @@ class NodeServer:
                 _send_to(sock, ident, encode(mtype, *fields))
             except zmq.ZMQError as exc:
                 self._gone(conn, exc)
-                self._apply(self.node.undeliverable(conn, [out[0][1]], time.monotonic()))
-            return
+                return [(conn, [out[0][1]])]
+            return []
         by_conn: dict[bytes, list[Message]] = {}
         for conn, message in out:
             by_conn.setdefault(conn, []).append(message)
@@ -597,16 +608,17 @@ class NodeServer:
             target, ident = self._target(conn) if self._secure is not None else (sock, conn)
             if target is not None:
                 ready.append((conn, target, ident, chunks, [encode_many(c) for c in chunks]))
+        bounced: list[tuple[bytes, list[Message]]] = []
         for conn, target, ident, chunks, frames in ready:
             for i, frame in enumerate(frames):
                 try:
                     _send_to(target, ident, frame)
                 except zmq.ZMQError as exc:
                     self._gone(conn, exc)
-                    # The client is gone: put back what it would have received.
-                    unsent = [m for rest in chunks[i:] for m in rest]
-                    self._apply(self.node.undeliverable(conn, unsent, time.monotonic()))
+                    # The client is gone: what it would have received goes back.
+                    bounced.append((conn, [m for rest in chunks[i:] for m in rest]))
                     break
+        return bounced
 
     def _target(self, conn: bytes) -> tuple[zmq.Socket[bytes] | None, bytes]:
         """The socket a connection id belongs to, and its identity there."""

@@ -547,9 +547,12 @@ class World:
         return fx
 
     def _apply(self, sn: SimNode, fx: EffectsLike | None) -> None:
-        """Carry out what a node decided."""
+        """Carry out what a node decided, as ``NodeServer._apply`` does: what
+        a gone client bounced goes back to the node after the step's other
+        frames are out."""
         if fx is None:
             return
+        bounced: list[tuple[bytes, list[Message]]] = []
         for ev in fx.events:
             self.log(f"{sn.node_id} event {ev}")
             if sn.ready is not None and getattr(ev, "node", sn.node_id) != sn.node_id:
@@ -576,7 +579,7 @@ class World:
                             and m[1][0] == 0
                             and m[1][1] == ErrorCode.UNKNOWN_SESSION
                         )
-                    self._apply(sn, self._call(sn, "undeliverable", conn, msgs, self.now))
+                    bounced.append((conn, msgs))
                     continue
                 frame = decode(encode_many(msgs))
                 at = self._link_at(
@@ -585,6 +588,8 @@ class World:
                 self._push(at, "n2c", client.cid, frame, self.now)
         for to, raw in fx.peers:
             self._send_peer(sn, to, raw)
+        for conn, msgs in bounced:
+            self._apply(sn, self._call(sn, "undeliverable", conn, msgs, self.now))
         self._schedule_tick(sn)
 
     def _schedule_tick(self, sn: SimNode) -> None:
