@@ -1173,27 +1173,27 @@ class Routing:
         """This process ends (``ClusterNode.gone``): deliveries to other
         nodes' clients whose frames those nodes never took (a leave into a
         partition) are lost with it. Those parked are counted as
-        ``never_delivered`` counts them; the rest still in a live client's
-        flight here, which nothing else counts (a load report counts what is
-        queued, and a handover leaves flight behind: ``Queues.take``):
-        counted ``dead_owner`` now. Not what was counted when their client
-        was forgotten, nor what the client reported taken: its node took the
-        frame after all, its acknowledgement late (simulation seed 147
-        without kills, 5 ops: a node frozen 16 ms after delivering six, two
-        of them reported taken, counted lost as well by the owner that
-        left meanwhile). Returns how many messages that was."""
+        ``never_delivered`` counts them; the rest were in flight, which
+        nothing else counts (a load report counts what is queued, and a
+        handover leaves flight behind: ``Queues.take``): counted
+        ``dead_owner`` now, but not what was counted when their client was
+        forgotten. Returns how many messages that was."""
         before = self.core.queues.counters.dropped_receiver_gone
         lost = 0
         for node, conn, items in notes:
             seqs = {name: [item[2] for item in listed] for name, listed in items.items()}
-            flying: dict[str, set[int]] = {}
-            for (origin, _inc, client_conn), vconn in self._vconn_of.items():
-                if origin == node and client_conn == conn:
-                    for name, held in self.core.queues.flight_seqs(vconn).items():
-                        flying.setdefault(name, set()).update(held)
+            known: dict[str, set[int]] = {}
+            for client, (_, counted) in self._counted_gone.items():
+                if client[0] == node and client[2] == conn:
+                    for name, seen in counted.items():
+                        known.setdefault(name, set()).update(seen)
+            for client, (_, parked) in self._parked_flight.items():
+                if client[0] == node and client[2] == conn:
+                    for name, kept in parked.items():
+                        known.setdefault(name, set()).update(kept)
             for name, handed in seqs.items():
-                still = flying.get(name, set())
-                lost += sum(1 for q in handed if q in still)
+                skip = known.get(name, set())
+                lost += sum(1 for q in handed if q not in skip)
         self.never_delivered(notes, now)
         self.core.counters.dropped_dead_owner += lost
         self.counters["undelivered_at_exit"] += lost

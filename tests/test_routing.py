@@ -9,7 +9,6 @@ relays from its earlier life are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, Out
 from zchannels.node.effects import EVERYONE, Fx
@@ -1364,26 +1363,6 @@ def test_deliveries_a_past_life_never_took_go_back_to_the_queue_and_out_again() 
     assert len(core.queues.flight_seqs(vconn)["asgi|c"]) == 2  # (in flight again)
     assert core.queues.held("asgi|c") == 2  # (their room, once)
     assert not any(core.drops().values()), core.drops()
-
-
-def test_deliveries_reported_taken_are_not_counted_lost_at_exit() -> None:
-    """Simulation seed 147 without kills: the owner handed a client of n2
-    three messages; its node took the frames, froze before acknowledging
-    them, and the client's report of the first came through. The owner
-    leaves and ends: of the frames its link says were never taken, only
-    what is still in the client's flight here is lost, not what the client
-    reported taken (counted before, the report notwithstanding)."""
-    r, core, _ = routing()
-    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
-    handed: list[Any] = []
-    for i in range(3):
-        fx = relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
-        handed += [item for _, (t, f) in fx.out if t == MsgType.DELIVER for item in f[1]]
-    assert len(handed) == 3
-    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", handed[0][2], 1, 0]],)))
-    lost = r.lost_at_exit([("n2", b"client-1", {"asgi|c": handed})], 2.0)
-    assert lost == 2
-    assert core.drops()["dead_owner"] == 2
 
 
 def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them() -> None:
