@@ -403,6 +403,11 @@ class ClusterNode:
             self.core.counters.dropped_dead_owner += self._count_old_flight(
                 conn, messages, MsgType.RETURN
             )
+        for mtype, fields in messages:
+            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[1], str):
+                # (what comes again is not refused as older than what it
+                # gives back: ``Queues.from_elsewhere``)
+                self.core.queues.forget_handed(conn, fields[1])
         routing = self.routing
         if routing is not None and routing.hold_local(conn, messages, now):
             return  # (taken up at the routing's tick, in order)

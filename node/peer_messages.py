@@ -152,11 +152,15 @@ class RelayLost:
 @dataclass(frozen=True, slots=True)
 class RelayBack:
     """The owner's answers (deliveries, ACK, ERROR, REVOKE, FLUSHED) for
-    ``conn`` on the receiving node; ``source``: the owner."""
+    ``conn`` on the receiving node; ``source``: the owner. ``stamps``: of
+    the messages it delivers that have one (``queues.Stamp``), as
+    ``(channel, seq, producer, life, n)``; with any, it travels as
+    ``PEER_RELAY_BACK_STAMPED``."""
 
     source: str
     conn: bytes
     messages: tuple[Message, ...]
+    stamps: tuple[tuple[str, int, str, int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

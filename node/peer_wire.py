@@ -203,6 +203,14 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # [producer, life, n] (``queues.Stamp``)
     MsgType.PEER_RELAY_STAMPED: _RELAY_FIELDS,
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
+    # PEER_RELAY_BACK's fields, and stamps [[channel, seq, producer, life,
+    # n]...]: of the messages it delivers (``queues.Stamp``)
+    MsgType.PEER_RELAY_BACK_STAMPED: (
+        ("source", str),
+        ("conn", bytes),
+        ("messages", list),
+        ("stamps", list),
+    ),
     MsgType.PEER_CONN_GONE: (("origin", str), ("incarnation", int), ("conns", list)),
     MsgType.PEER_HOLDER_GONE: (("origin", str), ("incarnation", int), ("sessions", list)),
     # channels [[channel, items]...] (items as in DELIVER, oldest first);
@@ -385,6 +393,9 @@ def to_wire(msg: PeerMessage) -> Message:
             )
         case RelayBack():
             messages = [[mtype, *fields] for mtype, fields in msg.messages]
+            if msg.stamps:
+                stamps = [list(s) for s in msg.stamps]
+                return MsgType.PEER_RELAY_BACK_STAMPED, (msg.source, msg.conn, messages, stamps)
             return MsgType.PEER_RELAY_BACK, (msg.source, msg.conn, messages)
         case ConnGone():
             return MsgType.PEER_CONN_GONE, (msg.origin, msg.incarnation, list(msg.conns))
@@ -493,6 +504,22 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
         return RelayLost(f[0], f[1], f[2], _lost_reports(f[3]), _lost_returns(f[4]))
     if mtype == MsgType.PEER_RELAY_BACK:
         return RelayBack(f[0], f[1], _messages(f[2], RELAYED_BACK))
+    if mtype == MsgType.PEER_RELAY_BACK_STAMPED:
+        stamps = _bounded(f[3])
+        _require(
+            all(
+                type(s) is list
+                and len(s) == 5
+                and type(s[0]) is str
+                and valid_wire_channel(s[0])
+                and type(s[1]) is int
+                and _stamp(s[2:])
+                for s in stamps
+            ),
+            "PEER_RELAY_BACK_STAMPED stamps",
+        )
+        stamped = tuple((s[0], s[1], s[2], s[3], s[4]) for s in stamps)
+        return RelayBack(f[0], f[1], _messages(f[2], RELAYED_BACK), stamped)
     if mtype == MsgType.PEER_CONN_GONE:
         conns = _bounded(f[2])
         _require(all(type(c) is bytes for c in conns), "PEER_CONN_GONE connections")

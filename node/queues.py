@@ -41,6 +41,11 @@ FIFO per producer where queues meet: in a cluster a message carries its
 producer's sends), given by the producer's node. When a handover meets
 what was queued here since (``adopt``), no producer's messages are
 reordered by it, whatever their deadlines say (``in_producer_order``).
+Where two nodes owned a channel at once (their views differed: a
+partition, a lagging or lossy link, a restart), each may deliver some of
+one producer's sends; every delivery to a client passes through its node,
+which refuses one older than a message of the same producer another owner
+handed that client (``from_elsewhere``).
 
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
@@ -84,6 +89,10 @@ MAX_CREDIT = 10_000
 #: Most slots reserved for one connection on one pool at a time: enough to
 #: pipeline a burst, few enough that other senders rarely meet them.
 MAX_RESERVATION = 64
+#: Seconds what a connection was handed of each producer (``handed_to``)
+#: is kept after it last changed: longer than a delivery can be on its way
+#: (one held in a frozen or cut-off owner's pipe included).
+HANDED_MEMORY = 120.0
 
 
 class Bundle:
@@ -234,6 +243,14 @@ class Queues:
         #: seq -> a bundle handed to some connection as one delivery, until
         #: its last copy is taken or dropped (``consumed_bundle`` finds it)
         self.bundles: dict[int, Bundle] = {}
+        #: (connection, channel) -> producer -> (who handed it: "" for this
+        #: node, else the owner whose delivery this node passed on to its
+        #: client; life, n): the newest of that producer's messages the
+        #: connection was handed there (``from_elsewhere``); forgotten as
+        #: it gives messages back (``forget_handed``), or ``HANDED_MEMORY``
+        #: after its last change
+        self.handed_to: dict[tuple[ConnId, str], dict[str, tuple[str, int, int]]] = {}
+        self._handed_until: dict[tuple[ConnId, str], float] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -349,6 +366,7 @@ class Queues:
             self._fly(conn, name, ch, self._seq, bundle)
             if stamp is not None:
                 ch.stamps[self._seq] = stamp
+                self._handed(conn, name, "", stamp, now)
             return (conn, name, [(payload, deadline - now, self._seq)])
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
@@ -935,6 +953,52 @@ class Queues:
         self._maybe_delete(name, ch)
         return out, 0
 
+    def from_elsewhere(
+        self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float
+    ) -> bool:
+        """Whether ``source``'s delivery of ``stamp``'s message on ``name``
+        to ``conn``, a client of this node, may be passed on: not if
+        ``conn`` was handed a later message of the same producer there by
+        anyone else (this node, or another owner). Two nodes owned the
+        channel at once, each in its own view, and each delivered some of
+        the producer's sends: the older, taken after the newer, breaks FIFO
+        per producer. (Simulation seed 31 without kills: a node whose
+        outgoing link lagged declared the owner dead and delivered its
+        client's sends 2-8 itself; the owner had delivered send 1 at once,
+        and its frame reached the client's node 0.5 s later. Seed 119: a
+        node cut off and lagging held sends 1-8 its peers had declared it
+        dead with, and delivered them once back, after the client's node
+        had served sends 9-14.) The caller refuses it; its owner counts it
+        lost. A delivery that passes is noted. (Deliveries of one owner are
+        in order already, its give-backs included; a delivery of this
+        node's own after a newer one passed on is not checked.)"""
+        key = (conn, name)
+        handed = self.handed_to.get(key)
+        mark = handed.get(stamp[0]) if handed is not None else None
+        if mark is not None and mark[0] != source and (stamp[1], stamp[2]) < mark[1:]:
+            return False
+        self._handed(conn, name, source, stamp, now)
+        return True
+
+    def forget_handed(self, conn: ConnId, name: str) -> None:
+        """``conn`` gives back what it holds of ``name``: what comes again,
+        from whichever owner has the channel by then, is not refused as
+        older than what it gave back (``from_elsewhere``)."""
+        if self.handed_to.pop((conn, name), None) is not None:
+            del self._handed_until[(conn, name)]
+
+    def _handed(self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float) -> None:
+        """``stamp``'s message was handed to ``conn`` on ``name`` by
+        ``source`` ("": this node; ``handed_to``)."""
+        key = (conn, name)
+        handed = self.handed_to.get(key)
+        if handed is None:
+            handed = self.handed_to[key] = {}
+        mark = handed.get(stamp[0])
+        if mark is None or (stamp[1], stamp[2]) > mark[1:]:
+            handed[stamp[0]] = (source, stamp[1], stamp[2])
+        self._handed_until[key] = now + HANDED_MEMORY
+
     def credits_of(self, conn: ConnId) -> dict[str, int]:
         """Channel -> the receive credit ``conn`` holds there."""
         out: dict[str, int] = {}
@@ -1070,6 +1134,9 @@ class Queues:
             self._maybe_delete_pool(key, pool)
         for name, ch in list(self.channels.items()):
             self._maybe_delete(name, ch)
+        for handed in [k for k, until in self._handed_until.items() if until <= now]:
+            del self._handed_until[handed]
+            del self.handed_to[handed]
         return out
 
     # -- internals -------------------------------------------------------
@@ -1123,6 +1190,7 @@ class Queues:
             self._fly(conn, name, ch, seq, bundle)
             if stamp is not None:
                 ch.stamps[seq] = stamp
+                self._handed(conn, name, "", stamp, now)
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
         if ch.newest and not ch.items:
             ch.newest.clear()  # (nothing queued to put a late send before)

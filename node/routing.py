@@ -859,9 +859,32 @@ class Routing:
             if virtual is None:
                 continue
             for chunk in split_batches(messages, CHUNK_BYTES):
-                fx.peers.append((virtual.origin, RelayBack(self.me, virtual.conn, tuple(chunk))))
+                stamps = self._stamps_of(conn, chunk)
+                back = RelayBack(self.me, virtual.conn, tuple(chunk), stamps)
+                fx.peers.append((virtual.origin, back))
             if any(m[0] == MsgType.DELIVER for m in messages) and self._thought_dead(virtual):
                 self._park_unlinked(conn, virtual, now)
+
+    def _stamps_of(
+        self, conn: ConnId, messages: list[Message]
+    ) -> tuple[tuple[str, int, str, int, int], ...]:
+        """The stamps of what ``messages`` deliver to ``conn`` (in its flight
+        here, with their stamps: ``Channel.stamps``), for the client's node
+        to refuse a delivery older than one another owner handed it
+        (``Queues.from_elsewhere``)."""
+        out: list[tuple[str, int, str, int, int]] = []
+        channels = self.core.queues.channels
+        for mtype, fields in messages:
+            if mtype != MsgType.DELIVER:
+                continue
+            ch = channels.get(fields[0])
+            if ch is None or not ch.stamps:
+                continue
+            for item in fields[1]:
+                stamp = ch.stamps.get(item[2])
+                if stamp is not None:
+                    out.append((fields[0], item[2], *stamp))
+        return tuple(out)
 
     def _thought_dead(self, virtual: _Virtual) -> bool:
         """Whether this node has declared the life of ``virtual``'s node
@@ -1552,9 +1575,66 @@ class Routing:
                     owed[1] = max(0, owed[1] - len(fields[1]))
             elif mtype == MsgType.RECV:  # credit handed back: the channel moved
                 regrant.append((fields[0], fields[1]))
+        refused: dict[str, list[int]] = {}
+        if msg.stamps:
+            messages = self._in_order(msg, messages, refused, now)
         fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
+        if refused:
+            self._refuse_older(source, conn, refused, now, fx)
         if regrant:
             self._grant_again(conn, source, regrant, now, fx)
+
+    def _in_order(
+        self, msg: RelayBack, messages: list[Message], refused: dict[str, list[int]], now: float
+    ) -> list[Message]:
+        """``messages`` without the deliveries our client must not take,
+        each older than a message of the same producer another owner of
+        the channel handed it (``Queues.from_elsewhere``); their numbers go
+        in ``refused``."""
+        stamps = {(name, seq): (producer, life, n) for name, seq, producer, life, n in msg.stamps}
+        queues = self.core.queues
+        out: list[Message] = []
+        for mtype, fields in messages:
+            if mtype == MsgType.DELIVER:
+                name, items = fields[0], fields[1]
+                kept = []
+                for item in items:
+                    stamp = stamps.get((name, item[2]))
+                    if stamp is None or queues.from_elsewhere(
+                        msg.conn, name, msg.source, stamp, now
+                    ):
+                        kept.append(item)
+                    else:
+                        refused.setdefault(name, []).append(item[2])
+                if not kept:
+                    continue
+                if len(kept) < len(items):
+                    fields = (name, kept, *fields[2:])
+            out.append((mtype, fields))
+        return out
+
+    def _refuse_older(
+        self, source: str, conn: ConnId, refused: dict[str, list[int]], now: float, fx: Fx
+    ) -> None:
+        """Deliveries from ``source`` refused as older than what another
+        owner handed our client (``_in_order``): ``source`` drops them from
+        its flight and counts them lost, once (``RelayLost``: as a
+        give-back told again, ``dead_owner``), and the credit they took is
+        granted again where the channel lives now, as if our client had
+        taken them (it never knew of them)."""
+        count = sum(len(seqs) for seqs in refused.values())
+        self.counters["deliveries_refused_out_of_order"] += count
+        log.info("refused %d deliveries from %s: older than ones our client took", count, source)
+        returned = tuple((name, tuple(seqs)) for name, seqs in refused.items())
+        fx.peers.append((source, RelayLost(self.me, self.incarnation, conn, (), returned)))
+        session = self.core.sessions.by_conn.get(conn)
+        if session is None:
+            return
+        relays: list[tuple[str, ConnId, Session, Message, int]] = []
+        for name, seqs in refused.items():
+            self._grant_at(self.route(name), conn, session, name, len(seqs), now, fx, relays)
+        if relays:
+            self._relay(relays, now, fx)
 
     def _refuse_deliveries(
         self, source: str, conn: ConnId, messages: list[Message], linked: bool

@@ -197,6 +197,16 @@ GOLDEN: dict[MsgType, tuple[tuple[object, ...], str]] = {
         ),
         "014193a26e319192a6617367697c639294c40481a16101cb403e0000000000000793ad6e312f6162636465666768696ace000f42472a93c40481a16102cb403e000000000000089195a9617367697c626c6f67a6617367697c63af6e3140372f6162636465666768696acb404e00000000000064",
     ),
+    # PEER_RELAY_BACK's fields, and the stamps of what it delivers
+    MsgType.PEER_RELAY_BACK_STAMPED: (
+        (
+            "n2",
+            b"\x00k",
+            [[MsgType.DELIVER, "asgi|c", [[b"x", 1.5, 7]]]],
+            [["asgi|c", 7, "n1/abcdefghij", 1000007, 42]],
+        ),
+        "014294a26e32c402006b919309a6617367697c639193c40178cb3ff8000000000000079195a6617367697c6307ad6e312f6162636465666768696ace000f42472a",
+    ),
     MsgType.PEER_RESERVATIONS: (
         ("n1", [["asgi|c", "n3", 7, b"\x00k\x8bEg", "abcdefghij", 60.0, 4, 1.5]]),
         "013692a26e319198a6617367697c63a26e3307c405006b8b4567aa6162636465666768696acb404e00000000000004cb3ff8000000000000",
@@ -257,6 +267,12 @@ MESSAGES: list[PeerMessage] = [
         2.5,
     ),
     RelayBack("n2", b"\x00k", ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),)),
+    RelayBack(
+        "n2",
+        b"\x00k",
+        ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),),
+        (("asgi|c", 7, "n1/abcdefghij", 1000007, 42),),
+    ),
     ConnGone("n1", 7, (b"\x00k", b"\x00j")),
     HolderGone("n1", 7, ("abcdefghij",)),
     Handoff("n1", (("asgi|c", [[b"x", 1.5, 7]]),), (("asgi|g", "asgi|c", "n1@7/t", 60.0, 9),)),
@@ -343,6 +359,9 @@ def test_several_messages_travel_in_one_frame() -> None:
             ("n1", [["asgi|d", [["not bytes", 1, 1, ["p", 1, 1]]]]], []),
         ),
         (MsgType.PEER_HANDOFF_STAMPED, ("n1", [["asgi|d", [b"x"]]], [])),
+        (MsgType.PEER_RELAY_BACK_STAMPED, ("n2", b"k", [], [["asgi|d", 7, "p", 1]])),
+        (MsgType.PEER_RELAY_BACK_STAMPED, ("n2", b"k", [], [["asgi|d", 1.5, "p", 1, 1]])),
+        (MsgType.PEER_RELAY_BACK_STAMPED, ("n2", b"k", [], [["bad name!?", 7, "p", 1, 1]])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", -1.0, 10]])),
         (MsgType.PEER_HANDOFF, ("n1", [], [["asgi|g", "asgi|h", "n2@7/x", 60.0, 0]])),
         (MsgType.PEER_RELAY_LOST, ("n2", 7, b"", [], [])),  # no connection

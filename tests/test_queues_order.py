@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.peer_messages import Handoff, aged
-from zchannels.node.queues import Queues, Stamp, in_producer_order
+from zchannels.node.queues import HANDED_MEMORY, Queues, Stamp, in_producer_order
 
 R = b"r"
 P = "n0/abcdefghij"  # a producer: its node and its session tag
@@ -247,3 +247,40 @@ def test_any_merge_of_queues_keeps_each_producers_order(operations: list[tuple[A
             if payload.startswith(b"%d:" % producer)
         ]
         assert mine == sorted(mine), (producer, mine)
+
+
+def test_a_delivery_older_than_one_another_owner_handed_is_refused() -> None:
+    """Seed 31's shape (kill-free faults): the client's node, its link to
+    the owner lagging, took the channel and delivered its client's sends
+    2-8 itself; the owner's delivery of send 1, made before them, reached
+    it after. It is refused; one of the owner's own later sends, or the
+    same owner's older one again, is not."""
+    q = Queues()
+    q.put("c", b"2", 60.0, 100, 0.0, stamp=(P, LIFE, 2))
+    assert _taken(q) == [b"2"]  # handed here ("" : this node)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 2), 1.0)  # n2's mark now
+    # another producer, and another connection, are not held to it
+    assert q.from_elsewhere(R, "c", "n2", ("n1/other", LIFE, 1), 1.0)
+    assert q.from_elsewhere(b"s", "c", "n2", (P, LIFE, 1), 1.0)
+
+
+def test_what_a_client_gave_back_comes_again_from_a_new_owner() -> None:
+    """A receiver gives back what an owner handed it (a cancelled receive)
+    and the channel's next owner hands it again: older than what the first
+    owner handed, and not refused."""
+    q = Queues()
+    for n in (5, 6, 7):
+        q.put("c", b"%d" % n, 60.0, 100, 0.0, stamp=(P, LIFE, n))
+    assert _taken(q) == [b"5", b"6", b"7"]
+    q.forget_handed(R, "c")
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 6), 1.0)
+
+
+def test_what_a_connection_was_handed_is_forgotten_in_time() -> None:
+    q = Queues()
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 5), 1.0)
+    q.expire(1.0 + HANDED_MEMORY)
+    assert not q.handed_to
+    assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 2.0 + HANDED_MEMORY)

@@ -1857,3 +1857,41 @@ def test_a_clients_sends_are_numbered_where_they_enter_the_cluster() -> None:
     )
     items, _credit = owner_core.queues.take("asgi|far", 0.2)
     assert [item[3:] for item in items] == [(stamps[0],), (stamps[1],), ()]
+
+
+def test_a_delivery_older_than_one_another_owner_handed_is_refused_and_told() -> None:
+    """Simulation seed 31 without kills: two nodes owned ``far`` at once,
+    each in its own view. This node (which took the channel while its link
+    to n2 lagged) handed our client the producer's send 8 itself; n2's
+    delivery of send 1 (made before, held on its way) comes after. It is refused: n2 is told
+    (``RelayLost``: it drops it from its flight and counts it), and the
+    credit it took is granted again where the channel lives, as if our
+    client had taken it; the rest of the frame, and n2's newer send 9, go
+    on."""
+    r, core, _table, _ = receiving_far()
+    far = next(iter(k[1] for k in r._credit))
+    p = "n1/sessiontag"
+    core.queues.put(far, b"8", 60.0, 100, 1.0, stamp=(p, START, 8))
+    [(_conn, _name, [(payload, _ttl, _seq)])] = core.queues.grant(b"A", far, 1, 1.0)
+    assert payload == b"8"
+    fx = Fx()
+    items = [[b"1", 60.0, 101], [b"9", 60.0, 102]]
+    stamps = ((far, 101, p, START, 1), (far, 102, p, START, 9))
+    back = RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)), (MsgType.ACK, (4, 0))), stamps)
+    r.handle(back, 1.5, fx, True)
+    assert fx.out == [
+        (b"A", (MsgType.DELIVER, (far, [[b"9", 60.0, 102]]))),
+        (b"A", (MsgType.ACK, (4, 0))),
+    ]
+    assert r.counters["deliveries_refused_out_of_order"] == 1
+    told = [m for node, m in fx.peers if node == "n2" and isinstance(m, RelayLost)]
+    assert told == [RelayLost("n1", START, b"A", (), ((far, (101,)),))]
+    assert regranted(fx) == [("n2", (MsgType.RECV, (far, 1)))]
+    assert core.drops()["dead_owner"] == 0, "counted by n2, whose flight held it"
+    # once our client gives back what it holds there, what comes again
+    # (from any owner) is not refused
+    core.queues.forget_handed(b"A", far)
+    again = Fx()
+    r.handle(back, 2.0, again, True)
+    assert r.counters["deliveries_refused_out_of_order"] == 1
+    assert again.out[0] == (b"A", (MsgType.DELIVER, (far, items)))

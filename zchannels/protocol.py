@@ -163,6 +163,13 @@ class MsgType(enum.IntEnum):
     # read it still reads.
     PEER_RELAY_STAMPED = 64
     PEER_HANDOFF_STAMPED = 65
+    # node <-> node: PEER_RELAY_BACK, and the stamps of the messages it
+    # delivers, [[channel, seq, producer, life, n]...]: the client's node
+    # refuses a delivery older than a message of the same producer another
+    # owner of the channel handed the client (zchannels.node.queues). Sent
+    # only when a delivery has a stamp; a node of an older version cannot
+    # read it (nor PEER_RELAY_STAMPED) and drops it, counted.
+    PEER_RELAY_BACK_STAMPED = 66
 
 
 class ErrorCode(enum.IntEnum):
