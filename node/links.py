@@ -619,7 +619,7 @@ class Links:
         # not leave itself: one that left counts nothing of it; simulation
         # seed 266's shrink, plans/leave-into-partition-after-a-peer-left-
         # counted-once.json)
-        last = max((t for n, t in self._heard.items() if n not in self._leaving), default=None)
+        last = self.last_heard()
         taken = [r for r in reports if last is not None and r[0] <= last]
         since, spare = taken[-1] if alone and taken else (now, 0)
 
@@ -674,6 +674,11 @@ class Links:
             ),
             default=None,
         )
+
+    def last_heard(self) -> float | None:
+        """When a peer that did not leave itself was last heard from on
+        its link (the report its peers hold is the newest sent before)."""
+        return max((t for n, t in self._heard.items() if n not in self._leaving), default=None)
 
     def heard_since(self, at: float) -> bool:
         """Whether any peer was heard from on its link after ``at``."""

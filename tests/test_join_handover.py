@@ -18,6 +18,7 @@ from typing import Any
 
 from zchannels.node.cluster import LINGER_BOUNDS, ClusterNode, Effects
 from zchannels.node.config import NodeConfig
+from zchannels.node.effects import Fx
 from zchannels.node.peer_messages import Ask, Handoff, Relay
 from zchannels.node.peer_wire import decode_peer, encode_peers
 
@@ -330,3 +331,41 @@ def test_a_link_frame_with_a_malformed_message_is_taken_and_its_link_goes_on() -
         b.peer(frame, net.now)  # type: ignore[arg-type]
     assert b.counters["decode_errors"] == errors + 1
     assert taken() == before + 2, "the malformed one's frame and the next are taken"
+
+
+def test_a_life_ended_in_place_that_leaves_unheard_counts_beyond_its_last_report() -> None:
+    """Kill-free seed 105, shrunk to 6 ops (``plans/fenced-life-left-alone-
+    in-partition-counts-beyond-its-last-report.json``): an owner reported 3
+    queued messages, took 4 more and froze; its peer declared it dead and
+    counted the 3 of its last report. It thawed cut off from its peer, ended
+    its life in place (7 dropped, said only in the next life's load
+    reports) and left, its next life heard by nobody: the 4 were counted by
+    nobody. Its process counts them as it ends; heard from after the fence
+    (its reports reached a peer, which counts what they add), it does not."""
+    for heard in (False, True):
+        _counted_when(heard)
+
+
+def _counted_when(heard: bool) -> None:
+    """Seed 105's fence and leave (``heard``: a peer takes the next life's
+    load reports); what the process counts as it ends."""
+    cut = [False]
+    net, _, b = joined(drop=lambda m: cut[0])
+    name = next(f"q{i}" for i in range(100) if b.routing.route(f"q{i}") is None)  # type: ignore[union-attr]
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    for i in range(3):
+        net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
+    net.run(net.now + 1.5)  # (a load report of 3 went out, and a took it)
+    assert b._reports[-1][1] == 3
+    for i in range(3, 7):
+        net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
+    net.run(net.now + 0.01)
+    cut[0] = not heard
+    fx = Fx()
+    b._fence(net.now, fx, "declared dead while it was frozen")
+    net.apply(B_ADDR, b._finish(fx, net.now))
+    net.run(net.now + 1.5)  # (the next life's load report: taken by a, or cut off)
+    net.apply(B_ADDR, b.leave(net.now))
+    net.run(net.now + 2 * b.linger_limit())
+    assert b.gone(net.now) == (0 if heard else 4)
+    assert b.counters["fence_counted_at_exit"] == (0 if heard else 4)
