@@ -871,7 +871,9 @@ class ClusterNode:
             # acknowledgement a lag, so the node lingers on while it is
             # heard, at most LINGER_BOUNDS bounds (simulation seed 155
             # without kills: a handover into 30% loss, the peer heard once
-            # since, the frame taken for delivered at exit and lost).
+            # since, the frame taken for delivered at exit and lost; seed
+            # 173 without kills: reserved sends its client made as it
+            # lingered, the same way).
             limit = max(limit, min(LINGER_BOUNDS * bound, heard + bound - self._left_at))
         return limit
 

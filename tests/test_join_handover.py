@@ -333,6 +333,53 @@ def test_a_link_frame_with_a_malformed_message_is_taken_and_its_link_goes_on() -
     assert taken() == before + 2, "the malformed one's frame and the next are taken"
 
 
+def test_a_node_that_left_lingers_while_a_peer_it_still_hears_owes_reserved_sends() -> None:
+    """Kill-free seed 173, shrunk to 14 ops (``plans/reserved-sends-into-
+    loss-after-a-leave-lingered-on.json``): a process whose node had left
+    sent under a reservation while the node lingered; the relays waited
+    behind 30% packet loss, the peer was heard from meanwhile, and the
+    linger ended at its limit (the answer bound after the last send) with
+    them on their way: lost with the process, and presumed taken, as the
+    peer had been heard from after they were sent. Reserved sends are what
+    only this node counts, as a handover is (seed 155): it lingers on while
+    that peer is heard from, up to ``LINGER_BOUNDS`` bounds."""
+    net, a, b = joined()
+    name = next(f"q{i}" for i in range(100) if b.routing.route(f"q{i}") == "a")  # type: ignore[union-attr]
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    left = net.now
+    net.apply(B_ADDR, b.leave(left))
+    net.run(left + 0.05)
+    net.client(B_ADDR, [(MsgType.SEND, (1, name, b"asks", 100))])  # (answered: a reservation)
+    net.run(net.now + 0.05)
+    lossy = [True]
+    deliver = net.apply
+
+    def apply(address: str, fx: Effects) -> None:
+        if address == B_ADDR and lossy[0]:
+            fx.peers[:] = [
+                (to, frame)
+                for to, frame in fx.peers
+                if not any(isinstance(m, Relay) for m in decode_peer(frame))
+            ]
+        deliver(address, fx)
+
+    net.apply = apply  # type: ignore[method-assign]
+    net.client(B_ADDR, [(MsgType.SEND, (0, name, b"reserved", 100))])
+    bound = b.routing.answer_within()  # type: ignore[union-attr]
+    net.run(left + 3 * bound)  # (past the 2 bounds a linger had at most)
+    assert b.passing_on(), "the reserved send still waits"
+    assert 3 * bound < b.linger_limit() <= LINGER_BOUNDS * bound
+    lossy[0] = False  # (sent again: this time it gets through)
+    net.run(net.now + 0.5)
+    assert not b.passing_on()
+    assert b.gone(net.now) == 0
+    # (counted once: by the owner, which refuses a send that late as its
+    # client may have been told it was not taken)
+    assert a.core.queues.length(name) == 1
+    assert a.routing.counters["late_sends_refused"] == 1  # type: ignore[union-attr]
+    assert a.drops()["dead_owner"] == 1
+
+
 def test_a_life_ended_in_place_that_leaves_unheard_counts_beyond_its_last_report() -> None:
     """Kill-free seed 105, shrunk to 6 ops (``plans/fenced-life-left-alone-
     in-partition-counts-beyond-its-last-report.json``): an owner reported 3
