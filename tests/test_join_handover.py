@@ -18,6 +18,7 @@ from typing import Any
 
 from zchannels.node.cluster import LINGER_BOUNDS, ClusterNode, Effects
 from zchannels.node.config import NodeConfig
+from zchannels.node.effects import Fx
 from zchannels.node.peer_messages import Ask, Handoff, Relay
 from zchannels.node.peer_wire import decode_peer, encode_peers
 
@@ -367,3 +368,88 @@ def test_a_link_frame_with_a_malformed_message_is_taken_and_its_link_goes_on() -
         b.peer(frame, net.now)  # type: ignore[arg-type]
     assert b.counters["decode_errors"] == errors + 1
     assert taken() == before + 2, "the malformed one's frame and the next are taken"
+
+
+def test_a_node_that_left_lingers_while_a_peer_it_still_hears_owes_reserved_sends() -> None:
+    """Kill-free seed 173, shrunk to 14 ops (``plans/reserved-sends-into-
+    loss-after-a-leave-lingered-on.json``): a process whose node had left
+    sent under a reservation while the node lingered; the relays waited
+    behind 30% packet loss, the peer was heard from meanwhile, and the
+    linger ended at its limit (the answer bound after the last send) with
+    them on their way: lost with the process, and presumed taken, as the
+    peer had been heard from after they were sent. Reserved sends are what
+    only this node counts, as a handover is (seed 155): it lingers on while
+    that peer is heard from, up to ``LINGER_BOUNDS`` bounds."""
+    net, a, b = joined()
+    name = next(f"q{i}" for i in range(100) if b.routing.route(f"q{i}") == "a")  # type: ignore[union-attr]
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    left = net.now
+    net.apply(B_ADDR, b.leave(left))
+    net.run(left + 0.05)
+    net.client(B_ADDR, [(MsgType.SEND, (1, name, b"asks", 100))])  # (answered: a reservation)
+    net.run(net.now + 0.05)
+    lossy = [True]
+    deliver = net.apply
+
+    def apply(address: str, fx: Effects) -> None:
+        if address == B_ADDR and lossy[0]:
+            fx.peers[:] = [
+                (to, frame)
+                for to, frame in fx.peers
+                if not any(isinstance(m, Relay) for m in decode_peer(frame))
+            ]
+        deliver(address, fx)
+
+    net.apply = apply  # type: ignore[method-assign]
+    net.client(B_ADDR, [(MsgType.SEND, (0, name, b"reserved", 100))])
+    bound = b.routing.answer_within()  # type: ignore[union-attr]
+    net.run(left + 3 * bound)  # (past the 2 bounds a linger had at most)
+    assert b.passing_on(), "the reserved send still waits"
+    assert 3 * bound < b.linger_limit() <= LINGER_BOUNDS * bound
+    lossy[0] = False  # (sent again: this time it gets through)
+    net.run(net.now + 0.5)
+    assert not b.passing_on()
+    assert b.gone(net.now) == 0
+    # (counted once: by the owner, which refuses a send that late as its
+    # client may have been told it was not taken)
+    assert a.core.queues.length(name) == 1
+    assert a.routing.counters["late_sends_refused"] == 1  # type: ignore[union-attr]
+    assert a.drops()["dead_owner"] == 1
+
+
+def test_a_life_ended_in_place_that_leaves_unheard_counts_beyond_its_last_report() -> None:
+    """Kill-free seed 105, shrunk to 6 ops (``plans/fenced-life-left-alone-
+    in-partition-counts-beyond-its-last-report.json``): an owner reported 3
+    queued messages, took 4 more and froze; its peer declared it dead and
+    counted the 3 of its last report. It thawed cut off from its peer, ended
+    its life in place (7 dropped, said only in the next life's load
+    reports) and left, its next life heard by nobody: the 4 were counted by
+    nobody. Its process counts them as it ends; heard from after the fence
+    (its reports reached a peer, which counts what they add), it does not."""
+    for heard in (False, True):
+        _counted_when(heard)
+
+
+def _counted_when(heard: bool) -> None:
+    """Seed 105's fence and leave (``heard``: a peer takes the next life's
+    load reports); what the process counts as it ends."""
+    cut = [False]
+    net, _, b = joined(drop=lambda m: cut[0])
+    name = next(f"q{i}" for i in range(100) if b.routing.route(f"q{i}") is None)  # type: ignore[union-attr]
+    net.client(B_ADDR, [(MsgType.HELLO, (SESSION, 7, [60.0]))])
+    for i in range(3):
+        net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
+    net.run(net.now + 1.5)  # (a load report of 3 went out, and a took it)
+    assert b._reports[-1][1] == 3
+    for i in range(3, 7):
+        net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
+    net.run(net.now + 0.01)
+    cut[0] = not heard
+    fx = Fx()
+    b._fence(net.now, fx, "declared dead while it was frozen")
+    net.apply(B_ADDR, b._finish(fx, net.now))
+    net.run(net.now + 1.5)  # (the next life's load report: taken by a, or cut off)
+    net.apply(B_ADDR, b.leave(net.now))
+    net.run(net.now + 2 * b.linger_limit())
+    assert b.gone(net.now) == (0 if heard else 4)
+    assert b.counters["fence_counted_at_exit"] == (0 if heard else 4)

@@ -582,7 +582,10 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "34 of 300 seeds (33 before the client's node refused a delivery older than one of the "
+    "33 of 300 seeds (34 before a node that left lingered while a peer it still heard "
+    "had not acknowledged its reserved sends, as it did for a handover: seed 6, kill-free "
+    "seed 173's shrink, plans/reserved-sends-into-loss-after-a-leave-lingered-on.json; "
+    "33 before the client's node refused a delivery older than one of the "
     "same producer another owner handed the client: seed 125, which stopped at that "
     "inversion before, goes on to a loss it had too; 40 before a dead life was counted by "
     "the newest report of it any "
