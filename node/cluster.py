@@ -18,6 +18,7 @@ Without a peer endpoint the node is alone: only the core runs.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter, deque
@@ -72,6 +73,8 @@ _TABLE = (Ping, PingReq, Ack, Nack, Gossip, Sync, Refuse)
 #: a node that left lingers at most this many answer bounds while a peer
 #: that has not acknowledged what only it counts is still heard from
 LINGER_BOUNDS = 5
+#: relays of credit kept per peer that never said hello (``_credit_again``)
+_PLAIN_CREDIT_KEPT = 256
 #: what a joined node takes while it waits for its peers' ``HandedOver``: the
 #: handovers themselves (everything else waits, with its clients' frames)
 _HANDED = (Handoff, Reservations, FanoutsSeen)
@@ -215,6 +218,9 @@ class ClusterNode:
         #: stay held while the live peers hand over what it owns, and the
         #: peers that said they have (``HandedOver``)
         self._handover_until: float | None = None
+        #: peer -> relays of our clients' credit sent plain to it before it
+        #: ever said hello here (``_credit_again``)
+        self._plain_credit: dict[str, list[Relay]] = {}
         #: when this node left (``leave``): its linger is measured from then
         self._left_at: float | None = None
         #: its last load reports: (when sent, ``queued`` + ``parked``), for
@@ -979,7 +985,26 @@ class ClusterNode:
             if virtual:
                 routing.send_back(virtual, fx, now)
                 out = [o for o in out if not routing.is_virtual(o[0])]
+        if self._plain_credit:
+            self._credit_again(fx, now)
         return Effects(out, self._address(fx.peers, table, now), fx.events)
+
+    def _credit_again(self, fx: Fx, now: float) -> None:
+        """Credit our clients granted that went plain to a peer this node had
+        never heard a hello from (``_address``) is granted again on the link
+        once that peer says one: a plain frame is on no link, and one lost
+        (a partition, a reset) left the receive waiting for good (soak seeds
+        1741 and 5060: a node that ended its life in place relayed its
+        client's credit to an owner that had joined while it was frozen,
+        into a partition). The copy is the relay as it was (its ``sent_at``
+        too): a peer that took the first drops it (``Routing._credit_copy``),
+        as at every join, where what goes to the new node before its hello
+        arrives."""
+        for node in [n for n in self._plain_credit if self.links.speaks(n)]:
+            for relay in self._plain_credit.pop(node):
+                if relay.incarnation == self.incarnation:
+                    fx.peers.append((node, relay))
+                    self.counters["credit_granted_again"] += 1
 
     def _address(
         self, peers: list[tuple[str, Any]], table: MemberTable, now: float
@@ -1031,8 +1056,19 @@ class ClusterNode:
                     if plain is None:
                         plain = encode_peer(msg)
                     frame = plain
+                    if isinstance(msg, Relay) and not self.links.speaks(node):
+                        self._remember_plain_credit(node, msg)
                 frames.append((member.address, frame))
         return frames
+
+    def _remember_plain_credit(self, node: str, relay: Relay) -> None:
+        """A relay of our client's credit sent plain to ``node``, which never
+        said hello here: kept (its credit alone) for ``_credit_again``."""
+        grants = tuple(m for m in relay.messages if m[0] == MsgType.RECV)
+        if grants:
+            kept = self._plain_credit.setdefault(node, [])
+            if len(kept) < _PLAIN_CREDIT_KEPT:
+                kept.append(dataclasses.replace(relay, messages=grants))
 
     # -- status ------------------------------------------------------------
     def drops(self) -> dict[str, int]:

@@ -274,6 +274,10 @@ class Links:
         self.counters["links_opened"] += 1
         return link
 
+    def speaks(self, node: str) -> bool:
+        """Whether ``node`` has said hello to this node (in any life)."""
+        return node in self._speaks
+
     def _unheard_life(self, member: Member) -> bool:
         """A live member in a life after the one it said hello from."""
         life = self._speaks.get(member.id)

@@ -125,6 +125,8 @@ _Client = tuple[str, int, ConnId]
 #: never takes the frame: (node, the client's connection there, channel ->
 #: the items, each ``[payload, ttl, seq]``)
 Undelivered = tuple[str, bytes, dict[str, list[Any]]]
+#: relays whose credit grants are remembered to know a copy (``_credit_copy``)
+_GRANTS_KEPT = 4096
 
 
 @dataclass(slots=True)
@@ -325,6 +327,8 @@ class Routing:
         #: lost (their node's life ended, the client went, or nothing was
         #: heard by the deadline): ``_parked_flight``
         self._parked_flight: dict[_Client, tuple[float, dict[str, list[int]]]] = {}
+        #: the credit grants of the last relays taken (``_credit_copy``)
+        self._grants_seen: dict[tuple[Any, ...], None] = {}
         #: clients of nodes that left cleanly -> when they are forgotten:
         #: until then nothing more is delivered to them, and what they were
         #: handed may still come back (``_node_gone``)
@@ -1352,6 +1356,26 @@ class Routing:
                         if node == msg.origin:
                             self._left_elsewhere_said(node, life, now)
 
+    def _credit_copy(self, msg: Relay) -> bool:
+        """Whether ``msg`` is a copy of credit grants taken already: a node
+        that sent a client's credit plain to this node before it heard this
+        node's hello sends it again on the link once it has
+        (``ClusterNode._credit_again``), as it was. Each relay's grants are
+        remembered (the last ``_GRANTS_KEPT``) to know the copy."""
+        grants = tuple(m for m in msg.messages if m[0] == MsgType.RECV)
+        if not grants:
+            return False
+        key = (msg.origin, msg.incarnation, msg.conn, msg.sent_at, grants)
+        if key in self._grants_seen:
+            if len(grants) == len(msg.messages):
+                self.counters["credit_copies_dropped"] += 1
+                return True
+            return False
+        self._grants_seen[key] = None
+        if len(self._grants_seen) > _GRANTS_KEPT:
+            del self._grants_seen[next(iter(self._grants_seen))]
+        return False
+
     def _hold(self, msg: Relay, now: float) -> bool:
         """Whether a relay that came straight from its origin waits (then
         it is kept, and taken up ``hold`` after the change, in order): it
@@ -1449,6 +1473,8 @@ class Routing:
         if inc < self._known_incarnation(origin) - RESTART_GAP:
             self.counters["stale_relay"] += 1  # from a node's earlier life
             self.core.counters.dropped_dead_owner += self._stale_returns(msg)
+            return
+        if self._credit_copy(msg):
             return
         messages = msg.messages
         if self._lag(origin, msg.sent_at, now) > self.fresh_within():

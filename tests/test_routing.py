@@ -1365,6 +1365,26 @@ def test_deliveries_a_past_life_never_took_go_back_to_the_queue_and_out_again() 
     assert not any(core.drops().values()), core.drops()
 
 
+def test_credit_sent_again_after_a_hello_is_taken_once() -> None:
+    """Soak seeds 1741 and 5060: a client's credit went plain to an owner
+    its node had never heard a hello from, and was lost in a partition; the
+    node sends the same relay again on the link once the owner says hello
+    (``ClusterNode._credit_again``). At a join the first one arrives too:
+    the copy (the same relay, its ``sent_at`` too) is dropped, so the
+    client's credit is not doubled; a later grant is taken."""
+    r, core, _ = routing()
+    grant = Relay(
+        "n2", START, b"client-1", "tagtagtag0", 60.0, 1, ((MsgType.RECV, ("asgi|c", 5)),), 0.25
+    )
+    for _ in range(2):  # (the plain one, then its copy on the link)
+        r.handle(grant, 0.3, Fx())
+    [vconn] = r._virtual
+    assert core.queues.channels["asgi|c"].credits[vconn] == 5
+    assert r.counters["credit_copies_dropped"] == 1
+    r.handle(replace(grant, sent_at=0.5), 0.6, Fx())  # (a later grant)
+    assert core.queues.channels["asgi|c"].credits[vconn] == 10
+
+
 def test_a_report_of_what_was_parked_and_what_came_since_is_split_between_them() -> None:
     """Seed 4: the client's node never took one of the parked deliveries
     (its link ended first: counted at once); the client then took the two
