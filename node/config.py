@@ -119,7 +119,9 @@ class NodeConfig:
     #: its peers' relays until it has joined (seen another live member):
     #: alone, it would take every channel as its own and queue messages
     #: others own. A restarted node usually joins in milliseconds; one with
-    #: nobody to join serves alone after this.
+    #: nobody to join serves alone after this. It is also the most the node
+    #: holds them in all: joined, it waits for its peers' handovers only
+    #: until this long after its start.
     join_timeout: float = 2.0
     #: Seconds a node waits before acknowledging the cluster messages a
     #: peer's link brought (``links``): acknowledgements of a burst share a

@@ -125,8 +125,9 @@ _Client = tuple[str, int, ConnId]
 #: never takes the frame: (node, the client's connection there, channel ->
 #: the items, each ``[payload, ttl, seq]``)
 Undelivered = tuple[str, bytes, dict[str, list[Any]]]
-#: relays whose credit grants are remembered to know a copy (``_credit_copy``)
-_GRANTS_KEPT = 4096
+#: relays per client whose credit grants are remembered to know a copy
+#: (``_credit_copy``)
+_GRANTS_KEPT = 64
 
 
 @dataclass(slots=True)
@@ -327,8 +328,8 @@ class Routing:
         #: lost (their node's life ended, the client went, or nothing was
         #: heard by the deadline): ``_parked_flight``
         self._parked_flight: dict[_Client, tuple[float, dict[str, list[int]]]] = {}
-        #: the credit grants of the last relays taken (``_credit_copy``)
-        self._grants_seen: dict[tuple[Any, ...], None] = {}
+        #: per client, the credit grants of its last relays (``_credit_copy``)
+        self._grants_seen: dict[_Client, dict[tuple[Any, ...], None]] = {}
         #: clients of nodes that left cleanly -> when they are forgotten:
         #: until then nothing more is delivered to them, and what they were
         #: handed may still come back (``_node_gone``)
@@ -934,6 +935,7 @@ class Routing:
         and granted again if the node comes back in the same life
         (``_restore_credit``)."""
         self._leaving.pop(client, None)
+        self._grants_seen.pop(client, None)
         vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
             virtual = self._virtual.pop(vconn)
@@ -1360,20 +1362,25 @@ class Routing:
         """Whether ``msg`` is a copy of credit grants taken already: a node
         that sent a client's credit plain to this node before it heard this
         node's hello sends it again on the link once it has
-        (``ClusterNode._credit_again``), as it was. Each relay's grants are
-        remembered (the last ``_GRANTS_KEPT``) to know the copy."""
+        (``ClusterNode._credit_again``), as it was. The grants of each
+        client's last relays are remembered (``_GRANTS_KEPT``), until the
+        client is forgotten here (``_forget_virtual``: after that, its
+        credit here is gone, and a copy grants it again)."""
+        if msg.hops != 1:  # (only a client's own grant, straight from its node, is copied)
+            return False
         grants = tuple(m for m in msg.messages if m[0] == MsgType.RECV)
         if not grants:
             return False
-        key = (msg.origin, msg.incarnation, msg.conn, msg.sent_at, grants)
-        if key in self._grants_seen:
+        seen = self._grants_seen.setdefault((msg.origin, msg.incarnation, msg.conn), {})
+        key = (msg.sent_at, grants)
+        if key in seen:
             if len(grants) == len(msg.messages):
                 self.counters["credit_copies_dropped"] += 1
                 return True
             return False
-        self._grants_seen[key] = None
-        if len(self._grants_seen) > _GRANTS_KEPT:
-            del self._grants_seen[next(iter(self._grants_seen))]
+        seen[key] = None
+        if len(seen) > _GRANTS_KEPT:
+            del seen[next(iter(seen))]
         return False
 
     def _hold(self, msg: Relay, now: float) -> bool:

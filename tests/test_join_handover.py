@@ -156,7 +156,7 @@ def test_what_the_keeper_hands_back_is_delivered_before_newer_sends() -> None:
 
 def test_a_peer_that_never_says_it_handed_over_delays_serving_by_join_timeout() -> None:
     """(a peer of an older version, or its message lost): the new life
-    serves anyway, ``join_timeout`` after it joined, and counts it."""
+    serves anyway, ``join_timeout`` after it started, and counts it."""
     net, b2, restarted = scenario(drop=lambda m: type(m).__name__ == "HandedOver")
     got = net.delivered(restarted)
     assert sorted(payload for _, payload in got) == [b"first", b"second"]
@@ -164,6 +164,43 @@ def test_a_peer_that_never_says_it_handed_over_delays_serving_by_join_timeout() 
     assert not any(b2.drops().values()), b2.drops()  # (kept a lease from then)
     join_timeout = b2.config.join_timeout
     assert join_timeout <= got[0][0] - restarted < join_timeout + 0.5, got
+
+
+def test_a_node_that_joins_late_holds_its_clients_at_most_join_timeout_in_all() -> None:
+    """Simulation seed 1486: a node restarted onto a lossy link hears its
+    peers only 1.4 s after its start, and none says it handed over. A send
+    its client made at the start must be answered within the answer bound:
+    the new life serves ``join_timeout`` after its start, not after it
+    joined (3.4 s before, a send unanswered beyond the bound)."""
+    net, _a, b = joined()
+    hello: Message = (MsgType.HELLO, (SESSION, 7, [60.0]))
+    net.apply(B_ADDR, b.leave(net.now))
+    net.run(net.now + 0.5)
+    del net.nodes[B_ADDR]
+    b2 = make("b", B_ADDR, (A_ADDR,), 1_100_001)
+    net.nodes[B_ADDR] = b2
+    restarted = net.now
+    late = restarted + 1.4
+    # Every peer message is lost for 1.4 s; HandedOver, always.
+    net.drop = lambda m: net.now < late or type(m).__name__ == "HandedOver"
+    net.start(B_ADDR, b2)
+    net.client(B_ADDR, [hello, (MsgType.SEND, (1, "q", b"m", 100))])
+    join_timeout = b2.config.join_timeout
+    while net.now < restarted + join_timeout and len(b2.table.live()) < 2:  # type: ignore[union-attr]
+        net.run(net.now + 0.01)
+    joined_at = net.now
+    assert late <= joined_at < restarted + join_timeout - 0.1, joined_at - restarted
+    net.run(restarted + join_timeout + 0.5)
+    answers = [
+        (at, m[0])
+        for at, _, conn, m in net.to_clients
+        if conn == CONN and at >= restarted and m[0] in (MsgType.ACK, MsgType.ERROR)
+    ]
+    assert answers, "the send was never answered"
+    answered_at, kind = answers[0]
+    assert kind == MsgType.ACK, answers
+    assert join_timeout <= answered_at - restarted < join_timeout + 0.1, answers
+    assert b2.counters["handover_timeouts"] == 1
 
 
 def test_a_node_that_left_lingers_until_its_last_reserved_send_could_be_acknowledged() -> None:

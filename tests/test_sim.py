@@ -458,15 +458,6 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: saved for), reported as an xfail; once it passes, the test fails until
 #: it is taken out of this table.
 FAILING_PLANS: dict[str, tuple[str, str]] = {
-    "send-to-a-node-restarted-onto-a-lossy-link-answered-in-time": (
-        "answer_time",
-        "soak seed 1486, 7 ops: a node restarted onto a 60%-lossy link hears its peers 1.4 s "
-        "after its start, then waits join_timeout more for their handovers, holding a send "
-        "its client made at the start for 3 s, beyond the answer bound (2.95 s). One deadline "
-        "for both waits fixed it and stalled soak seed 6193 (a node restarted into a "
-        "partition served as a frozen peer thawed, before the other side's handover): "
-        "session 22, docs/cluster.md",
-    ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
