@@ -104,6 +104,25 @@ class Net:
         ]
 
 
+def _losing(net: Net, address: str, kind: type) -> list[bool]:
+    """From now on, while the flag returned holds (``[True]``), every frame
+    ``address`` sends that carries a ``kind`` message is lost."""
+    lossy = [True]
+    deliver = net.apply
+
+    def apply(at: str, fx: Effects) -> None:
+        if at == address and lossy[0]:
+            fx.peers[:] = [
+                (to, frame)
+                for to, frame in fx.peers
+                if not any(isinstance(m, kind) for m in decode_peer(frame))
+            ]
+        deliver(at, fx)
+
+    net.apply = apply  # type: ignore[method-assign]
+    return lossy
+
+
 def joined(drop: Any = None) -> tuple[Net, ClusterNode, ClusterNode]:
     """Nodes a and b, started as the shell starts them, each the other's
     seed: both have joined and serve."""
@@ -257,19 +276,7 @@ def _leaving_with_its_handover_lost(
     for i in range(sends):
         net.client(B_ADDR, [(MsgType.SEND, (i + 1, name, b"m%d" % i, 100))])
     net.run(net.now + 0.05)
-    lossy = [True]
-    deliver = net.apply
-
-    def apply(address: str, fx: Effects) -> None:
-        if address == B_ADDR and lossy[0]:
-            fx.peers[:] = [
-                (to, frame)
-                for to, frame in fx.peers
-                if not any(isinstance(m, Handoff) for m in decode_peer(frame))
-            ]
-        deliver(address, fx)
-
-    net.apply = apply  # type: ignore[method-assign]
+    lossy = _losing(net, B_ADDR, Handoff)
     left = net.now
     net.apply(B_ADDR, b.leave(left))
     return net, a, b, name, left, lossy
@@ -388,19 +395,7 @@ def test_a_node_that_left_lingers_while_a_peer_it_still_hears_owes_reserved_send
     net.run(left + 0.05)
     net.client(B_ADDR, [(MsgType.SEND, (1, name, b"asks", 100))])  # (answered: a reservation)
     net.run(net.now + 0.05)
-    lossy = [True]
-    deliver = net.apply
-
-    def apply(address: str, fx: Effects) -> None:
-        if address == B_ADDR and lossy[0]:
-            fx.peers[:] = [
-                (to, frame)
-                for to, frame in fx.peers
-                if not any(isinstance(m, Relay) for m in decode_peer(frame))
-            ]
-        deliver(address, fx)
-
-    net.apply = apply  # type: ignore[method-assign]
+    lossy = _losing(net, B_ADDR, Relay)
     net.client(B_ADDR, [(MsgType.SEND, (0, name, b"reserved", 100))])
     bound = b.routing.answer_within()  # type: ignore[union-attr]
     net.run(left + 3 * bound)  # (past the 2 bounds a linger had at most)
