@@ -37,6 +37,7 @@ from .membership import (
     Ack,
     EventKind,
     Gossip,
+    Member,
     MemberEvent,
     MemberTable,
     Nack,
@@ -219,9 +220,9 @@ class ClusterNode:
         #: peers that said they have (``HandedOver``)
         self._handover_until: float | None = None
         self._join_by = 0.0
-        #: peer -> relays of our clients' credit sent plain to it before it
-        #: ever said hello here (``_credit_again``)
-        self._plain_credit: dict[str, list[Relay]] = {}
+        #: peer -> (its life then, relays of our clients' credit sent plain to
+        #: it before it ever said hello here: ``_credit_again``)
+        self._plain_credit: dict[str, tuple[int, list[Relay]]] = {}
         #: when this node left (``leave``): its linger is measured from then
         self._left_at: float | None = None
         #: its last load reports: (when sent, ``queued`` + ``parked``), for
@@ -1009,7 +1010,11 @@ class ClusterNode:
         against 172). The copy is the relay as it was (its ``sent_at`` too):
         a peer that took the first drops it (``Routing._credit_copy``)."""
         for node in [n for n in self._plain_credit if self.links.speaks(n)]:
-            for relay in self._plain_credit.pop(node):
+            life, relays = self._plain_credit.pop(node)
+            member = self.table.member(node) if self.table is not None else None
+            if member is None or member.incarnation >= life + RESTART_GAP:
+                continue  # (a new life of that node: it never had the first)
+            for relay in relays:
                 if relay.incarnation == self.incarnation:
                     fx.peers.append((node, relay))
                     self.counters["credit_granted_again"] += 1
@@ -1065,18 +1070,22 @@ class ClusterNode:
                         plain = encode_peer(msg)
                     frame = plain
                     if isinstance(msg, Relay) and msg.hops == 1 and not self.links.speaks(node):
-                        self._remember_plain_credit(node, msg)
+                        self._remember_plain_credit(member, msg)
                 frames.append((member.address, frame))
         return frames
 
-    def _remember_plain_credit(self, node: str, relay: Relay) -> None:
-        """A relay of our client's credit sent plain to ``node``, which never
-        said hello here: kept (its credit alone) for ``_credit_again``."""
+    def _remember_plain_credit(self, member: Member, relay: Relay) -> None:
+        """A relay of our client's credit sent plain to ``member``, which
+        never said hello here: kept (its credit alone) for
+        ``_credit_again``, with that member's life."""
         grants = tuple(m for m in relay.messages if m[0] == MsgType.RECV)
         if grants:
-            kept = self._plain_credit.setdefault(node, [])
+            life, kept = self._plain_credit.get(member.id, (member.incarnation, []))
+            if member.incarnation >= life + RESTART_GAP:  # (a new life: those went to the old)
+                life, kept = member.incarnation, []
             if len(kept) < _PLAIN_CREDIT_KEPT:
                 kept.append(dataclasses.replace(relay, messages=grants))
+            self._plain_credit[member.id] = (life, kept)
 
     # -- status ------------------------------------------------------------
     def drops(self) -> dict[str, int]:
