@@ -66,7 +66,7 @@ from .peer_wire import decode_peer, encode_peer, salvage_link_frame
 from .queues import ConnId
 from .readiness import expects_peers
 from .replication import GroupReplication
-from .routing import RESTART_GAP, Routing, Undelivered, tells_flight
+from .routing import RESTART_GAP, Routing, Undelivered, grants_of, tells_flight
 
 log = logging.getLogger("zchannels.node")
 
@@ -1078,7 +1078,7 @@ class ClusterNode:
         """A relay of our client's credit sent plain to ``member``, which
         never said hello here: kept (its credit alone) for
         ``_credit_again``, with that member's life."""
-        grants = tuple(m for m in relay.messages if m[0] == MsgType.RECV)
+        grants = grants_of(relay.messages)
         if grants:
             life, kept = self._plain_credit.get(member.id, (member.incarnation, []))
             if member.incarnation >= life + RESTART_GAP:  # (a new life: those went to the old)

@@ -108,6 +108,16 @@ RELAY_FRESH_MARGIN = 0.1
 EXACT = 1 << 62
 
 
+def grants_of(messages: Iterable[Message]) -> tuple[Message, ...]:
+    """The credit grants (``RECV``) among a relay's messages."""
+    return tuple(m for m in messages if m[0] == MsgType.RECV)
+
+
+def _seqs_of(items: dict[str, list[Any]]) -> dict[str, list[int]]:
+    """Channel -> the sequence numbers of ``Undelivered`` items."""
+    return {name: [item[2] for item in listed] for name, listed in items.items()}
+
+
 def _same_life(a: int, b: int) -> bool:
     """Whether two incarnations of a node are one life (a refuted
     suspicion moves it by one; a new process by ``RESTART_GAP`` or more)."""
@@ -1166,7 +1176,7 @@ class Routing:
         them, and are delivered again (on the link to the newer life once
         this node knows it)."""
         for node, conn, items in notes:
-            seqs = {name: [item[2] for item in listed] for name, listed in items.items()}
+            seqs = _seqs_of(items)
             for client in [c for c in self._parked_flight if c[0] == node and c[2] == conn]:
                 parked = self._parked_flight[client][1]
                 lost = sum(_unpark(parked, name, numbers) for name, numbers in seqs.items())
@@ -1210,7 +1220,7 @@ class Routing:
         before = self.core.queues.counters.dropped_receiver_gone
         lost = 0
         for node, conn, items in notes:
-            seqs = {name: [item[2] for item in listed] for name, listed in items.items()}
+            seqs = _seqs_of(items)
             known: dict[str, set[int]] = {}
             for client, (_, counted) in self._counted_gone.items():
                 if client[0] == node and client[2] == conn:
@@ -1368,7 +1378,7 @@ class Routing:
         credit here is gone, and a copy grants it again)."""
         if msg.hops != 1:  # (only a client's own grant, straight from its node, is copied)
             return False
-        grants = tuple(m for m in msg.messages if m[0] == MsgType.RECV)
+        grants = grants_of(msg.messages)
         if not grants:
             return False
         seen = self._grants_seen.setdefault((msg.origin, msg.incarnation, msg.conn), {})
@@ -1519,7 +1529,7 @@ class Routing:
             # lives (simulation seed 957: kept by a node that lingered after
             # its leave, the receive waited for good on the node's next life,
             # where the channel's messages were queued).
-            back = tuple(m for m in messages if m[0] == MsgType.RECV)
+            back = grants_of(messages)
             if back:
                 self.counters["credit_handed_back_after_leave"] += len(back)
                 fx.peers.append((origin, RelayBack(self.me, conn, back)))
