@@ -255,6 +255,7 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("seq", int),
         ("target", int),
     ),
+    # gen 0: a hello, and upto is then what its life reads (FEATURES)
     MsgType.PEER_LINK_ACK: (("source", str), ("life", int), ("gen", int), ("upto", int)),
     MsgType.PEER_LINK_PROBE: (("source", str), ("life", int), ("gen", int)),
     MsgType.PEER_LINK_STATE: (("source", str), ("life", int), ("gen", int), ("upto", int)),
@@ -454,6 +455,18 @@ def _relay_stamps(msg: Relay) -> int:
 def _handoff_stamps(msg: Handoff) -> int:
     """How many of a handover's items carry a stamp (a fourth field)."""
     return sum(1 for _, items in msg.channels for item in items if len(item) > 3)
+
+
+def stamps_in(msg: PeerMessage) -> int:
+    """How many producer stamps ``msg`` carries (a relay's SENDs, a relay
+    back's deliveries, a handover's items)."""
+    if isinstance(msg, Relay):
+        return _relay_stamps(msg)
+    if isinstance(msg, RelayBack):
+        return len(msg.stamps)
+    if isinstance(msg, Handoff):
+        return _handoff_stamps(msg)
+    return 0
 
 
 def readable(msg: PeerMessage, features: int) -> tuple[PeerMessage, int]:
