@@ -1066,9 +1066,15 @@ class ClusterNode:
                 if frame is HELD:  # (for a new life, until it says hello)
                     continue
                 if frame is None:
-                    if plain is None:
-                        plain = encode_peer(msg)
-                    frame = plain
+                    # (as that life reads it: a peer not heard yet, or of an
+                    # older version, is sent no stamps, ``Links.readable``)
+                    readable = self.links.readable(member, msg)
+                    if readable is not msg:
+                        frame = encode_peer(readable)
+                    else:
+                        if plain is None:
+                            plain = encode_peer(msg)
+                        frame = plain
                     if isinstance(msg, Relay) and msg.hops == 1 and not self.links.speaks(node):
                         self._remember_plain_credit(member, msg)
                 frames.append((member.address, frame))

@@ -53,6 +53,19 @@ How (go-back-N, as TCP does it one level up):
 - A peer that never says hello (an older version) gets frames as before;
   its hellos from this node are dropped there as malformed and counted
   (``decode_errors``), once per ``hello_interval``, until it is upgraded.
+- A hello says what its life reads beyond what every version with links
+  reads (``peer_wire.FEATURES``, a bit set in ``upto``; every older version
+  ignores it and says 0). A message is framed for a peer as the process
+  at its address reads it (``peer_wire.readable``; the newest life of it
+  that said hello): without producer stamps unless that hello said it
+  reads them, so a node not heard yet, or one of an older version, is
+  never sent a type it would drop (in a rolling upgrade: every relayed
+  send to an old node, every delivery relayed back through one). Taken
+  off, they are counted (``stamps_stripped``: the life said hello without
+  them, an older version; ``stamps_stripped_unheard``: no hello of it yet).
+  A message with stamps for a live node never heard from waits for its
+  hello as a new life's messages do (its hello crosses a join's handover
+  on the way); held messages are framed when released, as the hello says.
 
 Pure: ``now`` comes in, frames (node id, bytes) go out; the composing
 ``ClusterNode`` addresses them.
@@ -67,7 +80,7 @@ from typing import Any, NamedTuple
 
 from .membership import LIVE, Member
 from .peer_messages import TIMED, ClusterMessage, LinkAck, LinkProbe, LinkSeq, LinkState, aged
-from .peer_wire import PeerMessage, encode_peer, encode_peers
+from .peer_wire import FEATURES, PeerMessage, encode_peer, encode_peers, readable, stamps_in
 
 #: A member's incarnation grows by one per refuted suspicion; this much
 #: above the one a link was opened at is a new life (``routing.RESTART_GAP``).
@@ -152,10 +165,16 @@ class LinkSettings:
 
 
 class Links:
-    def __init__(self, node_id: str, life: int, settings: LinkSettings) -> None:
+    def __init__(
+        self, node_id: str, life: int, settings: LinkSettings, features: int = FEATURES
+    ) -> None:
         self.node_id = node_id
         self.life = life
         self.settings = settings
+        #: what this life reads beyond every linked version, said in its
+        #: hello (``peer_wire.FEATURES``; a test that plays an older
+        #: version says 0)
+        self.features = features
         self.counters: Counter[str] = Counter()
         #: seconds before unacknowledged frames are sent again (shorter
         #: while a node that left lingers: ``hurry``)
@@ -167,6 +186,11 @@ class Links:
         self._in: dict[tuple[str, int, int], _In] = {}
         #: node -> the life it said hello from (it speaks links)
         self._speaks: dict[str, int] = {}
+        #: node -> (the life its last hello came from, the features it said)
+        self._features: dict[str, tuple[int, int]] = {}
+        #: node never heard from -> its life in which messages held for its
+        #: hello waited ``hold_limit`` in vain (``_waits_for_hello``)
+        self._silent: dict[str, int] = {}
         self._next_hello = 0.0
         self._ack_at: float | None = None
         self._limbo: dict[int, _Limbo] = {}
@@ -215,8 +239,16 @@ class Links:
         on the link once the new life says hello (``release``), in order
         with everything held after it; if that life ends first, what only
         this node counts is counted lost, and if it says nothing for
-        ``hold_limit`` (an older version: it never will) it goes plain."""
-        if member.id in self._held or self._unheard_life(member):
+        ``hold_limit`` (an older version: it never will) it goes plain.
+
+        ``HELD`` too: ``msg`` carries producer stamps and the member is a
+        live node never heard from (``_waits_for_hello``): its hello will
+        say whether it reads them."""
+        if (
+            member.id in self._held
+            or self._unheard_life(member)
+            or self._waits_for_hello(member, msg)
+        ):
             held = self._held.get(member.id)
             if held is None:
                 held = self._held[member.id] = _Held(member.incarnation, now, [])
@@ -226,6 +258,9 @@ class Links:
         link = self._link(member, now)
         if link is None:
             return None
+        # (as the life the link is to reads it: fixed for the link's life,
+        # so a frame sent again, or framed anew aged, keeps its form)
+        msg = self.readable(member, msg)
         seq = link.next_seq
         link.next_seq += 1
         frame = encode_peers([LinkSeq(self.node_id, self.life, link.gen, seq, link.target), msg])
@@ -274,9 +309,60 @@ class Links:
         self.counters["links_opened"] += 1
         return link
 
+    def peer_features(self, member: Member) -> int | None:
+        """What the process at ``member``'s address reads beyond what every
+        version with links reads, as the newest life of that node that said
+        hello here said it (0: an older version); None if none has said
+        hello in ``member``'s life or after it (not yet, or never: a
+        version before links). A life after the member's is the process
+        that takes the frame now: the member table may not know it yet
+        (simulation plan ``sends-held-through-a-partition-refused-after-a-
+        restarted-node-served-newer``: deliveries relayed back to a node
+        its peer still saw as the life that left, whose new process had
+        said hello)."""
+        heard = self._features.get(member.id)
+        if heard is None:
+            return None
+        life, features = heard
+        return features if member.incarnation < life + _NEW_LIFE else None
+
+    def readable(self, member: Member, msg: PeerMessage) -> PeerMessage:
+        """``msg`` as the process at ``member``'s address reads it
+        (``peer_wire.readable``, with ``peer_features``): one not heard yet
+        is sent only what every version reads. Stamps taken off are
+        counted: for a life whose hello said it reads none, an older version
+        (a mixed cluster: ``stamps_stripped``), or for one not heard yet
+        (``stamps_stripped_unheard``: either; a version before links, or a
+        plain frame to a node thought dead). Losing them loses no message:
+        only the order check per producer where queues meet is skipped on
+        that path."""
+        features = self.peer_features(member)
+        out, stripped = readable(msg, features or 0)
+        if stripped:
+            unheard = features is None
+            self.counters["stamps_stripped_unheard" if unheard else "stamps_stripped"] += stripped
+        return out
+
     def speaks(self, node: str) -> bool:
         """Whether ``node`` has said hello to this node (in any life)."""
         return node in self._speaks
+
+    def _waits_for_hello(self, member: Member, msg: PeerMessage) -> bool:
+        """Whether ``msg`` carries producer stamps for a live node this
+        node has never heard from, which may yet say hello (it has not let
+        ``hold_limit`` pass in silence in this life). Sent at once, it would
+        go without them (``readable``), and a node that joins or a new
+        process is handed channels as the peer's hello crosses the handover
+        on the way: the merge of the handed items with newer sends, which
+        the stamps order, would go by deadline (simulation seed 125's shrunk
+        plan ``relay-delayed-on-a-lossy-link-merged-after-a-newer-send``:
+        a restarted node's handover to a peer back from a partition, 0.2 ms
+        before the peer's hello came). Held, it waits that long, and goes on
+        the link."""
+        if member.state not in LIVE or member.id in self._speaks or not stamps_in(msg):
+            return False
+        silent = self._silent.get(member.id)
+        return silent is None or member.incarnation >= silent + _NEW_LIFE
 
     def _unheard_life(self, member: Member) -> bool:
         """A live member in a life after the one it said hello from."""
@@ -306,14 +392,20 @@ class Links:
                 del self._held[node]
                 self._held_lost(held)
                 continue
-            hello = not self._unheard_life(member)
+            hello = member.id in self._speaks and not self._unheard_life(member)
             if not hello and now < held.since + self.hold_limit:
                 continue
+            if not hello and member.id not in self._speaks:
+                # (a node never heard from: a version before links; what
+                # follows for this life is not held for a hello again)
+                self._silent[member.id] = member.incarnation
             del self._held[node]
             for msg, units, note, queued in held.msgs:
+                # (framed now, not when held: now the new life's hello has
+                # said what it reads, or it never will)
                 frame = self.frame(member, msg, now, units, note, queued) if hello else None
                 out.extend((member.address, probe) for probe in self.first())
-                out.append((member.address, frame or encode_peer(msg)))
+                out.append((member.address, frame or encode_peer(self.readable(member, msg))))
         return out
 
     def holding(self) -> bool:
@@ -481,9 +573,12 @@ class Links:
             self._ack_at = at
 
     def _on_ack(self, ack: LinkAck, now: float) -> None:
-        if ack.gen == 0:  # a hello
+        if ack.gen == 0:  # a hello; ``upto``: what its life reads (0: older)
             if self._speaks.get(ack.source) != ack.life:
                 self._speaks[ack.source] = ack.life
+            heard = self._features.get(ack.source)
+            if heard is None or ack.life >= heard[0]:  # (not a late one of a life before)
+                self._features[ack.source] = (ack.life, ack.upto)
             return
         if ack.life != self.life:
             return
@@ -561,9 +656,11 @@ class Links:
         return out
 
     def hello(self) -> LinkAck:
-        """Says this life speaks links (to every live peer each
-        ``hello_interval``, and to a peer as soon as it is seen live)."""
-        return LinkAck(self.node_id, self.life, 0, 0)
+        """Says this life speaks links, and what it reads beyond what every
+        version with links does (``features``, in ``upto``), to every live
+        peer each ``hello_interval``, and to a peer as soon as it is seen
+        live."""
+        return LinkAck(self.node_id, self.life, 0, self.features)
 
     def new_life(self, life: int, now: float) -> None:
         """This node ended its life in place (``ClusterNode._fence``): what

@@ -265,7 +265,9 @@ class LinkSeq:
 class LinkAck:
     """``source`` took every message of link ``gen`` (of the receiving
     node's life ``life``) up to ``upto``. ``gen`` 0 is a hello: ``source``
-    speaks links in its life ``life``."""
+    speaks links in its life ``life``, and ``upto`` is the bit set of what
+    that life reads beyond what every version with links reads
+    (``peer_wire.FEATURES``; 0 from an older version, which ignores it)."""
 
     source: str
     life: int

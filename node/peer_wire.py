@@ -13,6 +13,7 @@ that leaves ``decode_peer`` is well-formed.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 from zchannels.names import valid_wire_channel, valid_wire_group
@@ -60,6 +61,22 @@ from .peer_messages import (
 from .sessions import valid_duration
 
 PeerMessage = MemberMessage | ClusterMessage
+
+#: What a life reads beyond the peer types every version with links reads,
+#: as a bit set said in its hello (``LinkAck`` with ``gen`` 0 carries it in
+#: ``upto``; every version of ``links`` since the first ignores a hello's
+#: ``upto`` and sends 0, so an older node says "none" and hears nothing it
+#: cannot read). Bits are append-only, like the type numbers.
+#:
+#: The node reads the stamped forms PEER_RELAY_STAMPED (64),
+#: PEER_HANDOFF_STAMPED (65) and PEER_RELAY_BACK_STAMPED (66). One bit for
+#: the three: 64 and 65 came in one commit (06a5278) and 66 a day later
+#: (ac83b79), but both before any hello said anything, so a life that says
+#: this bit reads all three, and a life of a version in between (64 and 65,
+#: not 66) says 0 and is sent the plain forms (it reads them too).
+FEATURE_STAMPS = 1
+#: What this version reads (its hello says so).
+FEATURES = FEATURE_STAMPS
 
 #: Most updates one message may carry (a full table of a large cluster).
 MAX_UPDATES = 10_000
@@ -238,6 +255,7 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
         ("seq", int),
         ("target", int),
     ),
+    # gen 0: a hello, and upto is then what its life reads (FEATURES)
     MsgType.PEER_LINK_ACK: (("source", str), ("life", int), ("gen", int), ("upto", int)),
     MsgType.PEER_LINK_PROBE: (("source", str), ("life", int), ("gen", int)),
     MsgType.PEER_LINK_STATE: (("source", str), ("life", int), ("gen", int), ("upto", int)),
@@ -370,9 +388,7 @@ def to_wire(msg: PeerMessage) -> Message:
                 msg.ttl,
             )
         case Relay():
-            stamped = any(
-                mtype == MsgType.SEND and len(fields) > 4 for mtype, fields in msg.messages
-            )
+            stamped = _relay_stamps(msg) > 0
             return MsgType.PEER_RELAY_STAMPED if stamped else MsgType.PEER_RELAY, (
                 msg.origin,
                 msg.incarnation,
@@ -402,7 +418,7 @@ def to_wire(msg: PeerMessage) -> Message:
         case HolderGone():
             return MsgType.PEER_HOLDER_GONE, (msg.origin, msg.incarnation, list(msg.sessions))
         case Handoff():
-            stamped = any(len(item) > 3 for _, items in msg.channels for item in items)
+            stamped = _handoff_stamps(msg) > 0
             return MsgType.PEER_HANDOFF_STAMPED if stamped else MsgType.PEER_HANDOFF, (
                 msg.origin,
                 [[name, items] for name, items in msg.channels],
@@ -429,6 +445,58 @@ def to_wire(msg: PeerMessage) -> Message:
         case Reservations():
             return MsgType.PEER_RESERVATIONS, (msg.origin, [list(e) for e in msg.entries])
     raise TypeError(f"not a peer message: {msg!r}")  # pragma: no cover
+
+
+def _relay_stamps(msg: Relay) -> int:
+    """How many of a relay's SENDs carry a stamp (a fifth field)."""
+    return sum(1 for mtype, fields in msg.messages if mtype == MsgType.SEND and len(fields) > 4)
+
+
+def _handoff_stamps(msg: Handoff) -> int:
+    """How many of a handover's items carry a stamp (a fourth field)."""
+    return sum(1 for _, items in msg.channels for item in items if len(item) > 3)
+
+
+def stamps_in(msg: PeerMessage) -> int:
+    """How many producer stamps ``msg`` carries (a relay's SENDs, a relay
+    back's deliveries, a handover's items)."""
+    if isinstance(msg, Relay):
+        return _relay_stamps(msg)
+    if isinstance(msg, RelayBack):
+        return len(msg.stamps)
+    if isinstance(msg, Handoff):
+        return _handoff_stamps(msg)
+    return 0
+
+
+def readable(msg: PeerMessage, features: int) -> tuple[PeerMessage, int]:
+    """``msg`` as a peer life that said ``features`` in its hello reads it,
+    and how many stamps were taken off for it: a relay, a relay back or a
+    handover with producer stamps goes without them (the plain type, which
+    every version reads) unless that life reads the stamped forms
+    (``FEATURE_STAMPS``). A node of an older version drops a frame of a type
+    it does not know with all it carries; without its stamps the message
+    still arrives, and only the per-producer order check where queues meet
+    (``queues.Stamp``) is skipped on that path."""
+    if features & FEATURE_STAMPS:
+        return msg, 0
+    if isinstance(msg, Relay):
+        n = _relay_stamps(msg)
+        if n:
+            messages = tuple(
+                (mtype, fields[:4]) if mtype == MsgType.SEND else (mtype, fields)
+                for mtype, fields in msg.messages
+            )
+            return replace(msg, messages=messages), n
+    elif isinstance(msg, RelayBack):
+        if msg.stamps:
+            return replace(msg, stamps=()), len(msg.stamps)
+    elif isinstance(msg, Handoff):
+        n = _handoff_stamps(msg)
+        if n:
+            channels = tuple((name, [item[:3] for item in items]) for name, items in msg.channels)
+            return replace(msg, channels=channels), n
+    return msg, 0
 
 
 #: What a peer address must look like: a TCP endpoint (host or [IPv6], port).

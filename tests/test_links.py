@@ -5,6 +5,9 @@ only when the peer's life ends, and says how much."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.links import HELD, Links, LinkSettings
@@ -16,14 +19,18 @@ from zchannels.node.peer_messages import (
     LinkSeq,
     LinkState,
     Relay,
+    RelayBack,
     Reservations,
 )
 from zchannels.node.peer_wire import (
+    FEATURE_STAMPS,
+    FEATURES,
     PeerMessage,
     decode_peer,
     encode_peer,
     encode_peers,
     salvage_link_frame,
+    stamps_in,
 )
 
 from zchannels.protocol import DecodeError, MsgType
@@ -340,7 +347,189 @@ def test_a_fence_gives_up_the_old_lifes_links() -> None:
     a.new_life(A_LIFE + 1001, 0.05)
     assert a.counters["link_abandoned"] == 1
     hello = [decode_peer(f)[0] for n, f in a.tick(0.1, {"b": member("b", B_LIFE)}, ["b"])]
-    assert LinkAck("a", A_LIFE + 1001, 0, 0) in hello
+    assert LinkAck("a", A_LIFE + 1001, 0, FEATURES) in hello
+
+
+# -- mixed versions: what a peer's life reads --------------------------------------
+
+#: The stamped forms: a node of a version before them drops such a frame
+#: (an unknown type) with every send or delivery it carries.
+STAMPED = {
+    MsgType.PEER_RELAY_STAMPED,
+    MsgType.PEER_HANDOFF_STAMPED,
+    MsgType.PEER_RELAY_BACK_STAMPED,
+}
+STAMP = ("a/abcdefghij", A_LIFE, 3)
+RELAY = Relay(
+    "a",
+    A_LIFE,
+    b"\x00k",
+    "abcdefghij",
+    60.0,
+    1,
+    ((MsgType.SEND, (0, "asgi|c", b"p", 100, STAMP)), (MsgType.RECV, ("asgi|d", 5))),
+    2.5,
+)
+RELAY_BACK = RelayBack(
+    "a",
+    b"\x00k",
+    ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),),
+    (("asgi|c", 7, *STAMP),),
+)
+HANDOFF = Handoff("a", (("asgi|c", [[b"x", 30.0, 7, STAMP], [b"y", 30.0, 8]]),), ())
+
+
+def types_in(frame: bytes) -> set[int]:
+    """The type numbers a frame carries, read as any version reads them."""
+    if frame[1] != MsgType.BATCH:
+        return {frame[1]}
+    return {item[0] for item in msgpack.unpackb(frame[2:])}
+
+
+def with_peer(features: int) -> tuple[Links, Links]:
+    """a (this version) and b, which says ``features`` in its hello (0: an
+    older version), each having heard the other's hello."""
+    a, b = Links("a", A_LIFE, S), Links("b", B_LIFE, S, features=features)
+    a.take([b.hello()], 0.0)
+    b.take([a.hello()], 0.0)
+    return a, b
+
+
+def test_a_peer_whose_hello_says_no_stamps_is_sent_only_types_an_older_node_knows() -> None:
+    """A rolling upgrade: b is of an older version (its hello says 0). What
+    a relays to it, hands it and sends back through it arrives, without the
+    producer stamps; the stamps taken off are counted for the operator."""
+    a, b = with_peer(0)
+    mb = member("b", B_LIFE)
+    frames = [a.frame(mb, m, 0.1) for m in (RELAY, RELAY_BACK, HANDOFF)]
+    assert all(f is not None for f in frames)
+    assert not any(types_in(f) & STAMPED for f in frames if f)
+    got = [m for f in frames if f for m in taken(b, f, 0.11)]
+    assert [type(m) for m in got] == [Relay, RelayBack, Handoff]
+    relay, back, handoff = got
+    assert isinstance(relay, Relay) and isinstance(back, RelayBack)
+    assert isinstance(handoff, Handoff)
+    assert relay.messages == ((MsgType.SEND, (0, "asgi|c", b"p", 100)), RELAY.messages[1])
+    assert back.messages == RELAY_BACK.messages and back.stamps == ()
+    assert handoff.channels == (("asgi|c", [[b"x", 30.0, 7], [b"y", 30.0, 8]]),)
+    assert a.counters["stamps_stripped"] == 3
+    assert a.counters["stamps_stripped_unheard"] == 0
+
+
+def test_a_peer_whose_hello_says_stamps_gets_the_stamped_forms() -> None:
+    a, b = with_peer(FEATURE_STAMPS)
+    mb = member("b", B_LIFE)
+    frames = [a.frame(mb, m, 0.1) for m in (RELAY, RELAY_BACK, HANDOFF)]
+    assert [types_in(f) - {MsgType.PEER_LINK_SEQ} for f in frames if f] == [
+        {MsgType.PEER_RELAY_STAMPED},
+        {MsgType.PEER_RELAY_BACK_STAMPED},
+        {MsgType.PEER_HANDOFF_STAMPED},
+    ]
+    assert [m for f in frames if f for m in taken(b, f, 0.11)] == [RELAY, RELAY_BACK, HANDOFF]
+    assert a.counters["stamps_stripped"] == 0
+
+
+def test_stamps_for_a_node_never_heard_from_wait_for_its_hello() -> None:
+    """A node that joins, or a new process, is handed its channels as its
+    hello crosses the handover on the way: sent at once, the handover would
+    go without stamps. It waits for the hello, in order with what follows,
+    and goes on the link as the hello says."""
+    for features, kind in [
+        (FEATURE_STAMPS, MsgType.PEER_HANDOFF_STAMPED),
+        (0, MsgType.PEER_HANDOFF),
+    ]:
+        a = Links("a", A_LIFE, S)
+        mc = member("c", 7_000_000)
+        assert a.frame(mc, msg(1), 0.0) is None  # (nothing to wait for: plain)
+        assert a.frame(mc, HANDOFF, 0.0) is HELD
+        assert a.frame(mc, msg(2), 0.0) is HELD, "what follows waits behind it"
+        c = Links("c", 7_000_000, S, features=features)
+        a.take([c.hello()], 0.001)
+        c.take([a.hello()], 0.001)
+        out = a.release(lambda n, m=mc: m, 0.001)
+        assert [types_in(f) - {MsgType.PEER_LINK_SEQ} for _addr, f in out] == [
+            {kind},
+            {MsgType.PEER_ASK},
+        ]
+        got = [m for _addr, f in out for m in taken(c, f, 0.002)]
+        assert [type(m) for m in got] == [Handoff, Ask]
+        assert a.status()["unacked"] == 2, "on the link"
+        assert a.counters["stamps_stripped"] == (0 if features else 1)
+        assert a.counters["stamps_stripped_unheard"] == 0
+
+
+def test_a_node_that_never_says_hello_gets_stamped_messages_plain_and_without() -> None:
+    """A version before links says no hello: after ``hold_limit`` what waited
+    goes plain, without stamps, and nothing more waits for that life."""
+    a = Links("a", A_LIFE, S)
+    mc = member("c", 7_000_000)
+    assert a.frame(mc, RELAY, 0.0) is HELD
+    assert a.release(lambda n: mc, 0.5 * a.hold_limit) == []
+    [(_addr, frame)] = a.release(lambda n: mc, a.hold_limit)
+    assert types_in(frame) == {MsgType.PEER_RELAY}
+    assert a.counters["stamps_stripped_unheard"] == 1
+    assert a.frame(mc, RELAY_BACK, a.hold_limit + 1) is None  # (plain at once)
+    assert a.readable(mc, RELAY_BACK) == replace(RELAY_BACK, stamps=())
+    assert a.counters["stamps_stripped_unheard"] == 2
+    restarted = member("c", 7_000_000 + 5_000)  # (a new process may say hello)
+    assert a.frame(restarted, RELAY_BACK, a.hold_limit + 2) is HELD
+
+
+def test_a_frame_for_a_life_the_table_still_sees_goes_as_its_newest_hello_says() -> None:
+    """b restarts onto an older version: until the member table sees its
+    new life, frames still go to b's address, where the new process takes
+    them. Its hello, not the earlier life's, says what it reads; a late
+    hello of the earlier life changes nothing."""
+    a, _b = with_peer(FEATURE_STAMPS)
+    mb = member("b", B_LIFE)  # (as the table still sees it)
+    assert a.readable(mb, RELAY) == RELAY
+    a.take([Links("b", B_LIFE + 5_000, S, features=0).hello()], 0.5)
+    assert stamps_in(a.readable(mb, RELAY)) == 0
+    assert stamps_in(a.readable(member("b", B_LIFE + 5_000), RELAY)) == 0
+    a.take([Links("b", B_LIFE, S).hello()], 0.6)  # (late, from the life before)
+    assert stamps_in(a.readable(mb, RELAY)) == 0
+
+
+def test_a_handover_sent_again_to_an_older_peer_stays_in_the_form_it_reads() -> None:
+    """A handover is framed anew, aged, when sent again: still without the
+    stamps its peer cannot read."""
+    a, _b = with_peer(0)
+    mb = member("b", B_LIFE)
+    assert a.frame(mb, HANDOFF, 0.0) is not None  # (lost on the way)
+    again = [f for n, f in a.tick(0.75, {"b": mb}, []) if n == "b"]
+    assert len(again) == 1
+    assert types_in(again[0]) == {MsgType.PEER_LINK_SEQ, MsgType.PEER_HANDOFF}
+
+
+def test_what_was_held_for_a_new_life_is_framed_as_that_life_reads_it() -> None:
+    """b restarts: what is for its new life waits for its hello, which says
+    what that life reads. Upgraded, it gets the stamps; rolled back to an
+    older version, it does not, though its earlier life read them; never
+    heard within the hold limit, it gets them plain and without."""
+    for features, kind in [
+        (FEATURE_STAMPS, MsgType.PEER_HANDOFF_STAMPED),
+        (0, MsgType.PEER_HANDOFF),
+        (None, MsgType.PEER_HANDOFF),
+    ]:
+        a, _b = with_peer(FEATURE_STAMPS)
+        mb2 = member("b", B_LIFE + 5_000)
+        assert a.frame(mb2, HANDOFF, 1.0) is HELD
+        at = 1.1
+        if features is None:
+            at = 1.0 + a.hold_limit
+        else:
+            a.take([Links("b", B_LIFE + 5_000, S, features=features).hello()], at)
+        [(_addr, frame)] = a.release(lambda n, m=mb2: m, at)
+        assert types_in(frame) - {MsgType.PEER_LINK_SEQ} == {kind}, features
+
+
+def test_a_peer_upgraded_in_a_new_life_gets_stamps_from_its_hello_on() -> None:
+    a, _b = with_peer(0)
+    mb2 = member("b", B_LIFE + 5_000)
+    a.take([Links("b", B_LIFE + 5_000, S).hello()], 0.5)
+    frame = a.frame(mb2, RELAY, 0.6)
+    assert frame is not None and MsgType.PEER_RELAY_STAMPED in types_in(frame)
+    assert a.counters["stamps_stripped"] == 0
 
 
 # -- any interleaving ------------------------------------------------------------

@@ -3,6 +3,8 @@ survive the wire unchanged; anything malformed inside one is a DecodeError."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from zchannels.node.membership import (
     Ack,
@@ -38,16 +40,19 @@ from zchannels.node.peer_messages import (
     Reservations,
 )
 from zchannels.node.peer_wire import (
+    FEATURE_STAMPS,
+    FEATURES,
     PEER_FIELDS,
     PeerMessage,
     decode_peer,
     encode_peer,
     encode_peers,
     from_wire,
+    readable,
     to_wire,
 )
 
-from zchannels.protocol import FIELDS, DecodeError, MsgType, encode
+from zchannels.protocol import FIELDS, DecodeError, MsgType, decode, encode, specs_of
 
 U = ["a", "tcp://h:1", 7, "alive", "a"]  # one gossiped member update
 
@@ -462,3 +467,92 @@ def test_bad_updates_are_decode_errors(update: object) -> None:
 def test_client_types_are_not_peer_messages() -> None:
     with pytest.raises(DecodeError):
         from_wire(MsgType.PING, ())
+
+
+# -- what an older node can read ------------------------------------------------
+
+#: The stamped forms and the version that brought each: a node of an older
+#: version decodes none of them (unknown type), and drops what they carry.
+STAMPED = {
+    MsgType.PEER_RELAY_STAMPED,  # 06a5278
+    MsgType.PEER_HANDOFF_STAMPED,  # 06a5278
+    MsgType.PEER_RELAY_BACK_STAMPED,  # ac83b79
+}
+#: How a node from before the stamps decodes a peer frame.
+OLD_SPECS = specs_of({t: f for t, f in PEER_FIELDS.items() if t not in STAMPED})
+
+#: A relay of two sends, one stamped; a delivery relayed back with its
+#: stamp; a handover of two items, one stamped (as the node makes them).
+STAMPED_MESSAGES: list[PeerMessage] = [
+    Relay(
+        "n1",
+        7,
+        b"\x00k",
+        "abcdefghij",
+        60.0,
+        1,
+        (
+            (MsgType.SEND, (0, "asgi|c", b"p", 100, ("n1/abcdefghij", 1000007, 3))),
+            (MsgType.SEND, (4, "asgi|c", b"q", 100)),
+            (MsgType.RECV, ("asgi|c", 5)),
+        ),
+        2.5,
+    ),
+    RelayBack(
+        "n2",
+        b"\x00k",
+        ((MsgType.DELIVER, ("asgi|c", [[b"x", 1.5, 7]])),),
+        (("asgi|c", 7, "n1/abcdefghij", 1000007, 42),),
+    ),
+    Handoff(
+        "n1",
+        (("asgi|c", [[b"x", 1.5, 7, ("n1/t", 1000007, 3)], [b"y", 1.5, 8]]),),
+        (("asgi|g", "asgi|c", "n1@7/t", 60.0, 9),),
+    ),
+]
+
+
+def test_a_hello_says_what_its_life_reads_in_golden_bytes() -> None:
+    # (gen 0 is a hello; its ``upto`` is the feature bit set. An older node
+    # sends 0, "013b94a26e32ce000f42470000", and ignores the field.)
+    hello = LinkAck("n2", 1000007, 0, FEATURE_STAMPS)
+    assert encode_peer(hello) == bytes.fromhex("013b94a26e32ce000f42470001")
+    assert decode_peer(bytes.fromhex("013b94a26e32ce000f42470001")) == [hello]
+    assert FEATURES == FEATURE_STAMPS == 1  # (append-only: a bit keeps its meaning)
+
+
+@pytest.mark.parametrize("msg", STAMPED_MESSAGES, ids=lambda m: type(m).__name__)
+def test_a_stamped_message_for_a_life_that_reads_no_stamps_is_one_an_older_node_reads(
+    msg: PeerMessage,
+) -> None:
+    assert to_wire(msg)[0] in STAMPED  # (as it is, an older node drops it)
+    plain, stripped = readable(msg, 0)
+    assert stripped == 1
+    frame = encode_peer(plain)
+    assert frame[1] not in STAMPED
+    assert len(decode(frame, None, OLD_SPECS)) == 1  # (an older node takes it)
+    # Everything but the stamps arrives: the same messages, items, members.
+    assert decode_peer(frame) == [plain]
+    if isinstance(msg, Relay):
+        assert isinstance(plain, Relay)
+        assert plain.messages == tuple((t, f[:4]) for t, f in msg.messages)
+        assert plain == replace(msg, messages=plain.messages)
+    elif isinstance(msg, RelayBack):
+        assert plain == replace(msg, stamps=())
+    else:
+        assert isinstance(msg, Handoff) and isinstance(plain, Handoff)
+        unstamped = tuple((n, [i[:3] for i in items]) for n, items in msg.channels)
+        assert plain == replace(msg, channels=unstamped)
+
+
+@pytest.mark.parametrize("msg", STAMPED_MESSAGES, ids=lambda m: type(m).__name__)
+def test_a_life_that_reads_stamps_gets_them_as_they_are(msg: PeerMessage) -> None:
+    assert readable(msg, FEATURE_STAMPS) == (msg, 0)
+    assert readable(msg, FEATURE_STAMPS | 2) == (msg, 0)  # (bits it does not know)
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: type(m).__name__)
+def test_a_message_without_stamps_goes_to_any_life_as_it_is(msg: PeerMessage) -> None:
+    if to_wire(msg)[0] not in STAMPED:
+        assert readable(msg, 0) == (msg, 0)
+        assert readable(msg, FEATURE_STAMPS) == (msg, 0)

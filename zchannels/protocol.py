@@ -135,8 +135,10 @@ class MsgType(enum.IntEnum):
     PEER_HANDED_OVER = 57
     # node <-> node: a peer link's sequence number (the frame's next message
     # is that one) and its acknowledgement (or, gen 0, a hello: "I speak
-    # links"): the cluster's messages between two lives arrive once, in
-    # order, or are given up with the life (zchannels.node.links)
+    # links", its upto the bit set of what the life reads beyond that:
+    # zchannels.node.peer_wire.FEATURES): the cluster's messages between two
+    # lives arrive once, in order, or are given up with the life
+    # (zchannels.node.links)
     PEER_LINK_SEQ = 58
     PEER_LINK_ACK = 59
     # node <-> node: a link given up with frames not acknowledged (its peer
@@ -160,15 +162,18 @@ class MsgType(enum.IntEnum):
     # node as the send entered the cluster: where queues of a channel meet,
     # no producer's messages are reordered (zchannels.node.queues). A relay
     # or handover with no stamp travels as before, so what an older node can
-    # read it still reads.
+    # read it still reads; one with stamps goes to a peer as PEER_RELAY or
+    # PEER_HANDOFF, its stamps taken off, unless that peer's life said in its
+    # hello that it reads these (peer_wire.FEATURE_STAMPS).
     PEER_RELAY_STAMPED = 64
     PEER_HANDOFF_STAMPED = 65
     # node <-> node: PEER_RELAY_BACK, and the stamps of the messages it
     # delivers, [[channel, seq, producer, life, n]...]: the client's node
     # refuses a delivery older than a message of the same producer another
     # owner of the channel handed the client (zchannels.node.queues). Sent
-    # only when a delivery has a stamp; a node of an older version cannot
-    # read it (nor PEER_RELAY_STAMPED) and drops it, counted.
+    # only when a delivery has a stamp, and only to a peer whose life said it
+    # reads it (as for 64 and 65): a node of an older version cannot read it
+    # and would drop it, counted, with the deliveries it carries.
     PEER_RELAY_BACK_STAMPED = 66
 
 
