@@ -948,6 +948,7 @@ class Routing:
         self._grants_seen.pop(client, None)
         vconn = self._vconn_of.pop(client, None)
         if vconn is not None:
+            self._answers_made(vconn, now, fx, send=remember)
             virtual = self._virtual.pop(vconn)
             if remember:
                 credits = self.core.queues.credits_of(vconn)
@@ -962,6 +963,28 @@ class Routing:
             if counted:
                 self._counted_gone[client] = (now + GONE_MEMORY, counted)
             fx.out.extend(self.core.forget_conn(vconn, now))
+
+    def _answers_made(self, vconn: ConnId, now: float, fx: Fx, send: bool) -> None:
+        """What the core answered ``vconn`` earlier in this step, before its
+        client was forgotten, leaves ``fx.out`` now: ``_finish`` would no
+        longer know the connection, and the shell would bounce it as
+        undeliverable, its deliveries given back as if an earlier owner had
+        handed them: queued again, at the front and without their stamps,
+        after they were counted (simulation seed 1752, 9 ops: a node thawed,
+        delivered its held sends to a client of a node it declared dead in
+        the same step, and they reached that client again, counted lost and
+        in reverse order; seeds 5299, 8686, 9824). ``send``: its node was
+        declared dead, which may be a mistake: they go to it as ``send_back``
+        sends to a node thought dead (the flight is parked, and the client's
+        reports unpark what it took). Otherwise its client is gone or its
+        life ended: the flight is counted as it is dropped, and nothing is
+        sent."""
+        mine = [o for o in fx.out if o[0] == vconn]
+        if not mine:
+            return
+        fx.out[:] = [o for o in fx.out if o[0] != vconn]
+        if send:
+            self.send_back(mine, fx, now)
 
     def _parked_news(self, client: _Client, messages: tuple[Message, ...]) -> tuple[Message, ...]:
         """What a client whose flight is parked here says of it: reports of
