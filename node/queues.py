@@ -45,7 +45,7 @@ Where two nodes owned a channel at once (their views differed: a
 partition, a lagging or lossy link, a restart), each may deliver some of
 one producer's sends; every delivery to a client passes through its node,
 which refuses one older than a message of the same producer another owner
-handed that client (``from_elsewhere``).
+(or the same owner) handed that client (``from_elsewhere``).
 
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
@@ -959,23 +959,26 @@ class Queues:
         """Whether ``source``'s delivery of ``stamp``'s message on ``name``
         to ``conn``, a client of this node, may be passed on: not if
         ``conn`` was handed a later message of the same producer there by
-        anyone else (this node, or another owner). Two nodes owned the
-        channel at once, each in its own view, and each delivered some of
-        the producer's sends: the older, taken after the newer, breaks FIFO
-        per producer. (Simulation seed 31 without kills: a node whose
+        anyone (this node, another owner, or ``source`` itself). Two nodes
+        owned the channel at once, each in its own view, and each delivered
+        some of the producer's sends: the older, taken after the newer,
+        breaks FIFO per producer. (Simulation seed 31 without kills: a node whose
         outgoing link lagged declared the owner dead and delivered its
         client's sends 2-8 itself; the owner had delivered send 1 at once,
         and its frame reached the client's node 0.5 s later. Seed 119: a
         node cut off and lagging held sends 1-8 its peers had declared it
         dead with, and delivered them once back, after the client's node
         had served sends 9-14.) The caller refuses it; its owner counts it
-        lost. A delivery that passes is noted. (Deliveries of one owner are
-        in order already, its give-backs included; a delivery of this
-        node's own after a newer one passed on is not checked.)"""
+        lost. A delivery that passes is noted. One owner's deliveries are
+        not always in order either: a relay held on a link cut off reaches
+        the owner, passed on by the node it went to, after the owner
+        delivered its producer's newer sends (seed 3217: sends 7-14 after
+        15-17). (A delivery of this node's own after a newer one passed on
+        is not checked.)"""
         key = (conn, name)
         handed = self.handed_to.get(key)
         mark = handed.get(stamp[0]) if handed is not None else None
-        if mark is not None and mark[0] != source and (stamp[1], stamp[2]) < mark[1:]:
+        if mark is not None and (stamp[1], stamp[2]) < mark[1:]:
             return False
         self._handed(conn, name, source, stamp, now)
         return True
