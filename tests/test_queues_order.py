@@ -10,12 +10,17 @@ link; seed 46: a handback delayed in transit)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zchannels.node.cluster import ClusterNode
+from zchannels.node.config import NodeConfig
 from zchannels.node.peer_messages import Handoff, aged
 from zchannels.node.queues import HANDED_MEMORY, Queues, Stamp, in_producer_order
+
+from zchannels.protocol import MsgType
 
 R = b"r"
 P = "n0/abcdefghij"  # a producer: its node and its session tag
@@ -295,3 +300,35 @@ def test_what_a_connection_was_handed_is_forgotten_in_time() -> None:
     q.expire(1.0 + HANDED_MEMORY)
     assert not q.handed_to
     assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 2.0 + HANDED_MEMORY)
+
+
+def test_a_cancelled_receive_that_gives_nothing_back_keeps_what_its_client_was_handed() -> None:
+    """Seed 4173 (6 ops): a client took its producer's sends 2-7, handed
+    here; its receive was cancelled (a RETURN with no items, withdrawing
+    its credit) and it received again; send 1, held by a lossy owner the
+    producer's node had declared dead, came 1.5 s later. The empty RETURN
+    had forgotten what the client was handed, and send 1 went through.
+    Only a RETURN that gives something back forgets (``ClusterNode``)."""
+    node = ClusterNode(
+        NodeConfig.test(
+            node_id="a",
+            client_endpoints=("inproc://t",),
+            peer_endpoint="tcp://10.0.0.1:7701",
+            discovery=("none",),
+            cluster="t",
+        ),
+        address="tcp://10.0.0.1:7701",
+        incarnation=1_000_001,
+        rng=random.Random(1),
+    )
+    node.start(0.0)
+    now = 3 * node.config.join_timeout  # (alone: it serves)
+    node.tick(now)
+    node.client(R, [(MsgType.HELLO, ("procsessab", 7, [60.0])), (MsgType.RECV, ("c", 10))], now)
+    queues = node.core.queues
+    queues.put("c", b"7", 60.0, 100, now, stamp=(P, LIFE, 7))  # handed at once
+    node.client(R, [(MsgType.RETURN, (1, "c", [], 1)), (MsgType.RECV, ("c", 10))], now)
+    assert not queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), now)
+    [seq] = queues.flight_seqs(R)["c"]
+    node.client(R, [(MsgType.RETURN, (2, "c", [[b"7", 60.0, seq]], 1))], now)
+    assert queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), now), "given back: forgotten"
