@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -1023,12 +1023,15 @@ class Queues:
                 out[name] = set(flight)
         return out
 
-    def park_flight(self, conn: ConnId) -> dict[str, list[int]]:
+    def park_flight(
+        self, conn: ConnId, stamps: dict[tuple[str, int], Stamp] | None = None
+    ) -> dict[str, list[int]]:
         """Take out, uncounted, what ``conn`` was handed of plain messages
         (not group copies), in the order it was handed them: its node was
         declared dead, which may be a mistake, and whether the client took
         them is learned later (``routing``). Their room is released (a
-        give-back takes it again); ``drop_conn`` counts the rest."""
+        give-back takes it again: ``unpark``); ``drop_conn`` counts the
+        rest. Their stamps go to ``stamps``, by (channel, seq)."""
         out: dict[str, list[int]] = {}
         for name in self._by_conn.get(conn, ()):
             ch = self.channels.get(name)
@@ -1038,11 +1041,47 @@ class Queues:
             seqs = [seq for seq, bundle in flight.items() if bundle is None]
             for seq in seqs:
                 del flight[seq]
-                ch.stamps.pop(seq, None)
+                stamp = ch.stamps.pop(seq, None)
+                if stamp is not None and stamps is not None:
+                    stamps[(name, seq)] = stamp
                 ch.pool.held -= 1
             if seqs:
                 out[name] = seqs
         return out
+
+    def unpark(
+        self,
+        conn: ConnId,
+        name: str,
+        seqs: Iterable[int],
+        stamps: Mapping[tuple[str, int], Stamp] | None = None,
+    ) -> None:
+        """``conn`` gives back messages of ``name`` this node handed it and
+        parked (``park_flight``): they go back in its flight, taking room
+        again, so ``give_back`` puts them where their numbers say, as this
+        node's own. Not in its flight, they went to the front under new
+        numbers, as a run an earlier owner handed out does, before older
+        messages given back earlier (simulation seed 7081, 8 ops: a
+        cancelled receive gave back sends 3-5, queued again, then send 6,
+        handed before its node was declared dead and parked: delivered 6,
+        3, 4, 5). ``stamps``: theirs, as ``park_flight`` gave them."""
+        flushed = self.flushed.get(namespace(name), -1)
+        # (what was flushed since it was handed is skipped: ``give_back`` too)
+        seqs = [seq for seq in seqs if seq > flushed]
+        if not seqs:
+            return
+        ch = self._channel(name)  # (gone once its last message was parked)
+        for seq in seqs:
+            flight = ch.flight.get(conn)
+            if flight is None:
+                flight = ch.flight[conn] = {}
+                self._by_conn.setdefault(conn, set()).add(name)
+            if seq not in flight:
+                flight[seq] = None
+                ch.pool.held += 1
+                stamp = stamps.get((name, seq)) if stamps else None
+                if stamp is not None:
+                    ch.stamps[seq] = stamp
 
     def stop_granting(self, conn: ConnId) -> None:
         """Forget ``conn``'s credit: nothing more is delivered to it. What

@@ -282,6 +282,30 @@ def test_an_owners_delivery_older_than_one_it_handed_before_is_refused_too() -> 
     assert q.from_elsewhere(R, "c", "n2", (P, LIFE + 1, 1), 1.0), "its node's next life is newer"
 
 
+def test_a_parked_run_given_back_keeps_its_stamps_before_a_newer_handover() -> None:
+    """Seed 9605 (12 ops): an owner parked sends 1-6 it had handed a client
+    of a node it declared dead, and the channel went with them; the client
+    gave them back, and a handover of the producer's sends 7-14 (from the
+    node that had owned the channel in the other's view) met them. Given
+    back as if an earlier owner had handed them (no stamps, new numbers)
+    they went after 7-14. Unparked into the client's next connection with
+    their stamps, the merge keeps the producer's order."""
+    q = Queues()
+    for n in (1, 2, 3):
+        q.put("c", b"%d" % n, 60.0, 100, 0.0, stamp=(P, LIFE, n))
+    [(_, _, items)] = q.grant(R, "c", 3, 0.0)
+    stamps: dict[tuple[str, int], Stamp] = {}
+    parked = q.park_flight(R, stamps)
+    q.drop_conn(R, 0.0)  # (its node declared dead: forgotten here)
+    assert "c" not in q.channels
+    again = b"r-again"  # (the same client, relayed again)
+    q.unpark(again, "c", parked["c"], stamps)
+    q.give_back(again, "c", [[p, ttl, seq] for p, ttl, seq in items], 1.0)
+    q.adopt("c", [[b"4", 60.0, 1, (P, LIFE, 4)], [b"5", 60.0, 2, (P, LIFE, 5)]], 1.0)
+    assert _taken(q) == [b"1", b"2", b"3", b"4", b"5"]
+    assert q.counters.dropped_receiver_gone == 0
+
+
 def test_what_a_client_gave_back_comes_again_from_a_new_owner() -> None:
     """A receiver gives back what an owner handed it (a cancelled receive)
     and the channel's next owner hands it again: older than what the first

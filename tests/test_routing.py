@@ -1337,6 +1337,31 @@ def test_deliveries_made_in_the_step_their_client_goes_are_counted_and_not_sent(
     assert core.drops()["receiver_gone"] == 3 and core.queues.length("asgi|c") == 0
 
 
+def test_a_parked_delivery_given_back_goes_where_its_number_says() -> None:
+    """Simulation seed 7081 (8 ops): a cancelled receive gave back sends
+    3-5 (queued again here), then send 6, handed to it before its node was
+    declared dead and parked; given back as if an earlier owner had handed
+    it, it went to the front, and the next receiver took 6, 3, 4, 5. It is
+    this node's own: it goes back where its number says."""
+    r, core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    for i in range(3):
+        relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
+    [seqs] = core.queues.flight_seqs(next(iter(r._virtual))).values()
+    first, second, third = sorted(seqs)
+    items = [[b"m0", 60.0, first], [b"m1", 60.0, second]]
+    relay(r, START, (MsgType.RETURN, (1, "asgi|c", items, 1)))  # (its credit withdrawn)
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    assert r.parked_count() == 1
+    table.incarnations["n2"] = START + 1  # back in the same life
+    relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m2", 60.0, third]], 0)))
+    assert r.parked_count() == 0
+    got = [p for _c, _n, its in core.queues.grant(b"r", "asgi|c", 10, 2.0) for p, _t, _s in its]
+    assert got == [b"m0", b"m1", b"m2"]
+    assert core.drops()["receiver_gone"] == 0
+
+
 def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() -> None:
     r, core, _, _ = _declared_dead_with_three_in_flight()
     r.handle(ConnGone("n2", START, (b"client-1",)), 2.0, Fx())
