@@ -245,12 +245,15 @@ class Queues:
         self.bundles: dict[int, Bundle] = {}
         #: (connection, channel) -> producer -> (who handed it: "" for this
         #: node, else the owner whose delivery this node passed on to its
-        #: client; life, n): the newest of that producer's messages the
-        #: connection was handed there (``from_elsewhere``); forgotten as
-        #: it gives messages back (``forget_handed``), or ``HANDED_MEMORY``
-        #: after its last change
-        self.handed_to: dict[tuple[ConnId, str], dict[str, tuple[str, int, int]]] = {}
+        #: client; life, n; the number its hander gave it): the newest of
+        #: that producer's messages the connection was handed there
+        #: (``from_elsewhere``); forgotten as it gives messages back
+        #: (``forget_handed``), or ``HANDED_MEMORY`` after its last change
+        self.handed_to: dict[tuple[ConnId, str], dict[str, tuple[str, int, int, int]]] = {}
         self._handed_until: dict[tuple[ConnId, str], float] = {}
+        #: (connection, channel) -> the numbers of what it gave back there
+        #: (``forget_handed``), kept as ``handed_to`` is
+        self.gave_back: dict[tuple[ConnId, str], set[int]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -366,7 +369,7 @@ class Queues:
             self._fly(conn, name, ch, self._seq, bundle)
             if stamp is not None:
                 ch.stamps[self._seq] = stamp
-                self._handed(conn, name, "", stamp, now)
+                self._handed(conn, name, "", stamp, self._seq, now)
             return (conn, name, [(payload, deadline - now, self._seq)])
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
@@ -954,7 +957,7 @@ class Queues:
         return out, 0
 
     def from_elsewhere(
-        self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float
+        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
     ) -> bool:
         """Whether ``source``'s delivery of ``stamp``'s message on ``name``
         to ``conn``, a client of this node, may be passed on: not if
@@ -973,33 +976,51 @@ class Queues:
         not always in order either: a relay held on a link cut off reaches
         the owner, passed on by the node it went to, after the owner
         delivered its producer's newer sends (seed 3217: sends 7-14 after
-        15-17). (A delivery of this node's own after a newer one passed on
-        is not checked.)"""
+        15-17). Told apart by the owner's number (``seq``): such a send is
+        numbered after the newer one, as it reached the owner after it;
+        what an owner hands again where its number says (a give-back of
+        another receiver, on a channel with competing consumers: rolling
+        restart seeds 46 and 99 counted one each, refused) is numbered
+        before, unless ``conn`` itself gave it back and took the newer one
+        since (seed 6596: a cancel gave back sends 9-15, the client
+        received again and took send 22 from the same owner, and 9-15 came
+        back after it). (A delivery of this node's own after a newer one
+        passed on is not checked.)"""
         key = (conn, name)
         handed = self.handed_to.get(key)
         mark = handed.get(stamp[0]) if handed is not None else None
-        if mark is not None and (stamp[1], stamp[2]) < mark[1:]:
+        if (
+            mark is not None
+            and (stamp[1], stamp[2]) < mark[1:3]
+            and (mark[0] != source or seq > mark[3] or seq in self.gave_back.get(key, ()))
+        ):
             return False
-        self._handed(conn, name, source, stamp, now)
+        self._handed(conn, name, source, stamp, seq, now)
         return True
 
-    def forget_handed(self, conn: ConnId, name: str) -> None:
-        """``conn`` gives back what it holds of ``name``: what comes again,
-        from whichever owner has the channel by then, is not refused as
-        older than what it gave back (``from_elsewhere``)."""
-        if self.handed_to.pop((conn, name), None) is not None:
-            del self._handed_until[(conn, name)]
+    def forget_handed(self, conn: ConnId, name: str, seqs: Iterable[int], now: float) -> None:
+        """``conn`` gives back ``seqs`` of ``name`` (what it holds there):
+        what comes again, from whichever owner has the channel by then, is
+        not refused as older than what it gave back (``from_elsewhere``).
+        Their numbers are kept: one of them handed again after a newer
+        message, by the owner that handed it before, is."""
+        key = (conn, name)
+        self.handed_to.pop(key, None)
+        self.gave_back.setdefault(key, set()).update(seqs)
+        self._handed_until[key] = now + HANDED_MEMORY
 
-    def _handed(self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float) -> None:
-        """``stamp``'s message was handed to ``conn`` on ``name`` by
-        ``source`` ("": this node; ``handed_to``)."""
+    def _handed(
+        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
+    ) -> None:
+        """``stamp``'s message, numbered ``seq``, was handed to ``conn`` on
+        ``name`` by ``source`` ("": this node; ``handed_to``)."""
         key = (conn, name)
         handed = self.handed_to.get(key)
         if handed is None:
             handed = self.handed_to[key] = {}
         mark = handed.get(stamp[0])
-        if mark is None or (stamp[1], stamp[2]) > mark[1:]:
-            handed[stamp[0]] = (source, stamp[1], stamp[2])
+        if mark is None or (stamp[1], stamp[2]) > mark[1:3]:
+            handed[stamp[0]] = (source, stamp[1], stamp[2], seq)
         self._handed_until[key] = now + HANDED_MEMORY
 
     def credits_of(self, conn: ConnId) -> dict[str, int]:
@@ -1178,7 +1199,8 @@ class Queues:
             self._maybe_delete(name, ch)
         for handed in [k for k, until in self._handed_until.items() if until <= now]:
             del self._handed_until[handed]
-            del self.handed_to[handed]
+            self.handed_to.pop(handed, None)
+            self.gave_back.pop(handed, None)
         return out
 
     # -- internals -------------------------------------------------------
@@ -1232,7 +1254,7 @@ class Queues:
             self._fly(conn, name, ch, seq, bundle)
             if stamp is not None:
                 ch.stamps[seq] = stamp
-                self._handed(conn, name, "", stamp, now)
+                self._handed(conn, name, "", stamp, seq, now)
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
         if ch.newest and not ch.items:
             ch.newest.clear()  # (nothing queued to put a late send before)

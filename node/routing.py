@@ -1696,7 +1696,7 @@ class Routing:
                 for item in items:
                     stamp = stamps.get((name, item[2]))
                     if stamp is None or queues.from_elsewhere(
-                        msg.conn, name, msg.source, stamp, now
+                        msg.conn, name, msg.source, stamp, item[2], now
                     ):
                         kept.append(item)
                     else:

@@ -262,12 +262,12 @@ def test_a_delivery_older_than_one_another_owner_handed_is_refused() -> None:
     q = Queues()
     q.put("c", b"2", 60.0, 100, 0.0, stamp=(P, LIFE, 2))
     assert _taken(q) == [b"2"]  # handed here ("" : this node)
-    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1.0)
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 1.0)
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 1.0), "the same one again is not older"
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 3, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 3, 1.0), "the same one again is not older"
     # another producer, and another connection, are not held to it
-    assert q.from_elsewhere(R, "c", "n2", ("n1/other", LIFE, 1), 1.0)
-    assert q.from_elsewhere(b"s", "c", "n2", (P, LIFE, 1), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", ("n1/other", LIFE, 1), 4, 1.0)
+    assert q.from_elsewhere(b"s", "c", "n2", (P, LIFE, 1), 1, 1.0)
 
 
 def test_an_owners_delivery_older_than_one_it_handed_before_is_refused_too() -> None:
@@ -275,11 +275,16 @@ def test_an_owners_delivery_older_than_one_it_handed_before_is_refused_too() -> 
     held the channel's owner dead, waited on a link cut off by a partition
     and reached the owner, passed on by the node they went to, after the
     owner had delivered the client's sends 15-17: one owner's deliveries to
-    a connection are not always in its producers' order either."""
+    a connection are not always in its producers' order either. Such a
+    send is numbered after the newer one; one the owner hands again where
+    its number says (another receiver gave it back: competing consumers,
+    rolling restart seeds 46 and 99) is numbered before, and passes."""
     q = Queues()
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 17), 1.0)
-    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 7), 1.0)
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE + 1, 1), 1.0), "its node's next life is newer"
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 17), 3, 1.0)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 7), 4, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 16), 2, 1.0), "handed again before 17"
+    assert not q.from_elsewhere(R, "c", "n1", (P, LIFE, 16), 2, 1.0), "another owner's is refused"
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE + 1, 1), 5, 1.0), "its node's next life is newer"
 
 
 def test_a_parked_run_given_back_keeps_its_stamps_before_a_newer_handover() -> None:
@@ -314,16 +319,31 @@ def test_what_a_client_gave_back_comes_again_from_a_new_owner() -> None:
     for n in (5, 6, 7):
         q.put("c", b"%d" % n, 60.0, 100, 0.0, stamp=(P, LIFE, n))
     assert _taken(q) == [b"5", b"6", b"7"]
-    q.forget_handed(R, "c")
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 6), 1.0)
+    q.forget_handed(R, "c", [1, 2, 3], 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 6), 6, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 7), 7, 1.0)
+
+
+def test_what_a_client_gave_back_is_refused_after_a_newer_one_of_the_same_owner() -> None:
+    """Seed 6596 (23 ops): a cancel gave back sends 9-15 (the owner's
+    numbers 13-19); the client received again and took send 22 (27) from
+    the same owner before its give-back reached it; 9-15 came back after
+    it, where their numbers say. Refused: the client took 22 first. What
+    another receiver gave back, handed again where its number says, is not
+    (competing consumers)."""
+    q = Queues()
+    q.forget_handed(R, "c", [13, 14], 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 22), 27, 1.0)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 9), 13, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 21), 20, 1.0), "another receiver's give-back"
 
 
 def test_what_a_connection_was_handed_is_forgotten_in_time() -> None:
     q = Queues()
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 5), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 5), 5, 1.0)
     q.expire(1.0 + HANDED_MEMORY)
     assert not q.handed_to
-    assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 2.0 + HANDED_MEMORY)
+    assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 4, 2.0 + HANDED_MEMORY)
 
 
 def test_a_cancelled_receive_that_gives_nothing_back_keeps_what_its_client_was_handed() -> None:
@@ -352,7 +372,7 @@ def test_a_cancelled_receive_that_gives_nothing_back_keeps_what_its_client_was_h
     queues = node.core.queues
     queues.put("c", b"7", 60.0, 100, now, stamp=(P, LIFE, 7))  # handed at once
     node.client(R, [(MsgType.RETURN, (1, "c", [], 1)), (MsgType.RECV, ("c", 10))], now)
-    assert not queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), now)
+    assert not queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, now)
     [seq] = queues.flight_seqs(R)["c"]
     node.client(R, [(MsgType.RETURN, (2, "c", [[b"7", 60.0, seq]], 1))], now)
-    assert queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), now), "given back: forgotten"
+    assert queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, now), "given back: forgotten"

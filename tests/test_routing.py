@@ -1981,7 +1981,7 @@ def test_a_delivery_older_than_one_another_owner_handed_is_refused_and_told() ->
     assert core.drops()["dead_owner"] == 0, "counted by n2, whose flight held it"
     # once our client gives back what it holds there, what comes again
     # (from any owner) is not refused
-    core.queues.forget_handed(b"A", far)
+    core.queues.forget_handed(b"A", far, [], 2.0)
     again = Fx()
     r.handle(back, 2.0, again, True)
     assert r.counters["deliveries_refused_out_of_order"] == 1
