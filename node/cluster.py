@@ -416,8 +416,18 @@ class ClusterNode:
         for mtype, fields in messages:
             if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[1], str):
                 # (what comes again is not refused as older than what it
-                # gives back: ``Queues.from_elsewhere``)
-                self.core.queues.forget_handed(conn, fields[1])
+                # gives back: ``Queues.from_elsewhere``; a RETURN with no
+                # items, a cancelled receive withdrawing its credit, gives
+                # nothing back, and forgetting there let an owner's older
+                # delivery through after the client took a newer one:
+                # simulation seed 4173)
+                if fields[2] and isinstance(fields[2], list):
+                    seqs = [
+                        item[2]
+                        for item in fields[2]
+                        if isinstance(item, list) and len(item) == 3 and type(item[2]) is int
+                    ]
+                    self.core.queues.forget_handed(conn, fields[1], seqs, now)
         routing = self.routing
         if routing is not None and routing.hold_local(conn, messages, now):
             return  # (taken up at the routing's tick, in order)

@@ -45,7 +45,7 @@ Where two nodes owned a channel at once (their views differed: a
 partition, a lagging or lossy link, a restart), each may deliver some of
 one producer's sends; every delivery to a client passes through its node,
 which refuses one older than a message of the same producer another owner
-handed that client (``from_elsewhere``).
+(or the same owner) handed that client (``from_elsewhere``).
 
 Pure: every method takes ``now`` (monotonic seconds) and returns what to do.
 """
@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -245,12 +245,15 @@ class Queues:
         self.bundles: dict[int, Bundle] = {}
         #: (connection, channel) -> producer -> (who handed it: "" for this
         #: node, else the owner whose delivery this node passed on to its
-        #: client; life, n): the newest of that producer's messages the
-        #: connection was handed there (``from_elsewhere``); forgotten as
-        #: it gives messages back (``forget_handed``), or ``HANDED_MEMORY``
-        #: after its last change
-        self.handed_to: dict[tuple[ConnId, str], dict[str, tuple[str, int, int]]] = {}
+        #: client; life, n; the number its hander gave it): the newest of
+        #: that producer's messages the connection was handed there
+        #: (``from_elsewhere``); forgotten as it gives messages back
+        #: (``forget_handed``), or ``HANDED_MEMORY`` after its last change
+        self.handed_to: dict[tuple[ConnId, str], dict[str, tuple[str, int, int, int]]] = {}
         self._handed_until: dict[tuple[ConnId, str], float] = {}
+        #: (connection, channel) -> the numbers of what it gave back there
+        #: (``forget_handed``), kept as ``handed_to`` is
+        self.gave_back: dict[tuple[ConnId, str], set[int]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -366,7 +369,7 @@ class Queues:
             self._fly(conn, name, ch, self._seq, bundle)
             if stamp is not None:
                 ch.stamps[self._seq] = stamp
-                self._handed(conn, name, "", stamp, now)
+                self._handed(conn, name, "", stamp, self._seq, now)
             return (conn, name, [(payload, deadline - now, self._seq)])
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
@@ -954,49 +957,70 @@ class Queues:
         return out, 0
 
     def from_elsewhere(
-        self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float
+        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
     ) -> bool:
         """Whether ``source``'s delivery of ``stamp``'s message on ``name``
         to ``conn``, a client of this node, may be passed on: not if
         ``conn`` was handed a later message of the same producer there by
-        anyone else (this node, or another owner). Two nodes owned the
-        channel at once, each in its own view, and each delivered some of
-        the producer's sends: the older, taken after the newer, breaks FIFO
-        per producer. (Simulation seed 31 without kills: a node whose
+        anyone (this node, another owner, or ``source`` itself). Two nodes
+        owned the channel at once, each in its own view, and each delivered
+        some of the producer's sends: the older, taken after the newer,
+        breaks FIFO per producer. (Simulation seed 31 without kills: a node whose
         outgoing link lagged declared the owner dead and delivered its
         client's sends 2-8 itself; the owner had delivered send 1 at once,
         and its frame reached the client's node 0.5 s later. Seed 119: a
         node cut off and lagging held sends 1-8 its peers had declared it
         dead with, and delivered them once back, after the client's node
         had served sends 9-14.) The caller refuses it; its owner counts it
-        lost. A delivery that passes is noted. (Deliveries of one owner are
-        in order already, its give-backs included; a delivery of this
-        node's own after a newer one passed on is not checked.)"""
+        lost. A delivery that passes is noted. One owner's deliveries are
+        not always in order either: a relay held on a link cut off reaches
+        the owner, passed on by the node it went to, after the owner
+        delivered its producer's newer sends (seed 3217: sends 7-14 after
+        15-17). Told apart by the owner's number (``seq``): such a send is
+        numbered after the newer one, as it reached the owner after it;
+        what an owner hands again where its number says (a give-back of
+        another receiver, on a channel with competing consumers: rolling
+        restart seeds 46 and 99 counted one each, refused) is numbered
+        before, unless ``conn`` itself gave it back and took the newer one
+        since (seed 6596: a cancel gave back sends 9-15, the client
+        received again and took send 22 from the same owner, and 9-15 came
+        back after it). (A delivery of this node's own after a newer one
+        passed on is not checked.)"""
         key = (conn, name)
         handed = self.handed_to.get(key)
         mark = handed.get(stamp[0]) if handed is not None else None
-        if mark is not None and mark[0] != source and (stamp[1], stamp[2]) < mark[1:]:
+        if (
+            mark is not None
+            and (stamp[1], stamp[2]) < mark[1:3]
+            and (mark[0] != source or seq > mark[3] or seq in self.gave_back.get(key, ()))
+        ):
             return False
-        self._handed(conn, name, source, stamp, now)
+        self._handed(conn, name, source, stamp, seq, now)
         return True
 
-    def forget_handed(self, conn: ConnId, name: str) -> None:
-        """``conn`` gives back what it holds of ``name``: what comes again,
-        from whichever owner has the channel by then, is not refused as
-        older than what it gave back (``from_elsewhere``)."""
-        if self.handed_to.pop((conn, name), None) is not None:
-            del self._handed_until[(conn, name)]
+    def forget_handed(self, conn: ConnId, name: str, seqs: Iterable[int], now: float) -> None:
+        """``conn`` gives back ``seqs`` of ``name`` (what it holds there):
+        what comes again, from whichever owner has the channel by then, is
+        not refused as older than what it gave back (``from_elsewhere``).
+        Their numbers are kept: one of them handed again after a newer
+        message, by the owner that handed it before, is."""
+        key = (conn, name)
+        self.handed_to.pop(key, None)
+        self.gave_back.setdefault(key, set()).update(seqs)
+        self._handed_until[key] = now + HANDED_MEMORY
 
-    def _handed(self, conn: ConnId, name: str, source: str, stamp: Stamp, now: float) -> None:
-        """``stamp``'s message was handed to ``conn`` on ``name`` by
-        ``source`` ("": this node; ``handed_to``)."""
+    def _handed(
+        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
+    ) -> None:
+        """``stamp``'s message, numbered ``seq``, was handed to ``conn`` on
+        ``name`` by ``source`` ("": this node; ``handed_to``)."""
         key = (conn, name)
         handed = self.handed_to.get(key)
         if handed is None:
             handed = self.handed_to[key] = {}
         mark = handed.get(stamp[0])
-        if mark is None or (stamp[1], stamp[2]) > mark[1:]:
-            handed[stamp[0]] = (source, stamp[1], stamp[2])
+        if mark is None or (stamp[1], stamp[2]) > mark[1:3]:
+            handed[stamp[0]] = (source, stamp[1], stamp[2], seq)
         self._handed_until[key] = now + HANDED_MEMORY
 
     def credits_of(self, conn: ConnId) -> dict[str, int]:
@@ -1020,12 +1044,15 @@ class Queues:
                 out[name] = set(flight)
         return out
 
-    def park_flight(self, conn: ConnId) -> dict[str, list[int]]:
+    def park_flight(
+        self, conn: ConnId, stamps: dict[tuple[str, int], Stamp] | None = None
+    ) -> dict[str, list[int]]:
         """Take out, uncounted, what ``conn`` was handed of plain messages
         (not group copies), in the order it was handed them: its node was
         declared dead, which may be a mistake, and whether the client took
         them is learned later (``routing``). Their room is released (a
-        give-back takes it again); ``drop_conn`` counts the rest."""
+        give-back takes it again: ``unpark``); ``drop_conn`` counts the
+        rest. Their stamps go to ``stamps``, by (channel, seq)."""
         out: dict[str, list[int]] = {}
         for name in self._by_conn.get(conn, ()):
             ch = self.channels.get(name)
@@ -1035,11 +1062,47 @@ class Queues:
             seqs = [seq for seq, bundle in flight.items() if bundle is None]
             for seq in seqs:
                 del flight[seq]
-                ch.stamps.pop(seq, None)
+                stamp = ch.stamps.pop(seq, None)
+                if stamp is not None and stamps is not None:
+                    stamps[(name, seq)] = stamp
                 ch.pool.held -= 1
             if seqs:
                 out[name] = seqs
         return out
+
+    def unpark(
+        self,
+        conn: ConnId,
+        name: str,
+        seqs: Iterable[int],
+        stamps: Mapping[tuple[str, int], Stamp] | None = None,
+    ) -> None:
+        """``conn`` gives back messages of ``name`` this node handed it and
+        parked (``park_flight``): they go back in its flight, taking room
+        again, so ``give_back`` puts them where their numbers say, as this
+        node's own. Not in its flight, they went to the front under new
+        numbers, as a run an earlier owner handed out does, before older
+        messages given back earlier (simulation seed 7081, 8 ops: a
+        cancelled receive gave back sends 3-5, queued again, then send 6,
+        handed before its node was declared dead and parked: delivered 6,
+        3, 4, 5). ``stamps``: theirs, as ``park_flight`` gave them."""
+        flushed = self.flushed.get(namespace(name), -1)
+        # (what was flushed since it was handed is skipped: ``give_back`` too)
+        seqs = [seq for seq in seqs if seq > flushed]
+        if not seqs:
+            return
+        ch = self._channel(name)  # (gone once its last message was parked)
+        for seq in seqs:
+            flight = ch.flight.get(conn)
+            if flight is None:
+                flight = ch.flight[conn] = {}
+                self._by_conn.setdefault(conn, set()).add(name)
+            if seq not in flight:
+                flight[seq] = None
+                ch.pool.held += 1
+                stamp = stamps.get((name, seq)) if stamps else None
+                if stamp is not None:
+                    ch.stamps[seq] = stamp
 
     def stop_granting(self, conn: ConnId) -> None:
         """Forget ``conn``'s credit: nothing more is delivered to it. What
@@ -1136,7 +1199,8 @@ class Queues:
             self._maybe_delete(name, ch)
         for handed in [k for k, until in self._handed_until.items() if until <= now]:
             del self._handed_until[handed]
-            del self.handed_to[handed]
+            self.handed_to.pop(handed, None)
+            self.gave_back.pop(handed, None)
         return out
 
     # -- internals -------------------------------------------------------
@@ -1190,7 +1254,7 @@ class Queues:
             self._fly(conn, name, ch, seq, bundle)
             if stamp is not None:
                 ch.stamps[seq] = stamp
-                self._handed(conn, name, "", stamp, now)
+                self._handed(conn, name, "", stamp, seq, now)
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
         if ch.newest and not ch.items:
             ch.newest.clear()  # (nothing queued to put a late send before)

@@ -10,12 +10,17 @@ link; seed 46: a handback delayed in transit)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zchannels.node.cluster import ClusterNode
+from zchannels.node.config import NodeConfig
 from zchannels.node.peer_messages import Handoff, aged
 from zchannels.node.queues import HANDED_MEMORY, Queues, Stamp, in_producer_order
+
+from zchannels.protocol import MsgType
 
 R = b"r"
 P = "n0/abcdefghij"  # a producer: its node and its session tag
@@ -253,17 +258,57 @@ def test_a_delivery_older_than_one_another_owner_handed_is_refused() -> None:
     """Seed 31's shape (kill-free faults): the client's node, its link to
     the owner lagging, took the channel and delivered its client's sends
     2-8 itself; the owner's delivery of send 1, made before them, reached
-    it after. It is refused; one of the owner's own later sends, or the
-    same owner's older one again, is not."""
+    it after. It is refused; one of the owner's own later sends is not."""
     q = Queues()
     q.put("c", b"2", 60.0, 100, 0.0, stamp=(P, LIFE, 2))
     assert _taken(q) == [b"2"]  # handed here ("" : this node)
-    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1.0)
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 1.0)
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 2), 1.0)  # n2's mark now
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 3, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 3), 3, 1.0), "the same one again is not older"
     # another producer, and another connection, are not held to it
-    assert q.from_elsewhere(R, "c", "n2", ("n1/other", LIFE, 1), 1.0)
-    assert q.from_elsewhere(b"s", "c", "n2", (P, LIFE, 1), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", ("n1/other", LIFE, 1), 4, 1.0)
+    assert q.from_elsewhere(b"s", "c", "n2", (P, LIFE, 1), 1, 1.0)
+
+
+def test_an_owners_delivery_older_than_one_it_handed_before_is_refused_too() -> None:
+    """Seed 3217 (10 ops): a client's sends 7-14, relayed while its node
+    held the channel's owner dead, waited on a link cut off by a partition
+    and reached the owner, passed on by the node they went to, after the
+    owner had delivered the client's sends 15-17: one owner's deliveries to
+    a connection are not always in its producers' order either. Such a
+    send is numbered after the newer one; one the owner hands again where
+    its number says (another receiver gave it back: competing consumers,
+    rolling restart seeds 46 and 99) is numbered before, and passes."""
+    q = Queues()
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 17), 3, 1.0)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 7), 4, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 16), 2, 1.0), "handed again before 17"
+    assert not q.from_elsewhere(R, "c", "n1", (P, LIFE, 16), 2, 1.0), "another owner's is refused"
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE + 1, 1), 5, 1.0), "its node's next life is newer"
+
+
+def test_a_parked_run_given_back_keeps_its_stamps_before_a_newer_handover() -> None:
+    """Seed 9605 (12 ops): an owner parked sends 1-6 it had handed a client
+    of a node it declared dead, and the channel went with them; the client
+    gave them back, and a handover of the producer's sends 7-14 (from the
+    node that had owned the channel in the other's view) met them. Given
+    back as if an earlier owner had handed them (no stamps, new numbers)
+    they went after 7-14. Unparked into the client's next connection with
+    their stamps, the merge keeps the producer's order."""
+    q = Queues()
+    for n in (1, 2, 3):
+        q.put("c", b"%d" % n, 60.0, 100, 0.0, stamp=(P, LIFE, n))
+    [(_, _, items)] = q.grant(R, "c", 3, 0.0)
+    stamps: dict[tuple[str, int], Stamp] = {}
+    parked = q.park_flight(R, stamps)
+    q.drop_conn(R, 0.0)  # (its node declared dead: forgotten here)
+    assert "c" not in q.channels
+    again = b"r-again"  # (the same client, relayed again)
+    q.unpark(again, "c", parked["c"], stamps)
+    q.give_back(again, "c", [[p, ttl, seq] for p, ttl, seq in items], 1.0)
+    q.adopt("c", [[b"4", 60.0, 1, (P, LIFE, 4)], [b"5", 60.0, 2, (P, LIFE, 5)]], 1.0)
+    assert _taken(q) == [b"1", b"2", b"3", b"4", b"5"]
+    assert q.counters.dropped_receiver_gone == 0
 
 
 def test_what_a_client_gave_back_comes_again_from_a_new_owner() -> None:
@@ -274,13 +319,60 @@ def test_what_a_client_gave_back_comes_again_from_a_new_owner() -> None:
     for n in (5, 6, 7):
         q.put("c", b"%d" % n, 60.0, 100, 0.0, stamp=(P, LIFE, n))
     assert _taken(q) == [b"5", b"6", b"7"]
-    q.forget_handed(R, "c")
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 6), 1.0)
+    q.forget_handed(R, "c", [1, 2, 3], 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 6), 6, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 7), 7, 1.0)
+
+
+def test_what_a_client_gave_back_is_refused_after_a_newer_one_of_the_same_owner() -> None:
+    """Seed 6596 (23 ops): a cancel gave back sends 9-15 (the owner's
+    numbers 13-19); the client received again and took send 22 (27) from
+    the same owner before its give-back reached it; 9-15 came back after
+    it, where their numbers say. Refused: the client took 22 first. What
+    another receiver gave back, handed again where its number says, is not
+    (competing consumers)."""
+    q = Queues()
+    q.forget_handed(R, "c", [13, 14], 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 22), 27, 1.0)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 9), 13, 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 21), 20, 1.0), "another receiver's give-back"
 
 
 def test_what_a_connection_was_handed_is_forgotten_in_time() -> None:
     q = Queues()
-    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 5), 1.0)
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 5), 5, 1.0)
     q.expire(1.0 + HANDED_MEMORY)
     assert not q.handed_to
-    assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 2.0 + HANDED_MEMORY)
+    assert q.from_elsewhere(R, "c", "n1", (P, LIFE, 4), 4, 2.0 + HANDED_MEMORY)
+
+
+def test_a_cancelled_receive_that_gives_nothing_back_keeps_what_its_client_was_handed() -> None:
+    """Seed 4173 (6 ops): a client took its producer's sends 2-7, handed
+    here; its receive was cancelled (a RETURN with no items, withdrawing
+    its credit) and it received again; send 1, held by a lossy owner the
+    producer's node had declared dead, came 1.5 s later. The empty RETURN
+    had forgotten what the client was handed, and send 1 went through.
+    Only a RETURN that gives something back forgets (``ClusterNode``)."""
+    node = ClusterNode(
+        NodeConfig.test(
+            node_id="a",
+            client_endpoints=("inproc://t",),
+            peer_endpoint="tcp://10.0.0.1:7701",
+            discovery=("none",),
+            cluster="t",
+        ),
+        address="tcp://10.0.0.1:7701",
+        incarnation=1_000_001,
+        rng=random.Random(1),
+    )
+    node.start(0.0)
+    now = 3 * node.config.join_timeout  # (alone: it serves)
+    node.tick(now)
+    node.client(R, [(MsgType.HELLO, ("procsessab", 7, [60.0])), (MsgType.RECV, ("c", 10))], now)
+    queues = node.core.queues
+    queues.put("c", b"7", 60.0, 100, now, stamp=(P, LIFE, 7))  # handed at once
+    node.client(R, [(MsgType.RETURN, (1, "c", [], 1)), (MsgType.RECV, ("c", 10))], now)
+    assert not queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, now)
+    [seq] = queues.flight_seqs(R)["c"]
+    node.client(R, [(MsgType.RETURN, (2, "c", [[b"7", 60.0, seq]], 1))], now)
+    assert queues.from_elsewhere(R, "c", "n2", (P, LIFE, 1), 1, now), "given back: forgotten"

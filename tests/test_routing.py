@@ -1291,6 +1291,77 @@ def test_what_a_client_of_a_node_declared_dead_took_is_not_counted_lost() -> Non
     assert r.next_deadline() > 1.0 + r.presume_dead_after()
 
 
+def _delivered_in_one_step_with(r: Routing, fx: Fx, now: float) -> bytes:
+    """n2's client holds credit on our channel; three relayed sends are
+    delivered to it in the step ``fx``, which goes on (the caller forgets
+    the client in it)."""
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    [vconn] = r._virtual
+    for i in range(3):
+        send = (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10))
+        r.handle(Relay("n2", START, b"client-1", "tagtagtag0", 60.0, 1, (send,), now), now, fx)
+    assert [m[0] for c, m in fx.out if c == vconn] == [MsgType.DELIVER] * 3
+    return vconn
+
+
+def test_deliveries_made_in_the_step_that_declares_their_clients_node_dead_go_to_it() -> None:
+    """Simulation seed 1752 (9 ops): a node thawed, delivered the sends it
+    held to a client of a node it declared dead in the same step; the
+    deliveries stayed in the step's answers after the client was
+    forgotten, the shell bounced them, and they were queued again (at the
+    front, in reverse order, without their stamps) after they were parked:
+    taken out of order and counted lost too. They go to the client's node
+    as to a node thought dead (parked: its reports say what it took)."""
+    r, core, table = routing()
+    fx = Fx()
+    vconn = _delivered_in_one_step_with(r, fx, 0.0)
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 0.0, fx)
+    assert [o for o in fx.out if o[0] == vconn] == [], "nothing left for the shell to bounce"
+    backs = [m for node, m in fx.peers if node == "n2" and isinstance(m, RelayBack)]
+    sent = [i for b in backs for t, f in b.messages if t == MsgType.DELIVER for i in f[1]]
+    assert [item[0] for item in sent] == [b"m0", b"m1", b"m2"]
+    assert r.parked_count() == 3 and core.drops()["receiver_gone"] == 0
+
+
+def test_deliveries_made_in_the_step_their_client_goes_are_counted_and_not_sent() -> None:
+    """The same step, with the client gone (its node said so): what it was
+    handed is counted ``receiver_gone`` as its flight is dropped, once;
+    nothing is sent, nor left to bounce and be queued again."""
+    r, core, _ = routing()
+    fx = Fx()
+    vconn = _delivered_in_one_step_with(r, fx, 0.0)
+    r.handle(ConnGone("n2", START, (b"client-1",)), 0.0, fx)
+    assert [o for o in fx.out if o[0] == vconn] == []
+    assert not [m for _, m in fx.peers if isinstance(m, RelayBack)]
+    assert core.drops()["receiver_gone"] == 3 and core.queues.length("asgi|c") == 0
+
+
+def test_a_parked_delivery_given_back_goes_where_its_number_says() -> None:
+    """Simulation seed 7081 (8 ops): a cancelled receive gave back sends
+    3-5 (queued again here), then send 6, handed to it before its node was
+    declared dead and parked; given back as if an earlier owner had handed
+    it, it went to the front, and the next receiver took 6, 3, 4, 5. It is
+    this node's own: it goes back where its number says."""
+    r, core, table = routing()
+    relay(r, START, (MsgType.RECV, ("asgi|c", 5)))
+    for i in range(3):
+        relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
+    [seqs] = core.queues.flight_seqs(next(iter(r._virtual))).values()
+    first, second, third = sorted(seqs)
+    items = [[b"m0", 60.0, first], [b"m1", 60.0, second]]
+    relay(r, START, (MsgType.RETURN, (1, "asgi|c", items, 1)))  # (its credit withdrawn)
+    del table.incarnations["n2"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
+    assert r.parked_count() == 1
+    table.incarnations["n2"] = START + 1  # back in the same life
+    relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m2", 60.0, third]], 0)))
+    assert r.parked_count() == 0
+    got = [p for _c, _n, its in core.queues.grant(b"r", "asgi|c", 10, 2.0) for p, _t, _s in its]
+    assert got == [b"m0", b"m1", b"m2"]
+    assert core.drops()["receiver_gone"] == 0
+
+
 def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() -> None:
     r, core, _, _ = _declared_dead_with_three_in_flight()
     r.handle(ConnGone("n2", START, (b"client-1",)), 2.0, Fx())
@@ -1910,7 +1981,7 @@ def test_a_delivery_older_than_one_another_owner_handed_is_refused_and_told() ->
     assert core.drops()["dead_owner"] == 0, "counted by n2, whose flight held it"
     # once our client gives back what it holds there, what comes again
     # (from any owner) is not refused
-    core.queues.forget_handed(b"A", far)
+    core.queues.forget_handed(b"A", far, [], 2.0)
     again = Fx()
     r.handle(back, 2.0, again, True)
     assert r.counters["deliveries_refused_out_of_order"] == 1
