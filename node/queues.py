@@ -93,6 +93,9 @@ MAX_RESERVATION = 64
 #: is kept after it last changed: longer than a delivery can be on its way
 #: (one held in a frozen or cut-off owner's pipe included).
 HANDED_MEMORY = 120.0
+#: Numbers of what a connection gave back on a channel kept at most
+#: (``Queues.gave_back``): the newest
+GAVE_BACK_KEPT = 1024
 
 
 class Bundle:
@@ -1006,7 +1009,13 @@ class Queues:
         message, by the owner that handed it before, is."""
         key = (conn, name)
         self.handed_to.pop(key, None)
-        self.gave_back.setdefault(key, set()).update(seqs)
+        gave = self.gave_back.setdefault(key, set())
+        gave.update(seqs)
+        if len(gave) > GAVE_BACK_KEPT:
+            # (the oldest go: a client that gives back often, and never
+            # pauses ``HANDED_MEMORY`` long, would grow it for good)
+            for seq in sorted(gave)[: len(gave) - GAVE_BACK_KEPT]:
+                gave.discard(seq)
         self._handed_until[key] = now + HANDED_MEMORY
 
     def _handed(

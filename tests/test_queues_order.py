@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from zchannels.node.cluster import ClusterNode
 from zchannels.node.config import NodeConfig
 from zchannels.node.peer_messages import Handoff, aged
-from zchannels.node.queues import HANDED_MEMORY, Queues, Stamp, in_producer_order
+from zchannels.node.queues import (
+    GAVE_BACK_KEPT,
+    HANDED_MEMORY,
+    Queues,
+    Stamp,
+    in_producer_order,
+)
 
 from zchannels.protocol import MsgType
 
@@ -336,6 +342,22 @@ def test_what_a_client_gave_back_is_refused_after_a_newer_one_of_the_same_owner(
     assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 22), 27, 1.0)
     assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 9), 13, 1.0)
     assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 21), 20, 1.0), "another receiver's give-back"
+
+
+def test_a_client_that_gives_back_without_pause_keeps_only_the_newest_numbers() -> None:
+    """A consumer that cancels every receive gives back a run each time and
+    never pauses ``HANDED_MEMORY`` long: what is kept of its give-backs is
+    bounded (the newest ``GAVE_BACK_KEPT``), and the newest still refuse an
+    older send handed again after a newer one."""
+    q = Queues()
+    for start in range(0, 5 * GAVE_BACK_KEPT, 10):
+        q.forget_handed(R, "c", range(start, start + 10), 1.0 + start / 1000)
+    kept = q.gave_back[(R, "c")]
+    assert len(kept) == GAVE_BACK_KEPT
+    assert min(kept) == 4 * GAVE_BACK_KEPT
+    newest = 5 * GAVE_BACK_KEPT - 1
+    assert q.from_elsewhere(R, "c", "n2", (P, LIFE, 22), newest + 1, 9.0)
+    assert not q.from_elsewhere(R, "c", "n2", (P, LIFE, 9), newest, 9.0)
 
 
 def test_what_a_connection_was_handed_is_forgotten_in_time() -> None:
