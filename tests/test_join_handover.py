@@ -12,12 +12,11 @@ had joined, and delivered the newer message before the handover arrived.
 
 from __future__ import annotations
 
-import heapq
-import random
 from typing import Any
 
+from purenet import PureNet
+from purenet import make_node as make
 from zchannels.node.cluster import LINGER_BOUNDS, ClusterNode, Effects
-from zchannels.node.config import NodeConfig
 from zchannels.node.effects import Fx
 from zchannels.node.peer_messages import Ask, Handoff, Relay
 from zchannels.node.peer_wire import decode_peer, encode_peers
@@ -30,69 +29,23 @@ CONN = b"client-of-b"
 DELAY = 0.0005  # one way, every peer link
 
 
-def make(node_id: str, address: str, seeds: tuple[str, ...], incarnation: int) -> ClusterNode:
-    config = NodeConfig.test(
-        node_id=node_id,
-        client_endpoints=("inproc://t",),
-        peer_endpoint=address,
-        discovery=("none",),
-        cluster="t",
-        seeds=seeds,
-        client_lease=30.0,  # (the test's process does not ping)
-    )
-    return ClusterNode(config, address=address, incarnation=incarnation, rng=random.Random(1))
-
-
-class Net:
+class Net(PureNet):
     """Peer frames delivered after ``DELAY``, in order per link; ticks when
     due; what clients are sent is recorded. ``drop``: a predicate on decoded
     peer messages the network loses."""
 
     def __init__(self, nodes: dict[str, ClusterNode], drop: Any = None) -> None:
-        self.nodes = nodes
-        self.now = 0.0
-        self.queue: list[tuple[float, int, str, bytes]] = []
-        self.seq = 0
-        self.to_clients: list[tuple[float, str, bytes, Message]] = []
+        super().__init__(nodes, DELAY)
         self.drop = drop
 
-    def apply(self, address: str, fx: Effects) -> None:
-        for conn, message in fx.clients:
-            self.to_clients.append((self.now, address, conn, message))
-        for to, frame in fx.peers:
-            if self.drop is not None:
-                kept = [m for m in decode_peer(frame) if not self.drop(m)]
-                if not kept:
-                    continue
-                frame = encode_peers(kept)
-            self.seq += 1
-            heapq.heappush(self.queue, (self.now + DELAY, self.seq, to, frame))
-
-    def start(self, address: str, node: ClusterNode) -> None:
-        """As the shell starts a node: then its seeds are found."""
-        self.apply(address, node.start(self.now))
-        for seed in node.config.seeds:
-            self.apply(address, node.discovered(seed, self.now))
+    def sending(self, to: str, frame: bytes) -> bytes | None:
+        if self.drop is None:
+            return frame
+        kept = [m for m in decode_peer(frame) if not self.drop(m)]
+        return encode_peers(kept) if kept else None
 
     def client(self, address: str, messages: list[Message]) -> None:
         self.apply(address, self.nodes[address].client(CONN, messages, self.now))
-
-    def run(self, until: float) -> None:
-        while True:
-            tick_at = min((n.next_deadline(), a) for a, n in self.nodes.items())
-            frame_at = self.queue[0][0] if self.queue else float("inf")
-            at = min(tick_at[0], frame_at)
-            if at > until:
-                self.now = until
-                return
-            self.now = max(self.now, at)
-            if frame_at <= tick_at[0]:
-                _, _, to, frame = heapq.heappop(self.queue)
-                if to in self.nodes:
-                    self.apply(to, self.nodes[to].peer(frame, self.now))
-            else:
-                address = tick_at[1]
-                self.apply(address, self.nodes[address].tick(self.now))
 
     def delivered(self, since: float = 0.0) -> list[tuple[float, bytes]]:
         """(when, payload) of every message delivered to the client."""

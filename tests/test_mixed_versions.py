@@ -18,12 +18,10 @@ decoder would, every message of a type it does not know.
 
 from __future__ import annotations
 
-import heapq
-import random
-
 import msgpack
-from zchannels.node.cluster import ClusterNode, Effects
-from zchannels.node.config import NodeConfig
+from purenet import PureNet
+from purenet import make_node as make
+from zchannels.node.cluster import ClusterNode
 
 from zchannels.protocol import Message, MsgType, encode, encode_batch
 
@@ -39,19 +37,6 @@ STAMPED = {
 }
 
 
-def make(node_id: str, address: str, seeds: tuple[str, ...]) -> ClusterNode:
-    config = NodeConfig.test(
-        node_id=node_id,
-        client_endpoints=("inproc://t",),
-        peer_endpoint=address,
-        discovery=("none",),
-        cluster="t",
-        seeds=seeds,
-        client_lease=30.0,  # (the test's processes do not ping)
-    )
-    return ClusterNode(config, address=address, incarnation=1_000_001, rng=random.Random(1))
-
-
 def types_in(frame: bytes) -> list[int]:
     """The type numbers a frame carries, read as any version reads them."""
     if frame[1] != MsgType.BATCH:
@@ -59,7 +44,7 @@ def types_in(frame: bytes) -> list[int]:
     return [item[0] for item in msgpack.unpackb(frame[2:])]
 
 
-class Net:
+class Net(PureNet):
     """Peer frames delivered after ``DELAY`` in order; ticks when due; what
     clients are sent is recorded. Frames to an ``old`` node lose the
     messages it cannot decode (``refused``), as its decoder would drop
@@ -67,25 +52,17 @@ class Net:
     alone (its link header is taken: the message is lost for good)."""
 
     def __init__(self, nodes: dict[str, ClusterNode], old: set[str]) -> None:
-        self.nodes = nodes
+        super().__init__(nodes, DELAY)
         self.old = old
-        self.now = 0.0
-        self.queue: list[tuple[float, int, str, bytes]] = []
-        self.seq = 0
-        self.to_clients: list[tuple[str, bytes, Message]] = []
         #: (to, type number) of every peer message sent
         self.sent: list[tuple[str, int]] = []
         self.refused: list[tuple[str, int]] = []
 
-    def apply(self, address: str, fx: Effects) -> None:
-        for conn, message in fx.clients:
-            self.to_clients.append((address, conn, message))
-        for to, frame in fx.peers:
-            self.sent.extend((to, t) for t in types_in(frame))
-            self.seq += 1
-            heapq.heappush(self.queue, (self.now + DELAY, self.seq, to, frame))
+    def sending(self, to: str, frame: bytes) -> bytes | None:
+        self.sent.extend((to, t) for t in types_in(frame))
+        return frame
 
-    def _as_read_by(self, to: str, frame: bytes) -> bytes | None:
+    def reading(self, to: str, frame: bytes) -> bytes | None:
         if to not in self.old or not set(types_in(frame)) & STAMPED:
             return frame
         self.refused.extend((to, t) for t in types_in(frame) if t in STAMPED)
@@ -96,36 +73,13 @@ class Net:
             return encode(MsgType(kept[0][0]), *kept[0][1])
         return encode_batch([(MsgType(t), f) for t, f in kept])
 
-    def start(self, address: str, node: ClusterNode) -> None:
-        self.apply(address, node.start(self.now))
-        for seed in node.config.seeds:
-            self.apply(address, node.discovered(seed, self.now))
-
     def client(self, address: str, conn: bytes, messages: list[Message]) -> None:
         self.apply(address, self.nodes[address].client(conn, messages, self.now))
-
-    def run(self, until: float) -> None:
-        while True:
-            tick_at = min((n.next_deadline(), a) for a, n in self.nodes.items())
-            frame_at = self.queue[0][0] if self.queue else float("inf")
-            at = min(tick_at[0], frame_at)
-            if at > until:
-                self.now = until
-                return
-            self.now = max(self.now, at)
-            if frame_at <= tick_at[0]:
-                _, _, to, frame = heapq.heappop(self.queue)
-                read = self._as_read_by(to, frame)
-                if read is not None and to in self.nodes:
-                    self.apply(to, self.nodes[to].peer(read, self.now))
-            else:
-                address = tick_at[1]
-                self.apply(address, self.nodes[address].tick(self.now))
 
     def delivered(self, conn: bytes, channel: str) -> list[bytes]:
         return [
             item[0]
-            for _, to, (mtype, fields) in self.to_clients
+            for _, _, to, (mtype, fields) in self.to_clients
             if to == conn and mtype == MsgType.DELIVER and fields[0] == channel
             for item in fields[1]
         ]
