@@ -1291,6 +1291,27 @@ def test_what_a_client_of_a_node_declared_dead_took_is_not_counted_lost() -> Non
     assert r.next_deadline() > 1.0 + r.presume_dead_after()
 
 
+def test_a_gone_clients_give_back_of_its_counted_parked_flight_is_not_queued_again() -> None:
+    """Seed 3791 (9 ops, shrunk): a client's node lagged, was declared
+    dead, and its client's flight here was parked; back in the same life,
+    the client was handed one more, then died. Its node said so, and bounced
+    the deliveries still on their way to it back here, one relay each. The
+    parked ones were counted ``receiver_gone`` as the client was forgotten;
+    what was counted then was replaced by the live flight's numbers, so the
+    parked ones given back after it were queued again and delivered:
+    counted twice."""
+    r, core, table, seqs = _declared_dead_with_three_in_flight()
+    table.incarnations["n2"] = START + 1  # back in the same life
+    relay(r, START, (MsgType.RECV, ("asgi|c", 1)))
+    relay(r, START, (MsgType.SEND, (0, "asgi|c", b"m3", 10)))
+    assert core.queues.length("asgi|c") == 0, "handed to the client at once"
+    r.handle(ConnGone("n2", START, (b"client-1",)), 2.0, Fx())
+    assert core.drops()["receiver_gone"] == 4
+    for i, seq in enumerate(seqs):
+        relay(r, START, (MsgType.RETURN, (0, "asgi|c", [[b"m%d" % i, 60.0, seq]], 1)))
+    assert core.queues.length("asgi|c") == 0, "counted: not queued again"
+
+
 def _delivered_in_one_step_with(r: Routing, fx: Fx, now: float) -> bytes:
     """n2's client holds credit on our channel; three relayed sends are
     delivered to it in the step ``fx``, which goes on (the caller forgets
