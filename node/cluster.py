@@ -476,6 +476,9 @@ class ClusterNode:
 
     def _undeliverable(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         _, routing, _ = self._cluster()
+        for mtype, fields in messages:
+            if mtype == MsgType.DELIVER:  # (queued again: not held by it)
+                routing.passed.trim(conn, fields[0], len(fields[1]))
         remote: list[Message] = []  # deliveries of channels other nodes own
         local: list[Message] = []
         for message in messages:

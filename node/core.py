@@ -131,6 +131,11 @@ class NodeCore:
         #: well as to where the channel lives: a node this node thinks dead
         #: that handed it those messages (``Routing.report_to``), or None.
         self.report_to: Callable[[ConnId, str], str | None] | None = None
+        #: Of the first ``count`` messages of a channel a client of this
+        #: node took or gave back, how many this node answers for (an owner
+        #: handed the channel on while the client held them:
+        #: ``Routing.taken_here``, ``passed``): not reported on.
+        self.taken_here: Callable[[ConnId, str, int], int] | None = None
         #: during one step in a cluster: what it leaves for the cluster
         self._work: ClusterWork | None = None
         #: connections found gone (``undeliverable``), newest last: their sessions
@@ -483,6 +488,8 @@ class NodeCore:
         if not valid_wire_channel(channel) or len(items) > MAX_CREDIT or not wire_items(items):
             self.counters.bad_requests += 1
             return
+        if not self._hops and self.taken_here is not None:
+            self.taken_here(conn, channel, len(items))  # (queued again where it goes)
         if self._relay(conn, session, MsgType.RETURN, f, channel, out):
             return
         if self._hops < MAX_HOPS:
@@ -553,6 +560,17 @@ class NodeCore:
             ):
                 self.counters.bad_requests += 1
                 continue
+            if not self._hops and self.taken_here is not None:
+                adopted = self.taken_here(conn, channel, count)
+                if adopted:
+                    # (released here; which were found expired is not
+                    # said: the adopted ones, handed first, take them first)
+                    stale = min(expired, adopted)
+                    self.queues.counters.dropped_expired += stale
+                    count, expired = count - adopted, expired - stale
+                    if not count:
+                        continue
+                    report = [channel, upto, count, expired]
             if not local:
                 also = self.report_to(conn, channel) if self.report_to is not None else None
                 if also and self._work is not None and not self._handed_here(conn, channel, upto):

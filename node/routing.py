@@ -47,6 +47,7 @@ from .core import MAX_HOPS, ClusterWork, NodeCore, Out
 from .effects import EVERYONE, Fx
 from .membership import LIVE, EventKind, MemberEvent, MemberTable, State, suspicion_bounds
 from .ownership import Ownership, tag_of
+from .passed import Passed
 from .peer_messages import (
     Answer,
     Ask,
@@ -481,6 +482,10 @@ class Routing:
         ) = None
         core.route = self.route
         core.report_to = self.report_to
+        core.taken_here = self.taken_here
+        #: what other nodes delivered to our clients through this node, and
+        #: which of it this node answers for (``passed``)
+        self.passed = Passed()
         self.refresh()
 
     # -- ownership -------------------------------------------------------------
@@ -501,6 +506,14 @@ class Routing:
             # owner, where it was applied to the flight a second time)
             return None
         return source
+
+    def taken_here(self, conn: ConnId, channel: str, count: int) -> int:
+        """Our client ``conn`` took or gave back the first ``count`` it held
+        of ``channel``: how many of them this node answers for (``passed``:
+        their owner handed the channel on while the client held them)."""
+        if not self.passed.runs:
+            return 0
+        return self.passed.taken(conn, channel, count)
 
     def route(self, channel: str) -> str | None:
         """None: this node owns ``channel``; the owner's id; "" for nobody."""
@@ -797,6 +810,12 @@ class Routing:
                 held.append(relay)
 
     def _conns_gone(self, conns: list[ConnId], now: float, fx: Fx) -> None:
+        if self.passed.runs:
+            lost = self.passed.conn_gone(set(conns), now + GONE_MEMORY)
+            if lost:
+                # (what their channels' owners handed on while they held it)
+                self.counters["passed_lost"] += lost
+                self.core.queues.counters.dropped_receiver_gone += lost
         gone = [c for c in conns if c in self._relayed_conns]
         for conn in conns:
             self._relayed_conns.discard(conn)
@@ -1682,6 +1701,18 @@ class Routing:
         if msg.stamps:
             messages = self._in_order(msg, messages, refused, now)
         fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
+        passed = self.passed
+        if conn in self.core.sessions.by_conn:
+            for mtype, fields in messages:
+                if mtype == MsgType.DELIVER:
+                    passed.passed(conn, fields[0], source, len(fields[1]))
+        for channel, _ in regrant:
+            # (it handed the channel on: what our client holds of its
+            # deliveries is ours to answer for, ``passed``)
+            lost = passed.adopt(conn, channel, source, now)
+            if lost:
+                self.counters["passed_lost"] += lost
+                self.core.queues.counters.dropped_receiver_gone += lost
         if refused:
             self._refuse_older(source, conn, refused, now, fx)
         if regrant:
@@ -2191,6 +2222,8 @@ class Routing:
     ) -> None:
         """``node``'s life ``incarnation`` ended (``below``: the incarnation
         its next life started with, whose clients stay)."""
+        if died:  # (a leave hands back the credit, perhaps after its LEFT)
+            self.passed.forget_source(node)
         # (a node that left cleanly handed its queues over first)
         load = self.loads.pop(node, {})
         lost = int(load.get("queued", 0)) + int(load.get("parked", 0))
@@ -2645,7 +2678,18 @@ class Routing:
             owner = self.route(name)
             if owner is None:
                 continue
+            ch = core.queues.channels.get(name)
+            holding = {c: len(f) for c, f in ch.flight.items() if f} if ch is not None else {}
             items, credits = core.queues.take(name, now)
+            for conn, count in holding.items():
+                # What a receiver holds of it stays counted nowhere here
+                # (``Queues.take``): our own client's is ours to answer for
+                # (``passed``); another node's client's, its node's, told
+                # by the credit handed back to it below (even none).
+                if conn not in self._virtual:
+                    self.passed.adopt_local(conn, name, self.me, count)
+                elif conn not in credits:
+                    credits[conn] = 0
             if not owner:  # nobody owns it any more
                 core.counters.dropped_dead_owner += len(items)
                 continue
@@ -2662,7 +2706,7 @@ class Routing:
                     back.setdefault(conn, []).append((MsgType.RECV, (name, credit)))
                     continue
                 session = self._session_of(conn)
-                if session is not None:
+                if session is not None and credit > 0:
                     # (MAX_HOPS: the new owner keeps it, whatever its view yet)
                     grant = (MsgType.RECV, (name, credit))
                     grants.append((owner, conn, session, grant, MAX_HOPS))
@@ -2867,6 +2911,8 @@ class Routing:
 
     def tick(self, now: float, fx: Fx) -> None:
         """Timeouts, load reports, the stray sweep, held relays."""
+        if self.passed.gone:
+            self.passed.expire(now)
         for node in [n for n, (until, _) in self._strangers.items() if now >= until]:
             self._drop_strangers(self._strangers.pop(node)[1])
         if self._held_relays and now >= self._relays_until:

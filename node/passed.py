@@ -1,0 +1,183 @@
+"""What this node passed on to its clients from other nodes, for the client's
+messages that the owner no longer holds.
+
+Owns: per (our client's connection, channel), the runs of deliveries other
+nodes made to it through this node, oldest first, as the client holds them
+(``Passed``); and which of them this node answers for since their owner
+handed the channel on (*adopted*). Decides nothing on the wire: ``routing``
+feeds it and counts what it says.
+
+Why: an owner that hands a channel on forgets its flight (``Queues.take``):
+the client's reports of it go to the new owner, which never knew those
+messages. If the client then died, they were counted by nobody (simulation
+seeds 116 and 155 without kills: a heal or a leave moved the channel while
+the client held a delivery, and the client died). The client's node sees
+all of it in order: the owner's deliveries reach it before the credit the
+owner hands back as it moves the channel (one ordered link), the client
+takes and gives back in the order it was handed (its reports come before
+any later message), and the client's death is known here first. So the
+owner's runs are adopted when its credit comes back; a report or give-back
+of the client takes from the oldest runs first; what is adopted and taken
+is released here (the report goes on for the rest); what is adopted when
+the client is gone is counted lost here (``receiver_gone``), once.
+
+Not adopted: what an owner that declared this node dead parked (it counts
+that itself: the runs are dropped when this node hears it was declared
+dead), and what a node this node declared dead delivered (``routing``
+refuses it).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+#: (our client's connection, channel)
+Key = tuple[bytes, str]
+#: most runs kept per key: beyond, the oldest go (it is never reached: a
+#: client holds at most its credit, and runs merge per source)
+MAX_RUNS = 256
+
+
+@dataclass(slots=True)
+class Run:
+    """``count`` messages ``source`` delivered in a row; ``adopted``: this
+    node answers for them."""
+
+    source: str
+    count: int
+    adopted: bool = False
+
+
+class Passed:
+    def __init__(self) -> None:
+        #: key -> runs, oldest first
+        self.runs: dict[Key, deque[Run]] = {}
+        #: connections gone: key -> their runs, until (for an owner's
+        #: credit that comes back after this node knew the client gone)
+        self.gone: dict[Key, tuple[float, deque[Run]]] = {}
+
+    def passed(self, conn: bytes, channel: str, source: str, count: int) -> None:
+        """``source`` delivered ``count`` messages of ``channel`` to ``conn``
+        through this node."""
+        if count <= 0:
+            return
+        runs = self.runs.get((conn, channel))
+        if runs is None:
+            runs = self.runs[(conn, channel)] = deque()
+        if runs and runs[-1].source == source and not runs[-1].adopted:
+            runs[-1].count += count
+            return
+        runs.append(Run(source, count))
+        if len(runs) > MAX_RUNS:
+            runs.popleft()
+
+    def adopt_local(self, conn: bytes, channel: str, me: str, count: int) -> None:
+        """This node handed ``channel`` on while its own client ``conn`` held
+        ``count`` of its deliveries: older than anything it holds from
+        elsewhere of it, so first."""
+        if count <= 0:
+            return
+        runs = self.runs.setdefault((conn, channel), deque())
+        runs.appendleft(Run(me, count, True))
+
+    def taken(self, conn: bytes, channel: str, count: int) -> int:
+        """``conn`` took (or gave back) the first ``count`` it held of
+        ``channel``: how many of them were adopted here."""
+        runs = self.runs.get((conn, channel))
+        if not runs:
+            return 0
+        adopted = 0
+        while count > 0 and runs:
+            run = runs[0]
+            used = min(run.count, count)
+            count -= used
+            if run.adopted:
+                adopted += used
+            if used == run.count:
+                runs.popleft()
+            else:
+                run.count -= used
+        if not runs:
+            del self.runs[(conn, channel)]
+        return adopted
+
+    def adopt(self, conn: bytes, channel: str, source: str, now: float) -> int:
+        """``source`` handed ``channel`` on and gave back ``conn``'s credit on
+        it: what ``conn`` holds of its deliveries is this node's to answer
+        for. Returns how many to count lost now (``conn`` is gone)."""
+        runs = self.runs.get((conn, channel))
+        if runs is not None:
+            for run in runs:
+                if run.source == source:
+                    run.adopted = True
+            return 0
+        entry = self.gone.get((conn, channel))
+        if entry is None:
+            return 0
+        lost = sum(r.count for r in entry[1] if r.source == source)
+        kept = deque(r for r in entry[1] if r.source != source)
+        if kept:
+            self.gone[(conn, channel)] = (entry[0], kept)
+        else:
+            del self.gone[(conn, channel)]
+        return lost
+
+    def trim(self, conn: bytes, channel: str, count: int) -> None:
+        """The last ``count`` passed to ``conn`` never reached it (they
+        bounced: queued again)."""
+        runs = self.runs.get((conn, channel))
+        while runs and count > 0:
+            last = runs[-1]
+            used = min(last.count, count)
+            count -= used
+            if used == last.count:
+                runs.pop()
+            else:
+                last.count -= used
+        if runs is not None and not runs:
+            del self.runs[(conn, channel)]
+
+    def conn_gone(self, conns: set[bytes], until: float) -> int:
+        """``conns`` are gone: what they held that was adopted is lost
+        (returned, for the caller to count); the rest waits until ``until``
+        in case its owner hands it on meanwhile (``adopt``)."""
+        lost = 0
+        for key in [k for k in self.runs if k[0] in conns]:
+            runs = self.runs.pop(key)
+            lost += sum(r.count for r in runs if r.adopted)
+            rest = deque(r for r in runs if not r.adopted)
+            if rest:
+                self.gone[key] = (until, rest)
+        return lost
+
+    def forget_source(self, source: str) -> None:
+        """What ``source`` delivered is not adoptable (this node declared it
+        dead, or it left: its fate is settled elsewhere). Its runs stay, as
+        nobody's, for the client's reports to keep their place."""
+        for runs in self.runs.values():
+            for run in runs:
+                if run.source == source and not run.adopted:
+                    run.source = ""
+        for key, (until, gone) in list(self.gone.items()):
+            kept = deque(r for r in gone if r.source != source)
+            if kept:
+                self.gone[key] = (until, kept)
+            else:
+                del self.gone[key]
+
+    def forget_unadopted(self) -> None:
+        """This node was declared dead (it refuted it): an owner that did
+        parked what it had handed our clients and counts it itself."""
+        for runs in self.runs.values():
+            for run in runs:
+                if not run.adopted:
+                    run.source = ""
+        self.gone.clear()
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, (until, _) in self.gone.items() if until <= now]:
+            del self.gone[key]
+
+    def next_deadline(self) -> float:
+        return min((until for until, _ in self.gone.values()), default=float("inf"))

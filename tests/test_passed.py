@@ -1,0 +1,91 @@
+"""``node.passed``: what a client's node answers for once the owner of a
+channel handed it on while the client held its deliveries.
+
+Written from what a client does with what it holds: it takes the oldest
+first and reports it, gives back the rest, or dies; and from what the
+owner does as it moves the channel: its deliveries reach the client's node
+before the credit it hands back."""
+
+from __future__ import annotations
+
+from node.passed import Passed
+
+C, D = b"conn-c", b"conn-d"
+
+
+def test_what_a_moved_owner_handed_is_lost_here_when_the_client_dies() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 6)
+    assert p.taken(C, "q", 5) == 0  # (n0 still answers for them: its flight)
+    assert p.adopt(C, "q", "n0", now=1.0) == 0
+    assert p.conn_gone({C}, until=2.0) == 1
+
+
+def test_a_report_takes_the_adopted_first_and_the_rest_is_the_new_owners() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 3)
+    p.adopt(C, "q", "n0", now=1.0)
+    p.passed(C, "q", "n1", 4)  # (the new owner's, after the credit came back)
+    assert p.taken(C, "q", 2) == 2
+    assert p.taken(C, "q", 3) == 1  # one adopted left, then two of n1's
+    assert p.conn_gone({C}, until=2.0) == 0  # (n1's two: n1 counts them)
+
+
+def test_a_give_back_releases_what_was_adopted_without_counting_it() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 4)
+    p.adopt(C, "q", "n0", now=1.0)
+    p.taken(C, "q", 1)
+    p.taken(C, "q", 3)  # (a RETURN of the 3 it still held: queued again)
+    assert p.conn_gone({C}, until=2.0) == 0
+    assert p.runs == {}
+
+
+def test_credit_back_after_the_client_was_known_gone_counts_then() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 2)
+    p.passed(C, "q", "n2", 1)
+    assert p.conn_gone({C}, until=5.0) == 0  # (n0 and n2 still hold them)
+    assert p.adopt(C, "q", "n0", now=1.0) == 2
+    assert p.adopt(C, "q", "n0", now=1.1) == 0  # (once)
+    p.expire(5.0)
+    assert p.adopt(C, "q", "n2", now=5.0) == 0 and p.gone == {}
+
+
+def test_what_bounced_is_not_held() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 5)
+    p.trim(C, "q", 3)  # (the last three never reached it: queued again)
+    p.adopt(C, "q", "n0", now=1.0)
+    assert p.conn_gone({C}, until=2.0) == 2
+
+
+def test_a_dead_owners_runs_keep_their_place_but_are_not_adopted() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 2)
+    p.passed(C, "q", "n1", 2)
+    p.forget_source("n0")  # (declared dead here: it settles them itself)
+    p.adopt(C, "q", "n0", now=1.0)
+    p.adopt(C, "q", "n1", now=1.0)
+    # the client takes 3: n0's two (nobody's now), then one of n1's
+    assert p.taken(C, "q", 3) == 1
+    assert p.conn_gone({C}, until=2.0) == 1
+
+
+def test_own_clients_flight_at_a_handover_comes_before_the_next_owners() -> None:
+    p = Passed()
+    p.adopt_local(D, "q", "me", 2)
+    p.passed(D, "q", "n1", 3)
+    assert p.taken(D, "q", 1) == 1
+    assert p.conn_gone({D}, until=2.0) == 1
+
+
+def test_channels_and_connections_are_apart() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 2)
+    p.passed(C, "r", "n0", 2)
+    p.passed(D, "q", "n0", 2)
+    p.adopt(C, "q", "n0", now=1.0)
+    assert p.taken(C, "r", 2) == 0
+    assert p.conn_gone({D}, until=2.0) == 0
+    assert p.conn_gone({C}, until=2.0) == 2
