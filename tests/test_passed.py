@@ -89,3 +89,24 @@ def test_channels_and_connections_are_apart() -> None:
     assert p.taken(C, "r", 2) == 0
     assert p.conn_gone({D}, until=2.0) == 0
     assert p.conn_gone({C}, until=2.0) == 2
+
+
+def test_a_fence_counts_held_deliveries_whose_owner_handed_their_credit_back() -> None:
+    """What a life ending in place drops of its peers' messages: a
+    delivery whose owner gave the credit back in them too is counted by
+    nobody else; one whose owner kept the channel, the owner counts."""
+    from node.cluster import _handed_back
+    from node.peer_messages import RelayBack
+    from zchannels.protocol import MsgType
+
+    def deliver(channel: str, n: int) -> tuple[MsgType, tuple[object, ...]]:
+        return (MsgType.DELIVER, (channel, [[b"m", 60.0, i] for i in range(n)]))
+
+    held = [
+        RelayBack("n0", C, (deliver("q", 2), deliver("r", 1))),
+        RelayBack("n0", C, ((MsgType.RECV, ("q", 5)),)),  # (q moved on; r stays n0's)
+        RelayBack("n1", C, (deliver("q", 4),)),  # (another owner's, kept by it)
+        RelayBack("n0", D, (deliver("q", 3),)),  # (another client: no hand-back)
+    ]
+    assert _handed_back(held) == 2
+    assert _handed_back([]) == 0
