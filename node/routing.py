@@ -1845,6 +1845,14 @@ class Routing:
         relays: list[tuple[str, ConnId, Session, Message, int]] = []
         without: Ownership | None = None
         for channel, credit in grants:
+            if credit <= 0:
+                # (a hand-back of none, for what our client held of its
+                # deliveries: ``passed``; what is owed elsewhere stays)
+                owed = self._credit.get((conn, channel))
+                if owed is not None and owed[0] == source:
+                    del self._credit[(conn, channel)]
+                    self._credit_stale.pop((conn, channel), None)
+                continue
             if (conn, channel, source) in self._credit_given_up:
                 # granted again already (``_check_credit``): this handback
                 # came late, and is not granted twice

@@ -2007,3 +2007,58 @@ def test_a_delivery_older_than_one_another_owner_handed_is_refused_and_told() ->
     r.handle(back, 2.0, again, True)
     assert r.counters["deliveries_refused_out_of_order"] == 1
     assert again.out[0] == (b"A", (MsgType.DELIVER, (far, items)))
+
+
+def _client_step(r: Routing, core: NodeCore, messages: list[Message], now: float) -> Fx:
+    work = ClusterWork()
+    fx = Fx()
+    fx.out.extend(core.handle(b"A", messages, now, work))
+    r.after_core(work, now, fx)
+    return fx
+
+
+def test_what_our_client_held_of_an_owner_that_handed_the_channel_on_is_ours() -> None:
+    """The owner of the channel our client receives on hands it on while the
+    client holds 3 of its deliveries: it forgets them (``Queues.take``), and
+    its hand-back of the credit says so. The client takes one, and then
+    dies: the other two are counted here, once, and its report of the
+    first goes nowhere (the new owner never knew it). Kill-free simulation
+    seeds 155, 244 and 116: nobody counted them."""
+    r, core, _, _ = receiving_far()
+    far = next(f"asgi|far{i}" for i in range(100) if r.route(f"asgi|far{i}") == "n2")
+    items = [[b"m", 60.0, seq] for seq in (1, 2, 3)]
+    delivered = Fx()
+    r.handle(RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)),)), 0.1, delivered)
+    assert [m[0] for _, m in delivered.out] == [MsgType.DELIVER]
+    r.handle(RelayBack("n2", b"A", ((MsgType.RECV, (far, 2)),)), 0.2, Fx())
+    reported = _client_step(r, core, [(MsgType.CONSUMED, ([[far, 1, 1, 0]],))], 0.3)
+    assert not [m for _, msg in reported.peers if isinstance(msg, Relay) for m in msg.messages]
+    assert core.drops()["receiver_gone"] == 0
+    _client_step(r, core, [(MsgType.BYE, (0, 1))], 0.4)
+    assert core.drops()["receiver_gone"] == 2
+    assert r.counters["passed_lost"] == 2
+
+
+def test_an_owner_that_kept_its_deliveries_counts_them_itself() -> None:
+    """No hand-back: the owner still holds them in its flight, and counts
+    them as it hears the client is gone (``ConnGone``); nothing here."""
+    r, core, _, _ = receiving_far()
+    far = next(f"asgi|far{i}" for i in range(100) if r.route(f"asgi|far{i}") == "n2")
+    items = [[b"m", 60.0, seq] for seq in (1, 2)]
+    r.handle(RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)),)), 0.1, Fx())
+    gone = _client_step(r, core, [(MsgType.BYE, (0, 1))], 0.2)
+    assert core.drops()["receiver_gone"] == 0
+    assert any(isinstance(msg, ConnGone) for _, msg in gone.peers)
+
+
+def test_a_hand_back_of_no_credit_keeps_what_is_owed_at_the_new_owner() -> None:
+    """An owner hands the channel on while our client holds its deliveries
+    but no credit there: it hands back none (for ``passed``), which must not
+    drop the credit our client holds at another owner meanwhile."""
+    r, _, _, _ = receiving_far()
+    far = next(f"asgi|far{i}" for i in range(100) if r.route(f"asgi|far{i}") == "n2")
+    assert r._credit[(b"A", far)][0] == "n2"
+    r.handle(RelayBack("n0", b"A", ((MsgType.RECV, (far, 0)),)), 0.1, Fx())
+    assert r._credit[(b"A", far)][0] == "n2"
+    r.handle(RelayBack("n2", b"A", ((MsgType.RECV, (far, 0)),)), 0.2, Fx())
+    assert (b"A", far) not in r._credit
