@@ -66,7 +66,7 @@ from .peer_wire import decode_peer, encode_peer, salvage_link_frame
 from .queues import ConnId
 from .readiness import expects_peers
 from .replication import GroupReplication
-from .routing import RESTART_GAP, Routing, Undelivered, grants_of, tells_flight
+from .routing import GONE_MEMORY, RESTART_GAP, Routing, Undelivered, grants_of, tells_flight
 
 log = logging.getLogger("zchannels.node")
 
@@ -269,6 +269,13 @@ class ClusterNode:
         #: life that has no session for it (refused, RESET): they are
         #: counted then (``_count_old_flight``); what it takes is delivered.
         self._old_flight: dict[ConnId, dict[str, set[int]]] = {}
+        #: when what is left of ``_old_flight`` is counted lost: a lease after
+        #: the fence, its clients that never registered again are gone
+        self._old_flight_until = 0.0
+        #: the clients of a life ended in place that held what other nodes
+        #: had handed them (``Routing.passed``, carried to the next life):
+        #: what it answers for of theirs is counted with ``_old_flight``
+        self._old_passed: set[ConnId] = set()
         #: the last fence: (when, what it dropped), until the process ends
         #: (``_fence_unheard``)
         self._last_fence: tuple[float, int] | None = None
@@ -440,6 +447,12 @@ class ClusterNode:
             self.core.counters.dropped_dead_owner += self._count_old_flight(
                 conn, messages, MsgType.RETURN
             )
+        if (conn in self._old_flight or conn in self._old_passed) and any(
+            m[0] == MsgType.HELLO for m in messages
+        ):
+            # (registered again: what it holds is its to take)
+            self._old_flight.pop(conn, None)
+            self._old_passed.discard(conn)
         for mtype, fields in messages:
             if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[1], str):
                 # (what comes again is not refused as older than what it
@@ -490,6 +503,42 @@ class ClusterNode:
                     count += 1
         return count
 
+    def _hand_backs_for_past_life(self, msgs: list[Any], now: float) -> None:
+        """An owner's hand-back of our client's credit that came for the life
+        this node ended in place (refused: ``links``): that owner forgot
+        what it had handed our client, which the client still holds, so it
+        is ours to answer for (``Routing.passed``, carried across the fence;
+        idempotent, so a copy the old life took already changes nothing).
+        Kill-free simulation seed 116, 9 ops: the hand-back reached a frozen
+        node in the instant it ended its life, and the consumer was dead."""
+        routing = self.routing
+        if routing is None:
+            return
+        for msg in msgs:
+            if isinstance(msg, RelayBack):
+                for mtype, fields in msg.messages:
+                    if mtype == MsgType.RECV:
+                        routing.adopt(msg.conn, fields[0], msg.source, now)
+
+    def _old_flight_lost(self, now: float) -> None:
+        """A lease after a fence: the clients that had not registered again
+        with the next life are gone (a live one says HELLO at once, when
+        the next life answers its first frame), and what the ended life
+        had handed them is lost, counted once (kill-free simulation seed
+        116, 12 ops: a consumer died holding 7 deliveries of its own
+        process-specific channel, its node froze before it noticed and
+        ended its life at its thaw; nobody counted the 7. Seed 116 again,
+        9 ops: a delivery whose owner handed the channel on, adopted here,
+        its consumer dead the same way)."""
+        lost = sum(len(seqs) for flight in self._old_flight.values() for seqs in flight.values())
+        if self._old_passed and self.routing is not None:
+            lost += self.routing.passed.conn_gone(self._old_passed, now + GONE_MEMORY)
+        self._old_flight.clear()
+        self._old_passed.clear()
+        if lost:
+            self.counters["old_flight_lost"] += lost
+            self.core.queues.counters.dropped_receiver_gone += lost
+
     def undeliverable(self, conn: ConnId, messages: list[Message], now: float) -> Effects:
         """A send to ``conn`` failed (it is gone): what it was given goes back."""
         if self.table is None:
@@ -537,7 +586,11 @@ class ClusterNode:
             return Effects()
         doubting = self._doubting(now, fx)
         linked = isinstance(messages[0], LinkSeq) if messages else False
-        for msg in self.links.take(messages, now):
+        taken = self.links.take(messages, now)
+        if self.links.for_past_life:
+            self._hand_backs_for_past_life(self.links.for_past_life, now)
+            self.links.for_past_life = []
+        for msg in taken:
             if isinstance(msg, _TABLE):
                 self._table(table.handle(msg, now), now, fx)
             elif isinstance(msg, HandedOver):
@@ -593,6 +646,8 @@ class ClusterNode:
         if now >= self._next_core_tick:
             self._next_core_tick = now + self.config.tick_interval
             fx.out.extend(self.core.tick(now, fx.work))
+            if (self._old_flight or self._old_passed) and now >= self._old_flight_until:
+                self._old_flight_lost(now)
         routing.tick(now, fx)
         replication.tick(now, fx)
         effects = self._finish(fx, now)
@@ -709,6 +764,12 @@ class ClusterNode:
             if seqs:
                 old_flight[conn] = seqs
         self._old_flight = old_flight
+        self._old_flight_until = now + self.core.settings.lease
+        if self.routing is not None:  # (and what it answered for: ``passed``)
+            sessions = self.core.sessions.by_conn
+            held = [item.peer for item in self._held if item.kind == "peer"]
+            self._hand_backs_for_past_life(held, now)  # (held: the same)
+            self._old_passed = {conn for conn, _ in self.routing.passed.runs if conn in sessions}
         bounced = sum(
             self._count_old_flight(item.conn, item.messages, MsgType.DELIVER)
             for item in self._held

@@ -198,6 +198,9 @@ class Links:
         self._replies: list[tuple[str, bytes]] = []
         #: probes to send before the first frame of a new link (``first``)
         self._first: list[bytes] = []
+        #: what the last ``take`` refused as for an earlier life of this node
+        #: (the caller reads what is a fact whatever life took it)
+        self.for_past_life: list[PeerMessage] = []
         #: units of frames no peer took, counted lost (``dead_owner``)
         self.lost_units = 0
         #: notes of frames a peer never took, for the caller (``lost_notes``)
@@ -474,6 +477,7 @@ class Links:
             # second copy would be a duplicate); what it carried that only
             # the sender counts is counted there (``LinkProbe``).
             self.counters["link_for_past_life"] += 1
+            self.for_past_life = messages[1:]
             return []
         key = (head.source, head.life, head.gen)
         state = self._in.get(key)

@@ -507,6 +507,15 @@ class Routing:
             return None
         return source
 
+    def adopt(self, conn: ConnId, channel: str, source: str, now: float) -> None:
+        """``source`` handed ``channel`` on and gave our client ``conn``'s
+        credit back: what the client holds of its deliveries is this node's
+        to answer for (``passed``); counted now if the client is gone."""
+        lost = self.passed.adopt(conn, channel, source, now)
+        if lost:
+            self.counters["passed_lost"] += lost
+            self.core.queues.counters.dropped_receiver_gone += lost
+
     def taken_here(self, conn: ConnId, channel: str, count: int) -> int:
         """Our client ``conn`` took or gave back the first ``count`` it held
         of ``channel``: how many of them this node answers for (``passed``:
@@ -1709,10 +1718,7 @@ class Routing:
         for channel, _ in regrant:
             # (it handed the channel on: what our client holds of its
             # deliveries is ours to answer for, ``passed``)
-            lost = passed.adopt(conn, channel, source, now)
-            if lost:
-                self.counters["passed_lost"] += lost
-                self.core.queues.counters.dropped_receiver_gone += lost
+            self.adopt(conn, channel, source, now)
         if refused:
             self._refuse_older(source, conn, refused, now, fx)
         if regrant:
@@ -2359,6 +2365,9 @@ class Routing:
         frozen while another died would drop the only count of it
         (simulation plans/lost-then-delivered.json)."""
         self.loads.update({n: load for n, load in old.loads.items() if n != self.me})
+        # (what its clients hold of other nodes' deliveries stays with them,
+        # and the owners' hand-backs may come after: ``ClusterNode._fence``)
+        self.passed = old.passed
         self._provisional.update(old._provisional)
         self._count_later.update(old._count_later)
         self._ended |= old._ended

@@ -330,6 +330,9 @@ def test_what_comes_for_an_earlier_life_is_not_taken() -> None:
     assert f1 and f2 and taken(b2, f1, 0.2) == [msg(8)]
     b2.new_life(B_LIFE + 1001, 0.3)
     assert taken(b2, f2, 0.4) == []
+    # (what it carried is shown to the caller, not taken: an owner's
+    # hand-back of credit is a fact whatever life takes it, ``passed``)
+    assert b2.for_past_life == [msg(9)]
 
 
 def test_an_acknowledgement_for_another_life_or_link_changes_nothing() -> None:
