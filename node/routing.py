@@ -176,7 +176,7 @@ def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     for mtype, fields in msg.messages:
         if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
             reports.extend((r[0], r[1], r[2], r[3]) for r in fields[0] if consumption_report(r))
-        elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+        elif mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list):
             name = fields[1]
             seqs = tuple(item[2] for item in fields[2] if _wire_item(item))
             if type(name) is str and valid_wire_channel(name) and seqs:
@@ -1060,7 +1060,7 @@ class Routing:
                 out.append((mtype, (reports,)))
                 continue
             out.append((mtype, fields))
-            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+            if mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list):
                 if isinstance(fields[1], str) and all(_wire_item(i) for i in fields[2]):
                     name, numbers = fields[1], [item[2] for item in fields[2]]
                     held = set(parked.get(name, ()))
@@ -1339,15 +1339,23 @@ class Routing:
         out: list[Message] = []
         for mtype, fields in messages:
             # (a malformed one goes on as it is: the core refuses and counts it)
-            ok = mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list)
+            ok = mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list)
             seqs = counted.get(fields[1]) if ok and isinstance(fields[1], str) else None
             if seqs and all(_wire_item(i) for i in fields[2]):
-                req, channel, items, withdraw = fields
-                kept = [item for item in items if item[2] not in seqs]
+                req, channel, items, withdraw = fields[:4]
+                index = [i for i, item in enumerate(items) if item[2] not in seqs]
+                kept = [items[i] for i in index]
                 for item in items:
                     seqs.discard(item[2])
                 self.counters["returns_counted_already"] += len(items) - len(kept)
+                given = fields[4] if len(fields) > 4 else ()
                 fields = (req, channel, kept, withdraw)
+                if given:
+                    # (the stamps of what is kept, by their new places)
+                    place = {old: new for new, old in enumerate(index)}
+                    stamps = tuple((place[s[0]], *s[1:]) for s in given if s[0] in place)
+                    if stamps:
+                        fields = (*fields, stamps)
             out.append((mtype, fields))
         return tuple(out)
 
@@ -1704,7 +1712,7 @@ class Routing:
                 for item in items:
                     stamp = stamps.get((name, item[2]))
                     if stamp is None or queues.from_elsewhere(
-                        msg.conn, name, msg.source, stamp, item[2], now
+                        msg.conn, name, msg.source, stamp, item[2], now, item[0]
                     ):
                         kept.append(item)
                     else:
