@@ -1176,6 +1176,16 @@ class Queues:
             del self.held_stamps[(conn, name)]
         return tuple(out)
 
+    def stamp_handed(self, conn: ConnId, name: str, seq: int, payload: bytes) -> Stamp | None:
+        """The stamp of message ``seq`` (with ``payload``) handed to
+        ``conn`` on ``name``, if it is still known (``held_stamps``): its
+        channel may have gone since, handed over in the same step."""
+        entries = self.held_stamps.get((conn, name), {}).get(seq)
+        for p, stamp in entries or ():
+            if p == payload:
+                return stamp
+        return None
+
     def took(self, conn: ConnId, name: str, count: int) -> None:
         """``conn`` reports it took ``count`` more of ``name`` (a report this
         node passes on to the channel's owner): the stamps of the first
@@ -1288,6 +1298,8 @@ class Queues:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""
         for name in self._by_conn.pop(conn, ()):
+            if self.held_stamps:
+                self.held_stamps.pop((conn, name), None)
             ch = self.channels.get(name)
             if ch is None:
                 continue

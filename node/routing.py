@@ -887,19 +887,27 @@ class Routing:
         self, conn: ConnId, messages: list[Message]
     ) -> tuple[tuple[str, int, str, int, int], ...]:
         """The stamps of what ``messages`` deliver to ``conn`` (in its flight
-        here, with their stamps: ``Channel.stamps``), for the client's node
-        to refuse a delivery older than one another owner handed it
-        (``Queues.from_elsewhere``)."""
+        here, with their stamps: ``Channel.stamps``, or, if the channel was
+        handed over in the same step, as ``Queues.held_stamps`` kept them),
+        for the client's node to refuse a delivery older than one another
+        owner handed it (``Queues.from_elsewhere``). (Simulation seed
+        6222's shrink: an owner that thawed delivered a producer's sends
+        4-11 and handed the channel over in the same step; relayed without
+        stamps, they passed the client's node after the new owner's 15-19.)"""
         out: list[tuple[str, int, str, int, int]] = []
-        channels = self.core.queues.channels
+        queues = self.core.queues
+        channels = queues.channels
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
                 continue
             ch = channels.get(fields[0])
-            if ch is None or not ch.stamps:
+            stamps = ch.stamps if ch is not None else None
+            if not stamps and (conn, fields[0]) not in queues.held_stamps:
                 continue
             for item in fields[1]:
-                stamp = ch.stamps.get(item[2])
+                stamp = stamps.get(item[2]) if stamps else None
+                if stamp is None:
+                    stamp = queues.stamp_handed(conn, fields[0], item[2], item[0])
                 if stamp is not None:
                     out.append((fields[0], item[2], *stamp))
         return tuple(out)
@@ -1915,12 +1923,19 @@ class Routing:
         (An owner that had forgotten it already drops what it counted lost
         then: ``_counted_gone``.)"""
         owners: dict[str, list[Message]] = {}
+        queues = self.core.queues
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
                 continue
             owner = self.route(fields[0])
             if owner:
-                owners.setdefault(owner, []).append((MsgType.RETURN, (0, fields[0], fields[1], 1)))
+                back: tuple[Any, ...] = (0, fields[0], fields[1], 1)
+                # (with the stamps of what it gives back, as the deliveries
+                # brought them: ``Queues.give_back``)
+                stamps = queues.stamps_given_back(conn, fields[0], fields[1])
+                if stamps:
+                    back = (*back, stamps)
+                owners.setdefault(owner, []).append((MsgType.RETURN, back))
         session = self.core.sessions.by_conn.get(conn)
         tag = session.tag if session is not None else "gone"
         for owner, returns in owners.items():

@@ -17,7 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from zchannels.node.peer_messages import Relay
+from test_routing import relay, routing
+from zchannels.node.effects import Fx
+from zchannels.node.peer_messages import Relay, RelayBack
 from zchannels.node.peer_wire import (
     FEATURE_RETURN_STAMPS,
     FEATURE_STAMPS,
@@ -236,3 +238,27 @@ def test_a_life_that_reads_no_return_stamps_is_sent_the_return_without_them() ->
         RETURN_STAMPED, messages=tuple((t, f[:4]) for t, f in RETURN_STAMPED.messages)
     )
     assert decode_peer(encode_peer(oldest)) == [oldest]
+
+
+# -- the owner's relay back -------------------------------------------------------
+
+
+def test_deliveries_made_as_their_channel_is_handed_over_are_relayed_with_their_stamps() -> None:
+    """Seed 6222's shrink (26 ops): an owner that thawed delivered a
+    producer's sends 4-11 to a client of another node and handed the
+    channel over in the same step; the relay back was made after the
+    handover, from the channel's stamps, gone with it: sent without them,
+    the client's node could not refuse them after the new owner's 15-19."""
+    r, core, _ = routing()
+    stamp = (P, LIFE, 4)
+    core.queues.put("asgi|c", b"4", 60.0, 100, 0.0, stamp=stamp)
+    fx = relay(r, 1_795_000_000_007, (MsgType.RECV, ("asgi|c", 10)))
+    deliveries = [o for o in fx.out if o[1][0] == MsgType.DELIVER]
+    [(_, (_, (_, [item])))] = deliveries
+    core.queues.take("asgi|c", 0.0)  # (handed over in the same step)
+    assert "asgi|c" not in core.queues.channels
+    back = Fx()
+    r.send_back(deliveries, back, 0.0)
+    [(_, msg)] = back.peers
+    assert isinstance(msg, RelayBack)
+    assert msg.stamps == (("asgi|c", item[2], *stamp),)
