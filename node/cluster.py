@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from zchannels.protocol import DecodeError, Message, MsgType
 
 from .config import NodeConfig
-from .core import ClusterWork, CoreSettings, NodeCore, Out
+from .core import ClusterWork, CoreSettings, NodeCore, Out, wire_items
 from .effects import EVERYONE, Fx
 from .links import HELD, Links, LinkSettings
 from .membership import (
@@ -63,7 +63,7 @@ from .peer_messages import (
     Reservations,
 )
 from .peer_wire import decode_peer, encode_peer, salvage_link_frame
-from .queues import ConnId
+from .queues import ConnId, Stamp
 from .readiness import expects_peers
 from .replication import GroupReplication
 from .routing import GONE_MEMORY, RESTART_GAP, Routing, Undelivered, grants_of, tells_flight
@@ -453,7 +453,8 @@ class ClusterNode:
             # (registered again: what it holds is its to take)
             self._old_flight.pop(conn, None)
             self._old_passed.discard(conn)
-        for mtype, fields in messages:
+        stamped: list[Message] | None = None
+        for i, (mtype, fields) in enumerate(messages):
             if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[1], str):
                 # (what comes again is not refused as older than what it
                 # gives back: ``Queues.from_elsewhere``; a RETURN with no
@@ -462,12 +463,32 @@ class ClusterNode:
                 # delivery through after the client took a newer one:
                 # simulation seed 4173)
                 if fields[2] and isinstance(fields[2], list):
+                    items = fields[2]
                     seqs = [
                         item[2]
-                        for item in fields[2]
+                        for item in items
                         if isinstance(item, list) and len(item) == 3 and type(item[2]) is int
                     ]
-                    self.core.queues.forget_handed(conn, fields[1], seqs, now)
+                    queues = self.core.queues
+                    # The stamps of what it gives back, as this node handed
+                    # or passed it on: they go with the RETURN (a fifth
+                    # field) to the owner, which may not have handed them
+                    # (``Queues.give_back``)
+                    stamps = (
+                        queues.stamps_given_back(conn, fields[1], items)
+                        if wire_items(items)
+                        else ()
+                    )
+                    each: list[Stamp | None] = [None] * len(items)
+                    for at, producer, life, n in stamps:
+                        each[at] = (producer, life, n)
+                    queues.forget_handed(conn, fields[1], seqs, now, each)
+                    if stamps:
+                        if stamped is None:
+                            stamped = list(messages)
+                        stamped[i] = (mtype, (*fields, stamps))
+        if stamped is not None:
+            messages = stamped
         routing = self.routing
         if routing is not None and routing.hold_local(conn, messages, now):
             return  # (taken up at the routing's tick, in order)

@@ -479,7 +479,7 @@ class NodeCore:
     def _return(
         self, conn: ConnId, session: Session | None, f: tuple[Any, ...], now: float, out: list[Out]
     ) -> None:
-        req, channel, items, withdraw = f
+        req, channel, items, withdraw = f[:4]
         if session is None:
             # (its items are lost: the node they came from is gone, or the
             # lease lapsed; at-most-once)
@@ -490,11 +490,24 @@ class NodeCore:
             return
         if not self._hops and self.taken_here is not None:
             self.taken_here(conn, channel, len(items))  # (queued again where it goes)
+        # The stamps of what it gives back (``queues.Stamp``), as ``(index in
+        # items, producer, life, n)``: a fifth field, inside the node and on
+        # the wire within ``PEER_RELAY_STAMPED``, added by the client's node
+        # (``ClusterNode``: what it handed or passed on to its client), so
+        # that the owner, which may not have handed them, puts them back
+        # where their producers' order says
+        stamps: tuple[tuple[int, str, int, int], ...] = f[4] if len(f) > 4 else ()
         if self._relay(conn, session, MsgType.RETURN, f, channel, out):
             return
         if self._hops < MAX_HOPS:
             self._returned_here(conn, channel, items, self._work)
-        self.deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw)), out)
+        each: list[Stamp | None] | None = None
+        if stamps:
+            each = [None] * len(items)
+            for i, producer, life, n in stamps:
+                if 0 <= i < len(items):
+                    each[i] = (producer, life, n)
+        self.deliver(self.queues.give_back(conn, channel, items, now, bool(withdraw), each), out)
         if withdraw:
             out.append((conn, (MsgType.ACK, (req, 1))))
 
@@ -580,6 +593,10 @@ class NodeCore:
                     copy = (MsgType.CONSUMED, ([[channel, upto, count, 0]],))
                     self._work.relays.append((also, conn, session, copy, MAX_HOPS))
                 if self._relay(conn, session, MsgType.CONSUMED, ([report],), channel, out):
+                    if not self._hops and self.queues.held_stamps:
+                        # (the stamps of what it took, kept for a give-back,
+                        # are not needed any more: ``Queues.held_stamps``)
+                        self.queues.took(conn, channel, count)
                     continue
             consumed(conn, channel, upto, count, expired)
 

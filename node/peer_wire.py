@@ -75,8 +75,14 @@ PeerMessage = MemberMessage | ClusterMessage
 #: this bit reads all three, and a life of a version in between (64 and 65,
 #: not 66) says 0 and is sent the plain forms (it reads them too).
 FEATURE_STAMPS = 1
+#: The node reads a RETURN inside PEER_RELAY_STAMPED with a fifth field,
+#: the stamps of what it gives back, ``[[seq, producer, life, n]...]``
+#: (``queues.Stamp``; the client's node knows them: it passed the
+#: deliveries on). A life that does not say it is sent the RETURN without
+#: them (an older one would refuse the relay as malformed).
+FEATURE_RETURN_STAMPS = 2
 #: What this version reads (its hello says so).
-FEATURES = FEATURE_STAMPS
+FEATURES = FEATURE_STAMPS | FEATURE_RETURN_STAMPS
 
 #: Most updates one message may carry (a full table of a large cluster).
 MAX_UPDATES = 10_000
@@ -217,7 +223,9 @@ PEER_FIELDS: dict[MsgType, tuple[tuple[str, type | tuple[type, ...]], ...]] = {
     # Routing's (routing.py). messages: client messages as [type, field...]
     MsgType.PEER_RELAY: _RELAY_FIELDS,
     # PEER_RELAY's fields; a SEND among ``messages`` may end with its stamp,
-    # [producer, life, n] (``queues.Stamp``)
+    # [producer, life, n] (``queues.Stamp``), and a RETURN with the stamps
+    # of what it gives back, [[seq, producer, life, n]...]
+    # (``FEATURE_RETURN_STAMPS``)
     MsgType.PEER_RELAY_STAMPED: _RELAY_FIELDS,
     MsgType.PEER_RELAY_BACK: (("source", str), ("conn", bytes), ("messages", list)),
     # PEER_RELAY_BACK's fields, and stamps [[channel, seq, producer, life,
@@ -448,8 +456,21 @@ def to_wire(msg: PeerMessage) -> Message:
 
 
 def _relay_stamps(msg: Relay) -> int:
-    """How many of a relay's SENDs carry a stamp (a fifth field)."""
+    """How many of a relay's SENDs carry a stamp (a fifth field), and how
+    many stamps its RETURNs carry (a fifth field too)."""
+    return _send_stamps(msg) + _return_stamps(msg)
+
+
+def _send_stamps(msg: Relay) -> int:
     return sum(1 for mtype, fields in msg.messages if mtype == MsgType.SEND and len(fields) > 4)
+
+
+def _return_stamps(msg: Relay) -> int:
+    return sum(
+        len(fields[4])
+        for mtype, fields in msg.messages
+        if mtype == MsgType.RETURN and len(fields) > 4
+    )
 
 
 def _handoff_stamps(msg: Handoff) -> int:
@@ -474,21 +495,31 @@ def readable(msg: PeerMessage, features: int) -> tuple[PeerMessage, int]:
     and how many stamps were taken off for it: a relay, a relay back or a
     handover with producer stamps goes without them (the plain type, which
     every version reads) unless that life reads the stamped forms
-    (``FEATURE_STAMPS``). A node of an older version drops a frame of a type
-    it does not know with all it carries; without its stamps the message
-    still arrives, and only the per-producer order check where queues meet
-    (``queues.Stamp``) is skipped on that path."""
-    if features & FEATURE_STAMPS:
-        return msg, 0
+    (``FEATURE_STAMPS``), and a relayed RETURN without the stamps of what it
+    gives back unless it reads those too (``FEATURE_RETURN_STAMPS``). A node
+    of an older version drops a frame of a type it does not know with all
+    it carries, and refuses a message it cannot read; without its stamps
+    the message still arrives, and only the per-producer order check where
+    queues meet (``queues.Stamp``) is skipped on that path."""
     if isinstance(msg, Relay):
-        n = _relay_stamps(msg)
+        strip = []
+        if not features & FEATURE_STAMPS:
+            strip.append(MsgType.SEND)
+        if not features & FEATURE_RETURN_STAMPS:
+            strip.append(MsgType.RETURN)
+        n = (_send_stamps(msg) if MsgType.SEND in strip else 0) + (
+            _return_stamps(msg) if MsgType.RETURN in strip else 0
+        )
         if n:
             messages = tuple(
-                (mtype, fields[:4]) if mtype == MsgType.SEND else (mtype, fields)
+                (mtype, fields[:4]) if mtype in strip else (mtype, fields)
                 for mtype, fields in msg.messages
             )
             return replace(msg, messages=messages), n
-    elif isinstance(msg, RelayBack):
+        return msg, 0
+    if features & FEATURE_STAMPS:
+        return msg, 0
+    if isinstance(msg, RelayBack):
         if msg.stamps:
             return replace(msg, stamps=()), len(msg.stamps)
     elif isinstance(msg, Handoff):
@@ -817,7 +848,9 @@ def _stamp(value: object) -> bool:
 
 def _stamped_messages(raw: list[Any]) -> tuple[Message, ...]:
     """A ``PEER_RELAY_STAMPED``'s messages: as ``_messages``, and a SEND may
-    end with its stamp (kept as a fifth field, a tuple)."""
+    end with its stamp (kept as a fifth field, a tuple), a RETURN with the
+    stamps of what it gives back (a fifth field, a tuple of ``(seq,
+    producer, life, n)``)."""
     out = []
     for item in _bounded(raw):
         if type(item) is list and len(item) == 6 and item[0] == MsgType.SEND:
@@ -825,6 +858,19 @@ def _stamped_messages(raw: list[Any]) -> tuple[Message, ...]:
             mtype, fields = check_message(item[:5])
             stamp = (item[5][0], item[5][1], item[5][2])
             out.append((mtype, (*fields, stamp)))
+        elif type(item) is list and len(item) == 6 and item[0] == MsgType.RETURN:
+            stamps = item[5]
+            _require(
+                type(stamps) is list
+                and len(stamps) <= MAX_ENTRIES
+                and all(
+                    type(s) is list and len(s) == 4 and type(s[0]) is int and _stamp(s[1:])
+                    for s in stamps
+                ),
+                "PEER_RELAY_STAMPED RETURN stamps",
+            )
+            mtype, fields = check_message(item[:5])
+            out.append((mtype, (*fields, tuple((s[0], s[1], s[2], s[3]) for s in stamps))))
         else:
             out.append(check_message(item))
     messages = tuple(out)

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
@@ -257,6 +257,19 @@ class Queues:
         #: (connection, channel) -> the numbers of what it gave back there
         #: (``forget_handed``), kept as ``handed_to`` is
         self.gave_back: dict[tuple[ConnId, str], set[int]] = {}
+        #: (connection, channel) -> the stamps of what it gave back there,
+        #: when its node knew them all (``forget_handed``), kept as
+        #: ``gave_back`` is
+        self.gave_back_stamps: dict[tuple[ConnId, str], set[Stamp]] = {}
+        #: (connection, channel) -> seq -> [(payload, stamp)...] of each
+        #: stamped message the connection was handed there (by this node,
+        #: or passed on from another owner: seq is its hander's number, and
+        #: two owners' numbers may be the same: told apart by payload), in
+        #: the order handed, until it is reported taken (``consumed``,
+        #: ``took``) or given back (``stamps_given_back``: a give-back this
+        #: node relays to another owner carries them, ``give_back``); at
+        #: most ``MAX_CREDIT`` numbers each, forgotten as ``handed_to`` is
+        self.held_stamps: dict[tuple[ConnId, str], dict[int, list[tuple[bytes, Stamp]]]] = {}
         self.counters = QueueCounters()
 
     # -- queries ---------------------------------------------------------
@@ -372,7 +385,7 @@ class Queues:
             self._fly(conn, name, ch, self._seq, bundle)
             if stamp is not None:
                 ch.stamps[self._seq] = stamp
-                self._handed(conn, name, "", stamp, self._seq, now)
+                self._handed(conn, name, "", stamp, self._seq, now, payload)
             return (conn, name, [(payload, deadline - now, self._seq)])
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
@@ -648,12 +661,15 @@ class Queues:
             # the first ``count`` handed over (a group_send member's report: one)
             seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
             stamps = ch.stamps
+            held = self.held_stamps.get((conn, name)) if stamps else None
             for seq in seqs:
                 if seq > upto:
                     break
                 bundle = flight.pop(seq)
                 if stamps:
-                    stamps.pop(seq, None)
+                    stamp = stamps.pop(seq, None)
+                    if held and stamp is not None:
+                        _unhold(held, seq, stamp=stamp)
                 if bundle is None:
                     pool.held -= 1
                 else:
@@ -662,6 +678,8 @@ class Queues:
                         bundle.pool.held -= 1
                         if bundle.handed is not None:
                             self.bundles.pop(bundle.seq, None)
+            if held is not None and not held:
+                del self.held_stamps[(conn, name)]
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
@@ -755,7 +773,13 @@ class Queues:
         return -1 if cut else taken
 
     def give_back(
-        self, conn: ConnId, name: str, items: list[WireItem], now: float, withdraw: bool = True
+        self,
+        conn: ConnId,
+        name: str,
+        items: list[WireItem],
+        now: float,
+        withdraw: bool = True,
+        stamps: Sequence[Stamp | None] | None = None,
     ) -> list[Delivery]:
         """Put ``items`` back in the queue where their sequence numbers say,
         for other receivers; ``withdraw``: also drop ``conn``'s credit. An
@@ -769,25 +793,48 @@ class Queues:
         new above where one did: every node's first life numbers from the
         same place, and a lingering node's relayed give-back of c4's sends
         1-4 was split around a send queued here, 2 and 4 after 3:
-        simulation seed 1139.)"""
+        simulation seed 1139.)
+
+        ``stamps``: the stamp of each item (or None), as the receiver's
+        node knew them (it passed the deliveries on: a relayed RETURN
+        carries them, ``FEATURE_RETURN_STAMPS``). An item whose stamp is not
+        the one this node's flight holds under its number is another
+        owner's message numbered the same (every node's first life numbers
+        from the same place: simulation seed 489, sends 1-4 of a producer
+        two owners handed one client under the same numbers, given back
+        in one RETURN, were taken for one owner's and went back with its
+        stamps). With any stamp given back, each producer's queued messages
+        are put in the order of their stamps, in the places they hold
+        (``in_producer_order``): a run an earlier owner handed out goes to
+        the front, and may hold a producer's newer sends than one queued
+        here (simulation seed 5978: sends 25-30, served by the receiver's
+        node while it held the owner dead, given back to the owner, and
+        then send 24, which the owner had handed: 25-30 were delivered
+        first)."""
         ch = self._channel(name)
         if withdraw:
             ch.credits.pop(conn, None)
         flight = ch.flight.get(conn, {})
         flushed = self.flushed.get(namespace(name), -1)
         back: list[Item] = []
-        #: re-admitted items, numbered anew at the front: (seq, payload, deadline)
-        older: list[tuple[int, bytes, float]] = []
-        stamps = ch.stamps
-        for payload, ttl, seq in items:
+        #: re-admitted items, numbered anew at the front: (seq, payload, deadline, stamp)
+        older: list[tuple[int, bytes, float, Stamp | None]] = []
+        in_flight = ch.stamps
+        held = self.held_stamps.get((conn, name))
+        stamped = False
+        for i, (payload, ttl, seq) in enumerate(items):
             stamp = None
-            if seq in flight:
+            given = stamps[i] if stamps else None
+            if held:
+                _unhold(held, seq, payload=payload)
+            mine = in_flight.get(seq) if in_flight and given is not None else None
+            if seq in flight and (mine is None or mine == given):
                 # (handed since any flush: ``clear`` empties the flights)
                 bundle = flight.pop(seq)
-                if stamps:
-                    stamp = stamps.pop(seq, None)
-                    if stamp is not None:
-                        _mark(ch, stamp)
+                if in_flight:
+                    stamp = in_flight.pop(seq, None)
+                if stamp is None:
+                    stamp = given
             elif seq <= flushed:
                 continue  # flushed since it was handed over
             else:
@@ -796,8 +843,15 @@ class Queues:
                 bundle = None
                 ch.pool.held += 1
                 if ttl > 0:
-                    older.append((seq, payload, now + ttl))
+                    stamp = given
+                    if stamp is not None:
+                        _mark(ch, stamp)
+                        stamped = True
+                    older.append((seq, payload, now + ttl, stamp))
                     continue
+            if stamp is not None:
+                _mark(ch, stamp)
+                stamped = True
             if ttl <= 0:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
@@ -809,7 +863,7 @@ class Queues:
             # numbered below ``front``): given back one by one, a run keeps
             # its order (simulation seed 76)
             run = [(payload, deadline, stamp) for _, payload, deadline, _, stamp in self._front(ch)]
-            run += [(payload, deadline, None) for _old, payload, deadline in older]
+            run += [(payload, deadline, stamp) for _old, payload, deadline, stamp in older]
             # (``flight`` is one of ``ch.flight``'s, or empty)
             below = [min(f) for f in ch.flight.values() if f]
             if ch.items:
@@ -832,6 +886,10 @@ class Queues:
                 ch.items.extendleft(reversed(back))  # the usual case: all older
             else:
                 ch.items = deque(heapq.merge(back, ch.items, key=_seq_of))
+            if stamped:
+                _in_order(ch)
+        if held is not None and not held:
+            self.held_stamps.pop((conn, name), None)
         out = self._drain(name, ch, now)
         self._maybe_delete(name, ch)
         return out
@@ -960,7 +1018,14 @@ class Queues:
         return out, 0
 
     def from_elsewhere(
-        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
+        self,
+        conn: ConnId,
+        name: str,
+        source: str,
+        stamp: Stamp,
+        seq: int,
+        now: float,
+        payload: bytes | None = None,
     ) -> bool:
         """Whether ``source``'s delivery of ``stamp``'s message on ``name``
         to ``conn``, a client of this node, may be passed on: not if
@@ -995,20 +1060,57 @@ class Queues:
         if (
             mark is not None
             and (stamp[1], stamp[2]) < mark[1:3]
-            and (mark[0] != source or seq > mark[3] or seq in self.gave_back.get(key, ()))
+            and (
+                mark[0] != source
+                or seq > mark[3]
+                or seq in self.gave_back.get(key, ())
+                or stamp in self.gave_back_stamps.get(key, ())
+            )
         ):
             return False
-        self._handed(conn, name, source, stamp, seq, now)
+        self._handed(conn, name, source, stamp, seq, now, payload)
         return True
 
-    def forget_handed(self, conn: ConnId, name: str, seqs: Iterable[int], now: float) -> None:
+    def forget_handed(
+        self,
+        conn: ConnId,
+        name: str,
+        seqs: Iterable[int],
+        now: float,
+        stamps: Sequence[Stamp | None] | None = None,
+    ) -> None:
         """``conn`` gives back ``seqs`` of ``name`` (what it holds there):
         what comes again, from whichever owner has the channel by then, is
         not refused as older than what it gave back (``from_elsewhere``).
         Their numbers are kept: one of them handed again after a newer
-        message, by the owner that handed it before, is."""
+        message, by the owner that handed it before, is. ``stamps``: of
+        each message given back, if this node knew them all
+        (``stamps_given_back``): then a producer whose newest message
+        handed to ``conn`` is not among them keeps its mark (``conn`` took
+        it, or holds it: what it gives back of that producer, handed again
+        after it, breaks the producer's order; simulation seed 6222: a
+        give-back of sends 4-11 this node took up late, after it had passed
+        on the owner's sends 15-36, forgot them, and 4-11, handed again,
+        went through), and the stamps are kept too (one of them handed
+        again is known by its stamp, whatever its new number)."""
         key = (conn, name)
-        self.handed_to.pop(key, None)
+        handed = self.handed_to.get(key)
+        known = stamps is not None and all(s is not None for s in stamps)
+        if handed is not None and known and stamps:
+            given = {s for s in stamps if s is not None}
+            producers = {s[0] for s in given}
+            for producer, mark in list(handed.items()):
+                if producer not in producers or (producer, mark[1], mark[2]) in given:
+                    del handed[producer]
+            if not handed:
+                del self.handed_to[key]
+            back = self.gave_back_stamps.setdefault(key, set())
+            back.update(given)
+            if len(back) > GAVE_BACK_KEPT:
+                for stamp in sorted(back, key=itemgetter(1, 2))[: len(back) - GAVE_BACK_KEPT]:
+                    back.discard(stamp)
+        else:
+            self.handed_to.pop(key, None)
         gave = self.gave_back.setdefault(key, set())
         gave.update(seqs)
         if len(gave) > GAVE_BACK_KEPT:
@@ -1019,10 +1121,18 @@ class Queues:
         self._handed_until[key] = now + HANDED_MEMORY
 
     def _handed(
-        self, conn: ConnId, name: str, source: str, stamp: Stamp, seq: int, now: float
+        self,
+        conn: ConnId,
+        name: str,
+        source: str,
+        stamp: Stamp,
+        seq: int,
+        now: float,
+        payload: bytes | None = None,
     ) -> None:
         """``stamp``'s message, numbered ``seq``, was handed to ``conn`` on
-        ``name`` by ``source`` ("": this node; ``handed_to``)."""
+        ``name`` by ``source`` ("": this node; ``handed_to``); with its
+        ``payload``, its stamp is kept for a give-back (``held_stamps``)."""
         key = (conn, name)
         handed = self.handed_to.get(key)
         if handed is None:
@@ -1031,6 +1141,68 @@ class Queues:
         if mark is None or (stamp[1], stamp[2]) > mark[1:3]:
             handed[stamp[0]] = (source, stamp[1], stamp[2], seq)
         self._handed_until[key] = now + HANDED_MEMORY
+        if payload is None:
+            return
+        held = self.held_stamps.get(key)
+        if held is None:
+            held = self.held_stamps[key] = {}
+        entries = held.get(seq)
+        if entries is None:
+            held[seq] = [(payload, stamp)]
+            if len(held) > MAX_CREDIT:
+                del held[next(iter(held))]
+        else:
+            entries.append((payload, stamp))
+
+    def stamps_given_back(
+        self, conn: ConnId, name: str, items: list[WireItem]
+    ) -> tuple[tuple[int, str, int, int], ...]:
+        """The stamps of what ``conn`` gives back on ``name`` (``items``, as
+        its RETURN carries them), as ``(index in items, producer, life,
+        n)``, forgotten here: a give-back this node passes on to the
+        channel's owner carries them (an owner that did not hand them has
+        no other way to put them where their producer's order says, nor to
+        tell them from its own messages of the same numbers:
+        ``give_back``)."""
+        held = self.held_stamps.get((conn, name))
+        if not held:
+            return ()
+        out = []
+        for i, (payload, _ttl, seq) in enumerate(items):
+            stamp = _unhold(held, seq, payload=payload)
+            if stamp is not None:
+                out.append((i, *stamp))
+        if not held:
+            del self.held_stamps[(conn, name)]
+        return tuple(out)
+
+    def stamp_handed(self, conn: ConnId, name: str, seq: int, payload: bytes) -> Stamp | None:
+        """The stamp of message ``seq`` (with ``payload``) handed to
+        ``conn`` on ``name``, if it is still known (``held_stamps``): its
+        channel may have gone since, handed over in the same step."""
+        entries = self.held_stamps.get((conn, name), {}).get(seq)
+        for p, stamp in entries or ():
+            if p == payload:
+                return stamp
+        return None
+
+    def took(self, conn: ConnId, name: str, count: int) -> None:
+        """``conn`` reports it took ``count`` more of ``name`` (a report this
+        node passes on to the channel's owner): the stamps of the first
+        ``count`` it was handed there are no longer needed."""
+        held = self.held_stamps.get((conn, name))
+        if not held:
+            return
+        for _ in range(count):
+            if not held:
+                break
+            seq = next(iter(held))
+            entries = held[seq]
+            del entries[0]
+            if not entries:
+                del held[seq]
+        if not held:
+            del self.held_stamps[(conn, name)]
 
     def credits_of(self, conn: ConnId) -> dict[str, int]:
         """Channel -> the receive credit ``conn`` holds there."""
@@ -1126,6 +1298,8 @@ class Queues:
         """A connection went away: forget its credit and reservations; what
         it was handed and did not give back is lost (counted)."""
         for name in self._by_conn.pop(conn, ()):
+            if self.held_stamps:
+                self.held_stamps.pop((conn, name), None)
             ch = self.channels.get(name)
             if ch is None:
                 continue
@@ -1210,6 +1384,8 @@ class Queues:
             del self._handed_until[handed]
             self.handed_to.pop(handed, None)
             self.gave_back.pop(handed, None)
+            self.gave_back_stamps.pop(handed, None)
+            self.held_stamps.pop(handed, None)
         return out
 
     # -- internals -------------------------------------------------------
@@ -1263,7 +1439,7 @@ class Queues:
             self._fly(conn, name, ch, seq, bundle)
             if stamp is not None:
                 ch.stamps[seq] = stamp
-                self._handed(conn, name, "", stamp, seq, now)
+                self._handed(conn, name, "", stamp, seq, now, payload)
             batches.setdefault(conn, []).append((payload, deadline - now, seq))
         if ch.newest and not ch.items:
             ch.newest.clear()  # (nothing queued to put a late send before)
@@ -1360,6 +1536,36 @@ def _mark(ch: Channel, stamp: Stamp) -> None:
     order = (stamp[1], stamp[2])
     if order > ch.newest.get(stamp[0], (-1, -1)):
         ch.newest[stamp[0]] = order
+
+
+def _unhold(
+    held: dict[int, list[tuple[bytes, Stamp]]],
+    seq: int,
+    payload: bytes | None = None,
+    stamp: Stamp | None = None,
+) -> Stamp | None:
+    """Take out of ``held`` (``Queues.held_stamps``) the entry of message
+    ``seq`` with that payload (or stamp); its stamp, if it was there."""
+    entries = held.get(seq)
+    if not entries:
+        return None
+    for j, (p, s) in enumerate(entries):
+        if (payload is None or p == payload) and (stamp is None or s == stamp):
+            del entries[j]
+            if not entries:
+                del held[seq]
+            return s
+    return None
+
+
+def _in_order(ch: Channel) -> None:
+    """Each producer's queued messages of ``ch`` in the order of their
+    stamps, in the places they hold; the numbers stay where they were
+    (the queue is in their order)."""
+    items = list(ch.items)
+    ordered = in_producer_order(items)
+    if ordered is not items:
+        ch.items = deque((items[i][0], *item[1:]) for i, item in enumerate(ordered))
 
 
 def _stamp_of(raw: Any) -> Stamp | None:

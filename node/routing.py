@@ -177,7 +177,7 @@ def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     for mtype, fields in msg.messages:
         if mtype == MsgType.CONSUMED and len(fields) == 1 and isinstance(fields[0], list):
             reports.extend((r[0], r[1], r[2], r[3]) for r in fields[0] if consumption_report(r))
-        elif mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+        elif mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list):
             name = fields[1]
             seqs = tuple(item[2] for item in fields[2] if _wire_item(item))
             if type(name) is str and valid_wire_channel(name) and seqs:
@@ -915,19 +915,27 @@ class Routing:
         self, conn: ConnId, messages: list[Message]
     ) -> tuple[tuple[str, int, str, int, int], ...]:
         """The stamps of what ``messages`` deliver to ``conn`` (in its flight
-        here, with their stamps: ``Channel.stamps``), for the client's node
-        to refuse a delivery older than one another owner handed it
-        (``Queues.from_elsewhere``)."""
+        here, with their stamps: ``Channel.stamps``, or, if the channel was
+        handed over in the same step, as ``Queues.held_stamps`` kept them),
+        for the client's node to refuse a delivery older than one another
+        owner handed it (``Queues.from_elsewhere``). (Simulation seed
+        6222's shrink: an owner that thawed delivered a producer's sends
+        4-11 and handed the channel over in the same step; relayed without
+        stamps, they passed the client's node after the new owner's 15-19.)"""
         out: list[tuple[str, int, str, int, int]] = []
-        channels = self.core.queues.channels
+        queues = self.core.queues
+        channels = queues.channels
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
                 continue
             ch = channels.get(fields[0])
-            if ch is None or not ch.stamps:
+            stamps = ch.stamps if ch is not None else None
+            if not stamps and (conn, fields[0]) not in queues.held_stamps:
                 continue
             for item in fields[1]:
-                stamp = ch.stamps.get(item[2])
+                stamp = stamps.get(item[2]) if stamps else None
+                if stamp is None:
+                    stamp = queues.stamp_handed(conn, fields[0], item[2], item[0])
                 if stamp is not None:
                     out.append((fields[0], item[2], *stamp))
         return tuple(out)
@@ -1088,7 +1096,7 @@ class Routing:
                 out.append((mtype, (reports,)))
                 continue
             out.append((mtype, fields))
-            if mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list):
+            if mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list):
                 if isinstance(fields[1], str) and all(_wire_item(i) for i in fields[2]):
                     name, numbers = fields[1], [item[2] for item in fields[2]]
                     held = set(parked.get(name, ()))
@@ -1367,15 +1375,23 @@ class Routing:
         out: list[Message] = []
         for mtype, fields in messages:
             # (a malformed one goes on as it is: the core refuses and counts it)
-            ok = mtype == MsgType.RETURN and len(fields) == 4 and isinstance(fields[2], list)
+            ok = mtype == MsgType.RETURN and len(fields) >= 4 and isinstance(fields[2], list)
             seqs = counted.get(fields[1]) if ok and isinstance(fields[1], str) else None
             if seqs and all(_wire_item(i) for i in fields[2]):
-                req, channel, items, withdraw = fields
-                kept = [item for item in items if item[2] not in seqs]
+                req, channel, items, withdraw = fields[:4]
+                index = [i for i, item in enumerate(items) if item[2] not in seqs]
+                kept = [items[i] for i in index]
                 for item in items:
                     seqs.discard(item[2])
                 self.counters["returns_counted_already"] += len(items) - len(kept)
+                given = fields[4] if len(fields) > 4 else ()
                 fields = (req, channel, kept, withdraw)
+                if given:
+                    # (the stamps of what is kept, by their new places)
+                    place = {old: new for new, old in enumerate(index)}
+                    stamps = tuple((place[s[0]], *s[1:]) for s in given if s[0] in place)
+                    if stamps:
+                        fields = (*fields, stamps)
             out.append((mtype, fields))
         return tuple(out)
 
@@ -1741,7 +1757,7 @@ class Routing:
                 for item in items:
                     stamp = stamps.get((name, item[2]))
                     if stamp is None or queues.from_elsewhere(
-                        msg.conn, name, msg.source, stamp, item[2], now
+                        msg.conn, name, msg.source, stamp, item[2], now, item[0]
                     ):
                         kept.append(item)
                     else:
@@ -1952,12 +1968,19 @@ class Routing:
         (An owner that had forgotten it already drops what it counted lost
         then: ``_counted_gone``.)"""
         owners: dict[str, list[Message]] = {}
+        queues = self.core.queues
         for mtype, fields in messages:
             if mtype != MsgType.DELIVER:
                 continue
             owner = self.route(fields[0])
             if owner:
-                owners.setdefault(owner, []).append((MsgType.RETURN, (0, fields[0], fields[1], 1)))
+                back: tuple[Any, ...] = (0, fields[0], fields[1], 1)
+                # (with the stamps of what it gives back, as the deliveries
+                # brought them: ``Queues.give_back``)
+                stamps = queues.stamps_given_back(conn, fields[0], fields[1])
+                if stamps:
+                    back = (*back, stamps)
+                owners.setdefault(owner, []).append((MsgType.RETURN, back))
         session = self.core.sessions.by_conn.get(conn)
         tag = session.tag if session is not None else "gone"
         for owner, returns in owners.items():

@@ -18,10 +18,15 @@ decoder would, every message of a type it does not know.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
+import pytest
 from purenet import PureNet
 from purenet import make_node as make
 from zchannels.node.cluster import ClusterNode
+from zchannels.node.peer_messages import Relay
+from zchannels.node.peer_wire import FEATURE_RETURN_STAMPS, FEATURE_STAMPS, FEATURES, decode_peer
 
 from zchannels.protocol import Message, MsgType, encode, encode_batch
 
@@ -168,3 +173,70 @@ def test_between_two_nodes_of_this_version_the_stamps_travel() -> None:
     assert {MsgType.PEER_RELAY_STAMPED, MsgType.PEER_RELAY_BACK_STAMPED} <= sent_to_b
     assert all(len(v) == 20 for v in got.values())
     assert a.links.counters["stamps_stripped"] == 0
+
+
+def _returns_to(net: Net, to: str, frames: list[tuple[str, bytes]]) -> list[tuple[Any, ...]]:
+    """The fields of every RETURN relayed to ``to`` in ``frames``."""
+    return [
+        fields
+        for dest, frame in frames
+        if dest == to
+        for msg in decode_peer(frame)
+        if isinstance(msg, Relay)
+        for mtype, fields in msg.messages
+        if mtype == MsgType.RETURN
+    ]
+
+
+@pytest.mark.parametrize("b_features", [FEATURE_STAMPS, FEATURES])
+def test_a_give_back_relayed_to_a_node_that_reads_no_return_stamps_goes_without_them(
+    b_features: int,
+) -> None:
+    """B runs the version before ``FEATURE_RETURN_STAMPS`` (its hello says
+    ``FEATURE_STAMPS`` alone; a RETURN with a fifth field is malformed to
+    it): a's client gives back what b handed it, and the relayed RETURN
+    reaches b without the stamps, which queues it again and hands it to
+    the client once more, in order. To a b of this version they travel."""
+    a = make("a", A_ADDR, (B_ADDR,))
+    b = make("b", B_ADDR, (A_ADDR,))
+    b.links.features = b_features
+    frames: list[tuple[str, bytes]] = []
+
+    class Recording(Net):
+        def sending(self, to: str, frame: bytes) -> bytes | None:
+            frames.append((to, frame))
+            return super().sending(to, frame)
+
+    net = Recording({A_ADDR: a, B_ADDR: b}, set())
+    for address, node in net.nodes.items():
+        net.start(address, node)
+    net.run(2 * b.config.join_timeout)
+    on_b = owned_by(a, "b")
+    net.client(A_ADDR, CONN_A, [(MsgType.HELLO, ("sessionaaa", 7, [60.0]))])
+    net.client(B_ADDR, CONN_B, [(MsgType.HELLO, ("sessionbbb", 8, [60.0]))])
+    net.run(net.now + 0.05)
+    sends: list[Message] = [(MsgType.SEND, (i + 1, on_b, b"%d" % i, 100)) for i in range(5)]
+    net.client(B_ADDR, CONN_B, sends)
+    net.run(net.now + 0.05)
+    net.client(A_ADDR, CONN_A, [(MsgType.RECV, (on_b, 100))])
+    net.run(net.now + 0.05)
+    handed = [
+        [p, 50.0, seq]
+        for _, _, to, (mtype, fields) in net.to_clients
+        if to == CONN_A and mtype == MsgType.DELIVER
+        for p, _ttl, seq in fields[1]
+    ]
+    assert [p for p, _, _ in handed] == [b"%d" % i for i in range(5)]
+    net.client(A_ADDR, CONN_A, [(MsgType.RETURN, (9, on_b, handed, 1))])
+    net.run(net.now + 0.05)
+    (fields,) = _returns_to(net, B_ADDR, frames)
+    if b_features & FEATURE_RETURN_STAMPS:
+        assert [s[0] for s in fields[4]] == [0, 1, 2, 3, 4]
+        assert a.links.counters["stamps_stripped"] == 0
+    else:
+        assert len(fields) == 4
+        assert a.links.counters["stamps_stripped"] == 5
+    net.to_clients.clear()
+    net.client(A_ADDR, CONN_A, [(MsgType.RECV, (on_b, 100))])
+    net.run(net.now + 0.05)
+    assert net.delivered(CONN_A, on_b) == [b"%d" % i for i in range(5)]

@@ -40,6 +40,7 @@ from zchannels.node.peer_messages import (
     Reservations,
 )
 from zchannels.node.peer_wire import (
+    FEATURE_RETURN_STAMPS,
     FEATURE_STAMPS,
     FEATURES,
     PEER_FIELDS,
@@ -518,7 +519,11 @@ def test_a_hello_says_what_its_life_reads_in_golden_bytes() -> None:
     hello = LinkAck("n2", 1000007, 0, FEATURE_STAMPS)
     assert encode_peer(hello) == bytes.fromhex("013b94a26e32ce000f42470001")
     assert decode_peer(bytes.fromhex("013b94a26e32ce000f42470001")) == [hello]
-    assert FEATURES == FEATURE_STAMPS == 1  # (append-only: a bit keeps its meaning)
+    # (append-only: a bit keeps its meaning; FEATURE_RETURN_STAMPS, 2, came next)
+    assert FEATURE_STAMPS == 1
+    assert FEATURES == FEATURE_STAMPS | FEATURE_RETURN_STAMPS == 3
+    now = LinkAck("n2", 1000007, 0, FEATURES)
+    assert encode_peer(now) == bytes.fromhex("013b94a26e32ce000f42470003")
 
 
 @pytest.mark.parametrize("msg", STAMPED_MESSAGES, ids=lambda m: type(m).__name__)

@@ -452,7 +452,13 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: relay-delayed-on-a-lossy-link-merged-after-a-newer-send, seed 125's
 #: shrink; handback-delayed-in-transit-merged-after-newer-sends, seed 46's:
 #: merged by deadline, measured where each was queued or framed, a
-#: producer's older sends went after its newer ones).
+#: producer's older sends went after its newer ones), and since a give-back
+#: relayed to an owner carries the stamps of what it gives back
+#: (FEATURE_RETURN_STAMPS: give-back-of-another-owners-deliveries-queued-
+#: without-stamps-ahead-of-an-older-one, seed 5978, queued by its stamps;
+#: give-backs-of-two-owners-numbered-alike-told-apart-by-their-stamps, seed
+#: 489's shrink; give-back-taken-up-late-keeps-the-mark-of-a-newer-send-its-
+#: client-took, seed 6222's).
 #: name -> (the invariant it still breaks, why). Each runs and must break
 #: that invariant and no other (so it still guards everything else it was
 #: saved for), reported as an xfail; once it passes, the test fails until
@@ -475,22 +481,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "the other owner had handed c0 before and c0 had given back. The marks are per "
         "connection; one per channel would refuse what competing consumers take out of order "
         "by design",
-    ),
-    "give-back-of-another-owners-deliveries-queued-without-stamps-ahead-of-an-older-one": (
-        "fifo",
-        "seed 5978 (37 ops; 6222 alike, 489's family): c2's node served c2's sends 25-30 "
-        "itself while it held the owner n1 dead; c2 cancelled and gave them back, to n1 by then, "
-        "then gave back send 24 that n1 had handed it: 25-30, not in n1's flight, went to the "
-        "front with no stamp, ahead of 24. A relayed RETURN carries no stamps (the client's "
-        "node knows them: it passed the deliveries on)",
-    ),
-    "older-send-of-a-frozen-nodes-client-taken-after-a-newer-across-a-restart": (
-        "fifo",
-        "soak seed 746 (10 ops), found in session 24 when the handover adoption "
-        "(node/passed.py) changed that seed's course; this shrunk plan fails the same on "
-        "518236e, before it: c1's 2 sends to q3, made while its node n1 was frozen, reach c0 "
-        "2 before 1 after n2 left and restarted at the heal and n0, under 60% loss, was "
-        "declared dead by both others. Cause not examined yet",
     ),
     "group-send-to-a-membership-held-at-two-nodes-as-its-owner-came-back-taken-twice": (
         "duplicate",
