@@ -11,6 +11,7 @@ from __future__ import annotations
 from zchannels.node.cluster import _handed_back
 from zchannels.node.passed import Passed
 from zchannels.node.peer_messages import RelayBack
+
 from zchannels.protocol import MsgType
 
 C, D = b"conn-c", b"conn-d"
@@ -98,6 +99,7 @@ def test_a_fence_counts_held_deliveries_whose_owner_handed_their_credit_back() -
     """What a life ending in place drops of its peers' messages: a
     delivery whose owner gave the credit back in them too is counted by
     nobody else; one whose owner kept the channel, the owner counts."""
+
     def deliver(channel: str, n: int) -> tuple[MsgType, tuple[object, ...]]:
         return (MsgType.DELIVER, (channel, [[b"m", 60.0, i] for i in range(n)]))
 
