@@ -115,7 +115,11 @@ class Relay:
     (the owner refuses a send that arrives after the origin stopped waiting
     for it: ``routing``). A ``SEND`` among ``messages`` may carry a fifth
     field, its stamp ``(producer, life, n)`` (``queues.Stamp``, given by the
-    producer's node): then the relay travels as ``PEER_RELAY_STAMPED``."""
+    producer's node), and a ``RETURN`` a fifth field too, the stamps of
+    what it gives back, ``((index in items, producer, life, n)...)`` (from
+    the client's node, for a life that reads them:
+    ``peer_wire.FEATURE_RETURN_STAMPS``): then the relay travels as
+    ``PEER_RELAY_STAMPED``."""
 
     origin: str
     incarnation: int

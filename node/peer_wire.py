@@ -478,11 +478,12 @@ def _handoff_stamps(msg: Handoff) -> int:
     return sum(1 for _, items in msg.channels for item in items if len(item) > 3)
 
 
-def stamps_in(msg: PeerMessage) -> int:
+def stamps_in(msg: PeerMessage, give_backs: bool = True) -> int:
     """How many producer stamps ``msg`` carries (a relay's SENDs, a relay
-    back's deliveries, a handover's items)."""
+    back's deliveries, a handover's items; ``give_backs``: and a relayed
+    RETURN's)."""
     if isinstance(msg, Relay):
-        return _relay_stamps(msg)
+        return _relay_stamps(msg) if give_backs else _send_stamps(msg)
     if isinstance(msg, RelayBack):
         return len(msg.stamps)
     if isinstance(msg, Handoff):

@@ -840,3 +840,21 @@ def test_a_node_that_left_alone_leaves_its_reported_queue_to_its_peers() -> None
             a.frame(mb, msg(4), 0.42, units=8, queued=True)  # (cut off after that)
         assert a.give_up(1.0, 0.4, reports) == counted
         assert a.counters["link_left_to_peers"] == (0 if heard_after else 6)
+
+
+def test_a_give_back_is_not_held_for_a_hello_by_its_stamps() -> None:
+    """A relayed RETURN's stamps (``FEATURE_RETURN_STAMPS``) only place it
+    among its producer's messages: it is not held for a node never heard
+    from (held, it would be lost uncounted if that life ended unheard:
+    simulation seed 1342, 8 lost), and goes at once, plain, without them."""
+    a = Links("a", A_LIFE, S)
+    mc = member("c", 7_000_000)
+    give_back = replace(
+        RELAY,
+        messages=((MsgType.RETURN, (3, "asgi|c", [[b"x", 1.5, 7]], 1, ((0, *STAMP),))),),
+    )
+    assert a.frame(mc, give_back, 0.0) is None  # (not HELD: sent plain)
+    assert a.frame(mc, RELAY, 0.0) is HELD  # (a send's stamp still waits)
+    assert a.readable(mc, give_back) == replace(
+        give_back, messages=((MsgType.RETURN, (3, "asgi|c", [[b"x", 1.5, 7]], 1)),)
+    )

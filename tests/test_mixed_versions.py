@@ -13,7 +13,10 @@ which shows a mixed cluster in its status.
 B is played by this version with its hello saying it reads nothing beyond
 the types every version with links reads (``links.features = 0``, what an
 older version's hello says), behind a network that takes away, as B's
-decoder would, every message of a type it does not know.
+decoder would, every message of a type it does not know. A node of the
+version between (its hello says ``FEATURE_STAMPS`` alone) is sent a
+client's give-back without the stamps of what it gives back, which it
+would refuse as malformed (``FEATURE_RETURN_STAMPS``).
 """
 
 from __future__ import annotations
