@@ -786,9 +786,9 @@ class ClusterNode:
                 old_flight[conn] = seqs
         self._old_flight = old_flight
         self._old_flight_until = now + self.core.settings.lease
+        held = [item.peer for item in self._held if item.kind == "peer"]
         if self.routing is not None:  # (and what it answered for: ``passed``)
             sessions = self.core.sessions.by_conn
-            held = [item.peer for item in self._held if item.kind == "peer"]
             self._hand_backs_for_past_life(held, now)  # (held: the same)
             self._old_passed = {conn for conn, _ in self.routing.passed.runs if conn in sessions}
         bounced = sum(
@@ -796,7 +796,7 @@ class ClusterNode:
             for item in self._held
             if item.kind == "undeliverable"
         )
-        handed_back = _handed_back(item.peer for item in self._held if item.kind == "peer")
+        handed_back = _handed_back(held)
         if handed_back:
             self.counters["handed_back_held_lost"] += handed_back
         lost = queues.queued() + returned + taken + parked + bounced + handed_back

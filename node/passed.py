@@ -21,10 +21,12 @@ of the client takes from the oldest runs first; what is adopted and taken
 is released here (the report goes on for the rest); what is adopted when
 the client is gone is counted lost here (``receiver_gone``), once.
 
-Not adopted: what an owner that declared this node dead parked (it counts
-that itself: the runs are dropped when this node hears it was declared
-dead), and what a node this node declared dead delivered (``routing``
-refuses it).
+Not adopted: what a node this node declared dead delivered before (its
+runs stay, as nobody's: ``forget_source``), and what it delivers after
+(``routing`` refuses it). An owner that declared this node dead parked
+what it had handed our clients and counts it itself; if it later hands the
+channel back, its runs here are adopted as well (the refutation does not
+say which owner that was: dropping every run then undid seed 116's fix).
 """
 
 from __future__ import annotations
@@ -166,18 +168,6 @@ class Passed:
             else:
                 del self.gone[key]
 
-    def forget_unadopted(self) -> None:
-        """This node was declared dead (it refuted it): an owner that did
-        parked what it had handed our clients and counts it itself."""
-        for runs in self.runs.values():
-            for run in runs:
-                if not run.adopted:
-                    run.source = ""
-        self.gone.clear()
-
     def expire(self, now: float) -> None:
         for key in [k for k, (until, _) in self.gone.items() if until <= now]:
             del self.gone[key]
-
-    def next_deadline(self) -> float:
-        return min((until for until, _ in self.gone.values()), default=float("inf"))

@@ -511,7 +511,10 @@ class Routing:
         """``source`` handed ``channel`` on and gave our client ``conn``'s
         credit back: what the client holds of its deliveries is this node's
         to answer for (``passed``); counted now if the client is gone."""
-        lost = self.passed.adopt(conn, channel, source, now)
+        self._passed_lost(self.passed.adopt(conn, channel, source, now))
+
+    def _passed_lost(self, lost: int) -> None:
+        """What this node answered for of its clients' (``passed``) is lost."""
         if lost:
             self.counters["passed_lost"] += lost
             self.core.queues.counters.dropped_receiver_gone += lost
@@ -819,12 +822,8 @@ class Routing:
                 held.append(relay)
 
     def _conns_gone(self, conns: list[ConnId], now: float, fx: Fx) -> None:
-        if self.passed.runs:
-            lost = self.passed.conn_gone(set(conns), now + GONE_MEMORY)
-            if lost:
-                # (what their channels' owners handed on while they held it)
-                self.counters["passed_lost"] += lost
-                self.core.queues.counters.dropped_receiver_gone += lost
+        if self.passed.runs:  # (what their channels' owners handed on while they held it)
+            self._passed_lost(self.passed.conn_gone(set(conns), now + GONE_MEMORY))
         gone = [c for c in conns if c in self._relayed_conns]
         for conn in conns:
             self._relayed_conns.discard(conn)
