@@ -31,7 +31,7 @@ from zchannels.protocol import DecodeError, Message, MsgType
 from .config import NodeConfig
 from .core import ClusterWork, CoreSettings, NodeCore, Out, wire_items
 from .effects import EVERYONE, Fx
-from .links import HELD, Links, LinkSettings
+from .links import DROPPED, HELD, Links, LinkSettings
 from .membership import (
     LIVE,
     Ack,
@@ -1174,7 +1174,9 @@ class ClusterNode:
                 # (a member this node thinks dead still gets what is
                 # addressed to it: if it sent us something it is alive, and
                 # the views are catching up; if it is dead the frame is lost
-                # as it would have been a moment earlier)
+                # as it would have been a moment earlier; but not what only
+                # this node would count lost, which is counted instead:
+                # ``Links.frame``, ``DROPPED``)
                 member = table.member(node)
                 if member is None or node == me:
                     self.counters["unsent"] += 1
@@ -1188,7 +1190,7 @@ class ClusterNode:
                 )
                 if linked:  # (a new link: its predecessor in limbo is asked first)
                     frames.extend((member.address, probe) for probe in self.links.first())
-                if frame is HELD:  # (for a new life, until it says hello)
+                if frame is HELD or frame is DROPPED:  # (held for a new life; dead here)
                     continue
                 if frame is None:
                     # (as that life reads it: a peer not heard yet, or of an

@@ -10,7 +10,7 @@ from dataclasses import replace
 import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zchannels.node.links import HELD, Links, LinkSettings
+from zchannels.node.links import DROPPED, HELD, Links, LinkSettings
 from zchannels.node.membership import Member, State
 from zchannels.node.peer_messages import (
     Ask,
@@ -280,6 +280,26 @@ def test_a_link_ends_with_its_peers_life_and_counts_what_it_gave_up() -> None:
     assert a.status() == {"open": 0, "unacked": 0, "limbo": 0}
     # what is addressed to it now goes as it is (as to any member thought dead)
     assert a.frame(member("b", B_LIFE, State.DEAD), msg(3), 1.0) is None
+
+
+def test_what_only_this_node_counts_is_not_sent_to_a_peer_dead_here_but_counted() -> None:
+    """Simulation seed 219: a node thawing from a freeze takes up its
+    client's reserved sends before the deaths its table declared meanwhile
+    reach its routing, and relays them to an owner dead in its table. Sent
+    plain, on no link, they were lost in a partition and counted by nobody
+    (and a live peer that took them would deliver what is counted nowhere
+    else). They are counted lost here, once, and not sent; what carries
+    nothing only this node counts still goes as it is."""
+    a, _ = pair()
+    dead = member("b", B_LIFE, State.DEAD)
+    assert a.frame(dead, msg(1), 0.0, units=2) is DROPPED
+    assert a.frame(dead, msg(2), 0.0, note="deliveries") is DROPPED
+    assert (a.lost_units, a.counters["link_unsent_to_dead"]) == (2, 2)
+    assert a.lost_notes() == [("deliveries", False)]
+    assert a.frame(dead, msg(3), 0.0) is None  # (nothing to count: plain)
+    # a peer that left (it lingers, and passes on what it takes) still gets it
+    assert a.frame(member("b", B_LIFE, State.LEFT), msg(4), 0.0, units=1) is None
+    assert a.status() == {"open": 0, "unacked": 0, "limbo": 0} and a.lost_units == 2
 
 
 def test_a_new_life_of_the_peer_ends_the_link_and_needs_its_own_hello() -> None:
