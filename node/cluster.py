@@ -443,6 +443,8 @@ class ClusterNode:
         return self._finish(fx, now)
 
     def _client(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
+        if conn in self._old_passed:
+            self._old_give_backs(conn, messages)
         if conn in self._old_flight:
             self.core.counters.dropped_dead_owner += self._count_old_flight(
                 conn, messages, MsgType.RETURN
@@ -493,6 +495,43 @@ class ClusterNode:
         if routing is not None and routing.hold_local(conn, messages, now):
             return  # (taken up at the routing's tick, in order)
         fx.out.extend(self.core.handle(conn, messages, now, fx.work))
+
+    def _old_give_backs(self, conn: ConnId, messages: list[Message]) -> None:
+        """What a client of a life this node ended in place gave back to that
+        life, read by the next one before the client registered again (its
+        session is unknown here, and the client does not give it back
+        again: ``Flow.rewelcomed`` forgets it): of the deliveries other
+        nodes made to it (``Routing.passed``, carried across the fence),
+        the oldest it held go, as ``_count_old_flight`` takes this node's
+        own. Else they stayed as held, and the client's next report of a
+        delivery was taken for one of them, never reaching the owner that
+        made it: a pool held its capacity for good (10,000 seed 7987,
+        13 ops). Those adopted here (their owner handed the channel on) are
+        lost, counted once (``dead_owner``); the others are in their
+        owner's flight for the ended life, which it counts."""
+        routing = self.routing
+        if routing is None or self.core.sessions.by_conn.get(conn) is not None:
+            return
+        flight = self._old_flight.get(conn, {})
+        lost = 0
+        for kind, fields in messages:
+            if kind == MsgType.HELLO:
+                break
+            if kind != MsgType.RETURN or len(fields) < 3 or not isinstance(fields[1], str):
+                continue
+            channel, items = fields[1], fields[2]
+            if not isinstance(items, list):
+                continue
+            own = flight.get(channel, set())
+            elsewhere = sum(
+                1
+                for item in items
+                if not (isinstance(item, list) and len(item) == 3 and item[2] in own)
+            )
+            lost += routing.passed.taken(conn, channel, elsewhere)
+        if lost:
+            self.counters["old_passed_given_back_lost"] += lost
+            self.core.counters.dropped_dead_owner += lost
 
     def _count_old_flight(self, conn: ConnId, messages: list[Message], mtype: MsgType) -> int:
         """How many items of ``messages`` (``mtype``: RETURN from the client,
