@@ -669,6 +669,33 @@ def test_a_restarted_peer_does_not_know_and_everything_kept_is_counted() -> None
     assert a.lost_units == 4
 
 
+def test_a_live_peer_that_never_took_a_frame_of_the_link_has_its_notes_told_again() -> None:
+    """Simulation seed 4988, 7 ops: every frame of a link went into a
+    partition, so the peer, alive in the same life, has no state for the
+    link and answers the probe -1 (as a new process would). Its newest
+    hello is of the life the link was for: it took nothing, so the notes
+    come back as answered (told again: ``RelayLost``), not presumed; they
+    were presumed, and a give-back stayed in the peer's flight for good.
+    A new process (its hello says a new life) still cannot say."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.0, note="give-back", units=1)  # (lost in the partition)
+    dead = {"b": member("b", B_LIFE, State.DEAD)}
+    a.tick(0.5, dead, [])  # the link ends
+    _probe_round(a, b, 1.0, {"b": member("b", B_LIFE + 1)})  # (back, refuted)
+    assert a.lost_notes() == [("give-back", True)]
+    assert (a.lost_units, a.counters["link_never_taken"]) == (1, 1)
+    # the same with a new process at b's address, whose hello came
+    a2, _ = pair()
+    a2.frame(mb, msg(1), 0.0, note="give-back", units=1)
+    a2.tick(0.5, dead, [])
+    fresh = Links("b", B_LIFE + 5000, S)
+    a2.take([fresh.hello()], 0.9)
+    _probe_round(a2, fresh, 1.0, {"b": member("b", B_LIFE + 5000)})
+    assert a2.lost_notes() == [("give-back", False)]
+    assert a2.counters["link_never_taken"] == 0
+
+
 def test_a_peer_that_never_answers_has_everything_kept_counted_after_limbo_keep() -> None:
     a, _ = pair()
     a.frame(member("b", B_LIFE), msg(1), 0.0, units=5)
