@@ -225,6 +225,33 @@ def test_a_send_that_arrives_after_its_origin_stopped_waiting_is_refused() -> No
     assert late.out == [] and core.queues.counters.enqueued == 1, "the late send was not taken"
 
 
+def test_sends_relayed_from_a_life_this_node_holds_dead_are_refused() -> None:
+    """Seed 6236 of the 10,000: n0 relayed its client's send 1 to this
+    node (the owner) over a lagging link, then declared it dead and served
+    the client's sends 2-4 itself; this node, which held n0 dead by then,
+    took send 1 and delivered it after them once the views healed. A send
+    from a life this node holds dead is refused (its origin answers its
+    client that the outcome is unknown; a reserved send, which nobody
+    answers, is counted here); what else the relay carries is taken, and
+    the same life back (a refuted death) is served again."""
+    r, core, table = routing()
+    del table.incarnations["n2"]  # (declared dead here)
+    fx = relay(
+        r,
+        START + 7,
+        (MsgType.SEND, (5, "asgi|c", b"a", 9)),
+        (MsgType.SEND, (0, "asgi|c", b"b", 9)),
+        (MsgType.RECV, ("asgi|d", 1)),
+    )
+    assert core.queues.length("asgi|c") == 0 and core.queues.counters.enqueued == 0
+    assert r.counters["sends_from_dead_refused"] == 2
+    assert core.counters.dropped_dead_owner == 1, "the reserved send, once"
+    assert not [o for o in fx.out if o[1][0] in (MsgType.ACK, MsgType.ERROR)]
+    table.incarnations["n2"] = START + 8  # (it refuted the death)
+    relay(r, START + 8, (MsgType.SEND, (6, "asgi|c", b"c", 9)))
+    assert core.queues.counters.enqueued == 1 and r.counters["sends_from_dead_refused"] == 2
+
+
 def relay_at(r: Routing, *, sent_at: float, now: float, message: Message) -> Fx:
     fx = Fx()
     relay = Relay("n2", START, b"client-1", "tagtagtag0", 60.0, 1, (message,), sent_at)

@@ -466,21 +466,16 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 FAILING_PLANS: dict[str, tuple[str, str]] = {
     # (fifo, the causes of the 10,000 run's fifo seeds left in session 23:
     # docs/cluster.md, "In session 23")
-    "older-send-taken-after-the-clients-node-restarted-and-forgot-what-it-handed": (
-        "fifo",
-        "seed 6236 (7 ops; 1767 and 2661 alike): c6 took c0's sends 2-4 served by n0 while the "
-        "owner n2 lagged, holding send 1; n0 was killed and restarted, c6 reconnected to its new "
-        "life, and n2 handed it send 1. What a client was handed (Queues.handed_to) goes with "
-        "its node's process; only the client knows what it took across its node's lives "
-        "(stamps in the client protocol)",
-    ),
     "older-send-handed-to-the-next-consumer-after-its-predecessor-took-a-newer": (
         "fifo",
-        "seed 6361 (13 ops; 2661 alike): c0 took c3's send 13 from one owner, then died; the "
-        "channel's next consumer d0, a new connection with no marks, was handed send 1, which "
-        "the other owner had handed c0 before and c0 had given back. The marks are per "
-        "connection; one per channel would refuse what competing consumers take out of order "
-        "by design",
+        "seed 6361 (11 ops, shrunk again in session 25; 1767 alike): n1, lagging, was declared "
+        "dead in the same life and kept c3's sends 1-6, which c0 had given back; n2 served "
+        "the channel meanwhile and c0 took c3's newer sends 7-13 from it, then died; the "
+        "channel's next consumer d0, a new connection with no marks, was handed send 1 by n1 "
+        "once the views healed. The marks are per connection; one per channel would refuse "
+        "what competing consumers take out of order by design. What it needs: an owner "
+        "declared dead in the same life not serving what it held from before, or the interim "
+        "owner's marks handed to it with the channel",
     ),
     "group-send-to-a-membership-held-at-two-nodes-as-its-owner-came-back-taken-twice": (
         "uncounted_loss",
