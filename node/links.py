@@ -43,7 +43,7 @@ How (go-back-N, as TCP does it one level up):
   not know (a new process at its address: ``LinkState`` -1) or never
   answers within ``limbo_keep`` has it all counted. What the peer took is
   its own to count (queued, delivered, or lost with it).
-- A message that carries what only this node counts, addressed to a
+- A message that carries units only this node counts, addressed to a
   peer its member table has dead (the caller's view is behind the
   table's), is not sent but counted lost (``link_unsent_to_dead``): plain,
   on no link, nobody could ask how far it was taken.
@@ -271,7 +271,7 @@ class Links:
             return HELD
         link = self._link(member, now)
         if link is None:
-            if member.state == State.DEAD and (units or note is not None):
+            if member.state == State.DEAD and units:
                 # The caller's view is behind the member table's (messages
                 # a stall held, taken up before the deaths it held: ``
                 # ClusterNode._release``). Sent plain, the frame is on no
@@ -280,7 +280,9 @@ class Links:
                 # could not have asked about (simulation seed 219: a frozen
                 # node's client's reserved sends, relayed at its thaw into a
                 # partition to an owner its table had dead). Counted as a
-                # link given up that never answered.
+                # link given up that never answered. (Deliveries, which only
+                # carry a note, still go plain: their owner parks them for a
+                # client of a node it thinks dead, ``Routing.send_back``.)
                 self.counters["link_unsent_to_dead"] += 1
                 self._count_lost(units)
                 if note is not None:
