@@ -1668,7 +1668,7 @@ class Routing:
         gave this one in its own view. A send it relayed before it declared
         this node dead and that reached this node afterwards was taken here
         after its client's newer sends were served there (simulation seeds
-        6236 and 1767 of the 10,000: sends 2-4 delivered by the client's node
+        6236 and 2661 of the 10,000: sends 2-4 delivered by the client's node
         as the channel's owner in its view, send 1, relayed to this node
         0.3 s before over a lagging link, delivered after them). Refused as
         a late send is: the origin answers its client that the outcome is
