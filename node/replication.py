@@ -450,16 +450,9 @@ class GroupReplication:
         plans/group-copy-handed-back-after-partition-delivered-twice.json;
         seed 1033, the same through a copy passed on after a handover:
         plans/group-copy-passed-on-for-an-earlier-life-delivered-twice.json).
-        The same for an earlier life of any other node the member table has
-        live in a newer one (``superseded_here``, as this node's own
-        group_send skips them): the fanout went to that new life too
-        (simulation seed 7642 of the 10,000: a group_send made on n1 queued
-        for c5's channel at c5's node's new life and at n4, which kept the
-        earlier life's membership and handed the channel back with the copy).
         A client that has not made its membership again yet misses this
         group message: at most once, as a group_send is."""
-        origin = self._held_for_earlier_lives(msg.origin, msg.incarnation, msg.group)
-        return origin | self.superseded_here(msg.group)
+        return self._held_for_earlier_lives(msg.origin, msg.incarnation, msg.group)
 
     def _held_for_earlier_lives(self, node: str, incarnation: int, group: str) -> set[str]:
         """Members of ``group`` held here for sessions of lives of ``node``

@@ -239,31 +239,6 @@ def test_own_group_send_skips_members_kept_for_a_nodes_earlier_life() -> None:
     assert (queued(node, OWN), queued(node, kept)) == (2, 1), "skipped for the new life"
 
 
-def test_a_third_nodes_fanout_skips_members_kept_for_a_restarted_nodes_earlier_life() -> None:
-    """Seed 7642 of the 10,000: n2 kept n3's client's channel and its
-    membership while n3 restarted; n3's new life is live and its client
-    made its membership again there. A group_send made on n0 reaches both
-    n3's new life and n2: a copy queued here for the earlier life reached
-    the channel twice once the queue was handed back. Skipped, as this
-    node's own group_send skips it; kept while n3 is not seen live again."""
-    node = make_node("n2")
-    kept = "asgi|kept"
-    node.core.groups.add(G, kept, "n3@1000/keptkeptke", 60.0, 10)
-    node.handle(F, 0.1, Fx())
-    assert (queued(node, OWN), queued(node, kept)) == (1, 1), "n3 not live: kept here"
-    n3 = Update("n3", "tcp://127.0.0.1:7703", 1000 + RESTART_GAP, State.ALIVE, "n3")
-    node.table.handle(Gossip("n3", (n3,)), 0.2)
-    node.handle(GroupFanout("n0", 5, 2, G, b"n", 60.0), 0.3, Fx())
-    assert (queued(node, OWN), queued(node, kept)) == (2, 1), "skipped for the new life"
-    # n3 refuting a suspicion (one more, same life) supersedes nothing
-    other = "asgi|other"
-    node.core.groups.add(G, other, "n4@2000/otherother", 60.0, 10)
-    n4 = Update("n4", "tcp://127.0.0.1:7704", 2001, State.ALIVE, "n4")
-    node.table.handle(Gossip("n4", (n4,)), 0.4)
-    node.handle(GroupFanout("n0", 5, 3, G, b"o", 60.0), 0.5, Fx())
-    assert (queued(node, OWN), queued(node, kept), queued(node, other)) == (3, 1, 1)
-
-
 def test_a_passed_copy_skips_members_whose_handover_had_it() -> None:
     """Soak seed 5608: the fanout reached this node's own member first;
     then n1 handed over a membership it had already given it (its queue
