@@ -1196,11 +1196,7 @@ class Queues:
         for _ in range(count):
             if not held:
                 break
-            seq = next(iter(held))
-            entries = held[seq]
-            del entries[0]
-            if not entries:
-                del held[seq]
+            _unhold(held, next(iter(held)))
         if not held:
             del self.held_stamps[(conn, name)]
 

@@ -1593,16 +1593,9 @@ class Routing:
             # The origin has stopped waiting for these sends (or soon will):
             # it answers its client and counts them lost; taking them now
             # would deliver a message counted lost, after newer ones.
-            late = [m for m in messages if m[0] == MsgType.SEND]
-            if late:
-                self.counters["late_sends_refused"] += len(late)
-                messages = tuple(m for m in messages if m[0] != MsgType.SEND)
-                # A reserved send (request 0) has no answer to wait for: its
-                # origin counts nothing, so the loss is counted here, once.
-                reserved = sum(1 for m in late if not m[1][0])
-                self.core.counters.dropped_dead_owner += reserved
+            messages = self._refuse_sends(messages, "late_sends_refused")
         if self._held_dead(origin, inc):
-            messages = self._sends_from_dead(messages)
+            messages = self._refuse_sends(messages, "sends_from_dead_refused")
         if origin == self.me:
             # Our own client's messages came back to us (a handover, or hops
             # while views differed): handle them as its, on its connection.
@@ -1661,23 +1654,25 @@ class Routing:
         member = self.table.member(origin)
         return member is not None and member.state == State.DEAD and member.incarnation >= inc
 
-    def _sends_from_dead(self, messages: tuple[Message, ...]) -> tuple[Message, ...]:
-        """``messages`` without their sends: they come from a life of a node
-        this node holds dead, which holds this node dead too or soon will
-        (the two were cut off from each other), and serves the channels it
-        gave this one in its own view. A send it relayed before it declared
-        this node dead and that reached this node afterwards was taken here
-        after its client's newer sends were served there (simulation seeds
-        6236 and 2661 of the 10,000: sends 2-4 delivered by the client's node
-        as the channel's owner in its view, send 1, relayed to this node
-        0.3 s before over a lagging link, delivered after them). Refused as
-        a late send is: the origin answers its client that the outcome is
-        unknown, at the answer bound at the latest, and a reserved send,
-        which nobody answers, is counted here (``dead_owner``), once."""
+    def _refuse_sends(self, messages: tuple[Message, ...], counter: str) -> tuple[Message, ...]:
+        """``messages`` without their sends, counted under ``counter``:
+        too late (``fresh_within``), or from a life of a node this node
+        holds dead, which holds this node dead too or soon will (the two
+        were cut off from each other) and serves the channels it gave this
+        one in its own view (``sends_from_dead_refused``: a send it relayed
+        before it declared this node dead and that reached this node
+        afterwards was taken here after its client's newer sends were
+        served there; simulation seeds 6236 and 2661 of the 10,000: sends
+        2-4 delivered by the client's node as the channel's owner in its
+        view, send 1, relayed to this node 0.3 s before over a lagging link,
+        delivered after them). Either way the origin answers its client
+        that the outcome is unknown (by the answer bound at the latest); a
+        reserved send (request 0) has no answer to wait for, its origin
+        counts nothing, so it is counted here (``dead_owner``), once."""
         refused = [m for m in messages if m[0] == MsgType.SEND]
         if not refused:
             return messages
-        self.counters["sends_from_dead_refused"] += len(refused)
+        self.counters[counter] += len(refused)
         self.core.counters.dropped_dead_owner += sum(1 for m in refused if not m[1][0])
         return tuple(m for m in messages if m[0] != MsgType.SEND)
 
