@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("--shrink-budget", type=float, default=300.0, help="seconds (default 300)")
     ap.add_argument("--trace", action="store_true", help="print the event trace of a replay")
+    ap.add_argument(
+        "--explain",
+        action="store_true",
+        help="replay (a plan, or --seed with --schedules 1) and say where each message "
+        "neither taken nor held was last seen (tests/sim/locus.py)",
+    )
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first failure")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -55,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     faults = tuple(args.faults.split(",")) if args.faults else None
 
     if args.plan is not None:
-        return _replay(Plan.from_json(args.plan.read_text()), args.trace)
+        return _replay(Plan.from_json(args.plan.read_text()), args.trace, args.explain)
+    if args.explain:
+        return _replay(generate(args.seed, nodes, faults), args.trace, True)
 
     started = time.perf_counter()
     failures: list[tuple[int, str]] = []
@@ -92,8 +100,8 @@ def _replay_cmd(seed: int, nodes: int, faults: str | None) -> str:
     return f"python -m tests.sim --seed {seed} --schedules 1 --nodes {nodes}{extra} -v"
 
 
-def _replay(plan: Plan, trace: bool) -> int:
-    result = run_plan(plan, keep_trace=trace)
+def _replay(plan: Plan, trace: bool, explain: bool = False) -> int:
+    result = run_plan(plan, keep_trace=trace, stop_at_first=not explain, explain=explain)
     if trace:
         print("\n".join(result.trace))
     for op in plan.ops:
@@ -101,6 +109,8 @@ def _replay(plan: Plan, trace: bool) -> int:
     print(f"digest {result.digest}  steps {result.steps}  {result.summary}  {result.terms}")
     for v in result.violations:
         print(f"FAIL {v}")
+    for line in result.explained:
+        print(line)
     return 1 if result.failed else 0
 
 

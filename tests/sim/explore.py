@@ -20,6 +20,7 @@ from zchannels.node.cluster import ClusterNode
 
 from .adapter import NodeLike
 from .check import Violation
+from .locus import Locus
 from .schedule import Plan, generate
 from .world import World
 
@@ -42,6 +43,8 @@ class Result:
     #: drains begun, requests held by moving clients, drops counted beyond
     #: the refusals producers were told of (``World.stats``)
     stats: dict[str, int] = field(default_factory=dict)
+    #: where the messages neither taken nor held were last (``explain``)
+    explained: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> bool:
@@ -58,6 +61,7 @@ def run_plan(
     factory: Callable[..., NodeLike] | None = None,
     keep_trace: bool = False,
     stop_at_first: bool = True,
+    explain: bool = False,
     settle: float = SETTLE,
     drain_limit: float = DRAIN_LIMIT,
 ) -> Result:
@@ -71,6 +75,7 @@ def run_plan(
         clustered=clustered,
         keep_trace=keep_trace,
         stop_at_first=stop_at_first,
+        locus=Locus() if explain else None,
     )
     history = world.run(settle, drain_limit)
     return Result(
@@ -83,6 +88,7 @@ def run_plan(
         world.terms,
         world.trace,
         world.stats,
+        world.explained,
     )
 
 

@@ -78,6 +78,7 @@ from zchannels.protocol import DecodeError, ErrorCode, Message, MsgType, decode,
 from .adapter import EffectsLike, NodeLike
 from .check import MESSAGE_DROPS, History, message_drops
 from .client import Job, SimClient
+from .locus import Locus, keys_in, keys_in_raw
 from .schedule import Op, Plan, is_rolling
 
 NodeFactory = Callable[..., NodeLike]
@@ -169,8 +170,12 @@ class World:
         config: Callable[[int, str], NodeConfig] | None = None,
         keep_trace: bool = False,
         stop_at_first: bool = True,
+        locus: Locus | None = None,
     ) -> None:
         self.plan = plan
+        #: where each message was last seen (``--explain``; a diagnostic)
+        self.locus = locus
+        self.explained: list[str] = []
         #: stop at the first violation (explore, shrink) or check on (CI:
         #: every invariant gets its verdict in every run)
         self.stop_at_first = stop_at_first
@@ -231,8 +236,27 @@ class World:
 
     # -- the event heap ----------------------------------------------------------
     def _push(self, at: float, kind: str, a: Any = None, b: Any = None, c: Any = None) -> None:
+        if self.locus is not None and kind in ("n2c", "c2n", "peer"):
+            self._locus_sent(kind, a, b, c)
         self._serial += 1
         heapq.heappush(self._heap, (at, self._serial, kind, a, b, c))
+
+    def _life(self, sn: SimNode) -> str:
+        return f"{sn.node_id}.{sn.starts}"
+
+    def _locus_sent(self, kind: str, a: Any, b: Any, c: Any) -> None:
+        assert self.locus is not None
+        if kind == "peer":
+            link, frame, _sent = b
+            src = self._life(self.nodes[link[0]])
+            self.locus.sent(src, self._life(self.nodes[link[1]]), keys_in_raw(frame), self.now)
+        elif kind == "n2c":
+            client = self.clients[a]
+            src = self._life(self.nodes[client.node])
+            self.locus.sent(src, a, keys_in(b), self.now)
+        else:
+            client = self.by_conn[b]
+            self.locus.sent(client.cid, self._life(self.nodes[a]), keys_in(c[0]), self.now)
 
     def _link_at(self, src: str, dst: str, delay: float) -> float:
         """Arrival time on a FIFO link: never before an earlier frame's."""
@@ -310,6 +334,8 @@ class World:
         sn.drain = None
         self._gone_drops(sn)
         self.log(f"kill {sn.node_id} drops {sn.node.drops()}")
+        if self.locus is not None:
+            self.locus.ended(self._life(sn), f"killed at {self.now:.6f}", sn.node.drops())
         self._note_kill_gap(sn)
         sn.node = None
         sn.killed_at = self.now
@@ -365,6 +391,8 @@ class World:
         sn.node.gone(self.now)  # (what no peer acknowledged is counted now)
         self._gone_drops(sn)
         self.log(f"left {sn.node_id} drops {sn.node.drops()}")
+        if self.locus is not None:
+            self.locus.ended(self._life(sn), f"left at {self.now:.6f}", sn.node.drops())
         sn.node = None
         sn.left = True
         sn.killed_at = self.now
@@ -628,6 +656,8 @@ class World:
                         e[i + 1] - e[i] for e in m[1][0] for i in range(1, len(e) - 1, 2)
                     )
         self.log(f"{sn.node_id} <- {who} {_types(msgs)}")
+        if self.locus is not None:
+            self.locus.got(self._life(sn), keys_in(msgs), self.now)
         self._apply(sn, self._call(sn, "client", conn, msgs, self.now))
         if sn.drain is not None:
             self._check_drained(sn)
@@ -642,6 +672,8 @@ class World:
         else:
             self.log(f"{sn.node_id} <- peer {len(frame)}")
         sn.peer_heard = self.now
+        if self.locus is not None:
+            self.locus.got(self._life(sn), keys_in_raw(frame), self.now)
         self._apply(sn, self._call(sn, "peer", frame, self.now))
 
     # -- clients -----------------------------------------------------------------
@@ -713,6 +745,8 @@ class World:
                 client = self.clients[a]
                 if client.dead:
                     continue
+                if self.locus is not None:
+                    self.locus.got(a, keys_in(b), self.now)
                 client.on_frame(b, self.now)
                 self._flush(client)
             elif kind == "c2n":
@@ -1101,6 +1135,8 @@ class World:
             if not c.dead:
                 held += sum(len(s.buffer) for s in c.flow.channels.values())
         self.terms = self.history.account(drops, held, self.now)
+        if self.locus is not None:
+            self._explain()
         self.terms["kill_gap"] = self.kill_gap
         self.log(f"final {self.terms}")
         refused = sum(1 for r in self.history.sends.values() if r.outcome == "refused")
@@ -1122,6 +1158,28 @@ class World:
                 self.drain_timeouts,
                 self.now,
             )
+
+    def _explain(self) -> None:
+        """Where each accepted send neither taken nor held was last seen."""
+        assert self.locus is not None
+        for sn in self.nodes.values():
+            if sn.node is not None:
+                drops = {k: int(v) for k, v in sn.node.drops().items() if v}
+                self.locus.drops[self._life(sn)] = drops
+        taken = {k for k, _c in self.history.taken}
+        held = {
+            k
+            for c in self.clients.values()
+            if not c.dead
+            for s in c.flow.channels.values()
+            for k in keys_in(list(s.buffer))
+        }
+        missing = [
+            r.key
+            for r in self.history.sends.values()
+            if r.kind == "send" and r.outcome == "accepted" and r.key not in taken | held
+        ]
+        self.explained = self.locus.explain(missing)
 
 
 def membership_view(status: dict[str, Any]) -> dict[str, Any]:
