@@ -862,4 +862,6 @@ def test_explain_says_where_messages_neither_taken_nor_held_were_last() -> None:
     assert explained.digest == plain.digest
     assert explained.terms["missing"] == 3
     assert explained.explained[0] == "missing 3"
-    assert explained.explained[1].startswith("     3 at n0.1 (killed at 0.500000); first ('c0', 1)")
+    assert explained.explained[1].startswith(
+        "     3 at n0.1 (killed at 0.500000), from a client; first ('c0', 1)"
+    )

@@ -68,7 +68,7 @@ def keys_in(messages: Any) -> list[MsgKey]:
 class Locus:
     """Fed by the world (``World.locus``) at every frame sent and received."""
 
-    #: key -> (event, where, time): ("sent", "src>dst", t) / ("at", who, t)
+    #: key -> (event, where, time): ("sent", "src>dst", t) / ("at", "who<src", t)
     last: dict[MsgKey, tuple[str, str, float]] = field(default_factory=dict)
     #: node life label -> how it ended ("killed at t", "left at t")
     ends: dict[str, str] = field(default_factory=dict)
@@ -81,7 +81,9 @@ class Locus:
 
     def got(self, who: str, keys: list[MsgKey], now: float) -> None:
         for k in keys:
-            self.last[k] = ("at", who, now)
+            before = self.last.get(k)
+            came = before[1].partition(">")[0] if before and before[0] == "sent" else "?"
+            self.last[k] = ("at", f"{who}<{came}", now)
 
     def ended(self, life: str, how: str, drops: dict[str, int]) -> None:
         self.ends[life] = how
@@ -94,7 +96,9 @@ class Locus:
         for k in missing:
             event, place, t = self.last.get(k, ("never", "sent", 0.0))
             if event == "at":
-                label = f"at {place} ({self.ends.get(place, 'live at the end')})"
+                who, _, came = place.partition("<")
+                kind = "a client" if came.startswith("c") else "a peer"
+                label = f"at {who} ({self.ends.get(who, 'live at the end')}), from {kind}"
             elif event == "sent":
                 src, _, dst = place.partition(">")
                 label = (
