@@ -21,17 +21,27 @@ of the client takes from the oldest runs first; what is adopted and taken
 is released here (the report goes on for the rest); what is adopted when
 the client is gone is counted lost here (``receiver_gone``), once.
 
-Not adopted: what a node this node declared dead delivered before (its
-runs stay, as nobody's: ``forget_source``), and what it delivers after
-(``routing`` refuses it). An owner that declared this node dead parked
-what it had handed our clients and counts it itself; if it later hands the
-channel back, its runs here are adopted as well (the refutation does not
-say which owner that was: dropping every run then undid seed 116's fix).
+Not adopted by a handover: what a node this node declared dead delivered
+before (its runs stay, marked with the life declared dead:
+``forget_source``), and what it delivers after (``routing`` refuses it).
+An owner that declared this node dead parked what it had handed our
+clients and counts it itself; if it later hands the channel back, its runs
+here are adopted as well (the refutation does not say which owner that
+was: dropping every run then undid seed 116's fix). Once that life is known
+to have ended (it is back as a new life, ended in place or restarted, or
+was never heard of again: ``source_ended``), its runs are this node's: no
+count of a dead life has what it had handed other nodes' clients (a
+fence counts its queue and what it parked; a SIGKILL's count, its last
+reported queue), so a client that dies holding them had them counted by
+nobody (simulation seed 7980, 8 ops: a consumer died holding 4 deliveries
+of an owner frozen meanwhile, which ended its life at its thaw). Back in
+the same life, it holds them again (``source_seen``).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: (our client's connection, channel)
@@ -49,6 +59,11 @@ class Run:
     source: str
     count: int
     adopted: bool = False
+    #: the life of ``source`` that delivered them (as this node knew it)
+    life: int = 0
+    #: that life, declared dead here while the client held these, until it
+    #: is known how it ended (-1: not declared dead)
+    dead: int = -1
 
 
 class Passed:
@@ -59,18 +74,25 @@ class Passed:
         #: credit that comes back after this node knew the client gone)
         self.gone: dict[Key, tuple[float, deque[Run]]] = {}
 
-    def passed(self, conn: bytes, channel: str, source: str, count: int) -> None:
-        """``source`` delivered ``count`` messages of ``channel`` to ``conn``
-        through this node."""
+    def passed(self, conn: bytes, channel: str, source: str, count: int, life: int = 0) -> None:
+        """``source`` (in its life ``life``) delivered ``count`` messages of
+        ``channel`` to ``conn`` through this node."""
         if count <= 0:
             return
         runs = self.runs.get((conn, channel))
         if runs is None:
             runs = self.runs[(conn, channel)] = deque()
-        if runs and runs[-1].source == source and not runs[-1].adopted:
-            runs[-1].count += count
+        last = runs[-1] if runs else None
+        if (
+            last is not None
+            and last.source == source
+            and last.life == life
+            and not last.adopted
+            and last.dead < 0
+        ):
+            last.count += count
             return
-        runs.append(Run(source, count))
+        runs.append(Run(source, count, life=life))
         if len(runs) > MAX_RUNS:
             runs.popleft()
 
@@ -111,14 +133,14 @@ class Passed:
         runs = self.runs.get((conn, channel))
         if runs is not None:
             for run in runs:
-                if run.source == source:
+                if run.source == source and run.dead < 0:
                     run.adopted = True
             return 0
         entry = self.gone.get((conn, channel))
         if entry is None:
             return 0
-        lost = sum(r.count for r in entry[1] if r.source == source)
-        kept = deque(r for r in entry[1] if r.source != source)
+        lost = sum(r.count for r in entry[1] if r.source == source and r.dead < 0)
+        kept = deque(r for r in entry[1] if r.source != source or r.dead >= 0)
         if kept:
             self.gone[(conn, channel)] = (entry[0], kept)
         else:
@@ -153,20 +175,59 @@ class Passed:
                 self.gone[key] = (until, rest)
         return lost
 
-    def forget_source(self, source: str) -> None:
-        """What ``source`` delivered is not adoptable (this node declared it
-        dead, or it left: its fate is settled elsewhere). Its runs stay, as
-        nobody's, for the client's reports to keep their place."""
+    def forget_source(self, source: str, life: int) -> None:
+        """This node declared ``source``'s life ``life`` dead: what it
+        delivered is not adoptable by a handover; it keeps its place for the
+        client's reports until it is known how that life ended."""
         for runs in self.runs.values():
             for run in runs:
-                if run.source == source and not run.adopted:
-                    run.source = ""
+                if run.source == source and not run.adopted and run.dead < 0:
+                    run.dead = life
+        # (of clients gone before: it was told, ``ConnGone``, and counted)
         for key, (until, gone) in list(self.gone.items()):
             kept = deque(r for r in gone if r.source != source)
             if kept:
                 self.gone[key] = (until, kept)
             else:
                 del self.gone[key]
+
+    def source_seen(self, source: str, life: int, same_life: Callable[[int, int], bool]) -> int:
+        """``source`` is live in life ``life``. What an earlier life of it
+        delivered (not ``same_life``) is this node's to answer for: that
+        life ended (in place, or its process did), and what it had handed
+        other nodes' clients went with it. What the same life delivered is
+        its own again if it was declared dead here. Returns how many of an
+        ended life's went to clients that went while it was held dead here
+        (for the caller to count lost)."""
+
+        def ended(run: Run) -> bool:
+            return run.source == source and run.life < life and not same_life(run.life, life)
+
+        for runs in self.runs.values():
+            for run in runs:
+                if ended(run):
+                    run.adopted, run.dead = True, -1
+                elif run.source == source and run.dead >= 0 and same_life(run.dead, life):
+                    run.dead = -1
+        lost = 0
+        for key, (until, gone) in list(self.gone.items()):
+            # (of clients gone: what a life declared dead here had handed
+            # them; a live one was told, ``ConnGone``, and counted it)
+            lost += sum(r.count for r in gone if ended(r) and r.dead >= 0)
+            for run in gone:
+                if run.source == source and run.dead >= 0 and same_life(run.dead, life):
+                    run.dead = -1  # (it is told of the client gone: it counts)
+            kept = deque(r for r in gone if not ended(r))
+            if kept:
+                self.gone[key] = (until, kept)
+            else:
+                del self.gone[key]
+        return lost
+
+    def source_ended(self, source: str) -> int:
+        """The life of ``source`` declared dead here was never heard of
+        again: what it delivered is this node's (``source_seen``)."""
+        return self.source_seen(source, 1 << 62, lambda a, b: a == b)
 
     def expire(self, now: float) -> None:
         for key in [k for k, (until, _) in self.gone.items() if until <= now]:

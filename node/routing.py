@@ -1078,22 +1078,33 @@ class Routing:
                             # report, the one before the one it took, and
                             # the last it took stayed in flight for good
                             # (soak seed 638: a stalled pool).
-                            # ``upto`` is the number of the newest it took:
-                            # a parked one of that number was taken, whatever
-                            # else it was handed since (a give-back queued
-                            # again goes out with its old, lower number:
-                            # taking that one for it left the parked one to
-                            # be counted lost, simulation seed 336, 9 ops).
-                            exact = 1 if upto in seqs else 0
-                            if exact:
-                                seqs.remove(upto)
-                            after = sum(1 for q in live.get(name, ()) if q <= upto)
-                            upto_parked = [i for i, q in enumerate(seqs) if q <= upto]
-                            taken = min(len(upto_parked), max(0, count - exact - after))
-                            if taken:
-                                end = upto_parked[-1] + 1
-                                del seqs[end - taken : end]
-                            taken += exact
+                            # ``upto`` is the number of the newest it took,
+                            # so a parked one of that number was taken, with
+                            # the ``count - 1`` handed just before it (what
+                            # it takes comes in the order handed); only if
+                            # short, those handed after it with lower
+                            # numbers (a give-back queued again goes out
+                            # with its old number). Taking the last handed
+                            # instead freed such a later one and left one it
+                            # took to be counted lost (simulation seeds 336,
+                            # 9 ops, and 8836, 14 ops).
+                            if upto in seqs:
+                                at = seqs.index(upto)
+                                before = [i for i in range(at) if seqs[i] <= upto]
+                                later = [i for i in range(at + 1, len(seqs)) if seqs[i] <= upto]
+                                want = count - 1
+                                pick = before[max(0, len(before) - want) :] if want > 0 else []
+                                pick += later[: max(0, want - len(pick))]
+                                for i in sorted((at, *pick), reverse=True):
+                                    del seqs[i]
+                                taken = 1 + len(pick)
+                            else:
+                                after = sum(1 for q in live.get(name, ()) if q <= upto)
+                                upto_parked = [i for i, q in enumerate(seqs) if q <= upto]
+                                taken = min(len(upto_parked), max(0, count - after))
+                                if taken:
+                                    end = upto_parked[-1] + 1
+                                    del seqs[end - taken : end]
                             # (which were found expired is not said: the
                             # parked ones, first handed, take them first)
                             stale = min(expired, taken)
@@ -1258,7 +1269,13 @@ class Routing:
             self.core.counters.dropped_dead_owner += lost
             self.counters["returns_lost_on_links"] += lost
 
-    def never_delivered(self, notes: list[Undelivered], now: float, fx: Fx | None = None) -> None:
+    def never_delivered(
+        self,
+        notes: list[Undelivered],
+        now: float,
+        fx: Fx | None = None,
+        answered: list[bool] | None = None,
+    ) -> None:
         """Deliveries to other nodes' clients that those nodes never took
         (their links ended first: ``links``): those parked here are lost,
         and counted now; what was not parked was counted already, unless it
@@ -1271,9 +1288,23 @@ class Routing:
         place, never taken, and the channel's pool held it for good). Those
         go back to the queue where their numbers say, their credit with
         them, and are delivered again (on the link to the newer life once
-        this node knows it)."""
-        for node, conn, items in notes:
+        this node knows it).
+
+        ``answered``: for each note, whether the peer said how far it took
+        the link (else that is presumed). One it said it never took, of
+        a channel this node no longer holds in that client's flight
+        (parked, in flight, or counted as the client was forgotten), went
+        to a handover: a handover leaves flight behind (``Queues.take``),
+        for the client's node to answer for once the credit comes back
+        with it, and that came in the same lost frames. Nobody holds them:
+        counted lost here (``dead_owner``; simulation seed 7403, 7 ops
+        without kills: an owner handed the channel to a node that joined
+        while its 4 deliveries and the credit were on a link that a reset
+        broke)."""
+        for index, (node, conn, items) in enumerate(notes):
             seqs = _seqs_of(items)
+            if fx is not None and answered is not None and answered[index]:
+                self._count_unsent(node, conn, seqs)
             for client in [c for c in self._parked_flight if c[0] == node and c[2] == conn]:
                 parked = self._parked_flight[client][1]
                 lost = sum(_unpark(parked, name, numbers) for name, numbers in seqs.items())
@@ -1284,6 +1315,34 @@ class Routing:
                     del self._parked_flight[client]
             if fx is not None:
                 self._deliver_again(node, conn, items, now, fx)
+
+    def _count_unsent(self, node: str, conn: bytes, seqs: dict[str, list[int]]) -> None:
+        """``never_delivered``'s count of deliveries no flight here holds."""
+        held: dict[str, set[int]] = {}
+        for client, (_, parked) in self._parked_flight.items():
+            if client[0] == node and client[2] == conn:
+                for name, numbers in parked.items():
+                    held.setdefault(name, set()).update(numbers)
+        for client, (_, counted) in self._counted_gone.items():
+            if client[0] == node and client[2] == conn:
+                for name, counted_seqs in counted.items():
+                    held.setdefault(name, set()).update(counted_seqs)
+        queues = self.core.queues
+        for (origin, _inc, client_conn), vconn in self._vconn_of.items():
+            if origin == node and client_conn == conn:
+                for name, in_flight in queues.flight_seqs(vconn).items():
+                    held.setdefault(name, set()).update(in_flight)
+        lost = 0
+        for name, numbers in seqs.items():
+            if queues.before_flush(name, max(numbers, default=0)):
+                continue  # (a flush took them)
+            # (numbered below this life's first: an earlier life of this
+            # node handed them, which ended in place and counted them)
+            skip = held.get(name, set())
+            lost += sum(1 for q in numbers if q not in skip and q >= queues.first_seq)
+        if lost:
+            self.core.counters.dropped_dead_owner += lost
+            self.counters["unsent_after_handover"] += lost
 
     def _deliver_again(
         self, node: str, conn: bytes, items: dict[str, list[Any]], now: float, fx: Fx
@@ -1353,6 +1412,37 @@ class Routing:
         lost = self.parked_count()
         for client in list(self._parked_flight):
             self._count_parked(client, now)
+        return lost
+
+    def gone_flight(self, msgs: Iterable[ClusterMessage]) -> int:
+        """What this life handed the clients ``msgs`` say are gone
+        (``ConnGone``) and still holds in their flight: for a life ending in
+        place with those messages unread (``ClusterNode._fence``), lost, and
+        its to count (their nodes told it, and count nothing)."""
+        held = list(msgs)
+        # (what their nodes gave back before saying so is counted with the
+        # give-backs the life held: ``ClusterNode._fence``)
+        back: dict[_Client, set[tuple[str, int]]] = {}
+        for msg in held:
+            if isinstance(msg, Relay):
+                for mtype, fields in msg.messages:
+                    if mtype == MsgType.RETURN and all(_wire_item(i) for i in fields[2]):
+                        given = back.setdefault((msg.origin, msg.incarnation, msg.conn), set())
+                        given.update((fields[1], item[2]) for item in fields[2])
+        lost = 0
+        clients = {
+            (msg.origin, msg.incarnation, conn)
+            for msg in held
+            if isinstance(msg, ConnGone)
+            for conn in msg.conns
+        }
+        for client in clients:
+            vconn = self._vconn_of.get(client)
+            if vconn is None:
+                continue
+            returned = back.get(client, set())
+            for name, in_flight in self.core.queues.flight_seqs(vconn).items():
+                lost += sum(1 for q in in_flight if (name, q) not in returned)
         return lost
 
     def parked_count(self) -> int:
@@ -1758,10 +1848,11 @@ class Routing:
             messages = self._in_order(msg, messages, refused, now)
         fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
         passed = self.passed
+        life = self._known_incarnation(source)
         if conn in self.core.sessions.by_conn:
             for mtype, fields in messages:
                 if mtype == MsgType.DELIVER:
-                    passed.passed(conn, fields[0], source, len(fields[1]))
+                    passed.passed(conn, fields[0], source, len(fields[1]), life)
         for channel, _ in regrant:
             # (it handed the channel on: what our client holds of its
             # deliveries is ours to answer for, ``passed``)
@@ -2140,8 +2231,12 @@ class Routing:
             self._node_gone(event.node, event.kind == EventKind.DEAD, event.incarnation, now, fx)
         elif event.kind == EventKind.REAPED:
             self._settle_death(event.node, None, now, presumed=True)
+            self._passed_lost(self.passed.source_ended(event.node))
         new_life = False
         if event.kind in (EventKind.JOINED, EventKind.ALIVE, EventKind.UPDATED):
+            # (what a life declared dead here handed our clients: its again,
+            # or, that life ended, this node's: ``Passed.source_seen``)
+            self._passed_lost(self.passed.source_seen(event.node, event.incarnation, _same_life))
             before = self._lives.get(event.node)
             new_life = before is None or event.incarnation >= before + RESTART_GAP
             self._lives[event.node] = event.incarnation
@@ -2291,7 +2386,7 @@ class Routing:
         """``node``'s life ``incarnation`` ended (``below``: the incarnation
         its next life started with, whose clients stay)."""
         if died:  # (a leave hands back the credit, perhaps after its LEFT)
-            self.passed.forget_source(node)
+            self.passed.forget_source(node, incarnation)
         # (a node that left cleanly handed its queues over first)
         load = self.loads.pop(node, {})
         lost = int(load.get("queued", 0)) + int(load.get("parked", 0))

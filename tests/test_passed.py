@@ -68,7 +68,7 @@ def test_a_dead_owners_runs_keep_their_place_but_are_not_adopted() -> None:
     p = Passed()
     p.passed(C, "q", "n0", 2)
     p.passed(C, "q", "n1", 2)
-    p.forget_source("n0")  # (declared dead here: it settles them itself)
+    p.forget_source("n0", 1000)  # (declared dead here: it settles them itself)
     p.adopt(C, "q", "n0", now=1.0)
     p.adopt(C, "q", "n1", now=1.0)
     # the client takes 3: n0's two (nobody's now), then one of n1's
@@ -111,3 +111,69 @@ def test_a_fence_counts_held_deliveries_whose_owner_handed_their_credit_back() -
     ]
     assert _handed_back(held) == 2
     assert _handed_back([]) == 0
+
+
+def _same_life(a: int, b: int) -> bool:
+    return abs(a - b) < 1000
+
+
+def test_an_owner_back_in_the_same_life_holds_its_deliveries_again() -> None:
+    """A death refuted: the owner still has its flight, so a handover adopts
+    the runs here as before the death, and a client that dies after that
+    costs this node nothing it does not answer for."""
+    p = Passed()
+    p.passed(C, "q", "n0", 2, life=1000)
+    p.forget_source("n0", 1000)
+    assert p.source_seen("n0", 1001, _same_life) == 0  # (a refutation: +1)
+    p.adopt(C, "q", "n0", now=1.0)
+    assert p.conn_gone({C}, until=2.0) == 2
+
+
+def test_an_owner_back_as_a_new_life_leaves_its_deliveries_to_this_node() -> None:
+    """The life that delivered ended (in place, or its process did): no
+    count of it has what it had handed other nodes' clients, so they are
+    this node's: taken, they are released here; held by a client that dies,
+    they are counted here, once."""
+    p = Passed()
+    p.passed(C, "q", "n0", 3, life=1000)
+    p.passed(D, "q", "n0", 2, life=1000)
+    p.forget_source("n0", 1000)
+    assert p.source_seen("n0", 3001, _same_life) == 0  # (both clients live)
+    assert p.taken(C, "q", 1) == 1  # (released here: its owner is gone)
+    assert p.conn_gone({C}, until=2.0) == 2
+    assert p.conn_gone({D}, until=2.0) == 2
+    assert p.source_seen("n0", 3001, _same_life) == 0  # (nothing twice)
+
+
+def test_a_new_life_seen_without_a_death_declared_here_ends_the_old_one_too() -> None:
+    """A node frozen and declared dead by others ends its life at its thaw;
+    here it was never declared dead: its next life says the same."""
+    p = Passed()
+    p.passed(C, "q", "n0", 2, life=1000)
+    p.passed(C, "q", "n0", 1, life=3001)  # (the new life's own: not merged)
+    assert p.source_seen("n0", 3001, _same_life) == 0
+    assert p.taken(C, "q", 2) == 2
+    assert p.conn_gone({C}, until=2.0) == 0  # (the new life's one: its own)
+
+
+def test_a_client_gone_while_its_owner_was_held_dead_is_counted_if_that_life_ended() -> None:
+    """The client died while this node held its owner dead: the owner was
+    not told (``ConnGone`` waits for its return in the same life). It came
+    back as a new life: what it handed the client is counted here. Gone
+    while the owner was live: it was told and counted, so nothing here."""
+    p = Passed()
+    p.passed(C, "q", "n0", 2, life=1000)
+    p.passed(D, "q", "n0", 4, life=1000)
+    assert p.conn_gone({D}, until=60.0) == 0  # (n0 live: told)
+    p.forget_source("n0", 1000)
+    assert p.conn_gone({C}, until=60.0) == 0
+    assert p.source_seen("n0", 3001, _same_life) == 2
+    assert p.gone == {}
+
+
+def test_a_life_never_heard_of_again_ends() -> None:
+    p = Passed()
+    p.passed(C, "q", "n0", 2, life=1000)
+    p.forget_source("n0", 1000)
+    p.conn_gone({C}, until=60.0)
+    assert p.source_ended("n0") == 2

@@ -1594,6 +1594,28 @@ def test_a_report_of_parked_deliveries_frees_those_it_took_not_the_first() -> No
     assert r.counters["parked_flight_lost"] == 1
 
 
+def test_a_report_settles_the_parked_delivery_of_its_number_and_those_handed_before() -> None:
+    """A client takes in the order it was handed, and reports the newest
+    number it took. Parked here, in the order handed: two deliveries, then
+    a give-back queued again and handed last with its old, lowest number
+    (simulation seeds 336 and 8836). The client takes the first two (a
+    report up to the second's number, two) and then the third (a report up
+    to its number, one): nothing is left to count lost when the park lapses.
+    Settling the last handed of those numbered up to the report's freed the
+    third for the first report, and the first stayed parked, counted lost
+    though the client took it."""
+    r, core, table, seqs = _declared_dead_with_three_in_flight()
+    table.incarnations["n2"] = START + 1  # back in the same life
+    [(_, (_, parked))] = r._parked_flight.items()
+    parked["asgi|c"] = [seqs[1], seqs[2], seqs[0]]  # (the give-back handed last)
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[2], 2, 0]],)))
+    assert parked == {"asgi|c": [seqs[0]]}
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[0], 1, 0]],)))
+    assert r._parked_flight == {}
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 0
+
+
 def _moved_here(r: Routing, before: Ownership) -> str:
     """A channel the leave of n3 moved to this node (n1)."""
     for i in range(1000):
