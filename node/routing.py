@@ -132,6 +132,20 @@ def _names_life(lives: Iterable[tuple[str, int]], node: str, life: int) -> bool:
 
 #: (origin node, its incarnation, the client's connection there)
 _Client = tuple[str, int, ConnId]
+#: (node, a client's connection there) -> channel -> numbers in flight to it
+ClientFlights = dict[tuple[str, bytes], dict[str, set[int]]]
+
+
+def gone_clients(msgs: Iterable[ClusterMessage]) -> set[_Client]:
+    """The clients ``msgs`` say are gone (``ConnGone``)."""
+    return {
+        (msg.origin, msg.incarnation, conn)
+        for msg in msgs
+        if isinstance(msg, ConnGone)
+        for conn in msg.conns
+    }
+
+
 #: deliveries a link carried to another node's client, for when that node
 #: never takes the frame: (node, the client's connection there, channel ->
 #: the items, each ``[payload, ttl, seq]``)
@@ -333,6 +347,11 @@ class Routing:
         #: channel -> the sequence numbers it had been handed and that were
         #: counted lost, ``receiver_gone``, as it was forgotten)
         self._counted_gone: dict[_Client, tuple[float, dict[str, set[int]]]] = {}
+        #: what the life before this one (ended in place) had in flight to
+        #: other nodes' clients, uncounted: (node, client connection) ->
+        #: channel -> numbers, until (``ended_flight``, ``_count_unsent``)
+        self._ended_flight: ClientFlights = {}
+        self._ended_flight_until = 0.0
         #: what clients of a node declared dead had been handed (plain
         #: messages, channel -> seqs in order), not counted until known
         #: taken (their CONSUMED), given back (a RETURN: queued again) or
@@ -683,6 +702,14 @@ class Routing:
         """Before the node leaves: hand everything it holds to the owners
         the others will compute without it (a clean shutdown loses nothing)."""
         self._has_left = True
+        # What was parked for clients of an earlier life of a node in a
+        # newer one now (``lives_on``): counted now, as before session 26.
+        # Their reports may not reach this node any more, and a SIGKILL
+        # while it lingers would leave them counted by nobody (simulation
+        # seed 3100, 10 ops: the client had died; it was counted nowhere).
+        for client in list(self._parked_flight):
+            if self._known_incarnation(client[0]) >= client[1] + RESTART_GAP:
+                self._count_parked(client, now)
         others = [n for n in self._live if n != self.me]
         if others:
             # (our own clients' names are parked with the others: they wait
@@ -989,11 +1016,18 @@ class Routing:
                 session.policy = Policy(expiry)
         return vconn
 
-    def _forget_virtual(self, client: _Client, now: float, fx: Fx, remember: bool = False) -> None:
+    def _forget_virtual(
+        self, client: _Client, now: float, fx: Fx, remember: bool = False, lives_on: bool = False
+    ) -> None:
         """``remember``: its node was declared dead, which may be a mistake
         (it was slow, or cut off): the credit it held here is remembered,
         and granted again if the node comes back in the same life
-        (``_restore_credit``)."""
+        (``_restore_credit``). ``lives_on``: its node is in a newer life,
+        which the client may have said hello to, keeping what it was
+        handed (``Flow.rewelcomed``): its flight is parked, not counted, and
+        its reports through the new life settle it (``_on_relay``; kill-free
+        seed 6035, 6 ops: a consumer held 5 deliveries as its node left and
+        restarted, and took them; counted ``receiver_gone`` as well)."""
         self._leaving.pop(client, None)
         self._grants_seen.pop(client, None)
         vconn = self._vconn_of.pop(client, None)
@@ -1009,6 +1043,8 @@ class Routing:
                 # (in place of what was parked for it before, as always:
                 # merged, seed 1069 of 300-1,299 overcounted 12)
                 self._park(client, vconn, now + self.presume_dead_after(), merge=False)
+            elif lives_on:
+                self._park(client, vconn, now + self.presume_dead_after())
             counted = self.core.queues.flight_seqs(vconn)
             if counted:
                 # (with what was counted for it before, as its parked
@@ -1045,7 +1081,11 @@ class Routing:
             self.send_back(mine, fx, now)
 
     def _parked_news(
-        self, client: _Client, messages: tuple[Message, ...], back: dict[str, list[int]]
+        self,
+        client: _Client,
+        messages: tuple[Message, ...],
+        back: dict[str, list[int]],
+        now_as: _Client | None = None,
     ) -> tuple[Message, ...]:
         """What a client whose flight is parked here says of it: reports of
         what it took (CONSUMED: the first ``count`` it was handed, up to
@@ -1055,7 +1095,9 @@ class Routing:
         the client's flight before the core takes the give-back:
         ``Queues.unpark``)."""
         parked = self._parked_flight[client][1]
-        vconn = self._vconn_of.get(client)
+        # (what it was handed since: under the life its node is in now,
+        # ``now_as``, if that is a later one: ``_parked_as``)
+        vconn = self._vconn_of.get(now_as or client)
         live = self.core.queues.flight_seqs(vconn) if vconn is not None else {}
         out: list[Message] = []
         for mtype, fields in messages:
@@ -1231,6 +1273,11 @@ class Routing:
             known = msg.incarnation == self.incarnation
             conn = msg.conn if known and msg.conn in self.core.sessions.by_conn else None
         else:
+            # (told by a later life of its node, its reports name what an
+            # earlier one passed on: ``reports_unheard``)
+            client = self._parked_as(msg.origin, msg.incarnation, msg.conn) or self._known_as(
+                msg.origin, msg.incarnation, msg.conn
+            )
             conn = self._vconn_of.get(client)
         queues = self.core.queues
         entry = self._parked_flight.get(client)
@@ -1337,9 +1384,17 @@ class Routing:
             if queues.before_flush(name, max(numbers, default=0)):
                 continue  # (a flush took them)
             # (numbered below this life's first: an earlier life of this
-            # node handed them, which ended in place and counted them)
+            # node handed them, which ended in place; counted here if it
+            # had them in flight, not parked: its count has what it parked,
+            # simulation seed 190, and not what it had in flight, seed 5404)
             skip = held.get(name, set())
-            lost += sum(1 for q in numbers if q not in skip and q >= queues.first_seq)
+            ended = self._ended_flight.get((node, conn), {}).get(name, set())
+            for q in numbers:
+                if q >= queues.first_seq:
+                    lost += q not in skip
+                elif q in ended:
+                    ended.discard(q)
+                    lost += 1
         if lost:
             self.core.counters.dropped_dead_owner += lost
             self.counters["unsent_after_handover"] += lost
@@ -1430,12 +1485,7 @@ class Routing:
                         given = back.setdefault((msg.origin, msg.incarnation, msg.conn), set())
                         given.update((fields[1], item[2]) for item in fields[2])
         lost = 0
-        clients = {
-            (msg.origin, msg.incarnation, conn)
-            for msg in held
-            if isinstance(msg, ConnGone)
-            for conn in msg.conns
-        }
+        clients = gone_clients(held)
         for client in clients:
             vconn = self._vconn_of.get(client)
             if vconn is None:
@@ -1444,6 +1494,33 @@ class Routing:
             for name, in_flight in self.core.queues.flight_seqs(vconn).items():
                 lost += sum(1 for q in in_flight if (name, q) not in returned)
         return lost
+
+    def flight_to_others(self, gone: set[_Client]) -> ClientFlights:
+        """What this life has in flight to other nodes' clients, by (node,
+        client connection), but those in ``gone``: for a life ending in
+        place, which counts none of it (the client may take it; its node
+        answers for it then, ``Passed.source_seen``)."""
+        out: ClientFlights = {}
+        queues = self.core.queues
+        for client, vconn in self._vconn_of.items():
+            if client in gone:
+                continue
+            flight = queues.flight_seqs(vconn)
+            if flight:
+                mine = out.setdefault((client[0], client[2]), {})
+                for name, seqs in flight.items():
+                    mine.setdefault(name, set()).update(seqs)
+        return out
+
+    def ended_flight(
+        self, flight: dict[tuple[str, bytes], dict[str, set[int]]], now: float
+    ) -> None:
+        """The life before this one ended in place with ``flight`` to other
+        nodes' clients (``flight_to_others``): if a frame that carried some
+        of it is found never taken (``never_delivered``), no client has it
+        and no count does: counted then."""
+        self._ended_flight = flight
+        self._ended_flight_until = now + GONE_MEMORY
 
     def parked_count(self) -> int:
         """Messages parked (for a fence: lost with this life)."""
@@ -1729,8 +1806,9 @@ class Routing:
             if not messages:
                 return
         unparked: dict[str, list[int]] = {}
-        if (origin, inc, conn) in self._parked_flight:
-            messages = self._parked_news((origin, inc, conn), messages, unparked)
+        parked_as = self._parked_as(origin, inc, conn)
+        if parked_as is not None:
+            messages = self._parked_news(parked_as, messages, unparked, (origin, inc, conn))
         if (origin, inc, conn) in self._counted_gone:
             messages = self._not_again((origin, inc, conn), messages)
         vconn = self._virtual_for((origin, inc, conn), msg.tag, msg.expiry)
@@ -1739,7 +1817,7 @@ class Routing:
             # its own messages, put back where their numbers say (taken by
             # the core there only if the channel is still this node's).
             if self.route(name) is None:
-                stamps = self._parked_stamps.get((origin, inc, conn), {})
+                stamps = self._parked_stamps.get(parked_as or (origin, inc, conn), {})
                 self.core.queues.unpark(vconn, name, numbers, stamps)
         virtual = self._virtual[vconn]
         virtual.sent_at = msg.sent_at
@@ -1748,6 +1826,48 @@ class Routing:
         )
         if msg.hops >= MAX_HOPS:
             self._sweep_soon(now)  # kept here whoever owns it: check once views settle
+
+    def _known_as(self, origin: str, inc: int, conn: ConnId) -> _Client:
+        """``origin``'s client ``conn`` as this node serves it: in life
+        ``inc``, or else the latest earlier life it serves it in."""
+        if (origin, inc, conn) in self._vconn_of:
+            return (origin, inc, conn)
+        earlier = [c for c in self._vconn_of if c[0] == origin and c[2] == conn and c[1] < inc]
+        return max(earlier, default=(origin, inc, conn))
+
+    def reports_unheard(self, conn: ConnId, messages: list[Message], fx: Fx) -> None:
+        """Consumption reports of a connection this life does not know: a
+        client that took, while this node was down, what the life before
+        passed on to it, and reported it into the socket that life never
+        read again (this life reads it before the client's hello, and the
+        client does not report it again: ``Flow.rewelcomed``). They name the
+        owners' numbers: told to each owner (``RelayLost``), they settle what
+        it parked for that client as its node's life ended (``lives_on``;
+        simulation plans/report-of-deliveries-taken-while-its-node-was-
+        down-lost-before-hello.json)."""
+        by_owner: dict[str, list[tuple[str, int, int, int]]] = {}
+        for mtype, fields in messages:
+            if mtype != MsgType.CONSUMED or len(fields) != 1 or not isinstance(fields[0], list):
+                continue
+            for r in fields[0]:
+                if consumption_report(r):
+                    owner = self.route(r[0])
+                    if owner:
+                        by_owner.setdefault(owner, []).append((r[0], r[1], r[2], r[3]))
+        for owner, reports in by_owner.items():
+            self.counters["reports_of_unknown_passed_on"] += len(reports)
+            fx.peers.append((owner, RelayLost(self.me, self.incarnation, conn, tuple(reports), ())))
+
+    def _parked_as(self, origin: str, inc: int, conn: ConnId) -> _Client | None:
+        """Under which life the flight of ``origin``'s client ``conn`` is
+        parked here: its own, or an earlier life of its node (the client
+        said hello to the next one, keeping what it held: ``lives_on``)."""
+        if (origin, inc, conn) in self._parked_flight:
+            return (origin, inc, conn)
+        for client in self._parked_flight:
+            if client[0] == origin and client[2] == conn and client[1] + RESTART_GAP <= inc:
+                return client
+        return None
 
     def _held_dead(self, origin: str, inc: int) -> bool:
         """Whether this node holds ``origin``'s life ``inc`` dead."""
@@ -2351,7 +2471,7 @@ class Routing:
                 self.core.queues.stop_granting(self._vconn_of[client])
                 self._leaving.setdefault(client, now + self.answer_within())
             else:
-                self._forget_virtual(client, now, fx, remember=died)
+                self._forget_virtual(client, now, fx, remember=died, lives_on=below is not None)
         for book in (self._forgot_credit, self._refused_credit):
             for client in [k for k in book if k[0] == node]:
                 if below is not None and client[1] < below:
@@ -3129,9 +3249,11 @@ class Routing:
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
             for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
                 del self._counted_gone[client]
+            if self._ended_flight and self._ended_flight_until <= now:
+                self._ended_flight = {}
         for client, (until, _) in list(self._parked_flight.items()):
             # (nothing heard by then, or its node is in a new life: lost)
-            if until <= now or self._known_incarnation(client[0]) >= client[1] + RESTART_GAP:
+            if until <= now:
                 self._count_parked(client, now)
         for client in [c for c in self._parked_stamps if c not in self._parked_flight]:
             del self._parked_stamps[client]

@@ -1416,10 +1416,15 @@ def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() ->
     assert core.drops()["receiver_gone"] == 3
 
 
-def test_what_a_client_of_a_node_declared_dead_held_is_counted_at_its_next_life() -> None:
+def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_its_park_lapses() -> None:
+    """Its node restarted: the client may live on there, keeping what it
+    held (``Flow.rewelcomed``), so it is not counted at the next life (as
+    until session 26) but when the park lapses, unless reported taken."""
     r, core, table, _ = _declared_dead_with_three_in_flight()
-    table.incarnations["n2"] = START + RESTART_GAP + 5  # restarted: its clients are gone
+    table.incarnations["n2"] = START + RESTART_GAP + 5  # restarted
     r.tick(2.0, Fx())
+    assert core.drops()["receiver_gone"] == 0
+    r.tick(1.0 + r.presume_dead_after(), Fx())
     assert core.drops()["receiver_gone"] == 3
 
 
@@ -1611,6 +1616,73 @@ def test_a_report_settles_the_parked_delivery_of_its_number_and_those_handed_bef
     relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[2], 2, 0]],)))
     assert parked == {"asgi|c": [seqs[0]]}
     relay(r, START, (MsgType.CONSUMED, ([["asgi|c", seqs[0], 1, 0]],)))
+    assert r._parked_flight == {}
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 0
+
+
+def _handed_three_then_a_new_life() -> tuple[Routing, NodeCore, list[int], int]:
+    """n2's client was handed three messages; then n2 is seen in a new
+    life (it restarted, or left and came back), which the client may have
+    said hello to, keeping what it held (``Flow.rewelcomed``)."""
+    r, core, table = routing()
+    relay(r, START + 7, (MsgType.RECV, ("asgi|c", 5)))
+    for i in range(3):
+        relay(r, START + 7, (MsgType.SEND, (0, "asgi|c", b"m%d" % i, 10)))
+    [seqs] = core.queues.flight_seqs(next(iter(r._virtual))).values()
+    renewed = START + 7 + 2 * RESTART_GAP
+    table.incarnations["n2"] = renewed
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 1.0, Fx())
+    return r, core, sorted(seqs), renewed
+
+
+def test_what_a_client_of_a_restarted_node_holds_waits_for_its_reports_there() -> None:
+    """Kill-free seed 6035 (6 ops): a consumer held 5 deliveries while its
+    node left and restarted; it said hello to the next life and took them.
+    The owner counted them ``receiver_gone`` as it forgot the earlier life's
+    client. Now they are parked, and the client's reports through the new
+    life (same connection) settle them: nothing is counted."""
+    r, core, seqs, renewed = _handed_three_then_a_new_life()
+    assert core.drops()["receiver_gone"] == 0
+    relay(r, renewed, (MsgType.CONSUMED, ([["asgi|c", seqs[2], 3, 0]],)))
+    assert r._parked_flight == {}
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 0
+    assert core.queues.held("asgi|c") == 0
+
+
+def test_what_a_client_of_a_restarted_node_held_is_counted_if_it_never_reports() -> None:
+    """The client did not live on (or never took them): counted once, when
+    the park lapses, and what it is handed in the new life is its own."""
+    r, core, _seqs, renewed = _handed_three_then_a_new_life()
+    relay(r, renewed, (MsgType.RECV, ("asgi|c", 5)))
+    relay(r, renewed, (MsgType.SEND, (0, "asgi|c", b"new", 10)))
+    vconn = next(v for v, virtual in r._virtual.items() if virtual.incarnation == renewed)
+    [[new]] = [list(s) for s in core.queues.flight_seqs(vconn).values()]
+    relay(r, renewed, (MsgType.CONSUMED, ([["asgi|c", new, 1, 0]],)))
+    assert core.queues.flight_seqs(vconn) == {}, "the new one is settled in the live flight"
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 3
+    assert core.queues.held("asgi|c") == 0
+
+
+def test_a_report_the_new_life_read_before_the_hello_settles_what_was_parked() -> None:
+    """The client took what it held while its node was down; its report
+    reached the node's next life before its hello, as an unknown
+    connection's. That life tells the owner (``RelayLost``), and the owner
+    settles what it parked for the client's earlier life: nothing counted."""
+    r, core, seqs, renewed = _handed_three_then_a_new_life()
+    told = Fx()
+    node = Routing(  # (the client's node's next life, n2, for which n1 owns the channel)
+        NodeCore(CoreSettings("n2", "bbbbbb", str(renewed), 3.0, 1 << 20)),
+        FakeTable({"n1": START, "n2": renewed}, node_id="n2", incarnation=renewed),  # type: ignore[arg-type]
+    )
+    node.core.route = node.route
+    node.route = lambda channel: "n1"  # type: ignore[method-assign]
+    node.reports_unheard(b"client-1", [(MsgType.CONSUMED, ([["asgi|c", seqs[2], 3, 0]],))], told)
+    [(owner, lost)] = told.peers
+    assert owner == "n1" and isinstance(lost, RelayLost)
+    r.handle(lost, 1.1, Fx())
     assert r._parked_flight == {}
     r.tick(1.0 + r.presume_dead_after(), Fx())
     assert core.drops()["receiver_gone"] == 0
