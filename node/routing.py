@@ -1273,11 +1273,13 @@ class Routing:
             known = msg.incarnation == self.incarnation
             conn = msg.conn if known and msg.conn in self.core.sessions.by_conn else None
         else:
-            # (told by a later life of its node, its reports name what an
-            # earlier one passed on: ``reports_unheard``)
-            client = self._parked_as(msg.origin, msg.incarnation, msg.conn) or self._known_as(
-                msg.origin, msg.incarnation, msg.conn
-            )
+            # (a later life of its node that serves no such client yet
+            # tells what the client took of an earlier one's deliveries:
+            # ``reports_unheard``; a give-back told again is of the life
+            # that relays it, which serves it: 10,000 seed 2301, a stall
+            # when it was taken for the earlier life's too)
+            if client not in self._vconn_of and client not in self._parked_flight:
+                client = self._parked_as(*client) or self._known_as(*client)
             conn = self._vconn_of.get(client)
         queues = self.core.queues
         entry = self._parked_flight.get(client)
