@@ -1365,17 +1365,20 @@ class Routing:
             if fx is not None:
                 self._deliver_again(node, conn, items, now, fx)
 
+    def _parked_or_counted(self, node: str, conn: bytes) -> dict[str, set[int]]:
+        """Channel -> the numbers of what ``node``'s client ``conn`` was
+        handed here that is parked, or was counted as it was forgotten."""
+        out: dict[str, set[int]] = {}
+        for book in (self._parked_flight, self._counted_gone):
+            for client, (_, numbers) in book.items():
+                if client[0] == node and client[2] == conn:
+                    for name, seqs in numbers.items():
+                        out.setdefault(name, set()).update(seqs)
+        return out
+
     def _count_unsent(self, node: str, conn: bytes, seqs: dict[str, list[int]]) -> None:
         """``never_delivered``'s count of deliveries no flight here holds."""
-        held: dict[str, set[int]] = {}
-        for client, (_, parked) in self._parked_flight.items():
-            if client[0] == node and client[2] == conn:
-                for name, numbers in parked.items():
-                    held.setdefault(name, set()).update(numbers)
-        for client, (_, counted) in self._counted_gone.items():
-            if client[0] == node and client[2] == conn:
-                for name, counted_seqs in counted.items():
-                    held.setdefault(name, set()).update(counted_seqs)
+        held = self._parked_or_counted(node, conn)
         queues = self.core.queues
         for (origin, _inc, client_conn), vconn in self._vconn_of.items():
             if origin == node and client_conn == conn:
@@ -1434,15 +1437,7 @@ class Routing:
         lost = 0
         for node, conn, items in notes:
             seqs = _seqs_of(items)
-            known: dict[str, set[int]] = {}
-            for client, (_, counted) in self._counted_gone.items():
-                if client[0] == node and client[2] == conn:
-                    for name, seen in counted.items():
-                        known.setdefault(name, set()).update(seen)
-            for client, (_, parked) in self._parked_flight.items():
-                if client[0] == node and client[2] == conn:
-                    for name, kept in parked.items():
-                        known.setdefault(name, set()).update(kept)
+            known = self._parked_or_counted(node, conn)
             for name, handed in seqs.items():
                 skip = known.get(name, set())
                 lost += sum(1 for q in handed if q not in skip)
