@@ -1130,7 +1130,7 @@ class Routing:
                             # instead freed such a later one and left one it
                             # took to be counted lost (simulation seeds 336,
                             # 9 ops, and 8836, 14 ops).
-                            if upto in seqs:
+                            if count > 0 and upto in seqs:
                                 at = seqs.index(upto)
                                 before = [i for i in range(at) if seqs[i] <= upto]
                                 later = [i for i in range(at + 1, len(seqs)) if seqs[i] <= upto]
@@ -1844,6 +1844,8 @@ class Routing:
         down-lost-before-hello.json)."""
         by_owner: dict[str, list[tuple[str, int, int, int]]] = {}
         for mtype, fields in messages:
+            if mtype == MsgType.HELLO:
+                break  # (what follows is the new session's)
             if mtype != MsgType.CONSUMED or len(fields) != 1 or not isinstance(fields[0], list):
                 continue
             for r in fields[0]:
