@@ -1509,9 +1509,7 @@ class Routing:
                     mine.setdefault(name, set()).update(seqs)
         return out
 
-    def ended_flight(
-        self, flight: dict[tuple[str, bytes], dict[str, set[int]]], now: float
-    ) -> None:
+    def ended_flight(self, flight: ClientFlights, now: float) -> None:
         """The life before this one ended in place with ``flight`` to other
         nodes' clients (``flight_to_others``): if a frame that carried some
         of it is found never taken (``never_delivered``), no client has it
@@ -1803,7 +1801,7 @@ class Routing:
             if not messages:
                 return
         unparked: dict[str, list[int]] = {}
-        parked_as = self._parked_as(origin, inc, conn)
+        parked_as = self._parked_as(origin, inc, conn) if self._parked_flight else None
         if parked_as is not None:
             messages = self._parked_news(parked_as, messages, unparked, (origin, inc, conn))
         if (origin, inc, conn) in self._counted_gone:
@@ -1967,8 +1965,8 @@ class Routing:
             messages = self._in_order(msg, messages, refused, now)
         fx.out.extend((conn, m) for m in messages if m[0] != MsgType.RECV)
         passed = self.passed
-        life = self._known_incarnation(source)
         if conn in self.core.sessions.by_conn:
+            life = self._known_incarnation(source)
             for mtype, fields in messages:
                 if mtype == MsgType.DELIVER:
                     passed.passed(conn, fields[0], source, len(fields[1]), life)
