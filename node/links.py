@@ -595,6 +595,17 @@ class Links:
         self._count_lost(sum(u for u, _ in never))
         self._lost_notes.extend((note, answered) for _, note in never if note is not None)
 
+    def limbo_notes(self, node: str) -> list[Any]:
+        """The callers' notes of what waits in limbo for ``node`` (until
+        its answer, or ``limbo_keep``)."""
+        return [
+            note
+            for limbo in self._limbo.values()
+            if limbo.node == node
+            for _, _, note in limbo.frames
+            if note is not None
+        ]
+
     def first(self) -> list[bytes]:
         """Probes to send before the frame ``frame`` just made, on the same
         connection: that frame opened a new link to a peer an earlier link

@@ -1517,6 +1517,27 @@ class Routing:
         self._ended_flight = flight
         self._ended_flight_until = now + GONE_MEMORY
 
+    def gone_to_ended_life(self, msgs: Iterable[ClusterMessage]) -> int:
+        """``ConnGone`` that came for the life before this one, which ended
+        in place before it read them (``links`` refused them): what that
+        life had in flight to those clients (``ended_flight``) no client
+        holds, and no count has (their nodes told it and count nothing;
+        it counted only the ``ConnGone`` it held unread, ``gone_flight``).
+        Counted here, ``receiver_gone``, once: a copy finds nothing left.
+        Simulation seed 7980, 8 ops: a consumer of another node died holding
+        4 deliveries of this frozen owner, whose thaw refuted its death, so
+        its peer sent the ``ConnGone``, but it ended the life in the same
+        step."""
+        lost = 0
+        for origin, _inc, conn in gone_clients(msgs):
+            flight = self._ended_flight.pop((origin, conn), None)
+            if flight:
+                lost += sum(len(seqs) for seqs in flight.values())
+        if lost:
+            self.core.queues.counters.dropped_receiver_gone += lost
+            self.counters["gone_to_ended_life"] += lost
+        return lost
+
     def parked_count(self) -> int:
         """Messages parked (for a fence: lost with this life)."""
         return sum(len(s) for _, parked in self._parked_flight.values() for s in parked.values())

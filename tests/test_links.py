@@ -697,6 +697,24 @@ def test_a_live_peer_that_never_took_a_frame_of_the_link_has_its_notes_told_agai
     assert a2.counters["link_never_taken"] == 0
 
 
+def test_what_waits_in_limbo_for_a_peer_is_named_until_the_peer_answers() -> None:
+    """What a link lost telling a peer must be told before anything that
+    contradicts it (a ConnGone after a lost report of a take): the caller
+    asks what waits in limbo for a peer, and it is named until the peer
+    says how far it took the link, not after."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    a.frame(mb, msg(1), 0.0, note="take", units=0)
+    a.frame(mb, msg(2), 0.0, units=1)  # (no note: nothing to name)
+    assert a.limbo_notes("b") == []  # (on a live link: its order holds)
+    dead = {"a": member("a", A_LIFE), "b": member("b", B_LIFE, State.DEAD)}
+    a.tick(0.5, dead, [])
+    assert a.limbo_notes("b") == ["take"] and a.limbo_notes("c") == []
+    _probe_round(a, b, 1.0, {"b": member("b", B_LIFE + 1)})
+    assert a.limbo_notes("b") == []
+    assert a.lost_notes() == [("take", True)]
+
+
 def test_a_peer_that_never_answers_has_everything_kept_counted_after_limbo_keep() -> None:
     a, _ = pair()
     a.frame(member("b", B_LIFE), msg(1), 0.0, units=5)

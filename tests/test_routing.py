@@ -1489,6 +1489,30 @@ def test_deliveries_a_past_life_never_took_go_back_to_the_queue_and_out_again() 
     assert not any(core.drops().values()), core.drops()
 
 
+def test_a_gone_told_to_a_life_that_ended_unread_counts_its_flight_there_once() -> None:
+    """Simulation seed 7980, 8 ops: n2's client died holding deliveries of
+    this node's life, which ended in place (a fence) before it read n2's
+    ConnGone. n2 counts nothing (it told the owner), the ended life counted
+    none of that flight (it had not read the ConnGone), and the next life
+    is handed it (``ended_flight``): when the ConnGone comes for the ended
+    life, the next life counts it, ``receiver_gone``, once; a copy counts
+    nothing more, and another client's flight is not touched."""
+    r, core, _ = routing()
+    r.ended_flight(
+        {
+            ("n2", b"client-1"): {"asgi|c": {3, 4}, "asgi|d": {9}},
+            ("n2", b"client-2"): {"asgi|c": {5}},
+        },
+        1.0,
+    )
+    gone = ConnGone("n2", START + 7, (b"client-1",))
+    assert r.gone_to_ended_life([gone]) == 3
+    assert core.drops()["receiver_gone"] == 3
+    assert r.gone_to_ended_life([gone]) == 0
+    assert core.drops()["receiver_gone"] == 3
+    assert r._ended_flight == {("n2", b"client-2"): {"asgi|c": {5}}}
+
+
 def test_credit_sent_again_after_a_hello_is_taken_once() -> None:
     """Soak seeds 1741 and 5060: a client's credit went plain to an owner
     its node had never heard a hello from, and was lost in a partition; the

@@ -489,15 +489,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "group_uncertain 1, under a loaded full run). What it needs: the keeper knowing the "
         "new life has that membership (the group tables replicate counts, not members)",
     ),
-    "flight-of-a-frozen-owner-to-a-client-that-died-while-held-dead": (
-        "uncounted_loss",
-        "seed 7980's shrink (8 ops, kill-free): c1 (n1) died holding 4 deliveries of n2, "
-        "frozen and held dead by n1, which kept the ConnGone for n2's return in the same "
-        "life. n2's table refuted the death (+1) as it thawed, so n1 took it for back in that "
-        "life and sent the ConnGone, but n2 ended the life in place in the same step, and its "
-        "next life knows nothing of c1. Needs the ConnGone to be a link note whose loss the "
-        "client's node counts (the fenced life never took it)",
-    ),
     "leave-alone-in-partition-after-a-short-heal-handover-counted-by-nobody": (
         "uncounted_loss",
         "kill-free seed 84's shrink (6 ops; it fails on the code before session 25 too, and "
