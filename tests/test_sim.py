@@ -865,3 +865,22 @@ def test_explain_says_where_messages_neither_taken_nor_held_were_last() -> None:
     assert explained.explained[1].startswith(
         "     3 at n0.1 (killed at 0.500000), from a client; first ('c0', 1)"
     )
+    # A consumer that dies holding what it prefetched: named with its death
+    # and the node life that handed it those (which counted them).
+    plan = Plan(
+        0,
+        1,
+        (
+            Op(0.01, "client", ("c0", 0)),
+            Op(0.02, "client", ("c1", 0)),
+            Op(0.05, "recv", ("c0", "q0", 0.01)),
+            Op(0.15, "cancel", ("c0", "q0", None)),
+            Op(0.2, "send", ("c1", "q0", 3, 0.0, 1000)),
+            Op(0.5, "die", ("c0",)),
+        ),
+    )
+    explained = run_plan(plan, stop_at_first=False, explain=True)
+    assert explained.violations == [] and explained.terms["drops"] == 3
+    assert explained.explained[1].startswith(
+        "     3 at c0 (died at 0.500000), from n0.1 (live at the end); first ('c1', 1)"
+    )

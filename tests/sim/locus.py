@@ -70,7 +70,8 @@ class Locus:
 
     #: key -> (event, where, time): ("sent", "src>dst", t) / ("at", "who<src", t)
     last: dict[MsgKey, tuple[str, str, float]] = field(default_factory=dict)
-    #: node life label -> how it ended ("killed at t", "left at t")
+    #: node life label -> how it ended ("killed at t", "left at t"); a
+    #: client -> "died at t"
     ends: dict[str, str] = field(default_factory=dict)
     #: node life label -> its message drops as it ended (or at the end)
     drops: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -97,8 +98,12 @@ class Locus:
             event, place, t = self.last.get(k, ("never", "sent", 0.0))
             if event == "at":
                 who, _, came = place.partition("<")
-                kind = "a client" if came.startswith("c") else "a peer"
-                label = f"at {who} ({self.ends.get(who, 'live at the end')}), from {kind}"
+                if who.startswith("c") or who.startswith("d"):  # (a client: from its node)
+                    label = f"at {who} ({self.ends.get(who, 'live at the end')}), from {came}"
+                    label += f" ({self.ends.get(came, 'live at the end')})"
+                else:
+                    kind = "a client" if came.startswith(("c", "d")) else "a peer"
+                    label = f"at {who} ({self.ends.get(who, 'live at the end')}), from {kind}"
             elif event == "sent":
                 src, _, dst = place.partition(">")
                 label = (

@@ -860,6 +860,8 @@ class World:
             return
         if k == "die":
             client.die(self.now)
+            if self.locus is not None:  # (what it held is named so: ``--explain``)
+                self.locus.ends[client.cid] = f"died at {self.now:.6f}"
             return
         if k == "gsend":
             _cid, group, n, gap = args
