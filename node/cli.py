@@ -31,7 +31,13 @@ from zchannels.keys import KeyFileError, write_key_file
 from zchannels.protocol import DecodeError, MsgType, decode, encode
 
 from . import config_check, logs
-from .config import DEFAULT_PEER_PORT, NodeConfig, default_client_endpoint, lan_address
+from .config import (
+    DEFAULT_PEER_PORT,
+    NodeConfig,
+    default_client_endpoint,
+    default_state_dir,
+    lan_address,
+)
 from .config_sources import (
     CONFIG_ENV,
     Option,
@@ -220,6 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
         "another node holds it",
     )
     run.add_argument(
+        "--state-dir",
+        metavar="PATH",
+        default=default_state_dir(),
+        help="where the node notes, as it stops, that its life left, for its next start to "
+        "tell its peers (so a peer that never heard the leave does not count its queue "
+        "lost too); none: no note (default: %(default)s)",
+    )
+    run.add_argument(
         "--claim-file",
         metavar="PATH",
         help="client processes hold shared locks on PATH while they use the node "
@@ -311,6 +325,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
     for name in ("client_endpoints", "seeds", "interfaces", "key_files", "discovery"):
         if overrides.get(name):
             overrides[name] = tuple(overrides[name])
+    if overrides.get("state_dir") in ("none", ""):
+        overrides["state_dir"] = None
     if args.cluster is not None and args.peer_endpoint is None:
         # found by dns:NAME:PORT, a node listens on that PORT
         port = listen_port(parse_sources(args.discovery or ()), DEFAULT_PEER_PORT)

@@ -31,6 +31,7 @@ from zchannels.protocol import DecodeError, Message, MsgType
 from .config import NodeConfig
 from .core import ClusterWork, CoreSettings, NodeCore, Out, wire_items
 from .effects import EVERYONE, Fx
+from .life_note import LifeNote
 from .links import DROPPED, HELD, Links, LinkSettings
 from .membership import (
     LIVE,
@@ -996,20 +997,26 @@ class ClusterNode:
         if lost:  # (its peers hold only the earlier life's reports: that one's)
             at = self._last_fence[0] if self._last_fence is not None else now
             reports = deque(r for r in reports if r[0] > at)
-        lost += self.links.give_up(now, self._left_at, reports, bound)
+        # (with a note for the next life, ``life_note``, no peer counts this
+        # life: nothing is left to them, and it counts all it could not
+        # hand over; without one, alone since its leave, its peers count
+        # its last report, and what that covers is left to them)
+        noted = self.config.state_dir is not None
+        lost += self.links.give_up(now, None if noted else self._left_at, reports, bound)
         # (what told a peer of a client's flight there is not told again:
         # this process ends)
         notes = [n for n, _ in self.links.lost_notes() if not isinstance(n, _Unheard)]
         if notes and self.routing is not None:
             lost += self.routing.lost_at_exit(notes, now)
         left_at = self._left_at
-        if self.routing is not None and left_at is not None and self.links.heard_since(left_at):
+        ends_parked = left_at is not None and (noted or self.links.heard_since(left_at))
+        if self.routing is not None and ends_parked:
             # What it parked (handed to a client of a node it declared dead,
             # waiting for its report) ends with it: counted now, as the
-            # park's lapse would have. (Alone since its leave, its peers
-            # count its last report, parked included.) Simulation seed 229
-            # without kills: an owner that left while a frozen node's client
-            # held its deliveries; nobody counted them.
+            # park's lapse would have. (Alone since its leave and with no
+            # note, its peers count its last report, parked included.)
+            # Simulation seed 229 without kills: an owner that left while a
+            # frozen node's client held its deliveries; nobody counted them.
             lost += self.routing.count_parked_at_exit(now)
         # What peers handed this life that it still held, never taken up
         # (it left while it joined, or in a doubt): handed-over items and
@@ -1034,6 +1041,22 @@ class ClusterNode:
             self.core.counters.dropped_dead_owner += queued
             lost += queued
         return lost
+
+    def life_note(self, at: float) -> LifeNote | None:
+        """After ``gone``: the note the shell leaves in ``state_dir`` for
+        the next process (``life_note.LifeNote``; ``at``: the wall clock),
+        if this life left (a clean stop); None otherwise."""
+        if self._left_at is None or self.table is None:
+            return None
+        return LifeNote(self.config.node_id, self.incarnation, at)
+
+    def previous_life(self, note: LifeNote, now: float) -> None:
+        """The shell found ``note`` (``life_note``) from the process before
+        this one: its load reports say that life left
+        (``Routing.previous_left``)."""
+        if note.node == self.config.node_id and self.routing is not None:
+            self.routing.previous_left(note.life, now)
+            self.counters["previous_life_left"] += 1
 
     def _fence_unheard(self) -> int:
         """As the process ends: what the last fence dropped beyond what its

@@ -29,6 +29,12 @@ def default_client_endpoint() -> str:
     return f"ipc://{base}/zchannels/znode.sock"
 
 
+def default_state_dir() -> str:
+    """``znode run``'s ``state_dir``: beside its default ipc socket."""
+    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    return f"{base}/zchannels"
+
+
 #: The peer port ``znode run --cluster NAME`` listens on when no
 #: ``--peer-endpoint`` is given.
 DEFAULT_PEER_PORT = 7701
@@ -185,6 +191,15 @@ class NodeConfig:
     #: lock is held" means "a node serves". The node writes its pid and
     #: incarnation into it. None: no lock (a sidecar its supervisor runs once).
     lock_file: str | None = None
+    #: A directory where the node notes, as its process ends after a clean
+    #: stop, that its life left (``life_note``), and reads that note as the
+    #: next process starts: its load reports then tell the peers, so a peer
+    #: that never heard the leave (a partition, packet loss) does not count
+    #: that life's last reported queue as lost in a dead node, on top of what
+    #: the leaving node counted itself. None: no note; a node that leaves
+    #: heard by no peer leaves what its last report covers to them to count
+    #: (an estimate). ``znode run`` uses the runtime dir's ``zchannels``.
+    state_dir: str | None = None
     #: Seconds without clients after which the node stops by itself; 0:
     #: never. No clients: no session, and nobody holds a claim on
     #: ``claim_file``. The node ``CONFIG = {}`` starts uses 5 s, so processes

@@ -337,6 +337,13 @@ class Routing:
         #: memberships their sessions held are dropped, unless made again
         #: by the sessions in the node's next life (a drain, then a restart)
         self._left_lives: dict[tuple[str, int], float] = {}
+        #: this node's life before this process, which left cleanly (its
+        #: note: ``life_note``), and until when the load reports say so
+        #: (``previous_left``)
+        self._previous_left: tuple[int, float] | None = None
+        #: until when a count this node would make as the first survivor
+        #: waits for one a peer that held it dead made (``_outranked``)
+        self._held_dead_until = 0.0
         #: node -> the incarnation of its life this node last saw live (gone
         #: once it is seen to die or leave): a newer life whose predecessor
         #: is still here ended that one unseen (``_life_ended_unseen``)
@@ -694,6 +701,11 @@ class Routing:
         left = [[n, life] for n, life in lives if n != self.me]
         if self._has_left:  # (and this life: see the Load case of ``handle``)
             left.append([self.me, self.incarnation])
+        if self._previous_left is not None:  # (and the process's before)
+            if now < self._previous_left[1]:
+                left.append([self.me, self._previous_left[0]])
+            else:
+                self._previous_left = None
         if left:
             report["left"] = left[-32:]
         return report
@@ -2344,6 +2356,9 @@ class Routing:
         if event.node == self.me:
             if event.kind == EventKind.DECLARED_DEAD and event.incarnation >= self.incarnation:
                 self._declared_dead(event.incarnation, now, fx)
+            elif event.kind == EventKind.REFUTED and event.claim == State.DEAD:
+                # (peers held this node dead: ``_outranked``)
+                self._held_dead_until = now + self.answer_within()
             return
         previous = self.ownership
         changed = self.refresh()
@@ -2361,6 +2376,11 @@ class Routing:
             self._dead.add(event.node)
             self._answer_sooner(event.node, now, life_ended=False)
         else:
+            if event.node in self._dead and self._tallies:
+                # (back: what this node counted meanwhile, first in its view,
+                # goes to it in a report soon, before it counts the same as
+                # the first in its own: ``_outranked``, seed 100)
+                self._counted_gen += 1
             self._dead.discard(event.node)
         if event.kind != EventKind.DEAD:
             self._told_on_return(event, now, fx)
@@ -2645,6 +2665,19 @@ class Routing:
         elif node in self._live:
             del self._provisional[node]  # back in the same life, holding it all
 
+    def previous_left(self, life: int, now: float) -> None:
+        """This node's life ``life``, of the process before this one, left
+        cleanly and counted itself what no peer acknowledged (its note,
+        ``life_note``): the load reports say so (``left``) for as long as a
+        peer may hold that life's death unsettled (``presume_dead_after``),
+        so a peer that never heard the leave does not count its last
+        reported queue as well (kill-free simulation seeds 858 and 3176: a
+        node left alone in a partition or behind 60 % packet loss; it
+        counted what it could not hand over, and the peers, declaring it
+        dead, counted its last report)."""
+        if life < self.incarnation:
+            self._previous_left = (life, now + self.presume_dead_after())
+
     def carry_counts(self, old: Routing) -> None:
         """This node ended its life in place (a fence): what it knew of
         other nodes' dead lives is not its life's, and goes on to the next
@@ -2663,6 +2696,7 @@ class Routing:
         self._counted_elsewhere.update(old._counted_elsewhere)
         self._left_elsewhere.update(old._left_elsewhere)
         self._deferred.update(old._deferred)
+        self._previous_left = old._previous_left
 
     def _count_dead(
         self,
@@ -2703,7 +2737,7 @@ class Routing:
         counted; a survivor keeps its count until the first's covers it."""
         said_no, said = self._said(node, life)
         if first is None:
-            first = self._counts_for(node) and not self._outranked(node)
+            first = self._counts_for(node) and not self._outranked(node, now)
         if not first:
             if no <= said_no or (said_no >= 0 and lost <= said):
                 return  # (the survivor that counted says so)
@@ -2869,7 +2903,7 @@ class Routing:
             elif not self._unsettled_besides(node):
                 self._settle_death(node, None, now)
 
-    def _outranked(self, node: str) -> bool:
+    def _outranked(self, node: str, now: float) -> bool:
         """Whether a peer that may be alive would count what died with
         ``node`` before this node: one this node declared dead, its death
         not settled yet, or one it only heard was dead (it never declared it
@@ -2884,8 +2918,17 @@ class Routing:
         dead, and n1, plans/new-life-told-a-peer-is-dead-keeps-a-count.json).
         This node then keeps the count for ``answer_within``, as one that is
         not first does: the peer's load report says it counted, or the
-        count is this node's."""
-        if self.table.unreached():
+        count is this node's.
+
+        So too for ``answer_within`` after this node refuted its own death
+        (``_held_dead_until``): a peer that held it dead counted in its own
+        view, where it came first, and this node may hear the death only
+        after it sees that peer live again (kill-free simulation seed 100,
+        6 ops: n1 cut off alone, n0 frozen and declared dead, ending its
+        life in place as it thawed; n2 counted n0's fence report at once,
+        and n1, which heard it after the heal and after it saw n2 live, as
+        well)."""
+        if self.table.unreached() or now < self._held_dead_until:
             return True
         mine = (self._known_incarnation(self.me), self.me)
         for member in self.table.members():
@@ -3290,7 +3333,7 @@ class Routing:
             self._settle_deferred(now)
         for node, (lost, until, dead_life, no) in list(self._count_later.items()):
             if self._counts_for(node):
-                if until > now and self._outranked(node):
+                if until > now and self._outranked(node, now):
                     continue  # (the peer before this one may be alive and count)
                 self._count_dead(node, dead_life, lost, now, first=True, no=no)
             elif until + GONE_MEMORY <= now:

@@ -36,6 +36,7 @@ from zchannels.protocol import (
 from .cluster import ClusterNode, Effects
 from .config import NodeConfig
 from .core import NodeCore, Out
+from .life_note import take_note, write_note
 from .lifetime import Claims, IdleRule, NodeLock
 from .membership import EventKind, MemberEvent, first_incarnation
 from .routing import RESTART_GAP
@@ -176,6 +177,14 @@ class NodeServer:
         if config.lock_file is not None:
             # Before binding: an ipc bind takes the path over from whoever had it.
             self.lock = await NodeLock.take(config.lock_file)
+        if config.state_dir is not None and self.mesh is not None:
+            # (after the lock: a node that loses it must not take the note)
+            note = take_note(
+                config.state_dir, config.node_id, time.time(), config.membership.dead_keep
+            )
+            if note is not None:
+                self.node.previous_life(note, time.monotonic())
+                log.info("the last life of this node (%d) left cleanly: telling peers", note.life)
         try:
             if config.claim_file is not None:
                 self._claims = Claims(config.claim_file)
@@ -290,6 +299,14 @@ class NodeServer:
                     lost,
                     self.node.drops(),
                 )
+            note = self.node.life_note(time.time())
+            if note is not None and self.config.state_dir is not None:
+                try:  # (after its last count: the next life tells its peers)
+                    write_note(self.config.state_dir, note)
+                except OSError as exc:
+                    log.warning(
+                        "could not write the life note in %s: %s", self.config.state_dir, exc
+                    )
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()

@@ -69,9 +69,11 @@ async def eventually(
 class Znode:
     """A ``znode run`` subprocess."""
 
-    def __init__(self, endpoint: str, extra: list[str]) -> None:
+    def __init__(self, endpoint: str, extra: list[str], state_dir: str | None = None) -> None:
         self.endpoint = endpoint
         self.extra = extra
+        #: its ``--state-dir`` (a test's own: notes never cross tests)
+        self.state_dir = state_dir
         self.proc: subprocess.Popen[str] | None = None
         self.ready: dict[str, object] = {}
 
@@ -89,6 +91,8 @@ class Znode:
             "WARNING",
             *self.extra,
         ]
+        if self.state_dir is not None and "--state-dir" not in self.extra:
+            cmd += ["--state-dir", self.state_dir]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -136,7 +140,7 @@ def znode(tmp_path: Path) -> Iterator[Callable[..., Znode]]:
     def start(endpoint: str | None = None, *extra: str) -> Znode:
         if endpoint is None:
             endpoint = f"ipc://{tmp_path}/znode-{len(started)}.sock"
-        node = Znode(endpoint, list(extra)).start()
+        node = Znode(endpoint, list(extra), str(tmp_path / "state")).start()
         started.append(node)
         return node
 

@@ -9,6 +9,7 @@ shows). Timing figures are measured and printed; the bounds are the issue's.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -105,6 +106,35 @@ def test_sigtermed_node_is_gone_within_half_a_second(znode: Callable[..., Znode]
     print(f"{n} nodes: SIGTERMed node gone everywhere after {took:.3f} s")
     assert took < 0.5, f"leaving took {took:.3f} s (bound 0.5 s)"
     assert leaver.wait(5) == 0
+
+
+def test_a_node_that_left_says_so_through_its_next_life(znode: Callable[..., Znode]) -> None:
+    """A SIGTERMed node leaves, counts what no peer acknowledged, and notes
+    in its ``--state-dir`` that its life left; the next ``znode run`` of
+    that node on that directory takes the note (once) and tells its peers
+    (``previous_life_left``), so a peer that never heard the leave does not
+    count that life's queue as well (tests/test_routing.py, the simulation).
+    A SIGKILLed node leaves no note."""
+    nodes = start_cluster(znode, 2)
+    wait_for(lambda: converged(nodes, {"node-0", "node-1"}), 10, "the cluster to form")
+    leaver = nodes[1]
+    assert leaver.state_dir is not None
+    [life] = [m["incarnation"] for m in status(leaver)["members"] if m["id"] == "node-1"]
+    leaver.signal(signal.SIGTERM)
+    assert leaver.wait(5) == 0
+    path = os.path.join(leaver.state_dir, "node-1.life.json")
+    with open(path) as f:
+        note = json.load(f)
+    assert (note["node"], note["life"], note["how"]) == ("node-1", life, "left")
+    args = ["--preset", "lan", "--node-id", "node-1", "--peer-endpoint", "tcp://127.0.0.1:0"]
+    args += ["--discovery", "none", "--seed", str(nodes[0].ready["peer"])]
+    again = znode(leaver.endpoint, *args)
+    assert not os.path.exists(path), "taken once"
+    assert status(again)["peer_counters"]["previous_life_left"] == 1
+    wait_for(lambda: converged([nodes[0], again], {"node-0", "node-1"}), 10, "its return")
+    again.signal(signal.SIGKILL)
+    again.wait(5)
+    assert not os.path.exists(path)
 
 
 def test_another_cluster_is_refused(znode: Callable[..., Znode]) -> None:

@@ -31,6 +31,7 @@ from zchannels.node.cli import (
     run_options,
     subcommand,
 )
+from zchannels.node.config import NodeConfig, default_state_dir
 from zchannels.node.config_sources import (
     LIST_SEPARATOR,
     Settings,
@@ -181,6 +182,18 @@ def test_a_boolean_from_each_source(
     found, args = settings(argv, env, toml, tmp_path)
     assert value_and_source(found, "insecure") == expected
     assert node_config(args).insecure is expected[0]
+
+
+def test_the_state_dir_is_the_runtime_dir_unless_given_or_none(tmp_path: Path) -> None:
+    """``znode run`` notes a life that left in its state dir by default (the
+    runtime dir beside its socket); ``none`` (any source) turns it off."""
+    _, args = settings([], {}, "", tmp_path)
+    assert node_config(args).state_dir == default_state_dir()
+    _, args = settings([], {"ZNODE_STATE_DIR": "none"}, "", tmp_path)
+    assert node_config(args).state_dir is None
+    _, args = settings(["--state-dir", str(tmp_path)], {}, 'state_dir = "none"\n', tmp_path)
+    assert node_config(args).state_dir == str(tmp_path)
+    assert NodeConfig().state_dir is None  # (a node made in code writes nothing unasked)
 
 
 def test_the_config_file_is_named_by_flag_or_variable_and_the_flag_wins(tmp_path: Path) -> None:

@@ -425,6 +425,101 @@ def test_a_life_declared_dead_whose_report_says_it_left_is_not_counted() -> None
         assert r.counters["lost_in_dead_nodes"] == counted, says_left
 
 
+def test_a_next_life_says_its_last_one_left_and_no_peer_counts_that_life() -> None:
+    """Kill-free simulation seeds 858 and 3176: n2 left alone in a partition
+    (or behind packet loss), its LEFT and its report after the handover
+    lost; it counted, as it ended, what it could not hand over. n1 declared
+    it dead (5 queued at its last report) and would count those 5 as well
+    when n2's next life came. The next process found its note (``state_dir``)
+    and says that life left in its reports, for as long as a peer may hold
+    the death unsettled: nothing is counted. Without the note: 5."""
+    for noted, counted in ((True, 0), (False, 5)):
+        r, table = survivor("n1")
+        renewed = START + 60 * RESTART_GAP
+        core = NodeCore(CoreSettings("n2", "aaaaaa", str(renewed), 3.0, 1 << 20))
+        n2_table = FakeTable({"n1": START, "n2": renewed}, node_id="n2", incarnation=renewed)
+        next_life = Routing(core, n2_table)  # type: ignore[arg-type]
+        if noted:
+            next_life.previous_left(START + 3, 1.9)  # (refuted thrice before it left)
+        report = next_life._report(2.0)
+        assert (["n2", START + 3] in report.get("left", [])) == noted
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+        r.handle(Load("n2", report), 2.1, Fx())
+        r.tick(100.0, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, noted
+        # said for as long as a peer may hold that death, then no more
+        later = next_life._report(1.9 + next_life.presume_dead_after() - 0.01)
+        assert (["n2", START + 3] in later.get("left", [])) == noted
+        gone = next_life._report(1.9 + next_life.presume_dead_after())
+        assert ["n2", START + 3] not in gone.get("left", [])
+
+
+def test_a_note_of_a_life_not_before_this_one_is_not_said() -> None:
+    core = NodeCore(CoreSettings("n2", "aaaaaa", str(START), 3.0, 1 << 20))
+    r = Routing(core, FakeTable({"n2": START}, node_id="n2"))  # type: ignore[arg-type]
+    r.previous_left(START, 1.0)
+    assert "left" not in r._report(1.5)
+
+
+def test_a_first_survivor_held_dead_by_a_peer_waits_for_that_peers_count() -> None:
+    """Kill-free simulation seed 100 (6 ops): n1 was cut off alone, and n3
+    held it dead; n2 froze, was declared dead, and ended its life in place
+    (5 lost, its fence report). n3, first in its view, counted the report at
+    once; n1 heard it after the heal, after it saw n3 live, first by id in
+    its view: it counted as well. Having refuted its own death, n1 now keeps
+    the count for the answer bound: n3's report says it counted (sent soon
+    after n3 saw n1 back: below), and nothing is counted twice. Nobody
+    says so: n1 counts it then."""
+    for n3_says, counted in ((True, 0), (False, 5)):
+        r, table = survivor("n1")
+        r.on_member_event(
+            MemberEvent(EventKind.REFUTED, "n1", "tcp://n1:1", START + 1, claim=State.DEAD),
+            2.0,
+            Fx(),
+        )
+        renewed = START + RESTART_GAP + 1
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), 2.05, Fx())
+        fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 5]}
+        r.handle(Load("n2", fenced), 2.1, Fx())
+        r.tick(2.1, Fx())
+        assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
+        if n3_says:
+            tally = {
+                "channels": 0,
+                "queued": 0,
+                "drops": {},
+                "tallied": [["n2", START, 1 << 62, 5]],
+            }
+            r.handle(Load("n3", tally), 2.3, Fx())
+        for t in (2.1 + r.answer_within(), 40.0):
+            r.tick(t, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, n3_says
+
+
+def test_a_survivor_that_counted_reports_soon_to_a_peer_it_held_dead_when_it_is_back() -> None:
+    """The other side of seed 100: n3 counted n2's loss while it held n1
+    dead; when n1 is back, a report (with what n3 counted) goes soon, not at
+    the next interval, so n1 hears it before it counts the same."""
+    r, table = survivor("n1")  # (n1 first: it counts n2's 5)
+    r.tick(1.0 + r.presume_dead_after(), Fx())
+    assert r.counters["lost_in_dead_nodes"] == 5
+    t = 1.5 + r.presume_dead_after()
+    r.tick(t, Fx())  # (its report of the count goes)
+    del table.incarnations["n3"]
+    r.on_member_event(MemberEvent(EventKind.DEAD, "n3", "tcp://n3:1", START), t + 0.1, Fx())
+    r.tick(t + 0.2, Fx())
+    deadline = r.next_deadline()
+    table.incarnations["n3"] = START + 1
+    r.on_member_event(MemberEvent(EventKind.ALIVE, "n3", "tcp://n3:1", START + 1), t + 0.3, Fx())
+    assert r.next_deadline() < deadline and r.next_deadline() <= t + 0.3 + r._soon
+    fx = Fx()
+    r.tick(r.next_deadline(), fx)
+    [report] = [m.load for _, m in fx.peers if isinstance(m, Load)]
+    assert report["tallied"][0][:2] == ["n2", START]
+
+
 def test_a_node_that_ended_its_life_in_place_still_reports_the_leaves_it_heard() -> None:
     """Simulation seed 6's second shrink (plans/fence-still-reports-a-leave-
     it-heard.json): n2 left, n1 cut off never heard it and declared it dead;

@@ -489,16 +489,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "group_uncertain 1, under a loaded full run). What it needs: the keeper knowing the "
         "new life has that membership (the group tables replicate counts, not members)",
     ),
-    "leave-alone-in-partition-after-a-short-heal-handover-counted-by-nobody": (
-        "uncounted_loss",
-        "kill-free seed 84's shrink (6 ops; it fails on the code before session 25 too, and "
-        "the seed itself moved into it when a frame to a peer dead here stopped drawing the "
-        "link's jitter): c2's 3 sends queued at n2 while it was cut off alone; a 25 ms heal, "
-        "the partition again, and n2 leaves into it: its handover is never taken, it ends "
-        "counting 0 (left to its peers, which took a report of its after the sends), and n0 "
-        "and n1, which declared it dead and then saw its next life, count none: the leaver-"
-        "alone-in-a-partition family (docs/cluster.md, seeds 250, 266, 283)",
-    ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
@@ -676,7 +666,10 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(10 of 300 seeds: 52, 65, 95, 166, 176, 222, 241, 247, 260, 283, since a dead life is "
+    "(9 of 300 seeds: 52, 65, 95, 166, 176, 222, 241, 247, 260, since a node's next life "
+    "says its last one left, from the note its process leaves in state_dir: seed 283, a "
+    "leaver's queue counted by it and by peers that never heard the leave, passes; "
+    "10 before: 52, 65, 95, 166, 176, 222, 241, 247, 260, 283, since a dead life is "
     "counted by the newest report of it any survivor holds: seed 260's newest report said "
     "8 queued that the killed node had handed over after it, which the first survivor's "
     "older report hid; 9 before: 52, 65, 95, 166, 176, 222, 241, 247, 283, since nodes call their "

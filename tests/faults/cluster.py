@@ -166,6 +166,8 @@ class NodeProc:
         cmd = [sys.executable, "-m", "zchannels.node", "run", "--preset", preset]
         cmd += ["--node-id", self.id, "--client-endpoint", self.endpoint]
         cmd += ["--peer-endpoint", self.peer, "--discovery", "none", "--log-level", "WARNING"]
+        # (its disk: the note a life that left leaves for the next, ``state_dir``)
+        cmd += ["--state-dir", str(self.out / "state")]
         for seed in self.seeds:
             cmd += ["--seed", seed]
         with (

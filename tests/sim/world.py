@@ -154,6 +154,10 @@ class SimNode:
     ready: Readiness | None = None
     #: when the last peer frame arrived (a lingering node waits for quiet)
     peer_heard: float = 0.0
+    #: what its process left on its disk for the next (``state_dir``): the
+    #: note of a life that left, written after its last count (``_depart``),
+    #: taken by the next start; a SIGKILL writes none
+    note: Any = None
 
     @property
     def up(self) -> bool:
@@ -303,6 +307,9 @@ class World:
         except TypeError:
             raise
         self.log(f"start {sn.node_id} inc {incarnation}")
+        note, sn.note = sn.note, None  # (taken, as ``NodeServer.start`` takes it)
+        if note is not None:
+            sn.node.previous_life(note, self.now)
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
             # (every seed, up or not, as the shell's static discovery finds
@@ -389,6 +396,9 @@ class World:
         """A node that left stops: its state goes with it (counted)."""
         assert sn.node is not None
         sn.node.gone(self.now)  # (what no peer acknowledged is counted now)
+        life_note = getattr(sn.node, "life_note", None)
+        if life_note is not None and sn.node.config.state_dir is not None:
+            sn.note = life_note(self.now)  # (as ``NodeServer.stop`` writes it)
         self._gone_drops(sn)
         self.log(f"left {sn.node_id} drops {sn.node.drops()}")
         if self.locus is not None:
@@ -1229,6 +1239,8 @@ def _test_config(clustered: bool) -> Callable[[int, str], NodeConfig]:
             peer_endpoint=address if clustered else None,
             discovery=("none",),
             cluster="sim",
+            # (a node's disk: ``SimNode.note``, never a path on this host)
+            state_dir="sim-disk" if clustered else None,
         )
 
     return make
