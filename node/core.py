@@ -584,7 +584,15 @@ class NodeCore:
                     if not count:
                         continue
                     report = [channel, upto, count, expired]
-            if not local:
+            if not local and not (self._hops and self._handed_here(conn, channel, upto)):
+                # (a report passed on to this node of what this node handed
+                # is its own, whoever owns the channel in its view: passed
+                # on again to the owner it sees, it went round between two
+                # nodes whose views differed until its hops ran out, and the
+                # flight here was never released; kill-free simulation seed
+                # 777, 7 ops: a node that left while a partition cut a peer
+                # off from its LEFT, which served its client's channel in the
+                # meantime)
                 also = self.report_to(conn, channel) if self.report_to is not None else None
                 if also and self._work is not None and not self._handed_here(conn, channel, upto):
                     # (MAX_HOPS: taken there, never passed on to the owner,

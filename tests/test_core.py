@@ -406,6 +406,38 @@ def test_relayed_messages_are_handled_here_after_too_many_hops() -> None:
     assert of_type(out, MsgType.ACK)[0][0] == b"\x00zr1"
 
 
+def test_a_report_passed_on_here_of_what_this_node_handed_is_applied_here() -> None:
+    """Kill-free simulation seed 777 (7 ops): this node handed another
+    node's client deliveries, and its view then changed (the channel is
+    another's to it). The client's report, passed on here by its node,
+    names what this node handed: it releases them here. Passed on to the
+    owner this node sees, it went round between two nodes whose views
+    differed until its hops ran out, and the flight here stayed, to be
+    counted lost though the client took it. A report of numbers this node
+    never handed is passed on, as before."""
+    core = make_core()
+    core.route = lambda channel: None  # (this node's, for now)
+    remote = Session("n3@7/cccccccccc", 0, Policy(60.0), 0.0)
+    vconn = b"\x00zr1"
+    core.handle_relayed(vconn, remote, ((MsgType.RECV, ("asgi|c", 5)),), 1, 0.0, ClusterWork())
+    hello(core, A, SA)
+    out = core.handle(A, [(MsgType.SEND, (1, "asgi|c", b"x", 10))], 0.1, ClusterWork())
+    [(_, (_, (_, items)))] = [o for o in out if o[0] == vconn and o[1][0] == MsgType.DELIVER]
+    seq = items[0][2]
+    assert core.queues.flight_seqs(vconn) == {"asgi|c": {seq}}
+    core.route = lambda channel: "n2"  # (its view moved: another owns it now)
+    work = ClusterWork()
+    report = (MsgType.CONSUMED, ([["asgi|c", seq + 5, 1, 0]],))
+    core.handle_relayed(vconn, remote, (report,), 1, 0.2, work)
+    assert work.relays and core.queues.flight_seqs(vconn), "not ours: passed on"
+    work = ClusterWork()
+    report = (MsgType.CONSUMED, ([["asgi|c", seq, 1, 0]],))
+    core.handle_relayed(vconn, remote, (report,), 1, 0.3, work)
+    assert not work.relays, "applied here"
+    assert core.queues.flight_seqs(vconn) == {}
+    assert not any(core.drops().values())
+
+
 def test_no_live_owner_counts_the_send_as_dead_owner() -> None:
     core = make_core()
     core.route = lambda channel: ""
