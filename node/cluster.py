@@ -831,7 +831,11 @@ class ClusterNode:
         taken = sum(_units(item.peer) for item in self._held if item.kind == "peer")
         if self.routing is not None:  # (and relays its routing held: ``Routing._hold``)
             taken += sum(_units(relay) for relay in self.routing.held_relays())
-        parked = self.routing.parked_count() if self.routing is not None else 0
+        parked = 0
+        if self.routing is not None:
+            # (what the parks' clients said in the relays it held: seed 6966)
+            self.routing.settle_parked_held(item.peer for item in self._held if item.kind == "peer")
+            parked = self.routing.parked_count()
         # (and what it handed clients its peers said are gone while it
         # stalled: told it, they count nothing; it would have counted it
         # as it read that, and the next life drops those messages unread.

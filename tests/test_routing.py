@@ -1505,6 +1505,54 @@ def test_a_parked_delivery_given_back_goes_where_its_number_says() -> None:
     assert core.drops()["receiver_gone"] == 0
 
 
+def test_a_fence_counts_of_its_parks_what_the_held_relays_do_not_settle() -> None:
+    """Kill-free simulation seed 6966 (27 ops): a frozen owner had parked 3
+    deliveries to a client of a node it held dead, and held that client's
+    relays unread when it ended its life in place: one reports two taken
+    (not lost), one gives the third back (the fence counts held give-backs
+    lost, as ``returned``: not again as parked). Nothing is left parked."""
+    r, core, _, seqs = _declared_dead_with_three_in_flight()
+    assert r.parked_count() == 3
+    took = Relay(
+        "n2",
+        START,
+        b"client-1",
+        "tagtagtag0",
+        60.0,
+        1,
+        ((MsgType.CONSUMED, ([["asgi|c", seqs[1], 2, 0]],)),),
+        1.5,
+    )
+    gave = Relay(
+        "n2",
+        START,
+        b"client-1",
+        "tagtagtag0",
+        60.0,
+        1,
+        ((MsgType.RETURN, (0, "asgi|c", [[b"m2", 60.0, seqs[2]]], 0)),),
+        1.6,
+    )
+    other = Relay(
+        "n2",
+        START,
+        b"client-2",
+        "tagtagtag1",
+        60.0,
+        1,
+        ((MsgType.CONSUMED, ([["asgi|c", seqs[2], 1, 0]],)),),
+        1.6,
+    )
+    r.settle_parked_held([other])
+    assert r.parked_count() == 3, "another client's report settles nothing"
+    r.settle_parked_held([took])
+    assert r.parked_count() == 1
+    r.settle_parked_held([gave])
+    assert r.parked_count() == 0
+    assert core.queues.length("asgi|c") == 0, "not queued again: the fence counts it"
+    assert not any(core.drops().values())
+
+
 def test_what_a_client_of_a_node_declared_dead_held_is_counted_when_it_goes() -> None:
     r, core, _, _ = _declared_dead_with_three_in_flight()
     r.handle(ConnGone("n2", START, (b"client-1",)), 2.0, Fx())
