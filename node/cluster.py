@@ -165,6 +165,30 @@ def _handed_back(msgs: Iterable[object]) -> int:
     return sum(n for key, n in delivered.items() if key in moved)
 
 
+def _unread_deliveries(msgs: Iterable[object]) -> dict[tuple[str, bytes], dict[str, list[int]]]:
+    """Deliveries to our clients, among peer messages held for a life that
+    ends in place, whose owner kept their credit (``_handed_back`` counts
+    the others): (owner, our client's connection) -> channel -> their
+    numbers. Plain deliveries only (group copies carry no owner number)."""
+    unread: dict[tuple[str, bytes], dict[str, list[int]]] = {}
+    moved: set[tuple[str, bytes, str]] = set()
+    for msg in msgs:
+        if isinstance(msg, RelayBack):
+            for mtype, fields in msg.messages:
+                if mtype == MsgType.RECV:
+                    moved.add((msg.source, msg.conn, fields[0]))
+    for msg in msgs:
+        if not isinstance(msg, RelayBack):
+            continue
+        for mtype, fields in msg.messages:
+            if mtype == MsgType.DELIVER and (msg.source, msg.conn, fields[0]) not in moved:
+                seqs = [i[2] for i in fields[1] if isinstance(i, list) and type(i[-1]) is int]
+                if seqs:
+                    mine = unread.setdefault((msg.source, msg.conn), {})
+                    mine.setdefault(fields[0], []).extend(seqs)
+    return unread
+
+
 class _Unheard(NamedTuple):
     """A message that told ``node`` what a client did with its flight there
     (for ``Routing.relay_lost``, if ``node`` says it never took it)."""
@@ -666,8 +690,8 @@ class ClusterNode:
         if self.links.for_past_life:
             self._hand_backs_for_past_life(self.links.for_past_life, now)
             if self.routing is not None:
-                self.routing.gone_to_ended_life(
-                    m for m in self.links.for_past_life if isinstance(m, ConnGone)
+                self.routing.told_ended_life(
+                    [m for m in self.links.for_past_life if isinstance(m, ConnGone | RelayLost)]
                 )
             self.links.for_past_life = []
         for msg in taken:
@@ -878,6 +902,9 @@ class ClusterNode:
         handed_back = _handed_back(held)
         if handed_back:
             self.counters["handed_back_held_lost"] += handed_back
+        # (the rest: their owners' to count, told as a link's lost
+        # give-backs are, below)
+        unread = _unread_deliveries(held)
         lost = queues.queued() + returned + taken + parked + bounced + handed_back
         old = self.incarnation
         new = max(table.incarnation, old) + RESTART_GAP + 1
@@ -906,6 +933,20 @@ class ClusterNode:
         if before is not None and self.routing is not None:
             self.routing.carry_counts(before)
             self.routing.ended_flight(flight, now)
+        for (owner, conn), numbered in unread.items():
+            # Deliveries to our clients this life held unread: dropped with
+            # it, never handed to them. The owner kept their credit, and
+            # parks or holds them in its flight (or its next life does, if
+            # it ended its own life too): told that the client gave them
+            # back and that was lost, it counts them once, as it counts a
+            # give-back a link lost (``RelayLost``). Kill-free simulation
+            # seed 1009, 7 ops: the client's node and the owner froze, and
+            # both ended their lives at the same thaw; the deliveries the
+            # owner sent before it froze, held by the client's node,
+            # were counted by nobody.
+            back = tuple((name, tuple(numbers)) for name, numbers in numbered.items())
+            fx.peers.append((owner, RelayLost(self.node_id, old, conn, (), back)))
+            self.counters["unread_deliveries_told"] += sum(len(n) for n in numbered.values())
         self.core.start(now)
         if self.replication is not None:
             self.replication.started(now)

@@ -1632,7 +1632,7 @@ def test_deliveries_a_past_life_never_took_go_back_to_the_queue_and_out_again() 
     assert not any(core.drops().values()), core.drops()
 
 
-def test_a_gone_told_to_a_life_that_ended_unread_counts_its_flight_there_once() -> None:
+def test_what_is_told_to_a_life_that_ended_unread_of_its_flight_is_counted_once() -> None:
     """Simulation seed 7980, 8 ops: n2's client died holding deliveries of
     this node's life, which ended in place (a fence) before it read n2's
     ConnGone. n2 counts nothing (it told the owner), the ended life counted
@@ -1649,11 +1649,18 @@ def test_a_gone_told_to_a_life_that_ended_unread_counts_its_flight_there_once() 
         1.0,
     )
     gone = ConnGone("n2", START + 7, (b"client-1",))
-    assert r.gone_to_ended_life([gone]) == 3
+    assert r.told_ended_life([gone]) == 3
     assert core.drops()["receiver_gone"] == 3
-    assert r.gone_to_ended_life([gone]) == 0
+    assert r.told_ended_life([gone]) == 0
     assert core.drops()["receiver_gone"] == 3
     assert r._ended_flight == {("n2", b"client-2"): {"asgi|c": {5}}}
+    # Kill-free seed 1009: n2's life ended in place holding the deliveries
+    # unread; its next life tells what it held (a give-back lost): counted
+    # once, dead_owner, only what the ended life had in flight to it.
+    told = RelayLost("n2", START + 7, b"client-2", (), (("asgi|c", (5, 6)),))
+    assert r.told_ended_life([told]) == 1
+    assert core.drops()["dead_owner"] == 1
+    assert r.told_ended_life([told]) == 0
 
 
 def test_credit_sent_again_after_a_hello_is_taken_once() -> None:
