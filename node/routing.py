@@ -482,6 +482,11 @@ class Routing:
         #: this node declared dead too is not settled yet (``_settle_death``)
         #: -> whether this node was the one to count it then
         self._deferred: dict[str, bool] = {}
+        #: node -> the death of a life of it (its ``_provisional`` entry, and
+        #: ``_deferred``'s) whose next life was declared dead before any
+        #: report of it came: how it ended waits for that life's reports
+        #: (``_settle_earlier_life``)
+        self._earlier: dict[str, tuple[tuple[int, int, float, int], bool | None]] = {}
         #: more for the load report (the node's links: how far it took each)
         self.report_extra: Callable[[], dict[str, Any]] = dict
         #: when the last load report went, and the queues' sequence number then
@@ -1683,6 +1688,8 @@ class Routing:
                         self._heard_held(node, life, no, lost, now)
                     for node, life in load.pop("left", ()):
                         self._left_elsewhere_said(node, life, now)
+                    if msg.origin in self._earlier:
+                        self._heard_after_earlier(msg.origin, now)
                     self._settle_death(msg.origin, fenced, now)
                     self._settle_deferred(now)
                     if msg.origin in self._credit_for_new_life:
@@ -2588,7 +2595,7 @@ class Routing:
         if newer is not None and _same_life(newer[0], incarnation) and newer[1] > no:
             _, no, lost = newer
         if died:  # (every survivor: which one counts is decided at the count)
-            self._settle_earlier_life(node, incarnation, now)
+            self._settle_earlier_life(node, incarnation, now, heard=bool(load))
             until = now + self.presume_dead_after()
             self._provisional[node] = (incarnation, lost, until, no)
         if not died:
@@ -2732,6 +2739,7 @@ class Routing:
         self._left_elsewhere.update(old._left_elsewhere)
         self._deferred.update(old._deferred)
         self._previous_left = old._previous_left
+        self._earlier.update(old._earlier)
 
     def _count_dead(
         self,
@@ -2826,6 +2834,7 @@ class Routing:
         (``_count_dead``)."""
         held = [[n, p[0], p[3], p[1]] for n, p in self._provisional.items()]
         held += [[n, k[2], k[3], k[0]] for n, k in self._count_later.items()]
+        held += [[n, p[0], p[3], p[1]] for n, (p, _) in self._earlier.items()]
         return held
 
     def _heard_held(self, node: str, life: int, no: int, lost: int, now: float) -> None:
@@ -2842,6 +2851,10 @@ class Routing:
         kept = self._count_later.get(node)
         if kept is not None and _same_life(kept[2], life) and no > kept[3]:
             self._count_later[node] = (lost, kept[1], kept[2], no)
+        waiting = self._earlier.get(node)
+        if waiting is not None and _same_life(waiting[0][0], life) and no > waiting[0][3]:
+            earlier = waiting[0]
+            self._earlier[node] = ((earlier[0], lost, earlier[2], no), waiting[1])
         tally = self._tally_of(node, life)
         if tally is not None and no > tally[0]:
             self._count_dead(node, tally[2][1], lost, now, first=True, no=no)
@@ -2854,13 +2867,15 @@ class Routing:
             if no > newer[1] or not _same_life(newer[0], life):
                 self._newer_reports[node] = (life, no, lost)
 
-    def _settle_earlier_life(self, node: str, life: int, now: float) -> None:
+    def _settle_earlier_life(self, node: str, life: int, now: float, heard: bool = True) -> None:
         """``node``'s life ``life`` is declared dead while the death of an
         earlier life of it is not settled here (this node was frozen
         through both, or the earlier one's next life died before its first
         report came): that life ended, and is counted as one seen to end
         unseen is, by its last reported queue, before its count gives way
-        to the next life's (one per node). Before, it was dropped, and a
+        to the next life's (one per node); unless no report of ``life``
+        came (``heard``): it would say whether the earlier one left, and
+        the earlier one waits for it (``_earlier``). Before, it was dropped, and a
         newer report of it a peer held counted by nobody (simulation
         plans/lost-then-delivered.json, which passed only because its first
         survivor, ending its own life in place, counted the first life's
@@ -2870,9 +2885,35 @@ class Routing:
             return
         del self._provisional[node]
         first = self._deferred.pop(node, None)
+        if not heard:
+            # No report of the next life came: it would have said whether
+            # that life left (``previous_left``). It waits, for that life's
+            # reports once it is back, or for the earlier one's presumption
+            # (kill-free simulation seed 1272, 6 ops: a node that left
+            # behind 60 % loss came back into the same loss, and was
+            # declared dead before any report of its next life came: its
+            # peers counted the life that left by its last report).
+            self._earlier[node] = (provisional, first)
+            return
+        self._count_earlier(node, provisional, first, now)
+
+    def _count_earlier(
+        self, node: str, provisional: tuple[int, int, float, int], first: bool | None, now: float
+    ) -> None:
+        """Count an earlier life's death as ``_settle_earlier_life`` does."""
         if not self._left(node, provisional[0]):
             self._ended[(node, provisional[0])] = provisional[1]
             self._count_dead(node, provisional[0], provisional[1], now, first, provisional[3])
+
+    def _heard_after_earlier(self, node: str, now: float, presumed: bool = False) -> None:
+        """A report of ``node`` came after its ``left`` were taken (or the
+        earlier life's presumption ran out): an earlier life waiting for
+        one (``_earlier``) that it did not say left is counted."""
+        waiting = self._earlier.get(node)
+        if waiting is None or (presumed and waiting[0][2] > now):
+            return
+        del self._earlier[node]
+        self._count_earlier(node, waiting[0], waiting[1], now)
 
     def _counted_by_other(
         self, node: str, life: int, now: float, no: int = EXACT, total: int = 1 << 62
@@ -2917,6 +2958,9 @@ class Routing:
         if node == self.me:
             return
         self._left_elsewhere.setdefault((node, life), now + GONE_MEMORY)
+        waiting = self._earlier.get(node)
+        if waiting is not None and _same_life(waiting[0][0], life):
+            del self._earlier[node]
         provisional = self._provisional.get(node)
         if provisional is not None and _same_life(provisional[0], life):
             del self._provisional[node]
@@ -3267,6 +3311,8 @@ class Routing:
             deadline = min(deadline, max(self._last_load, self._ticked_at) + self._soon)
         for provisional in self._provisional.values():
             deadline = min(deadline, provisional[2])
+        for provisional, _ in self._earlier.values():
+            deadline = min(deadline, provisional[2])
         if self._sweep_at is not None:
             deadline = min(deadline, self._sweep_at)
         # (every deadline is "when made + the bound then", and dicts keep
@@ -3364,6 +3410,8 @@ class Routing:
             self._check_credit(now, fx)
         for node in [n for n, p in self._provisional.items() if p[2] <= now]:
             self._settle_death(node, None, now, presumed=True)
+        for node in list(self._earlier):
+            self._heard_after_earlier(node, now, presumed=True)
         if self._deferred:
             self._settle_deferred(now)
         for node, (lost, until, dead_life, no) in list(self._count_later.items()):
