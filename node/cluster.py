@@ -691,7 +691,7 @@ class ClusterNode:
             self._hand_backs_for_past_life(self.links.for_past_life, now)
             if self.routing is not None:
                 self.routing.told_ended_life(
-                    [m for m in self.links.for_past_life if isinstance(m, ConnGone | RelayLost)]
+                    [m for m in self.links.for_past_life if isinstance(m, ConnGone)]
                 )
             self.links.for_past_life = []
         for msg in taken:
@@ -945,7 +945,10 @@ class ClusterNode:
             # owner sent before it froze, held by the client's node,
             # were counted by nobody.
             back = tuple((name, tuple(numbers)) for name, numbers in numbered.items())
-            fx.peers.append((owner, RelayLost(self.node_id, old, conn, (), back)))
+            told = RelayLost(self.node_id, old, conn, (), back)
+            fx.peers.append((owner, told))
+            if self.routing is not None:  # (if no life of the owner takes it: here)
+                self.routing.count_if_unheard(told)
             self.counters["unread_deliveries_told"] += sum(len(n) for n in numbered.values())
         self.core.start(now)
         if self.replication is not None:

@@ -1535,43 +1535,37 @@ class Routing:
         self._ended_flight_until = now + GONE_MEMORY
 
     def told_ended_life(self, msgs: list[ClusterMessage]) -> int:
-        """Messages that came for the life before this one, which ended in
-        place before it read them (``links`` refused them), about its flight
-        to other nodes' clients, which this life was handed
-        (``ended_flight``): no client holds what they name, and no count has
-        it (their nodes told that life, and count nothing). Counted here,
-        once (a copy finds nothing left):
-
-        - ``ConnGone``: the client's whole flight, ``receiver_gone``
-          (simulation seed 7980, 8 ops: a consumer of another node died
-          holding 4 deliveries of this frozen owner, whose thaw refuted its
-          death, so its peer sent the ``ConnGone``, but it ended the life in
-          the same step);
-        - ``RelayLost``: what it says the client gave back and was lost,
-          ``dead_owner``, as ``_on_relay_lost`` counts it (kill-free seed
-          1009, 7 ops: the client's node and the owner froze and ended
-          their lives at the same thaw; the client's node tells what it held
-          unread of the owner's deliveries, ``ClusterNode._fence``)."""
+        """``ConnGone`` that came for the life before this one, which ended
+        in place before it read them (``links`` refused them): what that
+        life had in flight to those clients (``ended_flight``) no client
+        holds, and no count has (their nodes told that life, and count
+        nothing; it counted only the ``ConnGone`` it held unread,
+        ``gone_flight``). Counted here, ``receiver_gone``, once: a copy finds
+        nothing left. Simulation seed 7980, 8 ops: a consumer of another
+        node died holding 4 deliveries of this frozen owner, whose thaw
+        refuted its death, so its peer sent the ``ConnGone``, but it ended
+        the life in the same step. (A ``RelayLost`` for that life is its
+        sender's to count, if it counts it at all: ``count_if_unheard``.)"""
         gone = 0
         for origin, _inc, conn in gone_clients(msgs):
             flight = self._ended_flight.pop((origin, conn), None)
             if flight:
                 gone += sum(len(seqs) for seqs in flight.values())
-        lost = 0
-        for msg in msgs:
-            if isinstance(msg, RelayLost):
-                flight = self._ended_flight.get((msg.origin, msg.conn), {})
-                for name, numbers in msg.returned:
-                    ended = flight.get(name, set())
-                    lost += sum(1 for q in set(numbers) if q in ended)
-                    ended.difference_update(numbers)
         if gone:
             self.core.queues.counters.dropped_receiver_gone += gone
             self.counters["gone_to_ended_life"] += gone
-        if lost:
-            self.core.counters.dropped_dead_owner += lost
-            self.counters["returns_lost_to_ended_life"] += lost
-        return gone + lost
+        return gone
+
+    def count_if_unheard(self, msg: RelayLost) -> None:
+        """``msg`` tells its owner what it counts (given back and lost):
+        if its frame is never taken by the owner's life (``relay_unheard``:
+        a life that ended, a new process), it is counted here instead, as a
+        refusal told to an owner is (``ClusterNode._fence``'s unread
+        deliveries: kill-free seed 1009; told to a life that ended in place
+        too, and counted by both, 10,000 seed 3158)."""
+        self._refusals_told[msg] = None
+        while len(self._refusals_told) > MAX_GONE_UNHEARD:
+            del self._refusals_told[next(iter(self._refusals_told))]
 
     def settle_parked_held(self, msgs: Iterable[ClusterMessage]) -> None:
         """For a life ending in place (``ClusterNode._fence``), before it

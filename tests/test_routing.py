@@ -1689,13 +1689,25 @@ def test_what_is_told_to_a_life_that_ended_unread_of_its_flight_is_counted_once(
     assert r.told_ended_life([gone]) == 0
     assert core.drops()["receiver_gone"] == 3
     assert r._ended_flight == {("n2", b"client-2"): {"asgi|c": {5}}}
-    # Kill-free seed 1009: n2's life ended in place holding the deliveries
-    # unread; its next life tells what it held (a give-back lost): counted
-    # once, dead_owner, only what the ended life had in flight to it.
+    # A RelayLost for that life is its sender's to count (10,000 seed 3158:
+    # a refusal told to a life that ended in place, counted by both)
     told = RelayLost("n2", START + 7, b"client-2", (), (("asgi|c", (5, 6)),))
-    assert r.told_ended_life([told]) == 1
-    assert core.drops()["dead_owner"] == 1
     assert r.told_ended_life([told]) == 0
+    assert core.drops()["dead_owner"] == 0
+
+
+def test_what_a_fence_tells_an_owner_it_held_unread_is_counted_here_if_never_taken() -> None:
+    """Kill-free seed 1009: a life ending in place tells each owner the
+    deliveries it held unread (given back, lost: the owner counts them); if
+    no life of the owner ever takes that frame (its own life ended in place
+    too), this node counts them, as it counts a refusal it told."""
+    r, core, _ = routing()
+    told = RelayLost("n1", START, b"client-1", (), (("asgi|c", (5, 6)),))
+    r.count_if_unheard(told)
+    r.relay_unheard(told)
+    assert core.drops()["dead_owner"] == 2
+    r.relay_unheard(told)
+    assert core.drops()["dead_owner"] == 2
 
 
 def test_credit_sent_again_after_a_hello_is_taken_once() -> None:
