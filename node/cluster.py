@@ -936,19 +936,19 @@ class ClusterNode:
         for (owner, conn), numbered in unread.items():
             # Deliveries to our clients this life held unread: dropped with
             # it, never handed to them. The owner kept their credit, and
-            # parks or holds them in its flight (or its next life does, if
-            # it ended its own life too): told that the client gave them
-            # back and that was lost, it counts them once, as it counts a
-            # give-back a link lost (``RelayLost``). Kill-free simulation
-            # seed 1009, 7 ops: the client's node and the owner froze, and
-            # both ended their lives at the same thaw; the deliveries the
-            # owner sent before it froze, held by the client's node,
-            # were counted by nobody.
+            # parks or holds them in its flight: told that the client gave
+            # them back and that was lost, it counts them once, as it counts
+            # a give-back a link lost (``RelayLost``; kill-free simulation
+            # seeds 4113 and 7466). If no life of the owner takes it (it
+            # left, or ended its life in place too) nobody counts them:
+            # counted here then, the owner counted them as well whenever it
+            # had parked them (CI seed 81; 18 seeds of the 10,000), and the
+            # owner's next life counting them counted a refusal twice (seed
+            # 3158). Seed 1009 (7 ops, a known failing plan): the client's
+            # node and the owner froze and ended their lives at the same
+            # thaw.
             back = tuple((name, tuple(numbers)) for name, numbers in numbered.items())
-            told = RelayLost(self.node_id, old, conn, (), back)
-            fx.peers.append((owner, told))
-            if self.routing is not None:  # (if no life of the owner takes it: here)
-                self.routing.count_if_unheard(told)
+            fx.peers.append((owner, RelayLost(self.node_id, old, conn, (), back)))
             self.counters["unread_deliveries_told"] += sum(len(n) for n in numbered.values())
         self.core.start(now)
         if self.replication is not None:

@@ -1545,7 +1545,8 @@ class Routing:
         node died holding 4 deliveries of this frozen owner, whose thaw
         refuted its death, so its peer sent the ``ConnGone``, but it ended
         the life in the same step. (A ``RelayLost`` for that life is its
-        sender's to count, if it counts it at all: ``count_if_unheard``.)"""
+        sender's to count, if it counts it at all: a refusal,
+        ``relay_unheard``.)"""
         gone = 0
         for origin, _inc, conn in gone_clients(msgs):
             flight = self._ended_flight.pop((origin, conn), None)
@@ -1555,17 +1556,6 @@ class Routing:
             self.core.queues.counters.dropped_receiver_gone += gone
             self.counters["gone_to_ended_life"] += gone
         return gone
-
-    def count_if_unheard(self, msg: RelayLost) -> None:
-        """``msg`` tells its owner what it counts (given back and lost):
-        if its frame is never taken by the owner's life (``relay_unheard``:
-        a life that ended, a new process), it is counted here instead, as a
-        refusal told to an owner is (``ClusterNode._fence``'s unread
-        deliveries: kill-free seed 1009; told to a life that ended in place
-        too, and counted by both, 10,000 seed 3158)."""
-        self._refusals_told[msg] = None
-        while len(self._refusals_told) > MAX_GONE_UNHEARD:
-            del self._refusals_told[next(iter(self._refusals_told))]
 
     def settle_parked_held(self, msgs: Iterable[ClusterMessage]) -> None:
         """For a life ending in place (``ClusterNode._fence``), before it

@@ -1696,20 +1696,6 @@ def test_what_is_told_to_a_life_that_ended_unread_of_its_flight_is_counted_once(
     assert core.drops()["dead_owner"] == 0
 
 
-def test_what_a_fence_tells_an_owner_it_held_unread_is_counted_here_if_never_taken() -> None:
-    """Kill-free seed 1009: a life ending in place tells each owner the
-    deliveries it held unread (given back, lost: the owner counts them); if
-    no life of the owner ever takes that frame (its own life ended in place
-    too), this node counts them, as it counts a refusal it told."""
-    r, core, _ = routing()
-    told = RelayLost("n1", START, b"client-1", (), (("asgi|c", (5, 6)),))
-    r.count_if_unheard(told)
-    r.relay_unheard(told)
-    assert core.drops()["dead_owner"] == 2
-    r.relay_unheard(told)
-    assert core.drops()["dead_owner"] == 2
-
-
 def test_credit_sent_again_after_a_hello_is_taken_once() -> None:
     """Soak seeds 1741 and 5060: a client's credit went plain to an owner
     its node had never heard a hello from, and was lost in a partition; the

@@ -489,15 +489,18 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "group_uncertain 1, under a loaded full run). What it needs: the keeper knowing the "
         "new life has that membership (the group tables replicate counts, not members)",
     ),
-    "deliveries-a-leaver-parked-counted-by-it-and-by-the-fenced-client-node-it-was-told-by": (
-        "overcounted",
-        "CI seed 81's shrink (6 ops; it passes on 3bb418a, before a fence told owners what it "
-        "held unread): c1's node n1 froze holding 7 deliveries of n2 unread; n2 declared n1 "
-        "dead, parked them and left, counting them as its process ended; n1 ended its life at "
-        "its thaw and told n2 (RelayLost), which no life of n2 took, so n1 counted them too "
-        "(count_if_unheard). Whether the owner counted (it parked them, or left, or was killed: "
-        "its last report has them) or not (it ended its life in place with them in flight: seed "
-        "1009) is the owner's to say; the RelayLost carries no mark of it",
+    "deliveries-held-unread-by-a-node-that-ended-its-life-as-their-owner-did-counted-by-nobody": (
+        "uncounted_loss",
+        "kill-free seed 1009's shrink (7 ops): the consumer's node and the channel's owner froze "
+        "and both ended their lives in place at the same thaw; the owner's 2 deliveries, held "
+        "unread by the consumer's node, were dropped with its life. It tells the owner "
+        "(RelayLost), which no life of the owner takes, and the owner's fence handed them to "
+        "its next life as flight to other nodes' clients, uncounted. Counting them at the "
+        "fenced node when no life of the owner takes the frame (39c6d12) counted them twice "
+        "where the owner had parked them (CI seed 81, 18 seeds of the 10,000); counting them at "
+        "the owner's next life counted refusals twice (seed 3158). What it needs: the RelayLost "
+        "saying whether its sender counts it if unheard, or the owner's fence saying what it "
+        "parked",
     ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
@@ -676,10 +679,7 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(10 of 300 seeds: 52, 65, 81, 95, 166, 176, 222, 241, 247, 260, since a fence tells "
-    "owners what it held unread and counts it if no life of theirs takes it: seed 81, "
-    "plans/deliveries-a-leaver-parked-counted-by-it-and-by-the-fenced-client-node-it-was-"
-    "told-by.json; 9 before: 52, 65, 95, 166, 176, 222, 241, 247, 260, since a node's next life "
+    "(9 of 300 seeds: 52, 65, 95, 166, 176, 222, 241, 247, 260, since a node's next life "
     "says its last one left, from the note its process leaves in state_dir: seed 283, a "
     "leaver's queue counted by it and by peers that never heard the leave, passes; "
     "10 before: 52, 65, 95, 166, 176, 222, 241, 247, 260, 283, since a dead life is "
