@@ -340,6 +340,17 @@ def survivor(me: str) -> tuple[Routing, FakeTable]:
     return r, table
 
 
+def n2_ended_in_place(
+    r: Routing, table: FakeTable, renewed: int, lost: int, seen: float, reported: float
+) -> None:
+    """n2 is seen (at ``seen``) in the life after one it ended in place,
+    and its fence report (at ``reported``) says that life lost ``lost``."""
+    table.incarnations["n2"] = renewed
+    r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), seen, Fx())
+    fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, lost]}
+    r.handle(Load("n2", fenced), reported, Fx())
+
+
 def test_what_died_with_a_node_is_counted_once_by_one_survivor() -> None:
     """Never heard of again: its last reported queue is counted lost, after
     ``presume_dead_after``, by the first survivor by id only."""
@@ -510,11 +521,7 @@ def test_a_first_survivor_held_dead_by_a_peer_waits_for_that_peers_count() -> No
             2.0,
             Fx(),
         )
-        renewed = START + RESTART_GAP + 1
-        table.incarnations["n2"] = renewed
-        r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), 2.05, Fx())
-        fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 5]}
-        r.handle(Load("n2", fenced), 2.1, Fx())
+        n2_ended_in_place(r, table, START + RESTART_GAP + 1, 5, 2.05, 2.1)
         r.tick(2.1, Fx())
         assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
         if n3_says:
@@ -857,11 +864,7 @@ def test_a_fence_report_waits_for_a_peer_declared_dead_that_would_count_first() 
         r, table = survivor("n3")
         del table.incarnations["n1"]
         r.on_member_event(MemberEvent(EventKind.DEAD, "n1", "tcp://n1:1", START), 1.1, Fx())
-        renewed = START + RESTART_GAP + 5
-        table.incarnations["n2"] = renewed
-        r.on_member_event(MemberEvent(EventKind.UPDATED, "n2", "tcp://n2:1", renewed), 2.0, Fx())
-        fenced = {"channels": 0, "queued": 0, "drops": {}, "fenced": [START, 7]}
-        r.handle(Load("n2", fenced), 2.0, Fx())
+        n2_ended_in_place(r, table, START + RESTART_GAP + 5, 7, 2.0, 2.0)
         r.tick(2.1, Fx())
         assert r.counters["lost_in_dead_nodes"] == 0, "n1 may count it"
         if n1_counts:  # (the partition healed: n1 back in its life, it counted)
