@@ -138,7 +138,7 @@ def _returned(msg: object) -> int:
     return sum(len(fields[2]) for mtype, fields in msg.messages if mtype == MsgType.RETURN)
 
 
-def _handed_back(msgs: Iterable[object]) -> int:
+def _handed_back(msgs: list[object]) -> int:
     """Deliveries to our clients, among peer messages held for a life that
     ends in place, whose owner handed the channel on and gave their credit
     back in them too: it counts them nowhere after that (``Queues.take``),
@@ -148,7 +148,7 @@ def _handed_back(msgs: Iterable[object]) -> int:
     ended its life at its thaw). Those whose owner kept them (no hand-back)
     it parked as it declared this life dead, and counts itself."""
     delivered: dict[tuple[str, bytes, str], int] = {}
-    moved: set[tuple[str, bytes, str]] = set()
+    moved = _credit_handed_back(msgs)
     for msg in msgs:
         if not isinstance(msg, RelayBack):
             continue
@@ -160,23 +160,29 @@ def _handed_back(msgs: Iterable[object]) -> int:
                 for channel in fields[0]:
                     key = (msg.source, msg.conn, channel)
                     delivered[key] = delivered.get(key, 0) + 1
-            elif mtype == MsgType.RECV:
-                moved.add((msg.source, msg.conn, fields[0]))
     return sum(n for key, n in delivered.items() if key in moved)
 
 
-def _unread_deliveries(msgs: Iterable[object]) -> dict[tuple[str, bytes], dict[str, list[int]]]:
+def _credit_handed_back(msgs: Iterable[object]) -> set[tuple[str, bytes, str]]:
+    """(owner, our client's connection, channel) of each credit an owner
+    handed back among ``msgs`` (a ``RECV`` in a ``RelayBack``: it handed
+    the channel on)."""
+    return {
+        (msg.source, msg.conn, fields[0])
+        for msg in msgs
+        if isinstance(msg, RelayBack)
+        for mtype, fields in msg.messages
+        if mtype == MsgType.RECV
+    }
+
+
+def _unread_deliveries(msgs: list[object]) -> dict[tuple[str, bytes], dict[str, list[int]]]:
     """Deliveries to our clients, among peer messages held for a life that
     ends in place, whose owner kept their credit (``_handed_back`` counts
     the others): (owner, our client's connection) -> channel -> their
     numbers. Plain deliveries only (group copies carry no owner number)."""
     unread: dict[tuple[str, bytes], dict[str, list[int]]] = {}
-    moved: set[tuple[str, bytes, str]] = set()
-    for msg in msgs:
-        if isinstance(msg, RelayBack):
-            for mtype, fields in msg.messages:
-                if mtype == MsgType.RECV:
-                    moved.add((msg.source, msg.conn, fields[0]))
+    moved = _credit_handed_back(msgs)
     for msg in msgs:
         if not isinstance(msg, RelayBack):
             continue
@@ -846,20 +852,15 @@ class ClusterNode:
         more than a refutation above), which its clients see as a restart:
         they register again and re-assert their memberships."""
         table, _, _ = self._cluster()
+        held = [item.peer for item in self._held if item.kind == "peer"]
         # Lost with this life: what it queued, and what receivers gave back
         # to it while it was stalled (their nodes count on it to requeue
         # them; sends relayed to it are counted by their origins instead).
-        returned = sum(_returned(item.peer) for item in self._held if item.kind == "peer")
+        returned = sum(_returned(msg) for msg in held)
         # (and what peers' links brought that only they would count, had
         # this life not taken it: reserved sends, handed-over items)
-        taken = sum(_units(item.peer) for item in self._held if item.kind == "peer")
-        if self.routing is not None:  # (and relays its routing held: ``Routing._hold``)
-            taken += sum(_units(relay) for relay in self.routing.held_relays())
+        taken = sum(_units(msg) for msg in held)
         parked = 0
-        if self.routing is not None:
-            # (what the parks' clients said in the relays it held: seed 6966)
-            self.routing.settle_parked_held(item.peer for item in self._held if item.kind == "peer")
-            parked = self.routing.parked_count()
         # (and what it handed clients its peers said are gone while it
         # stalled: told it, they count nothing; it would have counted it
         # as it read that, and the next life drops those messages unread.
@@ -868,11 +869,15 @@ class ClusterNode:
         gone_flight = 0
         flight: ClientFlights = {}
         if self.routing is not None:
-            held_peer = [item.peer for item in self._held if item.kind == "peer"]
-            gone_flight = self.routing.gone_flight(held_peer)
+            # (and relays its routing held: ``Routing._hold``)
+            taken += sum(_units(relay) for relay in self.routing.held_relays())
+            # (what the parks' clients said in the relays it held: seed 6966)
+            self.routing.settle_parked_held(held)
+            parked = self.routing.parked_count()
+            gone_flight = self.routing.gone_flight(held)
             # (the rest of its flight to other nodes' clients: counted by
             # the next life if a frame of it is found never taken)
-            flight = self.routing.flight_to_others(gone_clients(held_peer))
+            flight = self.routing.flight_to_others(gone_clients(held))
         if gone_flight:
             self.core.queues.counters.dropped_receiver_gone += gone_flight
             self.counters["gone_flight_at_fence"] += gone_flight
@@ -889,10 +894,9 @@ class ClusterNode:
                 old_flight[conn] = seqs
         self._old_flight = old_flight
         self._old_flight_until = now + self.core.settings.lease
-        held = [item.peer for item in self._held if item.kind == "peer"]
         if self.routing is not None:  # (and what it answered for: ``passed``)
             sessions = self.core.sessions.by_conn
-            self._hand_backs_for_past_life(held, now)  # (held: the same)
+            self._hand_backs_for_past_life(held, now)
             self._old_passed = {conn for conn, _ in self.routing.passed.runs if conn in sessions}
         bounced = sum(
             self._count_old_flight(item.conn, item.messages, MsgType.DELIVER)

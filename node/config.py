@@ -23,16 +23,16 @@ def default_node_id() -> str:
     return socket.gethostname() or "node"
 
 
-def default_client_endpoint() -> str:
-    """An ipc socket under the runtime dir (``$XDG_RUNTIME_DIR`` or /tmp)."""
-    base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return f"ipc://{base}/zchannels/znode.sock"
-
-
 def default_state_dir() -> str:
-    """``znode run``'s ``state_dir``: beside its default ipc socket."""
+    """``zchannels`` in the runtime dir (``$XDG_RUNTIME_DIR`` or /tmp):
+    where ``znode run`` keeps its socket and its ``state_dir``."""
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return f"{base}/zchannels"
+
+
+def default_client_endpoint() -> str:
+    """An ipc socket in ``default_state_dir``."""
+    return f"ipc://{default_state_dir()}/znode.sock"
 
 
 #: The peer port ``znode run --cluster NAME`` listens on when no
