@@ -1110,6 +1110,29 @@ class ClusterNode:
             self.routing.previous_left(note.life, now)
             self.counters["previous_life_left"] += 1
 
+    def held_record(self) -> tuple[int, int] | None:
+        """What this life holds now, for the shell to keep where a SIGKILL
+        leaves it (``crash_record``): (this life's incarnation, the
+        messages it would lose if it died now: queued here and parked for
+        other nodes' clients, as a load report counts them). None without a
+        cluster (nobody would count them) or before it joined."""
+        if self.routing is None:
+            return None
+        return self.incarnation, self.core.queues.queued() + self.routing.parked_count()
+
+    def previous_crash(self, life: int, held: int, now: float) -> None:
+        """The shell found the held record (``held_record``) of the process
+        before this one, which did not leave cleanly (no life note): that
+        life died holding ``held`` messages, exactly, at its last step. The
+        load reports say so as a fence report does (``fenced``), so the
+        survivor that counts it counts that, not the life's last load
+        report, which is older by up to a report interval (simulation: the
+        estimate's age was the largest term of what SIGKILLs left
+        uncounted or counted twice)."""
+        if self.routing is not None and life < self.incarnation:
+            self.routing.previous_crash(life, held)
+            self.counters["previous_life_crashed"] += 1
+
     def _fence_unheard(self) -> int:
         """As the process ends: what the last fence dropped beyond what its
         peers count for the earlier life, if no peer was heard from since

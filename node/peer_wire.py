@@ -122,7 +122,9 @@ RELAYED_BACK = frozenset(
 #: life has a higher one), "held" ([[node, incarnation, report number,
 #: lost]...]: which report of each dead life it holds, for the first survivor
 #: to count the newest) and "tallied" (the same shape: dead lives it counted
-#: as the first survivor, by which report, and how many in all).
+#: as the first survivor, by which report, and how many in all) and
+#: "crashed" ([the incarnation of the life of the process before this one,
+#: which died without leaving, messages it held at its last step]).
 LOAD_KEYS = (
     "channels",
     "queued",
@@ -136,6 +138,7 @@ LOAD_KEYS = (
     "n",
     "held",
     "tallied",
+    "crashed",
 )
 
 #: PEER_RELAY's layout (and PEER_RELAY_STAMPED's: the same fields).
@@ -664,7 +667,7 @@ def from_wire(mtype: MsgType, f: tuple[Any, ...]) -> PeerMessage:
                 type(v) is int
                 or (type(v) is dict and len(v) < 64)
                 or (k == "at" and type(v) is float)
-                or (k == "fenced" and _two_ints(v))
+                or (k in ("fenced", "crashed") and _two_ints(v))
                 or (k == "links" and _link_states(v))
                 or (k in ("counted", "left") and _lives(v))
                 or (k in ("held", "tallied") and _life_counts(v))

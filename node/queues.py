@@ -231,6 +231,10 @@ class Queues:
     def __init__(self, first_seq: int = 0) -> None:
         self.channels: dict[str, Channel] = {}
         self.pools: dict[str, Pool] = {}
+        #: messages queued in all channels (``queued``), kept as they come
+        #: and go: read after every step of a clustered node (its held
+        #: record), so never a sum over the channels
+        self._queued = 0
         # Sequence numbers let messages given back by a receiver rejoin the
         # queue in send order, however returns and deliveries interleave.
         self._seq = first_seq
@@ -274,6 +278,11 @@ class Queues:
 
     # -- queries ---------------------------------------------------------
     def queued(self) -> int:
+        return self._queued
+
+    def queued_counted(self) -> int:
+        """``queued`` counted channel by channel (the simulation checks the
+        two agree after every step)."""
         return sum(len(ch.items) for ch in self.channels.values())
 
     def length(self, name: str) -> int:
@@ -389,6 +398,7 @@ class Queues:
             return (conn, name, [(payload, deadline - now, self._seq)])
         if deadline < ch.pool.earliest:
             ch.pool.earliest = deadline
+        self._queued += 1  # (appended, or inserted: one more either way)
         if stamp is not None:
             newest = ch.newest
             if not ch.items:
@@ -492,6 +502,7 @@ class Queues:
                     last, last_got = conn, got
             else:
                 ch.items.append((seq, payload, deadline, bundle, None))
+                self._queued += 1
                 if deadline < pool.earliest:
                     pool.earliest = deadline
         self.counters.delivered += handed
@@ -857,6 +868,7 @@ class Queues:
                 self._release(ch.pool, bundle)
             else:
                 back.append((seq, payload, now + ttl, bundle, stamp))
+        before = len(ch.items)
         if older:
             older.sort(key=lambda item: item[0])  # (in the order their numbers said)
             # after what was re-admitted before (still queued at the front,
@@ -888,6 +900,7 @@ class Queues:
                 ch.items = deque(heapq.merge(back, ch.items, key=_seq_of))
             if stamped:
                 _in_order(ch)
+        self._queued += len(ch.items) - before
         if held is not None and not held:
             self.held_stamps.pop((conn, name), None)
         out = self._drain(name, ch, now)
@@ -968,6 +981,7 @@ class Queues:
         self.counters.enqueued += len(live)
         ch.pool.held += len(live)
         live = in_producer_order(live)
+        before = len(ch.items)
         if (
             ch.items
             and (live[-1][1] > ch.items[0][2] or _inverts(live, ch.items))
@@ -1009,6 +1023,7 @@ class Queues:
                     ]
                 )
             )
+        self._queued += len(ch.items) - before
         ch.pool.earliest = min(ch.pool.earliest, min(item[1] for item in live))
         for _payload, _deadline, stamp in live:
             if stamp is not None:
@@ -1342,6 +1357,7 @@ class Queues:
                 continue
             for item in ch.items:
                 self._release(ch.pool, item[3])
+            self._queued -= len(ch.items)
             ch.items.clear()
             for conn, flight in ch.flight.items():
                 told.add(conn)
@@ -1427,6 +1443,7 @@ class Queues:
         batches: dict[ConnId, list[WireItem]] = {}
         while ch.items and ch.credits:
             seq, payload, deadline, bundle, stamp = ch.items.popleft()
+            self._queued -= 1
             if deadline <= now:
                 self.counters.dropped_expired += 1
                 self._release(ch.pool, bundle)
@@ -1484,6 +1501,7 @@ class Queues:
                 else:
                     self.counters.dropped_expired += 1
                     self._release(pool, item[3])
+            self._queued -= len(ch.items) - len(live)
             ch.items = live
         pool.earliest = earliest
 
@@ -1494,6 +1512,7 @@ class Queues:
             for bundle in flight.values():
                 self._release(ch.pool, bundle)
         conns = {*ch.credits, *ch.flight}
+        self._queued -= len(ch.items)
         ch.items.clear()
         ch.credits.clear()
         ch.flight.clear()

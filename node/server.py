@@ -36,6 +36,7 @@ from zchannels.protocol import (
 from .cluster import ClusterNode, Effects
 from .config import NodeConfig
 from .core import NodeCore, Out
+from .held_record import RecordFile, record_path, take_record
 from .life_note import take_note, write_note
 from .lifetime import Claims, IdleRule, NodeLock
 from .membership import EventKind, MemberEvent, first_incarnation
@@ -153,6 +154,9 @@ class NodeServer:
         #: the lock file held while this node lives (``lock_file``)
         self.lock: NodeLock | None = None
         self._claims: Claims | None = None
+        #: what this life holds, kept where a SIGKILL leaves it
+        #: (``held_record``; with a ``state_dir``, clustered)
+        self._held_file: RecordFile | None = None
         self._idle = IdleRule(config.exit_when_idle) if config.exit_when_idle > 0 else None
         #: set once the node has been unused for ``exit_when_idle`` seconds
         #: (no session, no claim): ``znode run`` then stops it
@@ -185,6 +189,22 @@ class NodeServer:
             if note is not None:
                 self.node.previous_life(note, time.monotonic())
                 log.info("the last life of this node (%d) left cleanly: telling peers", note.life)
+            # (a record with no note: the last process died holding what it
+            # says; with a note it left, and its record is stale)
+            record = take_record(
+                config.state_dir, config.node_id, time.time(), config.membership.dead_keep
+            )
+            if record is not None and note is None:
+                self.node.previous_crash(record.life, record.held, time.monotonic())
+                log.warning(
+                    "the last life of this node (%d) died holding %d messages: telling peers",
+                    record.life,
+                    record.held,
+                )
+            try:
+                self._held_file = RecordFile(record_path(config.state_dir, config.node_id))
+            except OSError as exc:
+                log.warning("could not keep the held record in %s: %s", config.state_dir, exc)
         try:
             if config.claim_file is not None:
                 self._claims = Claims(config.claim_file)
@@ -194,6 +214,9 @@ class NodeServer:
         except BaseException:
             if self.ops is not None:
                 self.ops.stop()
+            if self._held_file is not None:
+                self._held_file.close()
+                self._held_file = None
             self._release_locks()
             raise
         if self.lock is not None:
@@ -307,6 +330,9 @@ class NodeServer:
                     log.warning(
                         "could not write the life note in %s: %s", self.config.state_dir, exc
                     )
+            if self._held_file is not None:
+                self._held_file.remove()  # (it left: nothing held for the next)
+                self._held_file = None
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
@@ -523,6 +549,12 @@ class NodeServer:
     def _apply(self, fx: Effects) -> None:
         """Carry out one step's effects: client frames, peer frames, logs;
         then what the clients that had gone bounced (``send``)."""
+        held_file = self._held_file
+        if held_file is not None:
+            # (before the step's frames leave: a SIGKILL finds it as new)
+            record = self.node.held_record()
+            if record is not None:
+                held_file.write(*record, time.time())
         bounced: list[tuple[bytes, list[Message]]] = []
         if fx.clients:
             bounced = self.send(fx.clients)

@@ -23,6 +23,7 @@ from zchannels.node.peer_messages import (
     RelayLost,
     Reservations,
 )
+from zchannels.node.peer_wire import decode_peer, encode_peer
 from zchannels.node.routing import GONE_MEMORY, RELAY_FRESH_MARGIN, RESTART_GAP, Routing
 from zchannels.node.sessions import Policy
 
@@ -464,6 +465,36 @@ def test_a_next_life_says_its_last_one_left_and_no_peer_counts_that_life() -> No
         assert (["n2", START + 3] in later.get("left", [])) == noted
         gone = next_life._report(1.9 + next_life.presume_dead_after())
         assert ["n2", START + 3] not in gone.get("left", [])
+
+
+def test_a_next_life_says_what_its_crashed_life_held_and_that_is_counted() -> None:
+    """A SIGKILLed life's loss was its last load report (5 queued here), up
+    to a report interval old: what came or went since was counted twice or
+    not at all (the largest term of the simulation's SIGKILL failures). The
+    next process found the held record its last life kept after every step
+    (``held_record``) and says in its reports what that life held as it
+    died (``crashed``): the survivor that counts it counts that, more (8) or
+    less (2) than the report; without a record, the report (5)."""
+    for held, counted in ((8, 8), (2, 2), (None, 5)):
+        r, table = survivor("n1")  # (n2's life START declared dead, 5 queued)
+        renewed = START + 60 * RESTART_GAP
+        core = NodeCore(CoreSettings("n2", "aaaaaa", str(renewed), 3.0, 1 << 20))
+        n2_table = FakeTable({"n1": START, "n2": renewed}, node_id="n2", incarnation=renewed)
+        next_life = Routing(core, n2_table)  # type: ignore[arg-type]
+        if held is not None:
+            next_life.previous_crash(START, held)
+        report = next_life._report(2.0)
+        assert report.get("crashed") == (None if held is None else [START, held])
+        assert "fenced" not in report  # (its clients kept nothing: only the count)
+        table.incarnations["n2"] = renewed
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n2", "tcp://n2:1", renewed), 2.0, Fx())
+        [wire] = decode_peer(encode_peer(Load("n2", report)))  # (the key survives the codec)
+        assert isinstance(wire, Load)
+        r.handle(wire, 2.1, Fx())
+        r.tick(100.0, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, held
+        r.handle(Load("n2", next_life._report(3.0)), 3.1, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, "counted once"
 
 
 def test_a_life_whose_next_died_before_reporting_waits_for_how_it_ended() -> None:

@@ -477,18 +477,6 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "declared dead in the same life not serving what it held from before, or the interim "
         "owner's marks handed to it with the channel",
     ),
-    "group-send-to-a-membership-held-at-two-nodes-as-its-owner-came-back-taken-twice": (
-        "duplicate",
-        "seed 7642 of the 10,000 (65 ops): c1's group_send reached g0's member !c5.0 at two "
-        "nodes, c5's node n2 back as a new life after a leave (its client's membership made "
-        "again there) and n4, which kept the membership for n2's earlier life and handed the "
-        "channel back with its copy. Skipping, at n4, memberships kept for an earlier life of "
-        "a node live in a newer one (as a node's own group_send does) fixed it in session 25 "
-        "and was reverted: a member whose client had not made its membership again yet missed "
-        "a group message in the real-process rolling restart (tests/test_rolling_restart.py, "
-        "group_uncertain 1, under a loaded full run). What it needs: the keeper knowing the "
-        "new life has that membership (the group tables replicate counts, not members)",
-    ),
     "deliveries-held-unread-by-a-node-that-ended-its-life-as-their-owner-did-counted-by-nobody": (
         "uncounted_loss",
         "kill-free seed 1009's shrink (7 ops): the consumer's node and the channel's owner froze "

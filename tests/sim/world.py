@@ -158,6 +158,10 @@ class SimNode:
     #: note of a life that left, written after its last count (``_depart``),
     #: taken by the next start; a SIGKILL writes none
     note: Any = None
+    #: what its process held at its last step (``ClusterNode.held_record``),
+    #: as the shell keeps it where a SIGKILL leaves it; taken by the next
+    #: start when no note is (a life that left)
+    record: Any = None
 
     @property
     def up(self) -> bool:
@@ -308,8 +312,11 @@ class World:
             raise
         self.log(f"start {sn.node_id} inc {incarnation}")
         note, sn.note = sn.note, None  # (taken, as ``NodeServer.start`` takes it)
+        record, sn.record = sn.record, None
         if note is not None:
             sn.node.previous_life(note, self.now)
+        elif record is not None and hasattr(sn.node, "previous_crash"):
+            sn.node.previous_crash(*record, self.now)
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
             # (every seed, up or not, as the shell's static discovery finds
@@ -590,6 +597,17 @@ class World:
         frames are out."""
         if fx is None:
             return
+        if sn.node is not None and sn.node.config.state_dir is not None:
+            # (before its frames leave, as ``NodeServer._apply`` keeps it)
+            held_record = getattr(sn.node, "held_record", None)
+            if held_record is not None:
+                sn.record = held_record()
+                queues = sn.node.core.queues
+                if queues.queued() != queues.queued_counted():
+                    raise SimCrash(
+                        f"{sn.node_id} keeps {queues.queued()} queued, "
+                        f"holds {queues.queued_counted()}"
+                    )
         bounced: list[tuple[bytes, list[Message]]] = []
         for ev in fx.events:
             self.log(f"{sn.node_id} event {ev}")
