@@ -630,6 +630,23 @@ class Links:
             if link is not None and link.life == life and link.node == node:
                 self._reported[(node, gen)] = upto
 
+    def unkept_units(self) -> int:
+        """Units only this node would count lost if its process died now
+        (reserved sends, handed-over items): in frames no peer acknowledged
+        (on a link, or in limbo) and in messages held for a peer's new
+        life. A SIGKILL drops what was still in its process, and the rest
+        its peers never took is counted by nobody else (``ClusterNode.
+        held_record``)."""
+        units = 0
+        for link in self._out.values():
+            for sent in link.unacked:
+                units += sent.units
+        for limbo in self._limbo.values():
+            units += sum(u for _, u, _ in limbo.frames)
+        for held in self._held.values():
+            units += sum(u for _, u, _, _ in held.msgs)
+        return units
+
     def report(self) -> list[list[Any]]:
         """How far this node has taken each peer link (for its load report)."""
         return [

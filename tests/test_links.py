@@ -924,3 +924,23 @@ def test_a_give_back_is_not_held_for_a_hello_by_its_stamps() -> None:
     assert a.readable(mc, give_back) == replace(
         give_back, messages=((MsgType.RETURN, (3, "asgi|c", [[b"x", 1.5, 7]], 1)),)
     )
+
+
+def test_what_only_this_node_would_count_is_kept_until_acknowledged_or_settled() -> None:
+    """``unkept_units``: what a SIGKILL would leave nobody else to count
+    (the held record adds it): units of frames no peer acknowledged, on a
+    live link or in limbo, until acknowledged or settled; frames that carry
+    none (a request, an answer) add nothing."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    frames = [a.frame(mb, msg(i), 0.0, units=u) for i, u in enumerate((2, 0, 3))]
+    assert a.unkept_units() == 5
+    for frame in frames[:2]:
+        taken(b, frame, 0.001)
+    for frame in acks(b, 0.1, {"a": member("a", A_LIFE), "b": mb}, "a"):
+        a.take(decode_peer(frame), 0.1)
+    assert a.unkept_units() == 3  # (the first two acknowledged)
+    a.tick(0.2, {"b": member("b", B_LIFE, State.DEAD)}, [])
+    assert a.status()["limbo"] == 1 and a.unkept_units() == 3  # (in limbo: still)
+    a.tick(0.2 + S.limbo_keep, {"b": member("b", B_LIFE, State.DEAD)}, [])
+    assert a.lost_units == 3 and a.unkept_units() == 0  # (counted here: not kept)
