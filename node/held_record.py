@@ -35,6 +35,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .life_note import take_file
+
 log = logging.getLogger("zchannels.node")
 
 MAGIC = b"zchr"
@@ -146,18 +148,8 @@ def take_record(state_dir: str, node_id: str, now: float, max_age: float) -> Hel
     or is older than ``max_age`` (its peers have forgotten that life) is
     logged and not used."""
     path = record_path(state_dir, node_id)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(SIZE)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("held record %s could not be read (not used): %s", path, exc)
-        return None
-    try:
-        os.remove(path)
-    except OSError as exc:
-        log.warning("held record %s could not be removed (not used): %s", path, exc)
+    data = take_file(path, "held record", SIZE)
+    if data is None:
         return None
     try:
         record = decode(data)

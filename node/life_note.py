@@ -97,24 +97,35 @@ def write_note(state_dir: str, note: LifeNote) -> str:
     return path
 
 
+def take_file(path: str, what: str, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of the file at ``path``, removed as it is
+    read (what the last process left is for the next one only); None if
+    there is none, or (logged, naming it ``what``) it cannot be read or
+    removed. Shared by the note and the held record (``held_record``)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        log.warning("%s %s could not be read (not used): %s", what, path, exc)
+        return None
+    try:
+        os.remove(path)
+    except OSError as exc:
+        log.warning("%s %s could not be removed (not used): %s", what, path, exc)
+        return None
+    return data
+
+
 def take_note(state_dir: str, node_id: str, now: float, max_age: float) -> LifeNote | None:
     """The note the last process of ``node_id`` left in ``state_dir``, if
     any, removed as it is read (it is of that life only). One that cannot be
     read, is malformed, is of another node or older than ``max_age`` is
     logged and not used."""
     path = note_path(state_dir, node_id)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(4096)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        log.warning("life note %s could not be read (not used): %s", path, exc)
-        return None
-    try:
-        os.remove(path)
-    except OSError as exc:
-        log.warning("life note %s could not be removed (not used): %s", path, exc)
+    data = take_file(path, "life note", 4096)
+    if data is None:
         return None
     try:
         note = LifeNote.decode(data)
