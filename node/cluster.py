@@ -1134,8 +1134,8 @@ class ClusterNode:
         """The shell found the held record (``held_record``) of the process
         before this one, which did not leave cleanly (no life note): that
         life died holding ``held`` messages, exactly, at its last step. The
-        load reports say so as a fence report does (``fenced``), so the
-        survivor that counts it counts that, not the life's last load
+        load reports say so (``crashed``), and the survivor that counts it
+        counts that as it counts a fence report's, not the life's last load
         report, which is older by up to a report interval (simulation: the
         estimate's age was the largest term of what SIGKILLs left
         uncounted or counted twice)."""
