@@ -32,7 +32,7 @@ from .config import NodeConfig
 from .core import ClusterWork, CoreSettings, NodeCore, Out, wire_items
 from .effects import EVERYONE, Fx
 from .life_note import LifeNote
-from .links import DROPPED, HELD, Links, LinkSettings
+from .links import DROPPED, HELD, LinkCarry, Links, LinkSettings
 from .membership import (
     LIVE,
     Ack,
@@ -1110,37 +1110,56 @@ class ClusterNode:
             self.routing.previous_left(note.life, now)
             self.counters["previous_life_left"] += 1
 
-    def held_record(self) -> tuple[int, int] | None:
+    def held_record(self) -> tuple[int, int, LinkCarry] | None:
         """What this life holds now, for the shell to keep where a SIGKILL
         leaves it (``held_record.RecordFile``): (this life's incarnation,
-        the messages it would lose if it died now: queued here and parked
-        for other nodes' clients, as a load report counts them, and what
-        its links carry that no peer acknowledged, which only this node
-        counts: ``Links.unkept_units``). None without a cluster (nobody
-        would count them).
+        the messages it would lose if it died now, its links' part). The
+        messages: queued here and parked for other nodes' clients, as a
+        load report counts them, and held for a peer's new life, never
+        framed (``Links.held_units``). The links' part (``Links.carry``):
+        the frames no peer acknowledged that carry what only this node
+        counts, which the next process asks the peers about, counting only
+        what they never took; and how far this life took each peer's link,
+        so the next process answers their probes as this life would. None
+        without a cluster (nobody would count them).
 
-        The links' part counts a frame a peer took whose acknowledgement
-        the kill cut off as well (the peer queued it); measured on seeds
-        0..999 of the simulation, leaving it out failed 100, counting it
-        89 (21 pass, 10 fail that passed; an oracle counting only frames
-        the peer had not taken at the kill gave the same 89): the
-        acknowledgement is rarely what the kill cuts off."""
+        Counted whole instead (session 28), a frame the peer took whose
+        acknowledgement the kill cut off was counted here and queued there
+        (simulation seed 27: 6 reserved sends, counted lost and delivered);
+        and a peer's limbo counted what this life took after its last load
+        report and queued (the new process answered "I do not know", -1)."""
         if self.routing is None:
             return None
         held = self.core.queues.queued() + self.routing.parked_count()
-        return self.incarnation, held + self.links.unkept_units()
+        return self.incarnation, held + self.links.held_units(), self.links.carry()
 
-    def previous_crash(self, life: int, held: int, now: float) -> None:
+    def previous_crash(self, life: int, held: int, carry: LinkCarry, now: float) -> None:
         """The shell found the held record (``held_record``) of the process
         before this one, which did not leave cleanly (no life note): that
-        life died holding ``held`` messages, exactly, at its last step. The
-        load reports say so (``crashed``), and the survivor that counts it
-        counts that as it counts a fence report's, not the life's last load
-        report, which is older by up to a report interval (simulation: the
-        estimate's age was the largest term of what SIGKILLs left
-        uncounted or counted twice)."""
+        life died holding ``held`` messages, exactly, at its last step.
+
+        This process counts them (``dead_owner``; ``previous_life_lost``),
+        and its load reports say that life crashed, counted here
+        (``crashed``, with 0 left for a survivor to count). Only one process
+        takes the record, so the count is made once whatever the survivors
+        see. Counted by the first survivor (session 28), a survivor that
+        lagged behind a partition, never hearing that another had counted,
+        counted it too once it held that one dead (simulation seed 50: 32
+        queued, counted by n0 and by n1). A survivor that counted that
+        life's last load report before this report reached it (none should:
+        the record is used only within ``dead_keep`` of its last write, and
+        survivors wait that long) adds nothing now: counters never go back.
+        A survivor of an older version counts what ``crashed`` says: 0.
+
+        What its links carried that no peer acknowledged waits in this
+        life's limbo (``Links.restore``), counted as peers say they never
+        took it."""
         if self.routing is not None and life < self.incarnation:
-            self.routing.previous_crash(life, held)
+            lost = held + carry.lump
+            self.core.counters.dropped_dead_owner += lost
+            self.counters["previous_life_lost"] += lost
+            self.routing.previous_crash(life, 0)
+            self.links.restore(carry, now)
             self.counters["previous_life_crashed"] += 1
 
     def _fence_unheard(self) -> int:

@@ -19,11 +19,17 @@ the record after every step, before that step's frames leave (a frame that
 left is never ahead of the record), and the next process of the node says
 in its load reports what its last life held (``crashed``).
 
-Layout: two slots of ``SLOT.size`` bytes; each has a magic, the layout's
-version, a write number, the life, the messages held, the wall clock of the
-write, and a CRC-32 of all that. A write goes to the slot its number picks,
-so a kill in the middle of one leaves the other whole; a reader takes the
-whole slot with the higher number.
+Layout: two slots of ``SLOT_SIZE`` bytes. Each begins with a head
+(``HEAD``): a magic, the layout's version, a write number, the life, the
+messages held, the wall clock of the write, the length of the links' part
+that follows, and a CRC-32 of the head before it and that part. The links'
+part (``Links.carry``: the frames no peer acknowledged, how far this life
+took each peer's link) is msgpack, ``[out, into, lump]``; one that does not
+fit in a slot is kept folded (its units counted whole, nothing listed:
+``LinkCarry.folded``). A write goes to the slot its number picks, so a kill
+in the middle of one leaves the other whole; a reader takes the whole slot
+with the higher number. A record of version 1 (session 28: two 48-byte
+slots, no links' part) is read too: a node upgraded right after a SIGKILL.
 """
 
 from __future__ import annotations
@@ -33,20 +39,34 @@ import mmap
 import os
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
 
 from .life_note import take_file
+from .links import LinkCarry
 
 log = logging.getLogger("zchannels.node")
 
 MAGIC = b"zchr"
-#: the layout's version: a record of another is not read
-VERSION = 1
-#: magic, version (3 bytes of padding), write number, life, held, wall clock
-_BODY = struct.Struct("<4sB3xQqqd")
-#: the body and its CRC-32 (4 bytes of padding)
-SLOT = struct.Struct("<40sI4x")
-SIZE = 2 * SLOT.size
+#: the layout's version: a record of another is not read (but version 1's)
+VERSION = 2
+#: magic, version (3 bytes of padding), write number, life, held, wall
+#: clock, the links' part's length, CRC-32 of the head before it and the part
+HEAD = struct.Struct("<4sB3xQqqdII")
+_HEAD_BEFORE_CRC = struct.Struct("<4sB3xQqqdI")
+_CRC = struct.Struct("<I")
+#: bytes of one slot (a file has two; the kernel keeps only pages written)
+SLOT_SIZE = 64 * 1024
+SIZE = 2 * SLOT_SIZE
+
+#: version 1 (session 28): magic, version, write number, life, held, clock
+_V1_BODY = struct.Struct("<4sB3xQqqd")
+#: version 1: the body and its CRC-32
+_V1_SLOT = struct.Struct("<40sI4x")
+_V1_SIZE = 2 * _V1_SLOT.size
+
 #: seconds after which an unchanged record is written again (its clock says
 #: how old it is when the next process finds it)
 REFRESH = 1.0
@@ -59,11 +79,13 @@ class BadHeldRecord(ValueError):
 @dataclass(frozen=True, slots=True)
 class HeldRecord:
     """Life ``life`` of a node held ``held`` messages at its last step, at
-    ``at`` (wall clock, seconds since the epoch)."""
+    ``at`` (wall clock, seconds since the epoch); ``links``: what its links
+    carried that the next process asks its peers about."""
 
     life: int
     held: int
     at: float
+    links: LinkCarry = field(default_factory=LinkCarry)
 
 
 def record_path(state_dir: str, node_id: str) -> str:
@@ -72,30 +94,97 @@ def record_path(state_dir: str, node_id: str) -> str:
     return os.path.join(state_dir, f"{safe}.held")
 
 
+def _pack_links(links: LinkCarry) -> bytes:
+    out = [[*link[:5], [x for frame in link[5] for x in frame]] for link in links.out]
+    packed: bytes = msgpack.packb([out, [list(link) for link in links.into], links.lump])
+    return packed
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int or value < 0:
+        raise BadHeldRecord(f"links' part malformed: {value!r} is not a count")
+    return value
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise BadHeldRecord(f"links' part malformed: {value!r} is not a node id")
+    return value
+
+
+def _unpack_links(data: bytes) -> LinkCarry:
+    """The links' part, validated; ``BadHeldRecord`` if it is not one."""
+    try:
+        out, into, lump = msgpack.unpackb(data)
+        links_out = []
+        for node, life, gen, target, reported, flat in out:
+            numbers = [_int(x) for x in flat]
+            if len(numbers) % 2:
+                raise BadHeldRecord("links' part malformed: a frame without its units")
+            frames = tuple(zip(numbers[::2], numbers[1::2], strict=True))
+            links_out.append(
+                (_str(node), _int(life), _int(gen), _int(target), _int(reported), frames)
+            )
+        links_in = tuple(
+            (_str(source), _int(life), _int(gen), _int(expected))
+            for source, life, gen, expected in into
+        )
+        return LinkCarry(tuple(links_out), links_in, _int(lump))
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:  # (BadHeldRecord is one)
+        if isinstance(exc, BadHeldRecord):
+            raise
+        raise BadHeldRecord(f"links' part malformed: {exc}") from exc
+
+
 def encode_slot(number: int, record: HeldRecord) -> bytes:
-    body = _BODY.pack(MAGIC, VERSION, number, record.life, record.held, record.at)
-    return SLOT.pack(body, zlib.crc32(body))
+    """One slot's bytes: its head and its links' part (the rest of the slot
+    is not written). A links' part with no room in the slot is folded."""
+    links = _pack_links(record.links)
+    if len(links) > SLOT_SIZE - HEAD.size:
+        links = _pack_links(record.links.folded())
+    head = _HEAD_BEFORE_CRC.pack(
+        MAGIC, VERSION, number, record.life, record.held, record.at, len(links)
+    )
+    return head + _CRC.pack(zlib.crc32(links, zlib.crc32(head))) + links
+
+
+def _decode_slot(chunk: bytes) -> tuple[int, HeldRecord] | None:
+    """(write number, record) of a whole slot of this version; else None."""
+    if len(chunk) < HEAD.size:
+        return None
+    magic, version, number, life, held, at, length, crc = HEAD.unpack_from(chunk)
+    links = chunk[HEAD.size : HEAD.size + length]
+    if len(links) < length or zlib.crc32(links, zlib.crc32(chunk[: _HEAD_BEFORE_CRC.size])) != crc:
+        return None
+    if magic != MAGIC or version != VERSION or life < 0 or held < 0:
+        return None
+    return number, HeldRecord(life, held, at, _unpack_links(links))
+
+
+def _decode_v1(data: bytes) -> list[tuple[int, HeldRecord]]:
+    found = []
+    for i in range(2):
+        body, crc = _V1_SLOT.unpack_from(data, i * _V1_SLOT.size)
+        if zlib.crc32(body) != crc:
+            continue
+        magic, version, number, life, held, at = _V1_BODY.unpack(body)
+        if magic == MAGIC and version == 1 and life >= 0 and held >= 0:
+            found.append((number, HeldRecord(life, held, at)))
+    return found
 
 
 def decode(data: bytes) -> HeldRecord:
     """The record in a file's bytes: the whole slot with the higher write
-    number; ``BadHeldRecord`` if neither is whole."""
-    best: tuple[int, HeldRecord] | None = None
-    for i in range(2):
-        chunk = data[i * SLOT.size : (i + 1) * SLOT.size]
-        if len(chunk) < SLOT.size:
-            continue
-        body, crc = SLOT.unpack(chunk)
-        if zlib.crc32(body) != crc:
-            continue
-        magic, version, number, life, held, at = _BODY.unpack(body)
-        if magic != MAGIC or version != VERSION or life < 0 or held < 0:
-            continue
-        if best is None or number > best[0]:
-            best = (number, HeldRecord(life, held, at))
-    if best is None:
+    number; ``BadHeldRecord`` if neither is whole (or one's links' part,
+    whole by its CRC, is not one: written by no version of this module)."""
+    if len(data) == _V1_SIZE and 1 in (data[4], data[_V1_SLOT.size + 4]):  # (version bytes)
+        found = _decode_v1(data)
+    else:
+        slots = (_decode_slot(data[i * SLOT_SIZE : (i + 1) * SLOT_SIZE]) for i in range(2))
+        found = [slot for slot in slots if slot is not None]
+    if not found:
         raise BadHeldRecord(f"no whole version {VERSION} slot in {len(data)} bytes")
-    return best[1]
+    return max(found, key=lambda slot: slot[0])[1]
 
 
 class RecordFile:
@@ -112,20 +201,21 @@ class RecordFile:
         finally:
             os.close(fd)  # (the mapping keeps the file)
         self._number = 0
-        self._last: tuple[int, int] = (-1, -1)
+        self._last: tuple[int, int, LinkCarry] | None = None
         self._written_at = 0.0
 
-    def write(self, life: int, held: int, at: float) -> None:
-        """Keep (``life``, ``held``) if it changed, or if the last write is
-        ``REFRESH`` old (``at``: the wall clock)."""
+    def write(self, life: int, held: int, links: LinkCarry, at: float) -> None:
+        """Keep (``life``, ``held``, ``links``) if it changed, or if the
+        last write is ``REFRESH`` old (``at``: the wall clock)."""
         if self._map is None:
             return
-        if (life, held) == self._last and at - self._written_at < REFRESH:
+        if (life, held, links) == self._last and at - self._written_at < REFRESH:
             return
         self._number += 1
-        slot = (self._number % 2) * SLOT.size
-        self._map[slot : slot + SLOT.size] = encode_slot(self._number, HeldRecord(life, held, at))
-        self._last = (life, held)
+        slot = (self._number % 2) * SLOT_SIZE
+        data = encode_slot(self._number, HeldRecord(life, held, at, links))
+        self._map[slot : slot + len(data)] = data
+        self._last = (life, held, links)
         self._written_at = at
 
     def remove(self) -> None:

@@ -119,6 +119,8 @@ class _Out:
     next_seq: int = 1
     unacked: deque[_Sent] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
+    #: the units the unacknowledged frames carry (``carry``)
+    units: int = 0
 
 
 @dataclass(slots=True)
@@ -136,6 +138,9 @@ class _Limbo:
     target: int = 0
     #: the peer's incarnation in the member table when last probed
     seen: int = 0
+    #: a link of this node's last process, killed (``restore``): kept
+    #: while its peer is not known yet (the new process is joining)
+    restored: bool = False
 
 
 @dataclass(slots=True)
@@ -147,6 +152,12 @@ class _Held:
     since: float
     msgs: list[tuple[PeerMessage, int, Any, bool]]  # (message, units, note, queued)
 
+
+#: frames not acknowledged (on links and in limbo) that ``Links.carry``
+#: lists one by one for the next process to ask about; beyond, it counts
+#: their units whole (listing them at every step would cost more than the
+#: exactness is worth while a peer is that far behind)
+CARRY_FRAMES = 2048
 
 #: ``Links.frame``: the message is held for the peer's new life, send nothing
 HELD = b""
@@ -160,6 +171,30 @@ class _In:
     expected: int
     ack_due: float | None = None
     last: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkCarry:
+    """What a life's links leave for the next process of its node, in its
+    held record (``Links.carry``, ``Links.restore``)."""
+
+    #: links out: (peer, this node's life, gen, the peer's incarnation when
+    #: it opened, how far the peer's last load report said it took it,
+    #: ((seq, units), ...) of the frames not acknowledged that carry units)
+    out: tuple[tuple[str, int, int, int, int, tuple[tuple[int, int], ...]], ...] = ()
+    #: links in: (source, its life, gen, the next seq this life expected)
+    into: tuple[tuple[str, int, int, int], ...] = ()
+    #: units of frames too many to list (more than ``CARRY_FRAMES``): not
+    #: asked about, counted whole with what the record says was held
+    lump: int = 0
+
+    def units(self) -> int:
+        """The units its links out carry, listed or not."""
+        return self.lump + sum(units for *_, frames in self.out for _, units in frames)
+
+    def folded(self) -> LinkCarry:
+        """The same units, none listed (a record with no room for them)."""
+        return LinkCarry((), (), self.units())
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +239,8 @@ class Links:
         self._silent: dict[str, int] = {}
         self._next_hello = 0.0
         self._ack_at: float | None = None
-        self._limbo: dict[int, _Limbo] = {}
+        #: (this node's life then, gen) -> a link given up, in limbo
+        self._limbo: dict[tuple[int, int], _Limbo] = {}
         #: answers to probes, for the next frames out
         self._replies: list[tuple[str, bytes]] = []
         #: probes to send before the first frame of a new link (``first``)
@@ -221,9 +257,10 @@ class Links:
         self._heard: dict[str, float] = {}
         #: peers that left and linger: what they send is acknowledged at once
         self._leaving: set[str] = set()
-        #: (node, gen) -> how far that node had taken this node's link gen
-        #: at its last load report (for a peer that died before answering)
-        self._reported: dict[tuple[str, int], int] = {}
+        #: (node, this node's life, gen) -> how far that node had taken this
+        #: node's link gen at its last load report (for a peer that died
+        #: before answering)
+        self._reported: dict[tuple[str, int, int], int] = {}
         #: node -> messages held for its new life until it says hello
         self._held: dict[str, _Held] = {}
 
@@ -299,6 +336,7 @@ class Links:
             link.sent_at = now
         timed = msg if isinstance(msg, TIMED) else None
         link.unacked.append(_Sent(seq, frame, units, note, now, queued, timed))
+        link.units += units
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -475,9 +513,9 @@ class Links:
         self.counters["link_abandoned"] += len(link.unacked)
         frames = [(f.seq, f.units, f.note) for f in link.unacked if f.units or f.note is not None]
         if not frames:
-            self._reported.pop((link.node, link.gen), None)
+            self._reported.pop((link.node, link.life, link.gen), None)
         else:
-            self._limbo[link.gen] = _Limbo(
+            self._limbo[(link.life, link.gen)] = _Limbo(
                 link.node,
                 link.life,
                 link.gen,
@@ -487,6 +525,7 @@ class Links:
                 link.target,
             )
         link.unacked.clear()
+        link.units = 0
 
     # -- receiving -----------------------------------------------------------
     def take(self, messages: list[PeerMessage], now: float) -> list[PeerMessage]:
@@ -554,8 +593,8 @@ class Links:
             self._leaving.discard(node)
 
     def _on_state(self, answer: LinkState) -> None:
-        limbo = self._limbo.get(answer.gen)
-        if limbo is None or limbo.node != answer.source or limbo.life != answer.life:
+        limbo = self._limbo.get((answer.life, answer.gen))
+        if limbo is None or limbo.node != answer.source:
             return
         upto = answer.upto
         speaks = self._speaks.get(limbo.node)
@@ -586,8 +625,8 @@ class Links:
         does not know: -1, a new process) beyond what its last load report
         said it had taken (what it took before that report is in the queue
         that report counts for it, or was delivered)."""
-        del self._limbo[limbo.gen]
-        reported = self._reported.pop((limbo.node, limbo.gen), 0)
+        del self._limbo[(limbo.life, limbo.gen)]
+        reported = self._reported.pop((limbo.node, limbo.life, limbo.gen), 0)
         answered = upto >= 0
         if not answered:
             upto = reported
@@ -626,26 +665,74 @@ class Links:
         for source, life, gen, upto in states:
             if source != self.node_id:
                 continue
-            link = self._limbo.get(gen) or self._by_gen.get(gen)
+            link = self._limbo.get((life, gen)) or self._by_gen.get(gen)
             if link is not None and link.life == life and link.node == node:
-                self._reported[(node, gen)] = upto
+                self._reported[(node, life, gen)] = upto
 
-    def unkept_units(self) -> int:
-        """Units only this node would count lost if its process died now
-        (reserved sends, handed-over items): in frames no peer acknowledged
-        (on a link, or in limbo) and in messages held for a peer's new
-        life. A SIGKILL drops what was still in its process, and the rest
-        its peers never took is counted by nobody else (``ClusterNode.
-        held_record``)."""
-        units = 0
+    def held_units(self) -> int:
+        """Units in messages held for a peer's new life (``_held``), never
+        framed: a SIGKILL loses them, and only this node knew of them
+        (``ClusterNode.held_record`` counts them with its queues)."""
+        return sum(u for held in self._held.values() for _, u, _, _ in held.msgs)
+
+    def carry(self) -> LinkCarry:
+        """What this life's links would leave for the next process of this
+        node if a SIGKILL ended it now (``ClusterNode.held_record``): for
+        each link out, live or in limbo, the frames no peer acknowledged
+        that carry units only this node counts, so the next process asks
+        the peer how far it took that link and counts only the rest
+        (``restore``: a frame the peer took is the peer's to count, even if
+        the kill cut off its acknowledgement); and how far this life took
+        each link in, so the next process answers the peers' probes of them
+        as this life would have (a peer's limbo then counts only what this
+        life never took: what it took, its record counts as queued)."""
+        into = tuple(
+            (source, life, gen, state.expected) for (source, life, gen), state in self._in.items()
+        )
+        listed = sum(len(link.unacked) for link in self._out.values())
+        listed += sum(len(limbo.frames) for limbo in self._limbo.values())
+        if listed > CARRY_FRAMES:  # (too many to list at every step: counted whole)
+            lump = sum(link.units for link in self._out.values())
+            lump += sum(u for limbo in self._limbo.values() for _, u, _ in limbo.frames)
+            return LinkCarry((), into, lump)
+        out: list[tuple[str, int, int, int, int, tuple[tuple[int, int], ...]]] = []
         for link in self._out.values():
-            for sent in link.unacked:
-                units += sent.units
+            frames = tuple((f.seq, f.units) for f in link.unacked if f.units)
+            if frames:
+                reported = self._reported.get((link.node, link.life, link.gen), 0)
+                out.append((link.node, link.life, link.gen, link.target, reported, frames))
         for limbo in self._limbo.values():
-            units += sum(u for _, u, _ in limbo.frames)
-        for held in self._held.values():
-            units += sum(u for _, u, _, _ in held.msgs)
-        return units
+            frames = tuple((seq, units) for seq, units, _ in limbo.frames if units)
+            if frames:
+                reported = self._reported.get((limbo.node, limbo.life, limbo.gen), 0)
+                out.append((limbo.node, limbo.life, limbo.gen, limbo.target, reported, frames))
+        return LinkCarry(tuple(out), into)
+
+    def restore(self, carry: LinkCarry, now: float) -> None:
+        """The links of this node's last process, which a SIGKILL ended
+        (``carry``, from its held record): what it sent that no peer
+        acknowledged waits in limbo here, asked about as this life's own
+        limbo is (``LinkProbe``, once this process knows the peer; counted
+        whole after ``limbo_keep``), and this life answers the peers'
+        probes of that life's links in as it would have."""
+        for node, life, gen, target, reported, frames in carry.out:
+            if life >= self.life or (life, gen) in self._limbo:
+                continue  # (not an earlier life's: nothing to ask)
+            self._limbo[(life, gen)] = _Limbo(
+                node,
+                life,
+                gen,
+                [(seq, units, None) for seq, units in frames],
+                now + self.settings.limbo_keep,
+                now,
+                target,
+                restored=True,
+            )
+            if reported:
+                self._reported[(node, life, gen)] = reported
+            self.counters["link_restored_frames"] += len(frames)
+        for source, life, gen, expected in carry.into:
+            self._in.setdefault((source, life, gen), _In(expected, last=now))
 
     def report(self) -> list[list[Any]]:
         """How far this node has taken each peer link (for its load report)."""
@@ -683,7 +770,7 @@ class Links:
             return
         acked = False
         while link.unacked and link.unacked[0].seq <= ack.upto:
-            link.unacked.popleft()
+            link.units -= link.unacked.popleft().units
             acked = True
         if acked:
             link.sent_at = now
@@ -718,8 +805,8 @@ class Links:
                 link.sent_at = now
                 self.counters["link_retransmits"] += len(link.unacked)
                 out.extend((link.node, self._again(link, f, now)) for f in link.unacked)
-        for gen, limbo in list(self._limbo.items()):
-            if now >= limbo.until or limbo.node not in member_of:
+        for limbo in list(self._limbo.values()):
+            if now >= limbo.until or (limbo.node not in member_of and not limbo.restored):
                 # (nobody answered: a peer that died for good, or forgotten)
                 self._settle(limbo, -1)
             elif now >= limbo.next_probe:
@@ -727,8 +814,10 @@ class Links:
                 # lingers after it left, or a new process at its address,
                 # answers; the probe follows the frames on their connection)
                 limbo.next_probe = now + s.retransmit
+                if limbo.node not in member_of:
+                    continue  # (restored: asked once this process knows it)
                 limbo.seen = member_of[limbo.node].incarnation
-                probe = LinkProbe(self.node_id, limbo.life, gen)
+                probe = LinkProbe(self.node_id, limbo.life, limbo.gen)
                 probes.append((limbo.node, encode_peer(probe)))
         # (probes first: a new link's frames sent again follow them)
         out[:0] = probes

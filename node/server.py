@@ -195,11 +195,14 @@ class NodeServer:
                 config.state_dir, config.node_id, time.time(), config.membership.dead_keep
             )
             if record is not None and note is None:
-                self.node.previous_crash(record.life, record.held, time.monotonic())
+                self.node.previous_crash(record.life, record.held, record.links, time.monotonic())
                 log.warning(
-                    "the last life of this node (%d) died holding %d messages: telling peers",
+                    "the last life of this node (%d) died holding %d messages (counted "
+                    "lost here), and %d in frames its peers had not acknowledged (asking "
+                    "them how far they took them)",
                     record.life,
                     record.held,
+                    record.links.units(),
                 )
             try:
                 self._held_file = RecordFile(record_path(config.state_dir, config.node_id))

@@ -10,7 +10,7 @@ from dataclasses import replace
 import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zchannels.node.links import DROPPED, HELD, Links, LinkSettings
+from zchannels.node.links import CARRY_FRAMES, DROPPED, HELD, Links, LinkSettings
 from zchannels.node.membership import Member, State
 from zchannels.node.peer_messages import (
     Ask,
@@ -926,21 +926,101 @@ def test_a_give_back_is_not_held_for_a_hello_by_its_stamps() -> None:
     )
 
 
-def test_what_only_this_node_would_count_is_kept_until_acknowledged_or_settled() -> None:
-    """``unkept_units``: what a SIGKILL would leave nobody else to count
-    (the held record adds it): units of frames no peer acknowledged, on a
-    live link or in limbo, until acknowledged or settled; frames that carry
-    none (a request, an answer) add nothing."""
+def test_what_a_sigkill_would_leave_is_carried_until_acknowledged_or_settled() -> None:
+    """``carry``: what the held record keeps of a life's links for the next
+    process of its node: every frame no peer acknowledged that carries
+    units (on a live link or in limbo), until acknowledged or settled;
+    frames that carry none add nothing; and how far this life took each
+    link in. Messages held for a new life's hello were never framed
+    (``held_units``: counted whole)."""
     a, b = pair()
     mb = member("b", B_LIFE)
     frames = [a.frame(mb, msg(i), 0.0, units=u) for i, u in enumerate((2, 0, 3))]
-    assert a.unkept_units() == 5
+    carried = a.carry()
+    assert carried.out == (("b", A_LIFE, 1, B_LIFE, 0, ((1, 2), (3, 3))),)
+    assert carried.units() == 5 and carried.lump == 0
     for frame in frames[:2]:
         taken(b, frame, 0.001)
+    assert b.carry().into == (("a", A_LIFE, 1, 3),)  # (it expects seq 3 next)
     for frame in acks(b, 0.1, {"a": member("a", A_LIFE), "b": mb}, "a"):
         a.take(decode_peer(frame), 0.1)
-    assert a.unkept_units() == 3  # (the first two acknowledged)
+    assert a.carry().out == (("b", A_LIFE, 1, B_LIFE, 0, ((3, 3),)),)  # (two acknowledged)
     a.tick(0.2, {"b": member("b", B_LIFE, State.DEAD)}, [])
-    assert a.status()["limbo"] == 1 and a.unkept_units() == 3  # (in limbo: still)
+    assert a.status()["limbo"] == 1 and a.carry().units() == 3  # (in limbo: still)
     a.tick(0.2 + S.limbo_keep, {"b": member("b", B_LIFE, State.DEAD)}, [])
-    assert a.lost_units == 3 and a.unkept_units() == 0  # (counted here: not kept)
+    assert a.lost_units == 3 and a.carry().units() == 0  # (counted here: not carried)
+    c = Links("c", A_LIFE, S)
+    c.take([b.hello()], 0.0)
+    assert c.frame(member("b", B_LIFE + 5000), msg(9), 0.0, units=4) is HELD
+    assert c.held_units() == 4 and c.carry().units() == 0
+
+
+def test_too_many_frames_to_list_are_carried_as_one_count() -> None:
+    """Beyond ``CARRY_FRAMES`` unacknowledged frames (a peer far behind),
+    ``carry`` does not list them at every step: their units go whole."""
+    a, b = Links("a", A_LIFE, replace(S, max_unacked=10 * CARRY_FRAMES)), Links("b", B_LIFE, S)
+    a.take([b.hello()], 0.0)
+    mb = member("b", B_LIFE)
+    for i in range(CARRY_FRAMES + 1):
+        a.frame(mb, msg(i), 0.0, units=i % 3)
+    carried = a.carry()
+    assert carried.out == () and carried.lump == sum(i % 3 for i in range(CARRY_FRAMES + 1))
+
+
+def _restarted(old: Links, now: float) -> Links:
+    """The next process of ``old``'s node, after a SIGKILL: a new life that
+    restored what ``old``'s held record kept of its links."""
+    new = Links(old.node_id, old.life + 5000, S)
+    new.restore(old.carry(), now)
+    return new
+
+
+def test_the_next_process_counts_only_what_the_peer_never_took() -> None:
+    """a is SIGKILLed with 3 frames (2 units each) not acknowledged: b took
+    the first two (the kill cut off their acknowledgement), the third was
+    lost. a's next process asks b about a's old link once it knows b, and
+    counts 2 units: not the 4 b took (b queued them; counted once, there),
+    and nothing before b is known (a joining process knows nobody yet)."""
+    a, b = pair()
+    mb = member("b", B_LIFE)
+    frames = [a.frame(mb, msg(i), 0.0, units=2) for i in range(3)]
+    for f in frames[:2]:
+        assert f is not None and taken(b, f, 0.001)
+    a2 = _restarted(a, 1.0)
+    assert a2.counters["link_restored_frames"] == 3
+    assert a2.tick(1.0, {}, []) == [] and a2.status()["limbo"] == 3  # (b unknown yet)
+    assert a2.next_deadline() > 1.0
+    _probe_round(a2, b, 1.5, {"b": mb})
+    assert (a2.lost_units, a2.status()["limbo"]) == (2, 0)
+    _probe_round(a2, b, 5.0, {"b": mb})
+    assert a2.lost_units == 2  # (once)
+
+
+def test_a_restored_link_nobody_answers_for_is_counted_whole_after_limbo_keep() -> None:
+    a, _ = pair()
+    a.frame(member("b", B_LIFE), msg(1), 0.0, units=3)
+    a2 = _restarted(a, 1.0)
+    a2.tick(1.0 + S.limbo_keep - 0.01, {}, [])
+    assert a2.lost_units == 0
+    a2.tick(1.0 + S.limbo_keep, {}, [])
+    assert a2.lost_units == 3
+
+
+def test_the_next_process_answers_probes_of_its_last_lifes_links_as_that_life_would() -> None:
+    """b is SIGKILLed after taking 2 of a's 3 frames; a, seeing b's new
+    life, gives the link up and asks. The new process restored how far b's
+    last life took each link: it answers 2, and a counts only the frame b
+    never took (b's record counts what it queued). A new process that
+    restored nothing answers -1, and a counts all 3 frames."""
+    for restore, lost in ((True, 1), (False, 3)):
+        a, b = pair()
+        mb = member("b", B_LIFE)
+        frames = [a.frame(mb, msg(i), 0.0, units=1) for i in range(3)]
+        for f in frames[:2]:
+            assert f is not None and taken(b, f, 0.001)
+        b2 = _restarted(b, 0.5) if restore else Links("b", B_LIFE + 5000, S)
+        a.take([b2.hello()], 0.6)
+        _probe_round(a, b2, 0.7, {"b": member("b", B_LIFE + 5000)})
+        assert a.lost_units == lost, restore
+        # (what the next process restored takes no frame of the old life's link)
+        assert taken(b2, frames[2] or b"", 0.8) == []

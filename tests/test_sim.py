@@ -464,6 +464,18 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: saved for), reported as an xfail; once it passes, the test fails until
 #: it is taken out of this table.
 FAILING_PLANS: dict[str, tuple[str, str]] = {
+    "group-send-to-a-membership-held-at-two-nodes-as-its-owner-came-back-taken-twice": (
+        "duplicate",
+        "seed 7642 of the 10,000 (65 ops), found on b334a29: c1's group_send reached g0's "
+        "member !c5.0 at two nodes in the same millisecond, as c5's node n2 came back "
+        "(restarted) and took its process's channel back while n4, its keeper, still held "
+        "the membership: both put a copy (GroupFanout to each), and a handover brought the "
+        "second copy into the queue holding the first, which delivered both. Group "
+        "replication's to settle (the fanout id kept with the queued copy, or the handover "
+        "refusing a copy of an id the receiver put already). Out of this table in session 28 "
+        "when the counting changes took the run another way; back in session 29, when the "
+        "held record's links' part took it into the duplicate again. Not fixed",
+    ),
     # (fifo, the causes of the 10,000 run's fifo seeds left in session 23:
     # docs/cluster.md, "In session 23")
     "older-send-handed-to-the-next-consumer-after-its-predecessor-took-a-newer": (
@@ -614,7 +626,9 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "9 of 300 seeds (32 before a SIGKILLed life was counted from what it held at its last "
+    "8 of 300 seeds: 97, 100, 125, 158, 168, 288, 289, 299 (9 before a SIGKILLed life's "
+    "next process asked its peers how far they took what its links carried, and answered "
+    "their probes as that life would, session 29; 32 before a SIGKILLed life was counted from what it held at its last "
     "step, its held record, not from its last load report: the report's age was the "
     "largest term; what is left is mostly what was in transit as the life died, such as "
     "reserved sends in its socket it never read, docs/cluster.md, session 28; "
@@ -671,8 +685,12 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(14 of 300 seeds: 27, 52, 65, 95, 108, 116, 157, 160, 166, 176, 219, 241, 289, 298, "
-    "since a SIGKILLed life is counted from its held record: what it held at its last "
+    "(6 of 300 seeds: 65, 70, 157, 166, 176, 196, since a SIGKILLed life's next process "
+    "counts its held record itself, once, and counts only the frames its peers say they "
+    "never took, session 29: seed 27, reserved sends a peer took whose acknowledgement the "
+    "kill cut off, and seed 50, a crashed life's record counted by the first survivor and "
+    "by one that lagged behind a partition, pass; 14 before: 27, 52, 65, 95, 108, 116, 157, "
+    "160, 166, 176, 219, 241, 289, 298, since a SIGKILLed life is counted from its held record: what it held at its last "
     "step, which counts a frame a peer took whose acknowledgement the kill cut off, and "
     "which the old estimate's age no longer offsets; 9 before: 52, 65, 95, 166, 176, 222, "
     "241, 247, 260, since a node's next life "

@@ -69,6 +69,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zchannels.node.config import NodeConfig
+from zchannels.node.held_record import HeldRecord, encode_slot
+from zchannels.node.held_record import decode as decode_record
 from zchannels.node.membership import suspicion_bounds
 from zchannels.node.peer_wire import decode_peer
 from zchannels.node.readiness import Readiness, expects_peers
@@ -316,7 +318,10 @@ class World:
         if note is not None:
             sn.node.previous_life(note, self.now)
         elif record is not None and hasattr(sn.node, "previous_crash"):
-            sn.node.previous_crash(*record, self.now)
+            # (through the file's layout, as the next process reads it)
+            life, held, links = record
+            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links)))
+            sn.node.previous_crash(kept.life, kept.held, kept.links, self.now)
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
             # (every seed, up or not, as the shell's static discovery finds
