@@ -504,7 +504,7 @@ async def test_a_sigkilled_node_restarted_has_its_loss_counted_exactly(
         wait_for(lambda: converged([*nodes[:2], again], set(IDS3)), 10, "node-2 back")
         counted = lost_in_dead_nodes()
         assert counted == [0, 0], f"counted by node-2's next process, not again: {counted}"
-        print(f"15 messages lost in a SIGKILL (3 after the last report); peers told in {took:.2f} s")
+        print(f"15 lost in a SIGKILL (3 after the last report); peers told in {took:.2f} s")
     finally:
         await layer.close()
         await local.close()
