@@ -130,6 +130,24 @@ def _units(msg: object) -> int:
     return 0
 
 
+def _delivered(msg: object) -> int:
+    """Messages an owner delivers to another node's client in ``msg``:
+    they are in its flight until the client takes them (or is forgotten,
+    and they are counted), so a SIGKILL of the owner leaves nobody to count
+    those the client's node never took (``Links.carry``; simulation seed
+    299: 4 deliveries in frames still in a lagging owner's pipe as it was
+    killed)."""
+    if not isinstance(msg, RelayBack):
+        return 0
+    n = 0
+    for mtype, fields in msg.messages:
+        if mtype == MsgType.DELIVER:
+            n += len(fields[1])
+        elif mtype in (MsgType.DELIVER_MANY, MsgType.DELIVER_BUNDLE):
+            n += len(fields[0])
+    return n
+
+
 def _returned(msg: object) -> int:
     """Messages a receiver gave back in a relayed ``RETURN`` (its node
     counts on this one to queue them again)."""
@@ -1398,9 +1416,16 @@ class ClusterNode:
                     continue
                 if isinstance(msg, ConnGone) and self._gone_after_limbo(node, msg):
                     continue
+                units = _units(msg)
                 frame = (
                     self.links.frame(
-                        member, msg, now, _units(msg), _note(node, msg), isinstance(msg, Handoff)
+                        member,
+                        msg,
+                        now,
+                        units,
+                        _note(node, msg),
+                        isinstance(msg, Handoff),
+                        units + _delivered(msg),
                     )
                     if linked
                     else None

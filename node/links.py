@@ -108,6 +108,11 @@ class _Sent(NamedTuple):
     #: the message, if it carries times left: sent again, it is framed
     #: anew with them aged (``peer_messages.aged``)
     timed: ClusterMessage | None = None
+    #: what a SIGKILL of this life would leave nobody else to count if the
+    #: peer never took it: ``units``, and deliveries from this node's
+    #: flight, which its process counts when the client is forgotten
+    #: (``carry``)
+    carried: int = 0
 
 
 @dataclass(slots=True)
@@ -119,8 +124,8 @@ class _Out:
     next_seq: int = 1
     unacked: deque[_Sent] = field(default_factory=deque)
     sent_at: float = 0.0  # when the oldest unacknowledged frame was last sent
-    #: the units the unacknowledged frames carry (``carry``)
-    units: int = 0
+    #: what the unacknowledged frames carry (``_Sent.carried``: ``carry``)
+    carried: int = 0
 
 
 @dataclass(slots=True)
@@ -273,13 +278,16 @@ class Links:
         units: int = 0,
         note: Any = None,
         queued: bool = False,
+        carried: int | None = None,
     ) -> bytes | None:
         """``msg`` for ``member`` as one frame, sequenced and kept, if the
         member is live and its life speaks links; else None (sent as it is).
         ``units``: messages in it that only this node would count lost if
         the peer never took them (reserved sends, handed-over items);
         ``queued``: they were in this node's queues (handed over), which its
-        load reports counted (``give_up``).
+        load reports counted (``give_up``); ``carried``: what a SIGKILL of
+        this life would leave nobody else to count if the peer never took
+        it (``carry``; ``units`` if not said).
 
         ``HELD`` (send nothing now): the member is a new life of a node that
         spoke links in an earlier one and has not said hello yet. Sent
@@ -335,8 +343,9 @@ class Links:
         if not link.unacked:
             link.sent_at = now
         timed = msg if isinstance(msg, TIMED) else None
-        link.unacked.append(_Sent(seq, frame, units, note, now, queued, timed))
-        link.units += units
+        carried = units if carried is None else carried
+        link.unacked.append(_Sent(seq, frame, units, note, now, queued, timed, carried))
+        link.carried += carried
         if len(link.unacked) > self.settings.max_unacked:
             self._end(link, now)
         return frame
@@ -525,7 +534,7 @@ class Links:
                 link.target,
             )
         link.unacked.clear()
-        link.units = 0
+        link.carried = 0
 
     # -- receiving -----------------------------------------------------------
     def take(self, messages: list[PeerMessage], now: float) -> list[PeerMessage]:
@@ -679,7 +688,8 @@ class Links:
         """What this life's links would leave for the next process of this
         node if a SIGKILL ended it now (``ClusterNode.held_record``): for
         each link out, live or in limbo, the frames no peer acknowledged
-        that carry units only this node counts, so the next process asks
+        that carry what only this node counts (units; on a live link, also
+        deliveries from its flight: ``_Sent.carried``), so the next process asks
         the peer how far it took that link and counts only the rest
         (``restore``: a frame the peer took is the peer's to count, even if
         the kill cut off its acknowledgement); and how far this life took
@@ -692,12 +702,12 @@ class Links:
         listed = sum(len(link.unacked) for link in self._out.values())
         listed += sum(len(limbo.frames) for limbo in self._limbo.values())
         if listed > CARRY_FRAMES:  # (too many to list at every step: counted whole)
-            lump = sum(link.units for link in self._out.values())
+            lump = sum(link.carried for link in self._out.values())
             lump += sum(u for limbo in self._limbo.values() for _, u, _ in limbo.frames)
             return LinkCarry((), into, lump)
         out: list[tuple[str, int, int, int, int, tuple[tuple[int, int], ...]]] = []
         for link in self._out.values():
-            frames = tuple((f.seq, f.units) for f in link.unacked if f.units)
+            frames = tuple((f.seq, f.carried) for f in link.unacked if f.carried)
             if frames:
                 reported = self._reported.get((link.node, link.life, link.gen), 0)
                 out.append((link.node, link.life, link.gen, link.target, reported, frames))
@@ -770,7 +780,7 @@ class Links:
             return
         acked = False
         while link.unacked and link.unacked[0].seq <= ack.upto:
-            link.units -= link.unacked.popleft().units
+            link.carried -= link.unacked.popleft().carried
             acked = True
         if acked:
             link.sent_at = now

@@ -949,6 +949,16 @@ def test_what_a_sigkill_would_leave_is_carried_until_acknowledged_or_settled() -
     assert a.status()["limbo"] == 1 and a.carry().units() == 3  # (in limbo: still)
     a.tick(0.2 + S.limbo_keep, {"b": member("b", B_LIFE, State.DEAD)}, [])
     assert a.lost_units == 3 and a.carry().units() == 0  # (counted here: not carried)
+    # A delivery from this node's flight (no units, a note): carried while
+    # its link lives; once the link ends its owner parks the flight and
+    # counts it there, so limbo carries only units.
+    d, e = pair()
+    d.frame(mb, msg(1), 0.0, note="delivery", carried=2)
+    d.frame(mb, msg(2), 0.0, units=1)
+    assert d.carry().out == (("b", A_LIFE, 1, B_LIFE, 0, ((1, 2), (2, 1))),)
+    d.tick(0.2, {"b": member("b", B_LIFE, State.DEAD)}, [])
+    assert d.carry().out == (("b", A_LIFE, 1, B_LIFE, 0, ((2, 1),)),)
+    del e
     c = Links("c", A_LIFE, S)
     c.take([b.hello()], 0.0)
     assert c.frame(member("b", B_LIFE + 5000), msg(9), 0.0, units=4) is HELD

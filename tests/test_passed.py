@@ -8,9 +8,9 @@ before the credit it hands back."""
 
 from __future__ import annotations
 
-from zchannels.node.cluster import _handed_back
+from zchannels.node.cluster import _delivered, _handed_back
 from zchannels.node.passed import Passed
-from zchannels.node.peer_messages import RelayBack
+from zchannels.node.peer_messages import Relay, RelayBack
 
 from zchannels.protocol import MsgType
 
@@ -177,3 +177,16 @@ def test_a_life_never_heard_of_again_ends() -> None:
     p.forget_source("n0", 1000)
     p.conn_gone({C}, until=60.0)
     assert p.source_ended("n0") == 2
+
+
+def test_what_an_owner_delivers_to_another_nodes_client_is_carried_by_its_links() -> None:
+    """``_delivered``: the messages a frame delivers from the owner's
+    flight (plain, and a group copy to several channels of one
+    connection), which a SIGKILL of the owner leaves nobody else to count
+    if the client's node never took the frame (``Links.carry``)."""
+    many = (MsgType.DELIVER_MANY, (["q", "r", "s"], [b"m", 60.0, 1]))
+    deliver = (MsgType.DELIVER, ("q", [[b"m", 60.0, i] for i in range(2)]))
+    assert _delivered(RelayBack("n0", C, (deliver, many, (MsgType.RECV, ("q", 5))))) == 5
+    assert _delivered(RelayBack("n0", C, ((MsgType.RECV, ("q", 5)),))) == 0
+    send = (MsgType.SEND, (0, "q", b"m", 1))
+    assert _delivered(Relay("n0", 1, C, "t", 60.0, 1, (send,), 0.0)) == 0

@@ -626,7 +626,9 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "8 of 300 seeds: 97, 100, 125, 158, 168, 288, 289, 299 (9 before a SIGKILLed life's "
+    "6 of 300 seeds: 100, 125, 158, 168, 288, 289 (8 before a killed owner's deliveries to "
+    "other nodes' clients, in frames those nodes never took, were counted by its next "
+    "process, seeds 97 and 299; 9 before a SIGKILLed life's "
     "next process asked its peers how far they took what its links carried, and answered "
     "their probes as that life would, session 29; 32 before a SIGKILLed life was counted "
     "from what it held at its last step, its held record, not from its last load report: "
