@@ -187,11 +187,12 @@ class LinkCarry:
 
     #: links out: (peer, this node's life, gen, the peer's incarnation when
     #: it opened, how far the peer's last load report said it took it,
-    #: ((seq, units), ...) of the frames not acknowledged that carry units)
+    #: ((seq, carried), ...) of the frames not acknowledged that carry what
+    #: only this node counts: ``_Sent.carried``)
     out: tuple[tuple[str, int, int, int, int, tuple[tuple[int, int], ...]], ...] = ()
     #: links in: (source, its life, gen, the next seq this life expected)
     into: tuple[tuple[str, int, int, int], ...] = ()
-    #: units of frames too many to list (more than ``CARRY_FRAMES``): not
+    #: what frames too many to list carry (more than ``CARRY_FRAMES``): not
     #: asked about, counted whole with what the record says was held
     lump: int = 0
 
