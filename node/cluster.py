@@ -1118,14 +1118,22 @@ class ClusterNode:
         if this life left (a clean stop); None otherwise."""
         if self._left_at is None or self.table is None:
             return None
-        return LifeNote(self.config.node_id, self.incarnation, at)
+        return LifeNote(self.config.node_id, self.incarnation, at, self.links.carry().into)
 
     def previous_life(self, note: LifeNote, now: float) -> None:
         """The shell found ``note`` (``life_note``) from the process before
         this one: its load reports say that life left
-        (``Routing.previous_left``)."""
+        (``Routing.previous_left``), and this life answers the peers'
+        probes of that life's links in as it would have (``Links.restore``:
+        a peer's limbo then counts only what that life never took; the
+        rest it handed over or delivered before it left. Simulation seed
+        705: a killed owner's next process asked about 5 deliveries its
+        peer had taken before it left, the peer's next process said "I do
+        not know", and they were counted lost)."""
         if note.node == self.config.node_id and self.routing is not None:
             self.routing.previous_left(note.life, now)
+            if note.life < self.incarnation:
+                self.links.restore(LinkCarry((), note.links_in), now)
             self.counters["previous_life_left"] += 1
 
     def held_record(self) -> tuple[int, int, LinkCarry] | None:

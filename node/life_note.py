@@ -33,6 +33,9 @@ log = logging.getLogger("zchannels.node")
 
 #: the layout's version: a note of another is not read
 VERSION = 1
+#: bytes a note may take (one with more links in than fit is written
+#: without them: ``LifeNote.encode``)
+LIMIT = 64 * 1024
 
 
 class BadLifeNote(ValueError):
@@ -44,16 +47,21 @@ class LifeNote:
     """Node ``node``'s life ``life`` (its incarnation as it ended) left
     cleanly: it handed over what it could and counted, as its process ended,
     everything it could not (``ClusterNode.gone``). ``at``: when it ended
-    (wall clock, seconds since the epoch; for ``max_age`` and operators)."""
+    (wall clock, seconds since the epoch; for ``max_age`` and operators).
+    ``links_in``: how far it took each peer's link to it, (source, its
+    life, gen, the next seq it expected), so the next process answers the
+    peers' probes of them as it would have (``Links.restore``; a note
+    without them, from session 28 or too big, answers "I do not know")."""
 
     node: str
     life: int
     at: float
+    links_in: tuple[tuple[str, int, int, int], ...] = ()
 
     def encode(self) -> bytes:
-        return json.dumps(
-            {"v": VERSION, "node": self.node, "life": self.life, "at": self.at, "how": "left"}
-        ).encode()
+        raw = {"v": VERSION, "node": self.node, "life": self.life, "at": self.at, "how": "left"}
+        data = json.dumps({**raw, "links_in": [list(link) for link in self.links_in]}).encode()
+        return data if len(data) <= LIMIT else json.dumps(raw).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> LifeNote:
@@ -71,7 +79,19 @@ class LifeNote:
             raise BadLifeNote(f"life must be a non-negative integer, not {life!r:.100}")
         if not isinstance(at, int | float) or isinstance(at, bool):
             raise BadLifeNote(f"at must be a number, not {at!r:.100}")
-        return cls(node, life, float(at))
+        links_in = raw.get("links_in", [])
+        if not isinstance(links_in, list) or not all(_link_in(link) for link in links_in):
+            raise BadLifeNote(f"links_in must be [source, life, gen, seq] lists: {links_in!r:.100}")
+        return cls(node, life, float(at), tuple(tuple(link) for link in links_in))
+
+
+def _link_in(link: object) -> bool:
+    return (
+        isinstance(link, list)
+        and len(link) == 4
+        and isinstance(link[0], str)
+        and all(type(n) is int and n >= 0 for n in link[1:])
+    )
 
 
 def note_path(state_dir: str, node_id: str) -> str:
@@ -124,7 +144,7 @@ def take_note(state_dir: str, node_id: str, now: float, max_age: float) -> LifeN
     read, is malformed, is of another node or older than ``max_age`` is
     logged and not used."""
     path = note_path(state_dir, node_id)
-    data = take_file(path, "life note", 4096)
+    data = take_file(path, "life note", LIMIT)
     if data is None:
         return None
     try:

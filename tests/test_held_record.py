@@ -29,7 +29,10 @@ from zchannels.node.held_record import (
     record_path,
     take_record,
 )
+from zchannels.node.life_note import LifeNote
 from zchannels.node.links import LinkCarry
+from zchannels.node.peer_messages import LinkProbe, LinkState
+from zchannels.node.peer_wire import decode_peer
 
 LINKS = LinkCarry(
     (("n2", 1000, 3, 2000, 1, ((4, 2), (5, 1))), ("n3", 1000, 1, 3000, 0, ((9, 7),))),
@@ -189,3 +192,27 @@ def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
     node.previous_crash(node.incarnation + 1, 6, LinkCarry(), 0.0)  # (not an earlier life)
     assert node.routing._report(0.2)["crashed"] == [4000, 0]
     assert node.drops()["dead_owner"] == dead_owner + 8
+
+
+def test_the_next_process_answers_probes_of_a_life_that_left_as_it_would_have() -> None:
+    """A life that left keeps in its note how far it took each peer's link
+    (``life_note``); its next process answers a peer's probe of them with
+    that, not "I do not know" (-1), so the peer counts only what it never
+    took (simulation seed 705)."""
+    config = NodeConfig.test(
+        node_id="n1",
+        client_endpoints=("inproc://t",),
+        peer_endpoint="tcp://10.0.0.1:7701",
+        discovery=("none",),
+        cluster="t",
+    )
+    node = ClusterNode(
+        config, address="tcp://10.0.0.1:7701", incarnation=9000, rng=random.Random(1)
+    )
+    node.start(0.0)
+    probe = [LinkProbe("n2", 7000, 3)]
+    node.links.take(probe, 0.1)
+    assert [decode_peer(f) for _, f in node.links.replies()] == [[LinkState("n1", 7000, 3, -1)]]
+    node.previous_life(LifeNote("n1", 4000, 0.0, (("n2", 7000, 3, 12),)), 0.2)
+    node.links.take(probe, 0.3)
+    assert [decode_peer(f) for _, f in node.links.replies()] == [[LinkState("n1", 7000, 3, 11)]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from zchannels.node.life_note import (
+    LIMIT,
     BadLifeNote,
     LifeNote,
     note_path,
@@ -63,6 +64,10 @@ def _note(**changed: object) -> bytes:
         (_note(life=True), "life"),
         (_note(life=-1), "life"),
         (_note(at=None), "at"),
+        (_note(links_in={}), "links_in"),
+        (_note(links_in=[["n2", 1, 1]]), "links_in"),
+        (_note(links_in=[[2, 1, 1, 1]]), "links_in"),
+        (_note(links_in=[["n2", 1, 1, -1]]), "links_in"),
     ],
 )
 def test_a_malformed_note_is_a_typed_error_and_never_used(
@@ -75,6 +80,20 @@ def test_a_malformed_note_is_a_typed_error_and_never_used(
     assert take_note(str(tmp_path), "n1", 1.0, 30.0) is None
     assert "malformed" in caplog.text
     assert not os.path.exists(path)  # (removed: not read at every start)
+
+
+def test_a_note_keeps_how_far_its_life_took_each_peers_link(tmp_path: Path) -> None:
+    """So the next process answers the peers' probes of that life's links
+    as it would have (``Links.restore``). A note of session 28 has none;
+    one with more than fit in ``LIMIT`` is written without them, never
+    left unreadable."""
+    note = LifeNote("n1", 5, 1.0, (("n2", 7, 1, 12), ("n3", 9, 2, 1)))
+    write_note(str(tmp_path), note)
+    assert take_note(str(tmp_path), "n1", 1.0, 30.0) == note
+    assert LifeNote.decode(_note()) == LifeNote("n1", 1, 1.0)
+    many = LifeNote("n1", 5, 1.0, tuple((f"n{i}", i, 1, 1) for i in range(LIMIT // 10)))
+    assert len(many.encode()) <= LIMIT
+    assert LifeNote.decode(many.encode()) == LifeNote("n1", 5, 1.0)
 
 
 def test_node_ids_that_are_not_file_names_stay_in_the_state_dir(tmp_path: Path) -> None:

@@ -71,6 +71,7 @@ from typing import Any
 from zchannels.node.config import NodeConfig
 from zchannels.node.held_record import HeldRecord, encode_slot
 from zchannels.node.held_record import decode as decode_record
+from zchannels.node.life_note import LifeNote
 from zchannels.node.membership import suspicion_bounds
 from zchannels.node.peer_wire import decode_peer
 from zchannels.node.readiness import Readiness, expects_peers
@@ -316,7 +317,8 @@ class World:
         note, sn.note = sn.note, None  # (taken, as ``NodeServer.start`` takes it)
         record, sn.record = sn.record, None
         if note is not None:
-            sn.node.previous_life(note, self.now)
+            # (through the file's layout, as the next process reads it)
+            sn.node.previous_life(LifeNote.decode(note.encode()), self.now)
         elif record is not None and hasattr(sn.node, "previous_crash"):
             # (through the file's layout, as the next process reads it)
             life, held, links = record
