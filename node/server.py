@@ -201,8 +201,8 @@ class NodeServer:
                     "lost here), and %d in frames its peers had not acknowledged (asking "
                     "them how far they took them)",
                     record.life,
-                    record.held,
-                    record.links.units(),
+                    record.held + record.links.lump,
+                    record.links.units() - record.links.lump,
                 )
             try:
                 self._held_file = RecordFile(record_path(config.state_dir, config.node_id))
