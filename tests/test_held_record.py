@@ -164,10 +164,8 @@ def test_the_next_process_takes_the_record_once_and_only_while_fresh(tmp_path: P
     assert take_record(state, "n1", 510.0, 30.0) is None  # (malformed: logged, unused)
 
 
-def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
-    """The pure half: ``held_record`` is what a load report would count,
-    now; ``previous_crash`` counts an earlier life's record here and says
-    in the reports that it did."""
+def started_node(incarnation: int) -> ClusterNode:
+    """A pure clustered node n1, started alone."""
     config = NodeConfig.test(
         node_id="n1",
         client_endpoints=("inproc://t",),
@@ -175,8 +173,18 @@ def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
         discovery=("none",),
         cluster="t",
     )
-    node = ClusterNode(config, address="tcp://10.0.0.1:7701", incarnation=5, rng=random.Random(1))
+    node = ClusterNode(
+        config, address="tcp://10.0.0.1:7701", incarnation=incarnation, rng=random.Random(1)
+    )
     node.start(0.0)
+    return node
+
+
+def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
+    """The pure half: ``held_record`` is what a load report would count,
+    now; ``previous_crash`` counts an earlier life's record here and says
+    in the reports that it did."""
+    node = started_node(5)
     assert node.routing is not None
     assert node.held_record() == (node.incarnation, 0, LinkCarry())
     for i in range(3):
@@ -199,17 +207,7 @@ def test_the_next_process_answers_probes_of_a_life_that_left_as_it_would_have() 
     (``life_note``); its next process answers a peer's probe of them with
     that, not "I do not know" (-1), so the peer counts only what it never
     took (simulation seed 705)."""
-    config = NodeConfig.test(
-        node_id="n1",
-        client_endpoints=("inproc://t",),
-        peer_endpoint="tcp://10.0.0.1:7701",
-        discovery=("none",),
-        cluster="t",
-    )
-    node = ClusterNode(
-        config, address="tcp://10.0.0.1:7701", incarnation=9000, rng=random.Random(1)
-    )
-    node.start(0.0)
+    node = started_node(9000)
     probe = [LinkProbe("n2", 7000, 3)]
     node.links.take(probe, 0.1)
     assert [decode_peer(f) for _, f in node.links.replies()] == [[LinkState("n1", 7000, 3, -1)]]
