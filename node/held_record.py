@@ -130,9 +130,9 @@ def _unpack_links(data: bytes) -> LinkCarry:
             for source, life, gen, expected in into
         )
         return LinkCarry(tuple(links_out), links_in, _int(lump))
-    except (ValueError, TypeError, msgpack.ExtraData) as exc:  # (BadHeldRecord is one)
-        if isinstance(exc, BadHeldRecord):
-            raise
+    except BadHeldRecord:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData) as exc:
         raise BadHeldRecord(f"links' part malformed: {exc}") from exc
 
 

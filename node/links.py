@@ -708,18 +708,20 @@ class Links:
             lump = sum(link.carried for link in self._out.values())
             lump += sum(u for limbo in self._limbo.values() for _, u, _ in limbo.frames)
             return LinkCarry((), into, lump)
-        out: list[tuple[str, int, int, int, int, tuple[tuple[int, int], ...]]] = []
-        for link in self._out.values():
-            frames = tuple((f.seq, f.carried) for f in link.unacked if f.carried)
-            if frames:
-                reported = self._reported.get((link.node, link.life, link.gen), 0)
-                out.append((link.node, link.life, link.gen, link.target, reported, frames))
-        for limbo in self._limbo.values():
-            frames = tuple((seq, units) for seq, units, _ in limbo.frames if units)
-            if frames:
-                reported = self._reported.get((limbo.node, limbo.life, limbo.gen), 0)
-                out.append((limbo.node, limbo.life, limbo.gen, limbo.target, reported, frames))
-        return LinkCarry(tuple(out), into)
+        kept: list[tuple[_Out | _Limbo, tuple[tuple[int, int], ...]]] = [
+            (link, tuple((f.seq, f.carried) for f in link.unacked if f.carried))
+            for link in self._out.values()
+        ]
+        kept += [
+            (limbo, tuple((seq, units) for seq, units, _ in limbo.frames if units))
+            for limbo in self._limbo.values()
+        ]
+        out = tuple(
+            (k.node, k.life, k.gen, k.target, self._reported.get((k.node, k.life, k.gen), 0), f)
+            for k, f in kept
+            if f
+        )
+        return LinkCarry(out, into)
 
     def restore(self, carry: LinkCarry, now: float) -> None:
         """The links of this node's last process, which a SIGKILL ended
