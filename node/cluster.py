@@ -1136,7 +1136,7 @@ class ClusterNode:
                 self.links.restore(LinkCarry((), note.links_in), now)
             self.counters["previous_life_left"] += 1
 
-    def held_record(self) -> tuple[int, int, LinkCarry] | None:
+    def held_record(self) -> tuple[int, int, LinkCarry, tuple[tuple[ConnId, int], ...]] | None:
         """What this life holds now, for the shell to keep where a SIGKILL
         leaves it (``held_record.RecordFile``): (this life's incarnation,
         the messages it would lose if it died now, its links' part). The
@@ -1153,13 +1153,30 @@ class ClusterNode:
         acknowledgement the kill cut off was counted here and queued there
         (simulation seed 27: 6 reserved sends, counted lost and delivered);
         and a peer's limbo counted what this life took after its last load
-        report and queued (the new process answered "I do not know", -1)."""
+        report and queued (the new process answered "I do not know", -1).
+
+        Last, its clients' reserved-send tally (``Sessions.reserved_carry``):
+        how many sends on reservations each connection had made, as far as
+        this life read, so the next process counts, as each comes back, the
+        ones still unread in this process's socket (``reserved_unread``)."""
         if self.routing is None:
             return None
         held = self.core.queues.queued() + self.routing.parked_count()
-        return self.incarnation, held + self.links.held_units(), self.links.carry()
+        return (
+            self.incarnation,
+            held + self.links.held_units(),
+            self.links.carry(),
+            self.core.sessions.reserved_carry(),
+        )
 
-    def previous_crash(self, life: int, held: int, carry: LinkCarry, now: float) -> None:
+    def previous_crash(
+        self,
+        life: int,
+        held: int,
+        carry: LinkCarry,
+        now: float,
+        conns: tuple[tuple[ConnId, int], ...] = (),
+    ) -> None:
         """The shell found the held record (``held_record``) of the process
         before this one, which did not leave cleanly (no life note): that
         life died holding ``held`` messages, exactly, at its last step.
@@ -1179,13 +1196,15 @@ class ClusterNode:
 
         What its links carried that no peer acknowledged waits in this
         life's limbo (``Links.restore``), counted as peers say they never
-        took it."""
+        took it. Its clients' reserved-send tally (``conns``) is compared
+        with what each says in its next HELLO (``Sessions.inherit``)."""
         if self.routing is not None and life < self.incarnation:
             lost = held + carry.lump
             self.core.counters.dropped_dead_owner += lost
             self.counters["previous_life_lost"] += lost
             self.routing.previous_crash(life, 0)
             self.links.restore(carry, now)
+            self.core.sessions.inherit(conns, now)
             self.counters["previous_life_crashed"] += 1
 
     def _fence_unheard(self) -> int:

@@ -29,7 +29,7 @@ from zchannels.protocol import ErrorCode, Message, MsgType
 
 from .groups import Groups
 from .queues import MAX_CREDIT, ConnId, Deferred, Delivery, Outcome, Queues, Stamp
-from .sessions import Policy, PolicyError, Session, Sessions, valid_duration
+from .sessions import Policy, PolicyError, Session, Sessions, hello_reserved, valid_duration
 
 Out = tuple[ConnId, Message]
 
@@ -70,6 +70,10 @@ class NodeCounters:
     #: of the "dead_owner" drops: handed over after the channel was served
     #: here (older than what was delivered: ``Queues.adopt``)
     handed_over_stale: int = 0
+    #: of the "dead_owner" drops: reserved sends a client made that no life
+    #: of this node read (in a SIGKILLed process's socket:
+    #: ``Sessions.reserved_hello``)
+    reserved_unread: int = 0
 
 
 @dataclass(slots=True)
@@ -209,6 +213,8 @@ class NodeCore:
                 if handler is None:
                     self.counters.unexpected_type += 1
                     continue
+                if mtype == MsgType.SEND and not fields[0]:
+                    self.sessions.reserved_read(conn)
                 session = self.sessions.touch(conn, now)
                 handler(conn, session, fields, now, out)
         finally:
@@ -270,6 +276,7 @@ class NodeCore:
             for session in self.sessions.expired(now):
                 self._drop_session(session.tag, now, out)
                 self.counters.sessions_expired += 1
+            self.sessions.prune_inherited(now)
             if now >= self._next_sweep:
                 self._next_sweep = now + self.settings.sweep_interval
                 self._outcome(self.queues.expire(now), out)
@@ -387,6 +394,10 @@ class NodeCore:
             return
         self._counted_flight.pop(conn, None)  # (a connection id said hello anew)
         self.sessions.hello(conn, tag, pid, policy, now)
+        unread = self.sessions.reserved_hello(conn, hello_reserved(raw_policy))
+        if unread:
+            self.counters.dropped_dead_owner += unread
+            self.counters.reserved_unread += unread
         s = self.settings
         if self.draining:  # (registered, so its pings are answered, not RESET)
             out.append((conn, (MsgType.DRAIN, (s.incarnation,))))

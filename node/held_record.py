@@ -24,9 +24,13 @@ Layout: two slots of ``SLOT_SIZE`` bytes. Each begins with a head
 messages held, the wall clock of the write, the length of the links' part
 that follows, and a CRC-32 of the head before it and that part. The links'
 part (``Links.carry``: the frames no peer acknowledged, how far this life
-took each peer's link) is msgpack, ``[out, into, lump]``; one that does not
-fit in a slot is kept folded (its units counted whole, nothing listed:
-``LinkCarry.folded``). A write goes to the slot its number picks, so a kill
+took each peer's link) is msgpack, ``[out, into, lump, conns]``; ``conns``
+(absent from a session 29 record) is the clients' reserved-send tally
+(``Sessions.reserved_carry``), flat: ``[conn, total, conn, total, ...]``. A
+part that does not fit in a slot is kept with its links folded (their units
+counted whole, nothing listed: ``LinkCarry.folded``), and if it still does
+not fit, without its tally (those clients' unread sends are then not
+counted). A write goes to the slot its number picks, so a kill
 in the middle of one leaves the other whole; a reader takes the whole slot
 with the higher number. A record of version 1 (session 28: two 48-byte
 slots, no links' part) is read too: a node upgraded right after a SIGKILL.
@@ -72,6 +76,11 @@ _V1_SIZE = 2 * _V1_SLOT.size
 REFRESH = 1.0
 
 
+#: what the node keeps (``ClusterNode.held_record``): its life, the messages
+#: it holds, its links' part, its clients' reserved-send tally
+Kept = tuple[int, int, LinkCarry, tuple[tuple[bytes, int], ...]]
+
+
 class BadHeldRecord(ValueError):
     """A record file with no whole slot this version wrote."""
 
@@ -80,12 +89,16 @@ class BadHeldRecord(ValueError):
 class HeldRecord:
     """Life ``life`` of a node held ``held`` messages at its last step, at
     ``at`` (wall clock, seconds since the epoch); ``links``: what its links
-    carried that the next process asks its peers about."""
+    carried that the next process asks its peers about; ``conns``: how many
+    reserved sends each client connection had made, as far as it read."""
 
     life: int
     held: int
     at: float
     links: LinkCarry = field(default_factory=LinkCarry)
+    #: connection -> reserved sends its client made in all, as that life
+    #: knew (``Sessions.reserved_carry``)
+    conns: tuple[tuple[bytes, int], ...] = ()
 
 
 def record_path(state_dir: str, node_id: str) -> str:
@@ -94,9 +107,10 @@ def record_path(state_dir: str, node_id: str) -> str:
     return os.path.join(state_dir, f"{safe}.held")
 
 
-def _pack_links(links: LinkCarry) -> bytes:
+def _pack(links: LinkCarry, conns: tuple[tuple[bytes, int], ...]) -> bytes:
     out = [[*link[:5], [x for frame in link[5] for x in frame]] for link in links.out]
-    packed: bytes = msgpack.packb([out, [list(link) for link in links.into], links.lump])
+    tally = [x for conn in conns for x in conn]
+    packed: bytes = msgpack.packb([out, [list(link) for link in links.into], links.lump, tally])
     return packed
 
 
@@ -112,10 +126,18 @@ def _str(value: Any) -> str:
     return value
 
 
-def _unpack_links(data: bytes) -> LinkCarry:
-    """The links' part, validated; ``BadHeldRecord`` if it is not one."""
+def _unpack(data: bytes) -> tuple[LinkCarry, tuple[tuple[bytes, int], ...]]:
+    """The links' part and the tally, validated; ``BadHeldRecord`` if they
+    are not."""
     try:
-        out, into, lump = msgpack.unpackb(data)
+        part = msgpack.unpackb(data)
+        if not isinstance(part, list) or len(part) not in (3, 4):
+            raise BadHeldRecord("links' part malformed: not [out, into, lump, conns]")
+        out, into, lump = part[:3]
+        flat = part[3] if len(part) == 4 else []
+        if len(flat) % 2 or not all(type(conn) is bytes for conn in flat[::2]):
+            raise BadHeldRecord("links' part malformed: the tally is not [conn, total, ...]")
+        conns = tuple(zip(flat[::2], [_int(x) for x in flat[1::2]], strict=True))
         links_out = []
         for node, life, gen, target, reported, flat in out:
             numbers = [_int(x) for x in flat]
@@ -129,7 +151,7 @@ def _unpack_links(data: bytes) -> LinkCarry:
             (_str(source), _int(life), _int(gen), _int(expected))
             for source, life, gen, expected in into
         )
-        return LinkCarry(tuple(links_out), links_in, _int(lump))
+        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns
     except BadHeldRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
@@ -138,10 +160,14 @@ def _unpack_links(data: bytes) -> LinkCarry:
 
 def encode_slot(number: int, record: HeldRecord) -> bytes:
     """One slot's bytes: its head and its links' part (the rest of the slot
-    is not written). A links' part with no room in the slot is folded."""
-    links = _pack_links(record.links)
-    if len(links) > SLOT_SIZE - HEAD.size:
-        links = _pack_links(record.links.folded())
+    is not written). A links' part with no room in the slot is folded, and
+    without its tally if it still has none."""
+    room = SLOT_SIZE - HEAD.size
+    links = _pack(record.links, record.conns)
+    if len(links) > room:
+        links = _pack(record.links.folded(), record.conns)
+    if len(links) > room:
+        links = _pack(record.links.folded(), ())
     head = _HEAD_BEFORE_CRC.pack(
         MAGIC, VERSION, number, record.life, record.held, record.at, len(links)
     )
@@ -158,7 +184,7 @@ def _decode_slot(chunk: bytes) -> tuple[int, HeldRecord] | None:
         return None
     if magic != MAGIC or version != VERSION or life < 0 or held < 0:
         return None
-    return number, HeldRecord(life, held, at, _unpack_links(links))
+    return number, HeldRecord(life, held, at, *_unpack(links))
 
 
 def _decode_v1(data: bytes) -> list[tuple[int, HeldRecord]]:
@@ -201,21 +227,22 @@ class RecordFile:
         finally:
             os.close(fd)  # (the mapping keeps the file)
         self._number = 0
-        self._last: tuple[int, int, LinkCarry] | None = None
+        self._last: Kept | None = None
         self._written_at = 0.0
 
-    def write(self, life: int, held: int, links: LinkCarry, at: float) -> None:
-        """Keep (``life``, ``held``, ``links``) if it changed, or if the
-        last write is ``REFRESH`` old (``at``: the wall clock)."""
+    def write(self, kept: Kept, at: float) -> None:
+        """Keep what the node says (``ClusterNode.held_record``) if it
+        changed, or if the last write is ``REFRESH`` old (``at``: the wall
+        clock)."""
         if self._map is None:
             return
-        if (life, held, links) == self._last and at - self._written_at < REFRESH:
+        if kept == self._last and at - self._written_at < REFRESH:
             return
         self._number += 1
         slot = (self._number % 2) * SLOT_SIZE
-        data = encode_slot(self._number, HeldRecord(life, held, at, links))
+        data = encode_slot(self._number, HeldRecord(kept[0], kept[1], at, kept[2], kept[3]))
         self._map[slot : slot + len(data)] = data
-        self._last = (life, held, links)
+        self._last = kept
         self._written_at = at
 
     def remove(self) -> None:

@@ -195,14 +195,18 @@ class NodeServer:
                 config.state_dir, config.node_id, time.time(), config.membership.dead_keep
             )
             if record is not None and note is None:
-                self.node.previous_crash(record.life, record.held, record.links, time.monotonic())
+                self.node.previous_crash(
+                    record.life, record.held, record.links, time.monotonic(), record.conns
+                )
                 log.warning(
                     "the last life of this node (%d) died holding %d messages (counted "
                     "lost here), and %d in frames its peers had not acknowledged (asking "
-                    "them how far they took them)",
+                    "them how far they took them); %d client connections' reserved sends "
+                    "are checked as they come back",
                     record.life,
                     record.held + record.links.lump,
                     record.links.units() - record.links.lump,
+                    len(record.conns),
                 )
             try:
                 self._held_file = RecordFile(record_path(config.state_dir, config.node_id))
@@ -555,9 +559,9 @@ class NodeServer:
         held_file = self._held_file
         if held_file is not None:
             # (before the step's frames leave: a SIGKILL finds it as new)
-            record = self.node.held_record()
-            if record is not None:
-                held_file.write(*record, time.time())
+            kept = self.node.held_record()
+            if kept is not None:
+                held_file.write(kept, time.time())
         bounced: list[tuple[bytes, list[Message]]] = []
         if fx.clients:
             bounced = self.send(fx.clients)

@@ -8,6 +8,12 @@ memberships a session holds (``NodeCore`` drops those when a session dies).
 A session lives as long as its process keeps talking: any frame from any of its
 connections renews the lease (the process's keeper pings every lease/3). When a
 process dies (crash, SIGKILL) nothing renews it, and ``expired`` reports it.
+
+Also owns the tally of each connection's reserved sends (``reserved``): a
+send on a reservation (SEND with req 0) is never answered, so one that a
+SIGKILLed node never read from its socket is known lost only by comparing
+what the client says it sent (its HELLO to the next process) with what the
+node read (kept in the held record across the kill).
 """
 
 from __future__ import annotations
@@ -54,6 +60,16 @@ class Policy:
         return cls(float(expiry), bool(features & FEATURE_BUNDLE_REPORTS))
 
 
+def hello_reserved(raw: list[Any]) -> int | None:
+    """The third field of a HELLO's policy list: how many reserved sends
+    (SEND with req 0) the connection has made in all, up to this HELLO.
+    None if it is not a count: from an older client, which does not say,
+    or sends something else there (the capacity patterns of an early
+    version), ignored as later fields are."""
+    total = raw[2] if len(raw) > 2 else None
+    return total if type(total) is int and total >= 0 else None
+
+
 def valid_duration(value: object) -> bool:
     """A usable number of seconds: finite, positive, under ~30 years."""
     return (
@@ -84,6 +100,17 @@ class Sessions:
         #: bumped whenever a session comes or goes (what depends on which
         #: processes are alive is cached against it)
         self.version = 0
+        #: connection -> the reserved sends its client has made in all, as far
+        #: as this node knows: what its last HELLO said, plus each one read
+        #: since (``reserved_read``). A HELLO that says more names sends
+        #: no life of this node ever read: lost (``reserved_hello``).
+        self.reserved: dict[ConnId, int] = {}
+        #: of ``reserved``, the connections taken from the previous life's
+        #: record (``inherit``) that have not said HELLO here yet; kept
+        #: until ``_inherited_until``, a lease after (their processes have
+        #: died if they have not come back by then)
+        self._inherited: set[ConnId] = set()
+        self._inherited_until = 0.0
 
     def __len__(self) -> int:
         return len(self.by_tag)
@@ -113,6 +140,50 @@ class Sessions:
         session = self.by_conn.pop(conn, None)
         if session is not None:
             session.conns.discard(conn)
+        self.reserved.pop(conn, None)
+
+    # -- reserved sends ---------------------------------------------------
+    def reserved_read(self, conn: ConnId) -> None:
+        """A reserved send from ``conn`` was read (whatever became of it)."""
+        if conn in self.reserved:
+            self.reserved[conn] += 1
+
+    def reserved_hello(self, conn: ConnId, total: int | None) -> int:
+        """``conn`` said HELLO, having made ``total`` reserved sends in all
+        (None: its client does not say). Returns how many of them no life of
+        this node read: the ones still in a killed process's socket, and,
+        in this life, any a broken TCP connection lost in flight. (Frames of
+        one connection arrive in order, so every send made before the HELLO
+        was read before it, or never.) Zero when this node knows nothing of
+        the connection: its first HELLO, or one after its record was lost."""
+        self._inherited.discard(conn)
+        known = self.reserved.pop(conn, None)
+        if total is None:
+            return 0
+        self.reserved[conn] = total
+        if known is None:
+            return 0
+        return max(0, total - known)
+
+    def reserved_carry(self) -> tuple[tuple[ConnId, int], ...]:
+        """The tally, for the held record (``inherit`` takes it back)."""
+        return tuple(self.reserved.items())
+
+    def inherit(self, tally: tuple[tuple[ConnId, int], ...], now: float) -> None:
+        """The previous life's tally (``reserved_carry``, from its held
+        record): its clients' next HELLOs are compared with it."""
+        for conn, total in tally:
+            if conn not in self.reserved:
+                self.reserved[conn] = total
+                self._inherited.add(conn)
+        self._inherited_until = now + self.lease
+
+    def prune_inherited(self, now: float) -> None:
+        """Forget the inherited connections that never came back in a lease."""
+        if self._inherited and now >= self._inherited_until:
+            for conn in self._inherited:
+                self.reserved.pop(conn, None)
+            self._inherited.clear()
 
     def expired(self, now: float) -> list[Session]:
         return [s for s in self.by_tag.values() if now - s.last_seen > self.lease]
@@ -123,4 +194,5 @@ class Sessions:
             self.version += 1
             for conn in session.conns:
                 self.by_conn.pop(conn, None)
+                self.reserved.pop(conn, None)
         return session

@@ -768,3 +768,111 @@ def test_a_bundle_given_back_and_dropped_is_forgotten() -> None:
     core.handle(A, [(MsgType.BYE, (8, 1))], 1.0)  # the process closes
     assert seq not in core.queues.bundles
     assert core.queues.held(names[0]) == 0
+
+
+# -- reserved sends no life read ---------------------------------------------
+def hello_saying(core: NodeCore, conn: bytes, tag: str, reserved: int, now: float) -> list[Out]:
+    """HELLO from a client that says it made ``reserved`` reserved sends."""
+    return core.handle(conn, [(MsgType.HELLO, (tag, 1, [60.0, 0, reserved]))], now)
+
+
+RESERVED_SEND = (MsgType.SEND, (0, "c", b"x", 1000))
+
+
+def test_a_hello_counts_the_reserved_sends_its_node_never_read() -> None:
+    """A reserved send is never answered, so a lost one is known only by
+    comparing what the client says it sent (HELLO) with what was read."""
+    core = make_core()
+    hello_saying(core, A, SA, 0, 0.0)
+    core.handle(A, [RESERVED_SEND] * 3, 0.1)
+    hello_saying(core, A, SA, 3, 0.2)  # (all three read: nothing lost)
+    assert core.counters.reserved_unread == core.counters.dropped_dead_owner == 0
+    hello_saying(core, A, SA, 5, 0.3)  # (two never arrived: a broken TCP connection)
+    assert core.counters.reserved_unread == core.counters.dropped_dead_owner == 2
+    hello_saying(core, A, SA, 5, 0.4)  # (said again: counted once)
+    assert core.counters.reserved_unread == 2
+    # An older client says nothing: nothing is counted, and it is not refused.
+    out = core.handle(B, [(MsgType.HELLO, (SB, 1, [60.0, 0]))], 0.5)
+    assert out[0][1][0] == MsgType.WELCOME
+    core.handle(B, [RESERVED_SEND], 0.6)
+    hello_saying(core, B, SB, 9, 0.7)  # (now it says: the count starts here)
+    assert core.counters.reserved_unread == 2
+    # Something else there (an early version's capacity patterns) says nothing.
+    out = core.handle(B, [(MsgType.HELLO, (SB, 1, [60.0, 0, [["a*", 5]]]))], 0.8)
+    assert out[0][1][0] == MsgType.WELCOME
+    core.handle(B, [RESERVED_SEND], 0.9)
+    hello_saying(core, B, SB, 20, 1.0)
+    assert core.counters.reserved_unread == 2
+
+
+def test_the_next_life_counts_what_the_killed_one_never_read() -> None:
+    """A tally inherited from the previous life's record is kept for a
+    lease; reserved sends the next life reads before the HELLO are refused
+    and counted as read (``dead_owner``), the rest at the HELLO."""
+    old = make_core()
+    hello_saying(old, A, SA, 0, 0.0)
+    hello_saying(old, B, SB, 0, 0.0)
+    old.handle(A, [RESERVED_SEND] * 4, 0.1)
+    tally = old.sessions.reserved_carry()
+    assert dict(tally) == {A: 4, B: 0}
+    new = make_core(lease=3.0)
+    new.sessions.inherit(tally, 1.0)
+    new.handle(A, [RESERVED_SEND] * 2, 1.1)  # (waited in A's socket: refused)
+    assert new.counters.dropped_dead_owner == 2
+    hello_saying(new, A, SA, 4 + 3 + 2, 1.2)  # (3 were in the killed one's socket)
+    assert new.counters.reserved_unread == 3
+    assert new.counters.dropped_dead_owner == 5
+    new.tick(4.1)  # (B never came back in a lease: its process died)
+    assert dict(new.sessions.reserved_carry()) == {A: 9}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.just(("send", 0)),
+            st.just(("hello", 0)),
+            st.tuples(st.just("read"), st.integers(1, 4)),
+            st.tuples(st.just("kill"), st.integers(0, 6)),
+        ),
+        max_size=60,
+    )
+)
+def test_every_reserved_send_is_read_by_some_life_or_counted_unread_once(
+    ops: list[tuple[str, int]],
+) -> None:
+    """Any interleaving of one connection's reserved sends and HELLOs with
+    its node reading frames and being SIGKILLed (losing the first ``n`` of
+    the frames it had not read: those in its socket; the rest wait in the
+    client's and reach the next life), each next life taking the tally from
+    its predecessor's record: once the client has said HELLO and every
+    frame is read, each reserved send was read by exactly one life or
+    counted unread by exactly one, never both."""
+    core = make_core()
+    hello_saying(core, A, SA, 0, 0.0)
+    total = read = counted = 0
+    pipe: list[tuple[MsgType, tuple[Any, ...]]] = []
+
+    def take(n: int) -> None:
+        nonlocal read
+        for message in pipe[:n]:
+            read += message[0] == MsgType.SEND
+            core.handle(A, [message], 0.0)
+        del pipe[:n]
+
+    for op, n in [*ops, ("hello", 0), ("read", 1 << 30)]:
+        if op == "send":
+            total += 1
+            pipe.append(RESERVED_SEND)
+        elif op == "hello":
+            pipe.append((MsgType.HELLO, (SA, 1, [60.0, 0, total])))
+        elif op == "read":
+            take(n)
+        else:
+            counted += core.counters.reserved_unread
+            del pipe[:n]
+            tally = core.sessions.reserved_carry()
+            core = make_core()
+            core.sessions.inherit(tally, 0.0)
+    counted += core.counters.reserved_unread
+    assert read + counted == total

@@ -34,6 +34,8 @@ from zchannels.node.links import LinkCarry
 from zchannels.node.peer_messages import LinkProbe, LinkState
 from zchannels.node.peer_wire import decode_peer
 
+from zchannels.protocol import Message, MsgType
+
 LINKS = LinkCarry(
     (("n2", 1000, 3, 2000, 1, ((4, 2), (5, 1))), ("n3", 1000, 1, 3000, 0, ((9, 7),))),
     (("n2", 2000, 1, 12),),
@@ -80,8 +82,22 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         msgpack.packb([[["n2", 1, 1, 1, 0, [4]]], [], 0]),  # (a frame without its units)
         msgpack.packb([[[7, 1, 1, 1, 0, []]], [], 0]),  # (a node id that is a number)
         msgpack.packb([[], [["n2", 1, 1]], 0]),  # (a link in short of a field)
+        msgpack.packb([[], [], 0, [b"s/0"]]),  # (a connection without its total)
+        msgpack.packb([[], [], 0, ["s/0", 3]]),  # (a connection id that is text)
+        msgpack.packb([[], [], 0, [b"s/0", -3]]),  # (a negative total)
+        msgpack.packb([[], [], 0, [], 1]),  # (a field no version wrote)
     ],
-    ids=["not-msgpack", "negative", "odd-frames", "node-id", "short-link"],
+    ids=[
+        "not-msgpack",
+        "negative",
+        "odd-frames",
+        "node-id",
+        "short-link",
+        "odd-tally",
+        "text-conn",
+        "negative-total",
+        "five-fields",
+    ],
 )
 def test_a_whole_slot_whose_links_part_is_not_one_is_a_typed_error(part: bytes) -> None:
     """A links' part whole by its CRC that no version wrote (a bug, or a
@@ -94,9 +110,16 @@ def test_a_whole_slot_whose_links_part_is_not_one_is_a_typed_error(part: bytes) 
 
 def test_a_links_part_with_no_room_in_a_slot_is_kept_as_one_count() -> None:
     frames = tuple((seq, 1) for seq in range(1, SLOT_SIZE))
-    big = HeldRecord(1000, 3, 10.0, LinkCarry((("n2", 1000, 1, 2000, 0, frames),)))
+    tally = ((b"s/0", 7),)
+    big = HeldRecord(1000, 3, 10.0, LinkCarry((("n2", 1000, 1, 2000, 0, frames),)), tally)
     kept = decode(slots(encode_slot(1, big), b""))
     assert kept.links == LinkCarry(lump=SLOT_SIZE - 1) and kept.held == 3
+    assert kept.conns == tally
+    # (a tally with no room either is left out: those clients' unread
+    # reserved sends go uncounted, nothing else is lost)
+    huge = HeldRecord(1000, 3, 10.0, big.links, tuple((b"%08d/0" % i, i) for i in range(9000)))
+    kept = decode(slots(encode_slot(1, huge), b""))
+    assert kept.links == LinkCarry(lump=SLOT_SIZE - 1) and kept.conns == ()
 
 
 def test_a_version_1_record_is_read_after_an_upgrade() -> None:
@@ -110,19 +133,19 @@ def test_a_record_file_keeps_each_change_and_refreshes_its_clock(tmp_path: Path)
     path = record_path(str(tmp_path), "node/1")
     assert os.path.basename(path) == "node_1.held"
     f = RecordFile(path)
-    f.write(1000, 4, LINKS, 100.0)
+    f.write((1000, 4, LINKS, ()), 100.0)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 100.0, LINKS)
-    f.write(1000, 4, LINKS, 100.5)  # (unchanged, and fresh: not written)
+    f.write((1000, 4, LINKS, ()), 100.5)  # (unchanged, and fresh: not written)
     assert decode(Path(path).read_bytes()).at == 100.0
-    f.write(1000, 4, LINKS, 101.0)  # (unchanged, a second old: its clock again)
+    f.write((1000, 4, LINKS, ()), 101.0)  # (unchanged, a second old: its clock again)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 101.0, LINKS)
-    f.write(1000, 4, LinkCarry(), 101.1)  # (its links' part changed)
+    f.write((1000, 4, LinkCarry(), ()), 101.1)  # (its links' part changed)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 101.1)
-    f.write(1000, 0, LinkCarry(), 101.2)
+    f.write((1000, 0, LinkCarry(), ()), 101.2)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 0, 101.2)
     f.remove()
     assert not os.path.exists(path)
-    f.write(1000, 9, LINKS, 102.0)  # (closed: nothing)
+    f.write((1000, 9, LINKS, ()), 102.0)  # (closed: nothing)
     assert not os.path.exists(path)
 
 
@@ -137,26 +160,28 @@ def test_what_a_sigkilled_process_wrote_is_in_the_file(tmp_path: Path) -> None:
         "f = RecordFile(sys.argv[1])\n"
         "from zchannels.node.links import LinkCarry\n"
         "for held in range(1, 500):\n"
-        '    f.write(1000, held, LinkCarry((("n2", 1000, 1, 7, 0, ((held, 1),)),)), 1.0 + held)\n'
+        '    links = LinkCarry((("n2", 1000, 1, 7, 0, ((held, 1),)),))\n'
+        '    f.write((1000, held, links, ((b"s/0", held),)), 1.0 + held)\n'
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, path], timeout=30)
     assert proc.returncode == -signal.SIGKILL
     kept = decode(Path(path).read_bytes())
     assert (kept.life, kept.held, kept.at, kept.links.out[0][5]) == (1000, 499, 500.0, ((499, 1),))
+    assert kept.conns == ((b"s/0", 499),)
 
 
 def test_the_next_process_takes_the_record_once_and_only_while_fresh(tmp_path: Path) -> None:
     state = str(tmp_path)
     assert take_record(state, "n1", time.time(), 30.0) is None  # (none: a first start)
     f = RecordFile(record_path(state, "n1"))
-    f.write(1000, 6, LINKS, 500.0)
+    f.write((1000, 6, LINKS, ()), 500.0)
     f.close()
     assert take_record(state, "n1", 510.0, 30.0) == HeldRecord(1000, 6, 500.0, LINKS)
     assert take_record(state, "n1", 510.0, 30.0) is None  # (taken once)
     for now in (531.0, 499.0):  # (its peers forgot that life; a clock gone back)
         f = RecordFile(record_path(state, "n1"))
-        f.write(1000, 6, LINKS, 500.0)
+        f.write((1000, 6, LINKS, ()), 500.0)
         f.close()
         assert take_record(state, "n1", now, 30.0) is None
         assert not os.path.exists(record_path(state, "n1"))
@@ -186,10 +211,10 @@ def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
     in the reports that it did."""
     node = started_node(5)
     assert node.routing is not None
-    assert node.held_record() == (node.incarnation, 0, LinkCarry())
+    assert node.held_record() == (node.incarnation, 0, LinkCarry(), ())
     for i in range(3):
         node.core.queues.put("c", b"%d" % i, 60.0, 100, 0.0)
-    assert node.held_record() == (node.incarnation, 3, LinkCarry())
+    assert node.held_record() == (node.incarnation, 3, LinkCarry(), ())
     dead_owner = node.drops()["dead_owner"]
     node.previous_crash(4000, 6, LinkCarry(lump=2), 0.0)  # (2 units too many to list)
     # (counted here, once: the survivors are told it crashed, with none to count)
@@ -214,3 +239,31 @@ def test_the_next_process_answers_probes_of_a_life_that_left_as_it_would_have() 
     node.previous_life(LifeNote("n1", 4000, 0.0, (("n2", 7000, 3, 12),)), 0.2)
     node.links.take(probe, 0.3)
     assert [decode_peer(f) for _, f in node.links.replies()] == [[LinkState("n1", 7000, 3, 11)]]
+
+
+def test_the_record_carries_the_clients_reserved_send_tally_to_the_next_process() -> None:
+    """The pure half, end to end: a client of the killed life made 9
+    reserved sends; that life read 3 (its record says so), the next process
+    read 2 before the client's HELLO (refused: counted as it read them), and
+    its HELLO says 9: the 4 no life read are counted there, once."""
+    tag, conn = "abcdefghij", b"abcdefghij/0"
+
+    def hello(total: int) -> list[Message]:
+        return [(MsgType.HELLO, (tag, 1, [60.0, 0, total]))]
+
+    send: Message = (MsgType.SEND, (0, "c", b"x", 1000))
+    node = started_node(5000)
+    node.client(conn, hello(0), 0.1)
+    node.client(conn, [send] * 3, 0.2)
+    kept = node.held_record()
+    assert kept is not None and kept[3] == ((conn, 3),)
+    record = decode(slots(encode_slot(1, HeldRecord(kept[0], kept[1], 0.0, kept[2], kept[3])), b""))
+    following = started_node(6000)
+    following.previous_crash(record.life, record.held, record.links, 1.0, record.conns)
+    dead_owner = following.drops()["dead_owner"]  # (the 3 queued: the held count)
+    assert dead_owner == 3
+    following.client(conn, [send] * 2, 1.1)
+    following.client(conn, hello(9), 1.2)
+    following.client(conn, hello(9), 1.3)
+    assert following.drops()["dead_owner"] == dead_owner + 2 + 4
+    assert following.core.counters.reserved_unread == 4

@@ -626,7 +626,10 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "6 of 300 seeds: 100, 125, 158, 168, 288, 289 (8 before a killed owner's deliveries to "
+    "5 of 300 seeds: 100, 158, 168, 288, 289 (6 before the reserved sends a SIGKILLed "
+    "node never read from its socket were counted by its next process at the client's "
+    "HELLO, from the held record's tally, session 30: seed 125; "
+    "8 before a killed owner's deliveries to "
     "other nodes' clients, in frames those nodes never took, were counted by its next "
     "process, seeds 97 and 299; 9 before a SIGKILLed life's "
     "next process asked its peers how far they took what its links carried, and answered "

@@ -303,7 +303,8 @@ class LayerConfig:
         return self.capacity
 
     def wire_policy(self) -> list[Any]:
-        """The policy a session sends in HELLO: ``[expiry, features]``.
+        """The policy a session sends in HELLO: ``[expiry, features]`` (each
+        connection appends its reserved-send count: ``Connection._hello``).
         Capacities go with each send (the node never runs the layer's
         patterns)."""
         return [float(self.expiry), FEATURE_BUNDLE_REPORTS]

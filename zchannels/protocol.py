@@ -194,8 +194,11 @@ _F = tuple[tuple[str, type | tuple[type, ...]], ...]
 _NUM: tuple[type, ...] = (int, float)
 FIELDS: dict[MsgType, _F] = {
     # session: the process's session tag (10 base32 chars); pid: for operators;
-    # policy: [expiry_s, features] (the layer's ``expiry``; ``FEATURE_*``
-    # bits, absent from older clients; a list, to grow)
+    # policy: [expiry_s, features, reserved] (the layer's ``expiry``;
+    # ``FEATURE_*`` bits; how many sends this connection has made on
+    # reservations (SEND req 0) in all, before this HELLO, so a node's next
+    # process counts the ones its killed process never read; the last two
+    # absent from older clients; a list, to grow)
     MsgType.HELLO: (("session", str), ("pid", int), ("policy", list)),
     # node_id; node_tag (what new_channel() names carry to point at this node);
     # incarnation (changes at every node start); lease (s);

@@ -321,9 +321,9 @@ class World:
             sn.node.previous_life(LifeNote.decode(note.encode()), self.now)
         elif record is not None and hasattr(sn.node, "previous_crash"):
             # (through the file's layout, as the next process reads it)
-            life, held, links = record
-            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links)))
-            sn.node.previous_crash(kept.life, kept.held, kept.links, self.now)
+            life, held, links, conns = record
+            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links, conns)))
+            sn.node.previous_crash(kept.life, kept.held, kept.links, self.now, kept.conns)
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
             # (every seed, up or not, as the shell's static discovery finds
