@@ -390,6 +390,8 @@ class GroupReplication:
             # with a membership another node handed back, twice)
             had = self._had_it(key, msg.group) if self._handed_in else set()
             had |= self._superseded(msg)
+            if core.groups.has_node_memberships():
+                had |= self.superseded_here(msg.group)
             only = None
             if had:
                 self.fanouts_had += 1
@@ -432,7 +434,15 @@ class GroupReplication:
         channel twice once this node handed it back (soak seed 3040: a
         group_send held while this node was frozen, taken up as it thawed
         and saw the new life, plans/group-send-after-a-restart-not-also-
-        queued-for-the-earlier-life.json)."""
+        queued-for-the-earlier-life.json). A third node's fanout skips them
+        too: its origin sends it to that node's new life as soon as its
+        counts show the memberships made again there, and this node's copy
+        went back with the channel to the one its process had taken already
+        (10,000 seed 7642: c5's node restarted, c5 made its membership again
+        there, c1's group_send reached both the new life and the keeper of
+        the old membership in the same millisecond, and the keeper's handback
+        brought the second copy into c5's queue: plans/group-send-to-a-
+        membership-held-at-two-nodes-as-its-owner-came-back-taken-twice.json)."""
         out: set[str] = set()
         for member in self.table.members():
             if member.state in LIVE and member.id != self.me:

@@ -239,6 +239,26 @@ def test_own_group_send_skips_members_kept_for_a_nodes_earlier_life() -> None:
     assert (queued(node, OWN), queued(node, kept)) == (2, 1), "skipped for the new life"
 
 
+def test_a_peers_fanout_skips_members_kept_for_a_nodes_earlier_life() -> None:
+    """10,000 seed 7642: n2 kept n3's client's channel and membership while
+    n3 restarted; the client made its membership again at n3's new life,
+    and a third node's group_send reached both n3 and n2 in the same
+    millisecond. n2's copy went back with the channel to n3, which had one
+    already: delivered twice. Once n3's new life is live here, a peer's
+    fanout skips what is kept for the old one, as this node's own
+    group_send does; before, it is kept (queued for the handback)."""
+    node = make_node("n2")
+    kept = "asgi|kept"
+    node.core.groups.add(G, kept, "n3@1000/keptkeptke", 60.0, 10)
+    node.handle(GroupFanout("n0", 5, 1, G, b"m", 60.0), 0.1, Fx())
+    assert (queued(node, OWN), queued(node, kept)) == (1, 1), "n3 not live: kept here"
+    n3 = Update("n3", "tcp://127.0.0.1:7703", 1000 + RESTART_GAP, State.ALIVE, "n3")
+    node.table.handle(Gossip("n3", (n3,)), 0.2)
+    node.handle(GroupFanout("n0", 5, 2, G, b"n", 60.0), 0.3, Fx())
+    assert (queued(node, OWN), queued(node, kept)) == (2, 1), "skipped for the new life"
+    assert node.fanouts_had == 1
+
+
 def test_a_passed_copy_skips_members_whose_handover_had_it() -> None:
     """Soak seed 5608: the fanout reached this node's own member first;
     then n1 handed over a membership it had already given it (its queue

@@ -464,18 +464,6 @@ def test_shrunk_single_node_dead_sender_plan() -> None:
 #: saved for), reported as an xfail; once it passes, the test fails until
 #: it is taken out of this table.
 FAILING_PLANS: dict[str, tuple[str, str]] = {
-    "group-send-to-a-membership-held-at-two-nodes-as-its-owner-came-back-taken-twice": (
-        "duplicate",
-        "seed 7642 of the 10,000 (65 ops), found on b334a29: c1's group_send reached g0's "
-        "member !c5.0 at two nodes in the same millisecond, as c5's node n2 came back "
-        "(restarted) and took its process's channel back while n4, its keeper, still held "
-        "the membership: both put a copy (GroupFanout to each), and a handover brought the "
-        "second copy into the queue holding the first, which delivered both. Group "
-        "replication's to settle (the fanout id kept with the queued copy, or the handover "
-        "refusing a copy of an id the receiver put already). Out of this table in session 28 "
-        "when the counting changes took the run another way; back in session 29, when the "
-        "held record's links' part took it into the duplicate again. Not fixed",
-    ),
     # (fifo, the causes of the 10,000 run's fifo seeds left in session 23:
     # docs/cluster.md, "In session 23")
     "older-send-handed-to-the-next-consumer-after-its-predecessor-took-a-newer": (
