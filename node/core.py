@@ -74,6 +74,9 @@ class NodeCounters:
     #: of this node read (in a SIGKILLed process's socket:
     #: ``Sessions.reserved_hello``)
     reserved_unread: int = 0
+    #: of the "receiver_gone" drops: what a SIGKILLed life had handed its
+    #: clients whose processes never came back (``Sessions.prune_inherited``)
+    flight_unclaimed: int = 0
 
 
 @dataclass(slots=True)
@@ -276,7 +279,10 @@ class NodeCore:
             for session in self.sessions.expired(now):
                 self._drop_session(session.tag, now, out)
                 self.counters.sessions_expired += 1
-            self.sessions.prune_inherited(now)
+            unclaimed = self.sessions.prune_inherited(now)
+            if unclaimed:
+                self.queues.counters.dropped_receiver_gone += unclaimed
+                self.counters.flight_unclaimed += unclaimed
             if now >= self._next_sweep:
                 self._next_sweep = now + self.settings.sweep_interval
                 self._outcome(self.queues.expire(now), out)
@@ -361,6 +367,8 @@ class NodeCore:
             "connections": len(self.sessions.by_conn),
             "channels": len(self.queues.channels),
             "queued": self.queues.queued(),
+            # (handed to receivers, here or through peers, not reported taken yet)
+            "in_flight": sum(self.queues.flying.values()),
             "groups": len(self.groups.groups),
             "group_entries": len(self.groups),
             "counters": {

@@ -24,16 +24,19 @@ Layout: two slots of ``SLOT_SIZE`` bytes. Each begins with a head
 messages held, the wall clock of the write, the length of the links' part
 that follows, and a CRC-32 of the head before it and that part. The links'
 part (``Links.carry``: the frames no peer acknowledged, how far this life
-took each peer's link) is msgpack, ``[out, into, lump, conns]``; ``conns``
-(absent from a session 29 record) is the clients' reserved-send tally
-(``Sessions.reserved_carry``), flat: ``[conn, total, conn, total, ...]``. A
+took each peer's link) is msgpack, ``[out, into, lump, conns, flights]``;
+``conns`` is the clients' reserved-send tally (``Sessions.reserved_carry``)
+and ``flights`` how many messages each client connection had in flight
+(``Queues.flying``), each flat: ``[conn, count, conn, count, ...]`` (both
+absent from a session 29 record, flights from one of early session 30). A
 part that does not fit in a slot is kept with its links folded (their units
 counted whole, nothing listed: ``LinkCarry.folded``), and if it still does
-not fit, without its tally (those clients' unread sends are then not
-counted). A write goes to the slot its number picks, so a kill
-in the middle of one leaves the other whole; a reader takes the whole slot
-with the higher number. A record of version 1 (session 28: two 48-byte
-slots, no links' part) is read too: a node upgraded right after a SIGKILL.
+not fit, without its tally and flights (those clients' unread sends and
+flights are then not counted). A write goes to the slot its number picks,
+so a kill in the middle of one leaves the other whole; a reader takes the
+whole slot with the higher number. A record of version 1 (session 28: two
+48-byte slots, no links' part) is read too: a node upgraded right after a
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -76,9 +79,11 @@ _V1_SIZE = 2 * _V1_SLOT.size
 REFRESH = 1.0
 
 
+#: connection -> a count, as the record lists reserved sends and flights
+Tally = tuple[tuple[bytes, int], ...]
 #: what the node keeps (``ClusterNode.held_record``): its life, the messages
-#: it holds, its links' part, its clients' reserved-send tally
-Kept = tuple[int, int, LinkCarry, tuple[tuple[bytes, int], ...]]
+#: it holds, its links' part, its clients' reserved-send tally and flights
+Kept = tuple[int, int, LinkCarry, Tally, Tally]
 
 
 class BadHeldRecord(ValueError):
@@ -90,7 +95,8 @@ class HeldRecord:
     """Life ``life`` of a node held ``held`` messages at its last step, at
     ``at`` (wall clock, seconds since the epoch); ``links``: what its links
     carried that the next process asks its peers about; ``conns``: how many
-    reserved sends each client connection had made, as far as it read."""
+    reserved sends each client connection had made, as far as it read;
+    ``flights``: how many messages each had in flight."""
 
     life: int
     held: int
@@ -99,6 +105,9 @@ class HeldRecord:
     #: connection -> reserved sends its client made in all, as that life
     #: knew (``Sessions.reserved_carry``)
     conns: tuple[tuple[bytes, int], ...] = ()
+    #: connection -> messages handed to it that it had not reported taken
+    #: nor given back (``Queues.flying``; this node's own clients only)
+    flights: tuple[tuple[bytes, int], ...] = ()
 
 
 def record_path(state_dir: str, node_id: str) -> str:
@@ -107,11 +116,22 @@ def record_path(state_dir: str, node_id: str) -> str:
     return os.path.join(state_dir, f"{safe}.held")
 
 
-def _pack(links: LinkCarry, conns: tuple[tuple[bytes, int], ...]) -> bytes:
+def _pack(links: LinkCarry, conns: Tally, flights: Tally) -> bytes:
     out = [[*link[:5], [x for frame in link[5] for x in frame]] for link in links.out]
+    into = [list(link) for link in links.into]
     tally = [x for conn in conns for x in conn]
-    packed: bytes = msgpack.packb([out, [list(link) for link in links.into], links.lump, tally])
+    flying = [x for conn in flights for x in conn]
+    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying])
     return packed
+
+
+def _tally(flat: Any) -> Tally:
+    """``[conn, count, ...]`` validated; ``BadHeldRecord`` if it is not."""
+    if type(flat) is not list or len(flat) % 2:
+        raise BadHeldRecord("links' part malformed: a tally is not [conn, count, ...]")
+    if not all(type(conn) is bytes for conn in flat[::2]):
+        raise BadHeldRecord("links' part malformed: a tally names a connection not in bytes")
+    return tuple(zip(flat[::2], [_int(x) for x in flat[1::2]], strict=True))
 
 
 def _int(value: Any) -> int:
@@ -126,18 +146,16 @@ def _str(value: Any) -> str:
     return value
 
 
-def _unpack(data: bytes) -> tuple[LinkCarry, tuple[tuple[bytes, int], ...]]:
-    """The links' part and the tally, validated; ``BadHeldRecord`` if they
-    are not."""
+def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally]:
+    """The links' part, the tally and the flights, validated;
+    ``BadHeldRecord`` if they are not."""
     try:
         part = msgpack.unpackb(data)
-        if not isinstance(part, list) or len(part) not in (3, 4):
-            raise BadHeldRecord("links' part malformed: not [out, into, lump, conns]")
+        if not isinstance(part, list) or not 3 <= len(part) <= 5:
+            raise BadHeldRecord("links' part malformed: not [out, into, lump, conns, flights]")
         out, into, lump = part[:3]
-        flat = part[3] if len(part) == 4 else []
-        if len(flat) % 2 or not all(type(conn) is bytes for conn in flat[::2]):
-            raise BadHeldRecord("links' part malformed: the tally is not [conn, total, ...]")
-        conns = tuple(zip(flat[::2], [_int(x) for x in flat[1::2]], strict=True))
+        conns = _tally(part[3]) if len(part) > 3 else ()
+        flights = _tally(part[4]) if len(part) > 4 else ()
         links_out = []
         for node, life, gen, target, reported, flat in out:
             numbers = [_int(x) for x in flat]
@@ -151,7 +169,7 @@ def _unpack(data: bytes) -> tuple[LinkCarry, tuple[tuple[bytes, int], ...]]:
             (_str(source), _int(life), _int(gen), _int(expected))
             for source, life, gen, expected in into
         )
-        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns
+        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns, flights
     except BadHeldRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
@@ -163,11 +181,11 @@ def encode_slot(number: int, record: HeldRecord) -> bytes:
     is not written). A links' part with no room in the slot is folded, and
     without its tally if it still has none."""
     room = SLOT_SIZE - HEAD.size
-    links = _pack(record.links, record.conns)
+    links = _pack(record.links, record.conns, record.flights)
     if len(links) > room:
-        links = _pack(record.links.folded(), record.conns)
+        links = _pack(record.links.folded(), record.conns, record.flights)
     if len(links) > room:
-        links = _pack(record.links.folded(), ())
+        links = _pack(record.links.folded(), (), ())
     head = _HEAD_BEFORE_CRC.pack(
         MAGIC, VERSION, number, record.life, record.held, record.at, len(links)
     )
@@ -240,7 +258,7 @@ class RecordFile:
             return
         self._number += 1
         slot = (self._number % 2) * SLOT_SIZE
-        data = encode_slot(self._number, HeldRecord(kept[0], kept[1], at, kept[2], kept[3]))
+        data = encode_slot(self._number, HeldRecord(kept[0], kept[1], at, *kept[2:]))
         self._map[slot : slot + len(data)] = data
         self._last = kept
         self._written_at = at

@@ -245,6 +245,10 @@ class Queues:
         self.flushed: dict[str, int] = {}
         #: connection -> channels where it holds credit or messages in flight
         self._by_conn: dict[ConnId, set[str]] = {}
+        #: connection -> how many messages it has in flight here, over all
+        #: channels (kept as flights change: the held record lists it at
+        #: every step, and summing the flights would cost a step per channel)
+        self.flying: dict[ConnId, int] = {}
         #: connection -> pools where it holds a reservation
         self._reserving: dict[ConnId, set[str]] = {}
         #: seq -> a bundle handed to some connection as one delivery, until
@@ -284,6 +288,15 @@ class Queues:
         """``queued`` counted channel by channel (the simulation checks the
         two agree after every step)."""
         return sum(len(ch.items) for ch in self.channels.values())
+
+    def flying_counted(self) -> dict[ConnId, int]:
+        """``flying`` counted channel by channel (checked as ``queued``)."""
+        out: dict[ConnId, int] = {}
+        for ch in self.channels.values():
+            for conn, flight in ch.flight.items():
+                if flight:
+                    out[conn] = out.get(conn, 0) + len(flight)
+        return out
 
     def length(self, name: str) -> int:
         ch = self.channels.get(name)
@@ -489,6 +502,7 @@ class Queues:
                         else:
                             names_of.add(name)
                 flight[seq] = bundle
+                self.flying[conn] = self.flying.get(conn, 0) + 1
                 ch.served = True
                 handed += 1
                 if conn is last or conn == last:
@@ -673,6 +687,7 @@ class Queues:
             seqs = (next(iter(flight)),) if count == 1 else list(flight)[: max(0, count)]
             stamps = ch.stamps
             held = self.held_stamps.get((conn, name)) if stamps else None
+            before = len(flight)
             for seq in seqs:
                 if seq > upto:
                     break
@@ -691,6 +706,7 @@ class Queues:
                             self.bundles.pop(bundle.seq, None)
             if held is not None and not held:
                 del self.held_stamps[(conn, name)]
+            self._landed(conn, before - len(flight))
             if not flight:
                 del ch.flight[conn]
                 self._unindex(conn, name, ch)
@@ -727,6 +743,7 @@ class Queues:
                 self._release(ch.pool, flight.pop(seq))
                 ch.stamps.pop(seq, None)
                 dropped += 1
+        self._landed(conn, dropped)
         if not flight:
             del ch.flight[conn]
             self._unindex(conn, name, ch)
@@ -769,6 +786,7 @@ class Queues:
                 if flight is None or flight.get(seq) is not bundle:
                     continue
                 del flight[seq]
+                self._landed(conn, 1)
                 taken += 1
                 if not flight:
                     del ch.flight[conn]
@@ -842,6 +860,7 @@ class Queues:
             if seq in flight and (mine is None or mine == given):
                 # (handed since any flush: ``clear`` empties the flights)
                 bundle = flight.pop(seq)
+                self._landed(conn, 1)
                 if in_flight:
                     stamp = in_flight.pop(seq, None)
                 if stamp is None:
@@ -1252,6 +1271,7 @@ class Queues:
             if not flight or ch is None:
                 continue
             seqs = [seq for seq, bundle in flight.items() if bundle is None]
+            self._landed(conn, len(seqs))
             for seq in seqs:
                 del flight[seq]
                 stamp = ch.stamps.pop(seq, None)
@@ -1291,6 +1311,7 @@ class Queues:
                 self._by_conn.setdefault(conn, set()).add(name)
             if seq not in flight:
                 flight[seq] = None
+                self.flying[conn] = self.flying.get(conn, 0) + 1
                 ch.pool.held += 1
                 stamp = stamps.get((name, seq)) if stamps else None
                 if stamp is not None:
@@ -1317,6 +1338,7 @@ class Queues:
             ch.credits.pop(conn, None)
             flight = ch.flight.pop(conn, None)
             if flight:
+                self._landed(conn, len(flight))
                 self.counters.dropped_receiver_gone += len(flight)
                 for bundle in flight.values():
                     self._release(ch.pool, bundle)
@@ -1364,7 +1386,7 @@ class Queues:
                 for bundle in flight.values():
                     self._release(ch.pool, bundle)
             for conn in list(ch.flight):
-                del ch.flight[conn]
+                self._landed(conn, len(ch.flight.pop(conn)))
                 self._unindex(conn, name, ch)
             ch.stamps.clear()
             ch.newest.clear()
@@ -1423,8 +1445,18 @@ class Queues:
             flight = ch.flight[conn] = {}
             self._by_conn.setdefault(conn, set()).add(name)
         flight[seq] = bundle
+        self.flying[conn] = self.flying.get(conn, 0) + 1
         ch.served = True
         self.counters.delivered += 1
+
+    def _landed(self, conn: ConnId, n: int) -> None:
+        """``n`` of ``conn``'s messages left its flight (``flying``)."""
+        if n:
+            left = self.flying.get(conn, 0) - n
+            if left > 0:
+                self.flying[conn] = left
+            else:
+                self.flying.pop(conn, None)
 
     def _release(self, pool: Pool, bundle: Bundle | None) -> None:
         """One message (or one copy of a bundle) no longer takes room.
@@ -1512,6 +1544,8 @@ class Queues:
             for bundle in flight.values():
                 self._release(ch.pool, bundle)
         conns = {*ch.credits, *ch.flight}
+        for conn, flight in ch.flight.items():
+            self._landed(conn, len(flight))
         self._queued -= len(ch.items)
         ch.items.clear()
         ch.credits.clear()

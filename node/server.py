@@ -196,7 +196,12 @@ class NodeServer:
             )
             if record is not None and note is None:
                 self.node.previous_crash(
-                    record.life, record.held, record.links, time.monotonic(), record.conns
+                    record.life,
+                    record.held,
+                    record.links,
+                    time.monotonic(),
+                    record.conns,
+                    record.flights,
                 )
                 log.warning(
                     "the last life of this node (%d) died holding %d messages (counted "

@@ -111,6 +111,12 @@ class Sessions:
         #: died if they have not come back by then)
         self._inherited: set[ConnId] = set()
         self._inherited_until = 0.0
+        #: connection -> what the previous life had handed it and not heard
+        #: taken nor given back (its record's flights): lost if the
+        #: connection does not come back (its process died before that life
+        #: noticed), counted by ``prune_inherited``; a connection that comes
+        #: back keeps and takes what it holds
+        self._inherited_flight: dict[ConnId, int] = {}
 
     def __len__(self) -> int:
         return len(self.by_tag)
@@ -157,6 +163,7 @@ class Sessions:
         was read before it, or never.) Zero when this node knows nothing of
         the connection: its first HELLO, or one after its record was lost."""
         self._inherited.discard(conn)
+        self._inherited_flight.pop(conn, None)
         known = self.reserved.pop(conn, None)
         if total is None:
             return 0
@@ -169,21 +176,37 @@ class Sessions:
         """The tally, for the held record (``inherit`` takes it back)."""
         return tuple(self.reserved.items())
 
-    def inherit(self, tally: tuple[tuple[ConnId, int], ...], now: float) -> None:
-        """The previous life's tally (``reserved_carry``, from its held
-        record): its clients' next HELLOs are compared with it."""
+    def inherit(
+        self,
+        tally: tuple[tuple[ConnId, int], ...],
+        flights: tuple[tuple[ConnId, int], ...],
+        now: float,
+    ) -> None:
+        """The previous life's tally (``reserved_carry``) and its clients'
+        flights (``Queues.flying``), from its held record: its clients' next
+        HELLOs are compared with the tally; the flights of those that do not
+        come back in a lease are lost (``prune_inherited``)."""
         for conn, total in tally:
             if conn not in self.reserved:
                 self.reserved[conn] = total
                 self._inherited.add(conn)
+        for conn, count in flights:
+            if conn not in self.by_conn and count > 0:
+                self._inherited_flight[conn] = self._inherited_flight.get(conn, 0) + count
         self._inherited_until = now + self.lease
 
-    def prune_inherited(self, now: float) -> None:
-        """Forget the inherited connections that never came back in a lease."""
-        if self._inherited and now >= self._inherited_until:
-            for conn in self._inherited:
-                self.reserved.pop(conn, None)
-            self._inherited.clear()
+    def prune_inherited(self, now: float) -> int:
+        """A lease after ``inherit``: forget the inherited connections that
+        never came back. Returns how many messages they had in flight (lost
+        with their processes; none of them said HELLO to take them)."""
+        if now < self._inherited_until or not (self._inherited or self._inherited_flight):
+            return 0
+        for conn in self._inherited:
+            self.reserved.pop(conn, None)
+        self._inherited.clear()
+        lost = sum(self._inherited_flight.values())
+        self._inherited_flight.clear()
+        return lost
 
     def expired(self, now: float) -> list[Session]:
         return [s for s in self.by_tag.values() if now - s.last_seen > self.lease]

@@ -13,6 +13,7 @@ import itertools
 import random
 import signal
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -556,4 +557,75 @@ async def test_reserved_sends_a_sigkilled_node_never_read_are_counted_by_its_nex
         assert status(again)["drops"]["dead_owner"] == 6  # (counted once)
         print(f"6 lost (5 reserved, {unread} of them unread at the kill); counted in {took:.2f} s")
     finally:
+        await layer.close()
+
+
+#: A client process that takes one message of a channel and then idles (its
+#: receive prefetches more: they are in its flight until it dies)
+TAKE_ONE = """
+import asyncio, sys
+from zchannels.layer import ZeroMQChannelLayer
+
+async def main():
+    layer = ZeroMQChannelLayer(node=sys.argv[1], capacity=100)
+    message = await layer.receive(sys.argv[2])
+    print("took", message["i"], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_clients_flight_is_counted_when_it_and_its_node_die_together(
+    znode: Callable[..., Znode],
+) -> None:
+    """A client process dies holding prefetched messages, and its node is
+    SIGKILLed before the client's lease lapses: that node never counted
+    them. Its held record lists each connection's flight; its next process
+    counts the flight of a connection that does not come back in a lease
+    (``receiver_gone``), exactly (simulation seed 100)."""
+    nodes = cluster(znode, 3)
+    name = names_owned_by("node-2", IDS3, 1, stem="flight")[0]
+    layer = ZeroMQChannelLayer(node=nodes[2].endpoint, capacity=100)
+    client = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", TAKE_ONE, nodes[2].endpoint, name, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        for i in range(10):
+            await layer.send(name, {"i": i})
+        assert client.stdout is not None
+        line = await asyncio.wait_for(client.stdout.readline(), 20)
+        assert line.split() == [b"took", b"0"], line
+
+        def settled() -> dict[str, int] | None:
+            s = status(nodes[2])
+            handed = s["counters"]["delivered"]
+            # (its one take reported: the rest of what it was handed is in flight)
+            return s if handed > 1 and s["in_flight"] == handed - 1 else None
+
+        await eventually(settled, 10, "the client's take reported")
+        before = status(nodes[2])
+        flight, queued = before["in_flight"], before["queued"]
+        assert flight + queued == 9, before
+        client.kill()
+        nodes[2].signal(signal.SIGKILL)
+        nodes[2].wait(5)
+        await asyncio.wait_for(client.wait(), 5)
+        args = ["--preset", "lan", "--node-id", "node-2", "--peer-endpoint", "tcp://127.0.0.1:0"]
+        args += ["--discovery", "none", "--seed", str(nodes[0].ready["peer"])]
+        again = znode(nodes[2].endpoint, *args)
+        assert status(again)["peer_counters"]["previous_life_lost"] == queued
+        took = await eventually(
+            lambda: status(again)["drops"]["receiver_gone"] >= flight,
+            15,
+            "the next process to count the dead client's flight",
+        )
+        drops = status(again)["drops"]
+        assert drops["receiver_gone"] == flight, drops
+        assert status(again)["counters"]["flight_unclaimed"] == flight
+        print(f"{flight} in a dead client's flight, {queued} queued: counted in {took:.2f} s")
+    finally:
+        if client.returncode is None:
+            client.kill()
+            await client.wait()
         await layer.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from zchannels.node.core import MAX_HOPS, ClusterWork, CoreSettings, NodeCore, Out
 from zchannels.node.queues import Queues
@@ -816,7 +816,7 @@ def test_the_next_life_counts_what_the_killed_one_never_read() -> None:
     tally = old.sessions.reserved_carry()
     assert dict(tally) == {A: 4, B: 0}
     new = make_core(lease=3.0)
-    new.sessions.inherit(tally, 1.0)
+    new.sessions.inherit(tally, (), 1.0)
     new.handle(A, [RESERVED_SEND] * 2, 1.1)  # (waited in A's socket: refused)
     assert new.counters.dropped_dead_owner == 2
     hello_saying(new, A, SA, 4 + 3 + 2, 1.2)  # (3 were in the killed one's socket)
@@ -873,6 +873,99 @@ def test_every_reserved_send_is_read_by_some_life_or_counted_unread_once(
             del pipe[:n]
             tally = core.sessions.reserved_carry()
             core = make_core()
-            core.sessions.inherit(tally, 0.0)
+            core.sessions.inherit(tally, (), 0.0)
     counted += core.counters.reserved_unread
     assert read + counted == total
+
+
+# -- what a killed life's clients had in flight -------------------------------
+def test_the_flight_of_clients_that_never_come_back_is_counted_a_lease_later() -> None:
+    """From the previous life's record (``Queues.flying``): a connection
+    that says HELLO again keeps and takes what it holds; one that does not
+    in a lease (its process died just before the kill, unnoticed) lost it,
+    counted once (``receiver_gone``)."""
+    core = make_core(lease=3.0)
+    core.sessions.inherit((), ((A, 4), (B, 2)), 10.0)
+    hello(core, A, SA, 10.5)
+    core.tick(12.9)
+    assert core.queues.counters.dropped_receiver_gone == 0
+    core.tick(13.0)
+    assert core.queues.counters.dropped_receiver_gone == 2
+    assert core.counters.flight_unclaimed == 2
+    core.tick(20.0)
+    assert core.queues.counters.dropped_receiver_gone == 2
+
+
+CHANNELS = ["c", "d", "specific.x!a", "specific.x!b"]
+flight_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.sampled_from(CHANNELS), st.integers(1, 3)),
+        st.tuples(st.just("recv"), st.sampled_from([A, B]), st.sampled_from(CHANNELS)),
+        st.tuples(st.just("take"), st.sampled_from([A, B]), st.sampled_from(CHANNELS)),
+        st.tuples(st.just("back"), st.sampled_from([A, B]), st.sampled_from(CHANNELS)),
+        st.tuples(st.just("gsend"), st.just(""), st.just("")),
+        st.tuples(st.just("bundle"), st.sampled_from([A, B]), st.just("")),
+        st.tuples(st.just("flush"), st.just(""), st.just("")),
+        st.tuples(st.just("gone"), st.sampled_from([A, B]), st.just("")),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(flight_ops)
+@example(  # (a bundle: one group message on two channels of A's process)
+    [
+        ("recv", A, "specific.x!a"),
+        ("recv", A, "specific.x!b"),
+        ("gsend", "", ""),
+        ("bundle", A, ""),
+        ("send", "specific.x!a", 2),
+        ("gone", A, ""),
+    ]
+)
+def test_each_connections_flight_count_is_kept_exact(ops: list[tuple[Any, ...]]) -> None:
+    """``Queues.flying`` (what the held record lists at every step) is kept
+    as flights change, not counted: after any sequence of sends, grants,
+    reports, give-backs, group copies, flushes and connections gone, it
+    equals the flights counted channel by channel."""
+    core = make_core()
+    for conn, tag in ((A, SA), (B, SB)):
+        core.handle(conn, [(MsgType.HELLO, (tag, 1, [60.0, 1]))], 0.0)
+        core.handle(conn, [(MsgType.GROUP_ADD, (1, "g", f"specific.x!{tag[0]}", 60.0, 100))], 0.0)
+    handed: dict[tuple[bytes, str], list[list[Any]]] = {}
+    bundles: dict[bytes, list[int]] = {}
+    for now, (op, who, channel) in enumerate(ops, start=1):
+        out: list[Out] = []
+        if op == "send":  # (who: the channel; channel: how many)
+            for i in range(channel):
+                out += core.handle(A, [(MsgType.SEND, (i + 1, who, b"m", 100))], now)
+        elif op == "recv":
+            out += core.handle(who, [(MsgType.RECV, (channel, 2))], now)
+        elif op == "take":
+            items = handed.pop((who, channel), [])
+            if items:
+                report = [[channel, items[-1][2], len(items), 0]]
+                core.handle(who, [(MsgType.CONSUMED, (report,))], now)
+        elif op == "back":
+            items = handed.pop((who, channel), [])
+            out += core.handle(who, [(MsgType.RETURN, (1, channel, items, 1))], now)
+        elif op == "gsend":
+            out += core.handle(B, [(MsgType.GROUP_SEND, (9, "g", b"all"))], now)
+        elif op == "bundle":
+            seqs = bundles.pop(who, [])
+            if seqs:
+                core.handle(who, [(MsgType.CONSUMED_BUNDLES, ([[seqs[0], 0, 1]],))], now)
+        elif op == "flush":
+            out += core.handle(A, [(MsgType.FLUSH, (7, ""))], now)
+            handed.clear()
+        else:
+            out += core.undeliverable(who, [], now)
+            handed = {k: v for k, v in handed.items() if k[0] != who}
+            core.handle(who, [(MsgType.HELLO, ({A: SA, B: SB}[who], 1, [60.0, 1]))], now)
+        for conn, (mtype, fields) in out:
+            if mtype == MsgType.DELIVER:  # (as the wire has them: lists)
+                handed.setdefault((conn, fields[0]), []).extend(list(i) for i in fields[1])
+            elif mtype == MsgType.DELIVER_BUNDLE:
+                bundles.setdefault(conn, []).append(fields[1][2])
+        assert core.queues.flying == core.queues.flying_counted(), (op, who, channel)

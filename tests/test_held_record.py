@@ -85,7 +85,8 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         msgpack.packb([[], [], 0, [b"s/0"]]),  # (a connection without its total)
         msgpack.packb([[], [], 0, ["s/0", 3]]),  # (a connection id that is text)
         msgpack.packb([[], [], 0, [b"s/0", -3]]),  # (a negative total)
-        msgpack.packb([[], [], 0, [], 1]),  # (a field no version wrote)
+        msgpack.packb([[], [], 0, [], [b"s/0"]]),  # (flights without a count)
+        msgpack.packb([[], [], 0, [], [], 1]),  # (a field no version wrote)
     ],
     ids=[
         "not-msgpack",
@@ -96,7 +97,8 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         "odd-tally",
         "text-conn",
         "negative-total",
-        "five-fields",
+        "odd-flights",
+        "six-fields",
     ],
 )
 def test_a_whole_slot_whose_links_part_is_not_one_is_a_typed_error(part: bytes) -> None:
@@ -133,19 +135,19 @@ def test_a_record_file_keeps_each_change_and_refreshes_its_clock(tmp_path: Path)
     path = record_path(str(tmp_path), "node/1")
     assert os.path.basename(path) == "node_1.held"
     f = RecordFile(path)
-    f.write((1000, 4, LINKS, ()), 100.0)
+    f.write((1000, 4, LINKS, (), ()), 100.0)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 100.0, LINKS)
-    f.write((1000, 4, LINKS, ()), 100.5)  # (unchanged, and fresh: not written)
+    f.write((1000, 4, LINKS, (), ()), 100.5)  # (unchanged, and fresh: not written)
     assert decode(Path(path).read_bytes()).at == 100.0
-    f.write((1000, 4, LINKS, ()), 101.0)  # (unchanged, a second old: its clock again)
+    f.write((1000, 4, LINKS, (), ()), 101.0)  # (unchanged, a second old: its clock again)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 101.0, LINKS)
-    f.write((1000, 4, LinkCarry(), ()), 101.1)  # (its links' part changed)
+    f.write((1000, 4, LinkCarry(), (), ()), 101.1)  # (its links' part changed)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 4, 101.1)
-    f.write((1000, 0, LinkCarry(), ()), 101.2)
+    f.write((1000, 0, LinkCarry(), (), ()), 101.2)
     assert decode(Path(path).read_bytes()) == HeldRecord(1000, 0, 101.2)
     f.remove()
     assert not os.path.exists(path)
-    f.write((1000, 9, LINKS, ()), 102.0)  # (closed: nothing)
+    f.write((1000, 9, LINKS, (), ()), 102.0)  # (closed: nothing)
     assert not os.path.exists(path)
 
 
@@ -161,27 +163,27 @@ def test_what_a_sigkilled_process_wrote_is_in_the_file(tmp_path: Path) -> None:
         "from zchannels.node.links import LinkCarry\n"
         "for held in range(1, 500):\n"
         '    links = LinkCarry((("n2", 1000, 1, 7, 0, ((held, 1),)),))\n'
-        '    f.write((1000, held, links, ((b"s/0", held),)), 1.0 + held)\n'
+        '    f.write((1000, held, links, ((b"s/0", held),), ((b"s/0", 2),)), 1.0 + held)\n'
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, path], timeout=30)
     assert proc.returncode == -signal.SIGKILL
     kept = decode(Path(path).read_bytes())
     assert (kept.life, kept.held, kept.at, kept.links.out[0][5]) == (1000, 499, 500.0, ((499, 1),))
-    assert kept.conns == ((b"s/0", 499),)
+    assert kept.conns == ((b"s/0", 499),) and kept.flights == ((b"s/0", 2),)
 
 
 def test_the_next_process_takes_the_record_once_and_only_while_fresh(tmp_path: Path) -> None:
     state = str(tmp_path)
     assert take_record(state, "n1", time.time(), 30.0) is None  # (none: a first start)
     f = RecordFile(record_path(state, "n1"))
-    f.write((1000, 6, LINKS, ()), 500.0)
+    f.write((1000, 6, LINKS, (), ()), 500.0)
     f.close()
     assert take_record(state, "n1", 510.0, 30.0) == HeldRecord(1000, 6, 500.0, LINKS)
     assert take_record(state, "n1", 510.0, 30.0) is None  # (taken once)
     for now in (531.0, 499.0):  # (its peers forgot that life; a clock gone back)
         f = RecordFile(record_path(state, "n1"))
-        f.write((1000, 6, LINKS, ()), 500.0)
+        f.write((1000, 6, LINKS, (), ()), 500.0)
         f.close()
         assert take_record(state, "n1", now, 30.0) is None
         assert not os.path.exists(record_path(state, "n1"))
@@ -211,10 +213,10 @@ def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
     in the reports that it did."""
     node = started_node(5)
     assert node.routing is not None
-    assert node.held_record() == (node.incarnation, 0, LinkCarry(), ())
+    assert node.held_record() == (node.incarnation, 0, LinkCarry(), (), ())
     for i in range(3):
         node.core.queues.put("c", b"%d" % i, 60.0, 100, 0.0)
-    assert node.held_record() == (node.incarnation, 3, LinkCarry(), ())
+    assert node.held_record() == (node.incarnation, 3, LinkCarry(), (), ())
     dead_owner = node.drops()["dead_owner"]
     node.previous_crash(4000, 6, LinkCarry(lump=2), 0.0)  # (2 units too many to list)
     # (counted here, once: the survivors are told it crashed, with none to count)
@@ -257,7 +259,7 @@ def test_the_record_carries_the_clients_reserved_send_tally_to_the_next_process(
     node.client(conn, [send] * 3, 0.2)
     kept = node.held_record()
     assert kept is not None and kept[3] == ((conn, 3),)
-    record = decode(slots(encode_slot(1, HeldRecord(kept[0], kept[1], 0.0, kept[2], kept[3])), b""))
+    record = decode(slots(encode_slot(1, HeldRecord(kept[0], kept[1], 0.0, *kept[2:])), b""))
     following = started_node(6000)
     following.previous_crash(record.life, record.held, record.links, 1.0, record.conns)
     dead_owner = following.drops()["dead_owner"]  # (the 3 queued: the held count)
@@ -267,3 +269,40 @@ def test_the_record_carries_the_clients_reserved_send_tally_to_the_next_process(
     following.client(conn, hello(9), 1.3)
     assert following.drops()["dead_owner"] == dead_owner + 2 + 4
     assert following.core.counters.reserved_unread == 4
+
+
+def test_what_a_client_that_died_unnoticed_had_in_flight_is_counted_by_the_next_process() -> None:
+    """Simulation seed 100: a client process died with 5 messages handed
+    to it; its node was SIGKILLed before its lease lapsed, so no life
+    counted them. The record lists each connection's flight; the next
+    process counts the flights of connections that do not come back in a
+    lease (``receiver_gone``), and not those of one that does (it keeps
+    and takes what it holds)."""
+    dead, alive = b"deaddeadde/0", b"livelivel0/0"
+    node = started_node(5000)
+    for conn in (dead, alive):
+        tag = conn.decode()[:10]
+        node.client(conn, [(MsgType.HELLO, (tag, 1, [60.0, 0, 0]))], 0.1)
+        node.client(conn, [(MsgType.RECV, (f"c.{tag}", 10))], 0.2)
+        for i in range(3 if conn == dead else 2):
+            node.client(conn, [(MsgType.SEND, (i + 1, f"c.{tag}", b"x", 100))], 0.3)
+    kept = node.held_record()
+    assert kept is not None and dict(kept[4]) == {dead: 3, alive: 2}
+    record = decode(slots(encode_slot(1, HeldRecord(kept[0], kept[1], 0.0, *kept[2:])), b""))
+    following = started_node(6000)
+    following.previous_crash(
+        record.life, record.held, record.links, 1.0, record.conns, record.flights
+    )
+    following.client(alive, [(MsgType.HELLO, ("livelivel0", 1, [60.0, 0, 0]))], 1.05)
+    gone = following.drops()["receiver_gone"]
+    lease = following.core.sessions.lease
+    counted = []
+    for step in range(1, int(3 * lease / 0.05)):  # (a live node steps often)
+        now = 1.05 + step * 0.05
+        following.client(alive, [(MsgType.PING, ())], now)
+        following.tick(now)
+        counted.append((now, following.drops()["receiver_gone"] - gone))
+    assert {n for _, n in counted} == {0, 3}, "counted once"
+    first = next(now for now, n in counted if n)
+    assert 1.0 + lease <= first < 1.0 + lease + 0.5
+    assert following.core.counters.flight_unclaimed == 3

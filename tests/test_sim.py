@@ -614,7 +614,10 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "5 of 300 seeds: 100, 158, 168, 288, 289 (6 before the reserved sends a SIGKILLed "
+    "3 of 300 seeds: 168, 288, 289 (5 before the next process of a SIGKILLed life counted "
+    "what that life's clients that never came back had in flight, from the held "
+    "record's flights, session 30: seeds 100 and 158; "
+    "6 before the reserved sends a SIGKILLed "
     "node never read from its socket were counted by its next process at the client's "
     "HELLO, from the held record's tally, session 30: seed 125; "
     "8 before a killed owner's deliveries to "

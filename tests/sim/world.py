@@ -321,9 +321,11 @@ class World:
             sn.node.previous_life(LifeNote.decode(note.encode()), self.now)
         elif record is not None and hasattr(sn.node, "previous_crash"):
             # (through the file's layout, as the next process reads it)
-            life, held, links, conns = record
-            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links, conns)))
-            sn.node.previous_crash(kept.life, kept.held, kept.links, self.now, kept.conns)
+            life, held, links, conns, flights = record
+            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links, conns, flights)))
+            sn.node.previous_crash(
+                kept.life, kept.held, kept.links, self.now, kept.conns, kept.flights
+            )
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
             # (every seed, up or not, as the shell's static discovery finds
@@ -614,6 +616,11 @@ class World:
                     raise SimCrash(
                         f"{sn.node_id} keeps {queues.queued()} queued, "
                         f"holds {queues.queued_counted()}"
+                    )
+                if queues.flying != queues.flying_counted():
+                    raise SimCrash(
+                        f"{sn.node_id} keeps {queues.flying} in flight, "
+                        f"has {queues.flying_counted()}"
                     )
         bounced: list[tuple[bytes, list[Message]]] = []
         for ev in fx.events:
