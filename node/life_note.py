@@ -24,6 +24,8 @@ peers have forgotten that life by then) or of another node is left unused.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
@@ -51,16 +53,29 @@ class LifeNote:
     ``links_in``: how far it took each peer's link to it, (source, its
     life, gen, the next seq it expected), so the next process answers the
     peers' probes of them as it would have (``Links.restore``; a note
-    without them, from session 28 or too big, answers "I do not know")."""
+    without them, from session 28 or too big, answers "I do not know").
+    ``conns`` and ``flights``: its clients' reserved-send tally and what
+    each connection had in flight, as a held record keeps them
+    (``ClusterNode.held_record``; JSON: ``[[base64 connection id, count],
+    ...]``): its clients may outlive it, or not come back."""
 
     node: str
     life: int
     at: float
     links_in: tuple[tuple[str, int, int, int], ...] = ()
+    conns: tuple[tuple[bytes, int], ...] = ()
+    flights: tuple[tuple[bytes, int], ...] = ()
 
     def encode(self) -> bytes:
         raw = {"v": VERSION, "node": self.node, "life": self.life, "at": self.at, "how": "left"}
-        data = json.dumps({**raw, "links_in": [list(link) for link in self.links_in]}).encode()
+        data = json.dumps(
+            {
+                **raw,
+                "links_in": [list(link) for link in self.links_in],
+                "conns": _tally_out(self.conns),
+                "flights": _tally_out(self.flights),
+            }
+        ).encode()
         return data if len(data) <= LIMIT else json.dumps(raw).encode()
 
     @classmethod
@@ -82,7 +97,40 @@ class LifeNote:
         links_in = raw.get("links_in", [])
         if not isinstance(links_in, list) or not all(_link_in(link) for link in links_in):
             raise BadLifeNote(f"links_in must be [source, life, gen, seq] lists: {links_in!r:.100}")
-        return cls(node, life, float(at), tuple(tuple(link) for link in links_in))
+        return cls(
+            node,
+            life,
+            float(at),
+            tuple(tuple(link) for link in links_in),
+            _tally_in(raw.get("conns", []), "conns"),
+            _tally_in(raw.get("flights", []), "flights"),
+        )
+
+
+def _tally_out(tally: tuple[tuple[bytes, int], ...]) -> list[list[object]]:
+    return [[base64.b64encode(conn).decode(), n] for conn, n in tally]
+
+
+def _tally_in(raw: object, name: str) -> tuple[tuple[bytes, int], ...]:
+    """``[[base64 connection id, count], ...]``; ``BadLifeNote`` if not."""
+    if not isinstance(raw, list):
+        raise BadLifeNote(f"{name} must be a list, not {raw!r:.100}")
+    out = []
+    for entry in raw:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and type(entry[1]) is int
+            and entry[1] >= 0
+        ):
+            raise BadLifeNote(f"{name} must be [connection, count] lists: {entry!r:.100}")
+        try:
+            conn = base64.b64decode(entry[0], validate=True)
+        except (binascii.Error, ValueError):
+            raise BadLifeNote(f"{name}: {entry[0]!r:.100} is not base64") from None
+        out.append((conn, entry[1]))
+    return tuple(out)
 
 
 def _link_in(link: object) -> bool:

@@ -73,6 +73,35 @@ class Passed:
         #: connections gone: key -> their runs, until (for an owner's
         #: credit that comes back after this node knew the client gone)
         self.gone: dict[Key, tuple[float, deque[Run]]] = {}
+        #: connection -> how many of the messages it holds this node answers
+        #: for (adopted runs), kept as runs change (``_recount``): a held
+        #: record lists it at every step
+        self.adopted: dict[bytes, int] = {}
+        self._of_key: dict[Key, int] = {}
+
+    def _recount(self, key: Key) -> None:
+        """``key``'s runs changed: its adopted count, in ``adopted``."""
+        runs = self.runs.get(key)
+        now = sum(r.count for r in runs if r.adopted) if runs else 0
+        was = self._of_key.pop(key, 0)
+        if now:
+            self._of_key[key] = now
+        if now != was:
+            total = self.adopted.get(key[0], 0) + now - was
+            if total:
+                self.adopted[key[0]] = total
+            else:
+                del self.adopted[key[0]]
+
+    def adopted_counted(self) -> dict[bytes, int]:
+        """``adopted`` counted run by run (the simulation checks the two
+        agree after every step)."""
+        out: dict[bytes, int] = {}
+        for (conn, _), runs in self.runs.items():
+            n = sum(r.count for r in runs if r.adopted)
+            if n:
+                out[conn] = out.get(conn, 0) + n
+        return out
 
     def passed(self, conn: bytes, channel: str, source: str, count: int, life: int = 0) -> None:
         """``source`` (in its life ``life``) delivered ``count`` messages of
@@ -94,7 +123,8 @@ class Passed:
             return
         runs.append(Run(source, count, life=life))
         if len(runs) > MAX_RUNS:
-            runs.popleft()
+            if runs.popleft().adopted:
+                self._recount((conn, channel))
 
     def adopt_local(self, conn: bytes, channel: str, me: str, count: int) -> None:
         """This node handed ``channel`` on while its own client ``conn`` held
@@ -104,6 +134,7 @@ class Passed:
             return
         runs = self.runs.setdefault((conn, channel), deque())
         runs.appendleft(Run(me, count, True))
+        self._recount((conn, channel))
 
     def taken(self, conn: bytes, channel: str, count: int) -> int:
         """``conn`` took (or gave back) the first ``count`` it held of
@@ -124,6 +155,8 @@ class Passed:
                 run.count -= used
         if not runs:
             del self.runs[(conn, channel)]
+        if adopted:
+            self._recount((conn, channel))
         return adopted
 
     def adopt(self, conn: bytes, channel: str, source: str, now: float) -> int:
@@ -135,6 +168,7 @@ class Passed:
             for run in runs:
                 if run.source == source and run.dead < 0:
                     run.adopted = True
+            self._recount((conn, channel))
             return 0
         entry = self.gone.get((conn, channel))
         if entry is None:
@@ -161,6 +195,7 @@ class Passed:
                 last.count -= used
         if runs is not None and not runs:
             del self.runs[(conn, channel)]
+        self._recount((conn, channel))
 
     def conn_gone(self, conns: set[bytes], until: float) -> int:
         """``conns`` are gone: what they held that was adopted is lost
@@ -169,6 +204,7 @@ class Passed:
         lost = 0
         for key in [k for k in self.runs if k[0] in conns]:
             runs = self.runs.pop(key)
+            self._recount(key)
             lost += sum(r.count for r in runs if r.adopted)
             rest = deque(r for r in runs if not r.adopted)
             if rest:
@@ -203,12 +239,16 @@ class Passed:
         def ended(run: Run) -> bool:
             return run.source == source and run.life < life and not same_life(run.life, life)
 
-        for runs in self.runs.values():
+        for key, runs in self.runs.items():
+            changed = False
             for run in runs:
                 if ended(run):
+                    changed |= not run.adopted
                     run.adopted, run.dead = True, -1
                 elif run.source == source and run.dead >= 0 and same_life(run.dead, life):
                     run.dead = -1
+            if changed:
+                self._recount(key)
         lost = 0
         for key, (until, gone) in list(self.gone.items()):
             # (of clients gone: what a life declared dead here had handed

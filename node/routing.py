@@ -1794,6 +1794,10 @@ class Routing:
                 return True
         return False
 
+    def held_client_frames(self) -> list[tuple[ConnId, list[Message]]]:
+        """Our clients' frames held (``hold_local``), not taken up yet."""
+        return self._held_frames
+
     def _take_held_frames(self, now: float, fx: Fx) -> None:
         frames, self._held_frames = self._held_frames, []
         self._held_conns = set()

@@ -195,6 +195,27 @@ class Sessions:
                 self._inherited_flight[conn] = self._inherited_flight.get(conn, 0) + count
         self._inherited_until = now + self.lease
 
+    def inherits_flight(self) -> bool:
+        """Whether the previous life's flights are still kept (for a lease)."""
+        return bool(self._inherited_flight)
+
+    def settle_inherited(self, conn: ConnId, count: int) -> int:
+        """``conn``, unknown here (before its HELLO), reported taken or gave
+        back ``count`` messages: of the previous life's flight to it, they
+        are settled, not left for ``prune_inherited`` to count lost. Returns
+        how many of them were of that flight (a give-back's are lost: this
+        life never handed them, and the client forgets them); 0 for a
+        connection with none (its session lapsed here and its flight was
+        counted then, or it comes from no life this one knows)."""
+        left = self._inherited_flight.get(conn, 0)
+        taken = min(left, count)
+        if taken:
+            if left > taken:
+                self._inherited_flight[conn] = left - taken
+            else:
+                del self._inherited_flight[conn]
+        return taken
+
     def prune_inherited(self, now: float) -> int:
         """A lease after ``inherit``: forget the inherited connections that
         never came back. Returns how many messages they had in flight (lost

@@ -896,6 +896,39 @@ def test_the_flight_of_clients_that_never_come_back_is_counted_a_lease_later() -
     assert core.queues.counters.dropped_receiver_gone == 2
 
 
+def test_what_a_client_of_the_previous_life_gives_back_before_its_hello_is_counted() -> None:
+    """Simulation seed 351: a client gave back to the next life, before its
+    HELLO, what the previous life had handed it; this life cannot queue
+    them (it does not know the session), and the client forgets them.
+    Counted once, from that life's flight to it (not again a lease later);
+    from a connection with no such flight (its session lapsed here, and its
+    flight was counted then), nothing."""
+    core = make_core(lease=3.0)
+    core.sessions.inherit((), ((A, 5),), 10.0)
+    items = [[b"m", 30.0, seq] for seq in (1, 2, 3)]
+    out = core.handle(A, [(MsgType.RETURN, (0, "c", items, 1))], 10.1)
+    assert of_type(out, MsgType.RESET)
+    assert core.counters.dropped_dead_owner == core.counters.returned_to_next_life == 3
+    core.handle(B, [(MsgType.RETURN, (0, "c", items, 1))], 10.2)
+    assert core.counters.dropped_dead_owner == 3
+    core.tick(13.0)  # (A never said HELLO: the 2 left of its flight)
+    assert core.queues.counters.dropped_receiver_gone == 2
+
+
+def test_what_a_client_of_the_previous_life_reports_taken_before_its_hello_is_not_lost() -> None:
+    """Simulation seed 265: a client took 12 of what the previous life had
+    handed it and died; its reports reached the next life, before any
+    HELLO. Taken, not lost: a lease later only the rest is counted."""
+    core = make_core(lease=3.0)
+    core.sessions.inherit((), ((A, 5),), 10.0)
+    reports = [["c", 9, 2, 0], ["d", 9, 1, 0], ["bad", 9, True, 0]]
+    core.handle(A, [(MsgType.CONSUMED, (reports,))], 10.1)
+    core.handle(A, [(MsgType.CONSUMED_BUNDLES, ([[4, 0, 1]],))], 10.2)
+    core.tick(13.0)
+    assert core.queues.counters.dropped_receiver_gone == 1
+    assert core.counters.dropped_dead_owner == 0
+
+
 CHANNELS = ["c", "d", "specific.x!a", "specific.x!b"]
 flight_ops = st.lists(
     st.one_of(

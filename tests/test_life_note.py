@@ -68,6 +68,10 @@ def _note(**changed: object) -> bytes:
         (_note(links_in=[["n2", 1, 1]]), "links_in"),
         (_note(links_in=[[2, 1, 1, 1]]), "links_in"),
         (_note(links_in=[["n2", 1, 1, -1]]), "links_in"),
+        (_note(conns={}), "conns"),
+        (_note(conns=[["czAvMA==", -1]]), "conns"),
+        (_note(flights=[["not base64!", 1]]), "flights"),
+        (_note(flights=[["czAvMA=="]]), "flights"),
     ],
 )
 def test_a_malformed_note_is_a_typed_error_and_never_used(
@@ -94,6 +98,16 @@ def test_a_note_keeps_how_far_its_life_took_each_peers_link(tmp_path: Path) -> N
     many = LifeNote("n1", 5, 1.0, tuple((f"n{i}", i, 1, 1) for i in range(LIMIT // 10)))
     assert len(many.encode()) <= LIMIT
     assert LifeNote.decode(many.encode()) == LifeNote("n1", 5, 1.0)
+
+
+def test_a_note_keeps_its_clients_tallies(tmp_path: Path) -> None:
+    """A life that leaves without a drain leaves its clients holding what
+    it handed them; its note keeps each connection's reserved-send tally
+    and flight, as a held record does (connection ids are bytes: base64
+    in the JSON)."""
+    note = LifeNote("n1", 5, 1.0, (), ((b"s/0", 7), (b"\x00\xffsecure", 0)), ((b"s/0", 3),))
+    write_note(str(tmp_path), note)
+    assert take_note(str(tmp_path), "n1", 1.0, 30.0) == note
 
 
 def test_node_ids_that_are_not_file_names_stay_in_the_state_dir(tmp_path: Path) -> None:

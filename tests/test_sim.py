@@ -614,7 +614,11 @@ KNOWN_CLUSTER = {
     # estimate, plans/fence-give-back-to-next-life.json,
     # plans/fence-report-after-estimate.json)
     "uncounted_loss": "issue 11 defect 2: accepted messages lost and counted by no node; "
-    "3 of 300 seeds: 168, 288, 289 (5 before the next process of a SIGKILLed life counted "
+    "2 of 300 seeds: 168, 289 (3 before what a client holds that its node answers for "
+    "after handing the channel on went in the held record and the life note, and what a "
+    "client gives back to the next life before its HELLO was counted, session 30: seed "
+    "288; "
+    "5 before the next process of a SIGKILLed life counted "
     "what that life's clients that never came back had in flight, from the held "
     "record's flights, session 30: seeds 100 and 158; "
     "6 before the reserved sends a SIGKILLed "

@@ -622,6 +622,13 @@ class World:
                         f"{sn.node_id} keeps {queues.flying} in flight, "
                         f"has {queues.flying_counted()}"
                     )
+                routing = getattr(sn.node, "routing", None)
+                passed = routing.passed if routing is not None else None
+                if passed is not None and passed.adopted != passed.adopted_counted():
+                    raise SimCrash(
+                        f"{sn.node_id} keeps {passed.adopted} adopted, "
+                        f"has {passed.adopted_counted()}"
+                    )
         bounced: list[tuple[bytes, list[Message]]] = []
         for ev in fx.events:
             self.log(f"{sn.node_id} event {ev}")
