@@ -8,6 +8,8 @@ before the credit it hands back."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from zchannels.node.cluster import _delivered, _handed_back
@@ -194,58 +196,28 @@ def test_what_an_owner_delivers_to_another_nodes_client_is_carried_by_its_links(
     assert _delivered(Relay("n0", 1, C, "t", 60.0, 1, (send,), 0.0)) == 0
 
 
+CONNS, CHANNELS, SOURCES = (
+    st.sampled_from([C, D]),
+    st.sampled_from(["q", "r"]),
+    st.sampled_from(["n0", "n1"]),
+)
+
+
+def step(name: str, conn: Any, channel: Any, source: Any, n: Any) -> Any:
+    """One operation: (name, connection, channel, source node, a count)."""
+    return st.tuples(st.just(name), conn, channel, source, n)
+
+
 ops = st.lists(
     st.one_of(
-        st.tuples(
-            st.just("passed"),
-            st.sampled_from([C, D]),
-            st.sampled_from(["q", "r"]),
-            st.sampled_from(["n0", "n1"]),
-            st.integers(1, 5),
-        ),
-        st.tuples(
-            st.just("local"),
-            st.sampled_from([C, D]),
-            st.sampled_from(["q", "r"]),
-            st.just("me"),
-            st.integers(1, 5),
-        ),
-        st.tuples(
-            st.just("adopt"),
-            st.sampled_from([C, D]),
-            st.sampled_from(["q", "r"]),
-            st.sampled_from(["n0", "n1"]),
-            st.just(0),
-        ),
-        st.tuples(
-            st.just("taken"),
-            st.sampled_from([C, D]),
-            st.sampled_from(["q", "r"]),
-            st.just(""),
-            st.integers(1, 6),
-        ),
-        st.tuples(
-            st.just("trim"),
-            st.sampled_from([C, D]),
-            st.sampled_from(["q", "r"]),
-            st.just(""),
-            st.integers(1, 6),
-        ),
-        st.tuples(st.just("gone"), st.sampled_from([C, D]), st.just(""), st.just(""), st.just(0)),
-        st.tuples(
-            st.just("dead"),
-            st.just(b""),
-            st.just(""),
-            st.sampled_from(["n0", "n1"]),
-            st.integers(1, 3),
-        ),
-        st.tuples(
-            st.just("seen"),
-            st.just(b""),
-            st.just(""),
-            st.sampled_from(["n0", "n1"]),
-            st.integers(1, 4),
-        ),
+        step("passed", CONNS, CHANNELS, SOURCES, st.integers(1, 5)),
+        step("local", CONNS, CHANNELS, st.just("me"), st.integers(1, 5)),
+        step("adopt", CONNS, CHANNELS, SOURCES, st.just(0)),
+        step("taken", CONNS, CHANNELS, st.just(""), st.integers(1, 6)),
+        step("trim", CONNS, CHANNELS, st.just(""), st.integers(1, 6)),
+        step("gone", CONNS, st.just(""), st.just(""), st.just(0)),
+        step("dead", st.just(b""), st.just(""), SOURCES, st.integers(1, 3)),
+        step("seen", st.just(b""), st.just(""), SOURCES, st.integers(1, 4)),
     ),
     max_size=40,
 )
