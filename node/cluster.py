@@ -1130,11 +1130,17 @@ class ClusterNode:
         this node's own clients only), and what it holds of channels whose
         owner handed them on (``Passed.adopted``: this node's own, handed on
         at a leave or a handover, and other owners')."""
+        reserved = self.core.sessions.reserved_carry()
         by_conn = self.core.sessions.by_conn
         flying = self.core.queues.flying
-        adopted = self.routing.passed.adopted if self.routing is not None else {}
-        if not flying and not adopted:
-            return self.core.sessions.reserved_carry(), ()
+        routing = self.routing
+        adopted = routing.passed.adopted if routing is not None else {}
+        held_frames = routing.held_client_frames() if routing is not None else []
+        if not adopted and not self._held and not held_frames:
+            # (the usual step: at every one, so no dict is built)
+            if not flying:
+                return reserved, ()
+            return reserved, tuple([(c, n) for c, n in flying.items() if c in by_conn])
         held: dict[ConnId, int] = {}
         for tally in (flying, adopted):
             for conn, n in tally.items():
@@ -1145,12 +1151,10 @@ class ClusterNode:
         # (simulation seed 265: 12 reports of a client that died as its
         # node left, held as it left)
         frames = [(i.conn, i.messages) for i in self._held if i.kind == "client"]
-        if self.routing is not None:
-            frames += self.routing.held_client_frames()
-        for conn, messages in frames:
+        for conn, messages in [*frames, *held_frames]:
             if conn in held:
                 held[conn] = max(0, held[conn] - reported_in(messages))
-        return self.core.sessions.reserved_carry(), tuple((c, n) for c, n in held.items() if n)
+        return reserved, tuple((c, n) for c, n in held.items() if n)
 
     def previous_life(self, note: LifeNote, now: float) -> None:
         """The shell found ``note`` (``life_note``) from the process before

@@ -47,6 +47,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -119,8 +120,8 @@ def record_path(state_dir: str, node_id: str) -> str:
 def _pack(links: LinkCarry, conns: Tally, flights: Tally) -> bytes:
     out = [[*link[:5], [x for frame in link[5] for x in frame]] for link in links.out]
     into = [list(link) for link in links.into]
-    tally = [x for conn in conns for x in conn]
-    flying = [x for conn in flights for x in conn]
+    tally = list(chain.from_iterable(conns))
+    flying = list(chain.from_iterable(flights))
     packed: bytes = msgpack.packb([out, into, links.lump, tally, flying])
     return packed
 
