@@ -676,9 +676,21 @@ class ClusterNode:
 
     def _undeliverable(self, conn: ConnId, messages: list[Message], now: float, fx: Fx) -> None:
         _, routing, _ = self._cluster()
+        channels = self.core.queues.channels
         for mtype, fields in messages:
             if mtype == MsgType.DELIVER:  # (queued again: not held by it)
-                routing.passed.trim(conn, fields[0], len(fields[1]))
+                # Only what other nodes delivered through this one is in
+                # its runs: this node's own deliveries are in its flight,
+                # and trimming them took an adopted run's message off
+                # instead (kill-free seed 957, 9 ops: a client died holding
+                # 2 deliveries of an owner that then left, handing the
+                # channel here; this node's first delivery to it bounced,
+                # and 1 of the 2 was counted)
+                ch = channels.get(fields[0])
+                own = ch.flight.get(conn, {}) if ch is not None else {}
+                passed = sum(1 for item in fields[1] if item[2] not in own)
+                if passed:
+                    routing.passed.trim(conn, fields[0], passed)
         remote: list[Message] = []  # deliveries of channels other nodes own
         local: list[Message] = []
         for message in messages:
