@@ -186,10 +186,6 @@ class Connection:
         #: set while closing: resolved when every withdrawal is acknowledged
         self._drained: asyncio.Future[None] | None = None
         self._req = itertools.count(1)
-        #: sends made on reservations (req 0, never answered) in all: each
-        #: HELLO says it, so a node's next process counts the ones its
-        #: killed process never read (``Sessions.reserved_hello``)
-        self._reserved_sent = 0
         #: the receive/credit/reservation accounting (pure)
         self.flow = Flow(self._req)
         #: channel -> receivers waiting for a delivery
@@ -278,7 +274,6 @@ class Connection:
         for ``channel`` lasts (the hot path: no coroutine, no round trip)."""
         if self.closed or not self.flow.use_reservation(channel, time.monotonic()):
             return False
-        self._reserved_sent += 1
         self._queue((MsgType.SEND, (0, channel, payload, capacity)))
         return True
 
@@ -419,7 +414,7 @@ class Connection:
         self._hello_told = told
         self._reset_after_hello = False
         client = self._client
-        policy = [*client.config.wire_policy(), self._reserved_sent]
+        policy = [*client.config.wire_policy(), self.flow.reserved_sent()]
         self._queue((MsgType.HELLO, (client.session, client.pid, policy)))
         if self._hello_timer is None and self._epoch == 1:
             self._hello_timer = self._loop().call_later(HELLO_CHECK, self._check_hello)

@@ -442,6 +442,12 @@ class Flow:
         del self.reservations[pool]
         return False
 
+    def reserved_sent(self) -> int:
+        """Reserved sends made so far, over every pool (each HELLO says it,
+        so a node's next process counts the ones its killed process never
+        read: ``Sessions.reserved_hello``)."""
+        return sum(self.spent.values())
+
     def mark(self, channel: str) -> int:
         """Taken when an acknowledged send goes out, given to ``reserved``."""
         return self.spent.get(pool_of(channel), 0)

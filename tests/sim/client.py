@@ -149,8 +149,6 @@ class SimClient:
         self.dead = False
         self.died_at = float("inf")
         self._req = itertools.count(1)
-        #: sends made on reservations in all (each HELLO says it)
-        self.reserved_sent = 0
         self.flow = Flow(self._req)
         self.pending: dict[int, Pending] = {}
         #: withdrawal (RETURN withdraw=1) request id -> (sent at, exempt)
@@ -299,7 +297,7 @@ class SimClient:
         self.hello_outstanding = True
         self.hello_at = now
         self.hello_exempt = self.node_down
-        policy = [float(self.expiry), FEATURE_BUNDLE_REPORTS, self.reserved_sent]
+        policy = [float(self.expiry), FEATURE_BUNDLE_REPORTS, self.flow.reserved_sent()]
         self._queue((MsgType.HELLO, (self.session, self.pid, policy)))
 
     # -- workload ------------------------------------------------------------
@@ -319,7 +317,6 @@ class SimClient:
         if job.kind == "send":
             self.history.sent(key, "send", job.target, now)
             if self.flow.use_reservation(job.target, now):
-                self.reserved_sent += 1
                 self._queue((MsgType.SEND, (0, job.target, payload, job.capacity)))
                 self.history.outcome(key, "accepted", now)
                 self._job_done(job, now)
