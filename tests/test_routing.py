@@ -2209,6 +2209,77 @@ def test_a_report_of_this_nodes_own_delivery_is_not_copied_to_an_earlier_deliver
     ]
 
 
+def _handed_by_n2_then_moved_to_n3(n2_after: State) -> tuple[Routing, NodeCore, str]:
+    """Our client ``A`` was handed two messages of a channel n2 owns; then
+    n3 joins and owns it in our view (``n2_after``: n2 stays live, or
+    left)."""
+    r, core, table = routing()
+    r.refresh()
+    moves = Ownership({"n1": START, "n2": START + 7, "n3": START + 9})
+    far = next(
+        f"asgi|far{i}"
+        for i in range(1000)
+        if r.route(f"asgi|far{i}") == "n2" and moves.owner(f"asgi|far{i}") == "n3"
+    )
+    core.route = r.route
+    core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
+    work = ClusterWork()
+    core.handle(b"A", [(MsgType.RECV, (far, 5))], 0.0, work)
+    r.after_core(work, 0.0, Fx())
+    items = [[b"m1", 60.0, 101], [b"m2", 60.0, 102]]
+    r.handle(RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)),)), 0.5, Fx())
+    table.incarnations["n3"] = START + 9
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n3", "tcp://n3:1", START + 9), 1.0, Fx())
+    if n2_after == State.LEFT:
+        del table.incarnations["n2"]
+        table.incarnations.dead.pop("n2")  # type: ignore[attr-defined]
+        table.left["n2"] = START + 7
+        r.on_member_event(MemberEvent(EventKind.LEFT, "n2", "tcp://n2:1", START + 7), 1.1, Fx())
+    assert r.route(far) == "n3"
+    return r, core, far
+
+
+def _reports_to(fx: Fx) -> list[tuple[str, Message, int]]:
+    return [
+        (node, m, msg.hops)
+        for node, msg in fx.peers
+        if isinstance(msg, Relay)
+        for m in msg.messages
+        if m[0] == MsgType.CONSUMED
+    ]
+
+
+def test_a_report_of_a_live_nodes_deliveries_going_elsewhere_is_copied_to_it() -> None:
+    """Kill-free simulation seed 65 (8 ops, a 0.3 s lag): the owner declared
+    our node dead as its deliveries reached our client, and parked them;
+    our node, which refuted the death later and never heard from whom, sent
+    the client's report of taking them to the node that owned the channel
+    in its view, and the owner counted the park lost when it lapsed. A copy
+    goes to the live node that delivered them (for it alone: MAX_HOPS), not
+    to one that left (it handed its flight over)."""
+    for n2_after, copied in ((State.ALIVE, True), (State.LEFT, False)):
+        r, core, far = _handed_by_n2_then_moved_to_n3(n2_after)
+        work, fx = ClusterWork(), Fx()
+        core.handle(b"A", [(MsgType.CONSUMED, ([[far, 102, 2, 0]],))], 2.0, work)
+        r.after_core(work, 2.0, fx)
+        report = (MsgType.CONSUMED, ([[far, 102, 2, 0]],))
+        sent = _reports_to(fx)
+        assert [(m, hops < MAX_HOPS) for n, m, hops in sent if n == "n3"] == [(report, True)]
+        assert [s for s in sent if s[0] == "n2"] == ([("n2", report, MAX_HOPS)] if copied else [])
+
+
+def test_a_report_to_the_node_that_delivered_is_not_copied() -> None:
+    r, core, _, _ = receiving_far()
+    far = next(iter(k[1] for k in r._credit))
+    items = [[b"m1", 60.0, 101]]
+    r.handle(RelayBack("n2", b"A", ((MsgType.DELIVER, (far, items)),)), 0.5, Fx())
+    work, fx = ClusterWork(), Fx()
+    core.handle(b"A", [(MsgType.CONSUMED, ([[far, 101, 1, 0]],))], 1.0, work)
+    r.after_core(work, 1.0, fx)
+    [(node, report, hops)] = _reports_to(fx)
+    assert (node, report) == ("n2", (MsgType.CONSUMED, ([[far, 101, 1, 0]],))) and hops < MAX_HOPS
+
+
 def test_a_client_gone_while_its_owner_was_thought_dead_is_told_when_it_is_back() -> None:
     """Simulation seed 244 (a 0.3 s lag): our client, receiving a channel n2
     owns, went while n2 was declared dead here; ``ConnGone`` goes to live

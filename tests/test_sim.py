@@ -686,7 +686,11 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(6 of 300 seeds: 65, 70, 157, 166, 176, 196, since a SIGKILLed life's next process "
+    "(4 of 300 seeds: 70, 157, 176, 196, since a client's node copies its report of a live "
+    "node's deliveries to that node when the report goes to another owner: it may have "
+    "declared the client's node dead and parked them, kill-free seed 65, plans/report-of-"
+    "deliveries-by-an-owner-that-declared-the-clients-node-dead-copied-to-it.json, and seed "
+    "166; 6 before: 65, 70, 157, 166, 176, 196, since a SIGKILLed life's next process "
     "counts its held record itself, once, and counts only the frames its peers say they "
     "never took, session 29: seed 27, reserved sends a peer took whose acknowledgement the "
     "kill cut off, and seed 50, a crashed life's record counted by the first survivor and "
