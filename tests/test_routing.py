@@ -568,6 +568,36 @@ def test_a_first_survivor_held_dead_by_a_peer_waits_for_that_peers_count() -> No
         assert r.counters["lost_in_dead_nodes"] == counted, n3_says
 
 
+def test_a_first_survivor_that_held_a_peer_dead_waits_for_that_peers_count() -> None:
+    """Kill-free simulation seed 469 (9 ops): 30 % loss on n1's links; n1
+    and n3 each declared the other dead, n1 heard of n3's declaration only
+    after it counted; n2 froze and ended its life in place. n3, first in its
+    view, counted n2's report; n1, first in its own once n3 was back, counted
+    n2's fence report as well. A peer back from a death declared here may
+    have held this node dead too: n1 keeps the count for the answer bound,
+    and n3's report says it counted. Nobody says so: n1 counts it then."""
+    for n3_says, counted in ((True, 0), (False, 5)):
+        r, table = survivor("n1")
+        del table.incarnations["n3"]
+        r.on_member_event(MemberEvent(EventKind.DEAD, "n3", "tcp://n3:1", START), 1.5, Fx())
+        table.incarnations["n3"] = START + 1
+        r.on_member_event(MemberEvent(EventKind.ALIVE, "n3", "tcp://n3:1", START + 1), 2.0, Fx())
+        n2_ended_in_place(r, table, START + RESTART_GAP + 1, 5, 2.05, 2.1)
+        r.tick(2.1, Fx())
+        assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
+        if n3_says:
+            tally = {
+                "channels": 0,
+                "queued": 0,
+                "drops": {},
+                "tallied": [["n2", START, 1 << 62, 5]],
+            }
+            r.handle(Load("n3", tally), 2.3, Fx())
+        for t in (2.1 + r.answer_within(), 40.0):
+            r.tick(t, Fx())
+        assert r.counters["lost_in_dead_nodes"] == counted, n3_says
+
+
 def test_a_survivor_that_counted_reports_soon_to_a_peer_it_held_dead_when_it_is_back() -> None:
     """The other side of seed 100: n3 counted n2's loss while it held n1
     dead; when n1 is back, a report (with what n3 counted) goes soon, not at
@@ -1451,6 +1481,53 @@ def _declared_dead_with_three_in_flight(
     del table.incarnations["n2"]
     r.on_member_event(MemberEvent(EventKind.DEAD, "n2", "tcp://n2:1", START), 1.0, Fx())
     return r, core, table, sorted(seqs)
+
+
+def _handed_three(r: Routing, core: NodeCore, name: str = "asgi|c") -> list[list[object]]:
+    """n2's client was handed three messages of our ``name``: the items."""
+    relay(r, START, (MsgType.RECV, (name, 5)))
+    for i in range(3):
+        relay(r, START, (MsgType.SEND, (0, name, b"m%d" % i, 10)))
+    [seqs] = core.queues.flight_seqs(next(iter(r._virtual))).values()
+    return [[b"m%d" % i, 60.0, seq] for i, seq in enumerate(sorted(seqs))]
+
+
+def test_at_exit_a_delivery_its_client_reported_taken_is_not_counted_lost() -> None:
+    """Kill-free simulation seed 744 (7 ops): an owner left while 30 % loss
+    took its link's acknowledgements. Its client had taken all 6 deliveries
+    and said so, but their frames were still unacknowledged as the process
+    ended, and were counted lost. What the client reported taken (or gave
+    back) left the flight here: its node took the frame. What is still in
+    flight is counted."""
+    r, core, _ = routing()
+    items = _handed_three(r, core)
+    relay(r, START, (MsgType.CONSUMED, ([["asgi|c", items[1][2], 2, 0]],)))
+    notes = [("n2", b"client-1", {"asgi|c": items})]
+    assert r.lost_at_exit(notes, 2.0) == 1
+    assert core.counters.dropped_dead_owner == 1
+
+
+def test_at_exit_a_delivery_a_handover_left_in_nobodys_flight_is_counted_lost() -> None:
+    """So is what a handover left in nobody's flight here (``Queues.take``:
+    a leave hands every channel on first; seed 263, plans/leave-into-
+    partition-delivery-in-flight.json), but not what the client had
+    reported taken before it."""
+    r, core, table = routing()
+    r.refresh()
+    moves = Ownership({"n1": START, "n2": START + 7, "n3": START + 9})
+    name = next(
+        f"asgi|c{i}"
+        for i in range(1000)
+        if r.route(f"asgi|c{i}") is None and moves.owner(f"asgi|c{i}") == "n3"
+    )
+    core.route = r.route
+    items = _handed_three(r, core, name)
+    relay(r, START, (MsgType.CONSUMED, ([[name, items[0][2], 1, 0]],)))
+    table.incarnations["n3"] = START + 9
+    r.on_member_event(MemberEvent(EventKind.JOINED, "n3", "tcp://n3:1", START + 9), 1.0, Fx())
+    assert r.route(name) == "n3"
+    assert core.queues.flight_seqs(next(iter(r._virtual))) == {}, "handed on"
+    assert r.lost_at_exit([("n2", b"client-1", {name: items})], 2.0) == 2
 
 
 def test_what_a_client_of_a_node_declared_dead_took_is_not_counted_lost() -> None:
