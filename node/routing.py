@@ -3476,8 +3476,8 @@ class Routing:
             fx.peers.append((EVERYONE, Load(self.me, self._report(now))))
             for client in [c for c, (until, _) in self._counted_gone.items() if until <= now]:
                 del self._counted_gone[client]
-            for key in [k for k, (until, _) in self._handed_flight.items() if until <= now]:
-                del self._handed_flight[key]
+            for handed in [k for k, (until, _) in self._handed_flight.items() if until <= now]:
+                del self._handed_flight[handed]
             if self._ended_flight and self._ended_flight_until <= now:
                 self._ended_flight = {}
         for client, (until, _) in list(self._parked_flight.items()):
