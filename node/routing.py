@@ -348,6 +348,10 @@ class Routing:
         #: until when a count this node would make as the first survivor
         #: waits for one a peer that held it dead made (``_outranked``)
         self._held_dead_until = 0.0
+        #: peer back from a death declared here -> until when it may still
+        #: say it counted a death as the first survivor in its view
+        #: (``_outranked``)
+        self._back_from_dead: dict[str, float] = {}
         #: node -> the incarnation of its life this node last saw live (gone
         #: once it is seen to die or leave): a newer life whose predecessor
         #: is still here ended that one unseen (``_life_ended_unseen``)
@@ -2487,7 +2491,7 @@ class Routing:
                 # simulation seed 469, 9 ops: 30 % loss on n0, n0 and n1
                 # each declared the other dead, and both counted n2's 7,
                 # frozen and ending its life in place)
-                self._held_dead_until = max(self._held_dead_until, now + self.answer_within())
+                self._back_from_dead[event.node] = now + self.answer_within()
             self._dead.discard(event.node)
         if event.kind != EventKind.DEAD:
             self._told_on_return(event, now, fx)
@@ -3084,9 +3088,18 @@ class Routing:
         6 ops: n1 cut off alone, n0 frozen and declared dead, ending its
         life in place as it thawed; n2 counted n0's fence report at once,
         and n1, which heard it after the heal and after it saw n2 live, as
-        well)."""
+        well). And for ``answer_within`` after a peer (not ``node``) this
+        node declared dead is back (``_back_from_dead``): it may have held
+        this node dead as well, which this node hears of later, if at all
+        (kill-free seed 469)."""
         if self.table.unreached() or now < self._held_dead_until:
             return True
+        if self._back_from_dead:
+            for peer, until in list(self._back_from_dead.items()):
+                if until <= now:
+                    del self._back_from_dead[peer]
+                elif peer != node:
+                    return True
         mine = (self._known_incarnation(self.me), self.me)
         for member in self.table.members():
             if member.id in (node, self.me) or member.state != State.DEAD:
@@ -3519,7 +3532,13 @@ class Routing:
         for tally in [k for k, (_, _, until) in self._tallies.items() if until <= now]:
             del self._tallies[tally]
         for client in [c for c, until in self._leaving.items() if until <= now]:
-            self._forget_virtual(client, now, fx)
+            # (what its client still holds is parked: the client keeps it
+            # across its node's restart, takes it, and reports it through
+            # the next life, ``reports_unheard``; counted if the park lapses.
+            # Kill-free simulation seed 402, 7 ops: a consumer's node left
+            # while it held a delivery, counted receiver_gone here; the
+            # client took it and said so to the next life)
+            self._forget_virtual(client, now, fx, lives_on=True)
         for life in [life for life, until in self._left_lives.items() if until <= now]:
             node = life[0]
             for holder in self.core.groups.holders(node + "@"):
