@@ -72,6 +72,7 @@ from .routing import (
     GONE_MEMORY,
     RESTART_GAP,
     ClientFlights,
+    ParkedCarry,
     Routing,
     Undelivered,
     gone_clients,
@@ -1192,7 +1193,14 @@ class ClusterNode:
     def held_record(
         self,
     ) -> (
-        tuple[int, int, LinkCarry, tuple[tuple[ConnId, int], ...], tuple[tuple[ConnId, int], ...]]
+        tuple[
+            int,
+            int,
+            LinkCarry,
+            tuple[tuple[ConnId, int], ...],
+            tuple[tuple[ConnId, int], ...],
+            ParkedCarry,
+        ]
         | None
     ):
         """What this life holds now, for the shell to keep where a SIGKILL
@@ -1221,7 +1229,9 @@ class ClusterNode:
         (``Queues.flying``): the next process counts those of connections
         that never come back (``flight_unclaimed``: a client that died just
         before this life was killed, which it had not noticed; simulation
-        seed 100, 5 messages counted by no one)."""
+        seed 100, 5 messages counted by no one). And what it parked for
+        other nodes' clients (``Routing.parked_carry``): the next process
+        parks it too, and counts only what their reports do not settle."""
         if self.routing is None:
             return None
         held = self.core.queues.queued() + self.routing.parked_count()
@@ -1230,6 +1240,7 @@ class ClusterNode:
             held + self.links.held_units(),
             self.links.carry(),
             *self._client_tallies(),
+            self.routing.parked_carry() if self.routing._parked_flight else (),
         )
 
     def previous_crash(
@@ -1240,6 +1251,7 @@ class ClusterNode:
         now: float,
         conns: tuple[tuple[ConnId, int], ...] = (),
         flights: tuple[tuple[ConnId, int], ...] = (),
+        parked: ParkedCarry = (),
     ) -> None:
         """The shell found the held record (``held_record``) of the process
         before this one, which did not leave cleanly (no life note): that
@@ -1263,9 +1275,11 @@ class ClusterNode:
         took it. Its clients' reserved-send tally (``conns``) is compared
         with what each says in its next HELLO, and what they had in flight
         (``flights``) is counted for those that do not come back
-        (``Sessions.inherit``)."""
+        (``Sessions.inherit``). What it had parked for other nodes' clients
+        (``parked``, which ``held`` counts too) waits here as it waited
+        there (``Routing.inherit_parked``)."""
         if self.routing is not None and life < self.incarnation:
-            lost = held + carry.lump
+            lost = held + carry.lump - self.routing.inherit_parked(parked, now)
             self.core.counters.dropped_dead_owner += lost
             self.counters["previous_life_lost"] += lost
             self.routing.previous_crash(life, 0)

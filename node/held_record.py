@@ -24,15 +24,19 @@ Layout: two slots of ``SLOT_SIZE`` bytes. Each begins with a head
 messages held, the wall clock of the write, the length of the links' part
 that follows, and a CRC-32 of the head before it and that part. The links'
 part (``Links.carry``: the frames no peer acknowledged, how far this life
-took each peer's link) is msgpack, ``[out, into, lump, conns, flights]``;
-``conns`` is the clients' reserved-send tally (``Sessions.reserved_carry``)
-and ``flights`` how many messages each client connection had in flight
-(``Queues.flying``), each flat: ``[conn, count, conn, count, ...]`` (both
-absent from a session 29 record, flights from one of early session 30). A
-part that does not fit in a slot is kept with its links folded (their units
-counted whole, nothing listed: ``LinkCarry.folded``), and if it still does
-not fit, without its tally and flights (those clients' unread sends and
-flights are then not counted). A write goes to the slot its number picks,
+took each peer's link) is msgpack, ``[out, into, lump, conns, flights,
+parked]``; ``conns`` is the clients' reserved-send tally
+(``Sessions.reserved_carry``) and ``flights`` how many messages each client
+connection had in flight (``Queues.flying``), each flat: ``[conn, count,
+conn, count, ...]`` (both absent from a session 29 record, flights from one
+of early session 30); ``parked``, what the life had parked for other nodes'
+clients (``Routing.parked_carry``: ``[[node, life, conn, [[channel,
+[number, ...]], ...]], ...]``, absent before session 31), which ``held``
+counts too: the next process subtracts what it can settle. A part that does
+not fit in a slot is kept with its links folded (their units counted whole,
+nothing listed: ``LinkCarry.folded``), and if it still does not fit, without
+its tally, flights and parks (those clients' unread sends and flights are
+then not counted, and what was parked is counted whole). A write goes to the slot its number picks,
 so a kill in the middle of one leaves the other whole; a reader takes the
 whole slot with the higher number. A record of version 1 (session 28: two
 48-byte slots, no links' part) is read too: a node upgraded right after a
@@ -54,6 +58,7 @@ import msgpack
 
 from .life_note import take_file
 from .links import LinkCarry
+from .routing import ParkedCarry
 
 log = logging.getLogger("zchannels.node")
 
@@ -83,8 +88,9 @@ REFRESH = 1.0
 #: connection -> a count, as the record lists reserved sends and flights
 Tally = tuple[tuple[bytes, int], ...]
 #: what the node keeps (``ClusterNode.held_record``): its life, the messages
-#: it holds, its links' part, its clients' reserved-send tally and flights
-Kept = tuple[int, int, LinkCarry, Tally, Tally]
+#: it holds, its links' part, its clients' reserved-send tally and flights,
+#: and what it parked
+Kept = tuple[int, int, LinkCarry, Tally, Tally, ParkedCarry]
 
 
 class BadHeldRecord(ValueError):
@@ -109,6 +115,9 @@ class HeldRecord:
     #: connection -> messages handed to it that it had not reported taken
     #: nor given back (``Queues.flying``; this node's own clients only)
     flights: tuple[tuple[bytes, int], ...] = ()
+    #: what it had parked for other nodes' clients (``Routing.parked_carry``;
+    #: ``held`` counts it too)
+    parked: ParkedCarry = ()
 
 
 def record_path(state_dir: str, node_id: str) -> str:
@@ -117,13 +126,38 @@ def record_path(state_dir: str, node_id: str) -> str:
     return os.path.join(state_dir, f"{safe}.held")
 
 
-def _pack(links: LinkCarry, conns: Tally, flights: Tally) -> bytes:
+def _pack(links: LinkCarry, conns: Tally, flights: Tally, parked: ParkedCarry = ()) -> bytes:
     out = [[*link[:5], [x for frame in link[5] for x in frame]] for link in links.out]
     into = [list(link) for link in links.into]
     tally = list(chain.from_iterable(conns))
     flying = list(chain.from_iterable(flights))
-    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying])
+    parks = [
+        [node, life, conn, [[name, list(seqs)] for name, seqs in channels]]
+        for node, life, conn, channels in parked
+    ]
+    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying, parks])
     return packed
+
+
+def _parked(parks: Any) -> ParkedCarry:
+    """``[[node, life, conn, [[channel, [number, ...]], ...]], ...]``
+    validated; ``BadHeldRecord`` if it is not."""
+    if type(parks) is not list:
+        raise BadHeldRecord("links' part malformed: parked is not a list")
+    out = []
+    for park in parks:
+        if type(park) is not list or len(park) != 4 or type(park[2]) is not bytes:
+            raise BadHeldRecord("links' part malformed: a park is not [node, life, conn, ...]")
+        node, life, conn, channels = park
+        if type(channels) is not list:
+            raise BadHeldRecord("links' part malformed: a park's channels are not a list")
+        named = []
+        for entry in channels:
+            if type(entry) is not list or len(entry) != 2 or type(entry[1]) is not list:
+                raise BadHeldRecord("links' part malformed: a park is not [channel, numbers]")
+            named.append((_str(entry[0]), tuple(_int(q) for q in entry[1])))
+        out.append((_str(node), _int(life), conn, tuple(named)))
+    return tuple(out)
 
 
 def _tally(flat: Any) -> Tally:
@@ -147,16 +181,19 @@ def _str(value: Any) -> str:
     return value
 
 
-def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally]:
-    """The links' part, the tally and the flights, validated;
+def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally, ParkedCarry]:
+    """The links' part, the tally, the flights and the parks, validated;
     ``BadHeldRecord`` if they are not."""
     try:
         part = msgpack.unpackb(data)
-        if not isinstance(part, list) or not 3 <= len(part) <= 5:
-            raise BadHeldRecord("links' part malformed: not [out, into, lump, conns, flights]")
+        if not isinstance(part, list) or not 3 <= len(part) <= 6:
+            raise BadHeldRecord(
+                "links' part malformed: not [out, into, lump, conns, flights, parked]"
+            )
         out, into, lump = part[:3]
         conns = _tally(part[3]) if len(part) > 3 else ()
         flights = _tally(part[4]) if len(part) > 4 else ()
+        parked = _parked(part[5]) if len(part) > 5 else ()
         links_out = []
         for node, life, gen, target, reported, flat in out:
             numbers = [_int(x) for x in flat]
@@ -170,7 +207,7 @@ def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally]:
             (_str(source), _int(life), _int(gen), _int(expected))
             for source, life, gen, expected in into
         )
-        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns, flights
+        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns, flights, parked
     except BadHeldRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
@@ -182,9 +219,9 @@ def encode_slot(number: int, record: HeldRecord) -> bytes:
     is not written). A links' part with no room in the slot is folded, and
     without its tally if it still has none."""
     room = SLOT_SIZE - HEAD.size
-    links = _pack(record.links, record.conns, record.flights)
+    links = _pack(record.links, record.conns, record.flights, record.parked)
     if len(links) > room:
-        links = _pack(record.links.folded(), record.conns, record.flights)
+        links = _pack(record.links.folded(), record.conns, record.flights, record.parked)
     if len(links) > room:
         links = _pack(record.links.folded(), (), ())
     head = _HEAD_BEFORE_CRC.pack(

@@ -202,6 +202,7 @@ class NodeServer:
                     time.monotonic(),
                     record.conns,
                     record.flights,
+                    record.parked,
                 )
                 log.warning(
                     "the last life of this node (%d) died holding %d messages (counted "

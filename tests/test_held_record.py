@@ -86,7 +86,11 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         msgpack.packb([[], [], 0, ["s/0", 3]]),  # (a connection id that is text)
         msgpack.packb([[], [], 0, [b"s/0", -3]]),  # (a negative total)
         msgpack.packb([[], [], 0, [], [b"s/0"]]),  # (flights without a count)
-        msgpack.packb([[], [], 0, [], [], 1]),  # (a field no version wrote)
+        msgpack.packb([[], [], 0, [], [], 1]),  # (parks that are not a list)
+        msgpack.packb([[], [], 0, [], [], [["n2", 1, "s/0", []]]]),  # (a text connection)
+        msgpack.packb([[], [], 0, [], [], [["n2", 1, b"s/0", [["c", [-1]]]]]]),  # (a number)
+        msgpack.packb([[], [], 0, [], [], [["n2", 1, b"s/0", [["c"]]]]]),  # (no numbers)
+        msgpack.packb([[], [], 0, [], [], [], 1]),  # (a field no version wrote)
     ],
     ids=[
         "not-msgpack",
@@ -98,7 +102,11 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         "text-conn",
         "negative-total",
         "odd-flights",
-        "six-fields",
+        "parks-not-a-list",
+        "park-text-conn",
+        "park-negative",
+        "park-short",
+        "seven-fields",
     ],
 )
 def test_a_whole_slot_whose_links_part_is_not_one_is_a_typed_error(part: bytes) -> None:
@@ -122,6 +130,16 @@ def test_a_links_part_with_no_room_in_a_slot_is_kept_as_one_count() -> None:
     huge = HeldRecord(1000, 3, 10.0, big.links, tuple((b"%08d/0" % i, i) for i in range(9000)))
     kept = decode(slots(encode_slot(1, huge), b""))
     assert kept.links == LinkCarry(lump=SLOT_SIZE - 1) and kept.conns == ()
+
+
+def test_the_parks_travel_whole_and_a_record_of_session_30_has_none() -> None:
+    parked = (("n2", 1000, b"s/0", (("c", (5, 6)), ("d", (9,)))), ("n3", 2000, b"t/1", ()))
+    record = HeldRecord(1000, 4, 10.0, LINKS, ((b"s/0", 2),), ((b"s/0", 1),), parked)
+    assert decode(slots(encode_slot(1, record), b"")) == record
+    older = msgpack.packb([[], [], 0, [b"s/0", 2], [b"s/0", 1]])
+    head = struct.pack("<4sB3xQqqdI", b"zchr", 2, 1, 1000, 3, 10.0, len(older))
+    slot = head + struct.pack("<I", zlib.crc32(older, zlib.crc32(head))) + older
+    assert decode(slots(slot, b"")).parked == ()
 
 
 def test_a_version_1_record_is_read_after_an_upgrade() -> None:
@@ -213,10 +231,10 @@ def test_the_node_says_what_it_holds_and_what_its_last_life_held() -> None:
     in the reports that it did."""
     node = started_node(5)
     assert node.routing is not None
-    assert node.held_record() == (node.incarnation, 0, LinkCarry(), (), ())
+    assert node.held_record() == (node.incarnation, 0, LinkCarry(), (), (), ())
     for i in range(3):
         node.core.queues.put("c", b"%d" % i, 60.0, 100, 0.0)
-    assert node.held_record() == (node.incarnation, 3, LinkCarry(), (), ())
+    assert node.held_record() == (node.incarnation, 3, LinkCarry(), (), (), ())
     dead_owner = node.drops()["dead_owner"]
     node.previous_crash(4000, 6, LinkCarry(lump=2), 0.0)  # (2 units too many to list)
     # (counted here, once: the survivors are told it crashed, with none to count)

@@ -1495,6 +1495,26 @@ def _declared_dead_with_three_in_flight(
     return r, core, table, sorted(seqs)
 
 
+def test_what_a_killed_life_parked_waits_in_the_next_for_the_clients_word() -> None:
+    """Simulation seed 518 (6 ops): a partition cut an owner off from the
+    client it had handed 4 deliveries, and it parked them; it was killed.
+    Its held record counted them whole, and the client, which took them,
+    told the next life so (its node's relays told again). The record now
+    lists what was parked; the next life parks it as the last did: what the
+    client says it took of those numbers is settled, the rest counted
+    (``receiver_gone``) when the park lapses."""
+    r, _, _, seqs = _declared_dead_with_three_in_flight()
+    carry = r.parked_carry()
+    assert carry == (("n2", START, b"client-1", (("asgi|c", tuple(seqs)),)),)
+    following, core, _ = routing(first_seq=1000)
+    assert following.inherit_parked(carry, 2.0) == 3
+    said = (("asgi|c", seqs[1], 2, 0),)
+    following.handle(RelayLost("n2", START, b"client-1", said, ()), 2.1, Fx())
+    assert following.parked_count() == 1
+    following.tick(2.0 + following.presume_dead_after(), Fx())
+    assert core.drops()["receiver_gone"] == 1 and following.parked_count() == 0
+
+
 def _handed_three(r: Routing, core: NodeCore, name: str = "asgi|c") -> list[list[object]]:
     """n2's client was handed three messages of our ``name``: the items."""
     relay(r, START, (MsgType.RECV, (name, 5)))

@@ -686,7 +686,11 @@ KNOWN_CLUSTER = {
     "owner held is counted from its last load report, an estimate by construction; "
     "plans/defect2-uncounted-loss.json (a send relayed across a partition) passes now",
     "overcounted": "issue 11 defect 2: messages counted lost that were delivered after all "
-    "(4 of 300 seeds: 70, 157, 176, 196, since a client's node copies its report of a live "
+    "(2 of 300 seeds: 70, 157, since what a SIGKILLed life had parked for other nodes' "
+    "clients waits in its next process, from the held record, for the clients' reports "
+    "told again, session 31: seeds 176 and 196, plans/what-a-killed-owner-parked-settled-"
+    "by-the-clients-reports-told-to-its-next-life.json; 4 before: 70, 157, 176, 196, "
+    "since a client's node copies its report of a live "
     "node's deliveries to that node when the report goes to another owner: it may have "
     "declared the client's node dead and parked them, kill-free seed 65, plans/report-of-"
     "deliveries-by-an-owner-that-declared-the-clients-node-dead-copied-to-it.json, and seed "

@@ -321,10 +321,10 @@ class World:
             sn.node.previous_life(LifeNote.decode(note.encode()), self.now)
         elif record is not None and hasattr(sn.node, "previous_crash"):
             # (through the file's layout, as the next process reads it)
-            life, held, links, conns, flights = record
-            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, links, conns, flights)))
+            life, held, *rest = record
+            kept = decode_record(encode_slot(1, HeldRecord(life, held, 0.0, *rest)))
             sn.node.previous_crash(
-                kept.life, kept.held, kept.links, self.now, kept.conns, kept.flights
+                kept.life, kept.held, kept.links, self.now, kept.conns, kept.flights, kept.parked
             )
         self._apply(sn, self._call(sn, "start", self.now))
         if self.clustered:
