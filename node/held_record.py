@@ -25,14 +25,18 @@ messages held, the wall clock of the write, the length of the links' part
 that follows, and a CRC-32 of the head before it and that part. The links'
 part (``Links.carry``: the frames no peer acknowledged, how far this life
 took each peer's link) is msgpack, ``[out, into, lump, conns, flights,
-parked]``; ``conns`` is the clients' reserved-send tally
+parked, told]``; ``conns`` is the clients' reserved-send tally
 (``Sessions.reserved_carry``) and ``flights`` how many messages each client
 connection had in flight (``Queues.flying``), each flat: ``[conn, count,
 conn, count, ...]`` (both absent from a session 29 record, flights from one
 of early session 30); ``parked``, what the life had parked for other nodes'
 clients (``Routing.parked_carry``: ``[[node, life, conn, [[channel,
 [number, ...]], ...]], ...]``, absent before session 31), which ``held``
-counts too: the next process subtracts what it can settle. A part that does
+counts too: the next process subtracts what it can settle; ``told``, what
+the frames no peer acknowledged told of a client's flight there
+(``LinkCarry.told``: reports and give-backs, told again by the next process
+for the frames the peer says it never took; absent before session 31). A
+part that does
 not fit in a slot is kept with its links folded (their units counted whole,
 nothing listed: ``LinkCarry.folded``), and if it still does not fit, without
 its tally, flights and parks (those clients' unread sends and flights are
@@ -135,8 +139,52 @@ def _pack(links: LinkCarry, conns: Tally, flights: Tally, parked: ParkedCarry = 
         [node, life, conn, [[name, list(seqs)] for name, seqs in channels]]
         for node, life, conn, channels in parked
     ]
-    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying, parks])
+    told = [[*link[:5], [[seq, _told_out(kept)] for seq, kept in link[5]]] for link in links.told]
+    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying, parks, told])
     return packed
+
+
+def _told_out(kept: Any) -> list[Any]:
+    origin, life, conn, reports, returned = kept
+    return [origin, life, conn, [list(r) for r in reports], [[n, list(q)] for n, q in returned]]
+
+
+def _told(told: Any) -> tuple[tuple[str, int, int, int, int, tuple[tuple[int, Any], ...]], ...]:
+    """``[[node, life, gen, target, reported, [[seq, [origin, life, conn,
+    reports, returned]], ...]], ...]`` validated (what a killed life's
+    frames told peers of a client's flight: ``cluster._keep_told``);
+    ``BadHeldRecord`` if it is not."""
+    if type(told) is not list:
+        raise BadHeldRecord("links' part malformed: told is not a list")
+    out = []
+    for link in told:
+        if type(link) is not list or len(link) != 6 or type(link[5]) is not list:
+            raise BadHeldRecord("links' part malformed: a told link is not six fields")
+        node, life, gen, target, reported, frames = link
+        kept = []
+        for frame in frames:
+            if type(frame) is not list or len(frame) != 2 or type(frame[1]) is not list:
+                raise BadHeldRecord("links' part malformed: a told frame is not [seq, what]")
+            what = frame[1]
+            if len(what) != 5 or type(what[2]) is not bytes:
+                raise BadHeldRecord("links' part malformed: a told frame is not a RelayLost")
+            origin, at, conn, reports, returned = what
+            if type(reports) is not list or type(returned) is not list:
+                raise BadHeldRecord("links' part malformed: a told frame's parts are not lists")
+            said = []
+            for r in reports:
+                if type(r) is not list or len(r) != 4:
+                    raise BadHeldRecord("links' part malformed: a report is not four fields")
+                said.append((_str(r[0]), _int(r[1]), _int(r[2]), _int(r[3])))
+            back = []
+            for r in returned:
+                if type(r) is not list or len(r) != 2 or type(r[1]) is not list:
+                    raise BadHeldRecord("links' part malformed: a give-back is not [name, seqs]")
+                back.append((_str(r[0]), tuple(_int(q) for q in r[1])))
+            told_what = (_str(origin), _int(at), conn, tuple(said), tuple(back))
+            kept.append((_int(frame[0]), told_what))
+        out.append((_str(node), _int(life), _int(gen), _int(target), _int(reported), tuple(kept)))
+    return tuple(out)
 
 
 def _parked(parks: Any) -> ParkedCarry:
@@ -186,14 +234,15 @@ def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally, ParkedCarry]:
     ``BadHeldRecord`` if they are not."""
     try:
         part = msgpack.unpackb(data)
-        if not isinstance(part, list) or not 3 <= len(part) <= 6:
+        if not isinstance(part, list) or not 3 <= len(part) <= 7:
             raise BadHeldRecord(
-                "links' part malformed: not [out, into, lump, conns, flights, parked]"
+                "links' part malformed: not [out, into, lump, conns, flights, parked, told]"
             )
         out, into, lump = part[:3]
         conns = _tally(part[3]) if len(part) > 3 else ()
         flights = _tally(part[4]) if len(part) > 4 else ()
         parked = _parked(part[5]) if len(part) > 5 else ()
+        told = _told(part[6]) if len(part) > 6 else ()
         links_out = []
         for node, life, gen, target, reported, flat in out:
             numbers = [_int(x) for x in flat]
@@ -207,7 +256,8 @@ def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally, ParkedCarry]:
             (_str(source), _int(life), _int(gen), _int(expected))
             for source, life, gen, expected in into
         )
-        return LinkCarry(tuple(links_out), links_in, _int(lump)), conns, flights, parked
+        carried = LinkCarry(tuple(links_out), links_in, _int(lump), told)
+        return carried, conns, flights, parked
     except BadHeldRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData) as exc:
