@@ -149,40 +149,38 @@ def _told_out(kept: Any) -> list[Any]:
     return [origin, life, conn, [list(r) for r in reports], [[n, list(q)] for n, q in returned]]
 
 
+def _list(value: Any, what: str, fields: int | None = None) -> list[Any]:
+    """``value`` if it is a list (of ``fields`` items, if given);
+    ``BadHeldRecord`` naming ``what`` if it is not."""
+    if type(value) is not list or (fields is not None and len(value) != fields):
+        shape = "a list" if fields is None else f"a list of {fields}"
+        raise BadHeldRecord(f"links' part malformed: {what} is not {shape}")
+    return value
+
+
 def _told(told: Any) -> tuple[tuple[str, int, int, int, int, tuple[tuple[int, Any], ...]], ...]:
     """``[[node, life, gen, target, reported, [[seq, [origin, life, conn,
     reports, returned]], ...]], ...]`` validated (what a killed life's
     frames told peers of a client's flight: ``cluster._keep_told``);
     ``BadHeldRecord`` if it is not."""
-    if type(told) is not list:
-        raise BadHeldRecord("links' part malformed: told is not a list")
     out = []
-    for link in told:
-        if type(link) is not list or len(link) != 6 or type(link[5]) is not list:
-            raise BadHeldRecord("links' part malformed: a told link is not six fields")
-        node, life, gen, target, reported, frames = link
+    for link in _list(told, "told"):
+        node, life, gen, target, reported, frames = _list(link, "a told link", 6)
         kept = []
-        for frame in frames:
-            if type(frame) is not list or len(frame) != 2 or type(frame[1]) is not list:
-                raise BadHeldRecord("links' part malformed: a told frame is not [seq, what]")
-            what = frame[1]
-            if len(what) != 5 or type(what[2]) is not bytes:
-                raise BadHeldRecord("links' part malformed: a told frame is not a RelayLost")
-            origin, at, conn, reports, returned = what
-            if type(reports) is not list or type(returned) is not list:
-                raise BadHeldRecord("links' part malformed: a told frame's parts are not lists")
-            said = []
-            for r in reports:
-                if type(r) is not list or len(r) != 4:
-                    raise BadHeldRecord("links' part malformed: a report is not four fields")
-                said.append((_str(r[0]), _int(r[1]), _int(r[2]), _int(r[3])))
-            back = []
-            for r in returned:
-                if type(r) is not list or len(r) != 2 or type(r[1]) is not list:
-                    raise BadHeldRecord("links' part malformed: a give-back is not [name, seqs]")
-                back.append((_str(r[0]), tuple(_int(q) for q in r[1])))
-            told_what = (_str(origin), _int(at), conn, tuple(said), tuple(back))
-            kept.append((_int(frame[0]), told_what))
+        for frame in _list(frames, "a told link's frames"):
+            seq, what = _list(frame, "a told frame", 2)
+            origin, at, conn, reports, returned = _list(what, "what a frame told", 5)
+            if type(conn) is not bytes:
+                raise BadHeldRecord("links' part malformed: a told connection is not bytes")
+            said = tuple(
+                (_str(r[0]), _int(r[1]), _int(r[2]), _int(r[3]))
+                for r in (_list(r, "a report", 4) for r in _list(reports, "reports"))
+            )
+            back = tuple(
+                (_str(r[0]), tuple(_int(q) for q in _list(r[1], "a give-back's numbers")))
+                for r in (_list(r, "a give-back", 2) for r in _list(returned, "give-backs"))
+            )
+            kept.append((_int(seq), (_str(origin), _int(at), conn, said, back)))
         out.append((_str(node), _int(life), _int(gen), _int(target), _int(reported), tuple(kept)))
     return tuple(out)
 
@@ -190,21 +188,16 @@ def _told(told: Any) -> tuple[tuple[str, int, int, int, int, tuple[tuple[int, An
 def _parked(parks: Any) -> ParkedCarry:
     """``[[node, life, conn, [[channel, [number, ...]], ...]], ...]``
     validated; ``BadHeldRecord`` if it is not."""
-    if type(parks) is not list:
-        raise BadHeldRecord("links' part malformed: parked is not a list")
     out = []
-    for park in parks:
-        if type(park) is not list or len(park) != 4 or type(park[2]) is not bytes:
-            raise BadHeldRecord("links' part malformed: a park is not [node, life, conn, ...]")
-        node, life, conn, channels = park
-        if type(channels) is not list:
-            raise BadHeldRecord("links' part malformed: a park's channels are not a list")
-        named = []
-        for entry in channels:
-            if type(entry) is not list or len(entry) != 2 or type(entry[1]) is not list:
-                raise BadHeldRecord("links' part malformed: a park is not [channel, numbers]")
-            named.append((_str(entry[0]), tuple(_int(q) for q in entry[1])))
-        out.append((_str(node), _int(life), conn, tuple(named)))
+    for park in _list(parks, "parked"):
+        node, life, conn, channels = _list(park, "a park", 4)
+        if type(conn) is not bytes:
+            raise BadHeldRecord("links' part malformed: a park's connection is not bytes")
+        named = tuple(
+            (_str(name), tuple(_int(q) for q in _list(seqs, "a park's numbers")))
+            for name, seqs in (_list(e, "a park's channel", 2) for e in _list(channels, "channels"))
+        )
+        out.append((_str(node), _int(life), conn, named))
     return tuple(out)
 
 

@@ -536,6 +536,22 @@ def test_a_note_of_a_life_not_before_this_one_is_not_said() -> None:
     assert "left" not in r._report(1.5)
 
 
+def _n2_ended_and_n3_may_have_counted(r: Routing, table: FakeTable, n3_says: bool) -> int:
+    """n2 ended its life in place (5 lost, its fence report in at 2.1), n3
+    may have counted it: nothing is counted here at once; n3's report says
+    it did (``n3_says``), or nobody does. Returns what was counted here by
+    the end."""
+    n2_ended_in_place(r, table, START + RESTART_GAP + 1, 5, 2.05, 2.1)
+    r.tick(2.1, Fx())
+    assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
+    if n3_says:
+        tally = {"channels": 0, "queued": 0, "drops": {}, "tallied": [["n2", START, 1 << 62, 5]]}
+        r.handle(Load("n3", tally), 2.3, Fx())
+    for t in (2.1 + r.answer_within(), 40.0):
+        r.tick(t, Fx())
+    return r.counters["lost_in_dead_nodes"]
+
+
 def test_a_first_survivor_held_dead_by_a_peer_waits_for_that_peers_count() -> None:
     """Kill-free simulation seed 100 (6 ops): n1 was cut off alone, and n3
     held it dead; n2 froze, was declared dead, and ended its life in place
@@ -552,20 +568,7 @@ def test_a_first_survivor_held_dead_by_a_peer_waits_for_that_peers_count() -> No
             2.0,
             Fx(),
         )
-        n2_ended_in_place(r, table, START + RESTART_GAP + 1, 5, 2.05, 2.1)
-        r.tick(2.1, Fx())
-        assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
-        if n3_says:
-            tally = {
-                "channels": 0,
-                "queued": 0,
-                "drops": {},
-                "tallied": [["n2", START, 1 << 62, 5]],
-            }
-            r.handle(Load("n3", tally), 2.3, Fx())
-        for t in (2.1 + r.answer_within(), 40.0):
-            r.tick(t, Fx())
-        assert r.counters["lost_in_dead_nodes"] == counted, n3_says
+        assert _n2_ended_and_n3_may_have_counted(r, table, n3_says) == counted, n3_says
 
 
 def test_a_first_survivor_that_held_a_peer_dead_waits_for_that_peers_count() -> None:
@@ -582,20 +585,7 @@ def test_a_first_survivor_that_held_a_peer_dead_waits_for_that_peers_count() -> 
         r.on_member_event(MemberEvent(EventKind.DEAD, "n3", "tcp://n3:1", START), 1.5, Fx())
         table.incarnations["n3"] = START + 1
         r.on_member_event(MemberEvent(EventKind.ALIVE, "n3", "tcp://n3:1", START + 1), 2.0, Fx())
-        n2_ended_in_place(r, table, START + RESTART_GAP + 1, 5, 2.05, 2.1)
-        r.tick(2.1, Fx())
-        assert r.counters["lost_in_dead_nodes"] == 0, "n3 may have counted it"
-        if n3_says:
-            tally = {
-                "channels": 0,
-                "queued": 0,
-                "drops": {},
-                "tallied": [["n2", START, 1 << 62, 5]],
-            }
-            r.handle(Load("n3", tally), 2.3, Fx())
-        for t in (2.1 + r.answer_within(), 40.0):
-            r.tick(t, Fx())
-        assert r.counters["lost_in_dead_nodes"] == counted, n3_says
+        assert _n2_ended_and_n3_may_have_counted(r, table, n3_says) == counted, n3_says
 
 
 def test_a_survivor_that_counted_reports_soon_to_a_peer_it_held_dead_when_it_is_back() -> None:
@@ -1515,6 +1505,18 @@ def test_what_a_killed_life_parked_waits_in_the_next_for_the_clients_word() -> N
     assert core.drops()["receiver_gone"] == 1 and following.parked_count() == 0
 
 
+def _moving_to_n3(r: Routing, owner: str | None) -> str:
+    """A channel ``owner`` owns in ``r``'s view (None: ``r``'s node), and
+    n3 once it joins."""
+    r.refresh()
+    moves = Ownership({"n1": START, "n2": START + 7, "n3": START + 9})
+    return next(
+        name
+        for name in (f"asgi|c{i}" for i in range(1000))
+        if r.route(name) == owner and moves.owner(name) == "n3"
+    )
+
+
 def _handed_three(r: Routing, core: NodeCore, name: str = "asgi|c") -> list[list[object]]:
     """n2's client was handed three messages of our ``name``: the items."""
     relay(r, START, (MsgType.RECV, (name, 5)))
@@ -1545,13 +1547,7 @@ def test_at_exit_a_delivery_a_handover_left_in_nobodys_flight_is_counted_lost() 
     partition-delivery-in-flight.json), but not what the client had
     reported taken before it."""
     r, core, table = routing()
-    r.refresh()
-    moves = Ownership({"n1": START, "n2": START + 7, "n3": START + 9})
-    name = next(
-        f"asgi|c{i}"
-        for i in range(1000)
-        if r.route(f"asgi|c{i}") is None and moves.owner(f"asgi|c{i}") == "n3"
-    )
+    name = _moving_to_n3(r, None)
     core.route = r.route
     items = _handed_three(r, core, name)
     relay(r, START, (MsgType.CONSUMED, ([[name, items[0][2], 1, 0]],)))
@@ -2323,13 +2319,7 @@ def _handed_by_n2_then_moved_to_n3(n2_after: State) -> tuple[Routing, NodeCore, 
     n3 joins and owns it in our view (``n2_after``: n2 stays live, or
     left)."""
     r, core, table = routing()
-    r.refresh()
-    moves = Ownership({"n1": START, "n2": START + 7, "n3": START + 9})
-    far = next(
-        f"asgi|far{i}"
-        for i in range(1000)
-        if r.route(f"asgi|far{i}") == "n2" and moves.owner(f"asgi|far{i}") == "n3"
-    )
+    far = _moving_to_n3(r, "n2")
     core.route = r.route
     core.sessions.hello(b"A", "sessiontag", 1, Policy(60.0), 0.0)
     work = ClusterWork()
