@@ -77,7 +77,6 @@ from .routing import (
     Undelivered,
     gone_clients,
     grants_of,
-    lost_of,
     tells_flight,
 )
 
@@ -221,32 +220,6 @@ class _Unheard(NamedTuple):
 
     node: str
     msg: Relay | RelayLost
-
-
-#: what a held record keeps of an ``_Unheard`` (``_keep_told``): the
-#: ``RelayLost`` it would be told again as
-Told = tuple[
-    str, int, bytes, tuple[tuple[str, int, int, int], ...], tuple[tuple[str, tuple[int, ...]], ...]
-]
-
-
-def _keep_told(note: object) -> Told | None:
-    """What the next process of this node needs of a frame's note to tell
-    the peer again, if it never took the frame, what a client did with its
-    flight there (``Links.carry``; ``held_record``)."""
-    if not isinstance(note, _Unheard):
-        return None
-    lost = lost_of(note.msg)
-    if lost is None:
-        return None
-    return (lost.origin, lost.incarnation, lost.conn, lost.reports, lost.returned)
-
-
-def _told_note(node: str, told: Told) -> _Unheard:
-    """The note of a frame a killed life sent, from its held record
-    (``Links.restore``)."""
-    origin, incarnation, conn, reports, returned = told
-    return _Unheard(node, RelayLost(origin, incarnation, conn, reports, returned))
 
 
 def _note(node: str, msg: object) -> Undelivered | _Unheard | None:
@@ -1265,7 +1238,7 @@ class ClusterNode:
         return (
             self.incarnation,
             held + self.links.held_units(),
-            self.links.carry(_keep_told),
+            self.links.carry(),
             *self._client_tallies(),
             self.routing.parked_carry() if self.routing._parked_flight else (),
         )
@@ -1310,7 +1283,7 @@ class ClusterNode:
             self.core.counters.dropped_dead_owner += lost
             self.counters["previous_life_lost"] += lost
             self.routing.previous_crash(life, 0)
-            self.links.restore(carry, now, _told_note)
+            self.links.restore(carry, now)
             self.core.sessions.inherit(conns, flights, now)
             self.counters["previous_life_crashed"] += 1
 

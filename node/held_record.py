@@ -25,18 +25,14 @@ messages held, the wall clock of the write, the length of the links' part
 that follows, and a CRC-32 of the head before it and that part. The links'
 part (``Links.carry``: the frames no peer acknowledged, how far this life
 took each peer's link) is msgpack, ``[out, into, lump, conns, flights,
-parked, told]``; ``conns`` is the clients' reserved-send tally
+parked]``; ``conns`` is the clients' reserved-send tally
 (``Sessions.reserved_carry``) and ``flights`` how many messages each client
 connection had in flight (``Queues.flying``), each flat: ``[conn, count,
 conn, count, ...]`` (both absent from a session 29 record, flights from one
 of early session 30); ``parked``, what the life had parked for other nodes'
 clients (``Routing.parked_carry``: ``[[node, life, conn, [[channel,
 [number, ...]], ...]], ...]``, absent before session 31), which ``held``
-counts too: the next process subtracts what it can settle; ``told``, what
-the frames no peer acknowledged told of a client's flight there
-(``LinkCarry.told``: reports and give-backs, told again by the next process
-for the frames the peer says it never took; absent before session 31). A
-part that does
+counts too: the next process subtracts what it can settle. A part that does
 not fit in a slot is kept with its links folded (their units counted whole,
 nothing listed: ``LinkCarry.folded``), and if it still does not fit, without
 its tally, flights and parks (those clients' unread sends and flights are
@@ -139,14 +135,8 @@ def _pack(links: LinkCarry, conns: Tally, flights: Tally, parked: ParkedCarry = 
         [node, life, conn, [[name, list(seqs)] for name, seqs in channels]]
         for node, life, conn, channels in parked
     ]
-    told = [[*link[:5], [[seq, _told_out(kept)] for seq, kept in link[5]]] for link in links.told]
-    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying, parks, told])
+    packed: bytes = msgpack.packb([out, into, links.lump, tally, flying, parks])
     return packed
-
-
-def _told_out(kept: Any) -> list[Any]:
-    origin, life, conn, reports, returned = kept
-    return [origin, life, conn, [list(r) for r in reports], [[n, list(q)] for n, q in returned]]
 
 
 def _list(value: Any, what: str, fields: int | None = None) -> list[Any]:
@@ -156,33 +146,6 @@ def _list(value: Any, what: str, fields: int | None = None) -> list[Any]:
         shape = "a list" if fields is None else f"a list of {fields}"
         raise BadHeldRecord(f"links' part malformed: {what} is not {shape}")
     return value
-
-
-def _told(told: Any) -> tuple[tuple[str, int, int, int, int, tuple[tuple[int, Any], ...]], ...]:
-    """``[[node, life, gen, target, reported, [[seq, [origin, life, conn,
-    reports, returned]], ...]], ...]`` validated (what a killed life's
-    frames told peers of a client's flight: ``cluster._keep_told``);
-    ``BadHeldRecord`` if it is not."""
-    out = []
-    for link in _list(told, "told"):
-        node, life, gen, target, reported, frames = _list(link, "a told link", 6)
-        kept = []
-        for frame in _list(frames, "a told link's frames"):
-            seq, what = _list(frame, "a told frame", 2)
-            origin, at, conn, reports, returned = _list(what, "what a frame told", 5)
-            if type(conn) is not bytes:
-                raise BadHeldRecord("links' part malformed: a told connection is not bytes")
-            said = tuple(
-                (_str(r[0]), _int(r[1]), _int(r[2]), _int(r[3]))
-                for r in (_list(r, "a report", 4) for r in _list(reports, "reports"))
-            )
-            back = tuple(
-                (_str(r[0]), tuple(_int(q) for q in _list(r[1], "a give-back's numbers")))
-                for r in (_list(r, "a give-back", 2) for r in _list(returned, "give-backs"))
-            )
-            kept.append((_int(seq), (_str(origin), _int(at), conn, said, back)))
-        out.append((_str(node), _int(life), _int(gen), _int(target), _int(reported), tuple(kept)))
-    return tuple(out)
 
 
 def _parked(parks: Any) -> ParkedCarry:
@@ -227,15 +190,14 @@ def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally, ParkedCarry]:
     ``BadHeldRecord`` if they are not."""
     try:
         part = msgpack.unpackb(data)
-        if not isinstance(part, list) or not 3 <= len(part) <= 7:
+        if not isinstance(part, list) or not 3 <= len(part) <= 6:
             raise BadHeldRecord(
-                "links' part malformed: not [out, into, lump, conns, flights, parked, told]"
+                "links' part malformed: not [out, into, lump, conns, flights, parked]"
             )
         out, into, lump = part[:3]
         conns = _tally(part[3]) if len(part) > 3 else ()
         flights = _tally(part[4]) if len(part) > 4 else ()
         parked = _parked(part[5]) if len(part) > 5 else ()
-        told = _told(part[6]) if len(part) > 6 else ()
         links_out = []
         for node, life, gen, target, reported, flat in out:
             numbers = [_int(x) for x in flat]
@@ -249,7 +211,7 @@ def _unpack(data: bytes) -> tuple[LinkCarry, Tally, Tally, ParkedCarry]:
             (_str(source), _int(life), _int(gen), _int(expected))
             for source, life, gen, expected in into
         )
-        carried = LinkCarry(tuple(links_out), links_in, _int(lump), told)
+        carried = LinkCarry(tuple(links_out), links_in, _int(lump))
         return carried, conns, flights, parked
     except BadHeldRecord:
         raise

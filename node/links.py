@@ -78,7 +78,7 @@ Pure: ``now`` comes in, frames (node id, bytes) go out; the composing
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -195,13 +195,6 @@ class LinkCarry:
     #: what frames too many to list carry (more than ``CARRY_FRAMES``): not
     #: asked about, counted whole with what the record says was held
     lump: int = 0
-    #: links out: (peer, this node's life, gen, the peer's incarnation when
-    #: it opened, how far the peer's last load report said it took it,
-    #: ((seq, what the frame told, as the caller keeps it), ...)) of the
-    #: frames not acknowledged that told the peer something only this node
-    #: would tell again (``carry``'s ``keep``: what a client did with its
-    #: flight there)
-    told: tuple[tuple[str, int, int, int, int, tuple[tuple[int, Any], ...]], ...] = ()
 
     def units(self) -> int:
         """The units its links out carry, listed or not."""
@@ -694,7 +687,7 @@ class Links:
         (``ClusterNode.held_record`` counts them with its queues)."""
         return sum(u for held in self._held.values() for _, u, _, _ in held.msgs)
 
-    def carry(self, keep: Callable[[Any], Any] | None = None) -> LinkCarry:
+    def carry(self) -> LinkCarry:
         """What this life's links would leave for the next process of this
         node if a SIGKILL ended it now (``ClusterNode.held_record``): for
         each link out, live or in limbo, the frames no peer acknowledged
@@ -705,9 +698,7 @@ class Links:
         the kill cut off its acknowledgement); and how far this life took
         each link in, so the next process answers the peers' probes of them
         as this life would have (a peer's limbo then counts only what this
-        life never took: what it took, its record counts as queued).
-        ``keep``: what of a frame's note the next process needs to tell the
-        peer again if it never took the frame (None: nothing), in ``told``."""
+        life never took: what it took, its record counts as queued)."""
         into = tuple(
             (source, life, gen, state.expected) for (source, life, gen), state in self._in.items()
         )
@@ -730,53 +721,28 @@ class Links:
             for k, f in kept
             if f
         )
-        if keep is None:
-            return LinkCarry(out, into)
-        said: list[tuple[_Out | _Limbo, tuple[tuple[int, Any], ...]]] = []
-        for link in self._out.values():
-            kept_notes = [(f.seq, keep(f.note)) for f in link.unacked if f.note is not None]
-            said.append((link, tuple((q, n) for q, n in kept_notes if n is not None)))
-        for limbo in self._limbo.values():
-            kept_notes = [(seq, keep(note)) for seq, _, note in limbo.frames if note is not None]
-            said.append((limbo, tuple((q, n) for q, n in kept_notes if n is not None)))
-        told = tuple(
-            (k.node, k.life, k.gen, k.target, self._reported.get((k.node, k.life, k.gen), 0), f)
-            for k, f in said
-            if f
-        )
-        return LinkCarry(out, into, told=told)
+        return LinkCarry(out, into)
 
-    def restore(
-        self, carry: LinkCarry, now: float, note: Callable[[str, Any], Any] | None = None
-    ) -> None:
+    def restore(self, carry: LinkCarry, now: float) -> None:
         """The links of this node's last process, which a SIGKILL ended
         (``carry``, from its held record): what it sent that no peer
         acknowledged waits in limbo here, asked about as this life's own
         limbo is (``LinkProbe``, once this process knows the peer; counted
         whole after ``limbo_keep``), and this life answers the peers'
-        probes of that life's links in as it would have. What its frames
-        told the peer (``told``) comes back as each frame's note
-        (``note``: made from what ``carry``'s ``keep`` kept), for the caller
-        if the peer never took it."""
-        restored: dict[tuple[int, int], _Limbo] = {}
-        told = [(*link, True) for link in carry.told] if note is not None else []
-        for node, life, gen, target, reported, frames, *is_told in [
-            *((*link, False) for link in carry.out),
-            *told,
-        ]:
-            if life >= self.life or ((life, gen) in self._limbo and (life, gen) not in restored):
+        probes of that life's links in as it would have."""
+        for node, life, gen, target, reported, frames in carry.out:
+            if life >= self.life or (life, gen) in self._limbo:
                 continue  # (not an earlier life's: nothing to ask)
-            limbo = restored.get((life, gen))
-            if limbo is None:
-                limbo = restored[(life, gen)] = self._limbo[(life, gen)] = _Limbo(
-                    node, life, gen, [], now + self.settings.limbo_keep, now, target, restored=True
-                )
-            if is_told[0]:
-                assert note is not None
-                limbo.frames.extend((seq, 0, note(node, kept)) for seq, kept in frames)
-            else:
-                limbo.frames.extend((seq, units, None) for seq, units in frames)
-            limbo.frames.sort(key=lambda frame: frame[0])
+            self._limbo[(life, gen)] = _Limbo(
+                node,
+                life,
+                gen,
+                [(seq, units, None) for seq, units in frames],
+                now + self.settings.limbo_keep,
+                now,
+                target,
+                restored=True,
+            )
             if reported:
                 self._reported[(node, life, gen)] = reported
             self.counters["link_restored_frames"] += len(frames)

@@ -184,7 +184,7 @@ def tells_flight(msg: object) -> bool:
     )
 
 
-def lost_of(msg: Relay | RelayLost) -> RelayLost | None:
+def _lost_of(msg: Relay | RelayLost) -> RelayLost | None:
     """What ``msg`` told its receiver of a client's flight, as a
     ``RelayLost`` (well-formed parts only: the rest the receiver refused)."""
     if isinstance(msg, RelayLost):
@@ -206,7 +206,7 @@ def lost_of(msg: Relay | RelayLost) -> RelayLost | None:
 
 def _given_back(msg: Relay | RelayLost) -> int:
     """How many messages ``msg`` gave back (well-formed give-backs only)."""
-    told = lost_of(msg)
+    told = _lost_of(msg)
     return sum(len(seqs) for _, seqs in told.returned) if told is not None else 0
 
 
@@ -1243,7 +1243,7 @@ class Routing:
         would count lost); any other life skips reports of what it never
         handed (numbered below its own: ``_on_relay_lost``). Give-backs
         are not: only the life that took them may count them."""
-        lost = lost_of(msg)
+        lost = _lost_of(msg)
         if lost is not None and lost.reports:
             self.counters["takes_told_again"] += 1
             fx.peers.append((node, replace(lost, returned=())))
@@ -1257,7 +1257,7 @@ class Routing:
         for good, and what it gave back stays in flight (simulation seeds
         399 and 748: packet loss or a partition long enough for one node to
         declare another dead, healed into the same life)."""
-        lost = lost_of(msg)
+        lost = _lost_of(msg)
         if lost is not None:
             self.counters["relays_lost_told_again"] += 1
             fx.peers.append((node, lost))

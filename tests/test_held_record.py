@@ -90,12 +90,7 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         msgpack.packb([[], [], 0, [], [], [["n2", 1, "s/0", []]]]),  # (a text connection)
         msgpack.packb([[], [], 0, [], [], [["n2", 1, b"s/0", [["c", [-1]]]]]]),  # (a number)
         msgpack.packb([[], [], 0, [], [], [["n2", 1, b"s/0", [["c"]]]]]),  # (no numbers)
-        msgpack.packb([[], [], 0, [], [], [], 1]),  # (told that is not a list)
-        msgpack.packb([[], [], 0, [], [], [], [["n2", 1, 1, 1, 0, [[3, ["o", 1, "c", [], []]]]]]]),
-        msgpack.packb(
-            [[], [], 0, [], [], [], [["n2", 1, 1, 1, 0, [[3, ["o", 1, b"c", [[1]], []]]]]]]
-        ),
-        msgpack.packb([[], [], 0, [], [], [], [], 1]),  # (a field no version wrote)
+        msgpack.packb([[], [], 0, [], [], [], 1]),  # (a field no version wrote)
     ],
     ids=[
         "not-msgpack",
@@ -111,10 +106,7 @@ def test_no_whole_slot_is_a_typed_error(data: bytes) -> None:
         "park-text-conn",
         "park-negative",
         "park-short",
-        "told-not-a-list",
-        "told-text-conn",
-        "told-short-report",
-        "eight-fields",
+        "seven-fields",
     ],
 )
 def test_a_whole_slot_whose_links_part_is_not_one_is_a_typed_error(part: bytes) -> None:
@@ -148,13 +140,6 @@ def test_the_parks_travel_whole_and_a_record_of_session_30_has_none() -> None:
     head = struct.pack("<4sB3xQqqdI", b"zchr", 2, 1, 1000, 3, 10.0, len(older))
     slot = head + struct.pack("<I", zlib.crc32(older, zlib.crc32(head))) + older
     assert decode(slots(slot, b"")).parked == ()
-
-
-def test_what_frames_told_travels_whole() -> None:
-    said = ("n2", 1000, b"s/0", (("c", 7, 2, 0),), (("d", (4, 5)),))
-    links = LinkCarry(LINKS.out, LINKS.into, told=(("n3", 1000, 2, 3000, 1, ((6, said),)),))
-    record = HeldRecord(1000, 4, 10.0, links)
-    assert decode(slots(encode_slot(1, record), b"")) == record
 
 
 def test_a_version_1_record_is_read_after_an_upgrade() -> None:

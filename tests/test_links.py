@@ -1006,32 +1006,6 @@ def test_the_next_process_counts_only_what_the_peer_never_took() -> None:
     assert a2.lost_units == 2  # (once)
 
 
-def test_what_a_killed_lifes_frames_told_comes_back_for_what_the_peer_never_took() -> None:
-    """Simulation seeds 859 and 873 (6 and 8 ops): a client took its
-    deliveries and its node relayed the reports; the node was SIGKILLed
-    before the owner took the frame, and the owner, which had parked them,
-    counted them lost. ``carry(keep)`` keeps what each unacknowledged
-    frame's note told (``keep`` picks it); ``restore`` gives it back as the
-    note of that frame in limbo, so the next process learns, from the
-    peer's answer, which it never took, and tells those again."""
-    a, b = pair()
-    mb = member("b", B_LIFE)
-    frames = [a.frame(mb, msg(i), 0.0, note=f"told {i}") for i in range(3)]
-    a.frame(mb, msg(3), 0.0, note="a delivery")  # (not kept: ``keep`` says None)
-    assert frames[0] is not None and taken(b, frames[0], 0.001)
-
-    def keep(note: object) -> object:
-        return str(note).split()[1] if str(note).startswith("told") else None
-
-    carried = a.carry(keep)
-    assert carried.told == (("b", A_LIFE, 1, B_LIFE, 0, ((1, "0"), (2, "1"), (3, "2"))),)
-    a2 = Links("a", A_LIFE + 5000, S)
-    a2.restore(carried, 1.0, lambda node, kept: (node, kept))
-    _probe_round(a2, b, 1.5, {"b": mb})
-    assert [note for note, _ in a2.lost_notes()] == [("b", "1"), ("b", "2")]
-    assert a2.lost_units == 0
-
-
 def test_a_restored_link_nobody_answers_for_is_counted_whole_after_limbo_keep() -> None:
     a, _ = pair()
     a.frame(member("b", B_LIFE), msg(1), 0.0, units=3)
