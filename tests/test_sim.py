@@ -490,6 +490,17 @@ FAILING_PLANS: dict[str, tuple[str, str]] = {
         "saying whether its sender counts it if unheard, or the owner's fence saying what it "
         "parked",
     ),
+    "last-leavers-handover-to-a-peer-heard-after-it-was-sent-under-loss-counted-by-nobody": (
+        "uncounted_loss",
+        "a 14-op shrink of seed 919 found in session 31 (it fails on every version of that "
+        "session; the seed itself passes): all three nodes leave; under 30% loss on n2, n0, "
+        "the last, hands its 25 queued messages to n2, which had left unheard and whose "
+        "process ended first. n0 heard n2 0.1 s after the handover's frame went, so its exit "
+        "presumed the frame taken (Links.give_up: a peer heard from since took it, only the "
+        "acknowledgement is on its way) and counted nothing. What it needs: the peer's word "
+        "(the acknowledgements its frames carried, against a measured round trip), not a "
+        "presumption either way: the reverse counts twice what a lossy peer did take",
+    ),
     "give-back-relayed-to-a-node-that-left-never-taken": (
         "uncounted_loss_dead_sender",
         "an uncounted loss (seed 148, 14 ops; the checker names it uncounted_loss_dead_sender, "
