@@ -1240,7 +1240,7 @@ class ClusterNode:
             held + self.links.held_units(),
             self.links.carry(),
             *self._client_tallies(),
-            self.routing.parked_carry() if self.routing._parked_flight else (),
+            self.routing.parked_carry(),
         )
 
     def previous_crash(

@@ -1663,10 +1663,11 @@ class Routing:
         what the clients' nodes say they took (their reports told again to
         whoever answers at this address, ``takes_unheard``, or a copy of a
         report, ``report_to``) and counted lost (``receiver_gone``) if the
-        park lapses. Counted whole with the record, they were counted lost
-        and taken: 7 of the 0..999 seeds' overcounts (seed 518, 6 ops: a
-        partition cut an owner off from the client it had handed 4
-        deliveries, and it was killed; the client took them). Returns how
+        park lapses. Counted whole with the record, what a client took was
+        counted lost and taken (seed 518's shrink, 6 ops: a partition cut an
+        owner off from the client it had handed 4 deliveries, and it was
+        killed; the client took them; 7 of the 26 failing seeds of 0..999
+        had a park at a kill, and 3 of them pass since). Returns how
         many."""
         until = now + self.presume_dead_after()
         inherited = 0
