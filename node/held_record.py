@@ -36,11 +36,11 @@ counts too: the next process subtracts what it can settle. A part that does
 not fit in a slot is kept with its links folded (their units counted whole,
 nothing listed: ``LinkCarry.folded``), and if it still does not fit, without
 its tally, flights and parks (those clients' unread sends and flights are
-then not counted, and what was parked is counted whole). A write goes to the slot its number picks,
-so a kill in the middle of one leaves the other whole; a reader takes the
-whole slot with the higher number. A record of version 1 (session 28: two
-48-byte slots, no links' part) is read too: a node upgraded right after a
-SIGKILL.
+then not counted, and what was parked is counted whole). A write goes to
+the slot its number picks, so a kill in the middle of one leaves the other
+whole; a reader takes the whole slot with the higher number. A record of
+version 1 (session 28: two 48-byte slots, no links' part) is read too: a
+node upgraded right after a SIGKILL.
 """
 
 from __future__ import annotations

@@ -1342,13 +1342,11 @@ class Routing:
                 # to whoever answers at its address, ``takes_unheard``; it
                 # settles only what that life parked, if its held record
                 # left it here: ``inherit_parked``)
-                seqs = parked.get(name)
-                earlier = [q for q in seqs if q < queues.first_seq] if seqs else []
-                if seqs and earlier:
-                    taken = min(count, len(earlier))
-                    for q in earlier[:taken]:
-                        seqs.remove(q)
-                    queues.counters.dropped_expired += min(expired, taken)
+                kept = parked.get(name, [])
+                earlier = [q for q in kept if q < queues.first_seq][:count]
+                for q in earlier:
+                    kept.remove(q)
+                queues.counters.dropped_expired += min(expired, len(earlier))
                 continue
             seqs = parked.get(name)
             if seqs:
